@@ -1,0 +1,3 @@
+"""Compliance-aware SMTP sending gateway."""
+
+__version__ = "0.1.0"

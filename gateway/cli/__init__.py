@@ -1,0 +1,91 @@
+"""The `gateway` command. Exit codes: 0 ok, 1 refused or not found, 2 usage or config error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from gateway.errors import ConfigError, GatewayError, NotFound, Refused, StoreError
+from gateway.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+
+
+class CliState:
+    """What every subcommand gets: the config path, loaded lazily so --help never needs it."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_path)
+        return self._settings
+
+
+def fail(message: str, code: int = EXIT_REFUSED) -> None:
+    """Print `message` to stderr and exit with `code`."""
+    click.echo(f"gateway: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def errors_to_exit_codes() -> Iterator[None]:
+    try:
+        yield
+    except ConfigError as exc:
+        fail(f"config error: {exc}", EXIT_USAGE)
+    except (NotFound, Refused) as exc:
+        fail(str(exc), EXIT_REFUSED)
+    except StoreError as exc:
+        fail(f"store error: {exc}", EXIT_REFUSED)
+    except GatewayError as exc:
+        fail(str(exc), EXIT_REFUSED)
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run an async CLI body with the gateway's errors mapped to exit codes."""
+    with errors_to_exit_codes():
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              default=lambda: os.environ.get("GATEWAY_CONFIG"),
+              help="TOML config file (default: $GATEWAY_CONFIG, else embedded defaults).")
+@click.version_option(package_name="compliance-gateway", prog_name="gateway")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """Compliance-aware SMTP sending gateway.
+
+    Point your marketing tool's SMTP settings at `gateway serve`; manage who may send with
+    `gateway accounts`, and the delivery queue with `gateway queue`.
+    """
+    ctx.obj = CliState(config_path)
+
+
+def _register() -> None:
+    from gateway.cli import accounts, queue, serve
+
+    for module in (accounts, queue, serve):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()

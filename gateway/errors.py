@@ -1,0 +1,34 @@
+"""The gateway's exception hierarchy.
+
+Outcomes (allow, reject, quarantine) are values; these are failures.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class StoreError(GatewayError):
+    """The store could not do what was asked (locked, full, corrupt, ...)."""
+
+
+class NotFound(GatewayError):
+    """A named thing (account, queue entry, ...) does not exist."""
+
+
+class Refused(GatewayError):
+    """A request was understood but refused (weak password, duplicate name, ...)."""
+
+
+class TemporaryFailure(GatewayError):
+    """Try again later: the SMTP client gets a 4xx, the queue defers."""
+
+
+class PermanentFailure(GatewayError):
+    """Will never succeed as it is: the queue marks the copy failed and sends a DSN."""

@@ -1,0 +1,292 @@
+"""Typed, frozen configuration read from TOML, with GATEWAY_<SECTION>_<KEY> overrides.
+
+Validated once at start: an unknown section or key, or a value of the wrong type, is a
+ConfigError naming the key (the CLI turns it into exit code 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway import defaults
+from gateway.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrustedClient:
+    """A network whose clients may send without AUTH, as the named account (Postfix mynetworks)."""
+
+    network: str
+    account: str
+
+    def contains(self, ip: str) -> bool:
+        try:
+            return ipaddress.ip_address(ip) in ipaddress.ip_network(self.network, strict=False)
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    listen: str = defaults.SMTP_LISTEN
+    hostname: str = "localhost"
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_self_signed: bool = True
+    max_message_bytes: int = defaults.MAX_MESSAGE_BYTES
+    max_recipients: int = defaults.MAX_RECIPIENTS
+    max_commands: int = defaults.MAX_COMMANDS
+    max_connections_per_ip: int = defaults.MAX_CONNECTIONS_PER_IP
+    idle_timeout: float = defaults.IDLE_TIMEOUT
+    allow_plain_auth_on_loopback: bool = False
+    auth_max_failures: int = defaults.AUTH_MAX_FAILURES
+    auth_lockout_minutes: float = defaults.AUTH_LOCKOUT_MINUTES
+    auth_ip_max_failures: int = defaults.AUTH_IP_MAX_FAILURES
+    auth_failure_delay: float = defaults.AUTH_FAILURE_DELAY
+    trusted_clients: tuple[TrustedClient, ...] = ()
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    listen: str = defaults.HTTP_LISTEN
+    public_url: str = "http://127.0.0.1:8025"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: str = defaults.STORE_URL
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file behind `sqlite:///path` (three slashes, then the path)."""
+        prefix = "sqlite:///"
+        if not self.url.startswith(prefix):
+            raise ConfigError(f"store.url: only {prefix}PATH is supported for now, got {self.url!r}")
+        return Path(self.url[len(prefix):])
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    mode: str = "maildir"
+    host: str = "127.0.0.1"
+    port: int = 25
+    starttls: bool = False
+    username: str = ""
+    password: str = ""
+    maildir: str = defaults.MAILDIR
+    workers: int = defaults.DELIVERY_WORKERS
+    max_age_hours: float = defaults.DELIVERY_MAX_AGE_HOURS
+    retry_base_seconds: float = defaults.DELIVERY_RETRY_BASE_SECONDS
+    retry_max_seconds: float = defaults.DELIVERY_RETRY_MAX_SECONDS
+    timeout_seconds: float = defaults.DELIVERY_TIMEOUT_SECONDS
+    scan_seconds: float = defaults.DELIVERY_SCAN_SECONDS
+    helo_name: str = ""
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    name: str = "Example Controller"
+    address: str = "https://example.org"
+    privacy_url: str = "https://example.org/privacy"
+    dpo_email: str = "dpo@example.org"
+    default_language: str = "en"
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    domain: str = ""
+    selector: str = ""
+    key_file: str = ""
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    unknown_recipient: str = "reject"
+    b2b_unclear: str = "quarantine"
+    prospect_retention_days: int = defaults.PROSPECT_RETENTION_DAYS
+    max_retention_days: int = defaults.MAX_RETENTION_DAYS
+    forbidden_sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuarantineSettings:
+    retention_days: int = defaults.QUARANTINE_RETENTION_DAYS
+
+
+@dataclass(frozen=True)
+class SecretsSettings:
+    token_key_file: str = defaults.TOKEN_KEY_FILE
+
+
+@dataclass(frozen=True)
+class WebhooksSettings:
+    opt_out_secret: str = ""
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Settings:
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    controller: ControllerSettings = field(default_factory=ControllerSettings)
+    dkim: tuple[DkimSettings, ...] = ()
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
+    secrets: SecretsSettings = field(default_factory=SecretsSettings)
+    webhooks: WebhooksSettings = field(default_factory=WebhooksSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    source: str = "embedded defaults"
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "delivery.mode": ("smtp", "maildir"),
+    "policy.unknown_recipient": ("reject", "quarantine"),
+    "policy.b2b_unclear": ("quarantine", "reject"),
+    "log.level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+}
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  environ: typing.Mapping[str, str] | None = None) -> Settings:
+    """Read `path` (or embedded defaults when None), apply env overrides, validate."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    source = "embedded defaults"
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        source = str(path)
+    _apply_env(raw, environ)
+    sections: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in _SECTION_TYPES:
+            raise ConfigError(f"unknown config section [{name}] (known: {', '.join(_SECTION_TYPES)})")
+        if name == "dkim":
+            items = value if isinstance(value, list) else [value]
+            sections[name] = tuple(_build(DkimSettings, item, "dkim") for item in items)
+        else:
+            sections[name] = _build(_SECTION_TYPES[name], value, name)
+    settings = Settings(**sections, source=source)
+    _check(settings)
+    return settings
+
+
+_SECTION_TYPES: dict[str, type] = {
+    "smtp": SmtpSettings, "http": HttpSettings, "store": StoreSettings,
+    "delivery": DeliverySettings, "controller": ControllerSettings, "dkim": DkimSettings,
+    "policy": PolicySettings, "quarantine": QuarantineSettings, "secrets": SecretsSettings,
+    "webhooks": WebhooksSettings, "log": LogSettings,
+}
+
+
+def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
+    """GATEWAY_SMTP_LISTEN=... overrides [smtp] listen; values are read as TOML, else as text."""
+    for name, text in environ.items():
+        if not name.startswith("GATEWAY_") or name == "GATEWAY_CONFIG":
+            continue
+        rest = name[len("GATEWAY_"):].lower()
+        section, _, key = rest.partition("_")
+        if section not in _SECTION_TYPES or not key or section == "dkim":
+            continue
+        try:
+            value: Any = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        raw.setdefault(section, {})[key] = value
+
+
+def _build(cls: type, value: Any, where: str) -> Any:
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{where}] must be a table, got {type(value).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, item in value.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key {where}.{key} (known: {', '.join(sorted(known))})")
+        kwargs[key] = _coerce(hints[key], item, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if dataclasses.is_dataclass(item_type):
+            return tuple(_build(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if isinstance(hint, types.UnionType):  # pragma: no cover - no such field yet
+        raise ConfigError(f"{key}: unsupported type")
+    raise ConfigError(f"{key}: unsupported type {hint!r}")
+
+
+def _check(settings: Settings) -> None:
+    for key, allowed in _CHOICES.items():
+        section, _, name = key.partition(".")
+        value = getattr(getattr(settings, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
+    for key in ("smtp.listen", "http.listen"):
+        section, _, name = key.partition(".")
+        parse_listen(getattr(getattr(settings, section), name), key)
+    for i, client in enumerate(settings.smtp.trusted_clients):
+        try:
+            ipaddress.ip_network(client.network, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"smtp.trusted_clients[{i}].network: not an IP network: {client.network!r}") from None
+    if bool(settings.smtp.tls_cert) != bool(settings.smtp.tls_key):
+        raise ConfigError("smtp.tls_cert and smtp.tls_key must be set together")
+    for key in ("smtp.max_message_bytes", "smtp.max_recipients", "smtp.max_commands",
+                "smtp.max_connections_per_ip", "delivery.workers", "delivery.port"):
+        section, _, name = key.partition(".")
+        if getattr(getattr(settings, section), name) < 1:
+            raise ConfigError(f"{key}: must be at least 1")
+    settings.store.path  # noqa: B018 - validates the URL scheme
+
+
+def parse_listen(text: str, key: str = "listen") -> tuple[str, int]:
+    """'127.0.0.1:2525' or '[::1]:2525' -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {text!r}")
+    host = host.strip("[]")
+    if not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: port out of range in {text!r}")
+    return host, int(port)

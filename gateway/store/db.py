@@ -1,0 +1,156 @@
+"""The SQLite store: one file, WAL, synchronous=FULL, numbered migrations.
+
+Two aiosqlite connections: a writer (serialised by a lock; every write transaction is
+`BEGIN IMMEDIATE` so it fails fast rather than deadlocks) and a reader that only ever sees
+committed data. SQL lives in the store modules only, so another backend can replace this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gateway.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5000
+
+
+def create_private_file(path: Path) -> None:
+    """Create `path` (and its folder) readable by the owner only, if it does not exist yet."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every bundled migration, in order."""
+    found = []
+    for entry in resources.files("gateway.store").joinpath("migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:3].isdigit():
+            found.append((int(name[:3]), name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+class Database:
+    """Owns the connections to one SQLite file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> Database:
+        create_private_file(self.path)
+        try:
+            self._writer = await self._connect()
+            await self._migrate()
+            self._reader = await self._connect()
+        except sqlite3.DatabaseError as exc:
+            await self.close()
+            raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
+        return self
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit, so a 250 survives power loss (Postfix fsyncs
+        # its queue file before the 250 too).
+        await conn.execute("PRAGMA synchronous=FULL")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return conn
+
+    async def _migrate(self) -> None:
+        conn = self.writer
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
+        async with conn.execute("SELECT version FROM schema_migrations") as cur:
+            applied = {row[0] for row in await cur.fetchall()}
+        for version, name, sql in _migrations():
+            if version in applied:
+                continue
+            log.info("store: applying migration %s", name)
+            await conn.executescript(
+                "BEGIN IMMEDIATE;\n" + sql + "\n"
+                f"INSERT INTO schema_migrations (version, name, applied_at) "
+                f"VALUES ({version}, '{name}', {time.time()});\nCOMMIT;")
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    async def __aenter__(self) -> Database:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def writer(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise StoreError("the store is not open")
+        return self._writer
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreError("the store is not open")
+        return self._reader
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error.
+
+        SQLite errors (locked, full, read-only, corrupt) become StoreError, which the SMTP side
+        answers with 451 4.3.0: the client keeps the message and retries.
+        """
+        async with self._write_lock:
+            conn = self.writer
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"store unavailable: {exc}") from exc
+            try:
+                yield conn
+                await conn.execute("COMMIT")
+            except BaseException as exc:
+                try:
+                    await conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"store write failed: {exc}") from exc
+                raise
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            async with self.reader.execute(sql, tuple(params)) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {exc}") from exc
+
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        try:
+            async with self.reader.execute(sql, tuple(params)) as cur:
+                return await cur.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {exc}") from exc
