@@ -69,7 +69,8 @@ class StoreSettings:
         """The SQLite file behind `sqlite:///path` (three slashes, then the path)."""
         prefix = "sqlite:///"
         if not self.url.startswith(prefix):
-            raise ConfigError(f"store.url: only {prefix}PATH is supported for now, got {self.url!r}")
+            raise ConfigError(
+                f"store.url: only {prefix}PATH is supported for now, got {self.url!r}")
         return Path(self.url[len(prefix):])
 
 
@@ -79,6 +80,7 @@ class DeliverySettings:
     host: str = "127.0.0.1"
     port: int = 25
     starttls: bool = False
+    tls_ca_file: str = ""
     username: str = ""
     password: str = ""
     maildir: str = defaults.MAILDIR
@@ -178,7 +180,8 @@ def load_settings(path: str | os.PathLike[str] | None = None,
     sections: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in _SECTION_TYPES:
-            raise ConfigError(f"unknown config section [{name}] (known: {', '.join(_SECTION_TYPES)})")
+            raise ConfigError(
+                f"unknown config section [{name}] (known: {', '.join(_SECTION_TYPES)})")
         if name == "dkim":
             items = value if isinstance(value, list) else [value]
             sections[name] = tuple(_build(DkimSettings, item, "dkim") for item in items)
@@ -221,7 +224,8 @@ def _build(cls: type, value: Any, where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, item in value.items():
         if key not in known:
-            raise ConfigError(f"unknown config key {where}.{key} (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"unknown config key {where}.{key} (known: {', '.join(sorted(known))})")
         kwargs[key] = _coerce(hints[key], item, f"{where}.{key}")
     return cls(**kwargs)
 
@@ -270,7 +274,8 @@ def _check(settings: Settings) -> None:
             ipaddress.ip_network(client.network, strict=False)
         except ValueError:
             raise ConfigError(
-                f"smtp.trusted_clients[{i}].network: not an IP network: {client.network!r}") from None
+                f"smtp.trusted_clients[{i}].network: not an IP network: {client.network!r}"
+            ) from None
     if bool(settings.smtp.tls_cert) != bool(settings.smtp.tls_key):
         raise ConfigError("smtp.tls_cert and smtp.tls_key must be set together")
     for key in ("smtp.max_message_bytes", "smtp.max_recipients", "smtp.max_commands",
@@ -278,6 +283,10 @@ def _check(settings: Settings) -> None:
         section, _, name = key.partition(".")
         if getattr(getattr(settings, section), name) < 1:
             raise ConfigError(f"{key}: must be at least 1")
+    d = settings.delivery
+    if d.mode == "smtp" and d.username and not d.starttls:
+        raise ConfigError("delivery.username is set but delivery.starttls is false: "
+                          "credentials would cross in clear text")
     settings.store.path  # noqa: B018 - validates the URL scheme
 
 

@@ -1,3 +1,104 @@
-"""Placeholder: filled in by its own commit."""
+"""`gateway queue`: inspect and steer the durable delivery queue."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import datetime
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from gateway.cli import CliState, print_json, run
+from gateway.store.db import Database
+from gateway.store.queue import QueueStore
+
+
+@asynccontextmanager
+async def open_queue(state: CliState) -> AsyncIterator[QueueStore]:
+    async with Database(state.settings.store.path) as db:
+        yield QueueStore(db, instance_id="cli")
+
+
+def _when(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group()
+def queue() -> None:
+    """The durable delivery queue: one entry per recipient copy."""
+
+
+@queue.command("list")
+@click.option("--failed", is_flag=True, help="Only copies that failed permanently.")
+@click.option("--all", "show_all", is_flag=True, help="Include copies already sent.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def list_(state: CliState, failed: bool, show_all: bool, as_json: bool) -> None:
+    """Copies waiting (queued, deferred) or failed, oldest first."""
+    states: tuple[str, ...] = ("failed",) if failed else (
+        ("queued", "deferred", "failed", "sent") if show_all else ("queued", "deferred", "failed"))
+
+    async def body() -> None:
+        async with open_queue(state) as q:
+            entries = await q.list(states)
+        if as_json:
+            print_json([e.as_json() for e in entries])
+            return
+        table = Table(title=f"{len(entries)} queue entries")
+        for column in ("id", "queue id", "from", "recipient", "state", "attempts", "next try",
+                       "last error"):
+            table.add_column(column)
+        for e in entries:
+            table.add_row(str(e.id), e.message_id, e.mail_from or "<>", e.recipient, e.state,
+                          str(e.attempts),
+                          _when(e.next_attempt_at) if e.state == "deferred" else "",
+                          (e.last_error or "")[:80])
+        Console(markup=False, highlight=False).print(table)
+
+    run(body)
+
+
+@queue.command()
+@click.argument("entry_id", type=int)
+@click.pass_obj
+def retry(state: CliState, entry_id: int) -> None:
+    """Try ENTRY_ID again now (deferred, or failed while its content is still kept)."""
+
+    async def body() -> None:
+        async with open_queue(state) as q:
+            await q.retry(entry_id)
+        click.echo(f"queue entry {entry_id} will be retried now")
+
+    run(body)
+
+
+@queue.command()
+@click.pass_obj
+def flush(state: CliState) -> None:
+    """Retry every deferred copy now (a running `serve` picks them up within a second)."""
+
+    async def body() -> None:
+        async with open_queue(state) as q:
+            count = await q.flush()
+        click.echo(f"{count} deferred copies made due now")
+
+    run(body)
+
+
+@queue.command()
+@click.argument("entry_id", type=int)
+@click.pass_obj
+def delete(state: CliState, entry_id: int) -> None:
+    """Remove ENTRY_ID from the queue for good: it is neither delivered nor bounced."""
+
+    async def body() -> None:
+        async with open_queue(state) as q:
+            await q.delete(entry_id)
+        click.echo(f"queue entry {entry_id} deleted")
+
+    run(body)
+
+
+COMMANDS = [queue]

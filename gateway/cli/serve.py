@@ -1,3 +1,65 @@
-"""Placeholder: filled in by its own commit."""
+"""`gateway serve`: run SMTP, HTTP and delivery until SIGTERM."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from gateway.cli import CliState, errors_to_exit_codes, fail
+
+
+def _banner(gateway: object) -> None:
+    from gateway.runtime import Gateway
+
+    assert isinstance(gateway, Gateway)
+    s = gateway.settings
+    d = s.delivery
+    where = (f"the Maildir {d.maildir}/new (one file per copy)" if d.mode == "maildir"
+             else f"the upstream relay {d.host}:{d.port}"
+                  f"{' with STARTTLS' if d.starttls else ''}")
+    tls = ("no TLS (AUTH refused; only trusted_clients can send)" if gateway.tls is None
+           else f"STARTTLS with {'a self-signed' if gateway.tls.self_signed else 'the'} "
+                f"certificate {gateway.tls.cert}")
+    host = s.smtp.listen.rpartition(":")[0]
+    port = s.smtp.listen.rpartition(":")[2]
+    lines = [
+        f"gateway ready (config: {s.source})",
+        f"  SMTP  {s.smtp.listen}  {tls}",
+        f"  HTTP  {s.http.listen}  /healthz /metrics",
+        f"  store {s.store.path}",
+        f"  mail goes to {where}",
+        "Send a test message:",
+        "  gateway accounts add demo --from-domain example.com   # choose a strong password",
+        f"  swaks --server {host} --port {port} --tls --tls-verify 0 --auth-user demo \\",
+        "        --from you@example.com --to someone@example.net",
+        "Stop with Ctrl-C or SIGTERM (drains sessions and deliveries first).",
+    ]
+    click.echo("\n".join(lines))
+    sys.stdout.flush()
+
+
+@click.command()
+@click.pass_obj
+def serve(state: CliState) -> None:
+    """Run SMTP + HTTP + delivery workers until SIGTERM; graceful drain on stop.
+
+    With no config file it listens on 127.0.0.1:2525 (SMTP) and 127.0.0.1:8025 (HTTP), keeps
+    its store under ./var/ and delivers into the Maildir ./var/outbox/.
+    """
+    with errors_to_exit_codes():
+        settings = state.settings
+    logging.basicConfig(
+        level=getattr(logging, settings.log.level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from gateway.runtime import run
+
+    with errors_to_exit_codes():
+        try:
+            run(settings, on_ready=_banner)
+        except OSError as exc:
+            fail(f"cannot start: {exc}", 1)
+
+
+COMMANDS = [serve]

@@ -1,0 +1,126 @@
+"""Where copies go: a Transport protocol, the upstream SMTP relay, and the local Maildir.
+
+Transports raise TemporaryFailure (4xx, connection trouble: retry later) or PermanentFailure
+(5xx: fail and bounce). Anything else is treated as temporary by the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Protocol
+
+import aiosmtplib
+
+from gateway.delivery.maildir import MaildirDelivery
+from gateway.errors import PermanentFailure, TemporaryFailure
+from gateway.settings import DeliverySettings
+
+log = logging.getLogger(__name__)
+
+
+class Transport(Protocol):
+    async def send(self, mail_from: str, recipient: str, content: bytes) -> str:
+        """Deliver one copy; return the upstream's answer (for the log)."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class MaildirTransport:
+    """The embedded default: copies land in a local Maildir, so a new user sees mail flow."""
+
+    def __init__(self, root: str) -> None:
+        self.maildir = MaildirDelivery(root)
+
+    async def send(self, mail_from: str, recipient: str, content: bytes) -> str:
+        try:
+            name = await self.maildir.deliver(mail_from, recipient, content)
+        except OSError as exc:  # disk full, permissions: the copy stays queued
+            raise TemporaryFailure(f"maildir write failed: {exc}") from exc
+        return f"maildir {name}"
+
+    async def close(self) -> None:
+        return None
+
+
+class SmtpTransport:
+    """Upstream relay through aiosmtplib with a pool of reused connections.
+
+    With `starttls = true` the connection must be upgraded before anything is sent:
+    aiosmtplib raises when the server does not offer STARTTLS, so neither credentials nor mail
+    ever cross in clear text.
+    """
+
+    def __init__(self, settings: DeliverySettings, local_hostname: str) -> None:
+        self.settings = settings
+        self.local_hostname = settings.helo_name or local_hostname
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._tls_context: ssl.SSLContext | None = None
+        if settings.starttls:
+            self._tls_context = ssl.create_default_context(cafile=settings.tls_ca_file or None)
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host, port=s.port, local_hostname=self.local_hostname,
+            timeout=s.timeout_seconds, start_tls=s.starttls, tls_context=self._tls_context,
+            username=s.username or None, password=s.password or None)
+        await client.connect()
+        return client
+
+    async def send(self, mail_from: str, recipient: str, content: bytes) -> str:
+        # One retry on a fresh connection: a pooled one may have been closed by the server.
+        for attempt in (1, 2):
+            fresh = not self._idle
+            try:
+                client = self._idle.pop() if self._idle else await self._connect()
+            except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+                raise _classify(exc) from exc
+            try:
+                _errors, answer = await client.sendmail(mail_from, [recipient], content)
+            except aiosmtplib.SMTPServerDisconnected as exc:
+                client.close()
+                if fresh or attempt == 2:
+                    raise TemporaryFailure(f"upstream disconnected: {exc}") from exc
+                continue
+            except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+                await _discard(client)
+                raise _classify(exc) from exc
+            self._idle.append(client)
+            return answer
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            await _discard(client, polite=True)
+
+
+async def _discard(client: aiosmtplib.SMTP, polite: bool = False) -> None:
+    try:
+        if polite and client.is_connected:
+            await asyncio.wait_for(client.quit(), 5)
+    except (TimeoutError, aiosmtplib.SMTPException, OSError):
+        pass
+    finally:
+        client.close()
+
+
+def _classify(exc: BaseException) -> Exception:
+    """5xx answers are permanent; 4xx, timeouts and connection errors are temporary."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        exc = exc.recipients[0]
+    code = getattr(exc, "code", None)
+    message = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
+    text = f"{code} {message}" if isinstance(code, int) else message
+    if isinstance(code, int) and 500 <= code < 600:
+        return PermanentFailure(text)
+    return TemporaryFailure(text)
+
+
+def make_transport(settings: DeliverySettings, local_hostname: str) -> Transport:
+    if settings.mode == "maildir":
+        return MaildirTransport(settings.maildir)
+    return SmtpTransport(settings, local_hostname)

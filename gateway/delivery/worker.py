@@ -1,0 +1,172 @@
+"""Delivery workers: take copies from the queue, send them, record the outcome.
+
+Nothing leaves the queue unrecorded: a copy ends `sent`, or `failed` together with a DSN to
+the envelope sender, or stays `queued`/`deferred` with its last error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+
+from gateway.batch import GroupCommitter
+from gateway.delivery.dsn import build_dsn, should_send_dsn
+from gateway.delivery.upstream import Transport
+from gateway.errors import PermanentFailure, StoreError, TemporaryFailure
+from gateway.settings import DeliverySettings
+from gateway.store.queue import Copy, IncomingMessage, QueueStore
+
+log = logging.getLogger("gateway.delivery")
+
+HEADER_END = b"\r\n\r\n"
+
+
+def new_queue_id() -> str:
+    """Short, unguessable, log-friendly (Postfix queue ids are 10-12 characters)."""
+    return secrets.token_hex(8).upper()
+
+
+def retry_delay(attempts: int, base: float, cap: float) -> float:
+    """Exponential backoff: base, 2*base, 4*base ... capped (Postfix: 300s doubling to 4000s)."""
+    return float(min(cap, base * (2 ** max(0, attempts - 1))))
+
+
+class DeliveryService:
+    """A pool of worker tasks fed by an in-memory queue (fast path) and a store scan."""
+
+    def __init__(self, queue: QueueStore, transport: Transport, settings: DeliverySettings,
+                 reporting_mta: str) -> None:
+        self.queue = queue
+        self.transport = transport
+        self.settings = settings
+        self.reporting_mta = reporting_mta
+        self._pending: asyncio.Queue[Copy] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight: set[int] = set()
+        self._known: set[int] = set()  # claimed by us and not finished: never dispatched twice
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self.stats = {"sent": 0, "deferred": 0, "failed": 0}
+        # A crash between the upstream's 250 and this record means one duplicate delivery,
+        # never a loss; batching it saves an fsync per copy.
+        self._sent: GroupCommitter[int, None] = GroupCommitter(queue.mark_sent)
+
+    def dispatch(self, copies: Iterable[Copy]) -> None:
+        """Hand freshly committed (and claimed) copies to the workers."""
+        for copy in copies:
+            if copy.delivery_id not in self._known:
+                self._known.add(copy.delivery_id)
+                self._pending.put_nowait(copy)
+
+    def wake(self) -> None:
+        """Scan the store now (after `queue flush` or `retry` from another process)."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        released = await self.queue.register_instance()
+        if released:
+            log.warning("took over %d copies claimed by a gateway process that died", released)
+        self._tasks = [asyncio.create_task(self._worker(i), name=f"delivery-{i}")
+                       for i in range(self.settings.workers)]
+        self._tasks.append(asyncio.create_task(self._scanner(), name="delivery-scan"))
+
+    async def stop(self, drain_seconds: float = 30.0) -> None:
+        """Graceful: finish copies in flight (up to `drain_seconds`), hand the rest back."""
+        self._stopping.set()
+        self._wake.set()
+        deadline = time.monotonic() + drain_seconds
+        while self._in_flight and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded poll
+            await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.queue.unregister_instance()
+        except StoreError as exc:
+            log.error("could not release claims at stop (they expire on their own): %s", exc)
+        await self.transport.close()
+
+    async def _scanner(self) -> None:
+        """Pick up due copies: deferred retries, and anything a dead process left behind."""
+        while not self._stopping.is_set():
+            try:
+                if self._pending.qsize() < self.settings.workers:
+                    copies = await self.queue.claim_due(limit=self.settings.workers * 4)
+                    self.dispatch(copies)
+                await self.queue.heartbeat()
+            except StoreError as exc:
+                log.error("queue scan failed: %s", exc)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.scan_seconds)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _worker(self, number: int) -> None:
+        while not self._stopping.is_set():
+            copy = await self._pending.get()
+            if self._stopping.is_set():
+                return
+            self._in_flight.add(copy.delivery_id)
+            try:
+                await self._deliver(copy)
+            except StoreError as exc:
+                # The outcome could not be recorded: the claim expires and the copy is retried;
+                # the upstream may then see it twice, which beats losing it.
+                log.error("delivery %d: could not record the outcome: %s", copy.delivery_id, exc)
+            except Exception:
+                log.exception("delivery %d: unexpected error", copy.delivery_id)
+            finally:
+                self._in_flight.discard(copy.delivery_id)
+                self._known.discard(copy.delivery_id)
+
+    async def _deliver(self, copy: Copy) -> None:
+        try:
+            answer = await asyncio.wait_for(
+                self.transport.send(copy.mail_from, copy.recipient, copy.content),
+                self.settings.timeout_seconds * 3)
+        except PermanentFailure as exc:
+            await self._fail(copy, str(exc))
+            return
+        except (TimeoutError, TemporaryFailure, OSError) as exc:
+            await self._defer(copy, str(exc) or exc.__class__.__name__)
+            return
+        await self._sent.submit(copy.delivery_id)
+        self.stats["sent"] += 1
+        log.info("delivery %d msg %s to=<%s> sent: %s", copy.delivery_id, copy.message_id,
+                 copy.recipient, answer)
+
+    async def _defer(self, copy: Copy, error: str) -> None:
+        age_hours = (time.time() - copy.received_at) / 3600
+        if age_hours >= self.settings.max_age_hours:
+            await self._fail(copy, f"gave up after {age_hours:.1f} h in the queue; last error: "
+                                   f"{error}")
+            return
+        attempts = copy.attempts + 1
+        delay = retry_delay(attempts, self.settings.retry_base_seconds,
+                            self.settings.retry_max_seconds)
+        await self.queue.defer(copy.delivery_id, error, time.time() + delay)
+        self.stats["deferred"] += 1
+        log.warning("delivery %d msg %s to=<%s> deferred (attempt %d, retry in %.0f s): %s",
+                    copy.delivery_id, copy.message_id, copy.recipient, attempts, delay, error)
+
+    async def _fail(self, copy: Copy, error: str) -> None:
+        dsn = self._dsn_for(copy, error) if should_send_dsn(copy.mail_from) else None
+        bounces = await self.queue.fail(copy.delivery_id, error, dsn)
+        self.stats["failed"] += 1
+        log.warning("delivery %d msg %s to=<%s> failed%s: %s", copy.delivery_id,
+                    copy.message_id, copy.recipient, ", DSN queued" if dsn else "", error)
+        self.dispatch(bounces)
+
+    def _dsn_for(self, copy: Copy, error: str) -> IncomingMessage:
+        end = copy.content.find(HEADER_END)
+        headers = copy.content[: end + 2] if end >= 0 else copy.content
+        content = build_dsn(
+            reporting_mta=self.reporting_mta, original_envelope_id=copy.message_id,
+            mail_from=copy.mail_from, recipient=copy.recipient, status="",
+            diagnostic=error, arrival_date=copy.received_at, original_headers=headers)
+        return IncomingMessage(new_queue_id(), time.time(), None, "127.0.0.1", "", content,
+                               (copy.mail_from,))

@@ -1,0 +1,171 @@
+"""The composition root: builds every room and runs SMTP, HTTP and delivery on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import ssl
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from gateway.delivery.upstream import make_transport
+from gateway.delivery.worker import DeliveryService
+from gateway.flow import Flow
+from gateway.settings import Settings, parse_listen
+from gateway.smtp.auth import Authenticator
+from gateway.smtp.handler import GatewayHandler
+from gateway.smtp.server import start_smtp_server
+from gateway.store.accounts import AccountStore
+from gateway.store.db import Database
+from gateway.store.queue import QueueStore
+from gateway.tls import ensure_self_signed, server_context
+from gateway.web.app import create_app
+
+log = logging.getLogger("gateway")
+
+HOUSEKEEPING_SECONDS = 60.0
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn on our loop; signals are ours (SIGTERM drains SMTP first)."""
+
+    def capture_signals(self) -> Any:
+        return nullcontext()
+
+
+@dataclass(frozen=True)
+class TlsInfo:
+    cert: str
+    self_signed: bool
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.db = Database(settings.store.path)
+        self.accepting = asyncio.Event()
+        self.connections: Counter[str] = Counter()
+        self.started_at = time.time()
+        self.tls: TlsInfo | None = None
+        self._smtp: asyncio.Server | None = None
+        self._http: _EmbeddedUvicorn | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+        self.delivery: DeliveryService | None = None
+        self.queue: QueueStore | None = None
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        s = self.settings.smtp
+        if s.tls_cert:
+            self.tls = TlsInfo(s.tls_cert, False)
+            return server_context(s.tls_cert, s.tls_key)
+        if not s.tls_self_signed:
+            return None
+        folder = self.settings.store.path.parent / "tls"
+        cert, key = folder / "cert.pem", folder / "key.pem"
+        if ensure_self_signed(cert, key, s.hostname):
+            log.warning("created a self-signed certificate %s for development; set "
+                        "smtp.tls_cert and smtp.tls_key for production", cert)
+        self.tls = TlsInfo(str(cert), True)
+        return server_context(cert, key)
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.db.open()
+        self.queue = QueueStore(self.db, self.instance_id)
+        accounts = AccountStore(self.db)
+        transport = make_transport(s.delivery, s.smtp.hostname)
+        self.delivery = DeliveryService(self.queue, transport, s.delivery, s.smtp.hostname)
+        await self.delivery.start()
+        flow = Flow(self.queue, self.delivery, accounts, s.smtp.trusted_clients)
+        handler = GatewayHandler(flow, Authenticator(accounts, s.smtp))
+        host, port = parse_listen(s.smtp.listen)
+        self.accepting.set()
+        self._smtp = await start_smtp_server(handler, s.smtp, host, port, self._tls_context(),
+                                             self.accepting, self.connections)
+        http_host, http_port = parse_listen(s.http.listen)
+        config = uvicorn.Config(create_app(self.metrics), host=http_host, port=http_port,
+                                log_level="warning", access_log=False, lifespan="off")
+        self._http = _EmbeddedUvicorn(config)
+        self._http_task = asyncio.create_task(self._http.serve(), name="http")
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()  # raises the bind error
+                raise OSError(f"HTTP server did not start on {s.http.listen}")
+            await asyncio.sleep(0.01)
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+
+    def metrics(self) -> dict[str, float]:
+        stats = self.delivery.stats if self.delivery else {}
+        return {
+            "up": 1,
+            "smtp_connections": sum(self.connections.values()),
+            "deliveries_sent_total": stats.get("sent", 0),
+            "deliveries_deferred_total": stats.get("deferred", 0),
+            "deliveries_failed_total": stats.get("failed", 0),
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+        }
+
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            try:
+                assert self.queue is not None
+                await self.queue.drop_finished_content()
+            except Exception:
+                log.exception("housekeeping failed")
+
+    async def stop(self, drain_seconds: float = 30.0) -> None:
+        """Graceful: stop accepting, let sessions finish, finish deliveries, close the store."""
+        self.accepting.clear()
+        if self._smtp is not None:
+            self._smtp.close()  # no new connections
+            deadline = time.monotonic() + drain_seconds
+            while sum(self.connections.values()) and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            if sum(self.connections.values()):
+                log.warning("closing %d SMTP sessions still open after %.0f s",
+                            sum(self.connections.values()), drain_seconds)
+            self._smtp.close()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        if self.delivery is not None:
+            await self.delivery.stop(drain_seconds)
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            await asyncio.gather(self._http_task, return_exceptions=True)
+        await self.db.close()
+
+    async def run_until_signalled(self, on_ready: Any = None) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if on_ready is not None:
+            on_ready(self)
+        await stop.wait()
+        log.info("signal received: draining (no new connections, finishing sessions)")
+        await self.stop()
+        log.info("stopped cleanly")
+
+
+def run(settings: Settings, on_ready: Any = None) -> None:
+    """Run the gateway until SIGTERM/SIGINT, on uvloop when available."""
+    gateway = Gateway(settings)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(gateway.run_until_signalled(on_ready))
+    else:
+        uvloop.run(gateway.run_until_signalled(on_ready))

@@ -1,0 +1,166 @@
+"""The aiosmtpd handler: thin. It checks the session, then asks the flow.
+
+Hooks return reply strings from replies.py. Who may send is decided here (AUTH or a trusted
+network); what happens to a recipient or a message is decided by gateway.flow.
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+import time
+from base64 import b64decode
+
+from aiosmtpd.smtp import AuthResult, Envelope, Session
+
+from gateway.errors import StoreError
+from gateway.flow import Flow, RecipientVerdict
+from gateway.smtp import replies
+from gateway.smtp.auth import Authenticator, AuthOutcome
+from gateway.smtp.server import GatewaySMTP
+from gateway.store.accounts import Account
+
+log = logging.getLogger("gateway.smtp")
+
+# RFC 5321 4.5.3.1: local part 64 octets, domain 255, path 256 (address 254 in practice)
+MAX_LOCAL_PART = 64
+MAX_ADDRESS = 254
+FORBIDDEN_IN_ADDRESS = ("\r", "\n", "\x00", " ", "\t")
+
+
+def address_problem(address: str) -> str | None:
+    """The reply for an address we refuse, or None when it is acceptable."""
+    if any(c in address for c in FORBIDDEN_IN_ADDRESS):
+        return replies.BAD_ADDRESS
+    if address.startswith("@") or ":" in address or "%" in address or "!" in address:
+        return replies.SOURCE_ROUTE  # RFC 5321 4.1.2 / Postfix allow_percent_hack = no
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or len(local) > MAX_LOCAL_PART:
+        return replies.BAD_ADDRESS
+    if len(address) > MAX_ADDRESS or "." not in domain.strip("[]") or ".." in domain:
+        return replies.BAD_ADDRESS
+    return None
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+class GatewayHandler:
+    """One instance for the whole server; per-connection state lives on the aiosmtpd Session."""
+
+    def __init__(self, flow: Flow, authenticator: Authenticator) -> None:
+        self.flow = flow
+        self.authenticator = authenticator
+
+    # --- who is sending -----------------------------------------------------------------
+
+    async def _sender_account(self, server: GatewaySMTP, session: Session) -> Account | None:
+        """The AUTH account, else the account of a trusted network, else None."""
+        if session.authenticated and isinstance(session.auth_data, Account):
+            return session.auth_data
+        return await self.flow.trusted_account(server.client_ip)
+
+    async def auth_PLAIN(self, server: GatewaySMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = b64decode(args[1].encode(), validate=True)
+            except binascii.Error:
+                await server.push(replies.AUTH_BAD_BASE64)
+                return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await server.push(replies.AUTH_BAD_PLAIN)
+            return AuthResult(success=False, handled=True)
+        return await self._check(server, parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: GatewaySMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await server.challenge_auth(server.AuthLoginUsernameChallenge)
+        else:
+            try:
+                login = b64decode(args[1].encode(), validate=True)
+            except binascii.Error:
+                await server.push(replies.AUTH_BAD_BASE64)
+                return AuthResult(success=False, handled=True)
+        if not isinstance(login, bytes):
+            return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        return await self._check(server, login, password)
+
+    async def _check(self, server: GatewaySMTP, login: bytes, password: bytes) -> AuthResult:
+        verdict = await self.authenticator.authenticate(
+            login.decode("utf-8", "replace"), password.decode("utf-8", "replace"),
+            server.client_ip)
+        if verdict.outcome is AuthOutcome.OK and verdict.account is not None:
+            log.info("%s authenticated as %s", server.client_ip, verdict.account.name)
+            return AuthResult(success=True, auth_data=verdict.account, message=replies.AUTH_OK)
+        message = replies.AUTH_LOCKED if verdict.outcome is AuthOutcome.LOCKED \
+            else replies.AUTH_INVALID
+        return AuthResult(success=False, handled=False, message=message)
+
+    # --- the transaction ----------------------------------------------------------------
+
+    async def handle_MAIL(self, server: GatewaySMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        account = await self._sender_account(server, session)
+        if account is None:
+            log.info("%s MAIL without authentication refused", server.client_ip)
+            return replies.AUTH_REQUIRED
+        problem = address_problem(address)
+        if problem:
+            return problem
+        if not account.may_send_from(domain_of(address)):
+            log.warning("%s account %s may not send as <%s>", server.client_ip, account.name,
+                        address)
+            return replies.SENDER_NOT_ALLOWED
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        session.gateway_account = account
+        return replies.SENDER_OK
+
+    async def handle_RCPT(self, server: GatewaySMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        account: Account | None = getattr(session, "gateway_account", None)
+        if account is None:
+            return replies.AUTH_REQUIRED
+        problem = address_problem(address)
+        if problem:
+            return problem
+        if len(envelope.rcpt_tos) >= server.gateway_settings.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        verdict: RecipientVerdict = await self.flow.decide_recipient(account, address)
+        if not verdict.accepted:
+            return verdict.reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return replies.RECIPIENT_OK
+
+    async def handle_DATA(self, server: GatewaySMTP, session: Session,
+                          envelope: Envelope) -> str:
+        account: Account | None = getattr(session, "gateway_account", None)
+        if account is None or not envelope.mail_from:
+            return replies.AUTH_REQUIRED
+        content = envelope.original_content
+        assert isinstance(content, bytes)
+        problem = self.flow.check_message(account, content)
+        if problem is not None:
+            return problem
+        try:
+            queue_id = await self.flow.accept(
+                account=account.name, client_ip=server.client_ip, mail_from=envelope.mail_from,
+                recipients=tuple(envelope.rcpt_tos), content=content, received_at=time.time())
+        except StoreError as exc:
+            log.error("%s message from <%s> not committed, answered 451: %s",
+                      server.client_ip, envelope.mail_from, exc)
+            return replies.CANNOT_COMMIT
+        log.info("%s queued %s from=<%s> account=%s nrcpt=%d size=%d", server.client_ip,
+                 queue_id, envelope.mail_from, account.name, len(envelope.rcpt_tos),
+                 len(content))
+        return replies.QUEUED.format(queue_id=queue_id)

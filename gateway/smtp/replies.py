@@ -1,0 +1,49 @@
+"""Every SMTP reply the gateway gives, with its RFC 3463 enhanced status code.
+
+tests/smtp/test_replies.py checks each against the RFC grammar: a 2xx/4xx/5xx basic code and
+an enhanced code whose class digit matches it.
+"""
+
+from __future__ import annotations
+
+AUTH_REQUIRED = "530 5.7.0 Authentication required"
+AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+AUTH_LOCKED = "454 4.7.0 Account temporarily locked after repeated failures, try again later"
+AUTH_NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
+AUTH_BAD_BASE64 = "501 5.5.2 Cannot decode base64"
+AUTH_BAD_PLAIN = "501 5.5.2 Cannot split AUTH PLAIN value"
+
+SENDER_OK = "250 2.1.0 Sender OK"
+SENDER_NOT_ALLOWED = "553 5.7.1 Sender address not allowed for this account"
+RECIPIENT_OK = "250 2.1.5 Recipient OK"
+BAD_ADDRESS = "501 5.1.3 Bad address syntax"
+SOURCE_ROUTE = "501 5.1.3 Source routes and %-hack addresses are not accepted"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+
+QUEUED = "250 2.0.0 {queue_id} Message accepted for delivery"
+FROM_NOT_ALLOWED = "550 5.7.1 M1 From header domain not allowed for this account"
+CANNOT_COMMIT = "451 4.3.0 Cannot store the message now, try again later"
+INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
+BARE_NEWLINE = "521 5.5.2 Bare CR or LF received; lines must end with CRLF"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address, try again later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+
+# aiosmtpd's own replies that lack an enhanced status code, rewritten on the way out.
+AIOSMTPD_REWRITES: dict[bytes, bytes] = {
+    b"552 Error: Too much mail data": b"552 5.3.4 Message size exceeds fixed maximum size",
+    b"552 Error: message size exceeds fixed maximum message size":
+        b"552 5.3.4 Message size exceeds fixed maximum size",
+    b"500 Line too long (see RFC5321 4.5.3.1.6)": b"500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)",
+    b"500 Command line too long": b"500 5.5.2 Command line too long",
+    b"500 Error: bad syntax": b"500 5.5.2 Syntax error",
+    b"553 5.1.3 Error: malformed address": b"501 5.1.3 Bad address syntax",
+    b"503 Error: need MAIL command": b"503 5.5.1 Need MAIL command first",
+    b"503 Error: need RCPT command": b"503 5.5.1 Need RCPT command first",
+    b"503 Error: nested MAIL command": b"503 5.5.1 Nested MAIL command",
+    b"503 Error: send HELO first": b"503 5.5.1 Send HELO first",
+    b"503 Error: send EHLO first": b"503 5.5.1 Send EHLO first",
+    b"502 EXPN not implemented": b"502 5.5.1 EXPN not implemented",
+    b"250 OK": b"250 2.0.0 OK",
+    b"221 Bye": b"221 2.0.0 Bye",
+}

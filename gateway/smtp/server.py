@@ -1,0 +1,137 @@
+"""aiosmtpd's SMTP protocol, hardened: strict CRLF, connection limits, 451 on errors.
+
+aiosmtpd's defaults are not ours: auth is optional (an open relay), handle_exception answers
+500 (the client then drops the mail), and bare LF is accepted as a line end in commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+from collections import Counter
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+from gateway.settings import SmtpSettings
+from gateway.smtp import replies
+
+log = logging.getLogger("gateway.smtp")
+
+
+class BareNewline(Exception):
+    """A bare CR or LF in a command or DATA (SMTP smuggling; Postfix smtpd_forbid_bare_newline)."""
+
+
+class StrictLineReader(asyncio.StreamReader):
+    """A StreamReader whose lines must end in CRLF and hold no other CR or LF."""
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        line = await super().readuntil(separator)
+        body = line[:-2]
+        if not line.endswith(b"\r\n") or b"\r" in body or b"\n" in body:
+            raise BareNewline()
+        return line
+
+
+def is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+class GatewaySMTP(SMTP):
+    """One instance per connection (asyncio protocol)."""
+
+    def __init__(self, handler: Any, *, settings: SmtpSettings, connections: Counter[str],
+                 tls_context: ssl.SSLContext | None, accepting: asyncio.Event) -> None:
+        super().__init__(
+            handler,
+            data_size_limit=settings.max_message_bytes,
+            enable_SMTPUTF8=True,
+            hostname=settings.hostname,
+            ident="ESMTP",
+            tls_context=tls_context,
+            timeout=settings.idle_timeout,
+            auth_required=False,  # enforced by the handler at MAIL/RCPT: see handler.py
+            auth_require_tls=True,
+            command_call_limit=settings.max_commands,
+        )
+        self.gateway_settings = settings
+        self._connections = connections
+        self._accepting = accepting
+        self._client_ip = ""
+        self._counted = False
+
+    @property
+    def client_ip(self) -> str:
+        return self._client_ip
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if not first:
+            return  # STARTTLS: same client, new session
+        peer = transport.get_extra_info("peername")
+        self._client_ip = peer[0] if peer else ""
+        if (self.gateway_settings.allow_plain_auth_on_loopback
+                and is_loopback(self._client_ip)):
+            self._auth_require_tls = False  # development only, explicitly configured
+        self._reader.__class__ = StrictLineReader
+        self._connections[self._client_ip] += 1
+        self._counted = True
+        too_many = (self._connections[self._client_ip]
+                    > self.gateway_settings.max_connections_per_ip)
+        if too_many or not self._accepting.is_set():
+            reply = replies.TOO_MANY_CONNECTIONS if too_many else replies.SHUTTING_DOWN
+            log.warning("refusing connection from %s: %s", self._client_ip, reply)
+            if self._handler_coroutine is not None:
+                self._handler_coroutine.cancel()
+            transport.write(reply.encode() + b"\r\n")  # type: ignore[attr-defined]
+            transport.close()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self._connections[self._client_ip] -= 1
+            if self._connections[self._client_ip] <= 0:
+                del self._connections[self._client_ip]
+        super().connection_lost(error)
+
+    async def push(self, status: str | bytes) -> None:
+        raw = status.encode("utf-8") if isinstance(status, str) else status
+        await super().push(replies.AIOSMTPD_REWRITES.get(raw, raw))
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, BareNewline):
+            log.warning("%s sent a bare CR or LF: closing the session", self._client_ip)
+            # After the reply is written; the rest of the input must not be read as commands.
+            self.loop.call_soon(self._close_now)
+            return replies.BARE_NEWLINE
+        log.error("%s session error: %r", self._client_ip, error,
+                  exc_info=(type(error), error, error.__traceback__))
+        return replies.INTERNAL_ERROR
+
+    def _close_now(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def start_smtp_server(handler: Any, settings: SmtpSettings, host: str, port: int,
+                            tls_context: ssl.SSLContext | None, accepting: asyncio.Event,
+                            connections: Counter[str]) -> asyncio.Server:
+    """Create the listening server on the running loop (not aiosmtpd's threaded Controller).
+
+    `connections` counts open sessions per client IP; the caller reads it to drain on stop.
+    """
+    loop = asyncio.get_running_loop()
+
+    def factory() -> GatewaySMTP:
+        return GatewaySMTP(handler, settings=settings, connections=connections,
+                           tls_context=tls_context, accepting=accepting)
+
+    return await loop.create_server(factory, host=host, port=port, reuse_address=True,
+                                    backlog=1024)

@@ -1,0 +1,302 @@
+"""The durable delivery queue: messages stored once, one delivery row per recipient copy.
+
+A copy is *claimed* by the gateway process delivering it (claimed_by, claimed_until), so
+several processes can share one store; the claims of a process that died are taken over at the
+next start (same host, dead pid) or when the claim expires.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gateway.errors import NotFound
+from gateway.store.db import Database
+
+STATES = ("queued", "deferred", "failed", "sent")
+PENDING = ("queued", "deferred")
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A message accepted at DATA, before it is committed."""
+
+    id: str
+    received_at: float
+    account: str | None
+    client_ip: str
+    mail_from: str
+    content: bytes
+    recipients: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One recipient's copy, as a delivery worker needs it."""
+
+    delivery_id: int
+    message_id: str
+    account: str | None
+    mail_from: str
+    recipient: str
+    content: bytes
+    attempts: int
+    received_at: float
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A delivery row as `gateway queue list` shows it."""
+
+    id: int
+    message_id: str
+    mail_from: str
+    recipient: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "id": self.id, "message_id": self.message_id, "mail_from": self.mail_from,
+            "recipient": self.recipient, "state": self.state, "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at, "last_error": self.last_error,
+            "created_at": self.created_at, "updated_at": self.updated_at,
+        }
+
+
+class QueueStore:
+    """All queue SQL. `instance_id` names this process in claims."""
+
+    def __init__(self, db: Database, instance_id: str, claim_seconds: float = 600.0) -> None:
+        self.db = db
+        self.instance_id = instance_id
+        self.claim_seconds = claim_seconds
+
+    # --- the hot path -------------------------------------------------------------------
+
+    async def commit_messages(self, messages: Sequence[IncomingMessage]) -> list[list[Copy]]:
+        """Commit several accepted messages in ONE transaction (group commit), claimed by us.
+
+        Returns each message's copies, with their delivery ids, for in-process delivery.
+        """
+        now = time.time()
+        claim_until = now + self.claim_seconds
+        result: list[list[Copy]] = []
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                "INSERT INTO messages (id, received_at, account, client_ip, mail_from, size,"
+                " content) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(m.id, m.received_at, m.account, m.client_ip, m.mail_from, len(m.content),
+                  m.content) for m in messages])
+            for m in messages:
+                copies = []
+                for rcpt in m.recipients:
+                    cur = await conn.execute(
+                        "INSERT INTO deliveries (message_id, recipient, state, attempts,"
+                        " next_attempt_at, claimed_by, claimed_until, created_at, updated_at)"
+                        " VALUES (?, ?, 'queued', 0, ?, ?, ?, ?, ?)",
+                        (m.id, rcpt, now, self.instance_id, claim_until, now, now))
+                    assert cur.lastrowid is not None
+                    copies.append(Copy(cur.lastrowid, m.id, m.account, m.mail_from, rcpt,
+                                       m.content, 0, m.received_at))
+                result.append(copies)
+        return result
+
+    async def mark_sent(self, delivery_ids: Sequence[int]) -> list[None]:
+        """Record copies as sent, in one transaction (the worker batches them)."""
+        now = time.time()
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                "UPDATE deliveries SET state = 'sent', attempts = attempts + 1, last_error = NULL,"
+                " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ?",
+                [(now, i) for i in delivery_ids])
+        return [None] * len(delivery_ids)
+
+    async def defer(self, delivery_id: int, error: str, next_attempt_at: float) -> None:
+        """A temporary failure: try again at `next_attempt_at`, by whichever process is free."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE deliveries SET state = 'deferred', attempts = attempts + 1,"
+                " last_error = ?, next_attempt_at = ?, claimed_by = NULL, claimed_until = NULL,"
+                " updated_at = ? WHERE id = ?",
+                (error, next_attempt_at, time.time(), delivery_id))
+
+    async def fail(self, delivery_id: int, error: str,
+                   dsn: IncomingMessage | None = None) -> list[Copy]:
+        """A permanent failure, recorded together with its DSN in the same transaction."""
+        now = time.time()
+        copies: list[Copy] = []
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?,"
+                " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ?",
+                (error, now, delivery_id))
+            if dsn is not None:
+                await conn.execute(
+                    "INSERT INTO messages (id, received_at, account, client_ip, mail_from, size,"
+                    " content) VALUES (?, ?, NULL, ?, '', ?, ?)",
+                    (dsn.id, dsn.received_at, dsn.client_ip, len(dsn.content), dsn.content))
+                for rcpt in dsn.recipients:
+                    cur = await conn.execute(
+                        "INSERT INTO deliveries (message_id, recipient, state, attempts,"
+                        " next_attempt_at, created_at, updated_at)"
+                        " VALUES (?, ?, 'queued', 0, ?, ?, ?)", (dsn.id, rcpt, now, now, now))
+                    assert cur.lastrowid is not None
+                    copies.append(Copy(cur.lastrowid, dsn.id, None, "", rcpt, dsn.content, 0,
+                                       dsn.received_at))
+        return copies
+
+    async def claim_due(self, limit: int = 100) -> list[Copy]:
+        """Claim copies that are due and not claimed by a live process, for this process."""
+        now = time.time()
+        async with self.db.transaction() as conn:
+            async with conn.execute(
+                "UPDATE deliveries SET claimed_by = ?, claimed_until = ?"
+                " WHERE id IN (SELECT id FROM deliveries WHERE state IN ('queued', 'deferred')"
+                "   AND next_attempt_at <= ? AND (claimed_until IS NULL OR claimed_until < ?)"
+                "   ORDER BY next_attempt_at LIMIT ?)"
+                " RETURNING id", (self.instance_id, now + self.claim_seconds, now, now, limit),
+            ) as cur:
+                ids = [row[0] for row in await cur.fetchall()]
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = await self.db.fetchall(
+            "SELECT d.id, d.message_id, m.account, m.mail_from, d.recipient, m.content,"  # noqa: S608 - marks are "?" only
+            " d.attempts, m.received_at FROM deliveries d JOIN messages m ON m.id = d.message_id"
+            f" WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at", ids)
+        return [Copy(*tuple(row)) for row in rows]
+
+    # --- processes ----------------------------------------------------------------------
+
+    async def register_instance(self) -> int:
+        """Record this process; release the claims of dead processes on this host.
+
+        Returns how many copies were released for redelivery.
+        """
+        now = time.time()
+        host = socket.gethostname()
+        rows = await self.db.fetchall("SELECT id, pid FROM instances WHERE host = ?", (host,))
+        # Our own pid in another row is an earlier incarnation (a container restarted as pid 1).
+        dead = [row["id"] for row in rows
+                if row["id"] != self.instance_id
+                and (row["pid"] == os.getpid() or not _pid_alive(row["pid"]))]
+        released = 0
+        async with self.db.transaction() as conn:
+            for instance in dead:
+                cur = await conn.execute(
+                    "UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL"
+                    " WHERE claimed_by = ?", (instance,))
+                released += cur.rowcount
+                await conn.execute("DELETE FROM instances WHERE id = ?", (instance,))
+            await conn.execute(
+                "INSERT OR REPLACE INTO instances (id, host, pid, started_at, heartbeat)"
+                " VALUES (?, ?, ?, ?, ?)", (self.instance_id, host, os.getpid(), now, now))
+        return released
+
+    async def heartbeat(self) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute("UPDATE instances SET heartbeat = ? WHERE id = ?",
+                               (time.time(), self.instance_id))
+
+    async def unregister_instance(self) -> None:
+        """Clean stop: hand every copy we still hold back to the queue at once."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL"
+                " WHERE claimed_by = ?", (self.instance_id,))
+            await conn.execute("DELETE FROM instances WHERE id = ?", (self.instance_id,))
+
+    async def release(self, delivery_ids: Iterable[int]) -> None:
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                "UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL"
+                " WHERE id = ? AND claimed_by = ?", [(i, self.instance_id) for i in delivery_ids])
+
+    async def drop_finished_content(self, keep_failed_seconds: float = 7 * 86400) -> int:
+        """Free the raw content of messages whose copies are all finished.
+
+        Failed copies keep it for `keep_failed_seconds`, so `queue retry` can still resend them
+        once the operator fixed the cause.
+        """
+        cutoff = time.time() - keep_failed_seconds
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE messages SET content = NULL WHERE content IS NOT NULL AND NOT EXISTS"
+                " (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id"
+                "  AND (d.state IN ('queued', 'deferred')"
+                "       OR (d.state = 'failed' AND d.updated_at > ?)))", (cutoff,))
+            return cur.rowcount
+
+    # --- operator commands --------------------------------------------------------------
+
+    async def list(self, states: Sequence[str] = PENDING + ("failed",),
+                   limit: int = 1000) -> list[QueueEntry]:
+        marks = ",".join("?" * len(states))
+        rows = await self.db.fetchall(
+            "SELECT d.id, d.message_id, m.mail_from, d.recipient, d.state, d.attempts,"  # noqa: S608 - marks are "?" only
+            " d.next_attempt_at, d.last_error, d.created_at, d.updated_at"
+            " FROM deliveries d JOIN messages m ON m.id = d.message_id"
+            f" WHERE d.state IN ({marks}) ORDER BY d.id LIMIT ?", (*states, limit))
+        return [QueueEntry(*tuple(row)) for row in rows]
+
+    async def get(self, delivery_id: int) -> QueueEntry:
+        rows = await self.db.fetchall(
+            "SELECT d.id, d.message_id, m.mail_from, d.recipient, d.state, d.attempts,"
+            " d.next_attempt_at, d.last_error, d.created_at, d.updated_at"
+            " FROM deliveries d JOIN messages m ON m.id = d.message_id WHERE d.id = ?",
+            (delivery_id,))
+        if not rows:
+            raise NotFound(f"no queue entry {delivery_id}")
+        return QueueEntry(*tuple(rows[0]))
+
+    async def retry(self, delivery_id: int) -> None:
+        """Make a deferred or failed copy due now (a failed one only while its content is kept)."""
+        entry = await self.get(delivery_id)
+        if entry.state == "sent":
+            raise NotFound(f"queue entry {delivery_id} was already sent")
+        async with self.db.transaction() as conn:
+            row = await (await conn.execute(
+                "SELECT content IS NOT NULL FROM messages WHERE id = ?",
+                (entry.message_id,))).fetchone()
+            if not row or not row[0]:
+                raise NotFound(f"queue entry {delivery_id}: message content no longer kept")
+            await conn.execute(
+                "UPDATE deliveries SET state = 'queued', next_attempt_at = ?, claimed_by = NULL,"
+                " claimed_until = NULL, updated_at = ? WHERE id = ?",
+                (time.time(), time.time(), delivery_id))
+
+    async def flush(self) -> int:
+        """Make every deferred copy due now; returns how many."""
+        now = time.time()
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE deliveries SET next_attempt_at = ?, updated_at = ?"
+                " WHERE state = 'deferred'", (now, now))
+            return cur.rowcount
+
+    async def delete(self, delivery_id: int) -> None:
+        """Remove a copy from the queue for good (no delivery, no DSN)."""
+        await self.get(delivery_id)
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
+            await conn.execute(
+                "DELETE FROM messages WHERE NOT EXISTS"
+                " (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id)")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,240 @@
+"""Shared fixtures: a real upstream SMTP sink, and the real gateway in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+
+STRONG_PASSWORD = "Correct-Horse-Battery-Staple-42!"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 15.0,
+               interval: float = 0.05, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+
+
+class SinkHandler:
+    """An upstream MTA that records what it gets; recipients in `refuse` get that reply."""
+
+    def __init__(self) -> None:
+        self.messages: list[Received] = []
+        self.refuse: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    async def handle_RCPT(self, server, session, envelope, address, options):  # noqa: ANN001
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+        with self.lock:
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
+                                          envelope.original_content))
+        return "250 OK queued"
+
+
+@dataclass
+class Sink:
+    port: int
+    handler: SinkHandler = field(default_factory=SinkHandler)
+    controller: Controller | None = None
+
+    def start(self) -> Sink:
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    @property
+    def messages(self) -> list[Received]:
+        with self.handler.lock:
+            return list(self.handler.messages)
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:
+        wait_until(lambda: len(self.messages) >= count, timeout, what=f"{count} messages at sink")
+        return self.messages
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    s = Sink(free_port()).start()
+    yield s
+    s.stop()
+
+
+def write_config(path: Path, *, smtp_port: int, http_port: int, sink_port: int,
+                 extra: str = "", smtp_extra: str = "", trusted: bool = True,
+                 store: Path | None = None) -> Path:
+    store = store or path.parent / "gateway.db"
+    trusted_line = ('trusted_clients = [{ network = "127.0.0.0/8", account = "crm" }]'
+                    if trusted else "")
+    path.write_text(f"""
+[smtp]
+listen = "127.0.0.1:{smtp_port}"
+hostname = "gateway.test"
+auth_failure_delay = 0.0
+{trusted_line}
+{smtp_extra}
+[http]
+listen = "127.0.0.1:{http_port}"
+public_url = "http://127.0.0.1:{http_port}"
+[store]
+url = "sqlite:///{store}"
+[delivery]
+mode = "smtp"
+host = "127.0.0.1"
+port = {sink_port}
+retry_base_seconds = 1.0
+retry_max_seconds = 2.0
+scan_seconds = 0.2
+timeout_seconds = 5.0
+[log]
+level = "INFO"
+{extra}
+""")
+    return path
+
+
+def gateway_cli(config: Path, *args: str, stdin: str | None = None,
+                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", "--config", str(config), *args],
+                          input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+@dataclass
+class GatewayProcess:
+    config: Path
+    smtp_port: int
+    http_port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> GatewayProcess:
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--config", str(self.config), "serve"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.config.parent)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited {self.proc.returncode}:\n{self.output}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1).is_success:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"gateway did not start:\n{self.output}")
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 40.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.terminate(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if hasattr(self, "log"):
+            self.log.close()
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return gateway_cli(self.config, *args, stdin=stdin)
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path, sink: Sink) -> Iterator[Callable[..., GatewayProcess]]:
+    """Build (and stop at the end) gateway processes writing into tmp_path."""
+    started: list[GatewayProcess] = []
+
+    def build(*, extra: str = "", smtp_extra: str = "", trusted: bool = True,
+              accounts: dict[str, str] | None = None,
+              sink_port: int | None = None, start: bool = True) -> GatewayProcess:
+        config = write_config(tmp_path / "gateway.toml", smtp_port=free_port(),
+                              http_port=free_port(), sink_port=sink_port or sink.port,
+                              extra=extra, smtp_extra=smtp_extra, trusted=trusted)
+        gw = GatewayProcess(config, *_ports(config), tmp_path / f"gateway-{len(started)}.log")
+        for name, domain in (accounts if accounts is not None else {"crm": "example.com"}).items():
+            result = gw.cli("accounts", "add", name, "--from-domain", domain,
+                            "--password-stdin", stdin=STRONG_PASSWORD + "\n")
+            assert result.returncode == 0, result.stderr
+        started.append(gw)
+        return gw.start() if start else gw
+
+    yield build
+    for gw in started:
+        gw.stop()
+
+
+def _ports(config: Path) -> tuple[int, int]:
+    import tomllib
+
+    raw = tomllib.loads(config.read_text())
+    return (int(raw["smtp"]["listen"].rpartition(":")[2]),
+            int(raw["http"]["listen"].rpartition(":")[2]))
+
+
+def message(subject: str = "Hello", sender: str = "news@example.com",
+            to: str = "jane@example.net", body: str = "Hello Jane,\r\n\r\nA message.\r\n",
+            extra_headers: str = "") -> bytes:
+    return (f"From: Example News <{sender}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n"
+            f"Date: Sun, 22 Nov 2026 12:00:00 +0000\r\n"
+            f"Message-ID: <{time.monotonic_ns()}@example.com>\r\n{extra_headers}"
+            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}"
+            ).encode()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

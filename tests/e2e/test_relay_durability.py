@@ -1,0 +1,134 @@
+"""Store-and-forward: a 250 is a promise. Real gateway process, real sockets, real sink."""
+
+from __future__ import annotations
+
+import json
+import re
+import smtplib
+import stat
+
+from conftest import Sink, free_port, message, wait_until
+
+QUEUED = re.compile(r"^2\.0\.0 ([0-9A-F]{16}) ")
+
+
+def send(port: int, content: bytes, to: list[str] | None = None,
+         sender: str = "news@example.com") -> str:
+    """Send over SMTP, return the queue id from the 250 2.0.0 reply."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("client.test")
+        client.mail(sender)
+        for rcpt in to or ["jane@example.net"]:
+            code, text = client.rcpt(rcpt)
+            assert code == 250, text
+        code, text = client.data(content)
+    assert code == 250, text
+    match = QUEUED.match(text.decode())
+    assert match, text
+    return match.group(1)
+
+
+def test_accepted_message_reaches_upstream_with_the_same_body(make_gateway, sink: Sink):
+    gw = make_gateway()
+    content = message(subject="Durable")
+    send(gw.smtp_port, content, to=["jane@example.net", "john@example.org"])
+    received = sink.wait_for(2)
+    # each accepted recipient goes upstream as its own transaction
+    assert sorted(r.rcpt_tos[0] for r in received) == ["jane@example.net", "john@example.org"]
+    assert all(len(r.rcpt_tos) == 1 and r.mail_from == "news@example.com" for r in received)
+    assert all(r.content == content for r in received)
+
+
+def test_upstream_down_at_accept_time_is_delivered_once_it_is_back(make_gateway, tmp_path):
+    upstream = Sink(free_port())  # not started: connections are refused
+    gw = make_gateway(sink_port=upstream.port)
+    send(gw.smtp_port, message(subject="Deferred"))
+
+    def deferred() -> list:
+        entries = json.loads(gw.cli("queue", "list", "--json").stdout)
+        return [e for e in entries if e["state"] == "deferred" and e["last_error"]]
+
+    entries = wait_until(deferred, what="a deferred queue entry")
+    assert entries[0]["recipient"] == "jane@example.net" and entries[0]["attempts"] >= 1
+    upstream.start()
+    try:
+        assert gw.cli("queue", "flush").returncode == 0
+        received = upstream.wait_for(1)
+        assert b"Subject: Deferred" in received[0].content
+        wait_until(lambda: json.loads(gw.cli("queue", "list", "--json").stdout) == [],
+                   what="an empty queue")
+    finally:
+        upstream.stop()
+
+
+def test_sigkill_right_after_250_loses_nothing(make_gateway, tmp_path):
+    upstream = Sink(free_port())  # down: everything stays in the queue at the kill
+    gw = make_gateway(sink_port=upstream.port)
+    ids = [send(gw.smtp_port, message(subject=f"Kill {i}")) for i in range(5)]
+    gw.kill()  # SIGKILL: no drain, no clean-up
+    upstream.start()
+    try:
+        gw.start()
+        received = upstream.wait_for(5, timeout=30)
+        subjects = sorted(re.search(rb"Subject: (Kill \d)", r.content).group(1) for r in received)
+        assert subjects == [f"Kill {i}".encode() for i in range(5)]
+        assert len(set(ids)) == 5
+    finally:
+        upstream.stop()
+
+
+def test_sigkill_while_delivering_still_delivers_every_message(make_gateway, sink: Sink):
+    gw = make_gateway()
+    for i in range(20):
+        send(gw.smtp_port, message(subject=f"Race {i}"))
+    gw.kill()
+    gw.start()
+    wait_until(lambda: len({re.search(rb"Subject: (Race \d+)", r.content).group(1)
+                            for r in sink.messages}) == 20, timeout=30,
+               what="all 20 messages at the sink")
+
+
+def test_permanent_upstream_failure_ends_failed_with_a_dsn(make_gateway, sink: Sink):
+    sink.handler.refuse["gone@example.net"] = "550 5.1.1 <gone@example.net>: user unknown"
+    gw = make_gateway()
+    send(gw.smtp_port, message(subject="Bounce me", to="gone@example.net"),
+         to=["gone@example.net"])
+    received = sink.wait_for(1)  # the DSN, to the envelope sender, from the null sender
+    dsn = received[0]
+    assert dsn.mail_from == "" and dsn.rcpt_tos == ["news@example.com"]
+    assert b"multipart/report" in dsn.content and b"report-type=delivery-status" in dsn.content
+    assert b"Final-Recipient: rfc822; gone@example.net" in dsn.content
+    assert b"Status: 5.1.1" in dsn.content
+    failed = json.loads(gw.cli("queue", "list", "--failed", "--json").stdout)
+    assert [e["recipient"] for e in failed] == ["gone@example.net"]
+    assert failed[0]["state"] == "failed" and "550" in failed[0]["last_error"]
+
+
+def test_store_and_keys_are_owner_only(make_gateway, tmp_path):
+    gw = make_gateway()
+    send(gw.smtp_port, message())
+    for path in (tmp_path / "gateway.db", tmp_path / "tls" / "key.pem"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_queue_retry_and_delete_steer_single_entries(make_gateway):
+    upstream = Sink(free_port())
+    gw = make_gateway(sink_port=upstream.port, extra="")
+    send(gw.smtp_port, message(subject="Keep"), to=["a@example.net", "b@example.net"])
+    entries = wait_until(lambda: [e for e in json.loads(gw.cli("queue", "list", "--json").stdout)
+                                  if e["state"] == "deferred"] or None, what="deferred entries")
+    listing = json.loads(gw.cli("queue", "list", "--json").stdout)
+    by_rcpt = {e["recipient"]: e["id"] for e in listing}
+    assert len(entries) >= 1
+    assert gw.cli("queue", "delete", str(by_rcpt["b@example.net"])).returncode == 0
+    assert gw.cli("queue", "delete", "999999").returncode == 1
+    upstream.start()
+    try:
+        assert gw.cli("queue", "retry", str(by_rcpt["a@example.net"])).returncode == 0
+        received = upstream.wait_for(1)
+        assert received[0].rcpt_tos == ["a@example.net"]
+        wait_until(lambda: not json.loads(gw.cli("queue", "list", "--json").stdout),
+                   what="empty queue")
+        assert all(r.rcpt_tos != ["b@example.net"] for r in upstream.messages)
+    finally:
+        upstream.stop()

@@ -1,0 +1,124 @@
+"""`gateway serve`: embedded defaults, config errors, graceful stop, store failures."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import STRONG_PASSWORD, Sink, gateway_cli, message, wait_until
+from rawsmtp import RawSmtp
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_newcomer_runs_serve_with_no_config_at_all(tmp_path: Path):
+    if not (_port_free(2525) and _port_free(8025)):
+        pytest.fail("ports 2525/8025 are taken on this machine: the default-run check needs them")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("GATEWAY_")}
+    add = subprocess.run([sys.executable, "-m", "gateway", "accounts", "add", "demo",
+                          "--from-domain", "example.com", "--password-stdin"],
+                         input=STRONG_PASSWORD + "\n", text=True, capture_output=True,
+                         cwd=tmp_path, env=env, timeout=60)
+    assert add.returncode == 0, add.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: not _port_free(8025) and not _port_free(2525), what="default ports")
+        assert httpx.get("http://127.0.0.1:8025/healthz").text == "ok\n"
+        s = RawSmtp(2525)
+        s.cmd("EHLO c")
+        s.starttls()
+        s.cmd("EHLO c")
+        import base64
+
+        auth = base64.b64encode(f"\0demo\0{STRONG_PASSWORD}".encode()).decode()
+        assert s.cmd("AUTH PLAIN " + auth)[0] == 235
+        assert s.cmd("MAIL FROM:<me@example.com>")[0] == 250
+        assert s.cmd("RCPT TO:<you@example.net>")[0] == 250
+        assert s.cmd("DATA")[0] == 354
+        assert s.cmd(message(sender="me@example.com", subject="First light") + b".")[0] == 250
+        s.cmd("QUIT")
+        new = tmp_path / "var" / "outbox" / "new"
+        files = wait_until(lambda: list(new.glob("*")), what="a file in the Maildir")
+        assert b"Subject: First light" in files[0].read_bytes()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    # what it printed tells where mail goes and how to send a test message
+    assert "var/outbox" in out and "swaks" in out and "127.0.0.1:2525" in out
+    assert (tmp_path / "var" / "gateway.db").exists()
+
+
+@pytest.mark.parametrize("body, key", [
+    ("[smtp]\nlisten = \"127.0.0.1:2525\"\nbogus_key = 1\n", "smtp.bogus_key"),
+    ("[smtp]\nmax_recipients = \"many\"\n", "smtp.max_recipients"),
+    ("[nonsense]\nx = 1\n", "[nonsense]"),
+    ("[delivery]\nmode = \"carrier-pigeon\"\n", "delivery.mode"),
+])
+def test_config_errors_name_the_key_and_exit_2(tmp_path: Path, body: str, key: str):
+    config = tmp_path / "bad.toml"
+    config.write_text(body)
+    result = gateway_cli(config, "serve")
+    assert result.returncode == 2
+    assert key in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigterm_drains_open_sessions_then_exits_0(make_gateway, sink: Sink):
+    gw = make_gateway()
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    gw.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    # no new sessions while draining...
+    with pytest.raises(OSError):
+        late = RawSmtp(gw.smtp_port, timeout=2)
+        if late.greeting[0] != 220:
+            raise OSError(late.greeting)
+    # ...but the open one finishes its message
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    assert s.cmd(message(subject="Drained") + b".")[0] == 250
+    s.cmd("QUIT")
+    assert gw.proc.wait(30) == 0
+    assert any(b"Drained" in r.content for r in sink.wait_for(1))
+
+
+def test_locked_store_answers_451_never_250(make_gateway, sink: Sink, tmp_path: Path):
+    gw = make_gateway()
+    holder = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    try:
+        s = RawSmtp(gw.smtp_port, timeout=30)
+        s.cmd("EHLO c")
+        s.cmd("MAIL FROM:<news@example.com>")
+        s.cmd("RCPT TO:<jane@example.net>")
+        s.cmd("DATA")
+        code, text = s.cmd(message(subject="Locked") + b".")
+        assert code == 451 and text.startswith("4.3.0")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # the client keeps the message and retries: now it goes through
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    s.cmd("RCPT TO:<jane@example.net>")
+    s.cmd("DATA")
+    assert s.cmd(message(subject="Retried") + b".")[0] == 250
+    subjects = [r.content for r in sink.wait_for(1)]
+    assert any(b"Retried" in c for c in subjects) and not any(b"Locked" in c for c in subjects)

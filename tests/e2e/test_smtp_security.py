@@ -1,0 +1,197 @@
+"""No open relay, AUTH only over TLS, lockout, smuggling, limits: over real sockets."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from conftest import STRONG_PASSWORD, Sink, message
+from rawsmtp import RawSmtp
+
+
+def plain(user: str, password: str) -> str:
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def test_no_relaying_without_auth_or_trusted_network(make_gateway, sink: Sink):
+    gw = make_gateway(trusted=False)
+    s = RawSmtp(gw.smtp_port)
+    code, text = s.cmd("EHLO client.test")
+    assert code == 250
+    assert s.cmd("MAIL FROM:<news@example.com>") == (530, "5.7.0 Authentication required")
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] >= 500
+    assert s.cmd("DATA")[0] >= 500
+    s.close()
+    time.sleep(0.3)
+    assert sink.messages == []
+
+
+def test_auth_is_neither_advertised_nor_accepted_before_starttls(make_gateway):
+    gw = make_gateway(trusted=False)
+    s = RawSmtp(gw.smtp_port)
+    code, text = s.cmd("EHLO client.test")
+    assert "STARTTLS" in text and "AUTH" not in text
+    assert s.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD))[0] == 538
+    s.starttls()
+    code, text = s.cmd("EHLO client.test")
+    assert "AUTH LOGIN PLAIN" in text and "STARTTLS" not in text
+    assert s.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD)) == (
+        235, "2.7.0 Authentication successful")
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    s.close()
+
+
+def test_authenticated_client_over_starttls_gets_mail_through(make_gateway, sink: Sink):
+    gw = make_gateway(trusted=False)
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO client.test")
+    s.starttls()
+    s.cmd("EHLO client.test")
+    # AUTH LOGIN, the two-step variant
+    assert s.cmd("AUTH LOGIN")[0] == 334
+    assert s.cmd(base64.b64encode(b"crm").decode())[0] == 334
+    assert s.cmd(base64.b64encode(STRONG_PASSWORD.encode()).decode())[0] == 235
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    code, text = s.cmd(message(subject="Over TLS") + b".")
+    assert code == 250 and text.startswith("2.0.0 ")
+    assert b"Subject: Over TLS" in sink.wait_for(1)[0].content
+
+
+def test_bad_password_and_unknown_user_get_the_same_535(make_gateway):
+    gw = make_gateway(trusted=False)
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    s.starttls()
+    s.cmd("EHLO c")
+    wrong = s.cmd("AUTH PLAIN " + plain("crm", "Wrong-Password-123456!"))
+    unknown = s.cmd("AUTH PLAIN " + plain("nobody", "Wrong-Password-123456!"))
+    assert wrong == unknown == (535, "5.7.8 Authentication credentials invalid")
+    assert "crm" in gw.output and "127.0.0.1" in gw.output  # failures are logged with the IP
+
+
+def test_ten_wrong_passwords_lock_the_account_until_unlocked(make_gateway):
+    gw = make_gateway(trusted=False)
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    s.starttls()
+    s.cmd("EHLO c")
+    for _ in range(10):
+        assert s.cmd("AUTH PLAIN " + plain("crm", "Wrong-Password-123456!"))[0] == 535
+    code, text = s.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD))
+    assert code == 454 and text.startswith("4.7.0")  # locked: temporary, even with the password
+    assert gw.cli("accounts", "unlock", "crm").returncode == 0
+    assert s.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD))[0] == 235
+
+
+def _smuggle(gw, sink: Sink, payload: bytes) -> None:
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    s.send(payload)
+    code, text = s.reply()
+    assert code == 521, (code, text)
+    assert s.closed()
+    time.sleep(0.5)
+    assert sink.messages == []  # neither the first nor a smuggled second message
+
+
+SMUGGLED_TAIL = (b"MAIL FROM:<news@example.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n"
+                 b"From: <ceo@example.com>\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n")
+
+
+def test_smuggling_with_lf_dot_lf_never_yields_a_second_message(make_gateway, sink: Sink):
+    gw = make_gateway()
+    _smuggle(gw, sink, message() + b"\n.\n" + SMUGGLED_TAIL)
+
+
+def test_smuggling_with_lf_dot_crlf_is_refused(make_gateway, sink: Sink):
+    gw = make_gateway()
+    _smuggle(gw, sink, message() + b"\n.\r\n" + SMUGGLED_TAIL)
+
+
+def test_smuggling_with_cr_dot_cr_is_refused(make_gateway, sink: Sink):
+    gw = make_gateway()
+    _smuggle(gw, sink, message() + b"\r.\r" + SMUGGLED_TAIL)
+
+
+def test_bare_lf_in_a_command_is_refused_and_the_session_closed(make_gateway):
+    gw = make_gateway()
+    s = RawSmtp(gw.smtp_port)
+    s.send(b"EHLO c\n")
+    assert s.reply()[0] == 521
+    assert s.closed()
+
+
+def test_oversize_message_gets_552(make_gateway, sink: Sink):
+    gw = make_gateway(smtp_extra="max_message_bytes = 100000")
+    s = RawSmtp(gw.smtp_port)
+    code, text = s.cmd("EHLO c")
+    assert "SIZE 100000" in text
+    assert s.cmd("MAIL FROM:<news@example.com> SIZE=100001")[0] == 552
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    line = b"x" * 900 + b"\r\n"
+    s.send(message() + line * 120 + b".\r\n")
+    code, text = s.reply()
+    assert code == 552 and text.startswith("5.3.4")
+    assert s.cmd("NOOP")[0] == 250  # session still sane
+    time.sleep(0.3)
+    assert sink.messages == []
+
+
+def test_garbage_commands_get_5xx_and_the_session_stays_usable(make_gateway, sink: Sink):
+    gw = make_gateway()
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    assert s.cmd("XYZZY plugh")[0] == 500
+    assert s.cmd(b"\xff\xfe MAIL")[0] == 500
+    assert s.cmd("MAIL FROM:<@relay.example:jane@example.net>")[0] == 501  # source route
+    assert s.cmd("MAIL FROM:<news%other.example@example.com>")[0] == 501  # %-hack
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane%elsewhere.example@example.net>")[0] == 501
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    assert s.cmd(message(subject="After garbage") + b".")[0] == 250
+    assert b"After garbage" in sink.wait_for(1)[0].content
+
+
+def test_too_many_recipients_get_452(make_gateway):
+    gw = make_gateway()
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    s.cmd("MAIL FROM:<news@example.com>")
+    codes = [s.cmd(f"RCPT TO:<r{i}@example.net>")[0] for i in range(101)]
+    assert codes[:100] == [250] * 100 and codes[100] == 452
+
+
+def test_sender_and_from_header_are_bound_to_the_account_domains(make_gateway, sink: Sink):
+    gw = make_gateway()
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    assert s.cmd("MAIL FROM:<ceo@other.example>") == (
+        553, "5.7.1 Sender address not allowed for this account")
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    code, text = s.cmd(message(sender="ceo@other.example") + b".")
+    assert code == 550 and "M1" in text
+    time.sleep(0.3)
+    assert sink.messages == []
+
+
+def test_connections_per_ip_are_limited(make_gateway):
+    gw = make_gateway(smtp_extra="max_connections_per_ip = 5")
+    sessions = [RawSmtp(gw.smtp_port) for _ in range(5)]
+    assert all(s.greeting[0] == 220 for s in sessions)
+    sixth = RawSmtp(gw.smtp_port)
+    assert sixth.greeting[0] == 421 and sixth.closed()
+    sessions[0].close()
+    time.sleep(0.3)
+    assert RawSmtp(gw.smtp_port).greeting[0] == 220  # a freed slot is usable again
+    for s in sessions[1:]:
+        s.close()

@@ -1,0 +1,88 @@
+"""The durable queue on a real SQLite file: commit, claim, take-over, outcomes."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import NotFound
+from gateway.store.db import Database
+from gateway.store.queue import IncomingMessage, QueueStore
+
+
+def incoming(mid: str, *rcpts: str) -> IncomingMessage:
+    return IncomingMessage(mid, time.time(), "crm", "127.0.0.1", "news@example.com",
+                           b"Subject: x\r\n\r\nbody\r\n", rcpts)
+
+
+@pytest.fixture
+async def db(tmp_path: Path):
+    async with Database(tmp_path / "q.db") as database:
+        yield database
+
+
+async def test_database_file_is_owner_only_and_migrated(db: Database):
+    assert stat.S_IMODE(os.stat(db.path).st_mode) == 0o600
+    rows = await db.fetchall("SELECT version FROM schema_migrations")
+    assert [r[0] for r in rows][:1] == [1]
+
+
+async def test_group_commit_returns_each_messages_copies(db: Database):
+    q = QueueStore(db, "me")
+    result = await q.commit_messages([incoming("A", "a@x.example", "b@x.example"),
+                                      incoming("B", "c@x.example")])
+    assert [[c.recipient for c in copies] for copies in result] == [
+        ["a@x.example", "b@x.example"], ["c@x.example"]]
+    entries = await q.list()
+    assert [e.state for e in entries] == ["queued"] * 3
+
+
+async def test_claims_of_a_dead_process_are_taken_over_at_start(db: Database):
+    dead = QueueStore(db, "dead")
+    await dead.register_instance()
+    await db.writer.execute("UPDATE instances SET pid = 999999999 WHERE id = 'dead'")
+    await dead.commit_messages([incoming("A", "a@x.example")])
+    alive = QueueStore(db, "alive")
+    assert await alive.claim_due() == []  # still claimed by "dead"
+    assert await alive.register_instance() == 1
+    (copy,) = await alive.claim_due()
+    assert copy.recipient == "a@x.example" and copy.content.endswith(b"body\r\n")
+    assert await alive.claim_due() == []  # claimed now: not handed out twice
+
+
+async def test_outcomes_and_operator_commands(db: Database):
+    q = QueueStore(db, "me")
+    (copies,) = await q.commit_messages([incoming("A", "a@x.example", "b@x.example")])
+    a, b = copies
+    await q.defer(a.delivery_id, "421 try later", time.time() + 3600)
+    await q.fail(b.delivery_id, "550 5.1.1 unknown")
+    assert {e.recipient: (e.state, e.attempts) for e in await q.list()} == {
+        "a@x.example": ("deferred", 1), "b@x.example": ("failed", 1)}
+    assert await q.claim_due() == []  # deferred into the future
+    assert await q.flush() == 1
+    (due,) = await q.claim_due()
+    assert due.delivery_id == a.delivery_id and due.attempts == 1
+    await q.mark_sent([a.delivery_id])
+    assert [e.recipient for e in await q.list()] == ["b@x.example"]
+    await q.retry(b.delivery_id)
+    assert (await q.get(b.delivery_id)).state == "queued"
+    await q.delete(b.delivery_id)
+    with pytest.raises(NotFound):
+        await q.get(b.delivery_id)
+    assert await q.drop_finished_content() == 1  # a was sent, b deleted
+
+
+async def test_content_is_kept_until_every_copy_is_finished(db: Database):
+    q = QueueStore(db, "me")
+    (copies,) = await q.commit_messages([incoming("A", "a@x.example", "b@x.example")])
+    await q.mark_sent([copies[0].delivery_id])
+    assert await q.drop_finished_content() == 0  # b is still queued
+    await q.fail(copies[1].delivery_id, "550 no")
+    assert await q.drop_finished_content() == 0  # failed copies stay retryable for a while
+    assert await q.drop_finished_content(keep_failed_seconds=-1) == 1
+    with pytest.raises(NotFound, match="no longer kept"):
+        await q.retry(copies[1].delivery_id)

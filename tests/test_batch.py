@@ -1,0 +1,54 @@
+"""Group commit: concurrent items share a write; nobody is answered before their write."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from gateway.batch import GroupCommitter
+
+
+async def test_items_arriving_during_a_write_share_the_next_one():
+    batches: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def write(items: Sequence[int]) -> list[int]:
+        batches.append(list(items))
+        if len(batches) == 1:
+            await release.wait()  # the first write is slow (an fsync)
+        return [i * 10 for i in items]
+
+    committer: GroupCommitter[int, int] = GroupCommitter(write)
+    first = asyncio.create_task(committer.submit(1))
+    await asyncio.sleep(0)
+    others = [asyncio.create_task(committer.submit(i)) for i in (2, 3, 4)]
+    await asyncio.sleep(0.01)
+    assert not any(t.done() for t in [first, *others])  # nobody answered before the write
+    release.set()
+    assert await first == 10
+    assert [await t for t in others] == [20, 30, 40]
+    assert batches == [[1], [2, 3, 4]]
+
+
+async def test_a_failed_write_fails_every_item_of_its_batch_only():
+    calls = 0
+
+    async def write(items: Sequence[str]) -> list[str]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        if calls == 2:
+            raise OSError("disk full")
+        return list(items)
+
+    committer: GroupCommitter[str, str] = GroupCommitter(write)
+    a = asyncio.create_task(committer.submit("a"))
+    await asyncio.sleep(0)
+    b, c = (asyncio.create_task(committer.submit(x)) for x in "bc")
+    assert await a == "a"
+    for task in (b, c):
+        with pytest.raises(OSError, match="disk full"):
+            await task
+    assert await committer.submit("d") == "d"  # the committer recovers

@@ -1,0 +1,35 @@
+"""The From header is parsed by hand, strictly (CVE-2023-27043 is not fixed on 3.11.7)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.flow import from_header_domains
+
+
+def head(*lines: str) -> bytes:
+    return ("\r\n".join(lines) + "\r\n\r\nbody\r\n").encode()
+
+
+@pytest.mark.parametrize("lines, domains", [
+    (["From: news@example.com"], ["example.com"]),
+    (["From: \"Example, News\" <news@Example.COM>"], ["example.com"]),
+    (["From: =?utf-8?q?Caf=C3=A9?= <cafe@example.fr>"], ["example.fr"]),
+    (["From: a@one.example, b@two.example"], ["one.example", "two.example"]),
+    (["Subject: x", "From: \"Jane\"", " <jane@folded.example>"], ["folded.example"]),
+    # a quoted display name that looks like an address does not count (CVE-2023-27043 shape)
+    (["From: \"alice@evil.example\" <alice@good.example>"], ["good.example"]),
+    (["From: bob@(comment)example.com"], []),
+    (["From: <alice@evil.example>@good.example"], []),
+    (["From: bob@evil.example <alice@good.example>"], []),
+    (["Subject: no from"], []),
+    (["From: a@one.example", "From: b@two.example"], []),
+    (["From: not an address"], []),
+])
+def test_from_header_domains(lines: list[str], domains: list[str]):
+    assert from_header_domains(head(*lines)) == domains
+
+
+def test_only_the_header_section_is_read():
+    content = b"Subject: x\r\nFrom: a@good.example\r\n\r\nFrom: b@evil.example\r\n"
+    assert from_header_domains(content) == ["good.example"]

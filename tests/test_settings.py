@@ -1,0 +1,62 @@
+"""Config: embedded defaults, TOML, GATEWAY_* overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import ConfigError
+from gateway.settings import load_settings
+
+
+def test_embedded_defaults_match_the_contract():
+    s = load_settings(None, environ={})
+    assert s.smtp.listen == "127.0.0.1:2525" and s.http.listen == "127.0.0.1:8025"
+    assert str(s.store.path) == "var/gateway.db"
+    assert s.delivery.mode == "maildir" and s.delivery.maildir == "./var/outbox"
+    assert s.smtp.trusted_clients == () and s.smtp.allow_plain_auth_on_loopback is False
+
+
+def test_the_documented_example_config_loads():
+    example = Path(__file__).resolve().parents[1] / "config" / "gateway.toml"
+    s = load_settings(example, environ={})
+    assert s.source == str(example)
+
+
+def test_environment_overrides_single_keys(tmp_path: Path):
+    config = tmp_path / "g.toml"
+    config.write_text('[delivery]\nmode = "smtp"\nport = 25\n')
+    s = load_settings(config, environ={"GATEWAY_DELIVERY_PORT": "2526",
+                                       "GATEWAY_DELIVERY_PASSWORD": "s3cret",
+                                       "GATEWAY_SMTP_ALLOW_PLAIN_AUTH_ON_LOOPBACK": "true"})
+    assert s.delivery.port == 2526 and s.delivery.password == "s3cret"
+    assert s.smtp.allow_plain_auth_on_loopback is True
+
+
+def test_trusted_clients_are_typed_and_match_networks(tmp_path: Path):
+    config = tmp_path / "g.toml"
+    config.write_text('[smtp]\ntrusted_clients = [{ network = "10.0.0.0/8", account = "crm" }]\n')
+    (client,) = load_settings(config, environ={}).smtp.trusted_clients
+    assert client.account == "crm" and client.contains("10.1.2.3")
+    assert not client.contains("11.0.0.1")
+
+
+@pytest.mark.parametrize("body, words", [
+    ("[smtp]\nlisten = 2525\n", "smtp.listen"),
+    ("[smtp]\nlisten = \"nohostport\"\n", "smtp.listen"),
+    ("[smtp]\nallow_plain_auth_on_loopback = 1\n", "smtp.allow_plain_auth_on_loopback"),
+    ("[smtp]\ntrusted_clients = [{ network = \"not-a-net\", account = \"x\" }]\n",
+     "trusted_clients[0].network"),
+    ("[smtp]\ntrusted_clients = [{ network = \"10.0.0.0/8\", acount = \"x\" }]\n", "acount"),
+    ("[policy]\nunknown_recipient = \"accept\"\n", "policy.unknown_recipient"),
+    ("[store]\nurl = \"mysql://x\"\n", "store.url"),
+    ("[delivery]\nmode = \"smtp\"\nusername = \"u\"\n", "delivery.username"),
+    ("[smtp]\ntls_cert = \"a.pem\"\n", "smtp.tls_key"),
+    ("not toml at all [", "not valid TOML"),
+])
+def test_invalid_config_names_the_key(tmp_path: Path, body: str, words: str):
+    config = tmp_path / "g.toml"
+    config.write_text(body)
+    with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        load_settings(config, environ={})
