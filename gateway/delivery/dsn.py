@@ -1,0 +1,231 @@
+"""Delivery status notifications (RFC 3464) for copies the gateway gave up on.
+
+A DSN goes from the null sender to the envelope sender of the failed copy. It is built as raw
+bytes with CRLF line ends, not with the `email` package's generator: that one is slow and the
+Python it runs on lacks fixes for header injection. Instead every value that reaches a header
+or a status field goes through `_clean` (no control characters, so no CR/LF/NUL can open a new
+header) and `_fold` (no line over 998 octets, RFC 5322 section 2.1.1).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import textwrap
+import time
+from email.utils import formatdate
+
+STATUS_FORMAT = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+STATUS_IN_TEXT = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+UNKNOWN_PERMANENT = "5.0.0"
+# RFC 3463 X.4.7 "delivery time expired"; Postfix reports expired mail with a 4.x.x status and
+# Action: failed as well.
+EXPIRED = "4.4.7"
+GAVE_UP_PREFIX = "gave up after"
+
+MAX_DIAGNOSTIC = 900  # characters, before "Diagnostic-Code: smtp; "
+MAX_VALUE_OCTETS = 900  # any other field value: well inside the 998-octet line limit
+FOLD_AT = 78
+
+# C0, DEL, C1 and the Unicode line/paragraph separators: none belongs in a header field.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_PARTIAL_ESCAPE = re.compile(r"\\(x\{[0-9A-F]*|x[0-9a-f]?|u[0-9a-f]{0,3}|U[0-9a-f]{0,7})?$")
+_HOSTNAME = re.compile(r"[^A-Za-z0-9.\-\[\]:]")
+
+
+def should_send_dsn(mail_from: str) -> bool:
+    """False for the null sender and for MAILER-DAEMON: never bounce a bounce (RFC 5321 4.5.5)."""
+    address = _bare_address(mail_from)
+    if not address:
+        return False
+    local = address.rpartition("@")[0] if "@" in address else address
+    return local.strip('"').casefold() != "mailer-daemon"
+
+
+def status_for(status: str, diagnostic: str) -> str:
+    """The RFC 3463 status: `status` if well formed, else one found in the diagnostic text.
+
+    A code of class 4 in a permanent failure's reply is given class 5, as Postfix does when the
+    enhanced code disagrees with the reply; expired copies ("gave up after ...") get 4.4.7.
+    """
+    status = status.strip()
+    if STATUS_FORMAT.fullmatch(status):
+        return status
+    if diagnostic.lstrip().lower().startswith(GAVE_UP_PREFIX):
+        return EXPIRED
+    codes: list[str] = [code for code in STATUS_IN_TEXT.findall(diagnostic) if code[0] != "2"]
+    for code in codes:
+        if code[0] == "5":
+            return code
+    if codes:
+        return "5" + codes[0][1:]
+    return UNKNOWN_PERMANENT
+
+
+def build_dsn(*, reporting_mta: str, original_envelope_id: str, mail_from: str, recipient: str,
+              status: str, diagnostic: str, arrival_date: float,
+              original_headers: bytes) -> bytes:
+    """A complete multipart/report DSN for one failed recipient, ready to queue as is."""
+    host = _hostname(reporting_mta)
+    sender = _clip(_clean(_bare_address(mail_from)), MAX_VALUE_OCTETS)
+    rcpt = _clip(_clean(_bare_address(recipient)), MAX_VALUE_OCTETS)
+    reason = _clip(_clean(diagnostic), MAX_DIAGNOSTIC) or "unknown error"
+    code = status_for(status, diagnostic)
+
+    explanation = _explanation(host, rcpt, reason, expired=code == EXPIRED)
+    report = _delivery_status(host, _clean(original_envelope_id), arrival_date, rcpt, code,
+                              reason)
+    headers = _headers_only(original_headers)
+
+    boundary = _boundary(explanation + report + headers)
+    parts = [
+        _part("text/plain; charset=utf-8", explanation),
+        _part("message/delivery-status", report),
+        _part("text/rfc822-headers", headers),
+    ]
+    delimiter = b"--" + boundary.encode("ascii")
+    body = b"".join(delimiter + b"\r\n" + part for part in parts) + delimiter + b"--\r\n"
+    # A multipart holding an 8bit part is itself 8bit (RFC 2045 6.4).
+    encoding = "7bit" if body.isascii() else "8bit"
+    top = b"".join([
+        _field("From", f"Mail Delivery System <MAILER-DAEMON@{host}>"),
+        _field("To", f"<{sender}>"),
+        _field("Subject", "Undelivered Mail Returned to Sender"),
+        _field("Date", formatdate(time.time(), usegmt=True)),
+        _field("Message-ID", f"<{secrets.token_hex(16)}@{host}>"),
+        _field("Auto-Submitted", "auto-replied"),  # RFC 3834: no vacation reply to this
+        _field("MIME-Version", "1.0"),
+        _field("Content-Type",
+               f'multipart/report; report-type=delivery-status; boundary="{boundary}"'),
+        _field("Content-Transfer-Encoding", encoding),
+    ])
+    preamble = b"This is a MIME-encapsulated message.\r\n\r\n"
+    return top + b"\r\n" + preamble + body
+
+
+def _explanation(host: str, recipient: str, reason: str, *, expired: bool) -> bytes:
+    why = ("The gateway kept retrying until the message expired, then gave up."
+           if expired else "The receiving system refused it permanently.")
+    lines = [
+        f"This is the mail gateway at {host}.",
+        "",
+        *textwrap.wrap("Your message could not be delivered to the recipient below. "
+                       f"{why} This is a permanent failure: it will not be retried.", width=76),
+        "",
+        *textwrap.wrap(f"<{recipient}>: {reason}", width=76, initial_indent="    ",
+                       subsequent_indent="    ", break_on_hyphens=False),
+        "",
+        "The delivery status report and the headers of your message are attached.",
+    ]
+    return "".join(line + "\r\n" for line in lines).encode("utf-8")
+
+
+def _delivery_status(host: str, envelope_id: str, arrival_date: float, recipient: str,
+                     code: str, reason: str) -> bytes:
+    """The message/delivery-status body: per-message fields, blank line, per-recipient fields.
+
+    RFC 3464 fields are US-ASCII: other characters are escaped (`\\x{..}` for addresses as in
+    RFC 6533, `\\u....` elsewhere) so the part stays 7bit; the text part has them as they are.
+    """
+    envelope_id = _ascii(envelope_id, MAX_VALUE_OCTETS)
+    reason = _ascii(reason, MAX_DIAGNOSTIC)
+    arrived = arrival_date if math.isfinite(arrival_date) and arrival_date > 0 else time.time()
+    per_message = [_field("Reporting-MTA", f"dns; {host}")]
+    if envelope_id:
+        per_message.append(_field("Original-Envelope-Id", envelope_id))
+    per_message.append(_field("Arrival-Date", formatdate(arrived, usegmt=True)))
+    per_recipient = [
+        _field("Final-Recipient", _typed_address(recipient)),
+        _field("Action", "failed"),
+        _field("Status", code),
+        _field("Diagnostic-Code", f"smtp; {reason}"),
+    ]
+    return b"".join(per_message) + b"\r\n" + b"".join(per_recipient)
+
+
+def _typed_address(address: str) -> str:
+    """`rfc822; a@b`, or for an internationalised address RFC 6533's 7-bit `utf-8;` form."""
+    if address.isascii():
+        return f"rfc822; {address}"
+    encoded = "".join(ch if ch.isascii() and ch not in " \\+=" else f"\\x{{{ord(ch):X}}}"
+                      for ch in address)
+    if len(encoded) > MAX_VALUE_OCTETS:  # cut, but never inside an escape
+        encoded = _PARTIAL_ESCAPE.sub("", encoded[:MAX_VALUE_OCTETS])
+    return f"utf-8; {encoded}"
+
+
+def _headers_only(original: bytes) -> bytes:
+    """The original header block with CRLF line ends; never any of the body."""
+    lines = original.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    kept: list[bytes] = []
+    for line in lines:
+        if not line:
+            break
+        kept.append(line.replace(b"\0", b" "))
+    return b"".join(line + b"\r\n" for line in kept)
+
+
+def _part(content_type: str, content: bytes) -> bytes:
+    encoding = "7bit" if content.isascii() else "8bit"
+    return (_field("Content-Type", content_type)
+            + _field("Content-Transfer-Encoding", encoding) + b"\r\n" + content + b"\r\n")
+
+
+def _boundary(content: bytes) -> str:
+    while True:
+        boundary = f"=_dsn_{secrets.token_hex(16)}"
+        if boundary.encode("ascii") not in content:
+            return boundary
+
+
+def _field(name: str, value: str) -> bytes:
+    return f"{name}: {_fold(value, len(name) + 2)}\r\n".encode()
+
+
+def _fold(value: str, used: int) -> str:
+    """Fold at spaces so that lines stay near 78 characters (RFC 5322 2.2.3)."""
+    words = value.split(" ")
+    lines: list[str] = []
+    current = words[0]
+    width = used
+    for word in words[1:]:
+        if width + len(current) + 1 + len(word) > FOLD_AT:
+            lines.append(current)
+            current, width = word, 1  # the continuation line starts with the space
+        else:
+            current += " " + word
+    lines.append(current)
+    return "\r\n ".join(lines)
+
+
+def _clean(value: str) -> str:
+    """Control characters become spaces, runs of whitespace one space: one line, no injection."""
+    return " ".join(_CONTROL.sub(" ", value).split())
+
+
+def _ascii(value: str, limit: int) -> str:
+    escaped = value.encode("ascii", "backslashreplace").decode("ascii")
+    if len(escaped) > limit:
+        escaped = _PARTIAL_ESCAPE.sub("", escaped[:limit])
+    return escaped
+
+
+def _clip(value: str, max_octets: int) -> str:
+    return value.encode("utf-8")[:max_octets].decode("utf-8", "ignore")
+
+
+def _bare_address(address: str) -> str:
+    address = address.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1].strip()
+    return address
+
+
+def _hostname(name: str) -> str:
+    name = _clean(name)
+    try:
+        name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass
+    return _HOSTNAME.sub("", name)[:253] or "localhost"
