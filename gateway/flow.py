@@ -11,10 +11,10 @@ import re
 import time
 from dataclasses import dataclass
 
+import gateway.smtp.replies as replies
 from gateway.batch import GroupCommitter
 from gateway.delivery.worker import DeliveryService, new_queue_id
 from gateway.settings import TrustedClient
-from gateway.smtp import replies
 from gateway.store.accounts import Account, AccountStore
 from gateway.store.queue import Copy, IncomingMessage, QueueStore
 from gateway.transform.lines import normalize_crlf

@@ -252,7 +252,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         (item_type, _ellipsis) = typing.get_args(hint)
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if dataclasses.is_dataclass(item_type):
+        if isinstance(item_type, type) and dataclasses.is_dataclass(item_type):
             return tuple(_build(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
         return tuple(_coerce(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
     if isinstance(hint, types.UnionType):  # pragma: no cover - no such field yet

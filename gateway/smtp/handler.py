@@ -122,7 +122,8 @@ class GatewayHandler:
             return replies.SENDER_NOT_ALLOWED
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        session.gateway_account = account
+        # aiosmtpd's Session is the per-connection bag; RCPT and DATA read the account here
+        session.gateway_account = account  # type: ignore[attr-defined]
         return replies.SENDER_OK
 
     async def handle_RCPT(self, server: GatewaySMTP, session: Session, envelope: Envelope,
