@@ -1,3 +1,238 @@
-"""Placeholder: filled in by its own commit."""
+"""`gateway accounts`: who may send through the gateway, and as which From domains."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import datetime
+import re
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from gateway.addresses import normalize_domain
+from gateway.cli import EXIT_REFUSED, EXIT_USAGE, CliState, fail, print_json, run
+from gateway.security.passwords import hash_password_async, password_problem
+from gateway.store.accounts import CATEGORIES, AccountStore
+from gateway.store.db import Database
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
+
+
+@asynccontextmanager
+async def open_accounts(state: CliState) -> AsyncIterator[AccountStore]:
+    async with Database(state.settings.store.path) as db:
+        yield AccountStore(db)
+
+
+def _check_name(name: str) -> str:
+    if not NAME.match(name):
+        fail(f"invalid account name {name!r}: 1-64 characters, letters, digits and . _ @ + -, "
+             "starting with a letter or digit", EXIT_USAGE)
+    return name
+
+
+def _domains(values: tuple[str, ...]) -> list[str]:
+    result: list[str] = []
+    for value in values:
+        try:
+            domain = normalize_domain(value)
+        except ValueError as exc:
+            fail(f"--from-domain: {exc}", EXIT_USAGE)
+        if domain not in result:
+            result.append(domain)
+    return result
+
+
+def _split(value: str | None, option: str) -> list[str] | None:
+    """ "a;b" -> ["a", "b"]; None stays None (not given); "" clears."""
+    if value is None:
+        return None
+    items = [item.strip() for item in value.split(";") if item.strip()]
+    bad = [item for item in items if any(ord(c) < 32 for c in item) or len(item) > 100]
+    if bad:
+        fail(f"{option}: invalid value {bad[0]!r}", EXIT_USAGE)
+    return items
+
+
+def _notify_url(value: str | None) -> str | None:
+    if value:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            fail(f"--notify-url: expected an http(s) URL, got {value!r}", EXIT_USAGE)
+    return value
+
+
+def _read_password(name: str, from_stdin: bool) -> str:
+    """One line on stdin, or a hidden prompt asked twice; refused unless CNIL-strong."""
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt(f"Password for {name}", hide_input=True,
+                                confirmation_prompt=True)
+    problem = password_problem(password, name=name)
+    if problem:
+        fail(f"password refused: {problem}", EXIT_REFUSED)
+    return password
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return ""
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+@click.group()
+def accounts() -> None:
+    """SMTP AUTH accounts: name, password, allowed From domains, campaign topics."""
+
+
+@accounts.command()
+@click.argument("name")
+@click.option("--from-domain", "from_domains", multiple=True, required=True,
+              help="A domain this account may send from (envelope and From header); repeat "
+                   "for several.")
+@click.option("--category", type=click.Choice(CATEGORIES), default="marketing",
+              show_default=True, help="Prospecting mail (marketing) or transactional mail.")
+@click.option("--topics", help='Campaign topics, ";"-separated, e.g. "crm;payroll".')
+@click.option("--product-categories", help='Product categories, ";"-separated.')
+@click.option("--notify-url", help="http(s) URL told about unsubscribes of this account.")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password as one line on stdin instead of prompting.")
+@click.pass_obj
+def add(state: CliState, name: str, from_domains: tuple[str, ...], category: str,
+        topics: str | None, product_categories: str | None, notify_url: str | None,
+        password_stdin: bool) -> None:
+    """Create account NAME (the SMTP AUTH user name).
+
+    The password must carry at least 80 bits of entropy (CNIL deliberation 2022-100): e.g. 12
+    characters mixing upper case, lower case, digits and symbols, 14 of upper case, lower case
+    and digits, or a passphrase of 7 words or more. Common and breached passwords are refused.
+    """
+    _check_name(name)
+    domains = _domains(from_domains)
+    topic_list = _split(topics, "--topics") or []
+    category_list = _split(product_categories, "--product-categories") or []
+    url = _notify_url(notify_url)
+    password = _read_password(name, password_stdin)
+
+    async def body() -> None:
+        password_hash = await hash_password_async(password)
+        async with open_accounts(state) as store:
+            await store.add(name, password_hash, domains, category=category,
+                            topics=topic_list, product_categories=category_list,
+                            notify_url=url)
+        click.echo(f"account {name} created; may send from {', '.join(domains)}")
+
+    run(body)
+
+
+@accounts.command()
+@click.argument("name")
+@click.option("--from-domain", "from_domains", multiple=True,
+              help="Replace the allowed From domains (repeat for several).")
+@click.option("--category", type=click.Choice(CATEGORIES))
+@click.option("--topics", help='Replace the campaign topics ("a;b"; "" clears).')
+@click.option("--product-categories", help='Replace the product categories ("" clears).')
+@click.option("--notify-url", help='Replace the unsubscribe notification URL ("" clears).')
+@click.pass_obj
+def update(state: CliState, name: str, from_domains: tuple[str, ...], category: str | None,
+           topics: str | None, product_categories: str | None,
+           notify_url: str | None) -> None:
+    """Change account NAME; options not given are kept."""
+    domains = _domains(from_domains) if from_domains else None
+    topic_list = _split(topics, "--topics")
+    category_list = _split(product_categories, "--product-categories")
+    url = _notify_url(notify_url)
+
+    async def body() -> None:
+        async with open_accounts(state) as store:
+            account = await store.update(name, from_domains=domains, category=category,
+                                         topics=topic_list, product_categories=category_list,
+                                         notify_url=url)
+        click.echo(f"account {name} updated; may send from {', '.join(account.from_domains)}")
+
+    run(body)
+
+
+@accounts.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def list_(state: CliState, as_json: bool) -> None:
+    """Every account, with its domains and lock state (never a password hash)."""
+
+    async def body() -> None:
+        async with open_accounts(state) as store:
+            found = await store.list()
+        if as_json:
+            print_json([a.as_json() for a in found])
+            return
+        table = Table(title=f"{len(found)} accounts")
+        for column in ("name", "from domains", "category", "topics", "failed logins",
+                       "locked until", "created"):
+            table.add_column(column)
+        for a in found:
+            table.add_row(a.name, ", ".join(a.from_domains), a.category, ";".join(a.topics),
+                          str(a.failed_logins), _when(a.locked_until) if a.locked() else "",
+                          _when(a.created_at))
+        Console(markup=False, highlight=False).print(table)
+
+    run(body)
+
+
+@accounts.command()
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the new password as one line on stdin instead of prompting.")
+@click.pass_obj
+def passwd(state: CliState, name: str, password_stdin: bool) -> None:
+    """Set a new password for NAME (same strength rule as `add`); also unlocks it."""
+
+    async def exists() -> None:
+        async with open_accounts(state) as store:
+            await store.require(name)
+
+    run(exists)  # say "no such account" before asking for a password
+    password = _read_password(name, password_stdin)
+
+    async def body() -> None:
+        password_hash = await hash_password_async(password)
+        async with open_accounts(state) as store:
+            await store.set_password(name, password_hash)
+        click.echo(f"password of {name} changed")
+
+    run(body)
+
+
+@accounts.command()
+@click.argument("name")
+@click.pass_obj
+def unlock(state: CliState, name: str) -> None:
+    """Lift the temporary lock set after repeated AUTH failures."""
+
+    async def body() -> None:
+        async with open_accounts(state) as store:
+            await store.unlock(name)
+        click.echo(f"account {name} unlocked")
+
+    run(body)
+
+
+@accounts.command()
+@click.argument("name")
+@click.pass_obj
+def remove(state: CliState, name: str) -> None:
+    """Delete account NAME: it can no longer authenticate; queued mail is still delivered."""
+
+    async def body() -> None:
+        async with open_accounts(state) as store:
+            await store.remove(name)
+        click.echo(f"account {name} removed")
+
+    run(body)
+
+
+COMMANDS = [accounts]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import ssl
 from collections import Counter
 from typing import Any
@@ -35,6 +36,11 @@ class StrictLineReader(asyncio.StreamReader):
         if not line.endswith(b"\r\n") or b"\r" in body or b"\n" in body:
             raise BareNewline()
         return line
+
+
+# "<@relay:user@domain>": aiosmtpd silently strips the route (RFC 5321 Appendix C lets a server
+# ignore it); we refuse it instead: a routed address is a relaying trick, never a mailbox.
+SOURCE_ROUTE = re.compile(r"<\s*@")
 
 
 def is_loopback(ip: str) -> bool:
@@ -95,12 +101,34 @@ class GatewaySMTP(SMTP):
             transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
+        self._release()
+        super().connection_lost(error)
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        if arg and SOURCE_ROUTE.search(arg):
+            await self.push(replies.SOURCE_ROUTE)
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        if arg and SOURCE_ROUTE.search(arg):
+            await self.push(replies.SOURCE_ROUTE)
+            return
+        await super().smtp_RCPT(arg)
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        await super().smtp_QUIT(arg)
+        # After QUIT the session is over, even if a TLS peer never sends its close_notify (the
+        # TLS layer then waits up to 30 s before connection_lost): do not hold a drain for it.
+        self._release()
+
+    def _release(self) -> None:
+        """Stop counting this session (once) in the per-IP table the drain watches."""
         if self._counted:
             self._counted = False
             self._connections[self._client_ip] -= 1
             if self._connections[self._client_ip] <= 0:
                 del self._connections[self._client_ip]
-        super().connection_lost(error)
 
     async def push(self, status: str | bytes) -> None:
         raw = status.encode("utf-8") if isinstance(status, str) else status

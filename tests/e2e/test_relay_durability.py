@@ -95,7 +95,8 @@ def test_permanent_upstream_failure_ends_failed_with_a_dsn(make_gateway, sink: S
          to=["gone@example.net"])
     received = sink.wait_for(1)  # the DSN, to the envelope sender, from the null sender
     dsn = received[0]
-    assert dsn.mail_from == "" and dsn.rcpt_tos == ["news@example.com"]
+    assert dsn.mail_from in ("", "<>")  # aiosmtpd spells the null sender "<>"
+    assert dsn.rcpt_tos == ["news@example.com"]
     assert b"multipart/report" in dsn.content and b"report-type=delivery-status" in dsn.content
     assert b"Final-Recipient: rfc822; gone@example.net" in dsn.content
     assert b"Status: 5.1.1" in dsn.content
@@ -113,7 +114,7 @@ def test_store_and_keys_are_owner_only(make_gateway, tmp_path):
 
 def test_queue_retry_and_delete_steer_single_entries(make_gateway):
     upstream = Sink(free_port())
-    gw = make_gateway(sink_port=upstream.port, extra="")
+    gw = make_gateway(sink_port=upstream.port, retry_base=600.0)  # only `retry` brings it back
     send(gw.smtp_port, message(subject="Keep"), to=["a@example.net", "b@example.net"])
     entries = wait_until(lambda: [e for e in json.loads(gw.cli("queue", "list", "--json").stdout)
                                   if e["state"] == "deferred"] or None, what="deferred entries")

@@ -1,0 +1,1 @@
+"""Account security: password policy and password hashing."""

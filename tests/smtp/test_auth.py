@@ -1,0 +1,104 @@
+"""AUTH decisions with real argon2id hashes and a real store: one answer for unknown and wrong,
+lockout per account, throttling per IP, and every failure logged with the client IP."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import STRONG_PASSWORD
+from gateway.security.passwords import hash_password
+from gateway.settings import SmtpSettings
+from gateway.smtp.auth import Authenticator, AuthOutcome
+from gateway.store.accounts import AccountStore
+from gateway.store.db import Database
+
+SETTINGS = SmtpSettings(auth_max_failures=3, auth_lockout_minutes=1, auth_ip_max_failures=5,
+                        auth_failure_delay=0.0)
+
+
+@pytest.fixture
+async def accounts(tmp_path: Path):
+    async with Database(tmp_path / "a.db") as db:
+        store = AccountStore(db)
+        await store.add("crm", hash_password(STRONG_PASSWORD), ["example.com"])
+        yield store
+
+
+async def test_right_password_gives_the_account(accounts: AccountStore):
+    verdict = await Authenticator(accounts, SETTINGS).authenticate("crm", STRONG_PASSWORD, "192.0.2.1")
+    assert verdict.outcome is AuthOutcome.OK and verdict.account is not None
+    assert verdict.account.name == "crm"
+
+
+async def test_unknown_user_and_wrong_password_look_the_same(accounts: AccountStore, caplog):
+    auth = Authenticator(accounts, SETTINGS)
+    with caplog.at_level(logging.WARNING, "gateway.auth"):
+        t0 = time.perf_counter()
+        wrong = await auth.authenticate("crm", "Not-The-Password-42!", "192.0.2.1")
+        t1 = time.perf_counter()
+        unknown = await auth.authenticate("nobody", "Not-The-Password-42!", "192.0.2.2")
+        t2 = time.perf_counter()
+    assert wrong == unknown and wrong.outcome is AuthOutcome.BAD and wrong.account is None
+    # the unknown user is checked against a dummy hash: same order of cost, no timing oracle
+    assert (t2 - t1) > 0.3 * (t1 - t0)
+    assert "192.0.2.1" in caplog.text and "192.0.2.2" in caplog.text
+
+
+async def test_account_locks_after_max_failures_even_for_the_right_password(
+        accounts: AccountStore):
+    auth = Authenticator(accounts, SETTINGS)
+    for _ in range(3):
+        assert (await auth.authenticate("crm", "wrong", "192.0.2.1")).outcome is AuthOutcome.BAD
+    locked = await auth.authenticate("crm", STRONG_PASSWORD, "192.0.2.9")
+    assert locked.outcome is AuthOutcome.LOCKED
+    await accounts.unlock("crm")
+    assert (await auth.authenticate("crm", STRONG_PASSWORD, "192.0.2.9")).outcome \
+        is AuthOutcome.OK
+
+
+async def test_success_resets_the_failure_count(accounts: AccountStore):
+    auth = Authenticator(accounts, SETTINGS)
+    for _ in range(2):
+        await auth.authenticate("crm", "wrong", "192.0.2.1")
+    assert (await auth.authenticate("crm", STRONG_PASSWORD, "192.0.2.1")).outcome \
+        is AuthOutcome.OK
+    assert (await accounts.require("crm")).failed_logins == 0
+    for _ in range(2):
+        await auth.authenticate("crm", "wrong", "192.0.2.1")
+    assert not (await accounts.require("crm")).locked()
+
+
+async def test_one_ip_guessing_many_users_is_throttled(accounts: AccountStore):
+    auth = Authenticator(accounts, SETTINGS)
+    for i in range(5):
+        assert (await auth.authenticate(f"user{i}", "x", "198.51.100.7")).outcome \
+            is AuthOutcome.BAD
+    # the IP is now refused, even with a valid login; other IPs are not affected
+    assert (await auth.authenticate("crm", STRONG_PASSWORD, "198.51.100.7")).outcome \
+        is AuthOutcome.LOCKED
+    assert (await auth.authenticate("crm", STRONG_PASSWORD, "198.51.100.8")).outcome \
+        is AuthOutcome.OK
+
+
+async def test_ip_window_expires(accounts: AccountStore):
+    settings = dataclasses.replace(SETTINGS, auth_lockout_minutes=4 / 60)
+    auth = Authenticator(accounts, settings)
+    for i in range(5):
+        await auth.authenticate(f"user{i}", "x", "198.51.100.7")
+    assert (await auth.authenticate("crm", STRONG_PASSWORD, "198.51.100.7")).outcome \
+        is AuthOutcome.LOCKED
+    time.sleep(4.1)
+    assert (await auth.authenticate("crm", STRONG_PASSWORD, "198.51.100.7")).outcome \
+        is AuthOutcome.OK
+
+
+async def test_failures_are_delayed(accounts: AccountStore):
+    auth = Authenticator(accounts, dataclasses.replace(SETTINGS, auth_failure_delay=0.3))
+    t0 = time.perf_counter()
+    await auth.authenticate("crm", "wrong", "192.0.2.1")
+    assert time.perf_counter() - t0 >= 0.3
