@@ -147,11 +147,11 @@ class Gateway:
         await self.db.close()
 
     async def run_until_signalled(self, on_ready: Any = None) -> None:
-        await self.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT):  # before start: a signal then still drains
             loop.add_signal_handler(sig, stop.set)
+        await self.start()
         if on_ready is not None:
             on_ready(self)
         await stop.wait()

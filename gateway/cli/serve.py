@@ -53,6 +53,10 @@ def serve(state: CliState) -> None:
     logging.basicConfig(
         level=getattr(logging, settings.log.level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if settings.log.level != "DEBUG":
+        # aiosmtpd logs every command line at INFO: a trace (and a cost) per command, not an
+        # event. Our own log says who connected, authenticated and queued what.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
     from gateway.runtime import run
 
     with errors_to_exit_codes():

@@ -9,6 +9,7 @@ import stat
 
 from conftest import Sink, free_port, message, wait_until
 
+BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 QUEUED = re.compile(r"^2\.0\.0 ([0-9A-F]{16}) ")
 
 
@@ -30,13 +31,16 @@ def send(port: int, content: bytes, to: list[str] | None = None,
 
 def test_accepted_message_reaches_upstream_with_the_same_body(make_gateway, sink: Sink):
     gw = make_gateway()
-    content = message(subject="Durable")
+    # lines that only survive correct dot-stuffing on both hops
+    content = message(subject="Durable", body="Hi,\r\n.\r\n..two dots\r\n.leading dot\r\n")
     send(gw.smtp_port, content, to=["jane@example.net", "john@example.org"])
     received = sink.wait_for(2)
     # each accepted recipient goes upstream as its own transaction
     assert sorted(r.rcpt_tos[0] for r in received) == ["jane@example.net", "john@example.org"]
     assert all(len(r.rcpt_tos) == 1 and r.mail_from == "news@example.com" for r in received)
     assert all(r.content == content for r in received)
+    # nothing a lenient upstream could read as an end of data: no bare CR, no bare LF
+    assert all(BARE_LINE_END.search(r.content) is None for r in received)
 
 
 def test_upstream_down_at_accept_time_is_delivered_once_it_is_back(make_gateway, tmp_path):

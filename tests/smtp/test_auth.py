@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import STRONG_PASSWORD
 from gateway.security.passwords import hash_password
 from gateway.settings import SmtpSettings
 from gateway.smtp.auth import Authenticator, AuthOutcome
 from gateway.store.accounts import AccountStore
 from gateway.store.db import Database
+
+from conftest import STRONG_PASSWORD
 
 SETTINGS = SmtpSettings(auth_max_failures=3, auth_lockout_minutes=1, auth_ip_max_failures=5,
                         auth_failure_delay=0.0)
@@ -30,7 +31,8 @@ async def accounts(tmp_path: Path):
 
 
 async def test_right_password_gives_the_account(accounts: AccountStore):
-    verdict = await Authenticator(accounts, SETTINGS).authenticate("crm", STRONG_PASSWORD, "192.0.2.1")
+    auth = Authenticator(accounts, SETTINGS)
+    verdict = await auth.authenticate("crm", STRONG_PASSWORD, "192.0.2.1")
     assert verdict.outcome is AuthOutcome.OK and verdict.account is not None
     assert verdict.account.name == "crm"
 
