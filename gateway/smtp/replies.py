@@ -28,6 +28,7 @@ INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 BARE_NEWLINE = "521 5.5.2 Bare CR or LF received; lines must end with CRLF"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+IDLE_TIMEOUT = "421 4.4.2 Idle too long, closing connection"
 
 # aiosmtpd's own replies that lack an enhanced status code, rewritten on the way out.
 AIOSMTPD_REWRITES: dict[bytes, bytes] = {

@@ -27,11 +27,25 @@ class BareNewline(Exception):
 
 
 class StrictLineReader(asyncio.StreamReader):
-    """A StreamReader whose lines must end in CRLF and hold no other CR or LF."""
+    """A StreamReader whose lines must end in CRLF and hold no other CR or LF.
+
+    Installed by swapping `__class__` on aiosmtpd's reader, so no __init__ of ours runs.
+    """
+
+    _discarded_cr = False  # the last read() (aiosmtpd discarding an overlong line) ended in CR
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await super().read(n)
+        self._discarded_cr = data.endswith(b"\r")
+        return data
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:  # type: ignore[override]
         # aiosmtpd only ever asks for one separator, so the narrower signature is enough
         line = await super().readuntil(separator)
+        split_crlf = self._discarded_cr and line == b"\n"  # an overlong line's CR|LF split
+        self._discarded_cr = False
+        if split_crlf:
+            return line
         body = line[:-2]
         if not line.endswith(b"\r\n") or b"\r" in body or b"\n" in body:
             raise BareNewline()
@@ -143,6 +157,14 @@ class GatewaySMTP(SMTP):
         log.error("%s session error: %r", self._client_ip, error,
                   exc_info=(type(error), error, error.__traceback__))
         return replies.INTERNAL_ERROR
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes silently; say why first, as Postfix does ("421 4.4.2 ... timeout")
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(replies.IDLE_TIMEOUT.encode() + b"\r\n")  # type: ignore[attr-defined]
+        log.info("%s idle for %.0f s: session closed", self._client_ip,
+                 self.gateway_settings.idle_timeout)
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def _close_now(self) -> None:
         if self.transport is not None:

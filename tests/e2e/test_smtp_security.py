@@ -195,3 +195,17 @@ def test_connections_per_ip_are_limited(make_gateway):
     assert RawSmtp(gw.smtp_port).greeting[0] == 220  # a freed slot is usable again
     for s in sessions[1:]:
         s.close()
+
+
+def test_long_lines_repeated_commands_and_idle_sessions_are_cut(make_gateway):
+    gw = make_gateway(smtp_extra="idle_timeout = 1.0\nmax_commands = 20")
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    code, _ = s.cmd("NOOP " + "x" * 2000)  # RFC 5321 4.5.3.1.4: 512 octets per command line
+    assert code == 500
+    assert s.cmd("NOOP")[0] == 250  # the session is still usable
+    codes = [s.cmd("NOOP")[0] for _ in range(20)]  # NOOP number 21 is one too many
+    assert codes[-1] == 421 and s.closed()  # a command flood ends the session
+    idle = RawSmtp(gw.smtp_port)
+    time.sleep(1.6)
+    assert idle.reply()[0] == 421 and idle.closed()  # idle past smtp.idle_timeout
