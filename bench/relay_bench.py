@@ -371,7 +371,7 @@ def _alive(pid: int) -> bool:
 class GatewayRelay:
     """`python -m gateway serve` with trusted_clients, delivering in smtp mode to `sink`."""
 
-    def __init__(self, root: Path, sink_port: int, procs: Processes) -> None:
+    def __init__(self, root: Path, sink_port: int, procs: Processes, processes: int) -> None:
         self.root = root
         self.procs = procs
         self.port = free_port()
@@ -389,6 +389,7 @@ hostname = "bench.local"
 tls_self_signed = false
 max_recipients = 1000
 max_connections_per_ip = 1000
+processes = {processes}
 trusted_clients = [{{ network = "127.0.0.0/8", account = "{ACCOUNT}" }}]
 
 [http]
@@ -430,14 +431,22 @@ level = "WARNING"
                                f"(exit {self.proc.poll()}):\n{tail(self.log)}")
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU of the gateway process (threads included)."""
+        """User + system CPU of the gateway: the process and its worker processes (threads
+        included; with smtp.processes > 1 the workers are children of a supervisor)."""
         if self.proc is None:
             return None
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0
+        found = False
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                pid = int(stat.parent.name)
+                fields = stat.read_text().rsplit(") ", 1)[1].split()
+            except (OSError, IndexError, ValueError):
+                continue
+            if pid == self.proc.pid or int(fields[1]) == self.proc.pid:  # fields[1]: ppid
+                total += int(fields[11]) + int(fields[12])
+                found = True
+        return total / os.sysconf("SC_CLK_TCK") if found else None
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -570,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure only this path (repeatable)")
     parser.add_argument("--runs", type=int, help="runs per measurement (default 3, --quick 1)")
     parser.add_argument("--sessions", type=int, default=20, help="concurrent SMTP sessions")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="gateway smtp.processes (default: the number of cores, as Postfix "
+                             "uses every core)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every N by this")
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="seconds to wait after smtp-source ends for the sink to count all")
@@ -623,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
                     skipped["postfix"] = "did not start"
                     print(f"postfix path skipped: {exc}", file=sys.stderr)
         if "gateway" in paths:
-            gateway_relay = GatewayRelay(tmp / "gateway", sinks["gateway"].port, procs)
+            gateway_relay = GatewayRelay(tmp / "gateway", sinks["gateway"].port, procs,
+                                         args.processes)
             try:
                 gateway_relay.start()
                 targets["gateway"] = gateway_relay.port

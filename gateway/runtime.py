@@ -49,8 +49,14 @@ class TlsInfo:
 
 
 class Gateway:
-    def __init__(self, settings: Settings) -> None:
+    """One gateway process. With smtp.processes > 1, several share `listen_socket` and the store;
+    only the one with `serve_http` runs the HTTP service."""
+
+    def __init__(self, settings: Settings, listen_socket: socket.socket | None = None,
+                 serve_http: bool = True) -> None:
         self.settings = settings
+        self.listen_socket = listen_socket
+        self.serve_http = serve_http
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.db = Database(settings.store.path)
         self.accepting = asyncio.Event()
@@ -64,7 +70,7 @@ class Gateway:
         self.delivery: DeliveryService | None = None
         self.queue: QueueStore | None = None
 
-    def _tls_context(self) -> ssl.SSLContext | None:
+    def tls_context(self) -> ssl.SSLContext | None:
         s = self.settings.smtp
         if s.tls_cert:
             self.tls = TlsInfo(s.tls_cert, False)
@@ -91,8 +97,12 @@ class Gateway:
         handler = GatewayHandler(flow, Authenticator(accounts, s.smtp))
         host, port = parse_listen(s.smtp.listen)
         self.accepting.set()
-        self._smtp = await start_smtp_server(handler, s.smtp, host, port, self._tls_context(),
-                                             self.accepting, self.connections)
+        self._smtp = await start_smtp_server(handler, s.smtp, host, port, self.tls_context(),
+                                             self.accepting, self.connections,
+                                             sock=self.listen_socket)
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        if not self.serve_http:
+            return
         http_host, http_port = parse_listen(s.http.listen)
         config = uvicorn.Config(create_app(self.metrics), host=http_host, port=http_port,
                                 log_level="warning", access_log=False, lifespan="off")
@@ -103,7 +113,6 @@ class Gateway:
                 self._http_task.result()  # raises the bind error
                 raise OSError(f"HTTP server did not start on {s.http.listen}")
             await asyncio.sleep(0.01)
-        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
 
     def metrics(self) -> dict[str, float]:
         stats = self.delivery.stats if self.delivery else {}
@@ -161,8 +170,17 @@ class Gateway:
 
 
 def run(settings: Settings, on_ready: Any = None) -> None:
-    """Run the gateway until SIGTERM/SIGINT, on uvloop when available."""
-    gateway = Gateway(settings)
+    """Run the gateway until SIGTERM/SIGINT: one process, or a supervisor and its workers."""
+    if settings.smtp.processes > 1:
+        from gateway.supervisor import supervise
+
+        supervise(settings, on_ready)
+        return
+    run_one(Gateway(settings), on_ready)
+
+
+def run_one(gateway: Gateway, on_ready: Any = None) -> None:
+    """Run one gateway process on uvloop (when available) until SIGTERM/SIGINT."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

@@ -52,6 +52,7 @@ class SmtpSettings:
     auth_ip_max_failures: int = defaults.AUTH_IP_MAX_FAILURES
     auth_failure_delay: float = defaults.AUTH_FAILURE_DELAY
     trusted_clients: tuple[TrustedClient, ...] = ()
+    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,8 @@ def _check(settings: Settings) -> None:
     if bool(settings.smtp.tls_cert) != bool(settings.smtp.tls_key):
         raise ConfigError("smtp.tls_cert and smtp.tls_key must be set together")
     for key in ("smtp.max_message_bytes", "smtp.max_recipients", "smtp.max_commands",
-                "smtp.max_connections_per_ip", "delivery.workers", "delivery.port"):
+                "smtp.max_connections_per_ip", "smtp.processes", "delivery.workers",
+                "delivery.port"):
         section, _, name = key.partition(".")
         if getattr(getattr(settings, section), name) < 1:
             raise ConfigError(f"{key}: must be at least 1")

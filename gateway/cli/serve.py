@@ -28,7 +28,8 @@ def _banner(gateway: object) -> None:
         f"gateway ready (config: {s.source})",
         f"  SMTP  {s.smtp.listen}  {tls}",
         f"  HTTP  {s.http.listen}  /healthz /metrics",
-        f"  store {s.store.path}",
+        f"  store {s.store.path}"
+        + (f"  ({s.smtp.processes} processes)" if s.smtp.processes > 1 else ""),
         f"  mail goes to {where}",
         "Send a test message:",
         "  gateway accounts add demo --from-domain example.com   # choose a strong password",

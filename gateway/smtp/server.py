@@ -10,14 +10,16 @@ import asyncio
 import ipaddress
 import logging
 import re
+import socket
 import ssl
 from collections import Counter
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 
 from gateway.settings import SmtpSettings
 from gateway.smtp import replies
+from gateway.transform.lines import has_bare_line_end
 
 log = logging.getLogger("gateway.smtp")
 
@@ -50,6 +52,11 @@ class StrictLineReader(asyncio.StreamReader):
         if not line.endswith(b"\r\n") or b"\r" in body or b"\n" in body:
             raise BareNewline()
         return line
+
+
+DATA_CHUNK_LIMIT = 1 << 20  # bytes the reader may buffer while looking for the next ".\r\n"
+DATA_END = b"\r\n.\r\n"
+LONG_LINES: dict[int, re.Pattern[bytes]] = {}
 
 
 # "<@relay:user@domain>": aiosmtpd silently strips the route (RFC 5321 Appendix C lets a server
@@ -86,6 +93,11 @@ class GatewaySMTP(SMTP):
         self._accepting = accepting
         self._client_ip = ""
         self._counted = False
+        # RFC 5321 4.5.3.1.6: 1000 octets a line with its CRLF (aiosmtpd allows 1001). Anchored
+        # at line starts, or the search would be quadratic in the line length.
+        self._long_line = LONG_LINES.setdefault(
+            self.line_length_limit,
+            re.compile(rb"(?m)^[^\r\n]{%d}" % (self.line_length_limit - 1)))
 
     @property
     def client_ip(self) -> str:
@@ -130,6 +142,77 @@ class GatewaySMTP(SMTP):
             return
         await super().smtp_RCPT(arg)
 
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA read in bulk (aiosmtpd reads and checks it line by line, in Python).
+
+        Same replies and limits as aiosmtpd's, plus the smuggling rule: a bare CR or LF anywhere
+        in the data gets 521 and the session is closed, so nothing after it is ever read as a
+        command or as a second message (Postfix smtpd_forbid_bare_newline).
+        """
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        raw, too_much = await self._read_data()
+        if has_bare_line_end(raw):
+            log.warning("%s sent a bare CR or LF in DATA: closing the session", self._client_ip)
+            await self.push(replies.BARE_NEWLINE)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            self._close_now()
+            return
+        if too_much:
+            await self.push("552 Error: Too much mail data")
+        elif self._long_line.search(raw):
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+        else:
+            # RFC 5321 4.5.2: remove the dot a client added to lines starting with a dot
+            content = raw[1:] if raw.startswith(b".") else raw
+            content = content.replace(b"\r\n.", b"\r\n")
+            self.envelope.content = self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(status)
+            return
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+
+    async def _read_data(self) -> tuple[bytes, bool]:
+        """The data up to the final CRLF.CRLF (excluded but for the last line's CRLF), and
+        whether it exceeded the size limit (then only its last bytes are kept, for the checks).
+        """
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        chunks: list[bytes] = []
+        size = 0
+        too_much = False
+        tail = b"\r\n"  # the data starts at the beginning of a line
+        # StreamReader's limit is aiosmtpd's line length limit: raised for this read only
+        saved_limit = reader._limit  # type: ignore[attr-defined]
+        reader._limit = max(saved_limit, DATA_CHUNK_LIMIT)  # type: ignore[attr-defined]
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.StreamReader.readuntil(reader, b".\r\n")
+                except asyncio.LimitOverrunError as exc:  # a long stretch without ".\r\n"
+                    chunk = await asyncio.StreamReader.read(reader, exc.consumed)
+                tail = (tail + chunk)[-5:] if len(chunk) < 5 else chunk[-5:]
+                size += len(chunk)
+                if limit and size - 3 > limit:
+                    too_much = True
+                    chunks = chunks[-1:]  # keep memory bounded; the message is refused
+                chunks.append(chunk)
+                if tail == DATA_END:  # with the initial CRLF, an empty message too
+                    break
+        finally:
+            reader._limit = saved_limit  # type: ignore[attr-defined]
+        return b"".join(chunks)[:-3], too_much
+
     async def smtp_QUIT(self, arg: str) -> None:
         await super().smtp_QUIT(arg)
         # After QUIT the session is over, even if a TLS peer never sends its close_notify (the
@@ -173,7 +256,8 @@ class GatewaySMTP(SMTP):
 
 async def start_smtp_server(handler: Any, settings: SmtpSettings, host: str, port: int,
                             tls_context: ssl.SSLContext | None, accepting: asyncio.Event,
-                            connections: Counter[str]) -> asyncio.Server:
+                            connections: Counter[str],
+                            sock: socket.socket | None = None) -> asyncio.Server:
     """Create the listening server on the running loop (not aiosmtpd's threaded Controller).
 
     `connections` counts open sessions per client IP; the caller reads it to drain on stop.
@@ -184,5 +268,7 @@ async def start_smtp_server(handler: Any, settings: SmtpSettings, host: str, por
         return GatewaySMTP(handler, settings=settings, connections=connections,
                            tls_context=tls_context, accepting=accepting)
 
+    if sock is not None:  # shared with sibling processes (smtp.processes > 1)
+        return await loop.create_server(factory, sock=sock, backlog=1024)
     return await loop.create_server(factory, host=host, port=port, reuse_address=True,
                                     backlog=1024)

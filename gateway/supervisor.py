@@ -1,0 +1,129 @@
+"""`smtp.processes = N`: a supervisor that forks N gateway processes sharing one SMTP socket.
+
+One event loop caps a Python process at one core (../shared/PERFORMANCE.md: two processes nearly
+double a relay on two cores). The supervisor binds the SMTP socket, runs the migrations and makes
+the TLS certificate once, then forks the workers before any event loop or thread exists. Each
+worker is a whole gateway (SMTP sessions, group commit, delivery workers) on the shared store;
+worker 0 also serves HTTP. The kernel hands each new connection to whichever worker accepts it
+first, so a busy worker takes fewer. SIGTERM/SIGINT are passed on and every worker drains; a
+worker that dies is replaced (its claimed copies are taken over, see store/queue.py).
+
+Per-IP limits (connections, AUTH failures) are counted per worker; account lockout is in the
+store and shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import types
+from typing import Any
+
+from gateway.runtime import Gateway, run_one
+from gateway.settings import Settings, parse_listen
+from gateway.store.db import Database
+
+log = logging.getLogger("gateway.supervisor")
+
+RESTART_DELAY = 1.0
+EARLY_EXIT_SECONDS = 5.0  # a worker failing this soon after start fails again: give up
+
+
+def bind_smtp_socket(listen: str) -> socket.socket:
+    host, port = parse_listen(listen, "smtp.listen")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def _migrate(settings: Settings) -> None:
+    async with Database(settings.store.path):
+        pass
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, on_ready: Any) -> None:
+        self.settings = settings
+        self.on_ready = on_ready
+        self.workers: dict[int, tuple[int, float]] = {}  # pid -> (index, started monotonic)
+        self.stopping = False
+        self.sock: socket.socket | None = None
+
+    def run(self) -> int:
+        Gateway(self.settings).tls_context()  # make the self-signed certificate once
+        asyncio.run(_migrate(self.settings))  # migrations once, before any worker opens the store
+        self.sock = bind_smtp_socket(self.settings.smtp.listen)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for index in range(self.settings.smtp.processes):
+            self._spawn(index)
+        log.info("supervisor %d: %d gateway processes on %s", os.getpid(),
+                 self.settings.smtp.processes, self.settings.smtp.listen)
+        failed = False
+        while self.workers:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            index, started = self.workers.pop(pid, (-1, 0.0))
+            code = os.waitstatus_to_exitcode(status)
+            if self.stopping:
+                failed = failed or code != 0
+                continue
+            log.error("gateway process %d (worker %d) exited with %s", pid, index, code)
+            if time.monotonic() - started < EARLY_EXIT_SECONDS:
+                log.error("it failed right after starting: stopping every process")
+                failed = True
+                self._on_signal(signal.SIGTERM, None)
+                continue
+            time.sleep(RESTART_DELAY)
+            if not self.stopping:
+                self._spawn(index)
+        return 1 if failed else 0
+
+    def _spawn(self, index: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            self.workers[pid] = (index, time.monotonic())
+            return
+        code = 1
+        try:  # the worker: default signal dispositions, then a whole gateway on its own loop
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            run_one(Gateway(self.settings, listen_socket=self.sock, serve_http=index == 0),
+                    self.on_ready if index == 0 else None)
+            code = 0
+        except BaseException:
+            log.exception("gateway process %d (worker %d) failed", os.getpid(), index)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _on_signal(self, signum: int, _frame: types.FrameType | None) -> None:
+        if not self.stopping:
+            log.info("supervisor: %s, draining %d gateway processes",
+                     signal.Signals(signum).name, len(self.workers))
+        self.stopping = True
+        for pid in list(self.workers):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def supervise(settings: Settings, on_ready: Any = None) -> None:
+    code = Supervisor(settings, on_ready).run()
+    if code:
+        raise SystemExit(code)
