@@ -80,7 +80,8 @@ class Supervisor:
                 failed = failed or code != 0
                 continue
             log.error("gateway process %d (worker %d) exited with %s", pid, index, code)
-            if time.monotonic() - started < EARLY_EXIT_SECONDS:
+            if code > 0 and time.monotonic() - started < EARLY_EXIT_SECONDS:
+                # it failed by itself (a port taken, a store it cannot open): so would another
                 log.error("it failed right after starting: stopping every process")
                 failed = True
                 self._on_signal(signal.SIGTERM, None)

@@ -122,3 +122,48 @@ def test_locked_store_answers_451_never_250(make_gateway, sink: Sink, tmp_path: 
     assert s.cmd(message(subject="Retried") + b".")[0] == 250
     subjects = [r.content for r in sink.wait_for(1)]
     assert any(b"Retried" in c for c in subjects) and not any(b"Locked" in c for c in subjects)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _send_one(port: int, subject: str) -> None:
+    s = RawSmtp(port)
+    s.cmd("EHLO c")
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    assert s.cmd(message(subject=subject) + b".")[0] == 250
+    s.cmd("QUIT")
+    s.close()
+
+
+def test_processes_share_the_port_a_dead_one_is_replaced_and_sigterm_stops_all(
+        make_gateway, sink: Sink):
+    gw = make_gateway(smtp_extra="processes = 2")
+    workers = wait_until(lambda: len(_children(gw.proc.pid)) == 2 and _children(gw.proc.pid),
+                         what="two gateway processes")
+    sessions = [RawSmtp(gw.smtp_port) for _ in range(6)]  # held open: spread over both
+    for i in range(10):
+        _send_one(gw.smtp_port, f"multi {i}")
+    sink.wait_for(10)
+    for s in sessions:
+        s.close()
+    victim = workers[-1]
+    __import__("os").kill(victim, signal.SIGKILL)
+    replaced = wait_until(lambda: (lambda c: len(c) == 2 and victim not in c and c)(
+        _children(gw.proc.pid)), what="a replacement process")
+    _send_one(gw.smtp_port, "after the crash")
+    assert any(b"after the crash" in r.content for r in sink.wait_for(11))
+    assert gw.terminate(30) == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in replaced)
+    assert "exited with -9" in gw.output
