@@ -100,7 +100,8 @@ def sink() -> Iterator[Sink]:
 
 def write_config(path: Path, *, smtp_port: int, http_port: int, sink_port: int,
                  extra: str = "", smtp_extra: str = "", trusted: bool = True,
-                 store: Path | None = None, retry_base: float = 1.0) -> Path:
+                 store: Path | None = None, retry_base: float = 1.0,
+                 delivery_extra: str = "") -> Path:
     store = store or path.parent / "gateway.db"
     trusted_line = ('trusted_clients = [{ network = "127.0.0.0/8", account = "crm" }]'
                     if trusted else "")
@@ -124,6 +125,7 @@ retry_base_seconds = {retry_base}
 retry_max_seconds = {max(2.0, retry_base)}
 scan_seconds = 0.2
 timeout_seconds = 5.0
+{delivery_extra}
 [log]
 level = "INFO"
 {extra}
@@ -198,11 +200,11 @@ def make_gateway(tmp_path: Path, sink: Sink) -> Iterator[Callable[..., GatewayPr
     def build(*, extra: str = "", smtp_extra: str = "", trusted: bool = True,
               accounts: dict[str, str] | None = None,
               sink_port: int | None = None, start: bool = True,
-              retry_base: float = 1.0) -> GatewayProcess:
+              retry_base: float = 1.0, delivery_extra: str = "") -> GatewayProcess:
         config = write_config(tmp_path / "gateway.toml", smtp_port=free_port(),
                               http_port=free_port(), sink_port=sink_port or sink.port,
                               extra=extra, smtp_extra=smtp_extra, trusted=trusted,
-                              retry_base=retry_base)
+                              retry_base=retry_base, delivery_extra=delivery_extra)
         gw = GatewayProcess(config, *_ports(config), tmp_path / f"gateway-{len(started)}.log")
         for name, domain in (accounts if accounts is not None else {"crm": "example.com"}).items():
             result = gw.cli("accounts", "add", name, "--from-domain", domain,

@@ -137,3 +137,30 @@ def test_queue_retry_and_delete_steer_single_entries(make_gateway):
         assert all(r.rcpt_tos != ["b@example.net"] for r in upstream.messages)
     finally:
         upstream.stop()
+
+
+def test_a_copy_too_old_to_retry_ends_failed_with_a_delay_dsn(make_gateway, sink: Sink):
+    sink.handler.refuse["slow@example.net"] = "451 4.2.0 mailbox busy, try later"
+    gw = make_gateway(delivery_extra="max_age_hours = 0.0005")  # 1.8 s
+    send(gw.smtp_port, message(subject="Too old", to="slow@example.net"),
+         to=["slow@example.net"])
+    (dsn,) = sink.wait_for(1, timeout=30)  # the DSN to the sender, after retries
+    assert dsn.rcpt_tos == ["news@example.com"] and b"Status: 4.4.7" in dsn.content
+    assert b"451 4.2.0" in dsn.content  # the last upstream answer is reported
+    failed = json.loads(gw.cli("queue", "list", "--failed", "--json").stdout)
+    assert [e["recipient"] for e in failed] == ["slow@example.net"]
+    assert failed[0]["attempts"] >= 2 and "gave up after" in failed[0]["last_error"]
+
+
+def test_upstream_starttls_required_but_not_offered_sends_nothing_in_clear(make_gateway,
+                                                                          sink: Sink):
+    gw = make_gateway(delivery_extra='starttls = true\nusername = "relay"\npassword = "secret"')
+    send(gw.smtp_port, message(subject="Never in clear"))
+
+    def deferred() -> list:
+        entries = json.loads(gw.cli("queue", "list", "--json").stdout)
+        return [e for e in entries if e["state"] == "deferred"]
+
+    (entry,) = wait_until(deferred, what="a deferred entry")
+    assert "STARTTLS" in entry["last_error"] or "starttls" in entry["last_error"].lower()
+    assert sink.messages == []  # the plain-text sink never got the mail (nor credentials)

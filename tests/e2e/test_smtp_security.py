@@ -209,3 +209,29 @@ def test_long_lines_repeated_commands_and_idle_sessions_are_cut(make_gateway):
     idle = RawSmtp(gw.smtp_port)
     time.sleep(1.6)
     assert idle.reply()[0] == 421 and idle.closed()  # idle past smtp.idle_timeout
+
+
+def test_plain_auth_without_tls_only_on_loopback_when_configured(make_gateway, sink: Sink):
+    gw = make_gateway(trusted=False, smtp_extra="allow_plain_auth_on_loopback = true")
+    s = RawSmtp(gw.smtp_port)
+    code, text = s.cmd("EHLO c")
+    assert "AUTH" in text  # advertised without TLS: we are on loopback and it is configured
+    assert s.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD))[0] == 235
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    assert s.cmd(message(subject="Dev mode") + b".")[0] == 250
+    assert b"Subject: Dev mode" in sink.wait_for(1)[0].content
+    s.cmd("QUIT")
+
+
+def test_control_characters_in_addresses_are_refused(make_gateway):
+    gw = make_gateway()
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    assert s.cmd(b"MAIL FROM:<news\x00@example.com>")[0] == 501
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd(b"RCPT TO:<jane\x00evil@example.net>")[0] == 501
+    assert s.cmd(b"RCPT TO:<jane\tx@example.net>")[0] == 501
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    s.cmd("QUIT")
