@@ -13,6 +13,7 @@ from typing import Protocol
 
 import aiosmtplib
 
+from gateway.delivery import fastdata
 from gateway.delivery.maildir import MaildirDelivery
 from gateway.errors import PermanentFailure, TemporaryFailure
 from gateway.settings import DeliverySettings
@@ -57,6 +58,7 @@ class SmtpTransport:
         self.settings = settings
         self.local_hostname = settings.helo_name or local_hostname
         self._idle: list[aiosmtplib.SMTP] = []
+        fastdata.install()
         self._tls_context: ssl.SSLContext | None = None
         if settings.starttls:
             self._tls_context = ssl.create_default_context(cafile=settings.tls_ca_file or None)

@@ -52,6 +52,12 @@ class GatewayHandler:
     def __init__(self, flow: Flow, authenticator: Authenticator) -> None:
         self.flow = flow
         self.authenticator = authenticator
+        # aiosmtpd reads dir(handler) on every connection for its handle_* and auth_* hooks
+        self._hook_names = sorted(name for name in object.__dir__(self)
+                                  if name.startswith(("handle_", "auth_")))
+
+    def __dir__(self) -> list[str]:
+        return list(self._hook_names)
 
     # --- who is sending -----------------------------------------------------------------
 
