@@ -13,6 +13,15 @@ def plain(user: str, password: str) -> str:
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
 
 
+def tls_session(port: int) -> RawSmtp:
+    """A session after EHLO, STARTTLS and EHLO again: where AUTH is offered."""
+    s = RawSmtp(port)
+    s.cmd("EHLO c")
+    s.starttls()
+    s.cmd("EHLO c")
+    return s
+
+
 def test_no_relaying_without_auth_or_trusted_network(make_gateway, sink: Sink):
     gw = make_gateway(trusted=False)
     s = RawSmtp(gw.smtp_port)
@@ -61,10 +70,7 @@ def test_authenticated_client_over_starttls_gets_mail_through(make_gateway, sink
 
 def test_bad_password_and_unknown_user_get_the_same_535(make_gateway):
     gw = make_gateway(trusted=False)
-    s = RawSmtp(gw.smtp_port)
-    s.cmd("EHLO c")
-    s.starttls()
-    s.cmd("EHLO c")
+    s = tls_session(gw.smtp_port)
     wrong = s.cmd("AUTH PLAIN " + plain("crm", "Wrong-Password-123456!"))
     unknown = s.cmd("AUTH PLAIN " + plain("nobody", "Wrong-Password-123456!"))
     assert wrong == unknown == (535, "5.7.8 Authentication credentials invalid")
@@ -73,10 +79,7 @@ def test_bad_password_and_unknown_user_get_the_same_535(make_gateway):
 
 def test_ten_wrong_passwords_lock_the_account_until_unlocked(make_gateway):
     gw = make_gateway(trusted=False)
-    s = RawSmtp(gw.smtp_port)
-    s.cmd("EHLO c")
-    s.starttls()
-    s.cmd("EHLO c")
+    s = tls_session(gw.smtp_port)
     for _ in range(10):
         assert s.cmd("AUTH PLAIN " + plain("crm", "Wrong-Password-123456!"))[0] == 535
     code, text = s.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD))
