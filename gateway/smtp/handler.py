@@ -111,6 +111,14 @@ class GatewayHandler:
             else replies.AUTH_INVALID
         return AuthResult(success=False, handled=False, message=message)
 
+    async def handle_EHLO(self, server: GatewaySMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        """Add PIPELINING (RFC 2920): aiosmtpd reads pipelined commands in order but does not
+        say so. SIZE, 8BITMIME, SMTPUTF8, STARTTLS and AUTH come from aiosmtpd."""
+        session.host_name = hostname
+        responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
     # --- the transaction ----------------------------------------------------------------
 
     async def handle_MAIL(self, server: GatewaySMTP, session: Session, envelope: Envelope,

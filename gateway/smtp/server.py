@@ -163,10 +163,10 @@ class GatewaySMTP(SMTP):
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
+            await self.push(replies.NEED_RECIPIENT)
             return
         if arg:
-            await self.push("501 Syntax: DATA")
+            await self.push(replies.DATA_SYNTAX)
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         raw, too_much = await self._read_data()

@@ -238,3 +238,20 @@ def test_control_characters_in_addresses_are_refused(make_gateway):
     assert s.cmd(b"RCPT TO:<jane\tx@example.net>")[0] == 501
     assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
     s.cmd("QUIT")
+
+
+def test_ehlo_advertises_the_contract_and_pipelined_commands_work(make_gateway, sink: Sink):
+    gw = make_gateway()
+    s = RawSmtp(gw.smtp_port)
+    code, text = s.cmd("EHLO client.test")
+    assert code == 250
+    for keyword in ("SIZE 26214400", "8BITMIME", "SMTPUTF8", "PIPELINING", "STARTTLS"):
+        assert keyword in text.splitlines(), keyword
+    # RFC 2920: MAIL, RCPT and DATA in one write, answered in order
+    s.send(b"MAIL FROM:<news@example.com>\r\nRCPT TO:<jane@example.net>\r\nDATA\r\n")
+    assert [s.reply()[0] for _ in range(3)] == [250, 250, 354]
+    assert s.cmd(message(subject="Pipelined") + b".")[0] == 250
+    assert s.cmd("DATA now")[0] in (501, 503)  # no transaction open: refused, session sane
+    assert s.cmd("NOOP")[0] == 250
+    s.cmd("QUIT")
+    assert b"Subject: Pipelined" in sink.wait_for(1)[0].content
