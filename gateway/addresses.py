@@ -22,3 +22,40 @@ def normalize_domain(domain: str) -> str:
             or not all(_LABEL.match(label) for label in labels):
         raise ValueError(f"not a domain name: {domain!r} (expected e.g. example.com)")
     return ascii_form
+
+
+MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
+MAX_ADDRESS = 254  # RFC 5321 path limit 256 minus the angle brackets
+
+
+def normalize_address(address: str) -> str:
+    """The ledger form of an address: domain lower-case IDNA, local part kept as given.
+
+    ValueError with the reason for anything that is not a plain mailbox: control characters
+    (CR/LF/NUL could forge headers later), spaces, angle brackets, over-long parts.
+    """
+    text = address.strip()
+    if not text or any(ord(c) < 33 or c in "<>()[],;\\\x7f" for c in text):
+        raise ValueError(f"not a plain e-mail address: {address!r}")
+    local, at, domain = text.rpartition("@")
+    if not at or not local:
+        raise ValueError(f"not an e-mail address (no local part or no @): {address!r}")
+    if len(local.encode("utf-8")) > MAX_LOCAL_PART:
+        raise ValueError(f"local part longer than {MAX_LOCAL_PART} octets: {address!r}")
+    if local.startswith(".") or local.endswith(".") or ".." in local or (
+            "@" in local and not local.startswith('"')):
+        raise ValueError(f"invalid local part: {address!r}")
+    result = f"{local}@{normalize_domain(domain)}"
+    if len(result.encode("utf-8")) > MAX_ADDRESS:
+        raise ValueError(f"address longer than {MAX_ADDRESS} octets: {address!r}")
+    return result
+
+
+def suppression_form(address: str) -> str:
+    """The form the suppression hash is taken of: the local part case-folded too.
+
+    RFC 5321 lets a server tell Jane@ from jane@, but no real mailbox does, and an objection
+    must not be dodged by changing the case of a letter.
+    """
+    local, _, domain = address.rpartition("@")
+    return f"{local.casefold()}@{domain.lower()}"

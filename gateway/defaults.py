@@ -33,3 +33,6 @@ DELIVERY_TIMEOUT_SECONDS = 60.0
 QUARANTINE_RETENTION_DAYS = 30
 PROSPECT_RETENTION_DAYS = 1095
 MAX_RETENTION_DAYS = 1825
+# Data brokers give no guarantee that the person agreed to the transfer (NESTOR 2020); a
+# partner that collected consent for the transfer is source type "partner" instead.
+FORBIDDEN_SOURCES = ("broker",)

@@ -1,45 +1,99 @@
-"""The one place the path is spelled out: decide -> (transform) -> enqueue | quarantine.
+"""The one place the path is spelled out: decide -> (transform) -> enqueue | quarantine -> audit.
 
-The SMTP handler calls `decide_recipient` at RCPT, `check_message` and `accept` at DATA.
-The compliance policy (R1-R10, M2-M3) and the transforms plug in here in later issues; for
-now every recipient of an allowed sender is accepted and copies go out as received.
+The SMTP handler calls `decide_recipient` at RCPT, `check_message` and `accept` at DATA, and
+`record_abandoned` when a transaction ends without a message. The decisions themselves are the
+pure policy chain (gateway.policy); this module feeds it facts and carries out its outcome.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import gateway.smtp.replies as replies
 from gateway.batch import GroupCommitter
+from gateway.delivery.dsn import build_dsn, should_send_dsn
 from gateway.delivery.worker import DeliveryService, new_queue_id
+from gateway.errors import StoreError
+from gateway.model import Campaign, Decision, PolicyKnobs, RecipientFacts, Verdict
+from gateway.policy import chain
+from gateway.policy.message import decide_message, m1_from_domain
+from gateway.security.keys import AddressHasher
 from gateway.settings import TrustedClient
 from gateway.store.accounts import Account, AccountStore
-from gateway.store.queue import Copy, IncomingMessage, QueueStore
+from gateway.store.audit import AuditLog, AuditRecord
+from gateway.store.ledger import LedgerLookup
+from gateway.store.queue import Copy, Held, IncomingMessage, QueueStore, Refusal
+from gateway.transform.headers import (
+    CAMPAIGN_TOPICS,
+    PRODUCT_CATEGORY,
+    STEERING_PREFIX,
+    display_subject,
+    header_end,
+    tag_list,
+    take_fields,
+)
 from gateway.transform.lines import normalize_crlf
+from gateway.transform.mime import message_facts
+
+log = logging.getLogger("gateway.flow")
 
 ACCOUNT_CACHE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
 class RecipientVerdict:
+    """What RCPT answers, and what DATA needs to finish the job without reading again."""
+
     accepted: bool
     reply: str
+    decision: Decision | None = None
+    facts: RecipientFacts | None = None
+    at: float = 0.0
 
 
-ACCEPT = RecipientVerdict(True, replies.RECIPIENT_OK)
+def campaign_of(account: Account) -> Campaign:
+    return Campaign(account.name, account.category,
+                    frozenset(t.lower() for t in account.topics),
+                    frozenset(c.lower() for c in account.product_categories))
+
+
+class Decider:
+    """Recipient decisions: one ledger read, then the pure chain. `gateway check` uses it too."""
+
+    def __init__(self, lookup: LedgerLookup, knobs: PolicyKnobs,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.lookup = lookup
+        self.knobs = knobs
+        self.clock = clock
+
+    async def decide(self, account: Account, recipient: str,
+                     campaign: Campaign | None = None) -> tuple[RecipientFacts, Decision]:
+        facts = await self.lookup.facts(recipient)
+        decision = chain.decide(facts, campaign or campaign_of(account), self.knobs,
+                                self.clock())
+        return facts, decision
 
 
 class Flow:
     def __init__(self, queue: QueueStore, delivery: DeliveryService, accounts: AccountStore,
-                 trusted_clients: tuple[TrustedClient, ...]) -> None:
+                 trusted_clients: tuple[TrustedClient, ...], decider: Decider,
+                 audit: AuditLog, hasher: AddressHasher, reporting_mta: str) -> None:
         self.queue = queue
         self.delivery = delivery
         self.accounts = accounts
         self.trusted_clients = trusted_clients
+        self.decider = decider
+        self.hasher = hasher
+        self.reporting_mta = reporting_mta
         self.committer: GroupCommitter[IncomingMessage, list[Copy]] = GroupCommitter(
             queue.commit_messages)
+        self._audit: GroupCommitter[Sequence[AuditRecord], None] = GroupCommitter(audit.append)
+        self._audit_tasks: set[asyncio.Task[None]] = set()
         self._account_cache: dict[str, tuple[float, Account | None]] = {}
 
     async def account(self, name: str) -> Account | None:
@@ -59,25 +113,131 @@ class Flow:
                 return await self.account(client.account)
         return None
 
+    # --- RCPT ---------------------------------------------------------------------------
+
     async def decide_recipient(self, account: Account, recipient: str) -> RecipientVerdict:
-        """RCPT: the seam where the compliance policy (R1-R10) decides per recipient."""
-        return ACCEPT
+        """RCPT: the compliance policy (R1-R10) decides; a store failure is a 451 for this
+        recipient only (the client retries it), never an accept without a decision."""
+        try:
+            facts, decision = await self.decider.decide(account, recipient)
+        except StoreError as exc:
+            log.error("ledger unavailable, RCPT <%s> answered 451: %s", recipient, exc)
+            return RecipientVerdict(False, replies.LEDGER_UNAVAILABLE)
+        at = time.time()
+        if decision.verdict is Verdict.REJECT:
+            log.info("account=%s to=<%s> %s %s: %s", account.name, recipient,
+                     decision.decision, decision.rule, decision.reason)
+            return RecipientVerdict(False, replies.policy_reject(decision.rule, decision.reason),
+                                    decision, facts, at)
+        return RecipientVerdict(True, replies.RECIPIENT_OK, decision, facts, at)
 
-    def check_message(self, account: Account, content: bytes) -> str | None:
-        """DATA: message rules. M1: the From header must be one of the account's domains."""
-        domains = from_header_domains(content)
-        if not domains or not all(account.may_send_from(d) for d in domains):
-            return replies.FROM_NOT_ALLOWED
-        return None
+    def record_abandoned(self, account: Account | None, client_ip: str,
+                         verdicts: Sequence[tuple[str, RecipientVerdict]],
+                         message_rule: Decision | None = None) -> None:
+        """Audit the decisions of a transaction that ended without a message (every recipient
+        refused, RSET, QUIT, lost connection, or the message refused by `message_rule`), in
+        the background, batched."""
+        final = {recipient: message_rule for recipient, verdict in verdicts
+                 if message_rule is not None and verdict.accepted}
+        records = self._audit_records(account, client_ip, verdicts, final)
+        if not records:
+            return
+        task = asyncio.get_running_loop().create_task(self._append_audit(records))
+        self._audit_tasks.add(task)
+        task.add_done_callback(self._audit_tasks.discard)
 
-    async def accept(self, *, account: str | None, client_ip: str, mail_from: str,
-                     recipients: tuple[str, ...], content: bytes, received_at: float) -> str:
-        """Commit the message durably (raises StoreError if it cannot), then start delivery."""
-        message = IncomingMessage(new_queue_id(), received_at, account, client_ip, mail_from,
-                                  normalize_crlf(content), recipients)
+    async def _append_audit(self, records: list[AuditRecord]) -> None:
+        try:
+            await self._audit.submit(records)
+        except StoreError as exc:
+            log.error("audit: %d decision records not stored: %s", len(records), exc)
+
+    def _audit_records(self, account: Account | None, client_ip: str,
+                       verdicts: Sequence[tuple[str, RecipientVerdict]],
+                       final: dict[str, Decision]) -> list[AuditRecord]:
+        records = []
+        name = account.name if account else None
+        for recipient, verdict in verdicts:
+            decision = final.get(recipient, verdict.decision)
+            if decision is None:
+                continue  # a 451: nothing was decided
+            address = verdict.facts.address if verdict.facts else recipient
+            records.append(AuditRecord(verdict.at, name, client_ip, self.hasher(address),
+                                       decision.rule, decision.decision))
+        return records
+
+    # --- DATA ---------------------------------------------------------------------------
+
+    def check_message(self, account: Account, content: bytes) -> Decision | None:
+        """DATA: M1, the From header must be one of the account's domains."""
+        return m1_from_domain(from_header_domains(content), account.may_send_from)
+
+    async def accept(self, *, account: Account, client_ip: str, mail_from: str,
+                     verdicts: Sequence[tuple[str, RecipientVerdict]], content: bytes,
+                     received_at: float) -> str:
+        """Decide what becomes of each accepted recipient's copy (queue, quarantine, or a
+        refusal when X-Gateway-* headers narrowed the campaign), then commit all of it
+        durably with the audit records (raises StoreError if it cannot), then deliver."""
+        content, steering = take_fields(normalize_crlf(content), STEERING_PREFIX)
+        campaign = self._narrowed(account, steering)
+        message_rule = decide_message(message_facts(content))
+        queue_id = new_queue_id()
+        final: dict[str, Decision] = {}
+        deliver: list[str] = []
+        held: list[Held] = []
+        refused: list[Refusal] = []
+        for recipient, verdict in verdicts:
+            if not verdict.accepted or verdict.decision is None or verdict.facts is None:
+                continue
+            decision = verdict.decision
+            if campaign is not None:  # the headers narrowed it: decide again, same facts
+                decision = chain.decide(verdict.facts, campaign, self.decider.knobs,
+                                        received_at)
+            if message_rule is not None and decision.verdict is not Verdict.REJECT:
+                decision = message_rule
+            final[recipient] = decision
+            if decision.verdict is Verdict.ALLOW:
+                deliver.append(recipient)
+            elif decision.verdict is Verdict.QUARANTINE:
+                held.append(Held(recipient, decision))
+            else:
+                refused.append(Refusal(recipient, replies.policy_reject(decision.rule,
+                                                                        decision.reason)))
+        message = IncomingMessage(
+            queue_id, received_at, account.name, client_ip, mail_from, content,
+            tuple(deliver), display_subject(content), tuple(held), tuple(refused),
+            tuple(self._bounce(queue_id, mail_from, r, content, received_at) for r in refused
+                  if should_send_dsn(mail_from)),
+            tuple(self._audit_records(account, client_ip, verdicts, final)))
         copies = await self.committer.submit(message)
         self.delivery.dispatch(copies)
-        return message.id
+        for h in held:
+            log.info("%s quarantined to=<%s> %s: %s", queue_id, h.recipient, h.decision.rule,
+                     h.decision.reason)
+        for r in refused:
+            log.info("%s refused after DATA to=<%s>: %s", queue_id, r.recipient, r.error)
+        return queue_id
+
+    def _narrowed(self, account: Account, steering: list[tuple[str, str]]) -> Campaign | None:
+        """The campaign narrowed by X-Gateway-* headers, or None when they do not narrow it."""
+        topics = categories = None
+        for name, value in steering:
+            if name == CAMPAIGN_TOPICS:
+                topics = tag_list(value) | (topics or frozenset())
+            elif name == PRODUCT_CATEGORY:
+                categories = tag_list(value) | (categories or frozenset())
+        if topics is None and categories is None:
+            return None
+        return campaign_of(account).narrowed(topics, categories)
+
+    def _bounce(self, queue_id: str, mail_from: str, refusal: Refusal, content: bytes,
+                received_at: float) -> IncomingMessage:
+        dsn = build_dsn(reporting_mta=self.reporting_mta, original_envelope_id=queue_id,
+                        mail_from=mail_from, recipient=refusal.recipient, status="",
+                        diagnostic=refusal.error, arrival_date=received_at,
+                        original_headers=content[:max(0, header_end(content) - 2)])
+        return IncomingMessage(new_queue_id(), time.time(), None, "127.0.0.1", "", dsn,
+                               (mail_from,))
 
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')

@@ -19,13 +19,16 @@ import uvicorn
 
 from gateway.delivery.upstream import make_transport
 from gateway.delivery.worker import DeliveryService
-from gateway.flow import Flow
+from gateway.flow import Decider, Flow
+from gateway.security.keys import AddressHasher, load_or_create_key
 from gateway.settings import Settings, parse_listen
 from gateway.smtp.auth import Authenticator
 from gateway.smtp.handler import GatewayHandler
 from gateway.smtp.server import start_smtp_server
 from gateway.store.accounts import AccountStore
+from gateway.store.audit import AuditLog
 from gateway.store.db import Database
+from gateway.store.ledger import LedgerLookup
 from gateway.store.queue import QueueStore
 from gateway.tls import ensure_self_signed, server_context
 from gateway.web.app import create_app
@@ -69,6 +72,7 @@ class Gateway:
         self._housekeeping: asyncio.Task[None] | None = None
         self.delivery: DeliveryService | None = None
         self.queue: QueueStore | None = None
+        self.lookup: LedgerLookup | None = None
 
     def tls_context(self) -> ssl.SSLContext | None:
         s = self.settings.smtp
@@ -93,7 +97,11 @@ class Gateway:
         transport = make_transport(s.delivery, s.smtp.hostname)
         self.delivery = DeliveryService(self.queue, transport, s.delivery, s.smtp.hostname)
         await self.delivery.start()
-        flow = Flow(self.queue, self.delivery, accounts, s.smtp.trusted_clients)
+        hasher = AddressHasher(load_or_create_key(s.hash_key_path))
+        self.lookup = LedgerLookup(s.store.path, hasher)
+        decider = Decider(self.lookup, s.policy.knobs())
+        flow = Flow(self.queue, self.delivery, accounts, s.smtp.trusted_clients, decider,
+                    AuditLog(self.db), hasher, s.smtp.hostname)
         handler = GatewayHandler(flow, Authenticator(accounts, s.smtp))
         host, port = parse_listen(s.smtp.listen)
         self.accepting.set()
@@ -153,6 +161,8 @@ class Gateway:
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             await asyncio.gather(self._http_task, return_exceptions=True)
+        if self.lookup is not None:
+            self.lookup.close()
         await self.db.close()
 
     async def run_until_signalled(self, on_ready: Any = None) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway import defaults
 from gateway.errors import ConfigError
+from gateway.model import SOURCE_TYPES, PolicyKnobs
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,13 @@ class PolicySettings:
     b2b_unclear: str = "quarantine"
     prospect_retention_days: int = defaults.PROSPECT_RETENTION_DAYS
     max_retention_days: int = defaults.MAX_RETENTION_DAYS
-    forbidden_sources: tuple[str, ...] = ()
+    forbidden_sources: tuple[str, ...] = defaults.FORBIDDEN_SOURCES
+
+
+    def knobs(self) -> PolicyKnobs:
+        return PolicyKnobs(self.unknown_recipient, self.b2b_unclear,
+                           self.prospect_retention_days, self.max_retention_days,
+                           frozenset(self.forbidden_sources))
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,7 @@ class QuarantineSettings:
 @dataclass(frozen=True)
 class SecretsSettings:
     token_key_file: str = defaults.TOKEN_KEY_FILE
+    hash_key_file: str = ""  # empty: secrets/hash.key beside the store file
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,13 @@ class Settings:
     webhooks: WebhooksSettings = field(default_factory=WebhooksSettings)
     log: LogSettings = field(default_factory=LogSettings)
     source: str = "embedded defaults"
+
+    @property
+    def hash_key_path(self) -> Path:
+        """The address hash key: configured, else beside the store, so they travel together."""
+        if self.secrets.hash_key_file:
+            return Path(self.secrets.hash_key_file)
+        return self.store.path.parent / "secrets" / "hash.key"
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -290,6 +305,14 @@ def _check(settings: Settings) -> None:
         raise ConfigError("delivery.username is set but delivery.starttls is false: "
                           "credentials would cross in clear text")
     settings.store.path  # noqa: B018 - validates the URL scheme
+    unknown = [s for s in settings.policy.forbidden_sources if s not in SOURCE_TYPES]
+    if unknown:
+        raise ConfigError(f"policy.forbidden_sources: unknown source type {unknown[0]!r} "
+                          f"(known: {', '.join(SOURCE_TYPES)})")
+    p = settings.policy
+    for key in ("prospect_retention_days", "max_retention_days"):
+        if getattr(p, key) < 1:
+            raise ConfigError(f"policy.{key}: must be at least 1")
 
 
 def parse_listen(text: str, key: str = "listen") -> tuple[str, int]:

@@ -25,6 +25,7 @@ import types
 from typing import Any
 
 from gateway.runtime import Gateway, run_one
+from gateway.security.keys import load_or_create_key
 from gateway.settings import Settings, parse_listen
 from gateway.store.db import Database
 
@@ -61,6 +62,7 @@ class Supervisor:
     def run(self) -> int:
         Gateway(self.settings).tls_context()  # make the self-signed certificate once
         asyncio.run(_migrate(self.settings))  # migrations once, before any worker opens the store
+        load_or_create_key(self.settings.hash_key_path)  # one key for all, made before the fork
         self.sock = bind_smtp_socket(self.settings.smtp.listen)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)

@@ -61,6 +61,22 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def when(ts: float | None) -> str:
+    """Local date and time of a unix timestamp, for tables ("" for none)."""
+    import datetime
+
+    if ts is None:
+        return ""
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+def hasher_for(settings: Settings) -> Any:
+    """The address hasher of this store (its key is created on first use, 0600)."""
+    from gateway.security.keys import AddressHasher, load_or_create_key
+
+    return AddressHasher(load_or_create_key(settings.hash_key_path))
+
+
 def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
@@ -75,15 +91,18 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     """Compliance-aware SMTP sending gateway.
 
     Point your marketing tool's SMTP settings at `gateway serve`; manage who may send with
-    `gateway accounts`, and the delivery queue with `gateway queue`.
+    `gateway accounts`, what you know about each recipient with `gateway contacts import`,
+    objections with `gateway suppress`. `gateway check` says what the gateway would decide
+    for a recipient; held copies are listed by `gateway quarantine`, the delivery queue by
+    `gateway queue`.
     """
     ctx.obj = CliState(config_path)
 
 
 def _register() -> None:
-    from gateway.cli import accounts, queue, serve
+    from gateway.cli import accounts, check, contacts, quarantine, queue, serve, suppress
 
-    for module in (accounts, queue, serve):
+    for module in (accounts, contacts, suppress, check, quarantine, queue, serve):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -42,6 +42,16 @@ def address_problem(address: str) -> str | None:
     return None
 
 
+def _verdicts(envelope: Envelope) -> list[tuple[str, RecipientVerdict]]:
+    """This transaction's recipient decisions (kept on aiosmtpd's per-transaction Envelope)."""
+    verdicts: list[tuple[str, RecipientVerdict]] | None = getattr(
+        envelope, "gateway_verdicts", None)
+    if verdicts is None:
+        verdicts = []
+        envelope.gateway_verdicts = verdicts  # type: ignore[attr-defined]
+    return verdicts
+
+
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".")
 
@@ -121,6 +131,15 @@ class GatewayHandler:
 
     # --- the transaction ----------------------------------------------------------------
 
+    def transaction_ended(self, server: GatewaySMTP, envelope: Envelope) -> None:
+        """Called by the server when a transaction's envelope is discarded (after DATA, RSET,
+        EHLO, or a lost connection): decisions not yet recorded with a message are audited."""
+        verdicts = getattr(envelope, "gateway_verdicts", None)
+        if verdicts:
+            account = getattr(server.session, "gateway_account", None)
+            self.flow.record_abandoned(account, server.client_ip, list(verdicts))
+            verdicts.clear()
+
     async def handle_MAIL(self, server: GatewaySMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
         account = await self._sender_account(server, session)
@@ -151,6 +170,7 @@ class GatewayHandler:
         if len(envelope.rcpt_tos) >= server.gateway_settings.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
         verdict: RecipientVerdict = await self.flow.decide_recipient(account, address)
+        _verdicts(envelope).append((address, verdict))
         if not verdict.accepted:
             return verdict.reply
         envelope.rcpt_tos.append(address)
@@ -164,13 +184,17 @@ class GatewayHandler:
             return replies.AUTH_REQUIRED
         content = envelope.original_content
         assert isinstance(content, bytes)
-        problem = self.flow.check_message(account, content)
-        if problem is not None:
-            return problem
+        verdicts = _verdicts(envelope)
+        refusal = self.flow.check_message(account, content)
+        if refusal is not None:
+            self.flow.record_abandoned(account, server.client_ip, verdicts, refusal)
+            verdicts.clear()
+            return replies.FROM_NOT_ALLOWED
         try:
             queue_id = await self.flow.accept(
-                account=account.name, client_ip=server.client_ip, mail_from=envelope.mail_from,
-                recipients=tuple(envelope.rcpt_tos), content=content, received_at=time.time())
+                account=account, client_ip=server.client_ip, mail_from=envelope.mail_from,
+                verdicts=verdicts, content=content, received_at=time.time())
+            verdicts.clear()
         except StoreError as exc:
             log.error("%s message from <%s> not committed, answered 451: %s",
                       server.client_ip, envelope.mail_from, exc)

@@ -50,3 +50,13 @@ AIOSMTPD_REWRITES: dict[bytes, bytes] = {
     b"250 OK": b"250 2.0.0 OK",
     b"221 Bye": b"221 2.0.0 Bye",
 }
+
+LEDGER_UNAVAILABLE = "451 4.3.0 Cannot check this recipient now, try again later"
+MAX_REASON = 400
+
+
+def policy_reject(rule: str, reason: str) -> str:
+    """`550 5.7.1 <rule> <reason>`: printable ASCII only (a reply may not carry CR/LF, and the
+    reason can quote ledger text such as a source name), one line of sane length."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in f"{rule} {reason}")
+    return f"550 5.7.1 {text[:MAX_REASON]}"

@@ -137,7 +137,19 @@ class GatewaySMTP(SMTP):
 
     def connection_lost(self, error: Exception | None) -> None:
         self._release()
+        self._end_transaction()
         super().connection_lost(error)
+
+    def _set_post_data_state(self) -> None:
+        """aiosmtpd discards the envelope here (after DATA, RSET, HELO/EHLO)."""
+        self._end_transaction()
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]
+
+    def _end_transaction(self) -> None:
+        envelope = getattr(self, "envelope", None)
+        ended = getattr(self.event_handler, "transaction_ended", None)
+        if envelope is not None and ended is not None:
+            ended(self, envelope)
 
     async def smtp_MAIL(self, arg: str) -> None:
         if arg and SOURCE_ROUTE.search(arg):
@@ -173,7 +185,7 @@ class GatewaySMTP(SMTP):
         if has_bare_line_end(raw):
             log.warning("%s sent a bare CR or LF in DATA: closing the session", self._client_ip)
             await self.push(replies.BARE_NEWLINE)
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            self._set_post_data_state()
             self._close_now()
             return
         if too_much:
@@ -186,10 +198,10 @@ class GatewaySMTP(SMTP):
             content = content.replace(b"\r\n.", b"\r\n")
             self.envelope.content = self.envelope.original_content = content
             status = await self._call_handler_hook("DATA")
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            self._set_post_data_state()
             await self.push(status)
             return
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        self._set_post_data_state()
 
     def _has_long_line(self, raw: bytes) -> bool:
         """RFC 5321 4.5.3.1.6: 1000 octets a line with its CRLF (aiosmtpd allows 1001). One C-level

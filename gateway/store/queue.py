@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import NotFound
+from gateway.model import Decision
+from gateway.store.audit import AuditRecord, insert_records
 from gateway.store.db import Database
 
 STATES = ("queued", "deferred", "failed", "sent")
@@ -21,8 +23,29 @@ PENDING = ("queued", "deferred")
 
 
 @dataclass(frozen=True)
+class Held:
+    """A recipient whose copy goes to the quarantine instead of the queue."""
+
+    recipient: str
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A recipient refused after DATA (its copy is recorded failed, and bounced)."""
+
+    recipient: str
+    error: str
+
+
+@dataclass(frozen=True)
 class IncomingMessage:
-    """A message accepted at DATA, before it is committed."""
+    """A message accepted at DATA, before it is committed.
+
+    `recipients` are queued for delivery, `held` go to the quarantine, `refused` are recorded
+    failed with their `bounces` (DSNs); `audit` rows are written with the message id. All of
+    it commits in one transaction, before the 250.
+    """
 
     id: str
     received_at: float
@@ -31,6 +54,11 @@ class IncomingMessage:
     mail_from: str
     content: bytes
     recipients: tuple[str, ...]
+    subject: str = ""
+    held: tuple[Held, ...] = ()
+    refused: tuple[Refusal, ...] = ()
+    bounces: tuple[IncomingMessage, ...] = ()
+    audit: tuple[AuditRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,7 +112,8 @@ class QueueStore:
     async def commit_messages(self, messages: Sequence[IncomingMessage]) -> list[list[Copy]]:
         """Commit several accepted messages in ONE transaction (group commit), claimed by us.
 
-        Returns each message's copies, with their delivery ids, for in-process delivery.
+        Returns each message's copies to deliver (its bounces' included), with their delivery
+        ids, for in-process delivery.
         """
         now = time.time()
         claim_until = now + self.claim_seconds
@@ -92,20 +121,39 @@ class QueueStore:
         async with self.db.transaction() as conn:
             await conn.executemany(
                 "INSERT INTO messages (id, received_at, account, client_ip, mail_from, size,"
-                " content) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " content, subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(m.id, m.received_at, m.account, m.client_ip, m.mail_from, len(m.content),
-                  m.content) for m in messages])
-            for m in messages:
+                  m.content, m.subject)
+                 for message in messages for m in (message, *message.bounces)])
+            for message in messages:
                 copies = []
-                for rcpt in m.recipients:
-                    cur = await conn.execute(
+                for m in (message, *message.bounces):
+                    for rcpt in m.recipients:
+                        cur = await conn.execute(
+                            "INSERT INTO deliveries (message_id, recipient, state, attempts,"
+                            " next_attempt_at, claimed_by, claimed_until, created_at,"
+                            " updated_at) VALUES (?, ?, 'queued', 0, ?, ?, ?, ?, ?)",
+                            (m.id, rcpt, now, self.instance_id, claim_until, now, now))
+                        assert cur.lastrowid is not None
+                        copies.append(Copy(cur.lastrowid, m.id, m.account, m.mail_from, rcpt,
+                                           m.content, 0, m.received_at))
+                if message.refused:
+                    await conn.executemany(
                         "INSERT INTO deliveries (message_id, recipient, state, attempts,"
-                        " next_attempt_at, claimed_by, claimed_until, created_at, updated_at)"
-                        " VALUES (?, ?, 'queued', 0, ?, ?, ?, ?, ?)",
-                        (m.id, rcpt, now, self.instance_id, claim_until, now, now))
-                    assert cur.lastrowid is not None
-                    copies.append(Copy(cur.lastrowid, m.id, m.account, m.mail_from, rcpt,
-                                       m.content, 0, m.received_at))
+                        " next_attempt_at, last_error, created_at, updated_at)"
+                        " VALUES (?, ?, 'failed', 0, ?, ?, ?, ?)",
+                        [(message.id, r.recipient, now, r.error, now, now)
+                         for r in message.refused])
+                if message.held:
+                    await conn.executemany(
+                        "INSERT INTO quarantine (message_id, created_at, account, client_ip,"
+                        " mail_from, recipient, subject, rule, reason, basis)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(message.id, now, message.account, message.client_ip,
+                          message.mail_from, h.recipient, message.subject, h.decision.rule,
+                          h.decision.reason, h.decision.basis) for h in message.held])
+                if message.audit:
+                    await insert_records(conn, message.audit, message.id)
                 result.append(copies)
         return result
 
@@ -232,7 +280,9 @@ class QueueStore:
                 "UPDATE messages SET content = NULL WHERE content IS NOT NULL AND NOT EXISTS"
                 " (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id"
                 "  AND (d.state IN ('queued', 'deferred')"
-                "       OR (d.state = 'failed' AND d.updated_at > ?)))", (cutoff,))
+                "       OR (d.state = 'failed' AND d.updated_at > ?)))"
+                " AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.message_id = messages.id"
+                "  AND q.state = 'held')", (cutoff,))
             return cur.rowcount
 
     # --- operator commands --------------------------------------------------------------
@@ -289,7 +339,8 @@ class QueueStore:
             await conn.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
             await conn.execute(
                 "DELETE FROM messages WHERE NOT EXISTS"
-                " (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id)")
+                " (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id)"
+                " AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.message_id = messages.id)")
 
 
 def _pid_alive(pid: int) -> bool:

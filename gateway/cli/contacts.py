@@ -1,0 +1,182 @@
+"""`gateway contacts`: load the contact ledger from CSV, and show what it holds on an address."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from gateway.cli import EXIT_OK, EXIT_REFUSED, CliState, hasher_for, print_json, run, when
+from gateway.contacts_csv import COLUMNS, ContactRow, HeaderError, RowError, read_rows
+from gateway.errors import GatewayError, NotFound
+from gateway.store.db import Database
+from gateway.store.ledger import Ledger
+from gateway.store.ledger_import import ContactImporter
+
+CHUNK_ROWS = 5000
+IMPORT_HELP = f"""Upsert the ledger from FILE (CSV with a header row, UTF-8).
+
+\b
+Columns (only email is required; unknown columns are an error):
+  {", ".join(COLUMNS[:8])},
+  {", ".join(COLUMNS[8:15])},
+  {", ".join(COLUMNS[15:])}
+
+Each bad row is reported on stderr as FILE:LINE: reason, and the other rows import. An empty
+cell keeps what the ledger had. A re-import never restarts the retention clock: collected_at
+only moves earlier, last_interaction_at only later. consent=withdrawn puts the address on the
+suppression list. Exit code 1 when any row was refused.
+"""
+
+
+@click.group()
+def contacts() -> None:
+    """The contact ledger: what you know about each recipient, and how you know it."""
+
+
+def _lines(raw: BinaryIO, progress: Progress | None, task: TaskID | None) -> Iterator[str]:
+    """Decoded lines of the file, streamed; undecodable bytes become surrogates (reported per
+    row by the reader)."""
+    first = True
+    for line in raw:
+        if first:
+            line = line.removeprefix(b"\xef\xbb\xbf")  # a BOM from spreadsheet exports
+            first = False
+        if progress is not None and task is not None:
+            progress.advance(task, len(line))
+        yield line.decode("utf-8", "surrogateescape")
+
+
+@contacts.command("import", help=IMPORT_HELP)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Check every row and count; write nothing.")
+@click.pass_obj
+def import_(state: CliState, file: Path, dry_run: bool) -> None:
+    settings = state.settings
+    try:
+        asyncio.run(_migrate(settings.store.path))
+        importer = ContactImporter(settings.store.path, hasher_for(settings), dry_run=dry_run)
+    except GatewayError as exc:
+        click.echo(f"gateway: {exc}", err=True)
+        sys.exit(EXIT_REFUSED)
+    refused = 0
+    started = time.monotonic()
+    tty = sys.stderr.isatty()
+    progress = Progress(TextColumn("importing"), BarColumn(),
+                        TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(),
+                        console=Console(stderr=True), transient=True, disable=not tty)
+    try:
+        with progress, file.open("rb") as raw:
+            task = progress.add_task("import", total=file.stat().st_size)
+            chunk: list[ContactRow] = []
+            for item in read_rows(_lines(raw, progress if tty else None, task), time.time()):
+                if isinstance(item, RowError):
+                    refused += 1
+                    progress.console.print(f"{file}:{item.line}: {item.reason}",
+                                           markup=False, highlight=False)
+                    continue
+                chunk.append(item)
+                if len(chunk) >= CHUNK_ROWS:
+                    importer.write(chunk)
+                    chunk = []
+            if chunk:
+                importer.write(chunk)
+    except HeaderError as exc:
+        click.echo(f"{file}:1: {exc}; nothing imported", err=True)
+        sys.exit(EXIT_REFUSED)
+    except GatewayError as exc:
+        click.echo(f"gateway: {exc}", err=True)
+        sys.exit(EXIT_REFUSED)
+    finally:
+        importer.close()
+    c = importer.counts
+    seconds = time.monotonic() - started
+    verb = "would import" if dry_run else "imported"
+    click.echo(f"{file}: {verb} {c.new + c.updated} rows ({c.new} new, {c.updated} updated), "
+               f"{refused} refused, {c.suppressed} newly suppressed, in {seconds:.1f} s"
+               + (" - dry run, nothing written" if dry_run else ""))
+    sys.exit(EXIT_REFUSED if refused else EXIT_OK)
+
+
+async def _migrate(path: Path) -> None:
+    async with Database(path):
+        pass
+
+
+@contacts.command()
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def show(state: CliState, email: str, as_json: bool) -> None:
+    """Every fact, source and event the ledger holds on EMAIL, and its suppression state."""
+
+    async def body() -> None:
+        async with Database(state.settings.store.path) as db:
+            ledger = Ledger(db, hasher_for(state.settings))
+            try:
+                contact = await ledger.contact(email)
+                suppressed = await ledger.is_suppressed(email)
+            except ValueError as exc:
+                raise NotFound(f"not a valid address: {exc}") from None
+            if contact is None and suppressed is None:
+                raise NotFound(f"{email}: not in the ledger and not suppressed")
+            events = await ledger.events(contact.id) if contact and contact.id else []
+        facts: dict[str, object] = {}
+        if contact is not None:
+            facts = {k: v for k, v in vars(contact).items() if k not in ("sources", "id")}
+            facts["topics"] = sorted(contact.topics)
+            facts["customer_categories"] = sorted(contact.customer_categories)
+        document = {
+            "address": contact.address if contact else email,
+            "in_ledger": contact is not None,
+            "suppressed": None if suppressed is None else {
+                "since": suppressed.created_at, "channel": suppressed.channel},
+            "facts": facts,
+            "sources": [vars(s) for s in contact.sources] if contact else [],
+            "events": [e.as_json() for e in events],
+        }
+        if as_json:
+            print_json(document)
+            return
+        console = Console(markup=False, highlight=False)
+        console.print(f"{document['address']}")
+        if suppressed is not None:
+            console.print(f"  SUPPRESSED since {when(suppressed.created_at)} "
+                          f"(channel: {suppressed.channel}) - every message is refused (R1)")
+        if contact is None:
+            console.print("  not in the ledger (R2: unknown recipients are refused)")
+            return
+        table = Table(show_header=False, box=None)
+        for key, value in facts.items():
+            if key.endswith("_at") and isinstance(value, float):
+                value = when(value)
+            elif isinstance(value, list):
+                value = "; ".join(value)
+            table.add_row(f"  {key}", "" if value is None else str(value))
+        console.print(table)
+        sources = Table(title="sources", title_justify="left")
+        for column in ("name", "type", "visibility", "first recorded"):
+            sources.add_column(column)
+        for s in contact.sources:
+            sources.add_row(s.name, s.type, s.visibility or "", when(s.recorded_at))
+        console.print(sources)
+        history = Table(title="events", title_justify="left")
+        for column in ("when", "kind", "channel", "method", "proof / wording", "ip"):
+            history.add_column(column)
+        for e in events:
+            history.add_row(when(e.occurred_at), e.kind, e.channel, e.method or "",
+                            e.proof or e.wording or "", e.ip or "")
+        console.print(history)
+
+    run(body)
+
+
+COMMANDS = [contacts]

@@ -1,0 +1,240 @@
+"""The contact CSV of ../shared/INTERFACE.md: read row by row, each row checked on its own.
+
+A bad row becomes a `RowError` with its line number and the reason; good rows become
+`ContactRow` values for the store. Nothing here touches the store, so `--dry-run` and the real
+import share every check.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TextIO
+
+from gateway.addresses import normalize_address
+from gateway.model import AUDIENCES, CONSENTS, KINDS, RELATIONSHIPS, SOURCE_TYPES, VISIBILITIES
+
+COLUMNS = (
+    "email", "kind", "audience", "relationship", "language", "first_name", "last_name",
+    "job_title", "topics", "customer_categories", "consent", "consent_at", "consent_method",
+    "consent_proof", "source_name", "source_type", "source_visibility", "collected_at",
+    "last_interaction_at", "informed_at", "opt_out_offered",
+)
+DATE_COLUMNS = ("consent_at", "collected_at", "last_interaction_at", "informed_at")
+MAX_TEXT = 200
+MAX_PROOF = 2000
+MAX_TAG = 100
+FUTURE_SLACK_SECONDS = 86400.0  # clocks and time zones: a day ahead is a typo, not fraud
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+csv.field_size_limit(64 * 1024)  # a sane cap: no ledger field is anywhere near this
+
+
+@dataclass(frozen=True)
+class ContactRow:
+    """One valid row. None means "not given": the store keeps what it had."""
+
+    line: int
+    address: str
+    kind: str | None = None
+    audience: str | None = None
+    relationship: str | None = None
+    language: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    job_title: str | None = None
+    topics: tuple[str, ...] | None = None
+    customer_categories: tuple[str, ...] | None = None
+    consent: str | None = None
+    consent_at: float | None = None
+    consent_method: str | None = None
+    consent_proof: str | None = None
+    source_name: str | None = None
+    source_type: str | None = None
+    source_visibility: str | None = None
+    collected_at: float | None = None
+    last_interaction_at: float | None = None
+    informed_at: float | None = None
+    opt_out_offered: bool | None = None
+
+
+@dataclass(frozen=True)
+class RowError:
+    line: int
+    reason: str
+
+
+class HeaderError(ValueError):
+    """The header row itself is unusable: nothing of the file is imported."""
+
+
+def parse_date(text: str, column: str, now: float) -> float:
+    """ISO 8601 date or date-time -> unix seconds; a date alone is midnight UTC, and a time
+    without an offset is UTC."""
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{column}: not an ISO 8601 date: {text!r}") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.UTC)
+    stamp = value.timestamp()
+    if stamp > now + FUTURE_SLACK_SECONDS:
+        raise ValueError(f"{column}: date in the future: {text!r}")
+    return stamp
+
+
+def _enum(text: str, column: str, allowed: tuple[str, ...]) -> str:
+    value = text.lower()
+    if value not in allowed:
+        raise ValueError(f"{column}: unknown value {text!r} (expected {'|'.join(allowed)})")
+    return value
+
+
+def _text(text: str, column: str, limit: int = MAX_TEXT) -> str:
+    if _CONTROL.search(text):
+        raise ValueError(f"{column}: control characters (CR, LF, escape ...) are not allowed")
+    if len(text) > limit:
+        raise ValueError(f"{column}: longer than {limit} characters")
+    return text
+
+
+def _tags(text: str, column: str) -> tuple[str, ...]:
+    tags: list[str] = []
+    for item in text.split(";"):
+        tag = _text(item.strip().lower(), column, MAX_TAG)
+        if tag and tag not in tags:
+            tags.append(tag)
+    return tuple(tags)
+
+
+def parse_row(line: int, cells: dict[str, str], now: float) -> ContactRow:
+    """A ContactRow, or ValueError naming the column and the problem."""
+    raw = cells.get("email", "")
+    if not raw.strip():
+        raise ValueError("email: missing")
+    if _CONTROL.search(raw):
+        raise ValueError("email: control characters (CR, LF, NUL ...) are not allowed")
+    try:
+        address = normalize_address(raw)
+    except ValueError as exc:
+        raise ValueError(f"email: {exc}") from None
+    v: dict[str, object] = {}
+    for column, text in cells.items():
+        text = text.strip()
+        if column == "email" or not text:
+            continue
+        if column in DATE_COLUMNS:
+            v[column] = parse_date(text, column, now)
+        elif column == "kind":
+            v[column] = _enum(text, column, KINDS)
+        elif column == "audience":
+            v[column] = _enum(text, column, AUDIENCES)
+        elif column == "relationship":
+            v[column] = _enum(text, column, RELATIONSHIPS)
+        elif column == "consent":
+            v[column] = _enum(text, column, CONSENTS)
+        elif column == "source_type":
+            v[column] = _enum(text, column, SOURCE_TYPES)
+        elif column == "source_visibility":
+            v[column] = _enum(text, column, VISIBILITIES)
+        elif column == "opt_out_offered":
+            v[column] = _enum(text, column, ("true", "false")) == "true"
+        elif column == "language":
+            if not _LANGUAGE.match(text):
+                raise ValueError(f"language: not a BCP 47 tag: {text!r} (e.g. fr, en-GB)")
+            v[column] = text.split("-", 1)[0].lower() + text[len(text.split("-", 1)[0]):]
+        elif column in ("topics", "customer_categories"):
+            v[column] = _tags(text, column)
+        elif column == "consent_proof":
+            v[column] = _text(text, column, MAX_PROOF)
+        else:
+            v[column] = _text(text, column)
+    if v.get("consent") == "granted" and "consent_at" not in v:
+        raise ValueError("consent_at: required when consent is granted (GDPR 7(1): consent "
+                         "must be provable)")
+    if ("source_type" in v) != ("source_name" in v):
+        raise ValueError("source_name and source_type: give both or neither (GDPR 15(1)(g): "
+                         "the source must be nameable)")
+    if "source_visibility" in v and "source_type" not in v:
+        raise ValueError("source_visibility: given without a source")
+    return ContactRow(line=line, address=address, **v)  # type: ignore[arg-type]
+
+
+def check_header(header: list[str]) -> list[str]:
+    """Column names, lower-cased; HeaderError for unknown, duplicate or missing columns."""
+    names = [name.strip().lower().lstrip("\ufeff") for name in header]
+    unknown = [name for name in names if name not in COLUMNS]
+    if unknown:
+        raise HeaderError(f"unknown column {unknown[0]!r} (known: {', '.join(COLUMNS)})")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise HeaderError(f"column {duplicates[0]!r} appears twice")
+    if "email" not in names:
+        raise HeaderError("no 'email' column")
+    return names
+
+
+def sniff_delimiter(first_line: str) -> str:
+    """',' as INTERFACE.md says; ';' when the header uses it (spreadsheets in French locales)."""
+    return ";" if first_line.count(";") > first_line.count(",") else ","
+
+
+def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow | RowError]:
+    """Every data row of a CSV file as a ContactRow or a RowError, streaming.
+
+    Line numbers are physical lines of the file (a quoted field may span lines). A duplicate
+    address is reported at its second occurrence. Raises HeaderError before any row when the
+    header is unusable.
+    """
+    iterator = iter(lines)
+    first = next(iterator, None)
+    if first is None:
+        raise HeaderError("the file is empty")
+    delimiter = sniff_delimiter(first)
+    reader = csv.reader(_chain(first, iterator), delimiter=delimiter, strict=True)
+    try:
+        header = next(reader)
+    except csv.Error as exc:
+        raise HeaderError(f"line 1: {exc}") from None
+    names = check_header(header)
+    seen: dict[int, int] = {}  # 64-bit hash of the address -> first line (bounded memory)
+    line = reader.line_num
+    while True:
+        start = line + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            line = reader.line_num
+            yield RowError(start, f"not valid CSV: {exc}")
+            continue
+        line = reader.line_num
+        if not cells or all(not c.strip() for c in cells):
+            continue  # blank line
+        if len(cells) != len(names):
+            yield RowError(start, f"{len(cells)} fields, the header has {len(names)}")
+            continue
+        if any("\udc80" <= c <= "\udcff" for cell in cells for c in cell):
+            yield RowError(start, "not valid UTF-8")
+            continue
+        try:
+            row = parse_row(start, dict(zip(names, cells, strict=True)), now)
+        except ValueError as exc:
+            yield RowError(start, str(exc))
+            continue
+        key = hash(row.address)
+        if key in seen:
+            yield RowError(start, f"duplicate: {row.address} already appears on line "
+                           f"{seen[key]}")
+            continue
+        seen[key] = start
+        yield row
+
+
+def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
+    yield first
+    yield from rest

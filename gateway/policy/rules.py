@@ -1,0 +1,196 @@
+"""The recipient rules R1-R10 of ../shared/COMPLIANCE.md section 2, one pure function each.
+
+Each rule answers one question about a `Case` and returns a Decision when it decides, None
+when it does not apply; gateway.policy.chain evaluates them in the order of the rule book.
+No rule does I/O or reads a clock: `Case.now` is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.model import Campaign, Contact, Decision, PolicyKnobs, RecipientFacts, Verdict
+
+DAY = 86400.0
+
+# Consent obtained this way is not consent (GDPR 4(11), 7; CNIL): the box was ticked for the
+# person, or it was bundled with accepting the terms and conditions.
+INVALID_CONSENT_METHODS = frozenset({
+    "pre-ticked", "pre_ticked", "preticked", "pre-checked", "prechecked", "default",
+    "terms", "terms_and_conditions", "terms-and-conditions", "tos", "cgu", "cgv",
+})
+
+
+@dataclass(frozen=True)
+class Case:
+    """One recipient decision's inputs."""
+
+    facts: RecipientFacts
+    campaign: Campaign
+    knobs: PolicyKnobs
+    now: float
+
+    @property
+    def contact(self) -> Contact:
+        assert self.facts.contact is not None  # R2 has run: every later rule has a contact
+        return self.facts.contact
+
+
+Rule = Callable[[Case], Decision | None]
+
+
+def _allow(rule: str, reason: str, basis: str) -> Decision:
+    return Decision(Verdict.ALLOW, rule, reason, basis)
+
+
+def _reject(rule: str, reason: str, basis: str) -> Decision:
+    return Decision(Verdict.REJECT, rule, reason, basis)
+
+
+def r1_suppressed(case: Case) -> Decision | None:
+    """R1: objection is absolute (GDPR 21(3)); a withdrawn consent is an objection too."""
+    contact = case.facts.contact
+    if case.facts.suppressed or (contact is not None and contact.consent == "withdrawn"):
+        return _reject("R1", "recipient objected to prospecting (suppression list)",
+                       "CPCE L.34-5; GDPR 21(2)-(3): objection to direct marketing is absolute")
+    return None
+
+
+def t1_transactional(case: Case) -> Decision | None:
+    """T1: an account declared transactional does not prospect; L.34-5 does not apply.
+
+    Checked after R1 on purpose: the suppression list also holds erased subjects and
+    complaints, and a gateway that promises "never mailed again" keeps that promise.
+    """
+    if case.campaign.category == "transactional":
+        return _allow("T1", "transactional mail from a transactional account",
+                      "not direct marketing: CPCE L.34-5 does not apply (GDPR 6-1-b)")
+    return None
+
+
+def r2_unknown(case: Case) -> Decision | None:
+    """R2: no ledger entry means no evidence of a lawful basis and no source to name."""
+    if case.facts.contact is not None:
+        return None
+    verdict = Verdict.QUARANTINE if case.knobs.unknown_recipient == "quarantine" \
+        else Verdict.REJECT
+    return Decision(verdict, "R2", "recipient unknown to the contact ledger",
+                    "no evidence of a lawful basis; no source to give on access (GDPR 15)")
+
+
+def r3_forbidden_source(case: Case) -> Decision | None:
+    """R3: a source we may not use taints the record (KASPR: scraped restricted profiles)."""
+    sources = case.contact.sources
+    basis = "GDPR 6 and 14; CNIL KASPR 2024 and NESTOR 2020"
+    if not sources:
+        return _reject("R3", "no source recorded for this address", basis)
+    for source in sources:
+        if source.type == "social_network" and source.visibility == "restricted":
+            return _reject("R3", "collected from a social network profile with restricted "
+                           f"visibility ({source.name})", basis)
+        if source.type in case.knobs.forbidden_sources:
+            return _reject("R3", f"source type {source.type} is forbidden by policy "
+                           f"({source.name})", basis)
+    return None
+
+
+def retention_deadline(contact: Contact, knobs: PolicyKnobs) -> float | None:
+    """When the ledger entry must be gone (unix seconds), or None if no clock can start.
+
+    The clock starts at collection and is renewed only by the person's own action
+    (last_interaction_at): enrichment and re-imports never renew it (KASPR). For customers the
+    last purchase is such an action, so the same clock runs from the end of the relationship.
+    Without an action by the person, max_retention_days from collection is the cap.
+    """
+    collected = contact.collected_at
+    if collected is None:
+        dates = [s.recorded_at for s in contact.sources if s.recorded_at is not None]
+        collected = min(dates) if dates else None
+    if collected is None:
+        return None
+    acted = contact.last_interaction_at
+    if acted is not None and acted > collected:
+        return acted + knobs.prospect_retention_days * DAY
+    return collected + min(knobs.prospect_retention_days, knobs.max_retention_days) * DAY
+
+
+def r4_retention_expired(case: Case) -> Decision | None:
+    """R4: past the retention deadline the data must not be used (GDPR 5-1-e), only purged."""
+    deadline = retention_deadline(case.contact, case.knobs)
+    if deadline is not None and case.now > deadline:
+        days = int((case.now - deadline) // DAY)
+        return _reject("R4", f"retention period expired {days} days ago; marked for purge",
+                       "GDPR 5-1-e; CNIL prospecting guidance (3 years); KASPR (no renewal)")
+    return None
+
+
+def r5_role_address(case: Case) -> Decision | None:
+    """R5: a generic address (contact@, sales@) identifies no natural person (NESTOR)."""
+    if case.contact.kind == "role":
+        return _allow("R5", "generic role address, not a natural person",
+                      "NESTOR 2020: consent rules apply to natural persons only")
+    return None
+
+
+def consent_is_valid(contact: Contact) -> bool:
+    """Granted, provable (it has a date) and not obtained by a pre-ticked box or T&C."""
+    method = (contact.consent_method or "").strip().lower()
+    return (contact.consent == "granted" and contact.consent_at is not None
+            and method not in INVALID_CONSENT_METHODS)
+
+
+def r6_consent(case: Case) -> Decision | None:
+    """R6: prior, provable consent (L.34-5 al. 1; GDPR 7(1))."""
+    if consent_is_valid(case.contact):
+        return _allow("R6", "prior consent on record", "CPCE L.34-5 al. 1; GDPR 6-1-a and 7")
+    return None
+
+
+def r7_soft_opt_in(case: Case) -> Decision | None:
+    """R7: a customer, collected directly at a sale with an opt-out offered, for analogous
+    products (the campaign's category is one the customer bought)."""
+    contact = case.contact
+    if (contact.relationship == "customer" and contact.opt_out_offered is True
+            and any(s.type == "direct" for s in contact.sources)
+            and contact.customer_categories & case.campaign.product_categories):
+        return _allow("R7", "existing customer, analogous products, opt-out offered at sale",
+                      "CPCE L.34-5 al. 4 (soft opt-in)")
+    return None
+
+
+def r8_b2b_relevant(case: Case) -> Decision | None:
+    """R8: professional address, message related to the profession. The person is informed
+    and can object in every message the gateway lets through (notice and unsubscribe link)."""
+    contact = case.contact
+    if contact.audience == "b2b" and contact.topics & case.campaign.topics:
+        return _allow("R8", "professional recipient, campaign related to their profession",
+                      "CNIL B2B tolerance restated in NESTOR 2020: related to the profession, "
+                      "informed, able to object")
+    return None
+
+
+def r9_b2b_unclear(case: Case) -> Decision | None:
+    """R9: B2B, but no topics on one side: relevance is a human judgement (NESTOR)."""
+    contact = case.contact
+    if contact.audience == "b2b" and (not contact.topics or not case.campaign.topics):
+        verdict = Verdict.REJECT if case.knobs.b2b_unclear == "reject" else Verdict.QUARANTINE
+        missing = "recipient" if not contact.topics else "campaign"
+        return Decision(verdict, "R9", f"B2B relevance cannot be established (no {missing} "
+                        "topics)", "NESTOR 2020: the link to the profession must be shown")
+    return None
+
+
+def r10_no_basis(case: Case) -> Decision:
+    """R10: anything else has no lawful basis for prospecting."""
+    contact = case.contact
+    basis = "CPCE L.34-5 al. 1"
+    if contact.consent == "granted" and not consent_is_valid(contact):
+        return _reject("R10", "recorded consent is not valid consent (no date, or pre-ticked "
+                       "box / terms acceptance)", basis + "; GDPR 4(11) and 7")
+    if contact.audience == "b2b":
+        return _reject("R10", "campaign topics unrelated to the recipient's profession", basis)
+    if contact.relationship == "customer":
+        return _reject("R10", "customer without consent, and not analogous products with an "
+                       "opt-out offered at sale", basis + " al. 4")
+    return _reject("R10", "no prior consent for B2C prospecting", basis)

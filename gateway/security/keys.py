@@ -1,0 +1,53 @@
+"""Server secrets kept in files: created once (0600, random), read at start.
+
+The address hash key keys the suppression list and the audit log. Losing it makes every
+suppression entry unmatchable, so it is never rotated: back it up with the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from gateway.addresses import suppression_form
+from gateway.errors import ConfigError
+
+KEY_BYTES = 32
+
+
+def load_or_create_key(path: Path | str) -> bytes:
+    """The key in `path`; a new random one written owner-only when the file does not exist."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(KEY_BYTES) + "\n")
+    text = path.read_text(encoding="ascii", errors="replace").strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(f"{path}: not a hex key") from None
+    if len(key) < 16:
+        raise ConfigError(f"{path}: key too short ({len(key)} bytes, need at least 16)")
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    return key
+
+
+class AddressHasher:
+    """HMAC-SHA256 of the suppression form of an address: what stands for it where the
+    address itself must not be kept (suppression list, audit log)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def __call__(self, address: str) -> bytes:
+        return hmac.new(self._key, suppression_form(address).encode("utf-8"),
+                        hashlib.sha256).digest()

@@ -1,0 +1,212 @@
+"""The contact ledger and the suppression list: the facts every recipient decision reads.
+
+The hot path (`LedgerLookup.facts`) is ONE indexed statement per recipient, run on a thread of
+its own with its own connection, so the event loop never blocks on SQLite; lookups that arrive
+together share one thread hand-off. Each statement sees the latest commit of any process, so
+an objection stored anywhere holds for the very next RCPT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.addresses import normalize_address
+from gateway.batch import GroupCommitter
+from gateway.errors import NotFound, StoreError
+from gateway.model import Contact, RecipientFacts, Source
+from gateway.security.keys import AddressHasher
+from gateway.store.db import BUSY_TIMEOUT_MS, Database
+
+CONTACT_COLUMNS = (
+    "id", "address", "kind", "audience", "relationship", "language", "first_name", "last_name",
+    "job_title", "topics", "customer_categories", "consent", "consent_at", "consent_method",
+    "consent_proof", "opt_out_offered", "collected_at", "last_interaction_at", "informed_at",
+    "informed_version",
+)
+_SOURCES = ("(SELECT json_group_array(json_array(s.name, s.type, s.visibility, s.recorded_at))"
+            " FROM sources s WHERE s.contact_id = c.id) AS sources")
+_SELECT = ", ".join(f"c.{name}" for name in CONTACT_COLUMNS) + ", " + _SOURCES
+# One statement: the suppression check and the contact with its sources, by two indexes.
+FACTS_SQL = f"SELECT EXISTS(SELECT 1 FROM suppression WHERE hash = ?), {_SELECT} FROM (SELECT 1) LEFT JOIN contacts c ON c.address = ?"  # noqa: S608, E501 - constant columns
+CONTACT_SQL = f"SELECT {_SELECT} FROM contacts c WHERE c.address = ?"  # noqa: S608
+
+
+def _tags(text: str | None) -> frozenset[str]:
+    return frozenset(t for t in (text or "").split(";") if t)
+
+
+def contact_from_row(row: Sequence[object], offset: int = 0) -> Contact:
+    """A Contact from CONTACT_COLUMNS + sources, starting at `offset` in `row`."""
+    values = dict(zip(CONTACT_COLUMNS, row[offset:offset + len(CONTACT_COLUMNS)], strict=True))
+    sources_json = row[offset + len(CONTACT_COLUMNS)]
+    sources = tuple(Source(name, type_, visibility, recorded_at)
+                    for name, type_, visibility, recorded_at
+                    in json.loads(str(sources_json or "[]")))
+    opt_out = values["opt_out_offered"]
+    return Contact(
+        address=str(values["address"]), kind=str(values["kind"]),
+        audience=str(values["audience"]), relationship=str(values["relationship"]),
+        language=values["language"], first_name=values["first_name"],  # type: ignore[arg-type]
+        last_name=values["last_name"], job_title=values["job_title"],  # type: ignore[arg-type]
+        topics=_tags(values["topics"]),  # type: ignore[arg-type]
+        customer_categories=_tags(values["customer_categories"]),  # type: ignore[arg-type]
+        consent=values["consent"], consent_at=values["consent_at"],  # type: ignore[arg-type]
+        consent_method=values["consent_method"],  # type: ignore[arg-type]
+        consent_proof=values["consent_proof"],  # type: ignore[arg-type]
+        opt_out_offered=None if opt_out is None else bool(opt_out),
+        sources=sources, collected_at=values["collected_at"],  # type: ignore[arg-type]
+        last_interaction_at=values["last_interaction_at"],  # type: ignore[arg-type]
+        informed_at=values["informed_at"],  # type: ignore[arg-type]
+        informed_version=values["informed_version"],  # type: ignore[arg-type]
+        id=values["id"])  # type: ignore[arg-type]
+
+
+def ledger_form(address: str) -> str:
+    """The ledger key of an SMTP address; the address itself when it cannot be normalised
+    (it then matches no contact, and R2 decides)."""
+    try:
+        return normalize_address(address)
+    except ValueError:
+        return address
+
+
+class LedgerLookup:
+    """Recipient facts for the RCPT path, read on a dedicated thread."""
+
+    def __init__(self, path: Path | str, hasher: AddressHasher) -> None:
+        self.path = str(path)
+        self.hasher = hasher
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        self._conn: sqlite3.Connection | None = None
+        self._batcher: GroupCommitter[str, RecipientFacts] = GroupCommitter(self._read_batch)
+
+    async def facts(self, address: str) -> RecipientFacts:
+        """Suppression and ledger facts for `address` (StoreError if the store fails)."""
+        return await self._batcher.submit(address)
+
+    async def _read_batch(self, addresses: Sequence[str]) -> list[RecipientFacts]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._read_many, list(addresses))
+
+    def _read_many(self, addresses: list[str]) -> list[RecipientFacts]:
+        try:
+            if self._conn is None:
+                self._conn = sqlite3.connect(self.path, isolation_level=None,
+                                             check_same_thread=False)
+                self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                self._conn.execute("PRAGMA query_only=ON")
+            return [self._read(self._conn, address) for address in addresses]
+        except sqlite3.Error as exc:
+            raise StoreError(f"ledger read failed: {exc}") from exc
+
+    def _read(self, conn: sqlite3.Connection, address: str) -> RecipientFacts:
+        key = ledger_form(address)
+        row = conn.execute(FACTS_SQL, (self.hasher(key), key)).fetchone()
+        contact = contact_from_row(row, 1) if row[1] is not None else None
+        return RecipientFacts(key, bool(row[0]), contact)
+
+    def close(self) -> None:
+        def _close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+        self._executor.submit(_close).result()
+        self._executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class ContactEvent:
+    kind: str
+    occurred_at: float
+    channel: str
+    method: str | None
+    wording: str | None
+    proof: str | None
+    ip: str | None
+    recorded_at: float
+
+    def as_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "occurred_at": self.occurred_at, "channel": self.channel,
+                "method": self.method, "wording": self.wording, "proof": self.proof,
+                "ip": self.ip, "recorded_at": self.recorded_at}
+
+
+@dataclass(frozen=True)
+class SuppressionEntry:
+    hash: bytes
+    created_at: float
+    channel: str
+    address: str | None  # from the ledger while the contact is still held; None after erasure
+
+
+class Ledger:
+    """Operator-side ledger access: show a contact, manage the suppression list."""
+
+    def __init__(self, db: Database, hasher: AddressHasher) -> None:
+        self.db = db
+        self.hasher = hasher
+
+    async def contact(self, address: str) -> Contact | None:
+        row = await self.db.fetchone(CONTACT_SQL, (normalize_address(address),))
+        return contact_from_row(tuple(row)) if row is not None else None
+
+    async def events(self, contact_id: int) -> list[ContactEvent]:
+        rows = await self.db.fetchall(
+            "SELECT kind, occurred_at, channel, method, wording, proof, ip, recorded_at"
+            " FROM contact_events WHERE contact_id = ? ORDER BY occurred_at, id", (contact_id,))
+        return [ContactEvent(*tuple(row)) for row in rows]
+
+    async def is_suppressed(self, address: str) -> SuppressionEntry | None:
+        key = normalize_address(address)
+        row = await self.db.fetchone(
+            "SELECT hash, created_at, channel FROM suppression WHERE hash = ?",
+            (self.hasher(key),))
+        return SuppressionEntry(row[0], row[1], row[2], key) if row else None
+
+    async def suppress(self, address: str, channel: str, ip: str | None = None,
+                       reason: str | None = None) -> bool:
+        """Add `address` to the suppression list (and an objection event when the ledger holds
+        it), committed before returning. False when it was already there."""
+        key = normalize_address(address)
+        now = time.time()
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "INSERT OR IGNORE INTO suppression (hash, created_at, channel) VALUES (?, ?, ?)",
+                (self.hasher(key), now, channel))
+            added = cur.rowcount == 1
+            if added:
+                await conn.execute(
+                    "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at,"
+                    " channel, wording, ip, recorded_at) SELECT id, 'objection', ?, ?, ?, ?, ?"
+                    " FROM contacts WHERE address_hash = ?",
+                    (now, channel, reason, ip, now, self.hasher(key)))
+        return added
+
+    async def unsuppress(self, address: str, reason: str | None = None) -> None:
+        """Lift a suppression (an operator's deliberate act, recorded on the contact)."""
+        key = normalize_address(address)
+        now = time.time()
+        async with self.db.transaction() as conn:
+            cur = await conn.execute("DELETE FROM suppression WHERE hash = ?",
+                                     (self.hasher(key),))
+            if cur.rowcount == 0:
+                raise NotFound(f"{key} is not on the suppression list")
+            await conn.execute(
+                "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel,"
+                " wording, recorded_at) SELECT id, 'objection_lifted', ?, 'manual', ?, ?"
+                " FROM contacts WHERE address_hash = ?", (now, reason, now, self.hasher(key)))
+
+    async def suppression_list(self, limit: int | None = None) -> list[SuppressionEntry]:
+        rows = await self.db.fetchall(
+            "SELECT s.hash, s.created_at, s.channel,"
+            " (SELECT min(c.address) FROM contacts c WHERE c.address_hash = s.hash)"
+            " FROM suppression s ORDER BY s.created_at LIMIT ?",
+            (-1 if limit is None else limit,))
+        return [SuppressionEntry(*tuple(row)) for row in rows]
