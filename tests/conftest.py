@@ -18,6 +18,27 @@ import pytest
 from aiosmtpd.controller import Controller
 
 STRONG_PASSWORD = "Correct-Horse-Battery-Staple-42!"
+CSV_HEADER = ("email,kind,audience,relationship,language,first_name,last_name,job_title,topics,"
+              "customer_categories,consent,consent_at,consent_method,consent_proof,source_name,"
+              "source_type,source_visibility,collected_at,last_interaction_at,informed_at,"
+              "opt_out_offered")
+# Recipients the relay tests mail: in the ledger with provable consent (R6), so the policy
+# lets them through and those tests see the relay itself.
+RELAY_RECIPIENTS = (
+    "jane@example.net", "gone@example.net", "a@example.net", "b@example.net", "you@example.net",
+    "slow@example.net", "tx@example.net", "rg@example.net", "victim@example.net",
+    "elsewhere.example@example.net", "a@x.example", "b@x.example", "c@x.example",
+    "jane@folded.example", "john@example.org", "ceo@other.example", "cafe@example.fr",
+    "a@one.example", "b@two.example",
+)
+
+
+def consenting_contacts_csv(path: Path, addresses: tuple[str, ...] = RELAY_RECIPIENTS) -> Path:
+    """A contact CSV where each address gave provable consent through a web form."""
+    rows = [f"{a},person,b2c,prospect,en,,,,,,granted,2026-01-05T10:00:00Z,web form,"
+            f"form v1,signup form,direct,,2026-01-05,,," for a in addresses]
+    path.write_text("\n".join([CSV_HEADER, *rows]) + "\n")
+    return path
 
 
 def free_port() -> int:
@@ -200,7 +221,9 @@ def make_gateway(tmp_path: Path, sink: Sink) -> Iterator[Callable[..., GatewayPr
     def build(*, extra: str = "", smtp_extra: str = "", trusted: bool = True,
               accounts: dict[str, str] | None = None,
               sink_port: int | None = None, start: bool = True,
-              retry_base: float = 1.0, delivery_extra: str = "") -> GatewayProcess:
+              retry_base: float = 1.0, delivery_extra: str = "",
+              contacts: Path | None = None) -> GatewayProcess:
+        """`contacts`: a CSV to import; by default RELAY_RECIPIENTS, all with consent."""
         config = write_config(tmp_path / "gateway.toml", smtp_port=free_port(),
                               http_port=free_port(), sink_port=sink_port or sink.port,
                               extra=extra, smtp_extra=smtp_extra, trusted=trusted,
@@ -210,6 +233,9 @@ def make_gateway(tmp_path: Path, sink: Sink) -> Iterator[Callable[..., GatewayPr
             result = gw.cli("accounts", "add", name, "--from-domain", domain,
                             "--password-stdin", stdin=STRONG_PASSWORD + "\n")
             assert result.returncode == 0, result.stderr
+        csv_path = contacts or consenting_contacts_csv(tmp_path / "relay-contacts.csv")
+        result = gw.cli("contacts", "import", str(csv_path))
+        assert result.returncode == 0, result.stderr
         started.append(gw)
         return gw.start() if start else gw
 

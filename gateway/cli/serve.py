@@ -31,8 +31,10 @@ def _banner(gateway: object) -> None:
         f"  store {s.store.path}"
         + (f"  ({s.smtp.processes} processes)" if s.smtp.processes > 1 else ""),
         f"  mail goes to {where}",
-        "Send a test message:",
+        "Send a test message (recipients must be in the contact ledger, else R2 refuses them):",
         "  gateway accounts add demo --from-domain example.com   # choose a strong password",
+        "  gateway contacts import config/contacts.example.csv   # a sample ledger",
+        "  gateway check --account demo --to someone@example.net # what would happen, and why",
         f"  swaks --server {host} --port {port} --tls --tls-verify 0 --auth-user demo \\",
         "        --from you@example.com --to someone@example.net",
         "Stop with Ctrl-C or SIGTERM (drains sessions and deliveries first).",

@@ -35,6 +35,11 @@ def test_newcomer_runs_serve_with_no_config_at_all(tmp_path: Path):
                          input=STRONG_PASSWORD + "\n", text=True, capture_output=True,
                          cwd=tmp_path, env=env, timeout=60)
     assert add.returncode == 0, add.stderr
+    sample = Path(__file__).resolve().parents[2] / "config" / "contacts.example.csv"
+    imported = subprocess.run([sys.executable, "-m", "gateway", "contacts", "import",
+                               str(sample)], text=True, capture_output=True, cwd=tmp_path,
+                              env=env, timeout=60)
+    assert imported.returncode == 0, imported.stderr
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -49,9 +54,12 @@ def test_newcomer_runs_serve_with_no_config_at_all(tmp_path: Path):
         auth = base64.b64encode(f"\0demo\0{STRONG_PASSWORD}".encode()).decode()
         assert s.cmd("AUTH PLAIN " + auth)[0] == 235
         assert s.cmd("MAIL FROM:<me@example.com>")[0] == 250
-        assert s.cmd("RCPT TO:<you@example.net>")[0] == 250
+        assert s.cmd("RCPT TO:<jeanne.martin@example.fr>") == (
+            550, "5.7.1 R3 source type broker is forbidden by policy (Annuaire Pro)")
+        assert s.cmd("RCPT TO:<someone@example.net>")[0] == 250
         assert s.cmd("DATA")[0] == 354
-        assert s.cmd(message(sender="me@example.com", subject="First light") + b".")[0] == 250
+        assert s.cmd(message(sender="me@example.com", to="someone@example.net",
+                             subject="First light") + b".")[0] == 250
         s.cmd("QUIT")
         new = tmp_path / "var" / "outbox" / "new"
         files = wait_until(lambda: list(new.glob("*")), what="a file in the Maildir")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import time
 
-from conftest import STRONG_PASSWORD, Sink, message
+from conftest import STRONG_PASSWORD, Sink, consenting_contacts_csv, message
 from rawsmtp import RawSmtp
 
 
@@ -163,8 +163,9 @@ def test_garbage_commands_get_5xx_and_the_session_stays_usable(make_gateway, sin
     assert b"After garbage" in sink.wait_for(1)[0].content
 
 
-def test_too_many_recipients_get_452(make_gateway):
-    gw = make_gateway()
+def test_too_many_recipients_get_452(make_gateway, tmp_path):
+    gw = make_gateway(contacts=consenting_contacts_csv(
+        tmp_path / "many.csv", tuple(f"r{i}@example.net" for i in range(101))))
     s = RawSmtp(gw.smtp_port)
     s.cmd("EHLO c")
     s.cmd("MAIL FROM:<news@example.com>")

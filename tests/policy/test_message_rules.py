@@ -1,0 +1,59 @@
+"""M1-M3: the message rules, on the structure facts the MIME scan gives."""
+
+from __future__ import annotations
+
+from gateway.model import MessageFacts, Verdict
+from gateway.policy.message import decide_message, m1_from_domain
+from gateway.transform.mime import message_facts
+
+
+def test_m1_needs_every_from_domain_allowed():
+    allowed = {"example.com"}.__contains__
+    assert m1_from_domain(["example.com"], allowed) is None
+    for domains in ([], ["evil.example"], ["example.com", "evil.example"]):
+        decision = m1_from_domain(domains, allowed)
+        assert decision is not None and (decision.verdict, decision.rule) == (
+            Verdict.REJECT, "M1")
+
+
+def test_m2_signed_or_encrypted_and_malformed_are_quarantined():
+    for facts in (MessageFacts(True, True, signed_or_encrypted="multipart/signed"),
+                  MessageFacts(True, True, malformed="MIME nesting deeper than 32")):
+        decision = decide_message(facts)
+        assert decision is not None and (decision.verdict, decision.rule) == (
+            Verdict.QUARANTINE, "M2")
+
+
+def test_m3_no_subject_or_no_text_body_is_quarantined():
+    for facts, why in ((MessageFacts(False, True), "subject"),
+                       (MessageFacts(True, False), "text body")):
+        decision = decide_message(facts)
+        assert decision is not None and decision.rule == "M3" and why in decision.reason
+    assert decide_message(MessageFacts(True, True)) is None
+
+
+def _msg(headers: str, body: str = "Hello\r\n") -> bytes:
+    return (headers + "\r\n" + body).encode()
+
+
+def test_message_facts_from_real_structures():
+    plain = message_facts(_msg("Subject: hi\r\nContent-Type: text/plain\r\n"))
+    assert plain == MessageFacts(True, True)
+    no_subject = message_facts(_msg("From: a@example.com\r\n"))
+    assert not no_subject.has_subject and no_subject.has_text_body
+    blank_subject = message_facts(_msg("Subject:   \r\n"))
+    assert not blank_subject.has_subject
+    only_attachment = message_facts(_msg(
+        'Subject: x\r\nContent-Type: multipart/mixed; boundary="b"\r\n',
+        "--b\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=a.txt"
+        "\r\n\r\nfile\r\n--b\r\nContent-Type: image/png\r\n\r\nPNG\r\n--b--\r\n"))
+    assert not only_attachment.has_text_body
+    smime = message_facts(_msg(
+        "Subject: x\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n",
+        "MIAGCSqGSIb3DQEHA6CAMIACAQA=\r\n"))
+    assert smime.signed_or_encrypted == "application/pkcs7-mime"
+    forwarded = message_facts(_msg(
+        'Subject: fwd\r\nContent-Type: multipart/mixed; boundary="o"\r\n',
+        "--o\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner text\r\n"
+        "--o--\r\n"))
+    assert not forwarded.has_text_body  # the forwarded mail is content, not our text body

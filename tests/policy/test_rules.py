@@ -1,0 +1,157 @@
+"""The rule book as a table: each row a ledger state, a campaign and the expected decision."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+
+from gateway.model import Campaign, Contact, PolicyKnobs, RecipientFacts, Source, Verdict
+from gateway.policy import chain, rules
+
+NOW = 1_800_000_000.0  # 2027-01-15
+DAY = 86400.0
+DIRECT = Source("signup form", "direct", None, NOW - 100 * DAY)
+CAMPAIGN = Campaign("crm", "marketing", frozenset({"crm", "security"}), frozenset({"software"}))
+KNOBS = PolicyKnobs()
+
+
+def person(**facts: object) -> Contact:
+    base: dict[str, object] = {"address": "p@example.net", "sources": (DIRECT,),
+                               "collected_at": NOW - 100 * DAY}
+    base.update(facts)
+    return Contact(**base)  # type: ignore[arg-type]
+
+
+CONSENT = {"consent": "granted", "consent_at": NOW - 100 * DAY, "consent_method": "web form"}
+
+TABLE = [
+    # (name, contact or None, suppressed, expected verdict, rule, reason fragment)
+    ("suppressed address", person(**CONSENT), True, Verdict.REJECT, "R1", "objected"),
+    ("withdrawn consent is an objection", person(consent="withdrawn"), False, Verdict.REJECT,
+     "R1", "objected"),
+    ("suppressed even if the ledger no longer holds it", None, True, Verdict.REJECT, "R1", ""),
+    ("unknown", None, False, Verdict.REJECT, "R2", "unknown"),
+    ("no source", person(sources=(), **CONSENT), False, Verdict.REJECT, "R3", "no source"),
+    ("KASPR: restricted social profile", person(sources=(
+        Source("LinkedIn", "social_network", "restricted"),), **CONSENT), False,
+     Verdict.REJECT, "R3", "restricted"),
+    ("public social profile is a source like another", person(sources=(
+        Source("Mastodon", "social_network", "public"),), **CONSENT), False, Verdict.ALLOW,
+     "R6", ""),
+    ("NESTOR: broker (forbidden by default)", person(sources=(
+        Source("Fichiers Express", "broker"),)), False, Verdict.REJECT, "R3", "broker"),
+    ("one tainted source among clean ones taints the record", person(
+        sources=(DIRECT, Source("LinkedIn", "social_network", "restricted")), **CONSENT),
+     False, Verdict.REJECT, "R3", "restricted"),
+    ("retention expired since collection", person(collected_at=NOW - 1096 * DAY, **CONSENT),
+     False, Verdict.REJECT, "R4", "retention"),
+    ("retention counted from the person's last action", person(
+        collected_at=NOW - 2000 * DAY, last_interaction_at=NOW - 10 * DAY, **CONSENT), False,
+     Verdict.ALLOW, "R6", ""),
+    ("retention from the person's action also expires", person(
+        collected_at=NOW - 2000 * DAY, last_interaction_at=NOW - 1100 * DAY, **CONSENT),
+     False, Verdict.REJECT, "R4", ""),
+    ("no collected_at: the oldest source date starts the clock", person(
+        collected_at=None, sources=(Source("form", "direct", None, NOW - 1200 * DAY),),
+        **CONSENT), False, Verdict.REJECT, "R4", ""),
+    ("role address", person(kind="role"), False, Verdict.ALLOW, "R5", "role"),
+    ("consent", person(**CONSENT), False, Verdict.ALLOW, "R6", "consent"),
+    ("consent without a date is not provable", person(consent="granted"), False,
+     Verdict.REJECT, "R10", "not valid consent"),
+    ("pre-ticked box is not consent", person(**{**CONSENT, "consent_method": "Pre-Ticked"}),
+     False, Verdict.REJECT, "R10", "not valid consent"),
+    ("soft opt-in", person(relationship="customer", customer_categories=frozenset({"software"}),
+                           opt_out_offered=True), False, Verdict.ALLOW, "R7", "analogous"),
+    ("soft opt-in needs the opt-out offered at sale", person(
+        relationship="customer", customer_categories=frozenset({"software"}),
+        opt_out_offered=False), False, Verdict.REJECT, "R10", "customer"),
+    ("soft opt-in needs direct collection", person(
+        relationship="customer", customer_categories=frozenset({"software"}),
+        opt_out_offered=True, sources=(Source("partner list", "partner"),)), False,
+     Verdict.REJECT, "R10", "customer"),
+    ("customer, non-analogous product", person(
+        relationship="customer", customer_categories=frozenset({"furniture"}),
+        opt_out_offered=True), False, Verdict.REJECT, "R10", "customer"),
+    ("B2B related to the profession", person(audience="b2b", topics=frozenset({"security"})),
+     False, Verdict.ALLOW, "R8", "profession"),
+    ("NESTOR: B2B unrelated to the profession", person(
+        audience="b2b", topics=frozenset({"finance"})), False, Verdict.REJECT, "R10",
+     "unrelated"),
+    ("B2B without topics: human review", person(audience="b2b"), False, Verdict.QUARANTINE,
+     "R9", "no recipient topics"),
+    ("NESTOR: B2C prospect without consent", person(), False, Verdict.REJECT, "R10",
+     "no prior consent for B2C"),
+]
+
+
+@pytest.mark.parametrize("name, contact, suppressed, verdict, rule, reason", TABLE,
+                         ids=[row[0] for row in TABLE])
+def test_rule_book(name, contact, suppressed, verdict, rule, reason):
+    decision = chain.decide(RecipientFacts("p@example.net", suppressed, contact), CAMPAIGN,
+                            KNOBS, NOW)
+    assert (decision.verdict, decision.rule) == (verdict, rule)
+    assert reason in decision.reason
+    assert decision.basis  # every decision names its legal basis
+
+
+def test_chain_follows_the_rule_book_order():
+    assert [rule_id for rule_id, _ in chain.CHAIN] == [
+        "R1", "T1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10"]
+    for rule_id, rule in chain.CHAIN:  # and each entry is the function named for it
+        assert rule.__name__.startswith(rule_id.lower() + "_")
+
+
+def test_rules_are_pure_functions_of_the_case():
+    for _, rule in chain.CHAIN:
+        assert list(inspect.signature(rule).parameters) == ["case"]
+
+
+@pytest.mark.parametrize("knob, contact, expected", [
+    ({"unknown_recipient": "quarantine"}, None, (Verdict.QUARANTINE, "R2")),
+    ({"b2b_unclear": "reject"}, person(audience="b2b"), (Verdict.REJECT, "R9")),
+    ({"forbidden_sources": frozenset()}, person(sources=(Source("X", "broker"),), **CONSENT),
+     (Verdict.ALLOW, "R6")),
+    ({"forbidden_sources": frozenset({"public_directory"})},
+     person(sources=(Source("Pages Pro", "public_directory"),), **CONSENT),
+     (Verdict.REJECT, "R3")),
+    ({"prospect_retention_days": 30}, person(**CONSENT), (Verdict.REJECT, "R4")),
+    # the cap: a long prospect period never exceeds max_retention_days without an action
+    ({"prospect_retention_days": 5000, "max_retention_days": 90}, person(**CONSENT),
+     (Verdict.REJECT, "R4")),
+])
+def test_policy_knobs(knob, contact, expected):
+    knobs = dataclasses.replace(KNOBS, **knob)
+    decision = chain.decide(RecipientFacts("p@example.net", False, contact), CAMPAIGN, knobs,
+                            NOW)
+    assert (decision.verdict, decision.rule) == expected
+
+
+def test_transactional_accounts_skip_prospecting_rules_but_not_objections():
+    transactional = dataclasses.replace(CAMPAIGN, category="transactional")
+    allowed = chain.decide(RecipientFacts("p@example.net", False, person()), transactional,
+                           KNOBS, NOW)
+    assert (allowed.verdict, allowed.rule) == (Verdict.ALLOW, "T1")
+    refused = chain.decide(RecipientFacts("p@example.net", True, person()), transactional,
+                           KNOBS, NOW)
+    assert refused.rule == "R1"
+
+
+def test_narrowing_a_campaign_never_widens_it():
+    narrowed = CAMPAIGN.narrowed(frozenset({"security", "finance"}), None)
+    assert narrowed.topics == frozenset({"security"})
+    assert narrowed.product_categories == CAMPAIGN.product_categories
+    b2b_finance = person(audience="b2b", topics=frozenset({"finance"}))
+    decision = chain.decide(RecipientFacts("p@example.net", False, b2b_finance), narrowed,
+                            KNOBS, NOW)
+    assert decision.rule == "R10"  # "finance" named in a header does not reach R8
+
+
+def test_retention_deadline_is_not_moved_by_enrichment_dates():
+    first = person(collected_at=NOW - 1000 * DAY)
+    assert rules.retention_deadline(first, KNOBS) == NOW - 1000 * DAY + 1095 * DAY
+    # an interaction older than collection does not renew anything
+    stale = person(collected_at=NOW - 1000 * DAY, last_interaction_at=NOW - 1200 * DAY)
+    assert rules.retention_deadline(stale, KNOBS) == NOW - 1000 * DAY + 1095 * DAY
+    assert rules.retention_deadline(person(collected_at=None, sources=()), KNOBS) is None

@@ -1,0 +1,174 @@
+"""The ledger on a real SQLite file: import merge rules, lookups, suppression, append-only logs."""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.contacts_csv import ContactRow, read_rows
+from gateway.errors import NotFound
+from gateway.security.keys import AddressHasher, load_or_create_key
+from gateway.store.audit import AuditLog, AuditRecord
+from gateway.store.db import Database
+from gateway.store.ledger import Ledger, LedgerLookup
+from gateway.store.ledger_import import ContactImporter
+
+DAY = 86400.0
+
+
+@pytest.fixture
+async def db(tmp_path: Path):
+    async with Database(tmp_path / "ledger.db") as database:
+        yield database
+
+
+@pytest.fixture
+def hasher(tmp_path: Path) -> AddressHasher:
+    return AddressHasher(load_or_create_key(tmp_path / "secrets" / "hash.key"))
+
+
+def import_csv(db: Database, hasher: AddressHasher, text: str,
+               dry_run: bool = False) -> ContactImporter:
+    importer = ContactImporter(db.path, hasher, dry_run=dry_run)
+    good = [r for r in read_rows(io.StringIO(text), time.time()) if isinstance(r, ContactRow)]
+    importer.write(good)
+    importer.close()
+    return importer
+
+
+async def facts(db: Database, hasher: AddressHasher, address: str):
+    lookup = LedgerLookup(db.path, hasher)
+    try:
+        return await lookup.facts(address)
+    finally:
+        lookup.close()
+
+
+def test_hash_key_is_created_once_owner_only(tmp_path: Path):
+    path = tmp_path / "s" / "hash.key"
+    key = load_or_create_key(path)
+    assert len(key) == 32 and load_or_create_key(path) == key
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    hasher = AddressHasher(key)
+    assert hasher("Jane@Example.com") == hasher("jane@example.com")  # no dodging by case
+    assert hasher("jane@example.com") != AddressHasher(b"k" * 32)("jane@example.com")
+
+
+async def test_reimport_never_restarts_the_retention_clock(db, hasher):
+    import_csv(db, hasher, "email,collected_at,source_name,source_type\n"
+                           "p@example.com,2022-01-01,Form,direct\n")
+    # an enrichment re-import: later collection date, new source, new job title
+    counts = import_csv(db, hasher, "email,collected_at,source_name,source_type,job_title\n"
+                                    "p@example.com,2026-06-01,Data vendor,import,CTO\n").counts
+    assert (counts.new, counts.updated) == (0, 1)
+    contact = (await facts(db, hasher, "p@example.com")).contact
+    assert contact is not None and contact.job_title == "CTO"
+    assert contact.collected_at == 1640995200.0  # still 2022-01-01
+    assert {s.name for s in contact.sources} == {"Form", "Data vendor"}
+    # the person's own later action does renew it; an older one does not go back
+    import_csv(db, hasher, "email,last_interaction_at\np@example.com,2026-03-01\n")
+    import_csv(db, hasher, "email,last_interaction_at\np@example.com,2025-01-01\n")
+    contact = (await facts(db, hasher, "p@example.com")).contact
+    assert contact is not None and contact.last_interaction_at == 1772323200.0
+
+
+async def test_empty_cells_keep_what_the_ledger_had(db, hasher):
+    import_csv(db, hasher, "email,kind,audience,topics,language\n"
+                           "p@example.com,role,b2b,crm;hr,de\n")
+    import_csv(db, hasher, "email,kind,audience,topics,language\np@example.com,,,,\n")
+    contact = (await facts(db, hasher, "p@example.com")).contact
+    assert contact is not None
+    assert (contact.kind, contact.audience, contact.language) == ("role", "b2b", "de")
+    assert contact.topics == frozenset({"crm", "hr"})
+
+
+async def test_withdrawn_consent_suppresses_and_a_later_grant_in_a_file_does_not_lift_it(
+        db, hasher):
+    counts = import_csv(db, hasher, "email,consent,consent_at\n"
+                                    "w@example.com,withdrawn,2026-02-01\n").counts
+    assert counts.suppressed == 1
+    import_csv(db, hasher, "email,consent,consent_at\nw@example.com,granted,2026-03-01\n")
+    assert (await facts(db, hasher, "W@example.com")).suppressed  # whatever the case
+    found = await facts(db, hasher, "w@example.com")
+    events = await Ledger(db, hasher).events(found.contact.id if found.contact else 0)
+    assert [e.kind for e in events] == ["withdrawal", "consent"]
+
+
+async def test_reimport_appends_each_event_once(db, hasher):
+    text = ("email,consent,consent_at,consent_method,consent_proof,last_interaction_at\n"
+            "c@example.com,granted,2026-01-01,form,v3,2026-02-01\n")
+    import_csv(db, hasher, text)
+    import_csv(db, hasher, text)
+    contact = (await facts(db, hasher, "c@example.com")).contact
+    assert contact is not None
+    events = await Ledger(db, hasher).events(contact.id or 0)
+    assert [(e.kind, e.proof) for e in events] == [("consent", "v3"), ("interaction", None)]
+
+
+async def test_dry_run_writes_nothing(db, hasher):
+    counts = import_csv(db, hasher, "email,consent,consent_at\n"
+                                    "a@example.com,,\nb@example.com,withdrawn,2026-01-01\n",
+                        dry_run=True).counts
+    assert (counts.new, counts.suppressed) == (2, 1)
+    for table in ("contacts", "sources", "contact_events", "suppression"):
+        assert (await db.fetchone(f"SELECT count(*) FROM {table}"))[0] == 0  # noqa: S608
+
+
+async def test_lookup_is_one_indexed_statement(db, hasher):
+    import_csv(db, hasher, "email,source_name,source_type\nx@example.com,Form,direct\n")
+    plan = sqlite3.connect(db.path).execute(
+        "EXPLAIN QUERY PLAN " + __import__("gateway.store.ledger", fromlist=["FACTS_SQL"])
+        .FACTS_SQL, (b"h", "x@example.com")).fetchall()
+    details = " ".join(row[3] for row in plan)
+    assert "SCAN c" not in details and "SCAN contacts" not in details
+    assert "USING INDEX" in details or "USING PRIMARY KEY" in details
+    found = await facts(db, hasher, "x@EXAMPLE.com")
+    assert found.contact is not None and found.contact.sources[0].name == "Form"
+    assert not found.suppressed
+    unknown = await facts(db, hasher, "nobody@example.com")
+    assert unknown.contact is None and not unknown.suppressed
+
+
+async def test_suppress_and_lift_are_recorded_on_the_contact(db, hasher):
+    import_csv(db, hasher, "email\ns@example.com\n")
+    ledger = Ledger(db, hasher)
+    assert await ledger.suppress("s@example.com", "manual", reason="asked by phone")
+    assert not await ledger.suppress("S@example.com", "manual")  # already there
+    assert (await facts(db, hasher, "s@example.com")).suppressed
+    await ledger.unsuppress("s@example.com", reason="new consent form 2026-11")
+    assert not (await facts(db, hasher, "s@example.com")).suppressed
+    with pytest.raises(NotFound):
+        await ledger.unsuppress("s@example.com")
+    contact = await ledger.contact("s@example.com")
+    assert contact is not None
+    assert [(e.kind, e.wording) for e in await ledger.events(contact.id or 0)] == [
+        ("objection", "asked by phone"), ("objection_lifted", "new consent form 2026-11")]
+    # the suppression list holds the hash, the time and the channel: no address
+    columns = [r[1] for r in await db.fetchall("PRAGMA table_info(suppression)")]
+    assert columns == ["hash", "created_at", "channel"]
+
+
+async def test_suppressing_an_address_the_ledger_never_held(db, hasher):
+    ledger = Ledger(db, hasher)
+    assert await ledger.suppress("stranger@example.com", "manual")
+    [entry] = await ledger.suppression_list()
+    assert entry.address is None and entry.hash == hasher("stranger@example.com")
+
+
+async def test_events_and_audit_are_append_only(db, hasher):
+    import_csv(db, hasher, "email,consent,consent_at\nc@example.com,granted,2026-01-01\n")
+    await AuditLog(db).append([[AuditRecord(time.time(), "crm", "127.0.0.1",
+                                            hasher("c@example.com"), "R6", "allow")]])
+    conn = sqlite3.connect(db.path)
+    for statement in ("UPDATE contact_events SET proof = 'forged'",
+                      "UPDATE audit SET decision = 'reject'", "DELETE FROM audit"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute(statement)
+    [record] = await AuditLog(db).for_recipient(hasher("c@example.com"))
+    assert (record.rule, record.decision) == ("R6", "allow")

@@ -1,0 +1,97 @@
+"""The contact CSV reader: every bad row named by its line and reason; good rows go on."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from gateway.contacts_csv import ContactRow, HeaderError, RowError, read_rows
+
+from conftest import CSV_HEADER
+
+NOW = 1_800_000_000.0
+
+
+def rows(text: str) -> list[ContactRow | RowError]:
+    return list(read_rows(io.StringIO(text), NOW))
+
+
+def errors(text: str) -> dict[int, str]:
+    return {r.line: r.reason for r in rows(text) if isinstance(r, RowError)}
+
+
+def test_good_rows_are_parsed_and_normalised():
+    [row] = rows("email,kind,audience,topics,consent,consent_at,source_name,source_type,"
+                 "collected_at,opt_out_offered,language\n"
+                 "Jane.Doe@EXAMPLE.Fr,Person,B2B, CRM ; security;crm ,granted,"
+                 "2026-01-05T10:00:00+01:00,Form,direct,2026-01-05,TRUE,FR-ca\n")
+    assert isinstance(row, ContactRow)
+    assert row.address == "Jane.Doe@example.fr"  # domain lower-cased, local part as given
+    assert (row.kind, row.audience, row.topics) == ("person", "b2b", ("crm", "security"))
+    assert row.consent_at == 1767603600.0 and row.opt_out_offered is True
+    assert row.language == "fr-ca" and row.line == 2
+
+
+def test_each_bad_row_is_reported_with_its_line_and_the_rest_import():
+    text = ("email,audience,collected_at,consent,consent_at\n"
+            "ok1@example.com,b2b,2026-01-01,,\n"                      # 2
+            "bad-date@example.com,b2b,01/02/2026,,\n"                 # 3
+            "bad-enum@example.com,b2x,,,\n"                           # 4
+            '"evil@example.com\r\nBcc: x@example.com",b2b,,,\n'       # 5-6
+            "ok1@EXAMPLE.com,b2b,,,\n"                                 # 7 duplicate of 2
+            "future@example.com,b2b,2999-01-01,,\n"                   # 8
+            "noproof@example.com,b2c,,granted,\n"                     # 9
+            "not-an-address,b2c,,,\n"                                 # 10
+            "ok2@example.com,b2c,,,\n"                                 # 11
+            "short@example.com\n")                                    # 12
+    result = rows(text)
+    assert [r.address for r in result if isinstance(r, ContactRow)] == [
+        "ok1@example.com", "ok2@example.com"]
+    found = errors(text)
+    assert set(found) == {3, 4, 5, 7, 8, 9, 10, 12}
+    assert "collected_at: not an ISO 8601 date" in found[3]
+    assert "audience: unknown value 'b2x'" in found[4]
+    assert "email: control characters" in found[5]
+    assert "duplicate" in found[7] and "line 2" in found[7]
+    assert "in the future" in found[8]
+    assert "consent_at: required" in found[9]
+    assert "email:" in found[10]
+    assert "1 fields, the header has 5" in found[12]
+
+
+@pytest.mark.parametrize("header, message", [
+    ("email,kind,favourite_colour\n", "unknown column 'favourite_colour'"),
+    ("email,kind,kind\n", "appears twice"),
+    ("kind,audience\n", "no 'email' column"),
+])
+def test_a_bad_header_stops_everything(header, message):
+    with pytest.raises(HeaderError, match=message):
+        rows(header + "a@example.com,person,person\n")
+    with pytest.raises(HeaderError, match="empty"):
+        rows("")
+
+
+def test_control_characters_and_escapes_in_text_fields_are_refused():
+    found = errors("email,first_name,source_name,source_type\n"
+                   "a@example.com,\x1b[31mRed,Form,direct\n"
+                   'b@example.com,Bob,"Form\nBcc: x",direct\n')
+    assert "first_name: control characters" in found[2]
+    assert "source_name: control characters" in found[3]
+
+
+def test_source_name_and_type_go_together():
+    found = errors("email,source_name,source_type,source_visibility\n"
+                   "a@example.com,LinkedIn,,\nb@example.com,,broker,\n"
+                   "c@example.com,,,restricted\n")
+    assert set(found) == {2, 3, 4}
+
+
+def test_semicolon_separated_files_from_spreadsheets_and_a_bom():
+    [row] = rows("\ufeffemail;kind;topics\njane@example.com;role;\"crm;hr\"\n")
+    assert isinstance(row, ContactRow) and row.kind == "role" and row.topics == ("crm", "hr")
+
+
+def test_the_full_interface_header_is_accepted():
+    [row] = rows(CSV_HEADER + "\n" + "a@example.com" + "," * CSV_HEADER.count(",") + "\n")
+    assert isinstance(row, ContactRow)
