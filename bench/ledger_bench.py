@@ -14,7 +14,7 @@ makes every recipient rule fire, and each contact's expected rule is known, so e
 and every RCPT reply is checked against it. Figures only: exit 0 whatever PASS/MISS says,
 non-zero when something failed to run.
 
-    python bench/ledger_bench.py                  # 1,000,000 rows (~3-5 minutes)
+    python bench/ledger_bench.py                  # 1,000,000 rows (~2 minutes)
     python bench/ledger_bench.py --quick          # 100,000 rows, fewer decisions
 """
 
@@ -299,7 +299,7 @@ def run_loop(factory: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T, str]:
         import uvloop
     except ImportError:
         return asyncio.run(factory()), "asyncio"
-    return uvloop.run(factory()), f"uvloop {uvloop.__version__}"
+    return uvloop.run(factory()), f"uvloop {getattr(uvloop, '__version__', '?')}"
 
 
 # --- figures -----------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def import_(state: CliState, file: Path, dry_run: bool) -> None:
                 if isinstance(item, RowError):
                     refused += 1
                     progress.console.print(f"{file}:{item.line}: {item.reason}",
-                                           markup=False, highlight=False)
+                                           markup=False, highlight=False, soft_wrap=True)
                     continue
                 chunk.append(item)
                 if len(chunk) >= CHUNK_ROWS:

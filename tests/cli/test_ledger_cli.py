@@ -1,0 +1,151 @@
+"""`gateway contacts | suppress | check | quarantine`, driven as a subprocess on a real store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conftest import CSV_HEADER, STRONG_PASSWORD, gateway_cli
+from ledger_cases import ACCOUNT_PRODUCTS, ACCOUNT_TOPICS, CASES, UNKNOWN, write_cases_csv
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "gateway.db"}"\n')
+    added = gateway_cli(path, "accounts", "add", "crm", "--from-domain", "example.com",
+                        "--topics", ACCOUNT_TOPICS, "--product-categories", ACCOUNT_PRODUCTS,
+                        "--password-stdin", stdin=STRONG_PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
+    return path
+
+
+def count(config: Path, table: str) -> int:
+    with sqlite3.connect(config.parent / "gateway.db") as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608
+
+
+def test_check_gives_every_case_of_the_rule_book(config: Path, tmp_path: Path):
+    imported = gateway_cli(config, "contacts", "import", str(write_cases_csv(tmp_path / "c.csv")))
+    assert imported.returncode == 0, imported.stderr
+    assert f"imported {len(CASES)} rows ({len(CASES)} new, 0 updated), 0 refused" in \
+        imported.stdout
+    for case in (*CASES, UNKNOWN):
+        result = gateway_cli(config, "check", "--account", "crm", "--to", case.email, "--json")
+        assert result.returncode == 0, result.stderr
+        answer = json.loads(result.stdout)
+        assert (answer["decision"], answer["rule"]) == (case.decision, case.rule), case.name
+        assert case.reason_part in answer["reason"], case.name
+    text = gateway_cli(config, "check", "--account", "crm", "--to", "prospect@b2c.example")
+    assert text.stdout.startswith("reject R10: no prior consent for B2C prospecting")
+    m1 = gateway_cli(config, "check", "--account", "crm", "--to", "consented@b2c.example",
+                     "--from", "ceo@elsewhere.example", "--json")
+    assert json.loads(m1.stdout)["rule"] == "M1"
+    unknown = gateway_cli(config, "check", "--account", "nobody", "--to", "a@example.com")
+    assert unknown.returncode == 1 and "nobody" in unknown.stderr
+
+
+def test_enrichment_reimport_does_not_renew_an_expired_address(config: Path, tmp_path: Path):
+    """KASPR: a vendor's fresh data about an old contact is not a new collection."""
+    old = tmp_path / "old.csv"
+    old.write_text("email,audience,topics,source_name,source_type,collected_at\n"
+                   "old@b2b.example,b2b,crm,Trade fair,direct,2021-03-01\n")
+    enrich = tmp_path / "enrich.csv"
+    enrich.write_text("email,job_title,source_name,source_type,collected_at\n"
+                      "old@b2b.example,VP Engineering,Data vendor,import,2026-11-01\n")
+    for path in (old, enrich):
+        assert gateway_cli(config, "contacts", "import", str(path)).returncode == 0
+    answer = json.loads(gateway_cli(config, "check", "--account", "crm", "--to",
+                                    "old@b2b.example", "--json").stdout)
+    assert answer["rule"] == "R4", answer
+
+
+def test_bad_rows_are_reported_by_line_and_good_rows_import(config: Path, tmp_path: Path):
+    csv = tmp_path / "mixed.csv"
+    csv.write_bytes(
+        b"email,kind,audience,collected_at,source_name,source_type\n"
+        b"good1@example.com,person,b2b,2026-01-01,Fair,direct\n"
+        b"bad-date@example.com,person,b2b,2026-13-45,Fair,direct\n"
+        b"bad-enum@example.com,robot,b2b,2026-01-01,Fair,direct\n"
+        b'"crlf@example.com\r\nBcc: victim@example.com",person,b2b,,Fair,direct\n'
+        b"good1@example.com,person,b2b,2026-01-01,Fair,direct\n"
+        b"bad-utf8-\xff@example.com,person,b2b,,Fair,direct\n"
+        b"good2@example.com,role,b2b,,Fair,direct\n")
+    dry = gateway_cli(config, "contacts", "import", "--dry-run", str(csv))
+    assert dry.returncode == 1 and "would import 2 rows" in dry.stdout
+    assert count(config, "contacts") == 0  # --dry-run writes nothing
+    result = gateway_cli(config, "contacts", "import", str(csv))
+    assert result.returncode == 1  # some rows were refused
+    assert "imported 2 rows (2 new, 0 updated), 5 refused" in result.stdout
+    lines = result.stderr.splitlines()
+    assert [line.split(": ", 1)[0] for line in lines] == [
+        f"{csv}:{n}" for n in (3, 4, 5, 7, 8)]
+    assert "collected_at: not an ISO 8601 date" in lines[0]
+    assert "kind: unknown value 'robot'" in lines[1]
+    assert "email: control characters" in lines[2]
+    assert "duplicate" in lines[3] and "line 2" in lines[3]
+    assert "not valid UTF-8" in lines[4]
+    assert count(config, "contacts") == 2 and count(config, "sources") == 2
+    assert "victim" not in (config.parent / "gateway.db").read_bytes().decode("latin-1")
+
+
+def test_unknown_column_imports_nothing(config: Path, tmp_path: Path):
+    csv = tmp_path / "extra.csv"
+    csv.write_text("email,kind,shoe_size\na@example.com,person,44\n")
+    result = gateway_cli(config, "contacts", "import", str(csv))
+    assert result.returncode == 1
+    assert "unknown column 'shoe_size'" in result.stderr and "nothing imported" in \
+        result.stderr
+    assert count(config, "contacts") == 0
+
+
+def test_show_prints_facts_sources_and_events(config: Path, tmp_path: Path):
+    csv = tmp_path / "one.csv"
+    csv.write_text(CSV_HEADER + "\n" + "jane@example.com,person,b2c,prospect,fr,Jane,Doe,,,,"
+                   "granted,2026-01-05,web form,form v3 from 203.0.113.9,Newsletter form,"
+                   "direct,,2026-01-05,,,\n")
+    assert gateway_cli(config, "contacts", "import", str(csv)).returncode == 0
+    shown = json.loads(gateway_cli(config, "contacts", "show", "jane@example.com",
+                                   "--json").stdout)
+    assert shown["facts"]["first_name"] == "Jane" and shown["suppressed"] is None
+    assert shown["sources"][0]["name"] == "Newsletter form"
+    assert shown["events"][0]["proof"] == "form v3 from 203.0.113.9"
+    text = gateway_cli(config, "contacts", "show", "jane@example.com").stdout
+    assert "Newsletter form" in text and "consent" in text
+    missing = gateway_cli(config, "contacts", "show", "nobody@example.com")
+    assert missing.returncode == 1 and "not in the ledger" in missing.stderr
+
+
+def test_suppress_add_list_remove(config: Path, tmp_path: Path):
+    csv = tmp_path / "one.csv"
+    csv.write_text("email,kind,source_name,source_type\nrole@example.com,role,Site,direct\n")
+    assert gateway_cli(config, "contacts", "import", str(csv)).returncode == 0
+
+    def rule() -> str:
+        return json.loads(gateway_cli(config, "check", "--account", "crm", "--to",
+                                      "role@example.com", "--json").stdout)["rule"]
+
+    assert rule() == "R5"
+    added = gateway_cli(config, "suppress", "add", "role@example.com", "--reason", "phone call")
+    assert added.returncode == 0 and "suppressed" in added.stdout
+    assert rule() == "R1"
+    listed = json.loads(gateway_cli(config, "suppress", "list", "--json").stdout)
+    assert [(e["address"], e["channel"]) for e in listed] == [("role@example.com", "manual")]
+    shown = json.loads(gateway_cli(config, "contacts", "show", "role@example.com",
+                                   "--json").stdout)
+    assert shown["suppressed"]["channel"] == "manual"
+    assert shown["events"][-1]["kind"] == "objection"
+    assert gateway_cli(config, "suppress", "remove", "role@example.com").returncode == 0
+    assert rule() == "R5"
+    again = gateway_cli(config, "suppress", "remove", "role@example.com")
+    assert again.returncode == 1 and "not on the suppression list" in again.stderr
+    bad = gateway_cli(config, "suppress", "add", "not an address")
+    assert bad.returncode == 1
+
+
+def test_quarantine_list_is_empty_json_on_a_new_store(config: Path):
+    result = gateway_cli(config, "quarantine", "list", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout) == []

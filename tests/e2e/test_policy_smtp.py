@@ -1,0 +1,184 @@
+"""The rule book over SMTP: a real client, the gateway as a subprocess, a real upstream sink."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import GatewayProcess, Sink, message, wait_until
+from ledger_cases import ACCOUNT_PRODUCTS, ACCOUNT_TOPICS, CASES, UNKNOWN, write_cases_csv
+from rawsmtp import RawSmtp
+
+
+@pytest.fixture
+def gateway(make_gateway, tmp_path: Path):
+    def build(extra: str = "") -> GatewayProcess:
+        gw = make_gateway(contacts=write_cases_csv(tmp_path / "cases.csv"), start=False,
+                          extra=extra)
+        updated = gw.cli("accounts", "update", "crm", "--topics", ACCOUNT_TOPICS,
+                         "--product-categories", ACCOUNT_PRODUCTS)
+        assert updated.returncode == 0, updated.stderr
+        return gw.start()
+    return build
+
+
+def session(gw: GatewayProcess) -> RawSmtp:
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO client.example")
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    return s
+
+
+def db_rows(gw: GatewayProcess, sql: str) -> list[tuple]:
+    with sqlite3.connect(gw.config.parent / "gateway.db") as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_every_case_is_decided_at_rcpt_and_only_allowed_copies_leave(gateway, sink: Sink):
+    gw = gateway()
+    s = session(gw)
+    for case in (*CASES, UNKNOWN):
+        code, text = s.cmd(f"RCPT TO:<{case.email}>")
+        if case.decision == "reject":
+            assert code == 550, (case.name, text)
+            assert text.startswith(f"5.7.1 {case.rule} "), (case.name, text)
+            assert case.reason_part in text, (case.name, text)
+        else:  # allowed, or accepted into the quarantine
+            assert code == 250, (case.name, text)
+    assert s.cmd("DATA")[0] == 354
+    code, text = s.cmd(message(subject="Autumn offer", to="list@example.net") + b".")
+    assert code == 250, text
+    queue_id = text.split()[1]
+    s.cmd("QUIT")
+    allowed = sorted(c.email for c in CASES if c.decision == "allow")
+    got = sink.wait_for(len(allowed))
+    time.sleep(0.5)  # nothing else may arrive
+    assert sorted(r for m in sink.messages for r in m.rcpt_tos) == allowed
+    held = json.loads(gw.cli("quarantine", "list", "--json").stdout)
+    assert [(h["recipient"], h["rule"], h["subject"], h["account"]) for h in held] == [
+        ("unclear@b2b.example", "R9", "Autumn offer", "crm")]
+    # one audit row per decision, tied to the message, naming nobody in clear
+    audit = db_rows(gw, "SELECT rule, decision, message_id, account FROM audit")
+    assert sorted(r[0] for r in audit) == sorted(c.rule for c in (*CASES, UNKNOWN))
+    assert {(r[2], r[3]) for r in audit} == {(queue_id, "crm")}
+    assert len(got[0].content) > 0
+    key = bytes.fromhex((gw.config.parent / "secrets" / "hash.key").read_text().strip())
+    expected = {hmac.new(key, c.email.encode(), hashlib.sha256).digest()
+                for c in (*CASES, UNKNOWN)}
+    assert {r[0] for r in db_rows(gw, "SELECT recipient_hash FROM audit")} == expected
+
+
+def test_an_objection_holds_for_the_very_next_rcpt(gateway):
+    gw = gateway()
+    s = session(gw)
+    assert s.cmd("RCPT TO:<consented@b2c.example>")[0] == 250
+    started = time.monotonic()
+    assert gw.cli("suppress", "add", "consented@b2c.example").returncode == 0
+    code, text = s.cmd("RCPT TO:<consented@b2c.example>")
+    assert (code, text.split()[:2]) == (550, ["5.7.1", "R1"])
+    assert time.monotonic() - started < 5  # a CLI start included; the lookup itself is live
+    # the same session's other recipients are unaffected
+    assert s.cmd("RCPT TO:<cto@b2b.example>")[0] == 250
+
+
+@pytest.mark.parametrize("body, rule", [
+    (b"From: News <news@example.com>\r\nTo: <cto@b2b.example>\r\n"
+     b"Content-Type: text/plain\r\n\r\nNo subject here.\r\n", "M3"),
+    (b"From: News <news@example.com>\r\nSubject: Signed\r\nMIME-Version: 1.0\r\n"
+     b'Content-Type: multipart/signed; protocol="application/pkcs7-signature";'
+     b' micalg=sha-256; boundary="s"\r\n\r\n--s\r\nContent-Type: text/plain\r\n\r\nHello\r\n'
+     b"--s\r\nContent-Type: application/pkcs7-signature\r\n\r\nMIIB\r\n--s--\r\n", "M2"),
+    (b"From: News <news@example.com>\r\nSubject: Broken\r\nMIME-Version: 1.0\r\n"
+     b"Content-Type: multipart/mixed\r\n\r\nno boundary at all\r\n", "M2"),
+])
+def test_message_rules_quarantine_the_copies(gateway, sink: Sink, body: bytes, rule: str):
+    gw = gateway()
+    s = session(gw)
+    assert s.cmd("RCPT TO:<cto@b2b.example>")[0] == 250
+    assert s.cmd("RCPT TO:<prospect@b2c.example>")[0] == 550
+    assert s.cmd("DATA")[0] == 354
+    assert s.cmd(body + b".")[0] == 250  # accepted: kept for a human, never lost
+    held = wait_until(lambda: json.loads(gw.cli("quarantine", "list", "--json").stdout),
+                      what="a quarantine entry")
+    assert [(h["recipient"], h["rule"]) for h in held] == [("cto@b2b.example", rule)]
+    time.sleep(0.3)
+    assert sink.messages == []
+    content = db_rows(gw, "SELECT m.content FROM messages m JOIN quarantine q"
+                          " ON q.message_id = m.id")[0][0]
+    assert content == body  # the raw message is kept as received
+
+
+def test_steering_headers_narrow_the_campaign_and_are_stripped(gateway, sink: Sink):
+    gw = gateway()
+    s = session(gw)
+    for rcpt in ("cto@b2b.example", "customer@b2c.example"):
+        assert s.cmd(f"RCPT TO:<{rcpt}>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    narrowed = message(extra_headers="X-Gateway-Campaign-Topics: security\r\n"
+                                     "X-Gateway-Product-Category: software\r\n")
+    assert s.cmd(narrowed + b".")[0] == 250
+    got = sink.wait_for(2)
+    for received in got:
+        assert b"X-Gateway-" not in received.content
+        assert b"Subject: Hello" in received.content
+
+
+def test_narrowing_away_a_recipients_basis_refuses_it_with_a_dsn(gateway, sink: Sink):
+    gw = gateway()
+    s = session(gw)
+    assert s.cmd("RCPT TO:<cto@b2b.example>")[0] == 250  # R8 on the account's topics
+    assert s.cmd("RCPT TO:<consented@b2c.example>")[0] == 250  # R6, topics do not matter
+    assert s.cmd("DATA")[0] == 354
+    mail = message(extra_headers="X-Gateway-Campaign-Topics: crm\r\n")  # not security
+    assert s.cmd(mail + b".")[0] == 250
+    got = sink.wait_for(2)
+    consented = [m for m in got if m.rcpt_tos == ["consented@b2c.example"]]
+    dsn = [m for m in got if m.mail_from in ("", "<>")]
+    assert len(consented) == 1 and len(dsn) == 1
+    assert dsn[0].rcpt_tos == ["news@example.com"]
+    assert b"cto@b2b.example" in dsn[0].content and b"R10" in dsn[0].content
+    failed = json.loads(gw.cli("queue", "list", "--failed", "--json").stdout)
+    assert [(f["recipient"], f["last_error"].split()[2]) for f in failed] == [
+        ("cto@b2b.example", "R10")]
+
+
+def test_unknown_recipients_can_be_quarantined_instead(gateway, sink: Sink):
+    gw = gateway(extra='[policy]\nunknown_recipient = "quarantine"\n')
+    s = session(gw)
+    assert s.cmd(f"RCPT TO:<{UNKNOWN.email}>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    assert s.cmd(message() + b".")[0] == 250
+    held = wait_until(lambda: json.loads(gw.cli("quarantine", "list", "--json").stdout),
+                      what="a quarantine entry")
+    assert [(h["recipient"], h["rule"]) for h in held] == [(UNKNOWN.email, "R2")]
+
+
+def test_refused_transactions_are_audited_too(gateway):
+    gw = gateway()
+    s = session(gw)
+    assert s.cmd("RCPT TO:<bought@b2c.example>")[0] == 550
+    assert s.cmd("RSET")[0] == 250
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<scraped@b2b.example>")[0] == 550
+    s.cmd("QUIT")
+    rows = wait_until(lambda: db_rows(gw, "SELECT rule, decision, message_id FROM audit"),
+                      what="audit rows")
+    assert sorted(rows) == [("R3", "reject", None), ("R3", "reject", None)]
+
+
+def test_a_from_header_refusal_is_audited_as_m1(gateway):
+    gw = gateway()
+    s = session(gw)
+    assert s.cmd("RCPT TO:<consented@b2c.example>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    code, text = s.cmd(message(sender="ceo@elsewhere.example") + b".")
+    assert (code, text.split()[1]) == (550, "M1")
+    rows = wait_until(lambda: db_rows(gw, "SELECT rule, decision FROM audit"),
+                      what="audit rows")
+    assert rows == [("M1", "reject")]
