@@ -41,6 +41,9 @@ SENDER = "bench@example.com"
 SENDER_DOMAIN = "example.com"
 RECIPIENT = "rcpt@example.net"
 HELO = "bench.example.com"
+# every path gets a Subject: without one the gateway quarantines the copy (M3: no place for
+# the notice), and smtp-source sends none by default
+SUBJECT = "bench"
 ACCOUNT = "bench"
 ACCOUNT_PASSWORD = "Correct-Horse-Battery-Staple-42!"  # noqa: S105 - a throwaway bench account
 PATHS = ("direct", "postfix", "gateway")
@@ -420,6 +423,14 @@ level = "WARNING"
         if added.returncode != 0:
             raise RuntimeError("`gateway accounts add` failed (exit "
                                f"{added.returncode}): {(added.stderr or added.stdout).strip()}")
+        # the recipient must be in the ledger with a lawful basis, else R2 refuses it at RCPT
+        ledger = self.root / "contacts.csv"
+        ledger.write_text("email,kind,consent,consent_at,consent_method,source_name,"
+                          f"source_type\n{RECIPIENT},person,granted,2026-01-05,web form,"
+                          "signup form,direct\n")
+        imported = self._cli("contacts", "import", str(ledger))
+        if imported.returncode != 0:
+            raise RuntimeError(f"`gateway contacts import` failed: {imported.stderr.strip()}")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
         with open(self.log, "wb") as log:
@@ -481,7 +492,7 @@ def measure(path: str, case: Case, count: int, target_port: int, sink: Sink, sou
     sink.settle()
     result = Result(path, case, count)
     argv = [source, "-A", "-s", str(sessions), "-m", str(count), "-l", str(case.size),
-            "-M", HELO, "-f", SENDER, "-t", RECIPIENT]
+            "-M", HELO, "-f", SENDER, "-t", RECIPIENT, "-S", SUBJECT]
     if case.reuse:
         argv.append("-d")
     argv.append(f"{HOST}:{target_port}")

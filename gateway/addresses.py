@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 MAX_DOMAIN = 253  # RFC 1035 2.3.4, without the trailing dot
 
 
+@functools.lru_cache(maxsize=65536)  # lists repeat their domains; imports call this per row
 def normalize_domain(domain: str) -> str:
     """Lower-case ASCII (IDNA) form of a domain name; ValueError with the reason otherwise."""
     text = domain.strip().rstrip(".")
@@ -25,6 +27,7 @@ def normalize_domain(domain: str) -> str:
 
 
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
+_NOT_IN_ADDRESS = re.compile(r"[\x00-\x20<>()\[\],;\\\x7f]")
 MAX_ADDRESS = 254  # RFC 5321 path limit 256 minus the angle brackets
 
 
@@ -35,7 +38,7 @@ def normalize_address(address: str) -> str:
     (CR/LF/NUL could forge headers later), spaces, angle brackets, over-long parts.
     """
     text = address.strip()
-    if not text or any(ord(c) < 33 or c in "<>()[],;\\\x7f" for c in text):
+    if not text or _NOT_IN_ADDRESS.search(text):
         raise ValueError(f"not a plain e-mail address: {address!r}")
     local, at, domain = text.rpartition("@")
     if not at or not local:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import datetime
+import functools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from gateway.addresses import normalize_address
 from gateway.model import AUDIENCES, CONSENTS, KINDS, RELATIONSHIPS, SOURCE_TYPES, VISIBILITIES
@@ -30,11 +31,11 @@ MAX_TAG = 100
 FUTURE_SLACK_SECONDS = 86400.0  # clocks and time zones: a day ahead is a typo, not fraud
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
 csv.field_size_limit(64 * 1024)  # a sane cap: no ledger field is anywhere near this
 
 
-@dataclass(frozen=True)
-class ContactRow:
+class ContactRow(NamedTuple):
     """One valid row. None means "not given": the store keeps what it had."""
 
     line: int
@@ -61,6 +62,12 @@ class ContactRow:
     opt_out_offered: bool | None = None
 
 
+_FIELDS = {name: i for i, name in enumerate(ContactRow._fields)}
+_CONSENT, _CONSENT_AT = _FIELDS["consent"], _FIELDS["consent_at"]
+_SOURCE_NAME, _SOURCE_TYPE = _FIELDS["source_name"], _FIELDS["source_type"]
+_SOURCE_VISIBILITY = _FIELDS["source_visibility"]
+
+
 @dataclass(frozen=True)
 class RowError:
     line: int
@@ -71,16 +78,23 @@ class HeaderError(ValueError):
     """The header row itself is unusable: nothing of the file is imported."""
 
 
-def parse_date(text: str, column: str, now: float) -> float:
-    """ISO 8601 date or date-time -> unix seconds; a date alone is midnight UTC, and a time
-    without an offset is UTC."""
+@functools.lru_cache(maxsize=16384)  # a file holds few distinct days
+def _timestamp(text: str) -> float | None:
     try:
         value = datetime.datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"{column}: not an ISO 8601 date: {text!r}") from None
+        return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=datetime.UTC)
-    stamp = value.timestamp()
+    return value.timestamp()
+
+
+def parse_date(text: str, column: str, now: float) -> float:
+    """ISO 8601 date or date-time -> unix seconds; a date alone is midnight UTC, and a time
+    without an offset is UTC."""
+    stamp = _timestamp(text)
+    if stamp is None:
+        raise ValueError(f"{column}: not an ISO 8601 date: {text!r}")
     if stamp > now + FUTURE_SLACK_SECONDS:
         raise ValueError(f"{column}: date in the future: {text!r}")
     return stamp
@@ -110,9 +124,32 @@ def _tags(text: str, column: str) -> tuple[str, ...]:
     return tuple(tags)
 
 
-def parse_row(line: int, cells: dict[str, str], now: float) -> ContactRow:
-    """A ContactRow, or ValueError naming the column and the problem."""
-    raw = cells.get("email", "")
+def _language(text: str, column: str) -> str:
+    if not _LANGUAGE.match(text):
+        raise ValueError(f"{column}: not a BCP 47 tag: {text!r} (e.g. fr, en-GB)")
+    primary, dash, rest = text.partition("-")
+    return primary.lower() + dash + rest
+
+
+def _choice(allowed: tuple[str, ...]) -> Callable[[str, str], str]:
+    return lambda text, column: _enum(text, column, allowed)
+
+
+# column -> parser(text, column); dates are handled apart (they need `now`)
+_PARSERS: dict[str, Callable[[str, str], object]] = {
+    "kind": _choice(KINDS), "audience": _choice(AUDIENCES),
+    "relationship": _choice(RELATIONSHIPS), "consent": _choice(CONSENTS),
+    "source_type": _choice(SOURCE_TYPES), "source_visibility": _choice(VISIBILITIES),
+    "opt_out_offered": lambda text, column: _enum(text, column, ("true", "false")) == "true",
+    "language": _language, "topics": _tags, "customer_categories": _tags,
+    "consent_proof": lambda text, column: _text(text, column, MAX_PROOF),
+}
+
+
+def parse_row(line: int, names: list[str], cells: list[str], now: float) -> ContactRow:
+    """A ContactRow from a row's cells under the header `names`, or ValueError naming the
+    column and the problem."""
+    raw = cells[names.index("email")]
     if not raw.strip():
         raise ValueError("email: missing")
     if _CONTROL.search(raw):
@@ -121,46 +158,27 @@ def parse_row(line: int, cells: dict[str, str], now: float) -> ContactRow:
         address = normalize_address(raw)
     except ValueError as exc:
         raise ValueError(f"email: {exc}") from None
-    v: dict[str, object] = {}
-    for column, text in cells.items():
+    values: list[object] = [None] * len(_FIELDS)
+    values[0], values[1] = line, address
+    for column, text in zip(names, cells, strict=True):
+        if not text or column == "email":
+            continue
         text = text.strip()
-        if column == "email" or not text:
+        if not text:
             continue
         if column in DATE_COLUMNS:
-            v[column] = parse_date(text, column, now)
-        elif column == "kind":
-            v[column] = _enum(text, column, KINDS)
-        elif column == "audience":
-            v[column] = _enum(text, column, AUDIENCES)
-        elif column == "relationship":
-            v[column] = _enum(text, column, RELATIONSHIPS)
-        elif column == "consent":
-            v[column] = _enum(text, column, CONSENTS)
-        elif column == "source_type":
-            v[column] = _enum(text, column, SOURCE_TYPES)
-        elif column == "source_visibility":
-            v[column] = _enum(text, column, VISIBILITIES)
-        elif column == "opt_out_offered":
-            v[column] = _enum(text, column, ("true", "false")) == "true"
-        elif column == "language":
-            if not _LANGUAGE.match(text):
-                raise ValueError(f"language: not a BCP 47 tag: {text!r} (e.g. fr, en-GB)")
-            v[column] = text.split("-", 1)[0].lower() + text[len(text.split("-", 1)[0]):]
-        elif column in ("topics", "customer_categories"):
-            v[column] = _tags(text, column)
-        elif column == "consent_proof":
-            v[column] = _text(text, column, MAX_PROOF)
+            values[_FIELDS[column]] = parse_date(text, column, now)
         else:
-            v[column] = _text(text, column)
-    if v.get("consent") == "granted" and "consent_at" not in v:
+            values[_FIELDS[column]] = _PARSERS.get(column, _text)(text, column)
+    if values[_CONSENT] == "granted" and values[_CONSENT_AT] is None:
         raise ValueError("consent_at: required when consent is granted (GDPR 7(1): consent "
                          "must be provable)")
-    if ("source_type" in v) != ("source_name" in v):
+    if (values[_SOURCE_TYPE] is None) != (values[_SOURCE_NAME] is None):
         raise ValueError("source_name and source_type: give both or neither (GDPR 15(1)(g): "
                          "the source must be nameable)")
-    if "source_visibility" in v and "source_type" not in v:
+    if values[_SOURCE_VISIBILITY] is not None and values[_SOURCE_TYPE] is None:
         raise ValueError("source_visibility: given without a source")
-    return ContactRow(line=line, address=address, **v)  # type: ignore[arg-type]
+    return ContactRow._make(values)
 
 
 def check_header(header: list[str]) -> list[str]:
@@ -218,11 +236,11 @@ def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow 
         if len(cells) != len(names):
             yield RowError(start, f"{len(cells)} fields, the header has {len(names)}")
             continue
-        if any("\udc80" <= c <= "\udcff" for cell in cells for c in cell):
+        if _UNDECODABLE.search("".join(cells)):
             yield RowError(start, "not valid UTF-8")
             continue
         try:
-            row = parse_row(start, dict(zip(names, cells, strict=True)), now)
+            row = parse_row(start, names, cells, now)
         except ValueError as exc:
             yield RowError(start, str(exc))
             continue

@@ -19,7 +19,7 @@ from gateway.contacts_csv import COLUMNS, ContactRow, HeaderError, RowError, rea
 from gateway.errors import GatewayError, NotFound
 from gateway.store.db import Database
 from gateway.store.ledger import Ledger
-from gateway.store.ledger_import import ContactImporter
+from gateway.store.ledger_import import ImportProcess
 
 CHUNK_ROWS = 5000
 IMPORT_HELP = f"""Upsert the ledger from FILE (CSV with a header row, UTF-8).
@@ -63,7 +63,7 @@ def import_(state: CliState, file: Path, dry_run: bool) -> None:
     settings = state.settings
     try:
         asyncio.run(_migrate(settings.store.path))
-        importer = ContactImporter(settings.store.path, hasher_for(settings), dry_run=dry_run)
+        importer = ImportProcess(settings.store.path, hasher_for(settings), dry_run=dry_run)
     except GatewayError as exc:
         click.echo(f"gateway: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
@@ -85,19 +85,18 @@ def import_(state: CliState, file: Path, dry_run: bool) -> None:
                     continue
                 chunk.append(item)
                 if len(chunk) >= CHUNK_ROWS:
-                    importer.write(chunk)
+                    importer.submit(chunk)
                     chunk = []
             if chunk:
-                importer.write(chunk)
+                importer.submit(chunk)
+            c = importer.finish()
     except HeaderError as exc:
+        importer.finish()
         click.echo(f"{file}:1: {exc}; nothing imported", err=True)
         sys.exit(EXIT_REFUSED)
     except GatewayError as exc:
         click.echo(f"gateway: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
-    finally:
-        importer.close()
-    c = importer.counts
     seconds = time.monotonic() - started
     verb = "would import" if dry_run else "imported"
     click.echo(f"{file}: {verb} {c.new + c.updated} rows ({c.new} new, {c.updated} updated), "

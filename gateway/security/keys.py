@@ -6,7 +6,6 @@ suppression entry unmatchable, so it is never rotated: back it up with the datab
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -49,5 +48,4 @@ class AddressHasher:
         self._key = key
 
     def __call__(self, address: str) -> bytes:
-        return hmac.new(self._key, suppression_form(address).encode("utf-8"),
-                        hashlib.sha256).digest()
+        return hmac.digest(self._key, suppression_form(address).encode("utf-8"), "sha256")

@@ -160,7 +160,8 @@ class Ledger:
     async def events(self, contact_id: int) -> list[ContactEvent]:
         rows = await self.db.fetchall(
             "SELECT kind, occurred_at, channel, method, wording, proof, ip, recorded_at"
-            " FROM contact_events WHERE contact_id = ? ORDER BY occurred_at, id", (contact_id,))
+            " FROM contact_events WHERE contact_id = ? ORDER BY occurred_at, recorded_at",
+            (contact_id,))
         return [ContactEvent(*tuple(row)) for row in rows]
 
     async def is_suppressed(self, address: str) -> SuppressionEntry | None:
@@ -185,8 +186,7 @@ class Ledger:
                 await conn.execute(
                     "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at,"
                     " channel, wording, ip, recorded_at) SELECT id, 'objection', ?, ?, ?, ?, ?"
-                    " FROM contacts WHERE address_hash = ?",
-                    (now, channel, reason, ip, now, self.hasher(key)))
+                    " FROM contacts WHERE address = ?", (now, channel, reason, ip, now, key))
         return added
 
     async def unsuppress(self, address: str, reason: str | None = None) -> None:
@@ -201,12 +201,14 @@ class Ledger:
             await conn.execute(
                 "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel,"
                 " wording, recorded_at) SELECT id, 'objection_lifted', ?, 'manual', ?, ?"
-                " FROM contacts WHERE address_hash = ?", (now, reason, now, self.hasher(key)))
+                " FROM contacts WHERE address = ?", (now, reason, now, key))
 
     async def suppression_list(self, limit: int | None = None) -> list[SuppressionEntry]:
+        # a join, not a correlated subquery: SQLite builds a transient index on address_hash
+        # for it, which the import does not have to maintain on every row
         rows = await self.db.fetchall(
-            "SELECT s.hash, s.created_at, s.channel,"
-            " (SELECT min(c.address) FROM contacts c WHERE c.address_hash = s.hash)"
-            " FROM suppression s ORDER BY s.created_at LIMIT ?",
+            "SELECT s.hash, s.created_at, s.channel, min(c.address)"
+            " FROM suppression s LEFT JOIN contacts c ON c.address_hash = s.hash"
+            " GROUP BY s.hash ORDER BY s.created_at LIMIT ?",
             (-1 if limit is None else limit,))
         return [SuppressionEntry(*tuple(row)) for row in rows]

@@ -14,10 +14,12 @@ The merge rules (KASPR: enrichment never renews retention):
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from gateway.contacts_csv import ContactRow
@@ -25,43 +27,49 @@ from gateway.errors import StoreError
 from gateway.security.keys import AddressHasher
 from gateway.store.db import BUSY_TIMEOUT_MS
 
+# Statements take numbered parameters (faster to bind than names), in this order:
+PARAMS = ("hash", "address", "kind", "audience", "relationship", "language", "first_name",
+          "last_name", "job_title", "topics", "customer_categories", "consent", "consent_at",
+          "consent_method", "consent_proof", "source_name", "source_type", "source_visibility",
+          "collected_at", "last_interaction_at", "informed_at", "opt_out_offered", "now", "id")
+_I = {name: i for i, name in enumerate(PARAMS)}
+_UPSERT_PARAMS = _I["now"] + 1  # the upsert uses ?1 ... ?23
 _UPSERT = """
 INSERT INTO contacts (address, address_hash, kind, audience, relationship, language, first_name,
     last_name, job_title, topics, customer_categories, consent, consent_at, consent_method,
     consent_proof, opt_out_offered, collected_at, last_interaction_at, informed_at,
     created_at, updated_at)
-VALUES (:address, :hash, COALESCE(:kind, 'person'), COALESCE(:audience, 'b2c'),
-    COALESCE(:relationship, 'prospect'), :language, :first_name, :last_name, :job_title,
-    COALESCE(:topics, ''), COALESCE(:customer_categories, ''), :consent, :consent_at,
-    :consent_method, :consent_proof, :opt_out_offered, COALESCE(:collected_at, :now),
-    :last_interaction_at, :informed_at, :now, :now)
+VALUES (?2, ?1, COALESCE(?3, 'person'), COALESCE(?4, 'b2c'),
+    COALESCE(?5, 'prospect'), ?6, ?7, ?8, ?9,
+    COALESCE(?10, ''), COALESCE(?11, ''), ?12, ?13,
+    ?14, ?15, ?22, COALESCE(?19, ?23),
+    ?20, ?21, ?23, ?23)
 ON CONFLICT (address) DO UPDATE SET
-    kind = COALESCE(:kind, kind),
-    audience = COALESCE(:audience, audience),
-    relationship = COALESCE(:relationship, relationship),
-    language = COALESCE(:language, language),
-    first_name = COALESCE(:first_name, first_name),
-    last_name = COALESCE(:last_name, last_name),
-    job_title = COALESCE(:job_title, job_title),
-    topics = COALESCE(:topics, topics),
-    customer_categories = COALESCE(:customer_categories, customer_categories),
-    consent = COALESCE(:consent, consent),
-    consent_at = CASE WHEN :consent IS NULL THEN consent_at ELSE :consent_at END,
-    consent_method = CASE WHEN :consent IS NULL THEN consent_method ELSE :consent_method END,
-    consent_proof = CASE WHEN :consent IS NULL THEN consent_proof ELSE :consent_proof END,
-    opt_out_offered = COALESCE(:opt_out_offered, opt_out_offered),
-    collected_at = min(collected_at, COALESCE(:collected_at, collected_at)),
+    kind = COALESCE(?3, kind),
+    audience = COALESCE(?4, audience),
+    relationship = COALESCE(?5, relationship),
+    language = COALESCE(?6, language),
+    first_name = COALESCE(?7, first_name),
+    last_name = COALESCE(?8, last_name),
+    job_title = COALESCE(?9, job_title),
+    topics = COALESCE(?10, topics),
+    customer_categories = COALESCE(?11, customer_categories),
+    consent = COALESCE(?12, consent),
+    consent_at = CASE WHEN ?12 IS NULL THEN consent_at ELSE ?13 END,
+    consent_method = CASE WHEN ?12 IS NULL THEN consent_method ELSE ?14 END,
+    consent_proof = CASE WHEN ?12 IS NULL THEN consent_proof ELSE ?15 END,
+    opt_out_offered = COALESCE(?22, opt_out_offered),
+    collected_at = min(collected_at, COALESCE(?19, collected_at)),
     last_interaction_at = CASE WHEN last_interaction_at IS NULL
-        OR :last_interaction_at > last_interaction_at THEN
-        COALESCE(:last_interaction_at, last_interaction_at) ELSE last_interaction_at END,
-    informed_at = CASE WHEN informed_at IS NULL OR :informed_at > informed_at THEN
-        COALESCE(:informed_at, informed_at) ELSE informed_at END,
-    updated_at = :now
+        OR ?20 > last_interaction_at THEN
+        COALESCE(?20, last_interaction_at) ELSE last_interaction_at END,
+    informed_at = CASE WHEN informed_at IS NULL OR ?21 > informed_at THEN
+        COALESCE(?21, informed_at) ELSE informed_at END,
+    updated_at = ?23
 """
 _SOURCE = """
 INSERT INTO sources (contact_id, name, type, visibility, recorded_at)
-SELECT id, :source_name, :source_type, :source_visibility, COALESCE(:collected_at, :now)
-FROM contacts WHERE address = :address
+VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (contact_id, type, name) DO UPDATE SET
     visibility = COALESCE(excluded.visibility, visibility),
     recorded_at = min(recorded_at, excluded.recorded_at)
@@ -69,15 +77,16 @@ ON CONFLICT (contact_id, type, name) DO UPDATE SET
 _EVENT = """
 INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel, method, wording,
     proof, recorded_at)
-SELECT id, :kind, :at, 'import', :method, NULL, :proof, :now FROM contacts WHERE address = :address
+VALUES (?, ?, ?, 'import', ?, NULL, ?, ?)
 """
 _WITHDRAWAL = """
 INSERT INTO contact_events (contact_id, kind, occurred_at, channel, recorded_at)
-SELECT c.id, 'withdrawal', COALESCE(:consent_at, :now), 'import', :now FROM contacts c
-WHERE c.address = :address AND NOT EXISTS (SELECT 1 FROM contact_events e
-    WHERE e.contact_id = c.id AND e.kind = 'withdrawal'
-    AND (:consent_at IS NULL OR e.occurred_at = :consent_at))
+SELECT ?24, 'withdrawal', COALESCE(?13, ?23), 'import', ?23
+WHERE NOT EXISTS (SELECT 1 FROM contact_events e
+    WHERE e.contact_id = ?24 AND e.kind = 'withdrawal'
+    AND (?13 IS NULL OR e.occurred_at = ?13))
 """
+IMPORT_CACHE_KB = 64 * 1024
 _SUPPRESS = "INSERT OR IGNORE INTO suppression (hash, created_at, channel) VALUES (?, ?, 'import')"
 
 
@@ -92,81 +101,176 @@ class ContactImporter:
     """Writes validated rows. With `dry_run`, every chunk is rolled back: same checks, same
     counts, nothing stored."""
 
-    def __init__(self, path: Path | str, hasher: AddressHasher, dry_run: bool = False) -> None:
+    def __init__(self, path: Path | str, hasher: AddressHasher | None,
+                 dry_run: bool = False) -> None:
         self.hasher = hasher
         self.dry_run = dry_run
         self.counts = ImportCounts()
         try:
             self.conn = sqlite3.connect(str(path), isolation_level=None)
             self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            self.conn.execute("PRAGMA foreign_keys=ON")
+            # foreign keys off: every contact_id written comes from the same transaction
+            self.conn.execute("PRAGMA foreign_keys=OFF")
             # NORMAL in WAL mode stays consistent after a crash; an interrupted import loses at
             # most its last chunks, and importing the file again is idempotent.
             self.conn.execute("PRAGMA synchronous=NORMAL")
+            # the address index of a large ledger does not fit SQLite's default 2 MB cache
+            self.conn.execute(f"PRAGMA cache_size=-{IMPORT_CACHE_KB}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store {path}: {exc}") from exc
 
     def write(self, rows: Sequence[ContactRow]) -> None:
         """One chunk in one transaction."""
         now = time.time()
-        params = [self._params(row, now) for row in rows]
+        assert self.hasher is not None
+        self.write_params([row_params(self.hasher, row, now) for row in rows], rows[0].line,
+                          now)
+
+    def write_params(self, params: list[list[object]], first_line: int, now: float) -> None:
+        """One chunk, as `row_params` lists, in one transaction."""
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                existing = self._existing([str(p["address"]) for p in params])
-                conn.executemany(_UPSERT, params)
-                sourced = [p for p in params if p["source_type"] is not None]
-                conn.executemany(_SOURCE, sourced)
-                events = [dict(p, kind="consent", at=p["consent_at"], method=p["consent_method"],
-                               proof=p["consent_proof"])
-                          for p in params if p["consent"] == "granted"]
-                events += [dict(p, kind="interaction", at=p["last_interaction_at"],
-                                method=None, proof=None)
-                           for p in params if p["last_interaction_at"] is not None]
-                events += [dict(p, kind="information", at=p["informed_at"], method=None,
-                                proof=None)
-                           for p in params if p["informed_at"] is not None]
+                addresses = [str(p[_I["address"]]) for p in params]
+                last_id = conn.execute("SELECT max(id) FROM contacts").fetchone()[0] or 0
+                conn.executemany(_UPSERT, [p[:_UPSERT_PARAMS] for p in params])
+                ids = self._ids(addresses)
+                cid, consent = _I["id"], _I["consent"]
+                for p, address in zip(params, addresses, strict=True):
+                    p[cid] = ids[address]
+                name, type_, visibility, collected = (
+                    _I["source_name"], _I["source_type"], _I["source_visibility"],
+                    _I["collected_at"])
+                conn.executemany(_SOURCE, [
+                    (p[cid], p[name], p[type_], p[visibility],
+                     now if p[collected] is None else p[collected])
+                    for p in params if p[type_] is not None])
+                events = [(p[cid], "consent", p[_I["consent_at"]], p[_I["consent_method"]],
+                           p[_I["consent_proof"]], now) for p in params if p[consent] == "granted"]
+                for kind, column in (("interaction", _I["last_interaction_at"]),
+                                     ("information", _I["informed_at"])):
+                    events += [(p[cid], kind, p[column], None, None, now)
+                               for p in params if p[column] is not None]
                 conn.executemany(_EVENT, events)
-                withdrawn = [p for p in params if p["consent"] == "withdrawn"]
+                withdrawn = [p for p in params if p[consent] == "withdrawn"]
                 conn.executemany(_WITHDRAWAL, withdrawn)
                 changes = conn.total_changes
-                conn.executemany(_SUPPRESS, [(p["hash"], now) for p in withdrawn])
-                self.counts.suppressed += conn.total_changes - changes
+                conn.executemany(_SUPPRESS, [(p[_I["hash"]], now) for p in withdrawn])
+                suppressed = conn.total_changes - changes
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("ROLLBACK" if self.dry_run else "COMMIT")
         except sqlite3.Error as exc:
-            raise StoreError(f"import failed at line {rows[0].line}: {exc}") from exc
-        self.counts.updated += len(existing)
-        self.counts.new += len(params) - len(existing)
+            raise StoreError(f"import failed in the chunk from line {first_line}: {exc}") from exc
+        self.counts.suppressed += suppressed
+        new = sum(1 for contact_id in ids.values() if contact_id > last_id)
+        self.counts.new += new
+        self.counts.updated += len(params) - new
 
-    def _existing(self, addresses: list[str]) -> set[str]:
-        found: set[str] = set()
+    def _ids(self, addresses: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
         for i in range(0, len(addresses), 500):
             part = addresses[i:i + 500]
             marks = ",".join("?" * len(part))
-            found.update(row[0] for row in self.conn.execute(
-                f"SELECT address FROM contacts WHERE address IN ({marks})", part))  # noqa: S608 - marks are "?" only
+            found.update(self.conn.execute(
+                f"SELECT address, id FROM contacts WHERE address IN ({marks})",  # noqa: S608 - marks are "?" only
+                part).fetchall())
         return found
-
-    def _params(self, row: ContactRow, now: float) -> dict[str, object]:
-        return {
-            "address": row.address, "hash": self.hasher(row.address), "now": now,
-            "kind": row.kind, "audience": row.audience, "relationship": row.relationship,
-            "language": row.language, "first_name": row.first_name,
-            "last_name": row.last_name, "job_title": row.job_title,
-            "topics": None if row.topics is None else ";".join(row.topics),
-            "customer_categories": None if row.customer_categories is None
-            else ";".join(row.customer_categories),
-            "consent": row.consent, "consent_at": row.consent_at,
-            "consent_method": row.consent_method, "consent_proof": row.consent_proof,
-            "opt_out_offered": None if row.opt_out_offered is None else int(row.opt_out_offered),
-            "collected_at": row.collected_at, "last_interaction_at": row.last_interaction_at,
-            "informed_at": row.informed_at, "source_name": row.source_name,
-            "source_type": row.source_type, "source_visibility": row.source_visibility,
-        }
 
     def close(self) -> None:
         self.conn.close()
+
+
+def row_params(hasher: AddressHasher, row: ContactRow, now: float) -> list[object]:
+    """The row as the statements' numbered parameters (PARAMS order: the ContactRow's own,
+    with the line number replaced by the address hash, then `now` and the contact id)."""
+    params: list[object] = list(row)
+    params[0] = hasher(row.address)
+    for i in (_TOPICS, _CATEGORIES):
+        if params[i] is not None:
+            params[i] = ";".join(params[i])  # type: ignore[arg-type]
+    if row.opt_out_offered is not None:
+        params[_OPT_OUT] = int(row.opt_out_offered)
+    params += (now, None)
+    return params
+
+
+_TOPICS, _CATEGORIES, _OPT_OUT = _I["topics"], _I["customer_categories"], _I["opt_out_offered"]
+assert PARAMS[1:-2] == ContactRow._fields[1:], "PARAMS must follow ContactRow's field order"
+
+
+class ImportProcess:
+    """Writes chunks in a child process while this one parses the next ones.
+
+    Parsing is Python and writing is mostly SQLite, but threads would take turns on the GIL
+    (a writer thread that releases it inside SQLite waits for it again behind the parser), so
+    the writer is a forked process fed through a pipe: the two overlap on two cores. The pipe
+    holds a couple of chunks at most, so memory stays bounded. A write error is raised at the
+    next `submit` or at `finish`; the child then discards what it is still sent.
+    """
+
+    def __init__(self, path: Path | str, hasher: AddressHasher, dry_run: bool = False) -> None:
+        self.hasher = hasher
+        context = multiprocessing.get_context("fork")
+        self._pipe, child = context.Pipe()
+        self._process = context.Process(target=_writer, args=(child, str(path), dry_run),
+                                        name="gateway-import-writer", daemon=True)
+        self._process.start()
+        child.close()
+        self._expect("ready")
+
+    def _expect(self, what: str) -> object:
+        try:
+            kind, value = self._pipe.recv()
+        except EOFError:
+            raise StoreError("the import writer stopped unexpectedly") from None
+        if kind == "error":
+            raise StoreError(str(value))
+        assert kind == what, kind
+        return value
+
+    def submit(self, rows: Sequence[ContactRow]) -> None:
+        if self._pipe.poll():  # the child only speaks early to report an error
+            self._expect("ready")
+        now = time.time()
+        self._pipe.send((rows[0].line, now, [row_params(self.hasher, r, now) for r in rows]))
+
+    def finish(self) -> ImportCounts:
+        """Wait for every submitted chunk; raise the first write error, if any."""
+        self._pipe.send(None)
+        try:
+            counts = self._expect("done")
+        finally:
+            self._process.join(10)
+            self._pipe.close()
+        assert isinstance(counts, ImportCounts)
+        return counts
+
+
+def _writer(pipe: Connection, path: str, dry_run: bool) -> None:
+    """The child: open the store, write each chunk it is sent, report once at the end."""
+    try:
+        importer = ContactImporter(path, None, dry_run)  # rows arrive hashed
+    except StoreError as exc:
+        pipe.send(("error", str(exc)))
+        return
+    pipe.send(("ready", None))
+    failed = False
+    try:
+        while (chunk := pipe.recv()) is not None:
+            if failed:
+                continue
+            first_line, now, params = chunk
+            try:
+                importer.write_params(params, first_line, now)
+            except StoreError as exc:
+                failed = True
+                pipe.send(("error", str(exc)))
+        if not failed:
+            pipe.send(("done", importer.counts))
+        else:
+            pipe.send(("error", "import stopped after the error above"))
+    finally:
+        importer.close()

@@ -30,24 +30,25 @@ CREATE TABLE contacts (
     created_at          REAL NOT NULL,
     updated_at          REAL NOT NULL
 );
-CREATE INDEX contacts_hash ON contacts(address_hash);
+-- No index on address_hash: imports would pay for it on every row, and only operator
+-- commands (suppress list) look contacts up by hash.
 
--- Who supplied an address: several per contact, each kept with its first date.
+-- Who supplied an address: several per contact, each kept with its first date. Keyed by
+-- contact (WITHOUT ROWID: one B-tree, not a table and an index, for 1M-row imports).
 CREATE TABLE sources (
-    id           INTEGER PRIMARY KEY,
     contact_id   INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
-    name         TEXT NOT NULL,
     type         TEXT NOT NULL CHECK (type IN ('direct', 'partner', 'broker', 'public_directory',
                                                'social_network', 'import')),
+    name         TEXT NOT NULL,
     visibility   TEXT CHECK (visibility IN ('public', 'restricted')),
     recorded_at  REAL NOT NULL,
-    UNIQUE (contact_id, type, name)
-);
+    PRIMARY KEY (contact_id, type, name)
+) WITHOUT ROWID;
 
 -- Append-only: consent, withdrawal, objection, interaction and information events with their
--- proof. Rows are never updated; they go only with their contact (erasure).
+-- proof. Rows are never updated; they go only with their contact (erasure). WITHOUT ROWID,
+-- keyed by contact and time, like sources.
 CREATE TABLE contact_events (
-    id           INTEGER PRIMARY KEY,
     contact_id   INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
     kind         TEXT NOT NULL CHECK (kind IN ('consent', 'withdrawal', 'objection',
                                                'objection_lifted', 'interaction',
@@ -59,8 +60,8 @@ CREATE TABLE contact_events (
     proof        TEXT,                                -- proof reference (form version, IP ...)
     ip           TEXT,
     recorded_at  REAL NOT NULL,
-    UNIQUE (contact_id, kind, occurred_at, channel)
-);
+    PRIMARY KEY (contact_id, occurred_at, kind, channel)
+) WITHOUT ROWID;
 CREATE TRIGGER contact_events_append_only BEFORE UPDATE ON contact_events
 BEGIN
     SELECT RAISE(ABORT, 'contact_events is append-only');
