@@ -13,7 +13,7 @@ TOKEN_KEY_FILE = "./var/secrets/token.key"  # noqa: S105 - a path, not a secret
 
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 MAX_RECIPIENTS = 100  # per transaction; Postfix smtpd_recipient_limit is 1000, ESPs use 50-100
-MAX_COMMANDS = 1000  # per session (aiosmtpd command_call_limit)
+MAX_COMMANDS = 1000  # per verb and session, except the transaction verbs (MAIL, RCPT, DATA...)
 MAX_CONNECTIONS_PER_IP = 50  # Postfix smtpd_client_connection_count_limit default
 IDLE_TIMEOUT = 300.0  # RFC 5321 4.5.3.2.7: server timeout 5 minutes
 

@@ -63,6 +63,10 @@ DATA_END = b"\r\n.\r\n"
 SOURCE_ROUTE = re.compile(r"<\s*@")
 
 
+TRANSACTION_VERBS = ("MAIL", "RCPT", "DATA", "RSET", "QUIT", "EHLO", "HELO")
+UNLIMITED = 2**62
+
+
 def is_loopback(ip: str) -> bool:
     try:
         return ipaddress.ip_address(ip).is_loopback
@@ -100,7 +104,11 @@ class GatewaySMTP(SMTP):
             timeout=settings.idle_timeout,
             auth_required=False,  # enforced by the handler at MAIL/RCPT: see handler.py
             auth_require_tls=True,
-            command_call_limit=settings.max_commands,
+            # Postfix-like: transaction commands are not capped per session (a client may reuse
+            # a connection for many messages); everything else (NOOP, VRFY, AUTH, RSET, HELP,
+            # unknown verbs ...) is, against sessions that only waste a slot.
+            command_call_limit={**dict.fromkeys(TRANSACTION_VERBS, UNLIMITED),
+                                "*": settings.max_commands},
         )
         self.gateway_settings = settings
         self._connections = connections
@@ -139,6 +147,17 @@ class GatewaySMTP(SMTP):
         self._release()
         self._end_transaction()
         super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        """The client closed its side: the session is over.
+
+        aiosmtpd cancels the session task, and that task closes the transport, but only if it
+        had started: a client that connects and closes before the greeting (a TCP health
+        check, a port scan) would otherwise keep its slot in the per-IP count, and a drain
+        would wait for it, until the idle timeout.
+        """
+        super().eof_received()
+        return False  # let the transport close now
 
     def _set_post_data_state(self) -> None:
         """aiosmtpd discards the envelope here (after DATA, RSET, HELO/EHLO)."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import socket
 import time
 
-from conftest import STRONG_PASSWORD, Sink, consenting_contacts_csv, message
+import httpx
+
+from conftest import STRONG_PASSWORD, Sink, consenting_contacts_csv, message, wait_until
 from rawsmtp import RawSmtp
 
 
@@ -199,6 +202,37 @@ def test_connections_per_ip_are_limited(make_gateway):
     assert RawSmtp(gw.smtp_port).greeting[0] == 220  # a freed slot is usable again
     for s in sessions[1:]:
         s.close()
+
+
+def test_probes_that_close_before_the_greeting_free_their_slot(make_gateway):
+    """TCP health checks connect and close at once; under uvloop aiosmtpd left those
+    connections open until the idle timeout, and they filled the per-IP limit."""
+    gw = make_gateway(smtp_extra="max_connections_per_ip = 5")
+    for _ in range(20):
+        socket.create_connection(("127.0.0.1", gw.smtp_port)).close()
+
+    def connections() -> float:
+        for line in httpx.get(f"http://127.0.0.1:{gw.http_port}/metrics").text.splitlines():
+            if line.startswith("gateway_smtp_connections "):
+                return float(line.split()[1])
+        raise AssertionError("no gateway_smtp_connections metric")
+
+    wait_until(lambda: connections() == 0, timeout=5, what="probe connections released")
+    assert RawSmtp(gw.smtp_port).greeting[0] == 220
+
+
+def test_transaction_commands_are_not_capped_per_session(make_gateway, tmp_path):
+    """max_commands stops floods of NOOP and the like, not a client that reuses its
+    connection for many messages (Postfix caps junk commands only)."""
+    gw = make_gateway(smtp_extra="max_commands = 5", contacts=consenting_contacts_csv(
+        tmp_path / "r.csv", tuple(f"r{i}@example.net" for i in range(8))))
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    for _ in range(3):
+        assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+        assert [s.cmd(f"RCPT TO:<r{i}@example.net>")[0] for i in range(8)] == [250] * 8
+        assert s.cmd("RSET")[0] == 250
+    assert [s.cmd("NOOP")[0] for _ in range(6)][-1] == 421
 
 
 def test_long_lines_repeated_commands_and_idle_sessions_are_cut(make_gateway):
