@@ -161,9 +161,11 @@ class Flow:
             decision = final.get(recipient, verdict.decision)
             if decision is None:
                 continue  # a 451: nothing was decided
-            address = verdict.facts.address if verdict.facts else recipient
-            records.append(AuditRecord(verdict.at, name, client_ip, self.hasher(address),
-                                       decision.rule, decision.decision))
+            facts = verdict.facts
+            digest = facts.address_hash if facts and facts.address_hash else self.hasher(
+                facts.address if facts else recipient)
+            records.append(AuditRecord(verdict.at, name, client_ip, digest, decision.rule,
+                                       decision.decision))
         return records
 
     # --- DATA ---------------------------------------------------------------------------

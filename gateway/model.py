@@ -108,6 +108,7 @@ class RecipientFacts:
     address: str
     suppressed: bool
     contact: Contact | None
+    address_hash: bytes = b""  # the keyed hash the lookup used, reused by the audit record
 
 
 @dataclass(frozen=True)

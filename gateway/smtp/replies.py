@@ -6,6 +6,8 @@ an enhanced code whose class digit matches it.
 
 from __future__ import annotations
 
+import re
+
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
@@ -51,6 +53,7 @@ AIOSMTPD_REWRITES: dict[bytes, bytes] = {
     b"221 Bye": b"221 2.0.0 Bye",
 }
 
+_NOT_PRINTABLE_ASCII = re.compile(r"[^ -~]")
 LEDGER_UNAVAILABLE = "451 4.3.0 Cannot check this recipient now, try again later"
 MAX_REASON = 400
 
@@ -58,5 +61,5 @@ MAX_REASON = 400
 def policy_reject(rule: str, reason: str) -> str:
     """`550 5.7.1 <rule> <reason>`: printable ASCII only (a reply may not carry CR/LF, and the
     reason can quote ledger text such as a source name), one line of sane length."""
-    text = "".join(c if " " <= c <= "~" else "?" for c in f"{rule} {reason}")
+    text = _NOT_PRINTABLE_ASCII.sub("?", f"{rule} {reason}")
     return f"550 5.7.1 {text[:MAX_REASON]}"

@@ -63,6 +63,9 @@ DATA_END = b"\r\n.\r\n"
 SOURCE_ROUTE = re.compile(r"<\s*@")
 
 
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+PLAIN_ANGLE_ADDRESS = re.compile(
+    rf"\s*<(({_ATEXT}(?:\.{_ATEXT})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 TRANSACTION_VERBS = ("MAIL", "RCPT", "DATA", "RSET", "QUIT", "EHLO", "HELO")
 UNLIMITED = 2**62
 
@@ -175,6 +178,22 @@ class GatewaySMTP(SMTP):
             await self.push(replies.SOURCE_ROUTE)
             return
         await super().smtp_MAIL(arg)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser, with a fast path for a plain <local@domain>.
+
+        aiosmtpd parses every MAIL and RCPT argument with the email package's RFC 5322 header
+        parser (and defines a typing.Protocol class per call): a tenth of the CPU of a RCPT
+        here. A dot-atom local part and a plain host name, in angle brackets, is what nearly
+        every client sends and parses to itself; anything else takes aiosmtpd's own path.
+        """
+        match = PLAIN_ANGLE_ADDRESS.match(arg)
+        if match is None:
+            return super()._getaddr(arg)
+        address, local = match.group(1), match.group(2)
+        if self.local_part_limit and len(local) > self.local_part_limit:
+            return None, None
+        return address, arg[match.end():].lstrip()
 
     async def smtp_RCPT(self, arg: str) -> None:
         if arg and SOURCE_ROUTE.search(arg):

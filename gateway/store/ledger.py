@@ -85,32 +85,34 @@ class LedgerLookup:
         self.hasher = hasher
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ledger")
         self._conn: sqlite3.Connection | None = None
-        self._batcher: GroupCommitter[str, RecipientFacts] = GroupCommitter(self._read_batch)
+        self._batcher: GroupCommitter[tuple[bytes, str], tuple[object, ...]] = GroupCommitter(
+            self._read_batch)
 
     async def facts(self, address: str) -> RecipientFacts:
         """Suppression and ledger facts for `address` (StoreError if the store fails)."""
-        return await self._batcher.submit(address)
+        key = ledger_form(address)
+        digest = self.hasher(key)
+        row = await self._batcher.submit((digest, key))
+        contact = contact_from_row(row, 1) if row[1] is not None else None
+        return RecipientFacts(key, bool(row[0]), contact, digest)
 
-    async def _read_batch(self, addresses: Sequence[str]) -> list[RecipientFacts]:
+    async def _read_batch(self, keys: Sequence[tuple[bytes, str]]) -> list[tuple[object, ...]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._read_many, list(addresses))
+        return await loop.run_in_executor(self._executor, self._read_many, list(keys))
 
-    def _read_many(self, addresses: list[str]) -> list[RecipientFacts]:
+    def _read_many(self, keys: list[tuple[bytes, str]]) -> list[tuple[object, ...]]:
+        """On the ledger thread: SQL only (SQLite runs without the GIL); building the values
+        is left to the event loop, so this thread and the loop do not take turns on the GIL."""
         try:
             if self._conn is None:
                 self._conn = sqlite3.connect(self.path, isolation_level=None,
                                              check_same_thread=False)
                 self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 self._conn.execute("PRAGMA query_only=ON")
-            return [self._read(self._conn, address) for address in addresses]
+            execute = self._conn.execute
+            return [execute(FACTS_SQL, key).fetchone() for key in keys]
         except sqlite3.Error as exc:
             raise StoreError(f"ledger read failed: {exc}") from exc
-
-    def _read(self, conn: sqlite3.Connection, address: str) -> RecipientFacts:
-        key = ledger_form(address)
-        row = conn.execute(FACTS_SQL, (self.hasher(key), key)).fetchone()
-        contact = contact_from_row(row, 1) if row[1] is not None else None
-        return RecipientFacts(key, bool(row[0]), contact)
 
     def close(self) -> None:
         def _close() -> None:
