@@ -146,6 +146,11 @@ class Flow:
         self._audit_tasks.add(task)
         task.add_done_callback(self._audit_tasks.discard)
 
+    async def drain(self) -> None:
+        """Wait for the audit records still being written (at shutdown)."""
+        if self._audit_tasks:
+            await asyncio.gather(*self._audit_tasks, return_exceptions=True)
+
     async def _append_audit(self, records: list[AuditRecord]) -> None:
         try:
             await self._audit.submit(records)

@@ -75,6 +75,7 @@ class Gateway:
         self.delivery: DeliveryService | None = None
         self.queue: QueueStore | None = None
         self.lookup: LedgerLookup | None = None
+        self.flow: Flow | None = None
 
     def tls_context(self) -> ssl.SSLContext | None:
         s = self.settings.smtp
@@ -102,8 +103,8 @@ class Gateway:
         hasher = AddressHasher(load_or_create_key(s.hash_key_path))
         self.lookup = LedgerLookup(s.store.path, hasher)
         decider = Decider(self.lookup, s.policy.knobs())
-        flow = Flow(self.queue, self.delivery, accounts, s.smtp.trusted_clients, decider,
-                    AuditLog(self.db), hasher, s.smtp.hostname)
+        flow = self.flow = Flow(self.queue, self.delivery, accounts, s.smtp.trusted_clients,
+                                decider, AuditLog(self.db), hasher, s.smtp.hostname)
         handler = GatewayHandler(flow, Authenticator(accounts, s.smtp))
         host, port = parse_listen(s.smtp.listen)
         self.accepting.set()
@@ -158,6 +159,8 @@ class Gateway:
             self._smtp.close()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+        if self.flow is not None:
+            await self.flow.drain()  # audit records of sessions that just ended
         if self.delivery is not None:
             await self.delivery.stop(drain_seconds)
         if self._http is not None and self._http_task is not None:

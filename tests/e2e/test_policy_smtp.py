@@ -18,9 +18,9 @@ from rawsmtp import RawSmtp
 
 @pytest.fixture
 def gateway(make_gateway, tmp_path: Path):
-    def build(extra: str = "") -> GatewayProcess:
+    def build(extra: str = "", smtp_extra: str = "") -> GatewayProcess:
         gw = make_gateway(contacts=write_cases_csv(tmp_path / "cases.csv"), start=False,
-                          extra=extra)
+                          extra=extra, smtp_extra=smtp_extra)
         updated = gw.cli("accounts", "update", "crm", "--topics", ACCOUNT_TOPICS,
                          "--product-categories", ACCOUNT_PRODUCTS)
         assert updated.returncode == 0, updated.stderr
@@ -85,6 +85,15 @@ def test_an_objection_holds_for_the_very_next_rcpt(gateway):
     assert time.monotonic() - started < 5  # a CLI start included; the lookup itself is live
     # the same session's other recipients are unaffected
     assert s.cmd("RCPT TO:<cto@b2b.example>")[0] == 250
+
+
+def test_an_objection_holds_in_every_process_sharing_the_store(gateway):
+    gw = gateway(smtp_extra="processes = 2")
+    sessions = [session(gw) for _ in range(6)]  # the kernel spreads them over both processes
+    assert all(s.cmd("RCPT TO:<customer@b2c.example>")[0] == 250 for s in sessions)
+    assert gw.cli("suppress", "add", "customer@b2c.example").returncode == 0
+    answers = [s.cmd("RCPT TO:<customer@b2c.example>") for s in sessions]
+    assert all(code == 550 and text.split()[1] == "R1" for code, text in answers), answers
 
 
 @pytest.mark.parametrize("body, rule", [
@@ -167,8 +176,8 @@ def test_refused_transactions_are_audited_too(gateway):
     assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
     assert s.cmd("RCPT TO:<scraped@b2b.example>")[0] == 550
     s.cmd("QUIT")
-    rows = wait_until(lambda: db_rows(gw, "SELECT rule, decision, message_id FROM audit"),
-                      what="audit rows")
+    wait_until(lambda: len(db_rows(gw, "SELECT 1 FROM audit")) >= 2, what="two audit rows")
+    rows = db_rows(gw, "SELECT rule, decision, message_id FROM audit")
     assert sorted(rows) == [("R3", "reject", None), ("R3", "reject", None)]
 
 
