@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import gateway.smtp.replies as replies
@@ -26,7 +26,7 @@ from gateway.security.keys import AddressHasher
 from gateway.settings import TrustedClient
 from gateway.store.accounts import Account, AccountStore
 from gateway.store.audit import AuditLog, AuditRecord
-from gateway.store.ledger import LedgerLookup
+from gateway.store.ledger import Ledger, LedgerLookup
 from gateway.store.queue import Copy, Held, IncomingMessage, QueueStore, Refusal
 from gateway.transform.headers import (
     CAMPAIGN_TOPICS,
@@ -82,7 +82,8 @@ class Decider:
 class Flow:
     def __init__(self, queue: QueueStore, delivery: DeliveryService, accounts: AccountStore,
                  trusted_clients: tuple[TrustedClient, ...], decider: Decider,
-                 audit: AuditLog, hasher: AddressHasher, reporting_mta: str) -> None:
+                 audit: AuditLog, ledger: Ledger, hasher: AddressHasher,
+                 reporting_mta: str) -> None:
         self.queue = queue
         self.delivery = delivery
         self.accounts = accounts
@@ -93,7 +94,8 @@ class Flow:
         self.committer: GroupCommitter[IncomingMessage, list[Copy]] = GroupCommitter(
             queue.commit_messages)
         self._audit: GroupCommitter[Sequence[AuditRecord], None] = GroupCommitter(audit.append)
-        self._audit_tasks: set[asyncio.Task[None]] = set()
+        self._mark_expired: GroupCommitter[int, None] = GroupCommitter(ledger.mark_expired)
+        self._audit_tasks: set[asyncio.Task[None]] = set()  # background store writes
         self._account_cache: dict[str, tuple[float, Account | None]] = {}
 
     async def account(self, name: str) -> Account | None:
@@ -124,6 +126,8 @@ class Flow:
             log.error("ledger unavailable, RCPT <%s> answered 451: %s", recipient, exc)
             return RecipientVerdict(False, replies.LEDGER_UNAVAILABLE)
         at = time.time()
+        if decision.rule == "R4" and facts.contact is not None and facts.contact.id is not None:
+            self._background(self._mark_expired.submit(facts.contact.id), "R4 purge mark")
         if decision.verdict is Verdict.REJECT:
             log.info("account=%s to=<%s> %s %s: %s", account.name, recipient,
                      decision.decision, decision.rule, decision.reason)
@@ -140,22 +144,27 @@ class Flow:
         final = {recipient: message_rule for recipient, verdict in verdicts
                  if message_rule is not None and verdict.accepted}
         records = self._audit_records(account, client_ip, verdicts, final)
-        if not records:
-            return
-        task = asyncio.get_running_loop().create_task(self._append_audit(records))
+        if records:
+            self._background(self._audit.submit(records), f"{len(records)} audit records")
+
+    def _background(self, write: Awaitable[None], what: str) -> None:
+        """A store write nobody waits for (the SMTP answer does not depend on it); `drain`
+        waits for them at shutdown."""
+        task = asyncio.get_running_loop().create_task(self._logged(write, what))
         self._audit_tasks.add(task)
         task.add_done_callback(self._audit_tasks.discard)
+
+    @staticmethod
+    async def _logged(write: Awaitable[None], what: str) -> None:
+        try:
+            await write
+        except StoreError as exc:
+            log.error("store: %s not written: %s", what, exc)
 
     async def drain(self) -> None:
         """Wait for the audit records still being written (at shutdown)."""
         if self._audit_tasks:
             await asyncio.gather(*self._audit_tasks, return_exceptions=True)
-
-    async def _append_audit(self, records: list[AuditRecord]) -> None:
-        try:
-            await self._audit.submit(records)
-        except StoreError as exc:
-            log.error("audit: %d decision records not stored: %s", len(records), exc)
 
     def _audit_records(self, account: Account | None, client_ip: str,
                        verdicts: Sequence[tuple[str, RecipientVerdict]],

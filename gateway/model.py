@@ -79,6 +79,7 @@ class Contact:
     last_interaction_at: float | None = None
     informed_at: float | None = None
     informed_version: str | None = None
+    retention_expired_at: float | None = None  # when R4 first refused it (marked for purge)
     id: int | None = None
 
 

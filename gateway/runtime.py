@@ -29,7 +29,7 @@ from gateway.smtp.server import start_smtp_server
 from gateway.store.accounts import AccountStore
 from gateway.store.audit import AuditLog
 from gateway.store.db import Database
-from gateway.store.ledger import LedgerLookup
+from gateway.store.ledger import Ledger, LedgerLookup
 from gateway.store.queue import QueueStore
 from gateway.tls import ensure_self_signed, server_context
 from gateway.web.app import create_app
@@ -104,7 +104,8 @@ class Gateway:
         self.lookup = LedgerLookup(s.store.path, hasher)
         decider = Decider(self.lookup, s.policy.knobs())
         flow = self.flow = Flow(self.queue, self.delivery, accounts, s.smtp.trusted_clients,
-                                decider, AuditLog(self.db), hasher, s.smtp.hostname)
+                                decider, AuditLog(self.db), Ledger(self.db, hasher), hasher,
+                                s.smtp.hostname)
         handler = GatewayHandler(flow, Authenticator(accounts, s.smtp))
         host, port = parse_listen(s.smtp.listen)
         self.accepting.set()

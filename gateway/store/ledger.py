@@ -28,7 +28,7 @@ CONTACT_COLUMNS = (
     "id", "address", "kind", "audience", "relationship", "language", "first_name", "last_name",
     "job_title", "topics", "customer_categories", "consent", "consent_at", "consent_method",
     "consent_proof", "opt_out_offered", "collected_at", "last_interaction_at", "informed_at",
-    "informed_version",
+    "informed_version", "retention_expired_at",
 )
 _SOURCES = ("(SELECT json_group_array(json_array(s.name, s.type, s.visibility, s.recorded_at))"
             " FROM sources s WHERE s.contact_id = c.id) AS sources")
@@ -65,6 +65,7 @@ def contact_from_row(row: Sequence[object], offset: int = 0) -> Contact:
         last_interaction_at=values["last_interaction_at"],  # type: ignore[arg-type]
         informed_at=values["informed_at"],  # type: ignore[arg-type]
         informed_version=values["informed_version"],  # type: ignore[arg-type]
+        retention_expired_at=values["retention_expired_at"],  # type: ignore[arg-type]
         id=values["id"])  # type: ignore[arg-type]
 
 
@@ -204,6 +205,16 @@ class Ledger:
                 "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel,"
                 " wording, recorded_at) SELECT id, 'objection_lifted', ?, 'manual', ?, ?"
                 " FROM contacts WHERE address = ?", (now, reason, now, key))
+
+    async def mark_expired(self, contact_ids: Sequence[int]) -> list[None]:
+        """R4 "reject, and mark for purge": note when retention was found expired, once.
+        `gateway retention run` purges what is marked (a GroupCommitter's write)."""
+        now = time.time()
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                "UPDATE contacts SET retention_expired_at = ? WHERE id = ?"
+                " AND retention_expired_at IS NULL", [(now, i) for i in contact_ids])
+        return [None] * len(contact_ids)
 
     async def suppression_list(self, limit: int | None = None) -> list[SuppressionEntry]:
         # a join, not a correlated subquery: SQLite builds a transient index on address_hash

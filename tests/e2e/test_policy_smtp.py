@@ -68,6 +68,9 @@ def test_every_case_is_decided_at_rcpt_and_only_allowed_copies_leave(gateway, si
     assert sorted(r[0] for r in audit) == sorted(c.rule for c in (*CASES, UNKNOWN))
     assert {(r[2], r[3]) for r in audit} == {(queue_id, "crm")}
     assert len(got[0].content) > 0
+    # R4 refused and marked the expired contact for purge
+    expired = json.loads(gw.cli("contacts", "show", "expired@b2b.example", "--json").stdout)
+    assert expired["facts"]["retention_expired_at"] is not None
     key = bytes.fromhex((gw.config.parent / "secrets" / "hash.key").read_text().strip())
     expected = {hmac.new(key, c.email.encode(), hashlib.sha256).digest()
                 for c in (*CASES, UNKNOWN)}

@@ -27,6 +27,7 @@ CREATE TABLE contacts (
     last_interaction_at REAL,                         -- last action BY the person; only grows
     informed_at         REAL,
     informed_version    TEXT,
+    retention_expired_at REAL,                        -- set when R4 first refused it: to purge
     created_at          REAL NOT NULL,
     updated_at          REAL NOT NULL
 );
