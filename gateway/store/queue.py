@@ -8,17 +8,19 @@ next start (same host, dead pid) or when the claim expires.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.errors import NotFound
+from gateway.errors import NotFound, Refused
 from gateway.model import Decision
 from gateway.store.audit import AuditRecord, insert_records
 from gateway.store.db import Database
 
 STATES = ("queued", "deferred", "failed", "sent")
+POLICY_REFUSAL = re.compile(r"550 5\.7\.1 (R\d+|M\d|T\d) ")
 PENDING = ("queued", "deferred")
 
 
@@ -312,6 +314,9 @@ class QueueStore:
         entry = await self.get(delivery_id)
         if entry.state == "sent":
             raise NotFound(f"queue entry {delivery_id} was already sent")
+        if entry.state == "failed" and is_policy_refusal(entry.last_error):
+            raise Refused(f"queue entry {delivery_id} was refused by the compliance policy "
+                          f"({entry.last_error}); it is never sent from the queue")
         async with self.db.transaction() as conn:
             row = await (await conn.execute(
                 "SELECT content IS NOT NULL FROM messages WHERE id = ?",
@@ -341,6 +346,12 @@ class QueueStore:
                 "DELETE FROM messages WHERE NOT EXISTS"
                 " (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id)"
                 " AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.message_id = messages.id)")
+
+
+def is_policy_refusal(error: str | None) -> bool:
+    """A copy the policy refused after DATA (`550 5.7.1 <rule> ...`, see flow.accept), not an
+    upstream failure: retrying it would send what the rule book forbids."""
+    return bool(error) and POLICY_REFUSAL.match(error or "") is not None
 
 
 def _pid_alive(pid: int) -> bool:

@@ -158,6 +158,8 @@ def test_narrowing_away_a_recipients_basis_refuses_it_with_a_dsn(gateway, sink: 
     failed = json.loads(gw.cli("queue", "list", "--failed", "--json").stdout)
     assert [(f["recipient"], f["last_error"].split()[2]) for f in failed] == [
         ("cto@b2b.example", "R10")]
+    retry = gw.cli("queue", "retry", str(failed[0]["id"]))  # never a way around the policy
+    assert retry.returncode == 1 and "compliance policy" in retry.stderr
 
 
 def test_unknown_recipients_can_be_quarantined_instead(gateway, sink: Sink):
