@@ -1,0 +1,112 @@
+"""Unsubscribe tokens: compact, case-insensitive, HMAC-signed, no readable personal data.
+
+A token names one recipient copy: the contact (0 when the ledger does not hold the address,
+e.g. mail from a transactional account), the sending account and the delivery. It is
+unguessable and unforgeable without the key, and short enough for the local part of
+`unsubscribe+TOKEN@host` (RFC 5321: 64 octets), so it is base32, which survives mail systems
+that lower-case local parts.
+
+Layout (24 bytes, 39 base32 characters): key id (1) | contact id (5) | account id (2) |
+delivery id (6) | HMAC-SHA256 of the first 14 bytes, truncated to 10 bytes (80 bits; NIST SP
+800-107 allows truncation to 64 bits and more). Keys live in `secrets.token_key_file`, one
+"<key id> <hex key>" per line, the first line signing, every line verifying: add a new first
+line to rotate, and drop the old one once its mail is old.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import ConfigError
+
+MAC_BYTES = 10
+BODY_BYTES = 14
+TOKEN_BYTES = BODY_BYTES + MAC_BYTES
+TOKEN_CHARS = 39
+KEY_BYTES = 32
+_LIMITS = {"contact_id": 2**40, "account_id": 2**16, "delivery_id": 2**48}
+
+
+@dataclass(frozen=True)
+class Token:
+    contact_id: int
+    account_id: int
+    delivery_id: int
+
+
+class TokenKeys:
+    """The signing key (first) and every key still accepted, by key id."""
+
+    def __init__(self, keys: list[tuple[int, bytes]]) -> None:
+        if not keys:
+            raise ConfigError("no unsubscribe token key")
+        self.current_id, self.current = keys[0]
+        self.by_id = dict(keys)
+
+    def issue(self, token: Token) -> str:
+        """The token text (lower-case base32, no padding)."""
+        for name, limit in _LIMITS.items():
+            value = getattr(token, name)
+            if not 0 <= value < limit:
+                raise ValueError(f"{name} out of range for a token: {value}")
+        body = (self.current_id.to_bytes(1, "big") + token.contact_id.to_bytes(5, "big")
+                + token.account_id.to_bytes(2, "big") + token.delivery_id.to_bytes(6, "big"))
+        mac = hmac.digest(self.current, body, "sha256")[:MAC_BYTES]
+        return _encode(body + mac)
+
+    def verify(self, text: str) -> Token | None:
+        """The token's content if `text` is a token we issued (any case), else None. The MAC
+        is compared in constant time; malformed input of any kind is simply None."""
+        if len(text) != TOKEN_CHARS or not text.isascii():
+            return None
+        try:
+            raw = base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+        except ValueError:
+            return None
+        if len(raw) != TOKEN_BYTES or _encode(raw) != text.lower():
+            return None  # also refuses a last character differing in its unused bits
+        body, mac = raw[:BODY_BYTES], raw[BODY_BYTES:]
+        key = self.by_id.get(body[0])
+        if key is None:
+            return None
+        if not hmac.compare_digest(hmac.digest(key, body, "sha256")[:MAC_BYTES], mac):
+            return None
+        return Token(int.from_bytes(body[1:6], "big"), int.from_bytes(body[6:8], "big"),
+                     int.from_bytes(body[8:14], "big"))
+
+
+def _encode(raw: bytes) -> str:
+    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+
+def load_token_keys(path: Path | str) -> TokenKeys:
+    """The keys in `path`; a first key (id 1) is written owner-only when the file is absent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as out:
+            out.write(f"1 {secrets.token_hex(KEY_BYTES)}\n")
+    keys: list[tuple[int, bytes]] = []
+    for number, line in enumerate(path.read_text(encoding="ascii").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        kid, _, hex_key = line.strip().partition(" ")
+        try:
+            key_id, key = int(kid), bytes.fromhex(hex_key.strip())
+        except ValueError:
+            raise ConfigError(f"{path}:{number}: expected '<key id> <hex key>'") from None
+        if not 0 <= key_id < 256 or len(key) < 16:
+            raise ConfigError(f"{path}:{number}: key id 0-255 and at least 16 key bytes")
+        keys.append((key_id, key))
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    return TokenKeys(keys)

@@ -1,0 +1,73 @@
+"""Unsubscribe tokens: round trip, tamper-evidence, rotation, no personal data, mailto-safe."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import ConfigError
+from gateway.security.tokens import TOKEN_CHARS, Token, TokenKeys, load_token_keys
+
+KEYS = TokenKeys([(1, b"k" * 32)])
+TOKEN = Token(contact_id=123_456, account_id=7, delivery_id=98_765_432)
+
+
+def test_round_trip_and_case_insensitive():
+    text = KEYS.issue(TOKEN)
+    assert len(text) == TOKEN_CHARS and text == text.lower()
+    assert len("unsubscribe+" + text) <= 64  # RFC 5321 local part limit
+    assert KEYS.verify(text) == TOKEN
+    assert KEYS.verify(text.upper()) == TOKEN  # a mail system may change the case
+
+
+def test_any_change_is_refused():
+    text = KEYS.issue(TOKEN)
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    for i in range(len(text)):
+        for replacement in (alphabet[(alphabet.index(text[i]) + 1) % 32],):
+            forged = text[:i] + replacement + text[i + 1:]
+            assert KEYS.verify(forged) is None, i
+    for bad in ("", text[:-1], text + "a", "0" * TOKEN_CHARS, "é" * TOKEN_CHARS,
+                "!" * TOKEN_CHARS):
+        assert KEYS.verify(bad) is None
+    assert TokenKeys([(1, b"x" * 32)]).verify(text) is None  # another server's key
+
+
+def test_another_recipients_token_does_not_name_this_one():
+    other = KEYS.issue(Token(123_457, 7, 98_765_432))
+    assert KEYS.verify(other) != TOKEN
+
+
+def test_rotation_keeps_old_tokens_valid():
+    old = KEYS.issue(TOKEN)
+    rotated = TokenKeys([(2, b"n" * 32), (1, b"k" * 32)])
+    new = rotated.issue(TOKEN)
+    assert new != old and rotated.verify(new) == TOKEN and rotated.verify(old) == TOKEN
+    assert TokenKeys([(2, b"n" * 32)]).verify(old) is None  # retired key
+
+
+def test_no_readable_personal_data():
+    token = KEYS.issue(Token(42, 1, 1))
+    for value in ("42", "jane", "example"):
+        assert value not in token
+
+
+def test_key_file_is_created_owner_only_and_read_back(tmp_path: Path):
+    path = tmp_path / "secrets" / "token.key"
+    keys = load_token_keys(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_token_keys(path).verify(keys.issue(TOKEN)) == TOKEN
+    path.write_text("# rotated 2026-11\n2 " + "ab" * 32 + "\n" + path.read_text())
+    rotated = load_token_keys(path)
+    assert rotated.current_id == 2 and rotated.verify(keys.issue(TOKEN)) == TOKEN
+    path.write_text("nonsense\n")
+    with pytest.raises(ConfigError, match="token.key:1"):
+        load_token_keys(path)
+
+
+def test_values_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="account_id"):
+        KEYS.issue(Token(1, 2**16, 1))
