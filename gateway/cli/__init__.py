@@ -100,9 +100,18 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 
 def _register() -> None:
-    from gateway.cli import accounts, check, contacts, quarantine, queue, serve, suppress
+    from gateway.cli import (
+        accounts,
+        check,
+        contacts,
+        dkim,
+        quarantine,
+        queue,
+        serve,
+        suppress,
+    )
 
-    for module in (accounts, contacts, suppress, check, quarantine, queue, serve):
+    for module in (accounts, contacts, suppress, check, quarantine, queue, dkim, serve):
         for command in module.COMMANDS:
             main.add_command(command)
 

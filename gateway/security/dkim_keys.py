@@ -1,0 +1,80 @@
+"""DKIM keys on disk: generate them (0600) with their DNS record, load them for the signer."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from gateway.errors import ConfigError, Refused
+from gateway.settings import DkimSettings
+from gateway.transform.dkim import ED25519, RSA, DkimKey
+
+RSA_BITS = 2048
+TXT_CHUNK = 255  # RFC 7208 3.3 / RFC 1035: one character-string holds 255 octets
+
+
+def generate_key(path: Path, algorithm: str) -> str:
+    """Write a new private key to `path` (owner-only, never over an existing file) and return
+    the p= value of its DNS record."""
+    if algorithm == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+        private = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.TraditionalOpenSSL,
+                                    serialization.NoEncryption())
+        public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    elif algorithm == "ed25519":
+        seed_key = ed25519.Ed25519PrivateKey.generate()
+        private = base64.b64encode(seed_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+            serialization.NoEncryption())) + b"\n"
+        public = seed_key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                    serialization.PublicFormat.Raw)
+    else:
+        raise ConfigError(f"unknown DKIM algorithm {algorithm!r} (rsa or ed25519)")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise Refused(f"{path} exists already: not overwriting a key that may be in use") \
+            from None
+    with os.fdopen(fd, "wb") as out:
+        out.write(private)
+    return base64.b64encode(public).decode("ascii")
+
+
+def dns_record(domain: str, selector: str, algorithm: str, public: str) -> str:
+    """The TXT record to publish, split in 255-octet strings as zone files want."""
+    value = f"v=DKIM1; k={algorithm}; p={public}"
+    chunks = " ".join(f'"{value[i:i + TXT_CHUNK]}"' for i in range(0, len(value), TXT_CHUNK))
+    return f"{selector}._domainkey.{domain}. IN TXT ( {chunks} )"
+
+
+def load_keys(entries: tuple[DkimSettings, ...]) -> list[DkimKey]:
+    """The [[dkim]] keys of the config; ConfigError naming the entry when one is unusable."""
+    keys = []
+    for i, entry in enumerate(entries):
+        where = f"dkim[{i}] ({entry.selector}._domainkey.{entry.domain})"
+        if not (entry.domain and entry.selector and entry.key_file):
+            raise ConfigError(f"{where}: domain, selector and key_file are all required")
+        try:
+            data = Path(entry.key_file).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read {entry.key_file}: {exc}") from None
+        if b"PRIVATE KEY-----" in data:
+            algorithm = RSA
+        else:
+            try:
+                seed = base64.b64decode(data.strip(), validate=True)
+            except ValueError:
+                seed = b""
+            if len(seed) != 32:
+                raise ConfigError(f"{where}: {entry.key_file} is neither a PEM RSA key nor a "
+                                  "base64 ed25519 seed")
+            algorithm, data = ED25519, data.strip()
+        keys.append(DkimKey(entry.domain.lower(), entry.selector, algorithm, data))
+    return keys

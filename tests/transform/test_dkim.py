@@ -1,0 +1,103 @@
+"""DKIM: signatures verify, cover the RFC 8058 fields, over-sign, never l=; OpenSSL RSA is
+byte-identical to dkimpy's own."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import dkim
+import pytest
+
+from gateway.errors import ConfigError, Refused
+from gateway.security.dkim_keys import dns_record, generate_key, load_keys
+from gateway.settings import DkimSettings
+from gateway.transform import dkim as gateway_dkim
+from gateway.transform.dkim import Signer, SigningError
+
+MESSAGE = (b"From: News <news@example.com>\r\nTo: <jane@example.net>\r\nSubject: Offer\r\n"
+           b"Date: Sun, 22 Nov 2026 12:00:00 +0000\r\nMessage-ID: <1@example.com>\r\n"
+           b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+           b"List-Unsubscribe: <https://gw.example/u/abc>, <mailto:unsubscribe+abc@gw.example>"
+           b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n\r\nHello Jane,\r\n")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> tuple[Signer, dict[bytes, bytes]]:
+    folder: Path = tmp_path_factory.mktemp("dkim")
+    records: dict[bytes, bytes] = {}
+    entries = []
+    for algorithm, selector in (("rsa", "r1"), ("ed25519", "e1")):
+        path = folder / f"{selector}.key"
+        public = generate_key(path, algorithm)
+        records[f"{selector}._domainkey.example.com.".encode()] = (
+            f"v=DKIM1; k={algorithm}; p={public}".encode())
+        entries.append(DkimSettings("example.com", selector, str(path)))
+    return Signer(load_keys(tuple(entries))), records
+
+
+def verify_all(signed: bytes, records: dict[bytes, bytes]) -> list[bool]:
+    count = signed.split(b"\r\n\r\n")[0].count(b"DKIM-Signature:")
+    return [dkim.DKIM(signed).verify(idx=i, dnsfunc=lambda name, timeout=5: records[name])
+            for i in range(count)]
+
+
+def test_rsa_and_ed25519_signatures_verify_and_cover_one_click(keys):
+    signer, records = keys
+    gateway_dkim.use_openssl_rsa()
+    signed = signer.sign(MESSAGE, "EXAMPLE.com")
+    assert verify_all(signed, records) == [True, True]
+    for field in re.findall(rb"DKIM-Signature:.*?(?=\r\n[^ \t])", signed, re.S):
+        tags = dict(t.strip().split(b"=", 1) for t in re.sub(rb"\s+", b"", field.split(
+            b":", 1)[1]).split(b";") if t)
+        signed_headers = tags[b"h"].split(b":")
+        assert b"list-unsubscribe-post" in signed_headers
+        for name in (b"from", b"subject", b"list-unsubscribe", b"list-unsubscribe-post"):
+            assert signed_headers.count(name) == 2  # over-signed
+        assert b"l" not in tags and tags[b"c"] == b"relaxed/relaxed"
+    # any change after signing breaks it, including a second List-Unsubscribe-Post
+    assert not any(verify_all(signed.replace(b"Offer", b"0ffer"), records))
+    added = signed.replace(b"\r\n\r\n", b"\r\nList-Unsubscribe-Post: x\r\n\r\n", 1)
+    assert not any(verify_all(added, records))
+
+
+def test_openssl_rsa_is_byte_identical_to_dkimpy(keys, tmp_path: Path):
+    path = tmp_path / "k.pem"
+    generate_key(path, "rsa")
+    private = dkim.crypto.parse_pem_private_key(path.read_bytes())
+    for text in (b"", b"a", MESSAGE):
+        digest = hashlib.sha256(text)
+        theirs = bytes(gateway_dkim._dkimpy_rsa_sign(dkim.HashThrough(digest.copy()), private))
+        ours = gateway_dkim._openssl_rsa_sign(dkim.HashThrough(digest.copy()), private)
+        assert ours == theirs
+
+
+def test_no_key_or_a_bad_key_is_a_signing_error_never_an_unsigned_copy(keys, tmp_path: Path):
+    signer, _ = keys
+    with pytest.raises(SigningError, match="no DKIM key for other.example"):
+        signer.sign(MESSAGE, "other.example")
+    broken = Signer([gateway_dkim.DkimKey("example.com", "x", gateway_dkim.RSA,
+                                          b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END")])
+    with pytest.raises(SigningError):
+        broken.sign(MESSAGE, "example.com")
+
+
+def test_key_files_are_owner_only_never_overwritten_and_checked(tmp_path: Path):
+    path = tmp_path / "d" / "k.key"
+    generate_key(path, "ed25519")
+    assert path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(Refused, match="exists already"):
+        generate_key(path, "rsa")
+    garbage = tmp_path / "garbage.key"
+    garbage.write_text("not a key")
+    with pytest.raises(ConfigError, match="neither a PEM RSA key"):
+        load_keys((DkimSettings("example.com", "s", str(garbage)),))
+    with pytest.raises(ConfigError, match="required"):
+        load_keys((DkimSettings("example.com", "", str(garbage)),))
+
+
+def test_dns_record_splits_long_values():
+    record = dns_record("example.com", "s1", "rsa", "A" * 400)
+    assert record.startswith('s1._domainkey.example.com. IN TXT ( "v=DKIM1; k=rsa; p=')
+    assert all(len(chunk) <= 255 for chunk in re.findall(r'"([^"]*)"', record))
