@@ -21,8 +21,10 @@ import uvicorn
 
 from gateway.delivery.upstream import make_transport
 from gateway.delivery.worker import DeliveryService
-from gateway.flow import Decider, Flow
+from gateway.flow import CopySettings, Decider, Flow
+from gateway.security.dkim_keys import load_keys as load_dkim_keys
 from gateway.security.keys import AddressHasher, load_or_create_key
+from gateway.security.tokens import load_token_keys
 from gateway.settings import Settings, parse_listen
 from gateway.smtp.auth import Authenticator
 from gateway.smtp.handler import GatewayHandler
@@ -33,6 +35,7 @@ from gateway.store.db import Database
 from gateway.store.ledger import Ledger, LedgerLookup
 from gateway.store.queue import QueueStore
 from gateway.tls import ensure_self_signed, server_context
+from gateway.transform.dkim import Signer, use_openssl_rsa
 from gateway.web.app import create_app
 
 log = logging.getLogger("gateway")
@@ -93,6 +96,20 @@ class Gateway:
         self.tls = TlsInfo(str(cert), True)
         return server_context(cert, key)
 
+    def copy_settings(self) -> CopySettings:
+        s = self.settings
+        keys = load_dkim_keys(s.dkim)
+        use_openssl_rsa()
+        if not keys:
+            log.warning("no [[dkim]] key configured: copies go out unsigned; create one with "
+                        "`gateway dkim keygen`")
+        if not s.http.public_url.startswith("https://"):
+            log.warning("http.public_url %s is not https: RFC 8058 one-click unsubscribe needs "
+                        "an HTTPS link (fine for local tests only)", s.http.public_url)
+        return CopySettings(load_token_keys(s.secrets.token_key_file),
+                            s.http.public_url.rstrip("/"), s.smtp.hostname,
+                            Signer(keys) if keys else None)
+
     async def start(self) -> None:
         s = self.settings
         await self.db.open()
@@ -106,7 +123,8 @@ class Gateway:
         decider = Decider(self.lookup, s.policy.knobs())
         flow = self.flow = Flow(self.queue, self.delivery, accounts, s.smtp.trusted_clients,
                                 decider, AuditLog(self.db), Ledger(self.db, hasher), hasher,
-                                s.smtp.hostname)
+                                s.smtp.hostname, self.copy_settings())
+        self.delivery.prepare = flow.prepare_copy
         handler = GatewayHandler(flow, Authenticator(accounts, s.smtp))
         host, port = parse_listen(s.smtp.listen)
         self.accepting.set()

@@ -26,6 +26,7 @@ from typing import Any
 
 from gateway.runtime import Gateway, run_one
 from gateway.security.keys import load_or_create_key
+from gateway.security.tokens import load_token_keys
 from gateway.settings import Settings, parse_listen
 from gateway.store.db import Database
 
@@ -63,6 +64,7 @@ class Supervisor:
         Gateway(self.settings).tls_context()  # make the self-signed certificate once
         asyncio.run(_migrate(self.settings))  # migrations once, before any worker opens the store
         load_or_create_key(self.settings.hash_key_path)  # one key for all, made before the fork
+        load_token_keys(self.settings.secrets.token_key_file)
         self.sock = bind_smtp_socket(self.settings.smtp.listen)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)

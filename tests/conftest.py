@@ -262,6 +262,30 @@ def message(subject: str = "Hello", sender: str = "news@example.com",
             ).encode()
 
 
+GATEWAY_FIELDS = (b"list-unsubscribe:", b"list-unsubscribe-post:", b"dkim-signature:")
+
+
+def without_gateway_fields(content: bytes) -> bytes:
+    """A delivered copy minus the fields the gateway adds to every copy (List-Unsubscribe,
+    List-Unsubscribe-Post, DKIM-Signature), checking that each copy has the first two."""
+    end = content.find(b"\r\n\r\n")
+    head, body = content[:end + 2], content[end + 2:]
+    kept, dropping, seen = [], False, set()
+    for line in head.split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        name = line.split(b":", 1)[0].lower() + b":"
+        dropping = name in GATEWAY_FIELDS
+        if dropping:
+            seen.add(name)
+        else:
+            kept.append(line)
+    assert {b"list-unsubscribe:", b"list-unsubscribe-post:"} <= seen, head
+    return b"\r\n".join(kept) + b"\r\n" + body
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from gateway.batch import GroupCommitter
 from gateway.delivery.dsn import build_dsn, should_send_dsn
@@ -53,6 +53,9 @@ class DeliveryService:
         # A crash between the upstream's 250 and this record means one duplicate delivery,
         # never a loss; batching it saves an fsync per copy.
         self._sent: GroupCommitter[int, None] = GroupCommitter(queue.mark_sent)
+        # personalises and signs a copy right before it is sent (set by the runtime); raises
+        # PermanentFailure (fail + DSN) or TemporaryFailure (defer) like a transport
+        self.prepare: Callable[[Copy], Awaitable[bytes]] | None = None
 
     def dispatch(self, copies: Iterable[Copy]) -> None:
         """Hand freshly committed (and claimed) copies to the workers."""
@@ -125,8 +128,9 @@ class DeliveryService:
 
     async def _deliver(self, copy: Copy) -> None:
         try:
+            content = await self.prepare(copy) if self.prepare else copy.content
             answer = await asyncio.wait_for(
-                self.transport.send(copy.mail_from, copy.recipient, copy.content),
+                self.transport.send(copy.mail_from, copy.recipient, content),
                 self.settings.timeout_seconds * 3)
         except PermanentFailure as exc:
             await self._fail(copy, str(exc))

@@ -17,17 +17,32 @@ from gateway.errors import ConfigError
 KEY_BYTES = 32
 
 
+def create_secret_file(path: Path, text: str) -> None:
+    """Write `text` to `path`, owner-only, unless the file exists; atomic, so that processes
+    starting together never read a half-written key: written aside, then hard-linked into
+    place (link fails if another process won)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists():
+        return
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(aside)
+
+
 def load_or_create_key(path: Path | str) -> bytes:
     """The key in `path`; a new random one written owner-only when the file does not exist."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(KEY_BYTES) + "\n")
+    create_secret_file(path, secrets.token_hex(KEY_BYTES) + "\n")
     text = path.read_text(encoding="ascii", errors="replace").strip()
     try:
         key = bytes.fromhex(text)

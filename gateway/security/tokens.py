@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from gateway.security.keys import create_secret_file
 
 MAC_BYTES = 10
 BODY_BYTES = 14
@@ -87,14 +88,7 @@ def _encode(raw: bytes) -> str:
 def load_token_keys(path: Path | str) -> TokenKeys:
     """The keys in `path`; a first key (id 1) is written owner-only when the file is absent."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as out:
-            out.write(f"1 {secrets.token_hex(KEY_BYTES)}\n")
+    create_secret_file(path, f"1 {secrets.token_hex(KEY_BYTES)}\n")
     keys: list[tuple[int, bytes]] = []
     for number, line in enumerate(path.read_text(encoding="ascii").splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):

@@ -61,6 +61,7 @@ class IncomingMessage:
     refused: tuple[Refusal, ...] = ()
     bounces: tuple[IncomingMessage, ...] = ()
     audit: tuple[AuditRecord, ...] = ()
+    basis: tuple[tuple[str, int | None, str], ...] = ()  # (recipient, contact id, rule)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class Copy:
     content: bytes
     attempts: int
     received_at: float
+    contact_id: int | None = None  # the ledger contact it was decided for
+    rule: str | None = None  # the rule that allowed it (None for DSNs)
 
 
 @dataclass(frozen=True)
@@ -130,15 +133,19 @@ class QueueStore:
             for message in messages:
                 copies = []
                 for m in (message, *message.bounces):
+                    basis = {rcpt: (contact, rule) for rcpt, contact, rule in m.basis}
                     for rcpt in m.recipients:
+                        contact_id, rule = basis.get(rcpt, (None, None))
                         cur = await conn.execute(
                             "INSERT INTO deliveries (message_id, recipient, state, attempts,"
                             " next_attempt_at, claimed_by, claimed_until, created_at,"
-                            " updated_at) VALUES (?, ?, 'queued', 0, ?, ?, ?, ?, ?)",
-                            (m.id, rcpt, now, self.instance_id, claim_until, now, now))
+                            " updated_at, contact_id, rule)"
+                            " VALUES (?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?)",
+                            (m.id, rcpt, now, self.instance_id, claim_until, now, now,
+                             contact_id, rule))
                         assert cur.lastrowid is not None
                         copies.append(Copy(cur.lastrowid, m.id, m.account, m.mail_from, rcpt,
-                                           m.content, 0, m.received_at))
+                                           m.content, 0, m.received_at, contact_id, rule))
                 if message.refused:
                     await conn.executemany(
                         "INSERT INTO deliveries (message_id, recipient, state, attempts,"
@@ -220,7 +227,8 @@ class QueueStore:
         marks = ",".join("?" * len(ids))
         rows = await self.db.fetchall(
             "SELECT d.id, d.message_id, m.account, m.mail_from, d.recipient, m.content,"  # noqa: S608 - marks are "?" only
-            " d.attempts, m.received_at FROM deliveries d JOIN messages m ON m.id = d.message_id"
+            " d.attempts, m.received_at, d.contact_id, d.rule"
+            " FROM deliveries d JOIN messages m ON m.id = d.message_id"
             f" WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at", ids)
         return [Copy(*tuple(row)) for row in rows]
 

@@ -83,3 +83,54 @@ def display_subject(content: bytes, limit: int = 200) -> str:
 def tag_list(value: str) -> frozenset[str]:
     """ "a; B ;c" -> {"a", "b", "c"}: the X-Gateway-* list syntax, like the CSV's."""
     return frozenset(t.strip().lower() for t in value.split(";") if t.strip())
+
+
+UNSUBSCRIBE = "list-unsubscribe"
+UNSUBSCRIBE_POST = "list-unsubscribe-post"
+ONE_CLICK = "List-Unsubscribe=One-Click"  # RFC 8058 section 3.1
+MAX_FIELD_LINE = 998  # RFC 5322 2.1.1
+
+
+class UnsafeHeader(ValueError):
+    """A value we were about to write would forge a header (CR, LF, NUL) or break a line."""
+
+
+def safe_field(name: str, value: str) -> bytes:
+    """`Name: value` + CRLF, refusing anything that could open a new field.
+
+    Every field the gateway writes goes through here: Python's email package had header
+    injection bugs (CVE-2024-6923) and this interpreter is not patched, so nothing relies on
+    it for output.
+    """
+    line = f"{name}: {value}"
+    if any(c in line for c in "\r\n\x00") or not line.isascii() or not line.isprintable():
+        raise UnsafeHeader(f"refusing to write {name}: {value!r}")
+    if len(line) > MAX_FIELD_LINE:
+        raise UnsafeHeader(f"{name} longer than {MAX_FIELD_LINE} octets")
+    return line.encode("ascii") + b"\r\n"
+
+
+def set_unsubscribe(content: bytes, https_url: str, mailto: str) -> bytes:
+    """Replace any List-Unsubscribe / List-Unsubscribe-Post the tool set with ours: exactly
+    one HTTPS URI and one mailto, and the one-click field (RFC 2369, RFC 8058)."""
+    content, _ = take_fields(content, UNSUBSCRIBE)  # also takes list-unsubscribe-post
+    end = header_end(content)
+    head, body = content[:end], content[end:]
+    added = (safe_field("List-Unsubscribe", f"<{https_url}>, <mailto:{mailto}>")
+             + safe_field("List-Unsubscribe-Post", ONE_CLICK))
+    if head.endswith(b"\r\n\r\n"):
+        return head[:-2] + added + b"\r\n" + body
+    return head + (b"" if head.endswith(b"\r\n") or not head else b"\r\n") + added + b"\r\n"
+
+
+def ensure_identity_fields(content: bytes, message_id: str, date: str) -> bytes:
+    """Add Message-ID and Date when the tool left them out (RFC 5322 3.6: Date is required,
+    Message-ID should be there; receivers and DKIM over-signing expect both)."""
+    missing = b""
+    if field_value(content, "message-id") is None:
+        missing += safe_field("Message-ID", message_id)
+    if field_value(content, "date") is None:
+        missing += safe_field("Date", date)
+    if not missing:
+        return content
+    return missing + content

@@ -1,0 +1,115 @@
+"""What every allowed copy carries when it leaves: its own one-click unsubscribe fields with
+an HMAC token, the tool's own list fields removed, and a DKIM signature made last."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import dkim
+
+from gateway.security.tokens import load_token_keys
+
+from conftest import Sink, message, wait_until
+from rawsmtp import RawSmtp
+
+
+def send(gw, to: str, mail: bytes) -> str:
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd(f"RCPT TO:<{to}>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    code, text = s.cmd(mail + b".")
+    assert code == 250, text
+    s.cmd("QUIT")
+    return text.split()[1]
+
+
+def field(content: bytes, name: bytes) -> list[bytes]:
+    head = content.split(b"\r\n\r\n", 1)[0]
+    return [line.split(b":", 1)[1].strip() for line in re.sub(rb"\r\n[ \t]+", b" ", head)
+            .split(b"\r\n") if line.lower().startswith(name.lower() + b":")]
+
+
+def test_each_copy_gets_its_own_verifiable_one_click_fields(make_gateway, sink: Sink):
+    gw = make_gateway()
+    tool_fields = ("List-Unsubscribe: <https://tool.example/unsub?u=jane>\r\n"
+                   "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+    send(gw, "jane@example.net", message(extra_headers=tool_fields))
+    send(gw, "john@example.org", message(to="john@example.org"))
+    got = {m.rcpt_tos[0]: m.content for m in sink.wait_for(2)}
+    keys = load_token_keys(gw.config.parent / "var" / "secrets" / "token.key")
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        ids = dict(db.execute("SELECT recipient, id FROM deliveries").fetchall())
+        account_id = db.execute("SELECT id FROM accounts WHERE name = 'crm'").fetchone()[0]
+        contacts = dict(db.execute("SELECT address, id FROM contacts").fetchall())
+    tokens = set()
+    for rcpt, content in got.items():
+        [unsubscribe] = field(content, b"List-Unsubscribe")  # the tool's own one is gone
+        assert field(content, b"List-Unsubscribe-Post") == [b"List-Unsubscribe=One-Click"]
+        match = re.fullmatch(rb"<http://127\.0\.0\.1:\d+/u/([a-z2-7]{39})>, "
+                             rb"<mailto:unsubscribe\+([a-z2-7]{39})@gateway\.test>", unsubscribe)
+        assert match and match[1] == match[2], unsubscribe
+        token = keys.verify(match[1].decode())
+        assert token is not None
+        assert (token.contact_id, token.account_id, token.delivery_id) == (
+            contacts[rcpt], account_id, ids[rcpt])
+        assert rcpt.encode() not in match[1]
+        tokens.add(match[1])
+    assert len(tokens) == 2  # per recipient
+
+
+def test_copies_are_signed_last_and_verify(make_gateway, sink: Sink, tmp_path: Path):
+    gw = make_gateway(start=False)
+    made = gw.cli("dkim", "keygen", "--domain", "example.com", "--selector", "gw1",
+                  "--out", str(tmp_path / "gw1.key"))
+    assert made.returncode == 0, made.stderr
+    record_line = next(line for line in made.stdout.splitlines() if "IN TXT" in line)
+    public = "".join(re.findall(r'"([^"]*)"', record_line)).split("p=")[1]
+    with gw.config.open("a") as config:
+        config.write(f'\n[[dkim]]\ndomain = "example.com"\nselector = "gw1"\n'
+                     f'key_file = "{tmp_path / "gw1.key"}"\n')
+    gw.start()
+    send(gw, "jane@example.net", message())
+    [received] = sink.wait_for(1)
+    record = f"v=DKIM1; k=rsa; p={public}".encode()
+    assert dkim.verify(received.content, dnsfunc=lambda name, timeout=5: record)
+    signature = field(received.content, b"DKIM-Signature")[0]
+    assert b"list-unsubscribe-post" in signature and b" l=" not in signature
+
+
+def test_a_copy_whose_domain_cannot_be_signed_is_deferred_not_sent(make_gateway, sink: Sink,
+                                                                    tmp_path: Path):
+    gw = make_gateway(start=False, accounts={"crm": "example.com"})
+    assert gw.cli("dkim", "keygen", "--domain", "other.example", "--selector", "s",
+                  "--out", str(tmp_path / "k")).returncode == 0
+    with gw.config.open("a") as config:  # a key for another domain only
+        config.write(f'\n[[dkim]]\ndomain = "other.example"\nselector = "s"\n'
+                     f'key_file = "{tmp_path / "k"}"\n')
+    gw.start()
+    send(gw, "jane@example.net", message())
+    entries = wait_until(lambda: [e for e in json.loads(gw.cli("queue", "list", "--json")
+                                                        .stdout) if e["state"] == "deferred"],
+                         what="a deferred copy")
+    assert "no DKIM key for example.com" in entries[0]["last_error"]
+    assert sink.messages == []
+
+
+def test_an_objection_while_the_copy_waits_in_the_queue_holds(make_gateway, sink: Sink):
+    gw = make_gateway()
+    sink.stop()  # upstream down: the copy is accepted and waits
+    send(gw, "jane@example.net", message())
+    wait_until(lambda: any(e["state"] == "deferred" for e in json.loads(
+        gw.cli("queue", "list", "--json").stdout)), what="a deferred copy")
+    assert gw.cli("suppress", "add", "jane@example.net").returncode == 0
+    sink.start()
+    assert gw.cli("queue", "flush").returncode == 0
+    failed = wait_until(lambda: json.loads(gw.cli("queue", "list", "--failed", "--json").stdout),
+                        what="the copy to fail")
+    assert failed[0]["last_error"].startswith("550 5.7.1 R1 ")
+    dsn = sink.wait_for(1)[0]  # the tool learns of it through the DSN
+    assert dsn.rcpt_tos == ["news@example.com"] and b"R1" in dsn.content
+    assert all(m.rcpt_tos != ["jane@example.net"] for m in sink.messages)
