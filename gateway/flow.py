@@ -8,34 +8,32 @@ pure policy chain (gateway.policy); this module feeds it facts and carries out i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from email.utils import formatdate
 
 import gateway.smtp.replies as replies
 from gateway.batch import GroupCommitter
 from gateway.delivery.dsn import build_dsn, should_send_dsn
 from gateway.delivery.worker import DeliveryService, new_queue_id
-from gateway.errors import PermanentFailure, StoreError, TemporaryFailure
+from gateway.errors import StoreError
 from gateway.model import Campaign, Decision, PolicyKnobs, RecipientFacts, Verdict
 from gateway.policy import chain
 from gateway.policy.message import decide_message, m1_from_domain
 from gateway.security.keys import AddressHasher
-from gateway.security.tokens import Token, TokenKeys
 from gateway.settings import TrustedClient
 from gateway.store.accounts import Account, AccountStore
 from gateway.store.audit import AuditLog, AuditRecord
 from gateway.store.ledger import Ledger, LedgerLookup
 from gateway.store.queue import Copy, Held, IncomingMessage, QueueStore, Refusal
-from gateway.transform.dkim import Signer, SigningError
+from gateway.transform.footer import undecodable_text
 from gateway.transform.headers import (
     CAMPAIGN_TOPICS,
     PRODUCT_CATEGORY,
     STEERING_PREFIX,
-    UnsafeHeader,
     display_subject,
     header_end,
     tag_list,
@@ -43,7 +41,6 @@ from gateway.transform.headers import (
 )
 from gateway.transform.lines import normalize_crlf
 from gateway.transform.mime import message_facts
-from gateway.transform.pipeline import Personalisation, personalise
 
 log = logging.getLogger("gateway.flow")
 
@@ -84,22 +81,11 @@ class Decider:
         return facts, decision
 
 
-@dataclass(frozen=True)
-class CopySettings:
-    """What personalising a copy needs besides the copy: token keys, where the unsubscribe
-    links point, and the DKIM signer (None: copies go out unsigned, as configured)."""
-
-    tokens: TokenKeys
-    public_url: str
-    hostname: str
-    signer: Signer | None
-
-
 class Flow:
     def __init__(self, queue: QueueStore, delivery: DeliveryService, accounts: AccountStore,
                  trusted_clients: tuple[TrustedClient, ...], decider: Decider,
                  audit: AuditLog, ledger: Ledger, hasher: AddressHasher,
-                 reporting_mta: str, copies: CopySettings | None = None) -> None:
+                 reporting_mta: str) -> None:
         self.queue = queue
         self.delivery = delivery
         self.accounts = accounts
@@ -107,7 +93,6 @@ class Flow:
         self.decider = decider
         self.hasher = hasher
         self.reporting_mta = reporting_mta
-        self.copies = copies
         self.committer: GroupCommitter[IncomingMessage, list[Copy]] = GroupCommitter(
             queue.commit_messages)
         self._audit: GroupCommitter[Sequence[AuditRecord], None] = GroupCommitter(audit.append)
@@ -201,44 +186,6 @@ class Flow:
 
     # --- DATA ---------------------------------------------------------------------------
 
-    # --- delivery: the copy as it leaves ------------------------------------------------
-
-    async def prepare_copy(self, copy: Copy) -> bytes:
-        """Personalise one copy right before it is sent, then sign it (always last).
-
-        The objection is checked again first: one that arrived while the copy waited in the
-        queue holds (R1 is absolute), and the copy fails with a DSN instead. A copy that
-        cannot be signed is deferred (TemporaryFailure), never sent unsigned.
-        """
-        if copy.account is None or copy.rule is None:
-            return copy.content  # DSNs: not prospecting, nothing to add
-        facts = await self.decider.lookup.facts(copy.recipient)
-        if facts.suppressed:
-            raise PermanentFailure(replies.policy_reject(
-                "R1", "recipient objected before delivery (suppression list)"))
-        account = await self.account(copy.account)
-        if account is None:
-            raise TemporaryFailure(f"account {copy.account} no longer exists")
-        assert self.copies is not None
-        token = self.copies.tokens.issue(Token(copy.contact_id or 0, account.id,
-                                               copy.delivery_id))
-        try:
-            content = personalise(copy.content, Personalisation(
-                f"{self.copies.public_url}/u/{token}",
-                f"unsubscribe+{token}@{self.copies.hostname}",
-                f"<{copy.message_id}.{copy.delivery_id}@{self.copies.hostname}>",
-                formatdate(copy.received_at)))
-        except UnsafeHeader as exc:
-            raise PermanentFailure(f"554 5.6.0 cannot personalise the copy safely: {exc}") \
-                from exc
-        if self.copies.signer is None:
-            return content
-        domains = from_header_domains(content)
-        try:
-            return self.copies.signer.sign(content, domains[0] if domains else "")
-        except SigningError as exc:
-            raise TemporaryFailure(str(exc)) from exc
-
     def check_message(self, account: Account, content: bytes) -> Decision | None:
         """DATA: M1, the From header must be one of the account's domains."""
         return m1_from_domain(from_header_domains(content), account.may_send_from)
@@ -251,7 +198,10 @@ class Flow:
         durably with the audit records (raises StoreError if it cannot), then deliver."""
         content, steering = take_fields(normalize_crlf(content), STEERING_PREFIX)
         campaign = self._narrowed(account, steering)
-        message_rule = decide_message(message_facts(content))
+        facts = message_facts(content)
+        if facts.malformed is None and facts.signed_or_encrypted is None:
+            facts = dataclasses.replace(facts, malformed=undecodable_text(content))
+        message_rule = decide_message(facts)
         queue_id = new_queue_id()
         final: dict[str, Decision] = {}
         deliver: list[str] = []

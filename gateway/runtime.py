@@ -19,9 +19,11 @@ from typing import Any
 
 import uvicorn
 
+from gateway.compose import Composer, CopySettings
 from gateway.delivery.upstream import make_transport
 from gateway.delivery.worker import DeliveryService
-from gateway.flow import CopySettings, Decider, Flow
+from gateway.flow import Decider, Flow
+from gateway.notices import load_templates
 from gateway.security.dkim_keys import load_keys as load_dkim_keys
 from gateway.security.keys import AddressHasher, load_or_create_key
 from gateway.security.tokens import load_token_keys
@@ -80,6 +82,7 @@ class Gateway:
         self.queue: QueueStore | None = None
         self.lookup: LedgerLookup | None = None
         self.flow: Flow | None = None
+        self.composer: Composer | None = None
 
     def tls_context(self) -> ssl.SSLContext | None:
         s = self.settings.smtp
@@ -108,7 +111,9 @@ class Gateway:
                         "an HTTPS link (fine for local tests only)", s.http.public_url)
         return CopySettings(load_token_keys(s.secrets.token_key_file),
                             s.http.public_url.rstrip("/"), s.smtp.hostname,
-                            Signer(keys) if keys else None)
+                            Signer(keys) if keys else None,
+                            load_templates(s.controller.notices_dir), s.controller,
+                            max(1, round(s.policy.prospect_retention_days / 365)))
 
     async def start(self) -> None:
         s = self.settings
@@ -121,10 +126,12 @@ class Gateway:
         hasher = AddressHasher(load_or_create_key(s.hash_key_path))
         self.lookup = LedgerLookup(s.store.path, hasher)
         decider = Decider(self.lookup, s.policy.knobs())
+        ledger = Ledger(self.db, hasher)
         flow = self.flow = Flow(self.queue, self.delivery, accounts, s.smtp.trusted_clients,
-                                decider, AuditLog(self.db), Ledger(self.db, hasher), hasher,
-                                s.smtp.hostname, self.copy_settings())
-        self.delivery.prepare = flow.prepare_copy
+                                decider, AuditLog(self.db), ledger, hasher, s.smtp.hostname)
+        self.composer = Composer(self.copy_settings(), self.lookup, ledger, flow.account)
+        self.delivery.prepare = self.composer.prepare
+        self.delivery.on_sent = self.composer.sent
         handler = GatewayHandler(flow, Authenticator(accounts, s.smtp))
         host, port = parse_listen(s.smtp.listen)
         self.accepting.set()
@@ -186,6 +193,8 @@ class Gateway:
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             await asyncio.gather(self._http_task, return_exceptions=True)
+        if self.composer is not None:
+            await self.composer.drain()
         if self.lookup is not None:
             self.lookup.close()
         await self.db.close()

@@ -102,6 +102,7 @@ class ControllerSettings:
     privacy_url: str = "https://example.org/privacy"
     dpo_email: str = "dpo@example.org"
     default_language: str = "en"
+    notices_dir: str = ""  # folder of <lang>.toml notice templates replacing the bundled ones
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -266,8 +267,9 @@ GATEWAY_FIELDS = (b"list-unsubscribe:", b"list-unsubscribe-post:", b"dkim-signat
 
 
 def without_gateway_fields(content: bytes) -> bytes:
-    """A delivered copy minus the fields the gateway adds to every copy (List-Unsubscribe,
-    List-Unsubscribe-Post, DKIM-Signature), checking that each copy has the first two."""
+    """A delivered single-part text copy minus what the gateway adds to every copy: the
+    List-Unsubscribe, List-Unsubscribe-Post and DKIM-Signature fields and the notice at the
+    end of the text (checking that the fields and the notice are there)."""
     end = content.find(b"\r\n\r\n")
     head, body = content[:end + 2], content[end + 2:]
     kept, dropping, seen = [], False, set()
@@ -283,7 +285,10 @@ def without_gateway_fields(content: bytes) -> bytes:
         else:
             kept.append(line)
     assert {b"list-unsubscribe:", b"list-unsubscribe-post:"} <= seen, head
-    return b"\r\n".join(kept) + b"\r\n" + body
+    notice = body.rfind(b"\r\n\r\n-- \r\n")  # a single text/plain part: the notice ends it
+    assert notice >= 0 and b"Unsubscribe in one click:" in body[notice:], body[-600:]
+    assert re.search(rb"http://127\.0\.0\.1:\d+/u/[a-z2-7]{39}\r\n", body[notice:])
+    return b"\r\n".join(kept) + b"\r\n" + body[:notice] + b"\r\n"
 
 
 def pid_alive(pid: int) -> bool:

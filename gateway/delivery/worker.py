@@ -56,6 +56,7 @@ class DeliveryService:
         # personalises and signs a copy right before it is sent (set by the runtime); raises
         # PermanentFailure (fail + DSN) or TemporaryFailure (defer) like a transport
         self.prepare: Callable[[Copy], Awaitable[bytes]] | None = None
+        self.on_sent: Callable[[Copy], None] | None = None  # after the upstream took a copy
 
     def dispatch(self, copies: Iterable[Copy]) -> None:
         """Hand freshly committed (and claimed) copies to the workers."""
@@ -139,6 +140,8 @@ class DeliveryService:
             await self._defer(copy, str(exc) or exc.__class__.__name__)
             return
         await self._sent.submit(copy.delivery_id)
+        if self.on_sent is not None:
+            self.on_sent(copy)
         self.stats["sent"] += 1
         log.info("delivery %d msg %s to=<%s> sent: %s", copy.delivery_id, copy.message_id,
                  copy.recipient, answer)

@@ -216,6 +216,22 @@ class Ledger:
                 " AND retention_expired_at IS NULL", [(now, i) for i in contact_ids])
         return [None] * len(contact_ids)
 
+    async def mark_informed(self, informed: Sequence[tuple[int, str]]) -> list[None]:
+        """GDPR 14: the person received the full information (notice version), now. Once: a
+        later message does not move the date. Appends an `information` event too."""
+        now = time.time()
+        async with self.db.transaction() as conn:
+            for contact_id, version in informed:
+                cur = await conn.execute(
+                    "UPDATE contacts SET informed_at = ?, informed_version = ?, updated_at = ?"
+                    " WHERE id = ? AND informed_at IS NULL", (now, version, now, contact_id))
+                if cur.rowcount:
+                    await conn.execute(
+                        "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at,"
+                        " channel, wording, recorded_at) VALUES (?, 'information', ?,"
+                        " 'notice', ?, ?)", (contact_id, now, version, now))
+        return [None] * len(informed)
+
     async def suppression_list(self, limit: int | None = None) -> list[SuppressionEntry]:
         # a join, not a correlated subquery: SQLite builds a transient index on address_hash
         # for it, which the import does not have to maintain on every row

@@ -1,0 +1,139 @@
+"""Each copy as it leaves: checked against objections again, personalised, signed last.
+
+Runs in the delivery worker right before a copy is sent (the queue keeps one raw message for
+all its copies): unsubscribe fields with the copy's own token, the notice in the recipient's
+language, then DKIM. Mailman's order: personalise, decorate, sign last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+
+import gateway.smtp.replies as replies
+from gateway.batch import GroupCommitter
+from gateway.errors import PermanentFailure, StoreError, TemporaryFailure
+from gateway.flow import from_header_domains
+from gateway.model import Contact
+from gateway.security.tokens import Token, TokenKeys
+from gateway.settings import ControllerSettings
+from gateway.store.accounts import Account
+from gateway.store.ledger import Ledger, LedgerLookup
+from gateway.store.queue import Copy
+from gateway.transform.dkim import Signer, SigningError
+from gateway.transform.footer import NoticeError, add_notice
+from gateway.transform.headers import UnsafeHeader
+from gateway.transform.notice import NoticeFacts, NoticeTemplate, choose, render
+from gateway.transform.pipeline import Personalisation, personalise
+
+log = logging.getLogger("gateway.compose")
+MAX_PENDING_INFORMED = 1024
+
+
+@dataclass(frozen=True)
+class CopySettings:
+    """What personalising a copy needs besides the copy."""
+
+    tokens: TokenKeys
+    public_url: str  # the unsubscribe links point here
+    hostname: str  # unsubscribe+TOKEN@hostname, Message-IDs
+    signer: Signer | None  # None: copies go out unsigned (no [[dkim]] configured)
+    templates: dict[str, NoticeTemplate]
+    controller: ControllerSettings
+    retention_years: int
+
+
+class Composer:
+    def __init__(self, settings: CopySettings, lookup: LedgerLookup, ledger: Ledger,
+                 account_of: Callable[[str], Awaitable[Account | None]]) -> None:
+        self.settings = settings
+        self.lookup = lookup
+        self.account_of = account_of
+        # delivery id -> (contact, notice version) of copies carrying the full notice, until
+        # sent; entries of copies that failed instead are dropped oldest first
+        self._informed: OrderedDict[int, tuple[int, str]] = OrderedDict()
+        self._mark_informed: GroupCommitter[tuple[int, str], None] = GroupCommitter(
+            ledger.mark_informed)
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def prepare(self, copy: Copy) -> bytes:
+        """The bytes to send for `copy`. PermanentFailure: fail it with a DSN (an objection
+        arrived meanwhile, or it cannot be made compliant); TemporaryFailure: defer it (it
+        cannot be signed now); a copy never leaves unsigned or without its notice."""
+        if copy.account is None or copy.rule is None:
+            return copy.content  # DSNs: not prospecting, nothing to add
+        facts = await self.lookup.facts(copy.recipient)
+        if facts.suppressed:  # R1 is absolute: an objection made while the copy waited holds
+            raise PermanentFailure(replies.policy_reject(
+                "R1", "recipient objected before delivery (suppression list)"))
+        account = await self.account_of(copy.account)
+        if account is None:
+            raise TemporaryFailure(f"account {copy.account} no longer exists")
+        s = self.settings
+        token = s.tokens.issue(Token(copy.contact_id or 0, account.id, copy.delivery_id))
+        unsubscribe_url = f"{s.public_url}/u/{token}"
+        contact = facts.contact
+        full = first_notice_due(contact)
+        template = choose(s.templates, contact.language if contact else None,
+                          s.controller.default_language)
+        notice = render(template, NoticeFacts(
+            s.controller.name, s.controller.address, s.controller.privacy_url,
+            s.controller.dpo_email, s.retention_years, unsubscribe_url, copy.rule,
+            _date(contact.consent_at) if contact else None,
+            tuple(src.name for src in contact.sources if src.type != "direct")
+            if contact else (), full))
+        try:
+            content = personalise(copy.content, Personalisation(
+                unsubscribe_url, f"unsubscribe+{token}@{s.hostname}",
+                f"<{copy.message_id}.{copy.delivery_id}@{s.hostname}>",
+                formatdate(copy.received_at)))
+            content = add_notice(content, notice)
+        except (UnsafeHeader, NoticeError) as exc:
+            raise PermanentFailure(f"554 5.6.0 cannot make the copy compliant: {exc}") from exc
+        if full and contact is not None and contact.id is not None:
+            self._informed[copy.delivery_id] = (contact.id, notice.version)
+            while len(self._informed) > MAX_PENDING_INFORMED:
+                self._informed.popitem(last=False)
+        if s.signer is None:
+            return content
+        domains = from_header_domains(content)
+        try:
+            return s.signer.sign(content, domains[0] if domains else "")
+        except SigningError as exc:
+            raise TemporaryFailure(str(exc)) from exc
+
+    def sent(self, copy: Copy) -> None:
+        """After the upstream took the copy: record that the person got the full notice."""
+        informed = self._informed.pop(copy.delivery_id, None)
+        if informed is not None:
+            task = asyncio.get_running_loop().create_task(self._record(informed))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _record(self, informed: tuple[int, str]) -> None:
+        try:
+            await self._mark_informed.submit(informed)
+        except StoreError as exc:
+            log.error("could not record informed_at for contact %d: %s", informed[0], exc)
+
+    async def drain(self) -> None:
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+
+def first_notice_due(contact: Contact | None) -> bool:
+    """GDPR 14(3)(b): a person whose data was not collected from them gets the full
+    information with the first message (then informed_at is set)."""
+    return (contact is not None and contact.informed_at is None and bool(contact.sources)
+            and not any(source.type == "direct" for source in contact.sources))
+
+
+def _date(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return datetime.datetime.fromtimestamp(stamp, datetime.UTC).date().isoformat()

@@ -1,0 +1,171 @@
+"""Put the notice into every text/plain and text/html body part that is not an attachment.
+
+The message is edited in place, part by part, by byte offsets (gateway.transform.mime): every
+other byte, attachments included, stays as it was. Each edited part is decoded from its
+transfer encoding and charset, gets the notice (HTML: before `</body>`, or appended; plain:
+after a "-- " separator line), and is encoded back in its own charset and transfer encoding,
+or in UTF-8 (and quoted-printable instead of 7bit) when those cannot carry the notice.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import re
+
+from gateway.transform.mime import TEXT_BODY_TYPES, Malformed, Part, parse_content_type, scan
+from gateway.transform.notice import Notice
+
+MAX_LINE = 998  # RFC 5322 2.1.1, octets without CRLF
+_BODY_CLOSE = re.compile(r"</body\s*>", re.IGNORECASE)
+_HEADER_LINE = re.compile(rb"(?m)^[^ \t\r\n][^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n")
+
+
+class NoticeError(ValueError):
+    """The notice cannot be added safely (the copy must not leave without it)."""
+
+
+def add_notice(content: bytes, notice: Notice) -> bytes:
+    """`content` with `notice` in each text part; NoticeError when there is none to put it in
+    or one cannot be decoded (M2/M3 at DATA normally quarantine those first)."""
+    try:
+        root = scan(content)
+    except Malformed as exc:
+        raise NoticeError(str(exc)) from exc
+    targets = _text_parts(root)
+    if not targets:
+        raise NoticeError("no text/plain or text/html part to put the notice in")
+    for part in sorted(targets, key=lambda p: p.start, reverse=True):
+        head, body = _rewrite(content, part, notice, is_root=part is root)
+        content = content[:part.start] + head + body + content[part.end:]
+    return content
+
+
+def undecodable_text(content: bytes) -> str | None:
+    """Why a text part of `content` could not take the notice, or None (checked at DATA, so
+    that such a message is quarantined under M2 instead of failing at delivery)."""
+    try:
+        root = scan(content)
+    except Malformed as exc:
+        return str(exc)
+    for part in _text_parts(root):
+        try:
+            _decode(content, part)
+        except NoticeError as exc:
+            return str(exc)
+    return None
+
+
+def _text_parts(root: Part) -> list[Part]:
+    found = []
+    stack = [root]
+    while stack:
+        part = stack.pop()
+        if part.content_type in TEXT_BODY_TYPES and not part.is_attachment:
+            found.append(part)
+        stack.extend(part.children)  # message/rfc822 has none: a forwarded mail is content
+    return found
+
+
+def _decode(content: bytes, part: Part) -> tuple[str, str, str]:
+    """(text, charset, transfer encoding) of a text part; NoticeError when undecodable."""
+    encoding = (part.get("content-transfer-encoding") or "7bit").strip().lower()
+    charset = part.params.get("charset", "us-ascii").strip().lower() or "us-ascii"
+    try:
+        codecs.lookup(charset)
+    except LookupError as exc:
+        raise NoticeError(f"unknown charset {charset!r}") from exc
+    raw = content[part.body_start:part.end]
+    try:
+        if encoding == "base64":
+            data = base64.b64decode(b"".join(raw.split()), validate=True)
+        elif encoding == "quoted-printable":
+            data = binascii.a2b_qp(raw)
+        elif encoding in ("7bit", "8bit", "binary"):
+            data = raw
+        else:
+            raise NoticeError(f"unknown transfer encoding {encoding!r}")
+        text = data.decode(charset)
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise NoticeError(f"cannot decode a {part.content_type} part: {exc}") from exc
+    return text, charset, encoding
+
+
+def _rewrite(content: bytes, part: Part, notice: Notice, is_root: bool) -> tuple[bytes, bytes]:
+    text, charset, encoding = _decode(content, part)
+    newline = "\r\n" if "\r\n" in text or "\n" not in text else "\n"
+    if part.content_type == "text/html":
+        closing = list(_BODY_CLOSE.finditer(text))
+        at = closing[-1].start() if closing else len(text)
+        text = text[:at] + notice.html + text[at:]
+    else:
+        flowed = part.params.get("format", "").lower() == "flowed"
+        lines = notice.plain.split("\n")
+        if flowed:  # RFC 3676 4.4: space-stuff lines that start with a space, ">" or "From "
+            lines = [(" " + line if line.startswith((" ", ">", "From ")) and line != "-- "
+                      else line) for line in lines]
+        stripped = text.rstrip("\r\n")
+        text = stripped + newline + (newline if stripped else "") + newline.join(lines) + newline
+    try:
+        data = text.encode(charset)
+        new_charset = None
+    except UnicodeEncodeError:
+        data, new_charset = text.encode("utf-8"), "utf-8"
+    new_encoding = None
+    if encoding == "7bit" and not data.isascii():
+        encoding = new_encoding = "quoted-printable"
+    if encoding == "base64":
+        body = _base64_lines(data)
+    elif encoding == "quoted-printable":
+        body = _quoted_printable(data)
+    else:
+        body = data
+        if any(len(line.rstrip(b"\r")) > MAX_LINE for line in body.split(b"\n")):
+            body, new_encoding = _quoted_printable(data), "quoted-printable"
+    head = content[part.start:part.body_start]
+    if new_charset or new_encoding or (is_root and part.get("content-type") is None
+                                       and not data.isascii()):
+        head = _set_fields(head, part, new_charset or charset, new_encoding, is_root)
+    if not body.endswith(b"\r\n") and content[part.end:part.end + 2] != b"\r\n":
+        body += b"\r\n"
+    return head, body
+
+
+def _base64_lines(data: bytes) -> bytes:
+    encoded = base64.b64encode(data)
+    return b"".join(encoded[i:i + 76] + b"\r\n" for i in range(0, len(encoded), 76))
+
+
+def _quoted_printable(data: bytes) -> bytes:
+    """Quoted-printable with CRLF line ends (binascii works on LF)."""
+    text = data.replace(b"\r\n", b"\n")
+    return binascii.b2a_qp(text, istext=True).replace(b"\n", b"\r\n")
+
+
+def _set_fields(head: bytes, part: Part, charset: str, encoding: str | None,
+                is_root: bool) -> bytes:
+    """The part's header block with Content-Type carrying `charset` and, when given, a new
+    Content-Transfer-Encoding; other fields (and their order) unchanged."""
+    ctype, params = parse_content_type(part.get("content-type"), part.content_type)
+    params["charset"] = charset
+    value = ctype + "".join(f'; {k}="{v}"' if not re.fullmatch(r"[\w.-]+", v) else f"; {k}={v}"
+                            for k, v in params.items())
+    fields = [(b"content-type", b"Content-Type: " + value.encode("ascii") + b"\r\n")]
+    if encoding:
+        fields.append((b"content-transfer-encoding",
+                       b"Content-Transfer-Encoding: " + encoding.encode("ascii") + b"\r\n"))
+    for name, line in fields:
+        head, replaced = _replace_field(head, name, line)
+        if not replaced:
+            head = line + head  # a part without that field: add it in front
+    if is_root and not re.search(rb"(?im)^mime-version:", head):
+        head = b"MIME-Version: 1.0\r\n" + head
+    return head
+
+
+def _replace_field(head: bytes, name: bytes, line: bytes) -> tuple[bytes, bool]:
+    for match in _HEADER_LINE.finditer(head):
+        if match.group(0).split(b":", 1)[0].strip().lower() == name:
+            return head[:match.start()] + line + head[match.end():], True
+    return head, False

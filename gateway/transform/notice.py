@@ -1,0 +1,113 @@
+"""The notice every allowed copy carries (COMPLIANCE.md section 4.2), rendered per recipient.
+
+Pure: templates come in as values (gateway.notices loads them). Every value taken from the
+ledger or the config is cleaned of control characters (no CR/LF, no terminal escapes) and, in
+the HTML version, escaped; links are only http(s) or mailto.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import textwrap
+from dataclasses import dataclass
+
+WIDTH = 76
+SEPARATOR = "-- "  # the usual signature separator: readers and format=flowed know it
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_LINK = re.compile(r"^(https?://|mailto:)[^\s<>\"']+$")
+URL_FIELDS = ("privacy_url", "unsubscribe_url", "controller_address")
+LINES = ("intro", "controller", "why", "source", "retention", "rights", "privacy",
+         "unsubscribe")
+WHY = {"R5": "why_R5", "R6": "why_R6", "R7": "why_R7", "R8": "why_R8", "T1": "why_T1"}
+
+
+@dataclass(frozen=True)
+class NoticeTemplate:
+    language: str
+    version: str
+    texts: dict[str, str]
+
+
+@dataclass(frozen=True)
+class NoticeFacts:
+    """What one recipient's notice says."""
+
+    controller: str
+    controller_address: str
+    privacy_url: str
+    dpo_email: str
+    retention_years: int
+    unsubscribe_url: str
+    rule: str  # the rule that allowed the copy: the notice says why in plain words
+    consent_date: str | None = None  # ISO date, for R6
+    sources: tuple[str, ...] = ()  # named when the data was not collected from the person
+    full: bool = False  # first message to a person not asked directly: GDPR 14 in full
+
+
+@dataclass(frozen=True)
+class Notice:
+    language: str
+    version: str
+    plain: str  # lines joined with "\n", no trailing newline
+    html: str
+
+
+def clean(text: str) -> str:
+    """One line of plain text: control characters (CR, LF, ESC ...) become spaces."""
+    return " ".join(_CONTROL.sub(" ", text).split())
+
+
+def choose(templates: dict[str, NoticeTemplate], language: str | None,
+           default: str) -> NoticeTemplate:
+    """The contact's language (its primary subtag), else the controller's, else English."""
+    for candidate in ((language or "").split("-")[0].lower(), default.lower(), "en"):
+        if candidate in templates:
+            return templates[candidate]
+    return next(iter(templates.values()))
+
+
+def render(template: NoticeTemplate, facts: NoticeFacts) -> Notice:
+    texts = template.texts
+    values = {
+        "controller": clean(facts.controller),
+        "controller_address": clean(facts.controller_address),
+        "privacy_url": clean(facts.privacy_url), "dpo_email": clean(facts.dpo_email),
+        "retention_years": str(facts.retention_years),
+        "unsubscribe_url": clean(facts.unsubscribe_url),
+        "consent_date": clean(facts.consent_date or ""),
+        "sources": ", ".join(clean(s) for s in facts.sources),
+    }
+    chosen: list[str] = []
+    for key in LINES:
+        if key == "why":
+            key = WHY.get(facts.rule, "why_other")
+            if key == "why_R6" and not facts.consent_date:
+                key = "why_other"
+        if key == "source" and not facts.sources:
+            continue
+        chosen.append(texts[key])
+    if facts.full:
+        chosen.append(texts["full"])
+    plain_lines: list[str] = [SEPARATOR]
+    html_parts: list[str] = []
+    html_values = {k: _html_value(k, v) for k, v in values.items()}
+    for text in chosen:
+        line = text.format_map(values)
+        plain_lines.extend(textwrap.wrap(line, WIDTH, break_long_words=False,
+                                         break_on_hyphens=False) or [""])
+        html_parts.append(f'<p style="margin:0 0 6px 0">'
+                          f"{html.escape(text, quote=False).format_map(html_values)}</p>")
+    block = ('<div lang="{lang}" style="margin-top:24px;padding-top:8px;border-top:1px solid '
+             '#ccc;font-size:12px;color:#555">{body}</div>').format(
+        lang=html.escape(template.language), body="".join(html_parts))
+    return Notice(template.language, template.version, "\n".join(plain_lines), block)
+
+
+def _html_value(key: str, value: str) -> str:
+    escaped = html.escape(value)
+    if key in URL_FIELDS and _LINK.match(value):
+        return f'<a href="{escaped}">{escaped}</a>'
+    if key == "dpo_email" and "@" in value and _LINK.match("mailto:" + value):
+        return f'<a href="mailto:{escaped}">{escaped}</a>'
+    return escaped
