@@ -1,0 +1,152 @@
+"""The notice in every text part: decoded content = original + notice, once per part,
+attachments byte-identical, charsets and transfer encodings kept or upgraded, no injection."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+import pytest
+
+from gateway.notices import load_templates
+from gateway.transform.footer import NoticeError, add_notice, undecodable_text
+from gateway.transform.notice import NoticeFacts, choose, render
+
+TEMPLATES = load_templates()
+FACTS = NoticeFacts("ACME SAS", "https://acme.example", "https://acme.example/privacy",
+                    "dpo@acme.example", 3, "https://gw.example/u/abc", "R6", "2026-01-05")
+
+
+def notice(language: str = "en", **changes: object):
+    return render(choose(TEMPLATES, language, "en"),
+                  NoticeFacts(**{**vars(FACTS), **changes}))
+
+
+def parts(raw: bytes) -> list[email.message.EmailMessage]:
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    return [p for p in message.walk() if not p.is_multipart()]
+
+
+def text_of(part) -> str:
+    """The decoded content with plain newlines (the email package keeps CRLF)."""
+    return part.get_content().replace("\r\n", "\n")
+
+
+def test_plain_ascii_stays_7bit_and_gets_the_notice_after_a_separator():
+    original = (b"From: a@example.com\r\nSubject: s\r\nContent-Type: text/plain; charset=us-ascii"
+                b"\r\n\r\nHello,\r\nbye\r\n")
+    out = add_notice(original, notice())
+    assert out.startswith(original[:-2])
+    [part] = parts(out)
+    assert text_of(part).startswith("Hello,\nbye\n\n-- \nWhy you receive this message")
+    assert text_of(part).count("Unsubscribe in one click") == 1
+    assert b"Content-Transfer-Encoding" not in out  # still 7bit
+
+
+def test_a_charset_that_cannot_carry_the_notice_becomes_utf8_quoted_printable():
+    original = (b"From: a@example.com\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+                b"Content-Type: text/plain; charset=us-ascii\r\n\r\nBonjour\r\n")
+    out = add_notice(original, notice("fr"))
+    [part] = parts(out)
+    assert part.get_content_charset() == "utf-8"
+    assert part["Content-Transfer-Encoding"] == "quoted-printable"
+    assert "Expéditeur : ACME SAS" in text_of(part) and text_of(part).startswith("Bonjour\n")
+
+
+@pytest.mark.parametrize("charset", ["iso-8859-1", "windows-1252"])
+def test_a_latin_charset_is_kept_when_it_can_carry_the_notice(charset: str):
+    body = "Voilà l'été\r\n".encode(charset)
+    original = (b"From: a@example.com\r\nSubject: s\r\nMIME-Version: 1.0\r\nContent-Type: "
+                b"text/plain; charset=" + charset.encode() + b"\r\n"
+                b"Content-Transfer-Encoding: 8bit\r\n\r\n" + body)
+    out = add_notice(original, notice("fr"))
+    [part] = parts(out)
+    assert part.get_content_charset() == charset and part["Content-Transfer-Encoding"] == "8bit"
+    assert text_of(part).startswith("Voilà l'été\n") and "Expéditeur" in text_of(part)
+
+
+def test_base64_html_and_attachment_in_mixed_alternative():
+    import base64
+
+    html = base64.b64encode(b"<html><body><p>Hi</p></body></html>")
+    pdf = b"JVBERi0xLjQKJcfsj6IK\r\n"
+    original = (b"From: a@example.com\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+                b'Content-Type: multipart/mixed; boundary="m"\r\n\r\n--m\r\n'
+                b'Content-Type: multipart/alternative; boundary="a"\r\n\r\n--a\r\n'
+                b"Content-Type: text/plain; charset=utf-8\r\n\r\nHi\r\n--a\r\n"
+                b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64"
+                b"\r\n\r\n" + html + b"\r\n--a--\r\n--m\r\nContent-Type: application/pdf\r\n"
+                b"Content-Disposition: attachment; filename=a.pdf\r\n"
+                b"Content-Transfer-Encoding: base64\r\n\r\n" + pdf + b"--m--\r\n")
+    out = add_notice(original, notice())
+    plain, html_part, attachment = parts(out)
+    assert text_of(plain).startswith("Hi\n\n-- \n")
+    html_text = text_of(html_part)
+    assert html_text.startswith("<html><body><p>Hi</p><div lang=\"en\"")
+    assert html_text.endswith("</div></body></html>") and html_text.count("<div") == 1
+    assert html_part["Content-Transfer-Encoding"] == "base64"
+    assert attachment.get_content() == base64.b64decode(pdf)
+    assert pdf in out  # the attachment's bytes are untouched
+
+
+def test_html_without_body_gets_the_notice_appended():
+    original = (b"From: a@example.com\r\nSubject: s\r\nContent-Type: text/html\r\n\r\n"
+                b"<p>Hello</p>\r\n")
+    [part] = parts(add_notice(original, notice()))
+    assert text_of(part).startswith("<p>Hello</p>\r\n<div") or text_of(part).startswith(
+        "<p>Hello</p>\n<div")
+
+
+def test_format_flowed_is_respected():
+    original = (b"From: a@example.com\r\nSubject: s\r\nContent-Type: text/plain; charset=utf-8;"
+                b" format=flowed\r\n\r\nA long paragraph that \r\nflows on.\r\n")
+    out = add_notice(original, notice())
+    body = out.split(b"\r\n\r\n", 1)[1]
+    assert body.startswith(b"A long paragraph that \r\nflows on.\r\n\r\n-- \r\n")
+    notice_lines = body.split(b"-- \r\n", 1)[1].split(b"\r\n")
+    assert all(not line.endswith(b" ") for line in notice_lines)  # no accidental soft breaks
+
+
+def test_long_lines_stay_under_998_octets():
+    original = (b"From: a@example.com\r\nSubject: s\r\nContent-Type: text/plain\r\n\r\n"
+                + b"x" * 998 + b"\r\n")
+    out = add_notice(original, notice("de"))
+    assert all(len(line) <= 998 for line in out.split(b"\r\n"))
+    [part] = parts(out)
+    assert text_of(part).startswith("x" * 998 + "\n")
+
+
+def test_ledger_values_cannot_inject_markup_headers_or_terminal_escapes():
+    evil = notice(sources=('<script>alert(1)</script>\r\nBcc: x@evil.example\x1b[31m',),
+                  controller='"><img src=x onerror=alert(1)>')
+    for text in (evil.plain, evil.html):
+        assert "\r\nBcc" not in text and "\x1b" not in text and "\nBcc:" not in text
+    assert "<script>" not in evil.html and "<img" not in evil.html
+    assert "&lt;script&gt;" in evil.html
+    original = (b"From: a@example.com\r\nSubject: s\r\nContent-Type: text/html\r\n\r\n"
+                b"<body>x</body>")
+    out = add_notice(original, evil)
+    assert out.count(b"\r\nBcc:") == 0
+
+
+def test_messages_without_a_text_part_or_with_undecodable_text_are_refused():
+    only_image = (b"From: a@example.com\r\nSubject: s\r\nContent-Type: image/png\r\n\r\nPNG")
+    with pytest.raises(NoticeError, match="no text"):
+        add_notice(only_image, notice())
+    bad_base64 = (b"Subject: s\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64"
+                  b"\r\n\r\n!!!not base64!!!\r\n")
+    bad_charset = b"Subject: s\r\nContent-Type: text/plain; charset=x-unknown\r\n\r\nhi\r\n"
+    bad_bytes = b"Subject: s\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\xff\xfe\r\n"
+    for content in (bad_base64, bad_charset, bad_bytes):
+        assert undecodable_text(content) is not None
+        with pytest.raises(NoticeError):
+            add_notice(content, notice())
+
+
+def test_every_language_renders_and_falls_back():
+    assert sorted(TEMPLATES) == ["de", "en", "es", "fr", "it"]
+    assert notice("pt").language == "en"  # no Portuguese template: the controller default
+    assert render(choose(TEMPLATES, "fr-BE", "en"), FACTS).language == "fr"
+    full = notice("it", full=True, sources=("Fiera 2026",), rule="R8")
+    assert "Fiera 2026" in full.plain and "articolo 14" in full.plain
+    assert "attività professionale" in full.plain
