@@ -3,6 +3,8 @@ an HMAC token, the tool's own list fields removed, and a DKIM signature made las
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import re
 import sqlite3
@@ -12,7 +14,7 @@ import dkim
 
 from gateway.security.tokens import load_token_keys
 
-from conftest import Sink, message, wait_until
+from conftest import CSV_HEADER, Sink, message, wait_until
 from rawsmtp import RawSmtp
 
 
@@ -113,3 +115,41 @@ def test_an_objection_while_the_copy_waits_in_the_queue_holds(make_gateway, sink
     dsn = sink.wait_for(1)[0]  # the tool learns of it through the DSN
     assert dsn.rcpt_tos == ["news@example.com"] and b"R1" in dsn.content
     assert all(m.rcpt_tos != ["jane@example.net"] for m in sink.messages)
+
+
+def test_the_notice_is_in_the_recipients_language_and_names_the_source(make_gateway,
+                                                                       sink: Sink,
+                                                                       tmp_path: Path):
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(
+        CSV_HEADER + "\n"
+        # collected from a trade-show directory, never told: first message = full notice
+        "paul@acme.example,person,b2b,prospect,fr,Paul,,DSI,crm,,,,,,Annuaire du Salon Cyber,"
+        "public_directory,public,2026-06-01,,,\n"
+        "anna@firma.example,person,b2c,prospect,de,Anna,,,,,granted,2026-02-03T10:00:00Z,"
+        "web form,v2,Newsletter,direct,,2026-02-03,,,\n")
+    gw = make_gateway(contacts=ledger, start=False)
+    assert gw.cli("accounts", "update", "crm", "--topics", "crm").returncode == 0
+    gw.start()
+    send(gw, "paul@acme.example", message(to="paul@acme.example"))
+    send(gw, "anna@firma.example", message(to="anna@firma.example"))
+    got = {m.rcpt_tos[0]: m.content for m in sink.wait_for(2)}
+
+    def body(raw: bytes) -> str:
+        return email.message_from_bytes(raw, policy=email.policy.default).get_content()
+
+    paul = body(got["paul@acme.example"])
+    assert "Vous le recevez car il concerne votre activité professionnelle" in paul  # R8
+    assert "Annuaire du Salon Cyber" in paul  # the source, not collected from him
+    assert "article 14 du RGPD" in paul  # the full information on this first message
+    anna = body(got["anna@firma.example"])
+    assert "am 2026-02-03 zugestimmt" in anna and "Art. 14" not in anna  # R6, direct source
+    shown = wait_until(lambda: (lambda s: s if s["facts"]["informed_at"] else None)(json.loads(
+        gw.cli("contacts", "show", "paul@acme.example", "--json").stdout)),
+        what="informed_at recorded")
+    assert shown["facts"]["informed_version"] == "fr-2026.11"
+    assert any(e["kind"] == "information" and e["channel"] == "notice" for e in shown["events"])
+    # the second message to him carries the short notice only
+    send(gw, "paul@acme.example", message(to="paul@acme.example", subject="Again"))
+    again = [m for m in sink.wait_for(3) if b"Subject: Again" in m.content][0]
+    assert "article 14 du RGPD" not in body(again.content)
