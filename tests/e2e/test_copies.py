@@ -8,6 +8,7 @@ import email.policy
 import json
 import re
 import sqlite3
+import time
 from pathlib import Path
 
 import dkim
@@ -153,3 +154,36 @@ def test_the_notice_is_in_the_recipients_language_and_names_the_source(make_gate
     send(gw, "paul@acme.example", message(to="paul@acme.example", subject="Again"))
     again = [m for m in sink.wait_for(3) if b"Subject: Again" in m.content][0]
     assert "article 14 du RGPD" not in body(again.content)
+
+
+def hostile_messages() -> dict[str, bytes]:
+    head = b"From: News <news@example.com>\r\nSubject: hostile\r\nMIME-Version: 1.0\r\n"
+    deep = head + b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n"
+                           % (i, i) for i in range(1000)) + b"\r\nx\r\n"
+    wide = (head + b"Content-Type: multipart/mixed; boundary=w\r\n\r\n"
+            + b"--w\r\nContent-Type: text/plain\r\n\r\nx\r\n" * 50_000 + b"--w--\r\n")
+    # a 1 MB header made of folded lines (each line under the 998-octet limit)
+    folded = b"".join(b" " + b"a" * 900 + b"\r\n" for _ in range(1200))
+    big_header = head + b"X-Big: start\r\n" + folded + b"Content-Type: text/plain\r\n\r\nhi\r\n"
+    return {"nesting 1,000 deep": deep, "50,000 parts": wide, "a 1 MB header": big_header}
+
+
+def test_hostile_structure_is_quarantined_or_refused_within_bounded_time(make_gateway,
+                                                                         sink: Sink):
+    gw = make_gateway()
+    for name, mail in hostile_messages().items():
+        s = RawSmtp(gw.smtp_port)
+        s.cmd("EHLO c")
+        assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+        assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+        assert s.cmd("DATA")[0] == 354
+        started = time.monotonic()
+        code, text = s.cmd(mail + b".")
+        elapsed = time.monotonic() - started
+        assert elapsed < 5, (name, elapsed)
+        assert code == 250 or 500 <= code < 600, (name, code, text)
+        s.cmd("QUIT")
+    held = json.loads(gw.cli("quarantine", "list", "--json").stdout)
+    assert {h["rule"] for h in held} <= {"M2"} and len(held) >= 2, held
+    time.sleep(0.5)
+    assert sink.messages == []  # none of them went upstream
