@@ -15,6 +15,7 @@ import dkim
 
 from gateway.security.tokens import load_token_keys
 
+import dkim_reference
 from conftest import CSV_HEADER, Sink, message, wait_until
 from rawsmtp import RawSmtp
 
@@ -80,6 +81,7 @@ def test_copies_are_signed_last_and_verify(make_gateway, sink: Sink, tmp_path: P
     [received] = sink.wait_for(1)
     record = f"v=DKIM1; k=rsa; p={public}".encode()
     assert dkim.verify(received.content, dnsfunc=lambda name, timeout=5: record)
+    assert dkim_reference.verify(received.content, {b"gw1": public.encode()}) == [True]
     signature = field(received.content, b"DKIM-Signature")[0]
     assert b"list-unsubscribe-post" in signature and b" l=" not in signature
 

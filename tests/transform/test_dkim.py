@@ -16,6 +16,8 @@ from gateway.settings import DkimSettings
 from gateway.transform import dkim as gateway_dkim
 from gateway.transform.dkim import Signer, SigningError
 
+import dkim_reference
+
 MESSAGE = (b"From: News <news@example.com>\r\nTo: <jane@example.net>\r\nSubject: Offer\r\n"
            b"Date: Sun, 22 Nov 2026 12:00:00 +0000\r\nMessage-ID: <1@example.com>\r\n"
            b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -48,6 +50,10 @@ def test_rsa_and_ed25519_signatures_verify_and_cover_one_click(keys):
     gateway_dkim.use_openssl_rsa()
     signed = signer.sign(MESSAGE, "EXAMPLE.com")
     assert verify_all(signed, records) == [True, True]
+    # and by a verifier written from the RFCs, not by dkimpy
+    public = {name.split(b".")[0]: value.split(b"p=")[1] for name, value in records.items()}
+    assert dkim_reference.verify(signed, public) == [True, True]
+    assert dkim_reference.verify(signed.replace(b"Hello", b"Hallo"), public) == [False, False]
     for field in re.findall(rb"DKIM-Signature:.*?(?=\r\n[^ \t])", signed, re.S):
         tags = dict(t.strip().split(b"=", 1) for t in re.sub(rb"\s+", b"", field.split(
             b":", 1)[1]).split(b";") if t)
