@@ -61,6 +61,9 @@ def verify(message: bytes, public_keys: dict[bytes, bytes]) -> list[bool]:
         if name.strip().lower() != b"dkim-signature":
             continue
         t = tags(raw.partition(b":")[2])
+        if t.get(b"s") not in public_keys:  # somebody else's signature
+            results.append(False)
+            continue
         if t.get(b"c") != b"relaxed/relaxed" or b"l" in t:
             results.append(False)
             continue

@@ -189,3 +189,37 @@ def test_hostile_structure_is_quarantined_or_refused_within_bounded_time(make_ga
     assert {h["rule"] for h in held} <= {"M2"} and len(held) >= 2, held
     time.sleep(0.5)
     assert sink.messages == []  # none of them went upstream
+
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
+# real-world messages whose From domain is example.com: sent through SMTP as they are
+CORPUS_OVER_SMTP = ("01-evolution-utf8-8bit-alternative.eml",
+                    "03-outlook2000-iso-8859-1-qp-png-attachments.eml",
+                    "07-thunderbird-related-cid-inline-images.eml",
+                    "08-applemail-forwarded-message-rfc822.eml")
+
+
+def test_real_world_messages_arrive_with_the_notice_and_a_signature_that_verifies(
+        make_gateway, sink: Sink, tmp_path: Path):
+    gw = make_gateway(start=False)
+    made = gw.cli("dkim", "keygen", "--domain", "example.com", "--selector", "c1",
+                  "--out", str(tmp_path / "c1.key"))
+    record_line = next(line for line in made.stdout.splitlines() if "IN TXT" in line)
+    public = "".join(re.findall(r'"([^"]*)"', record_line)).split("p=")[1]
+    with gw.config.open("a") as config:
+        config.write(f'\n[[dkim]]\ndomain = "example.com"\nselector = "c1"\n'
+                     f'key_file = "{tmp_path / "c1.key"}"\n')
+    gw.start()
+    for name in CORPUS_OVER_SMTP:
+        data = (CORPUS / name).read_bytes()
+        body = data.replace(b"\r\n.", b"\r\n..")  # dot-stuffing, as any client does
+        send(gw, "jane@example.net", body if body.endswith(b"\r\n") else body + b"\r\n")
+    received = sink.wait_for(len(CORPUS_OVER_SMTP))
+    record = f"v=DKIM1; k=rsa; p={public}".encode()
+    for copy in received:
+        assert dkim.verify(copy.content, dnsfunc=lambda n, timeout=5: record)
+        assert dkim_reference.verify(copy.content, {b"c1": public.encode()})[0]
+        parsed = email.message_from_bytes(copy.content, policy=email.policy.default)
+        texts = [p.get_content() for p in parsed.walk() if p.get_content_type() in (
+            "text/plain", "text/html") and p.get_content_disposition() != "attachment"]
+        assert any("Unsubscribe in one click" in text for text in texts)
