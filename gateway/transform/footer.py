@@ -149,8 +149,7 @@ def _set_fields(head: bytes, part: Part, charset: str, encoding: str | None,
     Content-Transfer-Encoding; other fields (and their order) unchanged."""
     ctype, params = parse_content_type(part.get("content-type"), part.content_type)
     params["charset"] = charset
-    value = ctype + "".join(f'; {k}="{v}"' if not re.fullmatch(r"[\w.-]+", v) else f"; {k}={v}"
-                            for k, v in params.items())
+    value = ctype + "".join(f"; {k}={_param(v)}" for k, v in params.items())
     fields = [(b"content-type", b"Content-Type: " + value.encode("ascii") + b"\r\n")]
     if encoding:
         fields.append((b"content-transfer-encoding",
@@ -162,6 +161,15 @@ def _set_fields(head: bytes, part: Part, charset: str, encoding: str | None,
     if is_root and not re.search(rb"(?im)^mime-version:", head):
         head = b"MIME-Version: 1.0\r\n" + head
     return head
+
+
+def _param(value: str) -> str:
+    """A parameter value as a token, or quoted (RFC 2045 5.1) with quotes and backslashes
+    escaped; control characters and non-ASCII (never valid here) are dropped."""
+    value = "".join(c for c in value if " " <= c <= "~")
+    if re.fullmatch(r"[\w.-]+", value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _replace_field(head: bytes, name: bytes, line: bytes) -> tuple[bytes, bool]:
