@@ -13,6 +13,7 @@ tests/transform/test_dkim.py checks that both give identical signatures.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +96,13 @@ def _openssl_rsa_sign(hash_object: Any, private_key: dict[str, int]) -> bytes:
     return key.sign(hash_object.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
 
 
+_dkimpy_parse_pem = dkim.parse_pem_private_key
+# dkimpy parses the PEM key (ASN.1, in Python) on every signature: ~0.17 ms, once is enough
+_cached_parse_pem = functools.lru_cache(maxsize=64)(_dkimpy_parse_pem)
+
+
 def use_openssl_rsa(enabled: bool = True) -> None:
-    """Make dkimpy sign RSA through OpenSSL (identical output, ~10x less CPU)."""
+    """Make dkimpy sign RSA through OpenSSL (identical output, ~10x less CPU), with each
+    private key parsed once."""
     dkim.RSASSA_PKCS1_v1_5_sign = _openssl_rsa_sign if enabled else _dkimpy_rsa_sign
+    dkim.parse_pem_private_key = _cached_parse_pem if enabled else _dkimpy_parse_pem
