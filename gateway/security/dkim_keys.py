@@ -66,7 +66,23 @@ def load_keys(entries: tuple[DkimSettings, ...]) -> list[DkimKey]:
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read {entry.key_file}: {exc}") from None
         if b"PRIVATE KEY-----" in data:
-            algorithm = RSA
+            try:
+                key = serialization.load_pem_private_key(data, password=None)
+            except (ValueError, TypeError) as exc:  # corrupt, or protected by a passphrase
+                raise ConfigError(f"{where}: {entry.key_file} is not a usable unencrypted "
+                                  f"private key: {exc}") from None
+            if isinstance(key, ed25519.Ed25519PrivateKey):  # e.g. `openssl genpkey`
+                algorithm, data = ED25519, base64.b64encode(key.private_bytes(
+                    serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                    serialization.NoEncryption()))
+            elif isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 1024:
+                algorithm = RSA
+                if key.key_size < RSA_BITS:
+                    raise ConfigError(f"{where}: RSA key of {key.key_size} bits; use "
+                                      f"{RSA_BITS} (RFC 8301)")
+            else:
+                raise ConfigError(f"{where}: {entry.key_file} is neither an RSA nor an "
+                                  "ed25519 private key")
         else:
             try:
                 seed = base64.b64decode(data.strip(), validate=True)

@@ -79,6 +79,18 @@ def test_openssl_rsa_is_byte_identical_to_dkimpy(keys, tmp_path: Path):
         assert ours == theirs
 
 
+def test_fast_relaxed_body_is_dkimpys(tmp_path: Path):
+    import random
+
+    rng = random.Random(7)
+    pieces = [b"a", b"b", b" ", b"  ", b"\t", b"\r\n", b"\r\n\r\n", b" \r\n", b"x y"]
+    bodies = [b"", b"\r\n", b"\r\n\r\n", b"text", b"text \r\n", MESSAGE]
+    bodies += [b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 40)))
+               for _ in range(3000)]
+    for body in bodies:
+        assert gateway_dkim._relaxed_body(body) == gateway_dkim._dkimpy_relaxed_body(body), body
+
+
 def test_no_key_or_a_bad_key_is_a_signing_error_never_an_unsigned_copy(keys, tmp_path: Path):
     signer, _ = keys
     with pytest.raises(SigningError, match="no DKIM key for other.example"):
@@ -101,6 +113,31 @@ def test_key_files_are_owner_only_never_overwritten_and_checked(tmp_path: Path):
         load_keys((DkimSettings("example.com", "s", str(garbage)),))
     with pytest.raises(ConfigError, match="required"):
         load_keys((DkimSettings("example.com", "", str(garbage)),))
+    # keys made by openssl: ed25519 in PEM is understood; broken, encrypted, short refused
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    pem = tmp_path / "ed.pem"
+    pem.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    [key] = load_keys((DkimSettings("example.com", "e", str(pem)),))
+    assert key.algorithm == gateway_dkim.ED25519
+    Signer([key]).sign(MESSAGE, "example.com")
+    broken = tmp_path / "broken.pem"
+    broken.write_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    encrypted = tmp_path / "enc.pem"
+    encrypted.write_bytes(rsa.generate_private_key(65537, 2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    short = tmp_path / "short.pem"
+    short.write_bytes(rsa.generate_private_key(65537, 1024).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    for path, why in ((broken, "not a usable"), (encrypted, "not a usable"),
+                      (short, "1024 bits")):
+        with pytest.raises(ConfigError, match=why):
+            load_keys((DkimSettings("example.com", "s", str(path)),))
 
 
 def test_dns_record_splits_long_values():
