@@ -19,7 +19,7 @@ from gateway.security.dkim_keys import generate_key, load_keys
 from gateway.settings import DkimSettings
 from gateway.transform.dkim import Signer, use_openssl_rsa
 from gateway.transform.footer import add_notice, undecodable_text
-from gateway.transform.mime import message_facts
+from gateway.transform.mime import message_facts, scan
 from gateway.transform.notice import NoticeFacts, choose, render
 from gateway.transform.pipeline import Personalisation, personalise
 
@@ -134,3 +134,9 @@ def test_real_world_message(path: Path, signing):
             assert head == old_text.rstrip("\r\n")
             assert "Salon <Cyber> 2026" in new_text
     assert texts >= 1
+    # every other part's raw bytes (attachments, images, forwarded mail) are still there as is
+    for part in scan(original).walk():
+        if part.children or (part.content_type in ("text/plain", "text/html")
+                             and not part.is_attachment):
+            continue
+        assert original[part.start:part.end] in content, part.content_type
