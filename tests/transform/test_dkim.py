@@ -4,11 +4,14 @@ byte-identical to dkimpy's own."""
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 from pathlib import Path
 
 import dkim
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway.errors import ConfigError, Refused
 from gateway.security.dkim_keys import dns_record, generate_key, load_keys
@@ -79,9 +82,7 @@ def test_openssl_rsa_is_byte_identical_to_dkimpy(keys, tmp_path: Path):
         assert ours == theirs
 
 
-def test_fast_relaxed_body_is_dkimpys(tmp_path: Path):
-    import random
-
+def test_fast_relaxed_body_is_dkimpys():
     rng = random.Random(7)
     pieces = [b"a", b"b", b" ", b"  ", b"\t", b"\r\n", b"\r\n\r\n", b" \r\n", b"x y"]
     bodies = [b"", b"\r\n", b"\r\n\r\n", b"text", b"text \r\n", MESSAGE]
@@ -114,9 +115,6 @@ def test_key_files_are_owner_only_never_overwritten_and_checked(tmp_path: Path):
     with pytest.raises(ConfigError, match="required"):
         load_keys((DkimSettings("example.com", "", str(garbage)),))
     # keys made by openssl: ed25519 in PEM is understood; broken, encrypted, short refused
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-
     pem = tmp_path / "ed.pem"
     pem.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
