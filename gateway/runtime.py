@@ -24,6 +24,7 @@ from gateway.delivery.upstream import make_transport
 from gateway.delivery.worker import DeliveryService
 from gateway.flow import Decider, Flow
 from gateway.notices import load_templates
+from gateway.objections import Objections
 from gateway.security.dkim_keys import load_keys as load_dkim_keys
 from gateway.security.keys import AddressHasher, load_or_create_key
 from gateway.security.tokens import load_token_keys
@@ -142,7 +143,10 @@ class Gateway:
         if not self.serve_http:
             return
         http_host, http_port = parse_listen(s.http.listen)
-        config = uvicorn.Config(create_app(self.metrics), host=http_host, port=http_port,
+        objections = Objections(self.composer.settings.tokens, ledger, s.webhooks.opt_out_secret)
+        app = create_app(self.metrics, objections, s.controller.name,
+                         s.controller.default_language)
+        config = uvicorn.Config(app, host=http_host, port=http_port,
                                 log_level="warning", access_log=False, lifespan="off")
         self._http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(), name="http")

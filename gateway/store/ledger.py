@@ -232,6 +232,52 @@ class Ledger:
                         " 'notice', ?, ?)", (contact_id, now, version, now))
         return [None] * len(informed)
 
+    async def recipient_of_copy(self, delivery_id: int,
+                                contact_id: int) -> tuple[str, str | None] | None:
+        """(address, language) of the copy an unsubscribe token names: the delivery's
+        recipient, else (the queue row is gone) the contact's address."""
+        row = await self.db.fetchone(
+            "SELECT d.recipient, (SELECT language FROM contacts WHERE id = ?)"
+            " FROM deliveries d WHERE d.id = ?", (contact_id, delivery_id))
+        if row is None and contact_id:
+            row = await self.db.fetchone(
+                "SELECT address, language FROM contacts WHERE id = ?", (contact_id,))
+        return (row[0], row[1]) if row else None
+
+    async def suppress_events(self, events: Sequence[tuple[str | None, str, str | None]],
+                              channel: str, ip: str | None) -> tuple[int, int]:
+        """Suppress each (event id, address, reason) in one transaction; an event id seen
+        before is a replay and is skipped. Returns (newly suppressed, replays)."""
+        now = time.time()
+        added = replays = 0
+        async with self.db.transaction() as conn:
+            for event_id, address, reason in events:
+                if event_id is not None:
+                    cur = await conn.execute(
+                        "INSERT OR IGNORE INTO webhook_events (id, received_at) VALUES (?, ?)",
+                        (event_id, now))
+                    if cur.rowcount == 0:
+                        replays += 1
+                        continue
+                digest = self.hasher(address)
+                cur = await conn.execute(
+                    "INSERT OR IGNORE INTO suppression (hash, created_at, channel)"
+                    " VALUES (?, ?, ?)", (digest, now, channel))
+                if cur.rowcount:
+                    added += 1
+                    await conn.execute(
+                        "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at,"
+                        " channel, wording, ip, recorded_at) SELECT id, 'objection', ?, ?, ?,"
+                        " ?, ? FROM contacts WHERE address = ?",
+                        (now, channel, reason, ip, now, address))
+        return added, replays
+
+    async def suppression_counts(self) -> dict[str, int]:
+        """Suppression entries by channel (for /metrics)."""
+        rows = await self.db.fetchall(
+            "SELECT channel, count(*) FROM suppression GROUP BY channel")
+        return {row[0]: row[1] for row in rows}
+
     async def suppression_list(self, limit: int | None = None) -> list[SuppressionEntry]:
         # a join, not a correlated subquery: SQLite builds a transient index on address_hash
         # for it, which the import does not have to maintain on every row

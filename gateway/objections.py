@@ -1,0 +1,97 @@
+"""Objections from every channel: the one-click POST and the confirmation page (a token from
+the copy's own List-Unsubscribe), and the opt-out webhook (an HMAC-signed JSON push from an
+ESP or CRM). Each is committed to the suppression list before the answer, so the very next
+RCPT to the address gets 550 5.7.1 R1 in every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+
+from gateway.addresses import normalize_address
+from gateway.security.tokens import TokenKeys
+from gateway.store.ledger import Ledger
+
+SIGNATURE_WINDOW = 300  # seconds between the signature's t= and now (INTERFACE.md)
+MAX_EVENTS = 1000  # per webhook call
+MAX_REASON = 200
+
+
+@dataclass(frozen=True)
+class Recipient:
+    address: str
+    language: str | None
+
+
+class BadRequest(ValueError):
+    """The webhook body is not what INTERFACE.md describes (400, nothing stored)."""
+
+
+class Objections:
+    def __init__(self, tokens: TokenKeys, ledger: Ledger, webhook_secret: str) -> None:
+        self.tokens = tokens
+        self.ledger = ledger
+        self.webhook_secret = webhook_secret.encode()
+
+    async def recipient(self, token_text: str) -> Recipient | None:
+        """Whom a token names, or None for anything we did not issue."""
+        token = self.tokens.verify(token_text)
+        if token is None:
+            return None
+        found = await self.ledger.recipient_of_copy(token.delivery_id, token.contact_id)
+        return Recipient(*found) if found else None
+
+    async def record(self, recipient: Recipient, channel: str, ip: str | None) -> bool:
+        """Suppress the address (committed when this returns). False if it already was."""
+        return await self.ledger.suppress(recipient.address, channel, ip=ip)
+
+    def signature_ok(self, header: str | None, body: bytes, now: float | None = None) -> bool:
+        """X-Gateway-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>,
+        within 300 s of now, compared in constant time."""
+        if not self.webhook_secret or not header:
+            return False
+        parts = dict(item.strip().partition("=")[::2] for item in header.split(","))
+        stamp, given = parts.get("t", ""), parts.get("v1", "")
+        if not stamp.isdigit() or abs((now or time.time()) - int(stamp)) > SIGNATURE_WINDOW:
+            return False
+        expected = hmac.new(self.webhook_secret, stamp.encode() + b"." + body,
+                            hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, given.strip().lower())
+
+    async def record_webhook(self, body: bytes, ip: str | None) -> tuple[int, int]:
+        """Store every event of a (verified) webhook body in one transaction.
+
+        Returns (addresses newly suppressed, events ignored as replays of an id already
+        received). BadRequest, and nothing stored, when any event is malformed.
+        """
+        try:
+            document = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadRequest(f"not JSON: {exc}") from None
+        events = document.get("events", [document]) if isinstance(document, dict) else None
+        if not isinstance(events, list) or not events or len(events) > MAX_EVENTS:
+            raise BadRequest(f'expected {{"email": ...}} or {{"events": [...]}} with 1 to '
+                             f"{MAX_EVENTS} events")
+        parsed: list[tuple[str | None, str, str | None]] = []
+        for i, event in enumerate(events):
+            if not isinstance(event, dict) or not isinstance(event.get("email"), str):
+                raise BadRequest(f"event {i}: no email")
+            try:
+                address = normalize_address(event["email"])
+            except ValueError as exc:
+                raise BadRequest(f"event {i}: {exc}") from None
+            event_id = event.get("id")
+            reason = event.get("reason")
+            if event_id is not None and (not isinstance(event_id, str) or len(event_id) > 200):
+                raise BadRequest(f"event {i}: id must be a string of at most 200 characters")
+            if reason is not None and not isinstance(reason, str):
+                raise BadRequest(f"event {i}: reason must be a string")
+            parsed.append((event_id, address, (reason or "")[:MAX_REASON] or None))
+        return await self.ledger.suppress_events(parsed, "webhook", ip)
+
+    async def counts(self) -> dict[str, int]:
+        return await self.ledger.suppression_counts()

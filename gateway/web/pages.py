@@ -1,0 +1,73 @@
+"""The unsubscribe pages: small, accessible, no script, no external resource, strict CSP."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+
+TEXTS: dict[str, dict[str, str]] = {
+    "en": {"title": "Unsubscribe",
+           "question": "Stop receiving messages from {controller} at this address?",
+           "button": "Unsubscribe", "done": "Done: {controller} will not write to you again "
+           "at this address.", "gone": "This link is not valid."},
+    "fr": {"title": "Désabonnement",
+           "question": "Ne plus recevoir de messages de {controller} à cette adresse ?",
+           "button": "Me désabonner", "done": "C'est fait : {controller} ne vous écrira plus "
+           "à cette adresse.", "gone": "Ce lien n'est pas valide."},
+    "de": {"title": "Abmelden",
+           "question": "Keine Nachrichten von {controller} mehr an diese Adresse erhalten?",
+           "button": "Abmelden", "done": "Erledigt: {controller} schreibt Ihnen an diese "
+           "Adresse nicht mehr.", "gone": "Dieser Link ist nicht gültig."},
+    "es": {"title": "Darse de baja",
+           "question": "¿Dejar de recibir mensajes de {controller} en esta dirección?",
+           "button": "Darme de baja", "done": "Hecho: {controller} no volverá a escribirle "
+           "a esta dirección.", "gone": "Este enlace no es válido."},
+    "it": {"title": "Annulla iscrizione",
+           "question": "Non ricevere più messaggi da {controller} a questo indirizzo?",
+           "button": "Annulla iscrizione", "done": "Fatto: {controller} non ti scriverà più "
+           "a questo indirizzo.", "gone": "Questo link non è valido."},
+}
+
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem;"
+         "line-height:1.5;color:#222}button{font-size:1.1rem;padding:.6rem 1.2rem;"
+         "cursor:pointer}")
+_STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
+# no script, no external resource, no framing, forms only back to us
+CSP = (f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action 'self'; "
+       "frame-ancestors 'none'; base-uri 'none'")
+HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+           "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+           "X-Frame-Options": "DENY"}
+
+
+def texts_for(language: str | None, default: str) -> tuple[str, dict[str, str]]:
+    for candidate in ((language or "").split("-")[0].lower(), default.lower(), "en"):
+        if candidate in TEXTS:
+            return candidate, TEXTS[candidate]
+    return "en", TEXTS["en"]
+
+
+def page(language: str, title: str, body: str) -> str:
+    return (f'<!doctype html>\n<html lang="{html.escape(language)}"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
+            f"<body><main><h1>{html.escape(title)}</h1>{body}</main></body></html>\n")
+
+
+def confirm_page(language: str, texts: dict[str, str], controller: str) -> str:
+    question = html.escape(texts["question"].format(controller=controller))
+    return page(language, texts["title"],
+                f"<p>{question}</p>"
+                '<form method="post"><input type="hidden" name="confirm" value="yes">'
+                f'<button type="submit">{html.escape(texts["button"])}</button></form>')
+
+
+def done_page(language: str, texts: dict[str, str], controller: str) -> str:
+    done = html.escape(texts["done"].format(controller=controller))
+    return page(language, texts["title"], f'<p role="status">{done}</p>')
+
+
+def not_found_page() -> str:
+    """The same neutral answer for every unknown, truncated, forged or foreign token."""
+    return page("en", "Not found", "<p>This link is not valid.</p>")

@@ -1,0 +1,161 @@
+"""Opting out works at once: one-click POST (RFC 8058), the confirmation page, the webhook."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from conftest import CSV_HEADER, GatewayProcess, Sink, message
+from rawsmtp import RawSmtp
+
+SECRET = "webhook-secret-for-tests-0123456789"
+
+
+@pytest.fixture
+def gw(make_gateway, tmp_path) -> GatewayProcess:
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(CSV_HEADER + "\n" + "\n".join(
+        f"{address},person,b2c,prospect,{language},,,,,,granted,2026-01-05,web form,v1,"
+        "signup form,direct,,2026-01-05,,,"
+        for address, language in (("jane@example.net", "fr"), ("john@example.org", "de"),
+                                  ("ann@example.net", "en"))) + "\n")
+    return make_gateway(contacts=ledger, extra=f'[webhooks]\nopt_out_secret = "{SECRET}"\n'
+                        '[controller]\nname = "ACME SAS"\n')
+
+
+def deliver(gw: GatewayProcess, sink: Sink, to: str) -> str:
+    """Send one message to `to` and return the https URL of its List-Unsubscribe."""
+    before = len(sink.messages)
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    s.cmd("MAIL FROM:<news@example.com>")
+    assert s.cmd(f"RCPT TO:<{to}>")[0] == 250
+    s.cmd("DATA")
+    assert s.cmd(message(to=to) + b".")[0] == 250
+    s.cmd("QUIT")
+    copy = sink.wait_for(before + 1)[-1].content
+    return re.search(rb"List-Unsubscribe: <([^>]+)>", copy)[1].decode()
+
+
+def rcpt(gw: GatewayProcess, to: str) -> tuple[int, str]:
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    s.cmd("MAIL FROM:<news@example.com>")
+    return s.cmd(f"RCPT TO:<{to}>")
+
+
+def suppressed(gw: GatewayProcess) -> list[str]:
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        return [row[0] for row in db.execute("SELECT channel FROM suppression")]
+
+
+def test_one_click_from_the_copys_own_headers_stops_the_next_rcpt(gw, sink: Sink):
+    url = deliver(gw, sink, "jane@example.net")
+    started = time.monotonic()
+    answer = httpx.post(url, data={"List-Unsubscribe": "One-Click"}, follow_redirects=False)
+    code, text = rcpt(gw, "jane@example.net")
+    elapsed = time.monotonic() - started
+    assert answer.status_code == 200 and not answer.cookies
+    assert "ne vous écrira plus" in answer.text  # her language
+    assert (code, text.split()[1]) == (550, "R1")
+    assert elapsed < 1.0, elapsed
+    assert suppressed(gw) == ["one-click"]
+
+
+def test_multipart_one_click_and_idempotent_under_concurrency(gw, sink: Sink):
+    url = deliver(gw, sink, "ann@example.net")
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda _: httpx.post(
+            url, files={"List-Unsubscribe": (None, "One-Click")}), range(10)))
+    assert [a.status_code for a in answers] == [200] * 10
+    assert suppressed(gw) == ["one-click"]  # one entry, however many POSTs
+
+
+def test_the_page_shows_and_a_get_never_unsubscribes(gw, sink: Sink):
+    url = deliver(gw, sink, "john@example.org")
+    for method in ("GET", "HEAD", "GET"):
+        page = httpx.request(method, url)
+        assert page.status_code == 200
+    page = httpx.get(url)
+    assert 'lang="de"' in page.text and "ACME SAS" in page.text
+    assert '<form method="post">' in page.text and "<script" not in page.text
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert suppressed(gw) == [] and rcpt(gw, "john@example.org")[0] == 250
+    done = httpx.post(url, data={"confirm": "yes"})
+    assert done.status_code == 200 and "schreibt Ihnen" in done.text
+    assert suppressed(gw) == ["link"] and rcpt(gw, "john@example.org")[0] == 550
+    assert httpx.post(url, data={"other": "x"}).status_code == 400
+
+
+def test_bad_tokens_get_the_same_neutral_404_and_store_nothing(gw, sink: Sink):
+    url = deliver(gw, sink, "jane@example.net")
+    base, token = url.rsplit("/", 1)
+    other = deliver(gw, sink, "ann@example.net").rsplit("/", 1)[1]
+    forged = token[:-2] + ("aa" if token[-2:] != "aa" else "bb")
+    bodies = set()
+    for bad in (token[:-1], token + "a", forged, "x" * 39, "", "../etc/passwd"):
+        for method in ("GET", "POST"):
+            answer = httpx.request(method, f"{base}/{bad}", data={
+                "List-Unsubscribe": "One-Click"})
+            assert answer.status_code == 404, (bad, method)
+            bodies.add(answer.text)
+    assert len(bodies) == 1
+    assert suppressed(gw) == []
+    assert other != token  # each recipient's token is its own
+
+
+def sign(body: bytes, stamp: int | None = None, secret: str = SECRET) -> str:
+    t = str(stamp if stamp is not None else int(time.time()))
+    mac = hmac.new(secret.encode(), t.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def test_the_webhook_suppresses_signed_events_once(gw, sink: Sink):
+    webhook = f"http://127.0.0.1:{gw.http_port}/webhooks/opt-out"
+    single = json.dumps({"email": "Jane@EXAMPLE.net", "reason": "complaint"}).encode()
+    answer = httpx.post(webhook, content=single, headers={"X-Gateway-Signature": sign(single)})
+    assert answer.status_code == 200 and answer.json() == {"suppressed": 1, "replayed": 0}
+    assert rcpt(gw, "jane@example.net")[0] == 550
+    batch = json.dumps({"events": [{"id": "ev-1", "email": "ann@example.net"},
+                                   {"id": "ev-2", "email": "john@example.org"}]}).encode()
+    assert httpx.post(webhook, content=batch, headers={
+        "X-Gateway-Signature": sign(batch)}).json() == {"suppressed": 2, "replayed": 0}
+    replay = json.dumps({"events": [{"id": "ev-1", "email": "new@example.com"}]}).encode()
+    assert httpx.post(webhook, content=replay, headers={
+        "X-Gateway-Signature": sign(replay)}).json() == {"suppressed": 0, "replayed": 1}
+    assert sorted(suppressed(gw)) == ["webhook"] * 3
+    metrics = httpx.get(f"http://127.0.0.1:{gw.http_port}/metrics").text
+    assert 'gateway_objections_total{channel="webhook"} 3' in metrics
+
+
+@pytest.mark.parametrize("headers", [
+    {}, {"X-Gateway-Signature": "t=1,v1=00"},
+    {"X-Gateway-Signature": "garbage"},
+])
+def test_the_webhook_refuses_unsigned_wrong_and_stale_calls(gw, headers):
+    webhook = f"http://127.0.0.1:{gw.http_port}/webhooks/opt-out"
+    body = json.dumps({"email": "jane@example.net"}).encode()
+    attempts = [headers, {"X-Gateway-Signature": sign(body, int(time.time()) - 301)},
+                {"X-Gateway-Signature": sign(body, secret="wrong-secret")},
+                {"X-Gateway-Signature": sign(body + b" ")}]
+    for attempt in attempts:
+        assert httpx.post(webhook, content=body, headers=attempt).status_code == 401
+    assert suppressed(gw) == []
+    bad_json = b"{not json"
+    assert httpx.post(webhook, content=bad_json, headers={
+        "X-Gateway-Signature": sign(bad_json)}).status_code == 400
+    bad_event = json.dumps({"events": [{"email": "ok@example.com"},
+                                       {"email": "not an address"}]}).encode()
+    assert httpx.post(webhook, content=bad_event, headers={
+        "X-Gateway-Signature": sign(bad_event)}).status_code == 400
+    assert suppressed(gw) == []  # a bad event stores nothing of its batch
