@@ -6,17 +6,15 @@ RCPT to the address gets 550 5.7.1 R1 in every process.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.addresses import normalize_address
+from gateway.security import signatures
 from gateway.security.tokens import TokenKeys
 from gateway.store.ledger import Ledger
 
-SIGNATURE_WINDOW = 300  # seconds between the signature's t= and now (INTERFACE.md)
 MAX_EVENTS = 1000  # per webhook call
 MAX_REASON = 200
 
@@ -32,10 +30,12 @@ class BadRequest(ValueError):
 
 
 class Objections:
-    def __init__(self, tokens: TokenKeys, ledger: Ledger, webhook_secret: str) -> None:
+    def __init__(self, tokens: TokenKeys, ledger: Ledger, webhook_secret: str,
+                 on_objection: Callable[[], None] | None = None) -> None:
         self.tokens = tokens
         self.ledger = ledger
         self.webhook_secret = webhook_secret.encode()
+        self.on_objection = on_objection  # wakes the notification sender
 
     async def recipient(self, token_text: str) -> Recipient | None:
         """Whom a token names, or None for anything we did not issue."""
@@ -47,20 +47,13 @@ class Objections:
 
     async def record(self, recipient: Recipient, channel: str, ip: str | None) -> bool:
         """Suppress the address (committed when this returns). False if it already was."""
-        return await self.ledger.suppress(recipient.address, channel, ip=ip)
+        added = await self.ledger.suppress(recipient.address, channel, ip=ip)
+        if added and self.on_objection is not None:
+            self.on_objection()
+        return added
 
-    def signature_ok(self, header: str | None, body: bytes, now: float | None = None) -> bool:
-        """X-Gateway-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>,
-        within 300 s of now, compared in constant time."""
-        if not self.webhook_secret or not header:
-            return False
-        parts = dict(item.strip().partition("=")[::2] for item in header.split(","))
-        stamp, given = parts.get("t", ""), parts.get("v1", "")
-        if not stamp.isdigit() or abs((now or time.time()) - int(stamp)) > SIGNATURE_WINDOW:
-            return False
-        expected = hmac.new(self.webhook_secret, stamp.encode() + b"." + body,
-                            hashlib.sha256).hexdigest()
-        return hmac.compare_digest(expected, given.strip().lower())
+    def signature_ok(self, header: str | None, body: bytes) -> bool:
+        return signatures.signature_ok(self.webhook_secret, header, body)
 
     async def record_webhook(self, body: bytes, ip: str | None) -> tuple[int, int]:
         """Store every event of a (verified) webhook body in one transaction.
@@ -91,7 +84,10 @@ class Objections:
             if reason is not None and not isinstance(reason, str):
                 raise BadRequest(f"event {i}: reason must be a string")
             parsed.append((event_id, address, (reason or "")[:MAX_REASON] or None))
-        return await self.ledger.suppress_events(parsed, "webhook", ip)
+        added, replays = await self.ledger.suppress_events(parsed, "webhook", ip)
+        if added and self.on_objection is not None:
+            self.on_objection()
+        return added, replays
 
     async def counts(self) -> dict[str, int]:
         return await self.ledger.suppression_counts()

@@ -24,6 +24,7 @@ from gateway.delivery.upstream import make_transport
 from gateway.delivery.worker import DeliveryService
 from gateway.flow import Decider, Flow
 from gateway.notices import load_templates
+from gateway.notify import Notifier
 from gateway.objections import Objections
 from gateway.security.dkim_keys import load_keys as load_dkim_keys
 from gateway.security.keys import AddressHasher, load_or_create_key
@@ -36,6 +37,7 @@ from gateway.store.accounts import AccountStore
 from gateway.store.audit import AuditLog
 from gateway.store.db import Database
 from gateway.store.ledger import Ledger, LedgerLookup
+from gateway.store.notifications import NotificationStore
 from gateway.store.queue import QueueStore
 from gateway.tls import ensure_self_signed, server_context
 from gateway.transform.dkim import Signer, use_openssl_rsa
@@ -84,6 +86,7 @@ class Gateway:
         self.lookup: LedgerLookup | None = None
         self.flow: Flow | None = None
         self.composer: Composer | None = None
+        self.notifier: Notifier | None = None
 
     def tls_context(self) -> ssl.SSLContext | None:
         s = self.settings.smtp
@@ -143,7 +146,11 @@ class Gateway:
         if not self.serve_http:
             return
         http_host, http_port = parse_listen(s.http.listen)
-        objections = Objections(self.composer.settings.tokens, ledger, s.webhooks.opt_out_secret)
+        self.notifier = Notifier(NotificationStore(self.db), s.webhooks.opt_out_secret,
+                                 retry_base=s.webhooks.notify_retry_base_seconds)
+        self.notifier.start()  # in the process that serves HTTP only: one sender
+        objections = Objections(self.composer.settings.tokens, ledger, s.webhooks.opt_out_secret,
+                                on_objection=self.notifier.wake)
         app = create_app(self.metrics, objections, s.controller.name,
                          s.controller.default_language)
         config = uvicorn.Config(app, host=http_host, port=http_port,
@@ -199,6 +206,8 @@ class Gateway:
             await asyncio.gather(self._http_task, return_exceptions=True)
         if self.composer is not None:
             await self.composer.drain()
+        if self.notifier is not None:
+            await self.notifier.stop()
         if self.lookup is not None:
             self.lookup.close()
         await self.db.close()

@@ -141,6 +141,7 @@ class SecretsSettings:
 @dataclass(frozen=True)
 class WebhooksSettings:
     opt_out_secret: str = ""
+    notify_retry_base_seconds: float = 30.0  # first retry of a failed notification, doubling
 
 
 @dataclass(frozen=True)

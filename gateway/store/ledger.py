@@ -22,6 +22,7 @@ from gateway.batch import GroupCommitter
 from gateway.errors import NotFound, StoreError
 from gateway.model import Contact, RecipientFacts, Source
 from gateway.security.keys import AddressHasher
+from gateway.store import notifications
 from gateway.store.db import BUSY_TIMEOUT_MS, Database
 
 CONTACT_COLUMNS = (
@@ -190,6 +191,7 @@ class Ledger:
                     "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at,"
                     " channel, wording, ip, recorded_at) SELECT id, 'objection', ?, ?, ?, ?, ?"
                     " FROM contacts WHERE address = ?", (now, channel, reason, ip, now, key))
+                await notifications.enqueue(conn, key, channel, now)
         return added
 
     async def unsuppress(self, address: str, reason: str | None = None) -> None:
@@ -270,6 +272,7 @@ class Ledger:
                         " channel, wording, ip, recorded_at) SELECT id, 'objection', ?, ?, ?,"
                         " ?, ? FROM contacts WHERE address = ?",
                         (now, channel, reason, ip, now, address))
+                    await notifications.enqueue(conn, address, channel, now)
         return added, replays
 
     async def suppression_counts(self) -> dict[str, int]:

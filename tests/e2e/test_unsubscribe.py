@@ -7,8 +7,10 @@ import hmac
 import json
 import re
 import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx
 import pytest
@@ -159,3 +161,55 @@ def test_the_webhook_refuses_unsigned_wrong_and_stale_calls(gw, headers):
     assert httpx.post(webhook, content=bad_event, headers={
         "X-Gateway-Signature": sign(bad_event)}).status_code == 400
     assert suppressed(gw) == []  # a bad event stores nothing of its batch
+
+
+class Hook(BaseHTTPRequestHandler):
+    """The marketing tool's notification endpoint: fails first, then takes them."""
+
+    received: list[tuple[dict, str]] = []
+    failures_left = 1
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Hook.failures_left > 0:
+            Hook.failures_left -= 1
+            self.send_response(500)
+        else:
+            Hook.received.append((json.loads(body), self.headers["X-Gateway-Signature"],
+                                  body))
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+def test_each_objection_is_notified_to_the_account_signed_and_retried(make_gateway, sink,
+                                                                      tmp_path):
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Hook.received, Hook.failures_left = [], 1
+    try:
+        ledger = tmp_path / "ledger.csv"
+        ledger.write_text(CSV_HEADER + "\njane@example.net,person,b2c,prospect,en,,,,,,"
+                          "granted,2026-01-05,web form,v1,signup form,direct,,2026-01-05,,,\n")
+        gw = make_gateway(contacts=ledger, start=False, extra=(
+            f'[webhooks]\nopt_out_secret = "{SECRET}"\nnotify_retry_base_seconds = 0.5\n'))
+        hook_url = f"http://127.0.0.1:{server.server_port}/objections"
+        assert gw.cli("accounts", "update", "crm", "--notify-url", hook_url).returncode == 0
+        gw.start()
+        url = deliver(gw, sink, "jane@example.net")
+        assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+        deadline = time.monotonic() + 15
+        while not Hook.received and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [(document, header, raw)] = Hook.received
+        assert document["email"] == "jane@example.net" and document["channel"] == "one-click"
+        stamp, mac = (part.split("=", 1)[1] for part in header.split(","))
+        assert hmac.compare_digest(mac, hmac.new(SECRET.encode(), stamp.encode() + b"." + raw,
+                                                 hashlib.sha256).hexdigest())
+        with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+            state, attempts = db.execute("SELECT state, attempts FROM notifications").fetchone()
+        assert (state, attempts) == ("sent", 2)  # the first try got a 500: retried
+    finally:
+        server.shutdown()

@@ -1,0 +1,86 @@
+"""Tell the sending tools about objections: each one is POSTed (JSON, signed like the opt-out
+webhook) to the notify_url of every account that has one, from the durable outbox, retried
+with backoff, so the marketing tool can mark the contact too."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import httpx
+
+from gateway.errors import StoreError
+from gateway.security.signatures import signature
+from gateway.store.notifications import Notification, NotificationStore
+
+log = logging.getLogger("gateway.notify")
+
+RETRY_BASE_SECONDS = 30.0
+RETRY_MAX_SECONDS = 3600.0
+GIVE_UP_SECONDS = 3 * 86400.0
+TIMEOUT_SECONDS = 10.0
+
+
+class Notifier:
+    def __init__(self, store: NotificationStore, secret: str, scan_seconds: float = 1.0,
+                 retry_base: float = RETRY_BASE_SECONDS) -> None:
+        self.store = store
+        self.secret = secret.encode()
+        self.scan_seconds = scan_seconds
+        self.retry_base = retry_base
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def start(self) -> None:
+        if not self.secret:
+            log.warning("webhooks.opt_out_secret is not set: objection notifications to "
+                        "notify_url are sent unsigned")
+        self._client = httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False)
+        self._task = asyncio.create_task(self._run(), name="notify")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                for notification in await self.store.due():
+                    await self._send(notification)
+            except StoreError as exc:
+                log.error("notification outbox unavailable: %s", exc)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.scan_seconds)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _send(self, notification: Notification) -> None:
+        assert self._client is not None
+        body = notification.body.encode()
+        headers = {"Content-Type": "application/json"}
+        if self.secret:
+            headers["X-Gateway-Signature"] = signature(self.secret, body)
+        try:
+            answer = await self._client.post(notification.url, content=body, headers=headers)
+            error = None if answer.is_success else f"HTTP {answer.status_code}"
+        except httpx.HTTPError as exc:
+            error = f"{exc.__class__.__name__}: {exc}"
+        if error is None:
+            await self.store.sent(notification.id)
+            log.info("objection notified to %s (%s)", notification.account, notification.url)
+            return
+        now = time.time()
+        give_up = now - notification.created_at > GIVE_UP_SECONDS
+        delay = min(RETRY_MAX_SECONDS, self.retry_base * 2 ** notification.attempts)
+        await self.store.retry_later(notification.id, error, now + delay, give_up)
+        log.warning("notifying %s at %s failed (%s)%s", notification.account, notification.url,
+                    error, "; giving up" if give_up else f"; retry in {delay:.0f} s")

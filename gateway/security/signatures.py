@@ -1,0 +1,30 @@
+"""The HMAC signature of webhook bodies, both ways: `X-Gateway-Signature: t=<unix seconds>,
+v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>` (INTERFACE.md), valid for 300 s."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+WINDOW_SECONDS = 300
+
+
+def signature(secret: bytes, body: bytes, at: float | None = None) -> str:
+    stamp = str(int(time.time() if at is None else at))
+    mac = hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={stamp},v1={mac}"
+
+
+def signature_ok(secret: bytes, header: str | None, body: bytes,
+                 now: float | None = None) -> bool:
+    """True for a well-formed header, within the window, whose MAC matches (constant time)."""
+    if not secret or not header:
+        return False
+    parts = dict(item.strip().partition("=")[::2] for item in header.split(","))
+    stamp, given = parts.get("t", ""), parts.get("v1", "")
+    if not stamp.isdigit() or abs((time.time() if now is None else now) - int(stamp)) \
+            > WINDOW_SECONDS:
+        return False
+    expected = hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, given.strip().lower())

@@ -1,0 +1,70 @@
+"""The outbox of objection notifications to the accounts' notify_url (see 005_notifications).
+
+Rows are written in the same transaction as the suppression they announce (ledger.py), so an
+objection is never stored without its notifications, nor notified without being stored.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import aiosqlite
+
+from gateway.store.db import Database
+
+NOTIFY_SQL = (
+    "INSERT INTO notifications (account, url, body, next_attempt_at, created_at, updated_at)"
+    " SELECT name, notify_url, ?, ?, ?, ? FROM accounts"
+    " WHERE notify_url IS NOT NULL AND notify_url != ''")
+
+
+async def enqueue(conn: aiosqlite.Connection, address: str, channel: str, at: float) -> None:
+    """Inside the caller's transaction: one notification per account with a notify_url."""
+    body = json.dumps({"event": "objection", "email": address, "channel": channel,
+                       "at": at}, separators=(",", ":"))
+    await conn.execute(NOTIFY_SQL, (body, at, at, at))
+
+
+@dataclass(frozen=True)
+class Notification:
+    id: int
+    account: str
+    url: str
+    body: str
+    attempts: int
+    created_at: float
+
+
+class NotificationStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def due(self, limit: int = 50) -> list[Notification]:
+        rows = await self.db.fetchall(
+            "SELECT id, account, url, body, attempts, created_at FROM notifications"
+            " WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at"
+            " LIMIT ?", (time.time(), limit))
+        return [Notification(*tuple(row)) for row in rows]
+
+    async def sent(self, notification_id: int) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE notifications SET state = 'sent', attempts = attempts + 1,"
+                " last_error = NULL, updated_at = ? WHERE id = ?", (time.time(), notification_id))
+
+    async def retry_later(self, notification_id: int, error: str, at: float,
+                          give_up: bool) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE notifications SET state = ?, attempts = attempts + 1, last_error = ?,"
+                " next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                ("failed" if give_up else "pending", error[:500], at, time.time(),
+                 notification_id))
+
+    async def list(self, limit: int = 100) -> list[tuple[object, ...]]:
+        rows = await self.db.fetchall(
+            "SELECT id, account, url, state, attempts, last_error FROM notifications"
+            " ORDER BY id DESC LIMIT ?", (limit,))
+        return [tuple(row) for row in rows]
