@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import gateway.smtp.replies as replies
 from gateway.batch import GroupCommitter
@@ -45,6 +46,7 @@ from gateway.transform.mime import message_facts
 log = logging.getLogger("gateway.flow")
 
 ACCOUNT_CACHE_SECONDS = 5.0
+UNSUBSCRIBE_PREFIX = "unsubscribe+"
 
 
 @dataclass(frozen=True)
@@ -93,12 +95,35 @@ class Flow:
         self.decider = decider
         self.hasher = hasher
         self.reporting_mta = reporting_mta
+        self.objections: Any = None  # gateway.objections.Objections, set by the runtime
         self.committer: GroupCommitter[IncomingMessage, list[Copy]] = GroupCommitter(
             queue.commit_messages)
         self._audit: GroupCommitter[Sequence[AuditRecord], None] = GroupCommitter(audit.append)
         self._mark_expired: GroupCommitter[int, None] = GroupCommitter(ledger.mark_expired)
         self._audit_tasks: set[asyncio.Task[None]] = set()  # background store writes
         self._account_cache: dict[str, tuple[float, Account | None]] = {}
+
+    # --- objections by mail (RFC 2369 mailto:unsubscribe+TOKEN@hostname) -----------------
+
+    def unsubscribe_token(self, address: str) -> str | None:
+        """The token of an unsubscribe+TOKEN@<smtp.hostname> address, else None."""
+        local, _, domain = address.rpartition("@")
+        if domain.lower().rstrip(".") != self.reporting_mta.lower() or \
+                not local.lower().startswith(UNSUBSCRIBE_PREFIX):
+            return None
+        return local[len(UNSUBSCRIBE_PREFIX):]
+
+    async def object_by_mail(self, token: str, client_ip: str) -> bool:
+        """Record the objection a token names (committed before the 250); False when the
+        token is not one we issued."""
+        if self.objections is None:
+            return False
+        recipient = await self.objections.recipient(token)
+        if recipient is None:
+            return False
+        await self.objections.record(recipient, "mailto", client_ip)
+        log.info("%s objection by mail recorded", client_ip)
+        return True
 
     async def account(self, name: str) -> Account | None:
         """An account by name, cached a few seconds (this is on every trusted MAIL)."""

@@ -136,6 +136,11 @@ class Gateway:
         self.composer = Composer(self.copy_settings(), self.lookup, ledger, flow.account)
         self.delivery.prepare = self.composer.prepare
         self.delivery.on_sent = self.composer.sent
+        self.notifier = Notifier(NotificationStore(self.db), s.webhooks.opt_out_secret,
+                                 retry_base=s.webhooks.notify_retry_base_seconds)
+        objections = Objections(self.composer.settings.tokens, ledger, s.webhooks.opt_out_secret,
+                                on_objection=self.notifier.wake)
+        flow.objections = objections
         handler = GatewayHandler(flow, Authenticator(accounts, s.smtp))
         host, port = parse_listen(s.smtp.listen)
         self.accepting.set()
@@ -146,11 +151,7 @@ class Gateway:
         if not self.serve_http:
             return
         http_host, http_port = parse_listen(s.http.listen)
-        self.notifier = Notifier(NotificationStore(self.db), s.webhooks.opt_out_secret,
-                                 retry_base=s.webhooks.notify_retry_base_seconds)
         self.notifier.start()  # in the process that serves HTTP only: one sender
-        objections = Objections(self.composer.settings.tokens, ledger, s.webhooks.opt_out_secret,
-                                on_objection=self.notifier.wake)
         app = create_app(self.metrics, objections, s.controller.name,
                          s.controller.default_language)
         config = uvicorn.Config(app, host=http_host, port=http_port,
@@ -206,7 +207,7 @@ class Gateway:
             await asyncio.gather(self._http_task, return_exceptions=True)
         if self.composer is not None:
             await self.composer.drain()
-        if self.notifier is not None:
+        if self.notifier is not None and self.serve_http:
             await self.notifier.stop()
         if self.lookup is not None:
             self.lookup.close()

@@ -144,8 +144,14 @@ class GatewayHandler:
                           address: str, mail_options: list[str]) -> str:
         account = await self._sender_account(server, session)
         if account is None:
-            log.info("%s MAIL without authentication refused", server.client_ip)
-            return replies.AUTH_REQUIRED
+            # Accepted so that mail to unsubscribe+TOKEN@ our hostname can arrive from any MTA
+            # (RFC 2369 mailto); every other recipient gets 530 at RCPT: no relaying.
+            problem = address_problem(address) if address != "<>" else None
+            if problem:
+                return problem
+            envelope.mail_from = address
+            session.gateway_account = None  # type: ignore[attr-defined]
+            return replies.SENDER_OK
         problem = address_problem(address)
         if problem:
             return problem
@@ -162,7 +168,14 @@ class GatewayHandler:
     async def handle_RCPT(self, server: GatewaySMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         account: Account | None = getattr(session, "gateway_account", None)
+        token = self.flow.unsubscribe_token(address)
+        if token is not None:  # an objection by mail: no AUTH needed for this address only
+            if not await self.flow.object_by_mail(token, server.client_ip):
+                return replies.NO_SUCH_UNSUBSCRIBE
+            envelope.rcpt_tos.append(address)
+            return replies.UNSUBSCRIBE_OK
         if account is None:
+            log.info("%s RCPT without authentication refused", server.client_ip)
             return replies.AUTH_REQUIRED
         problem = address_problem(address)
         if problem:
@@ -180,11 +193,15 @@ class GatewayHandler:
     async def handle_DATA(self, server: GatewaySMTP, session: Session,
                           envelope: Envelope) -> str:
         account: Account | None = getattr(session, "gateway_account", None)
+        verdicts = _verdicts(envelope)
+        if not any(v.accepted for _, v in verdicts):  # only unsubscribe+ recipients
+            if envelope.rcpt_tos and all(self.flow.unsubscribe_token(r) is not None
+                                         for r in envelope.rcpt_tos):
+                return replies.UNSUBSCRIBE_RECORDED  # the objection was stored at RCPT
         if account is None or not envelope.mail_from:
             return replies.AUTH_REQUIRED
         content = envelope.original_content
         assert isinstance(content, bytes)
-        verdicts = _verdicts(envelope)
         refusal = self.flow.check_message(account, content)
         if refusal is not None:
             self.flow.record_abandoned(account, server.client_ip, verdicts, refusal)

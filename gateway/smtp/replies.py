@@ -54,6 +54,9 @@ AIOSMTPD_REWRITES: dict[bytes, bytes] = {
 }
 
 _NOT_PRINTABLE_ASCII = re.compile(r"[^ -~]")
+UNSUBSCRIBE_OK = "250 2.1.5 Unsubscribe address OK"
+UNSUBSCRIBE_RECORDED = "250 2.0.0 Unsubscribe request recorded"
+NO_SUCH_UNSUBSCRIBE = "550 5.1.1 No such unsubscribe address"
 LEDGER_UNAVAILABLE = "451 4.3.0 Cannot check this recipient now, try again later"
 MAX_REASON = 400
 

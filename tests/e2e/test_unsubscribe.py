@@ -213,3 +213,40 @@ def test_each_objection_is_notified_to_the_account_signed_and_retried(make_gatew
         assert (state, attempts) == ("sent", 2)  # the first try got a 500: retried
     finally:
         server.shutdown()
+
+
+def test_mail_to_the_unsubscribe_address_needs_no_auth_and_objects(make_gateway, sink,
+                                                                   tmp_path):
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(CSV_HEADER + "\njane@example.net,person,b2c,prospect,en,,,,,,granted,"
+                      "2026-01-05,web form,v1,signup form,direct,,2026-01-05,,,\n")
+    # the tool sends from 127.0.0.2 (trusted); the recipient's MTA is any other address
+    gw = make_gateway(contacts=ledger, trusted=False, smtp_extra=(
+        'trusted_clients = [{ network = "127.0.0.2/32", account = "crm" }]'))
+    s = RawSmtp(gw.smtp_port, source="127.0.0.2")
+    s.cmd("EHLO tool")
+    s.cmd("MAIL FROM:<news@example.com>")
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    s.cmd("DATA")
+    assert s.cmd(message() + b".")[0] == 250
+    copy = sink.wait_for(1)[0].content
+    mailto = re.search(rb"<mailto:([^>]+)>", copy)[1].decode()
+    assert mailto.startswith("unsubscribe+") and mailto.endswith("@gateway.test")
+    mta = RawSmtp(gw.smtp_port)  # 127.0.0.1: not trusted, no AUTH
+    mta.cmd("EHLO mx.example.net")
+    assert mta.cmd("MAIL FROM:<jane@example.net>")[0] == 250
+    assert mta.cmd("RCPT TO:<someone@example.com>")[0] == 530  # still no relay
+    forged = mailto.replace("unsubscribe+", "unsubscribe+a", 1)
+    assert mta.cmd(f"RCPT TO:<{forged}>")[0] == 550
+    assert suppressed(gw) == []
+    assert mta.cmd(f"RCPT TO:<{mailto.upper()}>")[0] == 250  # mail systems may change case
+    assert mta.cmd("DATA")[0] == 354
+    assert mta.cmd(b"Subject: unsubscribe\r\n\r\nplease\r\n.")[0] == 250
+    mta.cmd("QUIT")
+    assert suppressed(gw) == ["mailto"]
+    tool = RawSmtp(gw.smtp_port, source="127.0.0.2")
+    tool.cmd("EHLO tool")
+    tool.cmd("MAIL FROM:<news@example.com>")
+    assert tool.cmd("RCPT TO:<jane@example.net>")[:2][0] == 550
+    time.sleep(0.3)
+    assert len(sink.messages) == 1  # the unsubscribe mail itself went nowhere
