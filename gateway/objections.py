@@ -7,6 +7,7 @@ RCPT to the address gets 550 5.7.1 R1 in every process.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ from gateway.addresses import normalize_address
 from gateway.security import signatures
 from gateway.security.tokens import TokenKeys
 from gateway.store.ledger import Ledger
+
+log = logging.getLogger("gateway.objections")
 
 MAX_EVENTS = 1000  # per webhook call
 MAX_REASON = 200
@@ -48,6 +51,8 @@ class Objections:
     async def record(self, recipient: Recipient, channel: str, ip: str | None) -> bool:
         """Suppress the address (committed when this returns). False if it already was."""
         added = await self.ledger.suppress(recipient.address, channel, ip=ip)
+        log.info("objection recorded: channel=%s from %s%s", channel, ip,
+                 "" if added else " (already suppressed)")
         if added and self.on_objection is not None:
             self.on_objection()
         return added
@@ -85,6 +90,8 @@ class Objections:
                 raise BadRequest(f"event {i}: reason must be a string")
             parsed.append((event_id, address, (reason or "")[:MAX_REASON] or None))
         added, replays = await self.ledger.suppress_events(parsed, "webhook", ip)
+        log.info("webhook from %s: %d events, %d newly suppressed, %d replays ignored", ip,
+                 len(parsed), added, replays)
         if added and self.on_objection is not None:
             self.on_objection()
         return added, replays

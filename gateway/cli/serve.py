@@ -27,7 +27,8 @@ def _banner(gateway: object) -> None:
     lines = [
         f"gateway ready (config: {s.source})",
         f"  SMTP  {s.smtp.listen}  {tls}",
-        f"  HTTP  {s.http.listen}  /healthz /metrics",
+        f"  HTTP  {s.http.listen}  /u/TOKEN (unsubscribe) /webhooks/opt-out /healthz /metrics"
+        f"  links point to {s.http.public_url}",
         f"  store {s.store.path}"
         + (f"  ({s.smtp.processes} processes)" if s.smtp.processes > 1 else ""),
         f"  mail goes to {where}",

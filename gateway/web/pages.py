@@ -30,8 +30,8 @@ TEXTS: dict[str, dict[str, str]] = {
 }
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem;"
-         "line-height:1.5;color:#222}button{font-size:1.1rem;padding:.6rem 1.2rem;"
-         "cursor:pointer}")
+         "line-height:1.5;color:#222}button{font:inherit;font-size:1.1rem;"
+         "padding:.6rem 1.2rem;cursor:pointer}")
 _STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
 # no script, no external resource, no framing, forms only back to us
 CSP = (f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action 'self'; "

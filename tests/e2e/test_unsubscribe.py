@@ -34,7 +34,7 @@ def gw(make_gateway, tmp_path) -> GatewayProcess:
 
 
 def deliver(gw: GatewayProcess, sink: Sink, to: str) -> str:
-    """Send one message to `to` and return the https URL of its List-Unsubscribe."""
+    """Send one message to `to` and return the URL of its List-Unsubscribe (http here)."""
     before = len(sink.messages)
     s = RawSmtp(gw.smtp_port)
     s.cmd("EHLO c")
