@@ -9,7 +9,6 @@ STORE_URL = "sqlite:///./var/gateway.db"
 MAILDIR = "./var/outbox"
 TLS_CERT = "./var/tls/cert.pem"
 TLS_KEY = "./var/tls/key.pem"
-TOKEN_KEY_FILE = "./var/secrets/token.key"  # noqa: S105 - a path, not a secret
 
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 MAX_RECIPIENTS = 100  # per transaction; Postfix smtpd_recipient_limit is 1000, ESPs use 50-100

@@ -32,11 +32,9 @@ class Notifier:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
+        self._warned = False
 
     def start(self) -> None:
-        if not self.secret:
-            log.warning("webhooks.opt_out_secret is not set: objection notifications to "
-                        "notify_url are sent unsigned")
         self._client = httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False)
         self._task = asyncio.create_task(self._run(), name="notify")
 
@@ -69,6 +67,10 @@ class Notifier:
         headers = {"Content-Type": "application/json"}
         if self.secret:
             headers["X-Gateway-Signature"] = signature(self.secret, body)
+        elif not self._warned:
+            self._warned = True
+            log.warning("webhooks.opt_out_secret is not set: objection notifications to "
+                        "notify_url go out unsigned")
         try:
             answer = await self._client.post(notification.url, content=body, headers=headers)
             error = None if answer.is_success else f"HTTP {answer.status_code}"

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.addresses import normalize_address
+from gateway.batch import GroupCommitter
 from gateway.security import signatures
 from gateway.security.tokens import TokenKeys
 from gateway.store.ledger import Ledger
@@ -39,6 +40,10 @@ class Objections:
         self.ledger = ledger
         self.webhook_secret = webhook_secret.encode()
         self.on_objection = on_objection  # wakes the notification sender
+        # one-click POSTs that arrive together share one commit (the SMTP side's commits
+        # would otherwise queue behind one fsync per POST)
+        self._suppress: GroupCommitter[tuple[str, str, str | None], bool] = GroupCommitter(
+            ledger.suppress_batch)
 
     async def recipient(self, token_text: str) -> Recipient | None:
         """Whom a token names, or None for anything we did not issue."""
@@ -50,7 +55,7 @@ class Objections:
 
     async def record(self, recipient: Recipient, channel: str, ip: str | None) -> bool:
         """Suppress the address (committed when this returns). False if it already was."""
-        added = await self.ledger.suppress(recipient.address, channel, ip=ip)
+        added = await self._suppress.submit((recipient.address, channel, ip))
         log.info("objection recorded: channel=%s from %s%s", channel, ip,
                  "" if added else " (already suppressed)")
         if added and self.on_objection is not None:

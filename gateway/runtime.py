@@ -113,7 +113,7 @@ class Gateway:
         if not s.http.public_url.startswith("https://"):
             log.warning("http.public_url %s is not https: RFC 8058 one-click unsubscribe needs "
                         "an HTTPS link (fine for local tests only)", s.http.public_url)
-        return CopySettings(load_token_keys(s.secrets.token_key_file),
+        return CopySettings(load_token_keys(s.token_key_path),
                             s.http.public_url.rstrip("/"), s.smtp.hostname,
                             Signer(keys) if keys else None,
                             load_templates(s.controller.notices_dir), s.controller,

@@ -134,7 +134,7 @@ class QuarantineSettings:
 
 @dataclass(frozen=True)
 class SecretsSettings:
-    token_key_file: str = defaults.TOKEN_KEY_FILE
+    token_key_file: str = ""  # empty: secrets/token.key beside the store file
     hash_key_file: str = ""  # empty: secrets/hash.key beside the store file
 
 
@@ -163,6 +163,13 @@ class Settings:
     webhooks: WebhooksSettings = field(default_factory=WebhooksSettings)
     log: LogSettings = field(default_factory=LogSettings)
     source: str = "embedded defaults"
+
+    @property
+    def token_key_path(self) -> Path:
+        """The unsubscribe token keys: configured, else beside the store."""
+        if self.secrets.token_key_file:
+            return Path(self.secrets.token_key_file)
+        return self.store.path.parent / "secrets" / "token.key"
 
     @property
     def hash_key_path(self) -> Path:

@@ -64,7 +64,7 @@ class Supervisor:
         Gateway(self.settings).tls_context()  # make the self-signed certificate once
         asyncio.run(_migrate(self.settings))  # migrations once, before any worker opens the store
         load_or_create_key(self.settings.hash_key_path)  # one key for all, made before the fork
-        load_token_keys(self.settings.secrets.token_key_file)
+        load_token_keys(self.settings.token_key_path)
         self.sock = bind_smtp_socket(self.settings.smtp.listen)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)

@@ -194,6 +194,28 @@ class Ledger:
                 await notifications.enqueue(conn, key, channel, now)
         return added
 
+    async def suppress_batch(self, items: Sequence[tuple[str, str, str | None]]) -> list[bool]:
+        """Several (address, channel, ip) objections in ONE transaction (a GroupCommitter's
+        write: one-click POSTs arriving together share one commit, one fsync). True for each
+        address that was newly suppressed."""
+        now = time.time()
+        results = []
+        async with self.db.transaction() as conn:
+            for address, channel, ip in items:
+                key = normalize_address(address)
+                cur = await conn.execute(
+                    "INSERT OR IGNORE INTO suppression (hash, created_at, channel)"
+                    " VALUES (?, ?, ?)", (self.hasher(key), now, channel))
+                added = cur.rowcount == 1
+                if added:
+                    await conn.execute(
+                        "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at,"
+                        " channel, ip, recorded_at) SELECT id, 'objection', ?, ?, ?, ?"
+                        " FROM contacts WHERE address = ?", (now, channel, ip, now, key))
+                    await notifications.enqueue(conn, key, channel, now)
+                results.append(added)
+        return results
+
     async def unsuppress(self, address: str, reason: str | None = None) -> None:
         """Lift a suppression (an operator's deliberate act, recorded on the contact)."""
         key = normalize_address(address)

@@ -45,7 +45,7 @@ def test_each_copy_gets_its_own_verifiable_one_click_fields(make_gateway, sink: 
     send(gw, "jane@example.net", message(extra_headers=tool_fields))
     send(gw, "john@example.org", message(to="john@example.org"))
     got = {m.rcpt_tos[0]: m.content for m in sink.wait_for(2)}
-    keys = load_token_keys(gw.config.parent / "var" / "secrets" / "token.key")
+    keys = load_token_keys(gw.config.parent / "secrets" / "token.key")
     with sqlite3.connect(gw.config.parent / "gateway.db") as db:
         ids = dict(db.execute("SELECT recipient, id FROM deliveries").fetchall())
         account_id = db.execute("SELECT id FROM accounts WHERE name = 'crm'").fetchone()[0]
