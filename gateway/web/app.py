@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -16,6 +17,16 @@ from gateway.web.pages import HEADERS, confirm_page, done_page, not_found_page, 
 
 MetricsSource = Callable[[], dict[str, float]]
 MAX_BODY = 1024 * 1024  # webhook and form bodies
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The form fields: urlencoded parsed here (what mailbox providers send for RFC 8058, and
+    the cheap case under load), multipart/form-data by Starlette (python-multipart)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/x-www-form-urlencoded":
+        body = (await request.body()).decode("utf-8", "replace")
+        return {k: v for k, v in parse_qsl(body, keep_blank_values=True)}
+    return {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
 
 
 def create_app(metrics: MetricsSource, objections: Any = None, controller: str = "",
@@ -51,7 +62,7 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
             return HTMLResponse(confirm_page(language, texts, controller), headers=HEADERS)
         if int(request.headers.get("content-length") or 0) > MAX_BODY:
             return PlainTextResponse("body too large\n", status_code=413)
-        form = await request.form()
+        form = await _form(request)
         if form.get("List-Unsubscribe") == "One-Click":
             channel = "one-click"
         elif form.get("confirm") == "yes":
