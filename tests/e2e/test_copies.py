@@ -17,6 +17,7 @@ from gateway.security.tokens import load_token_keys
 
 import dkim_reference
 from conftest import CSV_HEADER, Sink, message, wait_until
+from mailflow import add_dkim_key
 from rawsmtp import RawSmtp
 
 
@@ -68,14 +69,7 @@ def test_each_copy_gets_its_own_verifiable_one_click_fields(make_gateway, sink: 
 
 def test_copies_are_signed_last_and_verify(make_gateway, sink: Sink, tmp_path: Path):
     gw = make_gateway(start=False)
-    made = gw.cli("dkim", "keygen", "--domain", "example.com", "--selector", "gw1",
-                  "--out", str(tmp_path / "gw1.key"))
-    assert made.returncode == 0, made.stderr
-    record_line = next(line for line in made.stdout.splitlines() if "IN TXT" in line)
-    public = "".join(re.findall(r'"([^"]*)"', record_line)).split("p=")[1]
-    with gw.config.open("a") as config:
-        config.write(f'\n[[dkim]]\ndomain = "example.com"\nselector = "gw1"\n'
-                     f'key_file = "{tmp_path / "gw1.key"}"\n')
+    public = add_dkim_key(gw, tmp_path, "gw1")
     gw.start()
     send(gw, "jane@example.net", message())
     [received] = sink.wait_for(1)
@@ -202,13 +196,7 @@ CORPUS_OVER_SMTP = ("01-evolution-utf8-8bit-alternative.eml",
 def test_real_world_messages_arrive_with_the_notice_and_a_signature_that_verifies(
         make_gateway, sink: Sink, tmp_path: Path):
     gw = make_gateway(start=False)
-    made = gw.cli("dkim", "keygen", "--domain", "example.com", "--selector", "c1",
-                  "--out", str(tmp_path / "c1.key"))
-    record_line = next(line for line in made.stdout.splitlines() if "IN TXT" in line)
-    public = "".join(re.findall(r'"([^"]*)"', record_line)).split("p=")[1]
-    with gw.config.open("a") as config:
-        config.write(f'\n[[dkim]]\ndomain = "example.com"\nselector = "c1"\n'
-                     f'key_file = "{tmp_path / "c1.key"}"\n')
+    public = add_dkim_key(gw, tmp_path, "c1")
     gw.start()
     for name in CORPUS_OVER_SMTP:
         data = (CORPUS / name).read_bytes()

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from conftest import CSV_HEADER, GatewayProcess, Sink, message
+from mailflow import deliver, rcpt, suppressed
 from rawsmtp import RawSmtp
 
 SECRET = "webhook-secret-for-tests-0123456789"
@@ -33,30 +34,10 @@ def gw(make_gateway, tmp_path) -> GatewayProcess:
                         '[controller]\nname = "ACME SAS"\n')
 
 
-def deliver(gw: GatewayProcess, sink: Sink, to: str) -> str:
-    """Send one message to `to` and return the URL of its List-Unsubscribe (http here)."""
-    before = len(sink.messages)
-    s = RawSmtp(gw.smtp_port)
-    s.cmd("EHLO c")
-    s.cmd("MAIL FROM:<news@example.com>")
-    assert s.cmd(f"RCPT TO:<{to}>")[0] == 250
-    s.cmd("DATA")
-    assert s.cmd(message(to=to) + b".")[0] == 250
-    s.cmd("QUIT")
-    copy = sink.wait_for(before + 1)[-1].content
-    return re.search(rb"List-Unsubscribe: <([^>]+)>", copy)[1].decode()
 
 
-def rcpt(gw: GatewayProcess, to: str) -> tuple[int, str]:
-    s = RawSmtp(gw.smtp_port)
-    s.cmd("EHLO c")
-    s.cmd("MAIL FROM:<news@example.com>")
-    return s.cmd(f"RCPT TO:<{to}>")
 
 
-def suppressed(gw: GatewayProcess) -> list[str]:
-    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
-        return [row[0] for row in db.execute("SELECT channel FROM suppression")]
 
 
 def test_one_click_from_the_copys_own_headers_stops_the_next_rcpt(gw, sink: Sink):

@@ -7,8 +7,6 @@ Without them this test fails, it does not skip."""
 
 from __future__ import annotations
 
-import re
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +18,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.wait import WebDriverWait
 
-from conftest import CSV_HEADER, GatewayProcess, Sink, message
-from rawsmtp import RawSmtp
+from conftest import CSV_HEADER, GatewayProcess, Sink
+from mailflow import deliver, rcpt, suppressed
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -40,30 +38,10 @@ def gw(make_gateway, tmp_path) -> GatewayProcess:
                         '[controller]\nname = "ACME SAS"\n')
 
 
-def deliver(gw: GatewayProcess, sink: Sink, to: str) -> str:
-    """Send one message to `to` and return the http URL of its List-Unsubscribe."""
-    before = len(sink.messages)
-    s = RawSmtp(gw.smtp_port)
-    s.cmd("EHLO c")
-    s.cmd("MAIL FROM:<news@example.com>")
-    assert s.cmd(f"RCPT TO:<{to}>")[0] == 250
-    s.cmd("DATA")
-    assert s.cmd(message(to=to) + b".")[0] == 250
-    s.cmd("QUIT")
-    copy = sink.wait_for(before + 1)[-1].content
-    return re.search(rb"List-Unsubscribe: <([^>]+)>", copy)[1].decode()
 
 
-def rcpt(gw: GatewayProcess, to: str) -> tuple[int, str]:
-    s = RawSmtp(gw.smtp_port)
-    s.cmd("EHLO c")
-    s.cmd("MAIL FROM:<news@example.com>")
-    return s.cmd(f"RCPT TO:<{to}>")
 
 
-def suppressed(gw: GatewayProcess) -> list[str]:
-    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
-        return [row[0] for row in db.execute("SELECT channel FROM suppression")]
 
 
 @pytest.fixture
