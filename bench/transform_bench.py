@@ -50,7 +50,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from gateway.notices import load_templates
+from gateway.notice_templates import load_templates
 from gateway.security.dkim_keys import generate_key, load_keys
 from gateway.settings import DkimSettings
 from gateway.transform import dkim as gateway_dkim

@@ -23,7 +23,7 @@ from gateway.compose import Composer, CopySettings
 from gateway.delivery.upstream import make_transport
 from gateway.delivery.worker import DeliveryService
 from gateway.flow import Decider, Flow
-from gateway.notices import load_templates
+from gateway.notice_templates import load_templates
 from gateway.notify import Notifier
 from gateway.objections import Objections
 from gateway.security.dkim_keys import load_keys as load_dkim_keys

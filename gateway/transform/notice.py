@@ -1,6 +1,6 @@
 """The notice every allowed copy carries (COMPLIANCE.md section 4.2), rendered per recipient.
 
-Pure: templates come in as values (gateway.notices loads them). Every value taken from the
+Pure: templates come in as values (gateway.notice_templates loads them). Every value taken from the
 ledger or the config is cleaned of control characters (no CR/LF, no terminal escapes) and, in
 the HTML version, escaped; links are only http(s) or mailto.
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 import dkim
 import pytest
 
-from gateway.notices import load_templates
+from gateway.notice_templates import load_templates
 from gateway.policy.message import decide_message
 from gateway.security.dkim_keys import generate_key, load_keys
 from gateway.settings import DkimSettings

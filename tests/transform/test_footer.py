@@ -8,7 +8,7 @@ import email.policy
 
 import pytest
 
-from gateway.notices import load_templates
+from gateway.notice_templates import load_templates
 from gateway.transform.footer import NoticeError, add_notice, undecodable_text
 from gateway.transform.notice import NoticeFacts, choose, render
 
