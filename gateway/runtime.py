@@ -38,6 +38,7 @@ from gateway.store.audit import AuditLog
 from gateway.store.db import Database
 from gateway.store.ledger import Ledger, LedgerLookup
 from gateway.store.notifications import NotificationStore
+from gateway.store.quarantine import QuarantineStore
 from gateway.store.queue import QueueStore
 from gateway.tls import ensure_self_signed, server_context
 from gateway.transform.dkim import Signer, use_openssl_rsa
@@ -181,8 +182,18 @@ class Gateway:
             try:
                 assert self.queue is not None
                 await self.queue.drop_finished_content()
+                if self.serve_http:  # one process purges
+                    await self._purge_quarantine()
             except Exception:
                 log.exception("housekeeping failed")
+
+    async def _purge_quarantine(self) -> None:
+        """quarantine.retention_days: held personal data does not pile up."""
+        days = self.settings.quarantine.retention_days
+        store = QuarantineStore(self.db)
+        for entry in await store.held_before(time.time() - days * 86400):
+            await store.reject(entry, "purge", f"held longer than {days} days")
+            log.info("quarantine entry %d purged after %d days", entry.id, days)
 
     async def stop(self, drain_seconds: float = 30.0) -> None:
         """Graceful: stop accepting, let sessions finish, finish deliveries, close the store."""

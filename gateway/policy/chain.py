@@ -6,7 +6,7 @@ accounts) right after R1. Changing the order changes the law we apply: tests pin
 
 from __future__ import annotations
 
-from gateway.model import Campaign, Decision, PolicyKnobs, RecipientFacts
+from gateway.model import Campaign, Decision, PolicyKnobs, RecipientFacts, Verdict
 from gateway.policy import rules
 from gateway.policy.rules import Case, Rule
 
@@ -25,11 +25,21 @@ CHAIN: tuple[tuple[str, Rule], ...] = (
 )
 
 
-def decide(facts: RecipientFacts, campaign: Campaign, knobs: PolicyKnobs, now: float) -> Decision:
-    """The decision for one recipient of one campaign at time `now`. Pure: no I/O."""
+def decide(facts: RecipientFacts, campaign: Campaign, knobs: PolicyKnobs, now: float,
+           override: str | None = None) -> Decision:
+    """The decision for one recipient of one campaign at time `now`. Pure: no I/O.
+
+    `override`: the rule an operator overrides when releasing a held copy. Every rule before
+    it still decides (an objection since, R1, or expired retention, R4, is never released);
+    when the chain reaches it, the operator's judgement allows the copy.
+    """
     case = Case(facts, campaign, knobs, now)
-    for _rule_id, rule in CHAIN:
+    for rule_id, rule in CHAIN:
         decision = rule(case)
-        if decision is not None:
-            return decision
+        if decision is None:
+            continue
+        if rule_id == override and decision.verdict is not Verdict.ALLOW:
+            return Decision(Verdict.ALLOW, rule_id, f"released by an operator over {rule_id} "
+                            f"({decision.reason})", decision.basis)
+        return decision
     raise AssertionError("R10 always decides")  # pragma: no cover

@@ -6,8 +6,11 @@ The raw message stays in `messages` while an entry holds it.
 
 from __future__ import annotations
 
+import builtins
+import time
 from dataclasses import dataclass
 
+from gateway.errors import NotFound, Refused
 from gateway.store.db import Database
 
 _COLUMNS = ("id, message_id, created_at, account, client_ip, mail_from, recipient, subject,"
@@ -49,4 +52,59 @@ class QuarantineStore:
             " AND (? IS NULL OR account = ?) AND (? IS NULL OR rule = ?)"
             " ORDER BY created_at, id LIMIT ?",
             (state, account, account, rule, rule, limit))
+        return [QuarantineEntry(*tuple(row)) for row in rows]
+
+    async def get(self, entry_id: int) -> QuarantineEntry:
+        row = await self.db.fetchone(
+            f"SELECT {_COLUMNS} FROM quarantine WHERE id = ?", (entry_id,))  # noqa: S608
+        if row is None:
+            raise NotFound(f"no quarantine entry {entry_id}")
+        return QuarantineEntry(*tuple(row))
+
+    async def content(self, entry: QuarantineEntry) -> bytes | None:
+        row = await self.db.fetchone("SELECT content FROM messages WHERE id = ?",
+                                     (entry.message_id,))
+        return row[0] if row else None
+
+    async def release(self, entry: QuarantineEntry, contact_id: int | None, rule: str,
+                      operator: str, reason: str | None) -> int:
+        """Queue the held copy for delivery (as any allowed copy) and record who released it
+        and why; returns the delivery id. Refused unless the entry is still held."""
+        now = time.time()
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE quarantine SET state = 'released', decided_at = ?, decided_by = ?,"
+                " decision_reason = ? WHERE id = ? AND state = 'held'",
+                (now, operator, reason, entry.id))
+            if cur.rowcount != 1:
+                raise Refused(f"quarantine entry {entry.id} is no longer held")
+            cur = await conn.execute(
+                "INSERT INTO deliveries (message_id, recipient, state, attempts,"
+                " next_attempt_at, created_at, updated_at, contact_id, rule)"
+                " VALUES (?, ?, 'queued', 0, ?, ?, ?, ?, ?)",
+                (entry.message_id, entry.recipient, now, now, now, contact_id, rule))
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    async def reject(self, entry: QuarantineEntry, operator: str, reason: str | None) -> None:
+        """Record the refusal and delete the raw message once nothing else needs it."""
+        now = time.time()
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE quarantine SET state = 'rejected', decided_at = ?, decided_by = ?,"
+                " decision_reason = ? WHERE id = ? AND state = 'held'",
+                (now, operator, reason, entry.id))
+            if cur.rowcount != 1:
+                raise Refused(f"quarantine entry {entry.id} is no longer held")
+            await conn.execute(
+                "UPDATE messages SET content = NULL WHERE id = ? AND NOT EXISTS"
+                " (SELECT 1 FROM quarantine q WHERE q.message_id = messages.id"
+                "  AND q.state = 'held') AND NOT EXISTS (SELECT 1 FROM deliveries d"
+                "  WHERE d.message_id = messages.id AND d.state IN ('queued', 'deferred'))",
+                (entry.message_id,))
+
+    async def held_before(self, cutoff: float) -> builtins.list[QuarantineEntry]:
+        rows = await self.db.fetchall(
+            f"SELECT {_COLUMNS} FROM quarantine WHERE state = 'held' AND created_at < ?"  # noqa: S608
+            " ORDER BY created_at", (cutoff,))
         return [QuarantineEntry(*tuple(row)) for row in rows]

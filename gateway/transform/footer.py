@@ -57,6 +57,21 @@ def undecodable_text(content: bytes) -> str | None:
     return None
 
 
+def text_parts_decoded(content: bytes) -> list[tuple[str, str]]:
+    """(content type, decoded text) of each text part that decodes (for previews)."""
+    try:
+        root = scan(content)
+    except Malformed:
+        return []
+    found = []
+    for part in sorted(_text_parts(root), key=lambda p: p.start):
+        try:
+            found.append((part.content_type, _decode(content, part)[0]))
+        except NoticeError:
+            continue
+    return found
+
+
 def _text_parts(root: Part) -> list[Part]:
     found = []
     stack = [root]

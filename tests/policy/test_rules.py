@@ -155,3 +155,17 @@ def test_retention_deadline_is_not_moved_by_enrichment_dates():
     stale = person(collected_at=NOW - 1000 * DAY, last_interaction_at=NOW - 1200 * DAY)
     assert rules.retention_deadline(stale, KNOBS) == NOW - 1000 * DAY + 1095 * DAY
     assert rules.retention_deadline(person(collected_at=None, sources=()), KNOBS) is None
+
+
+def test_an_operator_override_allows_only_the_rule_that_held_the_copy():
+    b2b_unclear = RecipientFacts("p@example.net", False, person(audience="b2b"))
+    released = chain.decide(b2b_unclear, CAMPAIGN, KNOBS, NOW, override="R9")
+    assert (released.verdict, released.rule) == (Verdict.ALLOW, "R9")
+    assert "released by an operator" in released.reason
+    objected = RecipientFacts("p@example.net", True, person(audience="b2b"))
+    assert chain.decide(objected, CAMPAIGN, KNOBS, NOW, override="R9").rule == "R1"
+    expired = RecipientFacts("p@example.net", False, person(
+        audience="b2b", collected_at=NOW - 2000 * DAY))
+    assert chain.decide(expired, CAMPAIGN, KNOBS, NOW, override="R9").rule == "R4"
+    unknown = RecipientFacts("p@example.net", False, None)
+    assert chain.decide(unknown, CAMPAIGN, KNOBS, NOW, override="R2").verdict is Verdict.ALLOW

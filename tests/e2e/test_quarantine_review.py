@@ -1,0 +1,101 @@
+"""Quarantine review through the real `gateway` command, on a store filled over SMTP."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import sqlite3
+import time
+
+import pytest
+
+from conftest import GatewayProcess, Sink, message, wait_until
+from ledger_cases import ACCOUNT_PRODUCTS, ACCOUNT_TOPICS, write_cases_csv
+from rawsmtp import RawSmtp
+
+HELD = "unclear@b2b.example"  # R9 in tests/ledger_cases.py
+
+
+@pytest.fixture
+def gw(make_gateway, tmp_path) -> GatewayProcess:
+    gw = make_gateway(contacts=write_cases_csv(tmp_path / "cases.csv"), start=False)
+    assert gw.cli("accounts", "update", "crm", "--topics", ACCOUNT_TOPICS,
+                  "--product-categories", ACCOUNT_PRODUCTS).returncode == 0
+    return gw.start()
+
+
+def hold(gw: GatewayProcess, mail: bytes | None = None, to: str = HELD) -> int:
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    s.cmd("MAIL FROM:<news@example.com>")
+    assert s.cmd(f"RCPT TO:<{to}>")[0] == 250
+    s.cmd("DATA")
+    assert s.cmd((mail or message(to=to, subject="Autumn offer")) + b".")[0] == 250
+    s.cmd("QUIT")
+    held = wait_until(lambda: json.loads(gw.cli("quarantine", "list", "--json").stdout),
+                      what="a held copy")
+    return int(held[-1]["id"])
+
+
+def test_release_checks_again_then_sends_like_any_allowed_copy(gw, sink: Sink):
+    entry = hold(gw)
+    released = gw.cli("quarantine", "release", str(entry), "--reason", "relevant: CTO of a "
+                      "security firm", "--operator", "alice")
+    assert released.returncode == 0, released.stderr
+    assert f"quarantine entry {entry} released to {HELD}" in released.stdout
+    [copy] = sink.wait_for(1)
+    assert copy.rcpt_tos == [HELD]
+    assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in copy.content
+    text = email.message_from_bytes(copy.content, policy=email.policy.default).get_content()
+    assert "dans un cadre professionnel" in text  # the notice, in French: why_other
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        row = db.execute("SELECT state, decided_by, decision_reason FROM quarantine").fetchone()
+    assert row == ("released", "alice", "relevant: CTO of a security firm")
+    again = gw.cli("quarantine", "release", str(entry))
+    assert again.returncode == 1 and "already released" in again.stderr
+
+
+def test_an_objection_since_is_never_released(gw, sink: Sink):
+    entry = hold(gw)
+    assert gw.cli("suppress", "add", HELD).returncode == 0
+    refused = gw.cli("quarantine", "release", str(entry))
+    assert refused.returncode == 1 and "R1" in refused.stderr
+    time.sleep(0.5)
+    assert sink.messages == []
+    assert json.loads(gw.cli("quarantine", "list", "--json").stdout)[0]["id"] == entry
+
+
+def test_reject_deletes_the_raw_message_and_purge_empties_the_quarantine(gw):
+    first, second = hold(gw), hold(gw)
+    rejected = gw.cli("quarantine", "reject", str(first), "--reason", "not relevant")
+    assert rejected.returncode == 0, rejected.stderr
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        contents = db.execute("SELECT q.id, m.content IS NULL FROM quarantine q JOIN messages m"
+                              " ON m.id = q.message_id ORDER BY q.id").fetchall()
+    assert contents == [(first, 1), (second, 0)]
+    assert gw.cli("quarantine", "reject", "999").returncode == 1
+    purged = gw.cli("quarantine", "purge", "--older-than", "0")
+    assert purged.returncode == 0 and "1 quarantine entries purged" in purged.stdout
+    assert json.loads(gw.cli("quarantine", "list", "--json").stdout) == []
+
+
+def test_message_rule_holds_cannot_be_released(gw, sink: Sink):
+    no_subject = (b"From: News <news@example.com>\r\nTo: <cto@b2b.example>\r\n"
+                  b"Content-Type: text/plain\r\n\r\nHello\r\n")
+    entry = hold(gw, no_subject, to="cto@b2b.example")
+    refused = gw.cli("quarantine", "release", str(entry))
+    assert refused.returncode == 1 and "M3" in refused.stderr and "reject it" in refused.stderr
+
+
+def test_show_never_lets_terminal_escapes_through(gw):
+    evil = (b"From: News <news@example.com>\r\nTo: <unclear@b2b.example>\r\n"
+            b"Subject: \x1b]0;pwned\x07 \x1b[2J Offer\r\nContent-Type: text/html\r\n\r\n"
+            b"<html><body><p>Hello \x1b[31mred\x1b[0m</p><script>x()</script></body></html>\r\n")
+    entry = hold(gw, evil)
+    shown = gw.cli("quarantine", "show", str(entry))
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert "Offer" in shown.stdout and "Hello" in shown.stdout and "red" in shown.stdout
+    assert "x()" not in shown.stdout  # scripts are not text
+    assert "R9" in shown.stdout and "NESTOR" in shown.stdout  # the rule and its legal basis
