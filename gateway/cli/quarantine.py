@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import datetime
 import getpass
 import sys
 import time
-from collections import Counter
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from gateway.cli import EXIT_REFUSED, CliState, hasher_for, print_json, run, when
+from gateway.cli import (
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    CliState,
+    fail,
+    hasher_for,
+    print_json,
+    run,
+    when,
+)
 from gateway.errors import NotFound, Refused
 from gateway.review import Review
 from gateway.store.accounts import AccountStore
@@ -29,32 +39,97 @@ def quarantine() -> None:
 @quarantine.command("list")
 @click.option("--account", help="Only entries of this sending account.")
 @click.option("--rule", help="Only entries held by this rule (R9, R2, M2, M3).")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              help="Only entries held since this date (YYYY-MM-DD).")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="At most this many entries (oldest first); counts cover all of them.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def list_(state: CliState, account: str | None, rule: str | None, as_json: bool) -> None:
-    """Held entries, oldest first, with counts per rule."""
+def list_(state: CliState, account: str | None, rule: str | None,
+          since: datetime.datetime | None, limit: int, as_json: bool) -> None:
+    """Held entries, oldest first, with counts per rule (paged on a terminal)."""
+    after = since.timestamp() if since else None
 
     async def body() -> None:
         async with Database(state.settings.store.path) as db:
-            entries = await QuarantineStore(db).list(account=account,
-                                                     rule=rule.upper() if rule else None)
+            store = QuarantineStore(db)
+            rule_id = rule.upper() if rule else None
+            entries = await store.list(account=account, rule=rule_id, since=after, limit=limit)
+            counts = await store.counts(account=account, rule=rule_id, since=after)
         if as_json:
             print_json([e.as_json() for e in entries])
             return
-        table = Table(title=f"{len(entries)} held copies")
-        for column in ("id", "since", "account", "from", "recipient", "subject", "rule",
+        total = sum(counts.values())
+        table = Table(title=f"{total} held copies" + (
+            f" (the {len(entries)} oldest shown)" if total > len(entries) else ""))
+        for column in ("id", "age", "account", "from", "recipient", "subject", "rule",
                        "reason"):
             table.add_column(column)
+        now = time.time()
         for e in entries:
-            table.add_row(str(e.id), when(e.created_at), e.account or "", e.mail_from,
-                          e.recipient, e.subject[:60], e.rule, e.reason)
+            table.add_row(str(e.id), _age(now - e.created_at), printable(e.account or ""),
+                          printable(e.mail_from), printable(e.recipient),
+                          printable(e.subject[:60]), e.rule, printable(e.reason))
         console = Console(markup=False, highlight=False)
-        console.print(table)
-        counts = Counter(e.rule for e in entries)
-        if counts:
-            console.print("  ".join(f"{r}: {n}" for r, n in sorted(counts.items())))
+        summary = "  ".join(f"{r}: {n}" for r, n in sorted(counts.items()))
+        if console.is_terminal and len(entries) > console.height:
+            with console.pager():
+                console.print(table)
+                console.print(summary)
+        else:
+            console.print(table)
+            console.print(summary)
 
     run(body)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _bulk_options(command: Any) -> Any:
+    for option in reversed((
+        click.argument("entry_ids", type=int, nargs=-1),
+        click.option("--all", "select_all", is_flag=True,
+                     help="Every held entry matching --rule/--account/--older-than."),
+        click.option("--rule", help="With --all: only entries held by this rule."),
+        click.option("--account", help="With --all: only entries of this account."),
+        click.option("--older-than", "older_than", type=click.FloatRange(min=0),
+                     help="With --all: only entries held longer than this many days."),
+        click.option("--yes", is_flag=True, help="With --all: do not ask for confirmation."),
+        click.option("--reason", help="Why (recorded with the decision)."),
+        click.option("--operator", help="Who decides (default: the OS user)."),
+    )):
+        command = option(command)
+    return command
+
+
+def _select(state: CliState, verb: str, entry_ids: tuple[int, ...], select_all: bool,
+            rule: str | None, account: str | None, older_than: float | None,
+            yes: bool) -> list[int]:
+    """The entry ids to act on: those given, or with --all the matching held ones (after a
+    confirmation that shows the count)."""
+    if bool(entry_ids) == select_all:
+        fail("give entry ids, or --all (with --rule, --account, --older-than)", EXIT_USAGE)
+    if not select_all:
+        if rule or account or older_than is not None:
+            fail("--rule, --account and --older-than go with --all", EXIT_USAGE)
+        return list(entry_ids)
+
+    async def matching() -> list[int]:
+        async with Database(state.settings.store.path) as db:
+            entries = await QuarantineStore(db).list(
+                account=account, rule=rule.upper() if rule else None, limit=1_000_000)
+        cutoff = time.time() - older_than * 86400 if older_than is not None else None
+        return [e.id for e in entries if cutoff is None or e.created_at < cutoff]
+
+    ids = run(matching)
+    if ids and not yes:
+        click.confirm(f"{verb} {len(ids)} held entries?", abort=True)
+    return ids
 
 
 def _operator(value: str | None) -> str:
@@ -102,16 +177,17 @@ def show(state: CliState, entry_id: int) -> None:
 
 
 @quarantine.command()
-@click.argument("entry_ids", type=int, nargs=-1, required=True)
-@click.option("--reason", help="Why (recorded with the decision).")
-@click.option("--operator", help="Who decides (default: the OS user).")
+@_bulk_options
 @click.pass_obj
-def release(state: CliState, entry_ids: tuple[int, ...], reason: str | None,
+def release(state: CliState, entry_ids: tuple[int, ...], select_all: bool, rule: str | None,
+            account: str | None, older_than: float | None, yes: bool, reason: str | None,
             operator: str | None) -> None:
     """Send held copies after all: each is checked again (every rule but the one that held
     it), then leaves with the unsubscribe fields, the notice and DKIM like any allowed copy.
     Exit 1 if any was refused."""
     who = _operator(operator)
+    entry_ids = tuple(_select(state, "Release", entry_ids, select_all, rule, account,
+                              older_than, yes))
 
     async def body() -> int:
         refused = 0
@@ -137,15 +213,16 @@ def release(state: CliState, entry_ids: tuple[int, ...], reason: str | None,
 
 
 @quarantine.command()
-@click.argument("entry_ids", type=int, nargs=-1, required=True)
-@click.option("--reason", help="Why (recorded with the decision).")
-@click.option("--operator", help="Who decides (default: the OS user).")
+@_bulk_options
 @click.pass_obj
-def reject(state: CliState, entry_ids: tuple[int, ...], reason: str | None,
+def reject(state: CliState, entry_ids: tuple[int, ...], select_all: bool, rule: str | None,
+           account: str | None, older_than: float | None, yes: bool, reason: str | None,
            operator: str | None) -> None:
     """Never send held copies: the decision is recorded and the raw message deleted once no
     other copy needs it."""
     who = _operator(operator)
+    entry_ids = tuple(_select(state, "Reject", entry_ids, select_all, rule, account,
+                              older_than, yes))
 
     async def body() -> int:
         refused = 0

@@ -45,14 +45,26 @@ class QuarantineStore:
         self.db = db
 
     async def list(self, account: str | None = None, rule: str | None = None,
-                   state: str = "held", limit: int = 1000) -> list[QuarantineEntry]:
-        """Entries in `state`, oldest first, optionally for one account or rule."""
+                   state: str = "held", limit: int = 1000,
+                   since: float | None = None) -> list[QuarantineEntry]:
+        """Entries in `state`, oldest first, optionally for one account, rule or period."""
         rows = await self.db.fetchall(
             f"SELECT {_COLUMNS} FROM quarantine WHERE state = ?"  # noqa: S608 - constant columns
             " AND (? IS NULL OR account = ?) AND (? IS NULL OR rule = ?)"
+            " AND (? IS NULL OR created_at >= ?)"
             " ORDER BY created_at, id LIMIT ?",
-            (state, account, account, rule, rule, limit))
+            (state, account, account, rule, rule, since, since, limit))
         return [QuarantineEntry(*tuple(row)) for row in rows]
+
+    async def counts(self, account: str | None = None, rule: str | None = None,
+                     since: float | None = None) -> dict[str, int]:
+        """Held entries per rule, over all of them (not only a page)."""
+        rows = await self.db.fetchall(
+            "SELECT rule, count(*) FROM quarantine WHERE state = 'held'"
+            " AND (? IS NULL OR account = ?) AND (? IS NULL OR rule = ?)"
+            " AND (? IS NULL OR created_at >= ?) GROUP BY rule",
+            (account, account, rule, rule, since, since))
+        return {row[0]: row[1] for row in rows}
 
     async def get(self, entry_id: int) -> QuarantineEntry:
         row = await self.db.fetchone(

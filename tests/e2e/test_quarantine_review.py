@@ -99,3 +99,26 @@ def test_show_never_lets_terminal_escapes_through(gw):
     assert "Offer" in shown.stdout and "Hello" in shown.stdout and "red" in shown.stdout
     assert "x()" not in shown.stdout  # scripts are not text
     assert "R9" in shown.stdout and "NESTOR" in shown.stdout  # the rule and its legal basis
+
+
+def test_bulk_decisions_ask_for_confirmation_and_filter(gw, sink: Sink):
+    ids = [hold(gw) for _ in range(3)]
+    listed = gw.cli("quarantine", "list")
+    assert "3 held copies" in listed.stdout and "R9: 3" in listed.stdout
+    usage = gw.cli("quarantine", "release", str(ids[0]), "--all")
+    assert usage.returncode == 2
+    assert gw.cli("quarantine", "release").returncode == 2
+    declined = gw.cli("quarantine", "reject", "--all", "--rule", "R9", stdin="n\n")
+    assert declined.returncode == 1 and "Reject 3 held entries?" in declined.stdout
+    assert len(json.loads(gw.cli("quarantine", "list", "--json").stdout)) == 3
+    none_old = gw.cli("quarantine", "reject", "--all", "--older-than", "1", "--yes")
+    assert none_old.returncode == 0
+    assert len(json.loads(gw.cli("quarantine", "list", "--json").stdout)) == 3
+    assert json.loads(gw.cli("quarantine", "list", "--since", "2999-01-01", "--json")
+                      .stdout) == []
+    released = gw.cli("quarantine", "release", "--all", "--account", "crm", "--yes",
+                      "--reason", "campaign reviewed")
+    assert released.returncode == 0, released.stderr
+    assert released.stdout.count("released to") == 3
+    assert len(sink.wait_for(3)) == 3
+    assert json.loads(gw.cli("quarantine", "list", "--json").stdout) == []
