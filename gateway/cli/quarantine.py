@@ -26,7 +26,7 @@ from gateway.errors import NotFound, Refused
 from gateway.review import Review
 from gateway.store.accounts import AccountStore
 from gateway.store.db import Database
-from gateway.store.ledger import LedgerLookup
+from gateway.store.ledger import Ledger, LedgerLookup
 from gateway.store.quarantine import QuarantineStore
 from gateway.text import preview, printable
 
@@ -159,6 +159,10 @@ def show(state: CliState, entry_id: int) -> None:
             store = QuarantineStore(db)
             entry = await store.get(entry_id)
             content = await store.content(entry)
+            try:
+                contact = await Ledger(db, hasher_for(state.settings)).contact(entry.recipient)
+            except ValueError:
+                contact = None
         console = Console(markup=False, highlight=False, soft_wrap=True)
         for label, value in (("id", str(entry.id)), ("state", entry.state),
                              ("since", when(entry.created_at)), ("account", entry.account),
@@ -167,6 +171,23 @@ def show(state: CliState, entry_id: int) -> None:
                              ("rule", f"{entry.rule}: {entry.reason}"),
                              ("legal basis", entry.basis)):
             console.print(f"{label:>12}  {printable(value or '')}")
+        console.print("\n--- ledger facts ---")
+        if contact is None:
+            console.print("(the ledger holds nothing on this address)")
+        else:
+            facts = {"kind": contact.kind, "audience": contact.audience,
+                     "relationship": contact.relationship, "language": contact.language,
+                     "job title": contact.job_title,
+                     "topics": "; ".join(sorted(contact.topics)),
+                     "customer categories": "; ".join(sorted(contact.customer_categories)),
+                     "consent": f"{contact.consent or 'none'} {when(contact.consent_at)}",
+                     "collected": when(contact.collected_at),
+                     "last own action": when(contact.last_interaction_at),
+                     "sources": "; ".join(f"{src.name} ({src.type}"
+                                          f"{', ' + src.visibility if src.visibility else ''})"
+                                          for src in contact.sources)}
+            for label, value in facts.items():
+                console.print(f"{label:>20}  {printable(value or '')}")
         if content is None:
             console.print("(the message content is no longer kept)")
             return

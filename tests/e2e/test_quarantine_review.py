@@ -99,6 +99,7 @@ def test_show_never_lets_terminal_escapes_through(gw):
     assert "Offer" in shown.stdout and "Hello" in shown.stdout and "red" in shown.stdout
     assert "x()" not in shown.stdout  # scripts are not text
     assert "R9" in shown.stdout and "NESTOR" in shown.stdout  # the rule and its legal basis
+    assert "b2b" in shown.stdout and "website form (direct)" in shown.stdout  # ledger facts
 
 
 def test_bulk_decisions_ask_for_confirmation_and_filter(gw, sink: Sink):
