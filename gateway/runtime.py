@@ -177,8 +177,8 @@ class Gateway:
         }
 
     async def _housekeep(self) -> None:
+        """At start, then every minute: free finished content, purge the quarantine."""
         while True:
-            await asyncio.sleep(HOUSEKEEPING_SECONDS)
             try:
                 assert self.queue is not None
                 await self.queue.drop_finished_content()
@@ -186,6 +186,7 @@ class Gateway:
                     await self._purge_quarantine()
             except Exception:
                 log.exception("housekeeping failed")
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
 
     async def _purge_quarantine(self) -> None:
         """quarantine.retention_days: held personal data does not pile up."""

@@ -123,3 +123,17 @@ def test_bulk_decisions_ask_for_confirmation_and_filter(gw, sink: Sink):
     assert released.stdout.count("released to") == 3
     assert len(sink.wait_for(3)) == 3
     assert json.loads(gw.cli("quarantine", "list", "--json").stdout) == []
+
+
+def test_serve_purges_held_copies_after_the_retention_period(gw):
+    entry = hold(gw)
+    gw.stop()
+    with gw.config.open("a") as config:
+        config.write("\n[quarantine]\nretention_days = 0\n")
+    gw.start()  # housekeeping runs at start, then every minute
+    wait_until(lambda: json.loads(gw.cli("quarantine", "list", "--json").stdout) == [],
+               what="the purge")
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        assert db.execute("SELECT state, decided_by FROM quarantine WHERE id = ?",
+                          (entry,)).fetchone() == ("rejected", "purge")
+    assert "purged after 0 days" in gw.output
