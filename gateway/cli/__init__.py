@@ -102,6 +102,7 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 def _register() -> None:
     from gateway.cli import (
         accounts,
+        audit,
         check,
         contacts,
         dkim,
@@ -111,7 +112,8 @@ def _register() -> None:
         suppress,
     )
 
-    for module in (accounts, contacts, suppress, check, quarantine, queue, dkim, serve):
+    for module in (accounts, contacts, suppress, check, quarantine, queue, dkim, audit,
+                   serve):
         for command in module.COMMANDS:
             main.add_command(command)
 

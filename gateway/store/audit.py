@@ -8,6 +8,7 @@ DATA) are appended here, batched.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +17,19 @@ import aiosqlite
 from gateway.store.db import Database
 
 INSERT_SQL = ("INSERT INTO audit (at, account, client_ip, recipient_hash, rule, decision,"
-              " message_id) VALUES (?, ?, ?, ?, ?, ?, ?)")
+              " message_id, chain) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+GENESIS = bytes(32)
+
+
+def link(previous: bytes, row: tuple[object, ...]) -> bytes:
+    """The chain value of an audit row: SHA-256 over the previous value and the row's
+    fields (time, account, client IP, recipient hash, rule, decision, message id)."""
+    at, account, client_ip, recipient_hash, rule, decision, message_id = row
+    canonical = "\x1f".join((repr(float(at)),  # type: ignore[arg-type]
+                             str(account or ""), str(client_ip),
+                             bytes(recipient_hash).hex(),  # type: ignore[call-overload]
+                             str(rule), str(decision), str(message_id or "")))
+    return hashlib.sha256(previous + canonical.encode("utf-8")).digest()
 
 
 @dataclass(frozen=True)
@@ -41,8 +54,18 @@ class AuditRecord:
 
 async def insert_records(conn: aiosqlite.Connection, records: Iterable[AuditRecord],
                          message_id: str | None = None) -> None:
-    """Append `records` inside the caller's transaction."""
-    await conn.executemany(INSERT_SQL, [r.row(message_id) for r in records])
+    """Append `records` inside the caller's (write) transaction, chained to the last row."""
+    rows = [r.row(message_id) for r in records]
+    if not rows:
+        return
+    async with conn.execute("SELECT chain FROM audit ORDER BY id DESC LIMIT 1") as cur:
+        last = await cur.fetchone()
+    previous = (last[0] if last and last[0] else GENESIS)
+    chained = []
+    for row in rows:
+        previous = link(previous, row)
+        chained.append((*row, previous))
+    await conn.executemany(INSERT_SQL, chained)
 
 
 class AuditLog:
@@ -55,6 +78,21 @@ class AuditLog:
             for records in batches:
                 await insert_records(conn, records)
         return [None] * len(batches)
+
+    async def verify(self) -> tuple[int, int | None]:
+        """(rows checked, id of the first row whose chain does not match, or None)."""
+        previous = GENESIS
+        checked = 0
+        async with self.db.reader.execute(
+                "SELECT id, at, account, client_ip, recipient_hash, rule, decision,"
+                " message_id, chain FROM audit ORDER BY id") as cur:
+            async for row in cur:
+                expected = link(previous, tuple(row)[1:8])
+                if row[8] != expected:
+                    return checked, int(row[0])
+                previous = expected
+                checked += 1
+        return checked, None
 
     async def for_recipient(self, recipient_hash: bytes) -> list[AuditRecord]:
         rows = await self.db.fetchall(

@@ -196,3 +196,22 @@ def test_a_from_header_refusal_is_audited_as_m1(gateway):
     rows = wait_until(lambda: db_rows(gw, "SELECT rule, decision FROM audit"),
                       what="audit rows")
     assert rows == [("M1", "reject")]
+
+
+def test_editing_one_audit_row_makes_audit_verify_name_it(gateway):
+    gw = gateway()
+    s = session(gw)
+    for case in CASES[:4]:
+        s.cmd(f"RCPT TO:<{case.email}>")
+    s.cmd("RSET")
+    s.cmd("QUIT")
+    wait_until(lambda: len(db_rows(gw, "SELECT 1 FROM audit")) >= 4, what="audit rows")
+    intact = gw.cli("audit", "verify")
+    assert intact.returncode == 0 and "4 rows, hash chain verified" in intact.stdout
+    with sqlite3.connect(gw.config.parent / "gateway.db") as conn:
+        # the triggers refuse edits; somebody with the file drops them first
+        conn.execute("DROP TRIGGER audit_no_update")
+        conn.execute("UPDATE audit SET decision = 'allow' WHERE id = 3")
+    broken = gw.cli("audit", "verify", "--json")
+    assert broken.returncode == 1 and json.loads(broken.stdout) == {"rows": 2,
+                                                                    "first_broken": 3}
