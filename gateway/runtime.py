@@ -40,6 +40,8 @@ from gateway.store.ledger import Ledger, LedgerLookup
 from gateway.store.notifications import NotificationStore
 from gateway.store.quarantine import QuarantineStore
 from gateway.store.queue import QueueStore
+from gateway.store.retention import Retention
+from gateway.store.retention import due as maintenance_due
 from gateway.tls import ensure_self_signed, server_context
 from gateway.transform.dkim import Signer, use_openssl_rsa
 from gateway.web.app import create_app
@@ -47,6 +49,7 @@ from gateway.web.app import create_app
 log = logging.getLogger("gateway")
 
 HOUSEKEEPING_SECONDS = 60.0
+RETENTION_EVERY_SECONDS = 86400.0  # R4's purge: daily (the first a day after the first start)
 SWITCH_INTERVAL = 0.0005
 
 
@@ -184,6 +187,9 @@ class Gateway:
                 await self.queue.drop_finished_content()
                 if self.serve_http:  # one process purges
                     await self._purge_quarantine()
+                    if await maintenance_due(self.db, "retention", RETENTION_EVERY_SECONDS):
+                        purged = await Retention(self.db, self.settings.policy.knobs()).purge()
+                        log.info("retention: %d expired ledger entries purged", len(purged))
             except Exception:
                 log.exception("housekeeping failed")
             await asyncio.sleep(HOUSEKEEPING_SECONDS)

@@ -108,12 +108,13 @@ def _register() -> None:
         dkim,
         quarantine,
         queue,
+        retention,
         serve,
         suppress,
     )
 
-    for module in (accounts, contacts, suppress, check, quarantine, queue, dkim, audit,
-                   serve):
+    for module in (accounts, contacts, suppress, check, quarantine, queue, retention, dkim,
+                   audit, serve):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -149,3 +149,26 @@ def test_suppress_add_list_remove(config: Path, tmp_path: Path):
 def test_quarantine_list_is_empty_json_on_a_new_store(config: Path):
     result = gateway_cli(config, "quarantine", "list", "--json")
     assert result.returncode == 0 and json.loads(result.stdout) == []
+
+
+def test_retention_run_purges_what_r4_says_has_expired(config: Path, tmp_path: Path):
+    csv = tmp_path / "ages.csv"
+    csv.write_text(
+        "email,consent,consent_at,source_name,source_type,collected_at,last_interaction_at\n"
+        "old@example.com,,,Fair,direct,2020-01-01,\n"
+        "active@example.com,,,Fair,direct,2020-01-01,2026-06-01\n"
+        "new@example.com,,,Fair,direct,2026-06-01,\n"
+        "gone@example.com,withdrawn,2020-02-01,Fair,direct,2020-01-01,\n")
+    assert gateway_cli(config, "contacts", "import", str(csv)).returncode == 0
+    dry = gateway_cli(config, "retention", "run", "--dry-run", "--json")
+    assert json.loads(dry.stdout) == {"dry_run": True,
+                                      "purged": ["old@example.com", "gone@example.com"]}
+    assert count(config, "contacts") == 4
+    done = gateway_cli(config, "retention", "run")
+    assert done.returncode == 0 and "2 expired ledger entries purged" in done.stdout
+    assert count(config, "contacts") == 2 and count(config, "suppression") == 1
+    # the objection outlives the data: the purged address is still refused, by R1
+    answer = json.loads(gateway_cli(config, "check", "--account", "crm", "--to",
+                                    "gone@example.com", "--json").stdout)
+    assert answer["rule"] == "R1"
+    assert gateway_cli(config, "contacts", "show", "old@example.com").returncode == 1

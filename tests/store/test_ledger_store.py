@@ -172,3 +172,37 @@ async def test_events_and_audit_are_append_only(db, hasher):
             conn.execute(statement)
     [record] = await AuditLog(db).for_recipient(hasher("c@example.com"))
     assert (record.rule, record.decision) == ("R6", "allow")
+
+
+async def test_retention_sql_agrees_with_the_rule_book(db, hasher):
+    import dataclasses
+    import random
+
+    from gateway.model import PolicyKnobs
+    from gateway.policy.rules import retention_deadline
+    from gateway.store.ledger import Ledger
+    from gateway.store.retention import Retention, due
+
+    rng = random.Random(3)
+    now = time.time()
+    lines = ["email,collected_at,last_interaction_at,source_name,source_type"]
+    for i in range(300):
+        collected = now - rng.randint(0, 3000) * DAY
+        acted = collected + rng.randint(-500, 2500) * DAY if rng.random() < 0.6 else None
+        fmt = time.strftime
+        lines.append(f"c{i}@example.com,{fmt('%Y-%m-%dT%H:%M:%S', time.gmtime(collected))},"
+                     + (fmt('%Y-%m-%dT%H:%M:%S', time.gmtime(acted))
+                        if acted and acted < now else "") + ",Form,direct")
+    import_csv(db, hasher, "\n".join(lines) + "\n")
+    ledger = Ledger(db, hasher)
+    for knobs in (PolicyKnobs(), dataclasses.replace(PolicyKnobs(), prospect_retention_days=400,
+                                                     max_retention_days=200)):
+        expired = {address for _, address in await Retention(db, knobs).expired(now)}
+        for i in range(300):
+            contact = await ledger.contact(f"c{i}@example.com")
+            assert contact is not None
+            deadline = retention_deadline(contact, knobs)
+            assert (deadline is not None and deadline < now) == (contact.address in expired)
+    assert not await due(db, "t", 100.0, now)  # first time: recorded, not run
+    assert not await due(db, "t", 100.0, now + 50)
+    assert await due(db, "t", 100.0, now + 150)

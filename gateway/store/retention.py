@@ -1,0 +1,60 @@
+"""R4's purge: ledger entries whose retention period is over (gateway retention run).
+
+The deadline is policy.rules.retention_deadline written in SQL, so that a daily run over a
+million contacts is one indexed-free scan in SQLite, not a million Python calls; a test keeps
+the two in step. Suppression hashes and audit rows (keyed hashes only) are kept: an objection
+outlives the data.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gateway.model import PolicyKnobs
+from gateway.store.db import Database
+
+DAY = 86400.0
+_EXPIRED = ("SELECT id, address FROM contacts WHERE"
+            " (CASE WHEN last_interaction_at IS NOT NULL AND last_interaction_at > collected_at"
+            "  THEN last_interaction_at + ? ELSE collected_at + ? END) < ?"
+            " ORDER BY id")
+
+
+class Retention:
+    def __init__(self, db: Database, knobs: PolicyKnobs) -> None:
+        self.db = db
+        self.knobs = knobs
+
+    def _params(self, now: float) -> tuple[float, float, float]:
+        prospect = self.knobs.prospect_retention_days * DAY
+        capped = min(self.knobs.prospect_retention_days, self.knobs.max_retention_days) * DAY
+        return prospect, capped, now
+
+    async def expired(self, now: float | None = None) -> list[tuple[int, str]]:
+        """(contact id, address) of every ledger entry past its retention deadline."""
+        rows = await self.db.fetchall(_EXPIRED, self._params(now or time.time()))
+        return [(row[0], row[1]) for row in rows]
+
+    async def purge(self, now: float | None = None) -> list[str]:
+        """Delete every expired entry with its sources and events; returns the addresses."""
+        async with self.db.transaction() as conn:
+            async with conn.execute(_EXPIRED, self._params(now or time.time())) as cur:
+                rows = list(await cur.fetchall())
+            await conn.executemany("DELETE FROM contacts WHERE id = ?",
+                                   [(row[0],) for row in rows])
+        return [row[1] for row in rows]
+
+
+async def due(db: Database, task: str, every: float, now: float | None = None) -> bool:
+    """True (and the run recorded) when `task` last ran `every` seconds ago or more. A task
+    never run before is recorded as run now: its first run comes `every` seconds later."""
+    now = now or time.time()
+    async with db.transaction() as conn:
+        async with conn.execute("SELECT ran_at FROM maintenance WHERE task = ?",
+                                (task,)) as cur:
+            row = await cur.fetchone()
+        if row is not None and now - row[0] < every:
+            return False
+        await conn.execute("INSERT OR REPLACE INTO maintenance (task, ran_at) VALUES (?, ?)",
+                           (task, now))
+        return row is not None
