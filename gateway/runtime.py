@@ -40,6 +40,7 @@ from gateway.store.ledger import Ledger, LedgerLookup
 from gateway.store.notifications import NotificationStore
 from gateway.store.quarantine import QuarantineStore
 from gateway.store.queue import QueueStore
+from gateway.store.requests import RequestStore
 from gateway.store.retention import Retention
 from gateway.store.retention import due as maintenance_due
 from gateway.tls import ensure_self_signed, server_context
@@ -187,12 +188,22 @@ class Gateway:
                 await self.queue.drop_finished_content()
                 if self.serve_http:  # one process purges
                     await self._purge_quarantine()
+                    if await maintenance_due(self.db, "request-warnings", 86400.0,
+                                             first_run=True):
+                        await self._warn_due_requests()
                     if await maintenance_due(self.db, "retention", RETENTION_EVERY_SECONDS):
                         purged = await Retention(self.db, self.settings.policy.knobs()).purge()
                         log.info("retention: %d expired ledger entries purged", len(purged))
             except Exception:
                 log.exception("housekeeping failed")
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
+
+    async def _warn_due_requests(self) -> None:
+        """GDPR 12(3): a warning a day for each request due within 7 days (or overdue)."""
+        for request in await RequestStore(self.db).open_requests(time.time() + 7 * 86400):
+            log.warning("data-subject request %d (%s, %s) is due %s: answer it (gateway "
+                        "requests list)", request.id, request.kind, request.address,
+                        time.strftime("%Y-%m-%d", time.gmtime(request.due_at)))
 
     async def _purge_quarantine(self) -> None:
         """quarantine.retention_days: held personal data does not pile up."""

@@ -108,13 +108,14 @@ def _register() -> None:
         dkim,
         quarantine,
         queue,
+        requests,
         retention,
         serve,
         suppress,
     )
 
-    for module in (accounts, contacts, suppress, check, quarantine, queue, retention, dkim,
-                   audit, serve):
+    for module in (accounts, contacts, suppress, check, quarantine, queue, requests, retention,
+                   dkim, audit, serve):
         for command in module.COMMANDS:
             main.add_command(command)
 

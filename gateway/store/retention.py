@@ -45,9 +45,10 @@ class Retention:
         return [row[1] for row in rows]
 
 
-async def due(db: Database, task: str, every: float, now: float | None = None) -> bool:
+async def due(db: Database, task: str, every: float, now: float | None = None,
+              first_run: bool = False) -> bool:
     """True (and the run recorded) when `task` last ran `every` seconds ago or more. A task
-    never run before is recorded as run now: its first run comes `every` seconds later."""
+    never run before is recorded as run now, and runs now only with `first_run`."""
     now = now or time.time()
     async with db.transaction() as conn:
         async with conn.execute("SELECT ran_at FROM maintenance WHERE task = ?",
@@ -57,4 +58,4 @@ async def due(db: Database, task: str, every: float, now: float | None = None) -
             return False
         await conn.execute("INSERT OR REPLACE INTO maintenance (task, ran_at) VALUES (?, ?)",
                            (task, now))
-        return row is not None
+        return row is not None or first_run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import sqlite3
 from pathlib import Path
@@ -172,3 +173,33 @@ def test_retention_run_purges_what_r4_says_has_expired(config: Path, tmp_path: P
                                     "gone@example.com", "--json").stdout)
     assert answer["rule"] == "R1"
     assert gateway_cli(config, "contacts", "show", "old@example.com").returncode == 1
+
+
+def test_requests_are_tracked_to_their_legal_due_date(config: Path):
+    from gateway.store.requests import one_month_later
+
+    def stamp(day: str) -> float:
+        return datetime.datetime.fromisoformat(day).replace(tzinfo=datetime.UTC).timestamp()
+
+    assert one_month_later(stamp("2026-01-31")) == stamp("2026-02-28")
+    assert one_month_later(stamp("2028-01-31")) == stamp("2028-02-29")
+    assert one_month_later(stamp("2026-12-15")) == stamp("2027-01-15")
+    today = datetime.date.today()
+    old = (today - datetime.timedelta(days=27)).isoformat()
+    opened = gateway_cli(config, "requests", "open", "Jane@Example.COM", "--kind", "access",
+                         "--received", old)
+    assert opened.returncode == 0 and "for Jane@example.com opened" in opened.stdout
+    assert gateway_cli(config, "requests", "open", "x@example.com", "--kind",
+                       "erasure").returncode == 0
+    assert gateway_cli(config, "requests", "open", "bad", "--kind", "access").returncode == 1
+    assert gateway_cli(config, "requests", "open", "x@example.com", "--kind",
+                       "other").returncode == 2
+    soon = json.loads(gateway_cli(config, "requests", "list", "--due-within", "7",
+                                  "--json").stdout)
+    assert [(r["address"], r["kind"]) for r in soon] == [("Jane@example.com", "access")]
+    everything = json.loads(gateway_cli(config, "requests", "list", "--json").stdout)
+    assert len(everything) == 2
+    assert gateway_cli(config, "requests", "close", str(soon[0]["id"]), "--note",
+                       "export sent by letter").returncode == 0
+    assert gateway_cli(config, "requests", "close", str(soon[0]["id"])).returncode == 1
+    assert len(json.loads(gateway_cli(config, "requests", "list", "--json").stdout)) == 1

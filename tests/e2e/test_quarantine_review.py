@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import email
 import email.policy
 import json
@@ -137,3 +138,14 @@ def test_serve_purges_held_copies_after_the_retention_period(gw):
         assert db.execute("SELECT state, decided_by FROM quarantine WHERE id = ?",
                           (entry,)).fetchone() == ("rejected", "purge")
     assert "purged after 0 days" in gw.output
+
+
+def test_serve_warns_about_requests_due_within_a_week(make_gateway):
+    gw = make_gateway(start=False)
+    received = (datetime.date.today() - datetime.timedelta(days=28)).isoformat()
+    assert gw.cli("requests", "open", "jane@example.net", "--kind", "erasure",
+                  "--received", received).returncode == 0
+    assert gw.cli("requests", "open", "john@example.org", "--kind", "access").returncode == 0
+    gw.start()  # the daily warning runs at start, then once a day
+    wait_until(lambda: "data-subject request 1 (erasure" in gw.output, what="the warning")
+    assert "data-subject request 2" not in gw.output  # due in a month: no warning yet

@@ -1,0 +1,88 @@
+"""`gateway requests`: data-subject requests tracked to their legal due date."""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from gateway.cli import CliState, print_json, run, when
+from gateway.errors import Refused
+from gateway.store.db import Database
+from gateway.store.requests import KINDS, RequestStore
+
+
+@click.group()
+def requests() -> None:
+    """Access, erasure and objection requests: each is due one month after receipt
+    (GDPR 12(3)); `serve` warns daily about those due within 7 days."""
+
+
+@requests.command("open")
+@click.argument("email")
+@click.option("--kind", type=click.Choice(KINDS), required=True)
+@click.option("--received", type=click.DateTime(["%Y-%m-%d"]),
+              help="When the request was received (default: now); the month runs from it.")
+@click.pass_obj
+def open_(state: CliState, email: str, kind: str, received: datetime.datetime | None) -> None:
+    """Record a request received from EMAIL."""
+    stamp = received.replace(tzinfo=datetime.UTC).timestamp() if received else None
+
+    async def body() -> None:
+        async with Database(state.settings.store.path) as db:
+            try:
+                request = await RequestStore(db).open(email, kind, stamp)
+            except ValueError as exc:
+                raise Refused(str(exc)) from None
+        click.echo(f"request {request.id} ({kind}) for {request.address} opened; due "
+                   f"{when(request.due_at)}")
+
+    run(body)
+
+
+@requests.command("list")
+@click.option("--due-within", "days", type=click.FloatRange(min=0),
+              help="Only requests due within this many days (overdue ones included).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def list_(state: CliState, days: float | None, as_json: bool) -> None:
+    """Open requests, the most urgent first."""
+
+    async def body() -> None:
+        async with Database(state.settings.store.path) as db:
+            due_before = time.time() + days * 86400 if days is not None else None
+            found = await RequestStore(db).open_requests(due_before)
+        if as_json:
+            print_json([r.as_json() for r in found])
+            return
+        table = Table(title=f"{len(found)} open requests")
+        for column in ("id", "kind", "address", "received", "due"):
+            table.add_column(column)
+        now = time.time()
+        for r in found:
+            due = when(r.due_at) + ("  OVERDUE" if r.due_at < now else "")
+            table.add_row(str(r.id), r.kind, r.address, when(r.received_at), due)
+        Console(markup=False, highlight=False).print(table)
+
+    run(body)
+
+
+@requests.command()
+@click.argument("request_id", type=int)
+@click.option("--note", help="How it was answered (kept with the request).")
+@click.pass_obj
+def close(state: CliState, request_id: int, note: str | None) -> None:
+    """Mark REQUEST_ID answered."""
+
+    async def body() -> None:
+        async with Database(state.settings.store.path) as db:
+            await RequestStore(db).close(request_id, note)
+        click.echo(f"request {request_id} closed")
+
+    run(body)
+
+
+COMMANDS = [requests]

@@ -1,0 +1,73 @@
+"""Data-subject requests and their legal due date (GDPR 12(3): within one month of receipt)."""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+import time
+from dataclasses import dataclass
+
+from gateway.addresses import normalize_address
+from gateway.errors import NotFound, Refused
+from gateway.store.db import Database
+
+KINDS = ("access", "erasure", "objection")
+
+
+def one_month_later(stamp: float) -> float:
+    """The same day of the next month (the month's last day when it has no such day)."""
+    day = datetime.datetime.fromtimestamp(stamp, datetime.UTC)
+    year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
+    last = calendar.monthrange(year, month)[1]
+    return day.replace(year=year, month=month, day=min(day.day, last)).timestamp()
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int
+    address: str
+    kind: str
+    received_at: float
+    due_at: float
+    closed_at: float | None
+    note: str | None
+
+    def as_json(self) -> dict[str, object]:
+        return {"id": self.id, "address": self.address, "kind": self.kind,
+                "received_at": self.received_at, "due_at": self.due_at,
+                "closed_at": self.closed_at, "note": self.note}
+
+
+_COLUMNS = "id, address, kind, received_at, due_at, closed_at, note"
+
+
+class RequestStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def open(self, address: str, kind: str, received_at: float | None = None) -> Request:
+        if kind not in KINDS:
+            raise Refused(f"unknown request kind {kind!r} (expected {', '.join(KINDS)})")
+        key = normalize_address(address)
+        received = received_at or time.time()
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "INSERT INTO requests (address, kind, received_at, due_at) VALUES (?, ?, ?, ?)",
+                (key, kind, received, one_month_later(received)))
+            assert cur.lastrowid is not None
+            request_id = cur.lastrowid
+        return Request(request_id, key, kind, received, one_month_later(received), None, None)
+
+    async def open_requests(self, due_before: float | None = None) -> list[Request]:
+        rows = await self.db.fetchall(
+            f"SELECT {_COLUMNS} FROM requests WHERE closed_at IS NULL"  # noqa: S608
+            " AND (? IS NULL OR due_at <= ?) ORDER BY due_at", (due_before, due_before))
+        return [Request(*tuple(row)) for row in rows]
+
+    async def close(self, request_id: int, note: str | None) -> None:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE requests SET closed_at = ?, note = ? WHERE id = ? AND closed_at IS NULL",
+                (time.time(), note, request_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"no open request {request_id}")
