@@ -6,6 +6,7 @@ import datetime
 import getpass
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
@@ -136,6 +137,30 @@ def _select(state: CliState, verb: str, entry_ids: tuple[int, ...], select_all: 
     return ids
 
 
+def _decide_each(state: CliState, entry_ids: tuple[int, ...],
+                 one: Callable[[Review, int], Awaitable[str]]) -> None:
+    """Apply `one` to each entry, printing what it did or why it was refused; every entry is
+    tried, and the exit code is 1 when any was refused."""
+
+    async def body() -> int:
+        refused = 0
+        async with Database(state.settings.store.path) as db:
+            review = await _review(state, db)
+            try:
+                for entry_id in entry_ids:
+                    try:
+                        click.echo(await one(review, entry_id))
+                    except (NotFound, Refused) as exc:
+                        refused += 1
+                        click.echo(f"gateway: {exc}", err=True)
+            finally:
+                review.lookup.close()
+        return refused
+
+    if run(body):
+        sys.exit(EXIT_REFUSED)
+
+
 def _operator(value: str | None) -> str:
     return value or getpass.getuser()
 
@@ -214,27 +239,12 @@ def release(state: CliState, entry_ids: tuple[int, ...], select_all: bool, rule:
     entry_ids = tuple(_select(state, "Release", entry_ids, select_all, rule, account,
                               older_than, yes))
 
-    async def body() -> int:
-        refused = 0
-        async with Database(state.settings.store.path) as db:
-            review = await _review(state, db)
-            try:
-                for entry_id in entry_ids:
-                    try:
-                        done = await review.release(entry_id, who, reason)
-                    except (NotFound, Refused) as exc:
-                        refused += 1
-                        click.echo(f"gateway: {exc}", err=True)
-                        continue
-                    click.echo(f"quarantine entry {entry_id} released to "
-                               f"{done.entry.recipient} (queue entry {done.delivery_id}, "
-                               f"rule {done.rule})")
-            finally:
-                review.lookup.close()
-        return refused
+    async def one(review: Review, entry_id: int) -> str:
+        done = await review.release(entry_id, who, reason)
+        return (f"quarantine entry {entry_id} released to {done.entry.recipient} "
+                f"(queue entry {done.delivery_id}, rule {done.rule})")
 
-    if run(body):
-        sys.exit(EXIT_REFUSED)
+    _decide_each(state, entry_ids, one)
 
 
 @quarantine.command()
@@ -249,25 +259,11 @@ def reject(state: CliState, entry_ids: tuple[int, ...], select_all: bool, rule: 
     entry_ids = tuple(_select(state, "Reject", entry_ids, select_all, rule, account,
                               older_than, yes))
 
-    async def body() -> int:
-        refused = 0
-        async with Database(state.settings.store.path) as db:
-            review = await _review(state, db)
-            try:
-                for entry_id in entry_ids:
-                    try:
-                        await review.reject(entry_id, who, reason)
-                    except (NotFound, Refused) as exc:
-                        refused += 1
-                        click.echo(f"gateway: {exc}", err=True)
-                        continue
-                    click.echo(f"quarantine entry {entry_id} rejected")
-            finally:
-                review.lookup.close()
-        return refused
+    async def one(review: Review, entry_id: int) -> str:
+        await review.reject(entry_id, who, reason)
+        return f"quarantine entry {entry_id} rejected"
 
-    if run(body):
-        sys.exit(EXIT_REFUSED)
+    _decide_each(state, entry_ids, one)
 
 
 @quarantine.command()

@@ -10,6 +10,8 @@ import builtins
 import time
 from dataclasses import dataclass
 
+import aiosqlite
+
 from gateway.errors import NotFound, Refused
 from gateway.store.db import Database
 
@@ -38,6 +40,17 @@ class QuarantineEntry:
                 "subject": self.subject, "rule": self.rule, "reason": self.reason,
                 "basis": self.basis, "state": self.state, "message_id": self.message_id,
                 "client_ip": self.client_ip}
+
+
+async def _decide(conn: aiosqlite.Connection, entry: QuarantineEntry, state: str,
+                  operator: str, reason: str | None, now: float) -> None:
+    """Record an operator's decision on a held entry (Refused if it is no longer held)."""
+    cur = await conn.execute(
+        "UPDATE quarantine SET state = ?, decided_at = ?, decided_by = ?,"
+        " decision_reason = ? WHERE id = ? AND state = 'held'",
+        (state, now, operator, reason, entry.id))
+    if cur.rowcount != 1:
+        raise Refused(f"quarantine entry {entry.id} is no longer held")
 
 
 class QuarantineStore:
@@ -84,12 +97,7 @@ class QuarantineStore:
         and why; returns the delivery id. Refused unless the entry is still held."""
         now = time.time()
         async with self.db.transaction() as conn:
-            cur = await conn.execute(
-                "UPDATE quarantine SET state = 'released', decided_at = ?, decided_by = ?,"
-                " decision_reason = ? WHERE id = ? AND state = 'held'",
-                (now, operator, reason, entry.id))
-            if cur.rowcount != 1:
-                raise Refused(f"quarantine entry {entry.id} is no longer held")
+            await _decide(conn, entry, "released", operator, reason, now)
             cur = await conn.execute(
                 "INSERT INTO deliveries (message_id, recipient, state, attempts,"
                 " next_attempt_at, created_at, updated_at, contact_id, rule)"
@@ -102,12 +110,7 @@ class QuarantineStore:
         """Record the refusal and delete the raw message once nothing else needs it."""
         now = time.time()
         async with self.db.transaction() as conn:
-            cur = await conn.execute(
-                "UPDATE quarantine SET state = 'rejected', decided_at = ?, decided_by = ?,"
-                " decision_reason = ? WHERE id = ? AND state = 'held'",
-                (now, operator, reason, entry.id))
-            if cur.rowcount != 1:
-                raise Refused(f"quarantine entry {entry.id} is no longer held")
+            await _decide(conn, entry, "rejected", operator, reason, now)
             await conn.execute(
                 "UPDATE messages SET content = NULL WHERE id = ? AND NOT EXISTS"
                 " (SELECT 1 FROM quarantine q WHERE q.message_id = messages.id"
