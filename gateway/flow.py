@@ -8,7 +8,6 @@ pure policy chain (gateway.policy); this module feeds it facts and carries out i
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 import time
@@ -30,7 +29,7 @@ from gateway.store.accounts import Account, AccountStore
 from gateway.store.audit import AuditLog, AuditRecord
 from gateway.store.ledger import Ledger, LedgerLookup
 from gateway.store.queue import Copy, Held, IncomingMessage, QueueStore, Refusal
-from gateway.transform.footer import undecodable_text
+from gateway.transform.footer import structure_facts
 from gateway.transform.headers import (
     CAMPAIGN_TOPICS,
     PRODUCT_CATEGORY,
@@ -41,7 +40,6 @@ from gateway.transform.headers import (
     take_fields,
 )
 from gateway.transform.lines import normalize_crlf
-from gateway.transform.mime import message_facts
 
 log = logging.getLogger("gateway.flow")
 
@@ -223,10 +221,7 @@ class Flow:
         durably with the audit records (raises StoreError if it cannot), then deliver."""
         content, steering = take_fields(normalize_crlf(content), STEERING_PREFIX)
         campaign = self._narrowed(account, steering)
-        facts = message_facts(content)
-        if facts.malformed is None and facts.signed_or_encrypted is None:
-            facts = dataclasses.replace(facts, malformed=undecodable_text(content))
-        message_rule = decide_message(facts)
+        message_rule = decide_message(structure_facts(content))
         queue_id = new_queue_id()
         final: dict[str, Decision] = {}
         deliver: list[str] = []

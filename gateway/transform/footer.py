@@ -12,9 +12,18 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import dataclasses
 import re
 
-from gateway.transform.mime import TEXT_BODY_TYPES, Malformed, Part, parse_content_type, scan
+from gateway.model import MessageFacts
+from gateway.transform.mime import (
+    TEXT_BODY_TYPES,
+    Malformed,
+    Part,
+    facts_of,
+    parse_content_type,
+    scan,
+)
 from gateway.transform.notice import Notice
 
 MAX_LINE = 998  # RFC 5322 2.1.1, octets without CRLF
@@ -42,13 +51,32 @@ def add_notice(content: bytes, notice: Notice) -> bytes:
     return content
 
 
+def structure_facts(content: bytes) -> MessageFacts:
+    """What M2 and M3 need, from ONE scan of the message at DATA: its structure facts, with
+    an undecodable text part counted as malformed (so such a message is quarantined under M2
+    instead of failing at delivery)."""
+    try:
+        root = scan(content)
+    except Malformed as exc:
+        return MessageFacts(has_subject=True, has_text_body=True, malformed=str(exc))
+    facts = facts_of(root)
+    if facts.signed_or_encrypted is None:
+        problem = _undecodable(content, root)
+        if problem is not None:
+            facts = dataclasses.replace(facts, malformed=problem)
+    return facts
+
+
 def undecodable_text(content: bytes) -> str | None:
-    """Why a text part of `content` could not take the notice, or None (checked at DATA, so
-    that such a message is quarantined under M2 instead of failing at delivery)."""
+    """Why a text part of `content` could not take the notice, or None."""
     try:
         root = scan(content)
     except Malformed as exc:
         return str(exc)
+    return _undecodable(content, root)
+
+
+def _undecodable(content: bytes, root: Part) -> str | None:
     for part in _text_parts(root):
         try:
             _decode(content, part)

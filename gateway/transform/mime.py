@@ -196,6 +196,11 @@ def message_facts(content: bytes) -> MessageFacts:
         root = scan(content)
     except Malformed as exc:
         return MessageFacts(has_subject=True, has_text_body=True, malformed=str(exc))
+    return facts_of(root)
+
+
+def facts_of(root: Part) -> MessageFacts:
+    """message_facts of an already scanned message."""
     subject = root.get("subject")
     has_text = False
     signed: str | None = None

@@ -9,7 +9,12 @@ import email.policy
 import pytest
 
 from gateway.notice_templates import load_templates
-from gateway.transform.footer import NoticeError, add_notice, undecodable_text
+from gateway.transform.footer import (
+    NoticeError,
+    add_notice,
+    structure_facts,
+    undecodable_text,
+)
 from gateway.transform.notice import NoticeFacts, choose, render
 
 TEMPLATES = load_templates()
@@ -139,6 +144,7 @@ def test_messages_without_a_text_part_or_with_undecodable_text_are_refused():
     bad_bytes = b"Subject: s\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\xff\xfe\r\n"
     for content in (bad_base64, bad_charset, bad_bytes):
         assert undecodable_text(content) is not None
+        assert structure_facts(content).malformed == undecodable_text(content)  # one scan
         with pytest.raises(NoticeError):
             add_notice(content, notice())
 
