@@ -8,8 +8,15 @@ ACCOUNT_TOPICS / ACCOUNT_PRODUCTS.
 from __future__ import annotations
 
 import datetime
+import io
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from gateway.contacts_csv import ContactRow, read_rows
+from gateway.security.keys import AddressHasher
+from gateway.store.db import Database
+from gateway.store.ledger_import import ContactImporter
 
 from conftest import CSV_HEADER
 
@@ -96,3 +103,14 @@ def write_cases_csv(path: Path, cases: tuple[Case, ...] = CASES) -> Path:
         lines.append(",".join(cells.get(column, "") for column in columns))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def import_csv(db: Database, hasher: AddressHasher, text: str,
+               dry_run: bool = False) -> ContactImporter:
+    """Import CSV `text` into `db` the way `gateway contacts import` does (rows in error are
+    left out)."""
+    importer = ContactImporter(db.path, hasher, dry_run=dry_run)
+    good = [r for r in read_rows(io.StringIO(text), time.time()) if isinstance(r, ContactRow)]
+    importer.write(good)
+    importer.close()
+    return importer

@@ -77,6 +77,24 @@ def hasher_for(settings: Settings) -> Any:
     return AddressHasher(load_or_create_key(settings.hash_key_path))
 
 
+def write_private(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` to `path` readable by the owner only (exports and reports name people):
+    a 0600 temporary file in the same folder, renamed over `path`, so no reader ever sees it
+    half-written or with looser permissions."""
+    import tempfile
+    from pathlib import Path
+
+    target = Path(path)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
@@ -111,11 +129,12 @@ def _register() -> None:
         requests,
         retention,
         serve,
+        subject,
         suppress,
     )
 
-    for module in (accounts, contacts, suppress, check, quarantine, queue, requests, retention,
-                   dkim, audit, serve):
+    for module in (accounts, contacts, suppress, check, quarantine, queue, subject, requests,
+                   retention, dkim, audit, serve):
         for command in module.COMMANDS:
             main.add_command(command)
 

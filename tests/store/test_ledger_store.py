@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import sqlite3
 import stat
@@ -11,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.contacts_csv import ContactRow, read_rows
 from gateway.errors import NotFound
 from gateway.security.keys import AddressHasher, load_or_create_key
 from gateway.store.audit import AuditLog, AuditRecord
 from gateway.store.db import Database
 from gateway.store.ledger import Ledger, LedgerLookup
-from gateway.store.ledger_import import ContactImporter
+
+from ledger_cases import import_csv
 
 DAY = 86400.0
 
@@ -31,15 +30,6 @@ async def db(tmp_path: Path):
 @pytest.fixture
 def hasher(tmp_path: Path) -> AddressHasher:
     return AddressHasher(load_or_create_key(tmp_path / "secrets" / "hash.key"))
-
-
-def import_csv(db: Database, hasher: AddressHasher, text: str,
-               dry_run: bool = False) -> ContactImporter:
-    importer = ContactImporter(db.path, hasher, dry_run=dry_run)
-    good = [r for r in read_rows(io.StringIO(text), time.time()) if isinstance(r, ContactRow)]
-    importer.write(good)
-    importer.close()
-    return importer
 
 
 async def facts(db: Database, hasher: AddressHasher, address: str):

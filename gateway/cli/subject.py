@@ -1,0 +1,161 @@
+"""`gateway subject`: answer an access request (GDPR 15) and erase an address (GDPR 17)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from gateway.cli import CliState, hasher_for, run, when, write_private
+from gateway.errors import NotFound
+from gateway.model import PolicyKnobs
+from gateway.policy.rules import retention_deadline
+from gateway.settings import ControllerSettings
+from gateway.store.db import Database
+from gateway.store.subject import SubjectRecord, SubjectStore
+from gateway.subject_letter import LANGUAGES, render_text
+
+
+@click.group()
+def subject() -> None:
+    """Data-subject rights: what is held on an address, and its erasure."""
+
+
+def export_document(record: SubjectRecord, controller: ControllerSettings,
+                    knobs: PolicyKnobs) -> dict[str, object]:
+    """The JSON form: one object holding every fact, event, source and message record."""
+    ledger = []
+    for contact, events in record.contacts:
+        facts = {k: v for k, v in vars(contact).items() if k not in ("sources", "id")}
+        facts["topics"] = sorted(contact.topics)
+        facts["customer_categories"] = sorted(contact.customer_categories)
+        facts["retention_deadline"] = retention_deadline(contact, knobs)
+        facts["sources"] = [vars(s) for s in contact.sources]
+        facts["events"] = [e.as_json() for e in events]
+        ledger.append(facts)
+    unsubscribes = [{"at": e["occurred_at"], "kind": e["kind"], "channel": e["channel"]}
+                    for entry in ledger for e in entry["events"]
+                    if e["kind"] in ("objection", "withdrawal", "objection_lifted")]
+    return {
+        "address": record.address,
+        "generated_at": time.time(),
+        "controller": {"name": controller.name, "address": controller.address,
+                       "privacy_url": controller.privacy_url, "dpo_email": controller.dpo_email},
+        "ledger": ledger,
+        "suppression": None if record.suppressed_at is None else {
+            "since": record.suppressed_at, "channel": record.suppression_channel},
+        "unsubscribes": unsubscribes,
+        "decisions": [d.as_json() for d in record.decisions],
+        "quarantine": [h.as_json() for h in record.quarantine],
+        "requests": [r.as_json() for r in record.requests],
+        "erasures": record.erased_at,
+    }
+
+
+EXPORT_HELP = """Everything held on EMAIL (GDPR 15): ledger facts, every source with its date and
+visibility, consent / objection / interaction / information events with their proofs, every
+decision about mail to it (date, account, subject, rule, outcome), held copies, unsubscribes
+and requests.
+
+\b
+--format json  one object (keys: address, generated_at, controller, ledger[] with sources[]
+               and events[], suppression, unsubscribes[], decisions[], quarantine[],
+               requests[], erasures[])
+--format text  a letter in the contact's language (fr or en; --language to choose), ready to
+               send as the answer
+
+With --out the file is written readable by the owner only. Exit 1 when EMAIL is not an
+address; an address the store knows nothing about still gets an answer saying so.
+"""
+
+
+@subject.command(help=EXPORT_HELP)
+@click.argument("email")
+@click.option("--format", "fmt", type=click.Choice(["json", "text"]), default="json",
+              show_default=True)
+@click.option("--language", type=click.Choice(LANGUAGES),
+              help="Language of the text form (default: the contact's, else "
+                   "controller.default_language).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to this file (mode 0600) instead of standard output.")
+@click.pass_obj
+def export(state: CliState, email: str, fmt: str, language: str | None,
+           out: Path | None) -> None:
+    settings = state.settings
+
+    async def body() -> SubjectRecord:
+        async with Database(settings.store.path) as db:
+            try:
+                return await SubjectStore(db, hasher_for(settings)).gather(email)
+            except ValueError as exc:
+                raise NotFound(f"not a valid address: {exc}") from None
+
+    record = run(body)
+    knobs = settings.policy.knobs()
+    if fmt == "json":
+        text = json.dumps(export_document(record, settings.controller, knobs), indent=2,
+                          ensure_ascii=False) + "\n"
+    else:
+        text = render_text(record, settings.controller, knobs, language)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        write_private(out, text)
+        click.echo(f"export of {record.address} written to {out}", err=True)
+    if not record.holds_anything:
+        click.echo(f"gateway: nothing is held on {record.address}", err=True)
+
+
+ERASE_HELP = """Erase EMAIL (GDPR 17): its ledger entry with sources and events, its queued,
+failed and sent copies, held copies, raw messages only for it, objection notifications not
+yet sent, and the address in the requests it made (kept with their dates, named by hash).
+Other messages that name it (a DSN, another recipient's queued copy) have it replaced by
+erased@erased.invalid.
+
+Kept: the suppression entry (a keyed hash; added if missing), so the next message to EMAIL
+is refused by R1, and the audit log, which holds keyed hashes only. The erasure itself is
+recorded (hash, time, operator, what was removed), and open requests from EMAIL are closed.
+
+The store is then compacted (VACUUM) so the address is absent from the database file:
+writers wait meanwhile, seconds on a large store. Log files outside the store are not
+touched. Asks for confirmation on a terminal; --yes skips it.
+"""
+
+
+@subject.command(help=ERASE_HELP)
+@click.argument("email")
+@click.option("--operator", help="Who erases (default: the OS user).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def erase(state: CliState, email: str, operator: str | None, yes: bool) -> None:
+    settings = state.settings
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Erase everything held on {email}? This cannot be undone", abort=True)
+    who = operator or getpass.getuser()
+
+    async def body() -> None:
+        async with Database(settings.store.path) as db:
+            try:
+                erasure = await SubjectStore(db, hasher_for(settings)).erase(email, who)
+            except ValueError as exc:
+                raise NotFound(f"not a valid address: {exc}") from None
+            emptied = await db.compact()
+        removed = ", ".join(f"{table} {n}" for table, n in erasure.removed.items())
+        click.echo(f"erased {erasure.address}: {removed}")
+        click.echo("suppression entry " + ("added (channel erasure)" if erasure.newly_suppressed
+                                           else "kept") + ": the next message to it is "
+                   "refused (R1)")
+        for request_id in erasure.closed_requests:
+            click.echo(f"request {request_id} closed by the erasure")
+        click.echo(f"store compacted at {when(time.time())}" if emptied else
+                   "store compacted, but a reader kept old pages in the WAL: they go at the "
+                   "next checkpoint")
+
+    run(body)
+
+
+COMMANDS = [subject]

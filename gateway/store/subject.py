@@ -1,0 +1,271 @@
+"""Everything held on one address (GDPR 15 access) and its erasure (GDPR 17).
+
+An address lives in clear in: the ledger (contacts, with sources and events), queue copies
+(`deliveries.recipient`), held copies (`quarantine.recipient`), raw messages and their DSNs
+(`messages.content`, `messages.subject`), objection notifications to the accounts
+(`notifications.body`) and data-subject requests (`requests.address`). The suppression list,
+the audit log and the erasure record hold only its keyed hash, so they outlive the erasure:
+an erased address stays refused (R1) and the decisions made about it stay accountable.
+
+Matching is on the suppression form (local part case-folded): `Jane@` and `jane@` are the
+same person here, as they are for objections. SQL compares with lower(), which folds ASCII
+only; rows are then checked in Python with the exact fold.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+
+import aiosqlite
+
+from gateway.addresses import normalize_address, suppression_form
+from gateway.model import Contact
+from gateway.security.keys import AddressHasher
+from gateway.store.db import Database
+from gateway.store.ledger import CONTACT_COLUMNS, ContactEvent, Ledger, contact_from_row
+
+_CONTACTS_BY_HASH = ("SELECT " + ", ".join(f"c.{name}" for name in CONTACT_COLUMNS)  # noqa: S608
+                     + ", (SELECT json_group_array(json_array(s.name, s.type, s.visibility,"
+                     " s.recorded_at)) FROM sources s WHERE s.contact_id = c.id)"
+                     " FROM contacts c WHERE c.address_hash = ? ORDER BY c.id")
+# Every decision on the address, with the message's subject and what became of its copy.
+_DECISIONS = (
+    "SELECT a.at, a.account, a.rule, a.decision, a.message_id, m.subject,"
+    " (SELECT d.state FROM deliveries d WHERE d.message_id = a.message_id"
+    "  AND lower(d.recipient) = ? ORDER BY d.id LIMIT 1),"
+    " (SELECT d.updated_at FROM deliveries d WHERE d.message_id = a.message_id"
+    "  AND lower(d.recipient) = ? ORDER BY d.id LIMIT 1)"
+    " FROM audit a LEFT JOIN messages m ON m.id = a.message_id"
+    " WHERE a.recipient_hash = ? ORDER BY a.id")
+# The (table, column) pairs holding the address in clear, beside contacts and messages.
+_ADDRESS_COLUMNS = {("quarantine", "recipient"), ("deliveries", "recipient"),
+                    ("notifications", "body"), ("requests", "address")}
+ERASED_PLACEHOLDER = b"erased@erased.invalid"  # RFC 2606: .invalid never resolves
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One recipient decision of the audit log, as the person should see it."""
+
+    at: float
+    account: str | None
+    rule: str
+    decision: str              # allow | reject | quarantine
+    message_id: str | None
+    subject: str | None
+    delivery: str | None       # queued | deferred | failed | sent, when a copy was queued
+    delivery_at: float | None
+
+    def as_json(self) -> dict[str, object]:
+        return dict(vars(self))
+
+
+@dataclass(frozen=True)
+class HeldCopy:
+    message_id: str
+    created_at: float
+    account: str | None
+    subject: str
+    rule: str
+    reason: str
+    state: str
+    decided_at: float | None
+
+    def as_json(self) -> dict[str, object]:
+        return dict(vars(self))
+
+
+@dataclass(frozen=True)
+class SubjectRequest:
+    id: int
+    kind: str
+    received_at: float
+    due_at: float
+    closed_at: float | None
+
+    def as_json(self) -> dict[str, object]:
+        return dict(vars(self))
+
+
+@dataclass(frozen=True)
+class SubjectRecord:
+    """GDPR 15: what the store holds on one address."""
+
+    address: str
+    contacts: list[tuple[Contact, list[ContactEvent]]]
+    suppressed_at: float | None
+    suppression_channel: str | None
+    decisions: list[Decision]
+    quarantine: list[HeldCopy]
+    requests: list[SubjectRequest]
+    erased_at: list[float] = field(default_factory=list)
+
+    @property
+    def holds_anything(self) -> bool:
+        return bool(self.contacts or self.suppressed_at or self.decisions or self.quarantine
+                    or self.requests or self.erased_at)
+
+
+@dataclass(frozen=True)
+class Erasure:
+    address: str
+    removed: dict[str, int]
+    closed_requests: list[int]
+    newly_suppressed: bool
+
+
+def _same(stored: str, folded: str) -> bool:
+    try:
+        return suppression_form(normalize_address(stored)) == folded
+    except ValueError:
+        return stored.lower() == folded
+
+
+class SubjectStore:
+    def __init__(self, db: Database, hasher: AddressHasher) -> None:
+        self.db = db
+        self.hasher = hasher
+
+    # --- GDPR 15 -----------------------------------------------------------------------
+
+    async def gather(self, address: str) -> SubjectRecord:
+        """Everything held on `address` (ValueError if it is not one)."""
+        key = normalize_address(address)
+        folded, digest = suppression_form(key), self.hasher(key)
+        lowered = folded.lower()
+        ledger = Ledger(self.db, self.hasher)
+        contacts = []
+        for row in await self.db.fetchall(_CONTACTS_BY_HASH, (digest,)):
+            contact = contact_from_row(tuple(row))
+            contacts.append((contact, await ledger.events(contact.id or 0)))
+        suppression = await self.db.fetchone(
+            "SELECT created_at, channel FROM suppression WHERE hash = ?", (digest,))
+        decisions = [Decision(*tuple(row)) for row in await self.db.fetchall(
+            _DECISIONS, (lowered, lowered, digest))]
+        held = [HeldCopy(*tuple(row)[1:]) for row in await self.db.fetchall(
+            "SELECT recipient, message_id, created_at, account, subject, rule, reason, state,"
+            " decided_at"
+            " FROM quarantine WHERE lower(recipient) = ? ORDER BY id", (lowered,))
+            if _same(row[0], folded)]
+        requests = [SubjectRequest(*tuple(row)[1:]) for row in await self.db.fetchall(
+            "SELECT address, id, kind, received_at, due_at, closed_at FROM requests"
+            " WHERE lower(address) = ? ORDER BY id", (lowered,)) if _same(row[0], folded)]
+        erased = [row[0] for row in await self.db.fetchall(
+            "SELECT erased_at FROM erasures WHERE address_hash = ? ORDER BY id", (digest,))]
+        named = contacts[0][0].address if contacts else key  # as the ledger spells it
+        return SubjectRecord(named, contacts, suppression[0] if suppression else None,
+                             suppression[1] if suppression else None, decisions, held,
+                             requests, erased)
+
+    # --- GDPR 17 -----------------------------------------------------------------------
+
+    async def erase(self, address: str, operator: str) -> Erasure:
+        """Delete every piece of data naming `address`, keep (or add) its suppression hash and
+        record the erasure, in one transaction. The caller then compacts the file
+        (Database.compact) so that no deleted page keeps the address either."""
+        key = normalize_address(address)
+        folded, digest = suppression_form(key), self.hasher(key)
+        now = time.time()
+        async with self.db.transaction() as conn:
+            await conn.execute("PRAGMA secure_delete = ON")  # zero what is deleted, at once
+            removed = {"contacts": await _delete_contacts(conn, digest)}
+            cur = await conn.execute(
+                "INSERT OR IGNORE INTO suppression (hash, created_at, channel)"
+                " VALUES (?, ?, 'erasure')", (digest, now))
+            newly_suppressed = cur.rowcount == 1
+            touched: set[str] = set()
+            for table in ("quarantine", "deliveries"):
+                ids, messages = await _rows_for(conn, table, "recipient", folded)
+                touched |= messages
+                await conn.executemany(f"DELETE FROM {table} WHERE id = ?",  # noqa: S608
+                                       [(i,) for i in ids])
+                removed[table] = len(ids)
+            removed["messages"], removed["messages_scrubbed"] = await _scrub_messages(
+                conn, touched, folded)
+            ids, _ = await _rows_for(conn, "notifications", "body", folded, exact=False)
+            await conn.executemany("DELETE FROM notifications WHERE id = ?", [(i,) for i in ids])
+            removed["notifications"] = len(ids)
+            closed = await _pseudonymise_requests(conn, folded, digest, now, operator)
+            removed["requests"] = len(closed[0])
+            await conn.execute(
+                "INSERT INTO erasures (address_hash, erased_at, operator, removed)"
+                " VALUES (?, ?, ?, ?)", (digest, now, operator, json.dumps(removed)))
+        return Erasure(key, removed, closed[1], newly_suppressed)
+
+
+async def _delete_contacts(conn: aiosqlite.Connection, digest: bytes) -> int:
+    """Delete the ledger entries of the address (sources and events go with them: ON DELETE
+    CASCADE). By hash, so `Jane@` and `jane@` entries both go."""
+    cur = await conn.execute("DELETE FROM contacts WHERE address_hash = ?", (digest,))
+    return cur.rowcount
+
+
+async def _rows_for(conn: aiosqlite.Connection, table: str, column: str, folded: str,
+                    exact: bool = True) -> tuple[list[int], set[str]]:
+    """Ids (and message ids, where the table has them) of the rows of `table` whose
+    `column` is the address (`exact`) or contains it."""
+    assert (table, column) in _ADDRESS_COLUMNS, (table, column)
+    lowered = folded.lower()
+    has_message = table in ("quarantine", "deliveries")
+    select = f"SELECT id, {column}{', message_id' if has_message else ''} FROM {table}"  # noqa: S608
+    if exact:
+        sql, params = f"{select} WHERE lower({column}) = ?", (lowered,)
+    else:
+        sql, params = f"{select} WHERE instr(lower({column}), ?) > 0", (lowered,)
+    ids, messages = [], set()
+    async with conn.execute(sql, params) as cur:
+        async for row in cur:
+            if not exact or _same(row[1], folded):
+                ids.append(int(row[0]))
+                if has_message:
+                    messages.add(str(row[2]))
+    return ids, messages
+
+
+async def _scrub_messages(conn: aiosqlite.Connection, touched: set[str],
+                          folded: str) -> tuple[int, int]:
+    """Delete the raw messages that were only for the address; in any other kept message
+    (another recipient's copy still queued, a DSN naming the address) replace the address
+    by a placeholder. Returns (deleted, scrubbed)."""
+    deleted = 0
+    for message_id in sorted(touched):
+        cur = await conn.execute(
+            "DELETE FROM messages WHERE id = ?"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = ?)"
+            " AND NOT EXISTS (SELECT 1 FROM quarantine WHERE message_id = ?)",
+            (message_id, message_id, message_id))
+        deleted += cur.rowcount
+    pattern = re.compile(re.escape(folded.encode("utf-8")), re.IGNORECASE)
+    lowered = folded.lower()
+    scrubbed = []
+    async with conn.execute(
+            "SELECT id, content, subject FROM messages WHERE instr(lower(CAST(content AS TEXT)),"
+            " ?) > 0 OR instr(lower(subject), ?) > 0", (lowered, lowered)) as cur:
+        async for row in cur:
+            content = pattern.sub(ERASED_PLACEHOLDER, row[1]) if row[1] is not None else None
+            subject = (pattern.sub(ERASED_PLACEHOLDER, row[2].encode("utf-8")).decode("utf-8")
+                       if row[2] is not None else None)
+            scrubbed.append((content, subject, row[0]))
+    await conn.executemany("UPDATE messages SET content = ?, subject = ? WHERE id = ?", scrubbed)
+    return deleted, len(scrubbed)
+
+
+async def _pseudonymise_requests(conn: aiosqlite.Connection, folded: str, digest: bytes,
+                                 now: float, operator: str) -> tuple[list[int], list[int]]:
+    """Requests from the address keep their dates (accountability: GDPR 12(3) deadlines) but
+    name it by its hash only; the open ones are closed by the erasure. Returns (all ids,
+    ids closed now)."""
+    ids, _ = await _rows_for(conn, "requests", "address", folded)
+    marker = "erased:" + digest.hex()[:16]
+    closed = []
+    for request_id in ids:
+        cur = await conn.execute(
+            "UPDATE requests SET closed_at = ?, note = ? WHERE id = ? AND closed_at IS NULL",
+            (now, f"closed by the erasure of the address ({operator})", request_id))
+        if cur.rowcount:
+            closed.append(request_id)
+        await conn.execute("UPDATE requests SET address = ? WHERE id = ?", (marker, request_id))
+    return ids, closed

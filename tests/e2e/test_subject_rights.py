@@ -1,0 +1,179 @@
+"""GDPR 15 and 17 through the real `gateway subject` command, on a store filled over SMTP by
+the running server."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from conftest import CSV_HEADER, GatewayProcess, Sink, free_port, message, wait_until
+from ledger_cases import ACCOUNT_PRODUCTS, ACCOUNT_TOPICS, days_ago
+from mailflow import rcpt
+from rawsmtp import RawSmtp
+
+MARIE = "marie.curie@labo.example"
+BOB = "bob@labo.example"
+CARL = "carl@labo.example"
+
+
+def contacts_csv(path: Path) -> Path:
+    """Marie: B2B, her address from a public directory, French. Bob and Carl: consent, en."""
+    columns = CSV_HEADER.split(",")
+    rows = [
+        {"email": MARIE, "kind": "person", "audience": "b2b", "language": "fr",
+         "first_name": "Marie", "last_name": "Curie", "job_title": "Directrice R&D",
+         "topics": "security", "source_name": "Annuaire des entreprises de Lorraine",
+         "source_type": "public_directory", "source_visibility": "public",
+         "collected_at": days_ago(200), "informed_at": days_ago(199)},
+        *({"email": who, "language": "en", "consent": "granted", "consent_at": days_ago(50),
+           "consent_method": "web form", "consent_proof": "form v2 from 198.51.100.4",
+           "source_name": "website form", "source_type": "direct",
+           "collected_at": days_ago(50)} for who in (BOB, CARL)),
+    ]
+    lines = [CSV_HEADER] + [",".join(row.get(c, "") for c in columns) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start(make_gateway, tmp_path: Path, **options: object) -> GatewayProcess:
+    gw = make_gateway(contacts=contacts_csv(tmp_path / "contacts.csv"), start=False, **options)
+    assert gw.cli("accounts", "update", "crm", "--topics", ACCOUNT_TOPICS,
+                  "--product-categories", ACCOUNT_PRODUCTS).returncode == 0
+    return gw.start()
+
+
+def send(gw: GatewayProcess, to: list[str], subject: str) -> None:
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    s.cmd("MAIL FROM:<news@example.com>")
+    for address in to:
+        assert s.cmd(f"RCPT TO:<{address}>")[0] == 250, address
+    s.cmd("DATA")
+    mail = message(to=", ".join(to), subject=subject,
+                   body="Bonjour Marie Curie,\r\n\r\nNotre offre.\r\n")
+    assert s.cmd(mail + b".")[0] == 250
+    s.cmd("QUIT")
+
+
+def export(gw: GatewayProcess, address: str) -> dict:
+    result = gw.cli("subject", "export", address, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def store_bytes(gw: GatewayProcess) -> bytes:
+    """The database file and its WAL, as they lie on disk, lower-cased."""
+    base = gw.config.parent / "gateway.db"
+    parts = [p.read_bytes() for p in (base, Path(f"{base}-wal")) if p.exists()]
+    return b"".join(parts).lower()
+
+
+def test_export_names_the_directory_and_every_message(make_gateway, tmp_path, sink: Sink):
+    gw = start(make_gateway, tmp_path)
+    send(gw, [MARIE], "Offre sécurité")
+    sink.wait_for(1)
+    assert gw.cli("suppress", "add", MARIE, "--reason", "asked by phone").returncode == 0
+    assert rcpt(gw, MARIE)[0] == 550
+    document = wait_until(lambda: (d := export(gw, "Marie.Curie@LABO.example"))
+                          ["decisions"][0]["delivery"] == "sent" and d, what="the copy sent")
+    assert document["address"] == MARIE
+    [entry] = document["ledger"]
+    assert entry["first_name"] == "Marie" and entry["retention_deadline"] > 0
+    assert entry["sources"] == [{"name": "Annuaire des entreprises de Lorraine",
+                                 "type": "public_directory", "visibility": "public",
+                                 "recorded_at": entry["sources"][0]["recorded_at"]}]
+    sent, refused = document["decisions"]
+    assert (sent["account"], sent["subject"], sent["decision"], sent["rule"]) == \
+        ("crm", "Offre sécurité", "allow", "R8")
+    assert (refused["decision"], refused["rule"], refused["message_id"]) == ("reject", "R1", None)
+    assert document["suppression"]["channel"] == "manual"
+    assert [u["kind"] for u in document["unsubscribes"]] == ["objection"]
+    assert [e["kind"] for e in entry["events"]] == ["information", "objection"]  # the notice
+
+    letter = gw.cli("subject", "export", MARIE, "--format", "text").stdout
+    assert max(len(line) for line in letter.splitlines()) <= 78
+    letter = " ".join(letter.split())  # as read, whatever the line breaks
+    for words in ("Bonjour Marie", "Annuaire des entreprises de Lorraine", "un annuaire public",
+                  "« Offre sécurité » — remis [R8]",
+                  "un message — non envoyé (vous vous étiez opposé) [R1]",
+                  "Nom : Marie Curie", "enregistré à la main; asked by phone",
+                  "pour le compte de : crm", "Directrice R&D", "CNIL"):
+        assert words in letter, words
+    english = tmp_path / "answer.txt"
+    written = gw.cli("subject", "export", MARIE, "--format", "text", "--language", "en",
+                     "--out", str(english))
+    assert written.returncode == 0 and written.stdout == ""
+    assert stat.S_IMODE(os.stat(english).st_mode) == 0o600
+    text = " ".join(english.read_text().split())
+    assert "a public directory" in text and "“Offre sécurité” — delivered [R8]" in text
+
+    nobody = gw.cli("subject", "export", "nobody@labo.example", "--format", "text")
+    assert nobody.returncode == 0 and "We hold no personal data" in nobody.stdout
+    assert gw.cli("subject", "export", "not an address").returncode == 1
+
+
+def test_erasure_leaves_nothing_in_the_file_and_the_next_rcpt_gets_r1(
+        make_gateway, tmp_path, sink: Sink):
+    # Upstream is down: copies stay in the queue, as undelivered mail does.
+    gw = start(make_gateway, tmp_path, sink_port=free_port())
+    send(gw, [MARIE, BOB], "Offre pour Marie et Bob")
+    send(gw, [MARIE], "")  # no subject: M3 holds Marie's copy in the quarantine
+    wait_until(lambda: json.loads(gw.cli("quarantine", "list", "--json").stdout),
+               what="the held copy")
+    assert gw.cli("requests", "open", MARIE, "--kind", "erasure").returncode == 0
+    assert gw.cli("accounts", "update", "crm", "--notify-url",
+                  f"http://127.0.0.1:{free_port()}/hook").returncode == 0
+    assert gw.cli("suppress", "add", CARL).returncode == 0  # a pending notification names Carl
+    db_path = gw.config.parent / "gateway.db"
+    with sqlite3.connect(db_path) as db:
+        audit_rows = db.execute("SELECT count(*) FROM audit").fetchone()[0]
+    assert b"marie.curie@labo.example" in store_bytes(gw)  # the check below can fail
+
+    erased = gw.cli("subject", "erase", MARIE, "--operator", "dpo")
+    assert erased.returncode == 0, erased.stderr
+    assert "contacts 1" in erased.stdout and "quarantine 1" in erased.stdout
+    # Marie's queued copy goes; the held message was only for her, the other one is Bob's too.
+    assert "deliveries 1, messages 1, messages_scrubbed 1" in erased.stdout
+    assert "added (channel erasure)" in erased.stdout
+    assert gw.cli("subject", "erase", CARL, "--yes").returncode == 0
+
+    on_disk = store_bytes(gw)
+    for trace in (b"marie.curie@labo.example", b"carl@labo.example", b"directrice r&d"):
+        assert trace not in on_disk, trace
+    assert rcpt(gw, MARIE) == (550, "5.7.1 R1 recipient objected to prospecting "
+                                    "(suppression list)")
+    assert rcpt(gw, "MARIE.CURIE@labo.example")[0] == 550
+    with sqlite3.connect(db_path) as db:
+        # Bob's copy is still queued, its message now without Marie's address.
+        [(recipient, content)] = db.execute(
+            "SELECT d.recipient, m.content FROM deliveries d JOIN messages m"
+            " ON m.id = d.message_id WHERE d.state IN ('queued', 'deferred')").fetchall()
+        assert recipient == BOB and b"erased@erased.invalid" in content
+        assert db.execute("SELECT count(*) FROM audit").fetchone()[0] >= audit_rows
+        assert db.execute("SELECT count(*) FROM notifications").fetchone()[0] == 0
+        [(address, closed, note)] = db.execute(
+            "SELECT address, closed_at, note FROM requests").fetchall()
+        assert address.startswith("erased:") and closed and "erasure" in note
+        assert db.execute("SELECT operator, removed FROM erasures ORDER BY id").fetchall()[0][0] \
+            == "dpo"
+    assert gw.cli("audit", "verify").returncode == 0
+    after = export(gw, MARIE)
+    assert after["ledger"] == [] and len(after["erasures"]) == 1
+    assert after["suppression"]["channel"] == "erasure"
+    # The audit log (hashes only) keeps every decision: the two sends, and the two RCPTs since.
+    assert [d["decision"] for d in after["decisions"]] == ["allow", "quarantine", "reject",
+                                                           "reject"]
+    assert "were erased" in gw.cli("subject", "export", MARIE, "--format", "text").stdout
+
+
+@pytest.mark.parametrize("args", [("subject", "erase", "no-at-sign"),
+                                  ("subject", "export", "a@b.example", "--format", "xml")])
+def test_bad_input_is_refused_with_a_clear_error(make_gateway, args):
+    gw = make_gateway(start=False)
+    result = gw.cli(*args)
+    assert result.returncode in (1, 2) and result.stderr.strip()

@@ -1,0 +1,79 @@
+"""Erasure and access on a real SQLite file: what the SMTP-driven tests cannot easily reach
+(two spellings of one address, a DSN naming it, a failed copy's upstream error)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.security.keys import AddressHasher, load_or_create_key
+from gateway.store.db import Database
+from gateway.store.subject import SubjectStore
+
+from ledger_cases import import_csv
+
+
+@pytest.fixture
+async def db(tmp_path: Path):
+    async with Database(tmp_path / "store.db") as database:
+        yield database
+
+
+@pytest.fixture
+def hasher(tmp_path: Path) -> AddressHasher:
+    return AddressHasher(load_or_create_key(tmp_path / "secrets" / "hash.key"))
+
+
+async def add_message(db: Database, message_id: str, content: bytes,
+                      copies: list[tuple[str, str, str | None]]) -> None:
+    now = time.time()
+    async with db.transaction() as conn:
+        await conn.execute(
+            "INSERT INTO messages (id, received_at, account, client_ip, mail_from, size, content,"
+            " subject) VALUES (?, ?, 'crm', '192.0.2.1', 'news@example.com', ?, ?, 'Hi')",
+            (message_id, now, len(content), content))
+        for recipient, state, error in copies:
+            await conn.execute(
+                "INSERT INTO deliveries (message_id, recipient, state, next_attempt_at,"
+                " last_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (message_id, recipient, state, now, error, now, now))
+
+
+async def test_every_spelling_of_the_address_is_erased_and_dsns_scrubbed(db, hasher):
+    import_csv(db, hasher, "email,kind,source_name,source_type\n"
+                           "Jane@Example.com,role,Site,direct\njane@example.com,role,Fair,direct\n"
+                           "john@example.com,role,Site,direct\n")
+    await add_message(db, "m1", b"To: JANE@example.com\r\n\r\nhi\r\n",
+                      [("JANE@example.com", "failed", "550 5.1.1 <JANE@example.com> unknown")])
+    # A DSN to the sender, naming Jane, still queued; and John's own queued message.
+    await add_message(db, "dsn", b"Final-Recipient: rfc822; jane@EXAMPLE.com\r\n",
+                      [("news@example.com", "queued", None)])
+    await add_message(db, "m2", b"To: john@example.com\r\n\r\nhi\r\n",
+                      [("john@example.com", "queued", None)])
+    store = SubjectStore(db, hasher)
+    before = await store.gather("jane@example.com")
+    assert len(before.contacts) == 2 and before.holds_anything
+
+    erasure = await store.erase("jAne@example.com", "dpo")
+    assert erasure.removed["contacts"] == 2 and erasure.removed["deliveries"] == 1
+    assert (erasure.removed["messages"], erasure.removed["messages_scrubbed"]) == (1, 1)
+    assert erasure.newly_suppressed
+    assert await db.compact()
+    raw = (db.path.read_bytes() + Path(f"{db.path}-wal").read_bytes()).lower()
+    assert b"jane@example.com" not in raw and b"john@example.com" in raw
+    dsn = await db.fetchone("SELECT content FROM messages WHERE id = 'dsn'")
+    assert dsn is not None and b"erased@erased.invalid" in dsn[0]
+    after = await store.gather("JANE@example.com")
+    assert after.contacts == [] and after.suppression_channel == "erasure"
+    assert len(after.erased_at) == 1 and after.holds_anything
+    john = await store.gather("john@example.com")
+    assert len(john.contacts) == 1 and john.suppressed_at is None
+
+
+async def test_an_address_never_seen_gathers_to_nothing(db, hasher):
+    record = await SubjectStore(db, hasher).gather("nobody@example.com")
+    assert not record.holds_anything and record.address == "nobody@example.com"
+    with pytest.raises(ValueError):
+        await SubjectStore(db, hasher).gather("not an address")
