@@ -126,6 +126,7 @@ def _register() -> None:
         dkim,
         quarantine,
         queue,
+        report,
         requests,
         retention,
         serve,
@@ -134,7 +135,7 @@ def _register() -> None:
     )
 
     for module in (accounts, contacts, suppress, check, quarantine, queue, subject, requests,
-                   retention, dkim, audit, serve):
+                   retention, dkim, audit, report, serve):
         for command in module.COMMANDS:
             main.add_command(command)
 
