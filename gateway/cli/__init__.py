@@ -112,7 +112,9 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     `gateway accounts`, what you know about each recipient with `gateway contacts import`,
     objections with `gateway suppress`. `gateway check` says what the gateway would decide
     for a recipient; held copies are listed by `gateway quarantine`, the delivery queue by
-    `gateway queue`.
+    `gateway queue`. Data-subject rights: `gateway requests` tracks them to their due date,
+    `gateway subject export|erase` answers them; `gateway retention run` purges what R4 says
+    has expired; `gateway report` and `gateway audit verify` account for it all.
     """
     ctx.obj = CliState(config_path)
 
