@@ -20,6 +20,7 @@ from gateway.errors import GatewayError, NotFound
 from gateway.store.db import Database
 from gateway.store.ledger import Ledger
 from gateway.store.ledger_import import ImportProcess
+from gateway.store.subject import erased_hashes
 
 CHUNK_ROWS = 5000
 IMPORT_HELP = f"""Upsert the ledger from FILE (CSV with a header row, UTF-8).
@@ -33,7 +34,8 @@ Columns (only email is required; unknown columns are an error):
 Each bad row is reported on stderr as FILE:LINE: reason, and the other rows import. An empty
 cell keeps what the ledger had. A re-import never restarts the retention clock: collected_at
 only moves earlier, last_interaction_at only later. consent=withdrawn puts the address on the
-suppression list. Exit code 1 when any row was refused.
+suppression list. An address erased by `gateway subject erase` is refused: erased data
+stays erased. Exit code 1 when any row was refused.
 """
 
 
@@ -61,9 +63,10 @@ def _lines(raw: BinaryIO, progress: Progress | None, task: TaskID | None) -> Ite
 @click.pass_obj
 def import_(state: CliState, file: Path, dry_run: bool) -> None:
     settings = state.settings
+    hasher = hasher_for(settings)
     try:
-        asyncio.run(_migrate(settings.store.path))
-        importer = ImportProcess(settings.store.path, hasher_for(settings), dry_run=dry_run)
+        erased = asyncio.run(_prepare(settings.store.path))
+        importer = ImportProcess(settings.store.path, hasher, dry_run=dry_run)
     except GatewayError as exc:
         click.echo(f"gateway: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
@@ -82,6 +85,13 @@ def import_(state: CliState, file: Path, dry_run: bool) -> None:
                     refused += 1
                     progress.console.print(f"{file}:{item.line}: {item.reason}",
                                            markup=False, highlight=False, soft_wrap=True)
+                    continue
+                if erased and (when_erased := erased.get(hasher(item.address))):
+                    refused += 1
+                    progress.console.print(
+                        f"{file}:{item.line}: {item.address} was erased on "
+                        f"{when(when_erased)} at the person's request (GDPR 17); not imported",
+                        markup=False, highlight=False, soft_wrap=True)
                     continue
                 chunk.append(item)
                 if len(chunk) >= CHUNK_ROWS:
@@ -105,9 +115,10 @@ def import_(state: CliState, file: Path, dry_run: bool) -> None:
     sys.exit(EXIT_REFUSED if refused else EXIT_OK)
 
 
-async def _migrate(path: Path) -> None:
-    async with Database(path):
-        pass
+async def _prepare(path: Path) -> dict[bytes, float]:
+    """Migrate the store before the writer process opens it; the erased addresses' hashes."""
+    async with Database(path) as db:
+        return await erased_hashes(db)
 
 
 @contacts.command()

@@ -196,6 +196,14 @@ class SubjectStore:
         return Erasure(key, removed, closed[1], newly_suppressed)
 
 
+async def erased_hashes(db: Database) -> dict[bytes, float]:
+    """Keyed hash -> time of every erased address: `contacts import` refuses to bring one
+    back into the ledger from an old file (erased data must stay erased, GDPR 17)."""
+    rows = await db.fetchall("SELECT address_hash, max(erased_at) FROM erasures"
+                             " GROUP BY address_hash")
+    return {bytes(row[0]): float(row[1]) for row in rows}
+
+
 async def _delete_contacts(conn: aiosqlite.Connection, digest: bytes) -> int:
     """Delete the ledger entries of the address (sources and events go with them: ON DELETE
     CASCADE). By hash, so `Jane@` and `jane@` entries both go."""

@@ -169,6 +169,12 @@ def test_erasure_leaves_nothing_in_the_file_and_the_next_rcpt_gets_r1(
     assert [d["decision"] for d in after["decisions"]] == ["allow", "quarantine", "reject",
                                                            "reject"]
     assert "were erased" in gw.cli("subject", "export", MARIE, "--format", "text").stdout
+    # The old file imported again does not bring her back; the others' rows still import.
+    again = gw.cli("contacts", "import", str(tmp_path / "contacts.csv"))
+    assert again.returncode == 1
+    assert f"contacts.csv:2: {MARIE} was erased on" in again.stderr
+    assert "imported 1 rows (0 new, 1 updated), 2 refused" in again.stdout  # Bob; Carl erased
+    assert b"directrice r&d" not in store_bytes(gw)
 
 
 @pytest.mark.parametrize("args", [("subject", "erase", "no-at-sign"),
