@@ -9,10 +9,9 @@ DATA) are appended here, batched.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-import aiosqlite
 
 from gateway.store.db import Database
 
@@ -52,20 +51,20 @@ class AuditRecord:
                 "decision": self.decision, "message_id": self.message_id}
 
 
-async def insert_records(conn: aiosqlite.Connection, records: Iterable[AuditRecord],
-                         message_id: str | None = None) -> None:
-    """Append `records` inside the caller's (write) transaction, chained to the last row."""
+def insert_records(conn: sqlite3.Connection, records: Iterable[AuditRecord],
+                   message_id: str | None = None) -> None:
+    """Append `records` inside the caller's write transaction (Database.write), chained to
+    the last row."""
     rows = [r.row(message_id) for r in records]
     if not rows:
         return
-    async with conn.execute("SELECT chain FROM audit ORDER BY id DESC LIMIT 1") as cur:
-        last = await cur.fetchone()
+    last = conn.execute("SELECT chain FROM audit ORDER BY id DESC LIMIT 1").fetchone()
     previous = (last[0] if last and last[0] else GENESIS)
     chained = []
     for row in rows:
         previous = link(previous, row)
         chained.append((*row, previous))
-    await conn.executemany(INSERT_SQL, chained)
+    conn.executemany(INSERT_SQL, chained)
 
 
 class AuditLog:
@@ -74,9 +73,11 @@ class AuditLog:
 
     async def append(self, batches: Sequence[Sequence[AuditRecord]]) -> list[None]:
         """Append several sessions' records in one transaction (a GroupCommitter's write)."""
-        async with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             for records in batches:
-                await insert_records(conn, records)
+                insert_records(conn, records)
+
+        await self.db.write(write)
         return [None] * len(batches)
 
     async def verify(self) -> tuple[int, int | None]:

@@ -150,6 +150,25 @@ class SuppressionEntry:
     address: str | None  # from the ledger while the contact is still held; None after erasure
 
 
+_SUPPRESS_SQL = "INSERT OR IGNORE INTO suppression (hash, created_at, channel) VALUES (?, ?, ?)"
+_OBJECTION_SQL = (
+    "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel, wording, ip,"
+    " recorded_at) SELECT id, 'objection', ?, ?, ?, ?, ? FROM contacts WHERE address = ?")
+
+
+def record_objection(conn: sqlite3.Connection, digest: bytes, address: str, channel: str,
+                     reason: str | None, ip: str | None, now: float) -> bool:
+    """In a write transaction: the suppression entry, the objection event (when the ledger
+    holds the address) and the accounts' notifications, in one commit. False when the address
+    was suppressed already (nothing else is written then)."""
+    if conn.execute(_SUPPRESS_SQL, (digest, now, channel)).rowcount != 1:
+        return False
+    conn.execute(_OBJECTION_SQL, (now, channel, reason, ip, now, address))
+    conn.execute(notifications.NOTIFY_SQL, notifications.notification_params(address, channel,
+                                                                              now))
+    return True
+
+
 class Ledger:
     """Operator-side ledger access: show a contact, manage the suppression list."""
 
@@ -180,41 +199,20 @@ class Ledger:
         """Add `address` to the suppression list (and an objection event when the ledger holds
         it), committed before returning. False when it was already there."""
         key = normalize_address(address)
-        now = time.time()
-        async with self.db.transaction() as conn:
-            cur = await conn.execute(
-                "INSERT OR IGNORE INTO suppression (hash, created_at, channel) VALUES (?, ?, ?)",
-                (self.hasher(key), now, channel))
-            added = cur.rowcount == 1
-            if added:
-                await conn.execute(
-                    "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at,"
-                    " channel, wording, ip, recorded_at) SELECT id, 'objection', ?, ?, ?, ?, ?"
-                    " FROM contacts WHERE address = ?", (now, channel, reason, ip, now, key))
-                await notifications.enqueue(conn, key, channel, now)
-        return added
+        digest, now = self.hasher(key), time.time()
+        return await self.db.write(
+            lambda conn: record_objection(conn, digest, key, channel, reason, ip, now))
 
     async def suppress_batch(self, items: Sequence[tuple[str, str, str | None]]) -> list[bool]:
         """Several (address, channel, ip) objections in ONE transaction (a GroupCommitter's
         write: one-click POSTs arriving together share one commit, one fsync). True for each
         address that was newly suppressed."""
         now = time.time()
-        results = []
-        async with self.db.transaction() as conn:
-            for address, channel, ip in items:
-                key = normalize_address(address)
-                cur = await conn.execute(
-                    "INSERT OR IGNORE INTO suppression (hash, created_at, channel)"
-                    " VALUES (?, ?, ?)", (self.hasher(key), now, channel))
-                added = cur.rowcount == 1
-                if added:
-                    await conn.execute(
-                        "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at,"
-                        " channel, ip, recorded_at) SELECT id, 'objection', ?, ?, ?, ?"
-                        " FROM contacts WHERE address = ?", (now, channel, ip, now, key))
-                    await notifications.enqueue(conn, key, channel, now)
-                results.append(added)
-        return results
+        keys = [(normalize_address(address), channel, ip) for address, channel, ip in items]
+        params = [(self.hasher(key), key, channel, ip) for key, channel, ip in keys]
+        return await self.db.write(lambda conn: [
+            record_objection(conn, digest, key, channel, None, ip, now)
+            for digest, key, channel, ip in params])
 
     async def unsuppress(self, address: str, reason: str | None = None) -> None:
         """Lift a suppression (an operator's deliberate act, recorded on the contact)."""
@@ -233,27 +231,29 @@ class Ledger:
     async def mark_expired(self, contact_ids: Sequence[int]) -> list[None]:
         """R4 "reject, and mark for purge": note when retention was found expired, once.
         `gateway retention run` purges what is marked (a GroupCommitter's write)."""
-        now = time.time()
-        async with self.db.transaction() as conn:
-            await conn.executemany(
-                "UPDATE contacts SET retention_expired_at = ? WHERE id = ?"
-                " AND retention_expired_at IS NULL", [(now, i) for i in contact_ids])
+        params = [(time.time(), i) for i in contact_ids]
+        await self.db.write(lambda conn: conn.executemany(
+            "UPDATE contacts SET retention_expired_at = ? WHERE id = ?"
+            " AND retention_expired_at IS NULL", params))
         return [None] * len(contact_ids)
 
     async def mark_informed(self, informed: Sequence[tuple[int, str]]) -> list[None]:
         """GDPR 14: the person received the full information (notice version), now. Once: a
         later message does not move the date. Appends an `information` event too."""
         now = time.time()
-        async with self.db.transaction() as conn:
+
+        def write(conn: sqlite3.Connection) -> None:
             for contact_id, version in informed:
-                cur = await conn.execute(
+                cur = conn.execute(
                     "UPDATE contacts SET informed_at = ?, informed_version = ?, updated_at = ?"
                     " WHERE id = ? AND informed_at IS NULL", (now, version, now, contact_id))
                 if cur.rowcount:
-                    await conn.execute(
+                    conn.execute(
                         "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at,"
                         " channel, wording, recorded_at) VALUES (?, 'information', ?,"
                         " 'notice', ?, ?)", (contact_id, now, version, now))
+
+        await self.db.write(write)
         return [None] * len(informed)
 
     async def recipient_of_copy(self, delivery_id: int,
@@ -273,29 +273,21 @@ class Ledger:
         """Suppress each (event id, address, reason) in one transaction; an event id seen
         before is a replay and is skipped. Returns (newly suppressed, replays)."""
         now = time.time()
-        added = replays = 0
-        async with self.db.transaction() as conn:
-            for event_id, address, reason in events:
-                if event_id is not None:
-                    cur = await conn.execute(
+        params = [(event_id, self.hasher(address), address, reason)
+                  for event_id, address, reason in events]
+
+        def write(conn: sqlite3.Connection) -> tuple[int, int]:
+            added = replays = 0
+            for event_id, digest, address, reason in params:
+                if event_id is not None and conn.execute(
                         "INSERT OR IGNORE INTO webhook_events (id, received_at) VALUES (?, ?)",
-                        (event_id, now))
-                    if cur.rowcount == 0:
-                        replays += 1
-                        continue
-                digest = self.hasher(address)
-                cur = await conn.execute(
-                    "INSERT OR IGNORE INTO suppression (hash, created_at, channel)"
-                    " VALUES (?, ?, ?)", (digest, now, channel))
-                if cur.rowcount:
-                    added += 1
-                    await conn.execute(
-                        "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at,"
-                        " channel, wording, ip, recorded_at) SELECT id, 'objection', ?, ?, ?,"
-                        " ?, ? FROM contacts WHERE address = ?",
-                        (now, channel, reason, ip, now, address))
-                    await notifications.enqueue(conn, address, channel, now)
-        return added, replays
+                        (event_id, now)).rowcount == 0:
+                    replays += 1
+                    continue
+                added += record_objection(conn, digest, address, channel, reason, ip, now)
+            return added, replays
+
+        return await self.db.write(write)
 
     async def suppression_counts(self) -> dict[str, int]:
         """Suppression entries by channel (for /metrics)."""

@@ -10,8 +10,6 @@ import json
 import time
 from dataclasses import dataclass
 
-import aiosqlite
-
 from gateway.store.db import Database
 
 NOTIFY_SQL = (
@@ -20,11 +18,12 @@ NOTIFY_SQL = (
     " WHERE notify_url IS NOT NULL AND notify_url != ''")
 
 
-async def enqueue(conn: aiosqlite.Connection, address: str, channel: str, at: float) -> None:
-    """Inside the caller's transaction: one notification per account with a notify_url."""
+def notification_params(address: str, channel: str, at: float) -> tuple[object, ...]:
+    """NOTIFY_SQL's parameters: one notification per account with a notify_url, written in
+    the caller's transaction."""
     body = json.dumps({"event": "objection", "email": address, "channel": channel,
                        "at": at}, separators=(",", ":"))
-    await conn.execute(NOTIFY_SQL, (body, at, at, at))
+    return (body, at, at, at)
 
 
 @dataclass(frozen=True)

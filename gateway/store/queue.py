@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -122,39 +123,41 @@ class QueueStore:
         """
         now = time.time()
         claim_until = now + self.claim_seconds
-        result: list[list[Copy]] = []
-        async with self.db.transaction() as conn:
-            await conn.executemany(
+        instance = self.instance_id
+        stored = [(m.id, m.received_at, m.account, m.client_ip, m.mail_from, len(m.content),
+                   m.content, m.subject) for message in messages
+                  for m in (message, *message.bounces)]
+
+        def write(conn: sqlite3.Connection) -> list[list[Copy]]:
+            conn.executemany(
                 "INSERT INTO messages (id, received_at, account, client_ip, mail_from, size,"
-                " content, subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(m.id, m.received_at, m.account, m.client_ip, m.mail_from, len(m.content),
-                  m.content, m.subject)
-                 for message in messages for m in (message, *message.bounces)])
+                " content, subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", stored)
+            result = []
             for message in messages:
                 copies = []
                 for m in (message, *message.bounces):
                     basis = {rcpt: (contact, rule) for rcpt, contact, rule in m.basis}
                     for rcpt in m.recipients:
                         contact_id, rule = basis.get(rcpt, (None, None))
-                        cur = await conn.execute(
+                        cur = conn.execute(
                             "INSERT INTO deliveries (message_id, recipient, state, attempts,"
                             " next_attempt_at, claimed_by, claimed_until, created_at,"
                             " updated_at, contact_id, rule)"
                             " VALUES (?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?)",
-                            (m.id, rcpt, now, self.instance_id, claim_until, now, now,
-                             contact_id, rule))
+                            (m.id, rcpt, now, instance, claim_until, now, now, contact_id,
+                             rule))
                         assert cur.lastrowid is not None
                         copies.append(Copy(cur.lastrowid, m.id, m.account, m.mail_from, rcpt,
                                            m.content, 0, m.received_at, contact_id, rule))
                 if message.refused:
-                    await conn.executemany(
+                    conn.executemany(
                         "INSERT INTO deliveries (message_id, recipient, state, attempts,"
                         " next_attempt_at, last_error, created_at, updated_at)"
                         " VALUES (?, ?, 'failed', 0, ?, ?, ?, ?)",
                         [(message.id, r.recipient, now, r.error, now, now)
                          for r in message.refused])
                 if message.held:
-                    await conn.executemany(
+                    conn.executemany(
                         "INSERT INTO quarantine (message_id, created_at, account, client_ip,"
                         " mail_from, recipient, subject, rule, reason, basis)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -162,53 +165,56 @@ class QueueStore:
                           message.mail_from, h.recipient, message.subject, h.decision.rule,
                           h.decision.reason, h.decision.basis) for h in message.held])
                 if message.audit:
-                    await insert_records(conn, message.audit, message.id)
+                    insert_records(conn, message.audit, message.id)
                 result.append(copies)
-        return result
+            return result
+
+        return await self.db.write(write)
 
     async def mark_sent(self, delivery_ids: Sequence[int]) -> list[None]:
         """Record copies as sent, in one transaction (the worker batches them)."""
-        now = time.time()
-        async with self.db.transaction() as conn:
-            await conn.executemany(
-                "UPDATE deliveries SET state = 'sent', attempts = attempts + 1, last_error = NULL,"
-                " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ?",
-                [(now, i) for i in delivery_ids])
+        params = [(time.time(), i) for i in delivery_ids]
+        await self.db.write(lambda conn: conn.executemany(
+            "UPDATE deliveries SET state = 'sent', attempts = attempts + 1, last_error = NULL,"
+            " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ?", params))
         return [None] * len(delivery_ids)
 
     async def defer(self, delivery_id: int, error: str, next_attempt_at: float) -> None:
         """A temporary failure: try again at `next_attempt_at`, by whichever process is free."""
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                "UPDATE deliveries SET state = 'deferred', attempts = attempts + 1,"
-                " last_error = ?, next_attempt_at = ?, claimed_by = NULL, claimed_until = NULL,"
-                " updated_at = ? WHERE id = ?",
-                (error, next_attempt_at, time.time(), delivery_id))
+        params = (error, next_attempt_at, time.time(), delivery_id)
+        await self.db.write(lambda conn: conn.execute(
+            "UPDATE deliveries SET state = 'deferred', attempts = attempts + 1,"
+            " last_error = ?, next_attempt_at = ?, claimed_by = NULL, claimed_until = NULL,"
+            " updated_at = ? WHERE id = ?", params))
 
     async def fail(self, delivery_id: int, error: str,
                    dsn: IncomingMessage | None = None) -> list[Copy]:
         """A permanent failure, recorded together with its DSN in the same transaction."""
         now = time.time()
-        copies: list[Copy] = []
-        async with self.db.transaction() as conn:
-            await conn.execute(
+
+        def write(conn: sqlite3.Connection) -> list[Copy]:
+            conn.execute(
                 "UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?,"
                 " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ?",
                 (error, now, delivery_id))
-            if dsn is not None:
-                await conn.execute(
-                    "INSERT INTO messages (id, received_at, account, client_ip, mail_from, size,"
-                    " content) VALUES (?, ?, NULL, ?, '', ?, ?)",
-                    (dsn.id, dsn.received_at, dsn.client_ip, len(dsn.content), dsn.content))
-                for rcpt in dsn.recipients:
-                    cur = await conn.execute(
-                        "INSERT INTO deliveries (message_id, recipient, state, attempts,"
-                        " next_attempt_at, created_at, updated_at)"
-                        " VALUES (?, ?, 'queued', 0, ?, ?, ?)", (dsn.id, rcpt, now, now, now))
-                    assert cur.lastrowid is not None
-                    copies.append(Copy(cur.lastrowid, dsn.id, None, "", rcpt, dsn.content, 0,
-                                       dsn.received_at))
-        return copies
+            if dsn is None:
+                return []
+            conn.execute(
+                "INSERT INTO messages (id, received_at, account, client_ip, mail_from, size,"
+                " content) VALUES (?, ?, NULL, ?, '', ?, ?)",
+                (dsn.id, dsn.received_at, dsn.client_ip, len(dsn.content), dsn.content))
+            copies = []
+            for rcpt in dsn.recipients:
+                cur = conn.execute(
+                    "INSERT INTO deliveries (message_id, recipient, state, attempts,"
+                    " next_attempt_at, created_at, updated_at)"
+                    " VALUES (?, ?, 'queued', 0, ?, ?, ?)", (dsn.id, rcpt, now, now, now))
+                assert cur.lastrowid is not None
+                copies.append(Copy(cur.lastrowid, dsn.id, None, "", rcpt, dsn.content, 0,
+                                   dsn.received_at))
+            return copies
+
+        return await self.db.write(write)
 
     async def claim_due(self, limit: int = 100) -> list[Copy]:
         """Claim copies that are due and not claimed by a live process, for this process."""
