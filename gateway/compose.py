@@ -28,7 +28,7 @@ from gateway.store.queue import Copy
 from gateway.transform.dkim import Signer, SigningError
 from gateway.transform.footer import NoticeError, add_notice
 from gateway.transform.headers import UnsafeHeader
-from gateway.transform.notice import NoticeFacts, NoticeTemplate, choose, render
+from gateway.transform.notice import NoticeCache, NoticeFacts, NoticeTemplate, choose
 from gateway.transform.pipeline import Personalisation, personalise
 
 log = logging.getLogger("gateway.compose")
@@ -60,6 +60,7 @@ class Composer:
         self._mark_informed: GroupCommitter[tuple[int, str], None] = GroupCommitter(
             ledger.mark_informed)
         self._writes: set[asyncio.Task[None]] = set()
+        self._notices = NoticeCache()
 
     async def prepare(self, copy: Copy) -> bytes:
         """The bytes to send for `copy`. PermanentFailure: fail it with a DSN (an objection
@@ -81,7 +82,7 @@ class Composer:
         full = first_notice_due(contact)
         template = choose(s.templates, contact.language if contact else None,
                           s.controller.default_language)
-        notice = render(template, NoticeFacts(
+        notice = self._notices.render(template, NoticeFacts(
             s.controller.name, s.controller.address, s.controller.privacy_url,
             s.controller.dpo_email, s.retention_years, unsubscribe_url, copy.rule,
             _date(contact.consent_at) if contact else None,

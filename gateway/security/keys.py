@@ -6,6 +6,7 @@ suppression entry unmatchable, so it is never rotated: back it up with the datab
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
@@ -55,12 +56,29 @@ def load_or_create_key(path: Path | str) -> bytes:
     return key
 
 
+class KeyedMac:
+    """HMAC-SHA256 under one key, keyed once: each call copies the keyed state.
+
+    `hmac.digest(key, msg, "sha256")` has OpenSSL 3 fetch the algorithm and key the MAC again
+    on every call; in `serve`, where the hot path takes three or four MACs per message, that
+    showed as ~10% of the event loop's profile. Copying a keyed context skips both.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+
+    def __call__(self, message: bytes) -> bytes:
+        mac = self._keyed.copy()
+        mac.update(message)
+        return mac.digest()
+
+
 class AddressHasher:
     """HMAC-SHA256 of the suppression form of an address: what stands for it where the
     address itself must not be kept (suppression list, audit log)."""
 
     def __init__(self, key: bytes) -> None:
-        self._key = key
+        self._mac = KeyedMac(key)
 
     def __call__(self, address: str) -> bytes:
-        return hmac.digest(self._key, suppression_form(address).encode("utf-8"), "sha256")
+        return self._mac(suppression_form(address).encode("utf-8"))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import ConfigError
-from gateway.security.keys import create_secret_file
+from gateway.security.keys import KeyedMac, create_secret_file
 
 MAC_BYTES = 10
 BODY_BYTES = 14
@@ -48,6 +48,7 @@ class TokenKeys:
             raise ConfigError("no unsubscribe token key")
         self.current_id, self.current = keys[0]
         self.by_id = dict(keys)
+        self._macs = {key_id: KeyedMac(key) for key_id, key in keys}
 
     def issue(self, token: Token) -> str:
         """The token text (lower-case base32, no padding)."""
@@ -57,7 +58,7 @@ class TokenKeys:
                 raise ValueError(f"{name} out of range for a token: {value}")
         body = (self.current_id.to_bytes(1, "big") + token.contact_id.to_bytes(5, "big")
                 + token.account_id.to_bytes(2, "big") + token.delivery_id.to_bytes(6, "big"))
-        mac = hmac.digest(self.current, body, "sha256")[:MAC_BYTES]
+        mac = self._macs[self.current_id](body)[:MAC_BYTES]
         return _encode(body + mac)
 
     def verify(self, text: str) -> Token | None:
@@ -72,10 +73,10 @@ class TokenKeys:
         if len(raw) != TOKEN_BYTES or _encode(raw) != text.lower():
             return None  # also refuses a last character differing in its unused bits
         body, mac = raw[:BODY_BYTES], raw[BODY_BYTES:]
-        key = self.by_id.get(body[0])
-        if key is None:
+        keyed = self._macs.get(body[0])
+        if keyed is None:
             return None
-        if not hmac.compare_digest(hmac.digest(key, body, "sha256")[:MAC_BYTES], mac):
+        if not hmac.compare_digest(keyed(body)[:MAC_BYTES], mac):
             return None
         return Token(int.from_bytes(body[1:6], "big"), int.from_bytes(body[6:8], "big"),
                      int.from_bytes(body[8:14], "big"))

@@ -111,3 +111,39 @@ def _html_value(key: str, value: str) -> str:
     if key == "dpo_email" and "@" in value and _LINK.match("mailto:" + value):
         return f'<a href="mailto:{escaped}">{escaped}</a>'
     return escaped
+
+
+class NoticeCache:
+    """`render`, remembered. Of a copy's facts only the unsubscribe URL is new each time, and
+    its token has a fixed length: the notice is rendered once with a stand-in URL of the same
+    length (so every line breaks where it would), and the real URL replaces the stand-in.
+    ~95 us per copy become a dict lookup and two replaces. A URL that cleaning or escaping
+    would change is rendered directly."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._notices: dict[tuple[object, ...], Notice] = {}
+        self._limit = limit
+
+    def render(self, template: NoticeTemplate, facts: NoticeFacts) -> Notice:
+        url = facts.unsubscribe_url
+        scheme = _LINK.match(url)
+        if scheme is None or clean(url) != url or html.escape(url) != url:
+            return render(template, facts)
+        stand_in = scheme.group(1) + _STAND_IN * (len(url) - len(scheme.group(1)))
+        key = (template.language, template.version, id(template.texts), facts.controller,
+               facts.controller_address, facts.privacy_url, facts.dpo_email,
+               facts.retention_years, stand_in, facts.rule, facts.consent_date, facts.sources,
+               facts.full)
+        notice = self._notices.get(key)
+        if notice is None:
+            if len(self._notices) >= self._limit:
+                self._notices.clear()
+            notice = self._notices[key] = render(template, NoticeFacts(
+                facts.controller, facts.controller_address, facts.privacy_url,
+                facts.dpo_email, facts.retention_years, stand_in, facts.rule,
+                facts.consent_date, facts.sources, facts.full))
+        return Notice(notice.language, notice.version, notice.plain.replace(stand_in, url),
+                      notice.html.replace(stand_in, url))
+
+
+_STAND_IN = "\ue000"  # a private-use character: no template, config value or URL holds it

@@ -15,7 +15,7 @@ from gateway.transform.footer import (
     structure_facts,
     undecodable_text,
 )
-from gateway.transform.notice import NoticeFacts, choose, render
+from gateway.transform.notice import NoticeCache, NoticeFacts, choose, render
 
 TEMPLATES = load_templates()
 FACTS = NoticeFacts("ACME SAS", "https://acme.example", "https://acme.example/privacy",
@@ -156,3 +156,18 @@ def test_every_language_renders_and_falls_back():
     full = notice("it", full=True, sources=("Fiera 2026",), rule="R8")
     assert "Fiera 2026" in full.plain and "articolo 14" in full.plain
     assert "attività professionale" in full.plain
+
+
+@pytest.mark.parametrize("language", sorted(TEMPLATES))
+def test_the_notice_cache_renders_exactly_what_render_does(language: str):
+    cache = NoticeCache()
+    template = choose(TEMPLATES, language, "en")
+    urls = ["https://gw.example/u/" + "a" * 40, "https://gw.example/u/" + "b" * 40,
+            "http://127.0.0.1:8025/u/" + "c" * 40, "https://gw.example/u/" + "d" * 70,
+            "https://gw.example/u/x&y", "javascript:alert(1)", "https://gw.example/u/\r\nX"]
+    for url in urls * 2:  # the second round comes from the cache
+        for rule, full, sources in (("R6", False, ()), ("R8", True, ("Annuaire",))):
+            facts = NoticeFacts(**{**vars(FACTS), "unsubscribe_url": url, "rule": rule,
+                                   "full": full, "sources": sources})
+            assert cache.render(template, facts) == render(template, facts), (url, rule)
+    assert url not in cache.render(template, FACTS).plain  # no stale URL is ever served
