@@ -297,3 +297,20 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.fixture
+async def db(tmp_path: Path):
+    """A migrated store in a real SQLite file (tests/store)."""
+    from gateway.store.db import Database
+
+    async with Database(tmp_path / "store.db") as database:
+        yield database
+
+
+@pytest.fixture
+def hasher(tmp_path: Path):
+    """The address hasher of a store, with a real key file (created 0600)."""
+    from gateway.security.keys import AddressHasher, load_or_create_key
+
+    return AddressHasher(load_or_create_key(tmp_path / "secrets" / "hash.key"))

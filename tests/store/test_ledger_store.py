@@ -21,17 +21,6 @@ from ledger_cases import import_csv
 DAY = 86400.0
 
 
-@pytest.fixture
-async def db(tmp_path: Path):
-    async with Database(tmp_path / "ledger.db") as database:
-        yield database
-
-
-@pytest.fixture
-def hasher(tmp_path: Path) -> AddressHasher:
-    return AddressHasher(load_or_create_key(tmp_path / "secrets" / "hash.key"))
-
-
 async def facts(db: Database, hasher: AddressHasher, address: str):
     lookup = LedgerLookup(db.path, hasher)
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,12 +16,6 @@ from gateway.store.queue import IncomingMessage, QueueStore
 def incoming(mid: str, *rcpts: str) -> IncomingMessage:
     return IncomingMessage(mid, time.time(), "crm", "127.0.0.1", "news@example.com",
                            b"Subject: x\r\n\r\nbody\r\n", rcpts)
-
-
-@pytest.fixture
-async def db(tmp_path: Path):
-    async with Database(tmp_path / "q.db") as database:
-        yield database
 
 
 async def test_database_file_is_owner_only_and_migrated(db: Database):

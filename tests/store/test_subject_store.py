@@ -8,22 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.security.keys import AddressHasher, load_or_create_key
 from gateway.store.db import Database
 from gateway.store.subject import SubjectStore
 
 from ledger_cases import import_csv
-
-
-@pytest.fixture
-async def db(tmp_path: Path):
-    async with Database(tmp_path / "store.db") as database:
-        yield database
-
-
-@pytest.fixture
-def hasher(tmp_path: Path) -> AddressHasher:
-    return AddressHasher(load_or_create_key(tmp_path / "secrets" / "hash.key"))
 
 
 async def add_message(db: Database, message_id: str, content: bytes,
