@@ -126,8 +126,15 @@ class Database:
         if self._sync_executor is None:
             self._sync_executor = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         async with self._write_lock:
-            return await asyncio.get_running_loop().run_in_executor(
+            running = asyncio.get_running_loop().run_in_executor(
                 self._sync_executor, self._run_write, fn)
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                # the transaction runs to its end on the thread: keep the lock until then, so
+                # no other write starts beside it and waits on SQLite's busy handler
+                await asyncio.wait([running])
+                raise
 
     def _run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:

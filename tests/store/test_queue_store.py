@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway.errors import NotFound
+from gateway.errors import NotFound, StoreError
 from gateway.store.db import Database
 from gateway.store.queue import IncomingMessage, QueueStore
 
@@ -79,3 +79,24 @@ async def test_content_is_kept_until_every_copy_is_finished(db: Database):
     assert await q.drop_finished_content(keep_failed_seconds=-1) == 1
     with pytest.raises(NotFound, match="no longer kept"):
         await q.retry(copies[1].delivery_id)
+
+
+async def test_a_write_is_one_transaction_all_or_nothing(db: Database):
+    def insert(conn) -> int:
+        conn.execute("INSERT INTO maintenance (task, ran_at) VALUES ('a', 1)")
+        return 7
+
+    def insert_then_fail(conn) -> None:
+        conn.execute("INSERT INTO maintenance (task, ran_at) VALUES ('b', 1)")
+        raise ValueError("not this one")
+
+    assert await db.write(insert) == 7
+    with pytest.raises(ValueError):
+        await db.write(insert_then_fail)
+    with pytest.raises(StoreError, match="store write failed"):
+        await db.write(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"))
+    rows = await db.fetchall("SELECT task FROM maintenance ORDER BY task")
+    assert [row[0] for row in rows] == ["a"]  # b rolled back with its error
+    await db.close()
+    with pytest.raises(StoreError, match="not open"):
+        await db.write(insert)
