@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import textwrap
+import time
 
 from gateway.model import Contact, PolicyKnobs
 from gateway.policy.rules import retention_deadline
@@ -370,7 +371,5 @@ class Letter:
 def render_text(record: SubjectRecord, controller: ControllerSettings, knobs: PolicyKnobs,
                 lang: str | None = None, now: float | None = None) -> str:
     """The letter answering an access request about `record.address`."""
-    import time
-
     chosen = lang or language_for(record, controller.default_language)
     return Letter(chosen, controller, knobs).render(record, now or time.time())
