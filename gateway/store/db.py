@@ -16,6 +16,7 @@ import logging
 import os
 import sqlite3
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -151,6 +152,11 @@ class Database:
             raise StoreError(f"store unavailable: {exc}") from exc
         try:
             result = fn(conn)
+            if isinstance(result, sqlite3.Cursor):
+                # its statement would be finalised in the event loop's thread while this one
+                # uses the connection: SQLITE_MISUSE ("bad parameter or other API misuse")
+                result.close()
+                raise TypeError("a Database.write function must not return a cursor")
             conn.execute("COMMIT")
             return result
         except BaseException as exc:
@@ -158,9 +164,23 @@ class Database:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            # cursors left in the failed function's frames must go here, not in the event
+            # loop's thread (see above)
+            traceback.clear_frames(exc.__traceback__)
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"store write failed: {exc}") from exc
             raise
+
+    async def write_one(self, sql: str, params: Iterable[Any] = (), many: bool = False) -> int:
+        """One statement (`many`: executemany over `params`) as one write transaction; the
+        number of rows it changed."""
+        def run(conn: sqlite3.Connection) -> int:
+            cur = conn.executemany(sql, params) if many else conn.execute(sql, tuple(params))
+            changed = cur.rowcount
+            cur.close()
+            return changed
+
+        return await self.write(run)
 
     def _close_sync(self) -> None:
         if self._sync_conn is not None:

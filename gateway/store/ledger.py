@@ -232,9 +232,9 @@ class Ledger:
         """R4 "reject, and mark for purge": note when retention was found expired, once.
         `gateway retention run` purges what is marked (a GroupCommitter's write)."""
         params = [(time.time(), i) for i in contact_ids]
-        await self.db.write(lambda conn: conn.executemany(
+        await self.db.write_one(
             "UPDATE contacts SET retention_expired_at = ? WHERE id = ?"
-            " AND retention_expired_at IS NULL", params))
+            " AND retention_expired_at IS NULL", params, many=True)
         return [None] * len(contact_ids)
 
     async def mark_informed(self, informed: Sequence[tuple[int, str]]) -> list[None]:

@@ -174,18 +174,19 @@ class QueueStore:
     async def mark_sent(self, delivery_ids: Sequence[int]) -> list[None]:
         """Record copies as sent, in one transaction (the worker batches them)."""
         params = [(time.time(), i) for i in delivery_ids]
-        await self.db.write(lambda conn: conn.executemany(
+        await self.db.write_one(
             "UPDATE deliveries SET state = 'sent', attempts = attempts + 1, last_error = NULL,"
-            " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ?", params))
+            " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ?", params,
+            many=True)
         return [None] * len(delivery_ids)
 
     async def defer(self, delivery_id: int, error: str, next_attempt_at: float) -> None:
         """A temporary failure: try again at `next_attempt_at`, by whichever process is free."""
         params = (error, next_attempt_at, time.time(), delivery_id)
-        await self.db.write(lambda conn: conn.execute(
+        await self.db.write_one(
             "UPDATE deliveries SET state = 'deferred', attempts = attempts + 1,"
             " last_error = ?, next_attempt_at = ?, claimed_by = NULL, claimed_until = NULL,"
-            " updated_at = ? WHERE id = ?", params))
+            " updated_at = ? WHERE id = ?", params)
 
     async def fail(self, delivery_id: int, error: str,
                    dsn: IncomingMessage | None = None) -> list[Copy]:

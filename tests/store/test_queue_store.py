@@ -94,7 +94,10 @@ async def test_a_write_is_one_transaction_all_or_nothing(db: Database):
     with pytest.raises(ValueError):
         await db.write(insert_then_fail)
     with pytest.raises(StoreError, match="store write failed"):
-        await db.write(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"))
+        await db.write_one("INSERT INTO no_such_table VALUES (1)")
+    with pytest.raises(TypeError, match="cursor"):  # finalised in the wrong thread otherwise
+        await db.write(lambda conn: conn.execute("INSERT INTO maintenance VALUES ('c', 1)"))
+    assert await db.write_one("UPDATE maintenance SET ran_at = ?", (2,)) == 1
     rows = await db.fetchall("SELECT task FROM maintenance ORDER BY task")
     assert [row[0] for row in rows] == ["a"]  # b rolled back with its error
     await db.close()
