@@ -26,28 +26,42 @@ import datetime
 import os
 import random
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
-REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
+from benchlib import (
+    HOST,
+    Interrupted,
+    Processes,
+    Session,
+    SmtpError,
+    Summary,
+    catch_signals,
+    cpu_seconds,
+    free_port,
+    gateway_cli,
+    ignore_signals,
+    load_average,
+    pct,
+    run_loop,
+    smtp_ready,
+    tail,
+    wait_until,
+)
+
 ACCOUNT = "bench"
 ACCOUNT_PASSWORD = "Correct-Horse-Battery-Staple-42!"  # noqa: S105 - a throwaway bench account
 ACCOUNT_TOPICS = "crm;security;marketing"
 ACCOUNT_PRODUCT_CATEGORIES = "software"
 SENDER = "bench@example.com"
 SENDER_DOMAIN = "example.com"
-HELO = "bench.example.com"
 DOMAINS = 5000  # addresses are user{i}@d{i % DOMAINS}.example
 UNKNOWN_SHARE = 0.10  # of the sampled addresses: not in the ledger (R2)
 RSET_EVERY = 100  # RCPTs per transaction
@@ -60,8 +74,6 @@ TARGET_IMPORT_ROWS_S = 50_000
 TARGET_IMPORT_PEAK_MB = 300
 TARGET_DECIDE_P99_MS = 1.0
 TARGET_RCPT_P99_MS = 5.0
-
-T = TypeVar("T")
 
 
 # --- the generated ledger ----------------------------------------------------------------
@@ -189,119 +201,6 @@ def sample(kinds: bytes, count: int, seed: int) -> list[tuple[str, Kind]]:
     return picked
 
 
-# --- processes ---------------------------------------------------------------------------
-
-class Interrupted(Exception):
-    """SIGTERM/SIGHUP: unwind through the finally blocks like Ctrl-C does."""
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    raise Interrupted(signal.Signals(signum).name)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def smtp_ready(port: int) -> bool:
-    """The server greets with 220. A whole session (greeting, QUIT) rather than a bare
-    connect-and-close: under uvloop the gateway keeps counting a connection closed before its
-    greeting until smtp.idle_timeout, which would hold its drain on stop for 30 s."""
-    try:
-        with socket.create_connection((HOST, port), timeout=2.0) as sock:
-            greeting = sock.recv(512)
-            sock.sendall(b"QUIT\r\n")
-            sock.recv(512)
-            return greeting.startswith(b"220")
-    except OSError:
-        return False
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def child_env() -> dict[str, str]:
-    """This checkout's gateway first on the path, whatever is installed."""
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
-
-
-class Processes:
-    """Every process we start, each in its own process group; all killed on the way out."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc: subprocess.Popen[bytes] = subprocess.Popen(
-            argv, start_new_session=True, cwd=REPO, env=child_env(), **kwargs)
-        self.procs.append(proc)
-        return proc
-
-    def wait(self, proc: subprocess.Popen[bytes]) -> tuple[int, int]:
-        """Wait for `proc`: (exit code, its peak RSS in KB), from wait4() for this child."""
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        self.procs.remove(proc)
-        return proc.returncode, usage.ru_maxrss
-
-    def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
-        try:  # the group may outlive its leader
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            print(f"warning: process {proc.pid} did not exit", file=sys.stderr)
-        if proc in self.procs:
-            self.procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self.procs)):
-            self.stop(proc, grace=2.0)
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of `pid` and its direct children (threads included)."""
-    total = 0
-    found = False
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            child = int(stat.parent.name)
-            fields = stat.read_text().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError, ValueError):
-            continue
-        if child == pid or int(fields[1]) == pid:  # fields[1]: ppid
-            total += int(fields[11]) + int(fields[12])
-            found = True
-    return total / os.sysconf("SC_CLK_TCK") if found else None
-
-
-def run_loop(factory: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T, str]:
-    """Run a coroutine on uvloop when importable (as the gateway does), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(factory()), "asyncio"
-    return uvloop.run(factory()), f"uvloop {getattr(uvloop, '__version__', '?')}"
-
-
 # --- figures -----------------------------------------------------------------------------
 
 @dataclass
@@ -311,11 +210,7 @@ class Latencies:
 
     def pct(self, p: float) -> float:
         """Nearest-rank percentile, in ms."""
-        ordered = sorted(self.ns)
-        if not ordered:
-            return float("nan")
-        rank = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered))) - 1))
-        return ordered[rank] / 1e6
+        return pct(self.ns, p)
 
     @property
     def rate(self) -> float:
@@ -325,23 +220,6 @@ class Latencies:
         return (f"{len(self.ns):,} in {self.seconds:.2f} s = {self.rate:,.0f} {unit}/s; "
                 f"latency p50 {self.pct(50):.3f} ms, p99 {self.pct(99):.3f} ms, "
                 f"max {self.pct(100):.3f} ms")
-
-
-@dataclass
-class Summary:
-    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
-
-    def add(self, name: str, value: str, target: str, ok: bool | None) -> None:
-        self.rows.append((name, value, target, "-" if ok is None else "PASS" if ok else "MISS"))
-
-    def print(self) -> None:
-        widths = [max(len(r[i]) for r in [("figure", "value", "target", "")] + self.rows)
-                  for i in range(4)]
-        print("\nSummary (one run on a noisy 2-core machine: expect ~30% between runs)")
-        header = ("figure", "value", "target", "")
-        for row in [header, tuple("-" * w for w in widths), *self.rows]:
-            print(f"  {row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}  "
-                  f"{row[3]}")
 
 
 def rule_mix(counts: Counter[str]) -> str:
@@ -361,7 +239,7 @@ class Bench:
         self.db = tmp / "gateway.db"
         self.csv = tmp / "contacts.csv"
         self.log = tmp / "gateway.log"
-        self.summary = Summary()
+        self.summary = Summary("one run on a noisy 2-core machine: expect ~30% between runs")
         self.kinds = b""
         self.smtp_port = free_port()
         self.http_port = free_port()
@@ -393,9 +271,7 @@ level = "WARNING"
 """)
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gateway", "--config", str(self.config),
-                               *args], input=stdin, capture_output=True, text=True, cwd=REPO,
-                              env=child_env(), timeout=300, check=False)
+        return gateway_cli(self.config, *args, stdin=stdin)
 
     # 1. import ----------------------------------------------------------------------------
 
@@ -549,13 +425,8 @@ level = "WARNING"
             self.gateway = self.procs.start(
                 [sys.executable, "-m", "gateway", "--config", str(self.config), "serve"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if smtp_ready(self.smtp_port):
-                return
-            if self.gateway.poll() is not None:
-                break
-            time.sleep(0.1)
+        if wait_until(lambda: smtp_ready(self.smtp_port), 60, proc=self.gateway):
+            return
         raise RuntimeError(f"`gateway serve` did not listen on {HOST}:{self.smtp_port} "
                            f"(exit {self.gateway.poll()}):\n{tail(self.log)}")
 
@@ -640,54 +511,12 @@ class SmtpResult:
     errors: list[str] = field(default_factory=list)
 
 
-class SmtpError(Exception):
-    pass
-
-
-class Session:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def reply(self) -> tuple[int, str]:
-        """The final line of a (possibly multi-line) reply: (code, text)."""
-        assert self.reader is not None
-        while True:
-            line = await self.reader.readline()
-            if not line:
-                raise SmtpError("connection closed by the server")
-            if line[3:4] != b"-":
-                return int(line[:3]), line.decode(errors="replace").rstrip("\r\n")
-
-    async def command(self, text: str, expect: int = 250) -> tuple[int, str]:
-        assert self.writer is not None
-        self.writer.write(text.encode() + b"\r\n")
-        code, line = await self.reply()
-        if code != expect:
-            raise SmtpError(f"{text!r} -> {line!r}")
-        return code, line
+class MailSession(Session):
+    """A Session in a transaction: open() also sends MAIL FROM, ready for RCPTs."""
 
     async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
-        code, line = await self.reply()
-        if code != 220:
-            raise SmtpError(f"greeting {line!r}")
-        await self.command(f"EHLO {HELO}")
+        await super().open()
         await self.command(f"MAIL FROM:<{SENDER}>")
-
-    async def close(self) -> None:
-        if self.writer is None:
-            return
-        try:
-            await self.command("QUIT", 221)
-        finally:
-            self.writer.close()
-            try:
-                await self.writer.wait_closed()
-            except OSError:
-                pass
-            self.writer = self.reader = None
 
 
 async def smtp_load(port: int, shares: list[list[tuple[str, Kind]]]) -> SmtpResult:
@@ -698,7 +527,7 @@ async def smtp_load(port: int, shares: list[list[tuple[str, Kind]]]) -> SmtpResu
 
     async def run(share: list[tuple[str, Kind]]) -> None:
         nonlocal ready
-        session = Session(port)
+        session = MailSession(port)
         try:
             try:
                 await session.open()
@@ -735,8 +564,7 @@ async def smtp_load(port: int, shares: list[list[tuple[str, Kind]]]) -> SmtpResu
             await session.close()
         except (OSError, SmtpError, ValueError) as exc:
             result.errors.append(f"{type(exc).__name__}: {exc}")
-            if session.writer is not None:
-                session.writer.close()
+            session.abort()
 
     tasks = [asyncio.create_task(run(share)) for share in shares]
     while ready < len(shares):
@@ -777,16 +605,14 @@ def main(argv: list[str] | None = None) -> int:
            args.processes) < 1:
         parser.error("counts must be at least 1")
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _on_signal)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+    catch_signals()
     tmp = Path(tempfile.mkdtemp(prefix="ledger-bench-"))
     procs = Processes()
     bench = Bench(args, tmp, procs)
     print(f"ledger bench: {args.rows:,} contacts, temp dir {tmp}; Python "
           f"{sys.version.split()[0]}, {os.cpu_count()} cores. One run on a noisy machine "
           "(2 cores, ~30% between runs): compare figures from the same run only. Load "
-          "average now: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+          "average now: " + load_average())
     failed = False
     try:
         bench.write_config()
@@ -800,9 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nFAILED: {exc}", file=sys.stderr)
         failed = True
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
+        ignore_signals()
         bench.stop_gateway()
         procs.stop_all()
         if bench.summary.rows:

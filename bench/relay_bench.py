@@ -35,12 +35,25 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
+from benchlib import (
+    HELO,
+    HOST,
+    REPO,
+    Interrupted,
+    Processes,
+    catch_signals,
+    child_env,
+    cpu_seconds,
+    free_port,
+    gateway_cli,
+    ignore_signals,
+    tail,
+    wait_until,
+)
+
 SENDER = "bench@example.com"
 SENDER_DOMAIN = "example.com"
 RECIPIENT = "rcpt@example.net"
-HELO = "bench.example.com"
 # every path gets a Subject: without one the gateway quarantines the copy (M3: no place for
 # the notice), and smtp-source sends none by default
 SUBJECT = "bench"
@@ -73,20 +86,6 @@ COUNTS = {
 QUICK_DIVISOR = 3
 
 
-class Interrupted(Exception):
-    """SIGTERM/SIGHUP: unwind through the finally blocks like Ctrl-C does."""
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    raise Interrupted(signal.Signals(signum).name)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def port_open(port: int, host: str = HOST) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -97,14 +96,7 @@ def port_open(port: int, host: str = HOST) -> bool:
 
 def wait_for_port(port: int, timeout: float,
                   proc: subprocess.Popen[bytes] | None = None) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_open(port):
-            return True
-        if proc is not None and proc.poll() is not None:
-            return False
-        time.sleep(0.1)
-    return False
+    return wait_until(lambda: port_open(port), timeout, proc=proc)
 
 
 def tool(name: str) -> str | None:
@@ -116,50 +108,6 @@ def tool(name: str) -> str | None:
         if candidate.exists():
             return str(candidate)
     return None
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-class Processes:
-    """Every process we start, each in its own process group; all killed on the way out."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
-            argv, start_new_session=True, **kwargs)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
-        try:  # the group may outlive its leader
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            print(f"warning: process {proc.pid} did not exit", file=sys.stderr)
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            self.stop(proc, grace=2.0)
-        self.procs.clear()
 
 
 class Sink:
@@ -411,11 +359,7 @@ level = "WARNING"
 """)
 
     def _cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
-        return subprocess.run([sys.executable, "-m", "gateway", "--config", str(self.config),
-                               *args], input=stdin, capture_output=True, text=True, cwd=REPO,
-                              env=env, timeout=120, check=False)
+        return gateway_cli(self.config, *args, stdin=stdin, timeout=120)
 
     def start(self) -> None:
         added = self._cli("accounts", "add", ACCOUNT, "--from-domain", SENDER_DOMAIN,
@@ -431,12 +375,11 @@ level = "WARNING"
         imported = self._cli("contacts", "import", str(ledger))
         if imported.returncode != 0:
             raise RuntimeError(f"`gateway contacts import` failed: {imported.stderr.strip()}")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
         with open(self.log, "wb") as log:
-            self.proc = self.procs.start(
+            self.proc = self.procs.start(  # in the checkout (the tools are started outside it)
                 [sys.executable, "-m", "gateway", "--config", str(self.config), "serve"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                env=child_env())
         if not wait_for_port(self.port, 60, proc=self.proc):
             raise RuntimeError(f"`gateway serve` did not listen on {HOST}:{self.port} "
                                f"(exit {self.proc.poll()}):\n{tail(self.log)}")
@@ -444,20 +387,7 @@ level = "WARNING"
     def cpu_seconds(self) -> float | None:
         """User + system CPU of the gateway: the process and its worker processes (threads
         included; with smtp.processes > 1 the workers are children of a supervisor)."""
-        if self.proc is None:
-            return None
-        total = 0
-        found = False
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                pid = int(stat.parent.name)
-                fields = stat.read_text().rsplit(") ", 1)[1].split()
-            except (OSError, IndexError, ValueError):
-                continue
-            if pid == self.proc.pid or int(fields[1]) == self.proc.pid:  # fields[1]: ppid
-                total += int(fields[11]) + int(fields[12])
-                found = True
-        return total / os.sysconf("SC_CLK_TCK") if found else None
+        return None if self.proc is None else cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -617,12 +547,10 @@ def main(argv: list[str] | None = None) -> int:
         print("note: something listens on 127.0.0.1:25 (the system Postfix?); it is not used, "
               "but it competes for CPU if busy. Stop it with `service postfix stop`.")
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _on_signal)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+    catch_signals()
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     os.chmod(tmp, 0o755)  # Postfix daemons run as `postfix` under this tree
-    procs = Processes()
+    procs = Processes(in_checkout=False)  # the tools run where we were started
     postfix_relay: PostfixRelay | None = None
     gateway_relay: GatewayRelay | None = None
     skipped: dict[str, str] = {}
@@ -680,15 +608,13 @@ def main(argv: list[str] | None = None) -> int:
         lost = any(r.lost for rs in results.values() for r in rs)
         return 1 if lost or skipped else 0
     except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"\ninterrupted ({exc or 'Ctrl-C'}): cleaning up", file=sys.stderr)
+        print(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): cleaning up", file=sys.stderr)
         if results:
             print_table(results, paths, skipped, runs)
         return 130
     finally:
         # Ignore further Ctrl-C while we clean up: a half-stopped Postfix is worse than a wait.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
+        ignore_signals()
         if gateway_relay is not None:
             gateway_relay.stop()
         if postfix_relay is not None:

@@ -59,6 +59,8 @@ from gateway.transform.footer import add_notice
 from gateway.transform.notice import NoticeFacts, NoticeTemplate, choose, render
 from gateway.transform.pipeline import Personalisation, personalise
 
+from benchlib import load_average
+
 DOMAIN = "example.com"
 RSA_SELECTOR = "bench-rsa"
 ED25519_SELECTOR = "bench-ed25519"
@@ -393,10 +395,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> int:

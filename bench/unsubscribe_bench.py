@@ -37,19 +37,37 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
-REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
+from benchlib import (
+    HOST,
+    REPO,
+    Interrupted,
+    Processes,
+    Session,
+    SmtpError,
+    Summary,
+    catch_signals,
+    child_env,
+    cpu_seconds,
+    free_port,
+    gateway_cli,
+    ignore_signals,
+    load_average,
+    pct,
+    run_loop,
+    smtp_ready,
+    tail,
+    wait_until,
+)
+
 ACCOUNT = "bench"
 ACCOUNT_PASSWORD = "Correct-Horse-Battery-Staple-42!"  # noqa: S105 - a throwaway bench account
 SENDER = "news@example.com"
 SENDER_DOMAIN = "example.com"
-HELO = "bench.example.com"
 SENDER_CONTACTS = 1000  # s0..s999@example.net: what the SMTP sessions mail
 RCPTS_PER_WARMUP_MESSAGE = 100  # the token-collection messages: one transaction per 100 RCPTs
 CSV_HEADER = "email,kind,consent,consent_at,consent_method,source_name,source_type"
@@ -57,8 +75,6 @@ BODY = ("Hello,\r\n\r\nThis is the weekly news from Example. " * 3 + "\r\n") * 8
 
 TARGET_POST_P99_MS = 100.0
 TARGET_SMTP_RATIO = 0.80
-
-T = TypeVar("T")
 
 
 def unsubscriber(i: int) -> str:
@@ -76,35 +92,8 @@ def message(to: str, n: int) -> bytes:
             f"{BODY}.\r\n").encode()
 
 
-# --- processes (as in ledger_bench.py) ----------------------------------------------------
-
-class Interrupted(Exception):
-    """SIGTERM/SIGHUP: unwind through the finally blocks like Ctrl-C does."""
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    raise Interrupted(signal.Signals(signum).name)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def smtp_ready(port: int) -> bool:
-    """The server greets with 220: a whole session (greeting, QUIT), not a bare connect."""
-    try:
-        with socket.create_connection((HOST, port), timeout=2.0) as sock:
-            greeting = sock.recv(512)
-            sock.sendall(b"QUIT\r\n")
-            sock.recv(512)
-            return greeting.startswith(b"220")
-    except OSError:
-        return False
-
-
 def http_ready(port: int) -> bool:
+    """The gateway's HTTP side answers GET /healthz with 200 (its SMTP side: smtp_ready)."""
     try:
         with socket.create_connection((HOST, port), timeout=2.0) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
@@ -113,228 +102,7 @@ def http_ready(port: int) -> bool:
         return False
 
 
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def child_env() -> dict[str, str]:
-    """This checkout's gateway first on the path, whatever is installed."""
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
-
-
-class Processes:
-    """Every process we start, each in its own process group; all killed on the way out."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.groups: set[int] = set()  # asyncio subprocesses: process group ids (= their pid)
-
-    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc: subprocess.Popen[bytes] = subprocess.Popen(
-            argv, start_new_session=True, cwd=REPO, env=child_env(), **kwargs)
-        self.procs.append(proc)
-        return proc
-
-    @staticmethod
-    def group_alive(pgid: int) -> bool:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-    def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-        # the group, not only poll(): poll() reports 0 for a child it cannot wait for (ECHILD)
-        if proc.poll() is None or self.group_alive(proc.pid):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
-        try:  # the group may outlive its leader
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        if proc.poll() is None or self.group_alive(proc.pid):
-            print(f"warning: process group {proc.pid} did not exit", file=sys.stderr)
-        if proc in self.procs:
-            self.procs.remove(proc)
-
-    def kill_group(self, pgid: int) -> None:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.groups.discard(pgid)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self.procs)):
-            self.stop(proc, grace=2.0)
-        for pgid in list(self.groups):
-            self.kill_group(pgid)
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of `pid` and its direct children (threads included)."""
-    total = 0
-    found = False
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            child = int(stat.parent.name)
-            fields = stat.read_text().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError, ValueError):
-            continue
-        if child == pid or int(fields[1]) == pid:  # fields[1]: ppid
-            total += int(fields[11]) + int(fields[12])
-            found = True
-    return total / os.sysconf("SC_CLK_TCK") if found else None
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-
-def run_loop(factory: Callable[[], Coroutine[Any, Any, T]], guard: bool = True) -> tuple[T, str]:
-    """Run a coroutine on uvloop when importable (as the gateway does), else asyncio.
-
-    With `guard`, SIGTERM/SIGHUP cancel the coroutine and raise Interrupted once the loop has
-    unwound: an exception raised by a plain signal handler inside uvloop's signal processing
-    is only logged ("Exception in callback"), and the run goes on."""
-    received: list[int] = []
-
-    async def guarded() -> T:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-
-        def on_signal(signum: int) -> None:
-            received.append(signum)
-            task.cancel()
-
-        for signum in STOP_SIGNALS:
-            loop.add_signal_handler(signum, on_signal, signum)
-        try:
-            return await factory()
-        except asyncio.CancelledError:
-            if received:
-                raise Interrupted(signal.Signals(received[0]).name) from None
-            raise
-        finally:
-            for signum in STOP_SIGNALS:
-                loop.remove_signal_handler(signum)
-
-    main = guarded if guard else factory
-    try:
-        import uvloop
-    except ImportError:
-        result, name = asyncio.run(main()), "asyncio"
-    else:
-        result, name = uvloop.run(main()), f"uvloop {getattr(uvloop, '__version__', '?')}"
-    finally:
-        if guard:  # remove_signal_handler leaves SIG_DFL behind: ours again
-            for signum in STOP_SIGNALS:
-                signal.signal(signum, _on_signal)
-    return result, name
-
-
-# --- figures -------------------------------------------------------------------------------
-
-def pct(values_ns: list[int], p: float) -> float:
-    """Nearest-rank percentile, in ms."""
-    ordered = sorted(values_ns)
-    if not ordered:
-        return float("nan")
-    rank = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered))) - 1))
-    return ordered[rank] / 1e6
-
-
-@dataclass
-class Summary:
-    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
-
-    def add(self, name: str, value: str, target: str, ok: bool | None) -> None:
-        self.rows.append((name, value, target, "-" if ok is None else "PASS" if ok else "MISS"))
-
-    def print(self) -> None:
-        header = ("figure", "value", "target", "")
-        widths = [max(len(r[i]) for r in [header, *self.rows]) for i in range(4)]
-        print("\nSummary (one run on a noisy 2-core VM; the clients share the cores with the "
-              "gateway)")
-        for row in [header, tuple("-" * w for w in widths), *self.rows]:
-            print(f"  {row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}  "
-                  f"{row[3]}")
-
-
-# --- the SMTP client -----------------------------------------------------------------------
-
-class SmtpError(Exception):
-    pass
-
-
-class Session:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def reply(self) -> tuple[int, str]:
-        """The final line of a (possibly multi-line) reply: (code, text)."""
-        assert self.reader is not None
-        while True:
-            line = await self.reader.readline()
-            if not line:
-                raise SmtpError("connection closed by the server")
-            if line[3:4] != b"-":
-                return int(line[:3]), line.decode(errors="replace").rstrip("\r\n")
-
-    async def send(self, data: bytes) -> tuple[int, str]:
-        assert self.writer is not None
-        self.writer.write(data)
-        return await self.reply()
-
-    async def command(self, text: str, expect: int = 250) -> tuple[int, str]:
-        code, line = await self.send(text.encode() + b"\r\n")
-        if code != expect:
-            raise SmtpError(f"{text!r} -> {line!r}")
-        return code, line
-
-    async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
-        code, line = await self.reply()
-        if code != 220:
-            raise SmtpError(f"greeting {line!r}")
-        await self.command(f"EHLO {HELO}")
-
-    async def close(self) -> None:
-        if self.writer is None:
-            return
-        try:
-            await self.command("QUIT", 221)
-        finally:
-            self.writer.close()
-            try:
-                await self.writer.wait_closed()
-            except OSError:
-                pass
-            self.writer = self.reader = None
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = self.reader = None
-
+# --- the SMTP client (benchlib.Session) ----------------------------------------------------
 
 async def send_batches(port: int, batches: list[list[str]], sessions: int) -> None:
     """One message per batch of recipients (each RCPT must get 250), over `sessions` sessions."""
@@ -602,7 +370,8 @@ class Bench:
         self.csv = tmp / "contacts.csv"
         self.log = tmp / "gateway.log"
         self.outbox = tmp / "outbox"
-        self.summary = Summary()
+        self.summary = Summary("one run on a noisy 2-core VM; the clients share the cores with "
+                               "the gateway")
         self.smtp_port = free_port()
         self.http_port = free_port()
         self.gateway: subprocess.Popen[bytes] | None = None
@@ -639,9 +408,7 @@ level = "WARNING"
 """)
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gateway", "--config", str(self.config),
-                               *args], input=stdin, capture_output=True, text=True, cwd=REPO,
-                              env=child_env(), timeout=300, check=False)
+        return gateway_cli(self.config, *args, stdin=stdin)
 
     def setup(self) -> None:
         n = self.args.posts
@@ -666,13 +433,9 @@ level = "WARNING"
             self.gateway = self.procs.start(
                 [sys.executable, "-m", "gateway", "--config", str(self.config), "serve"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if smtp_ready(self.smtp_port) and http_ready(self.http_port):
-                return
-            if self.gateway.poll() is not None:
-                break
-            time.sleep(0.1)
+        if wait_until(lambda: smtp_ready(self.smtp_port) and http_ready(self.http_port), 60,
+                      proc=self.gateway):
+            return
         raise RuntimeError(f"`gateway serve` did not listen on {HOST}:{self.smtp_port} and "
                            f"{HOST}:{self.http_port} (exit {self.gateway.poll()}):\n"
                            f"{tail(self.log)}")
@@ -953,9 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.lead < args.duration:
         parser.error("--lead must be between 0 and --duration")
 
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _on_signal)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+    catch_signals()
     tmp = Path(tempfile.mkdtemp(prefix="unsubscribe-bench-"))
     procs = Processes()
     bench = Bench(args, tmp, procs)
@@ -964,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{sys.version.split()[0]}, {os.cpu_count()} cores, gateway smtp.processes = "
           f"{args.processes}. The POST client, the SMTP client and the gateway share the "
           "machine (a noisy 2-core VM: ~30% between runs). Load average now: "
-          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+          + load_average())
     failed = False
     try:
         bench.write_config()
@@ -980,14 +741,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nFAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         failed = True
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
+        ignore_signals()
         bench.stop_gateway()
         procs.stop_all()
         if bench.summary.rows:
             bench.summary.print()
-        print("Load average at the end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+        print("Load average at the end: " + load_average())
         if args.keep_tmp:
             print(f"kept {tmp}")
         else:
