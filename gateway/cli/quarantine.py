@@ -43,7 +43,7 @@ def quarantine() -> None:
 @click.option("--account", help="Only entries of this sending account.")
 @click.option("--rule", help="Only entries held by this rule (R9, R2, M2, M3).")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
-              help="Only entries held since this date (YYYY-MM-DD).")
+              help="Only entries held since this date (YYYY-MM-DD, UTC, like report --since).")
 @click.option("--limit", type=click.IntRange(min=1),
               help=f"At most this many entries, oldest first (default: {TABLE_PAGE} in the "
                    "table, all with --json); the counts per rule cover all of them.")
@@ -52,7 +52,7 @@ def quarantine() -> None:
 def list_(state: CliState, account: str | None, rule: str | None,
           since: datetime.datetime | None, limit: int | None, as_json: bool) -> None:
     """Held entries, oldest first, with counts per rule (paged on a terminal)."""
-    after = since.timestamp() if since else None
+    after = since.replace(tzinfo=datetime.UTC).timestamp() if since else None
 
     async def body() -> None:
         async with Database(state.settings.store.path) as db:
