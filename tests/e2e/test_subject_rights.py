@@ -140,7 +140,12 @@ def test_erasure_leaves_nothing_in_the_file_and_the_next_rcpt_gets_r1(
     # Marie's queued copy goes; the held message was only for her, the other one is Bob's too.
     assert "deliveries 1, messages 1, messages_scrubbed 1" in erased.stdout
     assert "added (channel erasure)" in erased.stdout
-    assert gw.cli("subject", "erase", CARL, "--yes").returncode == 0
+    # several addresses, one compaction; an invalid one among them erases nothing
+    assert gw.cli("subject", "erase", CARL, "not-an-address").returncode == 1
+    assert b"carl@labo.example" in store_bytes(gw)
+    both = gw.cli("subject", "erase", CARL, "nobody@labo.example", "--yes")
+    assert both.returncode == 0 and both.stdout.count("erased ") == 2, both.stderr
+    assert both.stdout.count("store compacted") == 1
 
     on_disk = store_bytes(gw)
     for trace in (b"marie.curie@labo.example", b"carl@labo.example", b"directrice r&d"):
