@@ -185,3 +185,17 @@ async def test_retention_sql_agrees_with_the_rule_book(db, hasher):
     assert not await due(db, "t", 100.0, now)  # first time: recorded, not run
     assert not await due(db, "t", 100.0, now + 50)
     assert await due(db, "t", 100.0, now + 150)
+
+
+async def test_audit_appends_maintain_no_index_and_lookups_still_find_the_rows(db, hasher):
+    # every RCPT appends an audit row: an index on the random recipient hash made each append
+    # dirty its own page (migration 010); the rare lookup by recipient scans instead
+    log = AuditLog(db)
+    now = time.time()
+    await log.append([[AuditRecord(now + i, "crm", "127.0.0.1", hasher(f"r{i % 7}@example.com"),
+                                   "R6", "allow") for i in range(70)]])
+    indexes = sqlite3.connect(db.path).execute("PRAGMA index_list(audit)").fetchall()
+    assert indexes == []
+    found = await log.for_recipient(hasher("r3@example.com"))
+    assert [r.at for r in found] == [now + i for i in range(3, 70, 7)]
+    assert await log.verify() == (70, None)
