@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import gateway.smtp.replies as replies
@@ -58,7 +59,10 @@ class RecipientVerdict:
     at: float = 0.0
 
 
+@lru_cache(maxsize=1024)
 def campaign_of(account: Account) -> Campaign:
+    """The account's campaign (cached: it is asked on every RCPT; an updated account is
+    another Account value, so it is never stale)."""
     return Campaign(account.name, account.category,
                     frozenset(t.lower() for t in account.topics),
                     frozenset(c.lower() for c in account.product_categories))

@@ -118,6 +118,7 @@ class GatewaySMTP(SMTP):
         self._accepting = accepting
         self._client_ip = ""
         self._counted = False
+        self._idle_deadline = 0.0  # see _reset_timeout
 
     @property
     def client_ip(self) -> str:
@@ -305,6 +306,27 @@ class GatewaySMTP(SMTP):
         log.error("%s session error: %r", self._client_ip, error,
                   exc_info=(type(error), error, error.__traceback__))
         return replies.INTERNAL_ERROR
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Move the idle deadline. aiosmtpd cancels its timer and schedules a new one on every
+        command; here one timer per session re-arms itself for the rest when it fires early,
+        and is replaced only when the deadline comes sooner than it fires."""
+        span = duration or self._timeout_duration
+        deadline = self.loop.time() + span
+        self._idle_deadline = deadline
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > deadline or \
+                handle.when() <= self.loop.time():
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_later(span, self._idle_check)
+
+    def _idle_check(self) -> None:
+        remaining = self._idle_deadline - self.loop.time()
+        if remaining > 0:
+            self._timeout_handle = self.loop.call_later(remaining, self._idle_check)
+        else:
+            self._timeout_cb()
 
     def _timeout_cb(self) -> None:
         # aiosmtpd closes silently; say why first, as Postfix does ("421 4.4.2 ... timeout")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.store.db import Database
 
@@ -31,8 +31,10 @@ def link(previous: bytes, row: tuple[object, ...]) -> bytes:
     return hashlib.sha256(previous + canonical.encode("utf-8")).digest()
 
 
-@dataclass(frozen=True)
-class AuditRecord:
+class AuditRecord(NamedTuple):
+    """One decision. A named tuple: a transaction that ends builds one per recipient at once
+    (100 on a 100-recipient RSET), and a frozen dataclass costs three times as much to make."""
+
     at: float
     account: str | None
     client_ip: str

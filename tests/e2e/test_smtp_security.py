@@ -252,6 +252,20 @@ def test_long_lines_repeated_commands_and_idle_sessions_are_cut(make_gateway):
     assert idle.reply()[0] == 421 and idle.closed()  # idle past smtp.idle_timeout
 
 
+def test_each_command_postpones_the_idle_timeout(make_gateway):
+    # one timer per session moves its deadline on each command (server._reset_timeout)
+    gw = make_gateway(smtp_extra="idle_timeout = 1.0")
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    started = time.monotonic()
+    while time.monotonic() - started < 2.5:  # 2.5 idle timeouts, never 1 s quiet
+        time.sleep(0.4)
+        assert s.cmd("NOOP")[0] == 250
+    quiet = time.monotonic()
+    assert s.reply()[0] == 421 and s.closed()
+    assert 0.8 < time.monotonic() - quiet < 1.8  # cut once a whole idle_timeout went by
+
+
 def test_plain_auth_without_tls_only_on_loopback_when_configured(make_gateway, sink: Sink):
     gw = make_gateway(trusted=False, smtp_extra="allow_plain_auth_on_loopback = true")
     s = RawSmtp(gw.smtp_port)

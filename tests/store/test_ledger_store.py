@@ -199,3 +199,29 @@ async def test_audit_appends_maintain_no_index_and_lookups_still_find_the_rows(d
     found = await log.for_recipient(hasher("r3@example.com"))
     assert [r.at for r in found] == [now + i for i in range(3, 70, 7)]
     assert await log.verify() == (70, None)
+
+
+async def test_contacts_read_on_the_hot_path_are_ordinary_contacts(db, hasher):
+    import dataclasses
+
+    from gateway.model import Contact, Source
+    import_csv(db, hasher, "email,kind,audience,relationship,language,first_name,topics,"
+               "customer_categories,consent,consent_at,opt_out_offered,source_name,"
+               "source_type,source_visibility\n"
+               "k@example.com,person,b2b,customer,fr,Zoé,crm;security,software,granted,"
+               "2026-01-01,true,Salon,direct,public\n"
+               "l@example.com,person,b2b,prospect,,,crm;security,,,,false,Salon,direct,public\n")
+    k = (await facts(db, hasher, "k@example.com")).contact
+    l_ = (await facts(db, hasher, "l@example.com")).contact
+    assert k is not None and l_ is not None
+    # built without Contact.__init__: every field present, equal to a constructed one
+    rebuilt = Contact(**{f.name: getattr(k, f.name) for f in dataclasses.fields(Contact)})
+    assert rebuilt == k and hash(rebuilt) == hash(k)
+    assert (k.first_name, k.topics, k.customer_categories, k.opt_out_offered) == (
+        "Zoé", frozenset({"crm", "security"}), frozenset({"software"}), True)
+    assert l_.opt_out_offered is False and l_.customer_categories == frozenset()
+    assert k.sources == (Source("Salon", "direct", "public", k.sources[0].recorded_at),)
+    assert k.topics is l_.topics  # shared, immutable
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        k.consent = "withdrawn"  # type: ignore[misc]
+    assert dataclasses.replace(k, consent="withdrawn").consent == "withdrawn"
