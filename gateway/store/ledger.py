@@ -69,8 +69,8 @@ def contact_from_row(row: Sequence[object], offset: int = 0) -> Contact:
     (checked above) and the same conversions as ever.
     """
     values = dict(zip(CONTACT_COLUMNS, row[offset:offset + len(CONTACT_COLUMNS)], strict=True))
-    values["topics"] = _tags(values["topics"])  # type: ignore[arg-type]
-    values["customer_categories"] = _tags(values["customer_categories"])  # type: ignore[arg-type]
+    values["topics"] = _tags(values["topics"])
+    values["customer_categories"] = _tags(values["customer_categories"])
     opt_out = values["opt_out_offered"]
     values["opt_out_offered"] = None if opt_out is None else bool(opt_out)
     sources_json = row[offset + len(CONTACT_COLUMNS)]
