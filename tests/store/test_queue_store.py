@@ -103,3 +103,15 @@ async def test_a_write_is_one_transaction_all_or_nothing(db: Database):
     await db.close()
     with pytest.raises(StoreError, match="not open"):
         await db.write(insert)
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 128, 129, 300])
+def test_insert_rows_writes_every_row_in_order(tmp_path, count):
+    import sqlite3
+
+    from gateway.store.db import insert_rows
+    conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a INTEGER, b BLOB)")
+    rows = [(i, bytes([i % 256]) * 3) for i in range(count)]
+    insert_rows(conn, "INSERT INTO t (a, b)", rows)
+    assert conn.execute("SELECT a, b FROM t ORDER BY id").fetchall() == rows
