@@ -101,9 +101,9 @@ async def test_dry_run_writes_nothing(db, hasher):
 
 async def test_lookup_is_one_indexed_statement(db, hasher):
     import_csv(db, hasher, "email,source_name,source_type\nx@example.com,Form,direct\n")
+    from gateway.store.ledger import facts_sql
     plan = sqlite3.connect(db.path).execute(
-        "EXPLAIN QUERY PLAN " + __import__("gateway.store.ledger", fromlist=["FACTS_SQL"])
-        .FACTS_SQL, (b"h", "x@example.com")).fetchall()
+        "EXPLAIN QUERY PLAN " + facts_sql(2), (b"h", "x@example.com", b"i", "y@x.com")).fetchall()
     details = " ".join(row[3] for row in plan)
     assert "SCAN c" not in details and "SCAN contacts" not in details
     assert "USING INDEX" in details or "USING PRIMARY KEY" in details
@@ -225,3 +225,30 @@ async def test_contacts_read_on_the_hot_path_are_ordinary_contacts(db, hasher):
     with pytest.raises(dataclasses.FrozenInstanceError):
         k.consent = "withdrawn"  # type: ignore[misc]
     assert dataclasses.replace(k, consent="withdrawn").consent == "withdrawn"
+
+
+async def test_a_batch_of_lookups_reads_back_exact_values_in_key_order(db, hasher):
+    import_csv(db, hasher, "email,consent,consent_at,source_name,source_type\n"
+               + "".join(f"p{i}@example.com,granted,2026-01-0{i + 1},Form,direct\n"
+                         for i in range(3)))
+    stamp = 1795656443.564529  # 16 significant digits: JSON alone would keep 15
+    conn = sqlite3.connect(db.path)
+    with conn:
+        conn.execute("UPDATE contacts SET informed_at = ?, retention_expired_at = ?"
+                     " WHERE address = 'p1@example.com'", (stamp, stamp + 1e-6))
+    lookup = LedgerLookup(db.path, hasher)
+    try:
+        import asyncio
+        addresses = ["nobody@example.com", "p2@example.com", "p1@example.com",
+                     "p0@example.com"]
+        found = await asyncio.gather(*(lookup.facts(a) for a in addresses))
+    finally:
+        lookup.close()
+    assert found[0].contact is None
+    assert [f.contact.address for f in found[1:]] == addresses[1:]  # type: ignore[union-attr]
+    p1 = found[2].contact
+    assert p1 is not None and p1.informed_at == stamp
+    assert p1.retention_expired_at == stamp + 1e-6 and found[1].contact.informed_at is None
+    import datetime
+    assert [f.contact.consent_at for f in found[1:]] == [  # type: ignore[union-attr]
+        datetime.datetime(2026, 1, day, tzinfo=datetime.UTC).timestamp() for day in (3, 2, 1)]
