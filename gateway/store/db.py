@@ -47,13 +47,15 @@ INSERT_CHUNK = 128  # rows per multi-row INSERT at most (x 8 columns: 1,024 vari
 
 
 @lru_cache(maxsize=64)
-def _values_sql(head: str, width: int, rows: int) -> str:
+def _values_sql(head: str, width: int, rows: int, tail: str) -> str:
     group = "(" + ",".join("?" * width) + ")"
-    return head + " VALUES " + ",".join([group] * rows)
+    return head + " VALUES " + ",".join([group] * rows) + tail
 
 
-def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """`head` ("INSERT INTO t (a, b)") for every row, as a few multi-row statements.
+def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]],
+                tail: str = "") -> None:
+    """`head` ("INSERT INTO t (a, b)") for every row, as a few multi-row statements, with
+    `tail` (an ON CONFLICT clause) after the VALUES.
 
     For the writer thread, beside the event loop: executemany runs one sqlite3_step per row,
     and the sqlite3 module gives the GIL back and takes it again around each step, so 2,000
@@ -65,7 +67,8 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, .
     while start < total:
         size = min(INSERT_CHUNK, 1 << ((total - start).bit_length() - 1))
         chunk = rows[start:start + size]
-        conn.execute(_values_sql(head, len(chunk[0]), size), [v for row in chunk for v in row])
+        conn.execute(_values_sql(head, len(chunk[0]), size, tail),
+                     [v for row in chunk for v in row])
         start += size
 
 
