@@ -71,3 +71,29 @@ def test_key_file_is_created_owner_only_and_read_back(tmp_path: Path):
 def test_values_out_of_range_are_refused():
     with pytest.raises(ValueError, match="account_id"):
         KEYS.issue(Token(1, 2**16, 1))
+
+
+def test_token_text_decodes_exactly_as_rfc4648_base32():
+    # the decoder is int(..., 32) over a translated alphabet: it must accept exactly the texts
+    # the base64 module's base32 gives for 24 bytes, in any case, and nothing else
+    import base64
+    import random
+
+    from gateway.security.tokens import _decode, _encode
+    rng = random.Random(7)
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    for _ in range(3000):
+        raw = rng.randbytes(24)
+        text = base64.b32encode(raw).decode().rstrip("=").lower()
+        assert _encode(raw) == text
+        assert _decode(text) == raw and _decode(text.upper()) == raw
+        variant = text[:-1] + rng.choice(alphabet)  # the last character holds 3 unused bits
+        canonical = base64.b32encode(base64.b32decode(variant.upper() + "=")).decode()
+        expected = raw if variant == text else (
+            base64.b32decode(variant.upper() + "=") if canonical.rstrip("=").lower() == variant
+            else None)
+        assert _decode(variant) == expected
+    for bad in ("", "a" * 38, "a" * 40, "0" * 39, "1" + "a" * 38, "a" * 38 + "8",
+                " " + "a" * 38, "a" * 19 + "_" + "a" * 19, "+" + "a" * 38, "-" + "a" * 38,
+                "é" * 39, "a" * 38 + "\n"):
+        assert _decode(bad) is None, bad
