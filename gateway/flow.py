@@ -120,10 +120,11 @@ class Flow:
         token is not one we issued."""
         if self.objections is None:
             return False
-        recipient = await self.objections.recipient(token)
-        if recipient is None:
+        verified = self.objections.verify(token)
+        if verified is None:
             return False
-        await self.objections.record(recipient, "mailto", client_ip)
+        if await self.objections.record(verified, "mailto", client_ip) is None:
+            return False
         log.info("%s objection by mail recorded", client_ip)
         return True
 

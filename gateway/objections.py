@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from gateway.addresses import normalize_address
 from gateway.batch import GroupCommitter
 from gateway.security import signatures
-from gateway.security.tokens import TokenKeys
+from gateway.security.tokens import Token, TokenKeys
 from gateway.store.ledger import Ledger
 
 log = logging.getLogger("gateway.objections")
@@ -42,25 +42,32 @@ class Objections:
         self.on_objection = on_objection  # wakes the notification sender
         # one-click POSTs that arrive together share one commit (the SMTP side's commits
         # would otherwise queue behind one fsync per POST)
-        self._suppress: GroupCommitter[tuple[str, str, str | None], bool] = GroupCommitter(
-            ledger.suppress_batch)
+        self._by_copy: GroupCommitter[tuple[int, int, str, str | None],
+                                      tuple[str, str | None, bool] | None] = GroupCommitter(
+            ledger.object_to_copies)
 
-    async def recipient(self, token_text: str) -> Recipient | None:
-        """Whom a token names, or None for anything we did not issue."""
-        token = self.tokens.verify(token_text)
-        if token is None:
-            return None
+    def verify(self, token_text: str) -> Token | None:
+        """The token's content, or None for anything we did not issue (no store access)."""
+        return self.tokens.verify(token_text)
+
+    async def recipient(self, token: Token) -> Recipient | None:
+        """Whom a verified token names, or None when the store holds no such copy."""
         found = await self.ledger.recipient_of_copy(token.delivery_id, token.contact_id)
         return Recipient(*found) if found else None
 
-    async def record(self, recipient: Recipient, channel: str, ip: str | None) -> bool:
-        """Suppress the address (committed when this returns). False if it already was."""
-        added = await self._suppress.submit((recipient.address, channel, ip))
+    async def record(self, token: Token, channel: str, ip: str | None) -> Recipient | None:
+        """Suppress the address a verified token names (committed when this returns, in the
+        same store hand-off as finding it); None, and nothing stored, when the store holds
+        no such copy."""
+        found = await self._by_copy.submit((token.delivery_id, token.contact_id, channel, ip))
+        if found is None:
+            return None
+        address, language, added = found
         log.info("objection recorded: channel=%s from %s%s", channel, ip,
                  "" if added else " (already suppressed)")
         if added and self.on_objection is not None:
             self.on_objection()
-        return added
+        return Recipient(address, language)
 
     def signature_ok(self, header: str | None, body: bytes) -> bool:
         return signatures.signature_ok(self.webhook_secret, header, body)

@@ -200,6 +200,9 @@ class SuppressionEntry:
     address: str | None  # from the ledger while the contact is still held; None after erasure
 
 
+_COPY_SQL = ("SELECT d.recipient, (SELECT language FROM contacts WHERE id = ?)"
+             " FROM deliveries d WHERE d.id = ?")
+_CONTACT_OF_COPY_SQL = "SELECT address, language FROM contacts WHERE id = ?"
 _SUPPRESS_SQL = "INSERT OR IGNORE INTO suppression (hash, created_at, channel) VALUES (?, ?, ?)"
 _OBJECTION_SQL = (
     "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel, wording, ip,"
@@ -253,17 +256,6 @@ class Ledger:
         return await self.db.write(
             lambda conn: record_objection(conn, digest, key, channel, reason, ip, now))
 
-    async def suppress_batch(self, items: Sequence[tuple[str, str, str | None]]) -> list[bool]:
-        """Several (address, channel, ip) objections in ONE transaction (a GroupCommitter's
-        write: one-click POSTs arriving together share one commit, one fsync). True for each
-        address that was newly suppressed."""
-        now = time.time()
-        keys = [(normalize_address(address), channel, ip) for address, channel, ip in items]
-        params = [(self.hasher(key), key, channel, ip) for key, channel, ip in keys]
-        return await self.db.write(lambda conn: [
-            record_objection(conn, digest, key, channel, None, ip, now)
-            for digest, key, channel, ip in params])
-
     async def unsuppress(self, address: str, reason: str | None = None) -> None:
         """Lift a suppression (an operator's deliberate act, recorded on the contact)."""
         key = normalize_address(address)
@@ -310,13 +302,36 @@ class Ledger:
                                 contact_id: int) -> tuple[str, str | None] | None:
         """(address, language) of the copy an unsubscribe token names: the delivery's
         recipient, else (the queue row is gone) the contact's address."""
-        row = await self.db.fetchone(
-            "SELECT d.recipient, (SELECT language FROM contacts WHERE id = ?)"
-            " FROM deliveries d WHERE d.id = ?", (contact_id, delivery_id))
+        row = await self.db.fetchone(_COPY_SQL, (contact_id, delivery_id))
         if row is None and contact_id:
-            row = await self.db.fetchone(
-                "SELECT address, language FROM contacts WHERE id = ?", (contact_id,))
+            row = await self.db.fetchone(_CONTACT_OF_COPY_SQL, (contact_id,))
         return (row[0], row[1]) if row else None
+
+    async def object_to_copies(self, items: Sequence[tuple[int, int, str, str | None]]
+                               ) -> list[tuple[str, str | None, bool] | None]:
+        """Objections named by unsubscribe tokens, (delivery id, contact id, channel, ip)
+        each, found and recorded in ONE transaction (a GroupCommitter's write: a one-click
+        POST is one hand-off to the store, not a read and then a write). For each item
+        (address, language, newly suppressed), or None when the store holds no such copy
+        (nothing is written for it then)."""
+        now = time.time()
+        hasher = self.hasher
+
+        def write(conn: sqlite3.Connection) -> list[tuple[str, str | None, bool] | None]:
+            results: list[tuple[str, str | None, bool] | None] = []
+            for delivery_id, contact_id, channel, ip in items:
+                row = conn.execute(_COPY_SQL, (contact_id, delivery_id)).fetchone()
+                if row is None and contact_id:
+                    row = conn.execute(_CONTACT_OF_COPY_SQL, (contact_id,)).fetchone()
+                if row is None:
+                    results.append(None)
+                    continue
+                key = ledger_form(row[0])  # the form RCPT hashes, so the next RCPT sees it
+                added = record_objection(conn, hasher(key), key, channel, None, ip, now)
+                results.append((row[0], row[1], added))
+            return results
+
+        return await self.db.write(write)
 
     async def suppress_events(self, events: Sequence[tuple[str | None, str, str | None]],
                               channel: str, ip: str | None) -> tuple[int, int]:

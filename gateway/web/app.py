@@ -54,11 +54,14 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
     async def unsubscribe(request: Request) -> Response:
         """GET/HEAD: the confirmation page only (link scanners follow links: a GET never
         unsubscribes). POST: RFC 8058 one-click body, or the page's button."""
-        recipient = await objections.recipient(request.path_params["token"])
-        if recipient is None:
+        token = objections.verify(request.path_params["token"])
+        if token is None:
             return not_found()
-        language, texts = texts_for(recipient.language, default_language)
         if request.method in ("GET", "HEAD"):
+            recipient = await objections.recipient(token)
+            if recipient is None:
+                return not_found()
+            language, texts = texts_for(recipient.language, default_language)
             return HTMLResponse(confirm_page(language, texts, controller), headers=HEADERS)
         if int(request.headers.get("content-length") or 0) > MAX_BODY:
             return PlainTextResponse("body too large\n", status_code=413)
@@ -67,10 +70,16 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
             channel = "one-click"
         elif form.get("confirm") == "yes":
             channel = "link"
+        elif await objections.recipient(token) is None:
+            return not_found()  # the same answer as for a token we never issued
         else:
             return PlainTextResponse("expected List-Unsubscribe=One-Click\n", status_code=400)
-        await objections.record(recipient, channel, request.client.host if request.client
-                                else None)
+        # found and recorded in one store hand-off, committed before the answer
+        recipient = await objections.record(token, channel,
+                                            request.client.host if request.client else None)
+        if recipient is None:
+            return not_found()
+        language, texts = texts_for(recipient.language, default_language)
         return HTMLResponse(done_page(language, texts, controller), headers=HEADERS)
 
     async def webhook(request: Request) -> Response:

@@ -97,6 +97,27 @@ def test_bad_tokens_get_the_same_neutral_404_and_store_nothing(gw, sink: Sink):
     assert other != token  # each recipient's token is its own
 
 
+def test_a_genuine_token_for_a_copy_the_store_no_longer_holds_is_the_same_404(gw, sink: Sink):
+    # signed with the gateway's own key, but naming no delivery or contact we hold: found
+    # and recorded in one store hand-off, and that hand-off must store nothing
+    from gateway.security.tokens import Token, load_token_keys
+    url = deliver(gw, sink, "jane@example.net")
+    base, token = url.rsplit("/", 1)
+    keys = load_token_keys(gw.config.parent / "secrets" / "token.key")
+    assert keys.verify(token) is not None  # the key the gateway signs with
+    stale = keys.issue(Token(contact_id=0, account_id=1, delivery_id=987_654))
+    neutral = httpx.post(f"{base}/{'x' * 39}", data={"List-Unsubscribe": "One-Click"})
+    for data in ({"List-Unsubscribe": "One-Click"}, {"confirm": "yes"}, {"other": "x"}):
+        answer = httpx.post(f"{base}/{stale}", data=data)
+        assert (answer.status_code, answer.text) == (404, neutral.text), data
+    assert httpx.get(f"{base}/{stale}").status_code == 404
+    assert suppressed(gw) == []
+    assert httpx.post(url, data={"other": "x"}).status_code == 400  # a held copy: bad body
+    assert suppressed(gw) == []
+    assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert suppressed(gw) == ["one-click"]
+
+
 def sign(body: bytes, stamp: int | None = None, secret: str = SECRET) -> str:
     t = str(stamp if stamp is not None else int(time.time()))
     mac = hmac.new(secret.encode(), t.encode() + b"." + body, hashlib.sha256).hexdigest()
