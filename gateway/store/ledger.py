@@ -1,9 +1,10 @@
 """The contact ledger and the suppression list: the facts every recipient decision reads.
 
-The hot path (`LedgerLookup.facts`) is ONE indexed statement per recipient, run on a thread of
-its own with its own connection, so the event loop never blocks on SQLite; lookups that arrive
-together share one thread hand-off. Each statement sees the latest commit of any process, so
-an objection stored anywhere holds for the very next RCPT.
+The hot path (`LedgerLookup.facts`) reads each recipient by two indexed lookups (suppression
+hash, contact address) on a thread of its own with its own connection, so the event loop never
+blocks on SQLite; lookups that arrive together share one thread hand-off and ONE statement
+(`facts_sql`). Each statement sees the latest commit of any process, so an objection stored
+anywhere holds for the very next RCPT.
 """
 
 from __future__ import annotations
