@@ -43,7 +43,8 @@ def create_private_file(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
-INSERT_CHUNK = 128  # rows per multi-row INSERT at most (x 8 columns: 1,024 variables)
+INSERT_CHUNK = 128  # rows per multi-row INSERT at most
+MAX_VARIABLES = 999  # SQLite's limit before 3.32 (32,766 since): a statement stays under it
 
 
 @lru_cache(maxsize=64)
@@ -63,9 +64,12 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any
     the insert itself is faster (2,000 audit rows: 9.5 -> 5-6 ms). Chunk sizes are powers
     of two, so a table has few distinct statements in the cache.
     """
+    if not rows:
+        return
+    most = min(INSERT_CHUNK, 1 << ((MAX_VARIABLES // len(rows[0])).bit_length() - 1))
     start, total = 0, len(rows)
     while start < total:
-        size = min(INSERT_CHUNK, 1 << ((total - start).bit_length() - 1))
+        size = min(most, 1 << ((total - start).bit_length() - 1))
         chunk = rows[start:start + size]
         conn.execute(_values_sql(head, len(chunk[0]), size, tail),
                      [v for row in chunk for v in row])

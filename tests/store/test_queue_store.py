@@ -115,3 +115,9 @@ def test_insert_rows_writes_every_row_in_order(tmp_path, count):
     rows = [(i, bytes([i % 256]) * 3) for i in range(count)]
     insert_rows(conn, "INSERT INTO t (a, b)", rows)
     assert conn.execute("SELECT a, b FROM t ORDER BY id").fetchall() == rows
+    # wide rows stay under the 999 variables of SQLite before 3.32
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    conn.execute("CREATE TABLE w (c1, c2, c3, c4, c5, c6, c7, c8)")
+    wide = [tuple(range(i, i + 8)) for i in range(count)]
+    insert_rows(conn, "INSERT INTO w (c1, c2, c3, c4, c5, c6, c7, c8)", wide)
+    assert conn.execute("SELECT * FROM w ORDER BY rowid").fetchall() == wide
