@@ -198,20 +198,29 @@ class Processes:
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of `pid` and its direct children (threads included): with
-    smtp.processes > 1 the gateway's workers are children of its supervisor."""
-    total = 0
-    found = False
+    """User + system CPU of `pid` and of every process under it (threads included): with
+    smtp.processes > 1 the gateway's workers are children of its supervisor, and each
+    gateway process has its ledger reader process (store/ledger_reader.py)."""
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             child = int(stat.parent.name)
             fields = stat.read_text().rsplit(") ", 1)[1].split()
+            parent[child] = int(fields[1])  # fields[1]: ppid
+            ticks[child] = int(fields[11]) + int(fields[12])
         except (OSError, IndexError, ValueError):
             continue
-        if child == pid or int(fields[1]) == pid:  # fields[1]: ppid
-            total += int(fields[11]) + int(fields[12])
-            found = True
-    return total / os.sysconf("SC_CLK_TCK") if found else None
+    if pid not in ticks:
+        return None
+    total = 0
+    for child in ticks:
+        node = child
+        while node and node != pid and node in parent:
+            node = parent[node]
+        if node == pid:
+            total += ticks[child]
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # --- the event loop ------------------------------------------------------------------------

@@ -133,7 +133,8 @@ class Gateway:
         self.delivery = DeliveryService(self.queue, transport, s.delivery, s.smtp.hostname)
         await self.delivery.start()
         hasher = AddressHasher(load_or_create_key(s.hash_key_path))
-        self.lookup = LedgerLookup(s.store.path, hasher)
+        self.lookup = LedgerLookup(s.store.path, hasher, reader_process=True)
+        await self.lookup.start()
         decider = Decider(self.lookup, s.policy.knobs())
         ledger = Ledger(self.db, hasher)
         flow = self.flow = Flow(self.queue, self.delivery, accounts, s.smtp.trusted_clients,
@@ -239,7 +240,7 @@ class Gateway:
         if self.notifier is not None and self.serve_http:
             await self.notifier.stop()
         if self.lookup is not None:
-            self.lookup.close()
+            await self.lookup.close()
         await self.db.close()
 
     async def run_until_signalled(self, on_ready: Any = None) -> None:

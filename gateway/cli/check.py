@@ -39,7 +39,7 @@ def check(state: CliState, account_name: str, recipient: str, sender: str | None
             _facts, decision = await Decider(lookup, settings.policy.knobs()).decide(
                 account, recipient)
         finally:
-            lookup.close()
+            await lookup.close()
         return decision
 
     decision = run(body)

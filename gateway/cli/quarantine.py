@@ -154,7 +154,7 @@ def _decide_each(state: CliState, entry_ids: tuple[int, ...],
                         refused += 1
                         click.echo(f"gateway: {exc}", err=True)
             finally:
-                review.lookup.close()
+                await review.lookup.close()
         return refused
 
     if run(body):

@@ -1,8 +1,9 @@
 """The contact ledger and the suppression list: the facts every recipient decision reads.
 
 The hot path (`LedgerLookup.facts`) reads each recipient by two indexed lookups (suppression
-hash, contact address) on a thread of its own with its own connection, so the event loop never
-blocks on SQLite; lookups that arrive together share one thread hand-off and ONE statement
+hash, contact address) beside the event loop, with a connection of its own, so the loop never
+blocks on SQLite: in `gateway serve` in the ledger reader process (store/ledger_reader.py),
+elsewhere on a thread. Lookups that arrive together share one hand-off and ONE statement
 (`facts_sql`). Each statement sees the latest commit of any process, so an objection stored
 anywhere holds for the very next RCPT.
 """
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from gateway.addresses import normalize_address
 from gateway.batch import GroupCommitter
@@ -26,6 +28,7 @@ from gateway.model import Contact, RecipientFacts, Source
 from gateway.security.keys import AddressHasher
 from gateway.store import notifications
 from gateway.store.db import BUSY_TIMEOUT_MS, Database
+from gateway.store.ledger_reader import LedgerReader
 
 CONTACT_COLUMNS = (
     "id", "address", "kind", "audience", "relationship", "language", "first_name", "last_name",
@@ -64,18 +67,32 @@ def facts_rows(conn: sqlite3.Connection, keys: Sequence[tuple[bytes, str]]
                ) -> list[tuple[object, ...]]:
     """For each (hash, address): (suppressed, *CONTACT_COLUMNS, sources JSON), the contact
     columns None when the ledger does not hold the address."""
-    rows: list[tuple[object, ...]] = []
+    documents = []
     for start in range(0, len(keys), BATCH_LIMIT):
         chunk = keys[start:start + BATCH_LIMIT]
         [(document,)] = conn.execute(facts_sql(len(chunk)),
                                      [value for key in chunk for value in key]).fetchall()
-        found: list[list[object]] = [[]] * len(chunk)
-        for item in json.loads(document):
+        documents.append(json.loads(document))
+    return rows_of_documents(documents, len(keys))
+
+
+def rows_of_documents(documents: Sequence[list[list[Any]]], keys: int
+                      ) -> list[tuple[object, ...]]:
+    """facts_rows' rows from the parsed facts_sql documents of `keys` keys (a chunk of
+    BATCH_LIMIT keys each); StoreError unless there is exactly one row per key."""
+    rows: list[tuple[object, ...]] = []
+    for start, document in zip(range(0, keys, BATCH_LIMIT), documents, strict=False):
+        found: list[Any] = [None] * min(BATCH_LIMIT, keys - start)
+        for item in document:
             for position in _REAL_POSITIONS:
                 if item[position + 1] is not None:
                     item[position + 1] = float(item[position + 1])
             found[item[0]] = item
+        if None in found:
+            raise StoreError("ledger read failed: a key is missing from the answer")
         rows.extend(tuple(item[1:]) for item in found)
+    if len(rows) != keys:
+        raise StoreError(f"ledger read failed: {len(rows)} rows for {keys} keys")
     return rows
 
 
@@ -132,13 +149,17 @@ def ledger_form(address: str) -> str:
 
 
 class LedgerLookup:
-    """Recipient facts for the RCPT path, read on a dedicated thread."""
+    """Recipient facts for the RCPT path, read on a dedicated thread, or with
+    `reader_process` (gateway serve) in the ledger reader process (store/ledger_reader.py),
+    which keeps the lookups' SQL off the event loop's interpreter lock."""
 
-    def __init__(self, path: Path | str, hasher: AddressHasher) -> None:
+    def __init__(self, path: Path | str, hasher: AddressHasher, *,
+                 reader_process: bool = False) -> None:
         self.path = str(path)
         self.hasher = hasher
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ledger")
         self._conn: sqlite3.Connection | None = None
+        self._reader = LedgerReader(self.path) if reader_process else None
         self._batcher: GroupCommitter[tuple[bytes, str], tuple[object, ...]] = GroupCommitter(
             self._read_batch)
 
@@ -150,7 +171,14 @@ class LedgerLookup:
         contact = contact_from_row(row, 1) if row[1] is not None else None
         return RecipientFacts(key, bool(row[0]), contact, digest)
 
+    async def start(self) -> None:
+        """Start the reader process now (else the first RCPT would wait for it)."""
+        if self._reader is not None:
+            await self._reader.start()
+
     async def _read_batch(self, keys: Sequence[tuple[bytes, str]]) -> list[tuple[object, ...]]:
+        if self._reader is not None:
+            return rows_of_documents(await self._reader.read(keys), len(keys))
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._read_many, list(keys))
 
@@ -167,13 +195,15 @@ class LedgerLookup:
         except sqlite3.Error as exc:
             raise StoreError(f"ledger read failed: {exc}") from exc
 
-    def close(self) -> None:
+    async def close(self) -> None:
         def _close() -> None:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-        self._executor.submit(_close).result()
+        await asyncio.get_running_loop().run_in_executor(self._executor, _close)
         self._executor.shutdown(wait=True)
+        if self._reader is not None:
+            await self._reader.close()
 
 
 @dataclass(frozen=True)

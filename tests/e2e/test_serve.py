@@ -92,7 +92,10 @@ def test_sigterm_drains_open_sessions_then_exits_0(make_gateway, sink: Sink):
     s = RawSmtp(gw.smtp_port)
     s.cmd("EHLO c")
     assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    [reader] = _children(gw.proc.pid)  # the ledger reader process (store/ledger_reader.py)
+    assert b"gateway.store.ledger_reader" in Path(f"/proc/{reader}/cmdline").read_bytes()
     gw.proc.send_signal(signal.SIGTERM)
+    __import__("os").kill(reader, signal.SIGTERM)  # as a service manager stops the group
     time.sleep(0.5)
     # no new sessions while draining...
     with pytest.raises(OSError):
@@ -106,6 +109,7 @@ def test_sigterm_drains_open_sessions_then_exits_0(make_gateway, sink: Sink):
     s.cmd("QUIT")
     assert gw.proc.wait(30) == 0
     assert any(b"Drained" in r.content for r in sink.wait_for(1))
+    wait_until(lambda: not Path(f"/proc/{reader}").exists(), what="the reader's exit")
 
 
 def test_locked_store_answers_451_never_250(make_gateway, sink: Sink, tmp_path: Path):

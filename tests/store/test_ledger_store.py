@@ -26,7 +26,7 @@ async def facts(db: Database, hasher: AddressHasher, address: str):
     try:
         return await lookup.facts(address)
     finally:
-        lookup.close()
+        await lookup.close()
 
 
 def test_hash_key_is_created_once_owner_only(tmp_path: Path):
@@ -243,7 +243,7 @@ async def test_a_batch_of_lookups_reads_back_exact_values_in_key_order(db, hashe
                      "p0@example.com"]
         found = await asyncio.gather(*(lookup.facts(a) for a in addresses))
     finally:
-        lookup.close()
+        await lookup.close()
     assert found[0].contact is None
     assert [f.contact.address for f in found[1:]] == addresses[1:]  # type: ignore[union-attr]
     p1 = found[2].contact

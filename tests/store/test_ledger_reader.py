@@ -1,0 +1,173 @@
+"""The ledger reader process (gateway serve's RCPT lookups): same answers as the thread, and
+nothing wrong ever taken for an answer when the process dies or a read is given up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from gateway.errors import StoreError
+from gateway.store.ledger import CONTACT_COLUMNS, LedgerLookup
+from gateway.store.ledger_reader import LedgerReader
+
+from ledger_cases import import_csv
+
+CSV = ("email,consent,consent_at,source_name,source_type,topics\n"
+       + "".join(f"p{i}@example.com,granted,2026-01-0{i + 1},Form {i},direct,crm;hr\n"
+                 for i in range(4)))
+ADDRESSES = ["p3@example.com", "nobody@example.com", "p1@Example.COM", "p0@example.com",
+             "p2@example.com"]
+
+
+async def test_the_reader_process_answers_exactly_what_the_thread_reads(db, hasher):
+    import_csv(db, hasher, CSV)
+
+    def change(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE contacts SET informed_at = 1795656443.564529"
+                     " WHERE address = 'p2@example.com'")
+        conn.execute("INSERT INTO suppression (hash, created_at, channel)"
+                     " VALUES (?, 0, 'one-click')", (hasher("p0@example.com"),))
+
+    await db.write(change)
+    by_thread = LedgerLookup(db.path, hasher)
+    by_process = LedgerLookup(db.path, hasher, reader_process=True)
+    await by_process.start()
+    try:
+        threaded = await asyncio.gather(*(by_thread.facts(a) for a in ADDRESSES))
+        processed = await asyncio.gather(*(by_process.facts(a) for a in ADDRESSES))
+    finally:
+        await by_thread.close()
+        await by_process.close()
+    assert processed == threaded
+    assert [f.contact.address if f.contact else None for f in processed] == [
+        "p3@example.com", None, "p1@example.com", "p0@example.com", "p2@example.com"]
+    assert [f.suppressed for f in processed] == [False, False, False, True, False]
+    assert processed[4].contact is not None
+    assert processed[4].contact.informed_at == 1795656443.564529  # every digit of the REAL
+    assert processed[0].contact is not None and processed[0].contact.topics == {"crm", "hr"}
+
+
+async def test_a_batch_larger_than_one_statement_comes_back_whole_and_in_order(db, hasher):
+    import_csv(db, hasher, "email,consent,consent_at,source_name,source_type\n" + "".join(
+        f"m{i}@example.com,granted,2026-01-01,Form,direct\n" for i in range(150)))
+    lookup = LedgerLookup(db.path, hasher, reader_process=True)
+    await lookup.start()
+    try:
+        wanted = [f"m{i}@example.com" for i in reversed(range(150))]
+        found = await asyncio.gather(*(lookup.facts(a) for a in wanted))
+    finally:
+        await lookup.close()
+    assert [f.contact.address for f in found if f.contact] == wanted
+
+
+def _reader_pid(lookup: LedgerLookup) -> int:
+    assert lookup._reader is not None and lookup._reader._proc is not None
+    return lookup._reader._proc.pid
+
+
+async def test_a_reader_known_dead_is_replaced_before_the_next_batch(db, hasher, caplog):
+    import_csv(db, hasher, CSV)
+    lookup = LedgerLookup(db.path, hasher, reader_process=True)
+    await lookup.start()
+    try:
+        first = _reader_pid(lookup)
+        assert (await lookup.facts("p1@example.com")).contact is not None
+        os.kill(first, signal.SIGKILL)
+        await asyncio.sleep(0.3)  # the loop has reaped it
+        facts = await lookup.facts("p1@example.com")
+        assert facts.contact is not None and facts.contact.address == "p1@example.com"
+        assert _reader_pid(lookup) != first
+    finally:
+        await lookup.close()
+    assert lookup._reader is not None and lookup._reader._proc is None
+    assert "ledger reader process exited (-9): starting another" in caplog.text
+
+
+class DiesOnItsFirstRequest(LedgerReader):
+    """A reader process that reads one request and exits without an answer."""
+
+    faked = False
+
+    async def start(self) -> None:
+        if not self.faked:
+            self.faked = True
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", "import sys; sys.stdin.readline()",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        else:
+            await super().start()
+
+
+async def test_a_reader_dying_on_a_batch_fails_that_batch_only(db, hasher, caplog):
+    import_csv(db, hasher, CSV)
+    reader = DiesOnItsFirstRequest(str(db.path))
+    await reader.start()
+    try:
+        with pytest.raises(StoreError, match="ledger read failed: the ledger reader process"):
+            await reader.read([(hasher("p1@example.com"), "p1@example.com")])  # RCPT: 451
+        assert reader._proc is None  # abandoned
+        [[item]] = await reader.read([(hasher("p1@example.com"), "p1@example.com")])
+        assert "p1@example.com" in item  # a real reader, started for this batch
+    finally:
+        await reader.close()
+    assert "the next read starts another" in caplog.text
+
+
+async def test_the_answer_to_a_read_given_up_is_never_taken_for_the_next(db, hasher):
+    import_csv(db, hasher, CSV)
+    reader = LedgerReader(str(db.path))
+    await reader.start()
+    try:
+        given_up = asyncio.create_task(reader.read([(hasher("p0@example.com"),
+                                                    "p0@example.com")]))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the request is written, the answer not yet read
+        given_up.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await given_up
+        [[item]] = await reader.read([(hasher("p3@example.com"), "p3@example.com")])
+    finally:
+        await reader.close()
+    assert item[0] == 0 and "p3@example.com" in item  # p3's row, not p0's late answer
+
+
+def test_the_process_answers_bad_requests_ignores_stop_signals_and_ends_at_eof(db, hasher):
+    import_csv(db, hasher, CSV)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.store.ledger_reader", str(db.path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def ask(line: bytes) -> bytes:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(line + b"\n")
+        proc.stdin.flush()
+        return proc.stdout.readline()
+
+    try:
+        assert ask(b"7 not json").startswith(b"7 !JSONDecodeError")
+        assert ask(b'8 [["zz", "p1@example.com"]]').startswith(b"8 !ValueError")
+        proc.send_signal(signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+        proc.send_signal(signal.SIGTERM)  # so does a service manager's stop
+        digest = hasher("p1@example.com").hex()
+        seq, _, answer = ask(f'9 [["{digest}", "p1@example.com"]]'.encode()).partition(b" ")
+        assert seq == b"9"
+        [[item]] = json.loads(answer)
+        assert item[0] == 0 and "p1@example.com" in item
+        assert len(item) == 3 + len(CONTACT_COLUMNS)  # position, suppressed, ..., sources
+    finally:
+        proc.stdin.close()
+    assert proc.wait(10) == 0
+    assert proc.stderr is not None and proc.stderr.read() == b""
+
+
+def test_the_process_run_by_hand_says_how_it_is_used():
+    result = subprocess.run([sys.executable, "-m", "gateway.store.ledger_reader"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "started by gateway serve" in result.stderr
