@@ -16,9 +16,17 @@ Result = TypeVar("Result")
 
 
 class GroupCommitter(Generic[Item, Result]):
-    def __init__(self, write: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]]) -> None:
-        """`write` takes a batch and returns one result per item, in order."""
+    def __init__(self, write: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]],
+                 linger: float = 0.0) -> None:
+        """`write` takes a batch and returns one result per item, in order.
+
+        `linger` (seconds): how long the first item of a batch waits for others before the
+        write starts. Only for writes nobody waits on (the audit of a transaction that ended,
+        a purge mark): each write is a transaction on the store's writer thread, whose every
+        statement takes the interpreter lock back from the event loop.
+        """
         self._write = write
+        self._linger = linger
         self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
         self._draining = False
 
@@ -32,6 +40,8 @@ class GroupCommitter(Generic[Item, Result]):
 
     async def _drain(self) -> None:
         try:
+            if self._linger:
+                await asyncio.sleep(self._linger)
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:

@@ -46,6 +46,12 @@ log = logging.getLogger("gateway.flow")
 
 ACCOUNT_CACHE_SECONDS = 5.0
 UNSUBSCRIBE_PREFIX = "unsubscribe+"
+# Background writes gather this long before they start (GroupCommitter linger): the audit of
+# transactions that ended without a message (no client waits for it; `drain` writes what is
+# left at stop; a crash loses at most this span of it, as it would lose the rows in flight),
+# and R4's purge marks (a hint for `gateway retention run`, which needs no hurry).
+AUDIT_LINGER_SECONDS = 0.1
+MARK_LINGER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -100,8 +106,10 @@ class Flow:
         self.objections: Any = None  # gateway.objections.Objections, set by the runtime
         self.committer: GroupCommitter[IncomingMessage, list[Copy]] = GroupCommitter(
             queue.commit_messages)
-        self._audit: GroupCommitter[Sequence[AuditRecord], None] = GroupCommitter(audit.append)
-        self._mark_expired: GroupCommitter[int, None] = GroupCommitter(ledger.mark_expired)
+        self._audit: GroupCommitter[Sequence[AuditRecord], None] = GroupCommitter(
+            audit.append, linger=AUDIT_LINGER_SECONDS)
+        self._mark_expired: GroupCommitter[int, None] = GroupCommitter(
+            ledger.mark_expired, linger=MARK_LINGER_SECONDS)
         self._audit_tasks: set[asyncio.Task[None]] = set()  # background store writes
         self._account_cache: dict[str, tuple[float, Account | None]] = {}
 
@@ -156,7 +164,8 @@ class Flow:
             log.error("ledger unavailable, RCPT <%s> answered 451: %s", recipient, exc)
             return RecipientVerdict(False, replies.LEDGER_UNAVAILABLE)
         at = time.time()
-        if decision.rule == "R4" and facts.contact is not None and facts.contact.id is not None:
+        if decision.rule == "R4" and facts.contact is not None and facts.contact.id is not None \
+                and facts.contact.retention_expired_at is None:  # marked once
             self._background(self._mark_expired.submit(facts.contact.id), "R4 purge mark")
         if decision.verdict is Verdict.REJECT:
             log.info("account=%s to=<%s> %s %s: %s", account.name, recipient,

@@ -52,3 +52,24 @@ async def test_a_failed_write_fails_every_item_of_its_batch_only():
         with pytest.raises(OSError, match="disk full"):
             await task
     assert await committer.submit("d") == "d"  # the committer recovers
+
+
+async def test_a_lingering_committer_gathers_what_arrives_meanwhile_into_one_write():
+    batches: list[tuple[float, list[int]]] = []
+    loop = asyncio.get_running_loop()
+
+    async def write(items: Sequence[int]) -> list[None]:
+        batches.append((loop.time(), list(items)))
+        return [None] * len(items)
+
+    committer: GroupCommitter[int, None] = GroupCommitter(write, linger=0.2)
+    started = loop.time()
+    tasks = [asyncio.create_task(committer.submit(1))]
+    for i in (2, 3, 4):
+        await asyncio.sleep(0.02)
+        tasks.append(asyncio.create_task(committer.submit(i)))
+    await asyncio.gather(*tasks)
+    assert [items for _, items in batches] == [[1, 2, 3, 4]]
+    assert batches[0][0] - started >= 0.19  # the first item waited for the others
+    await committer.submit(5)  # a lone item is written too, after its own linger
+    assert [items for _, items in batches] == [[1, 2, 3, 4], [5]]
