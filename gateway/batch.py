@@ -29,13 +29,19 @@ class GroupCommitter(Generic[Item, Result]):
         self._linger = linger
         self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
         self._draining = False
+        # the loop of the first submit, kept: on Python 3.11 asyncio.get_running_loop() makes a
+        # getpid() system call each time (it checks for a fork), and this is on every RCPT
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def submit(self, item: Item) -> Result:
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
         self._waiting.append((item, future))
         if not self._draining:
             self._draining = True
-            asyncio.get_running_loop().create_task(self._drain())
+            loop.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
