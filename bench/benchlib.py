@@ -309,6 +309,8 @@ class Session:
     """One SMTP session over asyncio streams, no library in between: open() reads the
     greeting and sends EHLO; the caller writes the rest, one command at a time."""
 
+    reader_class: type[asyncio.StreamReader] = asyncio.StreamReader
+
     def __init__(self, port: int, host: str = HOST, helo: str = HELO) -> None:
         self.port = port
         self.host = host
@@ -338,7 +340,13 @@ class Session:
         return code, line
 
     async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        # asyncio.open_connection, with a reader of `reader_class`
+        loop = asyncio.get_running_loop()
+        reader = self.reader_class(limit=2 ** 16, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await loop.create_connection(lambda: protocol, self.host, self.port)
+        self.reader = reader
+        self.writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         code, line = await self.reply()
         if code != 220:
             raise SmtpError(f"greeting {line!r}")
