@@ -333,8 +333,9 @@ level = "WARNING"
     def run_decisions(self) -> None:
         n = self.args.decisions
         conc = self.args.concurrency
-        print(f"\n[2/3] in-process decisions: Decider(LedgerLookup(db, hasher), knobs).decide"
-              f"(account, address), {n:,} sequential then {n:,} with {conc} tasks "
+        print("\n[2/3] in-process decisions: Decider(LedgerLookup(db, hasher, "
+              f"reader_process=True), knobs).decide(account, address), {n:,} sequential "
+              f"then {n:,} with {conc} tasks "
               f"(after {WARMUP_DECISIONS:,} warm-up) ...", flush=True)
         sequential_addrs = sample(self.kinds, n, self.args.seed + 1)
         concurrent_addrs = sample(self.kinds, n, self.args.seed + 2)
@@ -351,7 +352,9 @@ level = "WARNING"
             settings = load_settings(self.config)
             async with Database(settings.store.path) as db:
                 account = await AccountStore(db).require(ACCOUNT)
-            lookup = LedgerLookup(settings.store.path, hasher_for(settings))
+            lookup = LedgerLookup(settings.store.path, hasher_for(settings),
+                                  reader_process=True)
+            await lookup.start()
             try:
                 decider = Decider(lookup, settings.policy.knobs())
                 rules: Counter[str] = Counter()
@@ -393,7 +396,7 @@ level = "WARNING"
                 cpu_par = time.process_time() - cpu0
                 return seq, par, rules, wrong, cpu_seq, cpu_par
             finally:
-                lookup.close()
+                await lookup.close()
 
         (seq, par, rules, wrong, cpu_seq, cpu_par), loop_name = run_loop(body)
         print(f"  event loop: {loop_name}")
