@@ -178,7 +178,11 @@ class LedgerLookup:
 
     async def _read_batch(self, keys: Sequence[tuple[bytes, str]]) -> list[tuple[object, ...]]:
         if self._reader is not None:
-            return rows_of_documents(await self._reader.read(keys), len(keys))
+            documents = await self._reader.read(keys)
+            try:
+                return rows_of_documents(documents, len(keys))
+            except (TypeError, IndexError, ValueError) as exc:  # not the shape facts_sql makes
+                raise StoreError(f"ledger read failed: unexpected answer: {exc!r}") from exc
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._read_many, list(keys))
 

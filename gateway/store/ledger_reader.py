@@ -27,6 +27,7 @@ import logging
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,8 @@ log = logging.getLogger("gateway.ledger")
 
 READ_LIMIT = 1 << 26  # bytes in one answer line: 64 MB, far above any batch's contacts
 STOP_SECONDS = 5.0
+RESTART_SECONDS = 1.0  # a reader that keeps dying (a store it cannot open) is restarted
+# at most this often; meanwhile lookups fail at once (RCPT 451), none waits for a start
 
 
 class LedgerReader:
@@ -47,14 +50,20 @@ class LedgerReader:
         self._proc: asyncio.subprocess.Process | None = None
         self._seq = 0
         self._lock = asyncio.Lock()
+        self._started_at = -RESTART_SECONDS
 
     async def start(self) -> None:
         if self._proc is not None and self._proc.returncode is None:
             return
+        self._started_at = time.monotonic()
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.store.ledger_reader", self.path,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=READ_LIMIT)
+            *self.command(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=READ_LIMIT)
         log.debug("ledger reader process %d started", self._proc.pid)
+
+    def command(self) -> list[str]:
+        """The reader process's command line."""
+        return [sys.executable, "-m", "gateway.store.ledger_reader", self.path]
 
     async def read(self, keys: Sequence[tuple[bytes, str]]) -> list[list[list[Any]]]:
         """The facts_sql documents of `keys` (one per chunk of BATCH_LIMIT keys), parsed."""
@@ -64,7 +73,14 @@ class LedgerReader:
                     log.error("ledger reader process exited (%s): starting another",
                               self._proc.returncode)
                 self._proc = None
-                await self.start()
+                if time.monotonic() - self._started_at < RESTART_SECONDS:
+                    raise StoreError("ledger read failed: the ledger reader process exited "
+                                     "just after it started; starting another shortly")
+                try:
+                    await self.start()
+                except OSError as exc:
+                    raise StoreError(f"ledger read failed: cannot start the ledger reader "
+                                     f"process: {exc}") from exc
             proc = self._proc
             assert proc is not None and proc.stdin is not None and proc.stdout is not None
             self._seq += 1
@@ -86,7 +102,10 @@ class LedgerReader:
                 raise StoreError(f"ledger read failed: {exc}") from exc
             if answer.startswith(b"!"):
                 raise StoreError(f"ledger read failed: {answer[1:].decode(errors='replace')}")
-            documents: list[list[list[Any]]] = json.loads(answer)
+            try:
+                documents: list[list[list[Any]]] = json.loads(answer)
+            except ValueError as exc:
+                raise StoreError(f"ledger read failed: unreadable answer: {exc}") from exc
             return documents
 
     def _abandon(self) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.errors import StoreError
 from gateway.store.ledger import CONTACT_COLUMNS, LedgerLookup
-from gateway.store.ledger_reader import LedgerReader
+from gateway.store.ledger_reader import RESTART_SECONDS, LedgerReader
 
 from ledger_cases import import_csv
 
@@ -80,7 +80,7 @@ async def test_a_reader_known_dead_is_replaced_before_the_next_batch(db, hasher,
         first = _reader_pid(lookup)
         assert (await lookup.facts("p1@example.com")).contact is not None
         os.kill(first, signal.SIGKILL)
-        await asyncio.sleep(0.3)  # the loop has reaped it
+        await asyncio.sleep(RESTART_SECONDS + 0.1)  # reaped, and not restarted too often
         facts = await lookup.facts("p1@example.com")
         assert facts.contact is not None and facts.contact.address == "p1@example.com"
         assert _reader_pid(lookup) != first
@@ -91,18 +91,25 @@ async def test_a_reader_known_dead_is_replaced_before_the_next_batch(db, hasher,
 
 
 class DiesOnItsFirstRequest(LedgerReader):
-    """A reader process that reads one request and exits without an answer."""
+    """Its first process reads one request and exits without an answer."""
 
-    faked = False
+    starts = 0
 
-    async def start(self) -> None:
-        if not self.faked:
-            self.faked = True
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", "import sys; sys.stdin.readline()",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        else:
-            await super().start()
+    def command(self) -> list[str]:
+        self.starts += 1
+        if self.starts == 1:
+            return [sys.executable, "-c", "import sys; sys.stdin.readline()"]
+        return super().command()
+
+
+class ExitsAtOnce(LedgerReader):
+    """Every process exits as soon as it starts (a store it cannot open, say)."""
+
+    starts = 0
+
+    def command(self) -> list[str]:
+        self.starts += 1
+        return [sys.executable, "-c", "pass"]
 
 
 async def test_a_reader_dying_on_a_batch_fails_that_batch_only(db, hasher, caplog):
@@ -113,11 +120,30 @@ async def test_a_reader_dying_on_a_batch_fails_that_batch_only(db, hasher, caplo
         with pytest.raises(StoreError, match="ledger read failed: the ledger reader process"):
             await reader.read([(hasher("p1@example.com"), "p1@example.com")])  # RCPT: 451
         assert reader._proc is None  # abandoned
+        await asyncio.sleep(RESTART_SECONDS + 0.1)
         [[item]] = await reader.read([(hasher("p1@example.com"), "p1@example.com")])
+        assert reader.starts == 2
         assert "p1@example.com" in item  # a real reader, started for this batch
     finally:
         await reader.close()
     assert "the next read starts another" in caplog.text
+
+
+async def test_a_reader_that_keeps_dying_is_restarted_at_most_once_a_second(db, hasher):
+    reader = ExitsAtOnce(str(db.path))
+    await reader.start()
+    keys = [(hasher("p@example.com"), "p@example.com")]
+    try:
+        for _ in range(5):  # each fails at once: no process started for each
+            with pytest.raises(StoreError, match="ledger read failed"):
+                await reader.read(keys)
+        assert reader.starts == 1
+        await asyncio.sleep(RESTART_SECONDS + 0.1)
+        with pytest.raises(StoreError, match="ledger read failed"):
+            await reader.read(keys)
+        assert reader.starts == 2
+    finally:
+        await reader.close()
 
 
 async def test_the_answer_to_a_read_given_up_is_never_taken_for_the_next(db, hasher):
