@@ -204,7 +204,8 @@ class LedgerLookup:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-        await asyncio.get_running_loop().run_in_executor(self._executor, _close)
+        if self._conn is not None:  # the thread was used (not in gateway serve)
+            await asyncio.get_running_loop().run_in_executor(self._executor, _close)
         self._executor.shutdown(wait=True)
         if self._reader is not None:
             await self._reader.close()
