@@ -78,7 +78,11 @@ class Supervisor:
                 pid, status = os.wait()
             except ChildProcessError:
                 break
-            index, started = self.workers.pop(pid, (-1, 0.0))
+            if pid not in self.workers:
+                # not a worker: the ledger reader of one that died, reparented to us when we
+                # are PID 1 (a container) or a subreaper; it ends at EOF, nothing to replace
+                continue
+            index, started = self.workers.pop(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
                 failed = failed or code != 0

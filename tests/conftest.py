@@ -168,11 +168,13 @@ class GatewayProcess:
     http_port: int
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    launcher: tuple[str, ...] = ()  # a command that execs the rest (see test_serve.py)
 
     def start(self, timeout: float = 20.0) -> GatewayProcess:
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--config", str(self.config), "serve"],
+            [*self.launcher, sys.executable, "-m", "gateway", "--config", str(self.config),
+             "serve"],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=self.config.parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

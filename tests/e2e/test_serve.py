@@ -179,3 +179,32 @@ def test_processes_share_the_port_a_dead_one_is_replaced_and_sigterm_stops_all(
     assert gw.terminate(30) == 0
     assert all(not Path(f"/proc/{pid}").exists() for pid in replaced)
     assert "exited with -9" in gw.output
+
+
+# PR_SET_CHILD_SUBREAPER (prctl option 36), kept across execve: the supervisor then adopts the
+# orphans of its workers, as PID 1 does in a container
+SUBREAPER = ("import ctypes, os, sys; ctypes.CDLL(None).prctl(36, 1, 0, 0, 0); "
+             "os.execv(sys.argv[1], sys.argv[1:])")
+
+
+def test_a_supervisor_that_adopts_a_dead_workers_reader_does_not_take_it_for_a_worker(
+        make_gateway, sink: Sink):
+    gw = make_gateway(smtp_extra="processes = 2", start=False)
+    gw.launcher = (sys.executable, "-c", SUBREAPER)
+    gw.start()
+    workers = wait_until(lambda: len(_children(gw.proc.pid)) == 2 and _children(gw.proc.pid),
+                         what="two gateway processes")
+    readers = wait_until(lambda: [r for w in workers for r in _children(w)] if all(
+        _children(w) for w in workers) else None, what="a ledger reader in each")
+    victim = workers[0]
+    [orphan] = _children(victim)
+    __import__("os").kill(victim, signal.SIGKILL)
+    wait_until(lambda: not Path(f"/proc/{orphan}").exists(), what="the orphan reader's exit")
+    replaced = wait_until(lambda: (lambda c: len(c) == 2 and victim not in c and c)(
+        _children(gw.proc.pid)), what="a replacement process")
+    time.sleep(1.5)  # RESTART_DELAY and more: nothing else gets started
+    assert sorted(_children(gw.proc.pid)) == sorted(replaced)
+    assert "(worker -1)" not in gw.output and len(readers) == 2
+    _send_one(gw.smtp_port, "after the adoption")
+    assert any(b"after the adoption" in r.content for r in sink.wait_for(1))
+    assert gw.terminate(30) == 0
