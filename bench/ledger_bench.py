@@ -443,13 +443,16 @@ level = "WARNING"
         sessions = self.args.sessions
         print(f"\n[3/3] RCPT over SMTP: `gateway serve` (smtp.processes = "
               f"{self.args.processes}), {sessions} sessions, {total:,} RCPTs, one command at a "
-              f"time, RSET every {RSET_EVERY} ...", flush=True)
+              f"time, RSET every {RSET_EVERY}"
+              + (", the sessions' transactions staggered" if self.args.stagger else "")
+              + " ...", flush=True)
         self.start_gateway()
         assert self.gateway is not None
         picked = sample(self.kinds, total, self.args.seed + 4)
         shares = [picked[i::sessions] for i in range(sessions)]
         cpu0, own0 = cpu_seconds(self.gateway.pid), time.process_time()
-        result, loop_name = run_loop(lambda: smtp_load(self.smtp_port, shares))
+        result, loop_name = run_loop(lambda: smtp_load(self.smtp_port, shares,
+                                                       self.args.stagger))
         cpu1, own1 = cpu_seconds(self.gateway.pid), time.process_time()
         lat = result.latencies
         print(f"  client event loop: {loop_name} (the client shares the 2 cores with the "
@@ -541,13 +544,16 @@ class MailSession(Session):
         await self.command(f"MAIL FROM:<{SENDER}>")
 
 
-async def smtp_load(port: int, shares: list[list[tuple[str, Kind]]]) -> SmtpResult:
+async def smtp_load(port: int, shares: list[list[tuple[str, Kind]]],
+                    stagger: bool = False) -> SmtpResult:
+    """`stagger`: session i of n starts as if i/n of a transaction and of a connection were
+    behind it, so that the sessions do not all end their transactions at the same moment."""
     result = SmtpResult()
     lat = result.latencies
     go = asyncio.Event()
     ready = 0  # sessions connected (or failed to): the clock starts when all are
 
-    async def run(share: list[tuple[str, Kind]]) -> None:
+    async def run(share: list[tuple[str, Kind]], index: int) -> None:
         nonlocal ready
         session = MailSession(port)
         try:
@@ -557,6 +563,9 @@ async def smtp_load(port: int, shares: list[list[tuple[str, Kind]]]) -> SmtpResu
                 ready += 1
             await go.wait()
             in_txn = on_conn = 0
+            if stagger:
+                in_txn = index * RSET_EVERY // len(shares)
+                on_conn = index * RCPTS_PER_CONNECTION // len(shares)
             for addr, kind in share:
                 if on_conn >= RCPTS_PER_CONNECTION:
                     await session.close()
@@ -589,7 +598,7 @@ async def smtp_load(port: int, shares: list[list[tuple[str, Kind]]]) -> SmtpResu
             result.errors.append(f"{type(exc).__name__}: {exc}")
             session.abort()
 
-    tasks = [asyncio.create_task(run(share)) for share in shares]
+    tasks = [asyncio.create_task(run(share, i)) for i, share in enumerate(shares)]
     while ready < len(shares):
         await asyncio.sleep(0.01)
     t0 = time.perf_counter()
@@ -615,6 +624,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="RCPTs over SMTP in total (default 20,000; --quick 10,000)")
     parser.add_argument("--sessions", type=int, default=20,
                         help="concurrent SMTP sessions (default 20)")
+    parser.add_argument("--stagger", action="store_true",
+                        help="start session i of n i/n of the way into its first transaction "
+                        "and connection, so that the sessions do not end their transactions "
+                        "in step (default: they do, as identical clients started together)")
     parser.add_argument("--processes", type=int, default=1,
                         help="gateway smtp.processes (default 1, the gateway's default)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
