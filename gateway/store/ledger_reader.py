@@ -131,7 +131,7 @@ class LedgerReader:
             await proc.wait()
 
 
-def serve(path: str, lines: Sequence[bytes] | None = None) -> int:
+def serve(path: str) -> int:
     """The process: answer each request line on stdin until EOF."""
     from gateway.store.db import BUSY_TIMEOUT_MS
     from gateway.store.ledger import BATCH_LIMIT, facts_sql
@@ -140,7 +140,7 @@ def serve(path: str, lines: Sequence[bytes] | None = None) -> int:
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA query_only=ON")
     out = sys.stdout.buffer
-    for line in (lines if lines is not None else sys.stdin.buffer):
+    for line in sys.stdin.buffer:
         seq, _, request = line.rstrip(b"\n").partition(b" ")
         try:
             keys = json.loads(request)
