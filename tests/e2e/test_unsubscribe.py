@@ -118,6 +118,64 @@ def test_a_genuine_token_for_a_copy_the_store_no_longer_holds_is_the_same_404(gw
     assert suppressed(gw) == ["one-click"]
 
 
+def test_both_form_encodings_get_the_same_answers(gw, sink: Sink):
+    # urlencoded bodies take the plain-ASGI path, multipart/form-data the Starlette route:
+    # whichever a client sends, the answer (status, page, security headers) is the same
+    url = deliver(gw, sink, "jane@example.net")
+    base = url.rsplit("/", 1)[0]
+
+    def both(target: str, fields: dict[str, str]) -> list[httpx.Response]:
+        return [httpx.post(target, data=fields),
+                httpx.post(target, files={k: (None, v) for k, v in fields.items()})]
+
+    for target, fields, status in ((f"{base}/{'x' * 39}", {"List-Unsubscribe": "One-Click"},
+                                    404),
+                                   (url, {"other": "x"}, 400),
+                                   (url, {"List-Unsubscribe": "One-Click"}, 200)):
+        plain, multipart = both(target, fields)
+        assert plain.status_code == multipart.status_code == status, fields
+        assert plain.text == multipart.text
+        for name in ("content-type", "content-security-policy", "x-frame-options",
+                     "referrer-policy", "cache-control", "x-content-type-options"):
+            assert plain.headers.get(name) == multipart.headers.get(name), name
+    assert plain.headers["content-security-policy"].startswith("default-src 'none'")
+    assert "ne vous écrira plus" in plain.text
+    assert suppressed(gw) == ["one-click"]
+
+
+def test_an_oversized_body_is_refused_and_stores_nothing(gw, sink: Sink):
+    url = deliver(gw, sink, "jane@example.net")
+    big = b"List-Unsubscribe=One-Click&pad=" + b"x" * (1024 * 1024)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert httpx.post(url, content=big, headers=form).status_code == 413
+    chunks = (big[i:i + 65536] for i in range(0, len(big), 65536))  # no Content-Length
+    assert httpx.post(url, content=chunks, headers=form).status_code == 413
+    assert suppressed(gw) == []
+    assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+
+
+def test_a_post_the_store_cannot_commit_is_answered_503_not_done(gw, sink: Sink):
+    # never "done" before the commit: with the store locked by another writer past the
+    # busy timeout, both paths say "try again", and nothing is stored
+    url = deliver(gw, sink, "jane@example.net")
+    lock = sqlite3.connect(gw.config.parent / "gateway.db", isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        with ThreadPoolExecutor(2) as pool:
+            plain, multipart = pool.map(lambda post: post(), (
+                lambda: httpx.post(url, data={"List-Unsubscribe": "One-Click"}, timeout=30),
+                lambda: httpx.post(url, files={"List-Unsubscribe": (None, "One-Click")},
+                                   timeout=30)))
+        lock.execute("ROLLBACK")
+    finally:
+        lock.close()
+    assert (plain.status_code, multipart.status_code) == (503, 503)
+    assert plain.text == multipart.text == "temporarily unavailable, try again\n"
+    assert suppressed(gw) == []
+    assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert suppressed(gw) == ["one-click"]
+
+
 def sign(body: bytes, stamp: int | None = None, secret: str = SECRET) -> str:
     t = str(stamp if stamp is not None else int(time.time()))
     mac = hmac.new(secret.encode(), t.encode() + b"." + body, hashlib.sha256).hexdigest()
