@@ -2,10 +2,11 @@
 
 Two aiosqlite connections: a writer (serialised by a lock; every write transaction is
 `BEGIN IMMEDIATE` so it fails fast rather than deadlocks) and a reader that only ever sees
-committed data. The hot path's group commits (`Database.write`) run instead as one plain
-function on a writer thread of their own, under the same lock: aiosqlite costs the event loop
+committed data. The hot path's group commits (`Database.write`) run instead as plain
+functions on a writer thread of their own, under the same lock: aiosqlite costs the event loop
 one thread hand-off per statement (~30-50 us of loop time each under load), a `write` costs
-one per transaction. SQL lives in the store modules only, so another backend can replace this
+one per transaction, and the writes submitted while one is in flight share the next
+transaction (one commit, one fsync). SQL lives in the store modules only, so another backend can replace this
 one.
 """
 
@@ -86,6 +87,15 @@ def _migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+class _FunctionFailed(Exception):
+    """A write function of a shared transaction failed (the transaction is rolled back)."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
 class Database:
     """Owns the connections to one SQLite file."""
 
@@ -96,6 +106,8 @@ class Database:
         self._write_lock = asyncio.Lock()
         self._sync_executor: ThreadPoolExecutor | None = None
         self._sync_conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._writing: asyncio.Task[None] | None = None
         self._closed = False
 
     async def open(self) -> Database:
@@ -139,6 +151,8 @@ class Database:
 
     async def close(self) -> None:
         self._closed = True
+        if self._writing is not None:
+            await asyncio.wait([self._writing])  # what was submitted is committed first
         if self._sync_executor is not None:
             executor, self._sync_executor = self._sync_executor, None
             await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
@@ -149,29 +163,91 @@ class Database:
         self._reader = self._writer = None
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` as ONE write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on
-        any error) on the writer thread, and return its result once committed.
+        """Run `fn(conn)` in a write transaction (BEGIN IMMEDIATE ... COMMIT) on the writer
+        thread, and return its result once committed.
+
+        Writes submitted while another is in flight share the next transaction: the hot
+        path's message commits, sent marks, objections and audit rows each wait for one commit
+        (one fsync) instead of one each in turn. So `fn` must change nothing but the database,
+        and may run more than once: when it fails, the shared transaction is rolled back, its
+        caller gets the failure, and the others run again without it.
 
         `fn` should only execute statements: its parameters are best built before, in the
         event loop, so that the two threads do not take turns on the GIL. SQLite errors
-        become StoreError, as in `transaction`.
+        become StoreError, as in `transaction`. A caller that is cancelled does not take its
+        write back: it is committed with the others.
         """
         if self._writer is None or self._closed:
             raise StoreError("the store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((fn, future))
+        if self._writing is None:
+            self._writing = loop.create_task(self._write_pending(loop))
+        result: T = await future
+        return result
+
+    async def _write_pending(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._sync_executor is None:
             self._sync_executor = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
-        async with self._write_lock:
-            running = asyncio.get_running_loop().run_in_executor(
-                self._sync_executor, self._run_write, fn)
-            try:
-                return await asyncio.shield(running)
-            except asyncio.CancelledError:
-                # the transaction runs to its end on the thread: keep the lock until then, so
-                # no other write starts beside it and waits on SQLite's busy handler
-                await asyncio.wait([running])
-                raise
+        batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                async with self._write_lock:
+                    running = loop.run_in_executor(self._sync_executor, self._run_writes,
+                                                   [fn for fn, _ in batch])
+                    try:
+                        outcomes = await asyncio.shield(running)
+                    except asyncio.CancelledError:
+                        # the transaction runs to its end on the thread: keep the lock until
+                        # then, so no other write starts beside it and waits on SQLite's busy
+                        # handler
+                        await asyncio.wait([running])
+                        raise
+                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                    if not future.done():
+                        if ok:
+                            future.set_result(value)
+                        else:
+                            future.set_exception(value)
+                batch = []
+                # one loop turn before the next transaction: the group committers whose items
+                # just landed submit their next batch now, and it shares that transaction
+                # with what waited meanwhile (a message commit with the sent marks, the
+                # objections) instead of waiting a whole write for its own
+                await asyncio.sleep(0)
+        except BaseException as exc:
+            for _, future in batch + self._pending:
+                if not future.done():
+                    future.set_exception(StoreError(f"store write failed: {exc!r}"))
+            self._pending = []
+            raise
+        finally:
+            self._writing = None
 
-    def _run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _run_writes(self, fns: list[Callable[[sqlite3.Connection], Any]]
+                    ) -> list[tuple[bool, Any]]:
+        """On the writer thread: every function in one transaction; one that fails is left
+        out and the rest run again; a store failure (BEGIN, COMMIT) is everybody's."""
+        outcomes: list[tuple[bool, Any] | None] = [None] * len(fns)
+        left = list(range(len(fns)))
+        while left:
+            try:
+                results = self._transaction([fns[i] for i in left])
+            except _FunctionFailed as failed:
+                outcomes[left.pop(failed.index)] = (False, failed.error)
+                continue
+            except Exception as exc:
+                for i in left:
+                    outcomes[i] = (False, exc)
+                break
+            for i, result in zip(left, results, strict=True):
+                outcomes[i] = (True, result)
+            break
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _transaction(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
         try:
             if self._sync_conn is None:
                 conn = sqlite3.connect(self.path, isolation_level=None,
@@ -184,23 +260,35 @@ class Database:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreError(f"store unavailable: {exc}") from exc
+        results = []
         try:
-            result = fn(conn)
-            if isinstance(result, sqlite3.Cursor):
-                # its statement would be finalised in the event loop's thread while this one
-                # uses the connection: SQLITE_MISUSE ("bad parameter or other API misuse")
-                result.close()
-                raise TypeError("a Database.write function must not return a cursor")
+            for index, fn in enumerate(fns):
+                try:
+                    result = fn(conn)
+                    if isinstance(result, sqlite3.Cursor):
+                        # its statement would be finalised in the event loop's thread while
+                        # this one uses the connection: SQLITE_MISUSE ("bad parameter or
+                        # other API misuse")
+                        result.close()
+                        raise TypeError("a Database.write function must not return a cursor")
+                except Exception as exc:
+                    # cursors left in the failed function's frames must go here, not in the
+                    # event loop's thread (see above)
+                    traceback.clear_frames(exc.__traceback__)
+                    if isinstance(exc, sqlite3.Error):
+                        error: Exception = StoreError(f"store write failed: {exc}")
+                        error.__cause__ = exc
+                    else:
+                        error = exc
+                    raise _FunctionFailed(index, error) from None
+                results.append(result)
             conn.execute("COMMIT")
-            return result
+            return results
         except BaseException as exc:
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            # cursors left in the failed function's frames must go here, not in the event
-            # loop's thread (see above)
-            traceback.clear_frames(exc.__traceback__)
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"store write failed: {exc}") from exc
             raise

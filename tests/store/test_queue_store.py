@@ -105,6 +105,61 @@ async def test_a_write_is_one_transaction_all_or_nothing(db: Database):
         await db.write(insert)
 
 
+async def test_writes_submitted_meanwhile_share_one_transaction_and_fail_alone(db: Database):
+    import asyncio
+    import threading
+    from collections import Counter
+
+    runs: Counter[str] = Counter()
+    on_thread, release = threading.Event(), threading.Event()
+
+    def first(conn) -> str:
+        on_thread.set()
+        release.wait(5)  # holds the writer thread while the others are submitted
+        conn.execute("INSERT INTO maintenance (task, ran_at) VALUES ('first', 1)")
+        return "first"
+
+    def insert(task: str):
+        def write(conn) -> str:
+            runs[task] += 1  # only to see the reruns: a real write changes only the store
+            conn.execute("INSERT INTO maintenance (task, ran_at) VALUES (?, 1)", (task,))
+            return task
+        return write
+
+    def failing(conn) -> None:
+        runs["bad"] += 1
+        conn.execute("INSERT INTO maintenance (task, ran_at) VALUES ('bad', 1)")
+        raise ValueError("not this one")
+
+    holder = asyncio.create_task(db.write(first))
+    await asyncio.to_thread(on_thread.wait, 5)
+    waiting = [asyncio.create_task(db.write(fn))
+               for fn in (insert("a"), failing, insert("b"), insert("c"))]
+    await asyncio.sleep(0.05)
+    release.set()
+    assert await holder == "first"
+    a, bad, b, c = await asyncio.gather(*waiting, return_exceptions=True)
+    assert (a, b, c) == ("a", "b", "c") and isinstance(bad, ValueError)
+    # one transaction for the four: "a" ran, then the failure rolled it back, and the three
+    # others ran again, together, without it
+    assert runs == {"a": 2, "bad": 1, "b": 1, "c": 1}
+    rows = await db.fetchall("SELECT task FROM maintenance ORDER BY task")
+    assert [row[0] for row in rows] == ["a", "b", "c", "first"]
+
+
+async def test_a_write_in_flight_at_close_is_committed(tmp_path):
+    import asyncio
+
+    db = await Database(tmp_path / "close.db").open()
+    writes = [asyncio.create_task(db.write_one(
+        "INSERT INTO maintenance (task, ran_at) VALUES (?, 1)", (f"t{i}",))) for i in range(5)]
+    await asyncio.sleep(0)  # submitted, not yet committed
+    await db.close()
+    assert [w.result() for w in writes] == [1] * 5
+    async with Database(tmp_path / "close.db") as again:
+        assert len(await again.fetchall("SELECT task FROM maintenance")) == 5
+
+
 @pytest.mark.parametrize("count", [0, 1, 3, 128, 129, 300])
 def test_insert_rows_writes_every_row_in_order(tmp_path, count):
     import sqlite3
