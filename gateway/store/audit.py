@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from gateway.store.db import Database, insert_rows
@@ -57,11 +57,11 @@ class AuditRecord(NamedTuple):
                 "decision": self.decision, "message_id": self.message_id}
 
 
-def insert_records(conn: sqlite3.Connection, records: Iterable[AuditRecord],
-                   message_id: str | None = None) -> None:
-    """Append `records` inside the caller's write transaction (Database.write), chained to
-    the last row."""
-    rows = [r.row(message_id) for r in records]
+def insert_records(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+    """Append audit rows (`AuditRecord.row()`) inside the caller's write transaction
+    (Database.write), chained to the last row. One read of the chain's end per call: a group
+    commit passes every row of its batch at once (each statement gives the GIL back to the
+    event loop and waits to take it again)."""
     if not rows:
         return
     last = conn.execute("SELECT chain FROM audit ORDER BY id DESC LIMIT 1").fetchone()
@@ -80,9 +80,10 @@ class AuditLog:
 
     async def append(self, batches: Sequence[Sequence[AuditRecord]]) -> list[None]:
         """Append several sessions' records in one transaction (a GroupCommitter's write)."""
+        rows = [record.row() for records in batches for record in records]
+
         def write(conn: sqlite3.Connection) -> None:
-            for records in batches:
-                insert_records(conn, records)
+            insert_records(conn, rows)
 
         await self.db.write(write)
         return [None] * len(batches)

@@ -6,8 +6,8 @@ committed data. The hot path's group commits (`Database.write`) run instead as p
 functions on a writer thread of their own, under the same lock: aiosqlite costs the event loop
 one thread hand-off per statement (~30-50 us of loop time each under load), a `write` costs
 one per transaction, and the writes submitted while one is in flight share the next
-transaction (one commit, one fsync). SQL lives in the store modules only, so another backend can replace this
-one.
+transaction (one commit, one fsync). SQL lives in the store modules only, so another backend
+can replace this one.
 """
 
 from __future__ import annotations

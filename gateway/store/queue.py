@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from gateway.errors import NotFound, Refused
 from gateway.model import Decision
 from gateway.store.audit import AuditRecord, insert_records
-from gateway.store.db import Database
+from gateway.store.db import Database, insert_rows
 
 STATES = ("queued", "deferred", "failed", "sent")
 POLICY_REFUSAL = re.compile(r"550 5\.7\.1 (R\d+|M\d|T\d) ")
@@ -127,11 +127,11 @@ class QueueStore:
         stored = [(m.id, m.received_at, m.account, m.client_ip, m.mail_from, len(m.content),
                    m.content, m.subject) for message in messages
                   for m in (message, *message.bounces)]
+        audit = [record.row(message.id) for message in messages for record in message.audit]
 
         def write(conn: sqlite3.Connection) -> list[list[Copy]]:
-            conn.executemany(
-                "INSERT INTO messages (id, received_at, account, client_ip, mail_from, size,"
-                " content, subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", stored)
+            insert_rows(conn, "INSERT INTO messages (id, received_at, account, client_ip,"
+                        " mail_from, size, content, subject)", stored)
             result = []
             for message in messages:
                 copies = []
@@ -164,9 +164,8 @@ class QueueStore:
                         [(message.id, now, message.account, message.client_ip,
                           message.mail_from, h.recipient, message.subject, h.decision.rule,
                           h.decision.reason, h.decision.basis) for h in message.held])
-                if message.audit:
-                    insert_records(conn, message.audit, message.id)
                 result.append(copies)
+            insert_records(conn, audit)
             return result
 
         return await self.db.write(write)

@@ -160,6 +160,29 @@ async def test_a_write_in_flight_at_close_is_committed(tmp_path):
         assert len(await again.fetchall("SELECT task FROM maintenance")) == 5
 
 
+async def test_a_group_commit_chains_every_messages_audit_rows_in_order(db: Database):
+    import dataclasses
+
+    from gateway.store.audit import AuditLog, AuditRecord
+
+    def decisions(n: int, rule: str) -> tuple[AuditRecord, ...]:
+        return tuple(AuditRecord(time.time(), "crm", "127.0.0.1", bytes([n, i]) * 16, rule,
+                                 "allow") for i in range(n))
+
+    log = AuditLog(db)
+    await log.append([decisions(2, "R6"), decisions(1, "R5")])  # transactions without mail
+    q = QueueStore(db, "me")
+    await q.commit_messages([dataclasses.replace(incoming(mid, "a@x.example"),
+                                                 audit=decisions(n, "R7"))
+                             for mid, n in (("A", 3), ("B", 1), ("C", 2))])
+    await log.append([decisions(1, "R8")])
+    rows = await db.fetchall("SELECT message_id, rule FROM audit ORDER BY id")
+    assert [tuple(row) for row in rows] == (
+        [(None, "R6")] * 2 + [(None, "R5")] + [("A", "R7")] * 3 + [("B", "R7")]
+        + [("C", "R7")] * 2 + [(None, "R8")])
+    assert await log.verify() == (10, None)  # one chain across all of them
+
+
 @pytest.mark.parametrize("count", [0, 1, 3, 128, 129, 300])
 def test_insert_rows_writes_every_row_in_order(tmp_path, count):
     import sqlite3
