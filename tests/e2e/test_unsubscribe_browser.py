@@ -38,12 +38,6 @@ def gw(make_gateway, tmp_path) -> GatewayProcess:
                         '[controller]\nname = "ACME SAS"\n')
 
 
-
-
-
-
-
-
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
     # Fail (not skip) without the browser: CI must install it (see .ci/run).
