@@ -106,7 +106,9 @@ def one_click_fast_path(app: ASGIApp, verify: Callable[[str], Token | None],
 def create_app(metrics: MetricsSource, objections: Any = None, controller: str = "",
                default_language: str = "en") -> ASGIApp:
     """`objections`: a gateway.objections.Objections (None: only health and metrics)."""
-    done_pages: dict[str, bytes] = {}  # by language: the controller does not change
+    # by the language served (a few at most, whatever the ledger holds): the controller does
+    # not change
+    done_pages: dict[str, bytes] = {}
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -140,11 +142,10 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
         recipient = await objections.record(token, channel, ip)
         if recipient is None:
             return NOT_FOUND
-        page = done_pages.get(recipient.language)
+        language, texts = texts_for(recipient.language, default_language)
+        page = done_pages.get(language)
         if page is None:
-            language, texts = texts_for(recipient.language, default_language)
-            page = done_pages[recipient.language] = done_page(
-                language, texts, controller).encode()
+            page = done_pages[language] = done_page(language, texts, controller).encode()
         return Answer(200, page, True)
 
     async def unsubscribe(request: Request) -> Response:
