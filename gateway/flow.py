@@ -12,9 +12,8 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import gateway.smtp.replies as replies
 from gateway.batch import GroupCommitter
@@ -28,7 +27,7 @@ from gateway.security.keys import AddressHasher
 from gateway.settings import TrustedClient
 from gateway.store.accounts import Account, AccountStore
 from gateway.store.audit import AuditLog, AuditRecord
-from gateway.store.ledger import Ledger, LedgerLookup
+from gateway.store.ledger import FactsRow, Ledger, LedgerLookup, ledger_form
 from gateway.store.queue import Copy, Held, IncomingMessage, QueueStore, Refusal
 from gateway.transform.footer import structure_facts
 from gateway.transform.headers import (
@@ -54,15 +53,31 @@ AUDIT_LINGER_SECONDS = 0.1
 MARK_LINGER_SECONDS = 1.0
 
 
-@dataclass(frozen=True)
-class RecipientVerdict:
-    """What RCPT answers, and what DATA needs to finish the job without reading again."""
+class RecipientVerdict(NamedTuple):
+    """What RCPT answers, and what DATA needs to finish the job without reading again.
+
+    Kept until the transaction ends, for each of its recipients: thousands alive at once
+    under load. So it holds the shared Decision and the facts as read (`FactsRow`'s fields:
+    strings, numbers and a plain tuple, which the cyclic garbage collector stops tracking at
+    its first pass), not the Contact built from them (half a dozen objects that every later
+    collection walked again: the RCPT latency tail, bench/README.md)."""
 
     accepted: bool
     reply: str
-    decision: Decision | None = None
-    facts: RecipientFacts | None = None
+    decision: Decision | None = None  # None: nothing was decided (a 451)
     at: float = 0.0
+    address: str = ""  # the ledger key read
+    digest: bytes = b""  # its keyed hash
+    row: tuple[object, ...] | None = None  # FactsRow.row; None when nothing was read
+
+    @property
+    def read(self) -> FactsRow | None:
+        return None if self.row is None else FactsRow(self.address, self.digest, self.row)
+
+    @property
+    def contact_id(self) -> int | None:
+        read = self.read
+        return None if read is None else read.contact_id
 
 
 @lru_cache(maxsize=1024)
@@ -85,10 +100,18 @@ class Decider:
 
     async def decide(self, account: Account, recipient: str,
                      campaign: Campaign | None = None) -> tuple[RecipientFacts, Decision]:
-        facts = await self.lookup.facts(recipient)
+        _read, facts, decision = await self.decide_read(account, recipient, campaign)
+        return facts, decision
+
+    async def decide_read(self, account: Account, recipient: str,
+                          campaign: Campaign | None = None
+                          ) -> tuple[FactsRow, RecipientFacts, Decision]:
+        """`decide`, with the facts as read too (what a verdict keeps)."""
+        read = await self.lookup.read(recipient)
+        facts = read.facts()
         decision = chain.decide(facts, campaign or campaign_of(account), self.knobs,
                                 self.clock())
-        return facts, decision
+        return read, facts, decision
 
 
 class Flow:
@@ -106,7 +129,7 @@ class Flow:
         self.objections: Any = None  # gateway.objections.Objections, set by the runtime
         self.committer: GroupCommitter[IncomingMessage, list[Copy]] = GroupCommitter(
             queue.commit_messages)
-        self._audit: GroupCommitter[Sequence[AuditRecord], None] = GroupCommitter(
+        self._audit: GroupCommitter[Sequence[tuple[object, ...]], None] = GroupCommitter(
             audit.append, linger=AUDIT_LINGER_SECONDS)
         self._mark_expired: GroupCommitter[int, None] = GroupCommitter(
             ledger.mark_expired, linger=MARK_LINGER_SECONDS)
@@ -159,7 +182,7 @@ class Flow:
         """RCPT: the compliance policy (R1-R10) decides; a store failure is a 451 for this
         recipient only (the client retries it), never an accept without a decision."""
         try:
-            facts, decision = await self.decider.decide(account, recipient)
+            read, facts, decision = await self.decider.decide_read(account, recipient)
         except StoreError as exc:
             log.error("ledger unavailable, RCPT <%s> answered 451: %s", recipient, exc)
             return RecipientVerdict(False, replies.LEDGER_UNAVAILABLE)
@@ -171,8 +194,8 @@ class Flow:
             log.info("account=%s to=<%s> %s %s: %s", account.name, recipient,
                      decision.decision, decision.rule, decision.reason)
             return RecipientVerdict(False, replies.policy_reject(decision.rule, decision.reason),
-                                    decision, facts, at)
-        return RecipientVerdict(True, replies.RECIPIENT_OK, decision, facts, at)
+                                    decision, at, *read)
+        return RecipientVerdict(True, replies.RECIPIENT_OK, decision, at, *read)
 
     def record_abandoned(self, account: Account | None, client_ip: str,
                          verdicts: Sequence[tuple[str, RecipientVerdict]],
@@ -182,9 +205,12 @@ class Flow:
         the background, batched."""
         final = {recipient: message_rule for recipient, verdict in verdicts
                  if message_rule is not None and verdict.accepted}
-        records = self._audit_records(account, client_ip, verdicts, final)
-        if records:
-            self._background(self._audit.submit(records), f"{len(records)} audit records")
+        # as plain tuples (AuditRecord.row()): they wait for the linger, and the cyclic
+        # collector stops tracking a plain tuple of strings and numbers at its first pass
+        rows = [tuple(record) for record in self._audit_records(account, client_ip, verdicts,
+                                                                 final)]
+        if rows:
+            self._background(self._audit.submit(rows), f"{len(rows)} audit records")
 
     def _background(self, write: Awaitable[None], what: str) -> None:
         """A store write nobody waits for (the SMTP answer does not depend on it); `drain`
@@ -214,9 +240,7 @@ class Flow:
             decision = final.get(recipient, verdict.decision)
             if decision is None:
                 continue  # a 451: nothing was decided
-            facts = verdict.facts
-            digest = facts.address_hash if facts and facts.address_hash else self.hasher(
-                facts.address if facts else recipient)
+            digest = verdict.digest or self.hasher(ledger_form(recipient))
             records.append(AuditRecord(verdict.at, name, client_ip, digest, decision.rule,
                                        decision.decision))
         return records
@@ -242,11 +266,12 @@ class Flow:
         held: list[Held] = []
         refused: list[Refusal] = []
         for recipient, verdict in verdicts:
-            if not verdict.accepted or verdict.decision is None or verdict.facts is None:
+            read = verdict.read
+            if not verdict.accepted or verdict.decision is None or read is None:
                 continue
             decision = verdict.decision
             if campaign is not None:  # the headers narrowed it: decide again, same facts
-                decision = chain.decide(verdict.facts, campaign, self.decider.knobs,
+                decision = chain.decide(read.facts(), campaign, self.decider.knobs,
                                         received_at)
             if message_rule is not None and decision.verdict is not Verdict.REJECT:
                 decision = message_rule
@@ -264,8 +289,8 @@ class Flow:
             tuple(self._bounce(queue_id, mail_from, r, content, received_at) for r in refused
                   if should_send_dsn(mail_from)),
             tuple(self._audit_records(account, client_ip, verdicts, final)),
-            tuple((r, v.facts.contact.id if v.facts and v.facts.contact else None,
-                   final[r].rule) for r, v in verdicts if r in deliver))
+            tuple((r, v.read.contact_id if v.read else None, final[r].rule)
+                  for r, v in verdicts if r in deliver))
         copies = await self.committer.submit(message)
         self.delivery.dispatch(copies)
         for h in held:

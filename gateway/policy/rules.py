@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from gateway.model import Campaign, Contact, Decision, PolicyKnobs, RecipientFacts, Verdict
 
@@ -40,12 +41,20 @@ class Case:
 Rule = Callable[[Case], Decision | None]
 
 
+@lru_cache(maxsize=1024)
+def _decision(verdict: Verdict, rule: str, reason: str, basis: str) -> Decision:
+    """One shared Decision per distinct outcome (it is frozen). A transaction keeps the
+    decision of each of its recipients until it ends: shared, they are no new objects for
+    the cyclic garbage collector to walk again and again."""
+    return Decision(verdict, rule, reason, basis)
+
+
 def _allow(rule: str, reason: str, basis: str) -> Decision:
-    return Decision(Verdict.ALLOW, rule, reason, basis)
+    return _decision(Verdict.ALLOW, rule, reason, basis)
 
 
 def _reject(rule: str, reason: str, basis: str) -> Decision:
-    return Decision(Verdict.REJECT, rule, reason, basis)
+    return _decision(Verdict.REJECT, rule, reason, basis)
 
 
 def r1_suppressed(case: Case) -> Decision | None:
@@ -75,8 +84,8 @@ def r2_unknown(case: Case) -> Decision | None:
         return None
     verdict = Verdict.QUARANTINE if case.knobs.unknown_recipient == "quarantine" \
         else Verdict.REJECT
-    return Decision(verdict, "R2", "recipient unknown to the contact ledger",
-                    "no evidence of a lawful basis; no source to give on access (GDPR 15)")
+    return _decision(verdict, "R2", "recipient unknown to the contact ledger",
+                     "no evidence of a lawful basis; no source to give on access (GDPR 15)")
 
 
 def r3_forbidden_source(case: Case) -> Decision | None:
@@ -176,8 +185,8 @@ def r9_b2b_unclear(case: Case) -> Decision | None:
     if contact.audience == "b2b" and (not contact.topics or not case.campaign.topics):
         verdict = Verdict.REJECT if case.knobs.b2b_unclear == "reject" else Verdict.QUARANTINE
         missing = "recipient" if not contact.topics else "campaign"
-        return Decision(verdict, "R9", f"B2B relevance cannot be established (no {missing} "
-                        "topics)", "NESTOR 2020: the link to the profession must be shown")
+        return _decision(verdict, "R9", f"B2B relevance cannot be established (no {missing} "
+                         "topics)", "NESTOR 2020: the link to the profession must be shown")
     return None
 
 

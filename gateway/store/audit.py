@@ -78,9 +78,10 @@ class AuditLog:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def append(self, batches: Sequence[Sequence[AuditRecord]]) -> list[None]:
-        """Append several sessions' records in one transaction (a GroupCommitter's write)."""
-        rows = [record.row() for records in batches for record in records]
+    async def append(self, batches: Sequence[Sequence[tuple[object, ...]]]) -> list[None]:
+        """Append several sessions' records (AuditRecords, or their `row()`s) in one
+        transaction (a GroupCommitter's write)."""
+        rows = [tuple(record) for records in batches for record in records]
 
         def write(conn: sqlite3.Connection) -> None:
             insert_records(conn, rows)

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.addresses import normalize_address
 from gateway.batch import GroupCommitter
@@ -46,6 +46,7 @@ _REALS = ("consent_at", "collected_at", "last_interaction_at", "informed_at",
 _JSON_COLUMNS = ", ".join(f"nullif(quote(c.{name}), 'NULL')" if name in _REALS else f"c.{name}"
                           for name in CONTACT_COLUMNS)
 _REAL_POSITIONS = tuple(1 + CONTACT_COLUMNS.index(name) for name in _REALS)
+_ID_POSITION = 1 + CONTACT_COLUMNS.index("id")  # in a facts row: never None for a contact
 BATCH_LIMIT = 64  # keys per statement (2 variables each)
 
 
@@ -139,6 +140,32 @@ def contact_from_row(row: Sequence[object], offset: int = 0) -> Contact:
     return contact
 
 
+class FactsRow(NamedTuple):
+    """One recipient's facts as read, in plain values only: the ledger key, its keyed hash,
+    and (suppressed, *CONTACT_COLUMNS, sources JSON) with the columns None when the ledger
+    does not hold the address.
+
+    A transaction keeps what its RCPTs read until it ends (thousands of recipients at once
+    under load). A tuple of strings and numbers is dropped from the cyclic collector's lists
+    at its first collection; the Contact built from it is half a dozen tracked objects, which
+    every later collection walked again (the RCPT latency tail, bench/README.md). So this is
+    what a verdict keeps, and `facts()` builds the rest when it is needed.
+    """
+
+    address: str
+    digest: bytes
+    row: tuple[object, ...]
+
+    @property
+    def contact_id(self) -> int | None:
+        contact_id = self.row[_ID_POSITION]
+        return None if contact_id is None else int(contact_id)  # type: ignore[call-overload]
+
+    def facts(self) -> RecipientFacts:
+        contact = contact_from_row(self.row, 1) if self.row[_ID_POSITION] is not None else None
+        return RecipientFacts(self.address, bool(self.row[0]), contact, self.digest)
+
+
 def ledger_form(address: str) -> str:
     """The ledger key of an SMTP address; the address itself when it cannot be normalised
     (it then matches no contact, and R2 decides)."""
@@ -165,11 +192,13 @@ class LedgerLookup:
 
     async def facts(self, address: str) -> RecipientFacts:
         """Suppression and ledger facts for `address` (StoreError if the store fails)."""
+        return (await self.read(address)).facts()
+
+    async def read(self, address: str) -> FactsRow:
+        """`facts` as read, before the Contact is built (StoreError if the store fails)."""
         key = ledger_form(address)
         digest = self.hasher(key)
-        row = await self._batcher.submit((digest, key))
-        contact = contact_from_row(row, 1) if row[1] is not None else None
-        return RecipientFacts(key, bool(row[0]), contact, digest)
+        return FactsRow(key, digest, await self._batcher.submit((digest, key)))
 
     async def start(self) -> None:
         """Start the reader process now (else the first RCPT would wait for it)."""

@@ -169,3 +169,15 @@ def test_an_operator_override_allows_only_the_rule_that_held_the_copy():
     assert chain.decide(expired, CAMPAIGN, KNOBS, NOW, override="R9").rule == "R4"
     unknown = RecipientFacts("p@example.net", False, None)
     assert chain.decide(unknown, CAMPAIGN, KNOBS, NOW, override="R2").verdict is Verdict.ALLOW
+
+
+def test_recipients_with_the_same_outcome_share_one_decision():
+    """A transaction keeps each recipient's decision until it ends: one shared object per
+    outcome, not one per recipient for the garbage collector to walk (bench/README.md)."""
+    def decide(address: str, **facts: object):
+        contact = dataclasses.replace(person(**facts), address=address)
+        return chain.decide(RecipientFacts(address, False, contact), CAMPAIGN, KNOBS, NOW)
+
+    assert decide("a@example.net", **CONSENT) is decide("b@example.net", **CONSENT)
+    assert decide("a@example.net", audience="b2b") is decide("b@example.net", audience="b2b")
+    assert decide("a@example.net", **CONSENT) is not decide("a@example.net", audience="b2b")

@@ -4,6 +4,7 @@ nothing wrong ever taken for an answer when the process dies or a read is given 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -52,6 +53,24 @@ async def test_the_reader_process_answers_exactly_what_the_thread_reads(db, hash
     assert processed[4].contact is not None
     assert processed[4].contact.informed_at == 1795656443.564529  # every digit of the REAL
     assert processed[0].contact is not None and processed[0].contact.topics == {"crm", "hr"}
+
+
+async def test_what_a_verdict_keeps_of_a_read_is_left_alone_by_the_cyclic_collector(db, hasher):
+    """A transaction keeps what each RCPT read until it ends (thousands of recipients at once
+    under load). Those rows are plain values: the collector stops tracking them at its first
+    pass, so they add nothing to later collections; the facts are rebuilt from them whole."""
+    import_csv(db, hasher, CSV)
+    for lookup in (LedgerLookup(db.path, hasher), LedgerLookup(db.path, hasher,
+                                                               reader_process=True)):
+        try:
+            reads = [await lookup.read(a) for a in ADDRESSES]
+            gc.collect()
+            assert [gc.is_tracked(read.row) for read in reads] == [False] * len(ADDRESSES)
+            assert [read.facts() for read in reads] == [await lookup.facts(a) for a in ADDRESSES]
+            assert reads[0].contact_id == reads[0].facts().contact.id is not None
+            assert reads[1].contact_id is None and reads[1].facts().contact is None
+        finally:
+            await lookup.close()
 
 
 async def test_a_batch_larger_than_one_statement_comes_back_whole_and_in_order(db, hasher):
