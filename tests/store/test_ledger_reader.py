@@ -11,6 +11,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -39,14 +41,20 @@ async def test_the_reader_process_answers_exactly_what_the_thread_reads(db, hash
     await db.write(change)
     by_thread = LedgerLookup(db.path, hasher)
     by_process = LedgerLookup(db.path, hasher, reader_process=True)
+    inline = LedgerLookup(db.path, hasher, reader_process=True, inline=True)
     await by_process.start()
     try:
         threaded = await asyncio.gather(*(by_thread.facts(a) for a in ADDRESSES))
         processed = await asyncio.gather(*(by_process.facts(a) for a in ADDRESSES))
+        inlined = await asyncio.gather(*(inline.facts(a) for a in ADDRESSES))
     finally:
         await by_thread.close()
         await by_process.close()
+        await inline.close()
     assert processed == threaded
+    assert inlined == threaded
+    assert (inline.batches["inline"], inline.batches["reader"]) == (1, 0)
+    assert (by_process.batches["inline"], by_process.batches["reader"]) == (0, 1)
     assert [f.contact.address if f.contact else None for f in processed] == [
         "p3@example.com", None, "p1@example.com", "p0@example.com", "p2@example.com"]
     assert [f.suppressed for f in processed] == [False, False, False, True, False]
@@ -71,6 +79,72 @@ async def test_what_a_verdict_keeps_of_a_read_is_left_alone_by_the_cyclic_collec
             assert reads[1].contact_id is None and reads[1].facts().contact is None
         finally:
             await lookup.close()
+
+
+async def test_a_locked_database_sends_inline_reads_to_the_reader_and_never_blocks_the_loop(
+        db, hasher, tmp_path):
+    """The inline connection never waits for a lock: the batch goes to the reader process,
+    which waits (busy timeout) while the event loop goes on, and so do the next batches for
+    the back-off; after it, reads are inline again."""
+    import_csv(db, hasher, CSV)
+    path = tmp_path / "copy.db"  # a copy no other connection holds open, so it can be locked
+    source, copy = sqlite3.connect(db.path), sqlite3.connect(path)
+    source.backup(copy)
+    copy.execute("PRAGMA journal_mode=WAL")
+    source.close()
+    copy.close()
+    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    locker.execute("PRAGMA locking_mode=EXCLUSIVE")  # readers of a WAL database locked out
+    locker.execute("BEGIN EXCLUSIVE")
+    locker.execute("UPDATE contacts SET first_name = 'Locked' WHERE address = 'p1@example.com'")
+    release = threading.Timer(0.6, lambda: (locker.execute("COMMIT"), locker.close()))
+    lookup = LedgerLookup(path, hasher, reader_process=True, inline=True, inline_backoff=1.5)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        release.start()
+        start = time.monotonic()
+        facts = await lookup.facts("p1@example.com")
+        waited = time.monotonic() - start
+        assert facts.contact is not None and facts.contact.first_name == "Locked"
+        assert waited >= 0.5 and ticks >= 20  # the reader waited; the loop did not
+        assert (lookup.batches["refused"], lookup.batches["reader"]) == (1, 1)
+        assert (await lookup.facts("p2@example.com")).contact is not None
+        assert (lookup.batches["inline"], lookup.batches["reader"]) == (0, 2)  # backing off
+        await asyncio.sleep(1.5 - (time.monotonic() - start))
+        assert (await lookup.facts("p3@example.com")).contact is not None
+        assert (lookup.batches["inline"], lookup.batches["reader"]) == (1, 2)
+    finally:
+        ticking.cancel()
+        release.join()
+        await lookup.close()
+
+
+async def test_inline_reads_slow_twice_in_a_row_go_to_the_reader_for_the_back_off(db, hasher):
+    """A slow inline batch (pages from disk) is read all the same; two in a row send the next
+    batches to the reader process until the back-off ends."""
+    import_csv(db, hasher, CSV)
+    lookup = LedgerLookup(db.path, hasher, reader_process=True, inline=True, inline_slow=0.0,
+                          inline_backoff=0.5)
+    try:
+        for address in ("p0@example.com", "p1@example.com"):  # every read counts as slow
+            assert (await lookup.facts(address)).contact is not None
+        assert (lookup.batches["inline"], lookup.batches["slow"], lookup.batches["reader"]) \
+            == (2, 2, 0)
+        assert (await lookup.facts("p2@example.com")).contact is not None
+        assert (lookup.batches["inline"], lookup.batches["reader"]) == (2, 1)
+        await asyncio.sleep(0.6)
+        assert (await lookup.facts("p3@example.com")).contact is not None
+        assert (lookup.batches["inline"], lookup.batches["reader"]) == (3, 1)
+    finally:
+        await lookup.close()
 
 
 async def test_a_batch_larger_than_one_statement_comes_back_whole_and_in_order(db, hasher):
