@@ -334,14 +334,16 @@ level = "WARNING"
         n = self.args.decisions
         conc = self.args.concurrency
         print("\n[2/3] in-process decisions: Decider(LedgerLookup(db, hasher, "
-              f"reader_process=True), knobs).decide(account, address), {n:,} sequential "
+              f"reader_process=True, inline=True), knobs).decide(account, address) as "
+              f"`gateway serve` builds it, {n:,} sequential "
               f"then {n:,} with {conc} tasks "
               f"(after {WARMUP_DECISIONS:,} warm-up) ...", flush=True)
         sequential_addrs = sample(self.kinds, n, self.args.seed + 1)
         concurrent_addrs = sample(self.kinds, n, self.args.seed + 2)
         warmup = sample(self.kinds, WARMUP_DECISIONS, self.args.seed + 3)
 
-        async def body() -> tuple[Latencies, Latencies, Counter[str], int, float, float]:
+        async def body() -> tuple[Latencies, Latencies, Counter[str], int, float, float,
+                                  Counter[str]]:
             from gateway.cli import hasher_for
             from gateway.flow import Decider
             from gateway.settings import load_settings
@@ -353,7 +355,7 @@ level = "WARNING"
             async with Database(settings.store.path) as db:
                 account = await AccountStore(db).require(ACCOUNT)
             lookup = LedgerLookup(settings.store.path, hasher_for(settings),
-                                  reader_process=True)
+                                  reader_process=True, inline=True)
             await lookup.start()
             try:
                 decider = Decider(lookup, settings.policy.knobs())
@@ -394,12 +396,14 @@ level = "WARNING"
                 await asyncio.gather(*(worker() for _ in range(conc)))
                 par.seconds = time.perf_counter() - t0
                 cpu_par = time.process_time() - cpu0
-                return seq, par, rules, wrong, cpu_seq, cpu_par
+                return seq, par, rules, wrong, cpu_seq, cpu_par, Counter(lookup.batches)
             finally:
                 await lookup.close()
 
-        (seq, par, rules, wrong, cpu_seq, cpu_par), loop_name = run_loop(body)
-        print(f"  event loop: {loop_name}")
+        (seq, par, rules, wrong, cpu_seq, cpu_par, batches), loop_name = run_loop(body)
+        print(f"  event loop: {loop_name}; ledger batches read on the loop {batches['inline']:,} "
+              f"({batches['slow']:,} slow, {batches['refused']:,} refused), by the reader "
+              f"process {batches['reader']:,}")
         print(f"  sequential:        {seq.line('decisions')}; "
               f"CPU {cpu_seq * 1e6 / max(1, len(seq.ns)):.0f} us/decision")
         print(f"  {conc} concurrent tasks: {par.line('decisions')}; "
