@@ -10,7 +10,7 @@ import pytest
 
 from gateway.errors import NotFound, StoreError
 from gateway.store.db import Database
-from gateway.store.queue import IncomingMessage, QueueStore
+from gateway.store.queue import IncomingMessage, QueueStore, Refusal
 
 
 def incoming(mid: str, *rcpts: str) -> IncomingMessage:
@@ -32,6 +32,34 @@ async def test_group_commit_returns_each_messages_copies(db: Database):
         ["a@x.example", "b@x.example"], ["c@x.example"]]
     entries = await q.list()
     assert [e.state for e in entries] == ["queued"] * 3
+
+
+async def test_a_group_commit_numbers_its_copies_as_stored_and_sent_marks_touch_only_theirs(
+        db: Database):
+    """Copy ids are given by the commit (not read back a row at a time): each is the row of
+    its recipient, refusals and bounces included, across commits; a batch of sent marks
+    (any size) marks exactly its copies."""
+    q = QueueStore(db, "me")
+    refused = IncomingMessage("C", time.time(), "crm", "127.0.0.1", "news@example.com",
+                              b"Subject: x\r\n\r\nbody\r\n", ("f@x.example",),
+                              refused=(Refusal("g@x.example", "550 5.7.1 R3 no"),),
+                              bounces=(incoming("C-dsn", "news@example.com"),))
+    first = await q.commit_messages([incoming("A", "a@x.example", "b@x.example"),
+                                     incoming("B", "c@x.example")])
+    second = await q.commit_messages([refused, incoming("D", "h@x.example")])
+    copies = [c for batch in (first, second) for message in batch for c in message]
+    ids = [c.delivery_id for c in copies]
+    assert len(set(ids)) == len(ids) == 6  # a, b; c; f and the DSN; h
+    for copy in copies:
+        entry = await q.get(copy.delivery_id)
+        assert (entry.message_id, entry.recipient, entry.state) == (
+            copy.message_id, copy.recipient, "queued")
+    failed = [e for e in await q.list() if e.state == "failed"]
+    assert [(e.message_id, e.recipient) for e in failed] == [("C", "g@x.example")]
+    sent = ids[:3] + ids[4:6]  # five: not a power of two
+    await q.mark_sent(sent)
+    assert {e.id: e.state for e in await q.list(("queued", "sent"))} == {
+        i: "sent" if i in sent else "queued" for i in ids}
 
 
 async def test_claims_of_a_dead_process_are_taken_over_at_start(db: Database):
