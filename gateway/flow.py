@@ -289,8 +289,7 @@ class Flow:
             tuple(self._bounce(queue_id, mail_from, r, content, received_at) for r in refused
                   if should_send_dsn(mail_from)),
             tuple(self._audit_records(account, client_ip, verdicts, final)),
-            tuple((r, v.read.contact_id if v.read else None, final[r].rule)
-                  for r, v in verdicts if r in deliver))
+            tuple((r, v.contact_id, final[r].rule) for r, v in verdicts if r in deliver))
         copies = await self.committer.submit(message)
         self.delivery.dispatch(copies)
         for h in held:
