@@ -133,7 +133,8 @@ class Gateway:
         self.delivery = DeliveryService(self.queue, transport, s.delivery, s.smtp.hostname)
         await self.delivery.start()
         hasher = AddressHasher(load_or_create_key(s.hash_key_path))
-        self.lookup = LedgerLookup(s.store.path, hasher, reader_process=True, inline=True)
+        self.lookup = LedgerLookup(s.store.path, hasher, reader_process=True,
+                                   inline=s.store.ledger_reads == "inline")
         await self.lookup.start()
         decider = Decider(self.lookup, s.policy.knobs())
         ledger = Ledger(self.db, hasher)

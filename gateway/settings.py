@@ -65,6 +65,9 @@ class HttpSettings:
 @dataclass(frozen=True)
 class StoreSettings:
     url: str = defaults.STORE_URL
+    # where `serve` runs the RCPT lookups' SQL: "inline" on the event loop while the database
+    # answers at once (else in the ledger reader process), or always in the "process"
+    ledger_reads: str = "inline"
 
     @property
     def path(self) -> Path:
@@ -181,6 +184,7 @@ class Settings:
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "delivery.mode": ("smtp", "maildir"),
+    "store.ledger_reads": ("inline", "process"),
     "policy.unknown_recipient": ("reject", "quarantine"),
     "policy.b2b_unclear": ("quarantine", "reject"),
     "log.level": ("DEBUG", "INFO", "WARNING", "ERROR"),

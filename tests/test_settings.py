@@ -15,6 +15,7 @@ def test_embedded_defaults_match_the_contract():
     assert s.smtp.listen == "127.0.0.1:2525" and s.http.listen == "127.0.0.1:8025"
     assert str(s.store.path) == "var/gateway.db"
     assert s.delivery.mode == "maildir" and s.delivery.maildir == "./var/outbox"
+    assert s.store.ledger_reads == "inline"
     assert s.smtp.trusted_clients == () and s.smtp.allow_plain_auth_on_loopback is False
 
 
@@ -51,6 +52,7 @@ def test_trusted_clients_are_typed_and_match_networks(tmp_path: Path):
     ("[smtp]\ntrusted_clients = [{ network = \"10.0.0.0/8\", acount = \"x\" }]\n", "acount"),
     ("[policy]\nunknown_recipient = \"accept\"\n", "policy.unknown_recipient"),
     ("[store]\nurl = \"mysql://x\"\n", "store.url"),
+    ("[store]\nledger_reads = \"thread\"\n", "store.ledger_reads"),
     ("[delivery]\nmode = \"smtp\"\nusername = \"u\"\n", "delivery.username"),
     ("[smtp]\ntls_cert = \"a.pem\"\n", "smtp.tls_key"),
     ("not toml at all [", "not valid TOML"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -76,6 +77,29 @@ def test_every_case_is_decided_at_rcpt_and_only_allowed_copies_leave(gateway, si
     expected = {hmac.new(key, c.email.encode(), hashlib.sha256).digest()
                 for c in (*CASES, UNKNOWN)}
     assert {r[0] for r in db_rows(gw, "SELECT recipient_hash FROM audit")} == expected
+
+
+@pytest.mark.parametrize("reads", ["inline", "process"])
+def test_lookups_inline_or_in_the_reader_process_decide_alike(gateway, monkeypatch, reads):
+    """`store.ledger_reads`: the same replies whichever side reads the ledger, and the
+    gateway says at stop which side did."""
+    monkeypatch.setenv("GATEWAY_STORE_LEDGER_READS", reads)
+    gw = gateway()
+    s = session(gw)
+    for case in (*CASES, UNKNOWN):
+        code, text = s.cmd(f"RCPT TO:<{case.email}>")
+        expected = (550, case.rule) if case.decision == "reject" else (250, None)
+        assert (code, text.split()[1] if code == 550 else None) == expected, (case.name, text)
+    s.cmd("QUIT")
+    assert gw.terminate() == 0
+    found = re.search(r"ledger lookups: (\d+) batches inline \((\d+) slow, (\d+) refused\), "
+                      r"(\d+) by the reader", gw.output)
+    assert found, gw.output[-2000:]
+    inline, reader = int(found[1]), int(found[4])
+    if reads == "inline":  # (a loaded machine may make two reads slow: some go to the reader)
+        assert inline > 0
+    else:
+        assert (inline, reader > 0) == (0, True)
 
 
 def test_an_objection_holds_for_the_very_next_rcpt(gateway):
