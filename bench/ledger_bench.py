@@ -262,6 +262,7 @@ listen = "{HOST}:{self.http_port}"
 
 [store]
 url = "sqlite:///{self.db}"
+ledger_reads = "{self.args.ledger_reads}"
 
 [delivery]
 mode = "maildir"
@@ -334,8 +335,9 @@ level = "WARNING"
     def run_decisions(self) -> None:
         n = self.args.decisions
         conc = self.args.concurrency
+        inline = self.args.ledger_reads == "inline"
         print("\n[2/3] in-process decisions: Decider(LedgerLookup(db, hasher, "
-              f"reader_process=True, inline=True), knobs).decide(account, address) as "
+              f"reader_process=True, inline={inline}), knobs).decide(account, address) as "
               f"`gateway serve` builds it, {n:,} sequential "
               f"then {n:,} with {conc} tasks "
               f"(after {WARMUP_DECISIONS:,} warm-up) ...", flush=True)
@@ -356,7 +358,7 @@ level = "WARNING"
             async with Database(settings.store.path) as db:
                 account = await AccountStore(db).require(ACCOUNT)
             lookup = LedgerLookup(settings.store.path, hasher_for(settings),
-                                  reader_process=True, inline=True)
+                                  reader_process=True, inline=inline)
             await lookup.start()
             try:
                 decider = Decider(lookup, settings.policy.knobs())
@@ -452,8 +454,9 @@ level = "WARNING"
         total = self.args.rcpts
         sessions = self.args.sessions
         print(f"\n[3/3] RCPT over SMTP: `gateway serve` (smtp.processes = "
-              f"{self.args.processes}), {sessions} sessions, {total:,} RCPTs, one command at a "
-              f"time, RSET every {RSET_EVERY}"
+              f"{self.args.processes}, store.ledger_reads = {self.args.ledger_reads}), "
+              f"{sessions} sessions, {total:,} RCPTs, one command at a time, "
+              f"RSET every {RSET_EVERY}"
               + (", the sessions' transactions staggered" if self.args.stagger else "")
               + " ...", flush=True)
         self.start_gateway()
@@ -640,6 +643,11 @@ def main(argv: list[str] | None = None) -> int:
                         "in step (default: they do, as identical clients started together)")
     parser.add_argument("--processes", type=int, default=1,
                         help="gateway smtp.processes (default 1, the gateway's default)")
+    parser.add_argument("--ledger-reads", choices=("inline", "process"), default="process",
+                        help="the gateway's store.ledger_reads, also used for the in-process "
+                        "decisions: the lookups' SQL always in the ledger reader process "
+                        "(process, the gateway's default) or on the event loop while the "
+                        "database answers at once (inline)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument("--keep-tmp", action="store_true",
                         help="keep the temp dir (CSV, database, config, gateway log)")

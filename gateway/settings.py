@@ -65,9 +65,10 @@ class HttpSettings:
 @dataclass(frozen=True)
 class StoreSettings:
     url: str = defaults.STORE_URL
-    # where `serve` runs the RCPT lookups' SQL: "inline" on the event loop while the database
-    # answers at once (else in the ledger reader process), or always in the "process"
-    ledger_reads: str = "inline"
+    # where `serve` runs the RCPT lookups' SQL: always in the ledger reader "process" (the
+    # event loop never waits on the database: the default), or "inline" on the event loop
+    # while the database answers at once (else in the reader process)
+    ledger_reads: str = "process"
 
     @property
     def path(self) -> Path:

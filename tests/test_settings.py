@@ -15,7 +15,7 @@ def test_embedded_defaults_match_the_contract():
     assert s.smtp.listen == "127.0.0.1:2525" and s.http.listen == "127.0.0.1:8025"
     assert str(s.store.path) == "var/gateway.db"
     assert s.delivery.mode == "maildir" and s.delivery.maildir == "./var/outbox"
-    assert s.store.ledger_reads == "inline"
+    assert s.store.ledger_reads == "process"  # the event loop never waits on the database
     assert s.smtp.trusted_clients == () and s.smtp.allow_plain_auth_on_loopback is False
 
 

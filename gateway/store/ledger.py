@@ -5,12 +5,13 @@ hash, contact address), with a connection of its own. Lookups that arrive togeth
 statement (`facts_sql`). Each statement sees the latest commit of any process, so an objection
 stored anywhere holds for the very next RCPT.
 
-Where the statement runs: in `gateway serve`, on the event loop itself while it answers at
-once (`inline`: pages in the cache, ~25 us a key), else in the ledger reader process
-(store/ledger_reader.py); elsewhere on a thread. The inline connection never waits for a lock
-(busy timeout 0): a batch it cannot read at once, or one that took longer than
-INLINE_SLOW_SECONDS (pages read from disk), sends the next batches to the reader process for
-INLINE_BACKOFF_SECONDS, so a cold cache or a locked database slows the lookups, never the loop.
+Where the statement runs: in `gateway serve`, in the ledger reader process
+(store/ledger_reader.py), so that the event loop never waits on the database; elsewhere on a
+thread. With `store.ledger_reads = "inline"`, serve runs it on the event loop itself while it
+answers at once (`inline`: pages in the cache, ~25 us a key). The inline connection never
+waits for a lock (busy timeout 0): a batch it cannot read at once, or INLINE_SLOW_IN_A_ROW
+that took longer than INLINE_SLOW_SECONDS (pages read from disk), send the next batches to the
+reader process for INLINE_BACKOFF_SECONDS; but those slow reads held up the loop meanwhile.
 """
 
 from __future__ import annotations
