@@ -10,8 +10,8 @@ Where the statement runs: in `gateway serve`, in the ledger reader process
 thread. With `store.ledger_reads = "inline"`, serve runs it on the event loop itself while it
 answers at once (`inline`: pages in the cache, ~25 us a key). The inline connection never
 waits for a lock (busy timeout 0): a batch it cannot read at once, or INLINE_SLOW_IN_A_ROW
-that took longer than INLINE_SLOW_SECONDS (pages read from disk), send the next batches to the
-reader process for INLINE_BACKOFF_SECONDS; but those slow reads held up the loop meanwhile.
+batches in a row slower than INLINE_SLOW_SECONDS (pages read from disk), send the next
+batches to the reader process for INLINE_BACKOFF_SECONDS; but the slow ones held up the loop.
 """
 
 from __future__ import annotations

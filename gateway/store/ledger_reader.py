@@ -2,8 +2,8 @@
 
 `gateway serve` reads the recipients' facts here (unless `store.ledger_reads = "inline"` has
 it read them on the event loop itself while the pages are cached and the database unlocked:
-store/ledger.py), rather than on a thread of its own process. A thread shares the interpreter lock
-with the event loop: a batch of lookups waited for it before its SQL could start and again
+store/ledger.py), rather than on a thread of its own process. A thread shares the interpreter
+lock with the event loop: a batch of lookups waited for it before its SQL could start and again
 before its answer could go back, ~0.5 ms each at the median under 20 busy sessions
 (bench/README.md), and every RCPT of the batch waited with it.
 This process runs its SQL while the loop goes on; the loop pays one pipe write and one read a
