@@ -195,8 +195,9 @@ def ledger_form(address: str) -> str:
 class LedgerLookup:
     """Recipient facts for the RCPT path, read on a dedicated thread, or with
     `reader_process` in the ledger reader process (store/ledger_reader.py), which keeps the
-    lookups' SQL off the event loop's interpreter lock. With `inline` (gateway serve), on the
-    event loop itself while that answers at once (see the module's docstring)."""
+    lookups' SQL off the event loop's interpreter lock. With `inline` (gateway serve with
+    `store.ledger_reads = "inline"`), on the event loop itself while that answers at once,
+    else as without it (see the module's docstring)."""
 
     def __init__(self, path: Path | str, hasher: AddressHasher, *,
                  reader_process: bool = False, inline: bool = False,
