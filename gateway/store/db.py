@@ -18,7 +18,7 @@ import os
 import sqlite3
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import lru_cache
@@ -54,6 +54,19 @@ def _values_sql(head: str, width: int, rows: int, tail: str) -> str:
     return head + " VALUES " + ",".join([group] * rows) + tail
 
 
+def value_chunks(rows: Sequence[Sequence[Any]]) -> Iterator[Sequence[Sequence[Any]]]:
+    """`rows` cut for multi-row statements: at most INSERT_CHUNK rows and MAX_VARIABLES values
+    a chunk, and power-of-two sizes, so a statement has few distinct forms in the cache."""
+    if not rows:
+        return
+    most = min(INSERT_CHUNK, 1 << ((MAX_VARIABLES // len(rows[0])).bit_length() - 1))
+    start, total = 0, len(rows)
+    while start < total:
+        size = min(most, 1 << ((total - start).bit_length() - 1))
+        yield rows[start:start + size]
+        start += size
+
+
 def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]],
                 tail: str = "") -> None:
     """`head` ("INSERT INTO t (a, b)") for every row, as a few multi-row statements, with
@@ -62,19 +75,34 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any
     For the writer thread, beside the event loop: executemany runs one sqlite3_step per row,
     and the sqlite3 module gives the GIL back and takes it again around each step, so 2,000
     audit rows took the GIL from the loop 2,000 times. Here that is a few dozen times, and
-    the insert itself is faster (2,000 audit rows: 9.5 -> 5-6 ms). Chunk sizes are powers
-    of two, so a table has few distinct statements in the cache.
+    the insert itself is faster (2,000 audit rows: 9.5 -> 5-6 ms).
     """
-    if not rows:
-        return
-    most = min(INSERT_CHUNK, 1 << ((MAX_VARIABLES // len(rows[0])).bit_length() - 1))
-    start, total = 0, len(rows)
-    while start < total:
-        size = min(most, 1 << ((total - start).bit_length() - 1))
-        chunk = rows[start:start + size]
-        conn.execute(_values_sql(head, len(chunk[0]), size, tail),
+    for chunk in value_chunks(rows):
+        conn.execute(_values_sql(head, len(chunk[0]), len(chunk), tail),
                      [v for row in chunk for v in row])
-        start += size
+
+
+@lru_cache(maxsize=64)
+def _with_values_sql(table: str, width: int, rows: int, statement: str) -> str:
+    group = "(" + ",".join("?" * width) + ")"
+    return f"WITH {table} AS (VALUES {','.join([group] * rows)}) {statement}"
+
+
+def with_rows(conn: sqlite3.Connection, table: str, rows: Sequence[Sequence[Any]],
+              statement: str, params: Sequence[Any] = ()) -> list[Any]:
+    """Run `statement` (a SELECT of one aggregate row, or an INSERT ... SELECT) over `rows`
+    as the common table `table` ("k(a, b)"), a chunk of rows at a time, its own `params`
+    bound after the rows'. The first column of each chunk's row (None for an INSERT).
+
+    A set of keys is one statement on the writer thread, not one per key: the thread gives
+    the GIL back around each statement, and a busy event loop can keep it the whole switch
+    interval each time."""
+    results = []
+    for chunk in value_chunks(rows):
+        found = conn.execute(_with_values_sql(table, len(chunk[0]), len(chunk), statement),
+                             [v for row in chunk for v in row] + list(params)).fetchall()
+        results.append(found[0][0] if found else None)
+    return results
 
 
 def _migrations() -> list[tuple[int, str, str]]:

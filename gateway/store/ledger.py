@@ -35,7 +35,7 @@ from gateway.errors import NotFound, StoreError
 from gateway.model import Contact, RecipientFacts, Source
 from gateway.security.keys import AddressHasher
 from gateway.store import notifications
-from gateway.store.db import BUSY_TIMEOUT_MS, Database
+from gateway.store.db import BUSY_TIMEOUT_MS, Database, insert_rows, with_rows
 from gateway.store.ledger_reader import LedgerReader
 
 CONTACT_COLUMNS = (
@@ -347,23 +347,67 @@ class SuppressionEntry:
 _COPY_SQL = ("SELECT d.recipient, (SELECT language FROM contacts WHERE id = ?)"
              " FROM deliveries d WHERE d.id = ?")
 _CONTACT_OF_COPY_SQL = "SELECT address, language FROM contacts WHERE id = ?"
+# over k(i, d, c): the (address, language) of each copy an unsubscribe token names, as
+# recipient_of_copy finds it (the delivery's recipient, else the contact's address), as one
+# row: [i, address or null, language]
+_COPIES_SQL = ("SELECT json_group_array(json_array(k.i, coalesce(d.recipient, c.address),"
+               " c.language)) FROM k LEFT JOIN deliveries d ON d.id = k.d"
+               " LEFT JOIN contacts c ON c.id = k.c")
 _SUPPRESS_SQL = "INSERT OR IGNORE INTO suppression (hash, created_at, channel) VALUES (?, ?, ?)"
-_OBJECTION_SQL = (
+_SUPPRESSED_SQL = "SELECT json_group_array(hex(s.hash)) FROM k JOIN suppression s ON s.hash = k.h"
+_OBJECTIONS_SQL = (  # over k(a, channel, reason, ip)
     "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel, wording, ip,"
-    " recorded_at) SELECT id, 'objection', ?, ?, ?, ?, ? FROM contacts WHERE address = ?")
+    " recorded_at) SELECT c.id, 'objection', ?, k.channel, k.reason, k.ip, ? FROM k"
+    " JOIN contacts c ON c.address = k.a")
+_REPLAYS_SQL = "SELECT json_group_array(w.id) FROM k JOIN webhook_events w ON w.id = k.e"
 
 
-def record_objection(conn: sqlite3.Connection, digest: bytes, address: str, channel: str,
-                     reason: str | None, ip: str | None, now: float) -> bool:
-    """In a write transaction: the suppression entry, the objection event (when the ledger
-    holds the address) and the accounts' notifications, in one commit. False when the address
-    was suppressed already (nothing else is written then)."""
-    if conn.execute(_SUPPRESS_SQL, (digest, now, channel)).rowcount != 1:
-        return False
-    conn.execute(_OBJECTION_SQL, (now, channel, reason, ip, now, address))
-    conn.execute(notifications.NOTIFY_SQL, notifications.notification_params(address, channel,
-                                                                              now))
-    return True
+class Objection(NamedTuple):
+    digest: bytes  # the keyed hash of `address`
+    address: str  # in ledger form
+    channel: str
+    reason: str | None
+    ip: str | None
+
+
+def record_objections(conn: sqlite3.Connection, objections: Sequence[Objection],
+                      now: float) -> list[bool]:
+    """In a write transaction: for each address not suppressed yet, the suppression entry,
+    the objection event (when the ledger holds the address) and the accounts'
+    notifications, all in the caller's commit. For each objection, whether it suppressed its
+    address (False: suppressed already, before or by an earlier one of `objections`; nothing
+    is written for it then).
+
+    A handful of statements for the whole set, not three per objection: a burst of one-click
+    POSTs shares the writer's transactions with the message commits, and each statement
+    makes the writer thread wait for the GIL behind the busy event loop (bench/README.md,
+    unsubscribe)."""
+    first: dict[bytes, int] = {}
+    for index, objection in enumerate(objections):
+        first.setdefault(objection.digest, index)
+    if len(first) == 1:  # the usual single objection: the insert says whether it is new
+        objection = objections[0]
+        new = [0] if conn.execute(_SUPPRESS_SQL, (objection.digest, now, objection.channel)
+                                  ).rowcount == 1 else []
+    else:
+        suppressed = {bytes.fromhex(h)
+                      for document in with_rows(conn, "k(h)", [(d,) for d in first],
+                                                _SUPPRESSED_SQL)
+                      for h in json.loads(document)}
+        new = [index for digest, index in first.items() if digest not in suppressed]
+        insert_rows(conn, "INSERT INTO suppression (hash, created_at, channel)",
+                    [(objections[i].digest, now, objections[i].channel) for i in new])
+    if new:
+        with_rows(conn, "k(a, channel, reason, ip)",
+                  [objections[i][1:] for i in new], _OBJECTIONS_SQL, (now, now))
+        with_rows(conn, "k(n, body)",
+                  [(n, notifications.notification_body(objections[i].address,
+                                                       objections[i].channel, now))
+                   for n, i in enumerate(new)], notifications.NOTIFY_SQL, (now, now, now))
+    added = [False] * len(objections)
+    for index in new:
+        added[index] = True
+    return added
 
 
 class Ledger:
@@ -396,9 +440,9 @@ class Ledger:
         """Add `address` to the suppression list (and an objection event when the ledger holds
         it), committed before returning. False when it was already there."""
         key = normalize_address(address)
-        digest, now = self.hasher(key), time.time()
-        return await self.db.write(
-            lambda conn: record_objection(conn, digest, key, channel, reason, ip, now))
+        objection = Objection(self.hasher(key), key, channel, reason, ip)
+        now = time.time()
+        return (await self.db.write(lambda conn: record_objections(conn, [objection], now)))[0]
 
     async def unsuppress(self, address: str, reason: str | None = None) -> None:
         """Lift a suppression (an operator's deliberate act, recorded on the contact)."""
@@ -462,17 +506,26 @@ class Ledger:
         hasher = self.hasher
 
         def write(conn: sqlite3.Connection) -> list[tuple[str, str | None, bool] | None]:
-            results: list[tuple[str, str | None, bool] | None] = []
-            for delivery_id, contact_id, channel, ip in items:
-                row = conn.execute(_COPY_SQL, (contact_id, delivery_id)).fetchone()
-                if row is None and contact_id:
-                    row = conn.execute(_CONTACT_OF_COPY_SQL, (contact_id,)).fetchone()
-                if row is None:
-                    results.append(None)
-                    continue
-                key = ledger_form(row[0])  # the form RCPT hashes, so the next RCPT sees it
-                added = record_objection(conn, hasher(key), key, channel, None, ip, now)
-                results.append((row[0], row[1], added))
+            found: list[tuple[str, str | None] | None] = [None] * len(items)
+            for document in with_rows(conn, "k(i, d, c)",
+                                      [(i, item[0], item[1]) for i, item in enumerate(items)],
+                                      _COPIES_SQL):
+                for index, address, language in json.loads(document):
+                    if address is not None:
+                        found[index] = (address, language)
+            where, objections = [], []
+            for index, copy in enumerate(found):
+                if copy is not None:
+                    key = ledger_form(copy[0])  # the form RCPT hashes: the next RCPT sees it
+                    where.append(index)
+                    objections.append(Objection(hasher(key), key, items[index][2], None,
+                                                items[index][3]))
+            results: list[tuple[str, str | None, bool] | None] = [None] * len(items)
+            for index, added in zip(where, record_objections(conn, objections, now),
+                                    strict=True):
+                copy = found[index]
+                assert copy is not None
+                results[index] = (copy[0], copy[1], added)
             return results
 
         return await self.db.write(write)
@@ -480,21 +533,27 @@ class Ledger:
     async def suppress_events(self, events: Sequence[tuple[str | None, str, str | None]],
                               channel: str, ip: str | None) -> tuple[int, int]:
         """Suppress each (event id, address, reason) in one transaction; an event id seen
-        before is a replay and is skipped. Returns (newly suppressed, replays)."""
+        before (in an earlier call or earlier in `events`) is a replay and is skipped.
+        Returns (newly suppressed, replays)."""
         now = time.time()
-        params = [(event_id, self.hasher(address), address, reason)
-                  for event_id, address, reason in events]
+        objections = [(event_id, Objection(self.hasher(address), address, channel, reason, ip))
+                      for event_id, address, reason in events]
 
         def write(conn: sqlite3.Connection) -> tuple[int, int]:
-            added = replays = 0
-            for event_id, digest, address, reason in params:
-                if event_id is not None and conn.execute(
-                        "INSERT OR IGNORE INTO webhook_events (id, received_at) VALUES (?, ?)",
-                        (event_id, now)).rowcount == 0:
-                    replays += 1
-                    continue
-                added += record_objection(conn, digest, address, channel, reason, ip, now)
-            return added, replays
+            ids = list(dict.fromkeys(e for e, _ in objections if e is not None))
+            seen = {i for document in with_rows(conn, "k(e)", [(i,) for i in ids], _REPLAYS_SQL)
+                    for i in json.loads(document)}
+            fresh, received, replays = [], [], 0
+            for event_id, objection in objections:
+                if event_id is not None:
+                    if event_id in seen:
+                        replays += 1
+                        continue
+                    seen.add(event_id)
+                    received.append((event_id, now))
+                fresh.append(objection)
+            insert_rows(conn, "INSERT INTO webhook_events (id, received_at)", received)
+            return sum(record_objections(conn, fresh, now)), replays
 
         return await self.db.write(write)
 

@@ -12,18 +12,18 @@ from dataclasses import dataclass
 
 from gateway.store.db import Database
 
+# Over the common table k(n, body) (db.with_rows), in the caller's transaction: a
+# notification for each objection n and each account with a notify_url.
 NOTIFY_SQL = (
     "INSERT INTO notifications (account, url, body, next_attempt_at, created_at, updated_at)"
-    " SELECT name, notify_url, ?, ?, ?, ? FROM accounts"
-    " WHERE notify_url IS NOT NULL AND notify_url != ''")
+    " SELECT a.name, a.notify_url, k.body, ?, ?, ? FROM k, accounts a"
+    " WHERE a.notify_url IS NOT NULL AND a.notify_url != '' ORDER BY k.n, a.name")
 
 
-def notification_params(address: str, channel: str, at: float) -> tuple[object, ...]:
-    """NOTIFY_SQL's parameters: one notification per account with a notify_url, written in
-    the caller's transaction."""
-    body = json.dumps({"event": "objection", "email": address, "channel": channel,
-                       "at": at}, separators=(",", ":"))
-    return (body, at, at, at)
+def notification_body(address: str, channel: str, at: float) -> str:
+    """The JSON document POSTed to the accounts' notify_url for one objection."""
+    return json.dumps({"event": "objection", "email": address, "channel": channel, "at": at},
+                      separators=(",", ":"))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -252,3 +253,90 @@ async def test_a_batch_of_lookups_reads_back_exact_values_in_key_order(db, hashe
     import datetime
     assert [f.contact.consent_at for f in found[1:]] == [  # type: ignore[union-attr]
         datetime.datetime(2026, 1, day, tzinfo=datetime.UTC).timestamp() for day in (3, 2, 1)]
+
+
+def _copies(db: Database, recipients: list[str]) -> list[int]:
+    """Queue rows (one message) for `recipients`: the delivery ids, in order."""
+    now = time.time()
+    with sqlite3.connect(db.path) as conn:
+        conn.execute("INSERT INTO messages (id, received_at, account, client_ip, mail_from,"
+                     " size, content) VALUES ('m1', ?, 'crm', '127.0.0.1', 's@crm.example',"
+                     " 1, x'00')", (now,))
+        return [conn.execute("INSERT INTO deliveries (message_id, recipient, state,"
+                             " next_attempt_at, created_at, updated_at) VALUES ('m1', ?,"
+                             " 'sent', ?, ?, ?)", (r, now, now, now)).lastrowid or 0
+                for r in recipients]
+
+
+async def test_a_group_of_objections_is_recorded_as_one_at_a_time_would(db, hasher):
+    """object_to_copies over a group with everything a burst of POSTs can hold: the same copy
+    twice, two copies of one address, an address suppressed before, a copy whose queue row is
+    gone (the contact's address), tokens naming nothing. One transaction, the same outcome
+    as one objection after the other: a suppression entry, an event and a notification per
+    address, once."""
+    import_csv(db, hasher, "email,language\na@example.com,fr\nb@example.com,de\n"
+                           "c@example.com,\nd@example.com,es\n")
+    ledger = Ledger(db, hasher)
+    assert await ledger.suppress("c@example.com", "manual")
+    with sqlite3.connect(db.path) as conn:
+        conn.execute("INSERT INTO accounts (name, password_hash, notify_url, created_at,"
+                     " updated_at) VALUES ('crm', 'x', 'https://crm.example/hook', 0, 0)")
+        ids = dict(conn.execute("SELECT address, id FROM contacts"))
+    d_a, d_a2, d_b, d_c = _copies(db, ["a@example.com", "A@EXAMPLE.COM", "b@example.com",
+                                       "c@example.com"])
+    results = await ledger.object_to_copies([
+        (d_a, ids["a@example.com"], "one-click", "192.0.2.1"),
+        (d_b, ids["b@example.com"], "link", "192.0.2.2"),
+        (d_a, ids["a@example.com"], "one-click", "192.0.2.3"),  # the same POST again
+        (d_a2, ids["a@example.com"], "one-click", None),  # another copy, same address
+        (d_c, ids["c@example.com"], "one-click", None),  # suppressed before
+        (999_999, ids["d@example.com"], "one-click", "192.0.2.4"),  # queue row gone
+        (999_998, 0, "one-click", None),  # nothing: no copy, no contact
+        (d_b, 888_888, "one-click", None),  # the copy, a contact id the ledger lost
+    ])
+    assert results == [
+        ("a@example.com", "fr", True), ("b@example.com", "de", True),
+        ("a@example.com", "fr", False), ("A@EXAMPLE.COM", "fr", False),
+        ("c@example.com", None, False), ("d@example.com", "es", True), None,
+        ("b@example.com", None, False)]
+    entries = {e.address: e.channel for e in await ledger.suppression_list()}
+    assert entries == {"a@example.com": "one-click", "b@example.com": "link",
+                       "c@example.com": "manual", "d@example.com": "one-click"}
+    events = await db.fetchall("SELECT c.address, e.channel, e.ip FROM contact_events e"
+                               " JOIN contacts c ON c.id = e.contact_id"
+                               " WHERE e.kind = 'objection' ORDER BY c.address")
+    assert [tuple(r) for r in events] == [
+        ("a@example.com", "one-click", "192.0.2.1"), ("b@example.com", "link", "192.0.2.2"),
+        ("c@example.com", "manual", None), ("d@example.com", "one-click", "192.0.2.4")]
+    bodies = [json.loads(r[0]) for r in await db.fetchall(
+        "SELECT body FROM notifications ORDER BY id")]
+    assert [(b["email"], b["channel"]) for b in bodies] == [  # c's came before the account
+        ("a@example.com", "one-click"), ("b@example.com", "link"),
+        ("d@example.com", "one-click")]
+    assert await ledger.object_to_copies([(d_a, ids["a@example.com"], "one-click", None)]) == [
+        ("a@example.com", "fr", False)]
+    assert len(await ledger.suppression_list()) == 4
+
+
+async def test_a_webhook_batch_skips_replays_within_it_and_from_before(db, hasher):
+    import_csv(db, hasher, "email\na@example.com\n")
+    ledger = Ledger(db, hasher)
+    assert await ledger.suppress_events([("e1", "a@example.com", "complaint")],
+                                        "webhook", "192.0.2.9") == (1, 0)
+    assert await ledger.suppress_events([
+        ("e1", "b@example.com", None),  # replayed id: skipped although b is new
+        ("e2", "c@example.com", None),
+        ("e2", "d@example.com", None),  # the same id twice in one batch: the second is a replay
+        ("e3", "c@example.com", None),  # a new id for an address this batch suppressed
+        (None, "e@example.com", "bounce"),
+        (None, "a@example.com", None),  # suppressed before
+    ], "webhook", None) == (2, 2)
+    suppressed = {e.hash for e in await ledger.suppression_list()}
+    assert suppressed == {hasher(a) for a in ("a@example.com", "c@example.com",
+                                              "e@example.com")}
+    received = await db.fetchall("SELECT id FROM webhook_events ORDER BY id")
+    assert [r[0] for r in received] == ["e1", "e2", "e3"]
+    contact = await ledger.contact("a@example.com")
+    assert contact is not None
+    assert [(e.kind, e.wording, e.ip) for e in await ledger.events(contact.id or 0)] == [
+        ("objection", "complaint", "192.0.2.9")]
