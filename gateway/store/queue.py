@@ -132,6 +132,14 @@ class QueueStore:
         def write(conn: sqlite3.Connection) -> list[list[Copy]]:
             insert_rows(conn, "INSERT INTO messages (id, received_at, account, client_ip,"
                         " mail_from, size, content, subject)", stored)
+            # the ids as SQLite would give them (one past the largest), so that every copy
+            # is one multi-row insert, not one statement (one GIL hand-off) each; nobody
+            # else writes inside this transaction
+            [(delivery_id,)] = conn.execute(
+                "SELECT coalesce(max(id), 0) + 1 FROM deliveries").fetchall()
+            rows: list[tuple[object, ...]] = []
+            refused: list[tuple[object, ...]] = []
+            held: list[tuple[object, ...]] = []
             result = []
             for message in messages:
                 copies = []
@@ -139,32 +147,25 @@ class QueueStore:
                     basis = {rcpt: (contact, rule) for rcpt, contact, rule in m.basis}
                     for rcpt in m.recipients:
                         contact_id, rule = basis.get(rcpt, (None, None))
-                        cur = conn.execute(
-                            "INSERT INTO deliveries (message_id, recipient, state, attempts,"
-                            " next_attempt_at, claimed_by, claimed_until, created_at,"
-                            " updated_at, contact_id, rule)"
-                            " VALUES (?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?)",
-                            (m.id, rcpt, now, instance, claim_until, now, now, contact_id,
-                             rule))
-                        assert cur.lastrowid is not None
-                        copies.append(Copy(cur.lastrowid, m.id, m.account, m.mail_from, rcpt,
+                        rows.append((delivery_id, m.id, rcpt, "queued", 0, now, instance,
+                                     claim_until, now, now, contact_id, rule))
+                        copies.append(Copy(delivery_id, m.id, m.account, m.mail_from, rcpt,
                                            m.content, 0, m.received_at, contact_id, rule))
-                if message.refused:
-                    conn.executemany(
-                        "INSERT INTO deliveries (message_id, recipient, state, attempts,"
-                        " next_attempt_at, last_error, created_at, updated_at)"
-                        " VALUES (?, ?, 'failed', 0, ?, ?, ?, ?)",
-                        [(message.id, r.recipient, now, r.error, now, now)
-                         for r in message.refused])
-                if message.held:
-                    conn.executemany(
-                        "INSERT INTO quarantine (message_id, created_at, account, client_ip,"
-                        " mail_from, recipient, subject, rule, reason, basis)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(message.id, now, message.account, message.client_ip,
-                          message.mail_from, h.recipient, message.subject, h.decision.rule,
-                          h.decision.reason, h.decision.basis) for h in message.held])
+                        delivery_id += 1
+                refused.extend((message.id, r.recipient, "failed", 0, now, r.error, now, now)
+                               for r in message.refused)
+                held.extend((message.id, now, message.account, message.client_ip,
+                             message.mail_from, h.recipient, message.subject, h.decision.rule,
+                             h.decision.reason, h.decision.basis) for h in message.held)
                 result.append(copies)
+            insert_rows(conn, "INSERT INTO deliveries (id, message_id, recipient, state,"
+                        " attempts, next_attempt_at, claimed_by, claimed_until, created_at,"
+                        " updated_at, contact_id, rule)", rows)
+            # after the copies: their ids are taken
+            insert_rows(conn, "INSERT INTO deliveries (message_id, recipient, state, attempts,"
+                        " next_attempt_at, last_error, created_at, updated_at)", refused)
+            insert_rows(conn, "INSERT INTO quarantine (message_id, created_at, account,"
+                        " client_ip, mail_from, recipient, subject, rule, reason, basis)", held)
             insert_records(conn, audit)
             return result
 
