@@ -510,13 +510,34 @@ level = "WARNING"
 
     # 3-4. SMTP windows ------------------------------------------------------------------
 
+    def cpu_snapshot(self) -> tuple[float, float, float, float, float]:
+        """(monotonic time, gateway CPU, its event loop's (main thread's) CPU, this process's
+        CPU (the SMTP client), the machine's busy CPU), in seconds."""
+        assert self.gateway is not None
+        own = os.times()
+        tick = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:]]
+        busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+        try:  # the main thread: its id is the process id
+            pid = self.gateway.pid
+            fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+            loop = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            loop = 0.0
+        return (time.monotonic(), cpu_seconds(self.gateway.pid) or 0.0, loop,
+                own.user + own.system, busy / tick)
+
     def smtp_window(self, label: str, first: int, posts: PostClient | None = None
-                    ) -> tuple[LoadResult, PostResult | None, float | None]:
+                    ) -> tuple[LoadResult, PostResult | None, float | None, tuple[float, ...]]:
         """One SMTP window of --duration seconds; with `posts`, the POSTs start --lead seconds
-        in and the window lasts at least until they are all answered."""
+        in and the window lasts at least until they are all answered. The last item: the CPU
+        shares (gateway, SMTP client, machine) from --lead seconds in until the POSTs are
+        answered (else the window's end)."""
         duration, lead, sessions = self.args.duration, self.args.lead, self.args.sessions
         assert self.gateway is not None
         cpu0 = cpu_seconds(self.gateway.pid)
+        marks = []
 
         async def body() -> tuple[LoadResult, PostResult | None]:
             stop = asyncio.Event()
@@ -524,12 +545,16 @@ level = "WARNING"
                 await posts.start()
             load = asyncio.create_task(smtp_load(self.smtp_port, sessions, stop, first))
             await asyncio.sleep(lead)
+            marks.append(self.cpu_snapshot())
             posted: PostResult | None = None
             if posts is not None:
                 posts.go()
                 posted = await posts.result(timeout=600)
+            else:
+                await asyncio.sleep(duration - lead)
+            marks.append(self.cpu_snapshot())
             await asyncio.sleep(max(0.0, duration - lead - (posted.t1 - posted.t0
-                                                             if posted else 0.0)))
+                                                             if posted else duration - lead)))
             stop.set()
             return await load, posted
 
@@ -550,7 +575,9 @@ level = "WARNING"
             raise RuntimeError(f"{len(load.errors)} SMTP session(s) failed in {label}")
         if not load.accepted:
             raise RuntimeError(f"no message accepted in {label}")
-        return load, posted, gateway_cpu
+        (t0, *c0), (t1, *c1) = marks
+        return load, posted, gateway_cpu, tuple((b - a) / (t1 - t0) for a, b in zip(c0, c1,
+                                                                          strict=True))
 
     def run_windows(self) -> None:
         a = self.args
@@ -560,17 +587,17 @@ level = "WARNING"
               f"{a.concurrency} {a.client} clients starting {a.lead:g} s in, baseline again. "
               f"Rates skip the first {a.lead:g} s; delivery catches up between windows ...",
               flush=True)
-        before, _, _ = self.smtp_window("baseline (before)", 0)
+        before, _, _, cpu_before = self.smtp_window("baseline (before)", 0)
         caught = self.wait_delivered()
         spec = self.tmp / "posts.json"
         urls = [self.urls[unsubscriber(i)] for i in range(a.posts)]
         spec.write_text(json.dumps({"urls": urls, "concurrency": a.concurrency,
                                     "client": a.client, "timeout": 60.0}))
         client = PostClient(self.procs, spec, self.tmp / "post-client.log")
-        loaded, posted, _ = self.smtp_window("with POSTs", 7, client)
+        loaded, posted, _, cpu_posts = self.smtp_window("with POSTs", 7, client)
         assert posted is not None
         caught2 = self.wait_delivered()
-        after, _, _ = self.smtp_window("baseline (after)", 13)
+        after, _, _, cpu_after = self.smtp_window("baseline (after)", 13)
         caught3 = self.wait_delivered()
         print(f"  delivery caught up {caught:.1f} / {caught2:.1f} / {caught3:.1f} s after each "
               "window")
@@ -607,6 +634,15 @@ level = "WARNING"
               f"them {during:,.0f} ({post_seconds:.2f} s), after them {rest:,.0f}, whole window "
               f"{whole:,.0f}")
         print(f"  ratio during POSTs / baseline = {ratio:.2f}")
+        cores = os.cpu_count() or 0
+        print(f"  CPU, % of a core: the gateway (its event loop), the SMTP client, the POST "
+              f"client; the whole machine (of {cores * 100}%):")
+        for label, (gateway, loop, smtp, machine), post in (
+                ("baseline before", cpu_before, "-"),
+                ("during the POSTs", cpu_posts, f"{posted.cpu / post_seconds:.0%}"),
+                ("baseline after", cpu_after, "-")):
+            print(f"    {label:16s}  {gateway:4.0%} ({loop:.0%}), {smtp:.0%}, {post}; "
+                  f"{machine:.0%}")
         print(f"  SMTP end-of-DATA -> 250, p50 / p99: baseline before "
               f"{before.data_latency(before.started + a.lead, before.ended)}, during the POSTs "
               f"{loaded.data_latency(posted.t0, posted.t1)}, after them "
