@@ -362,6 +362,20 @@ _OBJECTIONS_SQL = (  # over k(a, channel, reason, ip)
 _REPLAYS_SQL = "SELECT json_group_array(w.id) FROM k JOIN webhook_events w ON w.id = k.e"
 
 
+# over k(id): R4's purge mark, once
+_MARK_EXPIRED_SQL = ("UPDATE contacts SET retention_expired_at = ? WHERE id IN (SELECT id FROM k)"
+                     " AND retention_expired_at IS NULL")
+# over k(id) / k(id, version): who of them was never informed; inform them; the event
+_NOT_INFORMED_SQL = ("SELECT json_group_array(c.id) FROM k JOIN contacts c ON c.id = k.id"
+                     " WHERE c.informed_at IS NULL")
+_MARK_INFORMED_SQL = (
+    "UPDATE contacts SET informed_at = ?, informed_version = (SELECT version FROM k"
+    " WHERE k.id = contacts.id), updated_at = ? WHERE id IN (SELECT id FROM k)")
+_INFORMATION_SQL = (
+    "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel, wording,"
+    " recorded_at) SELECT id, 'information', ?, 'notice', version, ? FROM k")
+
+
 class Objection(NamedTuple):
     digest: bytes  # the keyed hash of `address`
     address: str  # in ledger form
@@ -461,27 +475,37 @@ class Ledger:
     async def mark_expired(self, contact_ids: Sequence[int]) -> list[None]:
         """R4 "reject, and mark for purge": note when retention was found expired, once.
         `gateway retention run` purges what is marked (a GroupCommitter's write)."""
-        params = [(time.time(), i) for i in contact_ids]
-        await self.db.write_one(
-            "UPDATE contacts SET retention_expired_at = ? WHERE id = ?"
-            " AND retention_expired_at IS NULL", params, many=True)
+        now = time.time()
+        ids = [(i,) for i in contact_ids]
+        await self.db.write(lambda conn: with_rows(conn, "k(id)", ids, _MARK_EXPIRED_SQL, (now,)))
         return [None] * len(contact_ids)
 
     async def mark_informed(self, informed: Sequence[tuple[int, str]]) -> list[None]:
         """GDPR 14: the person received the full information (notice version), now. Once: a
-        later message does not move the date. Appends an `information` event too."""
+        later message does not move the date (nor a later item of `informed` for the same
+        contact). Appends an `information` event too. A few statements for the whole group
+        (one per kind), not two per contact: see record_objections."""
         now = time.time()
+        first: dict[int, str] = {}
+        for contact_id, version in informed:
+            first.setdefault(contact_id, version)
 
         def write(conn: sqlite3.Connection) -> None:
-            for contact_id, version in informed:
-                cur = conn.execute(
-                    "UPDATE contacts SET informed_at = ?, informed_version = ?, updated_at = ?"
-                    " WHERE id = ? AND informed_at IS NULL", (now, version, now, contact_id))
-                if cur.rowcount:
-                    conn.execute(
-                        "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at,"
-                        " channel, wording, recorded_at) VALUES (?, 'information', ?,"
-                        " 'notice', ?, ?)", (contact_id, now, version, now))
+            if len(first) == 1:  # one contact: the update says whether it is the first time
+                [(contact_id, version)] = first.items()
+                if not conn.execute(
+                        "UPDATE contacts SET informed_at = ?, informed_version = ?,"
+                        " updated_at = ? WHERE id = ? AND informed_at IS NULL",
+                        (now, version, now, contact_id)).rowcount:
+                    return
+                rows = [(contact_id, version)]
+            else:
+                new = {i for document in with_rows(conn, "k(id)", [(i,) for i in first],
+                                                   _NOT_INFORMED_SQL)
+                       for i in json.loads(document)}
+                rows = [(i, version) for i, version in first.items() if i in new]
+                with_rows(conn, "k(id, version)", rows, _MARK_INFORMED_SQL, (now, now))
+            with_rows(conn, "k(id, version)", rows, _INFORMATION_SQL, (now, now))
 
         await self.db.write(write)
         return [None] * len(informed)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from gateway.errors import NotFound, Refused
 from gateway.model import Decision
 from gateway.store.audit import AuditRecord, insert_records
-from gateway.store.db import Database, insert_rows
+from gateway.store.db import Database, insert_rows, with_rows
 
 STATES = ("queued", "deferred", "failed", "sent")
 POLICY_REFUSAL = re.compile(r"550 5\.7\.1 (R\d+|M\d|T\d) ")
@@ -173,11 +173,15 @@ class QueueStore:
 
     async def mark_sent(self, delivery_ids: Sequence[int]) -> list[None]:
         """Record copies as sent, in one transaction (the worker batches them)."""
-        params = [(time.time(), i) for i in delivery_ids]
-        await self.db.write_one(
+        now = time.time()
+        ids = [(i,) for i in delivery_ids]
+        # one statement for the batch, not one per copy (each waits for the GIL behind the
+        # event loop: ledger.record_objections)
+        await self.db.write(lambda conn: with_rows(
+            conn, "k(id)", ids,
             "UPDATE deliveries SET state = 'sent', attempts = attempts + 1, last_error = NULL,"
-            " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ?", params,
-            many=True)
+            " claimed_by = NULL, claimed_until = NULL, updated_at = ?"
+            " WHERE id IN (SELECT id FROM k)", (now,)))
         return [None] * len(delivery_ids)
 
     async def defer(self, delivery_id: int, error: str, next_attempt_at: float) -> None:

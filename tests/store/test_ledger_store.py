@@ -340,3 +340,29 @@ async def test_a_webhook_batch_skips_replays_within_it_and_from_before(db, hashe
     assert contact is not None
     assert [(e.kind, e.wording, e.ip) for e in await ledger.events(contact.id or 0)] == [
         ("objection", "complaint", "192.0.2.9")]
+
+
+async def test_informed_and_expired_marks_of_a_group_are_set_once(db, hasher):
+    """mark_informed over a group (as the copies' composer batches it): the first notice
+    version given for a contact wins, a contact informed before keeps its date, one
+    `information` event each. mark_expired: only contacts not marked yet."""
+    import_csv(db, hasher, "email\na@example.com\nb@example.com\nc@example.com\n")
+    ledger = Ledger(db, hasher)
+    with sqlite3.connect(db.path) as conn:
+        ids = dict(conn.execute("SELECT address, id FROM contacts"))
+        conn.execute("UPDATE contacts SET informed_at = 1.0, informed_version = 'v0',"
+                     " retention_expired_at = 2.0 WHERE address = 'c@example.com'")
+    a, b, c = ids["a@example.com"], ids["b@example.com"], ids["c@example.com"]
+    await ledger.mark_informed([(a, "v1"), (c, "v1"), (a, "v2"), (b, "v2")])
+    await ledger.mark_informed([(b, "v3")])  # already informed: no change
+    await ledger.mark_expired([a, c, a])
+    rows = await db.fetchall("SELECT address, informed_version, informed_at IS NOT NULL,"
+                             " informed_at = 1.0, retention_expired_at FROM contacts"
+                             " ORDER BY address")
+    assert [tuple(r[:4]) for r in rows] == [("a@example.com", "v1", 1, 0),
+                                             ("b@example.com", "v2", 1, 0),
+                                             ("c@example.com", "v0", 1, 1)]
+    assert rows[0][4] is not None and rows[1][4] is None and rows[2][4] == 2.0
+    events = await db.fetchall("SELECT contact_id, wording FROM contact_events"
+                               " WHERE kind = 'information' ORDER BY contact_id")
+    assert [tuple(e) for e in events] == sorted([(a, "v1"), (b, "v2")])
