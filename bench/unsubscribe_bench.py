@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +78,14 @@ BODY = ("Hello,\r\n\r\nThis is the weekly news from Example. " * 3 + "\r\n") * 8
 
 TARGET_POST_P99_MS = 100.0
 TARGET_SMTP_RATIO = 0.80
+
+
+WEBHOOK_SECRET = "bench-webhook-secret-0123456789abcdef"  # noqa: S105 - the bench's own
+
+
+def webhooker(i: int) -> str:
+    """The addresses of the webhook batch (in the ledger, not mailed)."""
+    return f"w{i}@example.net"
 
 
 def unsubscriber(i: int) -> str:
@@ -369,6 +380,7 @@ class Bench:
         self.db = tmp / "gateway.db"
         self.csv = tmp / "contacts.csv"
         self.log = tmp / "gateway.log"
+        self.action_result: Any = None  # what smtp_window's `action` returned
         self.outbox = tmp / "outbox"
         self.summary = Summary("one run on a noisy 2-core VM; the clients share the cores with "
                                "the gateway")
@@ -396,6 +408,9 @@ public_url = "http://{HOST}:{self.http_port}"
 [store]
 url = "sqlite:///{self.db}"
 
+[webhooks]
+opt_out_secret = "{WEBHOOK_SECRET}"
+
 [secrets]
 token_key_file = "{self.tmp / 'secrets' / 'token.key'}"
 
@@ -412,9 +427,10 @@ level = "WARNING"
 
     def setup(self) -> None:
         n = self.args.posts
-        print(f"\n[1/5] set-up: ledger of {n:,} u* + {SENDER_CONTACTS:,} s* contacts with "
+        print(f"\n[1/6] set-up: ledger of {n:,} u* + {SENDER_CONTACTS:,} s* contacts with "
               "consent, account `bench` ...", flush=True)
-        rows = [unsubscriber(i) for i in range(n)] + [sendee(i) for i in range(SENDER_CONTACTS)]
+        rows = ([unsubscriber(i) for i in range(n)] + [sendee(i) for i in range(SENDER_CONTACTS)]
+                + [webhooker(i) for i in range(self.args.webhook_events)])
         self.csv.write_text(CSV_HEADER + "\n" + "".join(
             f"{a},person,granted,2026-01-05,web form,signup form,direct\n" for a in rows))
         imported = self.cli("contacts", "import", str(self.csv))
@@ -470,7 +486,7 @@ level = "WARNING"
 
     def collect_tokens(self) -> None:
         n = self.args.posts
-        print(f"\n[2/5] tokens: one message to each of the {n:,} u* addresses (and one to each "
+        print(f"\n[2/6] tokens: one message to each of the {n:,} u* addresses (and one to each "
               f"s* address, so first-message work is out of the measured windows), "
               f"{RCPTS_PER_WARMUP_MESSAGE} RCPTs per message ...", flush=True)
         self.start_gateway()
@@ -528,11 +544,13 @@ level = "WARNING"
         return (time.monotonic(), cpu_seconds(self.gateway.pid) or 0.0, loop,
                 own.user + own.system, busy / tick)
 
-    def smtp_window(self, label: str, first: int, posts: PostClient | None = None
+    def smtp_window(self, label: str, first: int, posts: PostClient | None = None,
+                    action: Callable[[], Awaitable[Any]] | None = None
                     ) -> tuple[LoadResult, PostResult | None, float | None, tuple[float, ...]]:
         """One SMTP window of --duration seconds; with `posts`, the POSTs start --lead seconds
-        in and the window lasts at least until they are all answered. The last item: the CPU
-        shares (gateway, SMTP client, machine) from --lead seconds in until the POSTs are
+        in and the window lasts at least until they are all answered; `action` is awaited
+        --lead seconds in (its result in self.action_result). The last item: the CPU shares
+        (gateway, its loop, SMTP client, machine) from --lead seconds in until the POSTs are
         answered (else the window's end)."""
         duration, lead, sessions = self.args.duration, self.args.lead, self.args.sessions
         assert self.gateway is not None
@@ -546,6 +564,8 @@ level = "WARNING"
             load = asyncio.create_task(smtp_load(self.smtp_port, sessions, stop, first))
             await asyncio.sleep(lead)
             marks.append(self.cpu_snapshot())
+            if action is not None:
+                self.action_result = await action()
             posted: PostResult | None = None
             if posts is not None:
                 posts.go()
@@ -581,7 +601,7 @@ level = "WARNING"
 
     def run_windows(self) -> None:
         a = self.args
-        print(f"\n[3/5] SMTP windows: {a.sessions} sessions, one message after another "
+        print(f"\n[3/6] SMTP windows: {a.sessions} sessions, one message after another "
               f"(1 RCPT, ~{len(message('s0@example.net', 0)) // 100 / 10:.1f} KB, connection "
               f"reused), {a.duration:g} s each: baseline, with {a.posts:,} POSTs from "
               f"{a.concurrency} {a.client} clients starting {a.lead:g} s in, baseline again. "
@@ -618,7 +638,7 @@ level = "WARNING"
         post_rate = n_done / post_seconds if post_seconds > 0 else float("nan")
         p50, p99, pmax = (pct(posted.latencies, p) for p in (50, 99, 100))
 
-        print(f"\n[4/5] the POSTs: {n_done:,} in {post_seconds:.2f} s = {post_rate:,.0f}/s from "
+        print(f"\n[4/6] the POSTs: {n_done:,} in {post_seconds:.2f} s = {post_rate:,.0f}/s from "
               f"{a.concurrency} clients; 200 x {ok200:,}"
               + "".join(f", {k} x {v}" for k, v in sorted(others.items()))
               + f", errors x {errors}")
@@ -665,11 +685,67 @@ level = "WARNING"
               f">= {TARGET_SMTP_RATIO:.2f}", ratio >= TARGET_SMTP_RATIO)
         s.add("(whole POST window / baseline)", f"{whole / baseline:.2f}", "", None)
 
-    # 5. checks ----------------------------------------------------------------------------
+    # 5. a webhook batch -------------------------------------------------------------------
+
+    def webhook_action(self) -> Callable[[], Awaitable[tuple[float, float, int, str]]]:
+        """The signed POST /webhooks/opt-out of --webhook-events events, ready to go: httpx
+        imported, the body built and signed, the client made (its TLS context takes tens of
+        ms), so that none of it stalls the SMTP sessions sharing the client's event loop.
+        Awaited: (start, end, status, body)."""
+        import httpx
+
+        n = self.args.webhook_events
+        body = json.dumps({"events": [{"id": f"bench-{i}", "email": webhooker(i),
+                                       "reason": "bench"} for i in range(n)]},
+                          separators=(",", ":")).encode()
+        stamp = int(time.time())
+        mac = hmac.new(WEBHOOK_SECRET.encode(), b"%d." % stamp + body, hashlib.sha256)
+        headers = {"X-Gateway-Signature": f"t={stamp},v1={mac.hexdigest()}",
+                   "Content-Type": "application/json"}
+        client = httpx.AsyncClient(timeout=60.0)
+        url = f"http://{HOST}:{self.http_port}/webhooks/opt-out"
+
+        async def post() -> tuple[float, float, int, str]:
+            try:
+                t0 = time.monotonic()
+                answer = await client.post(url, content=body, headers=headers)
+                t1 = time.monotonic()
+            finally:
+                await client.aclose()
+            return t0, t1, answer.status_code, answer.text.strip()
+
+        return post
+
+    def run_webhook(self) -> None:
+        """A batch of --webhook-events events (an ESP pushing its complaints) in one POST,
+        while the SMTP sessions send: how long it takes, and how long the messages whose
+        commit waited behind it took."""
+        a = self.args
+        n = a.webhook_events
+        print(f"\n[5/6] a webhook batch: one POST /webhooks/opt-out of {n:,} events, "
+              f"{a.lead:g} s into an SMTP window of {a.duration:g} s ...", flush=True)
+        loaded, _, _, _ = self.smtp_window("with the webhook", 19, action=self.webhook_action())
+        self.wait_delivered()
+        t0, t1, status, text = self.action_result
+        ms = (t1 - t0) * 1e3
+        print(f"  webhook: {status} in {ms:.1f} ms: {text[:80]}")
+        waits = [ns for t, ns in zip(loaded.accepted, loaded.data_ns, strict=True)
+                 if t0 <= t < t1 + 0.05]
+        before = [ns for t, ns in zip(loaded.accepted, loaded.data_ns, strict=True)
+                  if t0 - 2.0 <= t < t0]
+        print(f"  SMTP end-of-DATA -> 250: {len(waits)} messages answered while it ran (and "
+              f"50 ms after), max {pct(waits, 100):.1f} ms; the 2 s before it: p99 "
+              f"{pct(before, 99):.1f} ms, max {pct(before, 100):.1f} ms")
+        s = self.summary
+        s.add(f"webhook batch ({n:,} events)", f"{ms:.1f} ms", "200", status == 200)
+        s.add("SMTP end-of-DATA max during it", f"{pct(waits, 100):.1f} ms", "", None)
+
+    # 6. checks ----------------------------------------------------------------------------
 
     def check(self) -> None:
         n = self.args.posts
-        print("\n[5/5] checks: the suppression table, a RCPT to every unsubscribed address, "
+        hooked = self.args.webhook_events
+        print("\n[6/6] checks: the suppression table, a RCPT to every unsubscribed address, "
               "the gateway log ...", flush=True)
 
         async def rcpts() -> Counter[str]:
@@ -711,7 +787,8 @@ level = "WARNING"
         print(f"  gateway log: {len(logged)} unexpected warning/error line(s)"
               + "".join(f"\n    {line}" for line in logged[-10:]))
         s = self.summary
-        s.add("suppression rows", f"{count:,}", f"{n:,}", count == n)
+        s.add("suppression rows", f"{count:,}", f"{n + hooked:,}", count == n + hooked
+              and channels.get("one-click", 0) == n and channels.get("webhook", 0) == hooked)
         s.add("RCPT to u* -> 550 5.7.1 R1", f"{r1:,}", f"{n:,}", r1 == n)
 
 
@@ -736,6 +813,9 @@ def main(argv: list[str] | None = None) -> int:
                         "left out of the rates (default 2; --quick 1)")
     parser.add_argument("--processes", type=int, default=1,
                         help="gateway smtp.processes (default 1, the gateway's default)")
+    parser.add_argument("--webhook-events", type=int,
+                        help="events in the webhook batch sent during a window of its own "
+                        "(default 1,000; --quick 200; 0: no webhook step)")
     parser.add_argument("--keep-tmp", action="store_true",
                         help="keep the temp dir (database, Maildir, config, logs)")
     parser.add_argument("--post-worker", metavar="FILE", help=argparse.SUPPRESS)
@@ -745,10 +825,14 @@ def main(argv: list[str] | None = None) -> int:
         run_loop(lambda: post_worker(args.post_worker), guard=False)
         return 0
     args.posts = args.posts or (200 if args.quick else 1000)
+    if args.webhook_events is None:
+        args.webhook_events = 200 if args.quick else 1000
     args.duration = args.duration or (5.0 if args.quick else 10.0)
     args.lead = args.lead if args.lead is not None else (1.0 if args.quick else 2.0)
     if min(args.posts, args.concurrency, args.sessions, args.processes) < 1:
         parser.error("counts must be at least 1")
+    if not 0 <= args.webhook_events <= 1000:
+        parser.error("--webhook-events: 0 to 1,000 (the gateway's limit per call)")
     if not 0 < args.lead < args.duration:
         parser.error("--lead must be between 0 and --duration")
 
@@ -768,6 +852,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.setup()
         bench.collect_tokens()
         bench.run_windows()
+        if args.webhook_events:
+            bench.run_webhook()
         bench.check()
     except (KeyboardInterrupt, Interrupted) as exc:
         print(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): cleaning up", file=sys.stderr)
