@@ -255,25 +255,26 @@ async def test_a_batch_of_lookups_reads_back_exact_values_in_key_order(db, hashe
         datetime.datetime(2026, 1, day, tzinfo=datetime.UTC).timestamp() for day in (3, 2, 1)]
 
 
-def _copies(db: Database, recipients: list[str]) -> list[int]:
-    """Queue rows (one message) for `recipients`: the delivery ids, in order."""
+def _copies(db: Database, recipients: list[tuple[str, int | None]]) -> list[int]:
+    """Queue rows (one message) for (recipient, contact id): the delivery ids, in order."""
     now = time.time()
     with sqlite3.connect(db.path) as conn:
         conn.execute("INSERT INTO messages (id, received_at, account, client_ip, mail_from,"
                      " size, content) VALUES ('m1', ?, 'crm', '127.0.0.1', 's@crm.example',"
                      " 1, x'00')", (now,))
         return [conn.execute("INSERT INTO deliveries (message_id, recipient, state,"
-                             " next_attempt_at, created_at, updated_at) VALUES ('m1', ?,"
-                             " 'sent', ?, ?, ?)", (r, now, now, now)).lastrowid or 0
-                for r in recipients]
+                             " next_attempt_at, created_at, updated_at, contact_id) VALUES"
+                             " ('m1', ?, 'sent', ?, ?, ?, ?)",
+                             (r, now, now, now, c)).lastrowid or 0
+                for r, c in recipients]
 
 
 async def test_a_group_of_objections_is_recorded_as_one_at_a_time_would(db, hasher):
     """object_to_copies over a group with everything a burst of POSTs can hold: the same copy
     twice, two copies of one address, an address suppressed before, a copy whose queue row is
-    gone (the contact's address), tokens naming nothing. One transaction, the same outcome
-    as one objection after the other: a suppression entry, an event and a notification per
-    address, once."""
+    gone (the contact's address), a delivery id now another contact's copy, tokens naming
+    nothing. One transaction, the same outcome as one objection after the other: a
+    suppression entry, an event and a notification per address, once."""
     import_csv(db, hasher, "email,language\na@example.com,fr\nb@example.com,de\n"
                            "c@example.com,\nd@example.com,es\n")
     ledger = Ledger(db, hasher)
@@ -282,8 +283,10 @@ async def test_a_group_of_objections_is_recorded_as_one_at_a_time_would(db, hash
         conn.execute("INSERT INTO accounts (name, password_hash, notify_url, created_at,"
                      " updated_at) VALUES ('crm', 'x', 'https://crm.example/hook', 0, 0)")
         ids = dict(conn.execute("SELECT address, id FROM contacts"))
-    d_a, d_a2, d_b, d_c = _copies(db, ["a@example.com", "A@EXAMPLE.COM", "b@example.com",
-                                       "c@example.com"])
+    d_a, d_a2, d_b, d_c, d_x = _copies(db, [
+        ("a@example.com", ids["a@example.com"]), ("A@EXAMPLE.COM", ids["a@example.com"]),
+        ("b@example.com", ids["b@example.com"]), ("c@example.com", ids["c@example.com"]),
+        ("x@example.org", None)])
     results = await ledger.object_to_copies([
         (d_a, ids["a@example.com"], "one-click", "192.0.2.1"),
         (d_b, ids["b@example.com"], "link", "192.0.2.2"),
@@ -292,16 +295,19 @@ async def test_a_group_of_objections_is_recorded_as_one_at_a_time_would(db, hash
         (d_c, ids["c@example.com"], "one-click", None),  # suppressed before
         (999_999, ids["d@example.com"], "one-click", "192.0.2.4"),  # queue row gone
         (999_998, 0, "one-click", None),  # nothing: no copy, no contact
-        (d_b, 888_888, "one-click", None),  # the copy, a contact id the ledger lost
+        (d_b, 888_888, "one-click", None),  # b's copy now, not 888,888's: nothing
+        (d_b, ids["d@example.com"], "one-click", None),  # an id reused: d's token means d
+        (d_x, 0, "one-click", None),  # a copy to an address the ledger does not hold
     ])
     assert results == [
         ("a@example.com", "fr", True), ("b@example.com", "de", True),
         ("a@example.com", "fr", False), ("A@EXAMPLE.COM", "fr", False),
-        ("c@example.com", None, False), ("d@example.com", "es", True), None,
-        ("b@example.com", None, False)]
+        ("c@example.com", None, False), ("d@example.com", "es", True), None, None,
+        ("d@example.com", "es", False), ("x@example.org", None, True)]
     entries = {e.address: e.channel for e in await ledger.suppression_list()}
     assert entries == {"a@example.com": "one-click", "b@example.com": "link",
-                       "c@example.com": "manual", "d@example.com": "one-click"}
+                       "c@example.com": "manual", "d@example.com": "one-click", None: "one-click"}
+    assert await ledger.is_suppressed("x@example.org") is not None
     events = await db.fetchall("SELECT c.address, e.channel, e.ip FROM contact_events e"
                                " JOIN contacts c ON c.id = e.contact_id"
                                " WHERE e.kind = 'objection' ORDER BY c.address")
@@ -312,10 +318,13 @@ async def test_a_group_of_objections_is_recorded_as_one_at_a_time_would(db, hash
         "SELECT body FROM notifications ORDER BY id")]
     assert [(b["email"], b["channel"]) for b in bodies] == [  # c's came before the account
         ("a@example.com", "one-click"), ("b@example.com", "link"),
-        ("d@example.com", "one-click")]
+        ("d@example.com", "one-click"), ("x@example.org", "one-click")]
     assert await ledger.object_to_copies([(d_a, ids["a@example.com"], "one-click", None)]) == [
         ("a@example.com", "fr", False)]
-    assert len(await ledger.suppression_list()) == 4
+    assert len(await ledger.suppression_list()) == 5
+    assert await ledger.recipient_of_copy(d_b, ids["d@example.com"]) == ("d@example.com", "es")
+    assert await ledger.recipient_of_copy(d_b, 888_888) is None
+    assert await ledger.recipient_of_copy(d_b, ids["b@example.com"]) == ("b@example.com", "de")
 
 
 async def test_a_webhook_batch_skips_replays_within_it_and_from_before(db, hasher):
