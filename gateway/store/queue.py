@@ -21,6 +21,9 @@ from gateway.store.audit import AuditRecord, insert_records
 from gateway.store.db import Database, insert_rows, with_rows
 
 STATES = ("queued", "deferred", "failed", "sent")
+_NEXT_DELIVERY_ID_SQL = (
+    "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0),"
+    " coalesce((SELECT max(id) FROM deliveries), 0)) + 1")
 POLICY_REFUSAL = re.compile(r"550 5\.7\.1 (R\d+|M\d|T\d) ")
 PENDING = ("queued", "deferred")
 
@@ -132,11 +135,10 @@ class QueueStore:
         def write(conn: sqlite3.Connection) -> list[list[Copy]]:
             insert_rows(conn, "INSERT INTO messages (id, received_at, account, client_ip,"
                         " mail_from, size, content, subject)", stored)
-            # the ids as SQLite would give them (one past the largest), so that every copy
-            # is one multi-row insert, not one statement (one GIL hand-off) each; nobody
-            # else writes inside this transaction
-            [(delivery_id,)] = conn.execute(
-                "SELECT coalesce(max(id), 0) + 1 FROM deliveries").fetchall()
+            # the ids as SQLite would give them (AUTOINCREMENT: one past the highest ever
+            # given, 011_delivery_ids), so that every copy is one multi-row insert, not one
+            # statement (one GIL hand-off) each; nobody else writes inside this transaction
+            [(delivery_id,)] = conn.execute(_NEXT_DELIVERY_ID_SQL).fetchall()
             rows: list[tuple[object, ...]] = []
             refused: list[tuple[object, ...]] = []
             held: list[tuple[object, ...]] = []

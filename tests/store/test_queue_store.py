@@ -227,3 +227,65 @@ def test_insert_rows_writes_every_row_in_order(tmp_path, count):
     wide = [tuple(range(i, i + 8)) for i in range(count)]
     insert_rows(conn, "INSERT INTO w (c1, c2, c3, c4, c5, c6, c7, c8)", wide)
     assert conn.execute("SELECT * FROM w ORDER BY rowid").fetchall() == wide
+
+
+async def test_a_deleted_copys_id_is_never_given_again(db: Database):
+    """Unsubscribe tokens name copies by id: once the highest copy is deleted (an erasure,
+    `queue delete`), the next copy still gets a new id, whether the group commit numbers it
+    or SQLite does (a refusal's row)."""
+    q = QueueStore(db, "me")
+    [[a, b]] = await q.commit_messages([incoming("A", "a@x.example", "b@x.example")])
+    await q.delete(b.delivery_id)
+    [[c]] = await q.commit_messages([incoming("B", "c@x.example")])
+    assert c.delivery_id > b.delivery_id
+    await q.delete(c.delivery_id)
+    refused = IncomingMessage("C", time.time(), "crm", "127.0.0.1", "news@example.com",
+                              b"Subject: x\r\n\r\nbody\r\n", (),
+                              refused=(Refusal("g@x.example", "550 5.7.1 R3 no"),))
+    await q.commit_messages([refused])
+    [failed] = [e for e in await q.list() if e.state == "failed"]
+    assert failed.id > c.delivery_id
+
+
+def test_the_delivery_ids_migration_keeps_every_copy(tmp_path):
+    """011 rebuilds `deliveries` with AUTOINCREMENT: a store made before it keeps its rows
+    (every column), its indexes, and numbers on from its highest id."""
+    import asyncio
+    import sqlite3
+
+    from gateway.store.db import _migrations
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+                     " name TEXT NOT NULL, applied_at REAL NOT NULL)")
+        for version, name, sql in _migrations():
+            if version < 11:
+                conn.executescript(sql)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, name))
+        conn.execute("INSERT INTO messages (id, received_at, account, client_ip, mail_from,"
+                     " size, content) VALUES ('M', 1, 'crm', '127.0.0.1', 'n@x.example', 1,"
+                     " x'00')")
+        conn.executemany(
+            "INSERT INTO deliveries (id, message_id, recipient, state, attempts,"
+            " next_attempt_at, last_error, claimed_by, claimed_until, created_at, updated_at,"
+            " contact_id, rule) VALUES (?, 'M', ?, ?, 2, 3.5, ?, NULL, NULL, 1, 2, ?, ?)",
+            [(7, "a@x.example", "sent", None, 41, "R6"),
+             (9, "b@x.example", "deferred", "451 later", None, None)])
+        before = conn.execute("SELECT * FROM deliveries ORDER BY id").fetchall()
+
+    async def upgrade() -> tuple[list[tuple[object, ...]], list[str], int]:
+        async with Database(path) as database:
+            rows = [tuple(r) for r in await database.fetchall(
+                "SELECT * FROM deliveries ORDER BY id")]
+            indexes = sorted(r[0] for r in await database.fetchall(
+                "SELECT name FROM sqlite_master WHERE type = 'index'"
+                " AND tbl_name = 'deliveries'"))
+            q = QueueStore(database, "me")
+            [[copy]] = await q.commit_messages([incoming("N", "n@x.example")])
+            return rows, indexes, copy.delivery_id
+
+    rows, indexes, new_id = asyncio.run(upgrade())
+    assert rows == before
+    assert indexes == ["deliveries_due", "deliveries_message"]
+    assert new_id == 10
