@@ -310,3 +310,24 @@ def test_mail_to_the_unsubscribe_address_needs_no_auth_and_objects(make_gateway,
     assert tool.cmd("RCPT TO:<jane@example.net>")[:2][0] == 550
     time.sleep(0.3)
     assert len(sink.messages) == 1  # the unsubscribe mail itself went nowhere
+
+
+def test_an_erased_persons_old_link_never_names_the_next_copy(gw, sink: Sink):
+    """Erasure deletes the person's copies. Her old link names her copy's id; the next copy
+    accepted (another person's) gets a new id, and her link stores nothing for anybody."""
+    from gateway.security.tokens import load_token_keys
+    keys = load_token_keys(gw.config.parent / "secrets" / "token.key")
+    url = deliver(gw, sink, "jane@example.net")  # the highest copy id so far
+    erased = gw.cli("subject", "erase", "jane@example.net")
+    assert erased.returncode == 0, erased.stderr
+    assert "deliveries 1" in erased.stdout
+    next_url = deliver(gw, sink, "ann@example.net")
+    neutral = httpx.post(url.rsplit("/", 1)[0] + "/" + "x" * 39,
+                         data={"List-Unsubscribe": "One-Click"})
+    answer = httpx.post(url, data={"List-Unsubscribe": "One-Click"})
+    assert suppressed(gw) == ["erasure"]  # hers, from the erasure; nobody else's
+    assert rcpt(gw, "ann@example.net")[0] == 250
+    assert (answer.status_code, answer.text) == (404, neutral.text)
+    old, new = (keys.verify(u.rsplit("/", 1)[1]) for u in (url, next_url))
+    assert old is not None and new is not None
+    assert new.delivery_id > old.delivery_id  # never given twice
