@@ -345,17 +345,13 @@ class SuppressionEntry:
 
 
 # A token names (contact, account, delivery id); the delivery counts only while it is still
-# that contact's copy: deliveries has no AUTOINCREMENT, so once the highest row is deleted
-# (`gateway subject erase`, `gateway queue delete`) its id goes to the next copy, maybe
-# another person's. Otherwise the token's contact is the answer (0: none).
-_COPY_SQL = ("SELECT d.recipient, (SELECT language FROM contacts WHERE id = ?)"
-             " FROM deliveries d WHERE d.id = ? AND coalesce(d.contact_id, 0) = ?")
-_CONTACT_OF_COPY_SQL = "SELECT address, language FROM contacts WHERE id = ?"
-# over k(i, d, c): the (address, language) of each copy an unsubscribe token names, as
-# recipient_of_copy finds it, as one row: [i, address or null, language]
+# that contact's copy (an id deleted before 011_delivery_ids may have been given again).
+# Otherwise the token's contact is the answer (0: none). Over k(i, d, c): the (address,
+# language) of each copy, as one row: [i, address or null, language]
 _COPIES_SQL = ("SELECT json_group_array(json_array(k.i, coalesce(d.recipient, c.address),"
                " c.language)) FROM k LEFT JOIN deliveries d ON d.id = k.d"
                " AND coalesce(d.contact_id, 0) = k.c LEFT JOIN contacts c ON c.id = k.c")
+_ONE_COPY_SQL = "WITH k(i, d, c) AS (VALUES (0, ?, ?)) " + _COPIES_SQL
 _SUPPRESS_SQL = "INSERT OR IGNORE INTO suppression (hash, created_at, channel) VALUES (?, ?, ?)"
 _SUPPRESSED_SQL = "SELECT json_group_array(hex(s.hash)) FROM k JOIN suppression s ON s.hash = k.h"
 _OBJECTIONS_SQL = (  # over k(a, channel, reason, ip)
@@ -519,10 +515,11 @@ class Ledger:
         """(address, language) of the copy an unsubscribe token names: the delivery's
         recipient, else (the queue row is gone, or its id is another contact's copy now) the
         contact's address."""
-        row = await self.db.fetchone(_COPY_SQL, (contact_id, delivery_id, contact_id))
-        if row is None and contact_id:
-            row = await self.db.fetchone(_CONTACT_OF_COPY_SQL, (contact_id,))
-        return (row[0], row[1]) if row else None
+        row = await self.db.fetchone(_ONE_COPY_SQL, (delivery_id, contact_id))
+        if row is None:  # not with an aggregate: always one row
+            return None
+        [[_, address, language]] = json.loads(row[0])
+        return (str(address), language) if address is not None else None
 
     async def object_to_copies(self, items: Sequence[tuple[int, int, str, str | None]]
                                ) -> list[tuple[str, str | None, bool] | None]:
