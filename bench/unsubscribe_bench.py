@@ -563,7 +563,7 @@ level = "WARNING"
                 await posts.start()
             load = asyncio.create_task(smtp_load(self.smtp_port, sessions, stop, first))
             await asyncio.sleep(lead)
-            marks.append(self.cpu_snapshot())
+            marks.append(await asyncio.to_thread(self.cpu_snapshot))  # not in the loop
             if action is not None:
                 self.action_result = await action()
             posted: PostResult | None = None
@@ -572,7 +572,7 @@ level = "WARNING"
                 posted = await posts.result(timeout=600)
             else:
                 await asyncio.sleep(duration - lead)
-            marks.append(self.cpu_snapshot())
+            marks.append(await asyncio.to_thread(self.cpu_snapshot))  # not in the loop
             await asyncio.sleep(max(0.0, duration - lead - (posted.t1 - posted.t0
                                                              if posted else duration - lead)))
             stop.set()
