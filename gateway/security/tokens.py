@@ -89,8 +89,8 @@ _PAD_BITS = TOKEN_CHARS * 5 - TOKEN_BYTES * 8  # 3 unused bits in the last chara
 def _decode(text: str) -> bytes | None:
     """The 24 bytes of a token's text (any case); None unless it is exactly what _encode
     gives for some bytes (length, alphabet, unused bits zero)."""
-    if len(text) != TOKEN_CHARS:
-        return None
+    if len(text) != TOKEN_CHARS or not text.isascii():
+        return None  # non-ASCII first: str.lower() maps e.g. the Kelvin sign U+212A to "k"
     lower = text.lower()
     if _TOKEN_TEXT.fullmatch(lower) is None:
         return None

@@ -36,6 +36,13 @@ def test_any_change_is_refused():
     assert TokenKeys([(1, b"x" * 32)]).verify(text) is None  # another server's key
 
 
+def test_a_non_ascii_letter_that_lower_cases_to_a_token_letter_is_refused():
+    text = next(t for n in range(1, 500) if "k" in (t := KEYS.issue(Token(n, 1, n))))
+    assert KEYS.verify(text) is not None
+    assert "\u212a".lower() == "k"  # the Kelvin sign
+    assert KEYS.verify(text.replace("k", "\u212a", 1)) is None
+
+
 def test_another_recipients_token_does_not_name_this_one():
     other = KEYS.issue(Token(123_457, 7, 98_765_432))
     assert KEYS.verify(other) != TOKEN
