@@ -55,6 +55,9 @@ class Notifier:
                     await self._send(notification)
             except StoreError as exc:
                 log.error("notification outbox unavailable: %s", exc)
+            except Exception:  # a bug must not stop every account's notifications for good
+                log.exception("notification sender: unexpected error; going on at the next "
+                              "scan")
             try:
                 await asyncio.wait_for(self._wake.wait(), self.scan_seconds)
             except TimeoutError:
@@ -71,17 +74,23 @@ class Notifier:
             self._warned = True
             log.warning("webhooks.opt_out_secret is not set: objection notifications to "
                         "notify_url go out unsigned")
-        try:
-            answer = await self._client.post(notification.url, content=body, headers=headers)
-            error = None if answer.is_success else f"HTTP {answer.status_code}"
-        except httpx.HTTPError as exc:
-            error = f"{exc.__class__.__name__}: {exc}"
+        give_up = False
+        if not notification.url:
+            error, give_up = "the account has no notify_url any more", True
+        else:
+            try:
+                answer = await self._client.post(notification.url, content=body,
+                                                 headers=headers)
+                error = None if answer.is_success else f"HTTP {answer.status_code}"
+            except Exception as exc:  # noqa: BLE001 - httpx.InvalidURL, a bad port, ...: every
+                # failure of one notification is that notification's, retried or given up
+                error = f"{exc.__class__.__name__}: {exc}"
         if error is None:
             await self.store.sent(notification.id)
             log.info("objection notified to %s (%s)", notification.account, notification.url)
             return
         now = time.time()
-        give_up = now - notification.created_at > GIVE_UP_SECONDS
+        give_up = give_up or now - notification.created_at > GIVE_UP_SECONDS
         delay = min(RETRY_MAX_SECONDS, self.retry_base * 2 ** notification.attempts)
         await self.store.retry_later(notification.id, error, now + delay, give_up)
         log.warning("notifying %s at %s failed (%s)%s", notification.account, notification.url,

@@ -59,10 +59,26 @@ def _split(value: str | None, option: str) -> list[str] | None:
 
 
 def _notify_url(value: str | None) -> str | None:
+    """An http(s) URL the notification sender can POST to, as given; refused (exit 2) with
+    the reason otherwise: urlsplit alone drops tabs and CR/LF and never reads the port, and
+    such a URL would only fail at the first objection."""
     if value:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            fail(f"--notify-url: expected an http(s) URL, got {value!r}", EXIT_USAGE)
+        import httpx  # the sender's own URL parser: what it takes, the sender can POST to
+
+        problem = None
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+            problem = "spaces and control characters are not allowed"
+        else:
+            parts = urlsplit(value)
+            try:
+                parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+                httpx.URL(value)
+            except (ValueError, httpx.InvalidURL) as exc:
+                problem = str(exc)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                problem = "expected http:// or https:// and a host"
+        if problem:
+            fail(f"--notify-url: {problem}: {value!r}", EXIT_USAGE)
     return value
 
 

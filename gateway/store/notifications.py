@@ -41,9 +41,13 @@ class NotificationStore:
         self.db = db
 
     async def due(self, limit: int = 50) -> list[Notification]:
+        """The pending notifications due now, each with its account's notify_url as it is now
+        (an operator's correction applies to those already queued; "" when the account has
+        none any more)."""
         rows = await self.db.fetchall(
-            "SELECT id, account, url, body, attempts, created_at FROM notifications"
-            " WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at"
+            "SELECT n.id, n.account, coalesce(a.notify_url, ''), n.body, n.attempts,"
+            " n.created_at FROM notifications n LEFT JOIN accounts a ON a.name = n.account"
+            " WHERE n.state = 'pending' AND n.next_attempt_at <= ? ORDER BY n.next_attempt_at"
             " LIMIT ?", (time.time(), limit))
         return [Notification(*tuple(row)) for row in rows]
 

@@ -83,6 +83,13 @@ def test_duplicate_and_unknown_accounts_exit_1(config: Path):
     (["accounts", "add", "crm", "--from-domain", "example.com", "--category", "spam",
       "--password-stdin"], "category"),
     (["accounts", "update", "crm", "--notify-url", "ftp://x"], "--notify-url"),
+    (["accounts", "update", "crm", "--notify-url", "http://127.0.0.1:8o8o/hook"],
+     "--notify-url"),  # a port typo: urlsplit takes it, the sender could not
+    (["accounts", "update", "crm", "--notify-url", "http://crm.example/a\r\nX-Injected: 1"],
+     "control characters"),
+    (["accounts", "update", "crm", "--notify-url", "http://crm.example/a\tb"],
+     "control characters"),
+    (["accounts", "update", "crm", "--notify-url", "https:///nohost"], "--notify-url"),
 ])
 def test_usage_errors_exit_2_with_the_option_named(config: Path, args: list[str], words: str):
     result = gateway_cli(config, *args, stdin=STRONG_PASSWORD + "\n")

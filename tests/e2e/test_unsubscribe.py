@@ -275,6 +275,47 @@ def test_each_objection_is_notified_to_the_account_signed_and_retried(make_gatew
         server.shutdown()
 
 
+def test_a_notify_url_the_sender_cannot_use_stops_nothing_and_a_correction_applies(
+        make_gateway, sink, tmp_path):
+    """A URL httpx refuses (here a port typo, stored before the CLI checked it) is that
+    notification's failure, retried: the sender goes on, and once the operator corrects the
+    account's URL the notification already queued goes there."""
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Hook.received, Hook.failures_left = [], 0
+    try:
+        ledger = tmp_path / "ledger.csv"
+        ledger.write_text(CSV_HEADER + "\njane@example.net,person,b2c,prospect,en,,,,,,"
+                          "granted,2026-01-05,web form,v1,signup form,direct,,2026-01-05,,,\n")
+        gw = make_gateway(contacts=ledger, start=False, extra=(
+            f'[webhooks]\nopt_out_secret = "{SECRET}"\nnotify_retry_base_seconds = 0.5\n'))
+        store = gw.config.parent / "gateway.db"
+        with sqlite3.connect(store) as db:
+            db.execute("UPDATE accounts SET notify_url = 'http://127.0.0.1:8o8o/hook'")
+        gw.start()
+        url = deliver(gw, sink, "jane@example.net")
+        assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+
+        def row() -> tuple[str, int, str | None]:
+            with sqlite3.connect(store) as db:
+                return db.execute(
+                    "SELECT state, attempts, last_error FROM notifications").fetchone()
+        deadline = time.monotonic() + 15
+        while row()[1] < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        state, attempts, error = row()
+        assert state == "pending" and attempts >= 2 and "InvalidURL" in error  # retried
+        hook_url = f"http://127.0.0.1:{server.server_port}/objections"
+        assert gw.cli("accounts", "update", "crm", "--notify-url", hook_url).returncode == 0
+        while not Hook.received and time.monotonic() < deadline + 15:
+            time.sleep(0.1)
+        [(document, _, _)] = Hook.received
+        assert document["email"] == "jane@example.net"
+        assert row()[0] == "sent"
+    finally:
+        server.shutdown()
+
+
 def test_mail_to_the_unsubscribe_address_needs_no_auth_and_objects(make_gateway, sink,
                                                                    tmp_path):
     ledger = tmp_path / "ledger.csv"
