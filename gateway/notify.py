@@ -75,6 +75,7 @@ class Notifier:
             log.warning("webhooks.opt_out_secret is not set: objection notifications to "
                         "notify_url go out unsigned")
         give_up = False
+        error: str | None
         if not notification.url:
             error, give_up = "the account has no notify_url any more", True
         else:
