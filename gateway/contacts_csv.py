@@ -32,7 +32,8 @@ FUTURE_SLACK_SECONDS = 86400.0  # clocks and time zones: a day ahead is a typo, 
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
-csv.field_size_limit(64 * 1024)  # a sane cap: no ledger field is anywhere near this
+FIELD_LIMIT = 64 * 1024
+csv.field_size_limit(FIELD_LIMIT)  # a sane cap: no ledger field is anywhere near this
 
 
 class ContactRow(NamedTuple):
@@ -228,6 +229,15 @@ def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow 
             return
         except csv.Error as exc:
             line = reader.line_num
+            if "field limit" in str(exc):
+                # the csv module gives up inside the quoted field and would start again on
+                # the next line, which is still that field's text: its lines would be read
+                # as rows. Where the field ends is unknown, so nothing after it is read.
+                yield RowError(start, f"not valid CSV: a field longer than {FIELD_LIMIT // 1024}"
+                               f" KiB (a quote left open?); the file is not read past line "
+                               f"{line}: correct it and import it again (rows already "
+                               "imported are kept, a re-import does not duplicate them)")
+                return
             yield RowError(start, f"not valid CSV: {exc}")
             continue
         line = reader.line_num

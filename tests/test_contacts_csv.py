@@ -60,6 +60,22 @@ def test_each_bad_row_is_reported_with_its_line_and_the_rest_import():
     assert "1 fields, the header has 5" in found[12]
 
 
+def test_an_over_long_quoted_field_stops_the_file_there_and_its_text_is_never_a_row():
+    """The csv module gives up inside such a field and would go on at its next line: a line
+    of the field's text (here "smuggled@...") must not become a contact."""
+    text = ("email,consent_proof,source_name,source_type\n"
+            "a@example.org,p,web form,direct\n"                       # 2
+            'b@example.org,"' + "x" * 70_000 + "\n"                    # 3: opens, too long
+            "smuggled@example.org,note,web form,direct\n"              # 4: inside the field
+            'end of proof",web form,direct\n'                          # 5: it closes
+            "c@example.org,p,web form,direct\n")                       # 6
+    result = rows(text)
+    assert [r.address for r in result if isinstance(r, ContactRow)] == ["a@example.org"]
+    [error] = [r for r in result if isinstance(r, RowError)]
+    assert error.line == 3 and "longer than 64 KiB" in error.reason
+    assert "not read past line" in error.reason
+
+
 @pytest.mark.parametrize("header, message", [
     ("email,kind,favourite_colour\n", "unknown column 'favourite_colour'"),
     ("email,kind,kind\n", "appears twice"),
