@@ -5,8 +5,23 @@ from __future__ import annotations
 import functools
 import re
 
+import idna
+
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 MAX_DOMAIN = 253  # RFC 1035 2.3.4, without the trailing dot
+
+
+def ascii_domain(text: str) -> str:
+    """The lower-case ASCII (A-label) form of a domain name, by IDNA 2008 with the UTS #46
+    mapping, as browsers and mail systems today: faß.de is xn--fa-hia.de (Python's own "idna"
+    codec is IDNA 2003, which maps it to fass.de, another domain). UnicodeError if it is not
+    a valid internationalised name."""
+    if text.isascii() and "xn--" not in text.lower():
+        return text.lower()
+    try:
+        return idna.encode(text, uts46=True).decode("ascii").lower()
+    except idna.IDNAError as exc:
+        raise UnicodeError(str(exc)) from None
 
 
 @functools.lru_cache(maxsize=65536)  # lists repeat their domains; imports call this per row
@@ -16,7 +31,7 @@ def normalize_domain(domain: str) -> str:
     if not text or any(c in text for c in "\r\n\x00 \t@/"):
         raise ValueError(f"not a domain name: {domain!r}")
     try:
-        ascii_form = text.encode("idna").decode("ascii").lower()
+        ascii_form = ascii_domain(text)
     except UnicodeError as exc:
         raise ValueError(f"not a valid internationalised domain name: {domain!r}") from exc
     labels = ascii_form.split(".")
@@ -31,23 +46,32 @@ _NOT_IN_ADDRESS = re.compile(r"[\x00-\x20<>()\[\],;\\\x7f]")
 MAX_ADDRESS = 254  # RFC 5321 path limit 256 minus the angle brackets
 
 
+_DOT_ATOM = re.compile(r'[^\x00-\x20"(),.:;<>@\[\\\]\x7f]+(\.[^\x00-\x20"(),.:;<>@\[\\\]\x7f]+)*')
+
+
 def normalize_address(address: str) -> str:
     """The ledger form of an address: domain lower-case IDNA, local part kept as given.
 
-    ValueError with the reason for anything that is not a plain mailbox: control characters
-    (CR/LF/NUL could forge headers later), spaces, angle brackets, over-long parts.
+    A quoted local part that needs no quotes ("john.doe"@) is the same mailbox as without
+    them, and is what SMTP's RCPT hands over: the quotes go. ValueError with the reason for
+    anything that is not a plain mailbox: control characters (CR/LF/NUL could forge headers
+    later; refused, not stripped), spaces, angle brackets, over-long parts, a local part that
+    needs its quotes.
     """
-    text = address.strip()
+    if "\r" in address or "\n" in address or "\x00" in address:
+        raise ValueError(f"not a plain e-mail address (CR, LF or NUL): {address!r}")
+    text = address.strip(" \t")
     if not text or _NOT_IN_ADDRESS.search(text):
         raise ValueError(f"not a plain e-mail address: {address!r}")
     local, at, domain = text.rpartition("@")
     if not at or not local:
         raise ValueError(f"not an e-mail address (no local part or no @): {address!r}")
+    if len(local) >= 2 and local.startswith('"') and local.endswith('"'):
+        local = local[1:-1]
+    if _DOT_ATOM.fullmatch(local) is None:
+        raise ValueError(f"invalid local part: {address!r}")
     if len(local.encode("utf-8")) > MAX_LOCAL_PART:
         raise ValueError(f"local part longer than {MAX_LOCAL_PART} octets: {address!r}")
-    if local.startswith(".") or local.endswith(".") or ".." in local or (
-            "@" in local and not local.startswith('"')):
-        raise ValueError(f"invalid local part: {address!r}")
     result = f"{local}@{normalize_domain(domain)}"
     if len(result.encode("utf-8")) > MAX_ADDRESS:
         raise ValueError(f"address longer than {MAX_ADDRESS} octets: {address!r}")

@@ -16,6 +16,8 @@ import textwrap
 import time
 from email.utils import formatdate
 
+from gateway.addresses import ascii_domain
+
 STATUS_FORMAT = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 STATUS_IN_TEXT = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 UNKNOWN_PERMANENT = "5.0.0"
@@ -225,7 +227,7 @@ def _bare_address(address: str) -> str:
 def _hostname(name: str) -> str:
     name = _clean(name)
     try:
-        name = name.encode("idna").decode("ascii")
+        name = ascii_domain(name)
     except UnicodeError:
         pass
     return _HOSTNAME.sub("", name)[:253] or "localhost"

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gateway.addresses import ascii_domain
 from gateway.errors import NotFound, Refused
 from gateway.store.db import Database
 
@@ -50,7 +51,7 @@ class Account:
         name = domain.lower().rstrip(".")
         if not name.isascii():  # SMTPUTF8 senders: compare the IDNA (A-label) form
             try:
-                name = name.encode("idna").decode("ascii")
+                name = ascii_domain(name)
             except UnicodeError:
                 return False
         return name in self._domains

@@ -242,3 +242,35 @@ def test_editing_one_audit_row_makes_audit_verify_name_it(gateway):
     broken = gw.cli("audit", "verify", "--json")
     assert broken.returncode == 1 and json.loads(broken.stdout) == {"rows": 2,
                                                                     "first_broken": 3}
+
+
+def test_one_mailbox_written_two_ways_is_one_contact_and_one_objection(make_gateway,
+                                                                      tmp_path: Path):
+    """A quoted local part that needs no quotes and an IDNA domain in either form name the
+    same mailbox as SMTP's RCPT does: `check` and the RCPT agree, and a withdrawal or an
+    objection written the other way holds."""
+    ledger = tmp_path / "c.csv"
+    ledger.write_text(
+        "email,consent,consent_at,consent_method,source_name,source_type,collected_at\n"
+        '"""john.doe""@b2c.example",granted,2026-01-02,web form,form,direct,2026-01-01\n'
+        "jane@faß.de,granted,2026-01-02,web form,form,direct,2026-01-01\n")
+    gw = make_gateway(contacts=ledger)
+    check = json.loads(gw.cli("check", "--account", "crm", "--to", "john.doe@b2c.example",
+                              "--json").stdout)
+    assert (check["decision"], check["rule"]) == ("allow", "R6")
+    s = session(gw)
+    assert s.cmd('RCPT TO:<"john.doe"@b2c.example>')[0] == 250
+    assert s.cmd("RCPT TO:<jane@xn--fa-hia.de>")[0] == 250  # faß.de's IDNA 2008 A-label
+    s.cmd("QUIT")
+    withdrawal = tmp_path / "w.csv"
+    withdrawal.write_text('email,consent,consent_at\n"""john.doe""@b2c.example",withdrawn,'
+                          "2026-02-01\n")
+    assert gw.cli("contacts", "import", str(withdrawal)).returncode == 0
+    assert gw.cli("suppress", "add", "jane@xn--fa-hia.de").returncode == 0
+    s = session(gw)
+    code, text = s.cmd("RCPT TO:<john.doe@b2c.example>")
+    assert code == 550 and " R1 " in text, (code, text)
+    assert s.cmd("RCPT TO:<jane@xn--fa-hia.de>")[1].startswith("5.7.1 R1 ")
+    check = json.loads(gw.cli("check", "--account", "crm", "--to", "jane@faß.de",
+                              "--json").stdout)
+    assert (check["decision"], check["rule"]) == ("reject", "R1")
