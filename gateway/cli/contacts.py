@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from rich.table import Table
 from gateway.cli import EXIT_OK, EXIT_REFUSED, CliState, hasher_for, print_json, run, when
 from gateway.contacts_csv import COLUMNS, ContactRow, HeaderError, RowError, read_rows
 from gateway.errors import GatewayError, NotFound
+from gateway.security.keys import AddressHasher
 from gateway.store.db import Database
 from gateway.store.ledger import Ledger
 from gateway.store.ledger_import import ImportProcess
@@ -63,10 +66,23 @@ def _lines(raw: BinaryIO, progress: Progress | None, task: TaskID | None) -> Ite
 @click.pass_obj
 def import_(state: CliState, file: Path, dry_run: bool) -> None:
     settings = state.settings
-    hasher = hasher_for(settings)
+    with tempfile.TemporaryDirectory(prefix="gateway-dry-run-") as scratch:
+        store = Path(settings.store.path)
+        if dry_run and not store.exists():
+            # no ledger yet: the rows are checked against an empty one in a scratch store, so
+            # that a dry run creates nothing where the store and its key would be
+            store = Path(scratch) / "gateway.db"
+        if dry_run and not Path(settings.hash_key_path).exists():
+            hasher = AddressHasher(secrets.token_bytes(32))  # never written anywhere
+        else:
+            hasher = hasher_for(settings)
+        _import(file, store, hasher, dry_run)
+
+
+def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool) -> None:
     try:
-        erased = asyncio.run(_prepare(settings.store.path))
-        importer = ImportProcess(settings.store.path, hasher, dry_run=dry_run)
+        erased = asyncio.run(_prepare(store))
+        importer = ImportProcess(store, hasher, dry_run=dry_run)
     except GatewayError as exc:
         click.echo(f"gateway: {exc}", err=True)
         sys.exit(EXIT_REFUSED)

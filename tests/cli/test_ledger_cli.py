@@ -64,6 +64,21 @@ def test_enrichment_reimport_does_not_renew_an_expired_address(config: Path, tmp
     assert answer["rule"] == "R4", answer
 
 
+def test_a_dry_run_on_a_new_machine_creates_no_store_and_no_key(tmp_path: Path):
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "store" / "gateway.db"}"\n')
+    csv = tmp_path / "c.csv"
+    csv.write_text("email,kind,audience,source_name,source_type\n"
+                   "a@example.com,person,b2b,Fair,direct\nb@example.com,person,b2b,Fair,direct\n"
+                   "c@example.com,person,b2x,Fair,direct\n")
+    before = sorted(tmp_path.rglob("*"))
+    dry = gateway_cli(config, "contacts", "import", "--dry-run", str(csv))
+    assert dry.returncode == 1 and "would import 2 rows (2 new, 0 updated), 1 refused" in \
+        dry.stdout, dry.stdout + dry.stderr
+    assert ":4: audience" in dry.stderr
+    assert sorted(tmp_path.rglob("*")) == before  # no store, no key, no folder
+
+
 def test_bad_rows_are_reported_by_line_and_good_rows_import(config: Path, tmp_path: Path):
     csv = tmp_path / "mixed.csv"
     csv.write_bytes(
