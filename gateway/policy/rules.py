@@ -7,6 +7,7 @@ No rule does I/O or reads a clock: `Case.now` is given.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,11 +17,21 @@ from gateway.model import Campaign, Contact, Decision, PolicyKnobs, RecipientFac
 DAY = 86400.0
 
 # Consent obtained this way is not consent (GDPR 4(11), 7; CNIL): the box was ticked for the
-# person, or it was bundled with accepting the terms and conditions.
-INVALID_CONSENT_METHODS = frozenset({
-    "pre-ticked", "pre_ticked", "preticked", "pre-checked", "prechecked", "default",
-    "terms", "terms_and_conditions", "terms-and-conditions", "tos", "cgu", "cgv",
-})
+# person, or it was bundled with accepting the terms and conditions. consent_method is free
+# text, so it is matched word by word, in English and French ("pre-ticked box", "accepted T&C",
+# "CGV acceptées", "case précochée"): a method that names one of these is not consent.
+_INVALID_CONSENT = re.compile(
+    r"\b(pre ?(ticked|checked|selected|filled|tick|check|select)\w*|pr[eé] ?coch[eé]\w*"
+    r"|default|opt ?out|terms|conditions|t ?& ?c|t ?and ?c|tos|cgu|cgv|eula|bundled)\b")
+
+
+@lru_cache(maxsize=4096)  # a ledger has a few methods, each on many contacts
+def invalid_consent_method(method: str | None) -> bool:
+    """True when the recorded method says the consent was not freely given and specific."""
+    if not method:
+        return False
+    words = re.sub(r"[^\w&]+", " ", method.casefold()).replace("_", " ")
+    return _INVALID_CONSENT.search(words) is not None
 
 
 @dataclass(frozen=True)
@@ -144,9 +155,8 @@ def r5_role_address(case: Case) -> Decision | None:
 
 def consent_is_valid(contact: Contact) -> bool:
     """Granted, provable (it has a date) and not obtained by a pre-ticked box or T&C."""
-    method = (contact.consent_method or "").strip().lower()
     return (contact.consent == "granted" and contact.consent_at is not None
-            and method not in INVALID_CONSENT_METHODS)
+            and not invalid_consent_method(contact.consent_method))
 
 
 def r6_consent(case: Case) -> Decision | None:

@@ -181,3 +181,20 @@ def test_recipients_with_the_same_outcome_share_one_decision():
     assert decide("a@example.net", **CONSENT) is decide("b@example.net", **CONSENT)
     assert decide("a@example.net", audience="b2b") is decide("b@example.net", audience="b2b")
     assert decide("a@example.net", **CONSENT) is not decide("a@example.net", audience="b2b")
+
+
+@pytest.mark.parametrize("method, valid", [
+    ("pre-ticked box", False), ("Pre ticked checkbox", False), ("pre_checked", False),
+    ("terms and conditions", False), ("accepted terms", False), ("T&C", False),
+    ("CGV acceptées", False), ("case précochée", False), ("opt-out", False),
+    ("default", False), ("bundled with the EULA", False),
+    ("web form", True), ("double opt-in", True), ("checkbox ticked by the user", True),
+    ("unticked box", True), ("newsletter signup v3", True), (None, True),
+])
+def test_a_consent_method_naming_a_ticked_box_or_the_terms_is_not_consent(method, valid):
+    """consent_method is free text: "pre-ticked box" or "accepted T&C" is no more consent
+    than the exact word "pre-ticked" (COMPLIANCE.md section 1)."""
+    contact = person(**{**CONSENT, "consent_method": method})
+    decision = chain.decide(RecipientFacts("p@example.net", False, contact), CAMPAIGN, KNOBS,
+                            NOW)
+    assert (decision.rule == "R6") is valid, decision
