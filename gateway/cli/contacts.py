@@ -38,7 +38,8 @@ Each bad row is reported on stderr as FILE:LINE: reason, and the other rows impo
 cell keeps what the ledger had. A re-import never restarts the retention clock: collected_at
 only moves earlier, last_interaction_at only later. consent=withdrawn puts the address on the
 suppression list. A consent_method that names a pre-ticked box, a default, an opt-out or the
-terms and conditions (T&C, CGU, CGV) is not consent: such contacts are decided without it. An address erased by `gateway subject erase` is refused: erased data
+terms and conditions (T&C, CGU, CGV) is not consent: such contacts are decided without it.
+An address erased by `gateway subject erase` is refused: erased data
 stays erased. Exit code 1 when any row was refused.
 """
 
