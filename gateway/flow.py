@@ -146,9 +146,17 @@ class Flow:
             return None
         return local[len(UNSUBSCRIBE_PREFIX):]
 
+    async def unsubscribe_names_a_copy(self, token: str) -> bool:
+        """At RCPT: whether the token is one we issued for a copy the store still holds (a
+        read; nothing is stored until the message itself has come, at DATA)."""
+        if self.objections is None:
+            return False
+        verified = self.objections.verify(token)
+        return verified is not None and await self.objections.recipient(verified) is not None
+
     async def object_by_mail(self, token: str, client_ip: str) -> bool:
-        """Record the objection a token names (committed before the 250); False when the
-        token is not one we issued."""
+        """At DATA: record the objection a token names (committed before the 250); False
+        when there is nothing to record (not a token we issued, or its copy is gone)."""
         if self.objections is None:
             return False
         verified = self.objections.verify(token)

@@ -52,6 +52,15 @@ def _verdicts(envelope: Envelope) -> list[tuple[str, RecipientVerdict]]:
     return verdicts
 
 
+def _unsubscribes(envelope: Envelope) -> list[str]:
+    """The tokens of this transaction's unsubscribe+TOKEN@ recipients, recorded at DATA."""
+    tokens: list[str] | None = getattr(envelope, "gateway_unsubscribes", None)
+    if tokens is None:
+        tokens = []
+        envelope.gateway_unsubscribes = tokens  # type: ignore[attr-defined]
+    return tokens
+
+
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".")
 
@@ -170,8 +179,17 @@ class GatewayHandler:
         account: Account | None = getattr(session, "gateway_account", None)
         token = self.flow.unsubscribe_token(address)
         if token is not None:  # an objection by mail: no AUTH needed for this address only
-            if not await self.flow.object_by_mail(token, server.client_ip):
+            try:
+                known = await self.flow.unsubscribe_names_a_copy(token)
+            except StoreError as exc:
+                log.error("%s unsubscribe address not checked, answered 451: %s",
+                          server.client_ip, exc)
+                return replies.LEDGER_UNAVAILABLE
+            if not known:
                 return replies.NO_SUCH_UNSUBSCRIBE
+            # recorded at DATA, once the mail has come: a probe of the address (a callout,
+            # a transaction given up) is no objection, as a GET of the page is none
+            _unsubscribes(envelope).append(token)
             envelope.rcpt_tos.append(address)
             return replies.UNSUBSCRIBE_OK
         if account is None:
@@ -194,10 +212,18 @@ class GatewayHandler:
                           envelope: Envelope) -> str:
         account: Account | None = getattr(session, "gateway_account", None)
         verdicts = _verdicts(envelope)
-        if not any(v.accepted for _, v in verdicts):  # only unsubscribe+ recipients
-            if envelope.rcpt_tos and all(self.flow.unsubscribe_token(r) is not None
-                                         for r in envelope.rcpt_tos):
-                return replies.UNSUBSCRIBE_RECORDED  # the objection was stored at RCPT
+        unsubscribes = _unsubscribes(envelope)
+        if unsubscribes:
+            try:
+                for token in unsubscribes:
+                    await self.flow.object_by_mail(token, server.client_ip)
+            except StoreError as exc:
+                log.error("%s objection by mail not stored, answered 451: %s",
+                          server.client_ip, exc)
+                return replies.CANNOT_COMMIT
+            unsubscribes.clear()
+            if not any(v.accepted for _, v in verdicts):  # only unsubscribe+ recipients
+                return replies.UNSUBSCRIBE_RECORDED
         if account is None or not envelope.mail_from:
             return replies.AUTH_REQUIRED
         content = envelope.original_content

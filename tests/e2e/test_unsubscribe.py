@@ -340,7 +340,12 @@ def test_mail_to_the_unsubscribe_address_needs_no_auth_and_objects(make_gateway,
     forged = mailto.replace("unsubscribe+", "unsubscribe+a", 1)
     assert mta.cmd(f"RCPT TO:<{forged}>")[0] == 550
     assert suppressed(gw) == []
+    assert mta.cmd(f"RCPT TO:<{mailto}>")[0] == 250
+    assert mta.cmd("RSET")[0] == 250  # a probe of the address, a transaction given up:
+    assert suppressed(gw) == []       # no objection (as a GET of the page is none)
+    assert mta.cmd("MAIL FROM:<jane@example.net>")[0] == 250
     assert mta.cmd(f"RCPT TO:<{mailto.upper()}>")[0] == 250  # mail systems may change case
+    assert suppressed(gw) == []  # recorded once the mail has come
     assert mta.cmd("DATA")[0] == 354
     assert mta.cmd(b"Subject: unsubscribe\r\n\r\nplease\r\n.")[0] == 250
     mta.cmd("QUIT")
