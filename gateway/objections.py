@@ -109,4 +109,4 @@ class Objections:
         return added, replays
 
     async def counts(self) -> dict[str, int]:
-        return await self.ledger.suppression_counts()
+        return await self.ledger.objection_counts()

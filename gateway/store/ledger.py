@@ -358,6 +358,9 @@ _OBJECTIONS_SQL = (  # over k(a, channel, reason, ip)
     "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel, wording, ip,"
     " recorded_at) SELECT c.id, 'objection', ?, k.channel, k.reason, k.ip, ? FROM k"
     " JOIN contacts c ON c.address = k.a")
+COUNT_OBJECTIONS_SQL = (
+    "INSERT INTO objection_counts (channel, total) VALUES (?, ?)"
+    " ON CONFLICT (channel) DO UPDATE SET total = total + excluded.total")
 _REPLAYS_SQL = "SELECT json_group_array(w.id) FROM k JOIN webhook_events w ON w.id = k.e"
 
 
@@ -418,6 +421,8 @@ def record_objections(conn: sqlite3.Connection, objections: Sequence[Objection],
                   [(n, notifications.notification_body(objections[i].address,
                                                        objections[i].channel, now))
                    for n, i in enumerate(new)], notifications.NOTIFY_SQL, (now, now, now))
+        conn.executemany(COUNT_OBJECTIONS_SQL,
+                         Counter(objections[i].channel for i in new).items())
     added = [False] * len(objections)
     for index in new:
         added[index] = True
@@ -583,10 +588,9 @@ class Ledger:
 
         return await self.db.write(write)
 
-    async def suppression_counts(self) -> dict[str, int]:
-        """Suppression entries by channel (for /metrics)."""
-        rows = await self.db.fetchall(
-            "SELECT channel, count(*) FROM suppression GROUP BY channel")
+    async def objection_counts(self) -> dict[str, int]:
+        """Objections recorded so far, by channel (/metrics' counter: it never goes down)."""
+        rows = await self.db.fetchall("SELECT channel, total FROM objection_counts")
         return {row[0]: row[1] for row in rows}
 
     async def suppression_list(self, limit: int | None = None) -> list[SuppressionEntry]:

@@ -26,6 +26,7 @@ from gateway.contacts_csv import ContactRow
 from gateway.errors import StoreError
 from gateway.security.keys import AddressHasher
 from gateway.store.db import BUSY_TIMEOUT_MS, insert_rows
+from gateway.store.ledger import COUNT_OBJECTIONS_SQL
 
 # Statements take numbered parameters (faster to bind than names), in this order:
 PARAMS = ("hash", "address", "kind", "audience", "relationship", "language", "first_name",
@@ -157,6 +158,8 @@ class ContactImporter:
                 changes = conn.total_changes
                 conn.executemany(_SUPPRESS, [(p[_I["hash"]], now) for p in withdrawn])
                 suppressed = conn.total_changes - changes
+                if suppressed:
+                    conn.execute(COUNT_OBJECTIONS_SQL, ("import", suppressed))
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise

@@ -218,3 +218,15 @@ def test_requests_are_tracked_to_their_legal_due_date(config: Path):
                        "export sent by letter").returncode == 0
     assert gateway_cli(config, "requests", "close", str(soon[0]["id"])).returncode == 1
     assert len(json.loads(gateway_cli(config, "requests", "list", "--json").stdout)) == 1
+
+
+def test_withdrawals_imported_count_as_objections_once(config: Path, tmp_path: Path):
+    csv = tmp_path / "w.csv"
+    csv.write_text("email,consent,consent_at\nann@example.com,withdrawn,2026-02-01\n"
+                   "bob@example.com,granted,2026-02-01\n")
+    for _ in range(2):  # the second import finds ann suppressed already
+        assert gateway_cli(config, "contacts", "import", str(csv)).returncode == 0
+    assert gateway_cli(config, "suppress", "add", "bob@example.com").returncode == 0
+    with sqlite3.connect(config.parent / "gateway.db") as conn:
+        counts = dict(conn.execute("SELECT channel, total FROM objection_counts"))
+    assert counts == {"import": 1, "manual": 1}

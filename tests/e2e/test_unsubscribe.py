@@ -198,6 +198,17 @@ def test_the_webhook_suppresses_signed_events_once(gw, sink: Sink):
     assert sorted(suppressed(gw)) == ["webhook"] * 3
     metrics = httpx.get(f"http://127.0.0.1:{gw.http_port}/metrics").text
     assert 'gateway_objections_total{channel="webhook"} 3' in metrics
+    # a counter: lifting a suppression takes no objection back, an erasure is none, and the
+    # same address objecting again once lifted counts again
+    assert gw.cli("suppress", "remove", "ann@example.net").returncode == 0
+    assert gw.cli("subject", "erase", "john@example.org").returncode == 0
+    again = json.dumps({"email": "ann@example.net"}).encode()
+    assert httpx.post(webhook, content=again, headers={
+        "X-Gateway-Signature": sign(again)}).json() == {"suppressed": 1, "replayed": 0}
+    metrics = httpx.get(f"http://127.0.0.1:{gw.http_port}/metrics").text
+    counted = [line for line in metrics.splitlines()
+               if line.startswith("gateway_objections_total")]
+    assert counted == ['gateway_objections_total{channel="webhook"} 4'], counted
 
 
 @pytest.mark.parametrize("headers", [
