@@ -354,10 +354,14 @@ _COPIES_SQL = ("SELECT json_group_array(json_array(k.i, coalesce(d.recipient, c.
 _ONE_COPY_SQL = "WITH k(i, d, c) AS (VALUES (0, ?, ?)) " + _COPIES_SQL
 _SUPPRESS_SQL = "INSERT OR IGNORE INTO suppression (hash, created_at, channel) VALUES (?, ?, ?)"
 _SUPPRESSED_SQL = "SELECT json_group_array(hex(s.hash)) FROM k JOIN suppression s ON s.hash = k.h"
-_OBJECTIONS_SQL = (  # over k(a, channel, reason, ip)
+# over k(a, l, channel, reason, ip): the contact held as the address was written, or with its
+# local part in lower case as most tools store it (the suppression entry holds every case; a
+# contact held as Jane@ gets no event from an objection written jane@: contacts.address_hash
+# has no index, which every imported row would pay for)
+_OBJECTIONS_SQL = (
     "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel, wording, ip,"
     " recorded_at) SELECT c.id, 'objection', ?, k.channel, k.reason, k.ip, ? FROM k"
-    " JOIN contacts c ON c.address = k.a")
+    " JOIN contacts c ON c.address IN (k.a, k.l)")
 COUNT_OBJECTIONS_SQL = (
     "INSERT INTO objection_counts (channel, total) VALUES (?, ?)"
     " ON CONFLICT (channel) DO UPDATE SET total = total + excluded.total")
@@ -384,6 +388,11 @@ class Objection(NamedTuple):
     channel: str
     reason: str | None
     ip: str | None
+
+
+def _lower_local(address: str) -> str:
+    local, at, domain = address.rpartition("@")
+    return f"{local.lower()}{at}{domain}"
 
 
 def record_objections(conn: sqlite3.Connection, objections: Sequence[Objection],
@@ -415,8 +424,9 @@ def record_objections(conn: sqlite3.Connection, objections: Sequence[Objection],
         insert_rows(conn, "INSERT INTO suppression (hash, created_at, channel)",
                     [(objections[i].digest, now, objections[i].channel) for i in new])
     if new:
-        with_rows(conn, "k(a, channel, reason, ip)",
-                  [objections[i][1:] for i in new], _OBJECTIONS_SQL, (now, now))
+        with_rows(conn, "k(a, l, channel, reason, ip)",
+                  [(o.address, _lower_local(o.address), o.channel, o.reason, o.ip)
+                   for o in (objections[i] for i in new)], _OBJECTIONS_SQL, (now, now))
         with_rows(conn, "k(n, body)",
                   [(n, notifications.notification_body(objections[i].address,
                                                        objections[i].channel, now))

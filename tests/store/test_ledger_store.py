@@ -134,6 +134,19 @@ async def test_suppress_and_lift_are_recorded_on_the_contact(db, hasher):
     assert columns == ["hash", "created_at", "channel"]
 
 
+async def test_an_objection_written_in_another_case_is_recorded_on_the_contact(db, hasher):
+    """The suppression entry holds every case of the local part; the objection event goes to
+    the contact held as written or in lower case (most tools store addresses so)."""
+    import_csv(db, hasher, "email\njane@example.com\n")
+    ledger = Ledger(db, hasher)
+    assert await ledger.suppress("Jane@EXAMPLE.com", "webhook", reason="complaint")
+    assert (await facts(db, hasher, "jane@example.com")).suppressed
+    contact = await ledger.contact("jane@example.com")
+    assert contact is not None
+    assert [(e.kind, e.channel, e.wording) for e in await ledger.events(contact.id or 0)] == [
+        ("objection", "webhook", "complaint")]
+
+
 async def test_suppressing_an_address_the_ledger_never_held(db, hasher):
     ledger = Ledger(db, hasher)
     assert await ledger.suppress("stranger@example.com", "manual")
