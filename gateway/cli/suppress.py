@@ -47,11 +47,17 @@ def remove(state: CliState, email: str, reason: str | None) -> None:
 
     async def body() -> None:
         async with Database(state.settings.store.path) as db:
+            ledger = Ledger(db, hasher_for(state.settings))
             try:
-                await Ledger(db, hasher_for(state.settings)).unsuppress(email, reason)
+                await ledger.unsuppress(email, reason)
+                contact = await ledger.contact(email)
             except ValueError as exc:
                 raise Refused(str(exc)) from None
         click.echo(f"{email} removed from the suppression list")
+        if contact is not None and contact.consent == "withdrawn":
+            click.echo("note: the ledger still records its consent as withdrawn, so it is "
+                       "decided without consent until a contacts file grants it again "
+                       "(`gateway check` shows the decision)")
 
     run(body)
 

@@ -69,9 +69,11 @@ def _reject(rule: str, reason: str, basis: str) -> Decision:
 
 
 def r1_suppressed(case: Case) -> Decision | None:
-    """R1: objection is absolute (GDPR 21(3)); a withdrawn consent is an objection too."""
-    contact = case.facts.contact
-    if case.facts.suppressed or (contact is not None and contact.consent == "withdrawn"):
+    """R1: objection is absolute (GDPR 21(3)). A withdrawn consent is an objection too: it
+    puts the address on the suppression list (contacts import), and R1 reads the list alone,
+    so that `gateway suppress remove` (the person's own new request) lifts it; the consent
+    stays withdrawn, so R6 does not allow until a file grants it again."""
+    if case.facts.suppressed:
         return _reject("R1", "recipient objected to prospecting (suppression list)",
                        "CPCE L.34-5; GDPR 21(2)-(3): objection to direct marketing is absolute")
     return None

@@ -230,3 +230,18 @@ def test_withdrawals_imported_count_as_objections_once(config: Path, tmp_path: P
     with sqlite3.connect(config.parent / "gateway.db") as conn:
         counts = dict(conn.execute("SELECT channel, total FROM objection_counts"))
     assert counts == {"import": 1, "manual": 1}
+
+
+def test_lifting_a_withdrawal_leaves_the_contact_without_consent(config: Path, tmp_path: Path):
+    csv = tmp_path / "w.csv"
+    csv.write_text("email,audience,consent,consent_at,source_name,source_type,collected_at\n"
+                   "jane@b2c.example,b2c,withdrawn,2026-02-01,form,direct,2026-01-01\n")
+    assert gateway_cli(config, "contacts", "import", str(csv)).returncode == 0
+
+    def rule() -> str:
+        return json.loads(gateway_cli(config, "check", "--account", "crm", "--to",
+                                      "jane@b2c.example", "--json").stdout)["rule"]
+    assert rule() == "R1"
+    lifted = gateway_cli(config, "suppress", "remove", "jane@b2c.example")
+    assert lifted.returncode == 0 and "still records its consent as withdrawn" in lifted.stdout
+    assert rule() == "R10"  # off the list, and still no consent

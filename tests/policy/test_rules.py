@@ -29,8 +29,11 @@ CONSENT = {"consent": "granted", "consent_at": NOW - 100 * DAY, "consent_method"
 TABLE = [
     # (name, contact or None, suppressed, expected verdict, rule, reason fragment)
     ("suppressed address", person(**CONSENT), True, Verdict.REJECT, "R1", "objected"),
-    ("withdrawn consent is an objection", person(consent="withdrawn"), False, Verdict.REJECT,
-     "R1", "objected"),
+    ("withdrawn consent is an objection: the import put it on the list",
+     person(consent="withdrawn", consent_at=NOW - DAY), True, Verdict.REJECT, "R1", "objected"),
+    ("a withdrawal whose suppression was lifted is still no consent",
+     person(consent="withdrawn", consent_at=NOW - DAY), False, Verdict.REJECT, "R10",
+     "no prior consent"),
     ("suppressed even if the ledger no longer holds it", None, True, Verdict.REJECT, "R1", ""),
     ("unknown", None, False, Verdict.REJECT, "R2", "unknown"),
     ("no source", person(sources=(), **CONSENT), False, Verdict.REJECT, "R3", "no source"),
