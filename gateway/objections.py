@@ -82,6 +82,8 @@ class Objections:
             document = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BadRequest(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("not JSON this gateway reads: nested too deeply") from None
         events = document.get("events", [document]) if isinstance(document, dict) else None
         if not isinstance(events, list) or not events or len(events) > MAX_EVENTS:
             raise BadRequest(f'expected {{"email": ...}} or {{"events": [...]}} with 1 to '

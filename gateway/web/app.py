@@ -171,8 +171,8 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
         if not objections.webhook_secret:
             return JSONResponse({"error": "webhooks.opt_out_secret is not set"},
                                 status_code=503)
-        body = await request.body()
-        if len(body) > MAX_BODY:
+        body = await _body_at_most(request, MAX_BODY)
+        if body is None:
             return JSONResponse({"error": "body too large"}, status_code=413)
         if not objections.signature_ok(request.headers.get("x-gateway-signature"), body):
             return JSONResponse({"error": "missing, wrong or stale X-Gateway-Signature"},
@@ -183,6 +183,20 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
         except ValueError as exc:  # objections.BadRequest
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"suppressed": added, "replayed": replays})
+
+    async def _body_at_most(request: Request, limit: int) -> bytes | None:
+        """The body, or None as soon as it is over `limit` bytes: a chunked body (no
+        Content-Length) is not read to its end first."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     routes = [Route("/healthz", healthz, methods=["GET", "HEAD"]),
               Route("/metrics", prometheus, methods=["GET"])]

@@ -231,6 +231,11 @@ def test_the_webhook_refuses_unsigned_wrong_and_stale_calls(gw, headers):
                                        {"email": "not an address"}]}).encode()
     assert httpx.post(webhook, content=bad_event, headers={
         "X-Gateway-Signature": sign(bad_event)}).status_code == 400
+    nested = b"[" * 100_000 + b"]" * 100_000  # json.loads: RecursionError, not a 500
+    assert httpx.post(webhook, content=nested, headers={
+        "X-Gateway-Signature": sign(nested)}).status_code == 400
+    chunked = (b"x" * 65536 for _ in range(20))  # 1.25 MiB without a Content-Length
+    assert httpx.post(webhook, content=chunked, headers=attempts[-1]).status_code == 413
     assert suppressed(gw) == []  # a bad event stores nothing of its batch
 
 
