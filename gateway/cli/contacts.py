@@ -129,6 +129,9 @@ def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool) -> No
     verb = "would import" if dry_run else "imported"
     click.echo(f"{file}: {verb} {c.new + c.updated} rows ({c.new} new, {c.updated} updated), "
                f"{refused} refused, {c.suppressed} newly suppressed, in {seconds:.1f} s"
+               + (f"; {c.clock_kept} new contacts were purged by the retention rule before: "
+                  "their retention clock goes on from the purged entry's, not from this file"
+                  if c.clock_kept else "")
                + (" - dry run, nothing written" if dry_run else ""))
     sys.exit(EXIT_REFUSED if refused else EXIT_OK)
 

@@ -85,6 +85,15 @@ WHERE NOT EXISTS (SELECT 1 FROM contact_events e
     WHERE e.contact_id = ?24 AND e.kind = 'withdrawal'
     AND (?13 IS NULL OR e.occurred_at = ?13))
 """
+# the contacts new in this chunk (id > ?1) whose address was purged by R4 before: their
+# collection dates from when the purged entry's clock started (R4 then counts from the later of
+# that and a last_interaction_at in the file: only the person's own action renews the clock)
+_KEEP_CLOCK = """
+UPDATE contacts SET collected_at = (SELECT p.clock_start FROM retention_purges p
+    WHERE p.address_hash = contacts.address_hash)
+WHERE id > ?1 AND collected_at > (SELECT p.clock_start FROM retention_purges p
+    WHERE p.address_hash = contacts.address_hash)
+"""
 IMPORT_CACHE_KB = 64 * 1024
 _SUPPRESS = "INSERT OR IGNORE INTO suppression (hash, created_at, channel) VALUES (?, ?, 'import')"
 
@@ -94,6 +103,7 @@ class ImportCounts:
     new: int = 0
     updated: int = 0
     suppressed: int = 0
+    clock_kept: int = 0  # new contacts whose retention clock a purged entry's started
 
 
 class ContactImporter:
@@ -115,6 +125,9 @@ class ContactImporter:
             self.conn.execute("PRAGMA synchronous=NORMAL")
             # the address index of a large ledger does not fit SQLite's default 2 MB cache
             self.conn.execute(f"PRAGMA cache_size=-{IMPORT_CACHE_KB}")
+            # read once: most ledgers never purged anything, and their imports skip the check
+            self.purged_before = self.conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM retention_purges)").fetchone()[0] == 1
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store {path}: {exc}") from exc
 
@@ -160,6 +173,8 @@ class ContactImporter:
                 suppressed = conn.total_changes - changes
                 if suppressed:
                     conn.execute(COUNT_OBJECTIONS_SQL, ("import", suppressed))
+                clock_kept = conn.execute(_KEEP_CLOCK, (last_id,)).rowcount \
+                    if self.purged_before else 0
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -167,6 +182,7 @@ class ContactImporter:
         except sqlite3.Error as exc:
             raise StoreError(f"import failed in the chunk from line {first_line}: {exc}") from exc
         self.counts.suppressed += suppressed
+        self.counts.clock_kept += clock_kept
         new = sum(1 for contact_id in ids.values() if contact_id > last_id)
         self.counts.new += new
         self.counts.updated += len(params) - new

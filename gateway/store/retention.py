@@ -18,6 +18,10 @@ _EXPIRED = ("SELECT id, address FROM contacts WHERE"
             " (CASE WHEN last_interaction_at IS NOT NULL AND last_interaction_at > collected_at"
             "  THEN last_interaction_at + ? ELSE collected_at + ? END) < ?"
             " ORDER BY id")
+# the clock's start as R4 read it: the later of collection and the person's last interaction
+_TOMBSTONE = ("INSERT OR REPLACE INTO retention_purges (address_hash, clock_start, purged_at)"
+              " SELECT address_hash, max(collected_at, coalesce(last_interaction_at,"
+              " collected_at)), ? FROM contacts WHERE id = ?")
 
 
 class Retention:
@@ -36,12 +40,15 @@ class Retention:
         return [(row[0], row[1]) for row in rows]
 
     async def purge(self, now: float | None = None) -> list[str]:
-        """Delete every expired entry with its sources and events; returns the addresses."""
+        """Delete every expired entry with its sources and events, keeping its clock's start
+        under its keyed hash (013_retention_purges); returns the addresses."""
+        when = now or time.time()
         async with self.db.transaction() as conn:
-            async with conn.execute(_EXPIRED, self._params(now or time.time())) as cur:
+            async with conn.execute(_EXPIRED, self._params(when)) as cur:
                 rows = list(await cur.fetchall())
-            await conn.executemany("DELETE FROM contacts WHERE id = ?",
-                                   [(row[0],) for row in rows])
+            ids = [(row[0],) for row in rows]
+            await conn.executemany(_TOMBSTONE, [(when, row_id) for row_id, in ids])
+            await conn.executemany("DELETE FROM contacts WHERE id = ?", ids)
         return [row[1] for row in rows]
 
 

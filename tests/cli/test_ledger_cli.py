@@ -190,6 +190,40 @@ def test_retention_run_purges_what_r4_says_has_expired(config: Path, tmp_path: P
     assert gateway_cli(config, "contacts", "show", "old@example.com").returncode == 1
 
 
+def test_a_purged_address_imported_again_keeps_its_retention_clock(config: Path,
+                                                                    tmp_path: Path):
+    """KASPR: a data vendor's file bringing back an address R4 purged, with the file's own
+    date, does not start its retention over; a later interaction of the person does."""
+    old = tmp_path / "old.csv"
+    old.write_text("email,audience,topics,source_name,source_type,collected_at,"
+                   "last_interaction_at\n"
+                   "cto@b2b.example,b2b,crm,Fair,direct,2020-01-01,\n"
+                   "cfo@b2b.example,b2b,crm,Fair,direct,2020-01-01,2021-03-01\n"
+                   "ceo@b2b.example,b2b,crm,Fair,direct,2020-01-01,\n")
+    assert gateway_cli(config, "contacts", "import", str(old)).returncode == 0
+    assert "3 expired ledger entries purged" in gateway_cli(config, "retention", "run").stdout
+    with sqlite3.connect(config.parent / "gateway.db") as conn:
+        tombstones = conn.execute("SELECT * FROM retention_purges").fetchall()
+    assert len(tombstones) == 3 and all(len(row) == 3 for row in tombstones)  # no address
+    vendor = tmp_path / "vendor.csv"
+    vendor.write_text("email,audience,topics,source_name,source_type,collected_at,"
+                      "last_interaction_at\n"
+                      "cto@b2b.example,b2b,crm,Vendor,import,2026-11-01,\n"
+                      "cfo@b2b.example,b2b,crm,Vendor,import,2026-11-01,\n"
+                      "ceo@b2b.example,b2b,crm,Vendor,import,2026-11-01,2026-10-15\n"
+                      "new@b2b.example,b2b,crm,Vendor,import,2026-11-01,\n")
+    imported = gateway_cli(config, "contacts", "import", str(vendor))
+    assert imported.returncode == 0 and "3 new contacts were purged" in imported.stdout
+
+    def rule(address: str) -> str:
+        return json.loads(gateway_cli(config, "check", "--account", "crm", "--to", address,
+                                      "--json").stdout)["rule"]
+    assert rule("cto@b2b.example") == "R4"  # from 2020-01-01, not the vendor's date
+    assert rule("cfo@b2b.example") == "R4"  # from its last interaction, 2021-03-01
+    assert rule("ceo@b2b.example") == "R8"  # the person acted in 2026: a fresh clock
+    assert rule("new@b2b.example") == "R8"  # never purged: the file's date
+
+
 def test_requests_are_tracked_to_their_legal_due_date(config: Path):
     from gateway.store.requests import one_month_later
 
