@@ -142,7 +142,8 @@ def r4_retention_expired(case: Case) -> Decision | None:
     deadline = retention_deadline(case.contact, case.knobs)
     if deadline is not None and case.now > deadline:
         days = int((case.now - deadline) // DAY)
-        return _reject("R4", f"retention period expired {days} days ago; marked for purge",
+        ago = "today" if days == 0 else "1 day ago" if days == 1 else f"{days} days ago"
+        return _reject("R4", f"retention period expired {ago}; marked for purge",
                        "GDPR 5-1-e; CNIL prospecting guidance (3 years); KASPR (no renewal)")
     return None
 

@@ -201,3 +201,12 @@ def test_a_consent_method_naming_a_ticked_box_or_the_terms_is_not_consent(method
     decision = chain.decide(RecipientFacts("p@example.net", False, contact), CAMPAIGN, KNOBS,
                             NOW)
     assert (decision.rule == "R6") is valid, decision
+
+
+@pytest.mark.parametrize("past, words", [(0.5, "expired today"), (1.5, "expired 1 day ago"),
+                                         (40.2, "expired 40 days ago")])
+def test_r4_says_when_the_retention_period_ended(past, words):
+    contact = person(collected_at=NOW - (1095 + past) * DAY)
+    decision = chain.decide(RecipientFacts("p@example.net", False, contact), CAMPAIGN, KNOBS,
+                            NOW)
+    assert decision.rule == "R4" and words in decision.reason, decision.reason
