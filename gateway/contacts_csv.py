@@ -238,6 +238,11 @@ def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow 
                                f"{line}: correct it and import it again (rows already "
                                "imported are kept, a re-import does not duplicate them)")
                 return
+            if "unexpected end of data" in str(exc) and line > start:
+                yield RowError(start, f"not valid CSV: a quote opened on this line is never "
+                               f"closed, so lines {start}-{line} were read as one field; none "
+                               "of them is imported")
+                continue
             yield RowError(start, f"not valid CSV: {exc}")
             continue
         line = reader.line_num

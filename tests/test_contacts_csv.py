@@ -76,6 +76,18 @@ def test_an_over_long_quoted_field_stops_the_file_there_and_its_text_is_never_a_
     assert "not read past line" in error.reason
 
 
+def test_a_quote_never_closed_names_the_lines_it_swallowed():
+    text = ("email,source_name,source_type\n"
+            "a@example.org,form,direct\n"               # 2
+            'b@example.org,"form,direct\n'              # 3: opens, never closes
+            "c@example.org,form,direct\n"               # 4
+            "d@example.org,form,direct\n")              # 5
+    result = rows(text)
+    assert [r.address for r in result if isinstance(r, ContactRow)] == ["a@example.org"]
+    [error] = [r for r in result if isinstance(r, RowError)]
+    assert error.line == 3 and "never closed" in error.reason and "lines 3-5" in error.reason
+
+
 @pytest.mark.parametrize("header, message", [
     ("email,kind,favourite_colour\n", "unknown column 'favourite_colour'"),
     ("email,kind,kind\n", "appears twice"),
