@@ -51,8 +51,13 @@ class Notifier:
     async def _run(self) -> None:
         while True:
             try:
+                by_account: dict[str, list[Notification]] = {}
                 for notification in await self.store.due():
-                    await self._send(notification)
+                    by_account.setdefault(notification.account, []).append(notification)
+                # each account's endpoint in turn, the accounts side by side: one that hangs
+                # until the timeout does not hold up the others' notifications
+                await asyncio.gather(*(self._send_in_order(notifications)
+                                       for notifications in by_account.values()))
             except StoreError as exc:
                 log.error("notification outbox unavailable: %s", exc)
             except Exception:  # a bug must not stop every account's notifications for good
@@ -64,7 +69,16 @@ class Notifier:
                 pass
             self._wake.clear()
 
-    async def _send(self, notification: Notification) -> None:
+    async def _send_in_order(self, notifications: list[Notification]) -> None:
+        """One account's due notifications, oldest first, until one fails: the rest wait for
+        a later scan rather than each waiting out the timeout of an endpoint that is down."""
+        for notification in notifications:
+            if not await self._send(notification):
+                return
+
+    async def _send(self, notification: Notification) -> bool:
+        """Send one; True when the account's next one may go now (this one was taken, or
+        given up without a try), False when its endpoint failed."""
         assert self._client is not None
         body = notification.body.encode()
         headers = {"Content-Type": "application/json"}
@@ -74,25 +88,27 @@ class Notifier:
             self._warned = True
             log.warning("webhooks.opt_out_secret is not set: objection notifications to "
                         "notify_url go out unsigned")
-        give_up = False
+        if not notification.url:  # nothing was tried: the account's next one may go
+            await self.store.retry_later(notification.id, "the account has no notify_url any "
+                                         "more", time.time(), give_up=True)
+            log.warning("notification %d to %s given up: the account has no notify_url any "
+                        "more", notification.id, notification.account)
+            return True
         error: str | None
-        if not notification.url:
-            error, give_up = "the account has no notify_url any more", True
-        else:
-            try:
-                answer = await self._client.post(notification.url, content=body,
-                                                 headers=headers)
-                error = None if answer.is_success else f"HTTP {answer.status_code}"
-            except Exception as exc:  # noqa: BLE001 - httpx.InvalidURL, a bad port, ...: every
-                # failure of one notification is that notification's, retried or given up
-                error = f"{exc.__class__.__name__}: {exc}"
+        try:
+            answer = await self._client.post(notification.url, content=body, headers=headers)
+            error = None if answer.is_success else f"HTTP {answer.status_code}"
+        except Exception as exc:  # noqa: BLE001 - httpx.InvalidURL, a bad port, ...: every
+            # failure of one notification is that notification's, retried or given up
+            error = f"{exc.__class__.__name__}: {exc}"
         if error is None:
             await self.store.sent(notification.id)
             log.info("objection notified to %s (%s)", notification.account, notification.url)
-            return
+            return True
         now = time.time()
-        give_up = give_up or now - notification.created_at > GIVE_UP_SECONDS
+        give_up = now - notification.created_at > GIVE_UP_SECONDS
         delay = min(RETRY_MAX_SECONDS, self.retry_base * 2 ** notification.attempts)
         await self.store.retry_later(notification.id, error, now + delay, give_up)
         log.warning("notifying %s at %s failed (%s)%s", notification.account, notification.url,
                     error, "; giving up" if give_up else f"; retry in {delay:.0f} s")
+        return False

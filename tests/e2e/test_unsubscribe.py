@@ -332,6 +332,40 @@ def test_a_notify_url_the_sender_cannot_use_stops_nothing_and_a_correction_appli
         server.shutdown()
 
 
+def test_an_account_whose_endpoint_hangs_does_not_hold_up_the_others(make_gateway, sink,
+                                                                     tmp_path):
+    """Each account's notifications go in turn, the accounts side by side: the tool whose
+    endpoint accepts and never answers (the sender waits 10 s for it) delays nobody else."""
+    import socket
+    hanging = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Hook.received, Hook.failures_left = [], 0
+    try:
+        ledger = tmp_path / "ledger.csv"
+        ledger.write_text(CSV_HEADER + "\njane@example.net,person,b2c,prospect,en,,,,,,"
+                          "granted,2026-01-05,web form,v1,signup form,direct,,2026-01-05,,,\n")
+        gw = make_gateway(contacts=ledger, start=False, extra=(
+            f'[webhooks]\nopt_out_secret = "{SECRET}"\n'))
+        assert gw.cli("accounts", "update", "crm", "--notify-url",
+                      f"http://127.0.0.1:{hanging.getsockname()[1]}/hook").returncode == 0
+        added = gw.cli("accounts", "add", "zz-other", "--from-domain", "example.org",
+                       "--notify-url", f"http://127.0.0.1:{server.server_port}/objections",
+                       "--password-stdin", stdin="Correct-Horse-Battery-Staple-2026!\n")
+        assert added.returncode == 0, added.stderr
+        gw.start()
+        url = deliver(gw, sink, "jane@example.net")
+        started = time.monotonic()
+        assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+        while not Hook.received and time.monotonic() - started < 8:
+            time.sleep(0.05)
+        assert Hook.received, "the other account waited behind the hanging endpoint"
+        assert time.monotonic() - started < 5
+    finally:
+        server.shutdown()
+        hanging.close()
+
+
 def test_mail_to_the_unsubscribe_address_needs_no_auth_and_objects(make_gateway, sink,
                                                                    tmp_path):
     ledger = tmp_path / "ledger.csv"
