@@ -72,9 +72,12 @@ class Objections:
     def signature_ok(self, header: str | None, body: bytes) -> bool:
         return signatures.signature_ok(self.webhook_secret, header, body)
 
-    async def record_webhook(self, body: bytes, ip: str | None) -> tuple[int, int]:
+    async def record_webhook(self, body: bytes, ip: str | None,
+                             call: str | None = None) -> tuple[int, int]:
         """Store every event of a (verified) webhook body in one transaction.
 
+        `call` names the signed call (signatures.signed_mac): its events without an id get
+        one from it, so the same call sent again (inside the 300 s window) is a replay too.
         Returns (addresses newly suppressed, events ignored as replays of an id already
         received). BadRequest, and nothing stored, when any event is malformed.
         """
@@ -102,6 +105,8 @@ class Objections:
                 raise BadRequest(f"event {i}: id must be a string of at most 200 characters")
             if reason is not None and not isinstance(reason, str):
                 raise BadRequest(f"event {i}: reason must be a string")
+            if event_id is None and call is not None:
+                event_id = f"signed-call:{call}:{i}"
             parsed.append((event_id, address, (reason or "")[:MAX_REASON] or None))
         added, replays = await self.ledger.suppress_events(parsed, "webhook", ip)
         log.info("webhook from %s: %d events, %d newly suppressed, %d replays ignored", ip,

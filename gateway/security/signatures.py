@@ -21,13 +21,23 @@ def signature(secret: bytes, body: bytes, at: float | None = None) -> str:
     return f"t={stamp},v1={mac}"
 
 
+def _fields(header: str) -> tuple[str, str]:
+    parts = dict(item.strip().partition("=")[::2] for item in header.split(","))
+    return parts.get("t", "").strip(), parts.get("v1", "").strip()
+
+
+def signed_mac(header: str) -> str:
+    """The MAC of a header signature_ok accepted, normalised: it names the signed call (one
+    body at one time), so that the same call sent again is known."""
+    return _fields(header)[1].lower()
+
+
 def signature_ok(secret: bytes, header: str | None, body: bytes,
                  now: float | None = None) -> bool:
     """True for a well-formed header, within the window, whose MAC matches (constant time)."""
     if not secret or not header:
         return False
-    parts = dict(item.strip().partition("=")[::2] for item in header.split(","))
-    stamp, given = parts.get("t", "").strip(), parts.get("v1", "").strip()
+    stamp, given = _fields(header)
     if _STAMP.fullmatch(stamp) is None or _MAC.fullmatch(given) is None:
         return False
     if abs((time.time() if now is None else now) - int(stamp)) > WINDOW_SECONDS:

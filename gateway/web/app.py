@@ -13,6 +13,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from gateway.errors import StoreError
+from gateway.security.signatures import signed_mac
 from gateway.security.tokens import Token
 from gateway.web.pages import HEADERS, confirm_page, done_page, not_found_page, texts_for
 
@@ -174,12 +175,13 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
         body = await _body_at_most(request, MAX_BODY)
         if body is None:
             return JSONResponse({"error": "body too large"}, status_code=413)
-        if not objections.signature_ok(request.headers.get("x-gateway-signature"), body):
+        header = request.headers.get("x-gateway-signature")
+        if header is None or not objections.signature_ok(header, body):
             return JSONResponse({"error": "missing, wrong or stale X-Gateway-Signature"},
                                 status_code=401)
         try:
             added, replays = await objections.record_webhook(
-                body, request.client.host if request.client else None)
+                body, request.client.host if request.client else None, signed_mac(header))
         except ValueError as exc:  # objections.BadRequest
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"suppressed": added, "replayed": replays})

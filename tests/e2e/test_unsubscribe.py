@@ -196,8 +196,17 @@ def test_the_webhook_suppresses_signed_events_once(gw, sink: Sink):
     assert httpx.post(webhook, content=replay, headers={
         "X-Gateway-Signature": sign(replay)}).json() == {"suppressed": 0, "replayed": 1}
     assert sorted(suppressed(gw)) == ["webhook"] * 3
+    # the same signed call sent again (its events have no id) within the window: a replay
+    assert gw.cli("suppress", "remove", "jane@example.net").returncode == 0
+    signed = {"X-Gateway-Signature": sign(single)}
+    assert httpx.post(webhook, content=single, headers=signed).json() == {
+        "suppressed": 1, "replayed": 0}
+    assert gw.cli("suppress", "remove", "jane@example.net").returncode == 0
+    assert httpx.post(webhook, content=single, headers=signed).json() == {
+        "suppressed": 0, "replayed": 1}
+    assert rcpt(gw, "jane@example.net")[0] == 250  # the lifted suppression stands
     metrics = httpx.get(f"http://127.0.0.1:{gw.http_port}/metrics").text
-    assert 'gateway_objections_total{channel="webhook"} 3' in metrics
+    assert 'gateway_objections_total{channel="webhook"} 4' in metrics
     # a counter: lifting a suppression takes no objection back, an erasure is none, and the
     # same address objecting again once lifted counts again
     assert gw.cli("suppress", "remove", "ann@example.net").returncode == 0
@@ -208,7 +217,7 @@ def test_the_webhook_suppresses_signed_events_once(gw, sink: Sink):
     metrics = httpx.get(f"http://127.0.0.1:{gw.http_port}/metrics").text
     counted = [line for line in metrics.splitlines()
                if line.startswith("gateway_objections_total")]
-    assert counted == ['gateway_objections_total{channel="webhook"} 4'], counted
+    assert counted == ['gateway_objections_total{channel="webhook"} 5'], counted
 
 
 @pytest.mark.parametrize("headers", [
