@@ -198,11 +198,12 @@ def test_the_webhook_suppresses_signed_events_once(gw, sink: Sink):
     assert sorted(suppressed(gw)) == ["webhook"] * 3
     # the same signed call sent again (its events have no id) within the window: a replay
     assert gw.cli("suppress", "remove", "jane@example.net").returncode == 0
-    signed = {"X-Gateway-Signature": sign(single)}
-    assert httpx.post(webhook, content=single, headers=signed).json() == {
+    renewed = json.dumps({"email": "jane@example.net", "reason": "asked again"}).encode()
+    signed = {"X-Gateway-Signature": sign(renewed)}
+    assert httpx.post(webhook, content=renewed, headers=signed).json() == {
         "suppressed": 1, "replayed": 0}
     assert gw.cli("suppress", "remove", "jane@example.net").returncode == 0
-    assert httpx.post(webhook, content=single, headers=signed).json() == {
+    assert httpx.post(webhook, content=renewed, headers=signed).json() == {
         "suppressed": 0, "replayed": 1}
     assert rcpt(gw, "jane@example.net")[0] == 250  # the lifted suppression stands
     metrics = httpx.get(f"http://127.0.0.1:{gw.http_port}/metrics").text
