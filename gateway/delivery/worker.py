@@ -121,8 +121,16 @@ class DeliveryService:
                 # The outcome could not be recorded: the claim expires and the copy is retried;
                 # the upstream may then see it twice, which beats losing it.
                 log.error("delivery %d: could not record the outcome: %s", copy.delivery_id, exc)
-            except Exception:
+            except Exception as exc:
+                # a bug, not the upstream's answer: retried with backoff like a 4xx, so that
+                # the copy is not left claimed with nothing recorded, and after
+                # delivery.max_age_hours it fails with a DSN like any other
                 log.exception("delivery %d: unexpected error", copy.delivery_id)
+                try:
+                    await self._defer(copy, f"internal error: {exc.__class__.__name__}: {exc}")
+                except StoreError as store_exc:
+                    log.error("delivery %d: could not record the outcome: %s",
+                              copy.delivery_id, store_exc)
             finally:
                 self._in_flight.discard(copy.delivery_id)
                 self._known.discard(copy.delivery_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 import dataclasses
 import re
 
@@ -28,6 +27,7 @@ from gateway.transform.notice import Notice
 
 MAX_LINE = 998  # RFC 5322 2.1.1, octets without CRLF
 _BODY_CLOSE = re.compile(r"</body\s*>", re.IGNORECASE)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`{|}~0-9A-Za-z-]+")  # RFC 2045 5.1
 _HEADER_LINE = re.compile(rb"(?m)^[^ \t\r\n][^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n")
 
 
@@ -116,9 +116,13 @@ def _decode(content: bytes, part: Part) -> tuple[str, str, str]:
     encoding = (part.get("content-transfer-encoding") or "7bit").strip().lower()
     charset = part.params.get("charset", "us-ascii").strip().lower() or "us-ascii"
     try:
-        codecs.lookup(charset)
-    except LookupError as exc:
+        b"".decode(charset)  # unlike codecs.lookup, refuses codecs that are not text
+        # encodings (rot13, base64, zlib), which bytes.decode then refuses with LookupError
+    except (LookupError, ValueError) as exc:  # ValueError: a NUL, a non-ASCII name
         raise NoticeError(f"unknown charset {charset!r}") from exc
+    bad = next((name for name in part.params if _TOKEN.fullmatch(name) is None), None)
+    if bad is not None:  # the rewritten Content-Type could not carry it
+        raise NoticeError(f"a Content-Type parameter name that is not a token: {bad!r}")
     raw = content[part.body_start:part.end]
     try:
         if encoding == "base64":
@@ -130,7 +134,8 @@ def _decode(content: bytes, part: Part) -> tuple[str, str, str]:
         else:
             raise NoticeError(f"unknown transfer encoding {encoding!r}")
         text = data.decode(charset)
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError, LookupError) as exc:  # UnicodeDecodeError is a
+        # ValueError
         raise NoticeError(f"cannot decode a {part.content_type} part: {exc}") from exc
     return text, charset, encoding
 

@@ -135,6 +135,13 @@ def test_an_objection_holds_in_every_process_sharing_the_store(gateway):
      b"--s\r\nContent-Type: application/pkcs7-signature\r\n\r\nMIIB\r\n--s--\r\n", "M2"),
     (b"From: News <news@example.com>\r\nSubject: Broken\r\nMIME-Version: 1.0\r\n"
      b"Content-Type: multipart/mixed\r\n\r\nno boundary at all\r\n", "M2"),
+    # a codec that is no text encoding: bytes.decode refuses it (it was a 451, for ever)
+    (b"From: News <news@example.com>\r\nSubject: Rot\r\nMIME-Version: 1.0\r\n"
+     b"Content-Type: text/plain; charset=rot13\r\n\r\nHello\r\n", "M2"),
+    # a parameter name no rewritten Content-Type can carry (the copy stayed queued for ever)
+    ("From: News <news@example.com>\r\nSubject: Naive\r\nMIME-Version: 1.0\r\n"
+     "Content-Type: text/plain; charset=us-ascii; na\u00efve=1\r\n\r\nHello\r\n"
+     .encode(), "M2"),
 ])
 def test_message_rules_quarantine_the_copies(gateway, sink: Sink, body: bytes, rule: str):
     gw = gateway()
