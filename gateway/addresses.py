@@ -86,3 +86,16 @@ def suppression_form(address: str) -> str:
     """
     local, _, domain = address.rpartition("@")
     return f"{local.casefold()}@{domain.lower()}"
+
+
+def subject_form(stored: object) -> object:
+    """The suppression form of an address as some table stores it (a RCPT as given, a request's
+    address), for matching one person's rows (`gateway subject`); text that is no address is
+    just case-folded. Registered in SQL as subject_form(): SQLite's lower() folds ASCII only,
+    so lower(recipient) never matched straße@ or JOSÉ@. Anything not text comes back as is."""
+    if not isinstance(stored, str):
+        return stored
+    try:
+        return suppression_form(normalize_address(stored))
+    except ValueError:
+        return stored.casefold()

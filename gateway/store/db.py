@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from gateway.addresses import subject_form
 from gateway.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,8 @@ class Database:
         await conn.execute("PRAGMA synchronous=FULL")
         await conn.execute("PRAGMA foreign_keys=ON")
         await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        # one person's rows, whatever the case or form of the address (store/subject.py)
+        await conn.create_function("subject_form", 1, subject_form, deterministic=True)
         return conn
 
     async def _migrate(self) -> None:

@@ -8,8 +8,10 @@ the audit log and the erasure record hold only its keyed hash, so they outlive t
 an erased address stays refused (R1) and the decisions made about it stay accountable.
 
 Matching is on the suppression form (local part case-folded): `Jane@` and `jane@` are the
-same person here, as they are for objections. SQL compares with lower(), which folds ASCII
-only; rows are then checked in Python with the exact fold.
+same person here, as they are for objections. SQL compares with subject_form() (a Python
+function registered on the store's connections, addresses.subject_form): SQLite's lower()
+folds ASCII only, and missed straße@ and JOSÉ@. Objection notifications are matched on their
+JSON document's email, raw messages and subjects on every spelling of the address.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 import aiosqlite
+import idna
 
 from gateway.addresses import normalize_address, suppression_form
 from gateway.model import Contact
@@ -35,9 +38,9 @@ _CONTACTS_BY_HASH = ("SELECT " + ", ".join(f"c.{name}" for name in CONTACT_COLUM
 _DECISIONS = (
     "SELECT a.at, a.account, a.rule, a.decision, a.message_id, m.subject,"
     " (SELECT d.state FROM deliveries d WHERE d.message_id = a.message_id"
-    "  AND lower(d.recipient) = ? ORDER BY d.id LIMIT 1),"
+    "  AND subject_form(d.recipient) = ? ORDER BY d.id LIMIT 1),"
     " (SELECT d.updated_at FROM deliveries d WHERE d.message_id = a.message_id"
-    "  AND lower(d.recipient) = ? ORDER BY d.id LIMIT 1)"
+    "  AND subject_form(d.recipient) = ? ORDER BY d.id LIMIT 1)"
     " FROM audit a LEFT JOIN messages m ON m.id = a.message_id"
     " WHERE a.recipient_hash = ? ORDER BY a.id")
 # The (table, column) pairs holding the address in clear, beside contacts and messages.
@@ -117,13 +120,6 @@ class Erasure:
     newly_suppressed: bool
 
 
-def _same(stored: str, folded: str) -> bool:
-    try:
-        return suppression_form(normalize_address(stored)) == folded
-    except ValueError:
-        return stored.lower() == folded
-
-
 class SubjectStore:
     def __init__(self, db: Database, hasher: AddressHasher) -> None:
         self.db = db
@@ -135,7 +131,6 @@ class SubjectStore:
         """Everything held on `address` (ValueError if it is not one)."""
         key = normalize_address(address)
         folded, digest = suppression_form(key), self.hasher(key)
-        lowered = folded.lower()
         ledger = Ledger(self.db, self.hasher)
         contacts = []
         for row in await self.db.fetchall(_CONTACTS_BY_HASH, (digest,)):
@@ -144,15 +139,14 @@ class SubjectStore:
         suppression = await self.db.fetchone(
             "SELECT created_at, channel FROM suppression WHERE hash = ?", (digest,))
         decisions = [Decision(*tuple(row)) for row in await self.db.fetchall(
-            _DECISIONS, (lowered, lowered, digest))]
+            _DECISIONS, (folded, folded, digest))]
         held = [HeldCopy(*tuple(row)[1:]) for row in await self.db.fetchall(
             "SELECT recipient, message_id, created_at, account, subject, rule, reason, state,"
             " decided_at"
-            " FROM quarantine WHERE lower(recipient) = ? ORDER BY id", (lowered,))
-            if _same(row[0], folded)]
+            " FROM quarantine WHERE subject_form(recipient) = ? ORDER BY id", (folded,))]
         requests = [SubjectRequest(*tuple(row)[1:]) for row in await self.db.fetchall(
             "SELECT address, id, kind, received_at, due_at, closed_at FROM requests"
-            " WHERE lower(address) = ? ORDER BY id", (lowered,)) if _same(row[0], folded)]
+            " WHERE subject_form(address) = ? ORDER BY id", (folded,))]
         erased = [row[0] for row in await self.db.fetchall(
             "SELECT erased_at FROM erasures WHERE address_hash = ? ORDER BY id", (digest,))]
         named = contacts[0][0].address if contacts else key  # as the ledger spells it
@@ -184,8 +178,8 @@ class SubjectStore:
                                        [(i,) for i in ids])
                 removed[table] = len(ids)
             removed["messages"], removed["messages_scrubbed"] = await _scrub_messages(
-                conn, touched, folded)
-            ids, _ = await _rows_for(conn, "notifications", "body", folded, exact=False)
+                conn, touched, key)
+            ids, _ = await _rows_for(conn, "notifications", "body", folded)
             await conn.executemany("DELETE FROM notifications WHERE id = ?", [(i,) for i in ids])
             removed["notifications"] = len(ids)
             closed = await _pseudonymise_requests(conn, folded, digest, now, operator)
@@ -211,30 +205,46 @@ async def _delete_contacts(conn: aiosqlite.Connection, digest: bytes) -> int:
     return cur.rowcount
 
 
-async def _rows_for(conn: aiosqlite.Connection, table: str, column: str, folded: str,
-                    exact: bool = True) -> tuple[list[int], set[str]]:
+async def _rows_for(conn: aiosqlite.Connection, table: str, column: str,
+                    folded: str) -> tuple[list[int], set[str]]:
     """Ids (and message ids, where the table has them) of the rows of `table` whose
-    `column` is the address (`exact`) or contains it."""
+    `column` is the address (in suppression form `folded`); for notifications, whose JSON
+    document's email is."""
     assert (table, column) in _ADDRESS_COLUMNS, (table, column)
-    lowered = folded.lower()
     has_message = table in ("quarantine", "deliveries")
-    select = f"SELECT id, {column}{', message_id' if has_message else ''} FROM {table}"  # noqa: S608
-    if exact:
-        sql, params = f"{select} WHERE lower({column}) = ?", (lowered,)
-    else:
-        sql, params = f"{select} WHERE instr(lower({column}), ?) > 0", (lowered,)
+    value = "json_extract(body, '$.email')" if column == "body" else column
+    sql = (f"SELECT id{', message_id' if has_message else ''} FROM {table}"  # noqa: S608
+           f" WHERE subject_form({value}) = ?")
     ids, messages = [], set()
-    async with conn.execute(sql, params) as cur:
+    async with conn.execute(sql, (folded,)) as cur:
         async for row in cur:
-            if not exact or _same(row[1], folded):
-                ids.append(int(row[0]))
-                if has_message:
-                    messages.add(str(row[2]))
+            ids.append(int(row[0]))
+            if has_message:
+                messages.add(str(row[1]))
     return ids, messages
 
 
+def _spellings(key: str) -> re.Pattern[str]:
+    """The address as a message may write it: any case, its domain as A-labels (the ledger's
+    form) or as Unicode."""
+    local, _, domain = key.rpartition("@")
+    forms = {domain}
+    try:
+        forms.add(idna.decode(domain))
+    except idna.IDNAError:
+        pass
+    return re.compile("|".join(re.escape(f"{local}@{form}") for form in sorted(forms)),
+                      re.IGNORECASE)
+
+
+def _mentions(pattern: re.Pattern[str], content: object, subject: object) -> bool:
+    return any(isinstance(text, str) and pattern.search(text) for text in (
+        content.decode("utf-8", "surrogateescape") if isinstance(content, bytes) else None,
+        subject))
+
+
 async def _scrub_messages(conn: aiosqlite.Connection, touched: set[str],
-                          folded: str) -> tuple[int, int]:
+                          key: str) -> tuple[int, int]:
     """Delete the raw messages that were only for the address; in any other kept message
     (another recipient's copy still queued, a DSN naming the address) replace the address
     by a placeholder. Returns (deleted, scrubbed)."""
@@ -246,16 +256,17 @@ async def _scrub_messages(conn: aiosqlite.Connection, touched: set[str],
             " AND NOT EXISTS (SELECT 1 FROM quarantine WHERE message_id = ?)",
             (message_id, message_id, message_id))
         deleted += cur.rowcount
-    pattern = re.compile(re.escape(folded.encode("utf-8")), re.IGNORECASE)
-    lowered = folded.lower()
+    pattern = _spellings(key)
+    placeholder = ERASED_PLACEHOLDER.decode("ascii")
+    await conn.create_function("mentions_subject", 2,
+                               lambda content, subject: _mentions(pattern, content, subject))
     scrubbed = []
-    async with conn.execute(
-            "SELECT id, content, subject FROM messages WHERE instr(lower(CAST(content AS TEXT)),"
-            " ?) > 0 OR instr(lower(subject), ?) > 0", (lowered, lowered)) as cur:
+    async with conn.execute("SELECT id, content, subject FROM messages"
+                            " WHERE mentions_subject(content, subject)") as cur:
         async for row in cur:
-            content = pattern.sub(ERASED_PLACEHOLDER, row[1]) if row[1] is not None else None
-            subject = (pattern.sub(ERASED_PLACEHOLDER, row[2].encode("utf-8")).decode("utf-8")
-                       if row[2] is not None else None)
+            content = pattern.sub(placeholder, row[1].decode("utf-8", "surrogateescape")).encode(
+                "utf-8", "surrogateescape") if row[1] is not None else None
+            subject = pattern.sub(placeholder, row[2]) if row[2] is not None else None
             scrubbed.append((content, subject, row[0]))
     await conn.executemany("UPDATE messages SET content = ?, subject = ? WHERE id = ?", scrubbed)
     return deleted, len(scrubbed)

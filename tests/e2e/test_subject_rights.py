@@ -188,3 +188,49 @@ def test_bad_input_is_refused_with_a_clear_error(make_gateway, args):
     gw = make_gateway(start=False)
     result = gw.cli(*args)
     assert result.returncode in (1, 2) and result.stderr.strip()
+
+
+def test_an_address_beyond_ascii_is_found_and_erased_everywhere(make_gateway, tmp_path):
+    """SQLite's lower() folds ASCII only: straße@ and josé@ rows (a held copy, its raw
+    message, a request, an objection notification) must be exported and erased all the same."""
+    addresses = ("straße@example.de", "JOSÉ@example.fr")
+    columns = CSV_HEADER.split(",")
+    rows = [{"email": a, "kind": "person", "audience": "b2b", "language": "de",
+             "source_name": "Messe", "source_type": "public_directory",
+             "source_visibility": "public", "collected_at": days_ago(30)} for a in addresses]
+    ledger = tmp_path / "l.csv"  # b2b without topics: R9, held in the quarantine
+    ledger.write_text("\n".join([CSV_HEADER] + [",".join(r.get(c, "") for c in columns)
+                                                for r in rows]) + "\n")
+    gw = make_gateway(contacts=ledger)
+    assert gw.cli("accounts", "update", "crm", "--notify-url",
+                  "https://crm.example/hook").returncode == 0
+    for address in addresses:
+        s = RawSmtp(gw.smtp_port)
+        s.cmd("EHLO c")
+        assert s.cmd("MAIL FROM:<news@example.com> SMTPUTF8")[0] == 250
+        assert s.cmd(f"RCPT TO:<{address}>")[0] == 250
+        assert s.cmd("DATA")[0] == 354
+        assert s.cmd(f"From: <news@example.com>\r\nTo: <{address}>\r\nSubject: Angebot\r\n"
+                     "Content-Type: text/plain; charset=utf-8\r\n\r\nHallo\r\n.".encode())[0] \
+            == 250
+        s.cmd("QUIT")
+        assert gw.cli("requests", "open", address.lower(), "--kind", "access").returncode == 0
+    assert gw.cli("suppress", "add", "josé@example.fr").returncode == 0  # a notification
+    store = gw.config.parent / "gateway.db"
+    wait_until(lambda: len(json.loads(gw.cli("quarantine", "list", "--json").stdout)) == 2,
+               what="two held copies")
+    for address in addresses:
+        record = json.loads(gw.cli("subject", "export", address.lower()).stdout)
+        assert len(record["quarantine"]) == 1 and len(record["requests"]) == 1, address
+    erased = gw.cli("subject", "erase", "--yes", *addresses)
+    assert erased.returncode == 0, erased.stderr
+    with sqlite3.connect(store) as db:
+        left = {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+                for table in ("quarantine", "deliveries", "notifications")}
+        texts = [row[0] for row in db.execute(
+            "SELECT CAST(content AS TEXT) FROM messages UNION ALL SELECT address FROM requests"
+            " UNION ALL SELECT body FROM notifications")]
+    assert left == {"quarantine": 0, "deliveries": 0, "notifications": 0}
+    for address in addresses:
+        assert not any(address.casefold() in (t or "").casefold() for t in texts), address
+    assert json.loads(gw.cli("requests", "list", "--json").stdout) == []  # closed by it
