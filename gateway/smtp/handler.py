@@ -52,6 +52,16 @@ def _verdicts(envelope: Envelope) -> list[tuple[str, RecipientVerdict]]:
     return verdicts
 
 
+def _accepted(envelope: Envelope) -> set[str]:
+    """The recipients accepted in this transaction, lower-cased: a RCPT repeated gets its 250
+    again but no second copy."""
+    accepted: set[str] | None = getattr(envelope, "gateway_accepted", None)
+    if accepted is None:
+        accepted = set()
+        envelope.gateway_accepted = accepted  # type: ignore[attr-defined]
+    return accepted
+
+
 def _unsubscribes(envelope: Envelope) -> list[str]:
     """The tokens of this transaction's unsubscribe+TOKEN@ recipients, recorded at DATA."""
     tokens: list[str] | None = getattr(envelope, "gateway_unsubscribes", None)
@@ -198,12 +208,17 @@ class GatewayHandler:
         problem = address_problem(address)
         if problem:
             return problem
+        accepted = _accepted(envelope)
+        key = address.lower()
+        if key in accepted:  # the same recipient again: one copy (as Postfix's cleanup does)
+            return replies.RECIPIENT_OK
         if len(envelope.rcpt_tos) >= server.gateway_settings.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
         verdict: RecipientVerdict = await self.flow.decide_recipient(account, address)
         _verdicts(envelope).append((address, verdict))
         if not verdict.accepted:
             return verdict.reply
+        accepted.add(key)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK

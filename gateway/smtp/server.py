@@ -321,6 +321,14 @@ class GatewaySMTP(SMTP):
                 handle.cancel()
             self._timeout_handle = self.loop.call_later(span, self._idle_check)
 
+    def data_received(self, data: bytes) -> None:
+        """Idle means nothing arriving: a long DATA transfer that keeps coming is not idle
+        (RFC 5321 4.5.3.2 times each data block, not the whole DATA; aiosmtpd moves the
+        deadline per command only). Moving the deadline is all it costs: the timer re-arms
+        itself when it fires early."""
+        self._idle_deadline = self.loop.time() + self._timeout_duration
+        super().data_received(data)
+
     def _idle_check(self) -> None:
         remaining = self._idle_deadline - self.loop.time()
         if remaining > 0:

@@ -281,3 +281,16 @@ def test_one_mailbox_written_two_ways_is_one_contact_and_one_objection(make_gate
     check = json.loads(gw.cli("check", "--account", "crm", "--to", "jane@faß.de",
                               "--json").stdout)
     assert (check["decision"], check["rule"]) == ("reject", "R1")
+
+
+def test_a_recipient_given_twice_gets_one_copy(gateway, sink: Sink):
+    gw = gateway()
+    s = session(gw)
+    assert s.cmd("RCPT TO:<cto@b2b.example>")[0] == 250
+    assert s.cmd("RCPT TO:<CTO@b2b.example>")[0] == 250  # the same mailbox again
+    assert s.cmd("DATA")[0] == 354
+    assert s.cmd(message(to="cto@b2b.example") + b".")[0] == 250
+    sink.wait_for(1)
+    time.sleep(0.5)
+    assert len(sink.messages) == 1
+    assert len(db_rows(gw, "SELECT id FROM audit WHERE decision = 'allow'")) == 1

@@ -266,6 +266,30 @@ def test_each_command_postpones_the_idle_timeout(make_gateway):
     assert 0.8 < time.monotonic() - quiet < 1.8  # cut once a whole idle_timeout went by
 
 
+def test_a_slow_data_transfer_that_keeps_coming_is_not_idle(make_gateway, sink: Sink):
+    """RFC 5321 4.5.3.2 times each data block: a message sent a line every 0.4 s for 2.5
+    idle timeouts is taken, and a pause of a whole timeout inside DATA still ends it."""
+    gw = make_gateway(smtp_extra="idle_timeout = 1.0")
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    s.send(b"From: Example News <news@example.com>\r\nTo: <jane@example.net>\r\n"
+           b"Subject: slow\r\n\r\n")
+    for i in range(6):
+        time.sleep(0.4)
+        s.send(b"line %d\r\n" % i)
+    assert s.cmd(b".")[0] == 250
+    assert b"line 5" in sink.wait_for(1)[0].content
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    s.send(b"Subject: stalled\r\n\r\nhalf a message\r\n")
+    time.sleep(1.6)
+    assert s.reply()[0] == 421 and s.closed()
+
+
 def test_plain_auth_without_tls_only_on_loopback_when_configured(make_gateway, sink: Sink):
     gw = make_gateway(trusted=False, smtp_extra="allow_plain_auth_on_loopback = true")
     s = RawSmtp(gw.smtp_port)
