@@ -79,7 +79,11 @@ class SmtpTransport:
             try:
                 client = self._idle.pop() if self._idle else await self._connect()
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-                raise _classify(exc) from exc
+                # the greeting, EHLO, STARTTLS or AUTH refused: the gateway's own link to the
+                # upstream (a rotated delivery.password, say), not this copy: retried until
+                # it is fixed or delivery.max_age_hours, never failed at once for every copy
+                # (Postfix: smtp_sasl_auth_soft_bounce)
+                raise TemporaryFailure(f"upstream connection: {_classify(exc)}") from exc
             try:
                 _errors, answer = await client.sendmail(mail_from, [recipient], content)
             except aiosmtplib.SMTPServerDisconnected as exc:

@@ -164,3 +164,66 @@ def test_upstream_starttls_required_but_not_offered_sends_nothing_in_clear(make_
     (entry,) = wait_until(deferred, what="a deferred entry")
     assert "STARTTLS" in entry["last_error"] or "starttls" in entry["last_error"].lower()
     assert sink.messages == []  # the plain-text sink never got the mail (nor credentials)
+
+
+def _upstream_tls(folder):
+    """A certificate for 127.0.0.1 (an IP SAN, which the gateway's verification needs) and a
+    server context with it; returns (context, the certificate file as CA)."""
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (folder / "up.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "up.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "up.pem", folder / "up.key")
+    return context, folder / "up.pem"
+
+
+def test_the_upstream_refusing_our_credentials_defers_instead_of_failing(make_gateway,
+                                                                        tmp_path):
+    """A rotated delivery.password (535 at AUTH, before any MAIL) is the gateway's problem,
+    not the message's: copies wait for the fix (Postfix: smtp_sasl_auth_soft_bounce)."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    from conftest import SinkHandler
+
+    context, ca = _upstream_tls(tmp_path)
+    port = free_port()
+    upstream = Controller(SinkHandler(), hostname="127.0.0.1", port=port, tls_context=context,
+                          require_starttls=True,
+                          authenticator=lambda *a: AuthResult(success=False, handled=False))
+    upstream.start()
+    try:
+        gw = make_gateway(sink_port=port, delivery_extra=(
+            f'starttls = true\nusername = "relay"\npassword = "rotated"\ntls_ca_file = "{ca}"'))
+        send(gw.smtp_port, message(subject="Auth"))
+
+        def deferred() -> list:
+            entries = json.loads(gw.cli("queue", "list", "--json").stdout)
+            return [e for e in entries if e["state"] == "deferred"]
+        (entry,) = wait_until(deferred, what="a deferred entry")
+        assert "535" in entry["last_error"] and "upstream connection" in entry["last_error"]
+        states = {e["state"] for e in json.loads(gw.cli("queue", "list", "--json").stdout)}
+        assert states == {"deferred"}  # no failure, so no DSN either
+    finally:
+        upstream.stop()
