@@ -115,6 +115,7 @@ class QueueStore:
         self.db = db
         self.instance_id = instance_id
         self.claim_seconds = claim_seconds
+        self._claims_renewed_at = time.time()
 
     # --- the hot path -------------------------------------------------------------------
 
@@ -211,11 +212,13 @@ class QueueStore:
                 " content) VALUES (?, ?, NULL, ?, '', ?, ?)",
                 (dsn.id, dsn.received_at, dsn.client_ip, len(dsn.content), dsn.content))
             copies = []
-            for rcpt in dsn.recipients:
+            for rcpt in dsn.recipients:  # claimed by this process, which delivers it now:
+                # unclaimed, another process's scanner could take it and send it too
                 cur = conn.execute(
                     "INSERT INTO deliveries (message_id, recipient, state, attempts,"
-                    " next_attempt_at, created_at, updated_at)"
-                    " VALUES (?, ?, 'queued', 0, ?, ?, ?)", (dsn.id, rcpt, now, now, now))
+                    " next_attempt_at, claimed_by, claimed_until, created_at, updated_at)"
+                    " VALUES (?, ?, 'queued', 0, ?, ?, ?, ?, ?)",
+                    (dsn.id, rcpt, now, self.instance_id, now + self.claim_seconds, now, now))
                 assert cur.lastrowid is not None
                 copies.append(Copy(cur.lastrowid, dsn.id, None, "", rcpt, dsn.content, 0,
                                    dsn.received_at))
@@ -273,9 +276,19 @@ class QueueStore:
         return released
 
     async def heartbeat(self) -> None:
+        """This process is alive; every third of the claim period, its claims (copies in its
+        workers' queue or being sent, however long the backlog) are renewed: a claim that
+        expired under a live process would let another one send the same copy."""
+        now = time.time()
         async with self.db.transaction() as conn:
             await conn.execute("UPDATE instances SET heartbeat = ? WHERE id = ?",
-                               (time.time(), self.instance_id))
+                               (now, self.instance_id))
+            if now - self._claims_renewed_at >= self.claim_seconds / 3:
+                await conn.execute(
+                    "UPDATE deliveries SET claimed_until = ? WHERE claimed_by = ?"
+                    " AND state IN ('queued', 'deferred')",
+                    (now + self.claim_seconds, self.instance_id))
+                self._claims_renewed_at = now
 
     async def unregister_instance(self) -> None:
         """Clean stop: hand every copy we still hold back to the queue at once."""

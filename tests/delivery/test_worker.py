@@ -69,3 +69,68 @@ async def test_past_max_age_it_fails_with_a_dsn_to_the_sender(db, tmp_path):
         assert "news@example.com" in entries  # the DSN, queued to the envelope sender
     finally:
         await service.stop(drain_seconds=1)
+
+
+class SlowUpstream:
+    """A transport that takes `delay` per copy and notes who sent what."""
+
+    def __init__(self, name: str, log: list, delay: float) -> None:
+        self.name, self.log, self.delay = name, log, delay
+
+    async def send(self, mail_from: str, recipient: str, content: bytes) -> str:
+        await asyncio.sleep(self.delay)
+        self.log.append((self.name, recipient))
+        return "250 ok"
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_live_process_keeps_its_claims_however_long_its_backlog(db):
+    """Two processes on one store (smtp.processes = 2), claims of 1 s, a backlog of 3 s in
+    the first: its claims are renewed by its heartbeat, so the second never takes them and
+    no copy is sent twice."""
+    sent: list = []
+    settings = dataclasses.replace(DeliverySettings(), workers=1, scan_seconds=0.1)
+    services = []
+    for name in ("A", "B"):
+        queue = QueueStore(db, f"host-{name}", claim_seconds=1.0)
+        service = DeliveryService(queue, SlowUpstream(name, sent, 0.6), settings, "gw.test")
+        # as start() but for register_instance, which takes a row with this test's own pid
+        # for a dead incarnation of the other
+        service._tasks = [asyncio.create_task(service._worker(0)),
+                          asyncio.create_task(service._scanner())]
+        services.append(service)
+    try:
+        first = services[0]
+        copies = await first.queue.commit_messages([IncomingMessage(
+            f"M{i}", time.time(), None, "127.0.0.1", "s@example.com", b"Subject: x\r\n\r\nb\r\n",
+            (f"r{i}@example.net",)) for i in range(5)])
+        first.dispatch(c for cs in copies for c in cs)
+        async def all_sent() -> bool:
+            return len(sent) >= 5
+        await until(all_sent, seconds=10)
+        await asyncio.sleep(1.5)  # time for a second sender, if there were one
+    finally:
+        for service in services:
+            service._stopping.set()
+            for task in service._tasks:
+                task.cancel()
+            await asyncio.gather(*service._tasks, return_exceptions=True)
+    assert sorted(r for _, r in sent) == [f"r{i}@example.net" for i in range(5)], sent
+    assert {name for name, _ in sent} == {"A"}
+
+
+async def test_a_dsn_is_claimed_by_the_process_that_queued_it(db):
+    queue = QueueStore(db, "host-A")
+    [[copy]] = await queue.commit_messages([IncomingMessage(
+        "M1", time.time(), "crm", "127.0.0.1", "news@example.com", b"Subject: x\r\n\r\nb\r\n",
+        ("gone@example.net",))])
+    dsn = IncomingMessage("D1", time.time(), None, "127.0.0.1", "", b"Subject: DSN\r\n\r\nb\r\n",
+                          ("news@example.com",))
+    [bounce] = await queue.fail(copy.delivery_id, "550 5.1.1 no such user", dsn)
+    other = QueueStore(db, "host-B")
+    assert await other.claim_due() == []  # it is A's to send, not B's too
+    row = await db.fetchone("SELECT claimed_by FROM deliveries WHERE id = ?",
+                            (bounce.delivery_id,))
+    assert row[0] == "host-A"
