@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import os
 import secrets
 import signal
@@ -122,7 +123,9 @@ class Gateway:
                             s.http.public_url.rstrip("/"), s.smtp.hostname,
                             Signer(keys) if keys else None,
                             load_templates(s.controller.notices_dir), s.controller,
-                            max(1, round(s.policy.prospect_retention_days / 365)))
+                            # whole years, rounded up: the notice may not promise less
+                            # than R4 keeps (547 days is "at most 2 years", not 1)
+                            max(1, math.ceil(s.policy.prospect_retention_days / 365)))
 
     async def start(self) -> None:
         s = self.settings

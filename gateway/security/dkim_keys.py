@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from gateway.addresses import normalize_domain
 from gateway.errors import ConfigError, Refused
 from gateway.settings import DkimSettings
 from gateway.transform.dkim import ED25519, RSA, DkimKey
@@ -54,13 +56,27 @@ def dns_record(domain: str, selector: str, algorithm: str, public: str) -> str:
     return f"{selector}._domainkey.{domain}. IN TXT ( {chunks} )"
 
 
+_SELECTOR = re.compile(r"[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*")
+
+
 def load_keys(entries: tuple[DkimSettings, ...]) -> list[DkimKey]:
     """The [[dkim]] keys of the config; ConfigError naming the entry when one is unusable."""
     keys = []
     for i, entry in enumerate(entries):
-        where = f"dkim[{i}] ({entry.selector}._domainkey.{entry.domain})"
+        where = f"dkim[{i}] ({entry.selector!r}, {entry.domain!r})"
         if not (entry.domain and entry.selector and entry.key_file):
             raise ConfigError(f"{where}: domain, selector and key_file are all required")
+        # both go into every copy's DKIM-Signature header (d=, s=): DNS names only, never a
+        # CR or LF that would add a header of its own
+        if _SELECTOR.fullmatch(entry.selector) is None:
+            raise ConfigError(f"{where}: the selector must be DNS labels (letters, digits, "
+                              "'-', '_', separated by dots)")
+        try:
+            normalize_domain(entry.domain)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if not entry.domain.isascii():
+            raise ConfigError(f"{where}: write the domain in its ASCII (xn--) form")
         try:
             data = Path(entry.key_file).read_bytes()
         except OSError as exc:

@@ -61,7 +61,8 @@ def clean(text: str) -> str:
 def choose(templates: dict[str, NoticeTemplate], language: str | None,
            default: str) -> NoticeTemplate:
     """The contact's language (its primary subtag), else the controller's, else English."""
-    for candidate in ((language or "").split("-")[0].lower(), default.lower(), "en"):
+    for candidate in ((language or "").split("-")[0].lower(), default.split("-")[0].lower(),
+                      "en"):
         if candidate in templates:
             return templates[candidate]
     return next(iter(templates.values()))

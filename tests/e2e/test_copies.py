@@ -211,3 +211,13 @@ def test_real_world_messages_arrive_with_the_notice_and_a_signature_that_verifie
         texts = [p.get_content() for p in parsed.walk() if p.get_content_type() in (
             "text/plain", "text/html") and p.get_content_disposition() != "attachment"]
         assert any("Unsubscribe in one click" in text for text in texts)
+
+
+def test_the_notice_never_states_a_shorter_retention_than_r4_keeps(make_gateway, sink: Sink):
+    """547 days is "at most 2 years" (rounded up), not 1."""
+    gw = make_gateway(extra="[policy]\nprospect_retention_days = 547\n")
+    send(gw, "jane@example.net", message())
+    [copy] = sink.wait_for(1)
+    text = email.message_from_bytes(copy.content, policy=email.policy.default)
+    body = text.get_body(("plain",)).get_content()
+    assert "at most 2 years" in " ".join(body.split()), body

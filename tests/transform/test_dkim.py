@@ -114,6 +114,14 @@ def test_key_files_are_owner_only_never_overwritten_and_checked(tmp_path: Path):
         load_keys((DkimSettings("example.com", "s", str(garbage)),))
     with pytest.raises(ConfigError, match="required"):
         load_keys((DkimSettings("example.com", "", str(garbage)),))
+    # selector and domain go into every copy's DKIM-Signature: DNS names, never a CR or LF
+    for domain, selector, words in (
+            ("example.com", "gw1\r\nBcc: archive@evil.example", "selector"),
+            ("example.com", "gw 1", "selector"),
+            ("example.com\r\nBcc: x@evil.example", "gw1", "dkim"),
+            ("exämple.com", "gw1", "ASCII")):
+        with pytest.raises(ConfigError, match=words):
+            load_keys((DkimSettings(domain, selector, str(garbage)),))
     # keys made by openssl: ed25519 in PEM is understood; broken, encrypted, short refused
     pem = tmp_path / "ed.pem"
     pem.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(

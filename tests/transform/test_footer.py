@@ -153,6 +153,8 @@ def test_every_language_renders_and_falls_back():
     assert sorted(TEMPLATES) == ["de", "en", "es", "fr", "it"]
     assert notice("pt").language == "en"  # no Portuguese template: the controller default
     assert render(choose(TEMPLATES, "fr-BE", "en"), FACTS).language == "fr"
+    # the controller's default written as a language tag falls back on its primary subtag
+    assert render(choose(TEMPLATES, "pt", "fr-FR"), FACTS).language == "fr"
     full = notice("it", full=True, sources=("Fiera 2026",), rule="R8")
     assert "Fiera 2026" in full.plain and "articolo 14" in full.plain
     assert "attività professionale" in full.plain
