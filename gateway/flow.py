@@ -265,8 +265,9 @@ class Flow:
         """Decide what becomes of each accepted recipient's copy (queue, quarantine, or a
         refusal when X-Gateway-* headers narrowed the campaign), then commit all of it
         durably with the audit records (raises StoreError if it cannot), then deliver."""
-        content, steering = take_fields(normalize_crlf(content), STEERING_PREFIX)
-        campaign = self._narrowed(account, steering)
+        content, fields = take_fields(normalize_crlf(content), STEERING_PREFIX)
+        steering = steering_of(fields)
+        campaign = narrowed_campaign(account, steering)
         message_rule = decide_message(structure_facts(content))
         queue_id = new_queue_id()
         final: dict[str, Decision] = {}
@@ -297,7 +298,8 @@ class Flow:
             tuple(self._bounce(queue_id, mail_from, r, content, received_at) for r in refused
                   if should_send_dsn(mail_from)),
             tuple(self._audit_records(account, client_ip, verdicts, final)),
-            tuple((r, v.contact_id, final[r].rule) for r, v in verdicts if r in deliver))
+            tuple((r, v.contact_id, final[r].rule) for r, v in verdicts if r in deliver),
+            steering)
         copies = await self.committer.submit(message)
         self.delivery.dispatch(copies)
         for h in held:
@@ -307,17 +309,7 @@ class Flow:
             log.info("%s refused after DATA to=<%s>: %s", queue_id, r.recipient, r.error)
         return queue_id
 
-    def _narrowed(self, account: Account, steering: list[tuple[str, str]]) -> Campaign | None:
-        """The campaign narrowed by X-Gateway-* headers, or None when they do not narrow it."""
-        topics = categories = None
-        for name, value in steering:
-            if name == CAMPAIGN_TOPICS:
-                topics = tag_list(value) | (topics or frozenset())
-            elif name == PRODUCT_CATEGORY:
-                categories = tag_list(value) | (categories or frozenset())
-        if topics is None and categories is None:
-            return None
-        return campaign_of(account).narrowed(topics, categories)
+
 
     def _bounce(self, queue_id: str, mail_from: str, refusal: Refusal, content: bytes,
                 received_at: float) -> IncomingMessage:
@@ -367,3 +359,28 @@ def from_header_domains(content: bytes) -> list[str]:
             return []
         domains.append(domain.lower().rstrip("."))
     return domains
+
+
+def steering_of(steering: list[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """What the X-Gateway-* headers say: (topics, product categories), each ";"-joined and
+    sorted, None when its header is absent."""
+    topics = categories = None
+    for name, value in steering:
+        if name == CAMPAIGN_TOPICS:
+            topics = tag_list(value) | (topics or frozenset())
+        elif name == PRODUCT_CATEGORY:
+            categories = tag_list(value) | (categories or frozenset())
+    return (None if topics is None else ";".join(sorted(topics)),
+            None if categories is None else ";".join(sorted(categories)))
+
+
+def narrowed_campaign(account: Account, steering: tuple[str | None, str | None]
+                      ) -> Campaign | None:
+    """The account's campaign narrowed by what the headers said (steering_of), or None when
+    they said nothing. The same at DATA and at a quarantine release."""
+    topics, categories = steering
+    if topics is None and categories is None:
+        return None
+    return campaign_of(account).narrowed(
+        None if topics is None else tag_list(topics),
+        None if categories is None else tag_list(categories))

@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass
 
 from gateway.errors import Refused
-from gateway.flow import campaign_of
+from gateway.flow import campaign_of, narrowed_campaign
 from gateway.model import PolicyKnobs, Verdict
 from gateway.policy import chain
 from gateway.store.accounts import AccountStore
-from gateway.store.ledger import LedgerLookup
+from gateway.store.ledger import LedgerLookup, ledger_form
 from gateway.store.quarantine import QuarantineEntry, QuarantineStore
 
 # A message rule cannot be overridden: the copy could not carry the notice (M3), or adding it
@@ -53,14 +53,17 @@ class Review:
             raise Refused(f"quarantine entry {entry_id}: account {entry.account} no longer "
                           "exists")
         facts = await self.lookup.facts(entry.recipient)
-        decision = chain.decide(facts, campaign_of(account), self.knobs, time.time(),
-                                override=entry.rule)
+        # as narrowed at DATA by the message's own X-Gateway-* headers, never wider
+        campaign = narrowed_campaign(account, (entry.steering_topics, entry.steering_products)
+                                     ) or campaign_of(account)
+        decision = chain.decide(facts, campaign, self.knobs, time.time(), override=entry.rule)
         if decision.verdict is not Verdict.ALLOW:
             raise Refused(f"quarantine entry {entry_id} cannot be released: {decision.rule} "
                           f"{decision.reason}")
         contact_id = facts.contact.id if facts.contact else None
-        delivery_id = await self.quarantine.release(entry, contact_id, decision.rule,
-                                                    operator, reason)
+        delivery_id = await self.quarantine.release(
+            entry, contact_id, decision.rule, operator, reason,
+            self.lookup.hasher(ledger_form(entry.recipient)))
         return Released(entry, delivery_id, decision.rule)
 
     async def reject(self, entry_id: int, operator: str, reason: str | None) -> QuarantineEntry:

@@ -53,8 +53,8 @@ def _verdicts(envelope: Envelope) -> list[tuple[str, RecipientVerdict]]:
 
 
 def _accepted(envelope: Envelope) -> set[str]:
-    """The recipients accepted in this transaction, lower-cased: a RCPT repeated gets its 250
-    again but no second copy."""
+    """The recipients accepted in this transaction, lower-cased: a RCPT repeated and allowed
+    again gets its 250 but no second copy."""
     accepted: set[str] | None = getattr(envelope, "gateway_accepted", None)
     if accepted is None:
         accepted = set()
@@ -208,13 +208,14 @@ class GatewayHandler:
         problem = address_problem(address)
         if problem:
             return problem
-        accepted = _accepted(envelope)
-        key = address.lower()
-        if key in accepted:  # the same recipient again: one copy (as Postfix's cleanup does)
-            return replies.RECIPIENT_OK
         if len(envelope.rcpt_tos) >= server.gateway_settings.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
         verdict: RecipientVerdict = await self.flow.decide_recipient(account, address)
+        accepted = _accepted(envelope)
+        key = address.lower()
+        if verdict.accepted and key in accepted:
+            return replies.RECIPIENT_OK  # the same recipient again: one copy (as Postfix's
+            # cleanup); decided again all the same, so an objection since is answered R1
         _verdicts(envelope).append((address, verdict))
         if not verdict.accepted:
             return verdict.reply

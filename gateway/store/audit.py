@@ -13,6 +13,8 @@ import sqlite3
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import aiosqlite
+
 from gateway.store.db import Database, insert_rows
 
 INSERT_HEAD = ("INSERT INTO audit (at, account, client_ip, recipient_hash, rule, decision,"
@@ -72,6 +74,16 @@ def insert_records(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]])
             previous = link(previous, row)
             chained.append((*row, previous))
         insert_rows(conn, INSERT_HEAD, chained)
+
+
+async def insert_record_async(conn: aiosqlite.Connection, row: tuple[object, ...]) -> None:
+    """insert_records for one row, on an aiosqlite connection inside its write transaction
+    (Database.transaction: BEGIN IMMEDIATE, so no other writer moves the chain's end)."""
+    async with conn.execute("SELECT chain FROM audit ORDER BY id DESC LIMIT 1") as cur:
+        last = await cur.fetchone()
+    previous = last[0] if last and last[0] else GENESIS
+    await conn.execute(INSERT_HEAD + " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (*row, link(previous, row)))
 
 
 class AuditLog:

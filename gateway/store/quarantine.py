@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import aiosqlite
 
 from gateway.errors import NotFound, Refused
+from gateway.store.audit import AuditRecord, insert_record_async
 from gateway.store.db import Database
 
 _COLUMNS = ("id, message_id, created_at, account, client_ip, mail_from, recipient, subject,"
-            " rule, reason, basis, state")
+            " rule, reason, basis, state, steering_topics, steering_products")
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,16 @@ class QuarantineEntry:
     reason: str
     basis: str
     state: str
+    steering_topics: str | None = None  # the message's X-Gateway-* headers (None: absent)
+    steering_products: str | None = None
 
     def as_json(self) -> dict[str, object]:
         return {"id": self.id, "created_at": self.created_at, "account": self.account,
                 "mail_from": self.mail_from, "recipient": self.recipient,
                 "subject": self.subject, "rule": self.rule, "reason": self.reason,
                 "basis": self.basis, "state": self.state, "message_id": self.message_id,
-                "client_ip": self.client_ip}
+                "client_ip": self.client_ip, "steering_topics": self.steering_topics,
+                "steering_products": self.steering_products}
 
 
 async def _decide(conn: aiosqlite.Connection, entry: QuarantineEntry, state: str,
@@ -92,12 +96,16 @@ class QuarantineStore:
         return row[0] if row else None
 
     async def release(self, entry: QuarantineEntry, contact_id: int | None, rule: str,
-                      operator: str, reason: str | None) -> int:
+                      operator: str, reason: str | None, recipient_hash: bytes) -> int:
         """Queue the held copy for delivery (as any allowed copy) and record who released it
-        and why; returns the delivery id. Refused unless the entry is still held."""
+        and why, with the decision in the audit log (client "operator NAME"); returns the
+        delivery id. Refused unless the entry is still held."""
         now = time.time()
         async with self.db.transaction() as conn:
             await _decide(conn, entry, "released", operator, reason, now)
+            await insert_record_async(conn, AuditRecord(
+                now, entry.account, f"operator {operator}", recipient_hash, rule, "allow",
+                entry.message_id).row())
             cur = await conn.execute(
                 "INSERT INTO deliveries (message_id, recipient, state, attempts,"
                 " next_attempt_at, created_at, updated_at, contact_id, rule)"

@@ -66,6 +66,9 @@ class IncomingMessage:
     bounces: tuple[IncomingMessage, ...] = ()
     audit: tuple[AuditRecord, ...] = ()
     basis: tuple[tuple[str, int | None, str], ...] = ()  # (recipient, contact id, rule)
+    # what the X-Gateway-* headers narrowed the campaign to (";"-joined; None: no header),
+    # kept with held copies: a release decides again with it (014_quarantine_steering)
+    steering: tuple[str | None, str | None] = (None, None)
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,8 @@ class QueueStore:
                                for r in message.refused)
                 held.extend((message.id, now, message.account, message.client_ip,
                              message.mail_from, h.recipient, message.subject, h.decision.rule,
-                             h.decision.reason, h.decision.basis) for h in message.held)
+                             h.decision.reason, h.decision.basis, *message.steering)
+                            for h in message.held)
                 result.append(copies)
             insert_rows(conn, "INSERT INTO deliveries (id, message_id, recipient, state,"
                         " attempts, next_attempt_at, claimed_by, claimed_until, created_at,"
@@ -168,7 +172,8 @@ class QueueStore:
             insert_rows(conn, "INSERT INTO deliveries (message_id, recipient, state, attempts,"
                         " next_attempt_at, last_error, created_at, updated_at)", refused)
             insert_rows(conn, "INSERT INTO quarantine (message_id, created_at, account,"
-                        " client_ip, mail_from, recipient, subject, rule, reason, basis)", held)
+                        " client_ip, mail_from, recipient, subject, rule, reason, basis,"
+                        " steering_topics, steering_products)", held)
             insert_records(conn, audit)
             return result
 

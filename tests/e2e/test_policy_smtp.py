@@ -287,7 +287,7 @@ def test_a_recipient_given_twice_gets_one_copy(gateway, sink: Sink):
     gw = gateway()
     s = session(gw)
     assert s.cmd("RCPT TO:<cto@b2b.example>")[0] == 250
-    assert s.cmd("RCPT TO:<CTO@b2b.example>")[0] == 250  # the same mailbox again
+    assert s.cmd("RCPT TO:<cto@b2b.example>")[0] == 250  # the same recipient again
     assert s.cmd("DATA")[0] == 354
     assert s.cmd(message(to="cto@b2b.example") + b".")[0] == 250
     sink.wait_for(1)

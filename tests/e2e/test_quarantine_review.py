@@ -149,3 +149,46 @@ def test_serve_warns_about_requests_due_within_a_week(make_gateway):
     gw.start()  # the daily warning runs at start, then once a day
     wait_until(lambda: "data-subject request 1 (erasure" in gw.output, what="the warning")
     assert "data-subject request 2" not in gw.output  # due in a month: no warning yet
+
+
+def test_a_release_decides_on_the_campaign_the_message_said_and_is_audited(make_gateway,
+                                                                           sink: Sink,
+                                                                           tmp_path):
+    """The X-Gateway-* headers are stripped at DATA, but kept with the held copy: a release
+    decides on the campaign as the message narrowed it, never the account's wider one, and
+    the release is a decision of the audit log."""
+    from conftest import CSV_HEADER
+
+    pat = "pat@acme.example"
+    empty = tmp_path / "empty.csv"
+    empty.write_text(CSV_HEADER + "\n")
+    gw = make_gateway(contacts=empty, start=False,
+                      extra='[policy]\nunknown_recipient = "quarantine"\n')
+    assert gw.cli("accounts", "update", "crm", "--topics", "saas;crm").returncode == 0
+    gw.start()
+    narrowed = message(subject="Our SaaS offer", to=pat,
+                       extra_headers="X-Gateway-Campaign-Topics: saas\r\n")
+    hold(gw, narrowed, to=pat)  # unknown: R2, held
+    held = json.loads(gw.cli("quarantine", "list", "--json").stdout)
+    assert [(h["rule"], h["steering_topics"]) for h in held] == [("R2", "saas")]
+    ledger = tmp_path / "pat.csv"  # the operator adds Pat: a CRM person, not a SaaS one
+    ledger.write_text(CSV_HEADER + "\n" + f"{pat},person,b2b,prospect,en,Pat,,CIO,crm,,,,,,"
+                      "Trade fair,public_directory,public,2026-06-01,,2026-06-02,\n")
+    assert gw.cli("contacts", "import", str(ledger)).returncode == 0
+    refused = gw.cli("quarantine", "release", str(held[0]["id"]), "--operator", "op")
+    assert refused.returncode == 1 and "R10" in refused.stderr  # saas is not Pat's topic
+    hold(gw, message(subject="Our CRM offer", to="sam@acme.example",
+                     extra_headers="X-Gateway-Campaign-Topics: crm\r\n"), to="sam@acme.example")
+    sam = [h for h in json.loads(gw.cli("quarantine", "list", "--json").stdout)
+           if h["recipient"] == "sam@acme.example"]
+    ledger.write_text(CSV_HEADER + "\n" + "sam@acme.example,person,b2b,prospect,en,Sam,,CIO,"
+                      "crm,,,,,,Trade fair,public_directory,public,2026-06-01,,2026-06-02,\n")
+    assert gw.cli("contacts", "import", str(ledger)).returncode == 0
+    released = gw.cli("quarantine", "release", str(sam[0]["id"]), "--operator", "op")
+    assert released.returncode == 0 and "rule R8" in released.stdout, released.stderr
+    sink.wait_for(1)
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        audit = db.execute("SELECT client_ip, rule, decision FROM audit"
+                           " WHERE decision = 'allow'").fetchall()
+    assert audit == [("operator op", "R8", "allow")]
+    assert gw.cli("audit", "verify").returncode == 0  # the release row is on the chain
