@@ -100,7 +100,7 @@ class DeliveryService:
                 if self._pending.qsize() < self.settings.workers:
                     copies = await self.queue.claim_due(limit=self.settings.workers * 4)
                     self.dispatch(copies)
-                await self.queue.heartbeat()
+                await self.queue.heartbeat(list(self._known))
             except StoreError as exc:
                 log.error("queue scan failed: %s", exc)
             try:

@@ -12,7 +12,7 @@ import re
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import NotFound, Refused
@@ -24,6 +24,8 @@ STATES = ("queued", "deferred", "failed", "sent")
 _NEXT_DELIVERY_ID_SQL = (
     "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0),"
     " coalesce((SELECT max(id) FROM deliveries), 0)) + 1")
+_RENEW_CLAIMS_SQL = ("UPDATE deliveries SET claimed_until = ? WHERE claimed_by = ?"
+                     " AND id IN (SELECT id FROM k) AND state IN ('queued', 'deferred')")
 POLICY_REFUSAL = re.compile(r"550 5\.7\.1 (R\d+|M\d|T\d) ")
 PENDING = ("queued", "deferred")
 
@@ -280,20 +282,22 @@ class QueueStore:
                 " VALUES (?, ?, ?, ?, ?)", (self.instance_id, host, os.getpid(), now, now))
         return released
 
-    async def heartbeat(self) -> None:
-        """This process is alive; every third of the claim period, its claims (copies in its
-        workers' queue or being sent, however long the backlog) are renewed: a claim that
-        expired under a live process would let another one send the same copy."""
+    async def heartbeat(self, held: Collection[int] = ()) -> None:
+        """This process is alive. Every third of the claim period, the claims on the copies it
+        `held` (in its workers' queue or being sent, however long its backlog) are renewed: a
+        claim that expired under a live process would let another one send the same copy.
+        Only those: a copy claimed but never handed to the workers (the client gone during
+        the commit) must still expire and be taken up by a scan."""
         now = time.time()
         async with self.db.transaction() as conn:
             await conn.execute("UPDATE instances SET heartbeat = ? WHERE id = ?",
                                (now, self.instance_id))
-            if now - self._claims_renewed_at >= self.claim_seconds / 3:
-                await conn.execute(
-                    "UPDATE deliveries SET claimed_until = ? WHERE claimed_by = ?"
-                    " AND state IN ('queued', 'deferred')",
-                    (now + self.claim_seconds, self.instance_id))
-                self._claims_renewed_at = now
+        if held and now - self._claims_renewed_at >= self.claim_seconds / 3:
+            rows = [(delivery_id,) for delivery_id in held]
+            await self.db.write(lambda conn: with_rows(
+                conn, "k(id)", rows, _RENEW_CLAIMS_SQL, (now + self.claim_seconds,
+                                                         self.instance_id)))
+            self._claims_renewed_at = now
 
     async def unregister_instance(self) -> None:
         """Clean stop: hand every copy we still hold back to the queue at once."""

@@ -134,3 +134,29 @@ async def test_a_dsn_is_claimed_by_the_process_that_queued_it(db):
     row = await db.fetchone("SELECT claimed_by FROM deliveries WHERE id = ?",
                             (bounce.delivery_id,))
     assert row[0] == "host-A"
+
+
+async def test_a_copy_claimed_but_never_handed_to_the_workers_is_not_held_for_ever(db):
+    """The client gone while its message committed: the copies are claimed, never
+    dispatched. Only copies the workers hold are renewed, so these expire and a scan sends
+    them."""
+    sent: list = []
+    settings = dataclasses.replace(DeliverySettings(), workers=1, scan_seconds=0.1)
+    queue = QueueStore(db, "host-A", claim_seconds=1.0)
+    service = DeliveryService(queue, SlowUpstream("A", sent, 0.0), settings, "gw.test")
+    service._tasks = [asyncio.create_task(service._worker(0)),
+                      asyncio.create_task(service._scanner())]
+    try:
+        await queue.commit_messages([IncomingMessage(
+            "M1", time.time(), None, "127.0.0.1", "s@example.com", b"Subject: x\r\n\r\nb\r\n",
+            ("lost@example.net",))])  # committed and claimed, never dispatched
+
+        async def delivered() -> bool:
+            return bool(sent)
+        await until(delivered, seconds=5)
+    finally:
+        service._stopping.set()
+        for task in service._tasks:
+            task.cancel()
+        await asyncio.gather(*service._tasks, return_exceptions=True)
+    assert sent == [("A", "lost@example.net")]
