@@ -61,6 +61,9 @@ class Composer:
             ledger.mark_informed)
         self._writes: set[asyncio.Task[None]] = set()
         self._notices = NoticeCache()
+        # delivery id -> version of the notice in the copy ("fr-2026.11"), until it is sent
+        # (the worker records it with the sent mark); dropped oldest first like _informed
+        self._versions: OrderedDict[int, str] = OrderedDict()
 
     async def prepare(self, copy: Copy) -> bytes:
         """The bytes to send for `copy`. PermanentFailure: fail it with a DSN (an objection
@@ -96,6 +99,9 @@ class Composer:
             content = add_notice(content, notice)
         except (UnsafeHeader, NoticeError) as exc:
             raise PermanentFailure(f"554 5.6.0 cannot make the copy compliant: {exc}") from exc
+        self._versions[copy.delivery_id] = notice.version
+        while len(self._versions) > MAX_PENDING_INFORMED:
+            self._versions.popitem(last=False)
         if full and contact is not None and contact.id is not None:
             self._informed[copy.delivery_id] = (contact.id, notice.version)
             while len(self._informed) > MAX_PENDING_INFORMED:
@@ -107,6 +113,10 @@ class Composer:
             return s.signer.sign(content, domains[0] if domains else "")
         except SigningError as exc:
             raise TemporaryFailure(str(exc)) from exc
+
+    def notice_version(self, delivery_id: int) -> str | None:
+        """The version of the notice the copy carries, once, for its sent mark."""
+        return self._versions.pop(delivery_id, None)
 
     def sent(self, copy: Copy) -> None:
         """After the upstream took the copy: record that the person got the full notice."""

@@ -146,6 +146,7 @@ class Gateway:
         self.composer = Composer(self.copy_settings(), self.lookup, ledger, flow.account)
         self.delivery.prepare = self.composer.prepare
         self.delivery.on_sent = self.composer.sent
+        self.delivery.notice_version = self.composer.notice_version
         self.notifier = Notifier(NotificationStore(self.db), s.webhooks.opt_out_secret,
                                  retry_base=s.webhooks.notify_retry_base_seconds)
         objections = Objections(self.composer.settings.tokens, ledger, s.webhooks.opt_out_secret,

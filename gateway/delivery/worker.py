@@ -52,11 +52,14 @@ class DeliveryService:
         self.stats = {"sent": 0, "deferred": 0, "failed": 0}
         # A crash between the upstream's 250 and this record means one duplicate delivery,
         # never a loss; batching it saves an fsync per copy.
-        self._sent: GroupCommitter[int, None] = GroupCommitter(queue.mark_sent)
+        self._sent: GroupCommitter[tuple[int, str | None], None] = GroupCommitter(
+            queue.mark_sent)
         # personalises and signs a copy right before it is sent (set by the runtime); raises
         # PermanentFailure (fail + DSN) or TemporaryFailure (defer) like a transport
         self.prepare: Callable[[Copy], Awaitable[bytes]] | None = None
         self.on_sent: Callable[[Copy], None] | None = None  # after the upstream took a copy
+        # the notice version `prepare` put into a copy (recorded with its sent mark)
+        self.notice_version: Callable[[int], str | None] | None = None
 
     def dispatch(self, copies: Iterable[Copy]) -> None:
         """Hand freshly committed (and claimed) copies to the workers."""
@@ -147,7 +150,8 @@ class DeliveryService:
         except (TimeoutError, TemporaryFailure, OSError) as exc:
             await self._defer(copy, str(exc) or exc.__class__.__name__)
             return
-        await self._sent.submit(copy.delivery_id)
+        version = self.notice_version(copy.delivery_id) if self.notice_version else None
+        await self._sent.submit((copy.delivery_id, version))
         if self.on_sent is not None:
             self.on_sent(copy)
         self.stats["sent"] += 1

@@ -181,18 +181,20 @@ class QueueStore:
 
         return await self.db.write(write)
 
-    async def mark_sent(self, delivery_ids: Sequence[int]) -> list[None]:
-        """Record copies as sent, in one transaction (the worker batches them)."""
+    async def mark_sent(self, sent: Sequence[tuple[int, str | None]]) -> list[None]:
+        """Record copies as sent, each (delivery id, the notice version it carried), in one
+        transaction (the worker batches them)."""
         now = time.time()
-        ids = [(i,) for i in delivery_ids]
+        rows = [(delivery_id, version) for delivery_id, version in sent]
         # one statement for the batch, not one per copy (each waits for the GIL behind the
         # event loop: ledger.record_objections)
         await self.db.write(lambda conn: with_rows(
-            conn, "k(id)", ids,
+            conn, "k(id, v)", rows,
             "UPDATE deliveries SET state = 'sent', attempts = attempts + 1, last_error = NULL,"
-            " claimed_by = NULL, claimed_until = NULL, updated_at = ?"
+            " claimed_by = NULL, claimed_until = NULL, updated_at = ?,"
+            " notice_version = (SELECT v FROM k WHERE k.id = deliveries.id)"
             " WHERE id IN (SELECT id FROM k)", (now,)))
-        return [None] * len(delivery_ids)
+        return [None] * len(rows)
 
     async def defer(self, delivery_id: int, error: str, next_attempt_at: float) -> None:
         """A temporary failure: try again at `next_attempt_at`, by whichever process is free."""

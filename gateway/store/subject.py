@@ -40,6 +40,8 @@ _DECISIONS = (
     " (SELECT d.state FROM deliveries d WHERE d.message_id = a.message_id"
     "  AND subject_form(d.recipient) = ? ORDER BY d.id LIMIT 1),"
     " (SELECT d.updated_at FROM deliveries d WHERE d.message_id = a.message_id"
+    "  AND subject_form(d.recipient) = ? ORDER BY d.id LIMIT 1),"
+    " (SELECT d.notice_version FROM deliveries d WHERE d.message_id = a.message_id"
     "  AND subject_form(d.recipient) = ? ORDER BY d.id LIMIT 1)"
     " FROM audit a LEFT JOIN messages m ON m.id = a.message_id"
     " WHERE a.recipient_hash = ? ORDER BY a.id")
@@ -61,6 +63,7 @@ class Decision:
     subject: str | None
     delivery: str | None       # queued | deferred | failed | sent, when a copy was queued
     delivery_at: float | None
+    notice_version: str | None = None  # the notice the sent copy carried (COMPLIANCE 4.5)
 
     def as_json(self) -> dict[str, object]:
         return dict(vars(self))
@@ -139,7 +142,7 @@ class SubjectStore:
         suppression = await self.db.fetchone(
             "SELECT created_at, channel FROM suppression WHERE hash = ?", (digest,))
         decisions = [Decision(*tuple(row)) for row in await self.db.fetchall(
-            _DECISIONS, (folded, folded, digest))]
+            _DECISIONS, (folded, folded, folded, digest))]
         held = [HeldCopy(*tuple(row)[1:]) for row in await self.db.fetchall(
             "SELECT recipient, message_id, created_at, account, subject, rule, reason, state,"
             " decided_at"

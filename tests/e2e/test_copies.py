@@ -221,3 +221,11 @@ def test_the_notice_never_states_a_shorter_retention_than_r4_keeps(make_gateway,
     text = email.message_from_bytes(copy.content, policy=email.policy.default)
     body = text.get_body(("plain",)).get_content()
     assert "at most 2 years" in " ".join(body.split()), body
+
+    def recorded() -> list:  # COMPLIANCE 4.5: which notice version the copy carried
+        with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+            return db.execute("SELECT notice_version FROM deliveries"
+                              " WHERE state = 'sent'").fetchall()
+    assert wait_until(recorded, what="the sent mark") == [("en-2026.11",)]
+    export = json.loads(gw.cli("subject", "export", "jane@example.net").stdout)
+    assert [d["notice_version"] for d in export["decisions"]] == ["en-2026.11"]

@@ -57,9 +57,13 @@ async def test_a_group_commit_numbers_its_copies_as_stored_and_sent_marks_touch_
     failed = [e for e in await q.list() if e.state == "failed"]
     assert [(e.message_id, e.recipient) for e in failed] == [("C", "g@x.example")]
     sent = ids[:3] + ids[4:6]  # five: not a power of two
-    await q.mark_sent(sent)
+    await q.mark_sent([(i, f"en-2026.{i}") for i in sent])
     assert {e.id: e.state for e in await q.list(("queued", "sent"))} == {
         i: "sent" if i in sent else "queued" for i in ids}
+    versions = dict(tuple(row) for row in await db.fetchall(
+        "SELECT id, notice_version FROM deliveries"))
+    assert {i: versions[i] for i in ids} == {
+        i: f"en-2026.{i}" if i in sent else None for i in ids}  # each its own
 
 
 async def test_claims_of_a_dead_process_are_taken_over_at_start(db: Database):
@@ -87,7 +91,7 @@ async def test_outcomes_and_operator_commands(db: Database):
     assert await q.flush() == 1
     (due,) = await q.claim_due()
     assert due.delivery_id == a.delivery_id and due.attempts == 1
-    await q.mark_sent([a.delivery_id])
+    await q.mark_sent([(a.delivery_id, None)])
     assert [e.recipient for e in await q.list()] == ["b@x.example"]
     await q.retry(b.delivery_id)
     assert (await q.get(b.delivery_id)).state == "queued"
@@ -100,7 +104,7 @@ async def test_outcomes_and_operator_commands(db: Database):
 async def test_content_is_kept_until_every_copy_is_finished(db: Database):
     q = QueueStore(db, "me")
     (copies,) = await q.commit_messages([incoming("A", "a@x.example", "b@x.example")])
-    await q.mark_sent([copies[0].delivery_id])
+    await q.mark_sent([(copies[0].delivery_id, None)])
     assert await q.drop_finished_content() == 0  # b is still queued
     await q.fail(copies[1].delivery_id, "550 no")
     assert await q.drop_finished_content() == 0  # failed copies stay retryable for a while
@@ -276,8 +280,10 @@ def test_the_delivery_ids_migration_keeps_every_copy(tmp_path):
 
     async def upgrade() -> tuple[list[tuple[object, ...]], list[str], int]:
         async with Database(path) as database:
-            rows = [tuple(r) for r in await database.fetchall(
-                "SELECT * FROM deliveries ORDER BY id")]
+            rows = [tuple(r) for r in await database.fetchall(  # the columns 011 knew
+                "SELECT id, message_id, recipient, state, attempts, next_attempt_at,"
+                " last_error, claimed_by, claimed_until, created_at, updated_at, contact_id,"
+                " rule FROM deliveries ORDER BY id")]
             indexes = sorted(r[0] for r in await database.fetchall(
                 "SELECT name FROM sqlite_master WHERE type = 'index'"
                 " AND tbl_name = 'deliveries'"))
