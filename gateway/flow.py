@@ -274,10 +274,13 @@ class Flow:
         deliver: list[str] = []
         held: list[Held] = []
         refused: list[Refusal] = []
+        seen: set[str] = set()  # a recipient given twice: its first decision, one copy
         for recipient, verdict in verdicts:
             read = verdict.read
-            if not verdict.accepted or verdict.decision is None or read is None:
+            if not verdict.accepted or verdict.decision is None or read is None \
+                    or recipient.lower() in seen:
                 continue
+            seen.add(recipient.lower())
             decision = verdict.decision
             if campaign is not None:  # the headers narrowed it: decide again, same facts
                 decision = chain.decide(read.facts(), campaign, self.decider.knobs,

@@ -211,17 +211,17 @@ class GatewayHandler:
         if len(envelope.rcpt_tos) >= server.gateway_settings.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
         verdict: RecipientVerdict = await self.flow.decide_recipient(account, address)
-        accepted = _accepted(envelope)
-        key = address.lower()
-        if verdict.accepted and key in accepted:
-            return replies.RECIPIENT_OK  # the same recipient again: one copy (as Postfix's
-            # cleanup); decided again all the same, so an objection since is answered R1
-        _verdicts(envelope).append((address, verdict))
+        _verdicts(envelope).append((address, verdict))  # every decision is audited
         if not verdict.accepted:
             return verdict.reply
-        accepted.add(key)
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
+        accepted = _accepted(envelope)
+        key = address.lower()
+        if key not in accepted:  # the same recipient again: decided (and audited) again,
+            # so an objection since is answered R1, but one copy (Flow.accept; Postfix's
+            # cleanup drops duplicate recipients too)
+            accepted.add(key)
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
 
     async def handle_DATA(self, server: GatewaySMTP, session: Session,

@@ -293,4 +293,5 @@ def test_a_recipient_given_twice_gets_one_copy(gateway, sink: Sink):
     sink.wait_for(1)
     time.sleep(0.5)
     assert len(sink.messages) == 1
-    assert len(db_rows(gw, "SELECT id FROM audit WHERE decision = 'allow'")) == 1
+    # each RCPT was a decision, audited; one copy all the same
+    assert len(db_rows(gw, "SELECT id FROM audit WHERE decision = 'allow'")) == 2
