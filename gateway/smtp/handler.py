@@ -6,6 +6,7 @@ network); what happens to a recipient or a message is decided by gateway.flow.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import logging
 import time
@@ -50,6 +51,16 @@ def _verdicts(envelope: Envelope) -> list[tuple[str, RecipientVerdict]]:
         verdicts = []
         envelope.gateway_verdicts = verdicts  # type: ignore[attr-defined]
     return verdicts
+
+
+def _log_unanswered(task: asyncio.Future[str]) -> None:
+    """Retrieve the commit's outcome even when its session is gone (asyncio would report an
+    exception never retrieved); a StoreError is the hook's 451, logged there."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, StoreError):
+        log.error("message not committed: %r", exc)
 
 
 def _accepted(envelope: Envelope) -> set[str]:
@@ -249,12 +260,19 @@ class GatewayHandler:
             self.flow.record_abandoned(account, server.client_ip, verdicts, refusal)
             verdicts.clear()
             return replies.FROM_NOT_ALLOWED
+        decided = list(verdicts)
+        verdicts.clear()  # audited with the message, or as abandoned below: never twice
+        # shielded: a client gone while its message commits (a reset after the final dot)
+        # cancels this hook, not the commit, which then still hands the copies to the
+        # delivery workers at once instead of leaving them claimed until the claim expires
+        accepting = asyncio.ensure_future(self.flow.accept(
+            account=account, client_ip=server.client_ip, mail_from=envelope.mail_from,
+            verdicts=decided, content=content, received_at=time.time()))
+        accepting.add_done_callback(_log_unanswered)
         try:
-            queue_id = await self.flow.accept(
-                account=account, client_ip=server.client_ip, mail_from=envelope.mail_from,
-                verdicts=verdicts, content=content, received_at=time.time())
-            verdicts.clear()
+            queue_id = await asyncio.shield(accepting)
         except StoreError as exc:
+            verdicts.extend(decided)  # no message: the decisions are audited on their own
             log.error("%s message from <%s> not committed, answered 451: %s",
                       server.client_ip, envelope.mail_from, exc)
             return replies.CANNOT_COMMIT

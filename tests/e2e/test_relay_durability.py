@@ -227,3 +227,33 @@ def test_the_upstream_refusing_our_credentials_defers_instead_of_failing(make_ga
         assert states == {"deferred"}  # no failure, so no DSN either
     finally:
         upstream.stop()
+
+
+def test_a_client_gone_during_the_commit_neither_doubles_the_audit_nor_delays_the_copy(
+        make_gateway, sink: Sink):
+    """The client closes right after the final dot, while its message commits: the message
+    is kept (committed), its copy goes out at once (not when its claim expires, 10 minutes
+    later), and its recipients' decisions are audited once, not again as "abandoned"."""
+    import socket
+    import sqlite3
+    import time
+
+    from rawsmtp import RawSmtp
+
+    gw = make_gateway()
+    for n in range(5):
+        s = RawSmtp(gw.smtp_port)
+        s.cmd("EHLO c")
+        s.cmd("MAIL FROM:<news@example.com>")
+        assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+        assert s.cmd("DATA")[0] == 354
+        s.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.send(message(subject=f"Gone {n}") + b".\r\n")
+        s.sock.close()  # a reset, at once: the server is committing
+    time.sleep(1)
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        messages = db.execute("SELECT count(*) FROM messages WHERE account = 'crm'").fetchone()[0]
+        audit = db.execute("SELECT count(*) FROM audit").fetchone()[0]
+    assert audit == 5, audit  # one decision per RCPT, whatever became of the session
+    wait_until(lambda: len(sink.messages) >= messages, timeout=5,
+               what="every committed message delivered now")
