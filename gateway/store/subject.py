@@ -185,7 +185,7 @@ class SubjectStore:
             ids, _ = await _rows_for(conn, "notifications", "body", folded)
             await conn.executemany("DELETE FROM notifications WHERE id = ?", [(i,) for i in ids])
             removed["notifications"] = len(ids)
-            closed = await _pseudonymise_requests(conn, folded, digest, now, operator)
+            closed = await _pseudonymise_requests(conn, key, folded, digest, now, operator)
             removed["requests"] = len(closed[0])
             await conn.execute(
                 "INSERT INTO erasures (address_hash, erased_at, operator, removed)"
@@ -275,8 +275,9 @@ async def _scrub_messages(conn: aiosqlite.Connection, touched: set[str],
     return deleted, len(scrubbed)
 
 
-async def _pseudonymise_requests(conn: aiosqlite.Connection, folded: str, digest: bytes,
-                                 now: float, operator: str) -> tuple[list[int], list[int]]:
+async def _pseudonymise_requests(conn: aiosqlite.Connection, key: str, folded: str,
+                                 digest: bytes, now: float, operator: str
+                                 ) -> tuple[list[int], list[int]]:
     """Requests from the address keep their dates (accountability: GDPR 12(3) deadlines) but
     name it by its hash only; the open ones are closed by the erasure. Returns (all ids,
     ids closed now)."""
@@ -290,4 +291,13 @@ async def _pseudonymise_requests(conn: aiosqlite.Connection, folded: str, digest
         if cur.rowcount:
             closed.append(request_id)
         await conn.execute("UPDATE requests SET address = ? WHERE id = ?", (marker, request_id))
+    # an operator's note on a request already closed may quote the address too
+    pattern = _spellings(key)
+    async with conn.execute(
+            f"SELECT id, note FROM requests WHERE id IN ({','.join('?' * len(ids))})",  # noqa: S608
+            ids) as cur:
+        notes = [(pattern.sub(ERASED_PLACEHOLDER.decode("ascii"), note), request_id)
+                 for request_id, note in await cur.fetchall()
+                 if note and pattern.search(note)]
+    await conn.executemany("UPDATE requests SET note = ? WHERE id = ?", notes)
     return ids, closed

@@ -216,6 +216,8 @@ def test_an_address_beyond_ascii_is_found_and_erased_everywhere(make_gateway, tm
         s.cmd("QUIT")
         assert gw.cli("requests", "open", address.lower(), "--kind", "access").returncode == 0
     assert gw.cli("suppress", "add", "josé@example.fr").returncode == 0  # a notification
+    assert gw.cli("requests", "close", "2", "--note",  # a closed request's note quotes it
+                  "answered JOSÉ@example.fr by post").returncode == 0
     store = gw.config.parent / "gateway.db"
     wait_until(lambda: len(json.loads(gw.cli("quarantine", "list", "--json").stdout)) == 2,
                what="two held copies")
@@ -229,8 +231,9 @@ def test_an_address_beyond_ascii_is_found_and_erased_everywhere(make_gateway, tm
                 for table in ("quarantine", "deliveries", "notifications")}
         texts = [row[0] for row in db.execute(
             "SELECT CAST(content AS TEXT) FROM messages UNION ALL SELECT address FROM requests"
-            " UNION ALL SELECT body FROM notifications")]
+            " UNION ALL SELECT note FROM requests UNION ALL SELECT body FROM notifications")]
     assert left == {"quarantine": 0, "deliveries": 0, "notifications": 0}
     for address in addresses:
         assert not any(address.casefold() in (t or "").casefold() for t in texts), address
     assert json.loads(gw.cli("requests", "list", "--json").stdout) == []  # closed by it
+    assert any("erased@erased.invalid" in (t or "") for t in texts)  # the note, scrubbed
