@@ -84,8 +84,16 @@ class SmtpTransport:
                 # it is fixed or delivery.max_age_hours, never failed at once for every copy
                 # (Postfix: smtp_sasl_auth_soft_bounce)
                 raise TemporaryFailure(f"upstream connection: {_classify(exc)}") from exc
+            # an address beyond ASCII (the gateway takes them, it offers SMTPUTF8) needs the
+            # upstream's SMTPUTF8 too (RFC 6531); without it the copy cannot go: 5.6.7
+            options = [] if mail_from.isascii() and recipient.isascii() else ["SMTPUTF8"]
             try:
-                _errors, answer = await client.sendmail(mail_from, [recipient], content)
+                _errors, answer = await client.sendmail(mail_from, [recipient], content,
+                                                        mail_options=options)
+            except aiosmtplib.SMTPNotSupported as exc:
+                self._idle.append(client)  # nothing was sent: the connection is still good
+                raise PermanentFailure(f"554 5.6.7 the upstream does not offer SMTPUTF8, "
+                                       f"which this address needs: {exc}") from exc
             except aiosmtplib.SMTPServerDisconnected as exc:
                 client.close()
                 if fresh or attempt == 2:

@@ -257,3 +257,49 @@ def test_a_client_gone_during_the_commit_neither_doubles_the_audit_nor_delays_th
     assert audit == 5, audit  # one decision per RCPT, whatever became of the session
     wait_until(lambda: len(sink.messages) >= messages, timeout=5,
                what="every committed message delivered now")
+
+
+def test_an_address_beyond_ascii_goes_upstream_with_smtputf8_or_fails_at_once(make_gateway,
+                                                                              sink: Sink,
+                                                                              tmp_path):
+    """The gateway takes josé@ (it offers SMTPUTF8), so it must hand it on with SMTPUTF8;
+    an upstream without it is a permanent 5.6.7 with a DSN, not days of retries."""
+    from aiosmtpd.controller import Controller
+
+    from conftest import CSV_HEADER, SinkHandler
+    from rawsmtp import RawSmtp
+
+    def send_utf8(gw) -> None:
+        s = RawSmtp(gw.smtp_port)
+        s.cmd("EHLO c")
+        assert s.cmd("MAIL FROM:<news@example.com> SMTPUTF8")[0] == 250
+        assert s.cmd("RCPT TO:<josé@example.fr>")[0] == 250
+        assert s.cmd("DATA")[0] == 354
+        assert s.cmd(message(to="josé@example.fr", subject="Bonjour") + b".")[0] == 250
+        s.cmd("QUIT")
+
+    ledger = tmp_path / "l.csv"
+    ledger.write_text(CSV_HEADER + "\njosé@example.fr,person,b2c,prospect,fr,,,,,,granted,"
+                      "2026-01-05,web form,v1,signup form,direct,,2026-01-05,,,\n")
+    gw = make_gateway(contacts=ledger)
+    send_utf8(gw)
+    assert [m.rcpt_tos for m in sink.wait_for(1)] == [["josé@example.fr"]]
+    gw.stop()
+
+    handler, port = SinkHandler(), free_port()
+    plain = Controller(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
+    plain.start()
+    try:
+        gw = make_gateway(contacts=ledger, sink_port=port, accounts={})  # same store
+        send_utf8(gw)
+
+        def failed() -> list:
+            return [e for e in json.loads(gw.cli("queue", "list", "--json", "--failed").stdout)
+                    if e["recipient"] == "josé@example.fr"]
+        (entry,) = wait_until(failed, what="a failed entry")
+        assert entry["last_error"].startswith("554 5.6.7")
+        dsn = wait_until(lambda: [m for m in handler.messages
+                                  if m.rcpt_tos == ["news@example.com"]], what="the DSN")
+        assert b"5.6.7" in dsn[0].content
+    finally:
+        plain.stop()
