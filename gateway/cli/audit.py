@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from gateway.cli import EXIT_REFUSED, CliState, print_json, run
-from gateway.store.audit import AuditLog
+from gateway.cli import EXIT_REFUSED, EXIT_USAGE, CliState, fail, print_json, run
+from gateway.store.audit import AuditCheck, AuditLog
 from gateway.store.db import Database
 
 
@@ -17,25 +17,51 @@ def audit() -> None:
 
 
 @audit.command()
-@click.option("--json", "as_json", is_flag=True, help='{"rows": N, "first_broken": ID|null}')
+@click.option("--anchor", metavar="ID:HEX",
+              help="An anchor printed by an earlier verify and kept outside the store: the "
+              "log must still hold that row with that chain value.")
+@click.option("--json", "as_json", is_flag=True,
+              help='{"rows": N, "first_broken": ID|null, "anchor": "ID:HEX"|null, '
+              '"anchor_holds": true|false|null}')
 @click.pass_obj
-def verify(state: CliState, as_json: bool) -> None:
+def verify(state: CliState, anchor: str | None, as_json: bool) -> None:
     """Recompute the hash chain of the audit log; exit 1 and name the first row that does not
-    match (edited, or rows deleted or inserted just before it)."""
+    match (edited, or rows deleted or inserted just before it).
 
-    async def body() -> tuple[int, int | None]:
+    The chain alone cannot show rows cut from its end, nor a chain recomputed by someone who
+    can write the store. So verify prints an anchor (the last row's id and chain value): keep
+    it outside the store (a ticket, the monitoring) and pass it back with --anchor; a log cut
+    after it or recomputed before it no longer holds it (exit 1)."""
+    wanted: tuple[int, bytes] | None = None
+    if anchor is not None:
+        row_id, _, value = anchor.partition(":")
+        try:
+            wanted = (int(row_id), bytes.fromhex(value))
+        except ValueError:
+            fail(f"--anchor: expected ID:HEX as verify prints it, got {anchor!r}", EXIT_USAGE)
+
+    async def body() -> AuditCheck:
         async with Database(state.settings.store.path) as db:
-            return await AuditLog(db).verify()
+            return await AuditLog(db).verify(wanted[0] if wanted else None)
 
-    rows, broken = run(body)
+    check = run(body)
+    holds = None if wanted is None else check.at_anchor == wanted[1]
+    printed = f"{check.last[0]}:{check.last[1].hex()}" if check.last else None
     if as_json:
-        print_json({"rows": rows, "first_broken": broken})
-    elif broken is None:
-        click.echo(f"audit log intact: {rows} rows, hash chain verified")
+        print_json({"rows": check.rows, "first_broken": check.first_broken,
+                    "anchor": printed, "anchor_holds": holds})
+    elif check.first_broken is not None:
+        click.echo(f"audit log BROKEN at row {check.first_broken}: it was edited, or rows "
+                   f"before it were deleted or inserted ({check.rows} rows verified before "
+                   "it)", err=True)
+    elif holds is False:
+        click.echo(f"audit log does NOT hold the anchor {anchor}: rows were cut from it, or "
+                   f"its chain was recomputed ({check.rows} rows now)", err=True)
     else:
-        click.echo(f"audit log BROKEN at row {broken}: it was edited, or rows before it were "
-                   f"deleted or inserted ({rows} rows verified before it)", err=True)
-    if broken is not None:
+        click.echo(f"audit log intact: {check.rows} rows, hash chain verified"
+                   + (", anchor held" if holds else "")
+                   + (f"\nanchor (keep it outside the store): {printed}" if printed else ""))
+    if check.first_broken is not None or holds is False:
         sys.exit(EXIT_REFUSED)
 
 

@@ -37,6 +37,13 @@ def link(previous: bytes, row: tuple[object, ...]) -> bytes:
     return hashlib.sha256(previous + canonical.encode("utf-8")).digest()
 
 
+class AuditCheck(NamedTuple):
+    rows: int
+    first_broken: int | None
+    last: tuple[int, bytes] | None  # (id, chain) of the last row: the anchor to keep outside
+    at_anchor: bytes | None = None  # the chain of the row asked about (verify(anchor=ID))
+
+
 class AuditRecord(NamedTuple):
     """One decision. A named tuple: a transaction that ends builds one per recipient at once
     (100 on a 100-recipient RSET), and a frozen dataclass costs three times as much to make."""
@@ -101,20 +108,27 @@ class AuditLog:
         await self.db.write(write)
         return [None] * len(batches)
 
-    async def verify(self) -> tuple[int, int | None]:
-        """(rows checked, id of the first row whose chain does not match, or None)."""
+    async def verify(self, anchor: int | None = None) -> AuditCheck:
+        """Recompute the chain: the rows checked, the first row whose chain does not match,
+        the last row's (id, chain), and, for `anchor`, that row's chain: an anchor kept
+        outside the store by an earlier verify still matches unless rows after it were cut
+        or the chain was recomputed over an edit before it."""
         previous = GENESIS
-        checked = 0
+        checked, last_id, at_anchor = 0, None, None
         async with self.db.reader.execute(
                 "SELECT id, at, account, client_ip, recipient_hash, rule, decision,"
                 " message_id, chain FROM audit ORDER BY id") as cur:
             async for row in cur:
                 expected = link(previous, tuple(row)[1:8])
                 if row[8] != expected:
-                    return checked, int(row[0])
+                    return AuditCheck(checked, int(row[0]), None, at_anchor)
                 previous = expected
                 checked += 1
-        return checked, None
+                last_id = int(row[0])
+                if last_id == anchor:
+                    at_anchor = expected
+        return AuditCheck(checked, None, None if last_id is None else (last_id, previous),
+                          at_anchor)
 
     async def for_recipient(self, recipient_hash: bytes) -> list[AuditRecord]:
         rows = await self.db.fetchall(

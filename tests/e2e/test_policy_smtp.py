@@ -242,13 +242,37 @@ def test_editing_one_audit_row_makes_audit_verify_name_it(gateway):
     wait_until(lambda: len(db_rows(gw, "SELECT 1 FROM audit")) >= 4, what="audit rows")
     intact = gw.cli("audit", "verify")
     assert intact.returncode == 0 and "4 rows, hash chain verified" in intact.stdout
-    with sqlite3.connect(gw.config.parent / "gateway.db") as conn:
+    anchor = intact.stdout.split("keep it outside the store): ")[1].strip()
+    assert anchor.startswith("4:")
+    held = gw.cli("audit", "verify", "--anchor", anchor)
+    assert held.returncode == 0 and "anchor held" in held.stdout
+    store = gw.config.parent / "gateway.db"
+    with sqlite3.connect(store) as conn:
         # the triggers refuse edits; somebody with the file drops them first
         conn.execute("DROP TRIGGER audit_no_update")
-        conn.execute("UPDATE audit SET decision = 'allow' WHERE id = 3")
+        conn.execute("DROP TRIGGER audit_no_delete")
+        conn.execute("DELETE FROM audit WHERE id = 4")  # the last decision, cut
+    assert gw.cli("audit", "verify").returncode == 0  # the chain alone cannot tell...
+    cut = gw.cli("audit", "verify", "--anchor", anchor, "--json")  # ...the anchor can
+    assert cut.returncode == 1 and json.loads(cut.stdout)["anchor_holds"] is False
+    anchor = json.loads(cut.stdout)["anchor"]  # 3:..., as if kept from before the edit below
+    from gateway.store.audit import GENESIS, link
+    with sqlite3.connect(store) as conn:  # an edit, the chain recomputed over it
+        conn.execute("UPDATE audit SET decision = 'allow' WHERE id = 2")
+        previous = GENESIS
+        for row in conn.execute("SELECT id, at, account, client_ip, recipient_hash, rule,"
+                                " decision, message_id FROM audit ORDER BY id").fetchall():
+            previous = link(previous, row[1:])
+            conn.execute("UPDATE audit SET chain = ? WHERE id = ?", (previous, row[0]))
+    assert gw.cli("audit", "verify").returncode == 0
+    recomputed = gw.cli("audit", "verify", "--anchor", anchor)
+    assert recomputed.returncode == 1 and "does NOT hold" in recomputed.stderr
+    with sqlite3.connect(store) as conn:  # an edit alone: the chain names the row
+        conn.execute("UPDATE audit SET rule = 'R99' WHERE id = 3")
     broken = gw.cli("audit", "verify", "--json")
-    assert broken.returncode == 1 and json.loads(broken.stdout) == {"rows": 2,
-                                                                    "first_broken": 3}
+    assert broken.returncode == 1 and json.loads(broken.stdout) == {
+        "rows": 2, "first_broken": 3, "anchor": None, "anchor_holds": None}
+    assert gw.cli("audit", "verify", "--anchor", "nonsense").returncode == 2
 
 
 def test_one_mailbox_written_two_ways_is_one_contact_and_one_objection(make_gateway,
