@@ -9,6 +9,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -20,6 +21,8 @@ from mailflow import deliver, rcpt, suppressed
 from rawsmtp import RawSmtp
 
 SECRET = "webhook-secret-for-tests-0123456789"
+JANE = ("\njane@example.net,person,b2c,prospect,en,,,,,,granted,2026-01-05,web form,v1,"
+        "signup form,direct,,2026-01-05,,,\n")  # with consent, in English
 
 
 @pytest.fixture
@@ -270,98 +273,93 @@ class Hook(BaseHTTPRequestHandler):
         return None
 
 
-def test_each_objection_is_notified_to_the_account_signed_and_retried(make_gateway, sink,
-                                                                      tmp_path):
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    Hook.received, Hook.failures_left = [], 1
-    try:
-        ledger = tmp_path / "ledger.csv"
-        ledger.write_text(CSV_HEADER + "\njane@example.net,person,b2c,prospect,en,,,,,,"
-                          "granted,2026-01-05,web form,v1,signup form,direct,,2026-01-05,,,\n")
-        gw = make_gateway(contacts=ledger, start=False, extra=(
-            f'[webhooks]\nopt_out_secret = "{SECRET}"\nnotify_retry_base_seconds = 0.5\n'))
-        hook_url = f"http://127.0.0.1:{server.server_port}/objections"
-        assert gw.cli("accounts", "update", "crm", "--notify-url", hook_url).returncode == 0
-        gw.start()
-        url = deliver(gw, sink, "jane@example.net")
-        assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
-        deadline = time.monotonic() + 15
-        while not Hook.received and time.monotonic() < deadline:
-            time.sleep(0.1)
-        [(document, header, raw)] = Hook.received
-        assert document["email"] == "jane@example.net" and document["channel"] == "one-click"
-        stamp, mac = (part.split("=", 1)[1] for part in header.split(","))
-        assert hmac.compare_digest(mac, hmac.new(SECRET.encode(), stamp.encode() + b"." + raw,
-                                                 hashlib.sha256).hexdigest())
-        with sqlite3.connect(gw.config.parent / "gateway.db") as db:
-            state, attempts = db.execute("SELECT state, attempts FROM notifications").fetchone()
-        assert (state, attempts) == ("sent", 2)  # the first try got a 500: retried
-    finally:
-        server.shutdown()
-
-
-def test_a_notify_url_the_sender_cannot_use_stops_nothing_and_a_correction_applies(
-        make_gateway, sink, tmp_path):
-    """A URL httpx refuses (here a port typo, stored before the CLI checked it) is that
-    notification's failure, retried: the sender goes on, and once the operator corrects the
-    account's URL the notification already queued goes there."""
+@pytest.fixture
+def hook() -> Iterator[HTTPServer]:
+    """The marketing tool's endpoint, running, taking every notification (set
+    Hook.failures_left to make it fail first)."""
     server = HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     Hook.received, Hook.failures_left = [], 0
-    try:
-        ledger = tmp_path / "ledger.csv"
-        ledger.write_text(CSV_HEADER + "\njane@example.net,person,b2c,prospect,en,,,,,,"
-                          "granted,2026-01-05,web form,v1,signup form,direct,,2026-01-05,,,\n")
-        gw = make_gateway(contacts=ledger, start=False, extra=(
-            f'[webhooks]\nopt_out_secret = "{SECRET}"\nnotify_retry_base_seconds = 0.5\n'))
-        store = gw.config.parent / "gateway.db"
-        with sqlite3.connect(store) as db:
-            db.execute("UPDATE accounts SET notify_url = 'http://127.0.0.1:8o8o/hook'")
-        gw.start()
-        url = deliver(gw, sink, "jane@example.net")
-        assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    yield server
+    server.shutdown()
 
-        def row() -> tuple[str, int, str | None]:
-            with sqlite3.connect(store) as db:
-                return db.execute(
-                    "SELECT state, attempts, last_error FROM notifications").fetchone()
-        deadline = time.monotonic() + 15
-        while row()[1] < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        state, attempts, error = row()
-        assert state == "pending" and attempts >= 2 and "InvalidURL" in error  # retried
-        hook_url = f"http://127.0.0.1:{server.server_port}/objections"
-        assert gw.cli("accounts", "update", "crm", "--notify-url", hook_url).returncode == 0
-        while not Hook.received and time.monotonic() < deadline + 15:
-            time.sleep(0.1)
-        [(document, _, _)] = Hook.received
-        assert document["email"] == "jane@example.net"
-        assert row()[0] == "sent"
-    finally:
-        server.shutdown()
+
+def hook_url(server: HTTPServer) -> str:
+    return f"http://127.0.0.1:{server.server_port}/objections"
+
+
+def jane_gateway(make_gateway, tmp_path) -> GatewayProcess:
+    """A gateway (not started) whose ledger holds jane@example.net with consent, webhooks
+    signed with SECRET and notifications retried after 0.5 s."""
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(CSV_HEADER + JANE)
+    return make_gateway(contacts=ledger, start=False, extra=(
+        f'[webhooks]\nopt_out_secret = "{SECRET}"\nnotify_retry_base_seconds = 0.5\n'))
+
+
+def test_each_objection_is_notified_to_the_account_signed_and_retried(make_gateway, sink,
+                                                                      tmp_path, hook):
+    Hook.failures_left = 1
+    gw = jane_gateway(make_gateway, tmp_path)
+    assert gw.cli("accounts", "update", "crm", "--notify-url", hook_url(hook)).returncode == 0
+    gw.start()
+    url = deliver(gw, sink, "jane@example.net")
+    assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    deadline = time.monotonic() + 15
+    while not Hook.received and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [(document, header, raw)] = Hook.received
+    assert document["email"] == "jane@example.net" and document["channel"] == "one-click"
+    stamp, mac = (part.split("=", 1)[1] for part in header.split(","))
+    assert hmac.compare_digest(mac, hmac.new(SECRET.encode(), stamp.encode() + b"." + raw,
+                                             hashlib.sha256).hexdigest())
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        state, attempts = db.execute("SELECT state, attempts FROM notifications").fetchone()
+    assert (state, attempts) == ("sent", 2)  # the first try got a 500: retried
+
+
+def test_a_notify_url_the_sender_cannot_use_stops_nothing_and_a_correction_applies(
+        make_gateway, sink, tmp_path, hook):
+    """A URL httpx refuses (here a port typo, stored before the CLI checked it) is that
+    notification's failure, retried: the sender goes on, and once the operator corrects the
+    account's URL the notification already queued goes there."""
+    gw = jane_gateway(make_gateway, tmp_path)
+    store = gw.config.parent / "gateway.db"
+    with sqlite3.connect(store) as db:
+        db.execute("UPDATE accounts SET notify_url = 'http://127.0.0.1:8o8o/hook'")
+    gw.start()
+    url = deliver(gw, sink, "jane@example.net")
+    assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+
+    def row() -> tuple[str, int, str | None]:
+        with sqlite3.connect(store) as db:
+            return db.execute("SELECT state, attempts, last_error FROM notifications").fetchone()
+    deadline = time.monotonic() + 15
+    while row()[1] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    state, attempts, error = row()
+    assert state == "pending" and attempts >= 2 and "InvalidURL" in error  # retried
+    assert gw.cli("accounts", "update", "crm", "--notify-url", hook_url(hook)).returncode == 0
+    while not Hook.received and time.monotonic() < deadline + 15:
+        time.sleep(0.1)
+    [(document, _, _)] = Hook.received
+    assert document["email"] == "jane@example.net"
+    assert row()[0] == "sent"
 
 
 def test_an_account_whose_endpoint_hangs_does_not_hold_up_the_others(make_gateway, sink,
-                                                                     tmp_path):
+                                                                     tmp_path, hook):
     """Each account's notifications go in turn, the accounts side by side: the tool whose
     endpoint accepts and never answers (the sender waits 10 s for it) delays nobody else."""
     import socket
     hanging = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    Hook.received, Hook.failures_left = [], 0
     try:
-        ledger = tmp_path / "ledger.csv"
-        ledger.write_text(CSV_HEADER + "\njane@example.net,person,b2c,prospect,en,,,,,,"
-                          "granted,2026-01-05,web form,v1,signup form,direct,,2026-01-05,,,\n")
-        gw = make_gateway(contacts=ledger, start=False, extra=(
-            f'[webhooks]\nopt_out_secret = "{SECRET}"\n'))
+        gw = jane_gateway(make_gateway, tmp_path)
         assert gw.cli("accounts", "update", "crm", "--notify-url",
                       f"http://127.0.0.1:{hanging.getsockname()[1]}/hook").returncode == 0
         added = gw.cli("accounts", "add", "zz-other", "--from-domain", "example.org",
-                       "--notify-url", f"http://127.0.0.1:{server.server_port}/objections",
-                       "--password-stdin", stdin="Correct-Horse-Battery-Staple-2026!\n")
+                       "--notify-url", hook_url(hook), "--password-stdin",
+                       stdin="Correct-Horse-Battery-Staple-2026!\n")
         assert added.returncode == 0, added.stderr
         gw.start()
         url = deliver(gw, sink, "jane@example.net")
@@ -372,15 +370,13 @@ def test_an_account_whose_endpoint_hangs_does_not_hold_up_the_others(make_gatewa
         assert Hook.received, "the other account waited behind the hanging endpoint"
         assert time.monotonic() - started < 5
     finally:
-        server.shutdown()
         hanging.close()
 
 
 def test_mail_to_the_unsubscribe_address_needs_no_auth_and_objects(make_gateway, sink,
                                                                    tmp_path):
     ledger = tmp_path / "ledger.csv"
-    ledger.write_text(CSV_HEADER + "\njane@example.net,person,b2c,prospect,en,,,,,,granted,"
-                      "2026-01-05,web form,v1,signup form,direct,,2026-01-05,,,\n")
+    ledger.write_text(CSV_HEADER + JANE)
     # the tool sends from 127.0.0.2 (trusted); the recipient's MTA is any other address
     gw = make_gateway(contacts=ledger, trusted=False, smtp_extra=(
         'trusted_clients = [{ network = "127.0.0.2/32", account = "crm" }]'))

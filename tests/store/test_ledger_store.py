@@ -212,7 +212,7 @@ async def test_audit_appends_maintain_no_index_and_lookups_still_find_the_rows(d
     assert indexes == []
     found = await log.for_recipient(hasher("r3@example.com"))
     assert [r.at for r in found] == [now + i for i in range(3, 70, 7)]
-    assert await log.verify() == (70, None)
+    assert (await log.verify())[:2] == (70, None)
 
 
 async def test_contacts_read_on_the_hot_path_are_ordinary_contacts(db, hasher):

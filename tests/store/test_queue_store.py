@@ -212,7 +212,7 @@ async def test_a_group_commit_chains_every_messages_audit_rows_in_order(db: Data
     assert [tuple(row) for row in rows] == (
         [(None, "R6")] * 2 + [(None, "R5")] + [("A", "R7")] * 3 + [("B", "R7")]
         + [("C", "R7")] * 2 + [(None, "R8")])
-    assert await log.verify() == (10, None)  # one chain across all of them
+    assert (await log.verify())[:2] == (10, None)  # one chain across all of them
 
 
 @pytest.mark.parametrize("count", [0, 1, 3, 128, 129, 300])
