@@ -277,10 +277,10 @@ class Flow:
         seen: set[str] = set()  # a recipient given twice: its first decision, one copy
         for recipient, verdict in verdicts:
             read = verdict.read
-            if not verdict.accepted or verdict.decision is None or read is None \
-                    or recipient.lower() in seen:
+            key = recipient.lower()
+            if not verdict.accepted or verdict.decision is None or read is None or key in seen:
                 continue
-            seen.add(recipient.lower())
+            seen.add(key)
             decision = verdict.decision
             if campaign is not None:  # the headers narrowed it: decide again, same facts
                 decision = chain.decide(read.facts(), campaign, self.decider.knobs,
@@ -311,8 +311,6 @@ class Flow:
         for r in refused:
             log.info("%s refused after DATA to=<%s>: %s", queue_id, r.recipient, r.error)
         return queue_id
-
-
 
     def _bounce(self, queue_id: str, mail_from: str, refusal: Refusal, content: bytes,
                 received_at: float) -> IncomingMessage:
@@ -364,11 +362,11 @@ def from_header_domains(content: bytes) -> list[str]:
     return domains
 
 
-def steering_of(steering: list[tuple[str, str]]) -> tuple[str | None, str | None]:
-    """What the X-Gateway-* headers say: (topics, product categories), each ";"-joined and
-    sorted, None when its header is absent."""
+def steering_of(fields: list[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """What the X-Gateway-* header fields say: (topics, product categories), each ";"-joined
+    and sorted, None when its header is absent."""
     topics = categories = None
-    for name, value in steering:
+    for name, value in fields:
         if name == CAMPAIGN_TOPICS:
             topics = tag_list(value) | (topics or frozenset())
         elif name == PRODUCT_CATEGORY:

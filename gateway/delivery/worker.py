@@ -103,7 +103,7 @@ class DeliveryService:
                 if self._pending.qsize() < self.settings.workers:
                     copies = await self.queue.claim_due(limit=self.settings.workers * 4)
                     self.dispatch(copies)
-                await self.queue.heartbeat(list(self._known))
+                await self.queue.heartbeat(self._known)  # read only when renewing
             except StoreError as exc:
                 log.error("queue scan failed: %s", exc)
             try:
