@@ -215,6 +215,24 @@ async def test_a_group_commit_chains_every_messages_audit_rows_in_order(db: Data
     assert (await log.verify())[:2] == (10, None)  # one chain across all of them
 
 
+async def test_a_large_audit_batch_is_written_paced_and_a_message_goes_in_between(db: Database):
+    import asyncio
+
+    from gateway.store.audit import AuditLog, AuditRecord
+
+    log = AuditLog(db, write_rows=100, pace=0.05)
+    sessions = [tuple(AuditRecord(time.time(), "crm", "127.0.0.1", bytes([s, i]) * 16, "R6",
+                                  "allow") for i in range(50)) for s in range(7)]
+    appending = asyncio.create_task(log.append(sessions))  # 350 rows: 4 transactions
+    await asyncio.sleep(0.01)
+    copies = await QueueStore(db, "me").commit_messages([incoming("M", "a@x.example")])
+    assert len(copies[0]) == 1 and not appending.done()  # the message did not wait for it all
+    assert await appending == [None] * 7
+    rows = await db.fetchall("SELECT recipient_hash FROM audit ORDER BY id")
+    assert [bytes(row[0]) for row in rows] == [r.recipient_hash for s in sessions for r in s]
+    assert (await log.verify())[:2] == (350, None)
+
+
 @pytest.mark.parametrize("count", [0, 1, 3, 128, 129, 300])
 def test_insert_rows_writes_every_row_in_order(tmp_path, count):
     import sqlite3
