@@ -9,6 +9,7 @@ DATA) are appended here, batched.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import sqlite3
 from collections.abc import Sequence
@@ -118,7 +119,7 @@ class AuditLog:
             if start:
                 await asyncio.sleep(self.pace)
             part = rows[start:start + self.write_rows]
-            await self.db.write(lambda conn, part=part: insert_records(conn, part))
+            await self.db.write(functools.partial(insert_records, rows=part))
         return [None] * len(batches)
 
     async def verify(self, anchor: int | None = None) -> AuditCheck:
