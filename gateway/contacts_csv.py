@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime
 import functools
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -147,10 +148,23 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
 }
 
 
-def parse_row(line: int, names: list[str], cells: list[str], now: float) -> ContactRow:
-    """A ContactRow from a row's cells under the header `names`, or ValueError naming the
-    column and the problem."""
-    raw = cells[names.index("email")]
+Plan = list[tuple[int, str, "Callable[[str, str], object] | None"]]
+
+
+def row_plan(names: list[str], now: float) -> Plan:
+    """For each column of the header `names`: its ContactRow field, its name and its parser
+    (None for the email, parsed apart). Made once per file, so that each cell costs one call."""
+    def date(text: str, column: str) -> float:
+        return parse_date(text, column, now)
+    return [(_FIELDS["address"], name, None) if name == "email" else
+            (_FIELDS[name], name, date if name in DATE_COLUMNS else _PARSERS.get(name, _text))
+            for name in names]
+
+
+def parse_row(line: int, email: int, plan: Plan, cells: list[str]) -> ContactRow:
+    """A ContactRow from a row's cells (the email's at index `email`) under `row_plan`'s
+    plan, or ValueError naming the column and the problem."""
+    raw = cells[email]
     if not raw.strip():
         raise ValueError("email: missing")
     if _CONTROL.search(raw):
@@ -161,16 +175,12 @@ def parse_row(line: int, names: list[str], cells: list[str], now: float) -> Cont
         raise ValueError(f"email: {exc}") from None
     values: list[object] = [None] * len(_FIELDS)
     values[0], values[1] = line, address
-    for column, text in zip(names, cells, strict=True):
-        if not text or column == "email":
+    for (field, column, parse), text in zip(plan, cells, strict=True):
+        if not text or parse is None:
             continue
         text = text.strip()
-        if not text:
-            continue
-        if column in DATE_COLUMNS:
-            values[_FIELDS[column]] = parse_date(text, column, now)
-        else:
-            values[_FIELDS[column]] = _PARSERS.get(column, _text)(text, column)
+        if text:
+            values[field] = parse(text, column)
     if values[_CONSENT] == "granted" and values[_CONSENT_AT] is None:
         raise ValueError("consent_at: required when consent is granted (GDPR 7(1): consent "
                          "must be provable)")
@@ -213,12 +223,13 @@ def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow 
     if first is None:
         raise HeaderError("the file is empty")
     delimiter = sniff_delimiter(first)
-    reader = csv.reader(_chain(first, iterator), delimiter=delimiter, strict=True)
+    reader = csv.reader(itertools.chain((first,), iterator), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except csv.Error as exc:
         raise HeaderError(f"line 1: {exc}") from None
     names = check_header(header)
+    plan, email = row_plan(names, now), names.index("email")
     seen: dict[int, int] = {}  # 64-bit hash of the address -> first line (bounded memory)
     line = reader.line_num
     while True:
@@ -246,16 +257,17 @@ def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow 
             yield RowError(start, f"not valid CSV: {exc}")
             continue
         line = reader.line_num
-        if not cells or all(not c.strip() for c in cells):
+        if not cells or (not cells[0].strip() and all(not c.strip() for c in cells)):
             continue  # blank line
         if len(cells) != len(names):
             yield RowError(start, f"{len(cells)} fields, the header has {len(names)}")
             continue
-        if _UNDECODABLE.search("".join(cells)):
+        joined = "".join(cells)
+        if not joined.isascii() and _UNDECODABLE.search(joined):
             yield RowError(start, "not valid UTF-8")
             continue
         try:
-            row = parse_row(start, names, cells, now)
+            row = parse_row(start, email, plan, cells)
         except ValueError as exc:
             yield RowError(start, str(exc))
             continue
@@ -267,7 +279,3 @@ def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow 
         seen[key] = start
         yield row
 
-
-def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
-    yield first
-    yield from rest

@@ -147,7 +147,7 @@ class ContactImporter:
                 addresses = [str(p[_I["address"]]) for p in params]
                 last_id = conn.execute("SELECT max(id) FROM contacts").fetchone()[0] or 0
                 conn.executemany(_UPSERT, [p[:_UPSERT_PARAMS] for p in params])
-                ids = self._ids(addresses)
+                ids = self._ids(addresses, last_id)
                 cid, consent = _I["id"], _I["consent"]
                 for p, address in zip(params, addresses, strict=True):
                     p[cid] = ids[address]
@@ -187,7 +187,14 @@ class ContactImporter:
         self.counts.new += new
         self.counts.updated += len(params) - new
 
-    def _ids(self, addresses: list[str]) -> dict[str, int]:
+    def _ids(self, addresses: list[str], last_id: int) -> dict[str, int]:
+        """The contact id of each address just upserted (the contacts' ids were at most
+        `last_id` before)."""
+        if self.conn.execute("SELECT max(id) FROM contacts").fetchone()[0] \
+                == last_id + len(addresses):
+            # every row was new (an update makes no id), so they took the next ids in order:
+            # a first import skips the second index probe per row (~5% of the writer)
+            return {address: last_id + i for i, address in enumerate(addresses, 1)}
         found: dict[str, int] = {}
         for i in range(0, len(addresses), 500):
             part = addresses[i:i + 500]

@@ -91,6 +91,25 @@ async def test_reimport_appends_each_event_once(db, hasher):
     assert [(e.kind, e.proof) for e in events] == [("consent", "v3"), ("interaction", None)]
 
 
+@pytest.mark.parametrize("second", [("n1", "n2", "n3"), ("n1", "old", "n2"), ("old", "n1")])
+async def test_each_rows_sources_and_events_land_on_its_own_contact(db, hasher, second):
+    # a chunk of new contacts only takes the next ids in order; one with an update among them
+    # is looked up: either way every source and event belongs to its row's contact
+    def row(name: str) -> str:
+        return f"{name}@example.com,broker,{name}-list,2026-03-0{len(name)}\n"
+    header = "email,source_type,source_name,last_interaction_at\n"
+    import_csv(db, hasher, header + row("old") + row("x"))
+    counts = import_csv(db, hasher, header + "".join(row(name) for name in second)).counts
+    assert (counts.new, counts.updated) == (len(set(second) - {"old"}), "old" in second)
+    rows = await db.fetchall(
+        "SELECT c.address, s.name, e.occurred_at FROM contacts c"
+        " JOIN sources s ON s.contact_id = c.id JOIN contact_events e ON e.contact_id = c.id"
+        " ORDER BY c.address")
+    assert {(r[0].split("@")[0], r[1].split("-")[0]) for r in rows} == {
+        (name, name) for name in {"old", "x", *second}}
+    assert all(time.gmtime(r[2]).tm_mday == len(r[0].split("@")[0]) for r in rows)
+
+
 async def test_dry_run_writes_nothing(db, hasher):
     counts = import_csv(db, hasher, "email,consent,consent_at\n"
                                     "a@example.com,,\nb@example.com,withdrawn,2026-01-01\n",
