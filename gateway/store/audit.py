@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import aiosqlite
 
+from gateway.errors import StoreError
 from gateway.store.db import Database, insert_rows
 
 INSERT_HEAD = ("INSERT INTO audit (at, account, client_ip, recipient_hash, rule, decision,"
@@ -119,7 +120,13 @@ class AuditLog:
             if start:
                 await asyncio.sleep(self.pace)
             part = rows[start:start + self.write_rows]
-            await self.db.write(functools.partial(insert_records, rows=part))
+            try:
+                await self.db.write(functools.partial(insert_records, rows=part))
+            except StoreError as exc:
+                if not start:
+                    raise
+                raise StoreError(f"{exc} (the first {start} of the batch's {len(rows)} rows "
+                                 "were written)") from exc
         return [None] * len(batches)
 
     async def verify(self, anchor: int | None = None) -> AuditCheck:

@@ -233,6 +233,21 @@ async def test_a_large_audit_batch_is_written_paced_and_a_message_goes_in_betwee
     assert (await log.verify())[:2] == (350, None)
 
 
+async def test_a_paced_audit_batch_that_fails_half_way_says_what_was_written(db: Database):
+    from gateway.store.audit import AuditLog, AuditRecord
+
+    def refuse_r9(conn) -> None:  # on the writer's connection, the one that inserts
+        conn.execute("CREATE TEMP TRIGGER refuse BEFORE INSERT ON audit WHEN NEW.rule = 'R9'"
+                     " BEGIN SELECT RAISE(ABORT, 'disk full, say'); END")
+
+    await db.write(refuse_r9)
+    records = [AuditRecord(time.time(), "crm", "127.0.0.1", bytes([i]) * 32,
+                           "R9" if i == 150 else "R6", "allow") for i in range(250)]
+    with pytest.raises(StoreError, match="disk full, say.*the first 100 of the batch's 250"):
+        await AuditLog(db, write_rows=100, pace=0).append([records])
+    assert (await db.fetchone("SELECT count(*) FROM audit"))[0] == 100
+
+
 @pytest.mark.parametrize("count", [0, 1, 3, 128, 129, 300])
 def test_insert_rows_writes_every_row_in_order(tmp_path, count):
     import sqlite3
