@@ -35,14 +35,34 @@ class StrictLineReader(asyncio.StreamReader):
     """
 
     _discarded_cr = False  # the last read() (aiosmtpd discarding an overlong line) ended in CR
+    _stopped = False  # see stop()
+
+    def stop(self) -> None:
+        """Read nothing more: drop what is buffered, and make every later read wait until the
+        session is cancelled (the transport's close ends it).
+
+        Closing the transport is not enough: a TLS close takes round trips, and meanwhile
+        aiosmtpd's loop would go on running the commands the client pipelined after the
+        offending line, out of the buffer, without ever waiting on the socket.
+        """
+        self._stopped = True
+        self._buffer.clear()  # type: ignore[attr-defined]
+
+    async def _wait_for_the_end(self) -> bytes:
+        await asyncio.get_running_loop().create_future()  # cancelled with the session
+        return b""
 
     async def read(self, n: int = -1) -> bytes:
+        if self._stopped:
+            return await self._wait_for_the_end()
         data = await super().read(n)
         self._discarded_cr = data.endswith(b"\r")
         return data
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:  # type: ignore[override]
         # aiosmtpd only ever asks for one separator, so the narrower signature is enough
+        if self._stopped:
+            return await self._wait_for_the_end()
         line = await super().readuntil(separator)
         split_crlf = self._discarded_cr and line == b"\n"  # an overlong line's CR|LF split
         self._discarded_cr = False
@@ -50,6 +70,7 @@ class StrictLineReader(asyncio.StreamReader):
             return line
         body = line[:-2]
         if not line.endswith(b"\r\n") or b"\r" in body or b"\n" in body:
+            self.stop()
             raise BareNewline()
         return line
 
@@ -223,6 +244,7 @@ class GatewaySMTP(SMTP):
         raw, too_much = await self._read_data()
         if has_bare_line_end(raw):
             log.warning("%s sent a bare CR or LF in DATA: closing the session", self._client_ip)
+            self._reader.stop()  # type: ignore[attr-defined]
             await self.push(replies.BARE_NEWLINE)
             self._set_post_data_state()
             self._close_now()

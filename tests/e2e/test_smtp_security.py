@@ -135,6 +135,39 @@ def test_bare_lf_in_a_command_is_refused_and_the_session_closed(make_gateway):
     assert s.closed()
 
 
+def _authenticated_tls_session(port: int) -> RawSmtp:
+    s = tls_session(port)
+    assert s.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD))[0] == 235
+    return s
+
+
+def test_nothing_pipelined_after_a_bare_lf_in_data_runs_over_tls(make_gateway, sink: Sink):
+    # Over TLS the close takes round trips; the commands already read must not run meanwhile
+    gw = make_gateway(trusted=False)
+    s = _authenticated_tls_session(gw.smtp_port)
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    s.send(message() + b"\n.\r\n" + SMUGGLED_TAIL + b"QUIT\r\n")
+    assert s.reply()[0] == 521
+    assert s.closed()
+    assert s.buffer == b""  # no reply to any smuggled command
+    time.sleep(0.5)
+    assert sink.messages == []
+
+
+def test_nothing_pipelined_after_a_bare_lf_in_a_command_runs_over_tls(make_gateway,
+                                                                       sink: Sink):
+    gw = make_gateway(trusted=False)
+    s = _authenticated_tls_session(gw.smtp_port)
+    s.send(b"NOOP\n" + SMUGGLED_TAIL + b"QUIT\r\n")
+    assert s.reply()[0] == 521
+    assert s.closed()
+    assert s.buffer == b""
+    time.sleep(0.5)
+    assert sink.messages == []
+
+
 def test_oversize_message_gets_552(make_gateway, sink: Sink):
     gw = make_gateway(smtp_extra="max_message_bytes = 100000")
     s = RawSmtp(gw.smtp_port)
