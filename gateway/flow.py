@@ -322,9 +322,46 @@ class Flow:
                                (mail_from,))
 
 
-_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
-_COMMENT = re.compile(r"\([^()]*\)")
 _ANGLE = re.compile(r"<([^<>]*)>")
+
+
+def _without_comments(text: str) -> str | None:
+    """The field with each quoted string as "" and each comment as a space, read left to
+    right as RFC 5322 3.2 does (comments nest; a backslash escapes the next character in
+    both; a quote inside a comment, or a parenthesis inside quotes, means nothing).
+
+    None when the text is not well formed (unterminated, unbalanced, a stray backslash):
+    readers then disagree on what it says, and an address they disagree on is refused.
+    """
+    out: list[str] = []
+    depth = 0  # comment nesting
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            if not depth:
+                return None
+            i += 2
+            continue
+        if depth:
+            depth += (c == "(") - (c == ")")
+            if not depth:
+                out.append(" ")
+        elif c == "(":
+            depth = 1
+        elif c == ")":
+            return None
+        elif c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+            if i >= n:
+                return None
+            out.append('""')
+        else:
+            out.append(c)
+        i += 1
+    return None if depth else "".join(out)
 
 
 def from_header_domains(content: bytes) -> list[str]:
@@ -348,7 +385,9 @@ def from_header_domains(content: bytes) -> list[str]:
             from_fields.append(current)
     if len(from_fields) != 1:
         return []
-    text = _COMMENT.sub(" ", _QUOTED.sub('""', " ".join(from_fields[0])))
+    text = _without_comments(" ".join(from_fields[0]))
+    if text is None:
+        return []
     addresses = _ANGLE.findall(text)
     if addresses and "@" in _ANGLE.sub("", text):
         return []  # an address outside the angle brackets too: ambiguous, refuse

@@ -25,6 +25,17 @@ def head(*lines: str) -> bytes:
     (["Subject: no from"], []),
     (["From: a@one.example", "From: b@two.example"], []),
     (["From: not an address"], []),
+    (["From: Jane (\"the boss\" (really)) <jane@good.example>"], ["good.example"]),
+    (["From: \"Jane \\\"J\\\" Doe\" <jane@good.example>"], ["good.example"]),
+    # a quote inside a comment means nothing, an escaped parenthesis does not end one: the
+    # mailbox here is ceo@victim.example, whatever a regex that strips quotes first would say
+    (['From: (") <ceo@victim.example> (") ( \\) <news@good.example> )'], ["victim.example"]),
+    (['From: "(" <ceo@victim.example> ")" <news@good.example>'],
+     ["victim.example", "good.example"]),  # every mailbox is checked, each must be allowed
+    (["From: (unterminated <news@good.example>"], []),
+    (["From: news@good.example)"], []),
+    (['From: "unterminated <news@good.example>'], []),
+    (["From: \\<ceo@victim.example> <news@good.example>"], []),
 ])
 def test_from_header_domains(lines: list[str], domains: list[str]):
     assert from_header_domains(head(*lines)) == domains

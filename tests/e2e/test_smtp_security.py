@@ -223,6 +223,16 @@ def test_sender_and_from_header_are_bound_to_the_account_domains(make_gateway, s
     assert s.cmd("DATA")[0] == 354
     code, text = s.cmd(message(sender="ceo@other.example") + b".")
     assert code == 550 and "M1" in text
+    # the mailbox a reader shows is ceo@other.example: the quotes are inside comments
+    disguised = message().replace(
+        b"From: Example News <news@example.com>",
+        b'From: (") <ceo@other.example> (") ( \\) <news@example.com> )')
+    assert b"ceo@other.example" in disguised
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    code, text = s.cmd(disguised + b".")
+    assert code == 550 and "M1" in text
     time.sleep(0.3)
     assert sink.messages == []
 
