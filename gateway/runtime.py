@@ -23,6 +23,7 @@ import uvicorn
 from gateway.compose import Composer, CopySettings
 from gateway.delivery.upstream import make_transport
 from gateway.delivery.worker import DeliveryService
+from gateway.errors import ConfigError
 from gateway.flow import Decider, Flow
 from gateway.notice_templates import load_templates
 from gateway.notify import Notifier
@@ -98,7 +99,11 @@ class Gateway:
         s = self.settings.smtp
         if s.tls_cert:
             self.tls = TlsInfo(s.tls_cert, False)
-            return server_context(s.tls_cert, s.tls_key)
+            try:
+                return server_context(s.tls_cert, s.tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"smtp.tls_cert {s.tls_cert} / smtp.tls_key {s.tls_key}: "
+                                  f"cannot load the certificate and its key: {exc}") from None
         if not s.tls_self_signed:
             return None
         folder = self.settings.store.path.parent / "tls"
@@ -155,9 +160,13 @@ class Gateway:
         handler = GatewayHandler(flow, Authenticator(accounts, s.smtp))
         host, port = parse_listen(s.smtp.listen)
         self.accepting.set()
-        self._smtp = await start_smtp_server(handler, s.smtp, host, port, self.tls_context(),
-                                             self.accepting, self.connections,
-                                             sock=self.listen_socket)
+        tls_context = self.tls_context()
+        try:
+            self._smtp = await start_smtp_server(handler, s.smtp, host, port, tls_context,
+                                                 self.accepting, self.connections,
+                                                 sock=self.listen_socket)
+        except OSError as exc:
+            raise OSError(f"smtp.listen {s.smtp.listen}: {exc.strerror or exc}") from None
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         if not self.serve_http:
             return
@@ -167,12 +176,21 @@ class Gateway:
                          s.controller.default_language)
         config = uvicorn.Config(app, host=http_host, port=http_port,
                                 log_level="warning", access_log=False, lifespan="off")
+        # bound here, not by uvicorn: it answers a port in use with sys.exit(), which would
+        # end the event loop before anything could be stopped
+        try:
+            http_socket = socket.create_server(
+                (http_host, http_port), backlog=1024,
+                family=socket.AF_INET6 if ":" in http_host else socket.AF_INET)
+        except OSError as exc:
+            raise OSError(f"http.listen {s.http.listen}: {exc.strerror or exc}") from None
         self._http = _EmbeddedUvicorn(config)
-        self._http_task = asyncio.create_task(self._http.serve(), name="http")
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[http_socket]),
+                                              name="http")
         while not self._http.started:
             if self._http_task.done():
-                self._http_task.result()  # raises the bind error
-                raise OSError(f"HTTP server did not start on {s.http.listen}")
+                self._http_task.result()  # raises what stopped it
+                raise OSError(f"the HTTP server did not start on {s.http.listen}")
             await asyncio.sleep(0.01)
 
     def metrics(self) -> dict[str, float]:
@@ -248,12 +266,27 @@ class Gateway:
             await self.lookup.close()
         await self.db.close()
 
+    async def _stop_after_failed_start(self) -> None:
+        try:
+            await self.stop(drain_seconds=0)
+        except Exception:
+            log.exception("stopping after a failed start")
+            await asyncio.gather(*(close() for close in (
+                self.lookup.close if self.lookup else None, self.db.close) if close),
+                return_exceptions=True)
+
     async def run_until_signalled(self, on_ready: Any = None) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):  # before start: a signal then still drains
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # what started before the failure (the store's thread, the ledger reader, the
+            # delivery workers) would keep the process alive, deaf to SIGTERM: stop it first
+            await self._stop_after_failed_start()
+            raise
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # collector's generations, so a full collection does not walk it in the middle of a
         # session (a stall of several ms in the RCPT latency tail).

@@ -13,7 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import STRONG_PASSWORD, Sink, gateway_cli, message, wait_until
+from conftest import (
+    STRONG_PASSWORD,
+    Sink,
+    free_port,
+    gateway_cli,
+    message,
+    wait_until,
+    write_config,
+)
 from rawsmtp import RawSmtp
 
 
@@ -85,6 +93,42 @@ def test_config_errors_name_the_key_and_exit_2(tmp_path: Path, body: str, key: s
     result = gateway_cli(config, "serve")
     assert result.returncode == 2
     assert key in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("case", ["dkim key missing", "tls cert missing", "smtp port taken",
+                                  "http port taken"])
+def test_a_start_that_fails_exits_at_once_saying_why(tmp_path: Path, case: str):
+    # each fails after the store, the ledger reader and the delivery workers have started:
+    # those must not keep the process alive (it hung, deaf to SIGTERM)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = taken.getsockname()[1]
+    smtp_port = busy if case == "smtp port taken" else free_port()
+    http_port = busy if case == "http port taken" else free_port()
+    missing = tmp_path / "nowhere" / "missing.pem"
+    config = write_config(
+        tmp_path / "gateway.toml", smtp_port=smtp_port, http_port=http_port,
+        sink_port=free_port(),
+        smtp_extra=f'tls_cert = "{missing}"\ntls_key = "{missing}"'
+        if case == "tls cert missing" else "",
+        extra=f'[[dkim]]\ndomain = "example.com"\nselector = "s1"\nkey_file = "{missing}"'
+        if case == "dkim key missing" else "")
+    try:
+        started = time.monotonic()
+        result = gateway_cli(config, "serve")
+        assert time.monotonic() - started < 30
+    finally:
+        taken.close()
+    assert "Traceback" not in result.stderr
+    if case in ("dkim key missing", "tls cert missing"):
+        assert result.returncode == 2, result.stderr
+        assert str(missing) in result.stderr
+        assert ("dkim[0]" if case == "dkim key missing" else "smtp.tls_cert") in result.stderr
+    else:
+        assert result.returncode == 1, result.stderr
+        assert "cannot start" in result.stderr and str(busy) in result.stderr
+        assert ("smtp.listen" if case == "smtp port taken" else "http.listen") in result.stderr
 
 
 def test_sigterm_drains_open_sessions_then_exits_0(make_gateway, sink: Sink):
