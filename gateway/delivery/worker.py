@@ -24,6 +24,10 @@ log = logging.getLogger("gateway.delivery")
 HEADER_END = b"\r\n\r\n"
 
 
+SENT_RETRY_FIRST_SECONDS = 0.5  # a sent mark the store refused is written again after this,
+SENT_RETRY_MAX_SECONDS = 30.0  # doubling up to this
+
+
 def new_queue_id() -> str:
     """Short, unguessable, log-friendly (Postfix queue ids are 10-12 characters)."""
     return secrets.token_hex(8).upper()
@@ -151,12 +155,31 @@ class DeliveryService:
             await self._defer(copy, str(exc) or exc.__class__.__name__)
             return
         version = self.notice_version(copy.delivery_id) if self.notice_version else None
-        await self._sent.submit((copy.delivery_id, version))
+        await self._record_sent(copy, version)
         if self.on_sent is not None:
             self.on_sent(copy)
         self.stats["sent"] += 1
         log.info("delivery %d msg %s to=<%s> sent: %s", copy.delivery_id, copy.message_id,
                  copy.recipient, answer)
+
+    async def _record_sent(self, copy: Copy, version: str | None) -> None:
+        """The upstream has the copy: record it, however long the store refuses.
+
+        Until the record is written the copy stays ours (in `_known`, so the heartbeat keeps
+        renewing its claim): given up, the claim would expire and the copy go out twice. Only
+        a stop (this task cancelled) or a crash leaves it unrecorded, one duplicate at most.
+        """
+        delay = SENT_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                await self._sent.submit((copy.delivery_id, version))
+                return
+            except StoreError as exc:
+                log.error("delivery %d msg %s to=<%s> was sent but cannot be recorded as sent "
+                          "(retrying in %.1f s; it is not sent again meanwhile): %s",
+                          copy.delivery_id, copy.message_id, copy.recipient, delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, SENT_RETRY_MAX_SECONDS)
 
     async def _defer(self, copy: Copy, error: str) -> None:
         age_hours = (time.time() - copy.received_at) / 3600

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 import time
 
 from gateway.delivery.upstream import MaildirTransport
@@ -160,3 +161,46 @@ async def test_a_copy_claimed_but_never_handed_to_the_workers_is_not_held_for_ev
             task.cancel()
         await asyncio.gather(*service._tasks, return_exceptions=True)
     assert sent == [("A", "lost@example.net")]
+
+
+async def test_a_sent_copy_whose_record_fails_is_neither_sent_again_nor_taken_over(db):
+    """The upstream took the copy, then the store refused its sent mark (a long lock, a full
+    disk): the worker keeps the copy and writes the mark again. It was left claimed, and sent
+    a second time once its claim expired."""
+    sent: list = []
+    settings = dataclasses.replace(DeliverySettings(), workers=1, scan_seconds=0.1)
+    services = []
+    for name in ("A", "B"):
+        queue = QueueStore(db, f"host-{name}", claim_seconds=1.0)
+        service = DeliveryService(queue, SlowUpstream(name, sent, 0.0), settings, "gw.test")
+        service._tasks = [asyncio.create_task(service._worker(0)),
+                          asyncio.create_task(service._scanner())]
+        services.append(service)
+    other = sqlite3.connect(db.path)
+    other.execute("CREATE TRIGGER refuse_sent BEFORE UPDATE OF state ON deliveries "
+                  "WHEN NEW.state = 'sent' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
+    other.commit()
+    try:
+        first = services[0]
+        [copies] = await first.queue.commit_messages([IncomingMessage(
+            "M1", time.time(), None, "127.0.0.1", "s@example.com", b"Subject: x\r\n\r\nb\r\n",
+            ("jane@example.net",))])
+        first.dispatch(copies)
+        await until(lambda: asyncio.sleep(0, bool(sent)))
+        await asyncio.sleep(2.5)  # more than two claim periods with the mark refused
+        assert (await db.fetchone("SELECT state FROM deliveries"))[0] == "queued"
+        other.execute("DROP TRIGGER refuse_sent")
+        other.commit()
+
+        async def recorded():
+            return (await db.fetchone("SELECT state FROM deliveries"))[0] == "sent"
+        await until(recorded)
+        await asyncio.sleep(1.5)
+    finally:
+        other.close()
+        for service in services:
+            service._stopping.set()
+            for task in service._tasks:
+                task.cancel()
+            await asyncio.gather(*service._tasks, return_exceptions=True)
+    assert sent == [("A", "jane@example.net")]
