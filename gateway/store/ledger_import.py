@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from gateway.contacts_csv import ContactRow
 from gateway.errors import StoreError
@@ -240,7 +241,8 @@ class ImportProcess:
         self.hasher = hasher
         context = multiprocessing.get_context("fork")
         self._pipe, child = context.Pipe()
-        self._process = context.Process(target=_writer, args=(child, str(path), dry_run),
+        self._process = context.Process(target=_writer,
+                                        args=(child, self._pipe, str(path), dry_run),
                                         name="gateway-import-writer", daemon=True)
         self._process.start()
         child.close()
@@ -274,8 +276,14 @@ class ImportProcess:
         return counts
 
 
-def _writer(pipe: Connection, path: str, dry_run: bool) -> None:
-    """The child: open the store, write each chunk it is sent, report once at the end."""
+def _writer(pipe: Connection, parents_end: Connection, path: str, dry_run: bool) -> None:
+    """The child: open the store, write each chunk it is sent, report once at the end.
+
+    A parent that dies (killed, Ctrl-C) ends the child too: the child closes its copy of
+    the parent's end of the pipe, so that the parent's death is an end of file here, and
+    what it had not finished writing is rolled back with its connection.
+    """
+    parents_end.close()
     try:
         importer = ContactImporter(path, None, dry_run)  # rows arrive hashed
     except StoreError as exc:
@@ -284,7 +292,7 @@ def _writer(pipe: Connection, path: str, dry_run: bool) -> None:
     pipe.send(("ready", None))
     failed = False
     try:
-        while (chunk := pipe.recv()) is not None:
+        while (chunk := _next_chunk(pipe)) is not None:
             if failed:
                 continue
             first_line, now, params = chunk
@@ -293,9 +301,21 @@ def _writer(pipe: Connection, path: str, dry_run: bool) -> None:
             except StoreError as exc:
                 failed = True
                 pipe.send(("error", str(exc)))
+        if pipe.closed:
+            return  # the parent is gone: nobody to report to
         if not failed:
             pipe.send(("done", importer.counts))
         else:
             pipe.send(("error", "import stopped after the error above"))
     finally:
         importer.close()
+
+
+def _next_chunk(pipe: Connection) -> Any:
+    """The next chunk, or None at the end: sent by the parent, or its death (the pipe closed,
+    and then closed here too)."""
+    try:
+        return pipe.recv()
+    except EOFError:
+        pipe.close()
+        return None

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import CSV_HEADER, STRONG_PASSWORD, gateway_cli
+from conftest import CSV_HEADER, STRONG_PASSWORD, gateway_cli, wait_until
 from ledger_cases import ACCOUNT_PRODUCTS, ACCOUNT_TOPICS, CASES, UNKNOWN, write_cases_csv
 
 
@@ -279,3 +282,41 @@ def test_lifting_a_withdrawal_leaves_the_contact_without_consent(config: Path, t
     lifted = gateway_cli(config, "suppress", "remove", "jane@b2c.example")
     assert lifted.returncode == 0 and "still records its consent as withdrawn" in lifted.stdout
     assert rule() == "R10"  # off the list, and still no consent
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited (whoever adopted it may not have reaped it yet)
+
+
+def test_an_import_killed_half_way_leaves_no_writer_behind(config: Path, tmp_path: Path):
+    """The import's writer is a forked child: it must end with its parent (it waited for a
+    chunk for ever, holding the store open)."""
+    fifo = tmp_path / "contacts.csv"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(config),
+                             "contacts", "import", str(fifo)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with fifo.open("w") as feed:  # the file keeps coming: the import is half-way
+            feed.write(CSV_HEADER + "\n")
+            feed.flush()
+
+            def writer() -> int | None:
+                for stat in Path("/proc").glob("[0-9]*/stat"):
+                    try:
+                        fields = stat.read_text().rsplit(") ", 1)[1].split()
+                    except (OSError, IndexError):
+                        continue
+                    if int(fields[1]) == proc.pid:
+                        return int(stat.parent.name)
+                return None
+            child = wait_until(writer, what="the import's writer process")
+            proc.kill()
+            proc.wait(10)
+        wait_until(lambda: not _alive(child), timeout=10, what="the writer's exit")
+    finally:
+        proc.kill()
