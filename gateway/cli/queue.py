@@ -91,7 +91,11 @@ def flush(state: CliState) -> None:
 @click.argument("entry_id", type=int)
 @click.pass_obj
 def delete(state: CliState, entry_id: int) -> None:
-    """Remove ENTRY_ID from the queue for good: it is neither delivered nor bounced."""
+    """Remove ENTRY_ID from the queue for good: it is neither delivered nor bounced.
+
+    Refused (exit 1) while a gateway process is delivering it: try again once it is sent,
+    deferred or failed.
+    """
 
     async def body() -> None:
         async with open_queue(state) as q:

@@ -383,10 +383,28 @@ class QueueStore:
             return cur.rowcount
 
     async def delete(self, delivery_id: int) -> None:
-        """Remove a copy from the queue for good (no delivery, no DSN)."""
+        """Remove a copy from the queue for good (no delivery, no DSN).
+
+        Refused (Refused) while another gateway process holds the copy: it may be talking to
+        the upstream right now, and a copy deleted under it would still go out, unrecorded.
+        """
         await self.get(delivery_id)
+        now = time.time()
         async with self.db.transaction() as conn:
-            await conn.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
+            deleted = await conn.execute(
+                "DELETE FROM deliveries WHERE id = ? AND (claimed_by IS NULL OR claimed_by = ?"
+                " OR claimed_until IS NULL OR claimed_until < ?)",
+                (delivery_id, self.instance_id, now))
+            if deleted.rowcount == 0:
+                row = await (await conn.execute(
+                    "SELECT claimed_by, claimed_until FROM deliveries WHERE id = ?",
+                    (delivery_id,))).fetchone()
+                if row is None:
+                    raise NotFound(f"no queue entry {delivery_id}")
+                raise Refused(
+                    f"queue entry {delivery_id} is being delivered by {row[0]} (its claim "
+                    f"runs {row[1] - now:.0f} s more): not deleted; once it is sent, deferred "
+                    "or failed, or its claim has expired, it can be")
             await conn.execute(
                 "DELETE FROM messages WHERE NOT EXISTS"
                 " (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id)"

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway.errors import NotFound, StoreError
+from gateway.errors import NotFound, Refused, StoreError
 from gateway.store.db import Database
 from gateway.store.queue import IncomingMessage, QueueStore, Refusal
 
@@ -328,3 +328,18 @@ def test_the_delivery_ids_migration_keeps_every_copy(tmp_path):
     assert rows == before
     assert indexes == ["deliveries_due", "deliveries_message"]
     assert new_id == 10
+
+
+async def test_a_copy_another_process_is_delivering_is_not_deleted(db: Database):
+    """`queue delete` while the gateway holds the copy: deleted under it, the copy still went
+    out, and its sent mark then matched no row (no record it was ever sent)."""
+    gateway = QueueStore(db, "gateway-1")
+    [[held]] = await gateway.commit_messages([incoming("A", "a@x.example")])
+    cli = QueueStore(db, "cli")
+    with pytest.raises(Refused, match="being delivered by gateway-1"):
+        await cli.delete(held.delivery_id)
+    assert (await cli.get(held.delivery_id)).state == "queued"
+    await gateway.defer(held.delivery_id, "421 later", time.time() + 3600)  # claim let go
+    await cli.delete(held.delivery_id)
+    with pytest.raises(NotFound):
+        await cli.get(held.delivery_id)
