@@ -182,7 +182,7 @@ class DeliveryService:
             delay = min(delay * 2, SENT_RETRY_MAX_SECONDS)
 
     async def _defer(self, copy: Copy, error: str) -> None:
-        age_hours = (time.time() - copy.received_at) / 3600
+        age_hours = (time.time() - (copy.queued_at or copy.received_at)) / 3600
         if age_hours >= self.settings.max_age_hours:
             await self._fail(copy, f"gave up after {age_hours:.1f} h in the queue; last error: "
                                    f"{error}")

@@ -87,6 +87,9 @@ class Copy:
     received_at: float
     contact_id: int | None = None  # the ledger contact it was decided for
     rule: str | None = None  # the rule that allowed it (None for DSNs)
+    # when the copy entered the queue (delivery.max_age_hours counts from here): a quarantined
+    # copy enters it when released, maybe days after the message was received
+    queued_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ class QueueStore:
                         rows.append((delivery_id, m.id, rcpt, "queued", 0, now, instance,
                                      claim_until, now, now, contact_id, rule))
                         copies.append(Copy(delivery_id, m.id, m.account, m.mail_from, rcpt,
-                                           m.content, 0, m.received_at, contact_id, rule))
+                                           m.content, 0, m.received_at, contact_id, rule, now))
                         delivery_id += 1
                 refused.extend((message.id, r.recipient, "failed", 0, now, r.error, now, now)
                                for r in message.refused)
@@ -230,7 +233,7 @@ class QueueStore:
                     (dsn.id, rcpt, now, self.instance_id, now + self.claim_seconds, now, now))
                 assert cur.lastrowid is not None
                 copies.append(Copy(cur.lastrowid, dsn.id, None, "", rcpt, dsn.content, 0,
-                                   dsn.received_at))
+                                   dsn.received_at, queued_at=now))
             return copies
 
         return await self.db.write(write)
@@ -252,7 +255,7 @@ class QueueStore:
         marks = ",".join("?" * len(ids))
         rows = await self.db.fetchall(
             "SELECT d.id, d.message_id, m.account, m.mail_from, d.recipient, m.content,"  # noqa: S608 - marks are "?" only
-            " d.attempts, m.received_at, d.contact_id, d.rule"
+            " d.attempts, m.received_at, d.contact_id, d.rule, d.created_at"
             " FROM deliveries d JOIN messages m ON m.id = d.message_id"
             f" WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at", ids)
         return [Copy(*tuple(row)) for row in rows]

@@ -10,9 +10,12 @@ import time
 
 from gateway.delivery.upstream import MaildirTransport
 from gateway.delivery.worker import DeliveryService
+from gateway.errors import TemporaryFailure
+from gateway.model import Decision, Verdict
 from gateway.settings import DeliverySettings
 from gateway.store.db import Database
-from gateway.store.queue import Copy, IncomingMessage, QueueStore
+from gateway.store.quarantine import QuarantineStore
+from gateway.store.queue import Copy, Held, IncomingMessage, QueueStore
 
 
 async def until(predicate, seconds: float = 5.0):
@@ -204,3 +207,46 @@ async def test_a_sent_copy_whose_record_fails_is_neither_sent_again_nor_taken_ov
                 task.cancel()
             await asyncio.gather(*service._tasks, return_exceptions=True)
     assert sent == [("A", "jane@example.net")]
+
+
+class RefusingUpstream:
+    """An upstream that answers every copy with a temporary error."""
+
+    def __init__(self) -> None:
+        self.tried: list[str] = []
+
+    async def send(self, mail_from: str, recipient: str, content: bytes) -> str:
+        self.tried.append(recipient)
+        raise TemporaryFailure("421 4.3.0 try again later")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_copy_released_from_the_quarantine_ages_from_its_release(db):
+    """delivery.max_age_hours counts a copy's time in the queue: a message held for a week and
+    then released gets its retries, not a failure at its first temporary error."""
+    queue = QueueStore(db, "me")
+    week_ago = time.time() - 7 * 86400
+    hold = Decision(Verdict.QUARANTINE, "R9", "sensitive topic", "a human decides")
+    await queue.commit_messages([IncomingMessage(
+        "OLD", week_ago, "crm", "127.0.0.1", "news@example.com",
+        b"From: news@example.com\r\nSubject: x\r\n\r\nbody\r\n", (),
+        held=(Held("jane@example.net", hold),))])
+    quarantine = QuarantineStore(db)
+    [entry] = await quarantine.list()
+    await quarantine.release(entry, None, "R9", "alice", "checked", b"h" * 32)
+    upstream = RefusingUpstream()
+    settings = dataclasses.replace(DeliverySettings(), workers=1, scan_seconds=0.1,
+                                   max_age_hours=120)
+    service = DeliveryService(queue, upstream, settings, "gw.test")
+    await service.start()
+    try:
+        async def deferred_or_failed():
+            row = await db.fetchone("SELECT state, last_error FROM deliveries")
+            return tuple(row) if row and row[0] != "queued" else None
+        state, error = await until(deferred_or_failed)
+    finally:
+        await service.stop(drain_seconds=1)
+    assert upstream.tried == ["jane@example.net"]
+    assert (state, error) == ("deferred", "421 4.3.0 try again later")
