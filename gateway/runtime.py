@@ -45,6 +45,7 @@ from gateway.store.queue import QueueStore
 from gateway.store.requests import RequestStore
 from gateway.store.retention import Retention
 from gateway.store.retention import due as maintenance_due
+from gateway.store.retention import ran as maintenance_ran
 from gateway.tls import ensure_self_signed, server_context
 from gateway.transform.dkim import Signer, use_openssl_rsa
 from gateway.web.app import create_app
@@ -215,8 +216,10 @@ class Gateway:
                     if await maintenance_due(self.db, "request-warnings", 86400.0,
                                              first_run=True):
                         await self._warn_due_requests()
+                        await maintenance_ran(self.db, "request-warnings")
                     if await maintenance_due(self.db, "retention", RETENTION_EVERY_SECONDS):
                         purged = await Retention(self.db, self.settings.policy.knobs()).purge()
+                        await maintenance_ran(self.db, "retention")  # only once it is done
                         log.info("retention: %d expired ledger entries purged", len(purged))
             except Exception:
                 log.exception("housekeeping failed")

@@ -54,15 +54,22 @@ class Retention:
 
 async def due(db: Database, task: str, every: float, now: float | None = None,
               first_run: bool = False) -> bool:
-    """True (and the run recorded) when `task` last ran `every` seconds ago or more. A task
-    never run before is recorded as run now, and runs now only with `first_run`."""
+    """True when `task` last ran `every` seconds ago or more; the caller records the run with
+    `ran` once it has succeeded (a run recorded first and then interrupted, by a crash or an
+    error, was skipped for a whole period). A task never run before is recorded as run now,
+    and is due now only with `first_run`."""
     now = now or time.time()
-    async with db.transaction() as conn:
-        async with conn.execute("SELECT ran_at FROM maintenance WHERE task = ?",
-                                (task,)) as cur:
-            row = await cur.fetchone()
-        if row is not None and now - row[0] < every:
-            return False
-        await conn.execute("INSERT OR REPLACE INTO maintenance (task, ran_at) VALUES (?, ?)",
-                           (task, now))
-        return row is not None or first_run
+    row = await db.fetchone("SELECT ran_at FROM maintenance WHERE task = ?", (task,))
+    if row is not None:
+        return bool(now - row[0] >= every)
+    if first_run:
+        return True
+    await db.write_one("INSERT OR IGNORE INTO maintenance (task, ran_at) VALUES (?, ?)",
+                       (task, now))
+    return False
+
+
+async def ran(db: Database, task: str, now: float | None = None) -> None:
+    """Record that `task` has just run (see `due`)."""
+    await db.write_one("INSERT OR REPLACE INTO maintenance (task, ran_at) VALUES (?, ?)",
+                       (task, now or time.time()))

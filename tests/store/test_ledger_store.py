@@ -193,7 +193,7 @@ async def test_retention_sql_agrees_with_the_rule_book(db, hasher):
     from gateway.model import PolicyKnobs
     from gateway.policy.rules import retention_deadline
     from gateway.store.ledger import Ledger
-    from gateway.store.retention import Retention, due
+    from gateway.store.retention import Retention, due, ran
 
     rng = random.Random(3)
     now = time.time()
@@ -218,6 +218,13 @@ async def test_retention_sql_agrees_with_the_rule_book(db, hasher):
     assert not await due(db, "t", 100.0, now)  # first time: recorded, not run
     assert not await due(db, "t", 100.0, now + 50)
     assert await due(db, "t", 100.0, now + 150)
+    # due until the run is recorded as done: a run interrupted half-way is not skipped
+    assert await due(db, "t", 100.0, now + 160)
+    await ran(db, "t", now + 170)
+    assert not await due(db, "t", 100.0, now + 260)
+    assert await due(db, "t", 100.0, now + 280)
+    assert await due(db, "new", 100.0, now, first_run=True)
+    assert await due(db, "new", 100.0, now + 1, first_run=True)
 
 
 async def test_audit_appends_maintain_no_index_and_lookups_still_find_the_rows(db, hasher):
