@@ -49,6 +49,7 @@ from gateway.store.retention import ran as maintenance_ran
 from gateway.tls import ensure_self_signed, server_context
 from gateway.transform.dkim import Signer, use_openssl_rsa
 from gateway.web.app import create_app
+from gateway.web.protocol import guarded_protocol
 
 log = logging.getLogger("gateway")
 
@@ -125,10 +126,15 @@ class Gateway:
         if not s.http.public_url.startswith("https://"):
             log.warning("http.public_url %s is not https: RFC 8058 one-click unsubscribe needs "
                         "an HTTPS link (fine for local tests only)", s.http.public_url)
+        templates = load_templates(s.controller.notices_dir)
+        if s.controller.default_language not in templates:
+            raise ConfigError(f"controller.default_language: no notice in "
+                              f"{s.controller.default_language!r} (there are notices in "
+                              f"{', '.join(sorted(templates))}; add one with "
+                              "controller.notices_dir)")
         return CopySettings(load_token_keys(s.token_key_path),
                             s.http.public_url.rstrip("/"), s.smtp.hostname,
-                            Signer(keys) if keys else None,
-                            load_templates(s.controller.notices_dir), s.controller,
+                            Signer(keys) if keys else None, templates, s.controller,
                             # whole years, rounded up: the notice may not promise less
                             # than R4 keeps (547 days is "at most 2 years", not 1)
                             max(1, math.ceil(s.policy.prospect_retention_days / 365)))
@@ -176,7 +182,9 @@ class Gateway:
         app = create_app(self.metrics, objections, s.controller.name,
                          s.controller.default_language)
         config = uvicorn.Config(app, host=http_host, port=http_port,
-                                log_level="warning", access_log=False, lifespan="off")
+                                log_level="warning", access_log=False, lifespan="off",
+                                http=guarded_protocol(s.http.request_timeout_seconds,
+                                                      s.http.max_connections))
         # bound here, not by uvicorn: it answers a port in use with sys.exit(), which would
         # end the event loop before anything could be stopped
         try:

@@ -12,6 +12,7 @@ import os
 import tomllib
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,10 @@ class SmtpSettings:
 class HttpSettings:
     listen: str = defaults.HTTP_LISTEN
     public_url: str = "http://127.0.0.1:8025"
+    # a client must send each whole request (headers and body) within this many seconds of
+    # connecting or of the previous answer (slow clients hold connections: slowloris)
+    request_timeout_seconds: float = 10.0
+    max_connections: int = 1000  # open HTTP connections; more are closed at once
 
 
 @dataclass(frozen=True)
@@ -231,7 +236,9 @@ _SECTION_TYPES: dict[str, type] = {
 
 
 def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
-    """GATEWAY_SMTP_LISTEN=... overrides [smtp] listen; values are read as TOML, else as text."""
+    """GATEWAY_SMTP_LISTEN=... overrides [smtp] listen. A text setting takes the value as it
+    is (a secret of digits stays text, quotes stay quotes); numbers, true/false and lists are
+    read as TOML values (GATEWAY_POLICY_FORBIDDEN_SOURCES='["broker"]')."""
     for name, text in environ.items():
         if not name.startswith("GATEWAY_") or name == "GATEWAY_CONFIG":
             continue
@@ -239,10 +246,12 @@ def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
         section, _, key = rest.partition("_")
         if section not in _SECTION_TYPES or not key or section == "dkim":
             continue
-        try:
-            value: Any = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = text
+        value: Any = text
+        if typing.get_type_hints(_SECTION_TYPES[section]).get(key, str) is not str:
+            try:
+                value = tomllib.loads(f"v = {text}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise ConfigError(f"{name}: not a value for {section}.{key}: {text!r}") from None
         raw.setdefault(section, {})[key] = value
 
 
@@ -257,6 +266,11 @@ def _build(cls: type, value: Any, where: str) -> Any:
             raise ConfigError(
                 f"unknown config key {where}.{key} (known: {', '.join(sorted(known))})")
         kwargs[key] = _coerce(hints[key], item, f"{where}.{key}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
+               and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(f'{where}.{m}' for m in missing)}")
     return cls(**kwargs)
 
 
@@ -310,10 +324,19 @@ def _check(settings: Settings) -> None:
         raise ConfigError("smtp.tls_cert and smtp.tls_key must be set together")
     for key in ("smtp.max_message_bytes", "smtp.max_recipients", "smtp.max_commands",
                 "smtp.max_connections_per_ip", "smtp.processes", "delivery.workers",
-                "delivery.port"):
+                "delivery.port", "http.max_connections", "quarantine.retention_days"):
         section, _, name = key.partition(".")
         if getattr(getattr(settings, section), name) < 1:
             raise ConfigError(f"{key}: must be at least 1")
+    if settings.delivery.port > 65535:
+        raise ConfigError(f"delivery.port: not a TCP port: {settings.delivery.port}")
+    if not settings.http.request_timeout_seconds > 0:
+        raise ConfigError("http.request_timeout_seconds: must be more than 0")
+    url = urllib.parse.urlsplit(settings.http.public_url)
+    if (url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment
+            or any(c.isspace() or not c.isprintable() for c in settings.http.public_url)):
+        raise ConfigError(f"http.public_url: expected an http(s)://host[:port][/path] URL, the "
+                          f"base of the unsubscribe links; got {settings.http.public_url!r}")
     d = settings.delivery
     if d.mode == "smtp" and d.username and not d.starttls:
         raise ConfigError("delivery.username is set but delivery.starttls is false: "

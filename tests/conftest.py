@@ -123,7 +123,7 @@ def sink() -> Iterator[Sink]:
 def write_config(path: Path, *, smtp_port: int, http_port: int, sink_port: int,
                  extra: str = "", smtp_extra: str = "", trusted: bool = True,
                  store: Path | None = None, retry_base: float = 1.0,
-                 delivery_extra: str = "") -> Path:
+                 delivery_extra: str = "", http_extra: str = "") -> Path:
     store = store or path.parent / "gateway.db"
     trusted_line = ('trusted_clients = [{ network = "127.0.0.0/8", account = "crm" }]'
                     if trusted else "")
@@ -137,6 +137,7 @@ auth_failure_delay = 0.0
 [http]
 listen = "127.0.0.1:{http_port}"
 public_url = "http://127.0.0.1:{http_port}"
+{http_extra}
 [store]
 url = "sqlite:///{store}"
 [delivery]
@@ -224,13 +225,14 @@ def make_gateway(tmp_path: Path, sink: Sink) -> Iterator[Callable[..., GatewayPr
     def build(*, extra: str = "", smtp_extra: str = "", trusted: bool = True,
               accounts: dict[str, str] | None = None,
               sink_port: int | None = None, start: bool = True,
-              retry_base: float = 1.0, delivery_extra: str = "",
+              retry_base: float = 1.0, delivery_extra: str = "", http_extra: str = "",
               contacts: Path | None = None) -> GatewayProcess:
         """`contacts`: a CSV to import; by default RELAY_RECIPIENTS, all with consent."""
         config = write_config(tmp_path / "gateway.toml", smtp_port=free_port(),
                               http_port=free_port(), sink_port=sink_port or sink.port,
                               extra=extra, smtp_extra=smtp_extra, trusted=trusted,
-                              retry_base=retry_base, delivery_extra=delivery_extra)
+                              retry_base=retry_base, delivery_extra=delivery_extra,
+                              http_extra=http_extra)
         gw = GatewayProcess(config, *_ports(config), tmp_path / f"gateway-{len(started)}.log")
         for name, domain in (accounts if accounts is not None else {"crm": "example.com"}).items():
             result = gw.cli("accounts", "add", name, "--from-domain", domain,

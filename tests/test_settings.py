@@ -35,6 +35,20 @@ def test_environment_overrides_single_keys(tmp_path: Path):
     assert s.smtp.allow_plain_auth_on_loopback is True
 
 
+def test_an_environment_override_of_a_text_setting_is_taken_as_it_is(tmp_path: Path):
+    config = tmp_path / "g.toml"
+    config.write_text('[delivery]\nmode = "smtp"\nstarttls = true\n')
+    s = load_settings(config, environ={"GATEWAY_DELIVERY_PASSWORD": "123456789012",
+                                       "GATEWAY_DELIVERY_USERNAME": '"quoted"',
+                                       "GATEWAY_CONTROLLER_NAME": "Acme [EU]",
+                                       "GATEWAY_POLICY_FORBIDDEN_SOURCES": '["broker"]'})
+    assert s.delivery.password == "123456789012" and s.delivery.username == '"quoted"'
+    assert s.controller.name == "Acme [EU]"
+    assert s.policy.forbidden_sources == ("broker",)
+    with pytest.raises(ConfigError, match="GATEWAY_DELIVERY_PORT"):
+        load_settings(config, environ={"GATEWAY_DELIVERY_PORT": "twenty-five"})
+
+
 def test_trusted_clients_are_typed_and_match_networks(tmp_path: Path):
     config = tmp_path / "g.toml"
     config.write_text('[smtp]\ntrusted_clients = [{ network = "10.0.0.0/8", account = "crm" }]\n')
@@ -56,6 +70,16 @@ def test_trusted_clients_are_typed_and_match_networks(tmp_path: Path):
     ("[delivery]\nmode = \"smtp\"\nusername = \"u\"\n", "delivery.username"),
     ("[smtp]\ntls_cert = \"a.pem\"\n", "smtp.tls_key"),
     ("not toml at all [", "not valid TOML"),
+    ("[smtp]\ntrusted_clients = [{ network = \"10.0.0.0/8\" }]\n",
+     "smtp.trusted_clients[0].account"),
+    ("[delivery]\nport = 70000\n", "delivery.port"),
+    ("[delivery]\nport = 0\n", "delivery.port"),
+    ("[quarantine]\nretention_days = -1\n", "quarantine.retention_days"),
+    ("[http]\npublic_url = \"not a url\"\n", "http.public_url"),
+    ("[http]\npublic_url = \"ftp://gw.example\"\n", "http.public_url"),
+    ("[http]\npublic_url = \"https://gw.example/u\\r\\nX-Evil: 1\"\n", "http.public_url"),
+    ("[http]\nrequest_timeout_seconds = 0\n", "http.request_timeout_seconds"),
+    ("[http]\nmax_connections = 0\n", "http.max_connections"),
 ])
 def test_invalid_config_names_the_key(tmp_path: Path, body: str, words: str):
     config = tmp_path / "g.toml"

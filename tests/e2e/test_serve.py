@@ -96,7 +96,7 @@ def test_config_errors_name_the_key_and_exit_2(tmp_path: Path, body: str, key: s
 
 
 @pytest.mark.parametrize("case", ["dkim key missing", "tls cert missing", "smtp port taken",
-                                  "http port taken"])
+                                  "http port taken", "no notice in the default language"])
 def test_a_start_that_fails_exits_at_once_saying_why(tmp_path: Path, case: str):
     # each fails after the store, the ledger reader and the delivery workers have started:
     # those must not keep the process alive (it hung, deaf to SIGTERM)
@@ -113,7 +113,8 @@ def test_a_start_that_fails_exits_at_once_saying_why(tmp_path: Path, case: str):
         smtp_extra=f'tls_cert = "{missing}"\ntls_key = "{missing}"'
         if case == "tls cert missing" else "",
         extra=f'[[dkim]]\ndomain = "example.com"\nselector = "s1"\nkey_file = "{missing}"'
-        if case == "dkim key missing" else "")
+        if case == "dkim key missing" else
+        '[controller]\ndefault_language = "xx"' if case.startswith("no notice") else "")
     try:
         started = time.monotonic()
         result = gateway_cli(config, "serve")
@@ -121,7 +122,10 @@ def test_a_start_that_fails_exits_at_once_saying_why(tmp_path: Path, case: str):
     finally:
         taken.close()
     assert "Traceback" not in result.stderr
-    if case in ("dkim key missing", "tls cert missing"):
+    if case.startswith("no notice"):
+        assert result.returncode == 2, result.stderr
+        assert "controller.default_language" in result.stderr and "'xx'" in result.stderr
+    elif case in ("dkim key missing", "tls cert missing"):
         assert result.returncode == 2, result.stderr
         assert str(missing) in result.stderr
         assert ("dkim[0]" if case == "dkim key missing" else "smtp.tls_cert") in result.stderr

@@ -437,3 +437,52 @@ def test_an_erased_persons_old_link_never_names_the_next_copy(gw, sink: Sink):
     old, new = (keys.verify(u.rsplit("/", 1)[1]) for u in (url, next_url))
     assert old is not None and new is not None
     assert new.delivery_id > old.delivery_id  # never given twice
+
+
+def _closed_within(sock, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_slow_or_too_many_http_clients_are_cut_off(make_gateway):
+    """A client that sends nothing, or drips its request, loses its connection after
+    http.request_timeout_seconds; past http.max_connections new ones are closed at once; a
+    prompt client is answered all along (uvicorn alone kept such connections for ever)."""
+    import socket
+
+    gw = make_gateway(http_extra="request_timeout_seconds = 3.0\nmax_connections = 6")
+    silent = socket.create_connection(("127.0.0.1", gw.http_port))
+    dripping = socket.create_connection(("127.0.0.1", gw.http_port))
+    dripping.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never the blank line
+    slow_body = socket.create_connection(("127.0.0.1", gw.http_port))
+    slow_body.sendall(b"POST /webhooks/opt-out HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                      b"\r\n{")
+    keeper = httpx.Client(base_url=f"http://127.0.0.1:{gw.http_port}")
+    try:
+        held = [socket.create_connection(("127.0.0.1", gw.http_port)) for _ in range(3)]
+        assert keeper.get("/healthz").status_code == 200  # the 7th: over the cap
+    except httpx.TransportError:
+        pass
+    else:
+        raise AssertionError("a 7th connection was served past max_connections = 6")
+    for sock in held:
+        sock.close()
+    time.sleep(0.2)
+    with httpx.Client(base_url=f"http://127.0.0.1:{gw.http_port}") as prompt:
+        assert prompt.get("/healthz").text == "ok\n"
+    for sock in (silent, dripping, slow_body):
+        assert _closed_within(sock, 8.0)
+        sock.close()
+    # a keep-alive client that sends whole requests keeps being answered past the timeout
+    with httpx.Client(base_url=f"http://127.0.0.1:{gw.http_port}") as steady:
+        for _ in range(3):
+            assert steady.get("/healthz").status_code == 200
+            time.sleep(1.2)
+    keeper.close()
