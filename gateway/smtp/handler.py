@@ -200,6 +200,11 @@ class GatewayHandler:
         account: Account | None = getattr(session, "gateway_account", None)
         token = self.flow.unsubscribe_token(address)
         if token is not None:  # an objection by mail: no AUTH needed for this address only
+            tokens = _unsubscribes(envelope)
+            if token in tokens:  # the same address again: one objection, one recipient
+                return replies.UNSUBSCRIBE_OK
+            if len(envelope.rcpt_tos) >= server.gateway_settings.max_recipients:
+                return replies.TOO_MANY_RECIPIENTS
             try:
                 known = await self.flow.unsubscribe_names_a_copy(token)
             except StoreError as exc:
@@ -210,7 +215,7 @@ class GatewayHandler:
                 return replies.NO_SUCH_UNSUBSCRIBE
             # recorded at DATA, once the mail has come: a probe of the address (a callout,
             # a transaction given up) is no objection, as a GET of the page is none
-            _unsubscribes(envelope).append(token)
+            tokens.append(token)
             envelope.rcpt_tos.append(address)
             return replies.UNSUBSCRIBE_OK
         if account is None:

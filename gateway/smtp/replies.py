@@ -17,7 +17,7 @@ AUTH_BAD_BASE64 = "501 5.5.2 Cannot decode base64"
 AUTH_BAD_PLAIN = "501 5.5.2 Cannot split AUTH PLAIN value"
 
 SENDER_OK = "250 2.1.0 Sender OK"
-SENDER_NOT_ALLOWED = "553 5.7.1 Sender address not allowed for this account"
+SENDER_NOT_ALLOWED = "553 5.7.1 M1 Sender address not allowed for this account"
 RECIPIENT_OK = "250 2.1.5 Recipient OK"
 BAD_ADDRESS = "501 5.1.3 Bad address syntax"
 SOURCE_ROUTE = "501 5.1.3 Source routes and %-hack addresses are not accepted"

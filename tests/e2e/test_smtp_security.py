@@ -217,7 +217,7 @@ def test_sender_and_from_header_are_bound_to_the_account_domains(make_gateway, s
     s = RawSmtp(gw.smtp_port)
     s.cmd("EHLO c")
     assert s.cmd("MAIL FROM:<ceo@other.example>") == (
-        553, "5.7.1 Sender address not allowed for this account")
+        553, "5.7.1 M1 Sender address not allowed for this account")
     assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
     assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
     assert s.cmd("DATA")[0] == 354

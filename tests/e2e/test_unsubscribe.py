@@ -418,6 +418,35 @@ def test_mail_to_the_unsubscribe_address_needs_no_auth_and_objects(make_gateway,
     assert len(sink.messages) == 1  # the unsubscribe mail itself went nowhere
 
 
+def test_unsubscribe_recipients_count_against_max_recipients_once_each(make_gateway, sink,
+                                                                        tmp_path):
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(CSV_HEADER + JANE)
+    gw = make_gateway(contacts=ledger, trusted=False, smtp_extra=(
+        'trusted_clients = [{ network = "127.0.0.2/32", account = "crm" }]\n'
+        "max_recipients = 2"))
+    tool = RawSmtp(gw.smtp_port, source="127.0.0.2")
+    tool.cmd("EHLO tool")
+    for n in range(3):
+        tool.cmd("MAIL FROM:<news@example.com>")
+        assert tool.cmd("RCPT TO:<jane@example.net>")[0] == 250
+        tool.cmd("DATA")
+        assert tool.cmd(message(subject=f"Copy {n}") + b".")[0] == 250
+    mailtos = [re.search(rb"<mailto:([^>]+)>", copy.content)[1].decode()
+               for copy in sink.wait_for(3)]
+    assert len(set(mailtos)) == 3  # one address per copy
+    mta = RawSmtp(gw.smtp_port)
+    mta.cmd("EHLO mx.example.net")
+    assert mta.cmd("MAIL FROM:<jane@example.net>")[0] == 250
+    for _ in range(5):  # the same address again and again: one recipient
+        assert mta.cmd(f"RCPT TO:<{mailtos[0]}>")[0] == 250
+    assert mta.cmd(f"RCPT TO:<{mailtos[1]}>")[0] == 250
+    assert mta.cmd(f"RCPT TO:<{mailtos[2]}>")[0] == 452  # smtp.max_recipients = 2
+    assert mta.cmd("DATA")[0] == 354
+    assert mta.cmd(b"Subject: unsubscribe\r\n\r\nplease\r\n.")[0] == 250
+    assert suppressed(gw) == ["mailto"]
+
+
 def test_an_erased_persons_old_link_never_names_the_next_copy(gw, sink: Sink):
     """Erasure deletes the person's copies. Her old link names her copy's id; the next copy
     accepted (another person's) gets a new id, and her link stores nothing for anybody."""
