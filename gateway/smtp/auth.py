@@ -44,6 +44,8 @@ class Authenticator:
         self.settings = settings
         self.window_seconds = settings.auth_lockout_minutes * 60
         self._ip_failures: dict[str, deque[float]] = {}
+        # failures per unknown login name, counted as an account's are (see authenticate)
+        self._phantom_failures: dict[str, deque[float]] = {}
 
     async def authenticate(self, login: str, password: str, client_ip: str) -> AuthVerdict:
         now = time.time()
@@ -57,9 +59,16 @@ class Authenticator:
             if login and len(login) <= MAX_LOGIN_LENGTH else None
         if found is None:
             await verify_password_async(dummy_hash(), password)  # same cost as a real check
+            if self._phantom_locked(login, now):
+                # an unknown name "locks" as an account does, so that the lockout's 454 does
+                # not tell which names exist
+                await self._throttle()
+                return AuthVerdict(AuthOutcome.LOCKED)
+            self._phantom_failure(login, now)
             return await self._failed(client_ip, now, f"unknown user {login[:64]!r}")
         account, stored_hash = found
         if account.locked(now):
+            await verify_password_async(stored_hash, password)  # the same time as the others
             log.warning("AUTH from %s for %s refused: account locked until %s", client_ip,
                         account.name, time.strftime("%H:%M:%S", time.localtime(
                             account.locked_until)))
@@ -87,6 +96,23 @@ class Authenticator:
         log.warning("AUTH failed from %s: %s", client_ip, why)
         await self._throttle()
         return AuthVerdict(AuthOutcome.BAD)
+
+    def _phantom_failure(self, login: str, now: float) -> None:
+        key = login[:MAX_LOGIN_LENGTH]
+        failures = self._phantom_failures.get(key)
+        if failures is None:
+            if len(self._phantom_failures) >= MAX_TRACKED_IPS:
+                self._phantom_failures.clear()  # a flood of names: forget, do not grow
+            failures = self._phantom_failures.setdefault(key, deque())
+        failures.append(now)
+
+    def _phantom_locked(self, login: str, now: float) -> bool:
+        failures = self._phantom_failures.get(login[:MAX_LOGIN_LENGTH])
+        if not failures:
+            return False
+        while failures and failures[0] <= now - self.window_seconds:
+            failures.popleft()
+        return len(failures) >= self.settings.auth_max_failures
 
     def _ip_blocked(self, client_ip: str, now: float) -> bool:
         failures = self._ip_failures.get(client_ip)

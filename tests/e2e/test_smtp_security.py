@@ -94,6 +94,17 @@ def test_ten_wrong_passwords_lock_the_account_until_unlocked(make_gateway):
     assert s.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD))[0] == 235
 
 
+def test_an_unknown_name_locks_like_an_account_so_the_454_tells_nothing(make_gateway):
+    gw = make_gateway(trusted=False)
+    s = tls_session(gw.smtp_port)
+    for _ in range(10):
+        assert s.cmd("AUTH PLAIN " + plain("nobody", "Wrong-Password-123456!"))[0] == 535
+    code, text = s.cmd("AUTH PLAIN " + plain("nobody", STRONG_PASSWORD))
+    assert (code, text) == (454, "4.7.0 Account temporarily locked after repeated failures, "
+                                 "try again later")
+    assert s.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD))[0] == 235  # others unaffected
+
+
 def _smuggle(gw, sink: Sink, payload: bytes) -> None:
     s = RawSmtp(gw.smtp_port)
     s.cmd("EHLO c")
