@@ -177,6 +177,17 @@ def test_common_passwords_dressed_up_are_refused(password: str):
     assert problem is not None and problem.startswith("too common")
 
 
+@pytest.mark.parametrize(("password", "problem"), [
+    ("Summer2024!x", "too guessable"),  # 12 of four classes: a season, a year, a symbol
+    ("Letmein!2024ok", "too guessable"),
+    ("Password1234!x", "too guessable"),
+    ("correcthorsebatterystaple", "a passphrase needs 7 words"),  # 4 words: 117 bits by count
+    ("\uff30assword123!!", "too common"),  # full-width P: "Password123!!" to a guesser
+])
+def test_common_words_inside_enough_characters_are_refused(password: str, problem: str):
+    assert problem in (password_problem(password) or "accepted")
+
+
 def test_the_policy_reads_the_nfc_form():
     decomposed = unicodedata.normalize("NFD", "déjàvuçaplaît")
     assert decomposed != "déjàvuçaplaît"
