@@ -19,6 +19,8 @@ import socket
 import time
 from pathlib import Path
 
+from gateway.files import make_private_dirs
+
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 SUBDIRS = ("tmp", "new", "cur")
@@ -78,7 +80,7 @@ class MaildirDelivery:
             raise
 
     def _prepare(self) -> None:
-        self.root.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.root.parent)
         if _make_dir(self.root):
             _fsync_dir(self.root.parent)
         created = [_make_dir(self.root / sub) for sub in SUBDIRS]

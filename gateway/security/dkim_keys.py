@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway.addresses import normalize_domain
 from gateway.errors import ConfigError, Refused
+from gateway.files import make_private_dirs
 from gateway.settings import DkimSettings
 from gateway.transform.dkim import ED25519, RSA, DkimKey
 
@@ -38,7 +39,7 @@ def generate_key(path: Path, algorithm: str) -> str:
                                                     serialization.PublicFormat.Raw)
     else:
         raise ConfigError(f"unknown DKIM algorithm {algorithm!r} (rsa or ed25519)")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway.addresses import suppression_form
 from gateway.errors import ConfigError
+from gateway.files import make_private_dirs
 
 KEY_BYTES = 32
 
@@ -22,7 +23,7 @@ def create_secret_file(path: Path, text: str) -> None:
     """Write `text` to `path`, owner-only, unless the file exists; atomic, so that processes
     starting together never read a half-written key: written aside, then hard-linked into
     place (link fails if another process won)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(path.parent)
     if path.exists():
         return
     aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")

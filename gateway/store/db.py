@@ -30,6 +30,7 @@ import aiosqlite
 
 from gateway.addresses import subject_form
 from gateway.errors import StoreError
+from gateway.files import make_private_dirs
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ T = TypeVar("T")
 
 def create_private_file(path: Path) -> None:
     """Create `path` (and its folder) readable by the owner only, if it does not exist yet."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(path.parent)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)
     os.chmod(path, 0o600)

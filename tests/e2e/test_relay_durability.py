@@ -303,3 +303,22 @@ def test_an_address_beyond_ascii_goes_upstream_with_smtputf8_or_fails_at_once(ma
         assert b"5.6.7" in dsn[0].content
     finally:
         plain.stop()
+
+
+def test_folders_the_gateway_makes_are_owner_only_whatever_the_umask(tmp_path):
+    """Under umask 000, Path.mkdir(parents=True, mode=0o700) made ./var world-writable: only
+    the last folder gets the mode. The store, its keys and the outbox live under it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "dkim", "keygen", "--domain", "example.com",
+         "--selector", "s1"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=60, preexec_fn=lambda: os.umask(0))  # noqa: PLW1509 - the point of the test
+    assert result.returncode == 0, result.stderr
+    [key] = (tmp_path / "var").rglob("*.key")
+    for folder in (tmp_path / "var", key.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
