@@ -324,10 +324,12 @@ def _check(settings: Settings) -> None:
         raise ConfigError("smtp.tls_cert and smtp.tls_key must be set together")
     for key in ("smtp.max_message_bytes", "smtp.max_recipients", "smtp.max_commands",
                 "smtp.max_connections_per_ip", "smtp.processes", "delivery.workers",
-                "delivery.port", "http.max_connections", "quarantine.retention_days"):
+                "delivery.port", "http.max_connections"):
         section, _, name = key.partition(".")
         if getattr(getattr(settings, section), name) < 1:
             raise ConfigError(f"{key}: must be at least 1")
+    if settings.quarantine.retention_days < 0:
+        raise ConfigError("quarantine.retention_days: must be 0 (purge at once) or more")
     if settings.delivery.port > 65535:
         raise ConfigError(f"delivery.port: not a TCP port: {settings.delivery.port}")
     if not settings.http.request_timeout_seconds > 0:
