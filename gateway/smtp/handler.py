@@ -26,12 +26,14 @@ log = logging.getLogger("gateway.smtp")
 # RFC 5321 4.5.3.1: local part 64 octets, domain 255, path 256 (address 254 in practice)
 MAX_LOCAL_PART = 64
 MAX_ADDRESS = 254
-FORBIDDEN_IN_ADDRESS = ("\r", "\n", "\x00", " ", "\t")
+# RFC 5321 4.1.2: no control character anywhere in a path, quoted or not (an ESC would also
+# reach the operator's terminal through the log), and no unquoted space
+FORBIDDEN_IN_ADDRESS = frozenset(map(chr, (*range(0x20), 0x7F))) | {" "}
 
 
 def address_problem(address: str) -> str | None:
     """The reply for an address we refuse, or None when it is acceptable."""
-    if any(c in address for c in FORBIDDEN_IN_ADDRESS):
+    if not FORBIDDEN_IN_ADDRESS.isdisjoint(address):
         return replies.BAD_ADDRESS
     if address.startswith("@") or ":" in address or "%" in address or "!" in address:
         return replies.SOURCE_ROUTE  # RFC 5321 4.1.2 / Postfix allow_percent_hack = no
