@@ -1,4 +1,5 @@
-"""The answer to an access request (GDPR 15), in words a non-specialist reads, fr or en.
+"""The answer to an access request (GDPR 15), in words a non-specialist reads, de, en, es, fr
+or it.
 
 GDPR 12(1) wants the answer "concise, transparent, intelligible"; KASPR was fined for foreign
 information and for not naming sources. So every fact is said in a sentence in the person's
@@ -20,14 +21,75 @@ from gateway.store.ledger import ContactEvent
 from gateway.store.subject import Decision, HeldCopy, SubjectRecord, SubjectRequest
 from gateway.text import printable
 
-LANGUAGES = ("en", "fr")
+LANGUAGES = ("de", "en", "es", "fr", "it")
+_DATE_FORMATS = {"de": "%d.%m.%Y", "es": "%d/%m/%Y", "fr": "%d/%m/%Y", "it": "%d/%m/%Y"}
 WIDTH = 76  # plain-text mail lines (RFC 5322 2.1.1 recommends 78 at most)
 
 _WORDS: dict[str, dict[str, str]] = {
+    "de": {
+        "title": "Ihre bei {controller} gespeicherten personenbezogenen Daten",
+        "greeting": "Guten Tag {name},",
+        "sir": "Sehr geehrte Damen und Herren,",
+        "intro": ("Sie haben Auskunft darüber verlangt, welche personenbezogenen Daten wir zur "
+                  "Adresse {address} gespeichert haben. Nachfolgend finden Sie diese "
+                  "vollständig (Stand: {today})."),
+        "nothing": "Wir haben zu dieser Adresse keine personenbezogenen Daten gespeichert.",
+        "facts": "1. Was wir über Sie wissen",
+        "sources": "2. Woher Ihre Adresse stammt",
+        "choices": "3. Ihre Einwilligung und Ihre Entscheidungen",
+        "mail": "4. An Sie gesendete Nachrichten und solche, die wir nicht gesendet haben",
+        "why": "5. Wofür wir diese Daten verwenden und wie lange",
+        "rights": "6. Ihre Rechte",
+        "requests": "Ihre Anträge",
+        "name": "Name", "job_title": "Funktion", "language": "Sprache",
+        "kind_person": "Adresse: eine persönliche Adresse",
+        "kind_role": "Adresse: eine allgemeine Adresse einer Organisation",
+        "audience_b2b": "In beruflicher Eigenschaft verwendet",
+        "audience_b2c": "Als Privatperson verwendet",
+        "customer": "Sie sind Kunde", "prospect": "Sie sind Interessent (kein Kunde)",
+        "topics": "Berufliche Themen", "categories": "Von Ihnen gekaufte Produkte",
+        "collected": "Erstmals erfasst am {date}",
+        "acted": "Ihre letzte Aktion (Antwort, Klick, Kauf, Formular) am {date}",
+        "informed": "Datenschutzinformationen am {date} an Sie gesendet",
+        "source": "{name} ({type}), erstmals erfasst am {date}",
+        "source_public": "; die Angabe war öffentlich",
+        "source_restricted": "; die Angabe war nur Ihren Kontakten zugänglich",
+        "no_source": "Es ist keine Quelle erfasst.",
+        "no_events": ("Es ist keine Einwilligung, kein Widerspruch und keine andere Aktion "
+                      "erfasst."),
+        "suppressed": ("Seit dem {date} erhalten Sie über uns keine Werbenachrichten mehr "
+                       "({channel}). Dabei bleibt es."),
+        "no_mail": "Über uns wurde Ihnen keine Nachricht gesendet.",
+        "sent_on_behalf": "{date}, im Auftrag von {account}: {subject} \u2014 {outcome}",
+        "quoted": "\u201e{subject}\u201c",
+        "purpose": "Zweck: Zusendung von Werbe-E-Mails an Sie im Auftrag von: {accounts}.",
+        "purpose_none": "Zweck: Versand von Werbe-E-Mails.",
+        "kept_until": ("Diese Daten werden spätestens bis zum {date} gespeichert, sofern Sie "
+                       "nicht vorher aktiv werden (eine Antwort, ein Klick, ein Kauf); danach "
+                       "werden sie gelöscht."),
+        "kept_rule": ("Diese Daten werden {days} Tage ab ihrer Erfassung oder ab Ihrer letzten "
+                      "Aktion gespeichert und danach gelöscht."),
+        "rights_text": ("Sie können diesen Nachrichten jederzeit widersprechen (der Link zum "
+                        "Abbestellen in jeder Nachricht wirkt sofort) sowie die Berichtigung "
+                        "oder Löschung dieser Daten oder die Einschränkung ihrer Verarbeitung "
+                        "verlangen. Schreiben Sie an {dpo}. Unsere Datenschutzerklärung: "
+                        "{privacy}. Sie können sich außerdem bei der zuständigen "
+                        "Datenschutzaufsichtsbehörde beschweren (in Frankreich die CNIL: "
+                        "www.cnil.fr)."),
+        "request": ("{kind} eingegangen am {received}, Antwort spätestens am "
+                    "{due}{closed}"),
+        "closed": " (beantwortet am {date})",
+        "request_access": "Auskunftsantrag", "request_erasure": "Löschantrag",
+        "request_objection": "Widerspruch",
+        "erased": ("Ihre Daten wurden am {date} auf Ihren Antrag gelöscht; nur ein codierter "
+                   "Vermerk bleibt, damit wir Ihnen nie wieder schreiben."),
+        "signature": "{controller}, {address}",
+        "colon": ":", "a_message": "eine Nachricht",
+    },
     "en": {
         "title": "Your personal data held by {controller}",
         "greeting": "Dear {name},",
-        "sir": "Sir or Madam",
+        "sir": "Dear Sir or Madam,",
         "intro": ("You asked what personal data we hold about the address {address}. This is "
                   "all of it, as of {today}."),
         "nothing": "We hold no personal data about this address.",
@@ -79,10 +141,70 @@ _WORDS: dict[str, dict[str, str]] = {
         "signature": "{controller}, {address}",
         "colon": ":", "a_message": "a message",
     },
+    "es": {
+        "title": "Sus datos personales en poder de {controller}",
+        "greeting": "Estimado/a {name}:",
+        "sir": "Estimado/a señor/a:",
+        "intro": ("Ha solicitado conocer qué datos personales conservamos sobre la dirección "
+                  "{address}. A continuación figuran todos, a fecha de {today}."),
+        "nothing": "No conservamos ningún dato personal sobre esta dirección.",
+        "facts": "1. Lo que sabemos de usted",
+        "sources": "2. De dónde procede su dirección",
+        "choices": "3. Su consentimiento y sus decisiones",
+        "mail": "4. Mensajes que se le enviaron o que decidimos no enviar",
+        "why": "5. Para qué utilizamos estos datos y durante cuánto tiempo",
+        "rights": "6. Sus derechos",
+        "requests": "Sus solicitudes",
+        "name": "Nombre", "job_title": "Cargo", "language": "Idioma",
+        "kind_person": "Dirección: una dirección personal",
+        "kind_role": "Dirección: una dirección genérica de una organización",
+        "audience_b2b": "Utilizada en el ámbito profesional",
+        "audience_b2c": "Utilizada a título particular",
+        "customer": "Es usted cliente",
+        "prospect": "Es usted cliente potencial (no es cliente)",
+        "topics": "Ámbitos profesionales", "categories": "Productos que ha comprado",
+        "collected": "Datos obtenidos por primera vez el {date}",
+        "acted": "Su última acción (respuesta, clic, compra, formulario) el {date}",
+        "informed": "Información sobre protección de datos enviada el {date}",
+        "source": "{name} ({type}), registrada por primera vez el {date}",
+        "source_public": "; la información era pública",
+        "source_restricted": "; la información estaba restringida a sus contactos",
+        "no_source": "No consta ninguna fuente.",
+        "no_events": "No consta ningún consentimiento, oposición ni otra acción.",
+        "suppressed": ("Desde el {date} ya no recibe mensajes de prospección comercial a "
+                       "través de nosotros ({channel}). Así seguirá siendo."),
+        "no_mail": "No se le ha enviado ningún mensaje a través de nosotros.",
+        "sent_on_behalf": "{date}, en nombre de {account}: {subject} \u2014 {outcome}",
+        "quoted": "«{subject}»",
+        "purpose": ("Finalidad: enviarle correos electrónicos de prospección comercial en "
+                    "nombre de: {accounts}."),
+        "purpose_none": "Finalidad: el envío de correos electrónicos de prospección comercial.",
+        "kept_until": ("Estos datos se conservan como máximo hasta el {date}, salvo que usted "
+                       "actúe antes (una respuesta, un clic, una compra); después se "
+                       "suprimen."),
+        "kept_rule": ("Estos datos se conservan durante {days} días desde su obtención o desde "
+                      "su última acción y después se suprimen."),
+        "rights_text": ("Puede oponerse en cualquier momento a estos mensajes (el enlace para "
+                        "darse de baja que figura en cada uno de ellos surte efecto de "
+                        "inmediato), así como solicitar la rectificación o la supresión de "
+                        "estos datos, o la limitación de su tratamiento. Escriba a {dpo}. "
+                        "Nuestra política de privacidad: {privacy}. También puede presentar "
+                        "una reclamación ante su autoridad de protección de datos (en Francia, "
+                        "la CNIL: www.cnil.fr)."),
+        "request": ("Solicitud {kind} recibida el {received}, con respuesta a más tardar el "
+                    "{due}{closed}"),
+        "closed": " (respondida el {date})",
+        "request_access": "de acceso", "request_erasure": "de supresión",
+        "request_objection": "de oposición",
+        "erased": ("Sus datos se suprimieron el {date} a petición suya; solo se conserva una "
+                   "huella codificada, para no volver a escribirle nunca."),
+        "signature": "{controller}, {address}",
+        "colon": ":", "a_message": "un mensaje",
+    },
     "fr": {
         "title": "Vos données personnelles détenues par {controller}",
         "greeting": "Bonjour {name},",
-        "sir": "Madame, Monsieur",
+        "sir": "Madame, Monsieur,",
         "intro": ("Vous avez demandé quelles données personnelles nous détenons sur l'adresse "
                   "{address}. Les voici toutes, à la date du {today}."),
         "nothing": "Nous ne détenons aucune donnée personnelle sur cette adresse.",
@@ -137,54 +259,181 @@ _WORDS: dict[str, dict[str, str]] = {
         "signature": "{controller}, {address}",
         "colon": " :", "a_message": "un message",
     },
+    "it": {
+        "title": "I Suoi dati personali detenuti da {controller}",
+        "greeting": "Gentile {name},",
+        "sir": "Gentile Signora/Signore,",
+        "intro": ("Lei ha chiesto quali dati personali conserviamo sull'indirizzo {address}. "
+                  "Di seguito li trova tutti, aggiornati al {today}."),
+        "nothing": "Non conserviamo alcun dato personale relativo a questo indirizzo.",
+        "facts": "1. Che cosa sappiamo di Lei",
+        "sources": "2. Da dove proviene il Suo indirizzo",
+        "choices": "3. Il Suo consenso e le Sue scelte",
+        "mail": "4. I messaggi inviati a Lei o che abbiamo deciso di non inviare",
+        "why": "5. Perché utilizziamo questi dati e per quanto tempo",
+        "rights": "6. I Suoi diritti",
+        "requests": "Le Sue richieste",
+        "name": "Nome", "job_title": "Qualifica", "language": "Lingua",
+        "kind_person": "Indirizzo: un indirizzo personale",
+        "kind_role": "Indirizzo: un indirizzo generico di un'organizzazione",
+        "audience_b2b": "Utilizzato in ambito professionale",
+        "audience_b2c": "Utilizzato a titolo privato",
+        "customer": "Lei è cliente", "prospect": "Lei è un potenziale cliente (non è cliente)",
+        "topics": "Ambiti professionali", "categories": "Prodotti acquistati",
+        "collected": "Dati raccolti per la prima volta il {date}",
+        "acted": "La Sua ultima azione (risposta, clic, acquisto, modulo) il {date}",
+        "informed": "Informativa sulla privacy inviata il {date}",
+        "source": "{name} ({type}), registrata per la prima volta il {date}",
+        "source_public": "; l'informazione era pubblica",
+        "source_restricted": "; l'informazione era riservata ai Suoi contatti",
+        "no_source": "Non risulta registrata alcuna fonte.",
+        "no_events": "Non risulta registrato alcun consenso, opposizione o altra azione.",
+        "suppressed": ("Dal {date} Lei non riceve più tramite noi messaggi di marketing diretto "
+                       "({channel}). Resterà così."),
+        "no_mail": "Tramite noi non Le è stato inviato alcun messaggio.",
+        "sent_on_behalf": "{date}, per conto di {account}: {subject} \u2014 {outcome}",
+        "quoted": "«{subject}»",
+        "purpose": ("Finalità: inviarLe e-mail di marketing diretto per conto di: "
+                    "{accounts}."),
+        "purpose_none": "Finalità: l'invio di e-mail di marketing diretto.",
+        "kept_until": ("Questi dati sono conservati al massimo fino al {date}, salvo una Sua "
+                       "azione precedente (una risposta, un clic, un acquisto); sono poi "
+                       "cancellati."),
+        "kept_rule": ("Questi dati sono conservati per {days} giorni dalla raccolta o dalla Sua "
+                      "ultima azione, poi cancellati."),
+        "rights_text": ("Può opporsi in qualsiasi momento a questi messaggi (il link per "
+                        "annullare l'iscrizione presente in ciascuno di essi ha effetto "
+                        "immediato), chiedere la rettifica o la cancellazione di questi dati, "
+                        "o la limitazione del loro trattamento. Scriva a {dpo}. La nostra "
+                        "informativa sulla privacy: {privacy}. Può anche proporre reclamo "
+                        "all'autorità di controllo competente per la protezione dei dati "
+                        "(in Francia, la CNIL: www.cnil.fr)."),
+        "request": ("Richiesta {kind} ricevuta il {received}, risposta entro il "
+                    "{due}{closed}"),
+        "closed": " (risposta inviata il {date})",
+        "request_access": "di accesso", "request_erasure": "di cancellazione",
+        "request_objection": "di opposizione",
+        "erased": ("I Suoi dati sono stati cancellati il {date} su Sua richiesta; resta solo "
+                   "una traccia codificata, affinché non Le scriviamo mai più."),
+        "signature": "{controller}, {address}",
+        "colon": ":", "a_message": "un messaggio",
+    },
 }
 
 _SOURCE_TYPES = {
+    "de": {"direct": "direkt von uns erhoben",
+           "partner": "ein Partner, mit Ihrer Einwilligung",
+           "broker": "ein Datenhändler", "public_directory": "ein öffentliches Verzeichnis",
+           "social_network": "ein soziales Netzwerk", "import": "eine importierte Liste"},
     "en": {"direct": "collected by us directly", "partner": "a partner, with your consent",
            "broker": "a data broker", "public_directory": "a public directory",
            "social_network": "a social network", "import": "an imported list"},
+    "es": {"direct": "obtenida directamente por nosotros",
+           "partner": "un socio, con su consentimiento",
+           "broker": "un intermediario de datos", "public_directory": "un directorio público",
+           "social_network": "una red social", "import": "una lista importada"},
     "fr": {"direct": "collectée directement par nous",
            "partner": "un partenaire, avec votre consentement",
            "broker": "un courtier en données", "public_directory": "un annuaire public",
            "social_network": "un réseau social", "import": "une liste importée"},
+    "it": {"direct": "raccolto direttamente da noi",
+           "partner": "un partner, con il Suo consenso",
+           "broker": "un intermediario di dati", "public_directory": "un elenco pubblico",
+           "social_network": "un social network", "import": "un elenco importato"},
 }
 _EVENTS = {
+    "de": {"consent": "Sie haben Ihre Einwilligung erteilt",
+           "withdrawal": "Sie haben Ihre Einwilligung widerrufen",
+           "objection": "Sie haben der Werbung widersprochen",
+           "objection_lifted": "Ihr Widerspruch wurde auf Ihren Wunsch aufgehoben",
+           "interaction": "Sie haben mit uns interagiert",
+           "information": "Sie haben die Informationen zu Ihren Daten erhalten"},
     "en": {"consent": "you gave your consent", "withdrawal": "you withdrew your consent",
            "objection": "you objected to prospecting",
            "objection_lifted": "your objection was lifted at your request",
            "interaction": "you interacted with us",
            "information": "you received the information on your data"},
+    "es": {"consent": "usted dio su consentimiento",
+           "withdrawal": "usted retiró su consentimiento",
+           "objection": "usted se opuso a la prospección comercial",
+           "objection_lifted": "su oposición se dejó sin efecto a petición suya",
+           "interaction": "usted interactuó con nosotros",
+           "information": "usted recibió la información sobre sus datos"},
     "fr": {"consent": "vous avez donné votre consentement",
            "withdrawal": "vous avez retiré votre consentement",
            "objection": "vous vous êtes opposé à la prospection",
            "objection_lifted": "votre opposition a été levée à votre demande",
            "interaction": "vous avez interagi avec nous",
            "information": "vous avez reçu l'information sur vos données"},
+    "it": {"consent": "ha dato il Suo consenso",
+           "withdrawal": "ha revocato il Suo consenso",
+           "objection": "ha espresso opposizione al marketing diretto",
+           "objection_lifted": "la Sua opposizione è stata revocata su Sua richiesta",
+           "interaction": "ha interagito con noi",
+           "information": "ha ricevuto l'informativa sui Suoi dati"},
 }
 _CHANNELS = {
+    "de": {"import": "aus einer Datei übernommen", "manual": "von Hand erfasst",
+           "one-click": "Abbestellen mit einem Klick", "link": "Seite zum Abbestellen",
+           "mailto": "E-Mail zum Abbestellen", "webhook": "vom Versandsystem gemeldet",
+           "notice": "im Hinweis am Ende einer von uns gesendeten Nachricht",
+           "erasure": "Löschantrag"},
     "en": {"import": "recorded from a file", "manual": "recorded by hand",
            "one-click": "one-click unsubscribe", "link": "unsubscribe page",
            "mailto": "unsubscribe e-mail", "webhook": "reported by the sending tool",
            "notice": "in the notice at the end of a message we sent",
            "erasure": "erasure request"},
+    "es": {"import": "registrado desde un archivo", "manual": "registrado manualmente",
+           "one-click": "baja con un clic", "link": "página para darse de baja",
+           "mailto": "correo electrónico para darse de baja",
+           "webhook": "comunicado por la herramienta de envío",
+           "notice": "en el aviso al final de un mensaje enviado por nosotros",
+           "erasure": "solicitud de supresión"},
     "fr": {"import": "enregistré depuis un fichier", "manual": "enregistré à la main",
            "one-click": "désinscription en un clic", "link": "page de désinscription",
            "mailto": "courriel de désinscription", "webhook": "signalé par l'outil d'envoi",
            "notice": "dans la notice en bas d'un message envoyé",
            "erasure": "demande d'effacement"},
+    "it": {"import": "registrato da un file", "manual": "registrato manualmente",
+           "one-click": "annullamento dell'iscrizione con un clic",
+           "link": "pagina di annullamento dell'iscrizione",
+           "mailto": "e-mail di annullamento dell'iscrizione",
+           "webhook": "segnalato dallo strumento di invio",
+           "notice": "nell'avviso in fondo a un messaggio inviato da noi",
+           "erasure": "richiesta di cancellazione"},
 }
 # What became of a message, by decision and by the state of its copy.
 _OUTCOMES = {
+    "de": {"sent": "zugestellt", "queued": "wird zugestellt", "deferred": "wird zugestellt",
+           "failed": "nicht zugestellt", "reject": "nicht gesendet ({why})",
+           "quarantine": "zur Prüfung durch eine Person zurückgehalten ({why})",
+           "allow": "zum Versand angenommen"},
     "en": {"sent": "delivered", "queued": "being delivered", "deferred": "being delivered",
            "failed": "not delivered", "reject": "not sent ({why})",
            "quarantine": "held for review by a person ({why})", "allow": "accepted for sending"},
+    "es": {"sent": "entregado", "queued": "en curso de entrega", "deferred": "en curso de entrega",
+           "failed": "no entregado", "reject": "no enviado ({why})",
+           "quarantine": "retenido para su revisión por una persona ({why})",
+           "allow": "aceptado para su envío"},
     "fr": {"sent": "remis", "queued": "en cours d'envoi", "deferred": "en cours d'envoi",
            "failed": "non remis", "reject": "non envoyé ({why})",
            "quarantine": "retenu pour examen par une personne ({why})",
            "allow": "accepté pour envoi"},
+    "it": {"sent": "consegnato", "queued": "in consegna", "deferred": "in consegna",
+           "failed": "non consegnato", "reject": "non inviato ({why})",
+           "quarantine": "trattenuto per la verifica da parte di una persona ({why})",
+           "allow": "accettato per l'invio"},
 }
 # The rule of a refusal or hold, in plain words (the ids are in COMPLIANCE.md).
 _WHY = {
+    "de": {"R1": "Sie hatten widersprochen", "R2": "wir hatten keinen Eintrag zu Ihrer Adresse",
+           "R3": "die Quelle Ihrer Adresse ist nicht zulässig",
+           "R4": "die Speicherfrist Ihrer Daten war abgelaufen",
+           "R9": "der Bezug zu Ihrer beruflichen Tätigkeit musste geprüft werden",
+           "R10": "es gab keine gültige Rechtsgrundlage, Ihnen zu schreiben",
+           "M1": "der Absender war nicht identifizierbar",
+           "M2": "die Nachricht war fehlerhaft aufgebaut",
+           "M3": "der Nachricht fehlten die vorgeschriebenen Angaben"},
     "en": {"R1": "you had objected", "R2": "we hold no record of your address",
            "R3": "the source of your address is not allowed",
            "R4": "the retention period of your data was over",
@@ -192,6 +441,13 @@ _WHY = {
            "R10": "there was no valid basis to write to you",
            "M1": "the sender could not be identified", "M2": "the message was malformed",
            "M3": "the message lacked the required information"},
+    "es": {"R1": "usted se había opuesto", "R2": "no teníamos ningún registro de su dirección",
+           "R3": "la fuente de su dirección no está admitida",
+           "R4": "el plazo de conservación de sus datos había vencido",
+           "R9": "debía comprobarse la relación con su actividad profesional",
+           "R10": "no había ninguna base válida para escribirle",
+           "M1": "no se pudo identificar al remitente", "M2": "el mensaje estaba mal formado",
+           "M3": "el mensaje no contenía la información obligatoria"},
     "fr": {"R1": "vous vous étiez opposé", "R2": "nous n'avions aucune trace de votre adresse",
            "R3": "la source de votre adresse n'est pas admise",
            "R4": "la durée de conservation de vos données était dépassée",
@@ -199,11 +455,21 @@ _WHY = {
            "R10": "aucune base valable ne permettait de vous écrire",
            "M1": "l'expéditeur n'était pas identifiable", "M2": "le message était mal formé",
            "M3": "le message ne portait pas les informations requises"},
+    "it": {"R1": "Lei aveva espresso opposizione",
+           "R2": "non avevamo alcuna registrazione del Suo indirizzo",
+           "R3": "la fonte del Suo indirizzo non è ammessa",
+           "R4": "il periodo di conservazione dei Suoi dati era scaduto",
+           "R9": "il legame con la Sua attività professionale doveva essere verificato",
+           "R10": "non esisteva una base valida per scriverLe",
+           "M1": "non è stato possibile identificare il mittente",
+           "M2": "il messaggio non era formato correttamente",
+           "M3": "nel messaggio mancavano le informazioni obbligatorie"},
 }
 
 
 def language_for(record: SubjectRecord, default: str) -> str:
-    """The contact's language when we write it (fr, en), else the controller's default."""
+    """The contact's language when we write it (de, en, es, fr, it), else the controller's
+    default (else en)."""
     for contact, _ in record.contacts:
         tag = (contact.language or "").split("-")[0].lower()
         if tag in LANGUAGES:
@@ -226,7 +492,7 @@ class Letter:
         if stamp is None:
             return "?"
         moment = datetime.datetime.fromtimestamp(stamp, datetime.UTC)
-        return moment.strftime("%d/%m/%Y" if self.lang == "fr" else "%Y-%m-%d")
+        return moment.strftime(_DATE_FORMATS.get(self.lang, "%Y-%m-%d"))
 
     def say(self, key: str, **values: object) -> str:
         clean = {k: printable(str(v)) if isinstance(v, str) else v for k, v in values.items()}
@@ -249,7 +515,7 @@ class Letter:
         w, c = self.w, self.controller
         first = next((ct.first_name for ct, _ in record.contacts if ct.first_name), None)
         self.lines = [self.say("title", controller=c.name), "",
-                      self.say("greeting", name=first or w["sir"]), ""]
+                      self.say("greeting", name=first) if first else w["sir"], ""]
         self.paragraph(self.say("intro", address=record.address, today=self.day(now)))
         for stamp in record.erased_at:
             self.lines.append("")

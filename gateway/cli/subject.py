@@ -66,8 +66,8 @@ and requests.
 --format json  one object (keys: address, generated_at, controller, ledger[] with sources[]
                and events[], suppression, unsubscribes[], decisions[], quarantine[],
                requests[], erasures[])
---format text  a letter in the contact's language (fr or en; --language to choose), ready to
-               send as the answer
+--format text  a letter in the contact's language (de, en, es, fr, it; --language to choose),
+               ready to send as the answer
 
 With --out the file is written readable by the owner only. Exit 1 when EMAIL is not an
 address; an address the store knows nothing about still gets an answer saying so.
