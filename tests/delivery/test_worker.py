@@ -4,6 +4,7 @@ recorded (deferred with the error, then failed with a DSN), never left claimed i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import sqlite3
 import time
@@ -90,23 +91,36 @@ class SlowUpstream:
         return None
 
 
-async def test_a_live_process_keeps_its_claims_however_long_its_backlog(db):
-    """Two processes on one store (smtp.processes = 2), claims of 1 s, a backlog of 3 s in
-    the first: its claims are renewed by its heartbeat, so the second never takes them and
-    no copy is sent twice."""
-    sent: list = []
+@contextlib.asynccontextmanager
+async def two_processes(db, sent: list, delay: float):
+    """Two gateway processes' delivery services, A and B, on one store (smtp.processes = 2),
+    with claims of 1 s, each sending through a SlowUpstream that notes (name, recipient)."""
     settings = dataclasses.replace(DeliverySettings(), workers=1, scan_seconds=0.1)
     services = []
     for name in ("A", "B"):
         queue = QueueStore(db, f"host-{name}", claim_seconds=1.0)
-        service = DeliveryService(queue, SlowUpstream(name, sent, 0.6), settings, "gw.test")
+        service = DeliveryService(queue, SlowUpstream(name, sent, delay), settings, "gw.test")
         # as start() but for register_instance, which takes a row with this test's own pid
         # for a dead incarnation of the other
         service._tasks = [asyncio.create_task(service._worker(0)),
                           asyncio.create_task(service._scanner())]
         services.append(service)
     try:
-        first = services[0]
+        yield services
+    finally:
+        for service in services:
+            service._stopping.set()
+            for task in service._tasks:
+                task.cancel()
+            await asyncio.gather(*service._tasks, return_exceptions=True)
+
+
+async def test_a_live_process_keeps_its_claims_however_long_its_backlog(db):
+    """Two processes on one store (smtp.processes = 2), claims of 1 s, a backlog of 3 s in
+    the first: its claims are renewed by its heartbeat, so the second never takes them and
+    no copy is sent twice."""
+    sent: list = []
+    async with two_processes(db, sent, delay=0.6) as (first, _):
         copies = await first.queue.commit_messages([IncomingMessage(
             f"M{i}", time.time(), None, "127.0.0.1", "s@example.com", b"Subject: x\r\n\r\nb\r\n",
             (f"r{i}@example.net",)) for i in range(5)])
@@ -115,12 +129,6 @@ async def test_a_live_process_keeps_its_claims_however_long_its_backlog(db):
             return len(sent) >= 5
         await until(all_sent, seconds=10)
         await asyncio.sleep(1.5)  # time for a second sender, if there were one
-    finally:
-        for service in services:
-            service._stopping.set()
-            for task in service._tasks:
-                task.cancel()
-            await asyncio.gather(*service._tasks, return_exceptions=True)
     assert sorted(r for _, r in sent) == [f"r{i}@example.net" for i in range(5)], sent
     assert {name for name, _ in sent} == {"A"}
 
@@ -171,41 +179,25 @@ async def test_a_sent_copy_whose_record_fails_is_neither_sent_again_nor_taken_ov
     disk): the worker keeps the copy and writes the mark again. It was left claimed, and sent
     a second time once its claim expired."""
     sent: list = []
-    settings = dataclasses.replace(DeliverySettings(), workers=1, scan_seconds=0.1)
-    services = []
-    for name in ("A", "B"):
-        queue = QueueStore(db, f"host-{name}", claim_seconds=1.0)
-        service = DeliveryService(queue, SlowUpstream(name, sent, 0.0), settings, "gw.test")
-        service._tasks = [asyncio.create_task(service._worker(0)),
-                          asyncio.create_task(service._scanner())]
-        services.append(service)
-    other = sqlite3.connect(db.path)
-    other.execute("CREATE TRIGGER refuse_sent BEFORE UPDATE OF state ON deliveries "
-                  "WHEN NEW.state = 'sent' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
-    other.commit()
-    try:
-        first = services[0]
-        [copies] = await first.queue.commit_messages([IncomingMessage(
-            "M1", time.time(), None, "127.0.0.1", "s@example.com", b"Subject: x\r\n\r\nb\r\n",
-            ("jane@example.net",))])
-        first.dispatch(copies)
-        await until(lambda: asyncio.sleep(0, bool(sent)))
-        await asyncio.sleep(2.5)  # more than two claim periods with the mark refused
-        assert (await db.fetchone("SELECT state FROM deliveries"))[0] == "queued"
-        other.execute("DROP TRIGGER refuse_sent")
+    with contextlib.closing(sqlite3.connect(db.path)) as other:
+        other.execute("CREATE TRIGGER refuse_sent BEFORE UPDATE OF state ON deliveries "
+                      "WHEN NEW.state = 'sent' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
         other.commit()
+        async with two_processes(db, sent, delay=0.0) as (first, _):
+            [copies] = await first.queue.commit_messages([IncomingMessage(
+                "M1", time.time(), None, "127.0.0.1", "s@example.com", b"Subject: x\r\n\r\nb\r\n",
+                ("jane@example.net",))])
+            first.dispatch(copies)
+            await until(lambda: asyncio.sleep(0, bool(sent)))
+            await asyncio.sleep(2.5)  # more than two claim periods with the mark refused
+            assert (await db.fetchone("SELECT state FROM deliveries"))[0] == "queued"
+            other.execute("DROP TRIGGER refuse_sent")
+            other.commit()
 
-        async def recorded():
-            return (await db.fetchone("SELECT state FROM deliveries"))[0] == "sent"
-        await until(recorded)
-        await asyncio.sleep(1.5)
-    finally:
-        other.close()
-        for service in services:
-            service._stopping.set()
-            for task in service._tasks:
-                task.cancel()
-            await asyncio.gather(*service._tasks, return_exceptions=True)
+            async def recorded():
+                return (await db.fetchone("SELECT state FROM deliveries"))[0] == "sent"
+            await until(recorded)
+            await asyncio.sleep(1.5)
     assert sent == [("A", "jane@example.net")]
 
 
