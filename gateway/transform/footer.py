@@ -55,6 +55,9 @@ def structure_facts(content: bytes) -> MessageFacts:
     """What M2 and M3 need, from ONE scan of the message at DATA: its structure facts, with
     an undecodable text part counted as malformed (so such a message is quarantined under M2
     instead of failing at delivery)."""
+    if b"\x00" in content:  # RFC 5322 2.3 (and no BINARYMIME here): many receivers refuse it
+        return MessageFacts(has_subject=True, has_text_body=True,
+                            malformed="a NUL byte, which no message may contain")
     try:
         root = scan(content)
     except Malformed as exc:

@@ -142,6 +142,8 @@ def test_an_objection_holds_in_every_process_sharing_the_store(gateway):
     ("From: News <news@example.com>\r\nSubject: Naive\r\nMIME-Version: 1.0\r\n"
      "Content-Type: text/plain; charset=us-ascii; na\u00efve=1\r\n\r\nHello\r\n"
      .encode(), "M2"),
+    # a NUL byte: never in a message (RFC 5322 2.3; no BINARYMIME here); many receivers refuse
+    (b"From: News <news@example.com>\r\nSubject: Nul\r\n\r\nHel\x00lo\r\n", "M2"),
 ])
 def test_message_rules_quarantine_the_copies(gateway, sink: Sink, body: bytes, rule: str):
     gw = gateway()
