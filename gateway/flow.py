@@ -323,6 +323,11 @@ class Flow:
 
 
 _ANGLE = re.compile(r"<([^<>]*)>")
+# RFC 5322 dot-atoms, with the UTF-8 of RFC 6532 (no surrogates: undecodable bytes)
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\x80-\ud7ff\ue000-\U0010ffff-]+"
+_LOCAL_PART = re.compile(rf'(?:""|{_ATOM}(?:\.{_ATOM})*)')  # "" is a quoted string, blanked
+_LABEL = r"[A-Za-z0-9\x80-\ud7ff\ue000-\U0010ffff](?:[A-Za-z0-9\x80-\ud7ff\ue000-\U0010ffff-]*)?"
+_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 
 
 def _without_comments(text: str) -> str | None:
@@ -395,7 +400,11 @@ def from_header_domains(content: bytes) -> list[str]:
     domains = []
     for address in addresses:
         local, at, domain = address.strip().rpartition("@")
-        if not at or not local or not domain or any(c in domain for c in ' \t"\\,;<>@'):
+        # the whole local part must be one: "ceo@bank.example;@good.example", a route
+        # "<@a:b@c>" or an encoded word "=?utf-8?b?...?=@good.example" shows another mailbox
+        # to a reader than the domain after the last "@"
+        if (not at or _LOCAL_PART.fullmatch(local) is None or "=?" in local
+                or _DOMAIN.fullmatch(domain) is None):
             return []
         domains.append(domain.lower().rstrip("."))
     return domains

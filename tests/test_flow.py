@@ -36,6 +36,18 @@ def head(*lines: str) -> bytes:
     (["From: news@good.example)"], []),
     (['From: "unterminated <news@good.example>'], []),
     (["From: \\<ceo@victim.example> <news@good.example>"], []),
+    # the part before the last "@" must be one local part, not another mailbox
+    (["From: ceo@victim.example; x@good.example"], []),
+    (["From: <ceo@victim.example;@good.example>"], []),
+    (["From: <a@victim.example:@good.example>"], []),
+    (["From: <@victim.example:a@good.example>"], []),
+    (["From: ceo@victim.example@good.example"], []),
+    (["From: <ceo@victim.example", " @good.example>"], []),
+    (["From: =?utf-8?b?Y2VvQGJhbmsuZXhhbXBsZQ==?=@good.example"], []),
+    (["From: <ceo@[192.0.2.1]>"], []),
+    (['From: "a b"@good.example'], ["good.example"]),
+    (["From: Jos\u00e9 <jos\u00e9@caf\u00e9.example>"], ["caf\u00e9.example"]),
+    (["From: <first.last+tag@mail.good.example.>"], ["mail.good.example"]),
 ])
 def test_from_header_domains(lines: list[str], domains: list[str]):
     assert from_header_domains(head(*lines)) == domains
