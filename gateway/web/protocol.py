@@ -21,6 +21,7 @@ log = logging.getLogger("gateway.http")
 
 REQUEST_SECONDS = 10.0  # to read one whole request (Apache's RequestReadTimeout is 20-40 s)
 MAX_CONNECTIONS = 1000  # open HTTP connections in this process
+MAX_PIPELINED = 32  # requests read ahead of their answers on one connection
 WARN_EVERY_SECONDS = 60.0
 
 
@@ -34,6 +35,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._requests_read = 0  # whole requests read (headers and body)
         self._responses_done = 0
+        self._answered_before = -1  # _responses_done when the deadline last fired
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -59,7 +61,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._requests_read += 1
-        self._cancel_deadline()
+        backlog = self._requests_read - self._responses_done
+        if backlog > MAX_PIPELINED:
+            # requests pipelined faster than they are answered (and maybe never read):
+            # each waits in uvicorn's queue, in memory
+            log.info("HTTP: %s pipelined more than %d requests ahead: connection closed",
+                     self.client[0] if self.client else "?", MAX_PIPELINED)
+            self.transport.abort()
+            return
+        if backlog > 0:
+            self._cancel_deadline()  # read whole: answering it is ours to do, not the client's
+        else:
+            # answered before its body had all come (a 404, "Expect: 100-continue" refused):
+            # the deadline for the next request runs on
+            self._await_request()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -75,7 +90,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _too_slow(self) -> None:
         self._deadline = None
         if self._requests_read > self._responses_done:
-            self._await_request()  # a request read whole is being answered: not the client's
+            # a request read whole is being answered: not the client's doing, unless it does
+            # not read the answers (nothing answered for a whole period, writes held up)
+            stuck = self.flow.write_paused and self._responses_done == self._answered_before
+            self._answered_before = self._responses_done
+            if not stuck:
+                self._await_request()
+                return
+            log.info("HTTP: %s reads no answers: connection closed",
+                     self.client[0] if self.client else "?")
+            self.transport.abort()
             return
         if not self.transport.is_closing():
             log.info("HTTP: %s took more than %.0f s to send a request: connection closed",

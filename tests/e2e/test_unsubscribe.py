@@ -493,9 +493,13 @@ def test_slow_or_too_many_http_clients_are_cut_off(make_gateway):
     slow_body = socket.create_connection(("127.0.0.1", gw.http_port))
     slow_body.sendall(b"POST /webhooks/opt-out HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
                       b"\r\n{")
+    # answered before its body has all come, then the rest of the body, then silence: the
+    # end of the body disarmed the deadline for good
+    early = socket.create_connection(("127.0.0.1", gw.http_port))
+    early.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
     keeper = httpx.Client(base_url=f"http://127.0.0.1:{gw.http_port}")
     try:
-        held = [socket.create_connection(("127.0.0.1", gw.http_port)) for _ in range(3)]
+        held = [socket.create_connection(("127.0.0.1", gw.http_port)) for _ in range(2)]
         assert keeper.get("/healthz").status_code == 200  # the 7th: over the cap
     except httpx.TransportError:
         pass
@@ -506,9 +510,17 @@ def test_slow_or_too_many_http_clients_are_cut_off(make_gateway):
     time.sleep(0.2)
     with httpx.Client(base_url=f"http://127.0.0.1:{gw.http_port}") as prompt:
         assert prompt.get("/healthz").text == "ok\n"
-    for sock in (silent, dripping, slow_body):
+    early.sendall(b"cd")
+    for sock in (silent, dripping, slow_body, early):
         assert _closed_within(sock, 8.0)
         sock.close()
+    # a client that pipelines requests and reads no answer is cut off, not queued for ever
+    greedy = socket.create_connection(("127.0.0.1", gw.http_port))
+    greedy.settimeout(5.0)
+    with pytest.raises(OSError):  # reset by the gateway while still sending
+        for _ in range(200):
+            greedy.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 100)
+    greedy.close()
     # a keep-alive client that sends whole requests keeps being answered past the timeout
     with httpx.Client(base_url=f"http://127.0.0.1:{gw.http_port}") as steady:
         for _ in range(3):
