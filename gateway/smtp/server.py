@@ -140,6 +140,7 @@ class GatewaySMTP(SMTP):
         self._client_ip = ""
         self._counted = False
         self._idle_deadline = 0.0  # see _reset_timeout
+        self._abort_handle: asyncio.TimerHandle | None = None  # see _abort_later
 
     @property
     def client_ip(self) -> str:
@@ -167,8 +168,11 @@ class GatewaySMTP(SMTP):
                 self._handler_coroutine.cancel()
             transport.write(reply.encode() + b"\r\n")  # type: ignore[attr-defined]
             transport.close()
+            self._abort_later()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
         self._release()
         self._end_transaction()
         super().connection_lost(error)
@@ -306,6 +310,7 @@ class GatewaySMTP(SMTP):
         # After QUIT the session is over, even if a TLS peer never sends its close_notify (the
         # TLS layer then waits up to 30 s before connection_lost): do not hold a drain for it.
         self._release()
+        self._abort_later()
 
     def _release(self) -> None:
         """Stop counting this session (once) in the per-IP table the drain watches."""
@@ -365,10 +370,24 @@ class GatewaySMTP(SMTP):
         log.info("%s idle for %.0f s: session closed", self._client_ip,
                  self.gateway_settings.idle_timeout)
         super()._timeout_cb()  # type: ignore[no-untyped-call]
+        self._abort_later()
 
     def _close_now(self) -> None:
         if self.transport is not None:
             self.transport.close()
+            self._abort_later()
+
+    def _abort_later(self) -> None:
+        """A closing transport waits until its write buffer drains, for ever if the client
+        reads nothing: the session, its per-IP slot and a stop's drain with it. Abort it if
+        it is still open an idle timeout after the close."""
+        if self._abort_handle is None:
+            self._abort_handle = self.loop.call_later(self._timeout_duration, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            log.info("%s read nothing of the last replies: connection aborted", self._client_ip)
+            self.transport.abort()  # type: ignore[attr-defined]
 
 
 async def start_smtp_server(handler: Any, settings: SmtpSettings, host: str, port: int,

@@ -1,0 +1,49 @@
+"""A session ends even when its client reads nothing: over a real socket, on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import time
+from collections import Counter
+
+from gateway.settings import SmtpSettings
+from gateway.smtp.server import start_smtp_server
+
+
+class NoHooks:
+    """aiosmtpd's defaults for every hook: only the session's end is under test."""
+
+
+async def test_a_client_that_reads_no_reply_loses_its_session_after_the_idle_timeout():
+    """Its replies fill the socket buffers, so the close after the idle timeout waited for
+    ever for the write buffer to drain, the session counted in the per-IP table (and in a
+    stop's drain) the whole time."""
+    settings = dataclasses.replace(SmtpSettings(), idle_timeout=1.0, hostname="gw.test")
+    sessions: Counter[str] = Counter()
+    accepting = asyncio.Event()
+    accepting.set()
+    server = await start_smtp_server(NoHooks(), settings, "127.0.0.1", 0, None, accepting,
+                                     sessions)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        client.connect(server.sockets[0].getsockname())
+        client.setblocking(False)
+        payload = b"EHLO x\r\n" * 300_000  # EHLO: no per-session cap, a long reply
+        sent, started = 0, time.monotonic()
+        while sent < len(payload) and time.monotonic() - started < 5:
+            try:
+                sent += client.send(payload[sent:sent + 65536])
+            except BlockingIOError:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the server reads what it can, its replies pile up
+        assert sum(sessions.values()) == 1
+        deadline = time.monotonic() + 8
+        while sum(sessions.values()) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        assert sum(sessions.values()) == 0, "the session outlived its idle timeout"
+    finally:
+        client.close()
+        server.close()
