@@ -22,6 +22,7 @@ log = logging.getLogger("gateway.auth")
 
 MAX_LOGIN_LENGTH = 256
 MAX_TRACKED_IPS = 100_000  # bound the per-IP table: an address flood must not grow it forever
+MAX_TRACKED_NAMES = 100_000  # the same for unknown login names (a few MB at most)
 
 
 class AuthOutcome(enum.Enum):
@@ -44,8 +45,8 @@ class Authenticator:
         self.settings = settings
         self.window_seconds = settings.auth_lockout_minutes * 60
         self._ip_failures: dict[str, deque[float]] = {}
-        # failures per unknown login name, counted as an account's are (see authenticate)
-        self._phantom_failures: dict[str, deque[float]] = {}
+        # unknown login name -> (failures in a row, locked until), as an account's are
+        self._phantom_failures: dict[str, tuple[int, float | None]] = {}
 
     async def authenticate(self, login: str, password: str, client_ip: str) -> AuthVerdict:
         now = time.time()
@@ -98,21 +99,23 @@ class Authenticator:
         return AuthVerdict(AuthOutcome.BAD)
 
     def _phantom_failure(self, login: str, now: float) -> None:
+        """Count a failure for an unknown name as AccountStore.record_failure counts one for
+        an account: in a row, a lock at auth_max_failures, a fresh count once it runs out."""
         key = login[:MAX_LOGIN_LENGTH]
-        failures = self._phantom_failures.get(key)
-        if failures is None:
-            if len(self._phantom_failures) >= MAX_TRACKED_IPS:
-                self._phantom_failures.clear()  # a flood of names: forget, do not grow
-            failures = self._phantom_failures.setdefault(key, deque())
-        failures.append(now)
+        count, locked_until = self._phantom_failures.get(key, (0, None))
+        if locked_until is not None and locked_until <= now:
+            count, locked_until = 0, None
+        count += 1
+        if count >= self.settings.auth_max_failures:
+            locked_until = now + self.window_seconds
+        if key not in self._phantom_failures and \
+                len(self._phantom_failures) >= MAX_TRACKED_NAMES:
+            self._phantom_failures.clear()  # a flood of names: forget, do not grow
+        self._phantom_failures[key] = (count, locked_until)
 
     def _phantom_locked(self, login: str, now: float) -> bool:
-        failures = self._phantom_failures.get(login[:MAX_LOGIN_LENGTH])
-        if not failures:
-            return False
-        while failures and failures[0] <= now - self.window_seconds:
-            failures.popleft()
-        return len(failures) >= self.settings.auth_max_failures
+        _, locked_until = self._phantom_failures.get(login[:MAX_LOGIN_LENGTH], (0, None))
+        return locked_until is not None and locked_until > now
 
     def _ip_blocked(self, client_ip: str, now: float) -> bool:
         failures = self._ip_failures.get(client_ip)

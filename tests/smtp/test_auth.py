@@ -104,3 +104,23 @@ async def test_failures_are_delayed(accounts: AccountStore):
     t0 = time.perf_counter()
     await auth.authenticate("crm", "wrong", "192.0.2.1")
     assert time.perf_counter() - t0 >= 0.3
+
+
+async def test_an_unknown_name_answers_step_for_step_like_an_account(accounts: AccountStore):
+    """The same sequence for "crm" (exists) and "nobody" (does not): failures spread over more
+    than the lockout window, the lock, its end, a fresh count. Any difference names the
+    accounts that exist."""
+    settings = dataclasses.replace(SETTINGS, auth_lockout_minutes=1.5 / 60,
+                                   auth_ip_max_failures=1000)
+    auth = Authenticator(accounts, settings)
+
+    async def answers(name: str, ip: str) -> list[AuthOutcome]:
+        seen = []
+        for pause in (0.0, 1.0, 1.0, 0.0, 1.7, 0.0):  # 2 s between the first and the third
+            time.sleep(pause)
+            seen.append((await auth.authenticate(name, "Wrong-Password-42!", ip)).outcome)
+        return seen
+
+    account, phantom = await answers("crm", "192.0.2.1"), await answers("nobody", "192.0.2.2")
+    assert account == phantom == [AuthOutcome.BAD, AuthOutcome.BAD, AuthOutcome.BAD,
+                                  AuthOutcome.LOCKED, AuthOutcome.BAD, AuthOutcome.BAD]
