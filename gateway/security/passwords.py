@@ -102,19 +102,31 @@ def password_problem(password: str, *, name: str = "") -> str | None:
 
 def _guessable(compact: str, name: str) -> str | None:
     """zxcvbn's estimate, for what the character count misses: common words, names, dates
-    and patterns inside the password ("Summer2024!x", "Letmein!2024ok")."""
+    and patterns inside the password ("Summer2024!x", "Letmein!2024ok"). zxcvbn reads 72
+    characters at most: a longer password is read in pieces for its words."""
     zxcvbn = importlib.import_module("zxcvbn").zxcvbn  # no type information; loaded on use
-    sample = compact[:_ESTIMATE_CHARS]
-    result = zxcvbn(sample, user_inputs=[name] if name else [], max_length=_ESTIMATE_CHARS)
-    words = [m for m in result["sequence"] if m["pattern"] == "dictionary"]
-    if (len(words) < PASSPHRASE_WORDS and sample == compact
-            and sum(len(m["token"]) for m in words) >= 0.9 * len(sample)):
-        return (f"too guessable: {len(words)} common word{'s' if len(words) > 1 else ''} "
-                f"and little else; a passphrase needs {PASSPHRASE_WORDS} words or more")
-    if result["guesses_log10"] < MIN_GUESSES_LOG10:
+    inputs = [name] if name else []
+    results = [zxcvbn(compact[i:i + _ESTIMATE_CHARS], user_inputs=inputs,
+                      max_length=_ESTIMATE_CHARS)
+               for i in range(0, len(compact), _ESTIMATE_CHARS)]
+    words: set[str] = set()  # distinct: a word said twice is one word to a guesser
+    covered = 0
+    for result in results:
+        for match in result["sequence"]:
+            found = [match] if match["pattern"] == "dictionary" else \
+                match.get("base_matches", []) if match["pattern"] == "repeat" else []
+            if found and all(m["pattern"] == "dictionary" for m in found):
+                words.update(m.get("matched_word", m["token"]).lower() for m in found)
+                covered += len(match["token"])
+    if len(words) < PASSPHRASE_WORDS and covered >= 0.9 * len(compact):
+        return (f"too guessable: {len(words)} common word{'s' if len(words) != 1 else ''} "
+                f"and little else; a passphrase needs {PASSPHRASE_WORDS} different words or "
+                "more")
+    guesses = results[0]["guesses_log10"]
+    if guesses < MIN_GUESSES_LOG10:
         return (f"too guessable: common words, names, dates or patterns make it about "
-                f"10^{result['guesses_log10']:.0f} guesses, at least 10^{MIN_GUESSES_LOG10} "
-                f"needed ({_WEAK_HINT})")
+                f"10^{guesses:.0f} guesses, at least 10^{MIN_GUESSES_LOG10} needed "
+                f"({_WEAK_HINT})")
     return None
 
 

@@ -181,7 +181,11 @@ def test_common_passwords_dressed_up_are_refused(password: str):
     ("Summer2024!x", "too guessable"),  # 12 of four classes: a season, a year, a symbol
     ("Letmein!2024ok", "too guessable"),
     ("Password1234!x", "too guessable"),
-    ("correcthorsebatterystaple", "a passphrase needs 7 words"),  # 4 words: 117 bits by count
+    ("correcthorsebatterystaple", "a passphrase needs 7"),  # 4 words: 117 bits by count
+    ("strawberry strawberry chocolate butterfly", "a passphrase needs 7"),  # a word repeated
+    ("welcome welcome Password Dragon Monkey", "a passphrase needs 7"),
+    ("internationalization extraordinarily uncharacteristically "  # 78 characters
+     "counterrevolutionaries", "a passphrase needs 7"),
     ("\uff30assword123!!", "too common"),  # full-width P: "Password123!!" to a guesser
 ])
 def test_common_words_inside_enough_characters_are_refused(password: str, problem: str):
