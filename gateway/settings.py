@@ -334,7 +334,11 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"delivery.port: not a TCP port: {settings.delivery.port}")
     if not settings.http.request_timeout_seconds > 0:
         raise ConfigError("http.request_timeout_seconds: must be more than 0")
-    url = urllib.parse.urlsplit(settings.http.public_url)
+    try:
+        url = urllib.parse.urlsplit(settings.http.public_url)
+        url.port  # noqa: B018 - raises on a port that is no number
+    except ValueError:
+        url = urllib.parse.urlsplit("")  # refused just below
     if (url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment
             or any(c.isspace() or not c.isprintable() for c in settings.http.public_url)):
         raise ConfigError(f"http.public_url: expected an http(s)://host[:port][/path] URL, the "

@@ -78,6 +78,8 @@ def test_trusted_clients_are_typed_and_match_networks(tmp_path: Path):
     ("[http]\npublic_url = \"not a url\"\n", "http.public_url"),
     ("[http]\npublic_url = \"ftp://gw.example\"\n", "http.public_url"),
     ("[http]\npublic_url = \"https://gw.example/u\\r\\nX-Evil: 1\"\n", "http.public_url"),
+    ("[http]\npublic_url = \"http://[::1\"\n", "http.public_url"),
+    ("[http]\npublic_url = \"http://gw.example:port\"\n", "http.public_url"),
     ("[http]\nrequest_timeout_seconds = 0\n", "http.request_timeout_seconds"),
     ("[http]\nmax_connections = 0\n", "http.max_connections"),
 ])

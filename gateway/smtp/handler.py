@@ -10,6 +10,7 @@ import asyncio
 import binascii
 import logging
 import time
+import unicodedata
 from base64 import b64decode
 
 from aiosmtpd.smtp import AuthResult, Envelope, Session
@@ -29,12 +30,16 @@ MAX_ADDRESS = 254
 # RFC 5321 4.1.2: no control character anywhere in a path, quoted or not (an ESC would also
 # reach the operator's terminal through the log), and no unquoted space
 FORBIDDEN_IN_ADDRESS = frozenset(map(chr, (*range(0x20), 0x7F))) | {" "}
+UNICODE_CONTROLS = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
 
 
 def address_problem(address: str) -> str | None:
     """The reply for an address we refuse, or None when it is acceptable."""
     if not FORBIDDEN_IN_ADDRESS.isdisjoint(address):
         return replies.BAD_ADDRESS
+    if not address.isascii() and any(
+            unicodedata.category(c) in UNICODE_CONTROLS for c in address):
+        return replies.BAD_ADDRESS  # C1 controls (NEL, CSI), bidi overrides, line separators
     if address.startswith("@") or ":" in address or "%" in address or "!" in address:
         return replies.SOURCE_ROUTE  # RFC 5321 4.1.2 / Postfix allow_percent_hack = no
     local, at, domain = address.rpartition("@")

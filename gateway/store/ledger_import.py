@@ -316,6 +316,6 @@ def _next_chunk(pipe: Connection) -> Any:
     and then closed here too)."""
     try:
         return pipe.recv()
-    except EOFError:
+    except (EOFError, OSError):  # OSError: the parent died in the middle of a send
         pipe.close()
         return None

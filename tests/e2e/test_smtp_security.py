@@ -209,6 +209,8 @@ def test_garbage_commands_get_5xx_and_the_session_stays_usable(make_gateway, sin
     assert s.cmd("RCPT TO:<jane%elsewhere.example@example.net>")[0] == 501
     assert s.cmd(b"RCPT TO:<ja\x1b[31mne@example.net>")[0] == 501  # no control character
     assert s.cmd(b'RCPT TO:<"ja\x7fne"@example.net>')[0] == 501
+    for control in ("\u0085", "\u009b", "\u202e", "\u2028"):  # NEL, CSI, RLO, LS
+        assert s.cmd(f"RCPT TO:<ja{control}ne@example.net>".encode())[0] == 501, control
     assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
     assert s.cmd("DATA")[0] == 354
     assert s.cmd(message(subject="After garbage") + b".")[0] == 250
