@@ -282,9 +282,9 @@ class Gateway:
             await self.stop(drain_seconds=0)
         except Exception:
             log.exception("stopping after a failed start")
-            await asyncio.gather(*(close() for close in (
-                self.lookup.close if self.lookup else None, self.db.close) if close),
-                return_exceptions=True)
+            if self.lookup is not None:
+                await asyncio.gather(self.lookup.close(), return_exceptions=True)
+            await asyncio.gather(self.db.close(), return_exceptions=True)
 
     async def run_until_signalled(self, on_ready: Any = None) -> None:
         stop = asyncio.Event()

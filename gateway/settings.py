@@ -332,8 +332,9 @@ def _check(settings: Settings) -> None:
         raise ConfigError("quarantine.retention_days: must be 0 (purge at once) or more")
     if settings.delivery.port > 65535:
         raise ConfigError(f"delivery.port: not a TCP port: {settings.delivery.port}")
-    if not settings.http.request_timeout_seconds > 0:
-        raise ConfigError("http.request_timeout_seconds: must be more than 0")
+    if not 0 < settings.http.request_timeout_seconds < 86400:
+        raise ConfigError("http.request_timeout_seconds: must be more than 0 and less than a "
+                          "day")
     try:
         url = urllib.parse.urlsplit(settings.http.public_url)
         url.port  # noqa: B018 - raises on a port that is no number

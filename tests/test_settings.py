@@ -81,6 +81,7 @@ def test_trusted_clients_are_typed_and_match_networks(tmp_path: Path):
     ("[http]\npublic_url = \"http://[::1\"\n", "http.public_url"),
     ("[http]\npublic_url = \"http://gw.example:port\"\n", "http.public_url"),
     ("[http]\nrequest_timeout_seconds = 0\n", "http.request_timeout_seconds"),
+    ("[http]\nrequest_timeout_seconds = inf\n", "http.request_timeout_seconds"),
     ("[http]\nmax_connections = 0\n", "http.max_connections"),
 ])
 def test_invalid_config_names_the_key(tmp_path: Path, body: str, words: str):
