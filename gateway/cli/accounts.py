@@ -126,8 +126,9 @@ def add(state: CliState, name: str, from_domains: tuple[str, ...], category: str
 
     The password must carry at least 80 bits of entropy (CNIL deliberation 2022-100): e.g. 12
     characters mixing upper case, lower case, digits and symbols, 14 of upper case, lower case
-    and digits, or a passphrase of 7 words or more. Common and breached passwords, and common
-    words dressed up with a year or a symbol (under 10^10 guesses by zxcvbn), are refused.
+    and digits, or a passphrase of 7 different words or more. Common and breached passwords,
+    and common words dressed up with a year or a symbol (under 10^10 guesses by zxcvbn), are
+    refused.
     """
     _check_name(name)
     domains = _domains(from_domains)
