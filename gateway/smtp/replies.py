@@ -30,6 +30,7 @@ FROM_NOT_ALLOWED = "550 5.7.1 M1 From header domain not allowed for this account
 CANNOT_COMMIT = "451 4.3.0 Cannot store the message now, try again later"
 INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 BARE_NEWLINE = "521 5.5.2 Bare CR or LF received; lines must end with CRLF"
+LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 IDLE_TIMEOUT = "421 4.4.2 Idle too long, closing connection"
@@ -39,7 +40,7 @@ AIOSMTPD_REWRITES: dict[bytes, bytes] = {
     b"552 Error: Too much mail data": b"552 5.3.4 Message size exceeds fixed maximum size",
     b"552 Error: message size exceeds fixed maximum message size":
         b"552 5.3.4 Message size exceeds fixed maximum size",
-    b"500 Line too long (see RFC5321 4.5.3.1.6)": b"500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)",
+    b"500 Line too long (see RFC5321 4.5.3.1.6)": LINE_TOO_LONG.encode(),
     b"500 Command line too long": b"500 5.5.2 Command line too long",
     b"500 Error: bad syntax": b"500 5.5.2 Syntax error",
     b"553 5.1.3 Error: malformed address": b"501 5.1.3 Bad address syntax",

@@ -28,6 +28,10 @@ class BareNewline(Exception):
     """A bare CR or LF in a command or DATA (SMTP smuggling; Postfix smtpd_forbid_bare_newline)."""
 
 
+class LineTooLong(Exception):
+    """An AUTH answer over the line length limit (discarded, the session goes on)."""
+
+
 class StrictLineReader(asyncio.StreamReader):
     """A StreamReader whose lines must end in CRLF and hold no other CR or LF.
 
@@ -59,11 +63,30 @@ class StrictLineReader(asyncio.StreamReader):
         self._discarded_cr = data.endswith(b"\r")
         return data
 
+    async def readline(self) -> bytes:
+        """aiosmtpd reads AUTH answers with readline: a line over the limit is discarded by
+        StreamReader up to its LF, and a bare one there would go unseen."""
+        try:
+            return await super().readline()
+        except ValueError:  # StreamReader's word for a line over the limit
+            if self._overlong_bare_lf:
+                self.stop()
+                raise BareNewline() from None
+            raise LineTooLong() from None
+
+    _overlong_bare_lf = False  # the overlong line readuntil last refused ended in a bare LF
+
     async def readuntil(self, separator: bytes = b"\n") -> bytes:  # type: ignore[override]
         # aiosmtpd only ever asks for one separator, so the narrower signature is enough
         if self._stopped:
             return await self._wait_for_the_end()
-        line = await super().readuntil(separator)
+        try:
+            line = await super().readuntil(separator)
+        except asyncio.LimitOverrunError as exc:
+            buffer = self._buffer  # type: ignore[attr-defined]
+            self._overlong_bare_lf = (buffer[exc.consumed:exc.consumed + 1] == b"\n"
+                                      and buffer[exc.consumed - 1:exc.consumed] != b"\r")
+            raise
         split_crlf = self._discarded_cr and line == b"\n"  # an overlong line's CR|LF split
         self._discarded_cr = False
         if split_crlf:
@@ -330,6 +353,8 @@ class GatewaySMTP(SMTP):
             # After the reply is written; the rest of the input must not be read as commands.
             self.loop.call_soon(self._close_now)
             return replies.BARE_NEWLINE
+        if isinstance(error, LineTooLong):
+            return replies.LINE_TOO_LONG
         log.error("%s session error: %r", self._client_ip, error,
                   exc_info=(type(error), error, error.__traceback__))
         return replies.INTERNAL_ERROR

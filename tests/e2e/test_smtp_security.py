@@ -179,6 +179,24 @@ def test_nothing_pipelined_after_a_bare_lf_in_a_command_runs_over_tls(make_gatew
     assert sink.messages == []
 
 
+def test_a_bare_lf_ending_an_overlong_auth_answer_closes_the_session(make_gateway):
+    # AUTH answers are read with readline, which discards an overlong line up to its LF: the
+    # bare LF went unseen, the session went on (a 451 and a traceback), and so did the NOOP
+    gw = make_gateway(trusted=False)
+    s = tls_session(gw.smtp_port)
+    assert s.cmd("AUTH LOGIN")[0] == 334
+    s.send(b"A" * 3000 + b"\nNOOP\r\n")
+    assert s.reply()[0] == 521
+    assert s.closed()
+    assert s.buffer == b""  # the NOOP was never answered
+    # with its CRLF, an overlong answer is a 500, and the session goes on
+    s = tls_session(gw.smtp_port)
+    assert s.cmd("AUTH LOGIN")[0] == 334
+    assert s.cmd(b"A" * 3000) == (500, "5.5.2 Line too long (RFC 5321 4.5.3.1.6)")
+    assert s.cmd("NOOP")[0] == 250
+    assert "Traceback" not in gw.output
+
+
 def test_oversize_message_gets_552(make_gateway, sink: Sink):
     gw = make_gateway(smtp_extra="max_message_bytes = 100000")
     s = RawSmtp(gw.smtp_port)
