@@ -40,6 +40,7 @@ class StrictLineReader(asyncio.StreamReader):
 
     _discarded_cr = False  # the last read() (aiosmtpd discarding an overlong line) ended in CR
     _stopped = False  # see stop()
+    _overlong_bare_lf = False  # the overlong line readuntil last refused ended in a bare LF
 
     def stop(self) -> None:
         """Read nothing more: drop what is buffered, and make every later read wait until the
@@ -73,8 +74,6 @@ class StrictLineReader(asyncio.StreamReader):
                 self.stop()
                 raise BareNewline() from None
             raise LineTooLong() from None
-
-    _overlong_bare_lf = False  # the overlong line readuntil last refused ended in a bare LF
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:  # type: ignore[override]
         # aiosmtpd only ever asks for one separator, so the narrower signature is enough
