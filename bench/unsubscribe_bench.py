@@ -10,6 +10,12 @@ concurrent clients while 20 SMTP sessions send through `python -m gateway serve`
   - SMTP throughput (messages accepted per second, 250 after DATA) during the POSTs not below
     80% of what it is without them (measured before and after, the mean taken).
 
+A control window follows (figures only, no target): the same POST client, paced to the rate
+the gateway answered at, POSTs to a stand-in HTTP server in a process of its own while the
+SMTP sessions send. Its SMTP ratio is what the POST clients alone cost the sessions on the
+shared cores; the ratio over it is the gateway's own part (its HTTP work and the objections'
+writes).
+
 The 1,000 tokens are real: one message is sent to each u* address first and the URL read from
 the List-Unsubscribe of each delivered copy (Maildir). The SMTP sessions mail other contacts
 (s*), so their RCPTs keep being accepted while the u* addresses get suppressed. The POST
@@ -42,7 +48,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from benchlib import (
@@ -256,9 +262,10 @@ class RawHttp:
 
 
 async def post_worker(spec_path: str) -> None:
-    """Read {"urls", "concurrency", "client", "timeout"}; open one client per worker; say
-    "ready"; on a line on stdin, POST every URL from `concurrency` workers (each takes the next
-    URL); print one JSON line with the results.
+    """Read {"urls", "concurrency", "client", "timeout", "rate"}; open one client per worker;
+    say "ready"; on a line on stdin, POST every URL from `concurrency` workers (each takes the
+    next URL; with a `rate`, the n-th is not sent before n / rate seconds); print one JSON line
+    with the results.
 
     httpx: one AsyncClient per worker (50 clients, one connection each). One AsyncClient shared
     by 50 workers is the client's own bottleneck (~3 ms of client CPU per request with 50
@@ -269,8 +276,10 @@ async def post_worker(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     urls: list[str] = spec["urls"]
     conc: int = spec["concurrency"]
+    rate: float = spec.get("rate") or 0.0  # requests/s at most (the control window), 0: free
     results: list[tuple[float, int, str]] = []  # (start, latency ns, status or error)
-    work = iter(urls)
+    work = iter(enumerate(urls))
+    started = 0.0
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -281,7 +290,9 @@ async def post_worker(spec_path: str) -> None:
         clients = [RawHttp() for _ in range(conc)]
 
     async def worker(client: Any) -> None:
-        for url in work:
+        for n, url in work:
+            if rate:  # request n no earlier than n / rate seconds after the start
+                await asyncio.sleep(started + n / rate - time.monotonic())
             start = time.monotonic()
             t = time.perf_counter_ns()
             try:
@@ -302,7 +313,7 @@ async def post_worker(spec_path: str) -> None:
         print("ready", flush=True)
         await reader.readline()
         cpu0 = time.process_time()
-        t0 = time.monotonic()
+        t0 = started = time.monotonic()
         await asyncio.gather(*(worker(client) for client in clients))
         t1 = time.monotonic()
         cpu = time.process_time() - cpu0
@@ -310,6 +321,38 @@ async def post_worker(spec_path: str) -> None:
         for client in clients:
             await client.aclose()
     print(json.dumps({"t0": t0, "t1": t1, "cpu": cpu, "results": results}), flush=True)
+
+
+async def stand_in(port: int, page_path: str) -> None:
+    """`--stand-in PORT PAGE`: an HTTP/1.1 server that answers every request at once with 200
+    and PAGE (the gateway's own "done" page), keep-alive, no parsing beyond finding each
+    request's end: the control window's server, so that its POST client costs the machine what
+    it costs in the gateway's window while the gateway does no HTTP work at all."""
+    page = Path(page_path).read_bytes()
+    answer = (b"HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\n"
+              b"content-length: %d\r\n\r\n" % len(page)) + page
+
+    class Answer(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
+            self.buffer = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while True:  # a request: its head, then Content-Length bytes of body
+                head_end = self.buffer.find(b"\r\n\r\n")
+                if head_end < 0:
+                    return
+                length = re.search(rb"(?im)^content-length: *(\d+)", self.buffer[:head_end])
+                end = head_end + 4 + (int(length[1]) if length else 0)
+                if len(self.buffer) < end:
+                    return
+                self.buffer = self.buffer[end:]
+                self.transport.write(answer)
+
+    server = await asyncio.get_running_loop().create_server(Answer, HOST, port)
+    async with server:
+        await server.serve_forever()
 
 
 @dataclass
@@ -604,7 +647,8 @@ level = "WARNING"
         print(f"\n[3/6] SMTP windows: {a.sessions} sessions, one message after another "
               f"(1 RCPT, ~{len(message('s0@example.net', 0)) // 100 / 10:.1f} KB, connection "
               f"reused), {a.duration:g} s each: baseline, with {a.posts:,} POSTs from "
-              f"{a.concurrency} {a.client} clients starting {a.lead:g} s in, baseline again. "
+              f"{a.concurrency} {a.client} clients starting {a.lead:g} s in, the control (the "
+              f"same POSTs to a stand-in server), baseline again. "
               f"Rates skip the first {a.lead:g} s; delivery catches up between windows ...",
               flush=True)
         before, _, _, cpu_before = self.smtp_window("baseline (before)", 0)
@@ -617,10 +661,13 @@ level = "WARNING"
         loaded, posted, _, cpu_posts = self.smtp_window("with POSTs", 7, client)
         assert posted is not None
         caught2 = self.wait_delivered()
-        after, _, _, cpu_after = self.smtp_window("baseline (after)", 13)
+        control, controlled, cpu_control = self.control_window(
+            urls, len(posted.latencies) / (posted.t1 - posted.t0))
         caught3 = self.wait_delivered()
-        print(f"  delivery caught up {caught:.1f} / {caught2:.1f} / {caught3:.1f} s after each "
-              "window")
+        after, _, _, cpu_after = self.smtp_window("baseline (after)", 13)
+        caught4 = self.wait_delivered()
+        print(f"  delivery caught up {caught:.1f} / {caught2:.1f} / {caught3:.1f} / "
+              f"{caught4:.1f} s after each window")
 
         rate_before = before.rate(before.started + a.lead, before.ended)
         rate_after = after.rate(after.started + a.lead, after.ended)
@@ -630,6 +677,9 @@ level = "WARNING"
         pre = loaded.rate(loaded.started + a.lead / 2, posted.t0)
         whole = loaded.rate(loaded.started + a.lead, loaded.ended)
         ratio = during / baseline if baseline else float("nan")
+        control_during = control.rate(controlled.t0, controlled.t1)
+        control_ratio = control_during / baseline if baseline else float("nan")
+        control_seconds = controlled.t1 - controlled.t0
         post_seconds = posted.t1 - posted.t0
         n_done = len(posted.latencies)
         ok200 = posted.outcomes["200"]
@@ -654,12 +704,19 @@ level = "WARNING"
               f"them {during:,.0f} ({post_seconds:.2f} s), after them {rest:,.0f}, whole window "
               f"{whole:,.0f}")
         print(f"  ratio during POSTs / baseline = {ratio:.2f}")
+        print(f"  control: the same client, paced to the same rate, POSTing to a stand-in HTTP "
+              f"server in a process of its own (the gateway serves no HTTP): "
+              f"{len(controlled.latencies):,} in {control_seconds:.2f} s, SMTP during them "
+              f"{control_during:,.0f} msg/s, ratio {control_ratio:.2f}: what the POST clients "
+              f"alone cost SMTP on these shared cores; the gateway's HTTP work beyond that: "
+              f"{ratio / control_ratio:.2f}")
         cores = os.cpu_count() or 0
         print(f"  CPU, % of a core: the gateway (its event loop), the SMTP client, the POST "
               f"client; the whole machine (of {cores * 100}%):")
         for label, (gateway, loop, smtp, machine), post in (
                 ("baseline before", cpu_before, "-"),
                 ("during the POSTs", cpu_posts, f"{posted.cpu / post_seconds:.0%}"),
+                ("control", cpu_control, f"{controlled.cpu / control_seconds:.0%}"),
                 ("baseline after", cpu_after, "-")):
             print(f"    {label:16s}  {gateway:4.0%} ({loop:.0%}), {smtp:.0%}, {post}; "
                   f"{machine:.0%}")
@@ -684,6 +741,56 @@ level = "WARNING"
         s.add("SMTP ratio with / without POSTs", f"{ratio:.2f}",
               f">= {TARGET_SMTP_RATIO:.2f}", ratio >= TARGET_SMTP_RATIO)
         s.add("(whole POST window / baseline)", f"{whole / baseline:.2f}", "", None)
+        s.add("control: the POST clients alone", f"{control_ratio:.2f}", "", None)
+        s.add("(ratio / control: the gateway's part)", f"{ratio / control_ratio:.2f}", "", None)
+
+    def done_page(self, url: str) -> bytes:
+        """The page the gateway answers a one-click POST with (for the stand-in)."""
+        parts = urlsplit(url)
+        with socket.create_connection((HOST, self.http_port), timeout=10.0) as sock:
+            sock.sendall(f"POST {parts.path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n"
+                         "Content-Type: application/x-www-form-urlencoded\r\n"
+                         f"Content-Length: {len(ONE_CLICK_BODY)}\r\n\r\n".encode()
+                         + ONE_CLICK_BODY)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"a one-click POST for the stand-in's page: {head[:80]!r}")
+        return body
+
+    def control_window(self, urls: list[str], rate: float
+                       ) -> tuple[LoadResult, PostResult, tuple[float, ...]]:
+        """The POST window again, with the same client and concurrency, paced to the rate
+        the gateway answered at, POSTing to a stand-in server in a process of its own that
+        answers the gateway's page at once: what the POST client alone costs SMTP on the shared
+        cores, the gateway doing no HTTP work."""
+        page = self.tmp / "done-page.html"
+        page.write_bytes(self.done_page(urls[0]))
+        port = free_port()
+        with (self.tmp / "stand-in.log").open("ab") as log:
+            server = self.procs.start([sys.executable, str(Path(__file__).resolve()),
+                                       "--stand-in", str(port), str(page)],
+                                      stdin=subprocess.DEVNULL, stdout=log,
+                                      stderr=subprocess.STDOUT)
+        try:
+            if not wait_until(lambda: http_ready(port), 30, proc=server):
+                raise RuntimeError(f"the stand-in server did not start:\n"
+                                   f"{tail(self.tmp / 'stand-in.log')}")
+            spec = self.tmp / "posts-control.json"
+            spec.write_text(json.dumps({
+                "urls": [f"http://{HOST}:{port}{urlsplit(url).path}" for url in urls],
+                "concurrency": self.args.concurrency, "client": self.args.client,
+                "timeout": 60.0, "rate": rate}))
+            client = PostClient(self.procs, spec, self.tmp / "post-client.log")
+            load, posted, _, cpu = self.smtp_window("control (stand-in)", 31, client)
+        finally:
+            self.procs.stop(server)
+        assert posted is not None
+        if posted.outcomes["200"] != len(urls):
+            raise RuntimeError(f"the control's POSTs: {dict(posted.outcomes)} {posted.errors[:3]}")
+        return load, posted, cpu
 
     # 5. a webhook batch -------------------------------------------------------------------
 
@@ -819,7 +926,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-tmp", action="store_true",
                         help="keep the temp dir (database, Maildir, config, logs)")
     parser.add_argument("--post-worker", metavar="FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--stand-in", nargs=2, metavar=("PORT", "PAGE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.stand_in:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        run_loop(lambda: stand_in(int(args.stand_in[0]), args.stand_in[1]), guard=False)
+        return 0
     if args.post_worker:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         run_loop(lambda: post_worker(args.post_worker), guard=False)
