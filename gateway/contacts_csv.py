@@ -223,7 +223,16 @@ def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow 
     if first is None:
         raise HeaderError("the file is empty")
     delimiter = sniff_delimiter(first)
-    reader = csv.reader(itertools.chain((first,), iterator), delimiter=delimiter, strict=True)
+    quotes = 0  # '"' in the lines the reader has taken so far
+
+    def counted(texts: Iterable[str]) -> Iterator[str]:
+        nonlocal quotes
+        for text in texts:
+            quotes += text.count('"')
+            yield text
+
+    reader = csv.reader(counted(itertools.chain((first,), iterator)), delimiter=delimiter,
+                        strict=True)
     try:
         header = next(reader)
     except csv.Error as exc:
@@ -234,12 +243,19 @@ def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow 
     line = reader.line_num
     while True:
         start = line + 1
+        quotes_before = quotes
         try:
             cells = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
             line = reader.line_num
+            if "field limit" in str(exc) and (quotes - quotes_before) % 2 == 0:
+                # no quote left open in the lines read: the long field ended on them, and
+                # the reader starts afresh on the next line
+                yield RowError(start, f"not valid CSV: a field longer than "
+                               f"{FIELD_LIMIT // 1024} KiB")
+                continue
             if "field limit" in str(exc):
                 # the csv module gives up inside the quoted field and would start again on
                 # the next line, which is still that field's text: its lines would be read

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 import types
@@ -82,7 +83,10 @@ class StoreSettings:
         if not self.url.startswith(prefix):
             raise ConfigError(
                 f"store.url: only {prefix}PATH is supported for now, got {self.url!r}")
-        return Path(self.url[len(prefix):])
+        path = self.url[len(prefix):]
+        if not path or path.endswith("/"):
+            raise ConfigError(f"store.url: no file name in {self.url!r} (sqlite:///PATH)")
+        return Path(path)
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,11 @@ def load_settings(path: str | os.PathLike[str] | None = None,
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (TOML is UTF-8): {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read the config file {path}: "
+                              f"{exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         source = str(path)
@@ -252,7 +261,11 @@ def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
                 value = tomllib.loads(f"v = {text}")["v"]
             except tomllib.TOMLDecodeError:
                 raise ConfigError(f"{name}: not a value for {section}.{key}: {text!r}") from None
-        raw.setdefault(section, {})[key] = value
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table, got {type(table).__name__} "
+                              f"(overridden by {name})")
+        table[key] = value
 
 
 def _build(cls: type, value: Any, where: str) -> Any:
@@ -335,6 +348,20 @@ def _check(settings: Settings) -> None:
     if not 0 < settings.http.request_timeout_seconds < 86400:
         raise ConfigError("http.request_timeout_seconds: must be more than 0 and less than a "
                           "day")
+    # durations: a negative idle timeout closed every session at once, a negative
+    # max_age_hours failed every copy at its first attempt; NaN compares false to all
+    for key, least in (("smtp.idle_timeout", 0.0), ("smtp.auth_lockout_minutes", 0.0),
+                       ("smtp.auth_failure_delay", None), ("delivery.max_age_hours", 0.0),
+                       ("delivery.retry_base_seconds", 0.0),
+                       ("delivery.retry_max_seconds", 0.0),
+                       ("delivery.timeout_seconds", 0.0), ("delivery.scan_seconds", 0.0),
+                       ("webhooks.notify_retry_base_seconds", 0.0)):
+        section, _, name = key.partition(".")
+        value = getattr(getattr(settings, section), name)
+        if not math.isfinite(value) or (value <= least if least is not None else value < 0):
+            raise ConfigError(f"{key}: must be a finite number "
+                              f"{'of 0 or more' if least is None else 'more than 0'}, "
+                              f"got {value!r}")
     try:
         url = urllib.parse.urlsplit(settings.http.public_url)
         url.port  # noqa: B018 - raises on a port that is no number
@@ -362,7 +389,7 @@ def _check(settings: Settings) -> None:
 def parse_listen(text: str, key: str = "listen") -> tuple[str, int]:
     """'127.0.0.1:2525' or '[::1]:2525' -> (host, port)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not (port.isascii() and port.isdigit()) or not host:
         raise ConfigError(f"{key}: expected HOST:PORT, got {text!r}")
     host = host.strip("[]")
     if not 0 <= int(port) <= 65535:

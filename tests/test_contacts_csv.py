@@ -76,6 +76,22 @@ def test_an_over_long_quoted_field_stops_the_file_there_and_its_text_is_never_a_
     assert "not read past line" in error.reason
 
 
+@pytest.mark.parametrize("long_field", ["x" * 70_000, '"' + "x" * 70_000 + '"'],
+                         ids=["unquoted", "quoted"])
+def test_an_over_long_field_that_ends_on_its_line_is_its_row_s_error_only(long_field: str):
+    """No quote left open: the rows after it are read and imported as usual."""
+    text = ("email,consent_proof,source_name,source_type\n"
+            "a@example.org,p,web form,direct\n"                       # 2
+            f"b@example.org,{long_field},web form,direct\n"           # 3: too long, ends here
+            "c@example.org,p,web form,direct\n")                      # 4
+    result = rows(text)
+    assert [r.address for r in result if isinstance(r, ContactRow)] == [
+        "a@example.org", "c@example.org"]
+    [error] = [r for r in result if isinstance(r, RowError)]
+    assert error.line == 3 and "longer than 64 KiB" in error.reason
+    assert "not read past" not in error.reason
+
+
 def test_a_quote_never_closed_names_the_lines_it_swallowed():
     text = ("email,source_name,source_type\n"
             "a@example.org,form,direct\n"               # 2

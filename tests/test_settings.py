@@ -83,9 +83,36 @@ def test_trusted_clients_are_typed_and_match_networks(tmp_path: Path):
     ("[http]\nrequest_timeout_seconds = 0\n", "http.request_timeout_seconds"),
     ("[http]\nrequest_timeout_seconds = inf\n", "http.request_timeout_seconds"),
     ("[http]\nmax_connections = 0\n", "http.max_connections"),
+    ("[smtp]\nidle_timeout = -5.0\n", "smtp.idle_timeout"),
+    ("[smtp]\nauth_lockout_minutes = nan\n", "smtp.auth_lockout_minutes"),
+    ("[smtp]\nauth_failure_delay = -1.0\n", "smtp.auth_failure_delay"),
+    ("[delivery]\nmax_age_hours = -1.0\n", "delivery.max_age_hours"),
+    ("[delivery]\nretry_base_seconds = inf\n", "delivery.retry_base_seconds"),
+    ("[delivery]\nscan_seconds = 0\n", "delivery.scan_seconds"),
+    ("[webhooks]\nnotify_retry_base_seconds = -inf\n", "webhooks.notify_retry_base_seconds"),
+    ("[smtp]\nlisten = \"127.0.0.1:\u00b2\"\n", "smtp.listen"),  # isdigit(), not int()
+    ("[store]\nurl = \"sqlite:///\"\n", "store.url"),
+    ("smtp = 5\n", r"[smtp] must be a table"),
 ])
 def test_invalid_config_names_the_key(tmp_path: Path, body: str, words: str):
     config = tmp_path / "g.toml"
     config.write_text(body)
     with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
         load_settings(config, environ={})
+
+
+def test_a_config_file_that_cannot_be_read_is_a_config_error(tmp_path: Path):
+    not_utf8 = tmp_path / "latin1.toml"
+    not_utf8.write_bytes(b"\xff\xfe[smtp]\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(not_utf8, environ={})
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_settings(not_utf8 / "x.toml", environ={})  # a file, not a folder
+
+
+def test_an_override_of_a_section_that_is_no_table_is_a_config_error(tmp_path: Path):
+    config = tmp_path / "g.toml"
+    for body in ("smtp = 5\n", "[[smtp]]\nlisten = \"127.0.0.1:25\"\n"):
+        config.write_text(body)
+        with pytest.raises(ConfigError, match=r"\[smtp\] must be a table"):
+            load_settings(config, environ={"GATEWAY_SMTP_LISTEN": "1.2.3.4:25"})

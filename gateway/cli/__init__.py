@@ -29,8 +29,13 @@ class CliState:
 
     @property
     def settings(self) -> Settings:
+        """The settings; a config error ends the command with exit 2, wherever it is read."""
         if self._settings is None:
-            self._settings = load_settings(self.config_path)
+            try:
+                self._settings = load_settings(self.config_path)
+            except ConfigError as exc:
+                fail(f"config error: {exc}", EXIT_USAGE)
+                raise  # pragma: no cover - fail() exits
         return self._settings
 
 
@@ -74,7 +79,9 @@ def hasher_for(settings: Settings) -> Any:
     """The address hasher of this store (its key is created on first use, 0600)."""
     from gateway.security.keys import AddressHasher, load_or_create_key
 
-    return AddressHasher(load_or_create_key(settings.hash_key_path))
+    with errors_to_exit_codes():  # a key file that is no key: exit 2, naming it
+        return AddressHasher(load_or_create_key(settings.hash_key_path))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def write_private(path: str | os.PathLike[str], text: str) -> None:
@@ -101,7 +108,7 @@ def print_json(value: Any) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              default=lambda: os.environ.get("GATEWAY_CONFIG"),
+              default=lambda: os.environ.get("GATEWAY_CONFIG") or None,
               help="TOML config file (default: $GATEWAY_CONFIG, else embedded defaults).")
 @click.version_option(package_name="compliance-gateway", prog_name="gateway")
 @click.pass_context

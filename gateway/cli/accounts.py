@@ -69,14 +69,15 @@ def _notify_url(value: str | None) -> str | None:
         if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
             problem = "spaces and control characters are not allowed"
         else:
-            parts = urlsplit(value)
             try:
+                parts = urlsplit(value)  # ValueError: a bracketed host left open
                 parts.port  # noqa: B018 - raises ValueError for a port that is not a number
                 httpx.URL(value)
             except (ValueError, httpx.InvalidURL) as exc:
                 problem = str(exc)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                problem = "expected http:// or https:// and a host"
+            else:
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    problem = "expected http:// or https:// and a host"
         if problem:
             fail(f"--notify-url: {problem}: {value!r}", EXIT_USAGE)
     return value

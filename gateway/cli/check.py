@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from gateway.cli import CliState, hasher_for, print_json, run
+from gateway.addresses import normalize_address
+from gateway.cli import EXIT_USAGE, CliState, fail, hasher_for, print_json, run
 from gateway.flow import Decider
 from gateway.model import Decision
 from gateway.policy.message import m1_from_domain
@@ -26,6 +27,10 @@ def check(state: CliState, account_name: str, recipient: str, sender: str | None
     for mail from ACCOUNT to the recipient right now, through the same lookup and rule chain
     as RCPT TO. Exit code 0 whatever the decision; 1 for an unknown account."""
     settings = state.settings
+    try:  # what RCPT TO refuses with 501 gets no decision here either
+        normalize_address(recipient)
+    except ValueError as exc:
+        fail(f"--to: {exc}", EXIT_USAGE)
 
     async def body() -> Decision:
         async with Database(settings.store.path) as db:

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from gateway.addresses import normalize_address
-from gateway.cli import CliState, fail, hasher_for, run, when, write_private
+from gateway.cli import EXIT_REFUSED, CliState, fail, hasher_for, run, when, write_private
 from gateway.errors import NotFound
 from gateway.model import PolicyKnobs
 from gateway.policy.rules import retention_deadline
@@ -105,7 +105,10 @@ def export(state: CliState, email: str, fmt: str, language: str | None,
     if out is None:
         click.echo(text, nl=False)
     else:
-        write_private(out, text)
+        try:
+            write_private(out, text)
+        except OSError as exc:
+            fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_REFUSED)
         click.echo(f"export of {record.address} written to {out}", err=True)
     if not record.holds_anything:
         click.echo(f"gateway: nothing is held on {record.address}", err=True)

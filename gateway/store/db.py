@@ -142,7 +142,11 @@ class Database:
 
     async def open(self) -> Database:
         self._closed = False
-        create_private_file(self.path)
+        try:
+            create_private_file(self.path)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store {self.path}: "
+                             f"{exc.strerror or exc}") from None
         try:
             self._writer = await self._connect()
             await self._migrate()

@@ -1,0 +1,92 @@
+"""Bad input to the CLI ends with a one-line error and the documented exit code (2 for a usage
+or config error, 1 for a refusal), never a traceback; and nothing half-done is left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import STRONG_PASSWORD, gateway_cli
+
+
+def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], input=stdin,
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, **(env or {})})
+
+
+def clean_failure(result: subprocess.CompletedProcess[str], code: int, words: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert words in result.stderr, result.stderr
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "gateway.db"}"\n')
+    return path
+
+
+@pytest.mark.parametrize("args", [
+    ("contacts", "import", __file__),  # a file that exists: the config fails first
+    ("check", "--account", "crm", "--to", "a@example.org"),
+    ("subject", "export", "a@example.org"),
+    ("subject", "erase", "a@example.org", "--yes"),
+])
+def test_a_missing_config_file_is_exit_2_in_every_command(tmp_path: Path, args: tuple[str, ...]):
+    clean_failure(run("--config", str(tmp_path / "nope.toml"), *args), 2,
+                  "config file not found")
+
+
+def test_an_empty_gateway_config_means_the_embedded_defaults(tmp_path: Path):
+    result = subprocess.run([sys.executable, "-m", "gateway", "accounts", "list", "--json"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                            env={**os.environ, "GATEWAY_CONFIG": ""}, check=False)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "var" / "gateway.db").exists()  # the default store, not a crash on "."
+
+
+def test_a_key_file_that_is_no_key_is_exit_2_naming_it(config: Path, tmp_path: Path):
+    key = tmp_path / "hash.key"
+    key.write_text("zz\n")
+    config.write_text(config.read_text() + f'[secrets]\nhash_key_file = "{key}"\n')
+    csv = tmp_path / "c.csv"
+    csv.write_text("email\na@example.org\n")
+    clean_failure(gateway_cli(config, "contacts", "import", str(csv)), 2, str(key))
+
+
+def test_a_store_that_cannot_be_created_is_a_clear_error(tmp_path: Path):
+    config = tmp_path / "g.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "a-file" / "gateway.db"}"\n')
+    (tmp_path / "a-file").write_text("")
+    clean_failure(gateway_cli(config, "accounts", "list"), 1, "cannot create the store")
+
+
+def test_a_malformed_notify_url_is_refused_and_no_account_is_made(config: Path):
+    for url in ("http://[::1/", "http://[::1"):
+        result = gateway_cli(config, "accounts", "add", "crm", "--from-domain", "example.com",
+                             "--notify-url", url, "--password-stdin",
+                             stdin=STRONG_PASSWORD + "\n")
+        clean_failure(result, 2, "--notify-url")
+    listed = gateway_cli(config, "accounts", "list", "--json")
+    assert listed.returncode == 0 and "crm" not in listed.stdout
+
+
+def test_an_export_to_a_folder_that_does_not_exist_is_refused(config: Path, tmp_path: Path):
+    out = tmp_path / "missing" / "x.json"
+    clean_failure(gateway_cli(config, "subject", "export", "a@example.org", "--out", str(out)),
+                  1, f"cannot write {out}")
+
+
+def test_check_refuses_what_rcpt_to_would_refuse(config: Path):
+    added = gateway_cli(config, "accounts", "add", "crm", "--from-domain", "example.com",
+                        "--password-stdin", stdin=STRONG_PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
+    clean_failure(gateway_cli(config, "check", "--account", "crm", "--to", "not an address"),
+                  2, "--to: not a plain e-mail address")
