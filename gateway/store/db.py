@@ -180,10 +180,33 @@ class Database:
             if version in applied:
                 continue
             log.info("store: applying migration %s", name)
-            await conn.executescript(
-                "BEGIN IMMEDIATE;\n" + sql + "\n"
-                f"INSERT INTO schema_migrations (version, name, applied_at) "
-                f"VALUES ({version}, '{name}', {time.time()});\nCOMMIT;")
+            # foreign keys off while a migration runs (it cannot change inside a
+            # transaction): a table rebuilt (new table, copy, drop, rename: SQLite's own
+            # procedure, lang_altertable.html) keeps the rows that reference it; dropping
+            # the old one would otherwise delete them ON DELETE CASCADE. The references are
+            # checked before the commit.
+            await conn.execute("PRAGMA foreign_keys=OFF")
+            try:
+                await conn.executescript(
+                    "BEGIN IMMEDIATE;\n" + sql + "\n"
+                    f"INSERT INTO schema_migrations (version, name, applied_at) "
+                    f"VALUES ({version}, '{name}', {time.time()});")
+                broken = await self._broken_references()
+                if broken:
+                    raise sqlite3.DatabaseError(
+                        f"migration {name} would leave {len(broken)} rows referencing rows "
+                        f"that do not exist, e.g. {broken[0]}; nothing was changed")
+                await conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise
+            finally:
+                await conn.execute("PRAGMA foreign_keys=ON")
+
+    async def _broken_references(self) -> list[tuple[Any, ...]]:
+        async with self.writer.execute("PRAGMA foreign_key_check") as cur:
+            return [tuple(row) for row in await cur.fetchall()]
 
     async def close(self) -> None:
         self._closed = True

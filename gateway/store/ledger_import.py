@@ -146,7 +146,9 @@ class ContactImporter:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 addresses = [str(p[_I["address"]]) for p in params]
-                last_id = conn.execute("SELECT max(id) FROM contacts").fetchone()[0] or 0
+                # the highest id ever given (AUTOINCREMENT, 016_contact_ids): a new contact
+                # gets a higher one, an updated contact keeps its lower one
+                last_id = conn.execute(_LAST_ID_SQL).fetchone()[0]
                 conn.executemany(_UPSERT, [p[:_UPSERT_PARAMS] for p in params])
                 ids = self._ids(addresses, last_id)
                 cid, consent = _I["id"], _I["consent"]
@@ -191,10 +193,12 @@ class ContactImporter:
     def _ids(self, addresses: list[str], last_id: int) -> dict[str, int]:
         """The contact id of each address just upserted (the contacts' ids were at most
         `last_id` before)."""
-        if self.conn.execute("SELECT max(id) FROM contacts").fetchone()[0] \
-                == last_id + len(addresses):
-            # every row was new (an update makes no id), so they took the next ids in order:
-            # a first import skips the second index probe per row (~5% of the writer)
+        if self.conn.execute(_NEW_IDS_SQL, (last_id,)).fetchone() \
+                == (len(addresses), last_id + len(addresses)):
+            # every row was new, so they took the next ids in order (an update uses up an id
+            # of the sequence without a row: then fewer rows than addresses are above
+            # last_id): a first import skips the second index probe per row (~5% of the
+            # writer)
             return {address: last_id + i for i, address in enumerate(addresses, 1)}
         found: dict[str, int] = {}
         for i in range(0, len(addresses), 500):
@@ -207,6 +211,11 @@ class ContactImporter:
 
     def close(self) -> None:
         self.conn.close()
+
+
+_LAST_ID_SQL = ("SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'contacts'),"
+                " 0), coalesce((SELECT max(id) FROM contacts), 0))")
+_NEW_IDS_SQL = "SELECT count(*), coalesce(max(id), 0) FROM contacts WHERE id > ?"
 
 
 def row_params(hasher: AddressHasher, row: ContactRow, now: float) -> list[object]:

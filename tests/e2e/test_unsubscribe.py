@@ -471,6 +471,27 @@ def test_an_erased_persons_old_link_never_names_the_next_copy(gw, sink: Sink):
     assert new.delivery_id > old.delivery_id  # never given twice
 
 
+def test_an_erased_persons_old_link_never_names_the_next_contact(gw, sink: Sink, tmp_path):
+    """Once her copy is erased too, her link names her contact id only: the next contact
+    imported must not get it again (SQLite reuses the highest id after a delete unless the
+    table is AUTOINCREMENT), or the link suppresses that person and speaks their language."""
+    url = deliver(gw, sink, "ann@example.net")  # ann: the highest contact id so far
+    erased = gw.cli("subject", "erase", "ann@example.net")
+    assert erased.returncode == 0, erased.stderr
+    bob = tmp_path / "bob.csv"
+    bob.write_text(CSV_HEADER + "\nbob@example.net,person,b2c,prospect,de,,,,,,granted,"
+                   "2026-01-05,web form,v1,signup form,direct,,2026-01-05,,,\n")
+    imported = gw.cli("contacts", "import", str(bob))
+    assert imported.returncode == 0, imported.stderr
+    neutral = httpx.get(url.rsplit("/", 1)[0] + "/" + "x" * 39)
+    page = httpx.get(url)
+    answer = httpx.post(url, data={"List-Unsubscribe": "One-Click"})
+    assert (page.status_code, page.text) == (404, neutral.text)
+    assert (answer.status_code, answer.text) == (404, neutral.text)
+    assert suppressed(gw) == ["erasure"]  # hers, from the erasure; not bob's
+    assert rcpt(gw, "bob@example.net")[0] == 250
+
+
 def _closed_within(sock, seconds: float) -> bool:
     sock.settimeout(seconds)
     try:

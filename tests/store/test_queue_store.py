@@ -343,3 +343,50 @@ async def test_a_copy_another_process_is_delivering_is_not_deleted(db: Database)
     await cli.delete(held.delivery_id)
     with pytest.raises(NotFound):
         await cli.get(held.delivery_id)
+
+
+def test_the_contact_ids_migration_keeps_every_contact_and_what_refers_to_it(tmp_path):
+    """016 rebuilds `contacts` with AUTOINCREMENT (foreign keys off for the rebuild): the rows
+    of sources and contact_events survive the old table's drop (ON DELETE CASCADE would have
+    taken them), and a contact id deleted after it is never given again."""
+    import asyncio
+    import sqlite3
+
+    from gateway.store.db import _migrations
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+                     " name TEXT NOT NULL, applied_at REAL NOT NULL)")
+        for version, name, sql in _migrations():
+            if version < 16:
+                conn.executescript(sql)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, name))
+        conn.executemany(
+            "INSERT INTO contacts (id, address, address_hash, language, consent, collected_at,"
+            " created_at, updated_at) VALUES (?, ?, x'01', ?, 'granted', 1, 1, 2)",
+            [(3, "ann@x.example", "fr"), (8, "jane@x.example", "de")])
+        conn.executemany("INSERT INTO sources (contact_id, type, name, recorded_at)"
+                         " VALUES (?, 'direct', 'fair', 1)", [(3,), (8,)])
+        conn.executemany("INSERT INTO contact_events (contact_id, kind, occurred_at, channel,"
+                         " recorded_at) VALUES (?, 'consent', 1, 'import', 1)", [(3,), (8,)])
+        before = {table: conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()  # noqa: S608
+                  for table in ("contacts", "sources", "contact_events")}
+
+    async def upgrade() -> tuple[dict[str, list[tuple[object, ...]]], int]:
+        async with Database(path) as database:
+            after = {table: [tuple(r) for r in await database.fetchall(
+                f"SELECT * FROM {table} ORDER BY 1")]  # noqa: S608
+                for table in ("contacts", "sources", "contact_events")}
+            await database.write_one("DELETE FROM contacts WHERE id = 8")  # an erasure
+            await database.write_one(
+                "INSERT INTO contacts (address, address_hash, collected_at, created_at,"
+                " updated_at) VALUES ('bob@x.example', x'02', 1, 1, 1)")
+            [(bob,)] = await database.fetchall(
+                "SELECT id FROM contacts WHERE address = 'bob@x.example'")
+            return after, bob
+
+    after, bob = asyncio.run(upgrade())
+    assert after == before
+    assert bob == 9  # not 8 again: jane's old links never name bob
