@@ -47,6 +47,13 @@ _PAGE_HEADERS = [(b"content-type", b"text/html; charset=utf-8")] + [
 _TEXT_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
 
 
+def _replay(body: bytes) -> Receive:
+    """An ASGI receive that hands over `body`, already read, as the whole request."""
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+    return receive
+
+
 def urlencoded_form(body: bytes) -> dict[str, str]:
     return {k: v for k, v in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)}
 
@@ -161,10 +168,14 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
                 return not_found()
             language, texts = texts_for(recipient.language, default_language)
             return HTMLResponse(confirm_page(language, texts, controller), headers=HEADERS)
-        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        # multipart/form-data (python-multipart); urlencoded bodies took the fast path. Read
+        # here under the cap first: Starlette's parser would read a chunked body (no
+        # Content-Length) whole, its file parts spooled to disk
+        body = await _body_at_most(request, MAX_BODY)
+        if body is None:
             return TOO_LARGE.response()
-        # multipart/form-data (python-multipart); urlencoded bodies took the fast path
-        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        parsed = await Request(request.scope, _replay(body)).form()
+        form = {k: v for k, v in parsed.items() if isinstance(v, str)}
         return (await answer(token, form, request.client.host if request.client else None)
                 ).response()
 
