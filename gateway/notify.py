@@ -5,6 +5,7 @@ with backoff, so the marketing tool can mark the contact too."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
@@ -33,6 +34,12 @@ class Notifier:
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
         self._warned = False
+        # an account's notifications go one after another, in their order, by a task of its
+        # own: none waits for another account's endpoint
+        self._sending: dict[str, asyncio.Task[None]] = {}
+        # an account whose endpoint failed, and the time.monotonic() before which it is not
+        # tried again: one failure backs off the account, not only that notification
+        self._held: dict[str, float] = {}
 
     def start(self) -> None:
         self._client = httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False)
@@ -42,22 +49,27 @@ class Notifier:
         self._wake.set()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._sending.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
 
     async def _run(self) -> None:
         while True:
             try:
+                now = time.monotonic()
+                self._held = {a: until for a, until in self._held.items() if until > now}
                 by_account: dict[str, list[Notification]] = {}
-                for notification in await self.store.due():
+                for notification in await self.store.due(
+                        skip=self._sending.keys() | self._held.keys()):
                     by_account.setdefault(notification.account, []).append(notification)
-                # each account's endpoint in turn, the accounts side by side: one that hangs
-                # until the timeout does not hold up the others' notifications
-                await asyncio.gather(*(self._send_in_order(notifications)
-                                       for notifications in by_account.values()))
+                for account, notifications in by_account.items():
+                    task = asyncio.create_task(self._send_in_order(account, notifications),
+                                               name=f"notify {account}")
+                    self._sending[account] = task
+                    task.add_done_callback(functools.partial(self._done, account))
             except StoreError as exc:
                 log.error("notification outbox unavailable: %s", exc)
             except Exception:  # a bug must not stop every account's notifications for good
@@ -69,16 +81,32 @@ class Notifier:
                 pass
             self._wake.clear()
 
-    async def _send_in_order(self, notifications: list[Notification]) -> None:
-        """One account's due notifications, oldest first, until one fails: the rest wait for
-        a later scan rather than each waiting out the timeout of an endpoint that is down."""
-        for notification in notifications:
-            if not await self._send(notification):
-                return
+    def _done(self, account: str, _task: asyncio.Task[None]) -> None:
+        self._sending.pop(account, None)
+        self._wake.set()  # its next ones, if any, without waiting for the scan
 
-    async def _send(self, notification: Notification) -> bool:
-        """Send one; True when the account's next one may go now (this one was taken, or
-        given up without a try), False when its endpoint failed."""
+    async def _send_in_order(self, account: str, notifications: list[Notification]) -> None:
+        """One account's due notifications, oldest first, until one fails: then the account
+        is held for that one's retry delay, and the rest wait for it (in their order) rather
+        than each waiting out the timeout of an endpoint that is down."""
+        try:
+            for notification in notifications:
+                delay = await self._send(notification)
+                if delay is not None:
+                    self._held[account] = time.monotonic() + delay
+                    return
+        except StoreError as exc:
+            log.error("notification outbox unavailable: %s", exc)
+            self._held[account] = time.monotonic() + self.scan_seconds
+        except Exception:  # a bug must not stop this account's notifications for good
+            log.exception("notification sender: unexpected error for %s; going on at the "
+                          "next scan", account)
+            self._held[account] = time.monotonic() + self.scan_seconds
+
+    async def _send(self, notification: Notification) -> float | None:
+        """Send one; None when the account's next one may go now (this one was taken, or
+        given up without a try), else the seconds until this one's retry (its endpoint
+        failed)."""
         assert self._client is not None
         body = notification.body.encode()
         headers = {"Content-Type": "application/json"}
@@ -93,7 +121,7 @@ class Notifier:
                                          "more", time.time(), give_up=True)
             log.warning("notification %d to %s given up: the account has no notify_url any "
                         "more", notification.id, notification.account)
-            return True
+            return None
         error: str | None
         try:
             answer = await self._client.post(notification.url, content=body, headers=headers)
@@ -104,11 +132,11 @@ class Notifier:
         if error is None:
             await self.store.sent(notification.id)
             log.info("objection notified to %s (%s)", notification.account, notification.url)
-            return True
+            return None
         now = time.time()
         give_up = now - notification.created_at > GIVE_UP_SECONDS
-        delay = min(RETRY_MAX_SECONDS, self.retry_base * 2 ** notification.attempts)
+        delay = min(RETRY_MAX_SECONDS, self.retry_base * 2.0 ** notification.attempts)
         await self.store.retry_later(notification.id, error, now + delay, give_up)
         log.warning("notifying %s at %s failed (%s)%s", notification.account, notification.url,
                     error, "; giving up" if give_up else f"; retry in {delay:.0f} s")
-        return False
+        return delay

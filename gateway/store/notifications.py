@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from gateway.store.db import Database
@@ -40,15 +41,22 @@ class NotificationStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def due(self, limit: int = 50) -> list[Notification]:
-        """The pending notifications due now, each with its account's notify_url as it is now
-        (an operator's correction applies to those already queued; "" when the account has
-        none any more)."""
+    async def due(self, limit: int = 200, per_account: int = 20,
+                  skip: Collection[str] = ()) -> list[Notification]:
+        """The pending notifications due now, at most `per_account` of each account (oldest
+        first) and none of the accounts in `skip`, each with its account's notify_url as it
+        is now (an operator's correction applies to those already queued; "" when the
+        account has none any more). The cap per account keeps the backlog of one whose
+        endpoint is down from filling every slot: the others' go out meanwhile."""
         rows = await self.db.fetchall(
-            "SELECT n.id, n.account, coalesce(a.notify_url, ''), n.body, n.attempts,"
-            " n.created_at FROM notifications n LEFT JOIN accounts a ON a.name = n.account"
-            " WHERE n.state = 'pending' AND n.next_attempt_at <= ? ORDER BY n.next_attempt_at"
-            " LIMIT ?", (time.time(), limit))
+            "SELECT id, account, url, body, attempts, created_at FROM ("
+            " SELECT n.id, n.account, coalesce(a.notify_url, '') AS url, n.body, n.attempts,"
+            " n.created_at, row_number() OVER (PARTITION BY n.account ORDER BY n.id) AS k"
+            " FROM notifications n LEFT JOIN accounts a ON a.name = n.account"
+            " WHERE n.state = 'pending' AND n.next_attempt_at <= ?"
+            " AND n.account NOT IN (SELECT value FROM json_each(?)))"
+            " WHERE k <= ? ORDER BY id LIMIT ?",
+            (time.time(), json.dumps(sorted(skip)), per_account, limit))
         return [Notification(*tuple(row)) for row in rows]
 
     async def sent(self, notification_id: int) -> None:
