@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 
 import idna
 
@@ -44,6 +45,7 @@ def normalize_domain(domain: str) -> str:
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 _NOT_IN_ADDRESS = re.compile(r"[\x00-\x20<>()\[\],;\\\x7f]")
 MAX_ADDRESS = 254  # RFC 5321 path limit 256 minus the angle brackets
+_UNICODE_CONTROLS = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
 
 
 def normalize_address(address: str) -> str:
@@ -61,6 +63,11 @@ def normalize_address(address: str) -> str:
             raise ValueError(f"not a plain e-mail address (CR, LF or NUL): {address!r}")
         raise ValueError(f"not a plain e-mail address: {address!r}")
     local, at, domain = text.rpartition("@")
+    if not local.isascii() and any(
+            unicodedata.category(c) in _UNICODE_CONTROLS for c in local):
+        # C1 controls (NEL, CSI), bidi overrides, line separators: what RCPT TO refuses (the
+        # domain's own check, IDNA, refuses them there)
+        raise ValueError(f"not a plain e-mail address (a control character): {address!r}")
     if not at or not local:
         raise ValueError(f"not an e-mail address (no local part or no @): {address!r}")
     if len(local) >= 2 and local[0] == '"' and local[-1] == '"':

@@ -56,6 +56,7 @@ log = logging.getLogger("gateway")
 HOUSEKEEPING_SECONDS = 60.0
 RETENTION_EVERY_SECONDS = 86400.0  # R4's purge: daily (the first a day after the first start)
 SWITCH_INTERVAL = 0.0005
+WEBHOOK_EVENTS_KEPT_SECONDS = 86400.0  # a replay is refused by its signature's age after 300 s
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -94,6 +95,7 @@ class Gateway:
         self.queue: QueueStore | None = None
         self.lookup: LedgerLookup | None = None
         self.flow: Flow | None = None
+        self.ledger: Ledger | None = None
         self.composer: Composer | None = None
         self.notifier: Notifier | None = None
 
@@ -152,7 +154,7 @@ class Gateway:
                                    inline=s.store.ledger_reads == "inline")
         await self.lookup.start()
         decider = Decider(self.lookup, s.policy.knobs())
-        ledger = Ledger(self.db, hasher)
+        ledger = self.ledger = Ledger(self.db, hasher)
         flow = self.flow = Flow(self.queue, self.delivery, accounts, s.smtp.trusted_clients,
                                 decider, AuditLog(self.db), ledger, hasher, s.smtp.hostname)
         self.composer = Composer(self.copy_settings(), self.lookup, ledger, flow.account)
@@ -225,6 +227,11 @@ class Gateway:
                                              first_run=True):
                         await self._warn_due_requests()
                         await maintenance_ran(self.db, "request-warnings")
+                    if await maintenance_due(self.db, "webhook-events", 86400.0):
+                        assert self.ledger is not None
+                        await self.ledger.forget_webhook_events(
+                            time.time() - WEBHOOK_EVENTS_KEPT_SECONDS)
+                        await maintenance_ran(self.db, "webhook-events")
                     if await maintenance_due(self.db, "retention", RETENTION_EVERY_SECONDS):
                         purged = await Retention(self.db, self.settings.policy.knobs()).purge()
                         await maintenance_ran(self.db, "retention")  # only once it is done

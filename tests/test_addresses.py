@@ -42,6 +42,9 @@ def test_case_variants_share_the_suppression_form_only():
     ("jane@", "domain"),
     ("jane", "no @"),
     ("jane@a\u200db.com", "internationalised"),      # a zero-width joiner: not silently dropped
+    ("ja\u202ene@acme.fr", "control character"),    # a bidi override: RCPT TO refuses it too
+    ("ja\u0085ne@acme.fr", "control character"),    # NEL
+    ("ja\u2028ne@acme.fr", "control character"),    # a line separator
 ])
 def test_what_is_not_a_plain_mailbox_is_refused_with_its_reason(written: str, reason: str):
     with pytest.raises(ValueError, match=reason):

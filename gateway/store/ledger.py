@@ -598,6 +598,13 @@ class Ledger:
 
         return await self.db.write(write)
 
+    async def forget_webhook_events(self, before: float) -> int:
+        """Drop the webhook event ids received before `before`; how many. Each is kept to
+        refuse a replay of its signed call, which is refused anyway once the signature's
+        300 s window has passed: a day later nothing needs it, and the table stops growing."""
+        return await self.db.write_one("DELETE FROM webhook_events WHERE received_at < ?",
+                                       (before,))
+
     async def objection_counts(self) -> dict[str, int]:
         """Objections recorded so far, by channel (/metrics' counter: it never goes down)."""
         rows = await self.db.fetchall("SELECT channel, total FROM objection_counts")

@@ -226,6 +226,8 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
 
     app = Starlette(routes=routes, exception_handlers={StoreError: store_unavailable,
                                                        404: neutral_404})
+    # "/webhooks/opt-out/" or "/u" is no URL of ours: the neutral 404, not a 307 to another
+    app.router.redirect_slashes = False
     if objections is None:
         return app
     return one_click_fast_path(app, objections.verify, answer)

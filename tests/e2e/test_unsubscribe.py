@@ -102,6 +102,15 @@ def test_bad_tokens_get_the_same_neutral_404_and_store_nothing(gw, sink: Sink):
     assert other != token  # each recipient's token is its own
 
 
+def test_no_url_of_ours_redirects(gw):
+    base = f"http://127.0.0.1:{gw.http_port}"
+    neutral = httpx.get(base + "/u/" + "x" * 39)
+    for method, path in (("POST", "/webhooks/opt-out/"), ("GET", "/u"), ("POST", "/u"),
+                         ("GET", "/healthz/")):
+        answer = httpx.request(method, base + path, follow_redirects=False)
+        assert (answer.status_code, answer.text) == (404, neutral.text), (method, path)
+
+
 def test_a_genuine_token_for_a_copy_the_store_no_longer_holds_is_the_same_404(gw, sink: Sink):
     # signed with the gateway's own key, but naming no delivery or contact we hold: found
     # and recorded in one store hand-off, and that hand-off must store nothing

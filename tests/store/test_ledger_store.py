@@ -414,3 +414,15 @@ async def test_informed_and_expired_marks_of_a_group_are_set_once(db, hasher):
     events = await db.fetchall("SELECT contact_id, wording FROM contact_events"
                                " WHERE kind = 'information' ORDER BY contact_id")
     assert [tuple(e) for e in events] == sorted([(a, "v1"), (b, "v2")])
+
+
+async def test_webhook_event_ids_are_forgotten_a_day_later_and_replays_refused_before(
+        db, hasher):
+    ledger = Ledger(db, hasher)
+    assert await ledger.suppress_events([("e1", "a@example.com", None)], "webhook", None) == \
+        (1, 0)
+    assert (await ledger.suppress_events([("e1", "b@example.com", None)], "webhook", None)
+            )[1] == 1  # a replay
+    assert await ledger.forget_webhook_events(time.time() - 86400) == 0  # kept a day
+    assert await ledger.forget_webhook_events(time.time() + 1) == 1
+    assert (await db.fetchone("SELECT count(*) FROM webhook_events"))[0] == 0
