@@ -13,6 +13,7 @@ import httpx
 
 from gateway.errors import StoreError
 from gateway.security.signatures import signature
+from gateway.store.accounts import shown_url
 from gateway.store.notifications import Notification, NotificationStore
 
 log = logging.getLogger("gateway.notify")
@@ -131,12 +132,15 @@ class Notifier:
             error = f"{exc.__class__.__name__}: {exc}"
         if error is None:
             await self.store.sent(notification.id)
-            log.info("objection notified to %s (%s)", notification.account, notification.url)
+            log.info("objection notified to %s (%s)", notification.account,
+                     shown_url(notification.url))
             return None
         now = time.time()
         give_up = now - notification.created_at > GIVE_UP_SECONDS
         delay = min(RETRY_MAX_SECONDS, self.retry_base * 2.0 ** notification.attempts)
         await self.store.retry_later(notification.id, error, now + delay, give_up)
-        log.warning("notifying %s at %s failed (%s)%s", notification.account, notification.url,
-                    error, "; giving up" if give_up else f"; retry in {delay:.0f} s")
+        log.warning("notifying %s at %s failed (%s)%s", notification.account,
+                    shown_url(notification.url), error.replace(notification.url,
+                                                               shown_url(notification.url)),
+                    "; giving up" if give_up else f"; retry in {delay:.0f} s")
         return delay

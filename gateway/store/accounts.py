@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from gateway.addresses import ascii_domain
 from gateway.errors import NotFound, Refused
@@ -21,6 +22,21 @@ CATEGORIES = ("marketing", "transactional")
 
 _COLUMNS = ("id, name, from_domains, category, topics, product_categories, notify_url,"
             " failed_logins, locked_until, created_at, updated_at")
+
+
+def shown_url(url: str) -> str:
+    """`url` as listed and logged: a password in it (https://user:secret@crm.example/hook, the
+    endpoint's basic auth) is shown as ***."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL urlsplit reads (stored before the CLI checked)
+        return url
+    if not password:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,8 @@ class Account:
         return {
             "name": self.name, "from_domains": list(self.from_domains),
             "category": self.category, "topics": list(self.topics),
-            "product_categories": list(self.product_categories), "notify_url": self.notify_url,
+            "product_categories": list(self.product_categories),
+            "notify_url": shown_url(self.notify_url) if self.notify_url else self.notify_url,
             "failed_logins": self.failed_logins, "locked_until": self.locked_until,
             "locked": self.locked(), "created_at": self.created_at,
             "updated_at": self.updated_at,

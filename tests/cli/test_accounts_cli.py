@@ -43,6 +43,11 @@ def test_add_list_update_remove(config: Path):
     (account,) = listing(config)
     assert account["topics"] == [] and account["notify_url"] == "https://crm.example.com/unsub"
     assert account["from_domains"] == ["example.com", "xn--vian-9oa.fr"]
+    assert gateway_cli(config, "accounts", "update", "crm", "--notify-url",
+                       "https://hook:s3cr3t-Pw@crm.example.com/unsub").returncode == 0
+    listed = gateway_cli(config, "accounts", "list", "--json").stdout
+    assert "s3cr3t-Pw" not in listed  # the endpoint's basic auth is not printed back
+    assert json.loads(listed)[0]["notify_url"] == "https://hook:***@crm.example.com/unsub"
     table = gateway_cli(config, "accounts", "list")
     assert "crm" in table.stdout and "1 accounts" in table.stdout
     assert gateway_cli(config, "accounts", "remove", "crm").returncode == 0
