@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from gateway.cli import CliState, print_json, run, when
+from gateway.cli import EXIT_USAGE, CliState, fail, print_json, run, when
 from gateway.errors import Refused
 from gateway.store.db import Database
 from gateway.store.requests import KINDS, RequestStore
@@ -30,6 +30,9 @@ def requests() -> None:
 def open_(state: CliState, email: str, kind: str, received: datetime.datetime | None) -> None:
     """Record a request received from EMAIL."""
     stamp = received.replace(tzinfo=datetime.UTC).timestamp() if received else None
+    if stamp is not None and stamp > time.time() + 86400:
+        # a typo (2062 for 2026) would put the GDPR 12(3) deadline years away
+        fail(f"--received {received:%Y-%m-%d} is in the future", EXIT_USAGE)
 
     async def body() -> None:
         async with Database(state.settings.store.path) as db:

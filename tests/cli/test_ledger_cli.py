@@ -246,6 +246,10 @@ def test_requests_are_tracked_to_their_legal_due_date(config: Path):
     assert gateway_cli(config, "requests", "open", "bad", "--kind", "access").returncode == 1
     assert gateway_cli(config, "requests", "open", "x@example.com", "--kind",
                        "other").returncode == 2
+    future = (today + datetime.timedelta(days=400)).isoformat()  # a typo of the year
+    typo = gateway_cli(config, "requests", "open", "y@example.com", "--kind", "access",
+                       "--received", future)
+    assert typo.returncode == 2 and "in the future" in typo.stderr
     soon = json.loads(gateway_cli(config, "requests", "list", "--due-within", "7",
                                   "--json").stdout)
     assert [(r["address"], r["kind"]) for r in soon] == [("Jane@example.com", "access")]
