@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -284,22 +288,34 @@ async def test_a_deleted_copys_id_is_never_given_again(db: Database):
     assert failed.id > c.delivery_id
 
 
+@contextmanager
+def store_before(version: int, path: Path) -> Iterator[sqlite3.Connection]:
+    """A store at `path` as the migrations before `version` left it (foreign keys on, as the
+    gateway runs), open to fill; committed and closed on the way out."""
+    from gateway.store.db import _migrations
+
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+                     " name TEXT NOT NULL, applied_at REAL NOT NULL)")
+        for number, name, sql in _migrations():
+            if number < version:
+                conn.executescript(sql)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (number, name))
+        yield conn
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def test_the_delivery_ids_migration_keeps_every_copy(tmp_path):
     """011 rebuilds `deliveries` with AUTOINCREMENT: a store made before it keeps its rows
     (every column), its indexes, and numbers on from its highest id."""
     import asyncio
-    import sqlite3
-
-    from gateway.store.db import _migrations
 
     path = tmp_path / "old.db"
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
-                     " name TEXT NOT NULL, applied_at REAL NOT NULL)")
-        for version, name, sql in _migrations():
-            if version < 11:
-                conn.executescript(sql)
-                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, name))
+    with store_before(11, path) as conn:
         conn.execute("INSERT INTO messages (id, received_at, account, client_ip, mail_from,"
                      " size, content) VALUES ('M', 1, 'crm', '127.0.0.1', 'n@x.example', 1,"
                      " x'00')")
@@ -350,19 +366,9 @@ def test_the_contact_ids_migration_keeps_every_contact_and_what_refers_to_it(tmp
     of sources and contact_events survive the old table's drop (ON DELETE CASCADE would have
     taken them), and a contact id deleted after it is never given again."""
     import asyncio
-    import sqlite3
-
-    from gateway.store.db import _migrations
 
     path = tmp_path / "old.db"
-    with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
-                     " name TEXT NOT NULL, applied_at REAL NOT NULL)")
-        for version, name, sql in _migrations():
-            if version < 16:
-                conn.executescript(sql)
-                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, name))
+    with store_before(16, path) as conn:
         conn.executemany(
             "INSERT INTO contacts (id, address, address_hash, language, consent, collected_at,"
             " created_at, updated_at) VALUES (?, ?, x'01', ?, 'granted', 1, 1, 2)",
