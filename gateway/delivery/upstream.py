@@ -69,7 +69,11 @@ class SmtpTransport:
             hostname=s.host, port=s.port, local_hostname=self.local_hostname,
             timeout=s.timeout_seconds, start_tls=s.starttls, tls_context=self._tls_context,
             username=s.username or None, password=s.password or None)
-        await client.connect()
+        try:
+            await client.connect()
+        except BaseException:  # a failure or a cancellation half-way: no socket left open
+            client.close()
+            raise
         return client
 
     async def send(self, mail_from: str, recipient: str, content: bytes) -> str:
@@ -102,6 +106,9 @@ class SmtpTransport:
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 await _discard(client)
                 raise _classify(exc) from exc
+            except BaseException:  # cancelled (a stop, the worker's limit): mid-transaction,
+                client.close()  # the connection is good for nothing; it was left open
+                raise
             self._idle.append(client)
             return answer
         raise AssertionError("unreachable")  # pragma: no cover

@@ -20,6 +20,9 @@ from gateway.settings import DeliverySettings
 from gateway.store.queue import Copy, IncomingMessage, QueueStore
 
 log = logging.getLogger("gateway.delivery")
+# a whole delivery at most this many delivery.timeout_seconds: connect, greeting, EHLO,
+# STARTTLS, EHLO, AUTH, MAIL, RCPT, DATA, the content and its reply each get one
+TRANSACTION_TIMEOUTS = 12
 
 HEADER_END = b"\r\n\r\n"
 
@@ -145,9 +148,13 @@ class DeliveryService:
     async def _deliver(self, copy: Copy) -> None:
         try:
             content = await self.prepare(copy) if self.prepare else copy.content
+            # each SMTP step has delivery.timeout_seconds (aiosmtplib's per command); this
+            # only bounds a transport that hangs as a whole. It must not cut a slow but
+            # answering upstream short of its final reply: the upstream would have the copy
+            # and we would send it again (RFC 5321 4.5.3.2 gives the steps minutes each)
             answer = await asyncio.wait_for(
                 self.transport.send(copy.mail_from, copy.recipient, content),
-                self.settings.timeout_seconds * 3)
+                self.settings.timeout_seconds * TRANSACTION_TIMEOUTS)
         except PermanentFailure as exc:
             await self._fail(copy, str(exc))
             return

@@ -1,0 +1,134 @@
+"""A slow upstream against delivery.timeout_seconds: every step answered in time means one
+delivery, not a timeout after the upstream took the copy (and so a second copy later); a
+delivery cancelled half-way leaves no connection open at the upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+from aiosmtpd.controller import Controller
+
+from gateway.delivery.upstream import SmtpTransport
+from gateway.delivery.worker import DeliveryService
+from gateway.settings import DeliverySettings
+from gateway.store.queue import IncomingMessage, QueueStore
+
+from conftest import free_port
+
+
+class SlowUpstream:
+    """Answers each step after `step` seconds (`hang_data`: never answers the content)."""
+
+    def __init__(self, step: float, hang_data: bool = False) -> None:
+        self.step = step
+        self.hang_data = hang_data
+        self.accepted = 0
+        self.sessions: dict[int, bool] = {}  # id(session) -> still connected
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001
+        self.sessions[id(session)] = True
+        await asyncio.sleep(self.step)
+        session.host_name = hostname
+        return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, options):  # noqa: ANN001
+        await asyncio.sleep(self.step)
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, options):  # noqa: ANN001
+        await asyncio.sleep(self.step)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+        if self.hang_data:
+            await asyncio.sleep(3600)
+        await asyncio.sleep(self.step)
+        self.accepted += 1
+        return "250 queued"
+
+
+def upstream(handler: SlowUpstream) -> tuple[Controller, DeliverySettings]:
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    settings = dataclasses.replace(DeliverySettings(), mode="smtp", host="127.0.0.1",
+                                   port=port, starttls=False, timeout_seconds=0.5, workers=1)
+    return controller, settings
+
+
+async def test_an_upstream_slow_at_every_step_gets_the_copy_once(db):
+    handler = SlowUpstream(step=0.4)  # each step within 0.5 s; 4 steps: over 3 x 0.5 s
+    controller, settings = upstream(handler)
+    queue = QueueStore(db, "me")
+    service = DeliveryService(queue, SmtpTransport(settings, "gateway.test"), settings,
+                              "gateway.test")
+    await service.start()
+    try:
+        [copies] = await queue.commit_messages([IncomingMessage(
+            "S1", time.time(), "crm", "127.0.0.1", "news@example.com",
+            b"From: news@example.com\r\nSubject: x\r\n\r\nbody\r\n", ("jane@example.net",))])
+        service.dispatch(copies)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            [entry] = await queue.list(states=("queued", "deferred", "failed", "sent"))
+            if entry.state != "queued":
+                break
+            await asyncio.sleep(0.05)
+        assert (entry.state, handler.accepted) == ("sent", 1), entry.last_error
+    finally:
+        await service.stop(drain_seconds=1)
+        controller.stop()
+
+
+class NeverAnswersTheContent(asyncio.Protocol):
+    """A bare SMTP server that takes everything up to the content and never answers it;
+    `closed` is set when the client's connection goes."""
+
+    closed: asyncio.Event
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.in_data = False
+        transport.write(b"220 upstream.test ESMTP\r\n")  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        for line in data.split(b"\r\n"):
+            if self.in_data or not line:
+                continue
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                self.transport.write(b"250 upstream.test\r\n")  # type: ignore[attr-defined]
+            elif verb == b"DATA":
+                self.in_data = True
+                self.transport.write(b"354 go on\r\n")  # type: ignore[attr-defined]
+            else:
+                self.transport.write(b"250 OK\r\n")  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        NeverAnswersTheContent.closed.set()
+
+
+async def test_a_delivery_cancelled_half_way_closes_its_connection():
+    NeverAnswersTheContent.closed = asyncio.Event()
+    server = await asyncio.get_running_loop().create_server(NeverAnswersTheContent,
+                                                            "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = dataclasses.replace(DeliverySettings(), mode="smtp", host="127.0.0.1",
+                                   port=port, starttls=False, timeout_seconds=30.0)
+    transport = SmtpTransport(settings, "gateway.test")
+    try:
+        sending = asyncio.create_task(transport.send(
+            "news@example.com", "jane@example.net", b"Subject: x\r\n\r\nbody\r\n"))
+        await asyncio.sleep(0.5)  # the content sent, its reply awaited
+        assert not sending.done()
+        sending.cancel()  # a stop, or the worker's limit on the whole delivery
+        await asyncio.gather(sending, return_exceptions=True)
+        await asyncio.wait_for(NeverAnswersTheContent.closed.wait(), 3)  # it was left open
+        assert transport._idle == []  # and never pooled half-way through a transaction
+    finally:
+        await transport.close()
+        server.close()
