@@ -358,7 +358,11 @@ class QueueStore:
         return QueueEntry(*tuple(rows[0]))
 
     async def retry(self, delivery_id: int) -> None:
-        """Make a deferred or failed copy due now (a failed one only while its content is kept)."""
+        """Make a deferred or failed copy due now (a failed one only while its content is
+        kept, and from now on: delivery.max_age_hours counts again from the retry).
+
+        Refused (Refused) while a gateway process holds the copy, as `delete` is: taken from
+        under it, the copy would be claimed and sent by another process as well."""
         entry = await self.get(delivery_id)
         if entry.state == "sent":
             raise NotFound(f"queue entry {delivery_id} was already sent")
@@ -371,10 +375,20 @@ class QueueStore:
                 (entry.message_id,))).fetchone()
             if not row or not row[0]:
                 raise NotFound(f"queue entry {delivery_id}: message content no longer kept")
-            await conn.execute(
+            now = time.time()
+            changed = await conn.execute(
                 "UPDATE deliveries SET state = 'queued', next_attempt_at = ?, claimed_by = NULL,"
-                " claimed_until = NULL, updated_at = ? WHERE id = ?",
-                (time.time(), time.time(), delivery_id))
+                " claimed_until = NULL, updated_at = ?,"
+                " created_at = CASE WHEN state = 'failed' THEN ? ELSE created_at END"
+                " WHERE id = ? AND (claimed_by IS NULL OR claimed_until IS NULL"
+                " OR claimed_until < ?)", (now, now, now, delivery_id, now))
+            if changed.rowcount == 0:
+                row = await (await conn.execute(
+                    "SELECT claimed_by FROM deliveries WHERE id = ?", (delivery_id,))).fetchone()
+                if row is None:
+                    raise NotFound(f"no queue entry {delivery_id}")
+                raise Refused(f"queue entry {delivery_id} is being delivered by {row[0]} right "
+                              "now: not retried (it is being tried already)")
 
     async def flush(self) -> int:
         """Make every deferred copy due now; returns how many."""

@@ -105,6 +105,24 @@ async def test_outcomes_and_operator_commands(db: Database):
     assert await q.drop_finished_content() == 1  # a was sent, b deleted
 
 
+async def test_retry_never_takes_a_copy_from_the_process_delivering_it(db: Database):
+    """`queue retry` (its own instance) of a copy process A holds: refused, as `delete` is;
+    it cleared the claim, and process B then claimed and sent the copy too."""
+    a, b, cli = QueueStore(db, "A"), QueueStore(db, "B"), QueueStore(db, "cli")
+    (copies,) = await a.commit_messages([incoming("R", "r@x.example")])  # claimed by A
+    with pytest.raises(Refused, match="being delivered by A"):
+        await cli.retry(copies[0].delivery_id)
+    assert await b.claim_due() == []
+    await a.fail(copies[0].delivery_id, "451 4.4.1 gave up after 120.0 h in the queue")
+    entered = (await cli.get(copies[0].delivery_id)).created_at
+    time.sleep(0.01)
+    await cli.retry(copies[0].delivery_id)  # failed: nobody holds it
+    retried = await cli.get(copies[0].delivery_id)
+    assert retried.state == "queued"
+    assert retried.created_at > entered  # delivery.max_age_hours counts from the retry
+    assert [c.delivery_id for c in await b.claim_due()] == [copies[0].delivery_id]
+
+
 async def test_content_is_kept_until_every_copy_is_finished(db: Database):
     q = QueueStore(db, "me")
     (copies,) = await q.commit_messages([incoming("A", "a@x.example", "b@x.example")])
