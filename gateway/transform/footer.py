@@ -200,8 +200,8 @@ def _set_fields(head: bytes, part: Part, charset: str, encoding: str | None,
     Content-Transfer-Encoding; other fields (and their order) unchanged."""
     ctype, params = parse_content_type(part.get("content-type"), part.content_type)
     params["charset"] = charset
-    value = ctype + "".join(f"; {k}={_param(v)}" for k, v in params.items())
-    fields = [(b"content-type", b"Content-Type: " + value.encode("ascii") + b"\r\n")]
+    fields = [(b"content-type", _folded("Content-Type: " + ctype,
+                                        [f"{k}={_param(v)}" for k, v in params.items()]))]
     if encoding:
         fields.append((b"content-transfer-encoding",
                        b"Content-Transfer-Encoding: " + encoding.encode("ascii") + b"\r\n"))
@@ -212,6 +212,23 @@ def _set_fields(head: bytes, part: Part, charset: str, encoding: str | None,
     if is_root and not re.search(rb"(?im)^mime-version:", head):
         head = b"MIME-Version: 1.0\r\n" + head
     return head
+
+
+def _folded(start: str, params: list[str]) -> bytes:
+    """`start; p1; p2...` as a header field folded between parameters: lines of at most 78
+    characters where a parameter allows it, never over MAX_LINE (the original field was
+    folded; rebuilt unfolded, many parameters made one line over 998 octets)."""
+    lines, line = [], start
+    for param in params:
+        if len(line) + 2 + len(param) <= 78:
+            line += "; " + param
+        else:
+            lines.append(line + ";")
+            line = " " + param
+    lines.append(line)
+    if any(len(text) > MAX_LINE for text in lines):
+        raise NoticeError("a Content-Type parameter longer than a header line may be")
+    return "\r\n".join(lines).encode("ascii") + b"\r\n"
 
 
 def _param(value: str) -> str:

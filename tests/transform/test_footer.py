@@ -58,6 +58,21 @@ def test_a_charset_that_cannot_carry_the_notice_becomes_utf8_quoted_printable():
     assert "Expéditeur : ACME SAS" in text_of(part) and text_of(part).startswith("Bonjour\n")
 
 
+def test_a_rewritten_content_type_is_folded_under_998_octets():
+    """Many parameters, legally folded: rebuilt with the new charset on one line, the field
+    was 1,213 octets (RFC 5322 2.1.1: at most 998), which relays wrap or refuse."""
+    params = b"".join(b' x-p%d="%s";\r\n' % (i, b"v" * 70) for i in range(15))
+    original = (b"From: a@example.com\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+                b"Content-Type: text/plain; charset=us-ascii;\r\n" + params +
+                b" format=fixed\r\n\r\nBonjour\r\n")
+    out = add_notice(original, notice("fr"))  # us-ascii cannot carry it: charset changes
+    assert max(len(line) for line in out.split(b"\r\n")) <= 998
+    [part] = parts(out)
+    assert part.get_content_charset() == "utf-8"
+    assert part.get_param("x-p14") == "v" * 70 and part.get_param("format") == "fixed"
+    assert "Expéditeur : ACME SAS" in text_of(part)
+
+
 @pytest.mark.parametrize("charset", ["iso-8859-1", "windows-1252"])
 def test_a_latin_charset_is_kept_when_it_can_carry_the_notice(charset: str):
     body = "Voilà l'été\r\n".encode(charset)
