@@ -136,9 +136,19 @@ def _classify(exc: BaseException) -> Exception:
     code = getattr(exc, "code", None)
     message = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
     text = f"{code} {message}" if isinstance(code, int) else message
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused) and code in GATEWAY_SIDE_REFUSALS:
+        # the upstream wants AUTH (or TLS for it) from the gateway: its settings, not this
+        # copy. Failing would bounce every copy until an operator noticed; retried, they go
+        # once delivery.username / starttls are set (Postfix: smtp_sasl_auth_soft_bounce)
+        return TemporaryFailure(f"{text} (the upstream requires authentication: set "
+                                f"delivery.username, delivery.password and delivery.starttls)")
     if isinstance(code, int) and 500 <= code < 600:
         return PermanentFailure(text)
     return TemporaryFailure(text)
+
+
+# RFC 4954 6: 530 authentication required, 538 encryption required for the mechanism
+GATEWAY_SIDE_REFUSALS = frozenset({530, 538})
 
 
 def make_transport(settings: DeliverySettings, local_hostname: str) -> Transport:

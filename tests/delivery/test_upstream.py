@@ -1,6 +1,7 @@
-"""A slow upstream against delivery.timeout_seconds: every step answered in time means one
-delivery, not a timeout after the upstream took the copy (and so a second copy later); a
-delivery cancelled half-way leaves no connection open at the upstream."""
+"""The SMTP upstream as it behaves: slow at every step but within delivery.timeout_seconds
+means one delivery, not a timeout after it took the copy (and a second copy later); a
+delivery cancelled half-way leaves no connection open; a refusal that is the gateway's own
+settings (AUTH required) defers the copy instead of bouncing it."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import asyncio
 import dataclasses
 import time
 
+import pytest
 from aiosmtpd.controller import Controller
 
 from gateway.delivery.upstream import SmtpTransport
 from gateway.delivery.worker import DeliveryService
+from gateway.errors import PermanentFailure, TemporaryFailure
 from gateway.settings import DeliverySettings
 from gateway.store.queue import IncomingMessage, QueueStore
 
@@ -129,6 +132,50 @@ async def test_a_delivery_cancelled_half_way_closes_its_connection():
         await asyncio.gather(sending, return_exceptions=True)
         await asyncio.wait_for(NeverAnswersTheContent.closed.wait(), 3)  # it was left open
         assert transport._idle == []  # and never pooled half-way through a transaction
+    finally:
+        await transport.close()
+        server.close()
+
+
+class WantsAuth(asyncio.Protocol):
+    """An upstream that refuses MAIL FROM with `reply` (no AUTH from us)."""
+
+    reply = b"530 5.7.0 Authentication required\r\n"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.write(b"220 upstream.test ESMTP\r\n")  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        for line in data.split(b"\r\n"):
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                self.transport.write(b"250 upstream.test\r\n")  # type: ignore[attr-defined]
+            elif verb == b"MAIL":
+                self.transport.write(self.reply)  # type: ignore[attr-defined]
+            elif verb in (b"RSET", b"NOOP"):
+                self.transport.write(b"250 OK\r\n")  # type: ignore[attr-defined]
+            elif verb == b"QUIT":
+                self.transport.write(b"221 bye\r\n")  # type: ignore[attr-defined]
+
+
+async def test_an_upstream_wanting_auth_defers_the_copy_instead_of_bouncing_it():
+    """530 to MAIL FROM is the gateway's settings (no delivery.username), not the copy's
+    fault: failed, every copy would bounce until somebody noticed."""
+    server = await asyncio.get_running_loop().create_server(WantsAuth, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = dataclasses.replace(DeliverySettings(), mode="smtp", host="127.0.0.1",
+                                   port=port, starttls=False, timeout_seconds=5.0)
+    transport = SmtpTransport(settings, "gateway.test")
+    try:
+        for reply, kind in ((b"530 5.7.0 Authentication required\r\n", TemporaryFailure),
+                            (b"553 5.7.1 Sender address rejected\r\n", PermanentFailure)):
+            WantsAuth.reply = reply
+            with pytest.raises(kind) as raised:
+                await transport.send("news@example.com", "jane@example.net",
+                                     b"Subject: x\r\n\r\nbody\r\n")
+            assert reply[:3].decode() in str(raised.value)
+            assert ("delivery.username" in str(raised.value)) == (kind is TemporaryFailure)
     finally:
         await transport.close()
         server.close()
