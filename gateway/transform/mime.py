@@ -85,6 +85,8 @@ def parse_content_type(value: str | None, default: str) -> tuple[str, dict[str, 
     """('type/subtype', {param: value}) with quotes removed; the default when absent or bad."""
     if not value:
         return default, {}
+    if "(" in value:
+        value = _strip_comments(value)
     main, _, rest = value.partition(";")
     ctype = main.strip().lower()
     if ctype.count("/") != 1:
@@ -110,6 +112,34 @@ def parse_content_type(value: str | None, default: str) -> tuple[str, dict[str, 
             param = param.strip()
         params[name.strip().lower()] = param
     return ctype, params
+
+
+def _strip_comments(value: str) -> str:
+    """`value` with each RFC 5322 comment ("(Plain text)", nested, with escapes) as a space;
+    quoted strings kept as they are. Unbalanced, the value is returned unchanged."""
+    out: list[str] = []
+    depth, i, n = 0, 0, len(value)
+    while i < n:
+        c = value[i]
+        if depth:
+            if c == "\\":
+                i += 1
+            else:
+                depth += (c == "(") - (c == ")")
+                if not depth:
+                    out.append(" ")
+        elif c == "(":
+            depth = 1
+        elif c == '"':
+            end = i + 1
+            while end < n and value[end] != '"':
+                end += 2 if value[end] == "\\" else 1
+            out.append(value[i:end + 1])
+            i = end
+        else:
+            out.append(c)
+        i += 1
+    return value if depth else "".join(out)
 
 
 def _header_end(content: bytes, start: int, end: int) -> int:

@@ -58,6 +58,16 @@ def test_a_charset_that_cannot_carry_the_notice_becomes_utf8_quoted_printable():
     assert "Expéditeur : ACME SAS" in text_of(part) and text_of(part).startswith("Bonjour\n")
 
 
+def test_a_comment_in_content_type_is_no_part_of_the_charset():
+    """RFC 2045 5.1 allows comments: "us-ascii (Plain text)" was read as the charset's name,
+    an unknown charset, and the message quarantined under M2."""
+    original = (b"From: a@example.com\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+                b"Content-Type: text/plain; charset=us-ascii (Plain text)\r\n\r\nHello\r\n")
+    assert structure_facts(original).malformed is None
+    [part] = parts(add_notice(original, notice()))
+    assert text_of(part).startswith("Hello\n") and "Why you receive" in text_of(part)
+
+
 def test_a_rewritten_content_type_is_folded_under_998_octets():
     """Many parameters, legally folded: rebuilt with the new charset on one line, the field
     was 1,213 octets (RFC 5322 2.1.1: at most 998), which relays wrap or refuse."""
