@@ -414,3 +414,32 @@ def test_the_contact_ids_migration_keeps_every_contact_and_what_refers_to_it(tmp
     after, bob = asyncio.run(upgrade())
     assert after == before
     assert bob == 9  # not 8 again: jane's old links never name bob
+
+
+def test_a_migration_that_would_break_references_changes_nothing(tmp_path, monkeypatch):
+    """Migrations run with foreign keys off (a table rebuild keeps its referencing rows), so
+    the references are checked before the commit: a migration leaving a source without its
+    contact is rolled back and the store is not opened."""
+    import asyncio
+
+    from gateway.store import db as store_db
+
+    path = tmp_path / "s.db"
+    with store_before(99, path) as conn:
+        conn.execute("INSERT INTO contacts (id, address, address_hash, collected_at,"
+                     " created_at, updated_at) VALUES (1, 'a@x.example', x'01', 1, 1, 1)")
+        conn.execute("INSERT INTO sources (contact_id, type, name, recorded_at)"
+                     " VALUES (1, 'direct', 'fair', 1)")
+    shipped = store_db._migrations()
+    monkeypatch.setattr(store_db, "_migrations", lambda: [
+        *shipped, (99, "099_bad.sql", "DELETE FROM contacts;")])
+
+    async def open_it() -> None:
+        async with Database(path):
+            pass
+
+    with pytest.raises(StoreError, match="099_bad.sql would leave 1 more rows"):
+        asyncio.run(open_it())
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM contacts").fetchone()[0] == 1
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] < 99
