@@ -18,11 +18,26 @@ DAY = 86400.0
 
 # Consent obtained this way is not consent (GDPR 4(11), 7; CNIL): the box was ticked for the
 # person, or it was bundled with accepting the terms and conditions. consent_method is free
-# text, so it is matched word by word, in English and French ("pre-ticked box", "accepted T&C",
-# "CGV acceptées", "case précochée"): a method that names one of these is not consent.
+# text, so it is matched word by word, in English and French ("pre-ticked box", "box ticked
+# by default", "accepted T&C", "CGV acceptées", "case précochée", "case cochée par défaut"): a
+# method that names one of these is not consent, unless it is denied ("not pre-ticked", "case
+# non précochée", "unticked by default", "décochée par défaut": the person ticked it).
 _INVALID_CONSENT = re.compile(
-    r"\b(pre ?(ticked|checked|selected|filled|tick|check|select)\w*|pr[eé] ?coch[eé]\w*"
-    r"|default|opt ?out|terms|conditions|t ?& ?c|t ?and ?c|tos|cgu|cgv|eula|bundled)\b")
+    r"\b(?:(?P<state>pre ?(?:ticked|checked|selected|filled|tick|check|select)\w*"
+    r"|pr[eé] ?(?:coch|s[eé]lectionn|rempli)\w*"
+    r"|(?:ticked|checked|selected|filled|coch[eé]e?s?|s[eé]lectionn[eé]e?s?)"
+    r" (?:in advance|beforehand|[aà] l avance|d avance|(?:by|par) (?:d[eé]faut|default)))"
+    r"|(?P<default>(?:by |par )?(?:d[eé]faut|default))"
+    r"|opt ?out|terms|conditions|t ?& ?c|t ?and ?c|tos|cgu|cgv|eula|bundled)\b")
+_NEGATIONS = frozenset({"not", "non", "no", "never", "pas", "jamais", "sans", "without", "n t"})
+# a box left empty for the person to tick: "unticked", "décochée", "vide", "empty"
+_EMPTY_STATE = re.compile(r"(?:un|d[eé])(?:ticked|checked|selected|coch)\w*|empty|vide|blank")
+
+
+def _denied(words: str, start: int) -> bool:
+    """Whether the two words before `start` deny what follows ("not", "non", "pas" ...)."""
+    before = words[:start].split()[-2:]
+    return any(word in _NEGATIONS for word in before) or " ".join(before).endswith("n t")
 
 
 @lru_cache(maxsize=4096)  # a ledger has a few methods, each on many contacts
@@ -31,7 +46,19 @@ def invalid_consent_method(method: str | None) -> bool:
     if not method:
         return False
     words = re.sub(r"[^\w&]+", " ", method.casefold()).replace("_", " ")
-    return _INVALID_CONSENT.search(words) is not None
+    for found in _INVALID_CONSENT.finditer(words):
+        if found["default"] is not None:
+            # "unticked by default" is an empty box; "default" alone, or a box ticked by
+            # default, is consent nobody gave
+            before = words[:found.start()].split()
+            if before and _EMPTY_STATE.fullmatch(before[-1]):
+                continue
+            if len(before) >= 2 and before[-2] in _NEGATIONS:  # "not ticked by default"
+                continue
+        elif found["state"] is not None and _denied(words, found.start()):
+            continue
+        return True
+    return False
 
 
 @dataclass(frozen=True)

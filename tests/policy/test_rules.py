@@ -193,6 +193,12 @@ def test_recipients_with_the_same_outcome_share_one_decision():
     ("default", False), ("bundled with the EULA", False),
     ("web form", True), ("double opt-in", True), ("checkbox ticked by the user", True),
     ("unticked box", True), ("newsletter signup v3", True), (None, True),
+    # ticked for the person, in French and English, and the same denied
+    ("case cochée par défaut", False), ("cochée à l'avance", False),
+    ("box ticked in advance", False), ("checkbox checked by default", False),
+    ("case non précochée", True), ("la case n'est pas précochée", True),
+    ("checkbox, unticked by default", True), ("the box is not ticked by default", True),
+    ("case décochée par défaut", True), ("box wasn't pre-ticked", True),
 ])
 def test_a_consent_method_naming_a_ticked_box_or_the_terms_is_not_consent(method, valid):
     """consent_method is free text: "pre-ticked box" or "accepted T&C" is no more consent
