@@ -75,6 +75,10 @@ def normalize_address(address: str) -> str:
     if not local or '"' in local or "@" in local or ":" in local or local[0] == "." \
             or local[-1] == "." or ".." in local:
         raise ValueError(f"invalid local part: {address!r}")
+    if not local.isascii():
+        # RFC 6532 3.1: one form, NFC. "josé" written decomposed (e + U+0301) is the same
+        # mailbox, and an objection recorded in one form must stop mail written in the other
+        local = unicodedata.normalize("NFC", local)
     if len(local.encode("utf-8")) > MAX_LOCAL_PART:
         raise ValueError(f"local part longer than {MAX_LOCAL_PART} octets: {address!r}")
     result = f"{local}@{normalize_domain(domain)}"
@@ -90,6 +94,8 @@ def suppression_form(address: str) -> str:
     must not be dodged by changing the case of a letter.
     """
     local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        local = unicodedata.normalize("NFC", local)
     return f"{local.casefold()}@{domain.lower()}"
 
 

@@ -16,9 +16,19 @@ from gateway.addresses import normalize_address, normalize_domain, suppression_f
     ("jane@ｅｘａｍｐｌｅ.com", "jane@example.com"),      # UTS 46 maps full-width letters
     ("  o'brien+news@example.com\t", "o'brien+news@example.com"),
     ("jösé@example.com", "jösé@example.com"),
+    ("jose\u0301@example.com", "jos\u00e9@example.com"),  # decomposed: NFC (RFC 6532 3.1)
 ])
 def test_one_mailbox_has_one_ledger_form(written: str, key: str):
     assert normalize_address(written) == key
+
+
+def test_an_objection_in_one_unicode_form_holds_for_the_other():
+    """An objection recorded for josé@ written composed must stop mail to josé@ written
+    decomposed (e + U+0301), and the reverse: they were two suppression forms."""
+    composed, decomposed = "jos\u00e9@corp.example", "jose\u0301@corp.example"
+    assert suppression_form(normalize_address(decomposed)) == \
+        suppression_form(normalize_address(composed))
+    assert suppression_form(decomposed) == suppression_form(composed)
 
 
 def test_case_variants_share_the_suppression_form_only():
