@@ -155,6 +155,12 @@ class Gateway:
         await self.lookup.start()
         decider = Decider(self.lookup, s.policy.knobs())
         ledger = self.ledger = Ledger(self.db, hasher)
+        if self.serve_http and await maintenance_due(self.db, "nfc-addresses", math.inf,
+                                                     first_run=True):
+            rewritten = await ledger.compose_stored_addresses()  # once, after the upgrade
+            await maintenance_ran(self.db, "nfc-addresses")
+            if rewritten:
+                log.info("ledger: %d addresses stored decomposed rewritten in NFC", rewritten)
         flow = self.flow = Flow(self.queue, self.delivery, accounts, s.smtp.trusted_clients,
                                 decider, AuditLog(self.db), ledger, hasher, s.smtp.hostname)
         self.composer = Composer(self.copy_settings(), self.lookup, ledger, flow.account)

@@ -598,6 +598,36 @@ class Ledger:
 
         return await self.db.write(write)
 
+    async def compose_stored_addresses(self) -> int:
+        """Once, for stores from before local parts were NFC (a900a51): each contact held
+        with a decomposed address (e + U+0301) is rewritten composed, under the new key and
+        hash, and an objection recorded under its old hash is recorded under the new one too,
+        so that it still stops the mail. How many contacts were rewritten. A contact whose
+        composed address is held already is left as it is (its objection copied all the
+        same)."""
+        rows = await self.db.fetchall(
+            "SELECT id, address, address_hash FROM contacts WHERE address GLOB '*[^ -~]*'")
+        changes = []
+        for contact_id, address, old_hash in rows:
+            composed = ledger_form(address)
+            if composed != address:
+                changes.append((contact_id, composed, bytes(old_hash), self.hasher(composed)))
+        if not changes:
+            return 0
+
+        def write(conn: sqlite3.Connection) -> int:
+            moved = 0
+            for contact_id, composed, old_hash, new_hash in changes:
+                conn.execute("INSERT OR IGNORE INTO suppression (hash, created_at, channel)"
+                             " SELECT ?, created_at, channel FROM suppression WHERE hash = ?",
+                             (new_hash, old_hash))
+                moved += conn.execute(
+                    "UPDATE OR IGNORE contacts SET address = ?, address_hash = ? WHERE id = ?",
+                    (composed, new_hash, contact_id)).rowcount
+            return moved
+
+        return await self.db.write(write)
+
     async def forget_webhook_events(self, before: float) -> int:
         """Drop the webhook event ids received before `before`; how many. Each is kept to
         refuse a replay of its signed call, which is refused anyway once the signature's

@@ -426,3 +426,23 @@ async def test_webhook_event_ids_are_forgotten_a_day_later_and_replays_refused_b
     assert await ledger.forget_webhook_events(time.time() - 86400) == 0  # kept a day
     assert await ledger.forget_webhook_events(time.time() + 1) == 1
     assert (await db.fetchone("SELECT count(*) FROM webhook_events"))[0] == 0
+
+
+async def test_addresses_stored_decomposed_are_composed_and_keep_their_objection(db, hasher):
+    """A store from before local parts were NFC: a contact held as jose + U+0301 and its
+    objection under that form's hash. Rewritten once, the contact is found and its objection
+    still holds, whichever form the mail is written in."""
+    decomposed, composed = "jose\u0301@corp.example", "jos\u00e9@corp.example"
+    old_hash = hasher._mac(decomposed.encode())  # the hash as the old form was taken
+    await db.write_one(
+        "INSERT INTO contacts (address, address_hash, audience, topics, collected_at,"
+        " created_at, updated_at) VALUES (?, ?, 'b2b', 'crm', ?, 1, 1)",
+        (decomposed, old_hash, time.time()))
+    await db.write_one("INSERT INTO suppression (hash, created_at, channel)"
+                       " VALUES (?, 1, 'one-click')", (old_hash,))
+    assert not (await facts(db, hasher, composed)).suppressed  # the bypass, before
+    assert await Ledger(db, hasher).compose_stored_addresses() == 1
+    for written in (composed, decomposed):
+        found = await facts(db, hasher, written)
+        assert found.contact is not None and found.suppressed, written
+    assert await Ledger(db, hasher).compose_stored_addresses() == 0
