@@ -74,7 +74,10 @@ ON CONFLICT (address) DO UPDATE SET
 _SOURCE_HEAD = "INSERT INTO sources (contact_id, name, type, visibility, recorded_at)"
 _SOURCE_TAIL = """
 ON CONFLICT (contact_id, type, name) DO UPDATE SET
-    visibility = COALESCE(excluded.visibility, visibility),
+    -- the visibility the owner had chosen when the data was collected (R3): a later file
+    -- saying "public" does not make a restricted collection lawful
+    visibility = CASE WHEN visibility = 'restricted' THEN visibility
+                      ELSE COALESCE(excluded.visibility, visibility) END,
     recorded_at = min(recorded_at, excluded.recorded_at)
 """
 _EVENT_HEAD = ("INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel,"

@@ -446,3 +446,17 @@ async def test_addresses_stored_decomposed_are_composed_and_keep_their_objection
         found = await facts(db, hasher, written)
         assert found.contact is not None and found.suppressed, written
     assert await Ledger(db, hasher).compose_stored_addresses() == 0
+
+
+async def test_a_restricted_source_stays_restricted_whatever_a_later_file_says(db, hasher):
+    """R3 (KASPR): data taken from a profile whose owner restricted its visibility was
+    unlawfully collected; a later import saying "public" (or nothing) does not change that."""
+    header = "email,audience,topics,source_name,source_type,source_visibility,job_title\n"
+    import_csv(db, hasher, header + "r@corp.example,b2b,crm,LinkedIn,social_network,"
+               "restricted,\n")
+    for visibility in ("public", ""):
+        import_csv(db, hasher, header + f"r@corp.example,b2b,crm,LinkedIn,social_network,"
+                   f"{visibility},CTO\n")
+        contact = (await facts(db, hasher, "r@corp.example")).contact
+        assert contact is not None and contact.job_title == "CTO"
+        assert [s.visibility for s in contact.sources] == ["restricted"]
