@@ -91,15 +91,19 @@ class Campaign:
     category: str = "marketing"  # or "transactional": not prospecting, L.34-5 does not apply
     topics: frozenset[str] = frozenset()
     product_categories: frozenset[str] = frozenset()
+    # the message named its topics, none of them the account's: the campaign is about
+    # something else, which is not the same as no topics known (R10, not R9)
+    topics_unrelated: bool = False
 
     def narrowed(self, topics: frozenset[str] | None,
                  product_categories: frozenset[str] | None) -> Campaign:
         """Only narrowing: a header can name fewer topics than the account has, never others."""
+        kept = self.topics if topics is None else self.topics & topics
         return Campaign(
-            self.account, self.category,
-            self.topics if topics is None else self.topics & topics,
+            self.account, self.category, kept,
             self.product_categories if product_categories is None
-            else self.product_categories & product_categories)
+            else self.product_categories & product_categories,
+            topics_unrelated=bool(topics) and not kept)
 
 
 @dataclass(frozen=True)

@@ -222,7 +222,9 @@ def r8_b2b_relevant(case: Case) -> Decision | None:
 def r9_b2b_unclear(case: Case) -> Decision | None:
     """R9: B2B, but no topics on one side: relevance is a human judgement (NESTOR)."""
     contact = case.contact
-    if contact.audience == "b2b" and (not contact.topics or not case.campaign.topics):
+    campaign = case.campaign
+    if contact.audience == "b2b" and (not contact.topics or (
+            not campaign.topics and not campaign.topics_unrelated)):
         verdict = Verdict.REJECT if case.knobs.b2b_unclear == "reject" else Verdict.QUARANTINE
         missing = "recipient" if not contact.topics else "campaign"
         return _decision(verdict, "R9", f"B2B relevance cannot be established (no {missing} "

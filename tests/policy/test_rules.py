@@ -151,6 +151,22 @@ def test_narrowing_a_campaign_never_widens_it():
     assert decision.rule == "R10"  # "finance" named in a header does not reach R8
 
 
+def test_a_message_about_none_of_the_accounts_topics_is_unrelated_not_unclear():
+    """R9 is for relevance nobody can establish (no topics on a side). A message naming its
+    topics, none of them the account's, is about something else: R10, never a quarantine an
+    operator could release over R9."""
+    furniture = CAMPAIGN.narrowed(frozenset({"furniture"}), None)
+    assert furniture.topics == frozenset() and furniture.topics_unrelated
+    b2b_security = person(audience="b2b", topics=frozenset({"security"}))
+    decision = chain.decide(RecipientFacts("p@example.net", False, b2b_security), furniture,
+                            KNOBS, NOW)
+    assert (decision.rule, decision.decision) == ("R10", "reject")
+    said_nothing = CAMPAIGN.narrowed(frozenset(), None)  # an empty header: no topics known
+    unclear = chain.decide(RecipientFacts("p@example.net", False, b2b_security), said_nothing,
+                           KNOBS, NOW)
+    assert not said_nothing.topics_unrelated and unclear.rule == "R9"
+
+
 def test_retention_deadline_is_not_moved_by_enrichment_dates():
     first = person(collected_at=NOW - 1000 * DAY)
     assert rules.retention_deadline(first, KNOBS) == NOW - 1000 * DAY + 1095 * DAY
