@@ -236,8 +236,11 @@ def _spellings(key: str) -> re.Pattern[str]:
         forms.add(idna.decode(domain))
     except idna.IDNAError:
         pass
-    return re.compile("|".join(re.escape(f"{local}@{form}") for form in sorted(forms)),
-                      re.IGNORECASE)
+    # the whole address only: erasing jane@example.net must not rewrite mary.jane@ or
+    # jane@example.net.example in another person's queued message
+    return re.compile(r"(?<![\w.!#$%&'*+/=?^`{|}~-])(?:"
+                      + "|".join(re.escape(f"{local}@{form}") for form in sorted(forms))
+                      + r")(?![\w-]|\.[\w-])", re.IGNORECASE)
 
 
 def _mentions(pattern: re.Pattern[str], content: object, subject: object) -> bool:

@@ -60,6 +60,24 @@ async def test_every_spelling_of_the_address_is_erased_and_dsns_scrubbed(db, has
     assert len(john.contacts) == 1 and john.suppressed_at is None
 
 
+async def test_an_erasure_rewrites_the_whole_address_only(db, hasher):
+    """Erasing jane@ must leave mary.jane@'s queued message as it was (it became
+    mary.erased@erased.invalid), and jane@example.net.example is another address too."""
+    import_csv(db, hasher, "email,kind,source_name,source_type\n"
+                           "jane@example.net,role,Site,direct\n")
+    others = (b"To: <mary.jane@example.net>\r\nCc: jane@example.net.example\r\n"
+              b"\r\nhi\r\n")
+    await add_message(db, "mary", others, [("mary.jane@example.net", "queued", None)])
+    await add_message(db, "both", b"To: <jane@example.net>, <bob@example.net>\r\n\r\nhi\r\n",
+                      [("jane@example.net", "queued", None), ("bob@example.net", "queued", None)])
+    erasure = await SubjectStore(db, hasher).erase("jane@example.net", "dpo")
+    assert erasure.removed["messages_scrubbed"] == 1
+    mary = await db.fetchone("SELECT content FROM messages WHERE id = 'mary'")
+    both = await db.fetchone("SELECT content FROM messages WHERE id = 'both'")
+    assert mary is not None and mary[0] == others
+    assert both is not None and both[0].startswith(b"To: <erased@erased.invalid>, <bob@")
+
+
 async def test_an_address_never_seen_gathers_to_nothing(db, hasher):
     record = await SubjectStore(db, hasher).gather("nobody@example.com")
     assert not record.holds_anything and record.address == "nobody@example.com"
