@@ -29,13 +29,14 @@ _INVALID_CONSENT = re.compile(
     r" (?:in advance|beforehand|[aà] l avance|d avance|(?:by|par) (?:d[eé]faut|default)))"
     r"|(?P<default>(?:by |par )?(?:d[eé]faut|default))"
     r"|opt ?out|terms|conditions|t ?& ?c|t ?and ?c|tos|cgu|cgv|eula|bundled)\b")
-_NEGATIONS = frozenset({"not", "non", "no", "never", "pas", "jamais", "sans", "without", "n t"})
+_NEGATIONS = frozenset({"not", "non", "no", "never", "pas", "jamais", "sans", "without"})
 # a box left empty for the person to tick: "unticked", "décochée", "vide", "empty"
 _EMPTY_STATE = re.compile(r"(?:un|d[eé])(?:ticked|checked|selected|coch)\w*|empty|vide|blank")
 
 
 def _denied(words: str, start: int) -> bool:
-    """Whether the two words before `start` deny what follows ("not", "non", "pas" ...)."""
+    """Whether the two words before `start` deny what follows ("not", "non", "pas" ...,
+    or an English "n't": "wasn t" once punctuation is gone)."""
     before = words[:start].split()[-2:]
     return any(word in _NEGATIONS for word in before) or " ".join(before).endswith("n t")
 
