@@ -241,7 +241,8 @@ class Gateway:
                     if await maintenance_due(self.db, "retention", RETENTION_EVERY_SECONDS):
                         purged = await Retention(self.db, self.settings.policy.knobs()).purge()
                         await maintenance_ran(self.db, "retention")  # only once it is done
-                        log.info("retention: %d expired ledger entries purged", len(purged))
+                        log.info("retention: %d expired ledger entries purged, with %s",
+                                 len(purged.addresses), purged.summary())
             except Exception:
                 log.exception("housekeeping failed")
             await asyncio.sleep(HOUSEKEEPING_SECONDS)

@@ -6,7 +6,7 @@ import click
 
 from gateway.cli import CliState, print_json, run
 from gateway.store.db import Database
-from gateway.store.retention import Retention
+from gateway.store.retention import Purge, Retention
 
 
 @click.group()
@@ -20,23 +20,31 @@ def retention() -> None:
 @click.pass_obj
 def run_(state: CliState, dry_run: bool, as_json: bool) -> None:
     """Delete every ledger entry past its retention deadline, with its sources and events,
-    and print each address. Suppression hashes and the audit log are kept."""
+    and print each address. The records naming those addresses that are done with go too:
+    their sent or failed copies, decided quarantine rows, delivered objection notifications
+    and the raw messages left without a copy. Suppression hashes and the audit log (keyed
+    hashes only) are kept; copies still queued or held are left to finish."""
 
-    async def body() -> list[str]:
+    async def body() -> Purge:
         async with Database(state.settings.store.path) as db:
             purger = Retention(db, state.settings.policy.knobs())
             if dry_run:
-                return [address for _, address in await purger.expired()]
+                return Purge([address for _, address in await purger.expired()])
             return await purger.purge()
 
-    addresses = run(body)
+    purged = run(body)
     if as_json:
-        print_json({"dry_run": dry_run, "purged": addresses})
+        document: dict[str, object] = {"dry_run": dry_run, "purged": purged.addresses}
+        if not dry_run:
+            document["removed"] = {"copies": 0, "quarantine": 0, "notifications": 0,
+                                   "messages": 0, **purged.removed}
+        print_json(document)
         return
-    for address in addresses:
+    for address in purged.addresses:
         click.echo(("would purge " if dry_run else "purged ") + address)
-    click.echo(f"{len(addresses)} expired ledger entries "
-               + ("would be purged (dry run)" if dry_run else "purged"))
+    click.echo(f"{len(purged.addresses)} expired ledger entries "
+               + ("would be purged (dry run)" if dry_run
+                  else f"purged, with {purged.summary()}"))
 
 
 COMMANDS = [retention]

@@ -4,12 +4,25 @@ The deadline is policy.rules.retention_deadline written in SQL, so that a daily 
 million contacts is one indexed-free scan in SQLite, not a million Python calls; a test keeps
 the two in step. Suppression hashes and audit rows (keyed hashes only) are kept: an objection
 outlives the data.
+
+The purge takes the person's address out of the sending records too (KASPR: no data kept past
+its time): their finished copies (sent, or failed), their decided quarantine rows, the
+objection notifications about them already delivered, and the raw messages left with no copy.
+Their decisions stay accountable in the audit log, under the keyed hash. What is still in
+flight stays: a copy queued or deferred (it goes out, or fails, and the next purge takes it),
+a copy held for review (a release decides again, and finds no ledger entry), a notification
+not yet delivered.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass, field
 
+import aiosqlite
+
+from gateway.addresses import suppression_form
 from gateway.model import PolicyKnobs
 from gateway.store.db import Database
 
@@ -22,6 +35,39 @@ _EXPIRED = ("SELECT id, address FROM contacts WHERE"
 _TOMBSTONE = ("INSERT OR REPLACE INTO retention_purges (address_hash, clock_start, purged_at)"
               " SELECT address_hash, max(collected_at, coalesce(last_interaction_at,"
               " collected_at)), ? FROM contacts WHERE id = ?")
+
+
+# the rows of the purged addresses (a JSON array of their suppression forms) that are done with
+_FINISHED_COPIES = ("DELETE FROM deliveries WHERE state IN ('sent', 'failed')"
+                    " AND subject_form(recipient) IN (SELECT value FROM json_each(?))"
+                    " RETURNING message_id")
+_DECIDED_HELD = ("DELETE FROM quarantine WHERE state != 'held'"
+                 " AND subject_form(recipient) IN (SELECT value FROM json_each(?))"
+                 " RETURNING message_id")
+_DELIVERED_NOTIFICATIONS = (
+    "DELETE FROM notifications WHERE state != 'pending'"
+    " AND subject_form(json_extract(body, '$.email')) IN (SELECT value FROM json_each(?))")
+_ORPHAN_MESSAGE = ("DELETE FROM messages WHERE id = ?"
+                   " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = ?)"
+                   " AND NOT EXISTS (SELECT 1 FROM quarantine WHERE message_id = ?)")
+
+
+@dataclass(frozen=True)
+class Purge:
+    """What a retention run deleted: the ledger entries' addresses, and how many rows of
+    each kind named them besides."""
+
+    addresses: list[str]
+    removed: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """"3 sent or failed copies, 1 decided quarantine row, ..." (what named them)."""
+        labels = (("copies", "sent or failed copy", "sent or failed copies"),
+                  ("quarantine", "decided quarantine row", "decided quarantine rows"),
+                  ("notifications", "delivered notification", "delivered notifications"),
+                  ("messages", "raw message", "raw messages"))
+        return ", ".join(f"{self.removed.get(key, 0)} {one if self.removed.get(key) == 1 else many}"
+                         for key, one, many in labels)
 
 
 class Retention:
@@ -39,17 +85,49 @@ class Retention:
         rows = await self.db.fetchall(_EXPIRED, self._params(now or time.time()))
         return [(row[0], row[1]) for row in rows]
 
-    async def purge(self, now: float | None = None) -> list[str]:
+    async def purge(self, now: float | None = None) -> Purge:
         """Delete every expired entry with its sources and events, keeping its clock's start
-        under its keyed hash (013_retention_purges); returns the addresses."""
+        under its keyed hash (013_retention_purges), and the finished records naming its
+        address (see the module's text), in one transaction."""
         when = now or time.time()
         async with self.db.transaction() as conn:
             async with conn.execute(_EXPIRED, self._params(when)) as cur:
                 rows = list(await cur.fetchall())
+            if not rows:
+                return Purge([])
             ids = [(row[0],) for row in rows]
             await conn.executemany(_TOMBSTONE, [(when, row_id) for row_id, in ids])
             await conn.executemany("DELETE FROM contacts WHERE id = ?", ids)
-        return [row[1] for row in rows]
+            removed = await _purge_records(conn, sorted({suppression_form(row[1])
+                                                         for row in rows}))
+        return Purge([row[1] for row in rows], removed)
+
+
+async def _purge_records(conn: aiosqlite.Connection, folded: list[str]) -> dict[str, int]:
+    """Delete the finished rows naming the addresses (in suppression form, as erasure matches
+    them: store/subject.py), zeroed on disk; how many of each."""
+    forms = json.dumps(folded)
+    async with conn.execute("PRAGMA secure_delete") as cur:
+        row = await cur.fetchone()
+    secure = row[0] if row else 0
+    await conn.execute("PRAGMA secure_delete = ON")
+    try:
+        removed, touched = {}, set()
+        for name, sql in (("copies", _FINISHED_COPIES), ("quarantine", _DECIDED_HELD)):
+            async with conn.execute(sql, (forms,)) as cur:
+                messages = [str(row[0]) for row in await cur.fetchall()]
+            removed[name] = len(messages)
+            touched.update(messages)
+        cur = await conn.execute(_DELIVERED_NOTIFICATIONS, (forms,))
+        removed["notifications"] = cur.rowcount
+        messages_removed = 0
+        for message_id in sorted(touched):
+            cur = await conn.execute(_ORPHAN_MESSAGE, (message_id, message_id, message_id))
+            messages_removed += cur.rowcount
+        removed["messages"] = messages_removed
+    finally:
+        await conn.execute(f"PRAGMA secure_delete = {int(secure)}")
+    return removed
 
 
 async def due(db: Database, task: str, every: float, now: float | None = None,

@@ -460,3 +460,66 @@ async def test_a_restricted_source_stays_restricted_whatever_a_later_file_says(d
         contact = (await facts(db, hasher, "r@corp.example")).contact
         assert contact is not None and contact.job_title == "CTO"
         assert [s.visibility for s in contact.sources] == ["restricted"]
+
+
+async def test_a_retention_purge_takes_the_address_out_of_finished_records(db, hasher):
+    """KASPR (unlimited retention): past R4's deadline the person's sent and failed copies,
+    decided quarantine rows, delivered notifications and the raw messages left without a copy
+    go with the ledger entry; what is in flight stays, and so does everything of the others."""
+    from gateway.model import PolicyKnobs
+    from gateway.store.queue import IncomingMessage, QueueStore
+    from gateway.store.retention import Retention
+
+    old = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 2000 * DAY))
+    import_csv(db, hasher, "email,collected_at,source_name,source_type\n"
+                           f"Old@Example.com,{old},Form,direct\n"
+                           f"kept@example.com,{old},Form,direct\n"
+                           "new@example.com,2026-06-01,Form,direct\n")
+    await db.write_one("UPDATE contacts SET last_interaction_at = ? WHERE address = ?",
+                       (time.time(), "kept@example.com"))  # the person acted: a fresh clock
+    queue = QueueStore(db, "me")
+
+    def message(mid: str, *rcpts: str) -> IncomingMessage:
+        return IncomingMessage(mid, time.time(), "crm", "127.0.0.1", "news@example.com",
+                               f"Subject: {mid}\r\n\r\nbody\r\n".encode(), rcpts, subject=mid)
+
+    sent, failed, pending, shared = await queue.commit_messages([
+        message("SENT", "old@example.com"), message("FAILED", "OLD@example.com"),
+        message("PENDING", "old@example.com"),
+        message("SHARED", "old@example.com", "new@example.com")])
+    await queue.mark_sent([(sent[0].delivery_id, None), (shared[0].delivery_id, None)])
+    await queue.fail(failed[0].delivery_id, "550 no such user")
+    for mid, rcpt, state in (("SENT", "old@example.com", "released"),
+                             ("SENT", "old@example.com", "held"),
+                             ("SHARED", "new@example.com", "rejected")):
+        await db.write_one(
+            "INSERT INTO quarantine (message_id, created_at, account, client_ip, mail_from,"
+            " recipient, subject, rule, reason, basis, state) VALUES"
+            " (?, 0, 'crm', '127.0.0.1', 'news@example.com', ?, 's', 'R9', 'r', 'b', ?)",
+            (mid, rcpt, state))
+    for address, state in (("old@example.com", "sent"), ("Old@example.com", "failed"),
+                           ("old@example.com", "pending"), ("new@example.com", "sent")):
+        await db.write_one(
+            "INSERT INTO notifications (account, url, body, state, next_attempt_at,"
+            " created_at, updated_at) VALUES ('crm', 'https://crm.example/n', ?, ?, 0, 0, 0)",
+            (json.dumps({"event": "objection", "email": address}), state))
+
+    purged = await Retention(db, PolicyKnobs()).purge()
+
+    assert purged.addresses == ["Old@example.com"]
+    assert purged.removed == {"copies": 3, "quarantine": 1, "notifications": 2,
+                              "messages": 1}
+    left = await db.fetchall("SELECT message_id, recipient, state FROM deliveries ORDER BY id")
+    assert [tuple(row) for row in left] == [("PENDING", "old@example.com", "queued"),
+                                            ("SHARED", "new@example.com", "queued")]
+    held = await db.fetchall("SELECT recipient, state FROM quarantine ORDER BY id")
+    assert [tuple(row) for row in held] == [("old@example.com", "held"),
+                                            ("new@example.com", "rejected")]
+    notes = await db.fetchall("SELECT json_extract(body, '$.email'), state FROM notifications"
+                              " ORDER BY id")
+    assert [tuple(row) for row in notes] == [("old@example.com", "pending"),
+                                             ("new@example.com", "sent")]
+    # SENT stays for its held copy, PENDING and SHARED for their queued ones; FAILED is gone
+    messages = await db.fetchall("SELECT id FROM messages ORDER BY id")
+    assert [row[0] for row in messages] == ["PENDING", "SENT", "SHARED"]
+    assert (await Retention(db, PolicyKnobs()).purge()).addresses == []
