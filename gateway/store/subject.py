@@ -2,7 +2,8 @@
 
 An address lives in clear in: the ledger (contacts, with sources and events), queue copies
 (`deliveries.recipient`), held copies (`quarantine.recipient`), raw messages and their DSNs
-(`messages.content`, `messages.subject`), objection notifications to the accounts
+(`messages.content`, `messages.subject`), other rows' free text (a held copy's subject, an
+upstream's error), objection notifications to the accounts
 (`notifications.body`) and data-subject requests (`requests.address`). The suppression list,
 the audit log and the erasure record hold only its keyed hash, so they outlive the erasure:
 an erased address stays refused (R1) and the decisions made about it stay accountable.
@@ -182,6 +183,7 @@ class SubjectStore:
                 removed[table] = len(ids)
             removed["messages"], removed["messages_scrubbed"] = await _scrub_messages(
                 conn, touched, key)
+            removed["texts_scrubbed"] = await _scrub_texts(conn, key)
             ids, _ = await _rows_for(conn, "notifications", "body", folded)
             await conn.executemany("DELETE FROM notifications WHERE id = ?", [(i,) for i in ids])
             removed["notifications"] = len(ids)
@@ -276,6 +278,31 @@ async def _scrub_messages(conn: aiosqlite.Connection, touched: set[str],
             scrubbed.append((content, subject, row[0]))
     await conn.executemany("UPDATE messages SET content = ?, subject = ? WHERE id = ?", scrubbed)
     return deleted, len(scrubbed)
+
+
+# other people's rows whose free text may quote the address: a held copy's subject line, an
+# upstream's error for another copy ("550 <jane@...> and <bob@...>"). Not an envelope
+# sender (messages.mail_from): the sending account's address, which queued copies still use.
+_TEXT_COLUMNS = (("quarantine", "subject"), ("deliveries", "last_error"))
+
+
+async def _scrub_texts(conn: aiosqlite.Connection, key: str) -> int:
+    """Replace the address by the placeholder in _TEXT_COLUMNS; how many rows changed."""
+    pattern = _spellings(key)
+    placeholder = ERASED_PLACEHOLDER.decode("ascii")
+    await conn.create_function("mentions_address", 1,
+                               lambda text: isinstance(text, str)
+                               and pattern.search(text) is not None)
+    changed = 0
+    for table, column in _TEXT_COLUMNS:
+        async with conn.execute(f"SELECT id, {column} FROM {table}"  # noqa: S608 - ours
+                                f" WHERE mentions_address({column})") as cur:
+            rows = [(pattern.sub(placeholder, text), row_id)
+                    for row_id, text in await cur.fetchall()]
+        await conn.executemany(f"UPDATE {table} SET {column} = ? WHERE id = ?",  # noqa: S608
+                               rows)
+        changed += len(rows)
+    return changed
 
 
 async def _pseudonymise_requests(conn: aiosqlite.Connection, key: str, folded: str,

@@ -83,3 +83,24 @@ async def test_an_address_never_seen_gathers_to_nothing(db, hasher):
     assert not record.holds_anything and record.address == "nobody@example.com"
     with pytest.raises(ValueError):
         await SubjectStore(db, hasher).gather("not an address")
+
+
+async def test_an_erasure_scrubs_other_peoples_rows_that_quote_the_address(db, hasher):
+    """Bob's held copy's subject and his copy's upstream error name Jane: they stay Bob's
+    rows, without her address."""
+    import_csv(db, hasher, "email,kind,source_name,source_type\n"
+                           "jane@example.net,role,Site,direct\n")
+    await add_message(db, "m", b"To: <bob@example.net>\r\n\r\nhi\r\n",
+                      [("bob@example.net", "deferred",
+                        "452 4.2.2 <Jane@example.net> and <bob@example.net>: over quota")])
+    await db.write_one(
+        "INSERT INTO quarantine (message_id, created_at, account, client_ip, mail_from,"
+        " recipient, subject, rule, reason, basis) VALUES ('m', 0, 'crm', '192.0.2.1',"
+        " 'news@example.com', 'bob@example.net', 'Bob, meet jane@example.net', 'R9', 'r', 'b')")
+    erasure = await SubjectStore(db, hasher).erase("jane@example.net", "dpo")
+    assert erasure.removed["texts_scrubbed"] == 2
+    error = await db.fetchone("SELECT last_error FROM deliveries WHERE recipient LIKE 'bob@%'")
+    held = await db.fetchone("SELECT subject FROM quarantine WHERE recipient LIKE 'bob@%'")
+    assert error is not None and error[0] == ("452 4.2.2 <erased@erased.invalid> and "
+                                              "<bob@example.net>: over quota")
+    assert held is not None and held[0] == "Bob, meet erased@erased.invalid"
