@@ -99,14 +99,28 @@ def suppression_form(address: str) -> str:
     return f"{local.casefold()}@{domain.lower()}"
 
 
+def person_form(address: str) -> str:
+    """The form one person's rows are matched on (`gateway subject`, the retention purge):
+    the local part NFC and lower-cased, the domain lower-case.
+
+    Lower-cased, not case-folded as the suppression form is: casefold() makes straße@ and
+    strasse@ (and ﬁ@ and fi@) one string, and they are two mailboxes, two people. An objection
+    by one suppresses both (the safe side, and the hash cannot tell them apart), but an access
+    request must not show the other's data, nor an erasure delete it."""
+    local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        local = unicodedata.normalize("NFC", local)
+    return f"{local.lower()}@{domain.lower()}"
+
+
 def subject_form(stored: object) -> object:
-    """The suppression form of an address as some table stores it (a RCPT as given, a request's
-    address), for matching one person's rows (`gateway subject`); text that is no address is
-    just case-folded. Registered in SQL as subject_form(): SQLite's lower() folds ASCII only,
-    so lower(recipient) never matched straße@ or JOSÉ@. Anything not text comes back as is."""
+    """The person form of an address as some table stores it (a RCPT as given, a request's
+    address), for matching one person's rows; text that is no address is just lower-cased.
+    Registered in SQL as subject_form(): SQLite's lower() folds ASCII only, so
+    lower(recipient) never matched JOSÉ@. Anything not text comes back as is."""
     if not isinstance(stored, str):
         return stored
     try:
-        return suppression_form(normalize_address(stored))
+        return person_form(normalize_address(stored))
     except ValueError:
-        return stored.casefold()
+        return stored.lower()

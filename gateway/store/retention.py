@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import aiosqlite
 
-from gateway.addresses import suppression_form
+from gateway.addresses import person_form
 from gateway.model import PolicyKnobs
 from gateway.store.db import Database
 
@@ -98,13 +98,13 @@ class Retention:
             ids = [(row[0],) for row in rows]
             await conn.executemany(_TOMBSTONE, [(when, row_id) for row_id, in ids])
             await conn.executemany("DELETE FROM contacts WHERE id = ?", ids)
-            removed = await _purge_records(conn, sorted({suppression_form(row[1])
+            removed = await _purge_records(conn, sorted({person_form(row[1])
                                                          for row in rows}))
         return Purge([row[1] for row in rows], removed)
 
 
 async def _purge_records(conn: aiosqlite.Connection, folded: list[str]) -> dict[str, int]:
-    """Delete the finished rows naming the addresses (in suppression form, as erasure matches
+    """Delete the finished rows naming the addresses (in person form, as erasure matches
     them: store/subject.py), zeroed on disk; how many of each."""
     forms = json.dumps(folded)
     async with conn.execute("PRAGMA secure_delete") as cur:

@@ -8,10 +8,12 @@ upstream's error), objection notifications to the accounts
 the audit log and the erasure record hold only its keyed hash, so they outlive the erasure:
 an erased address stays refused (R1) and the decisions made about it stay accountable.
 
-Matching is on the suppression form (local part case-folded): `Jane@` and `jane@` are the
-same person here, as they are for objections. SQL compares with subject_form() (a Python
-function registered on the store's connections, addresses.subject_form): SQLite's lower()
-folds ASCII only, and missed straße@ and JOSÉ@. Objection notifications are matched on their
+Matching is on the person form (addresses.person_form: local part lower-cased): `Jane@` and
+`jane@` are the same person here, as they are for objections, but straße@ and strasse@ are
+two, though casefold() gives their suppression hash one form (an objection or an erasure of
+one suppresses both; the other's ledger entry and rows stay theirs). SQL compares with
+subject_form() (a Python function registered on the store's connections): SQLite's lower()
+folds ASCII only, and missed JOSÉ@. Objection notifications are matched on their
 JSON document's email, raw messages and subjects on every spelling of the address.
 """
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 import aiosqlite
 import idna
 
-from gateway.addresses import normalize_address, suppression_form
+from gateway.addresses import normalize_address, person_form
 from gateway.model import Contact
 from gateway.security.keys import AddressHasher
 from gateway.store.db import Database
@@ -34,7 +36,8 @@ from gateway.store.ledger import CONTACT_COLUMNS, ContactEvent, Ledger, contact_
 _CONTACTS_BY_HASH = ("SELECT " + ", ".join(f"c.{name}" for name in CONTACT_COLUMNS)  # noqa: S608
                      + ", (SELECT json_group_array(json_array(s.name, s.type, s.visibility,"
                      " s.recorded_at)) FROM sources s WHERE s.contact_id = c.id)"
-                     " FROM contacts c WHERE c.address_hash = ? ORDER BY c.id")
+                     " FROM contacts c WHERE c.address_hash = ? AND subject_form(c.address) = ?"
+                     " ORDER BY c.id")
 # Every decision on the address, with the message's subject and what became of its copy.
 _DECISIONS = (
     "SELECT a.at, a.account, a.rule, a.decision, a.message_id, m.subject,"
@@ -134,10 +137,10 @@ class SubjectStore:
     async def gather(self, address: str) -> SubjectRecord:
         """Everything held on `address` (ValueError if it is not one)."""
         key = normalize_address(address)
-        folded, digest = suppression_form(key), self.hasher(key)
+        folded, digest = person_form(key), self.hasher(key)
         ledger = Ledger(self.db, self.hasher)
         contacts = []
-        for row in await self.db.fetchall(_CONTACTS_BY_HASH, (digest,)):
+        for row in await self.db.fetchall(_CONTACTS_BY_HASH, (digest, folded)):
             contact = contact_from_row(tuple(row))
             contacts.append((contact, await ledger.events(contact.id or 0)))
         suppression = await self.db.fetchone(
@@ -165,11 +168,11 @@ class SubjectStore:
         record the erasure, in one transaction. The caller then compacts the file
         (Database.compact) so that no deleted page keeps the address either."""
         key = normalize_address(address)
-        folded, digest = suppression_form(key), self.hasher(key)
+        folded, digest = person_form(key), self.hasher(key)
         now = time.time()
         async with self.db.transaction() as conn:
             await conn.execute("PRAGMA secure_delete = ON")  # zero what is deleted, at once
-            removed = {"contacts": await _delete_contacts(conn, digest)}
+            removed = {"contacts": await _delete_contacts(conn, digest, folded)}
             cur = await conn.execute(
                 "INSERT OR IGNORE INTO suppression (hash, created_at, channel)"
                 " VALUES (?, ?, 'erasure')", (digest, now))
@@ -203,10 +206,11 @@ async def erased_hashes(db: Database) -> dict[bytes, float]:
     return {bytes(row[0]): float(row[1]) for row in rows}
 
 
-async def _delete_contacts(conn: aiosqlite.Connection, digest: bytes) -> int:
+async def _delete_contacts(conn: aiosqlite.Connection, digest: bytes, folded: str) -> int:
     """Delete the ledger entries of the address (sources and events go with them: ON DELETE
-    CASCADE). By hash, so `Jane@` and `jane@` entries both go."""
-    cur = await conn.execute("DELETE FROM contacts WHERE address_hash = ?", (digest,))
+    CASCADE): `Jane@` and `jane@` both, not strasse@ for straße@ (they share a hash)."""
+    cur = await conn.execute("DELETE FROM contacts WHERE address_hash = ?"
+                             " AND subject_form(address) = ?", (digest, folded))
     return cur.rowcount
 
 

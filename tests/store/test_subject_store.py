@@ -104,3 +104,23 @@ async def test_an_erasure_scrubs_other_peoples_rows_that_quote_the_address(db, h
     assert error is not None and error[0] == ("452 4.2.2 <erased@erased.invalid> and "
                                               "<bob@example.net>: over quota")
     assert held is not None and held[0] == "Bob, meet erased@erased.invalid"
+
+
+async def test_strasse_and_strasse_with_eszett_are_two_people_though_they_share_a_hash(
+        db, hasher):
+    """casefold() gives straße@ and strasse@ one suppression form, so one hash: an erasure of
+    one suppresses both (the safe side), but must not show or delete the other's data."""
+    import_csv(db, hasher, "email,kind,source_name,source_type\n"
+                           "straße@example.de,role,Site,direct\n"
+                           "Strasse@example.de,role,Fair,direct\n")
+    assert hasher("straße@example.de") == hasher("strasse@example.de")
+    await add_message(db, "m1", b"To: strasse@example.de\r\n\r\nhi\r\n",
+                      [("strasse@example.de", "sent", None)])
+    store = SubjectStore(db, hasher)
+    record = await store.gather("STRASSE@example.de")
+    assert [c.address for c, _ in record.contacts] == ["Strasse@example.de"]
+    erasure = await store.erase("straße@example.de", "dpo")
+    assert (erasure.removed["contacts"], erasure.removed["deliveries"]) == (1, 0)
+    left = await db.fetchall("SELECT address FROM contacts")
+    assert [row[0] for row in left] == ["Strasse@example.de"]
+    assert len((await store.gather("strasse@example.de")).contacts) == 1
