@@ -398,21 +398,35 @@ class Database:
         """
         async with self._write_lock:
             conn = self.writer
+            begin = asyncio.ensure_future(conn.execute("BEGIN IMMEDIATE"))
             try:
-                await conn.execute("BEGIN IMMEDIATE")
+                # shielded: a caller cancelled while BEGIN waits on SQLite's busy handler (a
+                # stop cancelling the queue scanner) must not leave this shared connection
+                # inside a transaction nobody ends, holding the store's write lock
+                await asyncio.shield(begin)
+            except asyncio.CancelledError:
+                await asyncio.wait([begin])
+                if not begin.cancelled() and begin.exception() is None:
+                    await self._rollback(conn)
+                raise
             except sqlite3.Error as exc:
                 raise StoreError(f"store unavailable: {exc}") from exc
             try:
                 yield conn
-                await conn.execute("COMMIT")
+                await asyncio.shield(conn.execute("COMMIT"))
             except BaseException as exc:
-                try:
-                    await conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+                await self._rollback(conn)
                 if isinstance(exc, sqlite3.Error):
                     raise StoreError(f"store write failed: {exc}") from exc
                 raise
+
+    @staticmethod
+    async def _rollback(conn: aiosqlite.Connection) -> None:
+        """End the connection's transaction, whatever cancels the caller meanwhile."""
+        rollback = asyncio.ensure_future(conn.execute("ROLLBACK"))
+        await asyncio.wait([rollback])  # not cancelled with us
+        if not rollback.cancelled():
+            rollback.exception()  # retrieved: "no transaction is active" is no failure here
 
     async def compact(self) -> bool:
         """Rewrite the file so that nothing deleted survives in it: VACUUM rebuilds every page

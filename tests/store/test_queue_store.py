@@ -443,3 +443,32 @@ def test_a_migration_that_would_break_references_changes_nothing(tmp_path, monke
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM contacts").fetchone()[0] == 1
         assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] < 99
+
+
+async def test_a_transaction_cancelled_while_it_begins_leaves_the_store_usable(db: Database):
+    """A stop cancels the queue scanner while its claim's BEGIN waits for another process's
+    write lock: the shared writer connection must not stay in a transaction (every later
+    transaction failed 'cannot start a transaction within a transaction', and the other
+    processes waited on the lock it held)."""
+    import asyncio
+
+    locker = sqlite3.connect(db.path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another process writing
+    q = QueueStore(db, "me")
+    try:
+        claiming = asyncio.create_task(q.claim_due())
+        await asyncio.sleep(0.2)  # BEGIN waits in SQLite's busy handler
+        claiming.cancel()
+        await asyncio.sleep(0.05)
+    finally:
+        locker.execute("ROLLBACK")
+    with pytest.raises(asyncio.CancelledError):
+        await claiming
+    await q.register_instance()
+    await q.unregister_instance()  # failed with the old code
+    assert not db.writer.in_transaction
+    other = sqlite3.connect(db.path, isolation_level=None, timeout=0.5)
+    other.execute("BEGIN IMMEDIATE")  # the write lock is free
+    other.execute("ROLLBACK")
+    other.close()
+    locker.close()
