@@ -13,6 +13,7 @@ import base64
 import binascii
 import dataclasses
 import re
+from functools import lru_cache
 
 from gateway.model import MessageFacts
 from gateway.transform.mime import (
@@ -27,6 +28,9 @@ from gateway.transform.notice import Notice
 
 MAX_LINE = 998  # RFC 5322 2.1.1, octets without CRLF
 _BODY_CLOSE = re.compile(r"</body\s*>", re.IGNORECASE)
+# what opens raw text in HTML, where "</body>" is no tag, and what ends it
+_RAW_ENDS = {"<!--": "-->", "<script": "</script", "<style": "</style"}
+_ASCII_PROBE = "".join(map(chr, range(32, 127))) + "\r\n"
 _TOKEN = re.compile(r"[!#$%&'*+.^_`{|}~0-9A-Za-z-]+")  # RFC 2045 5.1
 _HEADER_LINE = re.compile(rb"(?m)^[^ \t\r\n][^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n")
 
@@ -45,8 +49,10 @@ def add_notice(content: bytes, notice: Notice) -> bytes:
     targets = _text_parts(root)
     if not targets:
         raise NoticeError("no text/plain or text/html part to put the notice in")
+    delimiters = tuple(b"--" + p.params["boundary"].encode("utf-8", "surrogateescape")
+                       for p in root.walk() if p.children and "boundary" in p.params)
     for part in sorted(targets, key=lambda p: p.start, reverse=True):
-        head, body = _rewrite(content, part, notice, is_root=part is root)
+        head, body = _rewrite(content, part, notice, part is root, delimiters)
         content = content[:part.start] + head + body + content[part.end:]
     return content
 
@@ -143,12 +149,14 @@ def _decode(content: bytes, part: Part) -> tuple[str, str, str]:
     return text, charset, encoding
 
 
-def _rewrite(content: bytes, part: Part, notice: Notice, is_root: bool) -> tuple[bytes, bytes]:
+def _rewrite(content: bytes, part: Part, notice: Notice, is_root: bool,
+             delimiters: tuple[bytes, ...] = ()) -> tuple[bytes, bytes]:
+    """The part's new header block and body. `delimiters`: every "--boundary" of the
+    message, which no line of a re-encoded body may start with (RFC 2046 5.1.1)."""
     text, charset, encoding = _decode(content, part)
     newline = "\r\n" if "\r\n" in text or "\n" not in text else "\n"
     if part.content_type == "text/html":
-        closing = list(_BODY_CLOSE.finditer(text))
-        at = closing[-1].start() if closing else len(text)
+        at = _body_close(text)
         text = text[:at] + notice.html + text[at:]
     else:
         flowed = part.params.get("format", "").lower() == "flowed"
@@ -159,9 +167,13 @@ def _rewrite(content: bytes, part: Part, notice: Notice, is_root: bool) -> tuple
         stripped = text.rstrip("\r\n")
         text = stripped + newline + (newline if stripped else "") + newline.join(lines) + newline
     try:
+        if not _ascii_compatible(charset):
+            # UTF-16 and the like: their 0x0A byte is half a character, which QP would
+            # turn into a line break; UTF-7, IDNA: no text codec for a whole body
+            raise UnicodeError(charset)
         data = text.encode(charset)
         new_charset = None
-    except UnicodeEncodeError:
+    except UnicodeError:
         data, new_charset = text.encode("utf-8"), "utf-8"
     new_encoding = None
     if encoding == "7bit" and not data.isascii():
@@ -174,13 +186,61 @@ def _rewrite(content: bytes, part: Part, notice: Notice, is_root: bool) -> tuple
         body = data
         if any(len(line.rstrip(b"\r")) > MAX_LINE for line in body.split(b"\n")):
             body, new_encoding = _quoted_printable(data), "quoted-printable"
+    if encoding == "quoted-printable" or new_encoding == "quoted-printable":
+        if _starts_a_line(body, delimiters):
+            # QP's soft breaks put text from the middle of a line at the start of one:
+            # "--sep--" there ends the multipart, and the notice after it is epilogue
+            body, new_encoding = _base64_lines(data), "base64"
     head = content[part.start:part.body_start]
+    if part.body_start == part.end and not head.endswith(b"\r\n\r\n"):
+        # header fields and no body (a root part: a body part without its blank line is
+        # Malformed): the blank line goes before the notice, else it reads as fields
+        head += b"\r\n" if head.endswith(b"\r\n") else b"\r\n\r\n"
     if new_charset or new_encoding or (is_root and part.get("content-type") is None
                                        and not data.isascii()):
         head = _set_fields(head, part, new_charset or charset, new_encoding, is_root)
     if not body.endswith(b"\r\n") and content[part.end:part.end + 2] != b"\r\n":
         body += b"\r\n"
     return head, body
+
+
+def _body_close(text: str) -> int:
+    """Where the HTML notice goes: before the last `</body>` tag that is markup (not in a
+    comment, a script or a style: HTML's tokenizer ends those only at "-->" and at their own
+    end tag), else at the end (a reader puts trailing content in the body). Literal searches
+    back from the end over a lower-cased copy (~25 us for 20 KB), not a parse."""
+    low = text.lower()
+    at = low.rfind("</body")
+    while at >= 0:
+        if _BODY_CLOSE.match(text, at) and not _in_raw_text(low, at):
+            return at
+        at = low.rfind("</body", 0, at)
+    return len(text)
+
+
+def _in_raw_text(low: str, at: int) -> bool:
+    """Whether the nearest comment, script or style opened before `at` is still open there.
+    (A "<!--" inside a script's string reads as an open comment: the notice then goes at the
+    end, still in the body.)"""
+    for opener, closer in _RAW_ENDS.items():
+        start = low.rfind(opener, 0, at)
+        if start >= 0 and low.find(closer, start + len(opener), at) < 0:
+            return True
+    return False
+
+
+@lru_cache(maxsize=64)
+def _ascii_compatible(charset: str) -> bool:
+    """Whether `charset` writes printable ASCII, CR and LF as ASCII bytes (what line-based
+    transfer encodings and this module's edits assume)."""
+    try:
+        return _ASCII_PROBE.encode(charset) == _ASCII_PROBE.encode("ascii")
+    except (UnicodeError, LookupError):
+        return False
+
+
+def _starts_a_line(body: bytes, delimiters: tuple[bytes, ...]) -> bool:
+    return any(body.startswith(d) or b"\r\n" + d in body for d in delimiters)
 
 
 def _base64_lines(data: bytes) -> bytes:
@@ -235,7 +295,7 @@ def _param(value: str) -> str:
     """A parameter value as a token, or quoted (RFC 2045 5.1) with quotes and backslashes
     escaped; control characters and non-ASCII (never valid here) are dropped."""
     value = "".join(c for c in value if " " <= c <= "~")
-    if re.fullmatch(r"[\w.-]+", value):
+    if _TOKEN.fullmatch(value):  # as it may be written (RFC 2231's name*=utf-8''... must)
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

@@ -9,6 +9,7 @@ so hostile structure costs bounded time and memory; the stdlib `email` parser co
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from gateway.model import MessageFacts
@@ -22,6 +23,7 @@ SIGNED_OR_ENCRYPTED = frozenset({
     "application/x-pkcs7-mime",
 })
 TEXT_BODY_TYPES = frozenset({"text/plain", "text/html"})
+_FIELD_NAME = re.compile("[!-9;-~]+")
 
 
 class Malformed(ValueError):
@@ -75,8 +77,11 @@ def parse_fields(block: str) -> list[tuple[str, str]]:
             fields[-1] = (name, value + " " + line.strip())
             continue
         name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip() or any(ord(c) < 33 for c in name):
+        if not colon or not name or name != name.strip():
             raise Malformed(f"header line without a field name: {line[:40]!r}")
+        if not _FIELD_NAME.fullmatch(name):  # RFC 5322 2.2: printable US-ASCII but ":"
+            # (DKIM signers refuse the rest: the copy could never be signed and sent)
+            raise Malformed(f"a header field name that is not printable ASCII: {name[:40]!r}")
         fields.append((name.lower(), value.strip()))
     return fields
 
@@ -110,7 +115,13 @@ def parse_content_type(value: str | None, default: str) -> tuple[str, dict[str, 
         else:
             param, _, rest = rest.partition(";")
             param = param.strip()
-        params[name.strip().lower()] = param
+        key = name.strip().lower()
+        if key in params:
+            # one value per parameter (RFC 2045 5.1); readers disagree on which of two
+            # counts (Python's email takes the first): a second boundary could move the
+            # notice into an attachment, a second charset garble it
+            raise Malformed(f"the Content-Type parameter {key!r} is given twice")
+        params[key] = param
     return ctype, params
 
 
@@ -147,6 +158,12 @@ def _header_end(content: bytes, start: int, end: int) -> int:
     if content.startswith(CRLF, start):
         return start + 2  # no header fields at all
     blank = content.find(b"\r\n\r\n", start, end)
+    if blank < 0 and 0 < start < end and not content.endswith(CRLF, start, end):
+        # a body part (RFC 2046 5.1.1: the CRLF before the next delimiter is the
+        # delimiter's) whose header fields run into that delimiter, no blank line:
+        # readers take its last field's end differently; a notice put after it would be
+        # read as header lines
+        raise Malformed("a MIME part whose header fields are not followed by a blank line")
     return end if blank < 0 else blank + 4
 
 

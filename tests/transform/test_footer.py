@@ -198,3 +198,113 @@ def test_the_notice_cache_renders_exactly_what_render_does(language: str):
                                    "full": full, "sources": sources})
             assert cache.render(template, facts) == render(template, facts), (url, rule)
     assert url not in cache.render(template, FACTS).plain  # no stale URL is ever served
+
+
+HEAD = b"From: a@example.com\r\nTo: jane@example.net\r\nSubject: hi\r\nMIME-Version: 1.0\r\n"
+
+
+def test_quoted_printable_soft_breaks_never_start_a_line_with_a_boundary():
+    """Re-encoded as QP (a French notice in a us-ascii part), "--sep--" from the middle of a
+    line landed at the start of one: the multipart ended there, the notice was epilogue."""
+    original = (HEAD + b'Content-Type: multipart/alternative; boundary="sep"\r\n\r\n'
+                b"--sep\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nHello\r\n"
+                + b"a" * 75 + b"--sep--\r\n--sep--\r\n")
+    out = add_notice(original, notice("fr"))
+    message = email.message_from_bytes(out, policy=email.policy.default)
+    [part] = parts(out)
+    assert "Expéditeur : ACME SAS" in text_of(part)
+    assert text_of(part).startswith("Hello\n" + "a" * 75 + "--sep--\n")
+    assert not (message.epilogue or "").strip()
+    assert part["Content-Transfer-Encoding"] == "base64"
+
+
+def test_a_parameter_given_twice_is_malformed():
+    """Python's email reads the first boundary, the scan read the last: the notice went into
+    an attachment. Readers disagree, so the message is quarantined (M2)."""
+    for ctype in (b'multipart/alternative; boundary="a"; boundary="b"',
+                  b"text/plain; charset=us-ascii; charset=utf-8"):
+        original = HEAD + b"Content-Type: " + ctype + b"\r\n\r\n--a\r\n\r\nx\r\n--a--\r\n"
+        assert "given twice" in (structure_facts(original).malformed or "")
+        with pytest.raises(NoticeError):
+            add_notice(original, notice())
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "utf-7", "idna"])
+def test_a_charset_not_ascii_compatible_becomes_utf8(charset: str):
+    """UTF-16 in QP: its 0x0A bytes became line breaks and garbled the whole part; IDNA and
+    UTF-7 bodies could not be encoded back (the copy was deferred for days)."""
+    import binascii
+
+    text = "Bonjour à tous\r\nLigne 2\r\n" if charset != "idna" else "hello\r\n"
+    encoded = binascii.b2a_qp(text.encode(charset), istext=False)
+    original = (HEAD + f"Content-Type: text/plain; charset={charset}\r\n".encode()
+                + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + encoded + b"\r\n")
+    assert structure_facts(original).malformed is None
+    [part] = parts(add_notice(original, notice("fr")))
+    assert part.get_content_charset() == "utf-8"
+    assert text_of(part).startswith(text.replace("\r\n", "\n").rstrip("\n"))
+    assert "Expéditeur : ACME SAS" in text_of(part)
+
+
+def test_a_header_field_name_beyond_printable_ascii_is_malformed():
+    """dkimpy refuses it: accepted at DATA, the copy was deferred on every attempt."""
+    for name in (b"X-T\xc3\xa9st", b"X-T\x7fst"):
+        original = HEAD + name + b": 1\r\n\r\nHello\r\n"
+        assert "printable ASCII" in (structure_facts(original).malformed or "")
+
+
+def test_a_token_parameter_is_not_quoted_when_the_content_type_is_rewritten():
+    """A legal 998-octet line of token characters grew by two quotes past 998: the copy
+    bounced (554) instead of leaving; RFC 2231 values (name*=utf-8''...) must stay bare."""
+    original = (HEAD + b"Content-Type: text/plain; charset=us-ascii;\r\n x-id="
+                + b"a+" * 490 + b";\r\n name*=utf-8''caf%C3%A9.txt\r\n\r\nBonjour\r\n")
+    out = add_notice(original, notice("fr"))
+    assert max(len(line) for line in out.split(b"\r\n")) <= 998
+    assert b" x-id=" + b"a+" * 490 in out and b"name*=utf-8''caf%C3%A9.txt" in out
+
+
+def test_the_html_notice_goes_before_the_body_tag_not_one_in_a_comment_or_script():
+    from html.parser import HTMLParser
+
+    class Visible(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.text, self.skip = [], 0
+
+        def handle_starttag(self, tag, attrs):
+            self.skip += tag in ("script", "style")
+
+        def handle_endtag(self, tag):
+            self.skip -= tag in ("script", "style")
+
+        def handle_data(self, data):
+            if not self.skip:
+                self.text.append(data)
+
+    for tail in ("<!-- template v2: keep </body> last -->",
+                 "<script>var s = '</body>';</script>"):
+        original = (HEAD + b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+                    b"<html><body><p>Offer</p></body></html>\r\n" + tail.encode() + b"\r\n")
+        [part] = parts(add_notice(original, notice()))
+        html = part.get_content()
+        assert html.index("Why you receive") < html.index("</body></html>")
+        reader = Visible()
+        reader.feed(html)
+        assert "Why you receive" in "".join(reader.text)
+
+
+def test_a_part_whose_fields_run_into_the_delimiter_is_malformed_and_headers_only_is_not():
+    """No blank line between a part's fields and the next delimiter: sent with two
+    Content-Type fields. A whole message of header fields only is legal: the notice becomes
+    its body, after a blank line."""
+    broken = (HEAD + b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+              b"--b\r\nContent-Type: text/plain\r\n--b--\r\n")
+    assert "blank line" in (structure_facts(broken).malformed or "")
+    empty = (HEAD + b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+             b"--b\r\n\r\nHello\r\n--b\r\n--b--\r\n")  # an empty part stays legal
+    assert structure_facts(empty).malformed is None
+    headers_only = HEAD + b"Content-Type: text/plain; charset=us-ascii\r\n"
+    out = add_notice(headers_only, notice())
+    message = email.message_from_bytes(out, policy=email.policy.default)
+    assert not message.defects and message["Subject"] == "hi"
+    assert "Why you receive" in message.get_content()
