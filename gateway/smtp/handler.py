@@ -27,6 +27,7 @@ log = logging.getLogger("gateway.smtp")
 # RFC 5321 4.5.3.1: local part 64 octets, domain 255, path 256 (address 254 in practice)
 MAX_LOCAL_PART = 64
 MAX_ADDRESS = 254
+RCPT_ATTEMPTS = 3  # RCPT commands a transaction may try, per smtp.max_recipients
 # RFC 5321 4.1.2: no control character anywhere in a path, quoted or not (an ESC would also
 # reach the operator's terminal through the log), and no unquoted space
 FORBIDDEN_IN_ADDRESS = frozenset(map(chr, (*range(0x20), 0x7F))) | {" "}
@@ -231,10 +232,14 @@ class GatewayHandler:
         problem = address_problem(address)
         if problem:
             return problem
-        if len(envelope.rcpt_tos) >= server.gateway_settings.max_recipients:
+        verdicts = _verdicts(envelope)
+        if (len(envelope.rcpt_tos) >= server.gateway_settings.max_recipients
+                or len(verdicts) >= RCPT_ATTEMPTS * server.gateway_settings.max_recipients):
+            # also every RCPT tried, refused or repeated: each is decided, kept and audited,
+            # so a transaction of endless RCPTs held memory without bound
             return replies.TOO_MANY_RECIPIENTS
         verdict: RecipientVerdict = await self.flow.decide_recipient(account, address)
-        _verdicts(envelope).append((address, verdict))  # every decision is audited
+        verdicts.append((address, verdict))  # every decision is audited
         if not verdict.accepted:
             return verdict.reply
         accepted = _accepted(envelope)

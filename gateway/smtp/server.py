@@ -104,6 +104,12 @@ DATA_END = b"\r\n.\r\n"
 # "<@relay:user@domain>": aiosmtpd silently strips the route (RFC 5321 Appendix C lets a server
 # ignore it); we refuse it instead: a routed address is a relaying trick, never a mailbox.
 SOURCE_ROUTE = re.compile(r"<\s*@")
+# RFC 4954 5: MAIL FROM's AUTH=<mailbox as xtext> or AUTH=<>, which an MTA relaying through
+# us after it authenticated sends (sendmail does); "parse and discard" is what it asks of a
+# server that trusts no client's claim, as this one does not
+MAX_TEXT_LINE = 998  # octets of a line's content, CRLF excluded
+AUTH_PARAMETER = re.compile(r"(?i)(?:^|\s)AUTH=(\S*)")
+XTEXT = re.compile(r"<>|(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")
 
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -175,6 +181,10 @@ class GatewaySMTP(SMTP):
             return  # STARTTLS: same client, new session
         peer = transport.get_extra_info("peername")
         self._client_ip = peer[0] if peer else ""
+        if self._client_ip.startswith("::ffff:") and "." in self._client_ip:
+            # an IPv4 client of a dual-stack socket (smtp.processes > 1 on "[::]"): matched
+            # against smtp.trusted_clients, the per-IP limits and the loopback rule as IPv4
+            self._client_ip = self._client_ip[7:]
         if (self.gateway_settings.allow_plain_auth_on_loopback
                 and is_loopback(self._client_ip)):
             self._auth_require_tls = False  # development only, explicitly configured
@@ -225,7 +235,21 @@ class GatewaySMTP(SMTP):
         if arg and SOURCE_ROUTE.search(arg):
             await self.push(replies.SOURCE_ROUTE)
             return
+        if arg and "=" in arg:
+            found = AUTH_PARAMETER.search(arg)
+            if found is not None:
+                if not XTEXT.fullmatch(found.group(1)):
+                    await self.push(replies.BAD_AUTH_PARAMETER)
+                    return
+                arg = arg[:found.start()] + arg[found.end():]  # discarded (RFC 4954 5)
         await super().smtp_MAIL(arg)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        envelope = self.envelope
+        if envelope is not None and envelope.mail_from is not None:
+            await self.push(replies.AUTH_IN_TRANSACTION)  # RFC 4954 4
+            return
+        await super().smtp_AUTH(arg)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's address parser, with a fast path for a plain <local@domain>.
@@ -268,7 +292,9 @@ class GatewaySMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         raw, too_much = await self._read_data()
-        if has_bare_line_end(raw):
+        # (too much: `raw` is the last chunk only, maybe from the middle of a CRLF; the
+        # message is refused whole, so nothing in it is ever read or relayed)
+        if not too_much and has_bare_line_end(raw):
             log.warning("%s sent a bare CR or LF in DATA: closing the session", self._client_ip)
             self._reader.stop()  # type: ignore[attr-defined]
             await self.push(replies.BARE_NEWLINE)
@@ -291,10 +317,15 @@ class GatewaySMTP(SMTP):
         self._set_post_data_state()
 
     def _has_long_line(self, raw: bytes) -> bool:
-        """RFC 5321 4.5.3.1.6: 1000 octets a line with its CRLF (aiosmtpd allows 1001). One C-level
-        split is far cheaper than a regex that tries every position."""
-        limit = self.line_length_limit - 2  # the longest content a line may have
-        return len(raw) > limit and max(map(len, raw.split(b"\r\n"))) > limit
+        """RFC 5321 4.5.3.1.6: 1000 octets a line with its CRLF, not counting the dot a client
+        stuffed (aiosmtpd allows 1001 in all). One C-level split is far cheaper than a regex
+        that tries every position."""
+        limit = MAX_TEXT_LINE
+        if len(raw) <= limit:
+            return False
+        lines = raw.split(b"\r\n")
+        return max(map(len, lines)) > limit and any(
+            len(line) > limit + line.startswith(b".") for line in lines if len(line) > limit)
 
     async def _read_data(self) -> tuple[bytes, bool]:
         """The data up to the final CRLF.CRLF (excluded but for the last line's CRLF), and

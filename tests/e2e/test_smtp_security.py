@@ -407,3 +407,67 @@ def test_ehlo_advertises_the_contract_and_pipelined_commands_work(make_gateway, 
     assert s.cmd("NOOP")[0] == 250
     s.cmd("QUIT")
     assert b"Subject: Pipelined" in sink.wait_for(1)[0].content
+
+
+def test_rfc_4954_the_auth_parameter_is_discarded_and_auth_is_refused_in_a_transaction(
+        make_gateway, sink: Sink):
+    """sendmail relaying after it authenticated sends MAIL FROM:<...> AUTH=<>: it got 555 and
+    every message bounced. AUTH inside a transaction gets 503 (RFC 4954 4), not a 235 that
+    the RCPTs after it then contradict with 530."""
+    gw = make_gateway(trusted=False)
+    s = tls_session(gw.smtp_port)
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD)) == (
+        503, "5.5.1 AUTH not allowed during a mail transaction")
+    assert s.cmd("RSET")[0] == 250
+    assert s.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD))[0] == 235
+    assert s.cmd("MAIL FROM:<news@example.com> AUTH=news+2Bx@example.com+zz")[0] == 501
+    assert s.cmd("MAIL FROM:<news@example.com> AUTH=<> SIZE=500")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    assert s.cmd(message(subject="Relayed by an MTA") + b".")[0] == 250
+    assert b"Relayed by an MTA" in sink.wait_for(1)[0].content
+
+
+def test_an_oversize_message_gets_552_never_a_bare_newline_521(make_gateway, sink: Sink):
+    """Past the size limit only the last chunk is kept, and a chunk read in the middle of a
+    CRLF starts with its LF: that read as a bare LF (521, session closed) about one time in
+    three, where the client must get 552 and keep its session."""
+    gw = make_gateway(smtp_extra="max_message_bytes = 100000")
+    s = RawSmtp(gw.smtp_port, timeout=30)
+    s.cmd("EHLO c")
+    for shift in range(6):  # where the chunks are cut, against the CRLFs
+        assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+        assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+        assert s.cmd("DATA")[0] == 354
+        s.send(message() + b"b" * (shift % 3) + b"a\r\n" * 1_200_000 + b".\r\n")  # 3.6 MB
+        assert s.reply()[0] == 552
+    assert s.cmd("NOOP")[0] == 250
+    assert sink.messages == []
+
+
+def test_a_line_of_998_octets_passes_and_one_more_is_refused(make_gateway, sink: Sink):
+    """RFC 5321 4.5.3.1.6: 1,000 octets with the CRLF; a stuffed dot is not counted."""
+    gw = make_gateway()
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    for line, code in ((b"x" * 998, 250), (b"." + b"." * 998, 250), (b"x" * 999, 500)):
+        assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+        assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+        assert s.cmd("DATA")[0] == 354
+        assert s.cmd(message() + line + b"\r\n.")[0] == code, len(line)
+    assert len(sink.wait_for(2)) == 2
+
+
+def test_a_transaction_may_not_try_recipients_without_end(make_gateway):
+    """Refused or repeated RCPTs are decided and kept for the audit: uncounted, 20,000 of
+    them held ~26 MB. Past 3 x smtp.max_recipients tries the answer is 452."""
+    gw = make_gateway(smtp_extra="max_recipients = 5")
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    s.send(b"RCPT TO:<jane@example.net>\r\n" * 15 + b"RCPT TO:<nobody@nowhere.example>\r\n")
+    codes = [s.reply()[0] for _ in range(16)]
+    assert codes == [250] * 15 + [452]
+    assert s.cmd("DATA")[0] == 354  # the transaction goes on with what was accepted
+    assert s.cmd(message() + b".")[0] == 250

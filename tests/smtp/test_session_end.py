@@ -47,3 +47,28 @@ async def test_a_client_that_reads_no_reply_loses_its_session_after_the_idle_tim
     finally:
         client.close()
         server.close()
+
+
+async def test_an_ipv4_client_of_a_dual_stack_socket_is_counted_as_ipv4():
+    """smtp.processes > 1 on "[::]" shares a dual-stack socket: IPv4 clients came as
+    ::ffff:127.0.0.1, which no IPv4 smtp.trusted_clients network (nor the loopback rule, nor
+    the per-IP table) matched."""
+    if not socket.has_ipv6:
+        return  # nothing to check on a host without IPv6 (a plain IPv4 socket is used)
+    from gateway.supervisor import bind_smtp_socket
+
+    sock = bind_smtp_socket("[::]:0")
+    settings = dataclasses.replace(SmtpSettings(), hostname="gw.test")
+    sessions: Counter[str] = Counter()
+    accepting = asyncio.Event()
+    accepting.set()
+    server = await start_smtp_server(NoHooks(), settings, "", 0, None, accepting, sessions,
+                                     sock=sock)
+    port = sock.getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await reader.readline()  # the greeting: the session is counted by now
+        assert list(sessions) == ["127.0.0.1"]
+        writer.close()
+    finally:
+        server.close()
