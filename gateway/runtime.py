@@ -34,7 +34,7 @@ from gateway.security.tokens import load_token_keys
 from gateway.settings import Settings, parse_listen
 from gateway.smtp.auth import Authenticator
 from gateway.smtp.handler import GatewayHandler
-from gateway.smtp.server import start_smtp_server
+from gateway.smtp.server import GatewaySMTP, start_smtp_server
 from gateway.store.accounts import AccountStore
 from gateway.store.audit import AuditLog
 from gateway.store.db import Database
@@ -54,6 +54,7 @@ from gateway.web.protocol import guarded_protocol
 log = logging.getLogger("gateway")
 
 HOUSEKEEPING_SECONDS = 60.0
+DRAIN_SECONDS = 30.0  # a stop waits this long for messages in progress and copies in flight
 RETENTION_EVERY_SECONDS = 86400.0  # R4's purge: daily (the first a day after the first start)
 SWITCH_INTERVAL = 0.0005
 WEBHOOK_EVENTS_KEPT_SECONDS = 86400.0  # a replay is refused by its signature's age after 300 s
@@ -85,6 +86,8 @@ class Gateway:
         self.db = Database(settings.store.path)
         self.accepting = asyncio.Event()
         self.connections: Counter[str] = Counter()
+        self.sessions: set[GatewaySMTP] = set()  # open SMTP sessions, for a stop's drain
+        self._hurry = asyncio.Event()  # a second signal: stop without waiting any longer
         self.started_at = time.time()
         self.tls: TlsInfo | None = None
         self._smtp: asyncio.Server | None = None
@@ -179,7 +182,8 @@ class Gateway:
         try:
             self._smtp = await start_smtp_server(handler, s.smtp, host, port, tls_context,
                                                  self.accepting, self.connections,
-                                                 sock=self.listen_socket)
+                                                 sock=self.listen_socket,
+                                                 sessions=self.sessions)
         except OSError as exc:
             raise OSError(f"smtp.listen {s.smtp.listen}: {exc.strerror or exc}") from None
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
@@ -262,24 +266,36 @@ class Gateway:
             await store.reject(entry, "purge", f"held longer than {days} days")
             log.info("quarantine entry %d purged after %d days", entry.id, days)
 
-    async def stop(self, drain_seconds: float = 30.0) -> None:
+    async def stop(self, drain_seconds: float = DRAIN_SECONDS) -> None:
         """Graceful: stop accepting, let sessions finish, finish deliveries, close the store."""
         self.accepting.clear()
         if self._smtp is not None:
             self._smtp.close()  # no new connections
-            deadline = time.monotonic() + drain_seconds
-            while sum(self.connections.values()) and time.monotonic() < deadline:  # noqa: ASYNC110
+            began = time.monotonic()
+            deadline = began + drain_seconds
+            while (self.sessions and time.monotonic() < deadline
+                   and not self._hurry.is_set()):
+                # a session between two messages is closed at once (421), as its client
+                # keeps it open for the next; one in a transaction when it has finished
+                closed = sum(session.close_for_stop(idle_only=True)
+                             for session in list(self.sessions))
+                if closed:
+                    log.info("closed %d idle SMTP sessions (421); %d finishing a message",
+                             closed, len(self.sessions) - closed)
                 await asyncio.sleep(0.05)
-            if sum(self.connections.values()):
-                log.warning("closing %d SMTP sessions still open after %.0f s",
-                            sum(self.connections.values()), drain_seconds)
+            if self.sessions:
+                log.warning("closing %d SMTP sessions still in a transaction after %.1f s "
+                            "(421: their clients keep the messages and retry)",
+                            len(self.sessions), time.monotonic() - began)
+                for session in list(self.sessions):
+                    session.close_for_stop(idle_only=False)
             self._smtp.close()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         if self.flow is not None:
             await self.flow.drain()  # audit records of sessions that just ended
         if self.delivery is not None:
-            await self.delivery.stop(drain_seconds)
+            await self.delivery.stop(drain_seconds, hurry=self._hurry)
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             await asyncio.gather(self._http_task, return_exceptions=True)
@@ -300,6 +316,13 @@ class Gateway:
                 await asyncio.gather(self.lookup.close(), return_exceptions=True)
             await asyncio.gather(self.db.close(), return_exceptions=True)
 
+    def _stop_now(self) -> None:
+        if not self._hurry.is_set():
+            log.warning("second signal: stopping now; sessions still open get 421, copies "
+                        "still being sent are handed back to the queue (an upstream that "
+                        "took one already may get it again)")
+            self._hurry.set()
+
     async def run_until_signalled(self, on_ready: Any = None) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -319,8 +342,12 @@ class Gateway:
         if on_ready is not None:
             on_ready(self)
         await stop.wait()
-        log.info("signal received: draining (no new connections, finishing sessions)")
-        await self.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop_now)
+        log.info("signal received: draining for up to %.0f s (no new connections; idle "
+                 "sessions closed, messages in progress finished, deliveries in flight "
+                 "finished); a second signal stops at once", DRAIN_SECONDS)
+        await self.stop(DRAIN_SECONDS)
         log.info("stopped cleanly")
 
 

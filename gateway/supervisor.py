@@ -15,6 +15,7 @@ store and shared.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ log = logging.getLogger("gateway.supervisor")
 
 RESTART_DELAY = 1.0
 EARLY_EXIT_SECONDS = 5.0  # a worker failing this soon after start fails again: give up
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def bind_smtp_socket(listen: str) -> socket.socket:
@@ -41,8 +43,12 @@ def bind_smtp_socket(listen: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+    try:
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"smtp.listen {listen}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
 
@@ -102,6 +108,7 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        supervisor = os.getpid()
         pid = os.fork()
         if pid:
             self.workers[pid] = (index, time.monotonic())
@@ -110,6 +117,7 @@ class Supervisor:
         try:  # the worker: default signal dispositions, then a whole gateway on its own loop
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _stop_with_parent(supervisor)
             run_one(Gateway(self.settings, listen_socket=self.sock, serve_http=index == 0),
                     self.on_ready if index == 0 else None)
             code = 0
@@ -130,6 +138,19 @@ class Supervisor:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def _stop_with_parent(supervisor: int) -> None:
+    """A worker drains and stops (SIGTERM) when its supervisor dies, by a SIGKILL say:
+    else it kept the ports, and nobody replaced it when it died in turn (Linux's
+    PR_SET_PDEATHSIG; elsewhere the worker outlives it, as before)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != supervisor:  # it died before the prctl: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def supervise(settings: Settings, on_ready: Any = None) -> None:

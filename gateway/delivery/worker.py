@@ -87,12 +87,15 @@ class DeliveryService:
                        for i in range(self.settings.workers)]
         self._tasks.append(asyncio.create_task(self._scanner(), name="delivery-scan"))
 
-    async def stop(self, drain_seconds: float = 30.0) -> None:
-        """Graceful: finish copies in flight (up to `drain_seconds`), hand the rest back."""
+    async def stop(self, drain_seconds: float = 30.0,
+                   hurry: asyncio.Event | None = None) -> None:
+        """Graceful: finish copies in flight (up to `drain_seconds`, or until `hurry` is set),
+        hand the rest back."""
         self._stopping.set()
         self._wake.set()
         deadline = time.monotonic() + drain_seconds
-        while self._in_flight and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded poll
+        while (self._in_flight and time.monotonic() < deadline  # noqa: ASYNC110 - bounded poll
+               and not (hurry is not None and hurry.is_set())):
             await asyncio.sleep(0.05)
         for task in self._tasks:
             task.cancel()

@@ -145,7 +145,8 @@ class GatewaySMTP(SMTP):
         return list(cls._dir_names)
 
     def __init__(self, handler: Any, *, settings: SmtpSettings, connections: Counter[str],
-                 tls_context: ssl.SSLContext | None, accepting: asyncio.Event) -> None:
+                 tls_context: ssl.SSLContext | None, accepting: asyncio.Event,
+                 sessions: set[GatewaySMTP] | None = None) -> None:
         super().__init__(
             handler,
             data_size_limit=settings.max_message_bytes,
@@ -165,6 +166,7 @@ class GatewaySMTP(SMTP):
         self.gateway_settings = settings
         self._connections = connections
         self._accepting = accepting
+        self._sessions = sessions if sessions is not None else set()
         self._client_ip = ""
         self._counted = False
         self._idle_deadline = 0.0  # see _reset_timeout
@@ -191,6 +193,7 @@ class GatewaySMTP(SMTP):
         self._reader.__class__ = StrictLineReader
         self._connections[self._client_ip] += 1
         self._counted = True
+        self._sessions.add(self)
         too_many = (self._connections[self._client_ip]
                     > self.gateway_settings.max_connections_per_ip)
         if too_many or not self._accepting.is_set():
@@ -369,9 +372,27 @@ class GatewaySMTP(SMTP):
         """Stop counting this session (once) in the per-IP table the drain watches."""
         if self._counted:
             self._counted = False
+            self._sessions.discard(self)
             self._connections[self._client_ip] -= 1
             if self._connections[self._client_ip] <= 0:
                 del self._connections[self._client_ip]
+
+    def close_for_stop(self, idle_only: bool) -> bool:
+        """A stop: say 421 (RFC 5321 3.8) and close, now. `idle_only`: only a session
+        between transactions (a client that keeps its connection open for the next message:
+        the drain would otherwise wait its whole time for it); one in a transaction is left
+        to finish its message. Whether it was closed."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        envelope = self.envelope
+        if idle_only and envelope is not None and envelope.mail_from is not None:
+            return False  # (after DATA, the envelope is reset only once its 250 is written)
+        transport.write(replies.SHUTTING_DOWN.encode() + b"\r\n")  # type: ignore[attr-defined]
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
+        self._close_now()
+        return True
 
     async def push(self, status: str | bytes) -> None:
         raw = status.encode("utf-8") if isinstance(status, str) else status
@@ -448,7 +469,8 @@ class GatewaySMTP(SMTP):
 async def start_smtp_server(handler: Any, settings: SmtpSettings, host: str, port: int,
                             tls_context: ssl.SSLContext | None, accepting: asyncio.Event,
                             connections: Counter[str],
-                            sock: socket.socket | None = None) -> asyncio.Server:
+                            sock: socket.socket | None = None,
+                            sessions: set[GatewaySMTP] | None = None) -> asyncio.Server:
     """Create the listening server on the running loop (not aiosmtpd's threaded Controller).
 
     `connections` counts open sessions per client IP; the caller reads it to drain on stop.
@@ -457,7 +479,7 @@ async def start_smtp_server(handler: Any, settings: SmtpSettings, host: str, por
 
     def factory() -> GatewaySMTP:
         return GatewaySMTP(handler, settings=settings, connections=connections,
-                           tls_context=tls_context, accepting=accepting)
+                           tls_context=tls_context, accepting=accepting, sessions=sessions)
 
     if sock is not None:  # shared with sibling processes (smtp.processes > 1)
         return await loop.create_server(factory, sock=sock, backlog=1024)

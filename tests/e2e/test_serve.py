@@ -259,3 +259,38 @@ def test_a_supervisor_that_adopts_a_dead_workers_reader_does_not_take_it_for_a_w
     _send_one(gw.smtp_port, "after the adoption")
     assert any(b"after the adoption" in r.content for r in sink.wait_for(1))
     assert gw.terminate(30) == 0
+
+
+def test_a_stop_closes_idle_sessions_at_once_and_a_second_signal_stops_now(make_gateway):
+    """A marketing tool keeps its connection open between messages: a stop waited the whole
+    30 s for it, then dropped it without a word, and a second Ctrl-C did nothing."""
+    gw = make_gateway()
+    idle = RawSmtp(gw.smtp_port)
+    idle.cmd("EHLO c")  # between two messages
+    busy = RawSmtp(gw.smtp_port)
+    busy.cmd("EHLO c")
+    assert busy.cmd("MAIL FROM:<news@example.com>")[0] == 250  # in a transaction
+    started = time.monotonic()
+    gw.proc.send_signal(signal.SIGTERM)
+    assert idle.reply() == (421, "4.3.2 Service shutting down, try again later")
+    assert idle.closed() and time.monotonic() - started < 3
+    time.sleep(1.0)
+    assert gw.proc.poll() is None  # the transaction may still finish its message
+    gw.proc.send_signal(signal.SIGTERM)  # the second signal
+    assert gw.proc.wait(10) == 0 and time.monotonic() - started < 10
+    assert busy.reply()[0] == 421 and busy.closed()
+    assert "second signal: stopping now" in gw.output
+
+
+def test_workers_stop_when_their_supervisor_is_killed(make_gateway):
+    """kill -9 of the supervisor left both workers running, holding the ports, with nobody
+    to replace them; a new `gateway serve` then failed 'Address already in use'."""
+    gw = make_gateway(smtp_extra="processes = 2")
+    workers = wait_until(lambda: len(_children(gw.proc.pid)) == 2 and _children(gw.proc.pid),
+                         what="two gateway processes")
+    gw.proc.kill()
+    gw.proc.wait(10)
+    wait_until(lambda: not any(Path(f"/proc/{pid}/cmdline").exists()
+                               and Path(f"/proc/{pid}/cmdline").read_bytes()
+                               for pid in workers), timeout=20, what="the workers' exit")
+    assert _port_free(gw.smtp_port)
