@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass
 
 from gateway.errors import Refused
-from gateway.flow import campaign_of, narrowed_campaign
+from gateway.flow import campaign_of, from_header_domains, narrowed_campaign
 from gateway.model import PolicyKnobs, Verdict
 from gateway.policy import chain
+from gateway.policy.message import m1_from_domain
 from gateway.store.accounts import AccountStore
 from gateway.store.ledger import LedgerLookup, ledger_form
 from gateway.store.quarantine import QuarantineEntry, QuarantineStore
@@ -52,6 +53,15 @@ class Review:
         if account is None:
             raise Refused(f"quarantine entry {entry_id}: account {entry.account} no longer "
                           "exists")
+        # M1 again: the account's domains may have changed since the hold (as at MAIL FROM
+        # and DATA: the envelope sender, then the From header)
+        content = await self.quarantine.content(entry)
+        sender_domain = entry.mail_from.rpartition("@")[2].lower().rstrip(".")
+        m1 = m1_from_domain(from_header_domains(content or b""), account.may_send_from)
+        if not account.may_send_from(sender_domain) or m1 is not None:
+            raise Refused(f"quarantine entry {entry_id} cannot be released: M1 the sender "
+                          f"<{entry.mail_from}> or the From header is not among account "
+                          f"{account.name}'s domains now")
         facts = await self.lookup.facts(entry.recipient)
         # as narrowed at DATA by the message's own X-Gateway-* headers, never wider
         campaign = narrowed_campaign(account, (entry.steering_topics, entry.steering_products)
@@ -70,5 +80,6 @@ class Review:
         entry = await self.quarantine.get(entry_id)
         if entry.state != "held":
             raise Refused(f"quarantine entry {entry_id} was already {entry.state}")
-        await self.quarantine.reject(entry, operator, reason)
+        await self.quarantine.reject(entry, operator, reason,
+                                     self.lookup.hasher(ledger_form(entry.recipient)))
         return entry

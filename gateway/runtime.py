@@ -23,7 +23,7 @@ import uvicorn
 from gateway.compose import Composer, CopySettings
 from gateway.delivery.upstream import make_transport
 from gateway.delivery.worker import DeliveryService
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, Refused
 from gateway.flow import Decider, Flow
 from gateway.notice_templates import load_templates
 from gateway.notify import Notifier
@@ -38,7 +38,7 @@ from gateway.smtp.server import GatewaySMTP, start_smtp_server
 from gateway.store.accounts import AccountStore
 from gateway.store.audit import AuditLog
 from gateway.store.db import Database
-from gateway.store.ledger import Ledger, LedgerLookup
+from gateway.store.ledger import Ledger, LedgerLookup, ledger_form
 from gateway.store.notifications import NotificationStore
 from gateway.store.quarantine import QuarantineStore
 from gateway.store.queue import QueueStore
@@ -263,7 +263,12 @@ class Gateway:
         days = self.settings.quarantine.retention_days
         store = QuarantineStore(self.db)
         for entry in await store.held_before(time.time() - days * 86400):
-            await store.reject(entry, "purge", f"held longer than {days} days")
+            assert self.lookup is not None
+            try:
+                await store.reject(entry, "purge", f"held longer than {days} days",
+                                   self.lookup.hasher(ledger_form(entry.recipient)))
+            except Refused:  # an operator decided it meanwhile
+                continue
             log.info("quarantine entry %d purged after %d days", entry.id, days)
 
     async def stop(self, drain_seconds: float = DRAIN_SECONDS) -> None:

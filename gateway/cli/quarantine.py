@@ -27,7 +27,7 @@ from gateway.errors import NotFound, Refused
 from gateway.review import Review
 from gateway.store.accounts import AccountStore
 from gateway.store.db import Database
-from gateway.store.ledger import Ledger, LedgerLookup
+from gateway.store.ledger import Ledger, LedgerLookup, ledger_form
 from gateway.store.quarantine import QuarantineStore
 from gateway.text import preview, printable
 
@@ -273,13 +273,20 @@ def reject(state: CliState, entry_ids: tuple[int, ...], select_all: bool, rule: 
 def purge(state: CliState, days: float) -> None:
     """Reject every entry held longer than DAYS, so held personal data does not pile up."""
 
+    hasher = hasher_for(state.settings)
+
     async def body() -> int:
         async with Database(state.settings.store.path) as db:
             store = QuarantineStore(db)
-            entries = await store.held_before(time.time() - days * 86400)
-            for entry in entries:
-                await store.reject(entry, "purge", f"held longer than {days:g} days")
-        return len(entries)
+            purged = 0
+            for entry in await store.held_before(time.time() - days * 86400):
+                try:
+                    await store.reject(entry, "purge", f"held longer than {days:g} days",
+                                       hasher(ledger_form(entry.recipient)))
+                except Refused:  # released or rejected by an operator meanwhile
+                    continue
+                purged += 1
+        return purged
 
     click.echo(f"{run(body)} quarantine entries purged")
 

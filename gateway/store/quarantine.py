@@ -16,6 +16,7 @@ from gateway.errors import NotFound, Refused
 from gateway.store.audit import AuditRecord, insert_record_async
 from gateway.store.db import Database
 
+KEEP_FAILED_SECONDS = 7 * 86400  # QueueStore.drop_finished_content's default
 _COLUMNS = ("id, message_id, created_at, account, client_ip, mail_from, recipient, subject,"
             " rule, reason, basis, state, steering_topics, steering_products")
 
@@ -114,17 +115,25 @@ class QuarantineStore:
             assert cur.lastrowid is not None
             return cur.lastrowid
 
-    async def reject(self, entry: QuarantineEntry, operator: str, reason: str | None) -> None:
-        """Record the refusal and delete the raw message once nothing else needs it."""
+    async def reject(self, entry: QuarantineEntry, operator: str, reason: str | None,
+                     recipient_hash: bytes) -> None:
+        """Record the refusal, with the decision in the audit log (client "operator NAME",
+        as a release), and free the raw message once nothing else needs it: no copy held,
+        queued, deferred, or failed recently enough for `queue retry` (as the queue's own
+        housekeeping keeps it, QueueStore.drop_finished_content)."""
         now = time.time()
         async with self.db.transaction() as conn:
             await _decide(conn, entry, "rejected", operator, reason, now)
+            await insert_record_async(conn, AuditRecord(
+                now, entry.account, f"operator {operator}", recipient_hash, entry.rule,
+                "reject", entry.message_id).row())
             await conn.execute(
                 "UPDATE messages SET content = NULL WHERE id = ? AND NOT EXISTS"
                 " (SELECT 1 FROM quarantine q WHERE q.message_id = messages.id"
                 "  AND q.state = 'held') AND NOT EXISTS (SELECT 1 FROM deliveries d"
-                "  WHERE d.message_id = messages.id AND d.state IN ('queued', 'deferred'))",
-                (entry.message_id,))
+                "  WHERE d.message_id = messages.id AND (d.state IN ('queued', 'deferred')"
+                "   OR (d.state = 'failed' AND d.updated_at > ?)))",
+                (entry.message_id, now - KEEP_FAILED_SECONDS))
 
     async def held_before(self, cutoff: float) -> builtins.list[QuarantineEntry]:
         rows = await self.db.fetchall(

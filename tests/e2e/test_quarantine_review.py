@@ -192,3 +192,23 @@ def test_a_release_decides_on_the_campaign_the_message_said_and_is_audited(make_
                            " WHERE decision = 'allow'").fetchall()
     assert audit == [("operator op", "R8", "allow")]
     assert gw.cli("audit", "verify").returncode == 0  # the release row is on the chain
+
+
+def test_rejects_and_purges_are_audited_and_release_checks_m1_again(gw, sink: Sink):
+    """An operator's reject left no audit row (a release did); a release after the account
+    lost the domain sent mail From: a domain it may no longer use."""
+    first, second, third = hold(gw), hold(gw), hold(gw)
+    assert gw.cli("quarantine", "reject", str(first), "--operator", "bob").returncode == 0
+    assert gw.cli("accounts", "update", "crm", "--from-domain", "other.example"
+                  ).returncode == 0
+    refused = gw.cli("quarantine", "release", str(second))
+    assert refused.returncode == 1 and "M1" in refused.stderr, refused.stderr
+    assert gw.cli("quarantine", "purge", "--older-than", "0").returncode == 0
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        rows = db.execute("SELECT client_ip, rule, decision FROM audit"
+                          " WHERE client_ip LIKE 'operator %' ORDER BY id").fetchall()
+    assert rows == [("operator bob", "R9", "reject"), ("operator purge", "R9", "reject"),
+                    ("operator purge", "R9", "reject")]
+    assert "intact" in gw.cli("audit", "verify").stdout
+    time.sleep(0.3)
+    assert sink.messages == [] and third

@@ -472,3 +472,26 @@ async def test_a_transaction_cancelled_while_it_begins_leaves_the_store_usable(d
     other.execute("ROLLBACK")
     other.close()
     locker.close()
+
+
+async def test_rejecting_a_held_copy_keeps_the_content_a_failed_sibling_may_be_retried_with(
+        db: Database):
+    """The quarantine's reject freed the message while another recipient's copy had just
+    failed: `queue retry`, promised for 7 days, said 'content no longer kept'."""
+    import dataclasses
+
+    from gateway.model import Decision, Verdict
+    from gateway.store.quarantine import QuarantineStore
+    from gateway.store.queue import Held
+
+    held = Held("held@x.example", Decision(Verdict.QUARANTINE, "R9", "unclear", "b"))
+    q = QueueStore(db, "me")
+    (copies,) = await q.commit_messages([dataclasses.replace(
+        incoming("M", "a@x.example"), held=(held,))])
+    await q.fail(copies[0].delivery_id, "550 5.1.1 mailbox full")
+    quarantine = QuarantineStore(db)
+    [entry] = await quarantine.list()
+    await quarantine.reject(entry, "bob", "no", b"\x01" * 32)
+    await q.release([copies[0].delivery_id])
+    await q.retry(copies[0].delivery_id)  # NotFound "content no longer kept" before
+    assert (await q.get(copies[0].delivery_id)).state == "queued"
