@@ -33,20 +33,27 @@ def queue() -> None:
 @queue.command("list")
 @click.option("--failed", is_flag=True, help="Only copies that failed permanently.")
 @click.option("--all", "show_all", is_flag=True, help="Include copies already sent.")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Show at most this many entries (the oldest).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def list_(state: CliState, failed: bool, show_all: bool, as_json: bool) -> None:
+def list_(state: CliState, failed: bool, show_all: bool, limit: int, as_json: bool) -> None:
     """Copies waiting (queued, deferred) or failed, oldest first."""
     states: tuple[str, ...] = ("failed",) if failed else (
         ("queued", "deferred", "failed", "sent") if show_all else ("queued", "deferred", "failed"))
 
     async def body() -> None:
         async with open_queue(state) as q:
-            entries = await q.list(states)
+            entries = await q.list(states, limit=limit + 1)
+        more = len(entries) > limit
+        entries = entries[:limit]
+        if more:  # said on stderr: the JSON on stdout stays a plain list
+            click.echo(f"only the first {limit} queue entries are shown: there are more "
+                       "(--limit)", err=True)
         if as_json:
             print_json([e.as_json() for e in entries])
             return
-        table = Table(title=f"{len(entries)} queue entries")
+        table = Table(title=f"{'first ' if more else ''}{len(entries)} queue entries")
         for column in ("id", "queue id", "from", "recipient", "state", "attempts", "next try",
                        "last error"):
             table.add_column(column)

@@ -405,7 +405,10 @@ class QueueStore:
         Refused (Refused) while another gateway process holds the copy: it may be talking to
         the upstream right now, and a copy deleted under it would still go out, unrecorded.
         """
-        await self.get(delivery_id)
+        entry = await self.get(delivery_id)
+        if entry.state == "sent":  # it went: its record is what an access request lists
+            raise Refused(f"queue entry {delivery_id} was sent: its record is kept (GDPR 15 "
+                          "exports list it); there is nothing to delete")
         now = time.time()
         async with self.db.transaction() as conn:
             deleted = await conn.execute(

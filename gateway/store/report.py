@@ -123,10 +123,13 @@ class ReportStore:
 
     async def deliveries(self, since: float | None) -> list[DeliveryCount]:
         # A copy refused by the policy after DATA is stored as failed with "550 5.7.1 <rule> "
-        # (queue.is_policy_refusal); counting it as an upstream failure would hide a decision.
+        # (queue.is_policy_refusal); counting it as an upstream failure would hide a decision,
+        # and an upstream's own "550 5.7.1 Message rejected as spam" is no decision of ours.
         rows = await self.db.fetchall(
             "SELECT m.account, CASE WHEN d.state = 'failed'"
-            "   AND substr(d.last_error, 1, 10) = '550 5.7.1 ' THEN 'refused' ELSE d.state END"
+            "   AND (d.last_error GLOB '550 5.7.1 [RMT][0-9] *'"
+            "        OR d.last_error GLOB '550 5.7.1 R[0-9][0-9] *')"
+            "   THEN 'refused' ELSE d.state END"
             "   AS state, count(*)"
             " FROM deliveries d JOIN messages m ON m.id = d.message_id"
             " WHERE (? IS NULL OR d.created_at >= ?) GROUP BY m.account, 2"

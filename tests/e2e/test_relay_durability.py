@@ -125,6 +125,8 @@ def test_queue_retry_and_delete_steer_single_entries(make_gateway):
     listing = json.loads(gw.cli("queue", "list", "--json").stdout)
     by_rcpt = {e["recipient"]: e["id"] for e in listing}
     assert len(entries) >= 1
+    limited = gw.cli("queue", "list", "--json", "--limit", "1")  # silently 1,000 before
+    assert len(json.loads(limited.stdout)) == 1 and "(--limit)" in limited.stderr
     assert gw.cli("queue", "delete", str(by_rcpt["b@example.net"])).returncode == 0
     assert gw.cli("queue", "delete", "999999").returncode == 1
     upstream.start()

@@ -495,3 +495,22 @@ async def test_rejecting_a_held_copy_keeps_the_content_a_failed_sibling_may_be_r
     await q.release([copies[0].delivery_id])
     await q.retry(copies[0].delivery_id)  # NotFound "content no longer kept" before
     assert (await q.get(copies[0].delivery_id)).state == "queued"
+
+
+async def test_a_sent_copy_is_not_deleted_and_an_upstream_5_7_1_is_no_policy_refusal(
+        db: Database):
+    """`queue delete` of a sent copy erased what an access export lists; the report counted
+    an upstream's "550 5.7.1 ... spam" as a refusal of the compliance policy."""
+    from gateway.store.report import ReportStore
+
+    q = QueueStore(db, "me")
+    (copies,) = await q.commit_messages([incoming("A", "a@x.example", "b@x.example",
+                                                  "c@x.example")])
+    a, b, c = (copy.delivery_id for copy in copies)
+    await q.mark_sent([(a, None)])
+    with pytest.raises(Refused, match="was sent"):
+        await q.delete(a)
+    await q.fail(b, "550 5.7.1 Message rejected as spam by upstream policy")
+    await q.fail(c, "550 5.7.1 R1 recipient objected to prospecting (suppression list)")
+    counts = {(d.account, d.state): d.count for d in await ReportStore(db).deliveries(None)}
+    assert counts == {("crm", "sent"): 1, ("crm", "failed"): 1, ("crm", "refused"): 1}
