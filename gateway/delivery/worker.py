@@ -56,7 +56,6 @@ class DeliveryService:
         self._known: set[int] = set()  # claimed by us and not finished: never dispatched twice
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
-        self.stats = {"sent": 0, "deferred": 0, "failed": 0}
         # A crash between the upstream's 250 and this record means one duplicate delivery,
         # never a loss; batching it saves an fsync per copy.
         self._sent: GroupCommitter[tuple[int, str | None], None] = GroupCommitter(
@@ -168,7 +167,6 @@ class DeliveryService:
         await self._record_sent(copy, version)
         if self.on_sent is not None:
             self.on_sent(copy)
-        self.stats["sent"] += 1
         log.info("delivery %d msg %s to=<%s> sent: %s", copy.delivery_id, copy.message_id,
                  copy.recipient, answer)
 
@@ -201,14 +199,12 @@ class DeliveryService:
         delay = retry_delay(attempts, self.settings.retry_base_seconds,
                             self.settings.retry_max_seconds)
         await self.queue.defer(copy.delivery_id, error, time.time() + delay)
-        self.stats["deferred"] += 1
         log.warning("delivery %d msg %s to=<%s> deferred (attempt %d, retry in %.0f s): %s",
                     copy.delivery_id, copy.message_id, copy.recipient, attempts, delay, error)
 
     async def _fail(self, copy: Copy, error: str) -> None:
         dsn = self._dsn_for(copy, error) if should_send_dsn(copy.mail_from) else None
         bounces = await self.queue.fail(copy.delivery_id, error, dsn)
-        self.stats["failed"] += 1
         log.warning("delivery %d msg %s to=<%s> failed%s: %s", copy.delivery_id,
                     copy.message_id, copy.recipient, ", DSN queued" if dsn else "", error)
         self.dispatch(bounces)

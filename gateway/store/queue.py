@@ -28,6 +28,9 @@ _RENEW_CLAIMS_SQL = ("UPDATE deliveries SET claimed_until = ? WHERE claimed_by =
                      " AND id IN (SELECT id FROM k) AND state IN ('queued', 'deferred')")
 POLICY_REFUSAL = re.compile(r"550 5\.7\.1 (R\d+|M\d|T\d) ")
 PENDING = ("queued", "deferred")
+# /metrics' delivery counters (017_delivery_counts), in the outcome's own transaction
+_COUNT_SQL = ("INSERT INTO delivery_counts (state, total) VALUES (?, ?)"
+              " ON CONFLICT (state) DO UPDATE SET total = total + excluded.total")
 
 
 @dataclass(frozen=True)
@@ -191,21 +194,31 @@ class QueueStore:
         rows = [(delivery_id, version) for delivery_id, version in sent]
         # one statement for the batch, not one per copy (each waits for the GIL behind the
         # event loop: ledger.record_objections)
-        await self.db.write(lambda conn: with_rows(
-            conn, "k(id, v)", rows,
-            "UPDATE deliveries SET state = 'sent', attempts = attempts + 1, last_error = NULL,"
-            " claimed_by = NULL, claimed_until = NULL, updated_at = ?,"
-            " notice_version = (SELECT v FROM k WHERE k.id = deliveries.id)"
-            " WHERE id IN (SELECT id FROM k)", (now,)))
+        def write(conn: sqlite3.Connection) -> None:
+            before = conn.total_changes
+            with_rows(
+                conn, "k(id, v)", rows,
+                "UPDATE deliveries SET state = 'sent', attempts = attempts + 1,"
+                " last_error = NULL, claimed_by = NULL, claimed_until = NULL, updated_at = ?,"
+                " notice_version = (SELECT v FROM k WHERE k.id = deliveries.id)"
+                " WHERE id IN (SELECT id FROM k)", (now,))
+            conn.execute(_COUNT_SQL, ("sent", conn.total_changes - before))
+
+        await self.db.write(write)
         return [None] * len(rows)
 
     async def defer(self, delivery_id: int, error: str, next_attempt_at: float) -> None:
         """A temporary failure: try again at `next_attempt_at`, by whichever process is free."""
         params = (error, next_attempt_at, time.time(), delivery_id)
-        await self.db.write_one(
-            "UPDATE deliveries SET state = 'deferred', attempts = attempts + 1,"
-            " last_error = ?, next_attempt_at = ?, claimed_by = NULL, claimed_until = NULL,"
-            " updated_at = ? WHERE id = ?", params)
+
+        def write(conn: sqlite3.Connection) -> None:
+            changed = conn.execute(
+                "UPDATE deliveries SET state = 'deferred', attempts = attempts + 1,"
+                " last_error = ?, next_attempt_at = ?, claimed_by = NULL, claimed_until = NULL,"
+                " updated_at = ? WHERE id = ?", params).rowcount
+            conn.execute(_COUNT_SQL, ("deferred", changed))
+
+        await self.db.write(write)
 
     async def fail(self, delivery_id: int, error: str,
                    dsn: IncomingMessage | None = None) -> list[Copy]:
@@ -213,10 +226,11 @@ class QueueStore:
         now = time.time()
 
         def write(conn: sqlite3.Connection) -> list[Copy]:
-            conn.execute(
+            changed = conn.execute(
                 "UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?,"
                 " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ?",
-                (error, now, delivery_id))
+                (error, now, delivery_id)).rowcount
+            conn.execute(_COUNT_SQL, ("failed", changed))
             if dsn is None:
                 return []
             conn.execute(
@@ -237,6 +251,14 @@ class QueueStore:
             return copies
 
         return await self.db.write(write)
+
+    async def outcome_counts(self) -> dict[str, int]:
+        """Copies sent, deferred (each time) and failed so far, by every process sharing the
+        store (/metrics' counters: they never go down)."""
+        rows = await self.db.fetchall("SELECT state, total FROM delivery_counts")
+        counts = dict.fromkeys(("sent", "deferred", "failed"), 0)
+        counts.update({row[0]: row[1] for row in rows})
+        return counts
 
     async def claim_due(self, limit: int = 100) -> list[Copy]:
         """Claim copies that are due and not claimed by a live process, for this process."""

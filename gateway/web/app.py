@@ -17,7 +17,7 @@ from gateway.security.signatures import signed_mac
 from gateway.security.tokens import Token
 from gateway.web.pages import HEADERS, confirm_page, done_page, not_found_page, texts_for
 
-MetricsSource = Callable[[], dict[str, float]]
+MetricsSource = Callable[[], Awaitable[dict[str, float]]]
 MAX_BODY = 1024 * 1024  # webhook bodies (1,000 events)
 # a one-click or confirmation POST: "List-Unsubscribe=One-Click" or "confirm=yes". Anyone
 # holding a token (every recipient) can send one: parsing a 1 MiB body of short fields held
@@ -134,9 +134,17 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
 
     async def prometheus(request: Request) -> Response:
         lines = []
-        for name, value in sorted(metrics().items()):
-            lines.append(f"# TYPE gateway_{name} gauge")
-            lines.append(f"gateway_{name} {value:g}")
+        try:
+            values = await metrics()
+        except StoreError:
+            return PlainTextResponse("store unavailable\n", status_code=503)
+        for name, value in sorted(values.items()):
+            # a counter (it only grows; Prometheus' rate() reads a restart's reset as one)
+            # or a gauge; integers printed whole: "{:g}" made 1234567 "1.23457e+06"
+            kind = "counter" if name.endswith("_total") else "gauge"
+            shown = value if isinstance(value, int) else float(value)
+            lines.append(f"# TYPE gateway_{name} {kind}")
+            lines.append(f"gateway_{name} {shown!r}")
         if objections is not None:
             lines.append("# TYPE gateway_objections_total counter")
             for channel, count in sorted((await objections.counts()).items()):
