@@ -77,7 +77,9 @@ class Composer:
                 "R1", "recipient objected before delivery (suppression list)"))
         account = await self.account_of(copy.account)
         if account is None:
-            raise TemporaryFailure(f"account {copy.account} no longer exists")
+            # removed with `gateway accounts remove --force` (refused otherwise while mail of
+            # its waits): retrying for days would change nothing
+            raise PermanentFailure(f"account {copy.account} was removed: not sent")
         s = self.settings
         token = s.tokens.issue(Token(copy.contact_id or 0, account.id, copy.delivery_id))
         unsubscribe_url = f"{s.public_url}/u/{token}"

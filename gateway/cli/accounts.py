@@ -15,6 +15,7 @@ from rich.table import Table
 
 from gateway.addresses import normalize_domain
 from gateway.cli import EXIT_REFUSED, EXIT_USAGE, CliState, fail, print_json, run
+from gateway.errors import NotFound, Refused
 from gateway.security.passwords import hash_password_async, password_problem
 from gateway.store.accounts import CATEGORIES, AccountStore
 from gateway.store.db import Database
@@ -242,14 +243,29 @@ def unlock(state: CliState, name: str) -> None:
 
 @accounts.command()
 @click.argument("name")
+@click.option("--force", is_flag=True,
+              help="Remove it even with mail still queued or held: those copies then fail "
+                   "(a DSN to their sender) instead of being delivered.")
 @click.pass_obj
-def remove(state: CliState, name: str) -> None:
-    """Delete account NAME: it can no longer authenticate; queued mail is still delivered."""
+def remove(state: CliState, name: str, force: bool) -> None:
+    """Delete account NAME: it can no longer authenticate. Refused while copies of its mail
+    are still queued, deferred or held (their delivery needs the account: its unsubscribe
+    links name it): wait for them, or --force."""
 
     async def body() -> None:
         async with open_accounts(state) as store:
+            if await store.get(name) is None:
+                raise NotFound(f"no account {name}")
+            queued, held = await store.mail_in_hand(name)
+            if (queued or held) and not force:
+                raise Refused(f"account {name} still has {queued} copies queued or deferred "
+                              f"and {held} held in the quarantine: not removed. Wait for "
+                              "them (gateway queue list; gateway quarantine list), or "
+                              "--force to fail them")
             await store.remove(name)
-        click.echo(f"account {name} removed")
+        click.echo(f"account {name} removed"
+                   + (f" ({queued} queued and {held} held copies will fail)"
+                      if queued or held else ""))
 
     run(body)
 

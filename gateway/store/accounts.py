@@ -178,6 +178,16 @@ class AccountStore:
     async def remove(self, name: str) -> None:
         await self._update_one(name, "DELETE FROM accounts WHERE name = ?", (name,))
 
+    async def mail_in_hand(self, name: str) -> tuple[int, int]:
+        """(copies queued or deferred, copies held in the quarantine) of account `name`:
+        what a removal would leave without the account their delivery needs."""
+        row = await self.db.fetchone(
+            "SELECT (SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message_id"
+            "        WHERE m.account = ? AND d.state IN ('queued', 'deferred')),"
+            " (SELECT count(*) FROM quarantine WHERE account = ? AND state = 'held')",
+            (name, name))
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
     async def record_failure(self, name: str, max_failures: int,
                              lockout_seconds: float) -> Account | None:
         """Count a failed AUTH; lock the account when it reaches `max_failures` in a row."""

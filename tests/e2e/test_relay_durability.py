@@ -349,3 +349,22 @@ def test_delivery_counters_are_the_stores_and_outlive_a_restart(make_gateway, si
     with sqlite3.connect(gw.config.parent / "gateway.db") as db:  # another process's sends
         db.execute("UPDATE delivery_counts SET total = 1234567 WHERE state = 'sent'")
     assert sent()[-1] == "gateway_deliveries_sent_total 1234567"
+
+
+def test_an_account_with_mail_in_hand_is_removed_only_with_force(make_gateway):
+    """`accounts remove` said queued mail was still delivered; it was deferred for 5 days
+    ("account no longer exists") and then bounced. Now it is refused while copies wait, and
+    --force fails them at once."""
+    upstream = Sink(free_port())  # not started: the copy waits, deferred
+    gw = make_gateway(sink_port=upstream.port)
+    send(gw.smtp_port, message(subject="Waiting"))
+    wait_until(lambda: [e for e in json.loads(gw.cli("queue", "list", "--json").stdout)
+                        if e["state"] == "deferred"], what="a deferred copy")
+    refused = gw.cli("accounts", "remove", "crm")
+    assert refused.returncode == 1 and "1 copies queued or deferred" in refused.stderr
+    forced = gw.cli("accounts", "remove", "crm", "--force")
+    assert forced.returncode == 0 and "will fail" in forced.stdout
+    assert gw.cli("queue", "flush").returncode == 0
+    failed = wait_until(lambda: json.loads(gw.cli("queue", "list", "--failed", "--json").stdout),
+                        what="the copy failed")
+    assert failed[0]["last_error"] == "account crm was removed: not sent"
