@@ -64,6 +64,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     content: bytes
+    mail_options: list[str] = field(default_factory=list)
 
 
 class SinkHandler:
@@ -83,7 +84,8 @@ class SinkHandler:
     async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
         with self.lock:
             self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
-                                          envelope.original_content))
+                                          envelope.original_content,
+                                          list(envelope.mail_options)))
         return "250 OK queued"
 
 

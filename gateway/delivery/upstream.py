@@ -91,6 +91,10 @@ class SmtpTransport:
             # an address beyond ASCII (the gateway takes them, it offers SMTPUTF8) needs the
             # upstream's SMTPUTF8 too (RFC 6531); without it the copy cannot go: 5.6.7
             options = [] if mail_from.isascii() and recipient.isascii() else ["SMTPUTF8"]
+            if not content.isascii() and client.supports_extension("8bitmime"):
+                # RFC 6152 3: 8-bit content (a part the notice was added to in 8bit, say)
+                # is declared; a server without 8BITMIME gets it as Postfix sends it then
+                options.append("BODY=8BITMIME")
             try:
                 _errors, answer = await client.sendmail(mail_from, [recipient], content,
                                                         mail_options=options)

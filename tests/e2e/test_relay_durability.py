@@ -368,3 +368,18 @@ def test_an_account_with_mail_in_hand_is_removed_only_with_force(make_gateway):
     failed = wait_until(lambda: json.loads(gw.cli("queue", "list", "--failed", "--json").stdout),
                         what="the copy failed")
     assert failed[0]["last_error"] == "account crm was removed: not sent"
+
+
+def test_eight_bit_content_is_declared_to_the_upstream(make_gateway, sink: Sink):
+    """RFC 6152: 8-bit data goes with BODY=8BITMIME to a server offering it (it went
+    undeclared); 7-bit data without it."""
+    gw = make_gateway()
+    plain = message(subject="Seven bits")
+    eight = (message(subject="Huit bits").replace(b"\r\n\r\n", b"\r\nMIME-Version: 1.0\r\n"
+             b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit"
+             b"\r\n\r\n\xc3\xa9t\xc3\xa9 ", 1))
+    send(gw.smtp_port, plain)
+    send(gw.smtp_port, eight)
+    received = {b"Huit" in r.content: r for r in sink.wait_for(2)}
+    assert "BODY=8BITMIME" in received[True].mail_options
+    assert "BODY=8BITMIME" not in received[False].mail_options
