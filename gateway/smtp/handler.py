@@ -130,6 +130,11 @@ class GatewayHandler:
         if len(parts) != 3:
             await server.push(replies.AUTH_BAD_PLAIN)
             return AuthResult(success=False, handled=True)
+        if parts[0] not in (b"", parts[1]):
+            # RFC 4616 2: an authorization identity the login may not act as fails; no
+            # account here acts for another (it was ignored: AUTH as crm "for" anyone)
+            log.info("%s AUTH PLAIN for another identity refused", server.client_ip)
+            return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
         return await self._check(server, parts[1], parts[2])
 
     async def auth_LOGIN(self, server: GatewaySMTP, args: list[str]) -> AuthResult:

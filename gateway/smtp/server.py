@@ -313,7 +313,13 @@ class GatewaySMTP(SMTP):
             content = raw[1:] if raw.startswith(b".") else raw
             content = content.replace(b"\r\n.", b"\r\n")
             self.envelope.content = self.envelope.original_content = content
-            status = await self._call_handler_hook("DATA")
+            try:
+                status = await self._call_handler_hook("DATA")
+            except Exception:
+                # answered by handle_exception (451); the transaction is over all the same:
+                # kept, the client's next MAIL got "503 nested MAIL command"
+                self._set_post_data_state()
+                raise
             self._set_post_data_state()
             await self.push(status)
             return

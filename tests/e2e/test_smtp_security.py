@@ -77,6 +77,13 @@ def test_authenticated_client_over_starttls_gets_mail_through(make_gateway, sink
 def test_bad_password_and_unknown_user_get_the_same_535(make_gateway):
     gw = make_gateway(trusted=False)
     s = tls_session(gw.smtp_port)
+    # RFC 4616: crm's own credentials, to act as someone else, fail (it was ignored)
+    other = base64.b64encode(f"someone\0crm\0{STRONG_PASSWORD}".encode()).decode()
+    assert s.cmd("AUTH PLAIN " + other)[0] == 535
+    same = base64.b64encode(f"crm\0crm\0{STRONG_PASSWORD}".encode()).decode()
+    assert s.cmd("AUTH PLAIN " + same)[0] == 235
+    s.close()
+    s = tls_session(gw.smtp_port)
     wrong = s.cmd("AUTH PLAIN " + plain("crm", "Wrong-Password-123456!"))
     unknown = s.cmd("AUTH PLAIN " + plain("nobody", "Wrong-Password-123456!"))
     assert wrong == unknown == (535, "5.7.8 Authentication credentials invalid")

@@ -72,3 +72,44 @@ async def test_an_ipv4_client_of_a_dual_stack_socket_is_counted_as_ipv4():
         writer.close()
     finally:
         server.close()
+
+
+async def test_a_data_hook_that_fails_ends_the_transaction_with_451():
+    """An unexpected failure at the end of DATA was answered 451 but left the envelope: the
+    client's next MAIL got 503 nested MAIL, and the session was stuck."""
+
+    class Failing:
+        calls = 0
+
+        async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+            Failing.calls += 1
+            if Failing.calls == 1:
+                raise RuntimeError("a bug, say")
+            return "250 OK"
+
+    settings = dataclasses.replace(SmtpSettings(), hostname="gw.test")
+    sessions: Counter[str] = Counter()
+    accepting = asyncio.Event()
+    accepting.set()
+    server = await start_smtp_server(Failing(), settings, "127.0.0.1", 0, None, accepting,
+                                     sessions)
+    try:
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+
+        async def cmd(line: bytes) -> bytes:
+            writer.write(line + b"\r\n")
+            reply = await reader.readline()
+            while reply[3:4] == b"-":
+                reply = await reader.readline()
+            return reply
+
+        await reader.readline()
+        assert (await cmd(b"EHLO c")).startswith(b"250")
+        for expected in (b"451", b"250"):
+            assert (await cmd(b"MAIL FROM:<a@example.com>")).startswith(b"250")
+            assert (await cmd(b"RCPT TO:<b@example.com>")).startswith(b"250")
+            assert (await cmd(b"DATA")).startswith(b"354")
+            assert (await cmd(b"Subject: x\r\n\r\nhi\r\n.")).startswith(expected)
+        writer.close()
+    finally:
+        server.close()
