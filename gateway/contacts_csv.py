@@ -30,6 +30,9 @@ MAX_TEXT = 200
 MAX_PROOF = 2000
 MAX_TAG = 100
 FUTURE_SLACK_SECONDS = 86400.0  # clocks and time zones: a day ahead is a typo, not fraud
+# before it a date is a placeholder ("0001-01-01T00:00:00" is .NET's and SQL Server's "no
+# date"), not a fact: R4 and R6 would read it as one (a consent of year 1 allowed mail)
+EARLIEST_DATE = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC).timestamp()
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
@@ -68,6 +71,8 @@ _FIELDS = {name: i for i, name in enumerate(ContactRow._fields)}
 _CONSENT, _CONSENT_AT = _FIELDS["consent"], _FIELDS["consent_at"]
 _SOURCE_NAME, _SOURCE_TYPE = _FIELDS["source_name"], _FIELDS["source_type"]
 _SOURCE_VISIBILITY = _FIELDS["source_visibility"]
+_CONSENT_DETAILS = tuple((_FIELDS[name], name)
+                         for name in ("consent_at", "consent_method", "consent_proof"))
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,9 @@ def parse_date(text: str, column: str, now: float) -> float:
         raise ValueError(f"{column}: not an ISO 8601 date: {text!r}")
     if stamp > now + FUTURE_SLACK_SECONDS:
         raise ValueError(f"{column}: date in the future: {text!r}")
+    if stamp < EARLIEST_DATE:
+        raise ValueError(f"{column}: date before 1970, a placeholder rather than a date: "
+                         f"{text!r} (leave the cell empty when it is not known)")
     return stamp
 
 
@@ -189,6 +197,11 @@ def parse_row(line: int, email: int, plan: Plan, cells: list[str]) -> ContactRow
                          "the source must be nameable)")
     if values[_SOURCE_VISIBILITY] is not None and values[_SOURCE_TYPE] is None:
         raise ValueError("source_visibility: given without a source")
+    if values[_CONSENT] is None:
+        for field, column in _CONSENT_DETAILS:
+            if values[field] is not None:  # an update keeps the stored consent whole: the
+                # cell would be dropped without a word (a new contact kept it)
+                raise ValueError(f"{column}: given without consent (granted|withdrawn)")
     return ContactRow._make(values)
 
 
@@ -240,6 +253,7 @@ def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow 
     names = check_header(header)
     plan, email = row_plan(names, now), names.index("email")
     seen: dict[int, int] = {}  # 64-bit hash of the address -> first line (bounded memory)
+    skipped = 0  # lines taken past the reader (the rest of an over-long quoted field)
     line = reader.line_num
     while True:
         start = line + 1
@@ -249,7 +263,7 @@ def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow 
         except StopIteration:
             return
         except csv.Error as exc:
-            line = reader.line_num
+            line = reader.line_num + skipped
             if "field limit" in str(exc) and (quotes - quotes_before) % 2 == 0:
                 # no quote left open in the lines read: the long field ended on them, and
                 # the reader starts afresh on the next line
@@ -258,13 +272,24 @@ def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow 
                 continue
             if "field limit" in str(exc):
                 # the csv module gives up inside the quoted field and would start again on
-                # the next line, which is still that field's text: its lines would be read
-                # as rows. Where the field ends is unknown, so nothing after it is read.
-                yield RowError(start, f"not valid CSV: a field longer than {FIELD_LIMIT // 1024}"
-                               f" KiB (a quote left open?); the file is not read past line "
-                               f"{line}: correct it and import it again (rows already "
-                               "imported are kept, a re-import does not duplicate them)")
-                return
+                # the next line, which is still that field's text: the rest of the field is
+                # taken here, up to the line where its quotes balance, and the reader goes on
+                # after it
+                for text in iterator:
+                    quotes += text.count('"')
+                    skipped += 1
+                    line += 1
+                    if (quotes - quotes_before) % 2 == 0:
+                        break
+                else:
+                    yield RowError(start, f"not valid CSV: a field longer than "
+                                   f"{FIELD_LIMIT // 1024} KiB whose quote is never closed: "
+                                   f"lines {start}-{line} are one field; nothing after line "
+                                   f"{start} is imported")
+                    return
+                yield RowError(start, f"not valid CSV: a field longer than "
+                               f"{FIELD_LIMIT // 1024} KiB (lines {start}-{line})")
+                continue
             if "unexpected end of data" in str(exc) and line > start:
                 yield RowError(start, f"not valid CSV: a quote opened on this line is never "
                                f"closed, so lines {start}-{line} were read as one field; none "
@@ -272,7 +297,7 @@ def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow 
                 continue
             yield RowError(start, f"not valid CSV: {exc}")
             continue
-        line = reader.line_num
+        line = reader.line_num + skipped
         if not cells or (not cells[0].strip() and all(not c.strip() for c in cells)):
             continue  # blank line
         if len(cells) != len(names):

@@ -60,27 +60,32 @@ def test_each_bad_row_is_reported_with_its_line_and_the_rest_import():
     assert "1 fields, the header has 5" in found[12]
 
 
-def test_an_over_long_quoted_field_stops_the_file_there_and_its_text_is_never_a_row():
+def test_an_over_long_quoted_field_is_skipped_whole_and_its_text_is_never_a_row():
     """The csv module gives up inside such a field and would go on at its next line: a line
-    of the field's text (here "smuggled@...") must not become a contact."""
-    text = ("email,consent_proof,source_name,source_type\n"
+    of the field's text (here "smuggled@...") must not become a contact. The rows after the
+    field are read (the file stopped there: a valid file lost its rest)."""
+    text = ("email,job_title,source_name,source_type\n"
             "a@example.org,p,web form,direct\n"                       # 2
             'b@example.org,"' + "x" * 70_000 + "\n"                    # 3: opens, too long
             "smuggled@example.org,note,web form,direct\n"              # 4: inside the field
             'end of proof",web form,direct\n'                          # 5: it closes
             "c@example.org,p,web form,direct\n")                       # 6
     result = rows(text)
-    assert [r.address for r in result if isinstance(r, ContactRow)] == ["a@example.org"]
+    assert [(r.line, r.address) for r in result if isinstance(r, ContactRow)] == [
+        (2, "a@example.org"), (6, "c@example.org")]
     [error] = [r for r in result if isinstance(r, RowError)]
-    assert error.line == 3 and "longer than 64 KiB" in error.reason
-    assert "not read past line" in error.reason
+    assert error.line == 3 and "longer than 64 KiB (lines 3-5)" in error.reason
+    never = text.replace('end of proof",web form,direct\n', "")  # the quote never closes
+    assert [r.address for r in rows(never) if isinstance(r, ContactRow)] == ["a@example.org"]
+    [error] = [r for r in rows(never) if isinstance(r, RowError)]
+    assert "never closed" in error.reason and "nothing after line 3" in error.reason
 
 
 @pytest.mark.parametrize("long_field", ["x" * 70_000, '"' + "x" * 70_000 + '"'],
                          ids=["unquoted", "quoted"])
 def test_an_over_long_field_that_ends_on_its_line_is_its_row_s_error_only(long_field: str):
     """No quote left open: the rows after it are read and imported as usual."""
-    text = ("email,consent_proof,source_name,source_type\n"
+    text = ("email,job_title,source_name,source_type\n"
             "a@example.org,p,web form,direct\n"                       # 2
             f"b@example.org,{long_field},web form,direct\n"           # 3: too long, ends here
             "c@example.org,p,web form,direct\n")                      # 4
@@ -139,3 +144,21 @@ def test_semicolon_separated_files_from_spreadsheets_and_a_bom():
 def test_the_full_interface_header_is_accepted():
     [row] = rows(CSV_HEADER + "\n" + "a@example.com" + "," * CSV_HEADER.count(",") + "\n")
     assert isinstance(row, ContactRow)
+
+
+def test_placeholder_dates_and_consent_details_without_consent_are_row_errors():
+    """Year 1 (.NET's "no date") was a consent R6 allowed on, and crashed `contacts show`;
+    consent_method or consent_proof without consent were kept for a new contact and dropped
+    without a word for an existing one."""
+    text = ("email,consent,consent_at,consent_method,consent_proof\n"
+            "a@example.org,granted,0001-01-01T00:00:00,form,\n"          # 2
+            "b@example.org,granted,1969-12-31,form,\n"                   # 3
+            "c@example.org,,,double opt-in form,\n"                      # 4
+            "d@example.org,,,,form v3\n"                                 # 5
+            "e@example.org,granted,1970-01-02,form,v3\n")                # 6
+    result = rows(text)
+    errors = {r.line: r.reason for r in result if isinstance(r, RowError)}
+    assert "consent_at: date before 1970" in errors[2] and "before 1970" in errors[3]
+    assert errors[4] == "consent_method: given without consent (granted|withdrawn)"
+    assert errors[5] == "consent_proof: given without consent (granted|withdrawn)"
+    assert [r.address for r in result if isinstance(r, ContactRow)] == ["e@example.org"]

@@ -198,7 +198,7 @@ def list_(state: CliState, as_json: bool) -> None:
             table.add_row(a.name, ", ".join(a.from_domains), a.category, ";".join(a.topics),
                           str(a.failed_logins), _when(a.locked_until) if a.locked() else "",
                           _when(a.created_at))
-        Console(markup=False, highlight=False).print(table)
+        Console(markup=False, highlight=False, emoji=False).print(table)
 
     run(body)
 

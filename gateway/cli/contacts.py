@@ -177,7 +177,7 @@ def show(state: CliState, email: str, as_json: bool) -> None:
         if as_json:
             print_json(document)
             return
-        console = Console(markup=False, highlight=False)
+        console = Console(markup=False, highlight=False, emoji=False)
         console.print(f"{document['address']}")
         if suppressed is not None:
             console.print(f"  SUPPRESSED since {when(suppressed.created_at)} "

@@ -62,7 +62,7 @@ def list_(state: CliState, failed: bool, show_all: bool, limit: int, as_json: bo
                           str(e.attempts),
                           _when(e.next_attempt_at) if e.state == "deferred" else "",
                           (e.last_error or "")[:80])
-        Console(markup=False, highlight=False).print(table)
+        Console(markup=False, highlight=False, emoji=False).print(table)
 
     run(body)
 

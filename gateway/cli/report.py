@@ -91,7 +91,7 @@ def _heading(report: Report) -> str:
 
 
 def print_tables(report: Report) -> None:
-    console = Console(markup=False, highlight=False)
+    console = Console(markup=False, highlight=False, emoji=False)
     console.print(_heading(report))
     for section in sections(report):
         console.print(f"\n{section.title}", soft_wrap=True)

@@ -68,7 +68,7 @@ def list_(state: CliState, days: float | None, as_json: bool) -> None:
         for r in found:
             due = when(r.due_at) + ("  OVERDUE" if r.due_at < now else "")
             table.add_row(str(r.id), r.kind, r.address, when(r.received_at), due)
-        Console(markup=False, highlight=False).print(table)
+        Console(markup=False, highlight=False, emoji=False).print(table)
 
     run(body)
 

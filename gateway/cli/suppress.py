@@ -82,7 +82,7 @@ def list_(state: CliState, as_json: bool) -> None:
         for e in entries:
             table.add_row(when(e.created_at), e.channel, e.address or "(not in the ledger)",
                           e.hash.hex()[:16])
-        Console(markup=False, highlight=False).print(table)
+        Console(markup=False, highlight=False, emoji=False).print(table)
 
     run(body)
 

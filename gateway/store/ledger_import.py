@@ -44,7 +44,7 @@ INSERT INTO contacts (address, address_hash, kind, audience, relationship, langu
 VALUES (?2, ?1, COALESCE(?3, 'person'), COALESCE(?4, 'b2c'),
     COALESCE(?5, 'prospect'), ?6, ?7, ?8, ?9,
     COALESCE(?10, ''), COALESCE(?11, ''), ?12, ?13,
-    ?14, ?15, ?22, COALESCE(?19, ?23),
+    ?14, ?15, ?22, COALESCE(?19, {known_since}),
     ?20, ?21, ?23, ?23)
 ON CONFLICT (address) DO UPDATE SET
     kind = COALESCE(?3, kind),
@@ -56,12 +56,12 @@ ON CONFLICT (address) DO UPDATE SET
     job_title = COALESCE(?9, job_title),
     topics = COALESCE(?10, topics),
     customer_categories = COALESCE(?11, customer_categories),
-    consent = COALESCE(?12, consent),
-    consent_at = CASE WHEN ?12 IS NULL THEN consent_at ELSE ?13 END,
-    consent_method = CASE WHEN ?12 IS NULL THEN consent_method ELSE ?14 END,
-    consent_proof = CASE WHEN ?12 IS NULL THEN consent_proof ELSE ?15 END,
+    consent = CASE WHEN ?12 IS NULL OR {stale_grant} THEN consent ELSE ?12 END,
+    consent_at = CASE WHEN ?12 IS NULL OR {stale_grant} THEN consent_at ELSE ?13 END,
+    consent_method = CASE WHEN ?12 IS NULL OR {stale_grant} THEN consent_method ELSE ?14 END,
+    consent_proof = CASE WHEN ?12 IS NULL OR {stale_grant} THEN consent_proof ELSE ?15 END,
     opt_out_offered = COALESCE(?22, opt_out_offered),
-    collected_at = min(collected_at, COALESCE(?19, collected_at)),
+    collected_at = min(collected_at, COALESCE(?19, collected_at), {known_since}),
     last_interaction_at = CASE WHEN last_interaction_at IS NULL
         OR ?20 > last_interaction_at THEN
         COALESCE(?20, last_interaction_at) ELSE last_interaction_at END,
@@ -69,6 +69,19 @@ ON CONFLICT (address) DO UPDATE SET
         COALESCE(?21, informed_at) ELSE informed_at END,
     updated_at = ?23
 """
+# A grant does not replace a recorded withdrawal unless it is dated after it: a weekly export
+# made before the withdrawal was entered would bring the consent back (R6 allowed again once
+# the suppression was lifted), and the ledger would state it to the person (GDPR 15).
+_STALE_GRANT = (
+    "(consent = 'withdrawn' AND ?12 = 'granted' AND NOT coalesce(?13 > coalesce(consent_at,"
+    " (SELECT max(e.occurred_at) FROM contact_events e WHERE e.contact_id = contacts.id"
+    " AND e.kind = 'withdrawal'), 0), 0))")
+# Without collected_at, a contact was collected no later than the facts its row dates (its
+# consent, its last interaction, when it was informed), and no later than now: R4's clock
+# started then (a row with consent_at 2021 and no collected_at started it on the import day).
+_KNOWN_SINCE = "min(?23, coalesce(?13, ?23), coalesce(?20, ?23), coalesce(?21, ?23))"
+_UPSERT = (_UPSERT.replace("{stale_grant}", _STALE_GRANT)
+           .replace("{known_since}", _KNOWN_SINCE))
 # Sources and events go in as multi-row INSERTs (db.insert_rows): a fifth faster than
 # executemany here, where the writer process is the import's bottleneck with the parser.
 _SOURCE_HEAD = "INSERT INTO sources (contact_id, name, type, visibility, recorded_at)"
@@ -89,6 +102,8 @@ WHERE NOT EXISTS (SELECT 1 FROM contact_events e
     WHERE e.contact_id = ?24 AND e.kind = 'withdrawal'
     AND (?13 IS NULL OR e.occurred_at = ?13))
 """
+_REASSERTED = ("INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel,"
+               " recorded_at) VALUES (?1, 'withdrawal', ?2, 'import', ?2)")
 # the contacts new in this chunk (id > ?1) whose address was purged by R4 before: their
 # collection dates from when the purged entry's clock started (R4 then counts from the later of
 # that and a last_interaction_at in the file: only the person's own action renews the clock)
@@ -172,11 +187,14 @@ class ContactImporter:
                     events += [(p[cid], kind, p[column], "import", None, None, now)
                                for p in params if p[column] is not None]
                 insert_rows(conn, _EVENT_HEAD, events)
-                withdrawn = [p for p in params if p[consent] == "withdrawn"]
-                conn.executemany(_WITHDRAWAL, withdrawn)
-                changes = conn.total_changes
-                conn.executemany(_SUPPRESS, [(p[_I["hash"]], now) for p in withdrawn])
-                suppressed = conn.total_changes - changes
+                suppressed = 0
+                for p in (p for p in params if p[consent] == "withdrawn"):
+                    recorded = conn.execute(_WITHDRAWAL, p).rowcount
+                    if conn.execute(_SUPPRESS, (p[_I["hash"]], now)).rowcount:
+                        suppressed += 1
+                        if not recorded:  # the same withdrawal again, after `suppress
+                            # remove`: in force again from now, and the history says so
+                            conn.execute(_REASSERTED, (p[cid], now))
                 if suppressed:
                     conn.execute(COUNT_OBJECTIONS_SQL, ("import", suppressed))
                 clock_kept = conn.execute(_KEEP_CLOCK, (last_id,)).rowcount \

@@ -123,7 +123,8 @@ def test_unknown_column_imports_nothing(config: Path, tmp_path: Path):
 
 def test_show_prints_facts_sources_and_events(config: Path, tmp_path: Path):
     csv = tmp_path / "one.csv"
-    csv.write_text(CSV_HEADER + "\n" + "jane@example.com,person,b2c,prospect,fr,Jane,Doe,,,,"
+    csv.write_text(CSV_HEADER + "\n" + "jane@example.com,person,b2c,prospect,fr,Jane,Doe,"
+                   ":thumbs_up: lead,,,"
                    "granted,2026-01-05,web form,form v3 from 203.0.113.9,Newsletter form,"
                    "direct,,2026-01-05,,,\n")
     assert gateway_cli(config, "contacts", "import", str(csv)).returncode == 0
@@ -134,6 +135,7 @@ def test_show_prints_facts_sources_and_events(config: Path, tmp_path: Path):
     assert shown["events"][0]["proof"] == "form v3 from 203.0.113.9"
     text = gateway_cli(config, "contacts", "show", "jane@example.com").stdout
     assert "Newsletter form" in text and "consent" in text
+    assert ":thumbs_up: lead" in text  # as imported, not as rich's emoji shortcode
     missing = gateway_cli(config, "contacts", "show", "nobody@example.com")
     assert missing.returncode == 1 and "not in the ledger" in missing.stderr
 

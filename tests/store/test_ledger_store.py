@@ -523,3 +523,53 @@ async def test_a_retention_purge_takes_the_address_out_of_finished_records(db, h
     messages = await db.fetchall("SELECT id FROM messages ORDER BY id")
     assert [row[0] for row in messages] == ["PENDING", "SENT", "SHARED"]
     assert (await Retention(db, PolicyKnobs()).purge()).addresses == []
+
+
+async def test_a_stale_grant_never_replaces_a_recorded_withdrawal(db, hasher):
+    """A weekly export made before the withdrawal was entered brought the consent back: once
+    the suppression was lifted, R6 allowed on it, and the ledger stated it (GDPR 15)."""
+    head = "email,audience,consent,consent_at,consent_method,source_name,source_type\n"
+    import_csv(db, hasher, head + "p@example.com,b2c,withdrawn,2026-03-01,,web,direct\n")
+    import_csv(db, hasher, head + "p@example.com,b2c,granted,2026-02-01,form,web,direct\n")
+    contact = (await facts(db, hasher, "p@example.com")).contact
+    assert contact is not None and contact.consent == "withdrawn"
+    assert contact.consent_at == 1772323200.0  # 2026-03-01
+    undated = "email,audience,consent,source_name,source_type\n"  # a withdrawal without date
+    import_csv(db, hasher, undated + "q@example.com,b2c,withdrawn,web,direct\n")
+    import_csv(db, hasher, head + "q@example.com,b2c,granted,2026-02-01,form,web,direct\n")
+    assert (await facts(db, hasher, "q@example.com")).contact.consent == "withdrawn"
+    # a consent given again after the withdrawal, dated, replaces it
+    import_csv(db, hasher, head + "p@example.com,b2c,granted,2026-04-01,form,web,direct\n")
+    contact = (await facts(db, hasher, "p@example.com")).contact
+    assert contact.consent == "granted" and contact.consent_at == 1775001600.0
+
+
+async def test_without_collected_at_the_clock_starts_at_the_rows_earliest_fact(db, hasher):
+    """R4: a new contact with a 2021 consent and no collected_at was dated from the import
+    day, and kept and mailed until 2029."""
+    import_csv(db, hasher, "email,consent,consent_at,consent_method,source_name,source_type,"
+                           "last_interaction_at\n"
+                           "old@example.com,granted,2021-01-04,web form,website,direct,"
+                           "2021-02-01\n")
+    contact = (await facts(db, hasher, "old@example.com")).contact
+    assert contact is not None and contact.collected_at == 1609718400.0  # 2021-01-04
+    # and on update: a contact first imported without dates
+    import_csv(db, hasher, "email,source_name,source_type\nlate@example.com,web,direct\n")
+    import_csv(db, hasher, "email,last_interaction_at\nlate@example.com,2020-05-01\n")
+    contact = (await facts(db, hasher, "late@example.com")).contact
+    assert contact is not None and contact.collected_at == 1588291200.0  # 2020-05-01
+
+
+async def test_a_withdrawal_again_after_a_lifted_suppression_is_on_the_record(db, hasher):
+    """The second import re-suppressed the address but recorded nothing: the history ended
+    on 'objection_lifted' though the objection was in force again."""
+    from gateway.store.ledger import Ledger
+
+    csv = "email,consent,source_name,source_type\nw@example.com,withdrawn,web,direct\n"
+    import_csv(db, hasher, csv)
+    ledger = Ledger(db, hasher)
+    await ledger.unsuppress("w@example.com", "asked by phone")
+    assert import_csv(db, hasher, csv).counts.suppressed == 1
+    contact = await ledger.contact("w@example.com")
+    kinds = [e.kind for e in await ledger.events(contact.id)]
+    assert kinds[-2:] == ["objection_lifted", "withdrawal"]
