@@ -73,7 +73,9 @@ def load_keys(entries: tuple[DkimSettings, ...]) -> list[DkimKey]:
             raise ConfigError(f"{where}: the selector must be DNS labels (letters, digits, "
                               "'-', '_', separated by dots)")
         try:
-            normalize_domain(entry.domain)
+            # as d= carries it and as From domains are looked up: "example.org." and
+            # " example.org" were kept as written, and matched no copy's domain
+            domain = normalize_domain(entry.domain)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         if not entry.domain.isascii():
@@ -109,5 +111,5 @@ def load_keys(entries: tuple[DkimSettings, ...]) -> list[DkimKey]:
                 raise ConfigError(f"{where}: {entry.key_file} is neither a PEM RSA key nor a "
                                   "base64 ed25519 seed")
             algorithm, data = ED25519, data.strip()
-        keys.append(DkimKey(entry.domain.lower(), entry.selector, algorithm, data))
+        keys.append(DkimKey(domain, entry.selector, algorithm, data))
     return keys

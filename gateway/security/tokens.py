@@ -109,7 +109,12 @@ def load_token_keys(path: Path | str) -> TokenKeys:
     path = Path(path)
     create_secret_file(path, f"1 {secrets.token_hex(KEY_BYTES)}\n")
     keys: list[tuple[int, bytes]] = []
-    for number, line in enumerate(path.read_text(encoding="ascii").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="ascii")
+    except UnicodeDecodeError as exc:  # a BOM an editor added, say
+        raise ConfigError(f"{path}: not ASCII text ({exc.reason} at byte {exc.start}): "
+                          "expected lines '<key id> <hex key>'") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         kid, _, hex_key = line.strip().partition(" ")
@@ -119,6 +124,11 @@ def load_token_keys(path: Path | str) -> TokenKeys:
             raise ConfigError(f"{path}:{number}: expected '<key id> <hex key>'") from None
         if not 0 <= key_id < 256 or len(key) < 16:
             raise ConfigError(f"{path}:{number}: key id 0-255 and at least 16 key bytes")
+        if any(key_id == seen for seen, _ in keys):
+            # the first line signs, but the last one of an id was checked: a rotation that
+            # reused the id went on signing with the old key, without a word
+            raise ConfigError(f"{path}:{number}: key id {key_id} is given twice; a new key "
+                              "needs a new id (on the first line)")
         keys.append((key_id, key))
     if path.stat().st_mode & 0o077:
         os.chmod(path, 0o600)

@@ -23,11 +23,20 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 from dkim import canonicalization
 
+from gateway.addresses import ascii_domain
+
 RSA = b"rsa-sha256"
 ED25519 = b"ed25519-sha256"
-SIGNED = (b"from", b"to", b"subject", b"date", b"message-id", b"mime-version",
-          b"content-type", b"list-unsubscribe", b"list-unsubscribe-post")
-OVER_SIGNED = (b"from", b"subject", b"list-unsubscribe", b"list-unsubscribe-post")
+# RFC 6376 5.4.1's list where a copy has them (Reply-To, Cc, Sender...: left out, anyone
+# holding one signed copy could add a Reply-To of theirs and replay it under our d=), and
+# over-signed (5.4.2: listed once more than present) where an added field would change
+# who the mail is from, to, or where replies go
+SIGNED = (b"from", b"sender", b"reply-to", b"to", b"cc", b"subject", b"date", b"message-id",
+          b"in-reply-to", b"references", b"mime-version", b"content-type",
+          b"content-transfer-encoding", b"list-id", b"list-unsubscribe",
+          b"list-unsubscribe-post")
+OVER_SIGNED = (b"from", b"sender", b"reply-to", b"to", b"cc", b"subject",
+               b"list-unsubscribe", b"list-unsubscribe-post")
 INCLUDE_HEADERS = SIGNED + OVER_SIGNED
 
 
@@ -59,7 +68,13 @@ class Signer:
     def sign(self, message: bytes, domain: str) -> bytes:
         """`message` with its DKIM-Signature field(s) in front; SigningError on any failure,
         and when no key exists for `domain` (RFC 8058 one-click needs a valid signature)."""
-        keys = self.by_domain.get(domain.lower().rstrip("."))
+        name = domain.lower().rstrip(".")
+        if not name.isascii():  # a From header's IDN (bücher.de): keys are by A-label
+            try:
+                name = ascii_domain(name)
+            except UnicodeError:
+                pass
+        keys = self.by_domain.get(name)
         if not keys:
             raise SigningError(f"no DKIM key for {domain}")
         fields: list[bytes] = []

@@ -104,3 +104,20 @@ def test_token_text_decodes_exactly_as_rfc4648_base32():
                 " " + "a" * 38, "a" * 19 + "_" + "a" * 19, "+" + "a" * 38, "-" + "a" * 38,
                 "é" * 39, "a" * 38 + "\n"):
         assert _decode(bad) is None, bad
+
+
+def test_a_key_id_given_twice_or_a_file_that_is_not_ascii_is_refused(tmp_path):
+    """A rotation that reused id 1 (new key on the first line, old below) went on signing
+    with the old key without a word; a BOM ended `serve` with a traceback."""
+    import pytest
+
+    from gateway.errors import ConfigError
+    from gateway.security.tokens import load_token_keys
+
+    path = tmp_path / "token.key"
+    path.write_text(f"1 {'ab' * 32}\n1 {'cd' * 32}\n")
+    with pytest.raises(ConfigError, match="key id 1 is given twice"):
+        load_token_keys(path)
+    path.write_bytes(b"\xef\xbb\xbf1 " + b"ab" * 32 + b"\n")
+    with pytest.raises(ConfigError, match="not ASCII"):
+        load_token_keys(path)

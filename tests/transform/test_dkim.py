@@ -150,3 +150,33 @@ def test_dns_record_splits_long_values():
     record = dns_record("example.com", "s1", "rsa", "A" * 400)
     assert record.startswith('s1._domainkey.example.com. IN TXT ( "v=DKIM1; k=rsa; p=')
     assert all(len(chunk) <= 255 for chunk in re.findall(r'"([^"]*)"', record))
+
+
+def test_an_added_reply_to_cc_or_sender_breaks_the_signature(keys):
+    """They were not signed: anyone with one signed copy could add a Reply-To of theirs
+    and replay it under our d= (RFC 6376 5.4.1 and 5.4.2)."""
+    signer, records = keys
+    with_reply_to = MESSAGE.replace(b"Subject:", b"Reply-To: <sales@example.com>\r\nSubject:")
+    signed = signer.sign(with_reply_to, "example.com")
+    assert verify_all(signed, records) == [True, True]
+    swapped = signed.replace(b"sales@example.com", b"pay@attacker.example")
+    assert not any(verify_all(swapped, records))
+    for field in (b"Reply-To: <pay@attacker.example>", b"Cc: <boss@example.net>",
+                  b"Sender: <x@attacker.example>"):
+        added = signed.replace(b"\r\n\r\n", b"\r\n" + field + b"\r\n\r\n", 1)
+        assert not any(verify_all(added, records)), field
+
+
+def test_an_idn_from_domain_and_a_configured_trailing_dot_find_their_keys(tmp_path: Path):
+    """From: news@bücher.de found no key (they are by A-label): every copy was deferred,
+    then bounced; "example.org." in [[dkim]] matched no copy either."""
+    path = tmp_path / "k.key"
+    public = generate_key(path, "ed25519")
+    signer = Signer(load_keys((DkimSettings("xn--bcher-kva.de", "r1", str(path)),
+                               DkimSettings("example.org.", "r1", str(path)))))
+    assert signer.domains() == ["example.org", "xn--bcher-kva.de"]
+    record = {b"r1._domainkey.xn--bcher-kva.de.": f"v=DKIM1; k=ed25519; p={public}".encode()}
+    idn = MESSAGE.replace(b"news@example.com", "news@bücher.de".encode())
+    signed = signer.sign(idn, "bücher.de")
+    assert b"d=xn--bcher-kva.de" in signed and verify_all(signed, record) == [True]
+    assert b"d=example.org;" in signer.sign(MESSAGE, "example.org")
