@@ -84,7 +84,9 @@ class Composer:
         token = s.tokens.issue(Token(copy.contact_id or 0, account.id, copy.delivery_id))
         unsubscribe_url = f"{s.public_url}/u/{token}"
         contact = facts.contact
-        full = first_notice_due(contact)
+        # a service message (T1) is no prospecting: the prospecting information (its
+        # purpose and legal basis) would contradict it, and mark the person informed
+        full = first_notice_due(contact) and copy.rule != "T1"
         template = choose(s.templates, contact.language if contact else None,
                           s.controller.default_language)
         notice = self._notices.render(template, NoticeFacts(

@@ -45,5 +45,5 @@ def load_templates(override_dir: str = "") -> dict[str, NoticeTemplate]:
                 render(template, NoticeFacts(**{**vars(SAMPLE), "rule": rule}))
             except (KeyError, ValueError, IndexError) as exc:
                 raise ConfigError(f"notice template {where}: bad placeholder {exc}") from None
-        templates[language] = template
+        templates[language.lower()] = template  # as `choose` looks tags up
     return templates

@@ -63,6 +63,12 @@ class Review:
                           f"<{entry.mail_from}> or the From header is not among account "
                           f"{account.name}'s domains now")
         facts = await self.lookup.facts(entry.recipient)
+        if entry.rule == "R2" and facts.contact is None:
+            # overridden, R2 let a copy go with nothing known of the person: no source to
+            # name, no basis, a notice saying "professional context" to anyone
+            raise Refused(f"quarantine entry {entry_id} cannot be released: R2 "
+                          f"{entry.recipient} is still not in the contact ledger; import it "
+                          "with its source (gateway contacts import), then release")
         # as narrowed at DATA by the message's own X-Gateway-* headers, never wider
         campaign = narrowed_campaign(account, (entry.steering_topics, entry.steering_products)
                                      ) or campaign_of(account)

@@ -31,7 +31,7 @@ from gateway.objections import Objections
 from gateway.security.dkim_keys import load_keys as load_dkim_keys
 from gateway.security.keys import AddressHasher, load_or_create_key
 from gateway.security.tokens import load_token_keys
-from gateway.settings import Settings, parse_listen
+from gateway.settings import ControllerSettings, Settings, parse_listen
 from gateway.smtp.auth import Authenticator
 from gateway.smtp.handler import GatewayHandler
 from gateway.smtp.server import GatewaySMTP, start_smtp_server
@@ -48,6 +48,7 @@ from gateway.store.retention import due as maintenance_due
 from gateway.store.retention import ran as maintenance_ran
 from gateway.tls import ensure_self_signed, server_context
 from gateway.transform.dkim import Signer, use_openssl_rsa
+from gateway.transform.notice import find_template
 from gateway.web.app import create_app
 from gateway.web.protocol import guarded_protocol
 
@@ -128,11 +129,19 @@ class Gateway:
         if not keys:
             log.warning("no [[dkim]] key configured: copies go out unsigned; create one with "
                         "`gateway dkim keygen`")
+        example = [f"controller.{key}" for key in ("name", "address", "privacy_url",
+                                                     "dpo_email")
+                   if getattr(s.controller, key) == getattr(ControllerSettings(), key)]
+        if example:
+            log.warning("%s still the example value: every notice names the sender and its "
+                        "data protection officer (GDPR 14); set them before real mail goes "
+                        "out", ", ".join(example))
         if not s.http.public_url.startswith("https://"):
             log.warning("http.public_url %s is not https: RFC 8058 one-click unsubscribe needs "
                         "an HTTPS link (fine for local tests only)", s.http.public_url)
         templates = load_templates(s.controller.notices_dir)
-        if s.controller.default_language not in templates:
+        if find_template(templates, s.controller.default_language) is None:  # as copies
+            # choose theirs: "FR" and "fr-FR" are French, a "pt-BR" file is found
             raise ConfigError(f"controller.default_language: no notice in "
                               f"{s.controller.default_language!r} (there are notices in "
                               f"{', '.join(sorted(templates))}; add one with "

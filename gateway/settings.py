@@ -384,6 +384,11 @@ def _check(settings: Settings) -> None:
     for key in ("prospect_retention_days", "max_retention_days"):
         if getattr(p, key) < 1:
             raise ConfigError(f"policy.{key}: must be at least 1")
+    for key in ("name", "address", "privacy_url", "dpo_email"):
+        if not " ".join(getattr(settings.controller, key).split()):
+            # every notice names them (COMPLIANCE.md 4.2, GDPR 14(1)(a)-(b)): an empty one
+            # rendered "Sender: , ." and "by writing to ."
+            raise ConfigError(f"controller.{key}: must not be empty (every notice gives it)")
 
 
 def parse_listen(text: str, key: str = "listen") -> tuple[str, int]:

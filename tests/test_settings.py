@@ -116,3 +116,12 @@ def test_an_override_of_a_section_that_is_no_table_is_a_config_error(tmp_path: P
         config.write_text(body)
         with pytest.raises(ConfigError, match=r"\[smtp\] must be a table"):
             load_settings(config, environ={"GATEWAY_SMTP_LISTEN": "1.2.3.4:25"})
+
+
+@pytest.mark.parametrize("key", ["name", "address", "privacy_url", "dpo_email"])
+def test_an_empty_controller_identity_is_refused(tmp_path: Path, key: str):
+    """Every notice names them: an empty one rendered "Sender: , ." (GDPR 14(1)(a)-(b))."""
+    path = tmp_path / "g.toml"
+    path.write_text(f'[controller]\n{key} = "  "\n')
+    with pytest.raises(ConfigError, match=f"controller.{key}: must not be empty"):
+        load_settings(path)

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 WIDTH = 76
 SEPARATOR = "-- "  # the usual signature separator: readers and format=flowed know it
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# control characters, and the invisible ones that reorder or hide text (bidi overrides and
+# isolates, zero-width, BOM): a source name holding U+202E turned the rest of its line around
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029"
+                      r"\u2060-\u2069\ufeff]")
 _LINK = re.compile(r"^(https?://|mailto:)[^\s<>\"']+$")
 URL_FIELDS = ("privacy_url", "unsubscribe_url", "controller_address")
 LINES = ("intro", "controller", "why", "source", "retention", "rights", "privacy",
@@ -60,12 +63,18 @@ def clean(text: str) -> str:
 
 def choose(templates: dict[str, NoticeTemplate], language: str | None,
            default: str) -> NoticeTemplate:
-    """The contact's language (its primary subtag), else the controller's, else English."""
-    for candidate in ((language or "").split("-")[0].lower(), default.split("-")[0].lower(),
-                      "en"):
-        if candidate in templates:
-            return templates[candidate]
-    return next(iter(templates.values()))
+    """The contact's language (the whole tag, e.g. a pt-br template, then its primary
+    subtag), else the controller's likewise, else English. Tags compare in lower case, as
+    the templates are keyed."""
+    found = find_template(templates, language) or find_template(templates, default)
+    return found or templates.get("en") or next(iter(templates.values()))
+
+
+def find_template(templates: dict[str, NoticeTemplate],
+                  language: str | None) -> NoticeTemplate | None:
+    """The template for `language`: its whole tag, else its primary subtag; None."""
+    tag = (language or "").lower()
+    return templates.get(tag) or templates.get(tag.split("-")[0]) if tag else None
 
 
 def render(template: NoticeTemplate, facts: NoticeFacts) -> Notice:
@@ -87,9 +96,17 @@ def render(template: NoticeTemplate, facts: NoticeFacts) -> Notice:
                 key = "why_other"
         if key == "source" and not facts.sources:
             continue
+        if key == "retention" and facts.retention_years == 1 and "retention_one" in texts:
+            key = "retention_one"  # "1 years", "1 ans" otherwise
         chosen.append(texts[key])
     if facts.full:
         chosen.append(texts["full"])
+        # GDPR 14(1)(c), 14(2)(b) and (d): the legal basis actually used, and how to
+        # withdraw or object (a template of the operator's without these lines says it in
+        # its own words)
+        basis = "basis_consent" if facts.rule == "R6" else "basis_interest"
+        if basis in texts:
+            chosen.append(texts[basis])
     plain_lines: list[str] = [SEPARATOR]
     html_parts: list[str] = []
     html_values = {k: _html_value(k, v) for k, v in values.items()}

@@ -139,17 +139,42 @@ def test_the_notice_is_in_the_recipients_language_and_names_the_source(make_gate
     assert "Vous le recevez car il concerne votre activité professionnelle" in paul  # R8
     assert "Annuaire du Salon Cyber" in paul  # the source, not collected from him
     assert "article 14 du RGPD" in paul  # the full information on this first message
+    # with the legal basis R8 used, not "legitimate interest or consent"
+    assert "Base légale : notre intérêt légitime" in paul and "consentement" not in paul
     anna = body(got["anna@firma.example"])
     assert "am 2026-02-03 zugestimmt" in anna and "Art. 14" not in anna  # R6, direct source
     shown = wait_until(lambda: (lambda s: s if s["facts"]["informed_at"] else None)(json.loads(
         gw.cli("contacts", "show", "paul@acme.example", "--json").stdout)),
         what="informed_at recorded")
-    assert shown["facts"]["informed_version"] == "fr-2026.11"
+    assert shown["facts"]["informed_version"] == "fr-2026.11b"
     assert any(e["kind"] == "information" and e["channel"] == "notice" for e in shown["events"])
     # the second message to him carries the short notice only
     send(gw, "paul@acme.example", message(to="paul@acme.example", subject="Again"))
     again = [m for m in sink.wait_for(3) if b"Subject: Again" in m.content][0]
     assert "article 14 du RGPD" not in body(again.content)
+
+
+def test_a_service_message_never_carries_the_prospecting_information(make_gateway,
+                                                                     sink: Sink,
+                                                                     tmp_path: Path):
+    """T1: a transactional account's message got the full prospecting notice (purpose,
+    legal basis) and marked the person informed, so the real one never came."""
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(
+        CSV_HEADER + "\n"
+        "paul@acme.example,person,b2b,prospect,fr,Paul,,DSI,crm,,,,,,Annuaire du Salon Cyber,"
+        "public_directory,public,2026-06-01,,,\n")
+    gw = make_gateway(contacts=ledger, start=False)
+    assert gw.cli("accounts", "update", "crm", "--category", "transactional").returncode == 0
+    gw.start()
+    send(gw, "paul@acme.example", message(to="paul@acme.example"))
+    [copy] = sink.wait_for(1)
+    text = email.message_from_bytes(copy.content, policy=email.policy.default).get_content()
+    assert "message de service" in text
+    assert "article 14 du RGPD" not in text and "prospection" not in text
+    time.sleep(0.5)  # a sent mark and its informed_at would be written by now
+    shown = json.loads(gw.cli("contacts", "show", "paul@acme.example", "--json").stdout)
+    assert shown["facts"]["informed_at"] is None
 
 
 def hostile_messages() -> dict[str, bytes]:
@@ -226,6 +251,6 @@ def test_the_notice_never_states_a_shorter_retention_than_r4_keeps(make_gateway,
         with sqlite3.connect(gw.config.parent / "gateway.db") as db:
             return db.execute("SELECT notice_version FROM deliveries"
                               " WHERE state = 'sent'").fetchall()
-    assert wait_until(recorded, what="the sent mark") == [("en-2026.11",)]
+    assert wait_until(recorded, what="the sent mark") == [("en-2026.11b",)]
     export = json.loads(gw.cli("subject", "export", "jane@example.net").stdout)
-    assert [d["notice_version"] for d in export["decisions"]] == ["en-2026.11"]
+    assert [d["notice_version"] for d in export["decisions"]] == ["en-2026.11b"]

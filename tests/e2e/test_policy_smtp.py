@@ -207,6 +207,10 @@ def test_unknown_recipients_can_be_quarantined_instead(gateway, sink: Sink):
     held = wait_until(lambda: json.loads(gw.cli("quarantine", "list", "--json").stdout),
                       what="a quarantine entry")
     assert [(h["recipient"], h["rule"]) for h in held] == [(UNKNOWN.email, "R2")]
+    # released as it is, it left with a notice saying "a professional context" and no
+    # source to anyone: the person must be in the ledger first
+    refused = gw.cli("quarantine", "release", str(held[0]["id"]))
+    assert refused.returncode == 1 and "still not in the contact ledger" in refused.stderr
 
 
 def test_refused_transactions_are_audited_too(gateway):

@@ -308,3 +308,46 @@ def test_a_part_whose_fields_run_into_the_delimiter_is_malformed_and_headers_onl
     message = email.message_from_bytes(out, policy=email.policy.default)
     assert not message.defects and message["Subject"] == "hi"
     assert "Why you receive" in message.get_content()
+
+
+@pytest.mark.parametrize("language", ["en", "fr", "de", "es", "it"])
+def test_the_full_notice_states_the_legal_basis_used_and_how_to_withdraw_or_object(
+        language: str):
+    """GDPR 14(1)(c), 14(2)(b), (d): it said "our legitimate interest or your consent as
+    stated above", whatever allowed the mail, and nothing above named either."""
+    basis = {"en": ("your consent", "legitimate interest"),
+             "fr": ("votre consentement", "intérêt légitime"),
+             "de": ("Ihre Einwilligung", "berechtigtes Interesse"),
+             "es": ("su consentimiento", "interés legítimo"),
+             "it": ("il tuo consenso", "legittimo interesse")}[language]
+    consent = notice(language, rule="R6", full=True).plain.replace("\n", " ")
+    interest = notice(language, rule="R8", consent_date=None, full=True).plain.replace("\n", " ")
+    assert basis[0] in consent and "6(1)(a)" in consent.replace("6.1.a", "6(1)(a)").replace(
+        "Art. 6 Abs. 1 lit. a", "6(1)(a)").replace("articolo 6, paragrafo 1, lettera a)",
+                                                   "6(1)(a)")
+    assert basis[1] not in consent and basis[0] not in interest and basis[1] in interest
+    later = notice(language, rule="R8", consent_date=None).plain
+    assert basis[1] not in later.replace("\n", " ")  # the short footer of later messages
+
+
+def test_one_year_is_said_in_words_and_invisible_reordering_characters_are_dropped():
+    assert "at most one year after" in notice("en", retention_years=1).plain.replace("\n", " ")
+    assert "au plus un an" in notice("fr", retention_years=1).plain.replace("\n", " ")
+    assert "at most 3 years" in notice("en").plain.replace("\n", " ")
+    tricky = notice("en", rule="R8", sources=("Co\u202egnp.exe", "a\u200bb\u2066c"))
+    assert "\u202e" not in tricky.plain + tricky.html and "\u200b" not in tricky.plain
+    assert "Co gnp.exe" in tricky.plain
+
+
+def test_a_language_tag_finds_its_template_whole_or_by_its_primary_subtag():
+    import dataclasses
+
+    from gateway.transform.notice import find_template
+
+    pt_br = dataclasses.replace(TEMPLATES["en"], language="pt-br")
+    templates = {**TEMPLATES, "pt-br": pt_br}
+    assert choose(templates, "pt-BR", "en") is pt_br
+    assert choose(templates, None, "pt-BR") is pt_br  # the default language, whole tag
+    assert choose(templates, "FR-ca", "en").language == "fr"
+    assert find_template(TEMPLATES, "fr-FR") is TEMPLATES["fr"]
+    assert find_template(TEMPLATES, "pt") is None
