@@ -15,7 +15,7 @@ import ssl
 from collections import Counter
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, syntax
+from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
 from gateway.settings import SmtpSettings
 from gateway.smtp import replies
@@ -412,6 +412,12 @@ class GatewaySMTP(SMTP):
             return replies.BARE_NEWLINE
         if isinstance(error, LineTooLong):
             return replies.LINE_TOO_LONG
+        if isinstance(error, TLSSetupException):
+            # a client that cannot agree on TLS (old protocol, no common cipher, a scanner):
+            # its business, not a fault of ours; aiosmtpd closes the connection
+            log.info("%s STARTTLS handshake failed: %s", self._client_ip,
+                     error.__cause__ or error)
+            return replies.SHUTTING_DOWN  # not sent: the connection is closed
         log.error("%s session error: %r", self._client_ip, error,
                   exc_info=(type(error), error, error.__traceback__))
         return replies.INTERNAL_ERROR

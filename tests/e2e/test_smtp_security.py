@@ -478,3 +478,15 @@ def test_a_transaction_may_not_try_recipients_without_end(make_gateway):
     assert codes == [250] * 15 + [452]
     assert s.cmd("DATA")[0] == 354  # the transaction goes on with what was accepted
     assert s.cmd(message() + b".")[0] == 250
+
+
+def test_a_failed_starttls_handshake_is_one_info_line_not_an_error_traceback(make_gateway):
+    gw = make_gateway(trusted=False)
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    assert s.cmd("STARTTLS")[0] == 220
+    s.send(b"this is no TLS ClientHello\r\n" * 4)
+    assert s.closed()
+    wait_until(lambda: "STARTTLS handshake failed" in gw.output, what="the log line")
+    assert "Traceback" not in gw.output and "session error" not in gw.output
+    assert RawSmtp(gw.smtp_port).cmd("EHLO c")[0] == 250  # and the server goes on
