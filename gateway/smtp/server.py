@@ -104,10 +104,10 @@ DATA_END = b"\r\n.\r\n"
 # "<@relay:user@domain>": aiosmtpd silently strips the route (RFC 5321 Appendix C lets a server
 # ignore it); we refuse it instead: a routed address is a relaying trick, never a mailbox.
 SOURCE_ROUTE = re.compile(r"<\s*@")
+MAX_TEXT_LINE = 998  # octets of a line's content, CRLF excluded
 # RFC 4954 5: MAIL FROM's AUTH=<mailbox as xtext> or AUTH=<>, which an MTA relaying through
 # us after it authenticated sends (sendmail does); "parse and discard" is what it asks of a
 # server that trusts no client's claim, as this one does not
-MAX_TEXT_LINE = 998  # octets of a line's content, CRLF excluded
 AUTH_PARAMETER = re.compile(r"(?i)(?:^|\s)AUTH=(\S*)")
 XTEXT = re.compile(r"<>|(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")
 

@@ -37,7 +37,7 @@ _TOMBSTONE = ("INSERT OR REPLACE INTO retention_purges (address_hash, clock_star
               " collected_at)), ? FROM contacts WHERE id = ?")
 
 
-# the rows of the purged addresses (a JSON array of their suppression forms) that are done with
+# the rows of the purged addresses (a JSON array of their person forms) that are done with
 _FINISHED_COPIES = ("DELETE FROM deliveries WHERE state IN ('sent', 'failed')"
                     " AND subject_form(recipient) IN (SELECT value FROM json_each(?))"
                     " RETURNING message_id")
