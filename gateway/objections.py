@@ -6,6 +6,7 @@ RCPT to the address gets 550 5.7.1 R1 in every process.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Callable
@@ -16,8 +17,19 @@ from gateway.batch import GroupCommitter
 from gateway.security import signatures
 from gateway.security.tokens import Token, TokenKeys
 from gateway.store.ledger import Ledger
+from gateway.text import printable
 
 log = logging.getLogger("gateway.objections")
+
+def client_ip(text: str | None) -> str | None:
+    """The client's address as recorded with an objection (its proof): an IP address, or
+    None. The HTTP server takes X-Forwarded-For from a proxy on loopback as the client,
+    and that header can say anything."""
+    try:
+        return str(ipaddress.ip_address(text)) if text else None
+    except ValueError:
+        return None
+
 
 MAX_EVENTS = 1000  # per webhook call
 MAX_REASON = 200
@@ -59,6 +71,7 @@ class Objections:
         """Suppress the address a verified token names (committed when this returns, in the
         same store hand-off as finding it); None, and nothing stored, when the store holds
         no such copy."""
+        ip = client_ip(ip)
         found = await self._by_copy.submit((token.delivery_id, token.contact_id, channel, ip))
         if found is None:
             return None
@@ -107,7 +120,11 @@ class Objections:
                 raise BadRequest(f"event {i}: reason must be a string")
             if event_id is None and call is not None:
                 event_id = f"signed-call:{call}:{i}"
-            parsed.append((event_id, address, (reason or "")[:MAX_REASON] or None))
+            # free text a recipient may have typed (an unsubscribe survey): no control or
+            # bidi character is kept, for the terminals and exports that show it
+            reason = " ".join(printable(reason or "").split())[:MAX_REASON]
+            parsed.append((event_id, address, reason or None))
+        ip = client_ip(ip)
         added, replays = await self.ledger.suppress_events(parsed, "webhook", ip)
         log.info("webhook from %s: %d events, %d newly suppressed, %d replays ignored", ip,
                  len(parsed), added, replays)

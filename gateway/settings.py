@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -81,8 +82,11 @@ class StoreSettings:
         """The SQLite file behind `sqlite:///path` (three slashes, then the path)."""
         prefix = "sqlite:///"
         if not self.url.startswith(prefix):
+            # userinfo masked: a postgresql://user:password@... URL is what INTERFACE.md
+            # announces for later
+            shown = re.sub(r"//[^/@]*@", "//***@", self.url)
             raise ConfigError(
-                f"store.url: only {prefix}PATH is supported for now, got {self.url!r}")
+                f"store.url: only {prefix}PATH is supported for now, got {shown!r}")
         path = self.url[len(prefix):]
         if not path or path.endswith("/"):
             raise ConfigError(f"store.url: no file name in {self.url!r} (sqlite:///PATH)")
@@ -287,28 +291,37 @@ def _build(cls: type, value: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+# keys whose values a config error must not print (stderr goes to journald, CI logs...)
+SECRET_KEYS = frozenset({"delivery.password", "delivery.username", "webhooks.opt_out_secret"})
+
+
+def _shown(key: str, value: Any) -> str:
+    return f"a {type(value).__name__} (not shown: a secret)" if key in SECRET_KEYS \
+        else repr(value)
+
+
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {_shown(key, value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_shown(key, value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {_shown(key, value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {_shown(key, value)}")
         return value
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(hint)
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_shown(key, value)}")
         if isinstance(item_type, type) and dataclasses.is_dataclass(item_type):
             return tuple(_build(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
         return tuple(_coerce(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))

@@ -125,3 +125,18 @@ def test_an_empty_controller_identity_is_refused(tmp_path: Path, key: str):
     path.write_text(f'[controller]\n{key} = "  "\n')
     with pytest.raises(ConfigError, match=f"controller.{key}: must not be empty"):
         load_settings(path)
+
+
+def test_a_config_error_never_prints_a_secret(tmp_path: Path, monkeypatch):
+    """stderr goes to journald and CI logs: the value of a password or secret of the wrong
+    type, or a store URL's password, was printed in full."""
+    path = tmp_path / "g.toml"
+    path.write_text("[delivery]\npassword = 98765432109876\n")
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert "delivery.password" in str(error.value) and "98765432109876" not in str(error.value)
+    monkeypatch.setenv("GATEWAY_STORE_URL", "postgresql://gw:DBPASS-SECRET@db.internal/gw")
+    path.write_text("")
+    with pytest.raises(ConfigError) as error:
+        load_settings(path).store.path  # noqa: B018
+    assert "DBPASS-SECRET" not in str(error.value) and "//***@db.internal" in str(error.value)

@@ -24,6 +24,7 @@ from gateway.store.db import Database
 from gateway.store.ledger import Ledger
 from gateway.store.ledger_import import ImportProcess
 from gateway.store.subject import erased_hashes
+from gateway.text import printable
 
 CHUNK_ROWS = 5000
 IMPORT_HELP = f"""Upsert the ledger from FILE (CSV with a header row, UTF-8).
@@ -191,20 +192,22 @@ def show(state: CliState, email: str, as_json: bool) -> None:
                 value = when(value)
             elif isinstance(value, list):
                 value = "; ".join(value)
-            table.add_row(f"  {key}", "" if value is None else str(value))
+            table.add_row(f"  {key}", "" if value is None else printable(str(value)))
         console.print(table)
         sources = Table(title="sources", title_justify="left")
         for column in ("name", "type", "visibility", "first recorded"):
             sources.add_column(column)
         for s in contact.sources:
-            sources.add_row(s.name, s.type, s.visibility or "", when(s.recorded_at))
+            sources.add_row(printable(s.name), s.type, s.visibility or "", when(s.recorded_at))
         console.print(sources)
         history = Table(title="events", title_justify="left")
         for column in ("when", "kind", "channel", "method", "proof / wording", "ip"):
             history.add_column(column)
         for e in events:
-            history.add_row(when(e.occurred_at), e.kind, e.channel, e.method or "",
-                            e.proof or e.wording or "", e.ip or "")
+            # a webhook's reason or a forwarded address came from outside: no escape
+            # sequence of theirs reaches the operator's terminal
+            history.add_row(when(e.occurred_at), e.kind, e.channel, printable(e.method or ""),
+                            printable(e.proof or e.wording or ""), printable(e.ip or ""))
         console.print(history)
 
     run(body)

@@ -59,6 +59,13 @@ def serve(state: CliState) -> None:
     logging.basicConfig(
         level=getattr(logging, settings.log.level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        # what clients send reaches log lines (an unknown SMTP command, a webhook's reason,
+        # a forwarded address): no escape sequence of theirs reaches an operator's terminal
+        handler.setFormatter(PrintableFormatter(handler.formatter))
+    # httpx logs every request's URL at INFO, a notify_url's password with it
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if settings.log.level != "DEBUG":
         # aiosmtpd logs every command line at INFO: a trace (and a cost) per command, not an
         # event. Our own log says who connected, authenticated and queued what.
@@ -74,6 +81,21 @@ def serve(state: CliState) -> None:
             run(settings, on_ready=_banner)
         except OSError as exc:
             fail(f"cannot start: {exc}", 1)
+
+
+class PrintableFormatter(logging.Formatter):
+    """The formatted line with control characters (ESC, BEL, C1, bidi overrides) made
+    spaces; a traceback keeps its newlines."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        from gateway.text import printable  # the CLI's other commands do without it
+
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+        self.printable = printable
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.printable(self.inner.format(record), keep_newlines=True)
 
 
 COMMANDS = [serve]

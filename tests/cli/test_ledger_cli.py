@@ -136,6 +136,12 @@ def test_show_prints_facts_sources_and_events(config: Path, tmp_path: Path):
     text = gateway_cli(config, "contacts", "show", "jane@example.com").stdout
     assert "Newsletter form" in text and "consent" in text
     assert ":thumbs_up: lead" in text  # as imported, not as rich's emoji shortcode
+    # a reason given by someone else (a webhook's, an operator's paste) is shown without
+    # its escape sequences
+    assert gateway_cli(config, "suppress", "add", "jane@example.com", "--reason",
+                       "\x1b]0;OWNED\x07\x1b[2Jcalled us").returncode == 0
+    text = gateway_cli(config, "contacts", "show", "jane@example.com").stdout
+    assert "called us" in text and "\x1b" not in text
     missing = gateway_cli(config, "contacts", "show", "nobody@example.com")
     assert missing.returncode == 1 and "not in the ledger" in missing.stderr
 

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import httpx
 import pytest
 
-from conftest import CSV_HEADER, GatewayProcess, Sink, message
+from conftest import CSV_HEADER, GatewayProcess, Sink, message, wait_until
 from mailflow import deliver, rcpt, suppressed
 from rawsmtp import RawSmtp
 
@@ -339,10 +339,16 @@ def test_each_objection_is_notified_to_the_account_signed_and_retried(make_gatew
                                                                       tmp_path, hook):
     Hook.failures_left = 1
     gw = jane_gateway(make_gateway, tmp_path)
-    assert gw.cli("accounts", "update", "crm", "--notify-url", hook_url(hook)).returncode == 0
+    # with a password in it, which no log line may show (httpx logged each request's URL)
+    secret_url = hook_url(hook).replace("//", "//tool:HOOK-PASS-123@")
+    assert gw.cli("accounts", "update", "crm", "--notify-url", secret_url).returncode == 0
     gw.start()
     url = deliver(gw, sink, "jane@example.net")
-    assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    # through a proxy on loopback that forwards anything: no false address recorded as
+    # the objection's proof
+    forged = {"X-Forwarded-For": "<script>x</script>"}
+    assert httpx.post(url, data={"List-Unsubscribe": "One-Click"},
+                      headers=forged).status_code == 200
     deadline = time.monotonic() + 15
     while not Hook.received and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -354,6 +360,15 @@ def test_each_objection_is_notified_to_the_account_signed_and_retried(make_gatew
     with sqlite3.connect(gw.config.parent / "gateway.db") as db:
         state, attempts = db.execute("SELECT state, attempts FROM notifications").fetchone()
     assert (state, attempts) == ("sent", 2)  # the first try got a 500: retried
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        [(ip,)] = db.execute("SELECT ip FROM contact_events WHERE kind = 'objection'")
+    assert ip is None  # not "<script>x</script>"
+    # an unknown SMTP command is logged (aiosmtpd, WARNING) without its escape sequence
+    smtp = RawSmtp(gw.smtp_port)
+    smtp.cmd("EHLO c")
+    assert smtp.cmd(b"\x1b]0;PWNED\x07FAKE")[0] == 500
+    wait_until(lambda: "FAKE" in gw.output, what="the unrecognised command's log line")
+    assert "HOOK-PASS-123" not in gw.output and "\x1b" not in gw.output
 
 
 def test_a_notify_url_the_sender_cannot_use_stops_nothing_and_a_correction_applies(
