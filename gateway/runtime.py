@@ -160,7 +160,6 @@ class Gateway:
         accounts = AccountStore(self.db)
         transport = make_transport(s.delivery, s.smtp.hostname)
         self.delivery = DeliveryService(self.queue, transport, s.delivery, s.smtp.hostname)
-        await self.delivery.start()
         hasher = AddressHasher(load_or_create_key(s.hash_key_path))
         self.lookup = LedgerLookup(s.store.path, hasher, reader_process=True,
                                    inline=s.store.ledger_reads == "inline")
@@ -179,6 +178,9 @@ class Gateway:
         self.delivery.prepare = self.composer.prepare
         self.delivery.on_sent = self.composer.sent
         self.delivery.notice_version = self.composer.notice_version
+        # only now: a copy claimed before (a restart's backlog) went out as stored, with
+        # no unsubscribe fields, notice or DKIM, and no R1 check
+        await self.delivery.start()
         self.notifier = Notifier(NotificationStore(self.db), s.webhooks.opt_out_secret,
                                  retry_base=s.webhooks.notify_retry_base_seconds)
         objections = Objections(self.composer.settings.tokens, ledger, s.webhooks.opt_out_secret,

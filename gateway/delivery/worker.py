@@ -37,8 +37,10 @@ def new_queue_id() -> str:
 
 
 def retry_delay(attempts: int, base: float, cap: float) -> float:
-    """Exponential backoff: base, 2*base, 4*base ... capped (Postfix: 300s doubling to 4000s)."""
-    return float(min(cap, base * (2 ** max(0, attempts - 1))))
+    """Exponential backoff: base, 2*base, 4*base ... capped (Postfix: 300s doubling to 4000s).
+    The exponent is bounded: past 1,024 attempts (a short cap, days of outage) the float
+    overflowed, and the OverflowError ended the worker task."""
+    return float(min(cap, base * 2.0 ** min(max(0, attempts - 1), 64)))
 
 
 class DeliveryService:
@@ -140,16 +142,22 @@ class DeliveryService:
                 log.exception("delivery %d: unexpected error", copy.delivery_id)
                 try:
                     await self._defer(copy, f"internal error: {exc.__class__.__name__}: {exc}")
-                except StoreError as store_exc:
-                    log.error("delivery %d: could not record the outcome: %s",
-                              copy.delivery_id, store_exc)
+                except Exception as again:  # nothing may end this task: the pool would
+                    # shrink until nothing is delivered; the claim expires, it is retried
+                    log.error("delivery %d: could not record the outcome: %r",
+                              copy.delivery_id, again)
             finally:
                 self._in_flight.discard(copy.delivery_id)
                 self._known.discard(copy.delivery_id)
 
     async def _deliver(self, copy: Copy) -> None:
         try:
-            content = await self.prepare(copy) if self.prepare else copy.content
+            if self.prepare is not None:
+                content = await self.prepare(copy)
+            elif copy.account is None:  # a DSN: nothing to add
+                content = copy.content
+            else:  # never as stored: no unsubscribe fields, notice, DKIM, nor R1 again
+                raise TemporaryFailure("the copy cannot be prepared yet (starting)")
             # each SMTP step has delivery.timeout_seconds (aiosmtplib's per command); this
             # only bounds a transport that hangs as a whole. It must not cut a slow but
             # answering upstream short of its final reply: the upstream would have the copy

@@ -28,6 +28,11 @@ async def until(predicate, seconds: float = 5.0):
     raise AssertionError("timed out")
 
 
+async def as_stored(copy: Copy) -> bytes:
+    """A prepare that changes nothing (these tests are not about the copy's content)."""
+    return copy.content
+
+
 async def run_with_a_broken_prepare(db: Database, tmp_path, max_age_hours: float):
     queue = QueueStore(db, "me")
     settings = dataclasses.replace(DeliverySettings(), maildir=str(tmp_path / "out"),
@@ -232,6 +237,7 @@ async def test_a_copy_released_from_the_quarantine_ages_from_its_release(db):
     settings = dataclasses.replace(DeliverySettings(), workers=1, scan_seconds=0.1,
                                    max_age_hours=120)
     service = DeliveryService(queue, upstream, settings, "gw.test")
+    service.prepare = as_stored
     await service.start()
     try:
         async def deferred_or_failed():
@@ -242,3 +248,31 @@ async def test_a_copy_released_from_the_quarantine_ages_from_its_release(db):
         await service.stop(drain_seconds=1)
     assert upstream.tried == ["jane@example.net"]
     assert (state, error) == ("deferred", "421 4.3.0 try again later")
+
+
+async def test_a_copy_is_never_sent_as_stored_and_backoff_never_overflows(db: Database):
+    """At a restart the workers started before `prepare` was set: a backlog copy claimed in
+    that window went out with no unsubscribe fields, notice or DKIM, and no R1 check. And
+    past 1,024 attempts the backoff's float overflowed and ended the worker task."""
+    from gateway.delivery.worker import retry_delay
+
+    assert retry_delay(1025, 1.0, 300.0) == 300.0 and retry_delay(10**6, 60.0, 3600.0) == 3600.0
+    assert retry_delay(1, 60.0, 3600.0) == 60.0 and retry_delay(3, 60.0, 3600.0) == 240.0
+    queue = QueueStore(db, "me")
+    [copies] = await queue.commit_messages([IncomingMessage(
+        "M", time.time(), "crm", "127.0.0.1", "news@example.com",
+        b"From: news@example.com\r\nSubject: x\r\n\r\nbody\r\n", ("jane@example.net",))])
+    upstream = RefusingUpstream()
+    settings = dataclasses.replace(DeliverySettings(), workers=1, scan_seconds=0.1)
+    service = DeliveryService(queue, upstream, settings, "gw.test")  # no prepare (yet)
+    await service.start()
+    service.dispatch(copies)
+    try:
+        async def deferred():
+            row = await db.fetchone("SELECT state, last_error FROM deliveries")
+            return tuple(row) if row and row[0] == "deferred" else None
+        state, error = await until(deferred)
+    finally:
+        await service.stop(drain_seconds=1)
+    assert upstream.tried == []  # never handed to the upstream as stored
+    assert "cannot be prepared yet" in error
