@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import time
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -123,8 +125,10 @@ class Notifier:
             log.warning("notification %d to %s given up: the account has no notify_url any "
                         "more", notification.id, notification.account)
             return None
-        error: str | None
+        error: str | None = await unsafe_destination(notification.url)
         try:
+            if error is not None:
+                raise ConnectionRefusedError(error)
             answer = await self._client.post(notification.url, content=body, headers=headers)
             error = None if answer.is_success else f"HTTP {answer.status_code}"
         except Exception as exc:  # noqa: BLE001 - httpx.InvalidURL, a bad port, ...: every
@@ -144,3 +148,46 @@ class Notifier:
                                                                shown_url(notification.url)),
                     "; giving up" if give_up else f"; retry in {delay:.0f} s")
         return delay
+
+
+def blocked_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """An address no notification goes to: link-local (169.254.169.254, the cloud metadata
+    service, among them), unspecified, multicast, reserved; IPv4-mapped forms too. Loopback
+    and private networks stay allowed: a CRM on the same host or LAN is usual."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_link_local or ip.is_unspecified or ip.is_multicast or ip.is_reserved
+
+
+def literal_problem(host: str) -> str | None:
+    """Why a URL's host, when it is an IP address, may not be a notify_url's; None."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    return (f"{host} is a link-local, unspecified, multicast or reserved address (the cloud "
+            "metadata service is one): no notification goes there") if blocked_address(ip) \
+        else None
+
+
+async def unsafe_destination(url: str) -> str | None:
+    """Why `url` may not be POSTed to, from its host as written or as it resolves now (SSRF:
+    a name pointing at 169.254.169.254); None when it may. A name that does not resolve is
+    left to the request, which fails with its own error."""
+    host = urlsplit(url).hostname or ""
+    problem = literal_problem(host)
+    if problem is not None or not host:
+        return problem
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(host, None)
+    except OSError:
+        return None
+    for *_, sockaddr in found:
+        try:
+            ip = ipaddress.ip_address(sockaddr[0])
+        except ValueError:
+            continue
+        if blocked_address(ip):
+            return (f"{host} resolves to {ip}, a link-local, unspecified, multicast or "
+                    "reserved address: no notification goes there")
+    return None

@@ -79,6 +79,10 @@ def _notify_url(value: str | None) -> str | None:
             else:
                 if parts.scheme not in ("http", "https") or not parts.hostname:
                     problem = "expected http:// or https:// and a host"
+                else:
+                    from gateway.notify import literal_problem
+
+                    problem = literal_problem(parts.hostname)
         if problem:
             fail(f"--notify-url: {problem}: {value!r}", EXIT_USAGE)
     return value

@@ -95,6 +95,12 @@ def test_duplicate_and_unknown_accounts_exit_1(config: Path):
     (["accounts", "update", "crm", "--notify-url", "http://crm.example/a\tb"],
      "control characters"),
     (["accounts", "update", "crm", "--notify-url", "https:///nohost"], "--notify-url"),
+    # SSRF: the cloud metadata service, as written or IPv4-mapped; the unspecified address
+    (["accounts", "update", "crm", "--notify-url", "http://169.254.169.254/latest/"],
+     "link-local"),
+    (["accounts", "update", "crm", "--notify-url", "http://[::ffff:169.254.169.254]/"],
+     "link-local"),
+    (["accounts", "update", "crm", "--notify-url", "http://0.0.0.0:8080/"], "link-local"),
 ])
 def test_usage_errors_exit_2_with_the_option_named(config: Path, args: list[str], words: str):
     result = gateway_cli(config, *args, stdin=STRONG_PASSWORD + "\n")
@@ -115,3 +121,15 @@ def test_passwd_changes_the_password_and_unlocks(config: Path):
 def test_help_explains_the_password_rule():
     result = gateway_cli(Path("/nonexistent.toml"), "accounts", "add", "--help")
     assert result.returncode == 0 and "80 bits" in result.stdout
+
+
+async def test_a_notify_url_is_checked_again_where_it_resolves_when_sent():
+    """A name may point at 169.254.169.254 (or be changed to): the sender looks where it
+    resolves before each POST. Loopback and private networks stay allowed."""
+    from gateway.notify import unsafe_destination
+
+    assert "link-local" in await unsafe_destination("http://169.254.169.254/x")
+    assert "link-local" in await unsafe_destination("http://[fe80::1]/x")
+    assert await unsafe_destination("http://localhost:8080/hook") is None
+    assert await unsafe_destination("http://10.1.2.3/hook") is None
+    assert await unsafe_destination("http://no-such-host.invalid/hook") is None  # its own error
