@@ -136,6 +136,9 @@ class Gateway:
             log.warning("%s still the example value: every notice names the sender and its "
                         "data protection officer (GDPR 14); set them before real mail goes "
                         "out", ", ".join(example))
+        if not s.webhooks.opt_out_secret:
+            log.warning("webhooks.opt_out_secret is not set: POST /webhooks/opt-out answers "
+                        "401 to every call, and notifications to notify_url go unsigned")
         if not s.http.public_url.startswith("https://"):
             log.warning("http.public_url %s is not https: RFC 8058 one-click unsubscribe needs "
                         "an HTTPS link (fine for local tests only)", s.http.public_url)

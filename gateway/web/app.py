@@ -201,8 +201,9 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
 
     async def webhook(request: Request) -> Response:
         if not objections.webhook_secret:
-            return JSONResponse({"error": "webhooks.opt_out_secret is not set"},
-                                status_code=503)
+            # no signature can verify (INTERFACE.md: 401); said at start-up too
+            return JSONResponse({"error": "bad or missing signature (this gateway has no "
+                                 "webhooks.opt_out_secret)"}, status_code=401)
         body = await _body_at_most(request, MAX_BODY)
         if body is None:
             return JSONResponse({"error": "body too large"}, status_code=413)

@@ -616,3 +616,16 @@ def test_slow_or_too_many_http_clients_are_cut_off(make_gateway):
             assert steady.get("/healthz").status_code == 200
             time.sleep(1.2)
     keeper.close()
+
+
+def test_without_a_webhook_secret_every_webhook_call_is_401_and_start_up_says_so(
+        make_gateway):
+    """INTERFACE.md: 401 when the signature is missing or wrong; with no secret none can
+    verify (it answered 503, and nothing said why at start-up)."""
+    gw = make_gateway()
+    body = json.dumps({"email": "jane@example.net"}).encode()
+    answer = httpx.post(f"http://127.0.0.1:{gw.http_port}/webhooks/opt-out", content=body,
+                        headers={"X-Gateway-Signature": sign(body)})
+    assert answer.status_code == 401
+    assert "webhooks.opt_out_secret is not set" in gw.output
+    assert rcpt(gw, "jane@example.net")[0] == 250  # nothing stored
