@@ -170,6 +170,7 @@ class GatewaySMTP(SMTP):
         self._client_ip = ""
         self._counted = False
         self._idle_deadline = 0.0  # see _reset_timeout
+        self._committing = False  # the end of DATA is ours to answer: not the client idling
         self._abort_handle: asyncio.TimerHandle | None = None  # see _abort_later
 
     @property
@@ -313,6 +314,7 @@ class GatewaySMTP(SMTP):
             content = raw[1:] if raw.startswith(b".") else raw
             content = content.replace(b"\r\n.", b"\r\n")
             self.envelope.content = self.envelope.original_content = content
+            self._committing = True
             try:
                 status = await self._call_handler_hook("DATA")
             except Exception:
@@ -320,6 +322,9 @@ class GatewaySMTP(SMTP):
                 # kept, the client's next MAIL got "503 nested MAIL command"
                 self._set_post_data_state()
                 raise
+            finally:
+                self._committing = False  # and the client's idle time starts from the answer
+                self._idle_deadline = self.loop.time() + self._timeout_duration
             self._set_post_data_state()
             await self.push(status)
             return
@@ -446,6 +451,11 @@ class GatewaySMTP(SMTP):
 
     def _idle_check(self) -> None:
         remaining = self._idle_deadline - self.loop.time()
+        if self._committing:
+            # the client waits for our 250 (a commit behind a busy store, up to its 5 s busy
+            # timeout and more): a 421 now, and the message committed after it, and the
+            # client's retry would send it twice
+            remaining = max(remaining, self._timeout_duration)
         if remaining > 0:
             self._timeout_handle = self.loop.call_later(remaining, self._idle_check)
         else:

@@ -294,3 +294,30 @@ def test_workers_stop_when_their_supervisor_is_killed(make_gateway):
                                and Path(f"/proc/{pid}/cmdline").read_bytes()
                                for pid in workers), timeout=20, what="the workers' exit")
     assert _port_free(gw.smtp_port)
+
+
+def test_a_slow_commit_is_answered_not_cut_by_the_idle_timeout(make_gateway, sink: Sink,
+                                                                tmp_path: Path):
+    """With smtp.idle_timeout under the store's busy wait, a commit behind a lock got
+    421 4.4.2 "idle", and the message was committed after it: the client's retry sent it
+    twice. The end of DATA is the gateway's to answer, not the client idling."""
+    import threading
+
+    gw = make_gateway(smtp_extra="idle_timeout = 1.5")
+    holder = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None,
+                             check_same_thread=False)
+    s = RawSmtp(gw.smtp_port, timeout=30)
+    s.cmd("EHLO c")
+    s.cmd("MAIL FROM:<news@example.com>")
+    s.cmd("RCPT TO:<jane@example.net>")
+    s.cmd("DATA")
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing for 2.5 s
+    release = threading.Timer(2.5, lambda: (holder.execute("ROLLBACK"), holder.close()))
+    release.start()
+    try:
+        code, _ = s.cmd(message(subject="Slow commit") + b".")
+    finally:
+        release.join()
+    assert code == 250
+    assert s.cmd("NOOP")[0] == 250  # and the session goes on
+    assert b"Slow commit" in sink.wait_for(1)[0].content
