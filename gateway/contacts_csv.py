@@ -71,6 +71,9 @@ _FIELDS = {name: i for i, name in enumerate(ContactRow._fields)}
 _CONSENT, _CONSENT_AT = _FIELDS["consent"], _FIELDS["consent_at"]
 _SOURCE_NAME, _SOURCE_TYPE = _FIELDS["source_name"], _FIELDS["source_type"]
 _SOURCE_VISIBILITY = _FIELDS["source_visibility"]
+# INTERFACE.md lists "granted|withdrawn|empty", "public|restricted|empty": the word itself is
+# taken for a blank cell too
+_MAY_SAY_EMPTY = frozenset({"consent", "source_visibility"})
 _CONSENT_DETAILS = tuple((_FIELDS[name], name)
                          for name in ("consent_at", "consent_method", "consent_proof"))
 
@@ -187,7 +190,7 @@ def parse_row(line: int, email: int, plan: Plan, cells: list[str]) -> ContactRow
         if not text or parse is None:
             continue
         text = text.strip()
-        if text:
+        if text and not (column in _MAY_SAY_EMPTY and text.lower() == "empty"):
             values[field] = parse(text, column)
     if values[_CONSENT] == "granted" and values[_CONSENT_AT] is None:
         raise ValueError("consent_at: required when consent is granted (GDPR 7(1): consent "

@@ -257,7 +257,7 @@ def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
             continue
         rest = name[len("GATEWAY_"):].lower()
         section, _, key = rest.partition("_")
-        if section not in _SECTION_TYPES or not key or section == "dkim":
+        if section not in _SECTION_TYPES or not key:
             continue
         value: Any = text
         if typing.get_type_hints(_SECTION_TYPES[section]).get(key, str) is not str:
@@ -266,6 +266,11 @@ def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
             except tomllib.TOMLDecodeError:
                 raise ConfigError(f"{name}: not a value for {section}.{key}: {text!r}") from None
         table = raw.setdefault(section, {})
+        if section == "dkim" and isinstance(table, list):  # [[dkim]]: one entry, or which?
+            if len(table) != 1:
+                raise ConfigError(f"{name}: the config has {len(table)} [[dkim]] entries; an "
+                                  "environment override applies to one only: edit the file")
+            table = table[0]
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}] must be a table, got {type(table).__name__} "
                               f"(overridden by {name})")

@@ -162,3 +162,11 @@ def test_placeholder_dates_and_consent_details_without_consent_are_row_errors():
     assert errors[4] == "consent_method: given without consent (granted|withdrawn)"
     assert errors[5] == "consent_proof: given without consent (granted|withdrawn)"
     assert [r.address for r in result if isinstance(r, ContactRow)] == ["e@example.org"]
+
+
+def test_the_word_empty_is_a_blank_cell_where_the_contract_lists_it():
+    """INTERFACE.md: consent (granted|withdrawn|empty), source_visibility (...|empty)."""
+    result = rows("email,consent,source_name,source_type,source_visibility\n"
+                  "a@example.org,empty,web,direct,Empty\n")
+    [row] = result
+    assert isinstance(row, ContactRow) and row.consent is None and row.source_visibility is None

@@ -140,3 +140,21 @@ def test_a_config_error_never_prints_a_secret(tmp_path: Path, monkeypatch):
     with pytest.raises(ConfigError) as error:
         load_settings(path).store.path  # noqa: B018
     assert "DBPASS-SECRET" not in str(error.value) and "//***@db.internal" in str(error.value)
+
+
+def test_dkim_keys_are_overridden_by_the_environment_like_any_other(tmp_path: Path):
+    """GATEWAY_DKIM_* were ignored without a word (INTERFACE.md: any single key)."""
+    path = tmp_path / "g.toml"
+    path.write_text('[[dkim]]\ndomain = "example.com"\nselector = "s1"\nkey_file = "a.key"\n')
+    settings = load_settings(path, {"GATEWAY_DKIM_KEY_FILE": "/run/secrets/b.key",
+                                    "GATEWAY_DKIM_SELECTOR": "s2"})
+    assert [(d.domain, d.selector, d.key_file) for d in settings.dkim] == [
+        ("example.com", "s2", "/run/secrets/b.key")]
+    empty = tmp_path / "e.toml"
+    empty.write_text("")
+    only_env = load_settings(empty, {"GATEWAY_DKIM_DOMAIN": "example.org",
+                                     "GATEWAY_DKIM_SELECTOR": "s", "GATEWAY_DKIM_KEY_FILE": "k"})
+    assert [d.domain for d in only_env.dkim] == ["example.org"]
+    path.write_text(path.read_text() * 2)
+    with pytest.raises(ConfigError, match="2 \\[\\[dkim\\]\\] entries"):
+        load_settings(path, {"GATEWAY_DKIM_SELECTOR": "s2"})
