@@ -129,7 +129,7 @@ _WORDS: dict[str, dict[str, str]] = {
                       "action, then deleted."),
         "rights_text": ("You can at any time object to these messages (the unsubscribe link "
                         "in each of them works at once), ask us to correct or erase these data, "
-                        "or to restrict their use. Write to {dpo}. Our privacy policy: "
+                        "or to restrict their processing. Write to {dpo}. Our privacy policy: "
                         "{privacy}. You may also complain to your data protection authority "
                         "(in France, the CNIL: www.cnil.fr)."),
         "request": "{kind} request received on {received}, answered by {due} at the latest{closed}",
@@ -231,7 +231,7 @@ _WORDS: dict[str, dict[str, str]] = {
         "no_source": "Aucune source n'est enregistrée.",
         "no_events": "Aucun consentement, opposition ou autre action n'est enregistré.",
         "suppressed": ("Depuis le {date}, vous ne recevez plus de prospection par notre "
-                       "intermédiaire ({channel}). Cela reste ainsi."),
+                       "intermédiaire ({channel}). Il en restera ainsi."),
         "no_mail": "Aucun message ne vous a été envoyé par notre intermédiaire.",
         "sent_on_behalf": "{date}, pour le compte de {account} : {subject} \u2014 {outcome}",
         "quoted": "« {subject} »",
@@ -246,12 +246,12 @@ _WORDS: dict[str, dict[str, str]] = {
         "rights_text": ("Vous pouvez à tout moment vous opposer à ces messages (le lien de "
                         "désinscription de chacun d'eux agit immédiatement), demander la "
                         "rectification ou l'effacement de ces données, ou la limitation de leur "
-                        "usage. Écrivez à {dpo}. Notre politique de confidentialité : "
-                        "{privacy}. Vous pouvez aussi adresser une réclamation à la CNIL "
-                        "(www.cnil.fr)."),
+                        "traitement. Écrivez à {dpo}. Notre politique de confidentialité : "
+                        "{privacy}. Vous pouvez aussi adresser une réclamation à une autorité de "
+                        "protection des données (en France, la CNIL : www.cnil.fr)."),
         "request": ("Demande {kind} reçue le {received}, réponse au plus tard le "
                     "{due}{closed}"),
-        "closed": " (répondue le {date})",
+        "closed": " (réponse apportée le {date})",
         "request_access": "d'accès", "request_erasure": "d'effacement",
         "request_objection": "d'opposition",
         "erased": ("Vos données ont été effacées le {date} à votre demande ; seule une trace "
@@ -361,7 +361,7 @@ _EVENTS = {
            "information": "usted recibió la información sobre sus datos"},
     "fr": {"consent": "vous avez donné votre consentement",
            "withdrawal": "vous avez retiré votre consentement",
-           "objection": "vous vous êtes opposé à la prospection",
+           "objection": "vous avez exprimé votre opposition à la prospection",
            "objection_lifted": "votre opposition a été levée à votre demande",
            "interaction": "vous avez interagi avec nous",
            "information": "vous avez reçu l'information sur vos données"},
@@ -426,36 +426,40 @@ _OUTCOMES = {
 }
 # The rule of a refusal or hold, in plain words (the ids are in COMPLIANCE.md).
 _WHY = {
-    "de": {"R1": "Sie hatten widersprochen", "R2": "wir hatten keinen Eintrag zu Ihrer Adresse",
+    "de": {"R1": "Ihre Adresse steht auf unserer Sperrliste",
+           "R2": "wir hatten keinen Eintrag zu Ihrer Adresse",
            "R3": "die Quelle Ihrer Adresse ist nicht zulässig",
            "R4": "die Speicherfrist Ihrer Daten war abgelaufen",
            "R9": "der Bezug zu Ihrer beruflichen Tätigkeit musste geprüft werden",
            "R10": "es gab keine gültige Rechtsgrundlage, Ihnen zu schreiben",
            "M1": "der Absender war nicht identifizierbar",
            "M2": "die Nachricht war fehlerhaft aufgebaut",
-           "M3": "der Nachricht fehlten die vorgeschriebenen Angaben"},
-    "en": {"R1": "you had objected", "R2": "we hold no record of your address",
+           "M3": "der Nachricht fehlten Betreff oder Text"},
+    "en": {"R1": "your address is on our do-not-contact list",
+           "R2": "we hold no record of your address",
            "R3": "the source of your address is not allowed",
            "R4": "the retention period of your data was over",
            "R9": "the link with your profession had to be checked",
            "R10": "there was no valid basis to write to you",
            "M1": "the sender could not be identified", "M2": "the message was malformed",
-           "M3": "the message lacked the required information"},
-    "es": {"R1": "usted se había opuesto", "R2": "no teníamos ningún registro de su dirección",
+           "M3": "the message had no subject or no text"},
+    "es": {"R1": "su dirección figura en nuestra lista de exclusión",
+           "R2": "no teníamos ningún registro de su dirección",
            "R3": "la fuente de su dirección no está admitida",
            "R4": "el plazo de conservación de sus datos había vencido",
            "R9": "debía comprobarse la relación con su actividad profesional",
            "R10": "no había ninguna base válida para escribirle",
            "M1": "no se pudo identificar al remitente", "M2": "el mensaje estaba mal formado",
-           "M3": "el mensaje no contenía la información obligatoria"},
-    "fr": {"R1": "vous vous étiez opposé", "R2": "nous n'avions aucune trace de votre adresse",
+           "M3": "el mensaje no tenía asunto o texto"},
+    "fr": {"R1": "votre adresse figure sur notre liste d'opposition",
+           "R2": "nous n'avions aucune trace de votre adresse",
            "R3": "la source de votre adresse n'est pas admise",
            "R4": "la durée de conservation de vos données était dépassée",
            "R9": "le lien avec votre profession devait être vérifié",
            "R10": "aucune base valable ne permettait de vous écrire",
            "M1": "l'expéditeur n'était pas identifiable", "M2": "le message était mal formé",
-           "M3": "le message ne portait pas les informations requises"},
-    "it": {"R1": "Lei aveva espresso opposizione",
+           "M3": "le message n'avait pas d'objet ou pas de texte"},
+    "it": {"R1": "il Suo indirizzo è nella nostra lista di esclusione",
            "R2": "non avevamo alcuna registrazione del Suo indirizzo",
            "R3": "la fonte del Suo indirizzo non è ammessa",
            "R4": "il periodo di conservazione dei Suoi dati era scaduto",
@@ -463,7 +467,7 @@ _WHY = {
            "R10": "non esisteva una base valida per scriverLe",
            "M1": "non è stato possibile identificare il mittente",
            "M2": "il messaggio non era formato correttamente",
-           "M3": "nel messaggio mancavano le informazioni obbligatorie"},
+           "M3": "il messaggio non aveva oggetto o testo"},
 }
 
 
@@ -529,8 +533,9 @@ class Letter:
             self.choices(events, record)
         if not record.contacts and record.suppressed_at is not None:
             self.choices([], record)
-        self.mail(record.decisions, record.quarantine)
-        self.why(record)
+        if record.holds_anything:  # else no mail, purpose or keeping period to tell of
+            self.mail(record.decisions, record.quarantine)
+            self.why(record)
         self.requests(record.requests)
         self.section("rights")
         self.paragraph(self.say("rights_text", dpo=c.dpo_email, privacy=c.privacy_url))

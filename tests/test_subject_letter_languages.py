@@ -186,3 +186,14 @@ def test_subject_export_writes_to_a_de_at_contact_in_german(make_gateway, tmp_pa
         read = as_read(chosen.stdout)
         assert _WORDS[lang]["rights"] in chosen.stdout.splitlines()
         assert [phrase for phrase in english_phrases() if phrase in read] == []
+
+
+def test_a_letter_about_an_address_never_seen_tells_no_purpose_nor_keeping_period():
+    """It said "we hold no data", then the purpose of the mail and how long "these data"
+    are kept."""
+    nobody = SubjectRecord("nobody@firma.example", [], None, None, [], [], [])
+    for lang in ("en", "fr", "de", "es", "it"):
+        letter = as_read(render_text(nobody, CONTROLLER, PolicyKnobs(), lang, NOW))
+        assert _WORDS[lang]["nothing"] in letter
+        assert _WORDS[lang]["purpose_none"] not in letter
+        assert _WORDS[lang]["kept_rule"].split("{")[0].strip() not in letter

@@ -92,6 +92,11 @@ def write_private(path: str | os.PathLike[str], text: str) -> None:
     from pathlib import Path
 
     target = Path(path)
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        # renamed over, a symlink or a device (/dev/stdout, as root) was replaced by a file
+        # of the export; its target never got it
+        raise Refused(f"{target} exists and is not a regular file (a link, a device, a "
+                      "folder): name a file, or leave --out out to print")
     fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:

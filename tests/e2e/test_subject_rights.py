@@ -100,7 +100,8 @@ def test_export_names_the_directory_and_every_message(make_gateway, tmp_path, si
     letter = " ".join(letter.split())  # as read, whatever the line breaks
     for words in ("Bonjour Marie", "Annuaire des entreprises de Lorraine", "un annuaire public",
                   "« Offre sécurité » — remis [R8]",
-                  "un message — non envoyé (vous vous étiez opposé) [R1]",
+                  "un message — non envoyé (votre adresse figure sur notre liste "
+                  "d'opposition) [R1]",
                   "Nom : Marie Curie", "enregistré à la main; asked by phone",
                   "pour le compte de : crm", "Directrice R&D", "CNIL"):
         assert words in letter, words
@@ -111,6 +112,11 @@ def test_export_names_the_directory_and_every_message(make_gateway, tmp_path, si
     assert stat.S_IMODE(os.stat(english).st_mode) == 0o600
     text = " ".join(english.read_text().split())
     assert "a public directory" in text and "“Offre sécurité” — delivered [R8]" in text
+    link = tmp_path / "link.txt"  # renamed over, a link (or /dev/stdout) became the export
+    link.symlink_to(tmp_path / "elsewhere.txt")
+    refused = gw.cli("subject", "export", MARIE, "--out", str(link))
+    assert refused.returncode == 1 and "not a regular file" in refused.stderr
+    assert link.is_symlink() and not (tmp_path / "elsewhere.txt").exists()
 
     nobody = gw.cli("subject", "export", "nobody@labo.example", "--format", "text")
     assert nobody.returncode == 0 and "We hold no personal data" in nobody.stdout
