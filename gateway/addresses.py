@@ -95,8 +95,20 @@ def suppression_form(address: str) -> str:
     """
     local, _, domain = address.rpartition("@")
     if not local.isascii():
-        local = unicodedata.normalize("NFC", local)
+        local = _caseless(unicodedata.normalize("NFC", local).casefold())
     return f"{local.casefold()}@{domain.lower()}"
+
+
+def _caseless(folded: str) -> str:
+    """A case-folded local part in one form whatever the case it was written in. Folding
+    can leave an NFC string un-normalised, and differently for each case: "ΐ" (U+0390)
+    folds to ι + U+0308 + U+0301, its capital (U+03AA U+0301) to U+03CA + U+0301, the same
+    text in another form, so another hash: an objection written in capitals did not stop the
+    mail. Such a result is decomposed (NFD), which makes the two one; a folded string in
+    NFC, nearly every address, is kept as it is, so no stored hash changes. (Left: ᾷ, ῇ, ῷ,
+    whose capitals fold to two letters.)"""
+    return folded if unicodedata.is_normalized("NFC", folded) \
+        else unicodedata.normalize("NFD", folded)
 
 
 def person_form(address: str) -> str:
@@ -109,7 +121,8 @@ def person_form(address: str) -> str:
     request must not show the other's data, nor an erasure delete it."""
     local, _, domain = address.rpartition("@")
     if not local.isascii():
-        local = unicodedata.normalize("NFC", local)
+        # (computed, never stored: NFC again, whatever lower() left)
+        local = unicodedata.normalize("NFC", unicodedata.normalize("NFC", local).lower())
     return f"{local.lower()}@{domain.lower()}"
 
 

@@ -573,3 +573,22 @@ async def test_a_withdrawal_again_after_a_lifted_suppression_is_on_the_record(db
     contact = await ledger.contact("w@example.com")
     kinds = [e.kind for e in await ledger.events(contact.id)]
     assert kinds[-2:] == ["objection_lifted", "withdrawal"]
+
+
+@pytest.mark.parametrize("stored, written", [
+    ("ταΰγετος@example.net", "ΤΑΫ́ΓΕΤΟΣ@EXAMPLE.NET"),
+    ("ΐρις@example.net", "ΐρις@example.net".upper()),
+    ("ευαΐ@example.net", "ΕΥΑΪ́@EXAMPLE.NET"),
+])
+async def test_an_objection_in_capitals_stops_a_greek_address_with_dialytika_and_tonos(
+        db, hasher, stored: str, written: str):
+    """Case folding left "ΐ" and its capital in two forms of the same text: two hashes, and
+    the objection written in capitals did not stop the mail (R1)."""
+    from gateway.addresses import person_form
+    from gateway.store.ledger import Ledger
+
+    import_csv(db, hasher, "email,consent,consent_at,source_name,source_type\n"
+                           f"{stored},granted,2026-01-05,web,direct\n")
+    assert hasher(stored) == hasher(written) and person_form(stored) == person_form(written)
+    await Ledger(db, hasher).suppress(written, "manual")
+    assert (await facts(db, hasher, stored)).suppressed
