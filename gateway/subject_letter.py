@@ -14,6 +14,8 @@ import datetime
 import textwrap
 import time
 
+import idna
+
 from gateway.model import Contact, PolicyKnobs
 from gateway.policy.rules import retention_deadline
 from gateway.settings import ControllerSettings
@@ -520,7 +522,8 @@ class Letter:
         first = next((ct.first_name for ct, _ in record.contacts if ct.first_name), None)
         self.lines = [self.say("title", controller=c.name), "",
                       self.say("greeting", name=first) if first else w["sir"], ""]
-        self.paragraph(self.say("intro", address=record.address, today=self.day(now)))
+        self.paragraph(self.say("intro", address=readable(record.address),
+                                today=self.day(now)))
         for stamp in record.erased_at:
             self.lines.append("")
             self.paragraph(self.say("erased", date=self.day(stamp)))
@@ -637,6 +640,18 @@ class Letter:
             self.bullet(self.say("request", kind=self.w[f"request_{r.kind}"],
                                  received=self.day(r.received_at), due=self.day(r.due_at),
                                  closed=closed))
+
+
+def readable(address: str) -> str:
+    """The address as its owner writes it: the domain in Unicode (the ledger keeps its
+    A-labels, xn--...), else as stored."""
+    local, at, domain = address.rpartition("@")
+    if "xn--" not in domain.lower():
+        return address
+    try:
+        return f"{local}{at}{idna.decode(domain)}"
+    except idna.IDNAError:
+        return address
 
 
 def render_text(record: SubjectRecord, controller: ControllerSettings, knobs: PolicyKnobs,

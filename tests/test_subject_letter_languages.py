@@ -197,3 +197,10 @@ def test_a_letter_about_an_address_never_seen_tells_no_purpose_nor_keeping_perio
         assert _WORDS[lang]["nothing"] in letter
         assert _WORDS[lang]["purpose_none"] not in letter
         assert _WORDS[lang]["kept_rule"].split("{")[0].strip() not in letter
+
+
+def test_the_letter_names_the_address_with_its_domain_as_its_owner_writes_it():
+    """It said "l'adresse José@xn--exmple-cua.fr" (the ledger keeps A-labels)."""
+    idn = SubjectRecord("José@xn--exmple-cua.fr", [], None, None, [], [], [])
+    letter = as_read(render_text(idn, CONTROLLER, PolicyKnobs(), "fr", NOW))
+    assert "José@exämple.fr" in letter and "xn--" not in letter
