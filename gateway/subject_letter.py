@@ -71,6 +71,13 @@ _WORDS: dict[str, dict[str, str]] = {
                        "werden sie gelöscht."),
         "kept_rule": ("Diese Daten werden {days} Tage ab ihrer Erfassung oder ab Ihrer letzten "
                       "Aktion gespeichert und danach gelöscht."),
+        "kept_expired": (
+            "Die Speicherfrist dieser Daten ist am {date} abgelaufen: Sie sind zur "
+            "Löschung vorgemerkt und werden bei der nächsten Bereinigung gelöscht."),
+        "kept_hash": (
+            "Ein verschlüsselter Fingerabdruck Ihrer Adresse wird ohne zeitliche "
+            "Begrenzung auf unserer Sperrliste aufbewahrt, damit Sie keine "
+            "Nachrichten mehr von uns erhalten."),
         "rights_text": ("Sie können diesen Nachrichten jederzeit widersprechen (der Link zum "
                         "Abbestellen in jeder Nachricht wirkt sofort) sowie die Berichtigung "
                         "oder Löschung dieser Daten oder die Einschränkung ihrer Verarbeitung "
@@ -129,6 +136,12 @@ _WORDS: dict[str, dict[str, str]] = {
                        "before (a reply, a click, a purchase); they are then deleted."),
         "kept_rule": ("These data are kept {days} days from collection or from your last "
                       "action, then deleted."),
+        "kept_expired": (
+            "The retention period of these data ended on {date}: they are marked for "
+            "deletion and will be erased at the next purge."),
+        "kept_hash": (
+            "A coded fingerprint of your address is kept without time limit on our "
+            "do-not-contact list, so that you receive no more of our messages."),
         "rights_text": ("You can at any time object to these messages (the unsubscribe link "
                         "in each of them works at once), ask us to correct or erase these data, "
                         "or to restrict their processing. Write to {dpo}. Our privacy policy: "
@@ -186,6 +199,12 @@ _WORDS: dict[str, dict[str, str]] = {
                        "suprimen."),
         "kept_rule": ("Estos datos se conservan durante {days} días desde su obtención o desde "
                       "su última acción y después se suprimen."),
+        "kept_expired": (
+            "El plazo de conservación de estos datos terminó el {date}: están "
+            "marcados para su supresión y se borrarán en la próxima depuración."),
+        "kept_hash": (
+            "Una huella cifrada de su dirección se conserva sin límite de tiempo en "
+            "nuestra lista de exclusión, para que no reciba más mensajes nuestros."),
         "rights_text": ("Puede oponerse en cualquier momento a estos mensajes (el enlace para "
                         "darse de baja que figura en cada uno de ellos surte efecto de "
                         "inmediato), así como solicitar la rectificación o la supresión de "
@@ -245,6 +264,14 @@ _WORDS: dict[str, dict[str, str]] = {
                        "supprimées."),
         "kept_rule": ("Ces données sont conservées {days} jours à compter de leur collecte ou "
                       "de votre dernière action, puis supprimées."),
+        "kept_expired": (
+            "La durée de conservation de ces données a pris fin le {date} : elles "
+            "sont marquées pour suppression et seront effacées lors de la prochaine "
+            "purge."),
+        "kept_hash": (
+            "Une empreinte codée de votre adresse est conservée sans limite de durée "
+            "sur notre liste d'opposition, afin que vous ne receviez plus nos "
+            "messages."),
         "rights_text": ("Vous pouvez à tout moment vous opposer à ces messages (le lien de "
                         "désinscription de chacun d'eux agit immédiatement), demander la "
                         "rectification ou l'effacement de ces données, ou la limitation de leur "
@@ -303,6 +330,14 @@ _WORDS: dict[str, dict[str, str]] = {
                        "cancellati."),
         "kept_rule": ("Questi dati sono conservati per {days} giorni dalla raccolta o dalla Sua "
                       "ultima azione, poi cancellati."),
+        "kept_expired": (
+            "Il periodo di conservazione di questi dati è terminato il {date}: sono "
+            "contrassegnati per la cancellazione e saranno eliminati alla prossima "
+            "pulizia."),
+        "kept_hash": (
+            "Un'impronta cifrata del Suo indirizzo è conservata senza limiti di tempo"
+            " nella nostra lista di esclusione, affinché Lei non riceva più i nostri "
+            "messaggi."),
         "rights_text": ("Può opporsi in qualsiasi momento a questi messaggi (il link per "
                         "annullare l'iscrizione presente in ciascuno di essi ha effetto "
                         "immediato), chiedere la rettifica o la cancellazione di questi dati, "
@@ -492,6 +527,7 @@ class Letter:
         self.w = _WORDS[lang]
         self.controller = controller
         self.knobs = knobs
+        self.now = time.time()  # set again by render
         self.lines: list[str] = []
 
     def day(self, stamp: float | None) -> str:
@@ -519,6 +555,7 @@ class Letter:
 
     def render(self, record: SubjectRecord, now: float) -> str:
         w, c = self.w, self.controller
+        self.now = now
         first = next((ct.first_name for ct, _ in record.contacts if ct.first_name), None)
         self.lines = [self.say("title", controller=c.name), "",
                       self.say("greeting", name=first) if first else w["sir"], ""]
@@ -626,10 +663,14 @@ class Letter:
                        else self.w["purpose_none"])
         deadlines = [retention_deadline(ct, self.knobs) for ct, _ in record.contacts]
         known = [d for d in deadlines if d is not None]
-        if known:
+        if known and max(known) < self.now:  # R4: refused since, purged at the next run
+            self.paragraph(self.say("kept_expired", date=self.day(max(known))))
+        elif known:
             self.paragraph(self.say("kept_until", date=self.day(max(known))))
-        else:
+        elif record.contacts:
             self.paragraph(self.say("kept_rule", days=self.knobs.prospect_retention_days))
+        if record.suppressed_at is not None:  # never expires (COMPLIANCE.md 5)
+            self.paragraph(self.w["kept_hash"])
 
     def requests(self, requests: list[SubjectRequest]) -> None:
         if not requests:

@@ -204,3 +204,20 @@ def test_the_letter_names_the_address_with_its_domain_as_its_owner_writes_it():
     idn = SubjectRecord("José@xn--exmple-cua.fr", [], None, None, [], [], [])
     letter = as_read(render_text(idn, CONTROLLER, PolicyKnobs(), "fr", NOW))
     assert "José@exämple.fr" in letter and "xn--" not in letter
+
+
+def test_the_keeping_period_told_is_true_past_its_deadline_and_for_the_suppression_list():
+    """Two years past R4's deadline it said the data "are kept until" then; a suppression
+    entry alone was said to be kept 1,095 days, though it never expires (COMPLIANCE.md 5)."""
+    import dataclasses
+
+    old = dataclasses.replace(contact("fr"), collected_at=NOW - 2000 * DAY,
+                              last_interaction_at=None)
+    expired = dataclasses.replace(record("fr"), contacts=[(old, [])])
+    letter = as_read(render_text(expired, CONTROLLER, PolicyKnobs(), "fr", NOW))
+    assert "a pris fin le" in letter and "au plus tard jusqu'au" not in letter
+    only_hash = SubjectRecord("gone@firma.example", [], NOW - 3 * DAY, "erasure", [], [], [])
+    for lang in ("en", "fr", "de", "es", "it"):
+        letter = as_read(render_text(only_hash, CONTROLLER, PolicyKnobs(), lang, NOW))
+        assert as_read(_WORDS[lang]["kept_hash"]) in letter
+        assert _WORDS[lang]["kept_rule"].split("{")[0].strip() not in letter
