@@ -461,6 +461,34 @@ _OUTCOMES = {
            "quarantine": "trattenuto per la verifica da parte di una persona ({why})",
            "allow": "accettato per l'invio"},
 }
+# The rule that let a message go, in plain words (the ids are in COMPLIANCE.md).
+_ALLOWED = {
+    "de": {"R5": "allgemeine Adresse einer Organisation",
+           "R6": "auf Grundlage Ihrer Einwilligung", "R7": "als Kunde, für ähnliche Produkte",
+           "R8": "Nachricht mit Bezug zu Ihrem Beruf", "T1": "Servicenachricht, keine Werbung",
+           "R9": "von einer Person geprüft: mit Bezug zu Ihrem Beruf"},
+    "en": {"R5": "generic address of an organisation", "R6": "on the basis of your consent",
+           "R7": "as a customer, for similar products",
+           "R8": "the message related to your profession",
+           "T1": "service message, not advertising",
+           "R9": "checked by a person: related to your profession"},
+    "es": {"R5": "dirección genérica de una organización",
+           "R6": "sobre la base de su consentimiento",
+           "R7": "como cliente, para productos similares",
+           "R8": "mensaje relacionado con su profesión",
+           "T1": "mensaje de servicio, no publicitario",
+           "R9": "revisado por una persona: relacionado con su profesión"},
+    "fr": {"R5": "adresse générique d'une organisation", "R6": "sur la base de votre consentement",
+           "R7": "en tant que client, pour des produits analogues",
+           "R8": "message en lien avec votre profession",
+           "T1": "message de service, non publicitaire",
+           "R9": "vérifié par une personne : en lien avec votre profession"},
+    "it": {"R5": "indirizzo generico di un'organizzazione", "R6": "sulla base del Suo consenso",
+           "R7": "in quanto cliente, per prodotti analoghi",
+           "R8": "messaggio legato alla Sua professione",
+           "T1": "messaggio di servizio, non pubblicitario",
+           "R9": "verificato da una persona: legato alla Sua professione"},
+}
 # The rule of a refusal or hold, in plain words (the ids are in COMPLIANCE.md).
 _WHY = {
     "de": {"R1": "Ihre Adresse steht auf unserer Sperrliste",
@@ -651,6 +679,8 @@ class Letter:
                 outcome = outcomes["quarantine"].format(why=why.get(d.rule, d.rule))
             else:
                 outcome = outcomes["allow"]
+            if d.decision == "allow" and d.rule in _ALLOWED[self.lang]:
+                outcome += f" ({_ALLOWED[self.lang][d.rule]})"  # why it could go
             subject = (self.say("quoted", subject=d.subject) if d.subject
                        else self.w["a_message"])
             self.bullet(self.say("sent_on_behalf", date=self.day(d.at), account=d.account or "?",

@@ -14,6 +14,7 @@ from gateway.settings import ControllerSettings
 from gateway.store.ledger import ContactEvent
 from gateway.store.subject import Decision, HeldCopy, SubjectRecord, SubjectRequest
 from gateway.subject_letter import (
+    _ALLOWED,
     _CHANNELS,
     _EVENTS,
     _OUTCOMES,
@@ -29,7 +30,8 @@ from conftest import CSV_HEADER, GatewayProcess
 from ledger_cases import days_ago
 
 TABLES = {"_WORDS": _WORDS, "_SOURCE_TYPES": _SOURCE_TYPES, "_EVENTS": _EVENTS,
-          "_CHANNELS": _CHANNELS, "_OUTCOMES": _OUTCOMES, "_WHY": _WHY}
+          "_CHANNELS": _CHANNELS, "_OUTCOMES": _OUTCOMES, "_WHY": _WHY,
+          "_ALLOWED": _ALLOWED}
 TRANSLATED = ("de", "es", "it")
 DAY = 86400.0
 NOW = 1_790_000_000.0  # 2026-09-21
@@ -143,7 +145,8 @@ def test_a_letter_in_german_spanish_or_italian_has_no_english_left(lang: str):
     # The words the person reads about their rights and the authority, in their language.
     assert "CNIL: www.cnil.fr" in read and "dpo@exemple.fr" in read
     quoted = _WORDS[lang]["quoted"].format(subject="Sicherheitsangebot")
-    assert f"{quoted} \u2014 {_OUTCOMES[lang]['sent']} [R8]" in read
+    assert (f"{quoted} \u2014 {_OUTCOMES[lang]['sent']} ({_ALLOWED[lang]['R8']}) [R8]"
+            in read)  # and why it could go, in plain words
     assert f"({_WHY[lang]['R1']}) [R1]" in read
 
 

@@ -99,7 +99,7 @@ def test_export_names_the_directory_and_every_message(make_gateway, tmp_path, si
     assert max(len(line) for line in letter.splitlines()) <= 78
     letter = " ".join(letter.split())  # as read, whatever the line breaks
     for words in ("Bonjour Marie", "Annuaire des entreprises de Lorraine", "un annuaire public",
-                  "« Offre sécurité » — remis [R8]",
+                  "« Offre sécurité » — remis (message en lien avec votre profession) [R8]",
                   "un message — non envoyé (votre adresse figure sur notre liste "
                   "d'opposition) [R1]",
                   "Nom : Marie Curie", "enregistré à la main; asked by phone",
@@ -111,7 +111,8 @@ def test_export_names_the_directory_and_every_message(make_gateway, tmp_path, si
     assert written.returncode == 0 and written.stdout == ""
     assert stat.S_IMODE(os.stat(english).st_mode) == 0o600
     text = " ".join(english.read_text().split())
-    assert "a public directory" in text and "“Offre sécurité” — delivered [R8]" in text
+    assert "a public directory" in text
+    assert "“Offre sécurité” — delivered (the message related to your profession) [R8]" in text
     link = tmp_path / "link.txt"  # renamed over, a link (or /dev/stdout) became the export
     link.symlink_to(tmp_path / "elsewhere.txt")
     refused = gw.cli("subject", "export", MARIE, "--out", str(link))
