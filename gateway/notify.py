@@ -156,6 +156,8 @@ def blocked_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     and private networks stay allowed: a CRM on the same host or LAN is usual."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    if ip.is_loopback:  # ::1 is in IPv6's reserved ::/8: "localhost" must stay allowed
+        return False
     return ip.is_link_local or ip.is_unspecified or ip.is_multicast or ip.is_reserved
 
 

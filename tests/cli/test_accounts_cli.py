@@ -131,5 +131,8 @@ async def test_a_notify_url_is_checked_again_where_it_resolves_when_sent():
     assert "link-local" in await unsafe_destination("http://169.254.169.254/x")
     assert "link-local" in await unsafe_destination("http://[fe80::1]/x")
     assert await unsafe_destination("http://localhost:8080/hook") is None
+    assert await unsafe_destination("http://[::1]:8080/hook") is None  # (in IPv6's ::/8)
+    assert await unsafe_destination("http://[::ffff:127.0.0.1]/hook") is None
+    assert "link-local" in await unsafe_destination("http://[::]/x")
     assert await unsafe_destination("http://10.1.2.3/hook") is None
     assert await unsafe_destination("http://no-such-host.invalid/hook") is None  # its own error
