@@ -15,8 +15,8 @@ import aiosqlite
 from gateway.errors import NotFound, Refused
 from gateway.store.audit import AuditRecord, insert_record_async
 from gateway.store.db import Database
+from gateway.store.queue import KEEP_FAILED_SECONDS
 
-KEEP_FAILED_SECONDS = 7 * 86400  # QueueStore.drop_finished_content's default
 _COLUMNS = ("id, message_id, created_at, account, client_ip, mail_from, recipient, subject,"
             " rule, reason, basis, state, steering_topics, steering_products")
 

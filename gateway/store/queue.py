@@ -28,6 +28,7 @@ _RENEW_CLAIMS_SQL = ("UPDATE deliveries SET claimed_until = ? WHERE claimed_by =
                      " AND id IN (SELECT id FROM k) AND state IN ('queued', 'deferred')")
 POLICY_REFUSAL = re.compile(r"550 5\.7\.1 (R\d+|M\d|T\d) ")
 PENDING = ("queued", "deferred")
+KEEP_FAILED_SECONDS = 7 * 86400  # a failed copy's content is kept this long for `queue retry`
 # /metrics' delivery counters (017_delivery_counts), in the outcome's own transaction
 _COUNT_SQL = ("INSERT INTO delivery_counts (state, total) VALUES (?, ?)"
               " ON CONFLICT (state) DO UPDATE SET total = total + excluded.total")
@@ -340,7 +341,7 @@ class QueueStore:
                 "UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL"
                 " WHERE id = ? AND claimed_by = ?", [(i, self.instance_id) for i in delivery_ids])
 
-    async def drop_finished_content(self, keep_failed_seconds: float = 7 * 86400) -> int:
+    async def drop_finished_content(self, keep_failed_seconds: float = KEEP_FAILED_SECONDS) -> int:
         """Free the raw content of messages whose copies are all finished.
 
         Failed copies keep it for `keep_failed_seconds`, so `queue retry` can still resend them
