@@ -137,8 +137,9 @@ class Gateway:
                         "data protection officer (GDPR 14); set them before real mail goes "
                         "out", ", ".join(example))
         if not s.webhooks.opt_out_secret:
+            # (the notifier says on its first send that notifications go unsigned)
             log.warning("webhooks.opt_out_secret is not set: POST /webhooks/opt-out answers "
-                        "401 to every call, and notifications to notify_url go unsigned")
+                        "401 to every call")
         if not s.http.public_url.startswith("https://"):
             log.warning("http.public_url %s is not https: RFC 8058 one-click unsubscribe needs "
                         "an HTTPS link (fine for local tests only)", s.http.public_url)
