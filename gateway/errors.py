@@ -31,4 +31,12 @@ class TemporaryFailure(GatewayError):
 
 
 class PermanentFailure(GatewayError):
-    """Will never succeed as it is: the queue marks the copy failed and sends a DSN."""
+    """Will never succeed as it is: the queue marks the copy failed and sends a DSN.
+
+    `remote_mta`: the host whose SMTP reply this is (the DSN's Remote-MTA field), or None
+    when the gateway decided itself (a policy refusal, a copy it cannot make compliant).
+    """
+
+    def __init__(self, message: str, remote_mta: str | None = None) -> None:
+        super().__init__(message)
+        self.remote_mta = remote_mta

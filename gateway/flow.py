@@ -314,7 +314,7 @@ class Flow:
 
     def _bounce(self, queue_id: str, mail_from: str, refusal: Refusal, content: bytes,
                 received_at: float) -> IncomingMessage:
-        dsn = build_dsn(reporting_mta=self.reporting_mta, original_envelope_id=queue_id,
+        dsn = build_dsn(reporting_mta=self.reporting_mta, queue_id=queue_id,
                         mail_from=mail_from, recipient=refusal.recipient, status="",
                         diagnostic=refusal.error, arrival_date=received_at,
                         original_headers=content[:max(0, header_end(content) - 2)])

@@ -25,8 +25,14 @@ UNKNOWN_PERMANENT = "5.0.0"
 # Action: failed as well.
 EXPIRED = "4.4.7"
 GAVE_UP_PREFIX = "gave up after"
+LAST_ERROR = "; last error: "  # in the worker's "gave up after ... h in the queue; last error: ..."
 
 MAX_DIAGNOSTIC = 900  # characters, before "Diagnostic-Code: smtp; "
+# A diagnostic that is an SMTP reply ("550 5.1.1 ...") is typed `smtp` (RFC 3464 2.3.6);
+# the gateway's own words (an expiry, a copy it could not make compliant) are not one, and
+# are typed as Postfix types its own (`X-Postfix;`).
+SMTP_REPLY = re.compile(r"[245][0-9][0-9](?:[ -]|$)")
+OWN_DIAGNOSTIC_TYPE = "X-Gateway"
 MAX_VALUE_OCTETS = 900  # any other field value: well inside the 998-octet line limit
 FOLD_AT = 78
 
@@ -65,10 +71,16 @@ def status_for(status: str, diagnostic: str) -> str:
     return UNKNOWN_PERMANENT
 
 
-def build_dsn(*, reporting_mta: str, original_envelope_id: str, mail_from: str, recipient: str,
+def build_dsn(*, reporting_mta: str, queue_id: str, mail_from: str, recipient: str,
               status: str, diagnostic: str, arrival_date: float,
-              original_headers: bytes) -> bytes:
-    """A complete multipart/report DSN for one failed recipient, ready to queue as is."""
+              original_headers: bytes, remote_mta: str | None = None) -> bytes:
+    """A complete multipart/report DSN for one failed recipient, ready to queue as is.
+
+    `queue_id` is the gateway's id of the original message, given as `X-Gateway-Queue-ID`
+    (as Postfix gives `X-Postfix-Queue-ID`): not as `Original-Envelope-Id`, which RFC 3464
+    2.2.1 reserves for the sender's ENVID, and the gateway offers no DSN extension.
+    `remote_mta`: the host whose reply the diagnostic is (Remote-MTA), if any.
+    """
     host = _hostname(reporting_mta)
     sender = _clip(_clean(_bare_address(mail_from)), MAX_VALUE_OCTETS)
     rcpt = _clip(_clean(_bare_address(recipient)), MAX_VALUE_OCTETS)
@@ -76,8 +88,9 @@ def build_dsn(*, reporting_mta: str, original_envelope_id: str, mail_from: str, 
     code = status_for(status, diagnostic)
 
     explanation = _explanation(host, rcpt, reason, expired=code == EXPIRED)
-    report = _delivery_status(host, _clean(original_envelope_id), arrival_date, rcpt, code,
-                              reason)
+    remote = _hostname(remote_mta) if remote_mta else ""
+    report = _delivery_status(host, _clean(queue_id), arrival_date, rcpt, code, reason,
+                              remote)
     headers = _headers_only(original_headers)
 
     boundary = _boundary(explanation + report + headers)
@@ -123,27 +136,41 @@ def _explanation(host: str, recipient: str, reason: str, *, expired: bool) -> by
     return "".join(line + "\r\n" for line in lines).encode("utf-8")
 
 
-def _delivery_status(host: str, envelope_id: str, arrival_date: float, recipient: str,
-                     code: str, reason: str) -> bytes:
+def _delivery_status(host: str, queue_id: str, arrival_date: float, recipient: str,
+                     code: str, reason: str, remote: str) -> bytes:
     """The message/delivery-status body: per-message fields, blank line, per-recipient fields.
 
     RFC 3464 fields are US-ASCII: other characters are escaped (`\\x{..}` for addresses as in
     RFC 6533, `\\u....` elsewhere) so the part stays 7bit; the text part has them as they are.
     """
-    envelope_id = _ascii(envelope_id, MAX_VALUE_OCTETS)
+    queue_id = _ascii(queue_id, MAX_VALUE_OCTETS)
     reason = _ascii(reason, MAX_DIAGNOSTIC)
     arrived = arrival_date if math.isfinite(arrival_date) and arrival_date > 0 else time.time()
     per_message = [_field("Reporting-MTA", f"dns; {host}")]
-    if envelope_id:
-        per_message.append(_field("Original-Envelope-Id", envelope_id))
+    if queue_id:
+        per_message.append(_field("X-Gateway-Queue-ID", queue_id))
     per_message.append(_field("Arrival-Date", formatdate(arrived, usegmt=True)))
     per_recipient = [
         _field("Final-Recipient", _typed_address(recipient)),
         _field("Action", "failed"),
         _field("Status", code),
-        _field("Diagnostic-Code", f"smtp; {reason}"),
     ]
+    if remote:
+        per_recipient.append(_field("Remote-MTA", f"dns; {remote}"))
+    per_recipient.append(_field("Diagnostic-Code", _diagnostic_code(reason)))
     return b"".join(per_message) + b"\r\n" + b"".join(per_recipient)
+
+
+def _diagnostic_code(reason: str) -> str:
+    """`smtp; <reply>` for an SMTP reply, and for an expired copy whose last error was one
+    (as Postfix reports the last reply of expired mail; the text part says it expired);
+    the gateway's own words otherwise, typed `X-Gateway`."""
+    if reason.lower().startswith(GAVE_UP_PREFIX):
+        last = reason.partition(LAST_ERROR)[2]
+        if SMTP_REPLY.match(last):
+            return f"smtp; {last}"
+    kind = "smtp" if SMTP_REPLY.match(reason) else OWN_DIAGNOSTIC_TYPE
+    return f"{kind}; {reason}"
 
 
 def _typed_address(address: str) -> str:

@@ -109,7 +109,7 @@ class SmtpTransport:
                 continue
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 await _discard(client)
-                raise _classify(exc) from exc
+                raise _classify(exc, self.settings.host) from exc
             except BaseException:  # cancelled (a stop, the worker's limit): mid-transaction,
                 client.close()  # the connection is good for nothing; it was left open
                 raise
@@ -133,8 +133,9 @@ async def _discard(client: aiosmtplib.SMTP, polite: bool = False) -> None:
         client.close()
 
 
-def _classify(exc: BaseException) -> Exception:
-    """5xx answers are permanent; 4xx, timeouts and connection errors are temporary."""
+def _classify(exc: BaseException, remote_mta: str | None = None) -> Exception:
+    """5xx answers are permanent; 4xx, timeouts and connection errors are temporary.
+    `remote_mta`: who answered (the DSN's Remote-MTA)."""
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         exc = exc.recipients[0]
     code = getattr(exc, "code", None)
@@ -147,7 +148,7 @@ def _classify(exc: BaseException) -> Exception:
         return TemporaryFailure(f"{text} (the upstream requires authentication: set "
                                 f"delivery.username, delivery.password and delivery.starttls)")
     if isinstance(code, int) and 500 <= code < 600:
-        return PermanentFailure(text)
+        return PermanentFailure(text, remote_mta)
     return TemporaryFailure(text)
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from gateway.batch import GroupCommitter
-from gateway.delivery.dsn import build_dsn, should_send_dsn
+from gateway.delivery.dsn import GAVE_UP_PREFIX, LAST_ERROR, build_dsn, should_send_dsn
 from gateway.delivery.upstream import Transport
 from gateway.errors import PermanentFailure, StoreError, TemporaryFailure
 from gateway.settings import DeliverySettings
@@ -41,6 +42,15 @@ def retry_delay(attempts: int, base: float, cap: float) -> float:
     The exponent is bounded: past 1,024 attempts (a short cap, days of outage) the float
     overflowed, and the OverflowError ended the worker task."""
     return float(min(cap, base * 2.0 ** min(max(0, attempts - 1), 64)))
+
+
+RETRY_JITTER = 0.1  # a retry waits up to this much longer than its backoff, at random
+
+
+def jittered(delay: float) -> float:
+    """`delay`, plus up to RETRY_JITTER of it: the copies an upstream outage deferred
+    together do not all come back in the same second, one burst per backoff step."""
+    return delay * (1.0 + random.random() * RETRY_JITTER)
 
 
 class DeliveryService:
@@ -153,7 +163,11 @@ class DeliveryService:
     async def _deliver(self, copy: Copy) -> None:
         try:
             if self.prepare is not None:
-                content = await self.prepare(copy)
+                try:
+                    content = await self.prepare(copy)
+                except StoreError as exc:  # R1's check or the notice's facts could not be
+                    # read: retried with backoff, not left claimed until the claim expires
+                    raise TemporaryFailure(f"store: {exc}") from exc
             elif copy.account is None:  # a DSN: nothing to add
                 content = copy.content
             else:  # never as stored: no unsubscribe fields, notice, DKIM, nor R1 again
@@ -166,7 +180,7 @@ class DeliveryService:
                 self.transport.send(copy.mail_from, copy.recipient, content),
                 self.settings.timeout_seconds * TRANSACTION_TIMEOUTS)
         except PermanentFailure as exc:
-            await self._fail(copy, str(exc))
+            await self._fail(copy, str(exc), exc.remote_mta)
             return
         except (TimeoutError, TemporaryFailure, OSError) as exc:
             await self._defer(copy, str(exc) or exc.__class__.__name__)
@@ -200,29 +214,31 @@ class DeliveryService:
     async def _defer(self, copy: Copy, error: str) -> None:
         age_hours = (time.time() - (copy.queued_at or copy.received_at)) / 3600
         if age_hours >= self.settings.max_age_hours:
-            await self._fail(copy, f"gave up after {age_hours:.1f} h in the queue; last error: "
-                                   f"{error}")
+            await self._fail(copy, f"{GAVE_UP_PREFIX} {age_hours:.1f} h in the queue"
+                                   f"{LAST_ERROR}{error}")
             return
         attempts = copy.attempts + 1
-        delay = retry_delay(attempts, self.settings.retry_base_seconds,
-                            self.settings.retry_max_seconds)
+        delay = jittered(retry_delay(attempts, self.settings.retry_base_seconds,
+                                     self.settings.retry_max_seconds))
         await self.queue.defer(copy.delivery_id, error, time.time() + delay)
         log.warning("delivery %d msg %s to=<%s> deferred (attempt %d, retry in %.0f s): %s",
                     copy.delivery_id, copy.message_id, copy.recipient, attempts, delay, error)
 
-    async def _fail(self, copy: Copy, error: str) -> None:
-        dsn = self._dsn_for(copy, error) if should_send_dsn(copy.mail_from) else None
+    async def _fail(self, copy: Copy, error: str, remote_mta: str | None = None) -> None:
+        dsn = (self._dsn_for(copy, error, remote_mta) if should_send_dsn(copy.mail_from)
+               else None)
         bounces = await self.queue.fail(copy.delivery_id, error, dsn)
         log.warning("delivery %d msg %s to=<%s> failed%s: %s", copy.delivery_id,
                     copy.message_id, copy.recipient, ", DSN queued" if dsn else "", error)
         self.dispatch(bounces)
 
-    def _dsn_for(self, copy: Copy, error: str) -> IncomingMessage:
+    def _dsn_for(self, copy: Copy, error: str, remote_mta: str | None) -> IncomingMessage:
         end = copy.content.find(HEADER_END)
         headers = copy.content[: end + 2] if end >= 0 else copy.content
         content = build_dsn(
-            reporting_mta=self.reporting_mta, original_envelope_id=copy.message_id,
+            reporting_mta=self.reporting_mta, queue_id=copy.message_id,
             mail_from=copy.mail_from, recipient=copy.recipient, status="",
-            diagnostic=error, arrival_date=copy.received_at, original_headers=headers)
+            diagnostic=error, arrival_date=copy.received_at, original_headers=headers,
+            remote_mta=remote_mta)
         return IncomingMessage(new_queue_id(), time.time(), None, "127.0.0.1", "", content,
                                (copy.mail_from,))

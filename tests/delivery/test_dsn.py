@@ -16,7 +16,7 @@ ORIGINAL = b"From: news@example.com\r\nTo: gone@example.net\r\nSubject: Spring o
 
 def dsn(**overrides: object) -> bytes:
     fields: dict[str, object] = {
-        "reporting_mta": "gw.example.com", "original_envelope_id": "4F2A9C0B1D3E5F70",
+        "reporting_mta": "gw.example.com", "queue_id": "4F2A9C0B1D3E5F70",
         "mail_from": "news@example.com", "recipient": "gone@example.net", "status": "",
         "diagnostic": "550 5.1.1 <gone@example.net>: user unknown",
         "arrival_date": 1_700_000_000.0, "original_headers": ORIGINAL,
@@ -64,13 +64,42 @@ def test_top_level_headers_address_the_sender_from_mailer_daemon():
 def test_per_message_and_per_recipient_fields():
     report = parse(dsn()).get_payload()[1].get_payload()
     assert report[0]["Reporting-MTA"] == "dns; gw.example.com"
-    assert report[0]["Original-Envelope-Id"] == "4F2A9C0B1D3E5F70"
+    # our queue id, as Postfix gives its own (X-Postfix-Queue-ID): Original-Envelope-Id is
+    # the sender's ENVID only (RFC 3464 2.2.1), and the gateway offers no DSN extension
+    assert "Original-Envelope-Id" not in report[0]
+    assert report[0]["X-Gateway-Queue-ID"] == "4F2A9C0B1D3E5F70"
     assert report[0]["Arrival-Date"] == "Tue, 14 Nov 2023 22:13:20 GMT"
     rcpt = report[1]
     assert rcpt["Final-Recipient"] == "rfc822; gone@example.net"
     assert rcpt["Action"] == "failed"
     assert rcpt["Status"] == "5.1.1"
     assert rcpt["Diagnostic-Code"] == "smtp; 550 5.1.1 <gone@example.net>: user unknown"
+    assert "Remote-MTA" not in rcpt  # not said when not known
+
+
+def test_the_remote_mta_that_answered_is_named():
+    rcpt = parse(dsn(remote_mta="mx.example.net")).get_payload()[1].get_payload()[1]
+    assert rcpt["Remote-MTA"] == "dns; mx.example.net"
+
+
+def test_an_expired_copy_reports_the_last_smtp_reply_as_its_diagnostic():
+    """As Postfix reports expired mail: the code is the last reply; the text says why."""
+    raw = dsn(diagnostic="gave up after 120.0 h in the queue; last error: 451 4.2.0 busy")
+    rcpt = parse(raw).get_payload()[1].get_payload()[1]
+    assert rcpt["Diagnostic-Code"] == "smtp; 451 4.2.0 busy"
+    assert rcpt["Status"] == "4.4.7"
+    assert "gave up after 120.0 h" in parse(raw).get_payload()[0].get_content()
+
+
+@pytest.mark.parametrize("diagnostic", [
+    "gave up after 120.0 h in the queue; last error: upstream connection: refused",
+    "maildir write failed: [Errno 28] No space left on device",
+])
+def test_the_gateways_own_words_are_not_typed_as_an_smtp_reply(diagnostic: str):
+    """RFC 3464 2.3.6: `smtp;` says the text is an SMTP reply; the gateway's own are
+    typed as Postfix types its own (`X-Postfix;`)."""
+    rcpt = parse(dsn(diagnostic=diagnostic)).get_payload()[1].get_payload()[1]
+    assert rcpt["Diagnostic-Code"] == f"X-Gateway; {diagnostic}"
 
 
 @pytest.mark.parametrize("status, diagnostic, expected", [
@@ -101,7 +130,7 @@ def test_only_the_original_headers_are_returned_never_the_body():
 
 
 @pytest.mark.parametrize("field", ["diagnostic", "recipient", "mail_from", "reporting_mta",
-                                   "original_envelope_id"])
+                                   "queue_id", "remote_mta"])
 @pytest.mark.parametrize("newline", ["\r\n", "\n", "\r", "\0", "\u2028"])
 def test_injected_line_breaks_do_not_create_headers(field: str, newline: str):
     raw = dsn(**{field: f"550 bad{newline}Bcc: evil@x{newline}{newline}body"})
@@ -118,7 +147,7 @@ def test_injected_line_breaks_do_not_create_headers(field: str, newline: str):
 def test_long_diagnostic_is_truncated_and_folded_under_998_octets():
     diagnostic = "550 5.7.1 " + " ".join(["word"] * 2000) + " " + "x" * 5000
     raw = dsn(diagnostic=diagnostic, recipient="ü" * 3000 + "@example.net",
-              mail_from="é" * 3000 + "@example.com", original_envelope_id="z" * 5000)
+              mail_from="é" * 3000 + "@example.com", queue_id="z" * 5000)
     assert max(len(line) for line in raw.split(b"\r\n")) < 998
     message = parse(raw)
     code = recipient_fields(raw)["Diagnostic-Code"]

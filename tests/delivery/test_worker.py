@@ -11,7 +11,7 @@ import time
 
 from gateway.delivery.upstream import MaildirTransport
 from gateway.delivery.worker import DeliveryService
-from gateway.errors import TemporaryFailure
+from gateway.errors import StoreError, TemporaryFailure
 from gateway.model import Decision, Verdict
 from gateway.settings import DeliverySettings
 from gateway.store.db import Database
@@ -33,7 +33,8 @@ async def as_stored(copy: Copy) -> bytes:
     return copy.content
 
 
-async def run_with_a_broken_prepare(db: Database, tmp_path, max_age_hours: float):
+async def run_with_a_broken_prepare(db: Database, tmp_path, max_age_hours: float,
+                                    error: Exception | None = None):
     queue = QueueStore(db, "me")
     settings = dataclasses.replace(DeliverySettings(), maildir=str(tmp_path / "out"),
                                    workers=1, max_age_hours=max_age_hours)
@@ -43,7 +44,7 @@ async def run_with_a_broken_prepare(db: Database, tmp_path, max_age_hours: float
 
     async def prepare(copy: Copy) -> bytes:
         calls.append(copy.delivery_id)
-        raise RuntimeError("a bug in the transform")
+        raise error or RuntimeError("a bug in the transform")
 
     service.prepare = prepare
     await service.start()
@@ -63,6 +64,22 @@ async def test_an_unexpected_error_preparing_a_copy_defers_it_with_the_error(db,
         entry = await until(deferred)
         assert entry.attempts == 1 and calls
         assert entry.last_error == "internal error: RuntimeError: a bug in the transform"
+    finally:
+        await service.stop(drain_seconds=1)
+
+
+async def test_a_store_error_preparing_a_copy_defers_it_at_once(db, tmp_path):
+    """R1's re-check reads the store: a failure there (locked past its timeout) is retried
+    with backoff, not left claimed in silence until the claim expires (600 s)."""
+    queue, service, calls = await run_with_a_broken_prepare(
+        db, tmp_path, max_age_hours=120, error=StoreError("database is locked"))
+    try:
+        async def deferred():
+            entries = [e for e in await queue.list() if e.state == "deferred"]
+            return entries[0] if entries else None
+        entry = await until(deferred)
+        assert entry.attempts == 1 and calls
+        assert entry.last_error == "store: database is locked"
     finally:
         await service.stop(drain_seconds=1)
 
@@ -276,3 +293,11 @@ async def test_a_copy_is_never_sent_as_stored_and_backoff_never_overflows(db: Da
         await service.stop(drain_seconds=1)
     assert upstream.tried == []  # never handed to the upstream as stored
     assert "cannot be prepared yet" in error
+
+
+def test_retries_are_spread_never_sooner_than_the_backoff():
+    from gateway.delivery.worker import RETRY_JITTER, jittered
+    delays = [jittered(300.0) for _ in range(200)]
+    assert all(300.0 <= d <= 300.0 * (1 + RETRY_JITTER) for d in delays)
+    assert len({round(d, 3) for d in delays}) > 100  # not one burst at the same second
+

@@ -105,6 +105,7 @@ def test_permanent_upstream_failure_ends_failed_with_a_dsn(make_gateway, sink: S
     assert b"multipart/report" in dsn.content and b"report-type=delivery-status" in dsn.content
     assert b"Final-Recipient: rfc822; gone@example.net" in dsn.content
     assert b"Status: 5.1.1" in dsn.content
+    assert b"Remote-MTA: dns; 127.0.0.1" in dsn.content  # the upstream that refused it
     failed = json.loads(gw.cli("queue", "list", "--failed", "--json").stdout)
     assert [e["recipient"] for e in failed] == ["gone@example.net"]
     assert failed[0]["state"] == "failed" and "550" in failed[0]["last_error"]
