@@ -15,8 +15,8 @@ import httpx
 
 from gateway.errors import StoreError
 from gateway.security.signatures import signature
-from gateway.store.accounts import shown_url
 from gateway.store.notifications import Notification, NotificationStore
+from gateway.urls import shown_url
 
 log = logging.getLogger("gateway.notify")
 
@@ -141,11 +141,12 @@ class Notifier:
             return None
         now = time.time()
         give_up = now - notification.created_at > GIVE_UP_SECONDS
-        delay = min(RETRY_MAX_SECONDS, self.retry_base * 2.0 ** notification.attempts)
+        delay = min(RETRY_MAX_SECONDS,
+                    self.retry_base * 2.0 ** min(notification.attempts, 64))
+        shown = shown_url(notification.url)
+        error = error.replace(notification.url, shown)  # httpx names the URL it failed on
         await self.store.retry_later(notification.id, error, now + delay, give_up)
-        log.warning("notifying %s at %s failed (%s)%s", notification.account,
-                    shown_url(notification.url), error.replace(notification.url,
-                                                               shown_url(notification.url)),
+        log.warning("notifying %s at %s failed (%s)%s", notification.account, shown, error,
                     "; giving up" if give_up else f"; retry in {delay:.0f} s")
         return delay
 

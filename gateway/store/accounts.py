@@ -12,31 +12,16 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
 
 from gateway.addresses import ascii_domain
 from gateway.errors import NotFound, Refused
 from gateway.store.db import Database
+from gateway.urls import shown_url
 
 CATEGORIES = ("marketing", "transactional")
 
 _COLUMNS = ("id, name, from_domains, category, topics, product_categories, notify_url,"
             " failed_logins, locked_until, created_at, updated_at")
-
-
-def shown_url(url: str) -> str:
-    """`url` as listed and logged: a password in it (https://user:secret@crm.example/hook, the
-    endpoint's basic auth) is shown as ***."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # not a URL urlsplit reads (stored before the CLI checked)
-        return url
-    if not password:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
 
 
 @dataclass(frozen=True)

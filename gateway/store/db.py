@@ -31,6 +31,7 @@ import aiosqlite
 from gateway.addresses import subject_form
 from gateway.errors import StoreError
 from gateway.files import make_private_dirs
+from gateway.urls import shown_url
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,12 @@ def create_private_file(path: Path) -> None:
     os.close(fd)
     os.chmod(path, 0o600)
 
+
+# Functions of one argument every connection of the store has (the writer thread's too):
+# one person's rows, whatever the case or form of the address (store/subject.py); a URL as
+# it may be recorded, without its secrets (the notifications outbox).
+SQL_FUNCTIONS: tuple[tuple[str, Callable[..., Any]], ...] = (
+    ("subject_form", subject_form), ("shown_url", shown_url))
 
 INSERT_CHUNK = 128  # rows per multi-row INSERT at most
 MAX_VARIABLES = 999  # SQLite's limit before 3.32 (32,766 since): a statement stays under it
@@ -165,8 +172,8 @@ class Database:
         await conn.execute("PRAGMA synchronous=FULL")
         await conn.execute("PRAGMA foreign_keys=ON")
         await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        # one person's rows, whatever the case or form of the address (store/subject.py)
-        await conn.create_function("subject_form", 1, subject_form, deterministic=True)
+        for name, function in SQL_FUNCTIONS:
+            await conn.create_function(name, 1, function, deterministic=True)
         return conn
 
     async def _migrate(self) -> None:
@@ -317,6 +324,8 @@ class Database:
                 for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON",
                                f"busy_timeout={BUSY_TIMEOUT_MS}"):
                     conn.execute(f"PRAGMA {pragma}")
+                for name, function in SQL_FUNCTIONS:
+                    conn.create_function(name, 1, function, deterministic=True)
                 self._sync_conn = conn
             conn = self._sync_conn
             conn.execute("BEGIN IMMEDIATE")

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from gateway.store.db import Database
 
 # Over the common table k(n, body) (db.with_rows), in the caller's transaction: a
-# notification for each objection n and each account with a notify_url.
+# notification for each objection n and each account with a notify_url. The row keeps the
+# URL as shown (no password, no query values): it goes to the account's notify_url as it is
+# when sent (`due`), so a secret in it is kept in one place only, and rotated there.
 NOTIFY_SQL = (
     "INSERT INTO notifications (account, url, body, next_attempt_at, created_at, updated_at)"
-    " SELECT a.name, a.notify_url, k.body, ?, ?, ? FROM k, accounts a"
+    " SELECT a.name, shown_url(a.notify_url), k.body, ?, ?, ? FROM k, accounts a"
     " WHERE a.notify_url IS NOT NULL AND a.notify_url != '' ORDER BY k.n, a.name")
 
 

@@ -340,7 +340,7 @@ def test_each_objection_is_notified_to_the_account_signed_and_retried(make_gatew
     Hook.failures_left = 1
     gw = jane_gateway(make_gateway, tmp_path)
     # with a password in it, which no log line may show (httpx logged each request's URL)
-    secret_url = hook_url(hook).replace("//", "//tool:HOOK-PASS-123@")
+    secret_url = hook_url(hook).replace("//", "//tool:HOOK-PASS-123@") + "?key=HOOK-KEY-456"
     assert gw.cli("accounts", "update", "crm", "--notify-url", secret_url).returncode == 0
     gw.start()
     url = deliver(gw, sink, "jane@example.net")
@@ -358,8 +358,11 @@ def test_each_objection_is_notified_to_the_account_signed_and_retried(make_gatew
     assert hmac.compare_digest(mac, hmac.new(SECRET.encode(), stamp.encode() + b"." + raw,
                                              hashlib.sha256).hexdigest())
     with sqlite3.connect(gw.config.parent / "gateway.db") as db:
-        state, attempts = db.execute("SELECT state, attempts FROM notifications").fetchone()
+        state, attempts, kept = db.execute(
+            "SELECT state, attempts, url FROM notifications").fetchone()
     assert (state, attempts) == ("sent", 2)  # the first try got a 500: retried
+    # the outbox keeps the URL without its secrets: they live in the account only
+    assert kept == hook_url(hook).replace("//", "//tool:***@") + "?key=***"
     with sqlite3.connect(gw.config.parent / "gateway.db") as db:
         [(ip,)] = db.execute("SELECT ip FROM contact_events WHERE kind = 'objection'")
     assert ip is None  # not "<script>x</script>"
@@ -369,6 +372,7 @@ def test_each_objection_is_notified_to_the_account_signed_and_retried(make_gatew
     assert smtp.cmd(b"\x1b]0;PWNED\x07FAKE")[0] == 500
     wait_until(lambda: "FAKE" in gw.output, what="the unrecognised command's log line")
     assert "HOOK-PASS-123" not in gw.output and "\x1b" not in gw.output
+    assert "HOOK-KEY-456" not in gw.output
 
 
 def test_a_notify_url_the_sender_cannot_use_stops_nothing_and_a_correction_applies(

@@ -310,11 +310,13 @@ async def test_a_deleted_copys_id_is_never_given_again(db: Database):
 def store_before(version: int, path: Path) -> Iterator[sqlite3.Connection]:
     """A store at `path` as the migrations before `version` left it (foreign keys on, as the
     gateway runs), open to fill; committed and closed on the way out."""
-    from gateway.store.db import _migrations
+    from gateway.store.db import SQL_FUNCTIONS, _migrations
 
     conn = sqlite3.connect(path)
     try:
         conn.execute("PRAGMA foreign_keys=ON")
+        for name, function in SQL_FUNCTIONS:  # as every connection of the gateway has them
+            conn.create_function(name, 1, function, deterministic=True)
         conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
                      " name TEXT NOT NULL, applied_at REAL NOT NULL)")
         for number, name, sql in _migrations():
@@ -414,6 +416,28 @@ def test_the_contact_ids_migration_keeps_every_contact_and_what_refers_to_it(tmp
     after, bob = asyncio.run(upgrade())
     assert after == before
     assert bob == 9  # not 8 again: jane's old links never name bob
+
+
+def test_the_outbox_keeps_no_notify_url_secret_after_the_migration(tmp_path):
+    """018: rows queued before it kept the notify_url as written (its password too)."""
+    import asyncio
+
+    path = tmp_path / "old.db"
+    with store_before(18, path) as conn:
+        conn.executemany(
+            "INSERT INTO notifications (account, url, body, next_attempt_at, created_at,"
+            " updated_at) VALUES ('crm', ?, '{}', 1, 1, 1)",
+            [("https://tool:PASS-1@crm.example/h",), ("https://crm.example/h?token=TOK-2",),
+             ("https://crm.example/h",)])
+
+    async def upgrade() -> list[str]:
+        async with Database(path) as database:
+            return [r[0] for r in await database.fetchall(
+                "SELECT url FROM notifications ORDER BY id")]
+
+    assert asyncio.run(upgrade()) == ["https://tool:***@crm.example/h",
+                                      "https://crm.example/h?token=***",
+                                      "https://crm.example/h"]
 
 
 def test_a_migration_that_would_break_references_changes_nothing(tmp_path, monkeypatch):
