@@ -6,6 +6,12 @@ connection, and enough of them exhaust the process's file descriptors, the SMTP 
 Here every request must be read whole (headers and body) within `REQUEST_SECONDS` of the
 connection, or of the previous response, and at most `MAX_CONNECTIONS` are open at once (more
 are closed at once, as nginx does past worker_connections).
+
+Nor does it bound a request's head: uvicorn grows the URL (and httptools a header) by
+concatenation, chunk by chunk, so a 64 MiB URL cost seconds of the event loop the SMTP side
+shares. A URL over `MAX_URL_BYTES` gets 414, a head over `MAX_HEAD_BYTES` or with more than
+`MAX_HEADERS` fields 431 (nginx's large_client_header_buffers, Apache's LimitRequestLine and
+LimitRequestFields), and the connection is closed.
 """
 
 from __future__ import annotations
@@ -23,6 +29,14 @@ REQUEST_SECONDS = 10.0  # to read one whole request (Apache's RequestReadTimeout
 MAX_CONNECTIONS = 1000  # open HTTP connections in this process
 MAX_PIPELINED = 32  # requests read ahead of their answers on one connection
 WARN_EVERY_SECONDS = 60.0
+MAX_URL_BYTES = 8192  # the request target (a /u/ URL is ~130)
+MAX_HEAD_BYTES = 32768  # request line and header fields
+MAX_HEADERS = 100
+
+_REFUSALS = {
+    414: (b"414 URI Too Long", "the request's URL is too long"),
+    431: (b"431 Request Header Fields Too Large", "the request's header is too large"),
+}
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -36,6 +50,75 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._requests_read = 0  # whole requests read (headers and body)
         self._responses_done = 0
         self._answered_before = -1  # _responses_done when the deadline last fired
+        self._in_head = False  # between a request's first byte and the end of its header
+        self._heads_begun = 0
+        self._head_bytes = 0  # of the head being read, counted per chunk (not the first)
+        self._url_bytes = 0
+        self._header_count = 0
+        self._refused = False  # answered 414/431: the rest of what comes is ignored
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        begun = self._heads_begun
+        super().data_received(data)
+        if self._in_head and not self._refused:
+            if begun == self._heads_begun:  # a chunk inside one head, all of it head
+                self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(431)
+
+    def on_message_begin(self) -> None:
+        if self._refused:
+            return
+        self._in_head = True
+        self._heads_begun += 1
+        self._head_bytes = self._url_bytes = self._header_count = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if self._refused:
+            return
+        self._url_bytes += len(url)
+        if self._url_bytes > MAX_URL_BYTES:
+            self._refuse(414)
+            return
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._refused:
+            return
+        self._header_count += 1
+        self._head_bytes += len(name) + len(value)
+        if self._header_count > MAX_HEADERS or self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse(431)
+            return
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._in_head = False
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def _refuse(self, status: int) -> None:
+        """Answer `status` and close; the parser's callbacks for the rest of this chunk, and
+        every chunk after it, do nothing."""
+        self._refused = True
+        self._in_head = False
+        self._cancel_deadline()
+        reason, text = _REFUSALS[status]
+        body = text.encode("ascii")
+        self.transport.write(b"HTTP/1.1 " + reason + b"\r\ncontent-type: text/plain; "
+                             b"charset=utf-8\r\ncontent-length: " + str(len(body)).encode()
+                             + b"\r\nconnection: close\r\n\r\n" + body)
+        self.transport.close()
+        log.info("HTTP: %s: %s (%d): connection closed",
+                 self.client[0] if self.client else "?", text, status)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -60,6 +143,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._deadline = None
 
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         self._requests_read += 1
         backlog = self._requests_read - self._responses_done
         if backlog > MAX_PIPELINED:

@@ -622,6 +622,60 @@ def test_slow_or_too_many_http_clients_are_cut_off(make_gateway):
     keeper.close()
 
 
+def _answer_of(sock, head: bytes, then: bytes, chunks: int) -> bytes:
+    """Send `head`, then `then` `chunks` times (until the gateway closes), and read the
+    answer."""
+    sock.settimeout(10.0)
+    try:
+        sock.sendall(head)
+        for _ in range(chunks):
+            sock.sendall(then)
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    answer = b""
+    try:
+        while chunk := sock.recv(4096):
+            answer += chunk
+    except ConnectionResetError:
+        pass
+    return answer
+
+
+def test_an_oversized_url_or_header_is_refused_without_stalling_smtp(make_gateway):
+    """uvicorn grew the URL (httptools a header) by concatenation, chunk after chunk: one
+    client sending a 64 MiB URL held the event loop SMTP shares for seconds. Now: 414 past
+    8 KiB of URL, 431 past 32 KiB of header or 100 fields, and the connection closed."""
+    import socket
+    import threading
+
+    gw = make_gateway()
+    megabyte = b"a" * (1 << 20)
+    cases = [
+        (b"GET /u/", megabyte, 64, b"HTTP/1.1 414 "),
+        (b"GET /u/x HTTP/1.1\r\nHost: x\r\nX-Big: ", megabyte, 64, b"HTTP/1.1 431 "),
+        (b"GET /u/x HTTP/1.1\r\nHost: x\r\n", b"X-A: 1\r\n", 200, b"HTTP/1.1 431 "),
+    ]
+    for head, then, chunks, status in cases:
+        banner_waits: list[float] = []
+
+        def probe() -> None:  # the SMTP greeting, while the big request goes in
+            started = time.monotonic()
+            with socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=30) as smtp:
+                smtp.recv(512)
+            banner_waits.append(time.monotonic() - started)
+        with socket.create_connection(("127.0.0.1", gw.http_port)) as sock:
+            prober = threading.Thread(target=probe)
+            prober.start()
+            answer = _answer_of(sock, head, then, chunks)
+            prober.join()
+        assert answer.startswith(status), (head[:30], answer[:80])
+        assert banner_waits[0] < 2.0, banner_waits
+    # an ordinary request, a long but legal URL among them, is served as before
+    with httpx.Client(base_url=f"http://127.0.0.1:{gw.http_port}") as client:
+        assert client.get("/u/" + "a" * 8000).status_code == 404
+        assert client.get("/healthz", headers={f"X-{i}": "1" for i in range(90)}).text == "ok\n"
+
+
 def test_without_a_webhook_secret_every_webhook_call_is_401_and_start_up_says_so(
         make_gateway):
     """INTERFACE.md: 401 when the signature is missing or wrong; with no secret none can
