@@ -24,6 +24,11 @@ RETRY_BASE_SECONDS = 30.0
 RETRY_MAX_SECONDS = 3600.0
 GIVE_UP_SECONDS = 3 * 86400.0
 TIMEOUT_SECONDS = 10.0
+# Answers that say the endpoint itself cannot take notifications now (it wants other
+# credentials, it is throttling, it timed out), as a 5xx or no answer do: the account waits.
+# Any other 4xx is about this notification (a CRM answering 404 or 422 for an address it does
+# not hold): it is retried on its own, and the account's next ones go on meanwhile.
+ENDPOINT_REFUSALS = frozenset({401, 403, 407, 408, 429})
 
 
 class Notifier:
@@ -40,9 +45,10 @@ class Notifier:
         # an account's notifications go one after another, in their order, by a task of its
         # own: none waits for another account's endpoint
         self._sending: dict[str, asyncio.Task[None]] = {}
-        # an account whose endpoint failed, and the time.monotonic() before which it is not
-        # tried again: one failure backs off the account, not only that notification
-        self._held: dict[str, float] = {}
+        # an account whose endpoint failed: the time.monotonic() before which it is not
+        # tried again, and the notify_url that failed (one failure backs off the account,
+        # not only that notification; an operator's new URL is tried at once)
+        self._held: dict[str, tuple[float, str | None]] = {}  # None: whatever its URL
 
     def start(self) -> None:
         self._client = httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False)
@@ -63,10 +69,13 @@ class Notifier:
         while True:
             try:
                 now = time.monotonic()
-                self._held = {a: until for a, until in self._held.items() if until > now}
+                self._held = {a: held for a, held in self._held.items() if held[0] > now}
                 by_account: dict[str, list[Notification]] = {}
                 for notification in await self.store.due(
-                        skip=self._sending.keys() | self._held.keys()):
+                        skip=self._sending.keys() | {
+                            a for a, (_, url) in self._held.items() if url is None},
+                        held={a: url for a, (_, url) in self._held.items() if url is not None}):
+                    self._held.pop(notification.account, None)  # its URL was changed
                     by_account.setdefault(notification.account, []).append(notification)
                 for account, notifications in by_account.items():
                     task = asyncio.create_task(self._send_in_order(account, notifications),
@@ -96,15 +105,15 @@ class Notifier:
             for notification in notifications:
                 delay = await self._send(notification)
                 if delay is not None:
-                    self._held[account] = time.monotonic() + delay
+                    self._held[account] = (time.monotonic() + delay, notification.url)
                     return
         except StoreError as exc:
             log.error("notification outbox unavailable: %s", exc)
-            self._held[account] = time.monotonic() + self.scan_seconds
+            self._held[account] = (time.monotonic() + self.scan_seconds, None)
         except Exception:  # a bug must not stop this account's notifications for good
             log.exception("notification sender: unexpected error for %s; going on at the "
                           "next scan", account)
-            self._held[account] = time.monotonic() + self.scan_seconds
+            self._held[account] = (time.monotonic() + self.scan_seconds, None)
 
     async def _send(self, notification: Notification) -> float | None:
         """Send one; None when the account's next one may go now (this one was taken, or
@@ -126,29 +135,35 @@ class Notifier:
                         "more", notification.id, notification.account)
             return None
         error: str | None = await unsafe_destination(notification.url)
+        own = False
         try:
             if error is not None:
                 raise ConnectionRefusedError(error)
             answer = await self._client.post(notification.url, content=body, headers=headers)
             error = None if answer.is_success else f"HTTP {answer.status_code}"
+            # about this notification, not the endpoint: the account's next ones go on
+            own = 400 <= answer.status_code < 500 and answer.status_code not in ENDPOINT_REFUSALS
         except Exception as exc:  # noqa: BLE001 - httpx.InvalidURL, a bad port, ...: every
             # failure of one notification is that notification's, retried or given up
             error = f"{exc.__class__.__name__}: {exc}"
         if error is None:
-            await self.store.sent(notification.id)
+            await self.store.sent(notification.id, notification.url)
             log.info("objection notified to %s (%s)", notification.account,
                      shown_url(notification.url))
             return None
         now = time.time()
-        give_up = now - notification.created_at > GIVE_UP_SECONDS
+        # tried at least twice: one that waited out its account's long outage behind
+        # another gets a try of its own
+        give_up = notification.attempts > 0 and now - notification.created_at > GIVE_UP_SECONDS
         delay = min(RETRY_MAX_SECONDS,
                     self.retry_base * 2.0 ** min(notification.attempts, 64))
         shown = shown_url(notification.url)
         error = error.replace(notification.url, shown)  # httpx names the URL it failed on
-        await self.store.retry_later(notification.id, error, now + delay, give_up)
+        await self.store.retry_later(notification.id, error, now + delay, give_up,
+                                     notification.url)
         log.warning("notifying %s at %s failed (%s)%s", notification.account, shown, error,
                     "; giving up" if give_up else f"; retry in {delay:.0f} s")
-        return delay
+        return None if own or give_up else delay
 
 
 def blocked_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

@@ -7,8 +7,9 @@ objection is never stored without its notifications, nor notified without being 
 from __future__ import annotations
 
 import json
+import secrets
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from gateway.store.db import Database
@@ -24,8 +25,11 @@ NOTIFY_SQL = (
 
 
 def notification_body(address: str, channel: str, at: float) -> str:
-    """The JSON document POSTed to the accounts' notify_url for one objection."""
-    return json.dumps({"event": "objection", "email": address, "channel": channel, "at": at},
+    """The JSON document POSTed to the accounts' notify_url for one objection. Its `id` is
+    the objection's (the same for every account): a receiver that took a POST whose answer
+    was lost knows the retry for a repeat, as this gateway's own /webhooks/opt-out does."""
+    return json.dumps({"id": f"objection-{secrets.token_hex(12)}", "event": "objection",
+                       "email": address, "channel": channel, "at": at},
                       separators=(",", ":"))
 
 
@@ -44,36 +48,48 @@ class NotificationStore:
         self.db = db
 
     async def due(self, limit: int = 200, per_account: int = 20,
-                  skip: Collection[str] = ()) -> list[Notification]:
+                  skip: Collection[str] = (),
+                  held: Mapping[str, str] | None = None) -> list[Notification]:
         """The pending notifications due now, at most `per_account` of each account (oldest
-        first) and none of the accounts in `skip`, each with its account's notify_url as it
-        is now (an operator's correction applies to those already queued; "" when the
-        account has none any more). The cap per account keeps the backlog of one whose
-        endpoint is down from filling every slot: the others' go out meanwhile."""
+        first), none of the accounts in `skip` nor of an account in `held` whose notify_url
+        is still the one held there, each with its account's notify_url as it is now (an
+        operator's correction applies to those already queued, at once; "" when the account
+        has none any more). The cap per account keeps the backlog of one whose endpoint is
+        down from filling every slot: the others' go out meanwhile."""
         rows = await self.db.fetchall(
             "SELECT id, account, url, body, attempts, created_at FROM ("
             " SELECT n.id, n.account, coalesce(a.notify_url, '') AS url, n.body, n.attempts,"
             " n.created_at, row_number() OVER (PARTITION BY n.account ORDER BY n.id) AS k"
             " FROM notifications n LEFT JOIN accounts a ON a.name = n.account"
-            " WHERE n.state = 'pending' AND n.next_attempt_at <= ?"
-            " AND n.account NOT IN (SELECT value FROM json_each(?)))"
+            " WHERE n.state = 'pending'"
+            " AND n.account NOT IN (SELECT value FROM json_each(?))"
+            " AND n.account NOT IN (SELECT h.key FROM json_each(?) h"
+            "  WHERE h.value IS coalesce(a.notify_url, ''))"
+            # a notification retried on its own backoff waits for it, unless its account's
+            # URL changed since (the URL it failed on is kept as shown, store/NOTIFY_SQL)
+            " AND (n.next_attempt_at <= ? OR n.url IS NOT shown_url(coalesce(a.notify_url, ''))))"
             " WHERE k <= ? ORDER BY id LIMIT ?",
-            (time.time(), json.dumps(sorted(skip)), per_account, limit))
+            (json.dumps(sorted(skip)), json.dumps(held or {}), time.time(), per_account,
+             limit))
         return [Notification(*tuple(row)) for row in rows]
 
-    async def sent(self, notification_id: int) -> None:
+    async def sent(self, notification_id: int, url: str) -> None:
+        """Taken by the endpoint at `url` (kept as shown)."""
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE notifications SET state = 'sent', attempts = attempts + 1,"
-                " last_error = NULL, updated_at = ? WHERE id = ?", (time.time(), notification_id))
+                " last_error = NULL, url = shown_url(?), updated_at = ? WHERE id = ?",
+                (url, time.time(), notification_id))
 
     async def retry_later(self, notification_id: int, error: str, at: float,
-                          give_up: bool) -> None:
+                          give_up: bool, url: str = "") -> None:
+        """Failed at `url` (kept as shown: a new notify_url makes it due at once, `due`)."""
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE notifications SET state = ?, attempts = attempts + 1, last_error = ?,"
-                " next_attempt_at = ?, updated_at = ? WHERE id = ?",
-                ("failed" if give_up else "pending", error[:500], at, time.time(),
+                " next_attempt_at = ?, url = CASE WHEN ? = '' THEN url ELSE shown_url(?) END,"
+                " updated_at = ? WHERE id = ?",
+                ("failed" if give_up else "pending", error[:500], at, url, url, time.time(),
                  notification_id))
 
     async def list(self, limit: int = 100) -> list[tuple[object, ...]]:

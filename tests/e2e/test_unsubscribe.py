@@ -658,13 +658,13 @@ def test_an_oversized_url_or_header_is_refused_without_stalling_smtp(make_gatewa
     for head, then, chunks, status in cases:
         banner_waits: list[float] = []
 
-        def probe() -> None:  # the SMTP greeting, while the big request goes in
+        def probe(waits: list[float]) -> None:  # the SMTP greeting, while the request goes
             started = time.monotonic()
             with socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=30) as smtp:
                 smtp.recv(512)
-            banner_waits.append(time.monotonic() - started)
+            waits.append(time.monotonic() - started)
         with socket.create_connection(("127.0.0.1", gw.http_port)) as sock:
-            prober = threading.Thread(target=probe)
+            prober = threading.Thread(target=probe, args=(banner_waits,))
             prober.start()
             answer = _answer_of(sock, head, then, chunks)
             prober.join()
