@@ -348,7 +348,10 @@ class Gateway:
     async def run_until_signalled(self, on_ready: Any = None) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # before start: a signal then still drains
+        # before start: a signal then still drains. SIGHUP too (a closed terminal, an
+        # operator's habit): it ended the process without a drain. DRAIN_SIGNAL is the
+        # supervisor's: it drains, and never counts as a second signal
+        for sig in (*STOP_SIGNALS, DRAIN_SIGNAL):
             loop.add_signal_handler(sig, stop.set)
         try:
             await self.start()
@@ -364,13 +367,22 @@ class Gateway:
         if on_ready is not None:
             on_ready(self)
         await stop.wait()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._stop_now)
+        loop.add_signal_handler(DRAIN_SIGNAL, lambda: None)
         log.info("signal received: draining for up to %.0f s (no new connections; idle "
                  "sessions closed, messages in progress finished, deliveries in flight "
                  "finished); a second signal stops at once", DRAIN_SECONDS)
         await self.stop(DRAIN_SECONDS)
         log.info("stopped cleanly")
+
+
+# What stops the gateway: the first drains, a second stops at once.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# What the supervisor sends its workers for a stop: a drain only. A Ctrl-C or a `systemctl
+# stop` signals the whole process group, so each worker got the signal itself and then the
+# supervisor's SIGTERM, which it took for a second signal: no drain (sessions in DATA got 421)
+DRAIN_SIGNAL = signal.SIGUSR1
 
 
 def run(settings: Settings, on_ready: Any = None) -> None:

@@ -5,8 +5,9 @@ double a relay on two cores). The supervisor binds the SMTP socket, runs the mig
 the TLS certificate once, then forks the workers before any event loop or thread exists. Each
 worker is a whole gateway (SMTP sessions, group commit, delivery workers) on the shared store;
 worker 0 also serves HTTP. The kernel hands each new connection to whichever worker accepts it
-first, so a busy worker takes fewer. SIGTERM/SIGINT are passed on and every worker drains; a
-worker that dies is replaced (its claimed copies are taken over, see store/queue.py).
+first, so a busy worker takes fewer. SIGTERM/SIGINT/SIGHUP are passed on and every worker
+drains (a second one stops them at once); a worker that dies is replaced (its claimed copies
+are taken over, see store/queue.py).
 
 Per-IP limits (connections, AUTH failures) are counted per worker; account lockout is in the
 store and shared.
@@ -25,7 +26,7 @@ import time
 import types
 from typing import Any
 
-from gateway.runtime import Gateway, run_one
+from gateway.runtime import DRAIN_SIGNAL, STOP_SIGNALS, Gateway, run_one
 from gateway.security.keys import load_or_create_key
 from gateway.security.tokens import load_token_keys
 from gateway.settings import Settings, parse_listen
@@ -72,8 +73,8 @@ class Supervisor:
         load_or_create_key(self.settings.hash_key_path)  # one key for all, made before the fork
         load_token_keys(self.settings.token_key_path)
         self.sock = bind_smtp_socket(self.settings.smtp.listen)
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
         for index in range(self.settings.smtp.processes):
             self._spawn(index)
         log.info("supervisor %d: %d gateway processes on %s", os.getpid(),
@@ -115,8 +116,8 @@ class Supervisor:
             return
         code = 1
         try:  # the worker: default signal dispositions, then a whole gateway on its own loop
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
             _stop_with_parent(supervisor)
             run_one(Gateway(self.settings, listen_socket=self.sock, serve_http=index == 0),
                     self.on_ready if index == 0 else None)
@@ -129,13 +130,19 @@ class Supervisor:
             os._exit(code)
 
     def _on_signal(self, signum: int, _frame: types.FrameType | None) -> None:
+        """The first stop signal asks the workers to drain (DRAIN_SIGNAL: a worker that had
+        the same signal from its process group does not take it for a second one); a second
+        one is passed on as SIGTERM, which makes a draining worker stop at once."""
         if not self.stopping:
             log.info("supervisor: %s, draining %d gateway processes",
                      signal.Signals(signum).name, len(self.workers))
+            forward = DRAIN_SIGNAL
+        else:
+            forward = signal.SIGTERM
         self.stopping = True
         for pid in list(self.workers):
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, forward)
             except ProcessLookupError:
                 pass
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sqlite3
@@ -280,6 +281,34 @@ def test_a_stop_closes_idle_sessions_at_once_and_a_second_signal_stops_now(make_
     assert gw.proc.wait(10) == 0 and time.monotonic() - started < 10
     assert busy.reply()[0] == 421 and busy.closed()
     assert "second signal: stopping now" in gw.output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_a_ctrl_c_to_the_process_group_drains_every_worker(make_gateway, sink: Sink, sig):
+    """Ctrl-C (or `systemctl stop`) signals the whole group: each worker had the signal and
+    then its supervisor's SIGTERM, took that for a second signal and stopped at once (421 to
+    the messages in DATA). SIGHUP ended the gateway without any drain."""
+    gw = make_gateway(smtp_extra="processes = 2", start=False)
+    gw.launcher = ("setsid",)  # a group of its own, as a terminal's foreground job
+    gw.start()
+    wait_until(lambda: len(_children(gw.proc.pid)) == 2, what="two gateway processes")
+    sessions = []
+    for i in range(6):  # spread over both workers, each in the middle of its DATA
+        s = RawSmtp(gw.smtp_port)
+        s.cmd("EHLO c")
+        assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+        assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+        assert s.cmd("DATA")[0] == 354
+        s.send(message(subject=f"drained {i}")[:40])
+        sessions.append((i, s))
+    os.killpg(gw.proc.pid, sig)
+    time.sleep(1.0)
+    for i, s in sessions:
+        assert s.cmd(message(subject=f"drained {i}")[40:] + b".")[0] == 250, i
+        s.close()
+    assert gw.proc.wait(30) == 0
+    assert len(sink.wait_for(6)) == 6
+    assert "second signal: stopping now" not in gw.output
 
 
 def test_workers_stop_when_their_supervisor_is_killed(make_gateway):
