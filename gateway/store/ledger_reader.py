@@ -16,9 +16,9 @@ Protocol, one line each way per batch (UTF-8, no other newline in a line):
             or "SEQ !message" when the batch could not be read.
 SEQ is echoed so that the gateway never takes an answer for the batch it did not ask about
 (after a cancelled read, say). The process lives as long as its stdin: it ends at EOF, which
-the gateway sends at stop (or the kernel, when the gateway dies). SIGINT and SIGTERM, sent to
-the whole process group by a terminal or a service manager, are ignored: the gateway still
-needs its lookups while it drains.
+the gateway sends at stop (or the kernel, when the gateway dies). SIGINT, SIGTERM and SIGHUP,
+sent to the whole process group by a terminal or a service manager, are ignored: the gateway
+still needs its lookups while it drains.
 """
 
 from __future__ import annotations
@@ -165,8 +165,8 @@ def serve(path: str) -> int:
 
 
 def main() -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     if len(sys.argv) != 2:
         print("usage: python -m gateway.store.ledger_reader STORE.db (started by gateway serve)",
               file=sys.stderr)
