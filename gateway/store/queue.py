@@ -232,7 +232,9 @@ class QueueStore:
                 " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ?",
                 (error, now, delivery_id)).rowcount
             conn.execute(_COUNT_SQL, ("failed", changed))
-            if dsn is None:
+            if dsn is None or not changed:
+                # not changed: the copy is gone (`subject erase` took it while this process
+                # was trying it): no DSN, which would name the erased address again
                 return []
             conn.execute(
                 "INSERT INTO messages (id, received_at, account, client_ip, mail_from, size,"
@@ -403,13 +405,17 @@ class QueueStore:
                 "UPDATE deliveries SET state = 'queued', next_attempt_at = ?, claimed_by = NULL,"
                 " claimed_until = NULL, updated_at = ?,"
                 " created_at = CASE WHEN state = 'failed' THEN ? ELSE created_at END"
-                " WHERE id = ? AND (claimed_by IS NULL OR claimed_until IS NULL"
-                " OR claimed_until < ?)", (now, now, now, delivery_id, now))
+                " WHERE id = ? AND state != 'sent' AND (claimed_by IS NULL"
+                " OR claimed_until IS NULL OR claimed_until < ?)",
+                (now, now, now, delivery_id, now))
             if changed.rowcount == 0:
                 row = await (await conn.execute(
-                    "SELECT claimed_by FROM deliveries WHERE id = ?", (delivery_id,))).fetchone()
+                    "SELECT claimed_by, state FROM deliveries WHERE id = ?",
+                    (delivery_id,))).fetchone()
                 if row is None:
                     raise NotFound(f"no queue entry {delivery_id}")
+                if row[1] == "sent":  # sent since it was read above: not to be sent again
+                    raise NotFound(f"queue entry {delivery_id} was already sent")
                 raise Refused(f"queue entry {delivery_id} is being delivered by {row[0]} right "
                               "now: not retried (it is being tried already)")
 
@@ -435,15 +441,17 @@ class QueueStore:
         now = time.time()
         async with self.db.transaction() as conn:
             deleted = await conn.execute(
-                "DELETE FROM deliveries WHERE id = ? AND (claimed_by IS NULL OR claimed_by = ?"
-                " OR claimed_until IS NULL OR claimed_until < ?)",
+                "DELETE FROM deliveries WHERE id = ? AND state != 'sent' AND (claimed_by IS NULL"
+                " OR claimed_by = ? OR claimed_until IS NULL OR claimed_until < ?)",
                 (delivery_id, self.instance_id, now))
             if deleted.rowcount == 0:
                 row = await (await conn.execute(
-                    "SELECT claimed_by, claimed_until FROM deliveries WHERE id = ?",
+                    "SELECT claimed_by, claimed_until, state FROM deliveries WHERE id = ?",
                     (delivery_id,))).fetchone()
                 if row is None:
                     raise NotFound(f"no queue entry {delivery_id}")
+                if row[2] == "sent":  # sent since it was read above
+                    raise Refused(f"queue entry {delivery_id} was sent: its record is kept")
                 raise Refused(
                     f"queue entry {delivery_id} is being delivered by {row[0]} (its claim "
                     f"runs {row[1] - now:.0f} s more): not deleted; once it is sent, deferred "

@@ -381,6 +381,39 @@ async def test_a_copy_another_process_is_delivering_is_not_deleted(db: Database)
         await cli.get(held.delivery_id)
 
 
+async def test_a_copy_sent_while_the_cli_looked_is_neither_retried_nor_deleted(
+        db: Database, monkeypatch):
+    """`queue retry` read the copy deferred, a gateway process then took it and sent it, and
+    the retry put it back to `queued`: delivered a second time. Same window for delete."""
+    gateway = QueueStore(db, "gateway-1")
+    [[copy]] = await gateway.commit_messages([incoming("A", "a@x.example")])
+    cli = QueueStore(db, "cli")
+    stale = await cli.get(copy.delivery_id)  # as the CLI saw it, before the send
+    await gateway.mark_sent([(copy.delivery_id, None)])
+
+    async def seen_before(delivery_id: int):
+        return stale
+    monkeypatch.setattr(cli, "get", seen_before)
+    with pytest.raises(NotFound, match="already sent"):
+        await cli.retry(copy.delivery_id)
+    with pytest.raises(Refused, match="was sent"):
+        await cli.delete(copy.delivery_id)
+    [row] = await db.fetchall("SELECT state FROM deliveries")
+    assert row[0] == "sent"
+
+
+async def test_a_copy_erased_while_it_was_tried_gets_no_dsn(db: Database):
+    """`subject erase` deletes the person's copies, one a worker may hold: its failure then
+    queued a DSN naming the erased address."""
+    gateway = QueueStore(db, "gateway-1")
+    [[copy]] = await gateway.commit_messages([incoming("A", "gone@x.example")])
+    await db.write_one("DELETE FROM deliveries WHERE id = ?", (copy.delivery_id,))  # erased
+    dsn = IncomingMessage("D", time.time(), None, "127.0.0.1", "",
+                          b"Subject: bounce for gone@x.example\r\n\r\n", ("news@x.example",))
+    assert await gateway.fail(copy.delivery_id, "550 5.7.1 R1 objected", dsn) == []
+    assert await db.fetchall("SELECT id FROM messages WHERE id = 'D'") == []
+
+
 def test_the_contact_ids_migration_keeps_every_contact_and_what_refers_to_it(tmp_path):
     """016 rebuilds `contacts` with AUTOINCREMENT (foreign keys off for the rebuild): the rows
     of sources and contact_events survive the old table's drop (ON DELETE CASCADE would have
