@@ -196,10 +196,23 @@ class Database:
             try:
                 # what a store already holds (edited by hand, say) does not stop the upgrade
                 already = len(await self._broken_references())
-                await conn.executescript(
-                    "BEGIN IMMEDIATE;\n" + sql + "\n"
-                    f"INSERT INTO schema_migrations (version, name, applied_at) "
-                    f"VALUES ({version}, '{name}', {time.time()});")
+                try:
+                    # its row first: another process (a CLI command started with `serve`)
+                    # that applied it meanwhile is found under the write lock, not half-way
+                    await conn.executescript(
+                        "BEGIN IMMEDIATE;\n"
+                        f"INSERT INTO schema_migrations (version, name, applied_at) "
+                        f"VALUES ({version}, '{name}', {time.time()});\n" + sql)
+                except sqlite3.IntegrityError:
+                    if conn.in_transaction:
+                        await conn.execute("ROLLBACK")
+                    async with conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?",
+                                            (version,)) as cur:
+                        if await cur.fetchone():
+                            log.info("store: migration %s was applied by another process",
+                                     name)
+                            continue
+                    raise
                 broken = await self._broken_references()
                 if len(broken) > already:
                     raise sqlite3.DatabaseError(

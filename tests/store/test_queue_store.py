@@ -381,6 +381,32 @@ async def test_a_copy_another_process_is_delivering_is_not_deleted(db: Database)
         await cli.get(held.delivery_id)
 
 
+def test_processes_opening_a_new_store_together_all_open_it(tmp_path):
+    """`serve` and a CLI command started together on a new (or just upgraded) store: each
+    read the migrations applied, then ran the missing ones; the slower failed on 'table
+    accounts already exists' (serve itself exited once)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "new.db"
+    script = ("import asyncio, sys, time; from gateway.store.db import Database\n"
+              "async def main():\n"
+              "    time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all at once\n"
+              "    async with Database(sys.argv[1]) as db:\n"
+              "        await db.fetchall('SELECT 1 FROM accounts')\n"
+              "asyncio.run(main())\n")
+    for attempt in range(3):
+        target = path.with_name(f"new{attempt}.db")
+        start = str(time.time() + 1.5)
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(target), start],
+                                  stderr=subprocess.PIPE) for _ in range(4)]
+        errors = [p.communicate(timeout=60)[1].decode() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+        with sqlite3.connect(target) as conn:
+            versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
+        assert versions == sorted(set(versions)) and len(versions) >= 18
+
+
 async def test_a_copy_sent_while_the_cli_looked_is_neither_retried_nor_deleted(
         db: Database, monkeypatch):
     """`queue retry` read the copy deferred, a gateway process then took it and sent it, and
