@@ -110,9 +110,23 @@ class GatewayHandler:
     # --- who is sending -----------------------------------------------------------------
 
     async def _sender_account(self, server: GatewaySMTP, session: Session) -> Account | None:
-        """The AUTH account, else the account of a trusted network, else None."""
+        """The AUTH account as it is now (its domains, topics, category: read again, a few
+        seconds' cache, not as it was at login), else the account of a trusted network, else
+        None. A session whose account was removed, or whose password was changed, since it
+        logged in is logged out: a marketing tool keeps its connection for hours, and a
+        leaked password changed by the operator kept sending on it."""
         if session.authenticated and isinstance(session.auth_data, Account):
-            return session.auth_data
+            login = session.auth_data
+            current = await self.flow.account(login.name)
+            if (current is not None and current.id == login.id
+                    and current.credential_stamp == login.credential_stamp):
+                return current
+            log.warning("%s: account %s was %s since this session logged in: logged out",
+                        server.client_ip, login.name,
+                        "removed" if current is None or current.id != login.id
+                        else "given a new password")
+            session.authenticated = False
+            session.auth_data = None
         return await self.flow.trusted_account(server.client_ip)
 
     async def auth_PLAIN(self, server: GatewaySMTP, args: list[str]) -> AuthResult:

@@ -20,8 +20,12 @@ from gateway.urls import shown_url
 
 CATEGORIES = ("marketing", "transactional")
 
+# credential_stamp: the last characters of the password's argon2 hash (of its digest, which
+# a new salt changes every time): whether the password changed since a session logged in,
+# without the hash itself leaving this module
 _COLUMNS = ("id, name, from_domains, category, topics, product_categories, notify_url,"
-            " failed_logins, locked_until, created_at, updated_at")
+            " failed_logins, locked_until, created_at, updated_at,"
+            " substr(password_hash, -8) AS credential_stamp")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Account:
     locked_until: float | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    credential_stamp: str = field(default="", repr=False)
     _domains: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,7 +84,7 @@ def _account(row: sqlite3.Row) -> Account:
         product_categories=tuple(json.loads(row["product_categories"])),
         notify_url=row["notify_url"], failed_logins=row["failed_logins"],
         locked_until=row["locked_until"], created_at=row["created_at"],
-        updated_at=row["updated_at"])
+        updated_at=row["updated_at"], credential_stamp=row["credential_stamp"] or "")
 
 
 class AccountStore:

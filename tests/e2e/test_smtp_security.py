@@ -74,6 +74,36 @@ def test_authenticated_client_over_starttls_gets_mail_through(make_gateway, sink
     assert b"Subject: Over TLS" in sink.wait_for(1)[0].content
 
 
+def test_a_logged_in_session_follows_its_accounts_changes(make_gateway, sink: Sink):
+    """A session kept its account as it was at AUTH for as long as it stayed open: a domain
+    taken away, a password changed (leaked), an account removed, and it still sent."""
+    gw = make_gateway(trusted=False, accounts={"crm": "example.com", "tool": "example.com",
+                                               "gone": "example.com"})
+    sessions = {}
+    for name in ("crm", "tool", "gone"):
+        s = tls_session(gw.smtp_port)
+        assert s.cmd("AUTH PLAIN " + plain(name, STRONG_PASSWORD))[0] == 235
+        assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+        assert s.cmd("RSET")[0] == 250
+        sessions[name] = s
+    assert gw.cli("accounts", "update", "crm", "--from-domain", "other.example").returncode == 0
+    changed = gw.cli("accounts", "passwd", "tool", "--password-stdin",
+                     stdin="Another-Correct-Horse-Battery-77!\n")
+    assert changed.returncode == 0, changed.stderr
+    assert gw.cli("accounts", "remove", "gone").returncode == 0
+    time.sleep(5.5)  # the account cache's few seconds
+    assert sessions["crm"].cmd("MAIL FROM:<news@example.com>")[0] == 553  # not its domain
+    assert sessions["crm"].cmd("MAIL FROM:<news@other.example>")[0] == 250
+    for name in ("tool", "gone"):  # logged out: nothing is relayed any more
+        s = sessions[name]
+        assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+        assert s.cmd("RCPT TO:<jane@example.net>")[0] == 530, name
+    assert "account tool was given a new password since this session logged in" in gw.output
+    assert "account gone was removed since this session logged in" in gw.output
+    for s in sessions.values():
+        s.close()
+
+
 def test_bad_password_and_unknown_user_get_the_same_535(make_gateway):
     gw = make_gateway(trusted=False)
     s = tls_session(gw.smtp_port)
