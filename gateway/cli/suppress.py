@@ -40,16 +40,20 @@ def add(state: CliState, email: str, reason: str | None) -> None:
 @suppress.command()
 @click.argument("email")
 @click.option("--reason", help="Why the objection is lifted (recorded on the contact).")
+@click.option("--force", is_flag=True,
+              help="Lift even the entry an erasure left (refused without it: that entry never "
+                   "expires).")
 @click.pass_obj
-def remove(state: CliState, email: str, reason: str | None) -> None:
+def remove(state: CliState, email: str, reason: str | None, force: bool) -> None:
     """Lift the suppression of EMAIL. Only do this on the person's own new request: an
-    objection to prospecting is absolute (GDPR 21(3))."""
+    objection to prospecting is absolute (GDPR 21(3)). The entry left by `subject erase` is
+    refused without --force."""
 
     async def body() -> None:
         async with Database(state.settings.store.path) as db:
             ledger = Ledger(db, hasher_for(state.settings))
             try:
-                await ledger.unsuppress(email, reason)
+                await ledger.unsuppress(email, reason, force)
                 contact = await ledger.contact(email)
             except ValueError as exc:
                 raise Refused(str(exc)) from None

@@ -29,9 +29,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from gateway.addresses import normalize_address
+from gateway.addresses import normalize_address, person_form
 from gateway.batch import GroupCommitter
-from gateway.errors import NotFound, StoreError
+from gateway.errors import NotFound, Refused, StoreError
 from gateway.model import Contact, RecipientFacts, Source
 from gateway.security.keys import AddressHasher
 from gateway.store import notifications
@@ -433,10 +433,39 @@ def record_objections(conn: sqlite3.Connection, objections: Sequence[Objection],
                    for n, i in enumerate(new)], notifications.NOTIFY_SQL, (now, now, now))
         conn.executemany(COUNT_OBJECTIONS_SQL,
                          Counter(objections[i].channel for i in new).items())
+    _person_over_manual(conn, [objections[i] for i in first.values() if i not in set(new)],
+                        now)
     added = [False] * len(objections)
     for index in new:
         added[index] = True
     return added
+
+
+# over k(h, a, l, channel, reason, ip): addresses an operator had suppressed by hand
+_MANUAL_SQL = ("SELECT json_group_array(hex(s.hash)) FROM k JOIN suppression s ON s.hash = k.h"
+               " WHERE s.channel = 'manual'")
+
+
+def _person_over_manual(conn: sqlite3.Connection, already: Sequence[Objection],
+                        now: float) -> None:
+    """The person's own objection to an address an operator had suppressed by hand (a hard
+    bounce, say) is recorded all the same: its event (channel, time, IP: the proof), and the
+    entry's channel becomes the person's. Else `suppress remove` of the operator's entry left
+    no trace of it, and mail resumed to someone told "you will get no more"."""
+    person = [o for o in already if o.channel != "manual"]
+    if not person:
+        return
+    manual = {bytes.fromhex(h)
+              for document in with_rows(conn, "k(h)", [(o.digest,) for o in person], _MANUAL_SQL)
+              for h in json.loads(document)}
+    taken = [o for o in person if o.digest in manual]
+    if not taken:
+        return
+    conn.executemany("UPDATE suppression SET channel = ? WHERE hash = ? AND channel = 'manual'",
+                     [(o.channel, o.digest) for o in taken])
+    with_rows(conn, "k(a, l, channel, reason, ip)",
+              [(o.address, _lower_local(o.address), o.channel, o.reason, o.ip) for o in taken],
+              _OBJECTIONS_SQL, (now, now))
 
 
 class Ledger:
@@ -473,19 +502,31 @@ class Ledger:
         now = time.time()
         return (await self.db.write(lambda conn: record_objections(conn, [objection], now)))[0]
 
-    async def unsuppress(self, address: str, reason: str | None = None) -> None:
-        """Lift a suppression (an operator's deliberate act, recorded on the contact)."""
+    async def unsuppress(self, address: str, reason: str | None = None,
+                         force: bool = False) -> None:
+        """Lift a suppression (an operator's deliberate act, recorded on the contact, under
+        whatever case the ledger holds the address in). The entry an erasure left is
+        refused without `force`: COMPLIANCE.md, it never expires (without it the person's
+        address could be imported and mailed again)."""
         key = normalize_address(address)
+        digest = self.hasher(key)
         now = time.time()
         async with self.db.transaction() as conn:
-            cur = await conn.execute("DELETE FROM suppression WHERE hash = ?",
-                                     (self.hasher(key),))
-            if cur.rowcount == 0:
+            row = await (await conn.execute("SELECT channel FROM suppression WHERE hash = ?",
+                                            (digest,))).fetchone()
+            if row is None:
                 raise NotFound(f"{key} is not on the suppression list")
+            if row[0] == "erasure" and not force:
+                raise Refused(f"{key} was erased (GDPR 17): its suppression entry is what keeps "
+                              "the person from being imported and mailed again, and never "
+                              "expires; lift it only on the person's own new request "
+                              "(--force)")
+            await conn.execute("DELETE FROM suppression WHERE hash = ?", (digest,))
             await conn.execute(
                 "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel,"
                 " wording, recorded_at) SELECT id, 'objection_lifted', ?, 'manual', ?, ?"
-                " FROM contacts WHERE address = ?", (now, reason, now, key))
+                " FROM contacts WHERE address_hash = ? AND subject_form(address) = ?",
+                (now, reason, now, digest, person_form(key)))
 
     async def mark_expired(self, contact_ids: Sequence[int]) -> list[None]:
         """R4 "reject, and mark for purge": note when retention was found expired, once.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import NotFound
+from gateway.errors import NotFound, Refused
 from gateway.security.keys import AddressHasher, load_or_create_key
 from gateway.store.audit import AuditLog, AuditRecord
 from gateway.store.db import Database
@@ -151,6 +151,43 @@ async def test_suppress_and_lift_are_recorded_on_the_contact(db, hasher):
     # the suppression list holds the hash, the time and the channel: no address
     columns = [r[1] for r in await db.fetchall("PRAGMA table_info(suppression)")]
     assert columns == ["hash", "created_at", "channel"]
+
+
+async def test_the_persons_objection_to_an_address_suppressed_by_hand_is_recorded(db, hasher):
+    """An operator suppressed a hard bounce; then the person clicked one-click: told "done",
+    yet nothing of theirs was stored, and once the operator lifted the bounce, mail resumed."""
+    import_csv(db, hasher, "email\njohn@example.org\n")
+    ledger = Ledger(db, hasher)
+    assert await ledger.suppress("john@example.org", "manual", reason="hard bounce")
+    assert not await ledger.suppress("john@example.org", "one-click", ip="192.0.2.7")
+    assert not await ledger.suppress("john@example.org", "one-click", ip="192.0.2.7")  # once
+    contact = await ledger.contact("john@example.org")
+    assert contact is not None
+    assert [(e.kind, e.channel, e.ip) for e in await ledger.events(contact.id or 0)] == [
+        ("objection", "manual", None), ("objection", "one-click", "192.0.2.7")]
+    entry = await ledger.is_suppressed("john@example.org")
+    assert entry is not None and entry.channel == "one-click"  # the person's, now
+
+
+async def test_a_lift_is_recorded_whatever_case_it_is_written_in(db, hasher):
+    import_csv(db, hasher, "email\njeanne.secret@example.fr\n")
+    ledger = Ledger(db, hasher)
+    assert await ledger.suppress("jeanne.secret@example.fr", "one-click")
+    await ledger.unsuppress("Jeanne.Secret@EXAMPLE.fr", reason="her new request")
+    contact = await ledger.contact("jeanne.secret@example.fr")
+    assert contact is not None
+    assert [(e.kind, e.wording) for e in await ledger.events(contact.id or 0)][-1] == (
+        "objection_lifted", "her new request")
+
+
+async def test_the_entry_an_erasure_left_is_lifted_only_with_force(db, hasher):
+    ledger = Ledger(db, hasher)
+    assert await ledger.suppress("gone@example.org", "erasure")
+    with pytest.raises(Refused, match="erased"):
+        await ledger.unsuppress("gone@example.org")
+    assert await ledger.is_suppressed("gone@example.org")
+    await ledger.unsuppress("gone@example.org", force=True)
+    assert not await ledger.is_suppressed("gone@example.org")
 
 
 async def test_an_objection_written_in_another_case_is_recorded_on_the_contact(db, hasher):
@@ -344,15 +381,18 @@ async def test_a_group_of_objections_is_recorded_as_one_at_a_time_would(db, hash
         ("c@example.com", None, False), ("d@example.com", "es", True), None, None,
         ("d@example.com", "es", False), ("x@example.org", None, True)]
     entries = {e.address: e.channel for e in await ledger.suppression_list()}
+    # c's entry, made by hand, is the person's own objection now
     assert entries == {"a@example.com": "one-click", "b@example.com": "link",
-                       "c@example.com": "manual", "d@example.com": "one-click", None: "one-click"}
+                       "c@example.com": "one-click", "d@example.com": "one-click",
+                       None: "one-click"}
     assert await ledger.is_suppressed("x@example.org") is not None
     events = await db.fetchall("SELECT c.address, e.channel, e.ip FROM contact_events e"
                                " JOIN contacts c ON c.id = e.contact_id"
                                " WHERE e.kind = 'objection' ORDER BY c.address")
-    assert [tuple(r) for r in events] == [
+    assert sorted(tuple(r) for r in events) == [
         ("a@example.com", "one-click", "192.0.2.1"), ("b@example.com", "link", "192.0.2.2"),
-        ("c@example.com", "manual", None), ("d@example.com", "one-click", "192.0.2.4")]
+        ("c@example.com", "manual", None), ("c@example.com", "one-click", None),
+        ("d@example.com", "one-click", "192.0.2.4")]
     bodies = [json.loads(r[0]) for r in await db.fetchall(
         "SELECT body FROM notifications ORDER BY id")]
     assert [(b["email"], b["channel"]) for b in bodies] == [  # c's came before the account
