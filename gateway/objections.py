@@ -45,6 +45,10 @@ class BadRequest(ValueError):
     """The webhook body is not what INTERFACE.md describes (400, nothing stored)."""
 
 
+def _no_constant(name: str) -> object:
+    raise BadRequest(f"not JSON: {name} is not a JSON number (RFC 8259 6)")
+
+
 class Objections:
     def __init__(self, tokens: TokenKeys, ledger: Ledger, webhook_secret: str,
                  on_objection: Callable[[], None] | None = None) -> None:
@@ -95,11 +99,21 @@ class Objections:
         received). BadRequest, and nothing stored, when any event is malformed.
         """
         try:
-            document = json.loads(body)
+            if body[:2] in (b"\xff\xfe", b"\xfe\xff") or body[:1] == b"\x00" or (
+                    body[1:2] == b"\x00"):
+                raise BadRequest("not JSON: a webhook body is UTF-8 (RFC 8259 8.1)")
+            document = json.loads(body, parse_constant=_no_constant)
+        except BadRequest:
+            raise
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BadRequest(f"not JSON: {exc}") from None
         except RecursionError:
             raise BadRequest("not JSON this gateway reads: nested too deeply") from None
+        except ValueError:  # an integer of thousands of digits (int's own limit)
+            raise BadRequest("not JSON this gateway reads: a number too long") from None
+        if isinstance(document, dict) and "events" in document and "email" in document:
+            raise BadRequest('either {"email": ...} or {"events": [...]}, not both: the '
+                             "top-level email would be left out")
         events = document.get("events", [document]) if isinstance(document, dict) else None
         if not isinstance(events, list) or not events or len(events) > MAX_EVENTS:
             raise BadRequest(f'expected {{"email": ...}} or {{"events": [...]}} with 1 to '

@@ -21,15 +21,26 @@ def signature(secret: bytes, body: bytes, at: float | None = None) -> str:
     return f"t={stamp},v1={mac}"
 
 
-def _fields(header: str) -> tuple[str, str]:
-    parts = dict(item.strip().partition("=")[::2] for item in header.split(","))
-    return parts.get("t", "").strip(), parts.get("v1", "").strip()
+MAX_MACS = 8  # v1= values tried at most (a sender rotating its secret sends old and new)
+
+
+def _fields(header: str) -> tuple[str, list[str]]:
+    """`t` (the last given) and every `v1`, in order."""
+    stamp, macs = "", []
+    for item in header.split(","):
+        name, _, value = item.strip().partition("=")
+        if name.strip() == "t":
+            stamp = value.strip()
+        elif name.strip() == "v1":
+            macs.append(value.strip())
+    return stamp, macs
 
 
 def signed_mac(header: str) -> str:
-    """The MAC of a header signature_ok accepted, normalised: it names the signed call (one
-    body at one time), so that the same call sent again is known."""
-    return _fields(header)[1].lower()
+    """The (first) MAC of a header signature_ok accepted, normalised: it names the signed
+    call (one body at one time), so that the same call sent again is known."""
+    macs = _fields(header)[1]
+    return macs[0].lower() if macs else ""
 
 
 def signature_ok(secret: bytes, header: str | None, body: bytes,
@@ -37,10 +48,16 @@ def signature_ok(secret: bytes, header: str | None, body: bytes,
     """True for a well-formed header, within the window, whose MAC matches (constant time)."""
     if not secret or not header:
         return False
-    stamp, given = _fields(header)
-    if _STAMP.fullmatch(stamp) is None or _MAC.fullmatch(given) is None:
+    stamp, macs = _fields(header)
+    if _STAMP.fullmatch(stamp) is None or not macs or len(macs) > MAX_MACS or any(
+            _MAC.fullmatch(given) is None for given in macs):
         return False
     if abs((time.time() if now is None else now) - int(stamp)) > WINDOW_SECONDS:
         return False
     expected = hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256).digest()
-    return hmac.compare_digest(expected, bytes.fromhex(given))
+    # every one compared (constant time, none skipped): one matching is enough, as Stripe
+    # lets several v1 through during a rotation
+    matched = False
+    for given in macs:
+        matched |= hmac.compare_digest(expected, bytes.fromhex(given))
+    return matched

@@ -615,11 +615,18 @@ class Ledger:
     async def suppress_events(self, events: Sequence[tuple[str | None, str, str | None]],
                               channel: str, ip: str | None) -> tuple[int, int]:
         """Suppress each (event id, address, reason) in one transaction; an event id seen
-        before (in an earlier call or earlier in `events`) is a replay and is skipped.
-        Returns (newly suppressed, replays)."""
+        before for the same address (in an earlier call or earlier in `events`) is a replay
+        and is skipped. Returns (newly suppressed, replays).
+
+        The id is kept with the address's keyed hash: an id alone (two ESPs' "evt_1", one
+        ESP numbering per list) made another person's objection a "replay", dropped; a true
+        replay can only suppress the same address again."""
         now = time.time()
-        objections = [(event_id, Objection(self.hasher(address), address, channel, reason, ip))
-                      for event_id, address, reason in events]
+        objections = []
+        for event_id, address, reason in events:
+            digest = self.hasher(address)
+            key = None if event_id is None else f"{event_id}#{digest.hex()[:32]}"
+            objections.append((key, Objection(digest, address, channel, reason, ip)))
 
         def write(conn: sqlite3.Connection) -> tuple[int, int]:
             ids = list(dict.fromkeys(e for e, _ in objections if e is not None))

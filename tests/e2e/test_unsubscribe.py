@@ -231,10 +231,17 @@ def test_the_webhook_suppresses_signed_events_once(gw, sink: Sink):
                                    {"id": "ev-2", "email": "john@example.org"}]}).encode()
     assert httpx.post(webhook, content=batch, headers={
         "X-Gateway-Signature": sign(batch)}).json() == {"suppressed": 2, "replayed": 0}
-    replay = json.dumps({"events": [{"id": "ev-1", "email": "new@example.com"}]}).encode()
+    replay = json.dumps({"events": [{"id": "ev-1", "email": "ann@example.net"}]}).encode()
     assert httpx.post(webhook, content=replay, headers={
         "X-Gateway-Signature": sign(replay)}).json() == {"suppressed": 0, "replayed": 1}
-    assert sorted(suppressed(gw)) == ["webhook"] * 3
+    # the same id for another address (another ESP's "ev-1", one batch's twice) is no
+    # replay: that person's objection was dropped
+    reused = json.dumps({"events": [{"id": "ev-9", "email": "d1@example.com"},
+                                    {"id": "ev-9", "email": "d2@example.com"},
+                                    {"id": "ev-2", "email": "d3@example.com"}]}).encode()
+    assert httpx.post(webhook, content=reused, headers={
+        "X-Gateway-Signature": sign(reused)}).json() == {"suppressed": 3, "replayed": 0}
+    assert sorted(suppressed(gw)) == ["webhook"] * 6
     # the same signed call sent again (its events have no id) within the window: a replay
     assert gw.cli("suppress", "remove", "jane@example.net").returncode == 0
     renewed = json.dumps({"email": "jane@example.net", "reason": "asked again"}).encode()
@@ -246,7 +253,7 @@ def test_the_webhook_suppresses_signed_events_once(gw, sink: Sink):
         "suppressed": 0, "replayed": 1}
     assert rcpt(gw, "jane@example.net")[0] == 250  # the lifted suppression stands
     metrics = httpx.get(f"http://127.0.0.1:{gw.http_port}/metrics").text
-    assert 'gateway_objections_total{channel="webhook"} 4' in metrics
+    assert 'gateway_objections_total{channel="webhook"} 7' in metrics
     # a counter: lifting a suppression takes no objection back, an erasure is none, and the
     # same address objecting again once lifted counts again
     assert gw.cli("suppress", "remove", "ann@example.net").returncode == 0
@@ -257,7 +264,7 @@ def test_the_webhook_suppresses_signed_events_once(gw, sink: Sink):
     metrics = httpx.get(f"http://127.0.0.1:{gw.http_port}/metrics").text
     counted = [line for line in metrics.splitlines()
                if line.startswith("gateway_objections_total")]
-    assert counted == ['gateway_objections_total{channel="webhook"} 5'], counted
+    assert counted == ['gateway_objections_total{channel="webhook"} 8'], counted
 
 
 @pytest.mark.parametrize("headers", [
@@ -282,6 +289,15 @@ def test_the_webhook_refuses_unsigned_wrong_and_stale_calls(gw, headers):
                                        {"email": "not an address"}]}).encode()
     assert httpx.post(webhook, content=bad_event, headers={
         "X-Gateway-Signature": sign(bad_event)}).status_code == 400
+    for body_400 in (  # nothing JSON (RFC 8259) allows, and what would leave an email out
+            b'{"email": "ok@example.com", "n": NaN}', b'{"email": "ok@example.com", "n": 1' +
+            b"1" * 5000 + b"}", json.dumps({"email": "a@example.com"}).encode("utf-16"),
+            json.dumps({"email": "a@example.com", "events": [{"email": "b@example.com"}]
+                        }).encode()):
+        answer = httpx.post(webhook, content=body_400,
+                            headers={"X-Gateway-Signature": sign(body_400)})
+        assert answer.status_code == 400, body_400[:40]
+        assert "sys.set_int_max_str_digits" not in answer.text
     nested = b"[" * 100_000 + b"]" * 100_000  # json.loads: RecursionError, not a 500
     assert httpx.post(webhook, content=nested, headers={
         "X-Gateway-Signature": sign(nested)}).status_code == 400

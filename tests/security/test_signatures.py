@@ -52,3 +52,14 @@ def test_a_valid_mac_with_a_malformed_stamp_is_refused():
     stamp = good.split(",")[0][2:]
     assert not signature_ok(SECRET, good.replace(f"t={stamp}", f"t=+{stamp}"), BODY)
     assert not signature_ok(SECRET, good.replace(f"t={stamp}", f"t={stamp}.0"), BODY)
+
+
+def test_during_a_rotation_one_of_several_v1_may_match():
+    """A sender rotating its secret signs with both (Stripe's scheme): the last v1 won."""
+    good = signature(SECRET, BODY)
+    stamp, mac = good.split(",")
+    wrong = "v1=" + "0" * 64
+    assert signature_ok(SECRET, f"{stamp},{mac},{wrong}", BODY)
+    assert signature_ok(SECRET, f"{stamp},{wrong},{mac}", BODY)
+    assert not signature_ok(SECRET, f"{stamp},{wrong},{wrong}", BODY)
+    assert not signature_ok(SECRET, ",".join([stamp, mac] + [wrong] * 8), BODY)  # too many
