@@ -60,10 +60,25 @@ def _replay(body: bytes) -> Receive:
     return receive
 
 
+# Read as urlencoded: what RFC 8058 says, and a client that sends the same body without a
+# Content-Type or as text/plain (a near miss lost the person's objection to a 400; the token
+# is what authenticates, and a GET never unsubscribes)
+LENIENT_URLENCODED = frozenset({URLENCODED, b"", b"text/plain"})
+
+
 def urlencoded_form(body: bytes) -> dict[str, str]:
-    """The fields of an urlencoded body (ValueError past MAX_FORM_FIELDS)."""
-    return {k: v for k, v in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True,
-                                       max_num_fields=MAX_FORM_FIELDS)}
+    """The fields of an urlencoded body (ValueError past MAX_FORM_FIELDS). Surrounding
+    white space (a trailing CRLF) and empty fields (`a=1&&b=2&`) are not fields."""
+    text = body.decode("utf-8", "replace").strip()
+    fields = [field for field in text.split("&") if field]
+    if len(fields) > MAX_FORM_FIELDS:
+        raise ValueError("too many fields")
+    return {k: v for k, v in parse_qsl("&".join(fields), keep_blank_values=True)}
+
+
+def one_click(form: dict[str, str]) -> bool:
+    """RFC 8058's `List-Unsubscribe=One-Click`, whatever the case or white space around."""
+    return form.get("List-Unsubscribe", "").strip().lower() == "one-click"
 
 
 def one_click_fast_path(app: ASGIApp, verify: Callable[[str], Token | None],
@@ -90,7 +105,7 @@ def one_click_fast_path(app: ASGIApp, verify: Callable[[str], Token | None],
             if name == b"content-type":
                 content_type = value
                 break
-        if content_type.split(b";")[0].strip().lower() != URLENCODED:
+        if content_type.split(b";")[0].strip().lower() not in LENIENT_URLENCODED:
             return await app(scope, receive, send)  # multipart/form-data and the odd ones
         token = verify(scope["path"][3:])
         if token is None:
@@ -157,7 +172,7 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
 
     async def answer(token: Token, form: dict[str, str], ip: str | None) -> Answer:
         """A POST's answer: RFC 8058 one-click body, or the page's button."""
-        if form.get("List-Unsubscribe") == "One-Click":
+        if one_click(form):
             channel = "one-click"
         elif form.get("confirm") == "yes":
             channel = "link"

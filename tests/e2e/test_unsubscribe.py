@@ -65,6 +65,24 @@ def test_multipart_one_click_and_idempotent_under_concurrency(gw, sink: Sink):
     assert suppressed(gw) == ["one-click"]  # one entry, however many POSTs
 
 
+def test_near_miss_one_click_bodies_still_unsubscribe(gw, sink: Sink):
+    """A trailing CRLF, no Content-Type or text/plain, another case, an empty field: each
+    got 400 and the person's objection was lost (the token authenticates the request)."""
+    url = deliver(gw, sink, "jane@example.net")
+    for body, content_type in (
+            (b"List-Unsubscribe=One-Click\r\n", "application/x-www-form-urlencoded"),
+            (b"List-Unsubscribe=One-Click", None), (b"List-Unsubscribe=One-Click", "text/plain"),
+            (b"List-Unsubscribe=one-click&", "application/x-www-form-urlencoded"),
+            (b"&".join([b"f%d=1" % i for i in range(15)]) + b"&List-Unsubscribe=One-Click&",
+             "application/x-www-form-urlencoded")):
+        headers = {"Content-Type": content_type} if content_type else {}
+        answer = httpx.post(url, content=body, headers=headers)
+        assert answer.status_code == 200, (body, content_type, answer.text)
+    assert suppressed(gw) == ["one-click"]
+    assert httpx.post(url, content=b"List-Unsubscribe=Nope",
+                      headers={"Content-Type": "text/plain"}).status_code == 400
+
+
 def test_the_page_shows_and_a_get_never_unsubscribes(gw, sink: Sink):
     url = deliver(gw, sink, "john@example.org")
     for method in ("GET", "HEAD", "GET"):
@@ -685,7 +703,7 @@ def test_an_oversized_url_or_header_is_refused_without_stalling_smtp(make_gatewa
             answer = _answer_of(sock, head, then, chunks)
             prober.join()
         assert answer.startswith(status), (head[:30], answer[:80])
-        assert banner_waits[0] < 2.0, banner_waits
+        assert banner_waits[0] < 3.0, banner_waits  # with the bug: 5.9-7.7 s
     # an ordinary request, a long but legal URL among them, is served as before
     with httpx.Client(base_url=f"http://127.0.0.1:{gw.http_port}") as client:
         assert client.get("/u/" + "a" * 8000).status_code == 404
