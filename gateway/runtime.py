@@ -29,7 +29,7 @@ from gateway.notice_templates import load_templates
 from gateway.notify import Notifier
 from gateway.objections import Objections
 from gateway.security.dkim_keys import load_keys as load_dkim_keys
-from gateway.security.keys import AddressHasher, load_or_create_key
+from gateway.security.keys import AddressHasher, load_store_key
 from gateway.security.tokens import load_token_keys
 from gateway.settings import ControllerSettings, Settings, parse_listen
 from gateway.smtp.auth import Authenticator
@@ -164,7 +164,7 @@ class Gateway:
         accounts = AccountStore(self.db)
         transport = make_transport(s.delivery, s.smtp.hostname)
         self.delivery = DeliveryService(self.queue, transport, s.delivery, s.smtp.hostname)
-        hasher = AddressHasher(load_or_create_key(s.hash_key_path))
+        hasher = AddressHasher(load_store_key(s.hash_key_path, s.store.path))
         self.lookup = LedgerLookup(s.store.path, hasher, reader_process=True,
                                    inline=s.store.ledger_reads == "inline")
         await self.lookup.start()

@@ -27,7 +27,7 @@ import types
 from typing import Any
 
 from gateway.runtime import DRAIN_SIGNAL, STOP_SIGNALS, Gateway, run_one
-from gateway.security.keys import load_or_create_key
+from gateway.security.keys import load_store_key
 from gateway.security.tokens import load_token_keys
 from gateway.settings import Settings, parse_listen
 from gateway.store.db import Database
@@ -70,7 +70,8 @@ class Supervisor:
     def run(self) -> int:
         Gateway(self.settings).tls_context()  # make the self-signed certificate once
         asyncio.run(_migrate(self.settings))  # migrations once, before any worker opens the store
-        load_or_create_key(self.settings.hash_key_path)  # one key for all, made before the fork
+        # one key for all, made (and checked against the store) before the fork
+        load_store_key(self.settings.hash_key_path, self.settings.store.path)
         load_token_keys(self.settings.token_key_path)
         self.sock = bind_smtp_socket(self.settings.smtp.listen)
         for sig in STOP_SIGNALS:

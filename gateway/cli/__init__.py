@@ -77,10 +77,10 @@ def when(ts: float | None) -> str:
 
 def hasher_for(settings: Settings) -> Any:
     """The address hasher of this store (its key is created on first use, 0600)."""
-    from gateway.security.keys import AddressHasher, load_or_create_key
+    from gateway.security.keys import AddressHasher, load_store_key
 
-    with errors_to_exit_codes():  # a key file that is no key: exit 2, naming it
-        return AddressHasher(load_or_create_key(settings.hash_key_path))
+    with errors_to_exit_codes():  # a key file that is no key, or not the store's: exit 2
+        return AddressHasher(load_store_key(settings.hash_key_path, settings.store.path))
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -3,6 +3,7 @@ or config error, 1 for a refusal), never a traceback; and nothing half-done is l
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,6 +60,28 @@ def test_a_key_file_that_is_no_key_is_exit_2_naming_it(config: Path, tmp_path: P
     csv = tmp_path / "c.csv"
     csv.write_text("email\na@example.org\n")
     clean_failure(gateway_cli(config, "contacts", "import", str(csv)), 2, str(key))
+
+
+def test_a_store_restored_without_its_hash_key_is_refused_not_given_a_new_one(
+        config: Path, tmp_path: Path):
+    """The suppression list is keyed: a restore without secrets/hash.key, or a typo in
+    secrets.hash_key_file, made a new key at once, and an address on the list was allowed."""
+    assert gateway_cli(config, "suppress", "add", "someone@example.net").returncode == 0
+    key = tmp_path / "secrets" / "hash.key"
+    original = key.read_bytes()
+    key.unlink()  # restored without secrets/
+    for args in (("suppress", "add", "other@example.net"), ("suppress", "list")):
+        clean_failure(gateway_cli(config, *args), 2, "restore")
+        assert not key.exists()  # no new key left behind to be backed up as the real one
+    other = tmp_path / "other.key"  # another key file named in the config
+    other.write_text("ab" * 32 + "\n")
+    clean_failure(run("--config", str(config), "suppress", "list",
+                      env={"GATEWAY_SECRETS_HASH_KEY_FILE": str(other)}),
+                  2, "not the address hash key the store")
+    key.write_bytes(original)
+    listed = gateway_cli(config, "suppress", "list", "--json")
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 1  # nothing added
+    assert gateway_cli(config, "suppress", "remove", "someone@example.net").returncode == 0
 
 
 def test_a_store_that_cannot_be_created_is_a_clear_error(tmp_path: Path):
