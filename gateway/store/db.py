@@ -165,15 +165,21 @@ class Database:
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        await conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsynced at every commit, so a 250 survives power loss (Postfix fsyncs
-        # its queue file before the 250 too).
-        await conn.execute("PRAGMA synchronous=FULL")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        for name, function in SQL_FUNCTIONS:
-            await conn.create_function(name, 1, function, deterministic=True)
+        try:
+            conn.row_factory = sqlite3.Row
+            await conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is fsynced at every commit, so a 250 survives power loss (Postfix
+            # fsyncs its queue file before the 250 too).
+            await conn.execute("PRAGMA synchronous=FULL")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            for name, function in SQL_FUNCTIONS:
+                await conn.create_function(name, 1, function, deterministic=True)
+        except BaseException:
+            # its thread is no daemon: left open (a file that is no database), it kept the
+            # process alive after the error was printed, `serve` deaf to SIGTERM
+            await conn.close()
+            raise
         return conn
 
     async def _migrate(self) -> None:

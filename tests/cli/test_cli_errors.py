@@ -113,3 +113,13 @@ def test_check_refuses_what_rcpt_to_would_refuse(config: Path):
     assert added.returncode == 0, added.stderr
     clean_failure(gateway_cli(config, "check", "--account", "crm", "--to", "not an address"),
                   2, "--to: not a plain e-mail address")
+
+
+def test_a_store_that_is_no_database_is_an_error_that_ends(tmp_path: Path):
+    """The failed connection's thread was left running: the error was printed, then the
+    command never ended (and `serve` ignored SIGTERM)."""
+    (tmp_path / "notdb.db").write_text("this is not a database\n" * 100)
+    config = tmp_path / "g.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "notdb.db"}"\n')
+    result = run("--config", str(config), "accounts", "list")  # times out at 120 s if stuck
+    clean_failure(result, 1, "file is not a database")
