@@ -66,6 +66,21 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+PIPED_WIDTH = 10_000  # columns of a table written to a pipe or a file: never cut
+
+
+def table_console(**options: Any) -> Any:
+    """A rich Console for tables, without markup. Written to a pipe or a file, rich took 80
+    columns and cut addresses and queue ids with "…" (`gateway queue list | grep ADDRESS`
+    found nothing): there, it is as wide as the longest row."""
+    import sys
+
+    from rich.console import Console
+
+    width = None if sys.stdout.isatty() else PIPED_WIDTH
+    return Console(markup=False, highlight=False, emoji=False, width=width, **options)
+
+
 def when(ts: float | None) -> str:
     """Local date and time of a unix timestamp, for tables ("" for none)."""
     import datetime

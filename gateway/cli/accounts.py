@@ -10,11 +10,10 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from gateway.addresses import normalize_domain
-from gateway.cli import EXIT_REFUSED, EXIT_USAGE, CliState, fail, print_json, run
+from gateway.cli import EXIT_REFUSED, EXIT_USAGE, CliState, fail, print_json, run, table_console
 from gateway.errors import NotFound, Refused
 from gateway.security.passwords import hash_password_async, password_problem
 from gateway.store.accounts import CATEGORIES, AccountStore
@@ -202,7 +201,7 @@ def list_(state: CliState, as_json: bool) -> None:
             table.add_row(a.name, ", ".join(a.from_domains), a.category, ";".join(a.topics),
                           str(a.failed_logins), _when(a.locked_until) if a.locked() else "",
                           _when(a.created_at))
-        Console(markup=False, highlight=False, emoji=False).print(table)
+        table_console().print(table)
 
     run(body)
 

@@ -16,7 +16,16 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from gateway.cli import EXIT_OK, EXIT_REFUSED, CliState, hasher_for, print_json, run, when
+from gateway.cli import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    CliState,
+    hasher_for,
+    print_json,
+    run,
+    table_console,
+    when,
+)
 from gateway.contacts_csv import COLUMNS, ContactRow, HeaderError, RowError, read_rows
 from gateway.errors import GatewayError, NotFound
 from gateway.security.keys import AddressHasher
@@ -178,7 +187,7 @@ def show(state: CliState, email: str, as_json: bool) -> None:
         if as_json:
             print_json(document)
             return
-        console = Console(markup=False, highlight=False, emoji=False)
+        console = table_console()
         console.print(f"{document['address']}")
         if suppressed is not None:
             console.print(f"  SUPPRESSED since {when(suppressed.created_at)} "

@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from gateway.cli import (
@@ -21,6 +20,7 @@ from gateway.cli import (
     hasher_for,
     print_json,
     run,
+    table_console,
     when,
 )
 from gateway.errors import NotFound, Refused
@@ -75,7 +75,7 @@ def list_(state: CliState, account: str | None, rule: str | None,
             table.add_row(str(e.id), _age(now - e.created_at), printable(e.account or ""),
                           printable(e.mail_from), printable(e.recipient),
                           printable(e.subject[:60]), e.rule, printable(e.reason))
-        console = Console(markup=False, highlight=False, emoji=False)
+        console = table_console()
         summary = "  ".join(f"{r}: {n}" for r, n in sorted(counts.items()))
         if console.is_terminal and len(entries) > console.height:
             with console.pager():
@@ -188,7 +188,7 @@ def show(state: CliState, entry_id: int) -> None:
                 contact = await Ledger(db, hasher_for(state.settings)).contact(entry.recipient)
             except ValueError:
                 contact = None
-        console = Console(markup=False, highlight=False, emoji=False, soft_wrap=True)
+        console = table_console(soft_wrap=True)
         for label, value in (("id", str(entry.id)), ("state", entry.state),
                              ("since", when(entry.created_at)), ("account", entry.account),
                              ("client", entry.client_ip), ("from", entry.mail_from),

@@ -7,10 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from gateway.cli import CliState, print_json, run
+from gateway.cli import CliState, print_json, run, table_console
 from gateway.store.db import Database
 from gateway.store.queue import QueueStore
 
@@ -62,7 +61,7 @@ def list_(state: CliState, failed: bool, show_all: bool, limit: int, as_json: bo
                           str(e.attempts),
                           _when(e.next_attempt_at) if e.state == "deferred" else "",
                           (e.last_error or "")[:80])
-        Console(markup=False, highlight=False, emoji=False).print(table)
+        table_console().print(table)
 
     run(body)
 

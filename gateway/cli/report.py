@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from gateway.cli import (
@@ -21,6 +20,7 @@ from gateway.cli import (
     fail,
     print_json,
     run,
+    table_console,
     when,
     write_private,
 )
@@ -91,7 +91,7 @@ def _heading(report: Report) -> str:
 
 
 def print_tables(report: Report) -> None:
-    console = Console(markup=False, highlight=False, emoji=False)
+    console = table_console()
     console.print(_heading(report))
     for section in sections(report):
         console.print(f"\n{section.title}", soft_wrap=True)

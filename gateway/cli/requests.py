@@ -6,10 +6,9 @@ import datetime
 import time
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from gateway.cli import EXIT_USAGE, CliState, fail, print_json, run, when
+from gateway.cli import EXIT_USAGE, CliState, fail, print_json, run, table_console, when
 from gateway.errors import Refused
 from gateway.store.db import Database
 from gateway.store.requests import KINDS, RequestStore
@@ -68,7 +67,7 @@ def list_(state: CliState, days: float | None, as_json: bool) -> None:
         for r in found:
             due = when(r.due_at) + ("  OVERDUE" if r.due_at < now else "")
             table.add_row(str(r.id), r.kind, r.address, when(r.received_at), due)
-        Console(markup=False, highlight=False, emoji=False).print(table)
+        table_console().print(table)
 
     run(body)
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from gateway.cli import CliState, hasher_for, print_json, run, when
+from gateway.cli import CliState, hasher_for, print_json, run, table_console, when
 from gateway.errors import Refused
 from gateway.store.db import Database
 from gateway.store.ledger import Ledger
@@ -86,7 +85,7 @@ def list_(state: CliState, as_json: bool) -> None:
         for e in entries:
             table.add_row(when(e.created_at), e.channel, e.address or "(not in the ledger)",
                           e.hash.hex()[:16])
-        Console(markup=False, highlight=False, emoji=False).print(table)
+        table_console().print(table)
 
     run(body)
 

@@ -67,6 +67,19 @@ def test_weak_passwords_are_refused_and_nothing_is_created(config: Path, passwor
     assert listing(config) == []
 
 
+def test_a_listing_written_to_a_pipe_is_never_cut(config: Path):
+    """Piped, rich took 80 columns and cut long values with "…": `gateway accounts list |
+    grep DOMAIN` (or queue list | grep ADDRESS) found nothing."""
+    domain = "mail.campaigns.very-long-subsidiary-name.groupe-industriel.example"
+    assert gateway_cli(config, "accounts", "add", "campaign-tool-of-the-paris-office",
+                       "--from-domain", domain, "--password-stdin",
+                       stdin=STRONG_PASSWORD + "\n").returncode == 0
+    listed = gateway_cli(config, "accounts", "list")  # stdout is a pipe here
+    assert listed.returncode == 0
+    assert domain in listed.stdout and "campaign-tool-of-the-paris-office" in listed.stdout
+    assert "…" not in listed.stdout
+
+
 def test_duplicate_and_unknown_accounts_exit_1(config: Path):
     assert add(config).returncode == 0
     again = add(config)
