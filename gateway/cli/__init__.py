@@ -66,6 +66,16 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _row_id() -> Any:
+    import click
+
+    return click.IntRange(1, 2**63 - 1)
+
+
+# an entry's id or a --limit: SQLite's integers stop at 2**63 - 1 (a larger one was an
+# OverflowError and a traceback)
+ROW_ID: Any = _row_id()
+
 PIPED_WIDTH = 10_000  # columns of a table written to a pipe or a file: never cut
 
 

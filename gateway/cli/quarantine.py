@@ -15,6 +15,7 @@ from rich.table import Table
 from gateway.cli import (
     EXIT_REFUSED,
     EXIT_USAGE,
+    ROW_ID,
     CliState,
     fail,
     hasher_for,
@@ -44,7 +45,7 @@ def quarantine() -> None:
 @click.option("--rule", help="Only entries held by this rule (R9, R2, M2, M3).")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
               help="Only entries held since this date (YYYY-MM-DD, UTC, like report --since).")
-@click.option("--limit", type=click.IntRange(min=1),
+@click.option("--limit", type=ROW_ID,
               help=f"At most this many entries, oldest first (default: {TABLE_PAGE} in the "
                    "table, all with --json); the counts per rule cover all of them.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -97,7 +98,7 @@ def _age(seconds: float) -> str:
 
 def _bulk_options(command: Any) -> Any:
     for option in reversed((
-        click.argument("entry_ids", type=int, nargs=-1),
+        click.argument("entry_ids", type=ROW_ID, nargs=-1),
         click.option("--all", "select_all", is_flag=True,
                      help="Every held entry matching --rule/--account/--older-than."),
         click.option("--rule", help="With --all: only entries held by this rule."),
@@ -173,7 +174,7 @@ async def _review(state: CliState, db: Database) -> Review:
 
 
 @quarantine.command()
-@click.argument("entry_id", type=int)
+@click.argument("entry_id", type=ROW_ID)
 @click.pass_obj
 def show(state: CliState, entry_id: int) -> None:
     """Envelope, decision, headers and a text preview of held entry ENTRY_ID. Nothing from

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import click
 from rich.table import Table
 
-from gateway.cli import CliState, print_json, run, table_console
+from gateway.cli import ROW_ID, CliState, print_json, run, table_console
 from gateway.store.db import Database
 from gateway.store.queue import QueueStore
 
@@ -32,7 +32,7 @@ def queue() -> None:
 @queue.command("list")
 @click.option("--failed", is_flag=True, help="Only copies that failed permanently.")
 @click.option("--all", "show_all", is_flag=True, help="Include copies already sent.")
-@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option("--limit", type=ROW_ID, default=1000, show_default=True,
               help="Show at most this many entries (the oldest).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
@@ -67,7 +67,7 @@ def list_(state: CliState, failed: bool, show_all: bool, limit: int, as_json: bo
 
 
 @queue.command()
-@click.argument("entry_id", type=int)
+@click.argument("entry_id", type=ROW_ID)
 @click.pass_obj
 def retry(state: CliState, entry_id: int) -> None:
     """Try ENTRY_ID again now (deferred, or failed while its content is still kept)."""
@@ -94,7 +94,7 @@ def flush(state: CliState) -> None:
 
 
 @queue.command()
-@click.argument("entry_id", type=int)
+@click.argument("entry_id", type=ROW_ID)
 @click.pass_obj
 def delete(state: CliState, entry_id: int) -> None:
     """Remove ENTRY_ID from the queue for good: it is neither delivered nor bounced.

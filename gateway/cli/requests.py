@@ -8,7 +8,7 @@ import time
 import click
 from rich.table import Table
 
-from gateway.cli import EXIT_USAGE, CliState, fail, print_json, run, table_console, when
+from gateway.cli import EXIT_USAGE, ROW_ID, CliState, fail, print_json, run, table_console, when
 from gateway.errors import Refused
 from gateway.store.db import Database
 from gateway.store.requests import KINDS, RequestStore
@@ -73,7 +73,7 @@ def list_(state: CliState, days: float | None, as_json: bool) -> None:
 
 
 @requests.command()
-@click.argument("request_id", type=int)
+@click.argument("request_id", type=ROW_ID)
 @click.option("--note", help="How it was answered (kept with the request).")
 @click.pass_obj
 def close(state: CliState, request_id: int, note: str | None) -> None:

@@ -123,3 +123,15 @@ def test_a_store_that_is_no_database_is_an_error_that_ends(tmp_path: Path):
     config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "notdb.db"}"\n')
     result = run("--config", str(config), "accounts", "list")  # times out at 120 s if stuck
     clean_failure(result, 1, "file is not a database")
+
+
+@pytest.mark.parametrize("args", [
+    ("quarantine", "show", "99999999999999999999"),
+    ("queue", "delete", "99999999999999999999"),
+    ("requests", "close", "99999999999999999999"),
+    ("queue", "list", "--limit", "99999999999999999999"),
+    ("quarantine", "list", "--limit", "99999999999999999999"),
+])
+def test_an_id_past_sqlites_integers_is_a_usage_error(config: Path, args: tuple[str, ...]):
+    """OverflowError: Python int too large to convert to SQLite INTEGER, and a traceback."""
+    clean_failure(run("--config", str(config), *args), 2, "is not in the range")
