@@ -91,13 +91,9 @@ class SmtpTransport:
             # an address beyond ASCII (the gateway takes them, it offers SMTPUTF8) needs the
             # upstream's SMTPUTF8 too (RFC 6531); without it the copy cannot go: 5.6.7
             options = [] if mail_from.isascii() and recipient.isascii() else ["SMTPUTF8"]
-            if not content.isascii() and client.supports_extension("8bitmime"):
-                # RFC 6152 3: 8-bit content (a part the notice was added to in 8bit, say)
-                # is declared; a server without 8BITMIME gets it as Postfix sends it then
-                options.append("BODY=8BITMIME")
             try:
-                _errors, answer = await client.sendmail(mail_from, [recipient], content,
-                                                        mail_options=options)
+                answer = await _transaction(client, mail_from, recipient, content, options,
+                                            self.settings.timeout_seconds)
             except aiosmtplib.SMTPNotSupported as exc:
                 self._idle.append(client)  # nothing was sent: the connection is still good
                 raise PermanentFailure(f"554 5.6.7 the upstream does not offer SMTPUTF8, "
@@ -121,6 +117,45 @@ class SmtpTransport:
         idle, self._idle = self._idle, []
         for client in idle:
             await _discard(client, polite=True)
+
+
+# RFC 5321 4.5.3.2.6: the reply to the final dot may take 10 minutes (Postfix:
+# smtp_data_done_timeout = 600s). With delivery.timeout_seconds (60) for it, an upstream whose
+# content filter took longer had the copy, we timed out, and sent it again and again.
+DATA_DONE_SECONDS = 600.0
+
+
+async def _transaction(client: aiosmtplib.SMTP, mail_from: str, recipient: str,
+                       content: bytes, options: list[str], step_seconds: float) -> str:
+    """MAIL, RCPT and DATA as aiosmtplib's sendmail does them, but the content's final reply
+    waited for up to DATA_DONE_SECONDS (the other steps `step_seconds`). The reply's text."""
+    if client.is_ehlo_or_helo_needed:  # a new connection: its extensions are not known yet
+        try:
+            await client.ehlo(timeout=step_seconds)
+        except aiosmtplib.SMTPHeloError:
+            await client.helo(timeout=step_seconds)
+    if not content.isascii() and client.supports_extension("8bitmime"):
+        # RFC 6152 3: 8-bit content (a part the notice was added to in 8bit, say) is
+        # declared; a server without 8BITMIME gets it as Postfix sends it then
+        options = [*options, "BODY=8BITMIME"]
+    encoding = "ascii"
+    if "SMTPUTF8" in options:
+        if not client.supports_extension("smtputf8"):
+            raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server")
+        encoding = "utf-8"
+    if client.supports_extension("size"):  # RFC 1870: the octets as sent (CRLF already)
+        options = [f"SIZE={len(content)}", *options]
+    try:
+        await client.mail(mail_from, options=options, encoding=encoding, timeout=step_seconds)
+        await client.rcpt(recipient, encoding=encoding, timeout=step_seconds)
+        response = await client.data(content, timeout=max(step_seconds, DATA_DONE_SECONDS))
+    except aiosmtplib.SMTPResponseException:
+        try:  # the envelope reset for the connection's next copy, as sendmail does
+            await client.rset(timeout=step_seconds)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass
+        raise
+    return response.message
 
 
 async def _discard(client: aiosmtplib.SMTP, polite: bool = False) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from gateway.batch import GroupCommitter
 from gateway.delivery.dsn import GAVE_UP_PREFIX, LAST_ERROR, build_dsn, should_send_dsn
-from gateway.delivery.upstream import Transport
+from gateway.delivery.upstream import DATA_DONE_SECONDS, Transport
 from gateway.errors import PermanentFailure, StoreError, TemporaryFailure
 from gateway.settings import DeliverySettings
 from gateway.store.queue import Copy, IncomingMessage, QueueStore
@@ -178,7 +178,7 @@ class DeliveryService:
             # and we would send it again (RFC 5321 4.5.3.2 gives the steps minutes each)
             answer = await asyncio.wait_for(
                 self.transport.send(copy.mail_from, copy.recipient, content),
-                self.settings.timeout_seconds * TRANSACTION_TIMEOUTS)
+                self.settings.timeout_seconds * TRANSACTION_TIMEOUTS + DATA_DONE_SECONDS)
         except PermanentFailure as exc:
             await self._fail(copy, str(exc), exc.remote_mta)
             return

@@ -24,8 +24,10 @@ from conftest import free_port
 class SlowUpstream:
     """Answers each step after `step` seconds (`hang_data`: never answers the content)."""
 
-    def __init__(self, step: float, hang_data: bool = False) -> None:
+    def __init__(self, step: float, hang_data: bool = False,
+                 data_step: float | None = None) -> None:
         self.step = step
+        self.data_step = step if data_step is None else data_step  # the content's reply
         self.hang_data = hang_data
         self.accepted = 0
         self.sessions: dict[int, bool] = {}  # id(session) -> still connected
@@ -49,7 +51,7 @@ class SlowUpstream:
     async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
         if self.hang_data:
             await asyncio.sleep(3600)
-        await asyncio.sleep(self.step)
+        await asyncio.sleep(self.data_step)
         self.accepted += 1
         return "250 queued"
 
@@ -87,6 +89,39 @@ async def test_an_upstream_slow_at_every_step_gets_the_copy_once(db):
                 break
             await asyncio.sleep(0.05)
         assert (entry.state, handler.accepted) == ("sent", 1), entry.last_error
+    finally:
+        await service.stop(drain_seconds=1)
+        controller.stop()
+
+
+async def test_an_upstream_slow_to_answer_the_content_gets_it_once(db):
+    """The final dot's reply took longer than delivery.timeout_seconds (a content filter
+    under load): the upstream had the copy, we timed out and sent it again, five times in
+    a row. RFC 5321 4.5.3.2.6 gives that reply 10 minutes."""
+    handler = SlowUpstream(step=0.0, data_step=1.5)  # over the 0.5 s of every other step
+    controller, settings = upstream(handler)
+    queue = QueueStore(db, "me")
+    service = DeliveryService(queue, SmtpTransport(settings, "gateway.test"), settings,
+                              "gateway.test")
+
+    async def as_stored(copy: Copy) -> bytes:
+        return copy.content
+
+    service.prepare = as_stored
+    await service.start()
+    try:
+        [copies] = await queue.commit_messages([IncomingMessage(
+            "S2", time.time(), "crm", "127.0.0.1", "news@example.com",
+            b"From: news@example.com\r\nSubject: x\r\n\r\nbody\r\n", ("jane@example.net",))])
+        service.dispatch(copies)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            [entry] = await queue.list(states=("queued", "deferred", "failed", "sent"))
+            if entry.state != "queued":
+                break
+            await asyncio.sleep(0.05)
+        assert (entry.state, entry.attempts, handler.accepted) == ("sent", 1, 1), (
+            entry.last_error)
     finally:
         await service.stop(drain_seconds=1)
         controller.stop()
