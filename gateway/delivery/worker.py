@@ -18,7 +18,7 @@ from gateway.delivery.dsn import GAVE_UP_PREFIX, LAST_ERROR, build_dsn, should_s
 from gateway.delivery.upstream import DATA_DONE_SECONDS, Transport
 from gateway.errors import PermanentFailure, StoreError, TemporaryFailure
 from gateway.settings import DeliverySettings
-from gateway.store.queue import Copy, IncomingMessage, QueueStore
+from gateway.store.queue import SWEEP_SECONDS, Copy, IncomingMessage, QueueStore
 
 log = logging.getLogger("gateway.delivery")
 # a whole delivery at most this many delivery.timeout_seconds: connect, greeting, EHLO,
@@ -28,6 +28,7 @@ TRANSACTION_TIMEOUTS = 12
 HEADER_END = b"\r\n\r\n"
 
 
+HEARTBEAT_SECONDS = 10.0  # well inside queue.STALE_HEARTBEAT_SECONDS
 SENT_RETRY_FIRST_SECONDS = 0.5  # a sent mark the store refused is written again after this,
 SENT_RETRY_MAX_SECONDS = 30.0  # doubling up to this
 
@@ -119,8 +120,15 @@ class DeliveryService:
 
     async def _scanner(self) -> None:
         """Pick up due copies: deferred retries, and anything a dead process left behind."""
+        swept = time.monotonic()
         while not self._stopping.is_set():
             try:
+                if time.monotonic() - swept >= SWEEP_SECONDS:
+                    swept = time.monotonic()
+                    released = await self.queue.release_dead()
+                    if released:  # not only at start: a process that died meanwhile
+                        log.warning("took over %d copies claimed by a gateway process that "
+                                    "died", released)
                 if self._pending.qsize() < self.settings.workers:
                     copies = await self.queue.claim_due(limit=self.settings.workers * 4)
                     self.dispatch(copies)
@@ -128,7 +136,10 @@ class DeliveryService:
             except StoreError as exc:
                 log.error("queue scan failed: %s", exc)
             try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.scan_seconds)
+                # the heartbeat at least every HEARTBEAT_SECONDS, whatever scan_seconds says:
+                # other processes take a silent one for dead (STALE_HEARTBEAT_SECONDS)
+                await asyncio.wait_for(self._wake.wait(),
+                                       min(self.settings.scan_seconds, HEARTBEAT_SECONDS))
             except TimeoutError:
                 pass
             self._wake.clear()

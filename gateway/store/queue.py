@@ -14,6 +14,8 @@ import sqlite3
 import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 from gateway.errors import NotFound, Refused
 from gateway.model import Decision
@@ -288,17 +290,38 @@ class QueueStore:
     # --- processes ----------------------------------------------------------------------
 
     async def register_instance(self) -> int:
-        """Record this process; release the claims of dead processes on this host.
+        """Record this process; release the claims of dead processes (release_dead).
 
         Returns how many copies were released for redelivery.
         """
+        released = await self.release_dead(starting=True)
         now = time.time()
-        host = socket.gethostname()
-        rows = await self.db.fetchall("SELECT id, pid FROM instances WHERE host = ?", (host,))
-        # Our own pid in another row is an earlier incarnation (a container restarted as pid 1).
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT OR REPLACE INTO instances (id, host, pid, started_at, heartbeat)"
+                " VALUES (?, ?, ?, ?, ?)", (self.instance_id, process_space(), os.getpid(),
+                                            now, now))
+        return released
+
+    async def release_dead(self, starting: bool = False) -> int:
+        """Release the claims of gateway processes that are gone, so their copies go now and
+        not when each claim expires (claim_seconds, 10 minutes): a process of this machine
+        and pid namespace whose pid is dead (or a zombie), and any process, anywhere, whose
+        heartbeat stopped STALE_HEARTBEAT_SECONDS ago (another host, a host renamed, a
+        reboot, a container restarted). At start, also a row with our own pid in our own
+        namespace (an earlier incarnation restarted as pid 1). Run at start and every
+        SWEEP_SECONDS by the scanner. How many copies were released."""
+        now = time.time()
+        space = process_space()
+        rows = await self.db.fetchall("SELECT id, host, pid, heartbeat FROM instances")
         dead = [row["id"] for row in rows
-                if row["id"] != self.instance_id
-                and (row["pid"] == os.getpid() or not _pid_alive(row["pid"]))]
+                if row["id"] != self.instance_id and (
+                    now - row["heartbeat"] > STALE_HEARTBEAT_SECONDS
+                    or (row["host"] == space and (
+                        (starting and row["pid"] == os.getpid())
+                        or not _pid_alive(row["pid"]))))]
+        if not dead:
+            return 0
         released = 0
         async with self.db.transaction() as conn:
             for instance in dead:
@@ -307,9 +330,6 @@ class QueueStore:
                     " WHERE claimed_by = ?", (instance,))
                 released += cur.rowcount
                 await conn.execute("DELETE FROM instances WHERE id = ?", (instance,))
-            await conn.execute(
-                "INSERT OR REPLACE INTO instances (id, host, pid, started_at, heartbeat)"
-                " VALUES (?, ?, ?, ?, ?)", (self.instance_id, host, os.getpid(), now, now))
         return released
 
     async def heartbeat(self, held: Collection[int] = ()) -> None:
@@ -462,6 +482,10 @@ class QueueStore:
                 " AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.message_id = messages.id)")
 
 
+STALE_HEARTBEAT_SECONDS = 120.0  # a live process writes its heartbeat every scan (1 s)
+SWEEP_SECONDS = 30.0  # how often release_dead runs
+
+
 def is_policy_refusal(error: str | None) -> bool:
     """A copy the policy refused after DATA (`550 5.7.1 <rule> ...`, see flow.accept), not an
     upstream failure: retrying it would send what the rule book forbids."""
@@ -469,10 +493,30 @@ def is_policy_refusal(error: str | None) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Alive, and not a zombie (kill(pid, 0) succeeds on one: a worker killed with its
+    supervisor stays one until it is reaped, and its copies waited out their claims)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: alive as far as we can tell
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+@lru_cache(maxsize=1)
+def process_space() -> str:
+    """Where a pid means one process: the host name, this boot, this pid namespace. Two
+    containers with one host name (a fixed `hostname:`), both pid 1 on one store, took each
+    other for an earlier incarnation and sent each other's copies again."""
+    host = socket.gethostname()
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return host
+    return f"{host} boot={boot} pidns={namespace}"

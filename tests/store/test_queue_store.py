@@ -83,6 +83,54 @@ async def test_claims_of_a_dead_process_are_taken_over_at_start(db: Database):
     assert await alive.claim_due() == []  # claimed now: not handed out twice
 
 
+async def test_claims_of_a_zombie_or_a_silent_process_are_released_while_running(
+        db: Database):
+    """Only a pid probe at start: a zombie (kill(pid, 0) succeeds) counted as alive, and a
+    process of another host, or one that died while this one ran, left its copies claimed
+    until each claim expired (10 minutes)."""
+    import subprocess
+
+    zombie = subprocess.Popen(["true"])  # exits, never waited for: a zombie meanwhile
+    try:
+        deadline = time.monotonic() + 5
+        while "Z" not in Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2][:3]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        gone = QueueStore(db, "zombie-worker")
+        await gone.register_instance()
+        await db.write_one("UPDATE instances SET pid = ? WHERE id = 'zombie-worker'",
+                           (zombie.pid,))
+        await gone.commit_messages([incoming("Z", "z@x.example")])
+        other = QueueStore(db, "other-host")
+        await other.register_instance()
+        await db.write_one("UPDATE instances SET host = 'mx2.example boot=x pidns=1',"
+                           " heartbeat = ? WHERE id = 'other-host'", (time.time() - 600,))
+        await other.commit_messages([incoming("O", "o@x.example")])
+        alive = QueueStore(db, "alive")
+        await alive.register_instance()
+        assert await alive.release_dead() == 0  # register_instance released both already
+        assert sorted(c.recipient for c in await alive.claim_due()) == [
+            "o@x.example", "z@x.example"]
+    finally:
+        zombie.wait()
+
+
+async def test_another_container_with_our_host_name_and_pid_keeps_its_claims(db: Database):
+    """Two containers with one fixed host name, both pid 1, on one store: each took the
+    other for its own earlier incarnation and sent its copies again."""
+    from gateway.store.queue import process_space
+
+    twin = QueueStore(db, "twin")
+    await twin.register_instance()
+    host = process_space().split(" ")[0]
+    await db.write_one("UPDATE instances SET host = ?, pid = ? WHERE id = 'twin'",
+                       (f"{host} boot=other pidns=4026531836", os.getpid()))
+    await twin.commit_messages([incoming("T", "t@x.example")])
+    me = QueueStore(db, "me")
+    assert await me.register_instance() == 0
+    assert await me.claim_due() == []  # still the twin's: its heartbeat is fresh
+
+
 async def test_outcomes_and_operator_commands(db: Database):
     q = QueueStore(db, "me")
     (copies,) = await q.commit_messages([incoming("A", "a@x.example", "b@x.example")])
