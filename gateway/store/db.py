@@ -456,6 +456,22 @@ class Database:
         if not rollback.cancelled():
             rollback.exception()  # retrieved: "no transaction is active" is no failure here
 
+    async def empty_wal(self, tries: int = 50) -> bool:
+        """A TRUNCATE checkpoint: the WAL's old page images (rows deleted since, in clear)
+        go into the file, whose deleted cells secure_delete zeroed, and the WAL is emptied.
+        True when it could be; False when a reader held a snapshot all along."""
+        async with self._write_lock:
+            try:
+                for _ in range(tries):
+                    async with self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+                        row = await cur.fetchone()
+                    if not (row and row[0]):
+                        return True
+                    await asyncio.sleep(0.1)
+            except sqlite3.Error as exc:
+                raise StoreError(f"store checkpoint failed: {exc}") from exc
+        return False
+
     async def compact(self) -> bool:
         """Rewrite the file so that nothing deleted survives in it: VACUUM rebuilds every page
         (free pages and the slack of live ones keep old bytes otherwise), and a TRUNCATE

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiosqlite
@@ -97,9 +99,12 @@ class Retention:
                 return Purge([])
             ids = [(row[0],) for row in rows]
             await conn.executemany(_TOMBSTONE, [(when, row_id) for row_id, in ids])
-            await conn.executemany("DELETE FROM contacts WHERE id = ?", ids)
-            removed = await _purge_records(conn, sorted({person_form(row[1])
-                                                         for row in rows}))
+            async with _zeroed(conn):  # the contacts' rows too (they were left in clear)
+                await conn.executemany("DELETE FROM contacts WHERE id = ?", ids)
+                removed = await _purge_records(conn, sorted({person_form(row[1])
+                                                             for row in rows}))
+        # the WAL kept the old pages, the addresses in clear in them, until a checkpoint
+        await self.db.empty_wal(tries=10)
         return Purge([row[1] for row in rows], removed)
 
 
@@ -107,11 +112,7 @@ async def _purge_records(conn: aiosqlite.Connection, folded: list[str]) -> dict[
     """Delete the finished rows naming the addresses (in person form, as erasure matches
     them: store/subject.py), zeroed on disk; how many of each."""
     forms = json.dumps(folded)
-    async with conn.execute("PRAGMA secure_delete") as cur:
-        row = await cur.fetchone()
-    secure = row[0] if row else 0
-    await conn.execute("PRAGMA secure_delete = ON")
-    try:
+    async with _zeroed(conn):
         removed, touched = {}, set()
         for name, sql in (("copies", _FINISHED_COPIES), ("quarantine", _DECIDED_HELD)):
             async with conn.execute(sql, (forms,)) as cur:
@@ -125,9 +126,21 @@ async def _purge_records(conn: aiosqlite.Connection, folded: list[str]) -> dict[
             cur = await conn.execute(_ORPHAN_MESSAGE, (message_id, message_id, message_id))
             messages_removed += cur.rowcount
         removed["messages"] = messages_removed
+    return removed
+
+
+@asynccontextmanager
+async def _zeroed(conn: aiosqlite.Connection) -> AsyncIterator[None]:
+    """secure_delete on meanwhile: what is deleted is overwritten with zeros, not left in
+    free space (SQLite builds differ in their default)."""
+    async with conn.execute("PRAGMA secure_delete") as cur:
+        row = await cur.fetchone()
+    secure = row[0] if row else 0
+    await conn.execute("PRAGMA secure_delete = ON")
+    try:
+        yield
     finally:
         await conn.execute(f"PRAGMA secure_delete = {int(secure)}")
-    return removed
 
 
 async def due(db: Database, task: str, every: float, now: float | None = None,

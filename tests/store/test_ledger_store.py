@@ -502,6 +502,25 @@ async def test_a_restricted_source_stays_restricted_whatever_a_later_file_says(d
         assert [s.visibility for s in contact.sources] == ["restricted"]
 
 
+async def test_a_retention_purge_leaves_the_address_nowhere_in_the_files(db, hasher):
+    """The contacts' rows were deleted before secure_delete was on (a build whose default
+    is off kept them in free pages), and the WAL kept the old pages until a checkpoint."""
+    from gateway.model import PolicyKnobs
+    from gateway.store.retention import Retention
+
+    old = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 2000 * DAY))
+    import_csv(db, hasher, "email,collected_at,source_name,source_type\n"
+                           f"vieux.prospect.zq@exemple.fr,{old},Salon Consentia Zq,direct\n")
+    await db.writer.execute("PRAGMA secure_delete = OFF")  # as some SQLite builds have it
+    purged = await Retention(db, PolicyKnobs()).purge()
+    assert purged.addresses == ["vieux.prospect.zq@exemple.fr"]
+    for path in (db.path, db.path.with_name(db.path.name + "-wal")):
+        if path.exists():
+            content = path.read_bytes()
+            assert b"vieux.prospect.zq" not in content, path
+            assert b"Consentia Zq" not in content, path
+
+
 async def test_a_retention_purge_takes_the_address_out_of_finished_records(db, hasher):
     """KASPR (unlimited retention): past R4's deadline the person's sent and failed copies,
     decided quarantine rows, delivered notifications and the raw messages left without a copy
