@@ -10,8 +10,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import sqlite3
-import time
 from pathlib import Path
 
 from gateway.addresses import suppression_form
@@ -60,9 +58,6 @@ def load_or_create_key(path: Path | str) -> bytes:
 
 
 FINGERPRINT_LABEL = b"gateway address hash key fingerprint v1"
-# what a store holds under the hash key: with any of it, a key file that is missing is lost,
-# not new
-_HASHED_TABLES = ("suppression", "audit", "contacts", "erasures")
 
 
 def load_store_key(key_path: Path | str, store_path: Path | str) -> bytes:
@@ -74,59 +69,16 @@ def load_store_key(key_path: Path | str, store_path: Path | str) -> bytes:
     key_path = Path(key_path)
     existed = key_path.exists()
     key = load_or_create_key(key_path)
+    from gateway.store.key_binding import bind_key
+
+    fingerprint = hmac.new(key, FINGERPRINT_LABEL, hashlib.sha256).digest()[:16]
     try:
-        bind_key(store_path, key, created=not existed, key_path=key_path)
+        bind_key(store_path, fingerprint, created=not existed, key_path=key_path)
     except ConfigError:
         if not existed:
             key_path.unlink(missing_ok=True)
         raise
     return key
-
-
-def bind_key(store_path: Path | str, key: bytes, *, created: bool, key_path: Path) -> None:
-    store = Path(store_path)
-    if not store.exists():
-        return  # a new store: bound at its first use once it exists
-    fingerprint = hmac.new(key, FINGERPRINT_LABEL, hashlib.sha256).digest()[:16]
-    try:
-        conn = sqlite3.connect(f"file:{store}?mode=rw", uri=True, timeout=10,
-                               isolation_level=None)
-    except sqlite3.Error:
-        return  # the store's own open says what is wrong with it
-    try:
-        try:
-            row = conn.execute("SELECT fingerprint FROM key_fingerprints WHERE name = 'hash'"
-                               ).fetchone()
-        except sqlite3.DatabaseError:
-            return  # not migrated yet (its open binds it next time), or not a store
-        if row is None:
-            if created and any(_holds_rows(conn, table) for table in _HASHED_TABLES):
-                raise ConfigError(
-                    f"{key_path} did not exist, but the store {store} already holds entries "
-                    "keyed with an address hash key: restore that key file from the "
-                    "store's backup (a new key would make every suppression entry match "
-                    "nothing)")
-            conn.execute("INSERT OR IGNORE INTO key_fingerprints (name, fingerprint, bound_at)"
-                         " VALUES ('hash', ?, ?)", (fingerprint, time.time()))
-            row = conn.execute("SELECT fingerprint FROM key_fingerprints WHERE name = 'hash'"
-                               ).fetchone()
-        if not hmac.compare_digest(bytes(row[0]), fingerprint):
-            raise ConfigError(
-                f"{key_path} is not the address hash key the store {store} was written with"
-                f"{' (it did not exist: a new one was made, and removed again)' if created else ''}"
-                ": restore the store's own key file (secrets/hash.key from the same backup); "
-                "with another key no suppression entry would match")
-    except sqlite3.Error as exc:
-        raise ConfigError(f"cannot check the address hash key against {store}: {exc}") from None
-    finally:
-        conn.close()
-
-
-def _holds_rows(conn: sqlite3.Connection, table: str) -> bool:
-    try:
-        return conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None  # noqa: S608 - constant names
-    except sqlite3.DatabaseError:
-        return False
 
 
 class KeyedMac:
