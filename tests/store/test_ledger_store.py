@@ -278,6 +278,18 @@ async def test_audit_appends_maintain_no_index_and_lookups_still_find_the_rows(d
     assert (await log.verify())[:2] == (70, None)
 
 
+async def test_a_value_of_another_type_written_into_the_audit_is_a_broken_row(db, hasher):
+    """`audit verify` ended in a TypeError traceback (no --json a monitor could read)."""
+    log = AuditLog(db)
+    await log.append([[AuditRecord(time.time() + i, "crm", "127.0.0.1", hasher("a@x.example"),
+                                   "R6", "allow") for i in range(3)]])
+    with sqlite3.connect(db.path) as conn:
+        conn.execute("DROP TRIGGER audit_no_update")
+        conn.execute("UPDATE audit SET recipient_hash = 'abc' WHERE id = 2")
+    check = await log.verify()
+    assert (check.rows, check.first_broken) == (1, 2)
+
+
 async def test_contacts_read_on_the_hot_path_are_ordinary_contacts(db, hasher):
     import dataclasses
 
