@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from gateway.model import Contact
 from gateway.security.tokens import Token, TokenKeys
 from gateway.settings import ControllerSettings
 from gateway.store.accounts import Account
+from gateway.store.audit import AuditRecord
 from gateway.store.ledger import Ledger, LedgerLookup
 from gateway.store.queue import Copy
 from gateway.transform.dkim import Signer, SigningError
@@ -33,6 +35,7 @@ from gateway.transform.pipeline import Personalisation, personalise
 
 log = logging.getLogger("gateway.compose")
 MAX_PENDING_INFORMED = 1024
+AT_DELIVERY = "delivery"  # the audit's client of a decision taken when a copy was sent
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,12 @@ class Composer:
             return copy.content  # DSNs: not prospecting, nothing to add
         facts = await self.lookup.facts(copy.recipient)
         if facts.suppressed:  # R1 is absolute: an objection made while the copy waited holds
+            # audited with the failure: the audit said only "R8 allow" for a copy refused
+            # R1, and the access letter gave the wrong reason
             raise PermanentFailure(replies.policy_reject(
-                "R1", "recipient objected before delivery (suppression list)"))
+                "R1", "recipient objected before delivery (suppression list)"),
+                audit=AuditRecord(time.time(), copy.account, AT_DELIVERY, facts.address_hash,
+                                  "R1", "reject", copy.message_id).row())
         account = await self.account_of(copy.account)
         if account is None:
             # removed with `gateway accounts remove --force` (refused otherwise while mail of

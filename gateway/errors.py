@@ -37,6 +37,10 @@ class PermanentFailure(GatewayError):
     when the gateway decided itself (a policy refusal, a copy it cannot make compliant).
     """
 
-    def __init__(self, message: str, remote_mta: str | None = None) -> None:
+    def __init__(self, message: str, remote_mta: str | None = None,
+                 audit: tuple[object, ...] | None = None) -> None:
         super().__init__(message)
         self.remote_mta = remote_mta
+        # the audit row of a decision the gateway took at delivery (R1: an objection made
+        # while the copy waited), written with the failure
+        self.audit = audit

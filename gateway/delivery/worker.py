@@ -191,7 +191,7 @@ class DeliveryService:
                 self.transport.send(copy.mail_from, copy.recipient, content),
                 self.settings.timeout_seconds * TRANSACTION_TIMEOUTS + DATA_DONE_SECONDS)
         except PermanentFailure as exc:
-            await self._fail(copy, str(exc), exc.remote_mta)
+            await self._fail(copy, str(exc), exc.remote_mta, exc.audit)
             return
         except (TimeoutError, TemporaryFailure, OSError) as exc:
             await self._defer(copy, str(exc) or exc.__class__.__name__)
@@ -235,10 +235,11 @@ class DeliveryService:
         log.warning("delivery %d msg %s to=<%s> deferred (attempt %d, retry in %.0f s): %s",
                     copy.delivery_id, copy.message_id, copy.recipient, attempts, delay, error)
 
-    async def _fail(self, copy: Copy, error: str, remote_mta: str | None = None) -> None:
+    async def _fail(self, copy: Copy, error: str, remote_mta: str | None = None,
+                    audit: tuple[object, ...] | None = None) -> None:
         dsn = (self._dsn_for(copy, error, remote_mta) if should_send_dsn(copy.mail_from)
                else None)
-        bounces = await self.queue.fail(copy.delivery_id, error, dsn)
+        bounces = await self.queue.fail(copy.delivery_id, error, dsn, audit)
         log.warning("delivery %d msg %s to=<%s> failed%s: %s", copy.delivery_id,
                     copy.message_id, copy.recipient, ", DSN queued" if dsn else "", error)
         self.dispatch(bounces)

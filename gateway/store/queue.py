@@ -223,9 +223,10 @@ class QueueStore:
 
         await self.db.write(write)
 
-    async def fail(self, delivery_id: int, error: str,
-                   dsn: IncomingMessage | None = None) -> list[Copy]:
-        """A permanent failure, recorded together with its DSN in the same transaction."""
+    async def fail(self, delivery_id: int, error: str, dsn: IncomingMessage | None = None,
+                   audit: tuple[object, ...] | None = None) -> list[Copy]:
+        """A permanent failure, recorded together with its DSN and the audit row of a
+        decision taken at delivery (`AuditRecord.row()`) in the same transaction."""
         now = time.time()
 
         def write(conn: sqlite3.Connection) -> list[Copy]:
@@ -234,6 +235,8 @@ class QueueStore:
                 " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ?",
                 (error, now, delivery_id)).rowcount
             conn.execute(_COUNT_SQL, ("failed", changed))
+            if audit is not None and changed:
+                insert_records(conn, [audit])
             if dsn is None or not changed:
                 # not changed: the copy is gone (`subject erase` took it while this process
                 # was trying it): no DSN, which would name the erased address again

@@ -112,6 +112,12 @@ def test_an_objection_while_the_copy_waits_in_the_queue_holds(make_gateway, sink
     dsn = sink.wait_for(1)[0]  # the tool learns of it through the DSN
     assert dsn.rcpt_tos == ["news@example.com"] and b"R1" in dsn.content
     assert all(m.rcpt_tos != ["jane@example.net"] for m in sink.messages)
+    # and the audit says so: it held "R6 allow" alone for a copy refused R1
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        decisions = db.execute("SELECT rule, decision, client_ip FROM audit ORDER BY id"
+                               ).fetchall()
+    assert decisions[-1] == ("R1", "reject", "delivery"), decisions
+    assert gw.cli("audit", "verify").returncode == 0  # chained like the others
 
 
 def test_the_notice_is_in_the_recipients_language_and_names_the_source(make_gateway,
