@@ -91,13 +91,19 @@ def table_console(**options: Any) -> Any:
     return Console(markup=False, highlight=False, emoji=False, width=width, **options)
 
 
-def when(ts: float | None) -> str:
-    """Local date and time of a unix timestamp, for tables ("" for none)."""
+def when(ts: float | None, seconds: bool = False) -> str:
+    """A unix timestamp for tables, in UTC and saying so ("2026-11-27 10:08Z"; "" for none):
+    dates are typed in UTC (--since, --received) and shown so everywhere, the access letter
+    and the report's days too (local time without a zone was read as UTC, a day off)."""
     import datetime
 
     if ts is None:
         return ""
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+    try:
+        moment = datetime.datetime.fromtimestamp(ts, datetime.UTC)
+    except (OverflowError, OSError, ValueError):  # a date edited in by hand, out of range
+        return f"@{ts:.0f}"
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ" if seconds else "%Y-%m-%d %H:%MZ")
 
 
 def hasher_for(settings: Settings) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -13,7 +12,16 @@ import click
 from rich.table import Table
 
 from gateway.addresses import normalize_domain
-from gateway.cli import EXIT_REFUSED, EXIT_USAGE, CliState, fail, print_json, run, table_console
+from gateway.cli import (
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    CliState,
+    fail,
+    print_json,
+    run,
+    table_console,
+    when,
+)
 from gateway.errors import NotFound, Refused
 from gateway.security.passwords import hash_password_async, password_problem
 from gateway.store.accounts import CATEGORIES, AccountStore
@@ -101,9 +109,7 @@ def _read_password(name: str, from_stdin: bool) -> str:
 
 
 def _when(ts: float | None) -> str:
-    if not ts:
-        return ""
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+    return when(ts) if ts else ""
 
 
 @click.group()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import click
 from rich.table import Table
 
-from gateway.cli import ROW_ID, CliState, print_json, run, table_console
+from gateway.cli import ROW_ID, CliState, print_json, run, table_console, when
 from gateway.store.db import Database
 from gateway.store.queue import QueueStore
 
@@ -21,7 +20,7 @@ async def open_queue(state: CliState) -> AsyncIterator[QueueStore]:
 
 
 def _when(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return when(ts, seconds=True)
 
 
 @click.group()

@@ -133,7 +133,11 @@ def test_show_prints_facts_sources_and_events(config: Path, tmp_path: Path):
     assert shown["facts"]["first_name"] == "Jane" and shown["suppressed"] is None
     assert shown["sources"][0]["name"] == "Newsletter form"
     assert shown["events"][0]["proof"] == "form v3 from 203.0.113.9"
-    text = gateway_cli(config, "contacts", "show", "jane@example.com").stdout
+    text = subprocess.run(  # dates in UTC, saying so, whatever the operator's time zone
+        [sys.executable, "-m", "gateway", "--config", str(config), "contacts", "show",
+         "jane@example.com"], capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "TZ": "America/New_York"}).stdout
+    assert "2026-01-05 00:00Z" in text and "2026-01-04" not in text
     assert "Newsletter form" in text and "consent" in text
     assert ":thumbs_up: lead" in text  # as imported, not as rich's emoji shortcode
     # a reason given by someone else (a webhook's, an operator's paste) is shown without
