@@ -20,6 +20,9 @@ def requests() -> None:
     (GDPR 12(3)); `serve` warns daily about those due within 7 days."""
 
 
+OLDEST_RECEIVED_DAYS = 2 * 365  # a request recorded late: the deadline is long gone anyway
+
+
 @requests.command("open")
 @click.argument("email")
 @click.option("--kind", type=click.Choice(KINDS), required=True)
@@ -32,6 +35,11 @@ def open_(state: CliState, email: str, kind: str, received: datetime.datetime | 
     if stamp is not None and stamp > time.time() + 86400:
         # a typo (2062 for 2026) would put the GDPR 12(3) deadline years away
         fail(f"--received {received:%Y-%m-%d} is in the future", EXIT_USAGE)
+    if stamp is not None and stamp < time.time() - OLDEST_RECEIVED_DAYS * 86400:
+        # a typo the other way (0026 for 2026): a request "received" centuries ago, overdue
+        # at once, its due date unprintable
+        fail(f"--received {received:%Y-%m-%d} is more than {OLDEST_RECEIVED_DAYS // 365} "
+             "years ago: a typo?", EXIT_USAGE)
 
     async def body() -> None:
         async with Database(state.settings.store.path) as db:

@@ -135,3 +135,10 @@ def test_a_store_that_is_no_database_is_an_error_that_ends(tmp_path: Path):
 def test_an_id_past_sqlites_integers_is_a_usage_error(config: Path, args: tuple[str, ...]):
     """OverflowError: Python int too large to convert to SQLite INTEGER, and a traceback."""
     clean_failure(run("--config", str(config), *args), 2, "is not in the range")
+
+
+def test_a_request_received_centuries_ago_is_a_typo(config: Path):
+    """--received 0026-11-20 (for 2026) was taken: overdue at once, and a listing that
+    crashed on its year."""
+    clean_failure(run("--config", str(config), "requests", "open", "a@example.org", "--kind",
+                      "access", "--received", "0026-11-20"), 2, "years ago")
