@@ -123,6 +123,14 @@ def test_json_report_counts_exactly_what_was_decided_sent_held_and_objected(fill
                        .timestamp()}
     assert recent["id"] == 2 and recent["kind"] == "access" and not recent["overdue"]
     assert recent["due_at"] - recent["received_at"] >= 28 * 86400
+    # an operator's review of the held copy is no second recipient decision (it read as
+    # one more refusal)
+    assert filled.cli("quarantine", "reject", "1", "--reason", "off topic").returncode == 0
+    reviewed = report(filled)
+    assert decisions(reviewed) == expected_decisions
+    assert reviewed["daily"] == found["daily"]
+    assert reviewed["quarantine"] == [{"account": "crm", "rule": "R9", "state": "rejected",
+                                       "count": 1}]
 
 
 def test_since_limits_every_figure_but_not_the_open_requests(filled):
