@@ -270,26 +270,43 @@ def reject(state: CliState, entry_ids: tuple[int, ...], select_all: bool, rule: 
 @quarantine.command()
 @click.option("--older-than", "days", type=click.FloatRange(min=0), required=True,
               help="Reject and delete entries held longer than this many days.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @click.pass_obj
-def purge(state: CliState, days: float) -> None:
-    """Reject every entry held longer than DAYS, so held personal data does not pile up."""
+def purge(state: CliState, days: float, yes: bool) -> None:
+    """Reject every entry held longer than --older-than days, so held personal data does not
+    pile up; their content is deleted, which cannot be undone. Asks first on a terminal
+    (unless --yes), and names each entry it rejected."""
 
     hasher = hasher_for(state.settings)
+    cutoff = time.time() - days * 86400
 
-    async def body() -> int:
+    async def held() -> int:
+        async with Database(state.settings.store.path) as db:
+            return len(await QuarantineStore(db).held_before(cutoff))
+
+    if not yes and sys.stdin.isatty():
+        count = run(held)
+        if count:
+            click.confirm(f"Reject {count} held entries and delete their content?", abort=True)
+
+    async def body() -> list[str]:
         async with Database(state.settings.store.path) as db:
             store = QuarantineStore(db)
-            purged = 0
-            for entry in await store.held_before(time.time() - days * 86400):
+            purged = []
+            for entry in await store.held_before(cutoff):
                 try:
                     await store.reject(entry, "purge", f"held longer than {days:g} days",
                                        hasher(ledger_form(entry.recipient)))
                 except Refused:  # released or rejected by an operator meanwhile
                     continue
-                purged += 1
+                purged.append(f"quarantine entry {entry.id} ({printable(entry.recipient)}, "
+                              f"{entry.rule}) rejected")
         return purged
 
-    click.echo(f"{run(body)} quarantine entries purged")
+    purged = run(body)
+    for line in purged:
+        click.echo(line)
+    click.echo(f"{len(purged)} quarantine {'entry' if len(purged) == 1 else 'entries'} purged")
 
 
 COMMANDS = [quarantine]

@@ -77,7 +77,8 @@ def test_reject_deletes_the_raw_message_and_purge_empties_the_quarantine(gw):
     assert contents == [(first, 1), (second, 0)]
     assert gw.cli("quarantine", "reject", "999").returncode == 1
     purged = gw.cli("quarantine", "purge", "--older-than", "0")
-    assert purged.returncode == 0 and "1 quarantine entries purged" in purged.stdout
+    assert purged.returncode == 0 and "1 quarantine entry purged" in purged.stdout
+    assert f"quarantine entry {second} (" in purged.stdout  # what it rejected, by name
     assert json.loads(gw.cli("quarantine", "list", "--json").stdout) == []
 
 
