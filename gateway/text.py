@@ -34,3 +34,26 @@ def preview(content: bytes) -> str:
         return plain[0][:PREVIEW_CHARS]
     markup = [text for ctype, text in parts if ctype == "text/html"]
     return html_to_text(markup[0])[:PREVIEW_CHARS] if markup else "(no text part)"
+
+
+def searchable_text(content: bytes) -> str:
+    """What a message says once decoded, for finding an address in it: its header fields
+    with their encoded words decoded (RFC 2047), every text part decoded from base64 or
+    quoted-printable, and all of it once more with %-escapes undone (a mailto: or a URL).
+    For rare, operator-side searches (an erasure's check): it parses the whole message."""
+    import email.parser
+    import email.policy
+    from urllib.parse import unquote
+
+    end = content.find(b"\r\n\r\n")
+    head = content[:end + 2] if end >= 0 else content
+    texts: list[str] = []
+    try:
+        fields = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(head)
+        texts.extend(str(value) for value in fields.values())
+    except Exception:  # noqa: BLE001 - a header the parser cannot decode: the raw text
+        texts.append(head.decode("utf-8", "replace"))
+    texts.extend(text for _, text in text_parts_decoded(content))
+    joined = "\n".join(texts)
+    return joined + "\n" + unquote(joined)
+

@@ -118,7 +118,9 @@ ERASE_HELP = """Erase each EMAIL (GDPR 17): its ledger entry with sources and ev
 queued, failed and sent copies, held copies, raw messages only for it, objection
 notifications not yet sent, and the address in the requests it made (kept with their dates,
 named by hash). Other messages that name it (a DSN, another recipient's queued copy) have it
-replaced by erased@erased.invalid.
+replaced by erased@erased.invalid where their bytes show it; one still naming EMAIL inside
+an encoded part (base64, quoted-printable, an encoded word) is named in a warning, with the
+held copies that keep it.
 
 Kept: the suppression entry (a keyed hash; added if missing), so the next message to EMAIL
 is refused by R1, and the audit log, which holds keyed hashes only. Each erasure is recorded
@@ -154,11 +156,26 @@ def erase(state: CliState, emails: tuple[str, ...], operator: str | None, yes: b
             for email in emails:
                 report(await store.erase(email, who))
             emptied = await db.compact()
+            for email in emails:
+                warn_encoded(email, await store.encoded_mentions(email))
         click.echo(f"store compacted at {when(time.time())}" if emptied else
                    "store compacted, but a reader kept old pages in the WAL: they go at the "
                    "next checkpoint")
 
     run(body)
+
+
+def warn_encoded(email: str, kept: list[tuple[str, list[int]]]) -> None:
+    """The messages still naming `email` inside an encoded part: said, not hidden."""
+    if not kept:
+        return
+    held = sorted({entry for _, entries in kept for entry in entries})
+    click.echo(f"warning: {len(kept)} kept message(s) still name {email} inside an encoded "
+               f"part (base64, quoted-printable, an encoded word), which the erasure cannot "
+               f"rewrite: {', '.join(m for m, _ in kept)}"
+               + (f"; held copies keeping them: {', '.join(map(str, held))} (see `gateway "
+                  "quarantine show ID`; rejecting them deletes the content)" if held else
+                  "; they go once their other copies are sent or fail"), err=True)
 
 
 def report(erasure: Erasure) -> None:

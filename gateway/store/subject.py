@@ -32,6 +32,7 @@ from gateway.model import Contact
 from gateway.security.keys import AddressHasher
 from gateway.store.db import Database
 from gateway.store.ledger import CONTACT_COLUMNS, ContactEvent, Ledger, contact_from_row
+from gateway.text import searchable_text
 
 _CONTACTS_BY_HASH = ("SELECT " + ", ".join(f"c.{name}" for name in CONTACT_COLUMNS)  # noqa: S608
                      + ", (SELECT json_group_array(json_array(s.name, s.type, s.visibility,"
@@ -163,6 +164,29 @@ class SubjectStore:
 
     # --- GDPR 17 -----------------------------------------------------------------------
 
+    async def encoded_mentions(self, address: str) -> list[tuple[str, list[int]]]:
+        """The kept messages that still name `address` once decoded (a base64 or
+        quoted-printable part, an encoded word, a %-escaped mailto), which the erasure's
+        byte-level replacement cannot reach: (message id, ids of the held copies that keep
+        it). Read-only, after the erasure, outside its transaction."""
+        pattern = _spellings(normalize_address(address))
+        found: list[tuple[str, list[int]]] = []
+        async with self.db.reader.execute(
+                "SELECT id, content FROM messages WHERE content IS NOT NULL") as cur:
+            async for row in cur:
+                content = bytes(row[1])
+                lowered = content.lower()
+                if not any(marker in lowered for marker in _ENCODED_MARKERS):
+                    continue  # nothing encoded: the erasure's replacement saw it all
+                if pattern.search(searchable_text(content)):
+                    found.append((str(row[0]), []))
+        for message_id, held in found:
+            rows = await self.db.fetchall(
+                "SELECT id FROM quarantine WHERE message_id = ? AND state = 'held'"
+                " ORDER BY id", (message_id,))
+            held.extend(int(r[0]) for r in rows)
+        return found
+
     async def erase(self, address: str, operator: str) -> Erasure:
         """Delete every piece of data naming `address`, keep (or add) its suppression hash and
         record the erasure, in one transaction. The caller then compacts the file
@@ -231,6 +255,10 @@ async def _rows_for(conn: aiosqlite.Connection, table: str, column: str,
             if has_message:
                 messages.add(str(row[1]))
     return ids, messages
+
+
+# what a message holds when some of its text is encoded
+_ENCODED_MARKERS = (b"base64", b"quoted-printable", b"=?", b"%40")
 
 
 def _spellings(key: str) -> re.Pattern[str]:

@@ -189,6 +189,32 @@ def test_erasure_leaves_nothing_in_the_file_and_the_next_rcpt_gets_r1(
     assert b"directrice r&d" not in store_bytes(gw)
 
 
+def test_an_address_left_inside_an_encoded_part_is_reported_not_hidden(
+        make_gateway, tmp_path, sink: Sink):
+    """The erasure rewrites the address where the bytes show it; inside a base64 part (or a
+    quoted-printable line break, an encoded word) it stayed, and the erasure said nothing."""
+    import base64
+
+    gw = start(make_gateway, tmp_path, sink_port=free_port())  # Bob's copy stays queued
+    body = base64.encodebytes(f"Bonjour Bob, copie envoyée à {MARIE}.\n".encode())
+    mail = (b"From: news@example.com\r\nTo: " + BOB.encode() + b"\r\nSubject: Offre\r\n"
+            b"Date: Fri, 27 Nov 2026 10:00:00 +0000\r\nMessage-ID: <b64@example.com>\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + body.replace(b"\n", b"\r\n"))
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd(f"RCPT TO:<{BOB}>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    assert s.cmd(mail + b".")[0] == 250
+    s.cmd("QUIT")
+    erased = gw.cli("subject", "erase", MARIE, "--yes")
+    assert erased.returncode == 0, erased.stderr
+    assert f"still name {MARIE} inside an encoded part" in erased.stderr
+    clean = gw.cli("subject", "erase", CARL, "--yes")  # named nowhere: no warning
+    assert clean.returncode == 0 and "encoded part" not in clean.stderr
+
+
 @pytest.mark.parametrize("args", [("subject", "erase", "no-at-sign"),
                                   ("subject", "export", "a@b.example", "--format", "xml")])
 def test_bad_input_is_refused_with_a_clear_error(make_gateway, args):
