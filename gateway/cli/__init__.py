@@ -76,6 +76,30 @@ def _row_id() -> Any:
 # OverflowError and a traceback)
 ROW_ID: Any = _row_id()
 
+def _address_type() -> Any:
+    import click
+
+    from gateway.addresses import normalize_address
+
+    class Address(click.ParamType):  # type: ignore[type-arg]
+        """An e-mail address argument: checked before anything is opened, a bad one a usage
+        error (exit 2, as `check --to` has it); the value is kept as typed."""
+
+        name = "email"
+
+        def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+            try:
+                normalize_address(str(value))
+            except ValueError as exc:
+                self.fail(str(exc) if "e-mail address" in str(exc)
+                          else f"{value!r} is not an e-mail address: {exc}", param, ctx)
+            return str(value)
+
+    return Address()
+
+
+ADDRESS: Any = _address_type()
+
 PIPED_WIDTH = 10_000  # columns of a table written to a pipe or a file: never cut
 
 

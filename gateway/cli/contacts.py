@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 
 from gateway.cli import (
+    ADDRESS,
     EXIT_OK,
     EXIT_REFUSED,
     CliState,
@@ -153,7 +154,7 @@ async def _prepare(path: Path) -> dict[bytes, float]:
 
 
 @contacts.command()
-@click.argument("email")
+@click.argument("email", type=ADDRESS)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def show(state: CliState, email: str, as_json: bool) -> None:

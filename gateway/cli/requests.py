@@ -8,7 +8,17 @@ import time
 import click
 from rich.table import Table
 
-from gateway.cli import EXIT_USAGE, ROW_ID, CliState, fail, print_json, run, table_console, when
+from gateway.cli import (
+    ADDRESS,
+    EXIT_USAGE,
+    ROW_ID,
+    CliState,
+    fail,
+    print_json,
+    run,
+    table_console,
+    when,
+)
 from gateway.errors import Refused
 from gateway.store.db import Database
 from gateway.store.requests import KINDS, RequestStore
@@ -24,7 +34,7 @@ OLDEST_RECEIVED_DAYS = 2 * 365  # a request recorded late: the deadline is long 
 
 
 @requests.command("open")
-@click.argument("email")
+@click.argument("email", type=ADDRESS)
 @click.option("--kind", type=click.Choice(KINDS), required=True)
 @click.option("--received", type=click.DateTime(["%Y-%m-%d"]),
               help="When the request was received (default: now); the month runs from it.")

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from gateway.addresses import normalize_address
-from gateway.cli import EXIT_REFUSED, CliState, fail, hasher_for, run, when, write_private
+from gateway.cli import ADDRESS, EXIT_REFUSED, CliState, fail, hasher_for, run, when, write_private
 from gateway.errors import NotFound
 from gateway.model import PolicyKnobs
 from gateway.policy.rules import retention_deadline
@@ -75,7 +75,7 @@ address; an address the store knows nothing about still gets an answer saying so
 
 
 @subject.command(help=EXPORT_HELP)
-@click.argument("email")
+@click.argument("email", type=ADDRESS)
 @click.option("--format", "fmt", type=click.Choice(["json", "text"]), default="json",
               show_default=True)
 @click.option("--language", type=click.Choice(LANGUAGES),
@@ -134,7 +134,8 @@ outside the store are not touched. Asks for confirmation on a terminal; --yes sk
 
 
 @subject.command(help=ERASE_HELP)
-@click.argument("emails", metavar="EMAIL...", nargs=-1, required=True)
+@click.argument("emails", metavar="EMAIL...", nargs=-1, required=True,
+                type=ADDRESS)
 @click.option("--operator", help="Who erases (default: the OS user).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from gateway.cli import CliState, hasher_for, print_json, run, table_console, when
+from gateway.cli import ADDRESS, CliState, hasher_for, print_json, run, table_console, when
 from gateway.errors import Refused
 from gateway.store.db import Database
 from gateway.store.ledger import Ledger
@@ -18,7 +18,7 @@ def suppress() -> None:
 
 
 @suppress.command()
-@click.argument("email")
+@click.argument("email", type=ADDRESS)
 @click.option("--reason", help="Why (kept on the contact's objection event, not in the list).")
 @click.pass_obj
 def add(state: CliState, email: str, reason: str | None) -> None:
@@ -37,7 +37,7 @@ def add(state: CliState, email: str, reason: str | None) -> None:
 
 
 @suppress.command()
-@click.argument("email")
+@click.argument("email", type=ADDRESS)
 @click.option("--reason", help="Why the objection is lifted (recorded on the contact).")
 @click.option("--force", is_flag=True,
               help="Lift even the entry an erasure left (refused without it: that entry never "

@@ -142,3 +142,13 @@ def test_a_request_received_centuries_ago_is_a_typo(config: Path):
     crashed on its year."""
     clean_failure(run("--config", str(config), "requests", "open", "a@example.org", "--kind",
                       "access", "--received", "0026-11-20"), 2, "years ago")
+
+
+@pytest.mark.parametrize("args", [
+    ("contacts", "show", "not an address"), ("suppress", "add", "nope"),
+    ("suppress", "remove", "a@@b"), ("requests", "open", "x", "--kind", "access"),
+    ("subject", "export", "bad"), ("subject", "erase", "bad", "--yes"),
+])
+def test_an_invalid_address_is_a_usage_error_everywhere(config: Path, args: tuple[str, ...]):
+    """`check --to bad` was exit 2, the others exit 1 (INTERFACE.md: 2 is usage)."""
+    clean_failure(run("--config", str(config), *args), 2, "e-mail address")

@@ -174,7 +174,7 @@ def test_suppress_add_list_remove(config: Path, tmp_path: Path):
     again = gateway_cli(config, "suppress", "remove", "role@example.com")
     assert again.returncode == 1 and "not on the suppression list" in again.stderr
     bad = gateway_cli(config, "suppress", "add", "not an address")
-    assert bad.returncode == 1
+    assert bad.returncode == 2 and "e-mail address" in bad.stderr  # usage, as check
 
 
 def test_quarantine_list_is_empty_json_on_a_new_store(config: Path):
@@ -257,7 +257,7 @@ def test_requests_are_tracked_to_their_legal_due_date(config: Path):
     assert opened.returncode == 0 and "for Jane@example.com opened" in opened.stdout
     assert gateway_cli(config, "requests", "open", "x@example.com", "--kind",
                        "erasure").returncode == 0
-    assert gateway_cli(config, "requests", "open", "bad", "--kind", "access").returncode == 1
+    assert gateway_cli(config, "requests", "open", "bad", "--kind", "access").returncode == 2
     assert gateway_cli(config, "requests", "open", "x@example.com", "--kind",
                        "other").returncode == 2
     future = (today + datetime.timedelta(days=400)).isoformat()  # a typo of the year

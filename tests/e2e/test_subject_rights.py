@@ -121,7 +121,7 @@ def test_export_names_the_directory_and_every_message(make_gateway, tmp_path, si
 
     nobody = gw.cli("subject", "export", "nobody@labo.example", "--format", "text")
     assert nobody.returncode == 0 and "We hold no personal data" in nobody.stdout
-    assert gw.cli("subject", "export", "not an address").returncode == 1
+    assert gw.cli("subject", "export", "not an address").returncode == 2
 
 
 def test_erasure_leaves_nothing_in_the_file_and_the_next_rcpt_gets_r1(
@@ -148,7 +148,7 @@ def test_erasure_leaves_nothing_in_the_file_and_the_next_rcpt_gets_r1(
     assert "deliveries 1, messages 1, messages_scrubbed 1" in erased.stdout
     assert "added (channel erasure)" in erased.stdout
     # several addresses, one compaction; an invalid one among them erases nothing
-    assert gw.cli("subject", "erase", CARL, "not-an-address").returncode == 1
+    assert gw.cli("subject", "erase", CARL, "not-an-address").returncode == 2
     assert b"carl@labo.example" in store_bytes(gw)
     both = gw.cli("subject", "erase", CARL, "nobody@labo.example", "--yes")
     assert both.returncode == 0 and both.stdout.count("erased ") == 2, both.stderr
