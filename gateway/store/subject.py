@@ -347,9 +347,14 @@ async def _pseudonymise_requests(conn: aiosqlite.Connection, key: str, folded: s
     marker = "erased:" + digest.hex()[:16]
     closed = []
     for request_id in ids:
+        # an erasure request is answered by it; any other (an access request) is only
+        # closed, and its note says it went unanswered (it read as answered)
         cur = await conn.execute(
-            "UPDATE requests SET closed_at = ?, note = ? WHERE id = ? AND closed_at IS NULL",
-            (now, f"closed by the erasure of the address ({operator})", request_id))
+            "UPDATE requests SET closed_at = ?, note = CASE kind WHEN 'erasure' THEN ?"
+            " ELSE ? END WHERE id = ? AND closed_at IS NULL",
+            (now, f"answered by the erasure of the address ({operator})",
+             f"closed unanswered: the address was erased ({operator}) before this "
+             "request was answered", request_id))
         if cur.rowcount:
             closed.append(request_id)
         await conn.execute("UPDATE requests SET address = ? WHERE id = ?", (marker, request_id))

@@ -78,6 +78,19 @@ async def test_an_erasure_rewrites_the_whole_address_only(db, hasher):
     assert both is not None and both[0].startswith(b"To: <erased@erased.invalid>, <bob@")
 
 
+async def test_an_access_request_closed_by_an_erasure_says_it_went_unanswered(db, hasher):
+    from gateway.store.requests import RequestStore
+
+    requests = RequestStore(db)
+    access = await requests.open("jane@example.net", "access")
+    erasure = await requests.open("jane@example.net", "erasure")
+    done = await SubjectStore(db, hasher).erase("jane@example.net", "dpo")
+    assert sorted(done.closed_requests) == sorted([access.id, erasure.id])
+    notes = dict(tuple(r) for r in await db.fetchall("SELECT kind, note FROM requests"))
+    assert notes["erasure"].startswith("answered by the erasure")
+    assert notes["access"].startswith("closed unanswered")  # it read as answered
+
+
 async def test_an_address_never_seen_gathers_to_nothing(db, hasher):
     record = await SubjectStore(db, hasher).gather("nobody@example.com")
     assert not record.holds_anything and record.address == "nobody@example.com"
