@@ -99,6 +99,11 @@ def _read_password(name: str, from_stdin: bool) -> str:
     """One line on stdin, or a hidden prompt asked twice; refused unless CNIL-strong."""
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
+    elif not sys.stdin.isatty():
+        # no terminal to prompt on (a script, ssh without -t): Python's getpass warned it
+        # could not hide the input, then "Aborted!"
+        fail("no terminal to ask the password on: give it as one line on stdin with "
+             "--password-stdin", EXIT_USAGE)
     else:
         password = click.prompt(f"Password for {name}", hide_input=True,
                                 confirmation_prompt=True)

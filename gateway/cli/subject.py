@@ -185,8 +185,7 @@ def report(erasure: Erasure) -> None:
     click.echo("suppression entry " + ("added (channel erasure)" if erasure.newly_suppressed
                                        else "kept") + ": the next message to it is refused (R1)")
     for request_id in erasure.closed_requests:
-        click.echo(f"request {request_id} closed by the erasure (an access request among "
-                   "them is noted as closed unanswered)")
+        click.echo(f"request {request_id} closed by the erasure (see `gateway requests list`)")
 
 
 COMMANDS = [subject]

@@ -152,3 +152,11 @@ def test_a_request_received_centuries_ago_is_a_typo(config: Path):
 def test_an_invalid_address_is_a_usage_error_everywhere(config: Path, args: tuple[str, ...]):
     """`check --to bad` was exit 2, the others exit 1 (INTERFACE.md: 2 is usage)."""
     clean_failure(run("--config", str(config), *args), 2, "e-mail address")
+
+
+def test_a_password_with_no_terminal_to_ask_on_names_password_stdin(config: Path):
+    """Python's GetPassWarning, then 'Aborted!' (exit 1), and no word of --password-stdin."""
+    result = run("--config", str(config), "accounts", "add", "crm", "--from-domain",
+                 "example.com", stdin="")
+    clean_failure(result, 2, "--password-stdin")
+    assert "GetPassWarning" not in result.stderr
