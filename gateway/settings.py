@@ -7,6 +7,7 @@ ConfigError naming the key (the CLI turns it into exit code 2).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import os
@@ -258,7 +259,17 @@ def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
         rest = name[len("GATEWAY_"):].lower()
         section, _, key = rest.partition("_")
         if section not in _SECTION_TYPES or not key:
+            # another program's (CGI's GATEWAY_INTERFACE), unless it is a near miss of ours:
+            # GATEWAY_WEBHOOK_OPT_OUT_SECRET was ignored, and every webhook got 401
+            near = difflib.get_close_matches(section, _SECTION_TYPES, n=1, cutoff=0.8)
+            if near:
+                raise ConfigError(f"{name}: there is no [{section}] section; did you mean "
+                                  f"GATEWAY_{near[0].upper()}_{key.upper()}?")
             continue
+        known = {f.name for f in dataclasses.fields(_SECTION_TYPES[section])}
+        if key not in known:
+            raise ConfigError(f"{name}: [{section}] has no key {key!r} (known: "
+                              f"{', '.join(sorted(known))})")
         value: Any = text
         if typing.get_type_hints(_SECTION_TYPES[section]).get(key, str) is not str:
             try:

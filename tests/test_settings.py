@@ -158,3 +158,13 @@ def test_dkim_keys_are_overridden_by_the_environment_like_any_other(tmp_path: Pa
     path.write_text(path.read_text() * 2)
     with pytest.raises(ConfigError, match="2 \\[\\[dkim\\]\\] entries"):
         load_settings(path, {"GATEWAY_DKIM_SELECTOR": "s2"})
+
+
+def test_a_near_miss_in_an_environment_override_is_an_error_naming_it(tmp_path: Path):
+    """GATEWAY_WEBHOOK_OPT_OUT_SECRET (no S) was ignored: every webhook got 401."""
+    with pytest.raises(ConfigError, match="did you mean GATEWAY_WEBHOOKS_OPT_OUT_SECRET"):
+        load_settings(None, environ={"GATEWAY_WEBHOOK_OPT_OUT_SECRET": "x" * 32})
+    with pytest.raises(ConfigError, match="GATEWAY_SMTP_MAXMESSAGE_BYTES: .smtp. has no key"):
+        load_settings(None, environ={"GATEWAY_SMTP_MAXMESSAGE_BYTES": "1000"})
+    # another program's variable is none of ours, and no error
+    assert load_settings(None, environ={"GATEWAY_INTERFACE": "CGI/1.1"}).smtp.processes >= 1
