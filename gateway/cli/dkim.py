@@ -40,15 +40,34 @@ def keygen(state: CliState, domain: str, selector: str, algorithm: str,
     selector = selector.lower()
     if not SELECTOR.match(selector):
         fail(f"--selector: not a DNS label: {selector!r}", EXIT_USAGE)
+    folder = state.settings.store.path.parent / "dkim"
+    other = "ed25519" if algorithm == "rsa" else "rsa"
+    taken = [str(entry.key_file) for entry in state.settings.dkim
+             if _domain(entry.domain) == domain and entry.selector.lower() == selector]
+    if (folder / f"{domain}.{selector}.{other}.key").exists():
+        taken.append(str(folder / f"{domain}.{selector}.{other}.key"))
+    if taken:
+        # one TXT record per selector: a second key under it breaks the first signature
+        fail(f"--selector: {selector}._domainkey.{domain} already has a key ({taken[0]}); "
+             f"give this {algorithm} key a selector of its own, e.g. {selector}"
+             f"{'e' if algorithm == 'ed25519' else 'r'}", EXIT_USAGE)
+    if out is not None and not out.parent.is_dir():
+        fail(f"--out: the folder {out.parent} does not exist", EXIT_USAGE)
     with errors_to_exit_codes():
-        path = out or (state.settings.store.path.parent / "dkim"
-                       / f"{domain}.{selector}.{algorithm}.key")
+        path = out or folder / f"{domain}.{selector}.{algorithm}.key"
         public = generate_key(path, algorithm)
     click.echo(f"wrote {path} (owner-only)\n\nPublish this DNS record:\n"
                f"{dns_record(domain, selector, algorithm, public)}\n\n"
                "Then add to the config:\n"
                f'[[dkim]]\ndomain = "{domain}"\nselector = "{selector}"\n'
                f'key_file = "{path.resolve()}"')
+
+
+def _domain(name: str) -> str:
+    try:
+        return normalize_domain(name)
+    except ValueError:
+        return name.lower()
 
 
 COMMANDS = [dkim]

@@ -160,3 +160,21 @@ def test_a_password_with_no_terminal_to_ask_on_names_password_stdin(config: Path
                  "example.com", stdin="")
     clean_failure(result, 2, "--password-stdin")
     assert "GetPassWarning" not in result.stderr
+
+
+def test_dkim_keygen_refuses_a_selector_taken_and_an_out_folder_missing(config: Path,
+                                                                        tmp_path: Path):
+    """ed25519 beside RSA under one selector printed a second TXT record for the same name
+    (DNS then holds two, and DKIM breaks); --out /nonexistent/k.key made /nonexistent."""
+    made = run("--config", str(config), "dkim", "keygen", "--domain", "example.com",
+               "--selector", "gw2026")
+    assert made.returncode == 0, made.stderr
+    clean_failure(run("--config", str(config), "dkim", "keygen", "--domain", "example.com",
+                      "--selector", "gw2026", "--algorithm", "ed25519"), 2,
+                  "gw2026._domainkey.example.com already has a key")
+    assert run("--config", str(config), "dkim", "keygen", "--domain", "example.com",
+               "--selector", "gw2026e", "--algorithm", "ed25519").returncode == 0
+    missing = tmp_path / "no-such-folder" / "k.key"
+    clean_failure(run("--config", str(config), "dkim", "keygen", "--domain", "example.com",
+                      "--selector", "s3", "--out", str(missing)), 2, "does not exist")
+    assert not missing.parent.exists()
