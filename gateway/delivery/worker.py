@@ -28,6 +28,7 @@ TRANSACTION_TIMEOUTS = 12
 HEADER_END = b"\r\n\r\n"
 
 
+OUTCOME_RETRY_SECONDS = 30.0  # a copy whose outcome the store refused is tried again then
 HEARTBEAT_SECONDS = 10.0  # well inside queue.STALE_HEARTBEAT_SECONDS
 SENT_RETRY_FIRST_SECONDS = 0.5  # a sent mark the store refused is written again after this,
 SENT_RETRY_MAX_SECONDS = 30.0  # doubling up to this
@@ -150,12 +151,19 @@ class DeliveryService:
             if self._stopping.is_set():
                 return
             self._in_flight.add(copy.delivery_id)
+            kept = False
             try:
                 await self._deliver(copy)
             except StoreError as exc:
-                # The outcome could not be recorded: the claim expires and the copy is retried;
-                # the upstream may then see it twice, which beats losing it.
-                log.error("delivery %d: could not record the outcome: %s", copy.delivery_id, exc)
+                # The outcome (a deferral, a failure) could not be recorded: the copy stays
+                # ours (its claim renewed) and is tried again shortly. Let go, it waited out
+                # its claim (10 minutes) in silence. The upstream may see a copy twice, which
+                # beats losing it.
+                log.error("delivery %d: could not record the outcome (tried again in %.0f s): "
+                          "%s", copy.delivery_id, OUTCOME_RETRY_SECONDS, exc)
+                kept = True
+                asyncio.get_running_loop().call_later(
+                    OUTCOME_RETRY_SECONDS, self._retry_kept, copy)
             except Exception as exc:
                 # a bug, not the upstream's answer: retried with backoff like a 4xx, so that
                 # the copy is not left claimed with nothing recorded, and after
@@ -169,7 +177,14 @@ class DeliveryService:
                               copy.delivery_id, again)
             finally:
                 self._in_flight.discard(copy.delivery_id)
-                self._known.discard(copy.delivery_id)
+                if not kept:
+                    self._known.discard(copy.delivery_id)
+
+    def _retry_kept(self, copy: Copy) -> None:
+        if self._stopping.is_set():
+            self._known.discard(copy.delivery_id)  # its claim is released at stop
+            return
+        self._pending.put_nowait(copy)
 
     async def _deliver(self, copy: Copy) -> None:
         try:

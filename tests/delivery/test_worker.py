@@ -84,6 +84,33 @@ async def test_a_store_error_preparing_a_copy_defers_it_at_once(db, tmp_path):
         await service.stop(drain_seconds=1)
 
 
+async def test_an_outcome_the_store_refused_is_recorded_at_the_next_try(db, tmp_path,
+                                                                         monkeypatch):
+    """The deferral could not be written (the store locked past its timeout): the copy was
+    dropped from the worker's hands with its claim, and waited 10 minutes in silence."""
+    from gateway.delivery import worker
+
+    monkeypatch.setattr(worker, "OUTCOME_RETRY_SECONDS", 0.2)
+    queue, service, calls = await run_with_a_broken_prepare(
+        db, tmp_path, max_age_hours=120, error=TemporaryFailure("421 later"))
+    real_defer, refusals = queue.defer, []
+
+    async def defer_once_refused(*args, **kwargs):
+        if not refusals:
+            refusals.append(args)
+            raise StoreError("database is locked")
+        return await real_defer(*args, **kwargs)
+    monkeypatch.setattr(queue, "defer", defer_once_refused)
+    try:
+        async def deferred():
+            entries = [e for e in await queue.list() if e.state == "deferred"]
+            return entries[0] if entries else None
+        entry = await until(deferred)
+        assert refusals and len(calls) == 2 and entry.last_error == "421 later"
+    finally:
+        await service.stop(drain_seconds=1)
+
+
 async def test_past_max_age_it_fails_with_a_dsn_to_the_sender(db, tmp_path):
     queue, service, _ = await run_with_a_broken_prepare(db, tmp_path, max_age_hours=0)
     try:
