@@ -201,6 +201,10 @@ class SubjectStore:
                 "INSERT OR IGNORE INTO suppression (hash, created_at, channel)"
                 " VALUES (?, ?, 'erasure')", (digest, now))
             newly_suppressed = cur.rowcount == 1
+            # an entry there before (by hand, a one-click) becomes the erasure's: it is all
+            # that remains, and `suppress remove` lifts an erasure's only with --force
+            await conn.execute("UPDATE suppression SET channel = 'erasure' WHERE hash = ?",
+                               (digest,))
             touched: set[str] = set()
             for table in ("quarantine", "deliveries"):
                 ids, messages = await _rows_for(conn, table, "recipient", folded)

@@ -181,8 +181,11 @@ async def test_a_lift_is_recorded_whatever_case_it_is_written_in(db, hasher):
 
 
 async def test_the_entry_an_erasure_left_is_lifted_only_with_force(db, hasher):
+    from gateway.store.subject import SubjectStore
+
     ledger = Ledger(db, hasher)
-    assert await ledger.suppress("gone@example.org", "erasure")
+    assert await ledger.suppress("gone@example.org", "manual")  # a bounce, then erased
+    await SubjectStore(db, hasher).erase("gone@example.org", "dpo")
     with pytest.raises(Refused, match="erased"):
         await ledger.unsuppress("gone@example.org")
     assert await ledger.is_suppressed("gone@example.org")
