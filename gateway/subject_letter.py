@@ -670,10 +670,18 @@ class Letter:
         if not decisions and not held:
             self.bullet(self.w["no_mail"])
         states: dict[str | None, str] = {h.message_id: h.state for h in held}
+        # a message refused after its RCPT (R1 at delivery: an objection made while it
+        # waited; a held copy a reviewer rejected) is told once, with the refusal's reason:
+        # its first line said "not delivered (related to your profession)"
+        refused = {d.message_id for d in decisions if d.decision == "reject" and d.message_id}
         for d in decisions:
-            if d.delivery is not None:
+            if d.decision != "reject" and d.message_id in refused:
+                continue
+            if d.decision == "reject":
+                outcome = outcomes["reject"].format(why=why.get(d.rule, d.rule))
+            elif d.delivery is not None:
                 outcome = outcomes[d.delivery]
-            elif d.decision == "reject" or states.get(d.message_id) == "rejected":
+            elif states.get(d.message_id) == "rejected":
                 outcome = outcomes["reject"].format(why=why.get(d.rule, d.rule))
             elif d.decision == "quarantine" and states.get(d.message_id, "held") == "held":
                 outcome = outcomes["quarantine"].format(why=why.get(d.rule, d.rule))

@@ -224,3 +224,18 @@ def test_the_keeping_period_told_is_true_past_its_deadline_and_for_the_suppressi
         letter = as_read(render_text(only_hash, CONTROLLER, PolicyKnobs(), lang, NOW))
         assert as_read(_WORDS[lang]["kept_hash"]) in letter
         assert _WORDS[lang]["kept_rule"].split("{")[0].strip() not in letter
+
+
+def test_a_message_refused_after_its_rcpt_is_told_once_with_the_refusals_reason():
+    """Allowed at RCPT (R8), then refused at delivery (R1: she objected meanwhile): the
+    letter said "not delivered (related to your profession) [R8]"."""
+    base = record("en")
+    decisions = [
+        Decision(NOW - 9 * DAY, "crm", "R8", "allow", "m9", "Offer", "failed", NOW - 8 * DAY),
+        Decision(NOW - 8 * DAY, "crm", "R1", "reject", "m9", "Offer", "failed", NOW - 8 * DAY),
+    ]
+    letter = as_read(render_text(SubjectRecord(
+        base.address, base.contacts, base.suppressed_at, base.suppression_channel, decisions,
+        [], []), CONTROLLER, PolicyKnobs(), "en", NOW))
+    assert letter.count("“Offer”") == 1, letter
+    assert "[R1]" in letter and "[R8]" not in letter
