@@ -89,11 +89,15 @@ class Objections:
     def signature_ok(self, header: str | None, body: bytes) -> bool:
         return signatures.signature_ok(self.webhook_secret, header, body)
 
+    def signed_call(self, header: str, body: bytes) -> str:
+        """The name of a call signature_ok accepted (signatures.signed_call)."""
+        return signatures.signed_call(self.webhook_secret, header, body)
+
     async def record_webhook(self, body: bytes, ip: str | None,
                              call: str | None = None) -> tuple[int, int]:
         """Store every event of a (verified) webhook body in one transaction.
 
-        `call` names the signed call (signatures.signed_mac): its events without an id get
+        `call` names the signed call (signed_call): its events without an id get
         one from it, so the same call sent again (inside the 300 s window) is a replay too.
         Returns (addresses newly suppressed, events ignored as replays of an id already
         received). BadRequest, and nothing stored, when any event is malformed.

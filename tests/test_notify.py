@@ -104,3 +104,21 @@ async def test_an_endpoint_that_is_down_holds_the_account_and_a_new_url_is_tried
         assert Endpoint.ids[0] == Endpoint.ids[1] != Endpoint.ids[2]
     finally:
         await notifier.stop()
+
+
+async def test_a_new_token_in_the_notify_url_is_tried_at_once(db: Database, endpoint: str):
+    """A 401 (the endpoint's own refusal: the account is held) fixed by a new token in the
+    URL's query: masked, old and new URL looked the same, and the row waited its backoff."""
+    accounts = AccountStore(db)
+    await accounts.add("crm", "x", ["example.com"], notify_url=f"{endpoint}/hook?token=old")
+    await queue(db, "a@example.net")
+    Endpoint.status = 401
+    notifier = Notifier(NotificationStore(db), "s3cret", scan_seconds=0.1, retry_base=600.0)
+    notifier.start()
+    try:
+        await until(lambda: len(Endpoint.tries) >= 1)
+        Endpoint.status = 204
+        await accounts.update("crm", notify_url=f"{endpoint}/hook?token=new")
+        await until(lambda: Endpoint.taken == ["a@example.net"])
+    finally:
+        await notifier.stop()

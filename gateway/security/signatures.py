@@ -36,11 +36,12 @@ def _fields(header: str) -> tuple[str, list[str]]:
     return stamp, macs
 
 
-def signed_mac(header: str) -> str:
-    """The (first) MAC of a header signature_ok accepted, normalised: it names the signed
-    call (one body at one time), so that the same call sent again is known."""
-    macs = _fields(header)[1]
-    return macs[0].lower() if macs else ""
+def signed_call(secret: bytes, header: str, body: bytes) -> str:
+    """The name of a call signature_ok accepted: the MAC it must carry for its time and
+    body (hex), whatever else the header holds, so that the same call sent again is known
+    (a junk v1 added in front made the first v1, and so the name, new each time)."""
+    stamp = _fields(header)[0]
+    return hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
 def signature_ok(secret: bytes, header: str | None, body: bytes,

@@ -152,6 +152,12 @@ class AccountStore:
                                  else current.product_categories)),
                  (notify_url or None) if notify_url is not None else current.notify_url,
                  time.time(), name))
+            if notify_url is not None and (notify_url or None) != current.notify_url:
+                # an operator's new URL (a new token or password after a 401) is tried at
+                # once by the queued notifications, not after each one's backoff
+                await conn.execute(
+                    "UPDATE notifications SET next_attempt_at = ? WHERE account = ?"
+                    " AND state = 'pending'", (time.time(), name))
         return await self.require(name)
 
     async def set_password(self, name: str, password_hash: str) -> None:
@@ -167,6 +173,10 @@ class AccountStore:
 
     async def remove(self, name: str) -> None:
         await self._update_one(name, "DELETE FROM accounts WHERE name = ?", (name,))
+        # its queued notifications are given up at the next scan, not after their backoff
+        async with self.db.transaction() as conn:
+            await conn.execute("UPDATE notifications SET next_attempt_at = ? WHERE account = ?"
+                               " AND state = 'pending'", (time.time(), name))
 
     async def mail_in_hand(self, name: str) -> tuple[int, int]:
         """(copies queued or deferred, copies held in the quarantine) of account `name`:

@@ -65,9 +65,8 @@ class NotificationStore:
             " AND n.account NOT IN (SELECT value FROM json_each(?))"
             " AND n.account NOT IN (SELECT h.key FROM json_each(?) h"
             "  WHERE h.value IS coalesce(a.notify_url, ''))"
-            # a notification retried on its own backoff waits for it, unless its account's
-            # URL changed since (the URL it failed on is kept as shown, store/NOTIFY_SQL)
-            " AND (n.next_attempt_at <= ? OR n.url IS NOT shown_url(coalesce(a.notify_url, ''))))"
+            # a new notify_url makes the account's pending rows due (AccountStore.update)
+            " AND n.next_attempt_at <= ?)"
             " WHERE k <= ? ORDER BY id LIMIT ?",
             (json.dumps(sorted(skip)), json.dumps(held or {}), time.time(), per_account,
              limit))

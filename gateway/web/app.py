@@ -13,7 +13,6 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from gateway.errors import StoreError
-from gateway.security.signatures import signed_mac
 from gateway.security.tokens import Token
 from gateway.web.pages import HEADERS, confirm_page, done_page, not_found_page, texts_for
 
@@ -228,7 +227,8 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
                                 status_code=401)
         try:
             added, replays = await objections.record_webhook(
-                body, request.client.host if request.client else None, signed_mac(header))
+                body, request.client.host if request.client else None,
+                objections.signed_call(header, body))
         except ValueError as exc:  # objections.BadRequest
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"suppressed": added, "replayed": replays})
