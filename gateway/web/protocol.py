@@ -52,20 +52,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._answered_before = -1  # _responses_done when the deadline last fired
         self._in_head = False  # between a request's first byte and the end of its header
         self._heads_begun = 0
-        self._head_bytes = 0  # of the head being read, counted per chunk (not the first)
-        self._url_bytes = 0
+        self._url_bytes = 0  # of the head being read: its URL, exactly
+        self._header_bytes = 0  # its complete fields' names and values, exactly
+        self._since_event = 0  # whole chunks since the last URL piece or field: one field
+        # growing (httptools builds it by concatenation); the chunk in which it began is not
+        # counted, so a legal head is never refused, and no more than one chunk is missed
+        self._url_pieces = 0
         self._header_count = 0
         self._refused = False  # answered 414/431: the rest of what comes is ignored
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        begun = self._heads_begun
+        before = (self._heads_begun, self._url_pieces, self._header_count)
         super().data_received(data)
         if self._in_head and not self._refused:
-            if begun == self._heads_begun:  # a chunk inside one head, all of it head
-                self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
+            if before == (self._heads_begun, self._url_pieces, self._header_count):
+                self._since_event += len(data)  # nothing completed: one field growing
+            else:
+                self._since_event = 0
+            if self._url_bytes + self._header_bytes + self._since_event > MAX_HEAD_BYTES:
                 self._refuse(431)
 
     def on_message_begin(self) -> None:
@@ -73,13 +79,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         self._in_head = True
         self._heads_begun += 1
-        self._head_bytes = self._url_bytes = self._header_count = 0
+        self._url_bytes = self._header_bytes = self._since_event = self._header_count = 0
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
         if self._refused:
             return
         self._url_bytes += len(url)
+        self._url_pieces += 1
         if self._url_bytes > MAX_URL_BYTES:
             self._refuse(414)
             return
@@ -89,8 +96,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._header_count += 1
-        self._head_bytes += len(name) + len(value)
-        if self._header_count > MAX_HEADERS or self._head_bytes > MAX_HEAD_BYTES:
+        self._header_bytes += len(name) + len(value)
+        if (self._header_count > MAX_HEADERS
+                or self._url_bytes + self._header_bytes > MAX_HEAD_BYTES):
             self._refuse(431)
             return
         super().on_header(name, value)
@@ -112,13 +120,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._cancel_deadline()
         reason, text = _REFUSALS[status]
-        body = text.encode("ascii")
-        self.transport.write(b"HTTP/1.1 " + reason + b"\r\ncontent-type: text/plain; "
-                             b"charset=utf-8\r\ncontent-length: " + str(len(body)).encode()
-                             + b"\r\nconnection: close\r\n\r\n" + body)
-        self.transport.close()
+        if self._requests_read > self._responses_done:
+            # an earlier request of the connection is still being answered: the refusal
+            # would be read as its answer; the connection is cut instead
+            self.transport.abort()
+        else:
+            body = text.encode("ascii")
+            self.transport.write(b"HTTP/1.1 " + reason + b"\r\ncontent-type: text/plain; "
+                                 b"charset=utf-8\r\ncontent-length: " + str(len(body)).encode()
+                                 + b"\r\nconnection: close\r\n\r\n" + body)
+            self.transport.close()
         log.info("HTTP: %s: %s (%d): connection closed",
                  self.client[0] if self.client else "?", text, status)
+
+    def _should_upgrade(self) -> bool:
+        # a refused head that asked for a WebSocket: uvicorn read its method (never set)
+        return not self._refused and bool(super()._should_upgrade())
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:  # what follows a refused head is not answered again
+            super().send_400_response(msg)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
