@@ -167,11 +167,12 @@ class Flow:
         log.info("%s objection by mail recorded", client_ip)
         return True
 
-    async def account(self, name: str) -> Account | None:
-        """An account by name, cached a few seconds (this is on every trusted MAIL)."""
+    async def account(self, name: str, fresh: bool = False) -> Account | None:
+        """An account by name, cached a few seconds (this is on every trusted MAIL);
+        `fresh`: read now."""
         now = time.monotonic()
         cached = self._account_cache.get(name)
-        if cached and now - cached[0] < ACCOUNT_CACHE_SECONDS:
+        if cached and now - cached[0] < ACCOUNT_CACHE_SECONDS and not fresh:
             return cached[1]
         account = await self.accounts.get(name)
         self._account_cache[name] = (now, account)

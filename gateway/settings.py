@@ -262,7 +262,9 @@ def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
             # another program's (CGI's GATEWAY_INTERFACE), unless it is a near miss of ours:
             # GATEWAY_WEBHOOK_OPT_OUT_SECRET was ignored, and every webhook got 401
             near = difflib.get_close_matches(section, _SECTION_TYPES, n=1, cutoff=0.8)
-            if near:
+            if near and key in {f.name for f in dataclasses.fields(_SECTION_TYPES[near[0]])}:
+                # a key of that section: ours, misspelt (another program's GATEWAY_SECRET
+                # or a Kubernetes GATEWAY_WEBHOOK_SERVICE_HOST is left alone)
                 raise ConfigError(f"{name}: there is no [{section}] section; did you mean "
                                   f"GATEWAY_{near[0].upper()}_{key.upper()}?")
             continue

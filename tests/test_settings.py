@@ -167,4 +167,5 @@ def test_a_near_miss_in_an_environment_override_is_an_error_naming_it(tmp_path: 
     with pytest.raises(ConfigError, match="GATEWAY_SMTP_MAXMESSAGE_BYTES: .smtp. has no key"):
         load_settings(None, environ={"GATEWAY_SMTP_MAXMESSAGE_BYTES": "1000"})
     # another program's variable is none of ours, and no error
-    assert load_settings(None, environ={"GATEWAY_INTERFACE": "CGI/1.1"}).smtp.processes >= 1
+    for other in ("GATEWAY_INTERFACE", "GATEWAY_SECRET", "GATEWAY_WEBHOOK_SERVICE_HOST"):
+        assert load_settings(None, environ={other: "x"}).smtp.processes >= 1, other

@@ -100,10 +100,14 @@ def _read_password(name: str, from_stdin: bool) -> str:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     elif not sys.stdin.isatty():
-        # no terminal to prompt on (a script, ssh without -t): Python's getpass warned it
-        # could not hide the input, then "Aborted!"
-        fail("no terminal to ask the password on: give it as one line on stdin with "
-             "--password-stdin", EXIT_USAGE)
+        # no terminal to prompt on (a script piping the answers): its first line, as the
+        # prompt would have read it (Python's getpass warned it could not hide the input);
+        # nothing at all ended in "Aborted!" without a word of --password-stdin
+        line = sys.stdin.readline()
+        if not line:
+            fail("no terminal to ask the password on: give it as one line on stdin with "
+                 "--password-stdin", EXIT_USAGE)
+        password = line.rstrip("\r\n")
     else:
         password = click.prompt(f"Password for {name}", hide_input=True,
                                 confirmation_prompt=True)

@@ -42,8 +42,10 @@ def keygen(state: CliState, domain: str, selector: str, algorithm: str,
         fail(f"--selector: not a DNS label: {selector!r}", EXIT_USAGE)
     folder = state.settings.store.path.parent / "dkim"
     other = "ed25519" if algorithm == "rsa" else "rsa"
+    # a configured key only once its file exists (the config may be written first)
     taken = [str(entry.key_file) for entry in state.settings.dkim
-             if _domain(entry.domain) == domain and entry.selector.lower() == selector]
+             if _domain(entry.domain) == domain and entry.selector.lower() == selector
+             and Path(entry.key_file).exists()]
     if (folder / f"{domain}.{selector}.{other}.key").exists():
         taken.append(str(folder / f"{domain}.{selector}.{other}.key"))
     if taken:

@@ -118,6 +118,10 @@ class GatewayHandler:
         if session.authenticated and isinstance(session.auth_data, Account):
             login = session.auth_data
             current = await self.flow.account(login.name)
+            if current is None or current.credential_stamp != login.credential_stamp:
+                # the cache may be older than the login (a login with a new password
+                # against the old cached stamp): read it again before logging out
+                current = await self.flow.account(login.name, fresh=True)
             if (current is not None and current.id == login.id
                     and current.credential_stamp == login.credential_stamp):
                 return current

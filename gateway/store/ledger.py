@@ -433,7 +433,8 @@ def record_objections(conn: sqlite3.Connection, objections: Sequence[Objection],
                    for n, i in enumerate(new)], notifications.NOTIFY_SQL, (now, now, now))
         conn.executemany(COUNT_OBJECTIONS_SQL,
                          Counter(objections[i].channel for i in new).items())
-    _person_over_manual(conn, [objections[i] for i in first.values() if i not in set(new)],
+    added_now = set(new)
+    _person_over_manual(conn, [objections[i] for i in first.values() if i not in added_now],
                         now)
     added = [False] * len(objections)
     for index in new:

@@ -160,6 +160,11 @@ def test_a_password_with_no_terminal_to_ask_on_names_password_stdin(config: Path
                  "example.com", stdin="")
     clean_failure(result, 2, "--password-stdin")
     assert "GetPassWarning" not in result.stderr
+    # a script answering the prompt through a pipe still works (INTERFACE: "password
+    # prompted, or one line on stdin")
+    piped = run("--config", str(config), "accounts", "add", "crm", "--from-domain",
+                "example.com", stdin=f"{STRONG_PASSWORD}\n{STRONG_PASSWORD}\n")
+    assert piped.returncode == 0, piped.stderr
 
 
 def test_dkim_keygen_refuses_a_selector_taken_and_an_out_folder_missing(config: Path,
@@ -174,6 +179,12 @@ def test_dkim_keygen_refuses_a_selector_taken_and_an_out_folder_missing(config: 
                   "gw2026._domainkey.example.com already has a key")
     assert run("--config", str(config), "dkim", "keygen", "--domain", "example.com",
                "--selector", "gw2026e", "--algorithm", "ed25519").returncode == 0
+    # a [[dkim]] entry written before its key exists (as the example config suggests)
+    planned = tmp_path / "planned.toml"
+    planned.write_text(config.read_text() + '[[dkim]]\ndomain = "example.org"\n'
+                       f'selector = "gw2026"\nkey_file = "{tmp_path / "none.key"}"\n')
+    assert run("--config", str(planned), "dkim", "keygen", "--domain", "example.org",
+               "--selector", "gw2026").returncode == 0
     missing = tmp_path / "no-such-folder" / "k.key"
     clean_failure(run("--config", str(config), "dkim", "keygen", "--domain", "example.com",
                       "--selector", "s3", "--out", str(missing)), 2, "does not exist")

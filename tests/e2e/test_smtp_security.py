@@ -91,6 +91,14 @@ def test_a_logged_in_session_follows_its_accounts_changes(make_gateway, sink: Si
                      stdin="Another-Correct-Horse-Battery-77!\n")
     assert changed.returncode == 0, changed.stderr
     assert gw.cli("accounts", "remove", "gone").returncode == 0
+    # a login with the new password at once, against the account cached with the old one:
+    # it was logged out at its first MAIL
+    renewed = tls_session(gw.smtp_port)
+    assert renewed.cmd("AUTH PLAIN " + plain("tool", "Another-Correct-Horse-Battery-77!"))[0] \
+        == 235
+    assert renewed.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert renewed.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    renewed.close()
     time.sleep(5.5)  # the account cache's few seconds
     assert sessions["crm"].cmd("MAIL FROM:<news@example.com>")[0] == 553  # not its domain
     assert sessions["crm"].cmd("MAIL FROM:<news@other.example>")[0] == 250
