@@ -130,6 +130,7 @@ class QueueStore:
         self.instance_id = instance_id
         self.claim_seconds = claim_seconds
         self._claims_renewed_at = time.time()
+        self._heartbeat_written = time.monotonic()  # when this process last wrote its own
 
     # --- the hot path -------------------------------------------------------------------
 
@@ -316,10 +317,13 @@ class QueueStore:
         SWEEP_SECONDS by the scanner. How many copies were released."""
         now = time.time()
         space = process_space()
+        # a heartbeat is silent only if ours is not: a store locked for minutes (a VACUUM)
+        # silenced every process's, and the first back took the others' copies in flight
+        judge_silence = time.monotonic() - self._heartbeat_written < OWN_HEARTBEAT_FRESH
         rows = await self.db.fetchall("SELECT id, host, pid, heartbeat FROM instances")
         dead = [row["id"] for row in rows
                 if row["id"] != self.instance_id and (
-                    now - row["heartbeat"] > STALE_HEARTBEAT_SECONDS
+                    (judge_silence and now - row["heartbeat"] > STALE_HEARTBEAT_SECONDS)
                     or (row["host"] == space and (
                         (starting and row["pid"] == os.getpid())
                         or not _pid_alive(row["pid"]))))]
@@ -343,8 +347,12 @@ class QueueStore:
         the commit) must still expire and be taken up by a scan."""
         now = time.time()
         async with self.db.transaction() as conn:
-            await conn.execute("UPDATE instances SET heartbeat = ? WHERE id = ?",
-                               (now, self.instance_id))
+            # an upsert: a row another process took for dead (and deleted) comes back
+            await conn.execute(
+                "INSERT INTO instances (id, host, pid, started_at, heartbeat)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat = ?",
+                (self.instance_id, process_space(), os.getpid(), now, now, now))
+        self._heartbeat_written = time.monotonic()
         if held and now - self._claims_renewed_at >= self.claim_seconds / 3:
             rows = [(delivery_id,) for delivery_id in held]
             await self.db.write(lambda conn: with_rows(
@@ -486,6 +494,7 @@ class QueueStore:
 
 
 STALE_HEARTBEAT_SECONDS = 120.0  # a live process writes its heartbeat every scan (1 s)
+OWN_HEARTBEAT_FRESH = 30.0  # others' silence is judged only while ours is this recent
 SWEEP_SECONDS = 30.0  # how often release_dead runs
 
 

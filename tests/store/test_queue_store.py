@@ -115,6 +115,27 @@ async def test_claims_of_a_zombie_or_a_silent_process_are_released_while_running
         zombie.wait()
 
 
+async def test_after_a_long_lock_no_process_takes_another_for_dead(db: Database):
+    """A store locked for minutes (a VACUUM) silenced every heartbeat: the first process
+    back took the others' copies in flight for a dead process's, and deleted their rows."""
+    a, b = QueueStore(db, "A"), QueueStore(db, "B")
+    await a.register_instance()
+    await db.write_one("UPDATE instances SET pid = 1 WHERE id = 'A'")  # another live process
+    await b.register_instance()
+    await b.commit_messages([incoming("B1", "b@x.example")])  # claimed by B, in flight
+    await db.write_one("UPDATE instances SET heartbeat = heartbeat - 600")  # the lock
+    a._heartbeat_written -= 600  # A could not write its own either
+    assert await a.release_dead() == 0 and await a.claim_due() == []
+    await db.write_one("DELETE FROM instances WHERE id = 'B'")  # as an older gateway did
+    await b.heartbeat()  # B's row comes back with its next heartbeat
+    await db.write_one("UPDATE instances SET pid = 1")  # (both are this test's pid)
+    rows = await db.fetchall("SELECT id FROM instances ORDER BY id")
+    assert [r[0] for r in rows] == ["A", "B"]
+    await a.heartbeat()
+    await db.write_one("UPDATE instances SET heartbeat = heartbeat - 600 WHERE id = 'B'")
+    assert await a.release_dead() == 1  # B alone silent, A writing: B is gone
+
+
 async def test_another_container_with_our_host_name_and_pid_keeps_its_claims(db: Database):
     """Two containers with one fixed host name, both pid 1, on one store: each took the
     other for its own earlier incarnation and sent its copies again."""
