@@ -53,6 +53,8 @@ def create_private_file(path: Path) -> None:
 SQL_FUNCTIONS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("subject_form", subject_form), ("shown_url", shown_url))
 
+CHECKPOINT_BUSY_MS = 100  # empty_wal's wait for readers, each try
+
 INSERT_CHUNK = 128  # rows per multi-row INSERT at most
 MAX_VARIABLES = 999  # SQLite's limit before 3.32 (32,766 since): a statement stays under it
 
@@ -460,16 +462,24 @@ class Database:
         """A TRUNCATE checkpoint: the WAL's old page images (rows deleted since, in clear)
         go into the file, whose deleted cells secure_delete zeroed, and the WAL is emptied.
         True when it could be; False when a reader held a snapshot all along."""
-        async with self._write_lock:
-            try:
-                for _ in range(tries):
-                    async with self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
-                        row = await cur.fetchone()
-                    if not (row and row[0]):
-                        return True
-                    await asyncio.sleep(0.1)
-            except sqlite3.Error as exc:
-                raise StoreError(f"store checkpoint failed: {exc}") from exc
+        for attempt in range(tries):
+            if attempt:
+                await asyncio.sleep(0.5)  # the lock let go meanwhile: commits go on
+            async with self._write_lock:
+                try:
+                    # a reader holding a snapshot makes the checkpoint wait busy_timeout (5 s)
+                    # with SQLite's write lock held: every commit of every process behind it
+                    await self.writer.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
+                    try:
+                        async with self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)"
+                                                       ) as cur:
+                            row = await cur.fetchone()
+                    finally:
+                        await self.writer.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                except sqlite3.Error as exc:
+                    raise StoreError(f"store checkpoint failed: {exc}") from exc
+            if not (row and row[0]):
+                return True
         return False
 
     async def compact(self) -> bool:

@@ -34,7 +34,10 @@ def bind_key(store_path: Path | str, fingerprint: bytes, *, created: bool,
             row = conn.execute("SELECT fingerprint FROM key_fingerprints WHERE name = 'hash'"
                                ).fetchone()
         except sqlite3.DatabaseError:
-            return  # not migrated yet (its open binds it next time), or not a store
+            row = None  # a store from before 019, or not a store (its open says so)
+            unbound = True
+        else:
+            unbound = False
         if row is None:
             if created and any(_holds_rows(conn, table) for table in _HASHED_TABLES):
                 raise ConfigError(
@@ -42,6 +45,8 @@ def bind_key(store_path: Path | str, fingerprint: bytes, *, created: bool,
                     "keyed with an address hash key: restore that key file from the "
                     "store's backup (a new key would make every suppression entry match "
                     "nothing)")
+            if unbound:
+                return  # bound at the next use, once its open has migrated it
             conn.execute("INSERT OR IGNORE INTO key_fingerprints (name, fingerprint, bound_at)"
                          " VALUES ('hash', ?, ?)", (fingerprint, time.time()))
             row = conn.execute("SELECT fingerprint FROM key_fingerprints WHERE name = 'hash'"

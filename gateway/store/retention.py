@@ -17,6 +17,7 @@ not yet delivered.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from gateway.addresses import person_form
 from gateway.model import PolicyKnobs
 from gateway.store.db import Database
 
+log = logging.getLogger("gateway.retention")
 DAY = 86400.0
 _EXPIRED = ("SELECT id, address FROM contacts WHERE"
             " (CASE WHEN last_interaction_at IS NOT NULL AND last_interaction_at > collected_at"
@@ -104,7 +106,9 @@ class Retention:
                 removed = await _purge_records(conn, sorted({person_form(row[1])
                                                              for row in rows}))
         # the WAL kept the old pages, the addresses in clear in them, until a checkpoint
-        await self.db.empty_wal(tries=10)
+        if not await self.db.empty_wal(tries=10):
+            log.warning("retention: a reader kept the WAL from being emptied; the purged "
+                        "rows' old pages go at the next checkpoint")
         return Purge([row[1] for row in rows], removed)
 
 

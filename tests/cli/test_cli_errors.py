@@ -78,6 +78,16 @@ def test_a_store_restored_without_its_hash_key_is_refused_not_given_a_new_one(
     clean_failure(run("--config", str(config), "suppress", "list",
                       env={"GATEWAY_SECRETS_HASH_KEY_FILE": str(other)}),
                   2, "not the address hash key the store")
+    # a backup from before the fingerprint was kept (no key_fingerprints yet), restored
+    # without its key: the first command made a new key and bound it
+    import sqlite3
+    with sqlite3.connect(tmp_path / "gateway.db") as db:
+        db.execute("DROP TABLE key_fingerprints")
+        db.execute("DELETE FROM schema_migrations WHERE version = 19")
+    csv = tmp_path / "c.csv"
+    csv.write_text("email\nother@example.org\n")
+    clean_failure(gateway_cli(config, "contacts", "import", str(csv)), 2, "restore")
+    assert not key.exists()
     key.write_bytes(original)
     listed = gateway_cli(config, "suppress", "list", "--json")
     assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 1  # nothing added

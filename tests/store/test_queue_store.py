@@ -666,3 +666,25 @@ async def test_a_sent_copy_is_not_deleted_and_an_upstream_5_7_1_is_no_policy_ref
     await q.fail(c, "550 5.7.1 R1 recipient objected to prospecting (suppression list)")
     counts = {(d.account, d.state): d.count for d in await ReportStore(db).deliveries(None)}
     assert counts == {("crm", "sent"): 1, ("crm", "failed"): 1, ("crm", "refused"): 1}
+
+
+async def test_emptying_the_wal_under_a_reader_does_not_hold_the_writes(db: Database):
+    """Each try waited 5 s for a reader with the write lock held: a retention run beside
+    an `audit verify` stalled every commit for ~50 s, then gave up without a word."""
+    import asyncio
+
+    await db.write_one("CREATE TABLE t (x)")
+    await db.write_one("INSERT INTO t VALUES (1)")
+    reader = sqlite3.connect(db.path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT * FROM t").fetchall()  # a snapshot held
+    try:
+        started = time.monotonic()
+        emptying = asyncio.create_task(db.empty_wal(tries=4))
+        await asyncio.sleep(0.2)
+        await asyncio.wait_for(db.write_one("INSERT INTO t VALUES (2)"), 2.0)  # not stalled
+        assert await emptying is False
+        assert time.monotonic() - started < 6.0
+    finally:
+        reader.close()
+    assert await db.empty_wal() is True  # the reader gone
