@@ -351,7 +351,8 @@ class Gateway:
         # before start: a signal then still drains. SIGHUP too (a closed terminal, an
         # operator's habit): it ended the process without a drain. DRAIN_SIGNAL is the
         # supervisor's: it drains, and never counts as a second signal
-        for sig in (*STOP_SIGNALS, DRAIN_SIGNAL):
+        signals = stop_signals()
+        for sig in (*signals, DRAIN_SIGNAL):
             loop.add_signal_handler(sig, stop.set)
         try:
             await self.start()
@@ -367,7 +368,7 @@ class Gateway:
         if on_ready is not None:
             on_ready(self)
         await stop.wait()
-        for sig in STOP_SIGNALS:
+        for sig in signals:
             loop.add_signal_handler(sig, self._stop_now)
         loop.add_signal_handler(DRAIN_SIGNAL, lambda: None)
         log.info("signal received: draining for up to %.0f s (no new connections; idle "
@@ -377,8 +378,11 @@ class Gateway:
         log.info("stopped cleanly")
 
 
-# What stops the gateway: the first drains, a second stops at once.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """What stops the gateway: the first drains, a second stops at once. SIGHUP only when
+    it is not ignored already: under `nohup` a closed terminal must not stop it."""
+    hup = () if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,)
+    return (signal.SIGTERM, signal.SIGINT, *hup)
 # What the supervisor sends its workers for a stop: a drain only. A Ctrl-C or a `systemctl
 # stop` signals the whole process group, so each worker got the signal itself and then the
 # supervisor's SIGTERM, which it took for a second signal: no drain (sessions in DATA got 421)

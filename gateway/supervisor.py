@@ -26,7 +26,7 @@ import time
 import types
 from typing import Any
 
-from gateway.runtime import DRAIN_SIGNAL, STOP_SIGNALS, Gateway, run_one
+from gateway.runtime import DRAIN_SIGNAL, Gateway, run_one, stop_signals
 from gateway.security.keys import load_store_key
 from gateway.security.tokens import load_token_keys
 from gateway.settings import Settings, parse_listen
@@ -74,7 +74,8 @@ class Supervisor:
         load_store_key(self.settings.hash_key_path, self.settings.store.path)
         load_token_keys(self.settings.token_key_path)
         self.sock = bind_smtp_socket(self.settings.smtp.listen)
-        for sig in STOP_SIGNALS:
+        self.signals = stop_signals()  # before any handler: SIGHUP ignored stays ignored
+        for sig in self.signals:
             signal.signal(sig, self._on_signal)
         for index in range(self.settings.smtp.processes):
             self._spawn(index)
@@ -117,7 +118,7 @@ class Supervisor:
             return
         code = 1
         try:  # the worker: default signal dispositions, then a whole gateway on its own loop
-            for sig in STOP_SIGNALS:
+            for sig in self.signals:  # SIGHUP stays ignored under nohup
                 signal.signal(sig, signal.SIG_DFL)
             _stop_with_parent(supervisor)
             run_one(Gateway(self.settings, listen_socket=self.sock, serve_http=index == 0),

@@ -172,9 +172,12 @@ class DeliveryService:
                 try:
                     await self._defer(copy, f"internal error: {exc.__class__.__name__}: {exc}")
                 except Exception as again:  # nothing may end this task: the pool would
-                    # shrink until nothing is delivered; the claim expires, it is retried
-                    log.error("delivery %d: could not record the outcome: %r",
-                              copy.delivery_id, again)
+                    # shrink until nothing is delivered; kept and tried again, as above
+                    log.error("delivery %d: could not record the outcome (tried again in "
+                              "%.0f s): %r", copy.delivery_id, OUTCOME_RETRY_SECONDS, again)
+                    kept = True
+                    asyncio.get_running_loop().call_later(
+                        OUTCOME_RETRY_SECONDS, self._retry_kept, copy)
             finally:
                 self._in_flight.discard(copy.delivery_id)
                 if not kept:

@@ -311,6 +311,26 @@ def test_a_ctrl_c_to_the_process_group_drains_every_worker(make_gateway, sink: S
     assert "second signal: stopping now" not in gw.output
 
 
+IGNORING_SIGHUP = ("import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+                   "os.execv(sys.argv[1], sys.argv[1:])")
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_under_nohup_a_hangup_does_not_stop_the_gateway(make_gateway, processes):
+    """SIGHUP drains the gateway, unless it was started ignoring it (nohup): a closed
+    terminal then stopped a gateway its operator had detached on purpose."""
+    gw = make_gateway(smtp_extra=f"processes = {processes}", start=False)
+    gw.launcher = (sys.executable, "-c", IGNORING_SIGHUP)
+    gw.start()
+    gw.proc.send_signal(signal.SIGHUP)
+    for pid in _children(gw.proc.pid):
+        os.kill(pid, signal.SIGHUP)
+    time.sleep(1.5)
+    assert gw.proc.poll() is None and "signal received" not in gw.output
+    assert httpx.get(f"http://127.0.0.1:{gw.http_port}/healthz").status_code == 200
+    assert gw.terminate(30) == 0
+
+
 def test_workers_stop_when_their_supervisor_is_killed(make_gateway):
     """kill -9 of the supervisor left both workers running, holding the ports, with nobody
     to replace them; a new `gateway serve` then failed 'Address already in use'."""
