@@ -262,7 +262,7 @@ async def _rows_for(conn: aiosqlite.Connection, table: str, column: str,
 
 
 # what a message holds when some of its text is encoded
-_ENCODED_MARKERS = (b"base64", b"quoted-printable", b"=?", b"%40")
+_ENCODED_MARKERS = (b"base64", b"quoted-printable", b"=?", b"%")
 
 
 def _spellings(key: str) -> re.Pattern[str]:
@@ -275,10 +275,19 @@ def _spellings(key: str) -> re.Pattern[str]:
     except idna.IDNAError:
         pass
     # the whole address only: erasing jane@example.net must not rewrite mary.jane@ or
-    # jane@example.net.example in another person's queued message
-    return re.compile(r"(?<![\w.!#$%&'*+/=?^`{|}~-])(?:"
+    # jane@example.net.example in another person's queued message. A URL's parameter
+    # (?email=jane@example.net) is the address too: its "name=" is kept (`pre`) and put
+    # back by erase_in; x=jane@ alone stays another address
+    return re.compile(r"(?P<pre>(?<![\w.!#$%&'*+/=?^`{|}~-])|(?<=[?&;])[\w.-]{1,64}=)(?:"
                       + "|".join(re.escape(f"{local}@{form}") for form in sorted(forms))
                       + r")(?![\w-]|\.[\w-])", re.IGNORECASE)
+
+
+def erase_in(pattern: re.Pattern[str], text: str) -> str:
+    """`text` with every spelling of the address (`_spellings`) replaced by the
+    placeholder."""
+    placeholder = ERASED_PLACEHOLDER.decode("ascii")
+    return pattern.sub(lambda m: m.group("pre") + placeholder, text)
 
 
 def _mentions(pattern: re.Pattern[str], content: object, subject: object) -> bool:
@@ -301,16 +310,15 @@ async def _scrub_messages(conn: aiosqlite.Connection, touched: set[str],
             (message_id, message_id, message_id))
         deleted += cur.rowcount
     pattern = _spellings(key)
-    placeholder = ERASED_PLACEHOLDER.decode("ascii")
     await conn.create_function("mentions_subject", 2,
                                lambda content, subject: _mentions(pattern, content, subject))
     scrubbed = []
     async with conn.execute("SELECT id, content, subject FROM messages"
                             " WHERE mentions_subject(content, subject)") as cur:
         async for row in cur:
-            content = pattern.sub(placeholder, row[1].decode("utf-8", "surrogateescape")).encode(
+            content = erase_in(pattern, row[1].decode("utf-8", "surrogateescape")).encode(
                 "utf-8", "surrogateescape") if row[1] is not None else None
-            subject = pattern.sub(placeholder, row[2]) if row[2] is not None else None
+            subject = erase_in(pattern, row[2]) if row[2] is not None else None
             scrubbed.append((content, subject, row[0]))
     await conn.executemany("UPDATE messages SET content = ?, subject = ? WHERE id = ?", scrubbed)
     return deleted, len(scrubbed)
@@ -325,7 +333,6 @@ _TEXT_COLUMNS = (("quarantine", "subject"), ("deliveries", "last_error"))
 async def _scrub_texts(conn: aiosqlite.Connection, key: str) -> int:
     """Replace the address by the placeholder in _TEXT_COLUMNS; how many rows changed."""
     pattern = _spellings(key)
-    placeholder = ERASED_PLACEHOLDER.decode("ascii")
     await conn.create_function("mentions_address", 1,
                                lambda text: isinstance(text, str)
                                and pattern.search(text) is not None)
@@ -333,7 +340,7 @@ async def _scrub_texts(conn: aiosqlite.Connection, key: str) -> int:
     for table, column in _TEXT_COLUMNS:
         async with conn.execute(f"SELECT id, {column} FROM {table}"  # noqa: S608 - ours
                                 f" WHERE mentions_address({column})") as cur:
-            rows = [(pattern.sub(placeholder, text), row_id)
+            rows = [(erase_in(pattern, text), row_id)
                     for row_id, text in await cur.fetchall()]
         await conn.executemany(f"UPDATE {table} SET {column} = ? WHERE id = ?",  # noqa: S608
                                rows)
@@ -367,7 +374,7 @@ async def _pseudonymise_requests(conn: aiosqlite.Connection, key: str, folded: s
     async with conn.execute(
             f"SELECT id, note FROM requests WHERE id IN ({','.join('?' * len(ids))})",  # noqa: S608
             ids) as cur:
-        notes = [(pattern.sub(ERASED_PLACEHOLDER.decode("ascii"), note), request_id)
+        notes = [(erase_in(pattern, note), request_id)
                  for request_id, note in await cur.fetchall()
                  if note and pattern.search(note)]
     await conn.executemany("UPDATE requests SET note = ? WHERE id = ?", notes)

@@ -66,7 +66,7 @@ async def test_an_erasure_rewrites_the_whole_address_only(db, hasher):
     import_csv(db, hasher, "email,kind,source_name,source_type\n"
                            "jane@example.net,role,Site,direct\n")
     others = (b"To: <mary.jane@example.net>\r\nCc: jane@example.net.example\r\n"
-              b"\r\nhi\r\n")
+              b"Reply-To: x=jane@example.net\r\n\r\nhi\r\n")  # x=jane@: another address
     await add_message(db, "mary", others, [("mary.jane@example.net", "queued", None)])
     await add_message(db, "both", b"To: <jane@example.net>, <bob@example.net>\r\n\r\nhi\r\n",
                       [("jane@example.net", "queued", None), ("bob@example.net", "queued", None)])
@@ -76,6 +76,23 @@ async def test_an_erasure_rewrites_the_whole_address_only(db, hasher):
     both = await db.fetchone("SELECT content FROM messages WHERE id = 'both'")
     assert mary is not None and mary[0] == others
     assert both is not None and both[0].startswith(b"To: <erased@erased.invalid>, <bob@")
+
+
+async def test_an_erasure_rewrites_the_address_in_a_urls_parameter(db, hasher):
+    """https://crm.example/p?email=jane@example.net in another recipient's message: the
+    `=` before it made it look like another address; neither rewritten nor reported."""
+    content = (b"To: <bob@example.net>\r\n\r\nSee https://crm.example/p?id=7&email="
+               b"jane@example.net&x=1 and mailto:jane%2Bnews@example.net\r\n")
+    await add_message(db, "link", content, [("bob@example.net", "queued", None)])
+    store = SubjectStore(db, hasher)
+    erasure = await store.erase("jane@example.net", "dpo")
+    assert erasure.removed["messages_scrubbed"] == 1
+    row = await db.fetchone("SELECT content FROM messages WHERE id = 'link'")
+    assert row is not None and b"?id=7&email=erased@erased.invalid&x=1" in row[0]
+    # jane+news@ is another address (not erased here); a %-escaped jane@ would be reported
+    await add_message(db, "esc", b"To: <bob@example.net>\r\n\r\nmailto:jane%40example.net"
+                      b"\r\n", [("bob@example.net", "queued", None)])
+    assert [m for m, _ in await store.encoded_mentions("jane@example.net")] == ["esc"]
 
 
 async def test_an_access_request_closed_by_an_erasure_says_it_went_unanswered(db, hasher):
