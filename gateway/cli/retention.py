@@ -37,7 +37,7 @@ def run_(state: CliState, dry_run: bool, as_json: bool) -> None:
         document: dict[str, object] = {"dry_run": dry_run, "purged": purged.addresses}
         if not dry_run:
             document["removed"] = {"copies": 0, "quarantine": 0, "notifications": 0,
-                                   "messages": 0, **purged.removed}
+                                   "messages": 0, "requests": 0, **purged.removed}
         print_json(document)
         return
     for address in purged.addresses:

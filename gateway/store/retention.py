@@ -31,7 +31,7 @@ from gateway.store.db import Database
 
 log = logging.getLogger("gateway.retention")
 DAY = 86400.0
-_EXPIRED = ("SELECT id, address FROM contacts WHERE"
+_EXPIRED = ("SELECT id, address, address_hash FROM contacts WHERE"
             " (CASE WHEN last_interaction_at IS NOT NULL AND last_interaction_at > collected_at"
             "  THEN last_interaction_at + ? ELSE collected_at + ? END) < ?"
             " ORDER BY id")
@@ -69,7 +69,8 @@ class Purge:
         labels = (("copies", "sent or failed copy", "sent or failed copies"),
                   ("quarantine", "decided quarantine row", "decided quarantine rows"),
                   ("notifications", "delivered notification", "delivered notifications"),
-                  ("messages", "raw message", "raw messages"))
+                  ("messages", "raw message", "raw messages"),
+                  ("requests", "answered request named by hash", "answered requests named by hash"))
         return ", ".join(f"{self.removed.get(key, 0)} {one if self.removed.get(key) == 1 else many}"
                          for key, one, many in labels)
 
@@ -105,6 +106,14 @@ class Retention:
                 await conn.executemany("DELETE FROM contacts WHERE id = ?", ids)
                 removed = await _purge_records(conn, sorted({person_form(row[1])
                                                              for row in rows}))
+            # the requests the person made and that are answered keep their dates (GDPR 12(3)
+            # accountability) but not the address, as an erasure leaves them; open ones stay
+            # as they are: they must still be answered ("we hold nothing now")
+            cur = await conn.executemany(
+                "UPDATE requests SET address = ? WHERE closed_at IS NOT NULL"
+                " AND subject_form(address) = ?",
+                [(f"purged:{bytes(row[2]).hex()[:16]}", person_form(row[1])) for row in rows])
+            removed["requests"] = max(0, cur.rowcount)
         # the WAL kept the old pages, the addresses in clear in them, until a checkpoint
         if not await self.db.empty_wal(tries=10):
             log.warning("retention: a reader kept the WAL from being emptied; the purged "

@@ -582,11 +582,20 @@ async def test_a_retention_purge_takes_the_address_out_of_finished_records(db, h
             " created_at, updated_at) VALUES ('crm', 'https://crm.example/n', ?, ?, 0, 0, 0)",
             (json.dumps({"event": "objection", "email": address}), state))
 
+    from gateway.store.requests import RequestStore
+    answered = await RequestStore(db).open("old@example.com", "access", time.time() - 99 * DAY)
+    await RequestStore(db).close(answered.id, "answered")
+    pending = await RequestStore(db).open("OLD@example.com", "erasure")
+
     purged = await Retention(db, PolicyKnobs()).purge()
 
     assert purged.addresses == ["Old@example.com"]
     assert purged.removed == {"copies": 3, "quarantine": 1, "notifications": 2,
-                              "messages": 1}
+                              "messages": 1, "requests": 1}
+    # the answered request keeps its dates under the hash; the open one its address
+    addresses = dict(tuple(r) for r in await db.fetchall("SELECT id, address FROM requests"))
+    assert addresses[answered.id].startswith("purged:")
+    assert addresses[pending.id] == "OLD@example.com"
     left = await db.fetchall("SELECT message_id, recipient, state FROM deliveries ORDER BY id")
     assert [tuple(row) for row in left] == [("PENDING", "old@example.com", "queued"),
                                             ("SHARED", "new@example.com", "queued")]
