@@ -21,7 +21,7 @@ from gateway.cli import (
 )
 from gateway.errors import Refused
 from gateway.store.db import Database
-from gateway.store.requests import KINDS, RequestStore
+from gateway.store.requests import KINDS, RequestStore, one_month_later
 
 
 @click.group()
@@ -101,6 +101,25 @@ def close(state: CliState, request_id: int, note: str | None) -> None:
         async with Database(state.settings.store.path) as db:
             await RequestStore(db).close(request_id, note)
         click.echo(f"request {request_id} closed")
+
+    run(body)
+
+
+@requests.command()
+@click.argument("request_id", type=ROW_ID)
+@click.option("--reason", required=True,
+              help="Why more time is needed (the complexity or number of requests); kept.")
+@click.pass_obj
+def extend(state: CliState, request_id: int, reason: str) -> None:
+    """Extend REQUEST_ID by two further months (GDPR 12(3)): once, within its first month;
+    the person must be told, with the reason, before that month ends."""
+
+    async def body() -> None:
+        async with Database(state.settings.store.path) as db:
+            request = await RequestStore(db).extend(request_id, reason)
+        told_by = when(one_month_later(request.received_at))
+        click.echo(f"request {request_id} ({request.kind}) extended: due {when(request.due_at)}"
+                   f"; tell {request.address} why before {told_by}")
 
     run(body)
 

@@ -22,6 +22,10 @@ def one_month_later(stamp: float) -> float:
     return day.replace(year=year, month=month, day=min(day.day, last)).timestamp()
 
 
+def _day(stamp: float) -> str:
+    return datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%d")
+
+
 @dataclass(frozen=True)
 class Request:
     id: int
@@ -65,9 +69,40 @@ class RequestStore:
         return [Request(*tuple(row)) for row in rows]
 
     async def close(self, request_id: int, note: str | None) -> None:
+        """Answered; `note` is added to what the request holds (an extension's reason)."""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                "UPDATE requests SET closed_at = ?, note = ? WHERE id = ? AND closed_at IS NULL",
-                (time.time(), note, request_id))
+                "UPDATE requests SET closed_at = ?, note = CASE WHEN ? IS NULL THEN note"
+                " WHEN note IS NULL THEN ? ELSE note || '; ' || ? END"
+                " WHERE id = ? AND closed_at IS NULL",
+                (time.time(), note, note, note, request_id))
             if cur.rowcount == 0:
                 raise NotFound(f"no open request {request_id}")
+
+    async def extend(self, request_id: int, reason: str, now: float | None = None) -> Request:
+        """GDPR 12(3): "extended by two further months where necessary, taking into account
+        the complexity and number of the requests", once, and the person told within the
+        first month: refused once that month is over, or a second time. The reason is kept
+        in the note."""
+        now = time.time() if now is None else now
+        async with self.db.transaction() as conn:
+            row = await (await conn.execute(
+                f"SELECT {_COLUMNS} FROM requests WHERE id = ?", (request_id,))  # noqa: S608
+            ).fetchone()
+            if row is None or row[5] is not None:
+                raise NotFound(f"no open request {request_id}")
+            request = Request(*tuple(row))
+            first_due = one_month_later(request.received_at)
+            if request.due_at > first_due + 1:
+                raise Refused(f"request {request_id} was extended already (due "
+                              f"{_day(request.due_at)}): GDPR 12(3) allows it once")
+            if now > first_due:
+                raise Refused(f"request {request_id} was due {_day(first_due)}: an extension "
+                              "must be decided and told to the person within the first month")
+            due = one_month_later(one_month_later(first_due))
+            note = f"extended to {_day(due)}: {reason}"
+            await conn.execute(
+                "UPDATE requests SET due_at = ?, note = CASE WHEN note IS NULL THEN ?"
+                " ELSE note || '; ' || ? END WHERE id = ?", (due, note, note, request_id))
+        return Request(request.id, request.address, request.kind, request.received_at, due,
+                       None, note if request.note is None else f"{request.note}; {note}")

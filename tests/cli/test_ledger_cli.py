@@ -338,3 +338,27 @@ def test_an_import_killed_half_way_leaves_no_writer_behind(config: Path, tmp_pat
         wait_until(lambda: not _alive(child), timeout=10, what="the writer's exit")
     finally:
         proc.kill()
+
+
+def test_a_request_is_extended_once_within_its_first_month(config: Path):
+    """GDPR 12(3): two further months where necessary, decided and told within the first:
+    there was no way to record it (the request stayed OVERDUE, or was closed falsely)."""
+    import datetime
+
+    today = datetime.datetime.now(datetime.UTC).date()
+    old = (today - datetime.timedelta(days=40)).isoformat()
+    assert gateway_cli(config, "requests", "open", "a@example.com", "--kind", "access"
+                       ).returncode == 0
+    assert gateway_cli(config, "requests", "open", "b@example.com", "--kind", "access",
+                       "--received", old).returncode == 0
+    extended = gateway_cli(config, "requests", "extend", "1", "--reason", "500 requests")
+    assert extended.returncode == 0, extended.stderr
+    [first, late] = sorted(json.loads(gateway_cli(config, "requests", "list", "--json"
+                                                  ).stdout), key=lambda r: r["id"])
+    assert 88 * 86400 <= first["due_at"] - first["received_at"] <= 93 * 86400  # 3 months
+    assert "500 requests" in first["note"]
+    again = gateway_cli(config, "requests", "extend", "1", "--reason", "more")
+    assert again.returncode == 1 and "once" in again.stderr
+    too_late = gateway_cli(config, "requests", "extend", str(late["id"]), "--reason", "x")
+    assert too_late.returncode == 1 and "within the first month" in too_late.stderr
+    assert gateway_cli(config, "requests", "close", "1", "--note", "answered").returncode == 0
