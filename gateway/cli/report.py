@@ -68,14 +68,18 @@ def sections(report: Report) -> list[Section]:
                 ("account", "rule", "allowed", "rejected", "quarantined"),
                 _pivot((((c.account or NO_ACCOUNT, c.rule), c.decision, c.count)
                         for c in report.decisions), DECISIONS)),
-        Section("Accepted copies by account (refused: by the policy after DATA)",
+        Section("Accepted copies still stored, by account (refused: by the policy after "
+                "DATA or at delivery; erasure and retention remove theirs, /metrics counts "
+                "every one ever)",
                 ("account", *DELIVERY_STATES),
                 _pivot((((c.account or NO_ACCOUNT,), c.state, c.count)
                         for c in report.deliveries), DELIVERY_STATES)),
         Section("Quarantine by account and rule", ("account", "rule", *QUARANTINE_STATES),
                 _pivot((((c.account or NO_ACCOUNT, c.rule), c.state, c.count)
                         for c in report.quarantine), QUARANTINE_STATES)),
-        Section(f"Objections: {sum(c.count for c in report.objections)}",
+        Section(f"Suppression list entries: {sum(c.count for c in report.objections)} "
+                "(by the channel of each entry now; a lifted one is gone, an erasure's "
+                "counted as erasure)",
                 ("channel", "count"), [(c.channel, str(c.count)) for c in report.objections]),
         Section(f"{len(report.open_requests)} open requests "
                 f"({sum(r.overdue for r in report.open_requests)} overdue)",
