@@ -54,6 +54,7 @@ SQL_FUNCTIONS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("subject_form", subject_form), ("shown_url", shown_url))
 
 CHECKPOINT_BUSY_MS = 100  # empty_wal's wait for readers, each try
+CONNECT_TRIES = 5
 
 INSERT_CHUNK = 128  # rows per multi-row INSERT at most
 MAX_VARIABLES = 999  # SQLite's limit before 3.32 (32,766 since): a statement stays under it
@@ -166,9 +167,22 @@ class Database:
         return self
 
     async def _connect(self) -> aiosqlite.Connection:
+        for attempt in range(CONNECT_TRIES):
+            try:
+                return await self._connect_once()
+            except sqlite3.OperationalError as exc:
+                # processes opening a new store together: its switch to WAL needs the file
+                # to itself and can answer "locked" without waiting (seen 1 time in ~8)
+                if "locked" not in str(exc) or attempt == CONNECT_TRIES - 1:
+                    raise
+                await asyncio.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _connect_once(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         try:
             conn.row_factory = sqlite3.Row
+            await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             await conn.execute("PRAGMA journal_mode=WAL")
             # FULL: the WAL is fsynced at every commit, so a 250 survives power loss (Postfix
             # fsyncs its queue file before the 250 too).

@@ -65,8 +65,9 @@ def upstream(handler: SlowUpstream) -> tuple[Controller, DeliverySettings]:
     return controller, settings
 
 
-async def test_an_upstream_slow_at_every_step_gets_the_copy_once(db):
-    handler = SlowUpstream(step=0.4)  # each step within 0.5 s; 4 steps: over 3 x 0.5 s
+async def deliver_one(db, handler: SlowUpstream, mid: str):
+    """One copy through a DeliveryService to `handler`'s upstream; its queue entry once it
+    is no longer queued (10 s at most)."""
     controller, settings = upstream(handler)
     queue = QueueStore(db, "me")
     service = DeliveryService(queue, SmtpTransport(settings, "gateway.test"), settings,
@@ -79,7 +80,7 @@ async def test_an_upstream_slow_at_every_step_gets_the_copy_once(db):
     await service.start()
     try:
         [copies] = await queue.commit_messages([IncomingMessage(
-            "S1", time.time(), "crm", "127.0.0.1", "news@example.com",
+            mid, time.time(), "crm", "127.0.0.1", "news@example.com",
             b"From: news@example.com\r\nSubject: x\r\n\r\nbody\r\n", ("jane@example.net",))])
         service.dispatch(copies)
         deadline = time.monotonic() + 10
@@ -88,10 +89,16 @@ async def test_an_upstream_slow_at_every_step_gets_the_copy_once(db):
             if entry.state != "queued":
                 break
             await asyncio.sleep(0.05)
-        assert (entry.state, handler.accepted) == ("sent", 1), entry.last_error
+        return entry
     finally:
         await service.stop(drain_seconds=1)
         controller.stop()
+
+
+async def test_an_upstream_slow_at_every_step_gets_the_copy_once(db):
+    handler = SlowUpstream(step=0.4)  # each step within 0.5 s; 4 steps: over 3 x 0.5 s
+    entry = await deliver_one(db, handler, "S1")
+    assert (entry.state, handler.accepted) == ("sent", 1), entry.last_error
 
 
 async def test_an_upstream_slow_to_answer_the_content_gets_it_once(db):
@@ -99,32 +106,8 @@ async def test_an_upstream_slow_to_answer_the_content_gets_it_once(db):
     under load): the upstream had the copy, we timed out and sent it again, five times in
     a row. RFC 5321 4.5.3.2.6 gives that reply 10 minutes."""
     handler = SlowUpstream(step=0.0, data_step=1.5)  # over the 0.5 s of every other step
-    controller, settings = upstream(handler)
-    queue = QueueStore(db, "me")
-    service = DeliveryService(queue, SmtpTransport(settings, "gateway.test"), settings,
-                              "gateway.test")
-
-    async def as_stored(copy: Copy) -> bytes:
-        return copy.content
-
-    service.prepare = as_stored
-    await service.start()
-    try:
-        [copies] = await queue.commit_messages([IncomingMessage(
-            "S2", time.time(), "crm", "127.0.0.1", "news@example.com",
-            b"From: news@example.com\r\nSubject: x\r\n\r\nbody\r\n", ("jane@example.net",))])
-        service.dispatch(copies)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            [entry] = await queue.list(states=("queued", "deferred", "failed", "sent"))
-            if entry.state != "queued":
-                break
-            await asyncio.sleep(0.05)
-        assert (entry.state, entry.attempts, handler.accepted) == ("sent", 1, 1), (
-            entry.last_error)
-    finally:
-        await service.stop(drain_seconds=1)
-        controller.stop()
+    entry = await deliver_one(db, handler, "S2")
+    assert (entry.state, entry.attempts, handler.accepted) == ("sent", 1, 1), entry.last_error
 
 
 class NeverAnswersTheContent(asyncio.Protocol):

@@ -55,13 +55,15 @@ async def run_with_a_broken_prepare(db: Database, tmp_path, max_age_hours: float
     return queue, service, calls
 
 
+async def first_deferred(queue: QueueStore):
+    entries = [e for e in await queue.list() if e.state == "deferred"]
+    return entries[0] if entries else None
+
+
 async def test_an_unexpected_error_preparing_a_copy_defers_it_with_the_error(db, tmp_path):
     queue, service, calls = await run_with_a_broken_prepare(db, tmp_path, max_age_hours=120)
     try:
-        async def deferred():
-            entries = [e for e in await queue.list() if e.state == "deferred"]
-            return entries[0] if entries else None
-        entry = await until(deferred)
+        entry = await until(lambda: first_deferred(queue))
         assert entry.attempts == 1 and calls
         assert entry.last_error == "internal error: RuntimeError: a bug in the transform"
     finally:
@@ -74,10 +76,7 @@ async def test_a_store_error_preparing_a_copy_defers_it_at_once(db, tmp_path):
     queue, service, calls = await run_with_a_broken_prepare(
         db, tmp_path, max_age_hours=120, error=StoreError("database is locked"))
     try:
-        async def deferred():
-            entries = [e for e in await queue.list() if e.state == "deferred"]
-            return entries[0] if entries else None
-        entry = await until(deferred)
+        entry = await until(lambda: first_deferred(queue))
         assert entry.attempts == 1 and calls
         assert entry.last_error == "store: database is locked"
     finally:
@@ -102,10 +101,7 @@ async def test_an_outcome_the_store_refused_is_recorded_at_the_next_try(db, tmp_
         return await real_defer(*args, **kwargs)
     monkeypatch.setattr(queue, "defer", defer_once_refused)
     try:
-        async def deferred():
-            entries = [e for e in await queue.list() if e.state == "deferred"]
-            return entries[0] if entries else None
-        entry = await until(deferred)
+        entry = await until(lambda: first_deferred(queue))
         assert refusals and len(calls) == 2 and entry.last_error == "421 later"
     finally:
         await service.stop(drain_seconds=1)

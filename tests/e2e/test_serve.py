@@ -315,7 +315,7 @@ IGNORING_SIGHUP = ("import os, signal, sys; signal.signal(signal.SIGHUP, signal.
                    "os.execv(sys.argv[1], sys.argv[1:])")
 
 
-@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("processes", [2])  # the supervisor and a worker's own runtime
 def test_under_nohup_a_hangup_does_not_stop_the_gateway(make_gateway, processes):
     """SIGHUP drains the gateway, unless it was started ignoring it (nohup): a closed
     terminal then stopped a gateway its operator had detached on purpose."""
