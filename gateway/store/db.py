@@ -13,9 +13,11 @@ can replace this one.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import sqlite3
+import stat
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -40,11 +42,20 @@ T = TypeVar("T")
 
 
 def create_private_file(path: Path) -> None:
-    """Create `path` (and its folder) readable by the owner only, if it does not exist yet."""
+    """Create `path` (and its folder) readable by the owner only, if it does not exist yet.
+
+    A symbolic link there is refused (OSError ELOOP), as is anything but a regular file: in a
+    folder others can write to, a link planted at the store's path had the gateway chmod and
+    then write over whatever file it named. The mode is set on the file opened, not by name.
+    """
     make_private_dirs(path.parent)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 # Functions of one argument every connection of the store has (the writer thread's too):
@@ -155,8 +166,9 @@ class Database:
         try:
             create_private_file(self.path)
         except OSError as exc:
-            raise StoreError(f"cannot create the store {self.path}: "
-                             f"{exc.strerror or exc}") from None
+            why = ("it is a symbolic link (refused: name the real file in store.url)"
+                   if exc.errno == errno.ELOOP else exc.strerror or str(exc))
+            raise StoreError(f"cannot create the store {self.path}: {why}") from None
         try:
             self._writer = await self._connect()
             await self._migrate()

@@ -199,3 +199,17 @@ def test_dkim_keygen_refuses_a_selector_taken_and_an_out_folder_missing(config: 
     clean_failure(run("--config", str(config), "dkim", "keygen", "--domain", "example.com",
                       "--selector", "s3", "--out", str(missing)), 2, "does not exist")
     assert not missing.parent.exists()
+
+
+def test_a_store_path_that_is_a_symbolic_link_is_refused(tmp_path: Path):
+    """A link planted at the store's path (a folder others can write to): the gateway chmod
+    the file it named and wrote its store over it."""
+    victim = tmp_path / "precious.txt"
+    victim.write_text("do not overwrite\n")
+    victim.chmod(0o644)
+    (tmp_path / "gateway.db").symlink_to(victim)
+    config = tmp_path / "g.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "gateway.db"}"\n')
+    clean_failure(run("--config", str(config), "accounts", "list"), 1, "symbolic link")
+    assert victim.read_text() == "do not overwrite\n"
+    assert victim.stat().st_mode & 0o777 == 0o644
