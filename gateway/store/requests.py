@@ -36,10 +36,13 @@ class Request:
     closed_at: float | None
     note: str | None
 
-    def as_json(self) -> dict[str, object]:
+    def as_json(self, now: float | None = None) -> dict[str, object]:
+        """`overdue`: open past its due date (as `gateway report --json` says it)."""
+        now = time.time() if now is None else now
         return {"id": self.id, "address": self.address, "kind": self.kind,
                 "received_at": self.received_at, "due_at": self.due_at,
-                "closed_at": self.closed_at, "note": self.note}
+                "closed_at": self.closed_at, "note": self.note,
+                "overdue": self.closed_at is None and self.due_at < now}
 
 
 _COLUMNS = "id, address, kind, received_at, due_at, closed_at, note"

@@ -357,6 +357,7 @@ def test_a_request_is_extended_once_within_its_first_month(config: Path):
                                                   ).stdout), key=lambda r: r["id"])
     assert 88 * 86400 <= first["due_at"] - first["received_at"] <= 93 * 86400  # 3 months
     assert "500 requests" in first["note"]
+    assert first["overdue"] is False and late["overdue"] is True  # as report --json has it
     again = gateway_cli(config, "requests", "extend", "1", "--reason", "more")
     assert again.returncode == 1 and "once" in again.stderr
     too_late = gateway_cli(config, "requests", "extend", str(late["id"]), "--reason", "x")
