@@ -159,11 +159,7 @@ class DeliveryService:
                 # ours (its claim renewed) and is tried again shortly. Let go, it waited out
                 # its claim (10 minutes) in silence. The upstream may see a copy twice, which
                 # beats losing it.
-                log.error("delivery %d: could not record the outcome (tried again in %.0f s): "
-                          "%s", copy.delivery_id, OUTCOME_RETRY_SECONDS, exc)
-                kept = True
-                asyncio.get_running_loop().call_later(
-                    OUTCOME_RETRY_SECONDS, self._retry_kept, copy)
+                kept = self._keep_for_retry(copy, exc)
             except Exception as exc:
                 # a bug, not the upstream's answer: retried with backoff like a 4xx, so that
                 # the copy is not left claimed with nothing recorded, and after
@@ -173,15 +169,19 @@ class DeliveryService:
                     await self._defer(copy, f"internal error: {exc.__class__.__name__}: {exc}")
                 except Exception as again:  # nothing may end this task: the pool would
                     # shrink until nothing is delivered; kept and tried again, as above
-                    log.error("delivery %d: could not record the outcome (tried again in "
-                              "%.0f s): %r", copy.delivery_id, OUTCOME_RETRY_SECONDS, again)
-                    kept = True
-                    asyncio.get_running_loop().call_later(
-                        OUTCOME_RETRY_SECONDS, self._retry_kept, copy)
+                    kept = self._keep_for_retry(copy, again)
             finally:
                 self._in_flight.discard(copy.delivery_id)
                 if not kept:
                     self._known.discard(copy.delivery_id)
+
+    def _keep_for_retry(self, copy: Copy, exc: Exception) -> bool:
+        """The outcome of `copy` could not be recorded: it stays ours (in `_known`, its claim
+        renewed) and goes back to the workers in OUTCOME_RETRY_SECONDS. True (kept)."""
+        log.error("delivery %d: could not record the outcome (tried again in %.0f s): %r",
+                  copy.delivery_id, OUTCOME_RETRY_SECONDS, exc)
+        asyncio.get_running_loop().call_later(OUTCOME_RETRY_SECONDS, self._retry_kept, copy)
+        return True
 
     def _retry_kept(self, copy: Copy) -> None:
         if self._stopping.is_set():
