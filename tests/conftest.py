@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -42,10 +43,38 @@ def consenting_contacts_csv(path: Path, addresses: tuple[str, ...] = RELAY_RECIP
     return path
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port to listen on, below the kernel's ephemeral range.
+
+    Port 0 hands out an ephemeral port, which the client side of any later connection (the
+    tests make thousands) may take before the gateway binds it: "Address already in use" once
+    in a few hundred starts. Ports under 32768 are never chosen for outgoing connections.
+    """
+    low, high = 20000, 32767
+    try:
+        low_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        high = min(high, low_ephemeral - 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    if high - low < 1000:  # an unusual ephemeral range: let the kernel choose
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    for _ in range(200):
+        port = random.randint(low, high)
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {low}-{high}")
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 15.0,
