@@ -16,6 +16,7 @@ import re
 from functools import lru_cache
 
 from gateway.model import MessageFacts
+from gateway.transform.lines import has_bare_line_end
 from gateway.transform.mime import (
     TEXT_BODY_TYPES,
     Malformed,
@@ -53,6 +54,8 @@ def add_notice(content: bytes, notice: Notice) -> bytes:
                        for p in root.walk() if p.children and "boundary" in p.params)
     for part in sorted(targets, key=lambda p: p.start, reverse=True):
         head, body = _rewrite(content, part, notice, part is root, delimiters)
+        if has_bare_line_end(body):  # what DKIM signs must be what the next hop relays
+            raise NoticeError("a rewritten text part would carry a bare CR or LF")
         content = content[:part.start] + head + body + content[part.end:]
     return content
 
@@ -249,9 +252,16 @@ def _base64_lines(data: bytes) -> bytes:
 
 
 def _quoted_printable(data: bytes) -> bytes:
-    """Quoted-printable with CRLF line ends (binascii works on LF)."""
+    """Quoted-printable with CRLF line ends (binascii works on LF).
+
+    A CR that ends no line (text written CR CR LF, sent as `=0D`) must stay encoded: b2a_qp
+    copies it as is, and a bare CR in the copy is rewritten by the next hop after DKIM
+    signed it (the body hash fails) and shows as an empty line."""
     text = data.replace(b"\r\n", b"\n")
-    return binascii.b2a_qp(text, istext=True).replace(b"\n", b"\r\n")
+    if b"\r" not in text:
+        return binascii.b2a_qp(text, istext=True).replace(b"\n", b"\r\n")
+    return b"\r\n".join(binascii.b2a_qp(line, istext=False).replace(b"=\n", b"=\r\n")
+                        for line in text.split(b"\n"))
 
 
 def _set_fields(head: bytes, part: Part, charset: str, encoding: str | None,

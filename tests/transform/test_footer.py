@@ -351,3 +351,18 @@ def test_a_language_tag_finds_its_template_whole_or_by_its_primary_subtag():
     assert choose(templates, "FR-ca", "en").language == "fr"
     assert find_template(TEMPLATES, "fr-FR") is TEMPLATES["fr"]
     assert find_template(TEMPLATES, "pt") is None
+
+
+def test_a_carriage_return_inside_quoted_printable_text_stays_encoded():
+    """Text written CR CR LF arrives as `=0D` before each line end. Re-encoded with the
+    notice, b2a_qp wrote the CR raw and every line end became CR CR LF: the next hop rewrote
+    the bare CRs after DKIM had signed (body hash failed) and the text was double-spaced."""
+    original = (HEAD + b"Content-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+                b"Hello Jane,=0D\r\nSecond line.=0D\r\nA lone=0Dreturn\r\n")
+    out = add_notice(original, notice("fr"))
+    assert b"\r" not in out.replace(b"\r\n", b"")  # no bare CR anywhere in the copy
+    assert b"\r\r" not in out
+    [part] = parts(out)
+    assert text_of(part).startswith("Hello Jane,\r\nSecond line.\r\nA lone\rreturn\n")
+    assert "Expéditeur : ACME SAS" in text_of(part)
