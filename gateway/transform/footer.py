@@ -19,6 +19,7 @@ from gateway.model import MessageFacts
 from gateway.transform.lines import has_bare_line_end
 from gateway.transform.mime import (
     TEXT_BODY_TYPES,
+    UNDECORATED_ALTERNATIVES,
     Malformed,
     Part,
     facts_of,
@@ -45,6 +46,7 @@ def add_notice(content: bytes, notice: Notice) -> bytes:
     or one cannot be decoded (M2/M3 at DATA normally quarantine those first)."""
     try:
         root = scan(content)
+        content, root = _without_undecorated_alternatives(content, root)
     except Malformed as exc:
         raise NoticeError(str(exc)) from exc
     targets = _text_parts(root)
@@ -110,6 +112,29 @@ def text_parts_decoded(content: bytes) -> list[tuple[str, str]]:
         except NoticeError:
             continue
     return found
+
+
+def _without_undecorated_alternatives(content: bytes, root: Part) -> tuple[bytes, Part]:
+    """`content` without the AMP and Apple Watch alternatives of a multipart/alternative
+    that has another: Gmail and Yahoo show the AMP part (and a watch its part) instead of the
+    HTML one, and no notice can be written into them (AMP pages are validated as a whole).
+    The HTML and plain alternatives, which get the notice, stay."""
+    cuts: list[tuple[int, int]] = []
+    for part in root.walk():
+        if part.content_type != "multipart/alternative" or len(part.children) < 2:
+            continue
+        delimiter = b"--" + part.params["boundary"].encode("utf-8", "surrogateescape")
+        for child in part.children:
+            if child.content_type not in UNDECORATED_ALTERNATIVES:
+                continue
+            start = content.rfind(delimiter, part.body_start, child.start)
+            if start >= 0 and content.startswith(b"\r\n" + delimiter, child.end):
+                cuts.append((start, child.end + 2))  # its delimiter line up to the next one
+    if not cuts:
+        return content, root
+    for start, end in sorted(cuts, reverse=True):
+        content = content[:start] + content[end:]
+    return content, scan(content)
 
 
 def _text_parts(root: Part) -> list[Part]:

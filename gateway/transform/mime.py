@@ -23,6 +23,9 @@ SIGNED_OR_ENCRYPTED = frozenset({
     "application/x-pkcs7-mime",
 })
 TEXT_BODY_TYPES = frozenset({"text/plain", "text/html"})
+# alternatives a reader may show instead of the HTML one, which cannot carry the notice
+UNDECORATED_ALTERNATIVES = frozenset({"text/x-amp-html", "text/watch-html"})
+_ONCE_PER_PART = ("content-type", "content-transfer-encoding", "content-disposition")
 _FIELD_NAME = re.compile("[!-9;-~]+")
 
 
@@ -50,8 +53,14 @@ class Part:
 
     @property
     def is_attachment(self) -> bool:
-        disposition = (self.get("content-disposition") or "").split(";", 1)[0]
-        return disposition.strip().lower() == "attachment"
+        """Disposition attachment, or a named file inside a multipart (`filename=`, or the
+        older Content-Type `name=`): readers list both as files, which a notice would
+        corrupt. A message that is one named text part keeps it as its body."""
+        kind, _, disposition = (self.get("content-disposition") or "").partition(";")
+        if kind.strip().lower() == "attachment":
+            return True
+        return self.start > 0 and ("filename" in disposition.lower()
+                                   or any(k.startswith("name") for k in self.params))
 
     def walk(self) -> list[Part]:
         """This part and every descendant, depth first, without recursion."""
@@ -200,6 +209,14 @@ def _entity(content: bytes, start: int, end: int, default: str) -> Part:
         raise Malformed(f"header block larger than {MAX_HEADER_BYTES} bytes")
     block = content[start:body_start].decode("utf-8", "surrogateescape")
     fields = parse_fields(block)
+    content_fields = [k for k, _ in fields if k.startswith("content-")]
+    if len(content_fields) > len(set(content_fields)):
+        for name in _ONCE_PER_PART:
+            if content_fields.count(name) > 1:
+                # readers disagree on which counts (Python's email the first, nodemailer
+                # and Delta Chat the last): the notice could land where the reader never
+                # looks, a base64 attachment be shown raw
+                raise Malformed(f"the {name} field is given twice in one MIME part")
     ctype, params = parse_content_type(
         next((v for k, v in fields if k == "content-type"), None), default)
     return Part(start, body_start, end, fields, ctype, params)

@@ -366,3 +366,57 @@ def test_a_carriage_return_inside_quoted_printable_text_stays_encoded():
     [part] = parts(out)
     assert text_of(part).startswith("Hello Jane,\r\nSecond line.\r\nA lone\rreturn\n")
     assert "Expéditeur : ACME SAS" in text_of(part)
+
+
+@pytest.mark.parametrize("fields", [
+    b'Content-Type: text/plain\r\nContent-Type: multipart/mixed; boundary="b"\r\n',
+    b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n"
+    b"Content-Transfer-Encoding: 7bit\r\n",
+    b"Content-Type: text/plain\r\nContent-Disposition: inline\r\n"
+    b"Content-Disposition: attachment\r\n",
+])
+def test_a_content_field_given_twice_is_malformed(fields: bytes):
+    """Python's email reads the first Content-Type, nodemailer and Delta Chat the last: the
+    notice went after the close delimiter, where a last-field reader never shows it."""
+    original = HEAD + fields + b"\r\n--b\r\n\r\nSGVsbG8=\r\n--b--\r\n"
+    assert "given twice" in (structure_facts(original).malformed or "")
+    with pytest.raises(NoticeError):
+        add_notice(original, notice())
+
+
+@pytest.mark.parametrize("named", [
+    b'Content-Type: text/plain; name="data.csv"\r\n',
+    b'Content-Type: text/plain\r\nContent-Disposition: inline; filename="data.csv"\r\n',
+    b"Content-Type: text/plain\r\nContent-Disposition: inline; filename*=utf-8''d%C3%A9.csv\r\n",
+])
+def test_a_named_text_file_is_an_attachment_and_left_byte_identical(named: bytes):
+    """A CSV sent with a file name but no `attachment` disposition is listed as a file by
+    mail clients: the notice went inside the file."""
+    csv_part = named + b"\r\na,b,c\r\n1,2,3"
+    original = (HEAD + b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+                b"--b\r\nContent-Type: text/plain\r\n\r\nHello\r\n--b\r\n" + csv_part
+                + b"\r\n--b--\r\n")
+    out = add_notice(original, notice())
+    assert csv_part in out
+    body, csv = parts(out)
+    assert "Why you receive this message" in text_of(body)
+    assert text_of(csv) == "a,b,c\n1,2,3"
+
+
+def test_an_amp_or_watch_alternative_that_cannot_carry_the_notice_is_left_out():
+    """Gmail shows the AMP alternative instead of the HTML one: it went out with no notice
+    and no unsubscribe link. Such alternatives are removed; calendar parts are not."""
+    original = (HEAD + b'Content-Type: multipart/alternative; boundary="alt"\r\n\r\n'
+                b"--alt\r\nContent-Type: text/plain\r\n\r\nHello\r\n"
+                b"--alt\r\nContent-Type: text/x-amp-html\r\n\r\n<html amp4email>Hi</html>\r\n"
+                b"--alt\r\nContent-Type: text/watch-html\r\n\r\n<b>Hi</b>\r\n"
+                b"--alt\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\nBEGIN:VCALENDAR\r\n"
+                b"--alt\r\nContent-Type: text/html\r\n\r\n<p>Hello</p>\r\n--alt--\r\n")
+    out = add_notice(original, notice())
+    assert b"amp4email" not in out and b"watch-html" not in out
+    plain, calendar, html = parts(out)
+    assert [p.get_content_type() for p in (plain, calendar, html)] == [
+        "text/plain", "text/calendar", "text/html"]
+    assert "Why you receive this message" in text_of(plain)
+    assert "Unsubscribe" in text_of(html)
+    assert text_of(calendar) == "BEGIN:VCALENDAR"
