@@ -44,7 +44,7 @@ INSERT INTO contacts (address, address_hash, kind, audience, relationship, langu
 VALUES (?2, ?1, COALESCE(?3, 'person'), COALESCE(?4, 'b2c'),
     COALESCE(?5, 'prospect'), ?6, ?7, ?8, ?9,
     COALESCE(?10, ''), COALESCE(?11, ''), ?12, ?13,
-    ?14, ?15, ?22, COALESCE(?19, {known_since}),
+    ?14, ?15, ?22, min(COALESCE(?19, ?23), {known_since}),
     ?20, ?21, ?23, ?23)
 ON CONFLICT (address) DO UPDATE SET
     kind = COALESCE(?3, kind),

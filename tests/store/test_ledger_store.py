@@ -647,6 +647,23 @@ async def test_without_collected_at_the_clock_starts_at_the_rows_earliest_fact(d
     assert contact is not None and contact.collected_at == 1588291200.0  # 2020-05-01
 
 
+async def test_a_fresh_collected_at_does_not_restart_the_clock_of_older_facts(db, hasher):
+    """A vendor's file dates its collection 2026 for a person whose interaction it dates
+    2021: the first import kept 2026 (allowed) and the same file imported again made it 2021
+    (R4): an update must never restart the clock (KASPR), and a first import must not
+    either."""
+    row = ("email,audience,consent,consent_at,consent_method,source_name,source_type,"
+           "collected_at,last_interaction_at\n"
+           "v1@example.com,b2b,,,,Vendor,import,2026-11-01,2021-01-01\n"
+           "v2@example.com,b2c,granted,2021-01-01,web form,Shop,direct,2026-11-01,\n")
+    import_csv(db, hasher, row)
+    first = [(await facts(db, hasher, a)).contact for a in ("v1@example.com", "v2@example.com")]
+    import_csv(db, hasher, row)
+    again = [(await facts(db, hasher, a)).contact for a in ("v1@example.com", "v2@example.com")]
+    assert [c.collected_at for c in first] == [c.collected_at for c in again] == [
+        1609459200.0, 1609459200.0]  # 2021-01-01 both times
+
+
 async def test_a_withdrawal_again_after_a_lifted_suppression_is_on_the_record(db, hasher):
     """The second import re-suppressed the address but recorded nothing: the history ended
     on 'objection_lifted' though the objection was in force again."""
