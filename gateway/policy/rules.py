@@ -20,15 +20,18 @@ DAY = 86400.0
 # person, or it was bundled with accepting the terms and conditions. consent_method is free
 # text, so it is matched word by word, in English and French ("pre-ticked box", "box ticked
 # by default", "accepted T&C", "CGV acceptées", "case précochée", "case cochée par défaut"): a
-# method that names one of these is not consent, unless it is denied ("not pre-ticked", "case
+# method that names one of these (plurals too: "T&Cs", "CGUs"; "case cochée d'office",
+# "auto-ticked") is not consent, unless it is denied ("not pre-ticked", "case
 # non précochée", "unticked by default", "décochée par défaut": the person ticked it).
 _INVALID_CONSENT = re.compile(
     r"\b(?:(?P<state>pre ?(?:ticked|checked|selected|filled|tick|check|select)\w*"
-    r"|pr[eé] ?(?:coch|s[eé]lectionn|rempli)\w*"
+    r"|pr[eé] ?(?:coch|s[eé]lectionn|rempli)\w*|auto ?(?:tick|check|select|coch)\w*"
+    r"|already (?:ticked|checked|selected)"
+    r"|(?:ticked|checked|selected|coch\w*) (?:d office|automatiquement|automatically|already)"
     r"|(?:ticked|checked|selected|filled|coch[eé]e?s?|s[eé]lectionn[eé]e?s?)"
     r" (?:in advance|beforehand|[aà] l avance|d avance|(?:by|par) (?:d[eé]faut|default)))"
     r"|(?P<default>(?:by |par )?(?:d[eé]faut|default))"
-    r"|opt ?out|terms|conditions|t ?& ?c|t ?and ?c|tos|cgu|cgv|eula|bundled)\b")
+    r"|opt ?out|terms|conditions|ts? ?& ?cs?|ts? ?and ?cs?|tos|cgus?|cgvs?|eulas?|bundled)\b")
 _NEGATIONS = frozenset({"not", "non", "no", "never", "pas", "jamais", "sans", "without"})
 # a box left empty for the person to tick: "unticked", "décochée", "vide", "empty"
 _EMPTY_STATE = re.compile(r"(?:un|d[eé])(?:ticked|checked|selected|coch)\w*|empty|vide|blank")

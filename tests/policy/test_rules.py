@@ -215,6 +215,12 @@ def test_recipients_with_the_same_outcome_share_one_decision():
     ("case non précochée", True), ("la case n'est pas précochée", True),
     ("checkbox, unticked by default", True), ("the box is not ticked by default", True),
     ("case décochée par défaut", True), ("box wasn't pre-ticked", True),
+    # plurals and other words for a box ticked for the person
+    ("accepted T&Cs", False), ("Ts&Cs", False), ("T & Cs", False), ("T and Cs", False),
+    ("accepted the CGUs", False), ("CGVs acceptées", False), ("case cochée d'office", False),
+    ("cochée automatiquement", False), ("auto-ticked box", False),
+    ("box already ticked", False), ("not pre-ticked, accepted T&Cs", False),
+    ("box not auto-ticked", True), ("the user ticked the box", True),
 ])
 def test_a_consent_method_naming_a_ticked_box_or_the_terms_is_not_consent(method, valid):
     """consent_method is free text: "pre-ticked box" or "accepted T&C" is no more consent
