@@ -103,7 +103,8 @@ class Campaign:
             self.account, self.category, kept,
             self.product_categories if product_categories is None
             else self.product_categories & product_categories,
-            topics_unrelated=bool(topics) and not kept)
+            # an account without topics has none a message could be outside of: R9
+            topics_unrelated=bool(topics) and bool(self.topics) and not kept)
 
 
 @dataclass(frozen=True)

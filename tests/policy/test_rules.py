@@ -165,6 +165,14 @@ def test_a_message_about_none_of_the_accounts_topics_is_unrelated_not_unclear():
     unclear = chain.decide(RecipientFacts("p@example.net", False, b2b_security), said_nothing,
                            KNOBS, NOW)
     assert not said_nothing.topics_unrelated and unclear.rule == "R9"
+    # an account with no topics: a message naming the recipient's own topic cannot be
+    # "about something else" than the account (it was R10 with a false reason, after the
+    # copy had been held at RCPT for review under R9)
+    no_topics = Campaign("news").narrowed(frozenset({"security"}), None)
+    assert not no_topics.topics_unrelated
+    held = chain.decide(RecipientFacts("p@example.net", False, b2b_security), no_topics,
+                        KNOBS, NOW)
+    assert (held.rule, held.decision) == ("R9", "quarantine")
 
 
 def test_retention_deadline_is_not_moved_by_enrichment_dates():
