@@ -227,13 +227,32 @@ def sniff_delimiter(first_line: str) -> str:
     return ";" if first_line.count(";") > first_line.count(",") else ","
 
 
-def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow | RowError]:
-    """Every data row of a CSV file as a ContactRow or a RowError, streaming.
+@dataclass(frozen=True)
+class LateWithdrawal:
+    """A withdrawal of consent on a duplicate row (a chronological export: the grant, then
+    its withdrawal): refused as a row, but the withdrawal itself is applied after the file's
+    other rows, never dropped. `row` holds the address, the consent and its date only."""
+
+    row: ContactRow
+
+
+def read_rows(lines: TextIO | Iterable[str],
+              now: float) -> Iterator[ContactRow | RowError | LateWithdrawal]:
+    """Every data row of a CSV file as a ContactRow or a RowError, streaming, then the
+    withdrawals found on duplicate rows as LateWithdrawal (each address once).
 
     Line numbers are physical lines of the file (a quoted field may span lines). A duplicate
     address is reported at its second occurrence. Raises HeaderError before any row when the
     header is unusable.
     """
+    late: dict[int, ContactRow] = {}
+    yield from _read_rows(lines, now, late)
+    for row in late.values():
+        yield LateWithdrawal(row)
+
+
+def _read_rows(lines: TextIO | Iterable[str], now: float,
+               late: dict[int, ContactRow]) -> Iterator[ContactRow | RowError]:
     iterator = iter(lines)
     first = next(iterator, None)
     if first is None:
@@ -256,6 +275,7 @@ def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow 
     names = check_header(header)
     plan, email = row_plan(names, now), names.index("email")
     seen: dict[int, int] = {}  # 64-bit hash of the address -> first line (bounded memory)
+    consents: dict[int, tuple[str, float]] = {}  # the first row's consent, when it has one
     skipped = 0  # lines taken past the reader (the rest of an over-long quoted field)
     line = reader.line_num
     while True:
@@ -317,9 +337,29 @@ def read_rows(lines: TextIO | Iterable[str], now: float) -> Iterator[ContactRow 
             continue
         key = hash(row.address)
         if key in seen:
-            yield RowError(start, f"duplicate: {row.address} already appears on line "
-                           f"{seen[key]}")
+            reason = f"duplicate: {row.address} already appears on line {seen[key]}"
+            if row.consent == "withdrawn":
+                reason += _late_withdrawal(row, consents.get(key), late, key, now)
+            yield RowError(start, reason)
             continue
         seen[key] = start
+        if row.consent is not None:
+            consents[key] = (row.consent, now if row.consent_at is None else row.consent_at)
         yield row
+
+
+def _late_withdrawal(row: ContactRow, first: tuple[str, float] | None,
+                     late: dict[int, ContactRow], key: int, now: float) -> str:
+    """Keep the withdrawal of a duplicate row in `late`, unless the first row's consent
+    supersedes it; the words the refusal adds."""
+    when = now if row.consent_at is None else row.consent_at
+    if first is not None and first[0] == "withdrawn":
+        return ""  # the first row withdrew already
+    if first is not None and first[1] > when:
+        return "; its withdrawal is older than the consent on that line and is not applied"
+    kept = late.get(key)
+    if kept is None or (now if kept.consent_at is None else kept.consent_at) < when:
+        late[key] = ContactRow(row.line, row.address, consent="withdrawn",
+                               consent_at=row.consent_at)
+    return "; its withdrawal of consent is recorded all the same (an objection is never dropped)"
 

@@ -27,7 +27,14 @@ from gateway.cli import (
     table_console,
     when,
 )
-from gateway.contacts_csv import COLUMNS, ContactRow, HeaderError, RowError, read_rows
+from gateway.contacts_csv import (
+    COLUMNS,
+    ContactRow,
+    HeaderError,
+    LateWithdrawal,
+    RowError,
+    read_rows,
+)
 from gateway.errors import GatewayError, NotFound
 from gateway.security.keys import AddressHasher
 from gateway.store.db import Database
@@ -109,8 +116,14 @@ def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool) -> No
         with progress, file.open("rb") as raw:
             task = progress.add_task("import", total=file.stat().st_size)
             chunk: list[ContactRow] = []
+            late = False
             for item in read_rows(_lines(raw, progress if tty else None, task), time.time()):
-                if isinstance(item, RowError):
+                if isinstance(item, LateWithdrawal):
+                    if not late and chunk:  # their addresses are in the chunks before
+                        importer.submit(chunk)
+                        chunk = []
+                    late, item = True, item.row
+                elif isinstance(item, RowError):
                     refused += 1
                     progress.console.print(f"{file}:{item.line}: {item.reason}",
                                            markup=False, highlight=False, soft_wrap=True)

@@ -111,6 +111,37 @@ def test_bad_rows_are_reported_by_line_and_good_rows_import(config: Path, tmp_pa
     assert "victim" not in (config.parent / "gateway.db").read_bytes().decode("latin-1")
 
 
+def test_a_withdrawal_on_a_duplicate_row_is_applied_all_the_same(config: Path,
+                                                                  tmp_path: Path):
+    """A chronological export lists the grant, then its withdrawal: the second row was
+    refused as a duplicate and the grant imported, so R6 allowed a person who had objected.
+    The withdrawal is applied after the file's rows; a withdrawal older than the grant on the
+    first row is not, and a first row that withdrew stays withdrawn."""
+    csv = tmp_path / "log.csv"
+    csv.write_text(
+        "email,consent,consent_at,consent_method,source_name,source_type,collected_at\n"
+        "ann@example.net,granted,2026-01-01,web form,form,direct,2026-01-01\n"      # 2
+        "bob@example.net,withdrawn,2026-03-01,,form,direct,2026-01-01\n"            # 3
+        "cid@example.net,granted,2026-06-01,web form,form,direct,2026-01-01\n"      # 4
+        "ann@example.net,withdrawn,2026-06-01,,form,direct,2026-01-01\n"            # 5
+        "bob@example.net,granted,2026-01-01,web form,form,direct,2026-01-01\n"      # 6
+        "cid@example.net,withdrawn,2026-02-01,,form,direct,2026-01-01\n")           # 7
+    result = gateway_cli(config, "contacts", "import", str(csv))
+    assert result.returncode == 1
+    assert "imported 4 rows (3 new, 1 updated), 3 refused, 2 newly suppressed" in \
+        result.stdout
+    lines = result.stderr.splitlines()
+    assert "line 2; its withdrawal of consent is recorded all the same" in lines[0]
+    assert lines[1].endswith("already appears on line 3")
+    assert "older than the consent on that line and is not applied" in lines[2]
+    rules = {who: json.loads(gateway_cli(config, "check", "--account", "crm", "--to",
+                                         f"{who}@example.net", "--json").stdout)["rule"]
+             for who in ("ann", "bob", "cid")}
+    assert rules == {"ann": "R1", "bob": "R1", "cid": "R6"}
+    shown = gateway_cli(config, "contacts", "show", "ann@example.net").stdout
+    assert "withdrawn" in shown and "2026-06-01" in shown
+
+
 def test_unknown_column_imports_nothing(config: Path, tmp_path: Path):
     csv = tmp_path / "extra.csv"
     csv.write_text("email,kind,shoe_size\na@example.com,person,44\n")
