@@ -63,6 +63,12 @@ def free_port() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             return int(s.getsockname()[1])
+    # pytest-xdist workers (gw0, gw1, ...) each draw from a slice of their own
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker.isdigit() and workers > 1:
+        size = (high - low + 1) // workers
+        low, high = low + int(worker) * size, low + (int(worker) + 1) * size - 1
     for _ in range(200):
         port = random.randint(low, high)
         if port in _PORTS_GIVEN:
@@ -184,6 +190,24 @@ timeout_seconds = 5.0
 level = "INFO"
 {extra}
 """)
+    return path
+
+
+def make_store(config: Path) -> Path:
+    """Create the (empty, migrated) store `config` names, as `gateway serve` would: other
+    commands refuse to create one (a command run from the wrong directory used a new empty
+    store)."""
+    import asyncio
+    import tomllib
+
+    from gateway.store.db import Database
+
+    path = Path(tomllib.loads(config.read_text())["store"]["url"].removeprefix("sqlite:///"))
+
+    async def create() -> None:
+        async with Database(path):
+            pass
+    asyncio.run(create())
     return path
 
 

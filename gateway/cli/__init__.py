@@ -32,11 +32,41 @@ class CliState:
         """The settings; a config error ends the command with exit 2, wherever it is read."""
         if self._settings is None:
             try:
-                self._settings = load_settings(self.config_path)
+                settings = load_settings(self.config_path)
             except ConfigError as exc:
                 fail(f"config error: {exc}", EXIT_USAGE)
                 raise  # pragma: no cover - fail() exits
+            _check_store_exists(settings)
+            self._settings = settings
         return self._settings
+
+
+# the commands a new machine starts with: the others find the store `serve` uses, or say so
+MAY_CREATE_STORE = frozenset({"serve", "accounts add", "contacts import", "dkim keygen"})
+
+
+def _check_store_exists(settings: Settings) -> None:
+    """Exit 1 when the store is missing and the running command would create an empty one.
+
+    The default store is relative (./var/gateway.db): a `gateway suppress add` or a cron
+    job's `queue list --failed` run from another directory used a new, empty store of its
+    own and said all was well, while `serve` went on with the real one."""
+    ctx = click.get_current_context(silent=True)
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    command = " ".join(reversed(names))
+    if not names or command in MAY_CREATE_STORE:
+        return
+    try:
+        path = settings.store.path
+    except ConfigError:
+        return  # the command reports it where the store is opened
+    if not path.exists() and not path.is_symlink():
+        fail(f"no store at {path.absolute()}: run this where `gateway serve` runs, or name "
+             "its config with --config or GATEWAY_CONFIG (a new store is made by `gateway "
+             "serve`, `gateway accounts add` or `gateway contacts import`)")
 
 
 def fail(message: str, code: int = EXIT_REFUSED) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import STRONG_PASSWORD, gateway_cli
+from conftest import STRONG_PASSWORD, gateway_cli, make_store
 
 
 @pytest.fixture
@@ -61,6 +61,7 @@ def test_add_list_update_remove(config: Path):
 ])
 def test_weak_passwords_are_refused_and_nothing_is_created(config: Path, password: str,
                                                             words: str):
+    make_store(config)
     result = add(config, "crm", password)
     assert result.returncode == 1
     assert "password refused" in result.stderr and words in result.stderr

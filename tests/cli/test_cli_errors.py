@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import STRONG_PASSWORD, gateway_cli
+from conftest import STRONG_PASSWORD, gateway_cli, make_store
 
 
 def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None
@@ -46,11 +46,32 @@ def test_a_missing_config_file_is_exit_2_in_every_command(tmp_path: Path, args: 
 
 
 def test_an_empty_gateway_config_means_the_embedded_defaults(tmp_path: Path):
-    result = subprocess.run([sys.executable, "-m", "gateway", "accounts", "list", "--json"],
-                            capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                            env={**os.environ, "GATEWAY_CONFIG": ""}, check=False)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "var" / "gateway.db").exists()  # the default store, not a crash on "."
+    def gateway(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", *args], input=stdin,
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                              env={**os.environ, "GATEWAY_CONFIG": ""}, check=False)
+    # the default store, not a crash on "."; a listing does not make an empty one
+    clean_failure(gateway("accounts", "list", "--json"), 1,
+                  f"no store at {tmp_path / 'var' / 'gateway.db'}: run this where")
+    assert not (tmp_path / "var").exists()
+    added = gateway("accounts", "add", "crm", "--from-domain", "example.com",
+                    "--password-stdin", stdin=STRONG_PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
+    assert (tmp_path / "var" / "gateway.db").exists()
+    assert json.loads(gateway("accounts", "list", "--json").stdout)[0]["name"] == "crm"
+
+
+@pytest.mark.parametrize("args", [
+    ("suppress", "add", "someone@example.net"), ("queue", "list", "--failed", "--json"),
+    ("check", "--account", "crm", "--to", "a@example.org"), ("audit", "verify"),
+])
+def test_a_command_run_where_there_is_no_store_says_so_and_creates_none(
+        config: Path, tmp_path: Path, args: tuple[str, ...]):
+    """Run from the wrong directory (the default store is ./var/gateway.db), `suppress add`
+    suppressed in a new empty store and a cron job's `queue list --failed` saw no failures
+    for ever, while `serve` went on with the real store."""
+    clean_failure(gateway_cli(config, *args), 1, f"no store at {tmp_path / 'gateway.db'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.toml"]  # nor a key
 
 
 def test_a_key_file_that_is_no_key_is_exit_2_naming_it(config: Path, tmp_path: Path):
@@ -66,6 +87,7 @@ def test_a_store_restored_without_its_hash_key_is_refused_not_given_a_new_one(
         config: Path, tmp_path: Path):
     """The suppression list is keyed: a restore without secrets/hash.key, or a typo in
     secrets.hash_key_file, made a new key at once, and an address on the list was allowed."""
+    make_store(config)
     assert gateway_cli(config, "suppress", "add", "someone@example.net").returncode == 0
     key = tmp_path / "secrets" / "hash.key"
     original = key.read_bytes()
@@ -98,10 +120,13 @@ def test_a_store_that_cannot_be_created_is_a_clear_error(tmp_path: Path):
     config = tmp_path / "g.toml"
     config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "a-file" / "gateway.db"}"\n')
     (tmp_path / "a-file").write_text("")
-    clean_failure(gateway_cli(config, "accounts", "list"), 1, "cannot create the store")
+    clean_failure(gateway_cli(config, "accounts", "add", "crm", "--from-domain", "example.com",
+                              "--password-stdin", stdin=STRONG_PASSWORD + "\n"),
+                  1, "cannot create the store")
 
 
 def test_a_malformed_notify_url_is_refused_and_no_account_is_made(config: Path):
+    make_store(config)
     for url in ("http://[::1/", "http://[::1"):
         result = gateway_cli(config, "accounts", "add", "crm", "--from-domain", "example.com",
                              "--notify-url", url, "--password-stdin",
@@ -112,6 +137,7 @@ def test_a_malformed_notify_url_is_refused_and_no_account_is_made(config: Path):
 
 
 def test_an_export_to_a_folder_that_does_not_exist_is_refused(config: Path, tmp_path: Path):
+    make_store(config)
     out = tmp_path / "missing" / "x.json"
     clean_failure(gateway_cli(config, "subject", "export", "a@example.org", "--out", str(out)),
                   1, f"cannot write {out}")

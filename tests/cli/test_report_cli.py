@@ -15,7 +15,15 @@ import pytest
 from gateway.cli.report import render_html
 from gateway.store.report import DayCount, DecisionCount, OpenRequest, Report
 
-from conftest import STRONG_PASSWORD, GatewayProcess, Sink, gateway_cli, message, wait_until
+from conftest import (
+    STRONG_PASSWORD,
+    GatewayProcess,
+    Sink,
+    gateway_cli,
+    make_store,
+    message,
+    wait_until,
+)
 from ledger_cases import ACCOUNT_PRODUCTS, ACCOUNT_TOPICS, write_cases_csv
 
 # Recipients of tests/ledger_cases.py and what the policy decides for them.
@@ -183,6 +191,7 @@ def test_html_rendering_escapes_every_value():
 def test_usage_errors_exit_2(tmp_path: Path):
     config = tmp_path / "gateway.toml"
     config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "g.db"}"\n')
+    make_store(config)
     bad = gateway_cli(config, "report", "--since", "yesterday")
     assert bad.returncode == 2 and "--since" in bad.stderr
     both = gateway_cli(config, "report", "--json", "--html", str(tmp_path / "r.html"))
