@@ -135,6 +135,7 @@ class Flow:
             ledger.mark_expired, linger=MARK_LINGER_SECONDS)
         self._audit_tasks: set[asyncio.Task[None]] = set()  # background store writes
         self._account_cache: dict[str, tuple[float, Account | None]] = {}
+        self._missing_trusted: set[str] = set()  # trusted_clients accounts warned about
 
     # --- objections by mail (RFC 2369 mailto:unsubscribe+TOKEN@hostname) -----------------
 
@@ -182,8 +183,20 @@ class Flow:
         """The account a trusted network sends as (Postfix mynetworks), or None."""
         for client in self.trusted_clients:
             if client.contains(client_ip):
-                return await self.account(client.account)
+                account = await self.account(client.account)
+                if account is None and client.account not in self._missing_trusted:
+                    self._missing_trusted.add(client.account)  # once per name and process
+                    log.warning("%s is in the trusted network %s, whose account %r does not "
+                                "exist: its mail needs AUTH (gateway accounts add %s, or fix "
+                                "smtp.trusted_clients)", client_ip, client.network,
+                                client.account, client.account)
+                return account
         return None
+
+    async def missing_trusted_accounts(self) -> list[str]:
+        """The smtp.trusted_clients accounts the store does not have (said at start)."""
+        names = dict.fromkeys(client.account for client in self.trusted_clients)
+        return [name for name in names if await self.account(name, fresh=True) is None]
 
     # --- RCPT ---------------------------------------------------------------------------
 

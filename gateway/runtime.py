@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import math
 import os
@@ -143,6 +144,13 @@ class Gateway:
         if not s.http.public_url.startswith("https://"):
             log.warning("http.public_url %s is not https: RFC 8058 one-click unsubscribe needs "
                         "an HTTPS link (fine for local tests only)", s.http.public_url)
+        listen_host = parse_listen(s.smtp.listen)[0]
+        if s.smtp.hostname.rstrip(".").lower() in ("localhost", "localhost.localdomain") \
+                and not _loopback(listen_host):
+            log.warning("smtp.hostname is %r while SMTP listens on %s: every copy's mailto "
+                        "unsubscribe (unsubscribe+TOKEN@%s) and every DSN name a host nobody "
+                        "else can reach; set smtp.hostname to this gateway's public name",
+                        s.smtp.hostname, s.smtp.listen, s.smtp.hostname)
         templates = load_templates(s.controller.notices_dir)
         if find_template(templates, s.controller.default_language) is None:  # as copies
             # choose theirs: "FR" and "fr-FR" are French, a "pt-BR" file is found
@@ -178,6 +186,11 @@ class Gateway:
                 log.info("ledger: %d addresses stored decomposed rewritten in NFC", rewritten)
         flow = self.flow = Flow(self.queue, self.delivery, accounts, s.smtp.trusted_clients,
                                 decider, AuditLog(self.db), ledger, hasher, s.smtp.hostname)
+        if self.serve_http:  # one process says it
+            for name in await flow.missing_trusted_accounts():
+                log.warning("smtp.trusted_clients names the account %r, which does not exist: "
+                            "mail from its network needs AUTH until `gateway accounts add %s`",
+                            name, name)
         self.composer = Composer(self.copy_settings(), self.lookup, ledger, flow.account)
         self.delivery.prepare = self.composer.prepare
         self.delivery.on_sent = self.composer.sent
@@ -411,3 +424,13 @@ def run_one(gateway: Gateway, on_ready: Any = None) -> None:
         asyncio.run(gateway.run_until_signalled(on_ready))
     else:
         uvloop.run(gateway.run_until_signalled(on_ready))
+
+
+def _loopback(host: str) -> bool:
+    """Whether a listen host is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: assume it is reachable from elsewhere

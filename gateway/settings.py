@@ -273,11 +273,13 @@ def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
             raise ConfigError(f"{name}: [{section}] has no key {key!r} (known: "
                               f"{', '.join(sorted(known))})")
         value: Any = text
-        if typing.get_type_hints(_SECTION_TYPES[section]).get(key, str) is not str:
+        hint = typing.get_type_hints(_SECTION_TYPES[section]).get(key, str)
+        if hint is not str:
             try:
                 value = tomllib.loads(f"v = {text}")["v"]
             except tomllib.TOMLDecodeError:
-                raise ConfigError(f"{name}: not a value for {section}.{key}: {text!r}") from None
+                raise ConfigError(f"{name}: not a value for {section}.{key}: {text!r} "
+                                  f"(expected {_expected_form(hint)})") from None
         table = raw.setdefault(section, {})
         if section == "dkim" and isinstance(table, list):  # [[dkim]]: one entry, or which?
             if len(table) != 1:
@@ -356,7 +358,9 @@ def _check(settings: Settings) -> None:
             raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
     for key in ("smtp.listen", "http.listen"):
         section, _, name = key.partition(".")
-        parse_listen(getattr(getattr(settings, section), name), key)
+        if parse_listen(getattr(getattr(settings, section), name), key)[1] == 0:
+            raise ConfigError(f"{key}: port 0 would listen on a port chosen at random, which "
+                              "no client could be told; give one from 1 to 65535")
     for i, client in enumerate(settings.smtp.trusted_clients):
         try:
             ipaddress.ip_network(client.network, strict=False)
@@ -420,6 +424,21 @@ def _check(settings: Settings) -> None:
             # every notice names them (COMPLIANCE.md 4.2, GDPR 14(1)(a)-(b)): an empty one
             # rendered "Sender: , ." and "by writing to ."
             raise ConfigError(f"controller.{key}: must not be empty (every notice gives it)")
+
+
+def _expected_form(hint: Any) -> str:
+    """How an environment override of a key of type `hint` is written (a TOML value)."""
+    if hint is bool:
+        return "true or false, in lower case"
+    if hint is int:
+        return "a whole number, such as 30"
+    if hint is float:
+        return "a number, such as 2.5"
+    if typing.get_origin(hint) in (list, tuple):
+        if typing.get_args(hint)[0] is TrustedClient:
+            return 'a TOML list of tables, such as [{network = "10.0.0.0/8", account = "crm"}]'
+        return 'a TOML list, such as ["a", "b"]'
+    return "a TOML value, as in the config file"
 
 
 def parse_listen(text: str, key: str = "listen") -> tuple[str, int]:

@@ -169,3 +169,28 @@ def test_a_near_miss_in_an_environment_override_is_an_error_naming_it(tmp_path: 
     # another program's variable is none of ours, and no error
     for other in ("GATEWAY_INTERFACE", "GATEWAY_SECRET", "GATEWAY_WEBHOOK_SERVICE_HOST"):
         assert load_settings(None, environ={other: "x"}).smtp.processes >= 1, other
+
+
+@pytest.mark.parametrize("key, text, expected", [
+    ("SMTP_TLS_SELF_SIGNED", "False", "true or false, in lower case"),
+    ("DELIVERY_PORT", "twenty-five", "a whole number, such as 30"),
+    ("DELIVERY_RETRY_BASE_SECONDS", "soon", "a number, such as 2.5"),
+    ("POLICY_FORBIDDEN_SOURCES", "broker", 'a TOML list, such as ["a", "b"]'),
+    ("SMTP_TRUSTED_CLIENTS", "10.0.0.0/8", '[{network = "10.0.0.0/8", account = "crm"}]'),
+])
+def test_an_override_that_is_no_value_says_how_to_write_one(key, text, expected):
+    """The operator was told `not a value for smtp.tls_self_signed: 'False'`, not what
+    would be one."""
+    with pytest.raises(ConfigError) as error:
+        load_settings(None, environ={f"GATEWAY_{key}": text})
+    assert f"GATEWAY_{key}" in str(error.value) and expected in str(error.value)
+
+
+@pytest.mark.parametrize("key", ["smtp.listen", "http.listen"])
+def test_port_0_is_refused_for_a_listener(tmp_path: Path, key: str):
+    """Port 0 started on a random port and the banner said ":0": no client could be told."""
+    section, name = key.split(".")
+    config = tmp_path / "g.toml"
+    config.write_text(f'[{section}]\n{name} = "127.0.0.1:0"\n')
+    with pytest.raises(ConfigError, match=f"{key}: port 0"):
+        load_settings(config, environ={})

@@ -15,7 +15,7 @@ import aiosmtplib
 
 from gateway.delivery import fastdata
 from gateway.delivery.maildir import MaildirDelivery
-from gateway.errors import PermanentFailure, TemporaryFailure
+from gateway.errors import ConfigError, PermanentFailure, TemporaryFailure
 from gateway.settings import DeliverySettings
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,12 @@ class SmtpTransport:
         fastdata.install()
         self._tls_context: ssl.SSLContext | None = None
         if settings.starttls:
-            self._tls_context = ssl.create_default_context(cafile=settings.tls_ca_file or None)
+            try:
+                self._tls_context = ssl.create_default_context(
+                    cafile=settings.tls_ca_file or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"delivery.tls_ca_file {settings.tls_ca_file}: cannot load "
+                                  f"the certificates: {exc}") from None
 
     async def _connect(self) -> aiosmtplib.SMTP:
         s = self.settings

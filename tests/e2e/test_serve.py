@@ -16,6 +16,7 @@ import pytest
 
 from conftest import (
     STRONG_PASSWORD,
+    GatewayProcess,
     Sink,
     free_port,
     gateway_cli,
@@ -100,7 +101,8 @@ def test_config_errors_name_the_key_and_exit_2(tmp_path: Path, body: str, key: s
 
 
 @pytest.mark.parametrize("case", ["dkim key missing", "tls cert missing", "smtp port taken",
-                                  "http port taken", "no notice in the default language"])
+                                  "http port taken", "no notice in the default language",
+                                  "upstream CA file missing"])
 def test_a_start_that_fails_exits_at_once_saying_why(tmp_path: Path, case: str):
     # each fails after the store, the ledger reader and the delivery workers have started:
     # those must not keep the process alive (it hung, deaf to SIGTERM)
@@ -116,6 +118,8 @@ def test_a_start_that_fails_exits_at_once_saying_why(tmp_path: Path, case: str):
         sink_port=free_port(),
         smtp_extra=f'tls_cert = "{missing}"\ntls_key = "{missing}"'
         if case == "tls cert missing" else "",
+        delivery_extra=f'starttls = true\ntls_ca_file = "{missing}"'
+        if case == "upstream CA file missing" else "",
         extra=f'[[dkim]]\ndomain = "example.com"\nselector = "s1"\nkey_file = "{missing}"'
         if case == "dkim key missing" else
         '[controller]\ndefault_language = "xx"' if case.startswith("no notice") else "")
@@ -129,10 +133,11 @@ def test_a_start_that_fails_exits_at_once_saying_why(tmp_path: Path, case: str):
     if case.startswith("no notice"):
         assert result.returncode == 2, result.stderr
         assert "controller.default_language" in result.stderr and "'xx'" in result.stderr
-    elif case in ("dkim key missing", "tls cert missing"):
+    elif case in ("dkim key missing", "tls cert missing", "upstream CA file missing"):
         assert result.returncode == 2, result.stderr
         assert str(missing) in result.stderr
-        assert ("dkim[0]" if case == "dkim key missing" else "smtp.tls_cert") in result.stderr
+        assert {"dkim key missing": "dkim[0]", "tls cert missing": "smtp.tls_cert",
+                "upstream CA file missing": "delivery.tls_ca_file"}[case] in result.stderr
     else:
         assert result.returncode == 1, result.stderr
         assert "cannot start" in result.stderr and str(busy) in result.stderr
@@ -370,3 +375,31 @@ def test_a_slow_commit_is_answered_not_cut_by_the_idle_timeout(make_gateway, sin
     assert code == 250
     assert s.cmd("NOOP")[0] == 250  # and the session goes on
     assert b"Slow commit" in sink.wait_for(1)[0].content
+
+
+def test_start_warns_of_a_missing_trusted_account_and_a_hostname_nobody_can_reach(
+        tmp_path: Path):
+    """A typo in trusted_clients' account gave silent 530s; smtp.hostname left "localhost"
+    on a public listener put unsubscribe+TOKEN@localhost in every copy."""
+    smtp_port, http_port = free_port(), free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[smtp]\nlisten = "0.0.0.0:{smtp_port}"\n'
+                      'trusted_clients = [{ network = "127.0.0.0/8", account = "nosuch" }]\n'
+                      f'[http]\nlisten = "127.0.0.1:{http_port}"\n'
+                      f'[store]\nurl = "sqlite:///{tmp_path / "gateway.db"}"\n')
+    gw = GatewayProcess(config, smtp_port, http_port, tmp_path / "gateway.log").start()
+    try:
+        assert "smtp.trusted_clients names the account 'nosuch', which does not exist" \
+            in gw.output
+        assert "smtp.hostname is 'localhost' while SMTP listens on 0.0.0.0:" in gw.output
+        for _ in range(2):
+            s = RawSmtp(smtp_port)
+            s.cmd("EHLO c")
+            s.cmd("MAIL FROM:<news@example.com>")
+            assert s.cmd("RCPT TO:<jane@example.net>")[0] == 530
+            s.cmd("QUIT")
+        wait_until(lambda: "whose account 'nosuch' does not exist" in gw.output,
+                   what="the refusal's reason in the log")
+        assert gw.output.count("whose account 'nosuch' does not exist") == 1  # said once
+    finally:
+        gw.stop()
