@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -29,12 +30,14 @@ def _banner(gateway: object) -> None:
         f"  SMTP  {s.smtp.listen}  {tls}",
         f"  HTTP  {s.http.listen}  /u/TOKEN (unsubscribe) /webhooks/opt-out /healthz /metrics"
         f"  links point to {s.http.public_url}",
-        f"  store {s.store.path}"
+        f"  store {s.store.path.absolute()}"
         + (f"  ({s.smtp.processes} processes)" if s.smtp.processes > 1 else ""),
         f"  mail goes to {where}",
         "Send a test message (recipients must be in the contact ledger, else R2 refuses them):",
         "  gateway accounts add demo --from-domain example.com   # choose a strong password",
-        "  gateway contacts import config/contacts.example.csv   # a sample ledger",
+        "  gateway contacts import config/contacts.example.csv   # a sample ledger"
+        if Path("config/contacts.example.csv").is_file() else
+        "  gateway contacts import contacts.csv   # your ledger (columns: --help)",
         "  gateway check --account demo --to someone@example.net # what would happen, and why",
         # swaks checks no certificate unless told to (--tls-verify takes no value: given
         # "0", swaks refused the whole command line)
