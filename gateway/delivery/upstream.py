@@ -139,6 +139,11 @@ async def _transaction(client: aiosmtplib.SMTP, mail_from: str, recipient: str,
             await client.ehlo(timeout=step_seconds)
         except aiosmtplib.SMTPHeloError:
             await client.helo(timeout=step_seconds)
+    if "SMTPUTF8" not in options and client.supports_extension("smtputf8") \
+            and not content[:content.find(b"\r\n\r\n")].isascii():
+        # header fields in UTF-8 (RFC 6532) are declared to a server that offers it (one
+        # without gets them as before)
+        options = [*options, "SMTPUTF8"]
     if not content.isascii() and client.supports_extension("8bitmime"):
         # RFC 6152 3: 8-bit content (a part the notice was added to in 8bit, say) is
         # declared; a server without 8BITMIME gets it as Postfix sends it then

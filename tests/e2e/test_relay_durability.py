@@ -373,14 +373,19 @@ def test_an_account_with_mail_in_hand_is_removed_only_with_force(make_gateway):
 
 def test_eight_bit_content_is_declared_to_the_upstream(make_gateway, sink: Sink):
     """RFC 6152: 8-bit data goes with BODY=8BITMIME to a server offering it (it went
-    undeclared); 7-bit data without it."""
+    undeclared); 7-bit data without it. RFC 6532 header fields in UTF-8 go with SMTPUTF8
+    (only the addresses decided it: the client's SMTPUTF8 was dropped)."""
     gw = make_gateway()
     plain = message(subject="Seven bits")
     eight = (message(subject="Huit bits", body="\u00e9t\u00e9 Hello Jane,\r\n")
              .replace(b"charset=utf-8\r\n", b"charset=utf-8\r\nContent-Transfer-Encoding: 8bit"
                       b"\r\n", 1))
+    utf8_subject = message(subject="R\u00e9sum\u00e9 d'\u00e9t\u00e9", body="Hello Jane,\r\n")
     send(gw.smtp_port, plain)
     send(gw.smtp_port, eight)
-    received = {b"Huit" in r.content: r for r in sink.wait_for(2)}
-    assert "BODY=8BITMIME" in received[True].mail_options
-    assert "BODY=8BITMIME" not in received[False].mail_options
+    send(gw.smtp_port, utf8_subject)
+    received = {r.content.split(b"Subject: ", 1)[1][:4]: r for r in sink.wait_for(3)}
+    assert "BODY=8BITMIME" in received[b"Huit"].mail_options
+    assert "BODY=8BITMIME" not in received[b"Seve"].mail_options
+    assert "SMTPUTF8" in received["Rés".encode()].mail_options
+    assert "SMTPUTF8" not in received[b"Huit"].mail_options + received[b"Seve"].mail_options
