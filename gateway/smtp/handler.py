@@ -207,13 +207,15 @@ class GatewayHandler:
         if account is None:
             # Accepted so that mail to unsubscribe+TOKEN@ our hostname can arrive from any MTA
             # (RFC 2369 mailto); every other recipient gets 530 at RCPT: no relaying.
-            problem = address_problem(address) if address != "<>" else None
+            problem = _address_refusal(address, envelope) if address != "<>" else None
             if problem:
                 return problem
             envelope.mail_from = address
             session.gateway_account = None  # type: ignore[attr-defined]
             return replies.SENDER_OK
-        problem = address_problem(address)
+        if address == "<>":  # bounces are the gateway's own: prospecting mail names its sender
+            return replies.NULL_SENDER
+        problem = _address_refusal(address, envelope)
         if problem:
             return problem
         if not account.may_send_from(domain_of(address)):
@@ -252,7 +254,7 @@ class GatewayHandler:
         if account is None:
             log.info("%s RCPT without authentication refused", server.client_ip)
             return replies.AUTH_REQUIRED
-        problem = address_problem(address)
+        problem = _address_refusal(address, envelope)
         if problem:
             return problem
         verdicts = _verdicts(envelope)
@@ -320,3 +322,12 @@ class GatewayHandler:
                  queue_id, envelope.mail_from, account.name, len(envelope.rcpt_tos),
                  len(content))
         return replies.QUEUED.format(queue_id=queue_id)
+
+
+def _address_refusal(address: str, envelope: Envelope) -> str | None:
+    """The reply refusing an envelope address, or None: its syntax, then (RFC 6531) an
+    address beyond ASCII in a transaction whose MAIL did not say SMTPUTF8."""
+    problem = address_problem(address)
+    if problem is None and not address.isascii() and not envelope.smtp_utf8:
+        return replies.NEEDS_SMTPUTF8
+    return problem

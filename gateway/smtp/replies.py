@@ -20,6 +20,8 @@ SENDER_OK = "250 2.1.0 Sender OK"
 SENDER_NOT_ALLOWED = "553 5.7.1 M1 Sender address not allowed for this account"
 RECIPIENT_OK = "250 2.1.5 Recipient OK"
 BAD_ADDRESS = "501 5.1.3 Bad address syntax"
+NULL_SENDER = "553 5.7.1 M1 A null sender (<>) is not accepted from an account: name the sender"
+NEEDS_SMTPUTF8 = "553 5.6.7 An address beyond ASCII needs the SMTPUTF8 parameter on MAIL"
 SOURCE_ROUTE = "501 5.1.3 Source routes and %-hack addresses are not accepted"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 NEED_RECIPIENT = "503 5.5.1 Need RCPT command first"
@@ -52,6 +54,8 @@ AIOSMTPD_REWRITES: dict[bytes, bytes] = {
     b"503 Error: send HELO first": b"503 5.5.1 Send HELO first",
     b"503 Error: send EHLO first": b"503 5.5.1 Send EHLO first",
     b"502 EXPN not implemented": b"502 5.5.1 EXPN not implemented",
+    b"501 Error: BODY can only be one of 7BIT, 8BITMIME":
+        b"501 5.5.4 BODY can only be 7BIT or 8BITMIME here",
     b"250 OK": b"250 2.0.0 OK",
     b"221 Bye": b"221 2.0.0 Bye",
 }

@@ -274,10 +274,20 @@ def test_garbage_commands_get_5xx_and_the_session_stays_usable(make_gateway, sin
     assert s.cmd(b'RCPT TO:<"ja\x7fne"@example.net>')[0] == 501
     for control in ("\u0085", "\u009b", "\u202e", "\u2028"):  # NEL, CSI, RLO, LS
         assert s.cmd(f"RCPT TO:<ja{control}ne@example.net>".encode())[0] == 501, control
+    # an address beyond ASCII needs SMTPUTF8 on MAIL (RFC 6531): it reached the policy
+    assert s.cmd("RCPT TO:<jos\u00e9@example.fr>".encode()) == (
+        553, "5.6.7 An address beyond ASCII needs the SMTPUTF8 parameter on MAIL")
     assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
     assert s.cmd("DATA")[0] == 354
     assert s.cmd(message(subject="After garbage") + b".")[0] == 250
     assert b"After garbage" in sink.wait_for(1)[0].content
+    # a null sender from an account (it was "501 Bad address syntax": <> is valid syntax)
+    assert s.cmd("MAIL FROM:<>") == (
+        553, "5.7.1 M1 A null sender (<>) is not accepted from an account: name the sender")
+    assert s.cmd("MAIL FROM:<n\u00e9ws@example.com>".encode())[0] == 553
+    # a BODY this server does not offer: with an enhanced code (RFC 3463)
+    assert s.cmd("MAIL FROM:<news@example.com> BODY=BINARYMIME") == (
+        501, "5.5.4 BODY can only be 7BIT or 8BITMIME here")
 
 
 def test_too_many_recipients_get_452(make_gateway, tmp_path):
