@@ -199,7 +199,10 @@ def _rewrite(content: bytes, part: Part, notice: Notice, is_root: bool,
             # UTF-16 and the like: their 0x0A byte is half a character, which QP would
             # turn into a line break; UTF-7, IDNA: no text codec for a whole body
             raise UnicodeError(charset)
-        data = text.encode(charset)
+        # HTML takes characters its charset lacks as references (&#233;): its charset is
+        # kept, so a <meta charset> in the document still agrees with the part's
+        data = text.encode(charset, "xmlcharrefreplace" if part.content_type == "text/html"
+                           else "strict")
         new_charset = None
     except UnicodeError:
         data, new_charset = text.encode("utf-8"), "utf-8"

@@ -420,3 +420,22 @@ def test_an_amp_or_watch_alternative_that_cannot_carry_the_notice_is_left_out():
     assert "Why you receive this message" in text_of(plain)
     assert "Unsubscribe" in text_of(html)
     assert text_of(calendar) == "BEGIN:VCALENDAR"
+
+
+def test_an_html_part_keeps_its_charset_and_takes_the_notice_as_character_references():
+    """An HTML part in us-ascii or iso-8859-2 became UTF-8 for a French notice while its
+    <meta charset> still said the old charset: a client that believes the meta showed the
+    notice (and the text) garbled."""
+    import html
+
+    original = (HEAD + b"Content-Type: text/html; charset=iso-8859-2\r\n"
+                b"Content-Transfer-Encoding: 8bit\r\n\r\n"
+                b'<html><head><meta http-equiv="Content-Type" content="text/html; '
+                b'charset=iso-8859-2"></head><body><p>Dzi\xeakuj\xea</p></body></html>\r\n')
+    out = add_notice(original, notice("fr"))
+    [part] = parts(out)
+    assert part.get_content_charset() == "iso-8859-2"
+    content = part.get_content()
+    assert content.startswith("<html><head><meta") and "Dziękuję" in content
+    assert "&#" in content  # what iso-8859-2 lacks (à, è) as character references
+    assert "Expéditeur" in html.unescape(content)
