@@ -96,6 +96,10 @@ def _undecodable(content: bytes, root: Part) -> str | None:
             _decode(content, part)
         except NoticeError as exc:
             return str(exc)
+        if any(len(key) + len(_param(value)) + 2 > MAX_LINE for key, value in part.params.items()):
+            # a rewritten Content-Type (a notice that needs another charset) could not be
+            # folded: found here, at DATA (M2), not at delivery after the 250
+            return "a Content-Type parameter longer than a header line may be"
     return None
 
 

@@ -439,3 +439,13 @@ def test_an_html_part_keeps_its_charset_and_takes_the_notice_as_character_refere
     assert content.startswith("<html><head><meta") and "Dziękuję" in content
     assert "&#" in content  # what iso-8859-2 lacks (à, è) as character references
     assert "Expéditeur" in html.unescape(content)
+
+
+def test_a_text_part_whose_content_type_could_not_be_rewritten_is_malformed_at_data():
+    """A parameter over 998 octets passed at DATA, and the copy failed at delivery (a DSN
+    after the 250) once a French notice needed UTF-8: it is M2 at DATA now."""
+    original = (HEAD + b"Content-Type: text/plain; charset=us-ascii;\r\n x-tag=\""
+                + b"x" * 1200 + b"\"\r\n\r\nHello\r\n")
+    assert "longer than a header line" in (structure_facts(original).malformed or "")
+    with pytest.raises(NoticeError):
+        add_notice(original, notice("fr"))
