@@ -236,6 +236,13 @@ class GatewaySMTP(SMTP):
             ended(self, envelope)
 
     async def smtp_MAIL(self, arg: str) -> None:
+        if not self._accepting.is_set() and self.transport is not None:
+            # a stop: the message in progress was finished, no new one starts (RFC 5321
+            # 3.8). A client pipelining its next MAIL after the dot had another accepted
+            # before the drain's next round closed the session: dozens in 0.1 s.
+            self.transport.write(replies.SHUTTING_DOWN.encode() + b"\r\n")
+            self._close_now()
+            return
         if arg and SOURCE_ROUTE.search(arg):
             await self.push(replies.SOURCE_ROUTE)
             return
