@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -61,8 +62,11 @@ def serve(state: CliState) -> None:
         settings = state.settings
     logging.basicConfig(
         level=getattr(logging, settings.log.level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        format="%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr)
     for handler in logging.getLogger().handlers:
+        if handler.formatter is not None:  # UTC, as the CLI and the store show times
+            handler.formatter.converter = time.gmtime
         # what clients send reaches log lines (an unknown SMTP command, a webhook's reason,
         # a forwarded address): no escape sequence of theirs reaches an operator's terminal
         handler.setFormatter(PrintableFormatter(handler.formatter))

@@ -71,7 +71,7 @@ class Authenticator:
         if account.locked(now):
             await verify_password_async(stored_hash, password)  # the same time as the others
             log.warning("AUTH from %s for %s refused: account locked until %s", client_ip,
-                        account.name, time.strftime("%H:%M:%S", time.localtime(
+                        account.name, time.strftime("%H:%M:%SZ", time.gmtime(
                             account.locked_until)))
             await self._throttle()
             return AuthVerdict(AuthOutcome.LOCKED)

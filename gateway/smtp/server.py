@@ -240,7 +240,7 @@ class GatewaySMTP(SMTP):
             # a stop: the message in progress was finished, no new one starts (RFC 5321
             # 3.8). A client pipelining its next MAIL after the dot had another accepted
             # before the drain's next round closed the session: dozens in 0.1 s.
-            self.transport.write(replies.SHUTTING_DOWN.encode() + b"\r\n")
+            self.transport.write(replies.SHUTTING_DOWN.encode() + b"\r\n")  # type: ignore[attr-defined]
             self._close_now()
             return
         if arg and SOURCE_ROUTE.search(arg):

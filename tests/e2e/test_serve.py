@@ -395,6 +395,10 @@ def test_start_warns_of_a_missing_trusted_account_and_a_hostname_nobody_can_reac
         assert "smtp.trusted_clients names the account 'nosuch', which does not exist" \
             in gw.output
         assert "smtp.hostname is 'localhost' while SMTP listens on 0.0.0.0:" in gw.output
+        # log times are UTC and say so, as the CLI's (they were local, without an offset)
+        [line] = [x for x in gw.output.splitlines() if "smtp.hostname is" in x]
+        stamp = time.strftime("%Y-%m-%dT%H:", time.gmtime())
+        assert line.startswith(stamp[:11]) and line[23:35] == "Z WARNING ga", line
         for _ in range(2):
             s = RawSmtp(smtp_port)
             s.cmd("EHLO c")
