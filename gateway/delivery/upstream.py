@@ -103,6 +103,13 @@ class SmtpTransport:
                 self._idle.append(client)  # nothing was sent: the connection is still good
                 raise PermanentFailure(f"554 5.6.7 the upstream does not offer SMTPUTF8, "
                                        f"which this address needs: {exc}") from exc
+            except LostAfterContent as exc:
+                # the upstream may have queued it: deferred, as Postfix does, not sent again
+                # at once on a fresh connection (the retry below is for a pooled connection
+                # the upstream closed while idle)
+                client.close()
+                raise TemporaryFailure(f"upstream disconnected after the content, before "
+                                       f"its reply (it may have been queued): {exc}") from exc
             except aiosmtplib.SMTPServerDisconnected as exc:
                 client.close()
                 if fresh or attempt == 2:
@@ -122,6 +129,10 @@ class SmtpTransport:
         idle, self._idle = self._idle, []
         for client in idle:
             await _discard(client, polite=True)
+
+
+class LostAfterContent(aiosmtplib.SMTPException):
+    """The connection closed while the content was sent or its reply awaited."""
 
 
 # RFC 5321 4.5.3.2.6: the reply to the final dot may take 10 minutes (Postfix:
@@ -158,7 +169,11 @@ async def _transaction(client: aiosmtplib.SMTP, mail_from: str, recipient: str,
     try:
         await client.mail(mail_from, options=options, encoding=encoding, timeout=step_seconds)
         await client.rcpt(recipient, encoding=encoding, timeout=step_seconds)
-        response = await client.data(content, timeout=max(step_seconds, DATA_DONE_SECONDS))
+        try:
+            response = await client.data(content,
+                                         timeout=max(step_seconds, DATA_DONE_SECONDS))
+        except aiosmtplib.SMTPServerDisconnected as exc:
+            raise LostAfterContent(str(exc)) from exc
     except aiosmtplib.SMTPResponseException:
         try:  # the envelope reset for the connection's next copy, as sendmail does
             await client.rset(timeout=step_seconds)

@@ -202,3 +202,65 @@ async def test_an_upstream_wanting_auth_defers_the_copy_instead_of_bouncing_it()
     finally:
         await transport.close()
         server.close()
+
+
+class LosesTheReplyToTheSecondContent(asyncio.Protocol):
+    """Takes each content whole (counted in `received`); on a connection's second one, it
+    closes without answering: the upstream may have queued it, nobody can tell."""
+
+    received = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buffer, self.in_data, self.contents = b"", False, 0
+        transport.write(b"220 upstream.test ESMTP\r\n")  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            if self.in_data:
+                end = self.buffer.find(b"\r\n.\r\n")
+                if end < 0:
+                    return
+                self.buffer, self.in_data = self.buffer[end + 5:], False
+                LosesTheReplyToTheSecondContent.received += 1
+                self.contents += 1
+                if self.contents == 2:
+                    self.transport.close()
+                    return
+                self.transport.write(b"250 2.0.0 queued\r\n")  # type: ignore[attr-defined]
+                continue
+            line, sep, rest = self.buffer.partition(b"\r\n")
+            if not sep:
+                return
+            self.buffer = rest
+            verb = line[:4].upper()
+            if verb == b"DATA":
+                self.in_data = True
+                self.transport.write(b"354 go on\r\n")  # type: ignore[attr-defined]
+            elif verb == b"EHLO":
+                self.transport.write(b"250 upstream.test\r\n")  # type: ignore[attr-defined]
+            else:
+                self.transport.write(b"250 OK\r\n")  # type: ignore[attr-defined]
+
+
+async def test_a_reply_lost_after_the_content_defers_the_copy_instead_of_sending_it_again():
+    """The pooled connection's retry on a fresh one is for a connection the upstream closed
+    while idle. Lost after the content, the copy was sent again at once: a duplicate
+    whenever the upstream had queued it. It is deferred, as Postfix does."""
+    LosesTheReplyToTheSecondContent.received = 0
+    server = await asyncio.get_running_loop().create_server(LosesTheReplyToTheSecondContent,
+                                                            "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = dataclasses.replace(DeliverySettings(), mode="smtp", host="127.0.0.1",
+                                   port=port, starttls=False, timeout_seconds=5.0)
+    transport = SmtpTransport(settings, "gateway.test")
+    content = b"Subject: x\r\n\r\nbody\r\n"
+    try:
+        await transport.send("news@example.com", "jane@example.net", content)
+        with pytest.raises(TemporaryFailure, match="after the content"):
+            await transport.send("news@example.com", "ann@example.net", content)
+        assert LosesTheReplyToTheSecondContent.received == 2  # not a third: sent once each
+    finally:
+        await transport.close()
+        server.close()
