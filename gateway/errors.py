@@ -27,7 +27,14 @@ class Refused(GatewayError):
 
 
 class TemporaryFailure(GatewayError):
-    """Try again later: the SMTP client gets a 4xx, the queue defers."""
+    """Try again later: the SMTP client gets a 4xx, the queue defers.
+
+    `remote_mta`: the host whose 4xx reply this is, or None (for the DSN of a copy that
+    expires on it)."""
+
+    def __init__(self, message: str, remote_mta: str | None = None) -> None:
+        super().__init__(message)
+        self.remote_mta = remote_mta
 
 
 class PermanentFailure(GatewayError):

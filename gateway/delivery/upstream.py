@@ -209,7 +209,7 @@ def _classify(exc: BaseException, remote_mta: str | None = None) -> Exception:
                                 f"delivery.username, delivery.password and delivery.starttls)")
     if isinstance(code, int) and 500 <= code < 600:
         return PermanentFailure(text, remote_mta)
-    return TemporaryFailure(text)
+    return TemporaryFailure(text, remote_mta if isinstance(code, int) else None)
 
 
 # RFC 4954 6: 530 authentication required, 538 encryption required for the mechanism

@@ -212,7 +212,8 @@ class DeliveryService:
             await self._fail(copy, str(exc), exc.remote_mta, exc.audit)
             return
         except (TimeoutError, TemporaryFailure, OSError) as exc:
-            await self._defer(copy, str(exc) or exc.__class__.__name__)
+            await self._defer(copy, str(exc) or exc.__class__.__name__,
+                              getattr(exc, "remote_mta", None))
             return
         version = self.notice_version(copy.delivery_id) if self.notice_version else None
         await self._record_sent(copy, version)
@@ -240,11 +241,12 @@ class DeliveryService:
             await asyncio.sleep(delay)
             delay = min(delay * 2, SENT_RETRY_MAX_SECONDS)
 
-    async def _defer(self, copy: Copy, error: str) -> None:
+    async def _defer(self, copy: Copy, error: str, remote_mta: str | None = None) -> None:
+        """`remote_mta`: who gave `error` as its SMTP reply (an expiry's DSN names it)."""
         age_hours = (time.time() - (copy.queued_at or copy.received_at)) / 3600
         if age_hours >= self.settings.max_age_hours:
             await self._fail(copy, f"{GAVE_UP_PREFIX} {age_hours:.1f} h in the queue"
-                                   f"{LAST_ERROR}{error}")
+                                   f"{LAST_ERROR}{error}", remote_mta)
             return
         attempts = copy.attempts + 1
         delay = jittered(retry_delay(attempts, self.settings.retry_base_seconds,

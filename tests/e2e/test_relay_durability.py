@@ -151,6 +151,7 @@ def test_a_copy_too_old_to_retry_ends_failed_with_a_delay_dsn(make_gateway, sink
     (dsn,) = sink.wait_for(1, timeout=30)  # the DSN to the sender, after retries
     assert dsn.rcpt_tos == ["news@example.com"] and b"Status: 4.4.7" in dsn.content
     assert b"451 4.2.0" in dsn.content  # the last upstream answer is reported
+    assert b"Remote-MTA: dns; 127.0.0.1" in dsn.content  # and who gave it (it was left out)
     failed = json.loads(gw.cli("queue", "list", "--failed", "--json").stdout)
     assert [e["recipient"] for e in failed] == ["slow@example.net"]
     assert failed[0]["attempts"] >= 2 and "gave up after" in failed[0]["last_error"]
