@@ -257,6 +257,9 @@ def _read_rows(lines: TextIO | Iterable[str], now: float,
     first = next(iterator, None)
     if first is None:
         raise HeaderError("the file is empty")
+    if "\r" in first.rstrip("\r\n"):
+        raise HeaderError("the lines end with CR alone (classic Mac OS, some spreadsheet "
+                          "exports): save the file with LF or CRLF line ends")
     delimiter = sniff_delimiter(first)
     quotes = 0  # '"' in the lines the reader has taken so far
 

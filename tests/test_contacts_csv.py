@@ -113,6 +113,7 @@ def test_a_quote_never_closed_names_the_lines_it_swallowed():
     ("email,kind,favourite_colour\n", "unknown column 'favourite_colour'"),
     ("email,kind,kind\n", "appears twice"),
     ("kind,audience\n", "no 'email' column"),
+    ("email,kind\r", "end with CR alone"),  # classic Mac: the csv module's words were cryptic
 ])
 def test_a_bad_header_stops_everything(header, message):
     with pytest.raises(HeaderError, match=message):
