@@ -11,6 +11,7 @@ import csv
 import datetime
 import functools
 import itertools
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -278,7 +279,8 @@ def _read_rows(lines: TextIO | Iterable[str], now: float,
     names = check_header(header)
     plan, email = row_plan(names, now), names.index("email")
     seen: dict[int, int] = {}  # 64-bit hash of the address -> first line (bounded memory)
-    consents: dict[int, tuple[str, float]] = {}  # the first row's consent, when it has one
+    # the first row's consent, when it has one: a grant's date, or -inf for a withdrawal
+    consents: dict[int, float] = {}
     skipped = 0  # lines taken past the reader (the rest of an over-long quoted field)
     line = reader.line_num
     while True:
@@ -346,19 +348,21 @@ def _read_rows(lines: TextIO | Iterable[str], now: float,
             yield RowError(start, reason)
             continue
         seen[key] = start
-        if row.consent is not None:
-            consents[key] = (row.consent, now if row.consent_at is None else row.consent_at)
+        if row.consent == "withdrawn":
+            consents[key] = -math.inf
+        elif row.consent is not None:
+            consents[key] = now if row.consent_at is None else row.consent_at
         yield row
 
 
-def _late_withdrawal(row: ContactRow, first: tuple[str, float] | None,
+def _late_withdrawal(row: ContactRow, first: float | None,
                      late: dict[int, ContactRow], key: int, now: float) -> str:
     """Keep the withdrawal of a duplicate row in `late`, unless the first row's consent
-    supersedes it; the words the refusal adds."""
+    (a grant's date, -inf for a withdrawal) supersedes it; the words the refusal adds."""
     when = now if row.consent_at is None else row.consent_at
-    if first is not None and first[0] == "withdrawn":
+    if first == -math.inf:
         return ""  # the first row withdrew already
-    if first is not None and first[1] > when:
+    if first is not None and first > when:
         return "; its withdrawal is older than the consent on that line and is not applied"
     kept = late.get(key)
     if kept is None or (now if kept.consent_at is None else kept.consent_at) < when:

@@ -123,6 +123,8 @@ def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool) -> No
                         importer.submit(chunk)
                         chunk = []
                     late, item = True, item.row
+                    if erased and hasher(item.address) in erased:
+                        continue  # said at its first row; the erasure keeps it suppressed
                 elif isinstance(item, RowError):
                     refused += 1
                     progress.console.print(f"{file}:{item.line}: {item.reason}",
@@ -137,10 +139,10 @@ def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool) -> No
                     continue
                 chunk.append(item)
                 if len(chunk) >= CHUNK_ROWS:
-                    importer.submit(chunk)
+                    importer.submit(chunk, late)
                     chunk = []
             if chunk:
-                importer.submit(chunk)
+                importer.submit(chunk, late)
             c = importer.finish()
     except HeaderError as exc:
         importer.finish()
@@ -152,7 +154,10 @@ def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool) -> No
     seconds = time.monotonic() - started
     verb = "would import" if dry_run else "imported"
     click.echo(f"{file}: {verb} {c.new + c.updated} rows ({c.new} new, {c.updated} updated), "
-               f"{refused} refused, {c.suppressed} newly suppressed, in {seconds:.1f} s"
+               f"{refused} refused, "
+               + (f"{c.late} withdrawal{'s' if c.late > 1 else ''} of consent from duplicate "
+                  f"rows {'would be ' if dry_run else ''}applied, " if c.late else "")
+               + f"{c.suppressed} newly suppressed, in {seconds:.1f} s"
                + (f"; {c.clock_kept} new contacts were purged by the retention rule before: "
                   "their retention clock goes on from the purged entry's, not from this file"
                   if c.clock_kept else "")

@@ -25,9 +25,15 @@ DAY = 86400.0
 # non précochée", "unticked by default", "décochée par défaut": the person ticked it).
 _INVALID_CONSENT = re.compile(
     r"\b(?:(?P<state>pre ?(?:ticked|checked|selected|filled|tick|check|select)\w*"
-    r"|pr[eé] ?(?:coch|s[eé]lectionn|rempli)\w*|auto ?(?:tick|check|select|coch)\w*"
-    r"|already (?:ticked|checked|selected)"
-    r"|(?:ticked|checked|selected|coch\w*) (?:d office|automatiquement|automatically|already)"
+    r"|pr[eé] ?(?:coch|s[eé]lectionn|rempli)\w*"
+    # "ticked" and "cocher" are said of boxes; "checked" and "selected" of addresses too
+    # ("MX checked automatically", "address auto-checked for typos"): only next to a box
+    r"|auto ?(?:tick|coch)\w*|already ticked|ticked (?:automatically|already)"
+    r"|coch\w* (?:d office|automatiquement)"
+    r"|(?:box|checkbox|case)(?: (?!(?:not|no|never|non|pas)\b)\w+){0,2}"
+    r" (?:auto ?(?:checked|selected)|already (?:checked|selected)"
+    r"|(?:checked|selected) (?:automatically|already))"
+    r"|(?:auto ?(?:checked|selected)|already (?:checked|selected)) (?:check ?)?box"
     r"|(?:ticked|checked|selected|filled|coch[eé]e?s?|s[eé]lectionn[eé]e?s?)"
     r" (?:in advance|beforehand|[aà] l avance|d avance|(?:by|par) (?:d[eé]faut|default)))"
     r"|(?P<default>(?:by |par )?(?:d[eé]faut|default))"

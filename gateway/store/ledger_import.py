@@ -123,6 +123,7 @@ class ImportCounts:
     updated: int = 0
     suppressed: int = 0
     clock_kept: int = 0  # new contacts whose retention clock a purged entry's started
+    late: int = 0  # withdrawals from duplicate rows (contacts_csv.LateWithdrawal), applied
 
 
 class ContactImporter:
@@ -157,8 +158,10 @@ class ContactImporter:
         self.write_params([row_params(self.hasher, row, now) for row in rows], rows[0].line,
                           now)
 
-    def write_params(self, params: list[list[object]], first_line: int, now: float) -> None:
-        """One chunk, as `row_params` lists, in one transaction."""
+    def write_params(self, params: list[list[object]], first_line: int, now: float,
+                     late: bool = False) -> None:
+        """One chunk, as `row_params` lists, in one transaction. `late`: withdrawals from
+        duplicate rows, counted apart (their addresses were counted with their first row)."""
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -207,6 +210,9 @@ class ContactImporter:
             raise StoreError(f"import failed in the chunk from line {first_line}: {exc}") from exc
         self.counts.suppressed += suppressed
         self.counts.clock_kept += clock_kept
+        if late:
+            self.counts.late += len(params)
+            return
         new = sum(1 for contact_id in ids.values() if contact_id > last_id)
         self.counts.new += new
         self.counts.updated += len(params) - new
@@ -288,11 +294,13 @@ class ImportProcess:
         assert kind == what, kind
         return value
 
-    def submit(self, rows: Sequence[ContactRow]) -> None:
+    def submit(self, rows: Sequence[ContactRow], late: bool = False) -> None:
+        """`late`: withdrawals from duplicate rows (see ContactImporter.write_params)."""
         if self._pipe.poll():  # the child only speaks early to report an error
             self._expect("ready")
         now = time.time()
-        self._pipe.send((rows[0].line, now, [row_params(self.hasher, r, now) for r in rows]))
+        self._pipe.send((rows[0].line, now, [row_params(self.hasher, r, now) for r in rows],
+                         late))
 
     def finish(self) -> ImportCounts:
         """Wait for every submitted chunk; raise the first write error, if any."""
@@ -325,9 +333,9 @@ def _writer(pipe: Connection, parents_end: Connection, path: str, dry_run: bool)
         while (chunk := _next_chunk(pipe)) is not None:
             if failed:
                 continue
-            first_line, now, params = chunk
+            first_line, now, params, late = chunk
             try:
-                importer.write_params(params, first_line, now)
+                importer.write_params(params, first_line, now, late)
             except StoreError as exc:
                 failed = True
                 pipe.send(("error", str(exc)))

@@ -18,10 +18,10 @@ from functools import lru_cache
 from gateway.model import MessageFacts
 from gateway.transform.lines import has_bare_line_end
 from gateway.transform.mime import (
-    TEXT_BODY_TYPES,
     UNDECORATED_ALTERNATIVES,
     Malformed,
     Part,
+    body_text_parts,
     facts_of,
     parse_content_type,
     scan,
@@ -49,7 +49,7 @@ def add_notice(content: bytes, notice: Notice) -> bytes:
         content, root = _without_undecorated_alternatives(content, root)
     except Malformed as exc:
         raise NoticeError(str(exc)) from exc
-    targets = _text_parts(root)
+    targets = body_text_parts(root)
     if not targets:
         raise NoticeError("no text/plain or text/html part to put the notice in")
     delimiters = tuple(b"--" + p.params["boundary"].encode("utf-8", "surrogateescape")
@@ -91,12 +91,13 @@ def undecodable_text(content: bytes) -> str | None:
 
 
 def _undecodable(content: bytes, root: Part) -> str | None:
-    for part in _text_parts(root):
+    for part in body_text_parts(root):
         try:
             _decode(content, part)
         except NoticeError as exc:
             return str(exc)
-        if any(len(key) + len(_param(value)) + 2 > MAX_LINE for key, value in part.params.items()):
+        if any(len(key) + len(_param(value)) + 3 > MAX_LINE  # " k=v;" as _folded writes it
+               for key, value in part.params.items()):
             # a rewritten Content-Type (a notice that needs another charset) could not be
             # folded: found here, at DATA (M2), not at delivery after the 250
             return "a Content-Type parameter longer than a header line may be"
@@ -110,7 +111,7 @@ def text_parts_decoded(content: bytes) -> list[tuple[str, str]]:
     except Malformed:
         return []
     found = []
-    for part in sorted(_text_parts(root), key=lambda p: p.start):
+    for part in sorted(body_text_parts(root), key=lambda p: p.start):
         try:
             found.append((part.content_type, _decode(content, part)[0]))
         except NoticeError:
@@ -139,17 +140,6 @@ def _without_undecorated_alternatives(content: bytes, root: Part) -> tuple[bytes
     for start, end in sorted(cuts, reverse=True):
         content = content[:start] + content[end:]
     return content, scan(content)
-
-
-def _text_parts(root: Part) -> list[Part]:
-    found = []
-    stack = [root]
-    while stack:
-        part = stack.pop()
-        if part.content_type in TEXT_BODY_TYPES and not part.is_attachment:
-            found.append(part)
-        stack.extend(part.children)  # message/rfc822 has none: a forwarded mail is content
-    return found
 
 
 def _decode(content: bytes, part: Part) -> tuple[str, str, str]:

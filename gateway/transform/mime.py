@@ -53,12 +53,14 @@ class Part:
 
     @property
     def is_attachment(self) -> bool:
-        """Disposition attachment, or a named file inside a multipart (`filename=`, or the
-        older Content-Type `name=`): readers list both as files, which a notice would
-        corrupt. A message that is one named text part keeps it as its body."""
-        kind, _, disposition = (self.get("content-disposition") or "").partition(";")
-        if kind.strip().lower() == "attachment":
-            return True
+        disposition = (self.get("content-disposition") or "").split(";", 1)[0]
+        return disposition.strip().lower() == "attachment"
+
+    @property
+    def is_named_file(self) -> bool:
+        """A part of a multipart with a file name (`filename=`, or the older Content-Type
+        `name=`): readers list it as a file, even `inline`."""
+        disposition = (self.get("content-disposition") or "").partition(";")[2]
         return self.start > 0 and ("filename" in disposition.lower()
                                    or any(k.startswith("name") for k in self.params))
 
@@ -71,6 +73,16 @@ class Part:
             out.append(part)
             stack.extend(reversed(part.children))
         return out
+
+
+def body_text_parts(root: Part) -> list[Part]:
+    """The text/plain and text/html parts a reader shows as the message (the notice goes in
+    each): not those disposed as attachments, nor named files (a CSV sent inline, which the
+    notice would corrupt), unless the message has no other text (then the named part is its
+    body: without it, the message would have no text at all)."""
+    found = [part for part in root.walk()
+             if part.content_type in TEXT_BODY_TYPES and not part.is_attachment]
+    return [part for part in found if not part.is_named_file] or found
 
 
 def parse_fields(block: str) -> list[tuple[str, str]]:

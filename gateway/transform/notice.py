@@ -18,6 +18,7 @@ SEPARATOR = "-- "  # the usual signature separator: readers and format=flowed kn
 # isolates, zero-width, BOM): a source name holding U+202E turned the rest of its line around
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029"
                       r"\u2060-\u2069\ufeff]")
+_LINE_BREAKS = re.compile(r"[ \t]*[\r\n]+[ \t]*")
 _LINK = re.compile(r"^(https?://|mailto:)[^\s<>\"']+$")
 URL_FIELDS = ("privacy_url", "unsubscribe_url", "controller_address")
 LINES = ("intro", "controller", "why", "source", "retention", "rights", "privacy",
@@ -119,6 +120,9 @@ def render(template: NoticeTemplate, facts: NoticeFacts) -> Notice:
     block = ('<div lang="{lang}" style="margin-top:24px;padding-top:8px;border-top:1px solid '
              '#ccc;font-size:12px;color:#555">{body}</div>').format(
         lang=html.escape(template.language), body="".join(html_parts))
+    # a line break in a template or a value (a TOML multi-line string, a controller address
+    # on two lines) is a space in HTML, and must not reach the copy as a bare line end
+    block = _LINE_BREAKS.sub(" ", block)
     return Notice(template.language, template.version, "\n".join(plain_lines), block)
 
 

@@ -126,10 +126,13 @@ def test_a_withdrawal_on_a_duplicate_row_is_applied_all_the_same(config: Path,
         "ann@example.net,withdrawn,2026-06-01,,form,direct,2026-01-01\n"            # 5
         "bob@example.net,granted,2026-01-01,web form,form,direct,2026-01-01\n"      # 6
         "cid@example.net,withdrawn,2026-02-01,,form,direct,2026-01-01\n")           # 7
+    summary = ("3 rows (3 new, 0 updated), 3 refused, 1 withdrawal of consent from duplicate "
+               "rows {}applied, 2 newly suppressed")
+    dry = gateway_cli(config, "contacts", "import", "--dry-run", str(csv))
+    assert "would import " + summary.format("would be ") in dry.stdout, dry.stdout
     result = gateway_cli(config, "contacts", "import", str(csv))
+    assert "imported " + summary.format("") in result.stdout, result.stdout
     assert result.returncode == 1
-    assert "imported 4 rows (3 new, 1 updated), 3 refused, 2 newly suppressed" in \
-        result.stdout
     lines = result.stderr.splitlines()
     assert "line 2; its withdrawal of consent is recorded all the same" in lines[0]
     assert lines[1].endswith("already appears on line 3")
@@ -140,6 +143,11 @@ def test_a_withdrawal_on_a_duplicate_row_is_applied_all_the_same(config: Path,
     assert rules == {"ann": "R1", "bob": "R1", "cid": "R6"}
     shown = gateway_cli(config, "contacts", "show", "ann@example.net").stdout
     assert "withdrawn" in shown and "2026-06-01" in shown
+    # erased since: said once, at its first row, and the erasure's suppression stands
+    assert gateway_cli(config, "subject", "erase", "ann@example.net", "--yes").returncode == 0
+    again = gateway_cli(config, "contacts", "import", str(csv))
+    assert again.stderr.count("ann@example.net was erased") == 1, again.stderr
+    assert "imported 2 rows (0 new, 2 updated), 4 refused, 0 newly suppressed" in again.stdout
 
 
 def test_unknown_column_imports_nothing(config: Path, tmp_path: Path):

@@ -229,6 +229,13 @@ def test_recipients_with_the_same_outcome_share_one_decision():
     ("cochée automatiquement", False), ("auto-ticked box", False),
     ("box already ticked", False), ("not pre-ticked, accepted T&Cs", False),
     ("box not auto-ticked", True), ("the user ticked the box", True),
+    ("checkbox checked automatically", False), ("box already checked", False),
+    ("auto-checked box", False), ("the box was not checked automatically", True),
+    # "checked" said of the address, not of a box (the first rule counted these too)
+    ("Double opt-in, confirmed via link; MX checked automatically", True),
+    ("checkbox ticked by the user; address auto-checked for typos", True),
+    ("web form; email already checked against the list", True),
+    ("double opt-in, confirmation link clicked, address checked already", True),
 ])
 def test_a_consent_method_naming_a_ticked_box_or_the_terms_is_not_consent(method, valid):
     """consent_method is free text: "pre-ticked box" or "accepted T&C" is no more consent

@@ -449,3 +449,44 @@ def test_a_text_part_whose_content_type_could_not_be_rewritten_is_malformed_at_d
     assert "longer than a header line" in (structure_facts(original).malformed or "")
     with pytest.raises(NoticeError):
         add_notice(original, notice("fr"))
+    # at the edge: what passes at DATA is rewritten at delivery, what cannot is caught
+    for length in range(985, 1000):
+        edge = (HEAD + b"Content-Type: text/plain; x-long=" + b"a" * length
+                + b"; charset=us-ascii\r\n\r\nHello\r\n")
+        if structure_facts(edge).malformed is None:
+            add_notice(edge, notice("fr"))
+        else:
+            with pytest.raises(NoticeError):
+                add_notice(edge, notice("fr"))
+
+
+def test_a_line_break_in_a_template_is_a_space_in_the_html_notice():
+    """An operator's template written as a TOML multi-line string put a bare LF into the
+    HTML notice: with the bare-line-end guard every 8-bit HTML copy failed at delivery, and
+    before it the copy went out with a bare LF (DKIM broken at the next hop)."""
+    import dataclasses
+
+    french = choose(TEMPLATES, "fr", "en")
+    texts = {key: text.replace(" ", "\n", 1) for key, text in french.texts.items()}
+    two_lines = render(dataclasses.replace(french, texts=texts), FACTS)
+    assert "\n" not in two_lines.html and "\r" not in two_lines.html
+    assert "\r" not in two_lines.plain
+    original = (HEAD + b"Content-Type: text/html; charset=utf-8\r\n"
+                b"Content-Transfer-Encoding: 8bit\r\n\r\n<p>Caf\xc3\xa9</p>\r\n")
+    out = add_notice(original, two_lines)  # raised NoticeError (a bare LF)
+    [part] = parts(out)
+    assert "un clic" in part.get_content()
+
+
+def test_a_message_whose_only_text_is_a_named_inline_part_takes_the_notice_there():
+    """Named text parts are files when the message has other text; a message whose only
+    text part is named (a tool rendering its body as `body.txt`, inline) had no text body
+    left (M3 quarantined it): that part is its body."""
+    original = (HEAD + b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+                b'--b\r\nContent-Type: text/plain; name="body.txt"\r\n'
+                b"Content-Disposition: inline\r\n\r\nHello Jane\r\n"
+                b"--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment\r\n"
+                b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b--\r\n")
+    assert structure_facts(original).has_text_body
+    body, _pdf = parts(add_notice(original, notice()))
+    assert text_of(body).startswith("Hello Jane\n\n-- \nWhy you receive this message")
