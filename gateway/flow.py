@@ -275,7 +275,7 @@ class Flow:
 
     async def accept(self, *, account: Account, client_ip: str, mail_from: str,
                      verdicts: Sequence[tuple[str, RecipientVerdict]], content: bytes,
-                     received_at: float) -> str:
+                     received_at: float, smtputf8: bool = False) -> str:
         """Decide what becomes of each accepted recipient's copy (queue, quarantine, or a
         refusal when X-Gateway-* headers narrowed the campaign), then commit all of it
         durably with the audit records (raises StoreError if it cannot), then deliver."""
@@ -316,7 +316,7 @@ class Flow:
                   if should_send_dsn(mail_from)),
             tuple(self._audit_records(account, client_ip, verdicts, final)),
             tuple((r, v.contact_id, final[r].rule) for r, v in verdicts if r in deliver),
-            steering)
+            steering, smtputf8)
         copies = await self.committer.submit(message)
         self.delivery.dispatch(copies)
         for h in held:

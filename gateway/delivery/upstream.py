@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 
 class Transport(Protocol):
-    async def send(self, mail_from: str, recipient: str, content: bytes) -> str:
-        """Deliver one copy; return the upstream's answer (for the log)."""
+    async def send(self, mail_from: str, recipient: str, content: bytes,
+                   smtputf8: bool = False) -> str:
+        """Deliver one copy; return the upstream's answer (for the log). `smtputf8`: the
+        client's MAIL asked for SMTPUTF8."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -35,7 +37,8 @@ class MaildirTransport:
     def __init__(self, root: str) -> None:
         self.maildir = MaildirDelivery(root)
 
-    async def send(self, mail_from: str, recipient: str, content: bytes) -> str:
+    async def send(self, mail_from: str, recipient: str, content: bytes,
+                   smtputf8: bool = False) -> str:
         try:
             name = await self.maildir.deliver(mail_from, recipient, content)
         except OSError as exc:  # disk full, permissions: the copy stays queued
@@ -81,7 +84,8 @@ class SmtpTransport:
             raise
         return client
 
-    async def send(self, mail_from: str, recipient: str, content: bytes) -> str:
+    async def send(self, mail_from: str, recipient: str, content: bytes,
+                   smtputf8: bool = False) -> str:
         # One retry on a fresh connection: a pooled one may have been closed by the server.
         for attempt in (1, 2):
             fresh = not self._idle
@@ -98,7 +102,7 @@ class SmtpTransport:
             options = [] if mail_from.isascii() and recipient.isascii() else ["SMTPUTF8"]
             try:
                 answer = await _transaction(client, mail_from, recipient, content, options,
-                                            self.settings.timeout_seconds)
+                                            self.settings.timeout_seconds, smtputf8)
             except aiosmtplib.SMTPNotSupported as exc:
                 self._idle.append(client)  # nothing was sent: the connection is still good
                 raise PermanentFailure(f"554 5.6.7 the upstream does not offer SMTPUTF8, "
@@ -142,7 +146,8 @@ DATA_DONE_SECONDS = 600.0
 
 
 async def _transaction(client: aiosmtplib.SMTP, mail_from: str, recipient: str,
-                       content: bytes, options: list[str], step_seconds: float) -> str:
+                       content: bytes, options: list[str], step_seconds: float,
+                       requested_utf8: bool = False) -> str:
     """MAIL, RCPT and DATA as aiosmtplib's sendmail does them, but the content's final reply
     waited for up to DATA_DONE_SECONDS (the other steps `step_seconds`). The reply's text."""
     if client.is_ehlo_or_helo_needed:  # a new connection: its extensions are not known yet
@@ -150,10 +155,9 @@ async def _transaction(client: aiosmtplib.SMTP, mail_from: str, recipient: str,
             await client.ehlo(timeout=step_seconds)
         except aiosmtplib.SMTPHeloError:
             await client.helo(timeout=step_seconds)
-    if "SMTPUTF8" not in options and client.supports_extension("smtputf8") \
-            and not content[:content.find(b"\r\n\r\n")].isascii():
-        # header fields in UTF-8 (RFC 6532) are declared to a server that offers it (one
-        # without gets them as before)
+    if requested_utf8 and "SMTPUTF8" not in options and client.supports_extension("smtputf8"):
+        # the client asked for it (header fields in UTF-8, RFC 6532): passed on, as Postfix
+        # does; an upstream without it gets the copy as before (ASCII addresses)
         options = [*options, "SMTPUTF8"]
     if not content.isascii() and client.supports_extension("8bitmime"):
         # RFC 6152 3: 8-bit content (a part the notice was added to in 8bit, say) is

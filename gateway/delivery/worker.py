@@ -206,7 +206,7 @@ class DeliveryService:
             # answering upstream short of its final reply: the upstream would have the copy
             # and we would send it again (RFC 5321 4.5.3.2 gives the steps minutes each)
             answer = await asyncio.wait_for(
-                self.transport.send(copy.mail_from, copy.recipient, content),
+                self.transport.send(copy.mail_from, copy.recipient, content, copy.smtputf8),
                 self.settings.timeout_seconds * TRANSACTION_TIMEOUTS + DATA_DONE_SECONDS)
         except PermanentFailure as exc:
             await self._fail(copy, str(exc), exc.remote_mta, exc.audit)

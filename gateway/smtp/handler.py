@@ -309,7 +309,8 @@ class GatewayHandler:
         # delivery workers at once instead of leaving them claimed until the claim expires
         accepting = asyncio.ensure_future(self.flow.accept(
             account=account, client_ip=server.client_ip, mail_from=envelope.mail_from,
-            verdicts=decided, content=content, received_at=time.time()))
+            verdicts=decided, content=content, received_at=time.time(),
+            smtputf8=envelope.smtp_utf8))
         accepting.add_done_callback(_log_unanswered)
         try:
             queue_id = await asyncio.shield(accepting)

@@ -127,7 +127,8 @@ class SlowUpstream:
     def __init__(self, name: str, log: list, delay: float) -> None:
         self.name, self.log, self.delay = name, log, delay
 
-    async def send(self, mail_from: str, recipient: str, content: bytes) -> str:
+    async def send(self, mail_from: str, recipient: str, content: bytes,
+                   smtputf8: bool = False) -> str:
         await asyncio.sleep(self.delay)
         self.log.append((self.name, recipient))
         return "250 ok"
@@ -252,7 +253,8 @@ class RefusingUpstream:
     def __init__(self) -> None:
         self.tried: list[str] = []
 
-    async def send(self, mail_from: str, recipient: str, content: bytes) -> str:
+    async def send(self, mail_from: str, recipient: str, content: bytes,
+                   smtputf8: bool = False) -> str:
         self.tried.append(recipient)
         raise TemporaryFailure("421 4.3.0 try again later")
 
