@@ -368,5 +368,5 @@ def _late_withdrawal(row: ContactRow, first: float | None,
     if kept is None or (now if kept.consent_at is None else kept.consent_at) < when:
         late[key] = ContactRow(row.line, row.address, consent="withdrawn",
                                consent_at=row.consent_at)
-    return "; its withdrawal of consent is recorded all the same (an objection is never dropped)"
+    return "; its withdrawal of consent is applied all the same (an objection is never dropped)"
 

@@ -112,8 +112,9 @@ class SmtpTransport:
                 # at once on a fresh connection (the retry below is for a pooled connection
                 # the upstream closed while idle)
                 client.close()
-                raise TemporaryFailure(f"upstream disconnected after the content, before "
-                                       f"its reply (it may have been queued): {exc}") from exc
+                raise TemporaryFailure(f"upstream disconnected during DATA, before the "
+                                       f"content's reply (it may have been queued): {exc}"
+                                       ) from exc
             except aiosmtplib.SMTPServerDisconnected as exc:
                 client.close()
                 if fresh or attempt == 2:
@@ -136,7 +137,9 @@ class SmtpTransport:
 
 
 class LostAfterContent(aiosmtplib.SMTPException):
-    """The connection closed while the content was sent or its reply awaited."""
+    """The connection closed during DATA: aiosmtplib sends the command and the content in
+    one call, so this may also be before the 354 (then nothing was sent, and the copy is
+    deferred all the same: rare, and the safe side of a duplicate)."""
 
 
 # RFC 5321 4.5.3.2.6: the reply to the final dot may take 10 minutes (Postfix:
@@ -213,7 +216,8 @@ def _classify(exc: BaseException, remote_mta: str | None = None) -> Exception:
                                 f"delivery.username, delivery.password and delivery.starttls)")
     if isinstance(code, int) and 500 <= code < 600:
         return PermanentFailure(text, remote_mta)
-    return TemporaryFailure(text, remote_mta if isinstance(code, int) else None)
+    # (aiosmtplib's -1 is its own: a reply it could not read)
+    return TemporaryFailure(text, remote_mta if isinstance(code, int) and code >= 400 else None)
 
 
 # RFC 4954 6: 530 authentication required, 538 encryption required for the mechanism

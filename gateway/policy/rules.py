@@ -26,14 +26,8 @@ DAY = 86400.0
 _INVALID_CONSENT = re.compile(
     r"\b(?:(?P<state>pre ?(?:ticked|checked|selected|filled|tick|check|select)\w*"
     r"|pr[eé] ?(?:coch|s[eé]lectionn|rempli)\w*"
-    # "ticked" and "cocher" are said of boxes; "checked" and "selected" of addresses too
-    # ("MX checked automatically", "address auto-checked for typos"): only next to a box
-    r"|auto ?(?:tick|coch)\w*|already ticked|ticked (?:automatically|already)"
-    r"|coch\w* (?:d office|automatiquement)"
-    r"|(?:box|checkbox|case)(?: (?!(?:not|no|never|non|pas)\b)\w+){0,2}"
-    r" (?:auto ?(?:checked|selected)|already (?:checked|selected)"
-    r"|(?:checked|selected) (?:automatically|already))"
-    r"|(?:auto ?(?:checked|selected)|already (?:checked|selected)) (?:check ?)?box"
+    r"|(?P<auto>auto ?(?:tick|check|select|coch)\w*|already (?:ticked|checked|selected)"
+    r"|(?:ticked|checked|selected|coch\w*) (?:d office|automatiquement|automatically|already))"
     r"|(?:ticked|checked|selected|filled|coch[eé]e?s?|s[eé]lectionn[eé]e?s?)"
     r" (?:in advance|beforehand|[aà] l avance|d avance|(?:by|par) (?:d[eé]faut|default)))"
     r"|(?P<default>(?:by |par )?(?:d[eé]faut|default))"
@@ -67,8 +61,21 @@ def invalid_consent_method(method: str | None) -> bool:
                 continue
         elif found["state"] is not None and _denied(words, found.start()):
             continue
+        elif found["auto"] is not None and _about_the_address(words, found.start(),
+                                                               found.end()):
+            continue  # "MX checked automatically", "address auto-checked for typos"
         return True
     return False
+
+
+# what a check of the address (not a box) is said of, two words either side
+_ADDRESS_WORDS = frozenset({"address", "adresse", "email", "mail", "mx", "domain", "dns",
+                            "syntax", "syntaxe", "typo", "typos", "spelling", "list"})
+
+
+def _about_the_address(words: str, start: int, end: int) -> bool:
+    near = words[:start].split()[-2:] + words[end:].split()[:2]
+    return any(word in _ADDRESS_WORDS for word in near)
 
 
 @dataclass(frozen=True)

@@ -57,12 +57,19 @@ class Part:
         return disposition.strip().lower() == "attachment"
 
     @property
-    def is_named_file(self) -> bool:
-        """A part of a multipart with a file name (`filename=`, or the older Content-Type
-        `name=`): readers list it as a file, even `inline`."""
-        disposition = (self.get("content-disposition") or "").partition(";")[2]
-        return self.start > 0 and ("filename" in disposition.lower()
-                                   or any(k.startswith("name") for k in self.params))
+    def file_name(self) -> str | None:
+        """The name a part of a multipart is given as a file (Content-Disposition's
+        `filename`, or the older Content-Type `name`; RFC 2231 forms as written), or None:
+        readers list a named part as a file, even `inline`."""
+        if self.start == 0:
+            return None
+        disposition = self.get("content-disposition")
+        names = parse_content_type(disposition, "inline")[1] if disposition else {}
+        for params in (names, self.params):
+            for key, value in params.items():
+                if key.startswith(("filename", "name")):
+                    return value
+        return None
 
     def walk(self) -> list[Part]:
         """This part and every descendant, depth first, without recursion."""
@@ -78,11 +85,27 @@ class Part:
 def body_text_parts(root: Part) -> list[Part]:
     """The text/plain and text/html parts a reader shows as the message (the notice goes in
     each): not those disposed as attachments, nor named files (a CSV sent inline, which the
-    notice would corrupt), unless the message has no other text (then the named part is its
-    body: without it, the message would have no text at all)."""
-    found = [part for part in root.walk()
-             if part.content_type in TEXT_BODY_TYPES and not part.is_attachment]
-    return [part for part in found if not part.is_named_file] or found
+    notice would corrupt). An alternative of a multipart/alternative is the body whatever
+    its name; and a message with no other text keeps a named part that reads as a body
+    (`body.txt`, `message.html`, no extension) as its body, not a data file (M3 then)."""
+    found: list[Part] = []
+    named: list[Part] = []
+    stack: list[tuple[Part, bool]] = [(root, False)]
+    while stack:
+        part, alternative = stack.pop()
+        stack.extend((child, part.content_type == "multipart/alternative")
+                     for child in reversed(part.children))
+        if part.content_type not in TEXT_BODY_TYPES or part.is_attachment:
+            continue
+        name = None if alternative else part.file_name
+        if name is None:
+            found.append(part)
+        elif _BODY_FILE.search(name) or "." not in name:
+            named.append(part)
+    return found or named
+
+
+_BODY_FILE = re.compile(r"\.(?:txt|text|html?)\W*$", re.IGNORECASE)
 
 
 def parse_fields(block: str) -> list[tuple[str, str]]:
@@ -278,15 +301,9 @@ def message_facts(content: bytes) -> MessageFacts:
 def facts_of(root: Part) -> MessageFacts:
     """message_facts of an already scanned message."""
     subject = root.get("subject")
-    has_text = False
-    signed: str | None = None
-    stack = [root]
-    while stack:
-        part = stack.pop()
-        if part.content_type in SIGNED_OR_ENCRYPTED:
-            signed = signed or part.content_type
-        if part.content_type in TEXT_BODY_TYPES and not part.is_attachment:
-            has_text = True
-        stack.extend(part.children)  # message/rfc822 is not descended: forwarded mail is content
-    return MessageFacts(has_subject=bool(subject and subject.strip()), has_text_body=has_text,
-                        signed_or_encrypted=signed)
+    signed = next((part.content_type for part in root.walk()
+                   if part.content_type in SIGNED_OR_ENCRYPTED), None)
+    # (message/rfc822 is not descended: forwarded mail is content.) M3 reads the parts the
+    # notice goes in: a message whose only text is a data file has none
+    return MessageFacts(has_subject=bool(subject and subject.strip()),
+                        has_text_body=bool(body_text_parts(root)), signed_or_encrypted=signed)

@@ -134,7 +134,7 @@ def test_a_withdrawal_on_a_duplicate_row_is_applied_all_the_same(config: Path,
     assert "imported " + summary.format("") in result.stdout, result.stdout
     assert result.returncode == 1
     lines = result.stderr.splitlines()
-    assert "line 2; its withdrawal of consent is recorded all the same" in lines[0]
+    assert "line 2; its withdrawal of consent is applied all the same" in lines[0]
     assert lines[1].endswith("already appears on line 3")
     assert "older than the consent on that line and is not applied" in lines[2]
     rules = {who: json.loads(gateway_cli(config, "check", "--account", "crm", "--to",

@@ -236,6 +236,11 @@ def test_recipients_with_the_same_outcome_share_one_decision():
     ("checkbox ticked by the user; address auto-checked for typos", True),
     ("web form; email already checked against the list", True),
     ("double opt-in, confirmation link clicked, address checked already", True),
+    # and ticked for the person however it is worded (the box's word need not be next)
+    ("auto-checked newsletter box", False), ("auto-selected opt-in checkbox", False),
+    ("newsletter consent auto-checked", False), ("opt-in auto-selected at signup", False),
+    ("newsletter option already checked", False),
+    ("box wasn't auto-checked", True), ("the checkbox isn't auto-selected", True),
 ])
 def test_a_consent_method_naming_a_ticked_box_or_the_terms_is_not_consent(method, valid):
     """consent_method is free text: "pre-ticked box" or "accepted T&C" is no more consent

@@ -490,3 +490,23 @@ def test_a_message_whose_only_text_is_a_named_inline_part_takes_the_notice_there
     assert structure_facts(original).has_text_body
     body, _pdf = parts(add_notice(original, notice()))
     assert text_of(body).startswith("Hello Jane\n\n-- \nWhy you receive this message")
+
+
+def test_a_data_file_is_never_the_body_and_an_alternative_always_is():
+    """A CSV sent inline, the message's only text, got the notice inside the file; a named
+    plain alternative next to an unnamed HTML one got none (a plain-text reader saw no
+    notice)."""
+    only_csv = (HEAD + b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+                b'--b\r\nContent-Type: text/plain; name="export.csv"\r\n'
+                b'Content-Disposition: inline; filename="export.csv"\r\n\r\nemail,amount\r\n'
+                b"--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment\r\n"
+                b"\r\nJVBERi0=\r\n--b--\r\n")
+    assert not structure_facts(only_csv).has_text_body  # M3: held, never the file changed
+    with pytest.raises(NoticeError):
+        add_notice(only_csv, notice())
+    named_plain = (HEAD + b'Content-Type: multipart/alternative; boundary="a"\r\n\r\n'
+                   b'--a\r\nContent-Type: text/plain; name="body.txt"\r\n\r\nHello\r\n'
+                   b"--a\r\nContent-Type: text/html\r\n\r\n<p>Hello</p>\r\n--a--\r\n")
+    plain, html_part = parts(add_notice(named_plain, notice()))
+    assert "Why you receive this message" in text_of(plain)
+    assert "Unsubscribe" in text_of(html_part)
