@@ -220,7 +220,11 @@ class Gateway:
         http_host, http_port = parse_listen(s.http.listen)
         self.notifier.start()  # in the process that serves HTTP only: one sender
         app = create_app(self.metrics, objections, s.controller.name,
-                         s.controller.default_language)
+                         s.controller.default_language, s.http.metrics_token)
+        if not s.http.metrics_token and not _loopback(http_host):
+            log.warning("GET /metrics is open to whoever reaches http.listen %s (message and "
+                        "objection counts): set http.metrics_token (GATEWAY_HTTP_METRICS_TOKEN) "
+                        "and give it to Prometheus as a bearer token", s.http.listen)
         config = uvicorn.Config(app, host=http_host, port=http_port,
                                 log_level="warning", access_log=False, lifespan="off",
                                 http=guarded_protocol(s.http.request_timeout_seconds,

@@ -68,6 +68,9 @@ class HttpSettings:
     # connecting or of the previous answer (slow clients hold connections: slowloris)
     request_timeout_seconds: float = 10.0
     max_connections: int = 1000  # open HTTP connections; more are closed at once
+    # GET /metrics needs "Authorization: Bearer <this>" when set (COMPLIANCE.md 7: admin
+    # endpoints are authenticated); empty: open to whoever reaches http.listen
+    metrics_token: str = ""
 
 
 @dataclass(frozen=True)

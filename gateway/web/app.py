@@ -3,6 +3,7 @@ health and metrics."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
@@ -137,8 +138,10 @@ def one_click_fast_path(app: ASGIApp, verify: Callable[[str], Token | None],
 
 
 def create_app(metrics: MetricsSource, objections: Any = None, controller: str = "",
-               default_language: str = "en") -> ASGIApp:
-    """`objections`: a gateway.objections.Objections (None: only health and metrics)."""
+               default_language: str = "en", metrics_token: str = "") -> ASGIApp:
+    """`objections`: a gateway.objections.Objections (None: only health and metrics).
+    `metrics_token`: the bearer token GET /metrics requires (empty: none)."""
+    expected = f"Bearer {metrics_token}".encode() if metrics_token else b""
     # by the language served (a few at most, whatever the ledger holds): the controller does
     # not change
     done_pages: dict[str, bytes] = {}
@@ -147,6 +150,11 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
         return PlainTextResponse("ok\n")
 
     async def prometheus(request: Request) -> Response:
+        if expected and not hmac.compare_digest(
+                request.headers.get("authorization", "").encode("utf-8", "replace"), expected):
+            return PlainTextResponse("a bearer token is required (http.metrics_token)\n",
+                                     status_code=401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
         lines = []
         try:
             values = await metrics()

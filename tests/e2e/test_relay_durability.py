@@ -331,15 +331,22 @@ def test_folders_the_gateway_makes_are_owner_only_whatever_the_umask(tmp_path):
 
 def test_delivery_counters_are_the_stores_and_outlive_a_restart(make_gateway, sink: Sink):
     """/metrics counted in memory: the HTTP process's own deliveries only (smtp.processes >
-    1 showed 30 of 80), back to 0 at each start, typed as gauges, printed as 1.23457e+06."""
+    1 showed 30 of 80), back to 0 at each start, typed as gauges, printed as 1.23457e+06.
+    With http.metrics_token, /metrics answers only that bearer token (COMPLIANCE.md 7)."""
     import httpx
 
-    gw = make_gateway()
+    gw = make_gateway(http_extra='metrics_token = "m3trics-Token-2026"')
     send(gw.smtp_port, message(subject="Counted"), to=["jane@example.net", "john@example.org"])
     sink.wait_for(2)
+    url = f"http://127.0.0.1:{gw.http_port}/metrics"
+    for headers in ({}, {"Authorization": "Bearer m3trics-Token-2025"},
+                    {"Authorization": "m3trics-Token-2026"}):
+        refused = httpx.get(url, headers=headers)
+        assert refused.status_code == 401 and "gateway_" not in refused.text, headers
+        assert refused.headers["www-authenticate"].startswith("Bearer")
 
     def sent() -> list[str]:
-        text = httpx.get(f"http://127.0.0.1:{gw.http_port}/metrics").text
+        text = httpx.get(url, headers={"Authorization": "Bearer m3trics-Token-2026"}).text
         return [line for line in text.splitlines() if "deliveries_sent_total" in line]
 
     wait_until(lambda: sent()[-1].endswith(" 2"), what="two copies counted")

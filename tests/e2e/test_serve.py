@@ -383,15 +383,17 @@ def test_a_slow_commit_is_answered_not_cut_by_the_idle_timeout(make_gateway, sin
 def test_start_warns_of_a_missing_trusted_account_and_a_hostname_nobody_can_reach(
         tmp_path: Path):
     """A typo in trusted_clients' account gave silent 530s; smtp.hostname left "localhost"
-    on a public listener put unsubscribe+TOKEN@localhost in every copy."""
+    on a public listener put unsubscribe+TOKEN@localhost in every copy; /metrics on a public
+    listener without a token is said."""
     smtp_port, http_port = free_port(), free_port()
     config = tmp_path / "gateway.toml"
     config.write_text(f'[smtp]\nlisten = "0.0.0.0:{smtp_port}"\n'
                       'trusted_clients = [{ network = "127.0.0.0/8", account = "nosuch" }]\n'
-                      f'[http]\nlisten = "127.0.0.1:{http_port}"\n'
+                      f'[http]\nlisten = "0.0.0.0:{http_port}"\n'
                       f'[store]\nurl = "sqlite:///{tmp_path / "gateway.db"}"\n')
     gw = GatewayProcess(config, smtp_port, http_port, tmp_path / "gateway.log").start()
     try:
+        assert "GET /metrics is open to whoever reaches http.listen 0.0.0.0:" in gw.output
         assert "smtp.trusted_clients names the account 'nosuch', which does not exist" \
             in gw.output
         assert "smtp.hostname is 'localhost' while SMTP listens on 0.0.0.0:" in gw.output
