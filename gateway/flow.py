@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import gateway.smtp.replies as replies
 from gateway.batch import GroupCommitter
-from gateway.delivery.dsn import build_dsn, should_send_dsn
+from gateway.delivery.dsn import build_dsn, needs_smtputf8, should_send_dsn
 from gateway.delivery.worker import DeliveryService, new_queue_id
 from gateway.errors import StoreError
 from gateway.model import Campaign, Decision, PolicyKnobs, RecipientFacts, Verdict
@@ -333,7 +333,7 @@ class Flow:
                         diagnostic=refusal.error, arrival_date=received_at,
                         original_headers=content[:max(0, header_end(content) - 2)])
         return IncomingMessage(new_queue_id(), time.time(), None, "127.0.0.1", "", dsn,
-                               (mail_from,))
+                               (mail_from,), smtputf8=needs_smtputf8(dsn))
 
 
 _ANGLE = re.compile(r"<([^<>]*)>")

@@ -97,7 +97,10 @@ def build_dsn(*, reporting_mta: str, queue_id: str, mail_from: str, recipient: s
     parts = [
         _part("text/plain; charset=utf-8", explanation),
         _part("message/delivery-status", report),
-        _part("text/rfc822-headers", headers),
+        # header fields in UTF-8 (RFC 6532) are message/global-headers (RFC 6533 3.3):
+        # text/rfc822-headers is US-ASCII
+        _part("text/rfc822-headers" if headers.isascii() else "message/global-headers",
+              headers),
     ]
     delimiter = b"--" + boundary.encode("ascii")
     body = b"".join(delimiter + b"\r\n" + part for part in parts) + delimiter + b"--\r\n"
@@ -117,6 +120,12 @@ def build_dsn(*, reporting_mta: str, queue_id: str, mail_from: str, recipient: s
     ])
     preamble = b"This is a MIME-encapsulated message.\r\n\r\n"
     return top + b"\r\n" + preamble + body
+
+
+def needs_smtputf8(dsn: bytes) -> bool:
+    """Whether a DSN of build_dsn carries header fields in UTF-8 (its own To, or the
+    original's in message/global-headers): it goes with SMTPUTF8 where offered."""
+    return b"message/global-headers" in dsn or not dsn[:dsn.find(b"\r\n\r\n")].isascii()
 
 
 def _explanation(host: str, recipient: str, reason: str, *, expired: bool) -> bytes:

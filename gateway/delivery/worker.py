@@ -14,7 +14,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from gateway.batch import GroupCommitter
-from gateway.delivery.dsn import GAVE_UP_PREFIX, LAST_ERROR, build_dsn, should_send_dsn
+from gateway.delivery.dsn import (
+    GAVE_UP_PREFIX,
+    LAST_ERROR,
+    build_dsn,
+    needs_smtputf8,
+    should_send_dsn,
+)
 from gateway.delivery.upstream import DATA_DONE_SECONDS, Transport
 from gateway.errors import PermanentFailure, StoreError, TemporaryFailure
 from gateway.settings import DeliverySettings
@@ -273,4 +279,4 @@ class DeliveryService:
             diagnostic=error, arrival_date=copy.received_at, original_headers=headers,
             remote_mta=remote_mta)
         return IncomingMessage(new_queue_id(), time.time(), None, "127.0.0.1", "", content,
-                               (copy.mail_from,))
+                               (copy.mail_from,), smtputf8=needs_smtputf8(content))

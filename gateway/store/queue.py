@@ -247,8 +247,9 @@ class QueueStore:
                 return []
             conn.execute(
                 "INSERT INTO messages (id, received_at, account, client_ip, mail_from, size,"
-                " content) VALUES (?, ?, NULL, ?, '', ?, ?)",
-                (dsn.id, dsn.received_at, dsn.client_ip, len(dsn.content), dsn.content))
+                " content, smtputf8) VALUES (?, ?, NULL, ?, '', ?, ?, ?)",
+                (dsn.id, dsn.received_at, dsn.client_ip, len(dsn.content), dsn.content,
+                 dsn.smtputf8))
             copies = []
             for rcpt in dsn.recipients:  # claimed by this process, which delivers it now:
                 # unclaimed, another process's scanner could take it and send it too
@@ -259,7 +260,7 @@ class QueueStore:
                     (dsn.id, rcpt, now, self.instance_id, now + self.claim_seconds, now, now))
                 assert cur.lastrowid is not None
                 copies.append(Copy(cur.lastrowid, dsn.id, None, "", rcpt, dsn.content, 0,
-                                   dsn.received_at, queued_at=now))
+                                   dsn.received_at, queued_at=now, smtputf8=dsn.smtputf8))
             return copies
 
         return await self.db.write(write)

@@ -185,3 +185,18 @@ def test_eight_bit_content_is_declared_at_every_level():
     assert message["Content-Transfer-Encoding"] == "8bit"
     assert message.get_payload()[0]["Content-Transfer-Encoding"] == "8bit"
     assert parse(dsn())["Content-Transfer-Encoding"] == "7bit"
+
+
+def test_header_fields_in_utf8_are_returned_as_global_headers_and_need_smtputf8():
+    """RFC 6533: text/rfc822-headers is US-ASCII; the original's UTF-8 header fields (RFC
+    6532) went in it as they were, and the DSN went out without SMTPUTF8."""
+    from gateway.delivery.dsn import needs_smtputf8
+
+    utf8 = "From: news@example.com\r\nSubject: Résumé de l'été\r\n\r\n".encode()
+    global_dsn = dsn(original_headers=utf8)
+    assert [p.get_content_type() for p in parse(global_dsn).iter_parts()][2] == \
+        "message/global-headers"
+    assert "Résumé".encode() in global_dsn and needs_smtputf8(global_dsn)
+    plain = dsn()
+    assert b"text/rfc822-headers" in plain and not needs_smtputf8(plain)
+    assert needs_smtputf8(dsn(mail_from="jörg@example.net"))  # its own To: in UTF-8
