@@ -138,14 +138,19 @@ class NeverAnswersTheContent(asyncio.Protocol):
         NeverAnswersTheContent.closed.set()
 
 
+async def bare_upstream(protocol: type[asyncio.Protocol], timeout: float
+                        ) -> tuple[asyncio.Server, SmtpTransport]:
+    """A hand-written SMTP server on a loopback port, and a transport to it."""
+    server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", 0)
+    settings = dataclasses.replace(DeliverySettings(), mode="smtp", host="127.0.0.1",
+                                   port=server.sockets[0].getsockname()[1], starttls=False,
+                                   timeout_seconds=timeout)
+    return server, SmtpTransport(settings, "gateway.test")
+
+
 async def test_a_delivery_cancelled_half_way_closes_its_connection():
     NeverAnswersTheContent.closed = asyncio.Event()
-    server = await asyncio.get_running_loop().create_server(NeverAnswersTheContent,
-                                                            "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    settings = dataclasses.replace(DeliverySettings(), mode="smtp", host="127.0.0.1",
-                                   port=port, starttls=False, timeout_seconds=30.0)
-    transport = SmtpTransport(settings, "gateway.test")
+    server, transport = await bare_upstream(NeverAnswersTheContent, 30.0)
     try:
         sending = asyncio.create_task(transport.send(
             "news@example.com", "jane@example.net", b"Subject: x\r\n\r\nbody\r\n"))
@@ -185,11 +190,7 @@ class WantsAuth(asyncio.Protocol):
 async def test_an_upstream_wanting_auth_defers_the_copy_instead_of_bouncing_it():
     """530 to MAIL FROM is the gateway's settings (no delivery.username), not the copy's
     fault: failed, every copy would bounce until somebody noticed."""
-    server = await asyncio.get_running_loop().create_server(WantsAuth, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    settings = dataclasses.replace(DeliverySettings(), mode="smtp", host="127.0.0.1",
-                                   port=port, starttls=False, timeout_seconds=5.0)
-    transport = SmtpTransport(settings, "gateway.test")
+    server, transport = await bare_upstream(WantsAuth, 5.0)
     try:
         for reply, kind in ((b"530 5.7.0 Authentication required\r\n", TemporaryFailure),
                             (b"553 5.7.1 Sender address rejected\r\n", PermanentFailure)):
@@ -249,12 +250,7 @@ async def test_a_reply_lost_after_the_content_defers_the_copy_instead_of_sending
     while idle. Lost after the content, the copy was sent again at once: a duplicate
     whenever the upstream had queued it. It is deferred, as Postfix does."""
     LosesTheReplyToTheSecondContent.received = 0
-    server = await asyncio.get_running_loop().create_server(LosesTheReplyToTheSecondContent,
-                                                            "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    settings = dataclasses.replace(DeliverySettings(), mode="smtp", host="127.0.0.1",
-                                   port=port, starttls=False, timeout_seconds=5.0)
-    transport = SmtpTransport(settings, "gateway.test")
+    server, transport = await bare_upstream(LosesTheReplyToTheSecondContent, 5.0)
     content = b"Subject: x\r\n\r\nbody\r\n"
     try:
         await transport.send("news@example.com", "jane@example.net", content)
