@@ -50,28 +50,28 @@ def test_an_empty_gateway_config_means_the_embedded_defaults(tmp_path: Path):
         return subprocess.run([sys.executable, "-m", "gateway", *args], input=stdin,
                               capture_output=True, text=True, timeout=60, cwd=tmp_path,
                               env={**os.environ, "GATEWAY_CONFIG": ""}, check=False)
-    # the default store, not a crash on "."; a listing does not make an empty one
-    clean_failure(gateway("accounts", "list", "--json"), 1,
-                  f"no store at {tmp_path / 'var' / 'gateway.db'}: run this where")
-    assert not (tmp_path / "var").exists()
-    added = gateway("accounts", "add", "crm", "--from-domain", "example.com",
-                    "--password-stdin", stdin=STRONG_PASSWORD + "\n")
-    assert added.returncode == 0, added.stderr
+    # the default store, not a crash on "."
+    listed = gateway("accounts", "list", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
     assert (tmp_path / "var" / "gateway.db").exists()
-    assert json.loads(gateway("accounts", "list", "--json").stdout)[0]["name"] == "crm"
 
 
 @pytest.mark.parametrize("args", [
     ("suppress", "add", "someone@example.net"), ("queue", "list", "--failed", "--json"),
-    ("check", "--account", "crm", "--to", "a@example.org"), ("audit", "verify"),
 ])
-def test_a_command_run_where_there_is_no_store_says_so_and_creates_none(
-        config: Path, tmp_path: Path, args: tuple[str, ...]):
+def test_a_command_that_makes_a_new_store_says_so_and_where(config: Path, tmp_path: Path,
+                                                            args: tuple[str, ...]):
     """Run from the wrong directory (the default store is ./var/gateway.db), `suppress add`
-    suppressed in a new empty store and a cron job's `queue list --failed` saw no failures
-    for ever, while `serve` went on with the real store."""
-    clean_failure(gateway_cli(config, *args), 1, f"no store at {tmp_path / 'gateway.db'}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.toml"]  # nor a key
+    suppressed into a new empty store and a cron job's `queue list --failed` saw no
+    failures for ever, without a word, while `serve` went on with the real store. The
+    contract's commands still work on a new machine; stderr says a store was made, once."""
+    first = gateway_cli(config, *args)
+    assert first.returncode == 0, first.stderr
+    assert f"no store at {tmp_path / 'gateway.db'}: making a new, empty one" in first.stderr
+    assert "[" not in first.stderr and (first.stdout.strip() in ("[]", "")
+                                        or "suppressed" in first.stdout)
+    again = gateway_cli(config, *args)
+    assert again.returncode == 0 and "no store" not in again.stderr
 
 
 def test_a_key_file_that_is_no_key_is_exit_2_naming_it(config: Path, tmp_path: Path):
