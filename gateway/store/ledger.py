@@ -348,9 +348,12 @@ class SuppressionEntry:
 # that contact's copy (an id deleted before 011_delivery_ids may have been given again).
 # Otherwise the token's contact is the answer (0: none). Over k(i, d, c): the (address,
 # language) of each copy, as one row: [i, address or null, language]
+# (a contact R4 purged is found by its id in purged_contacts: its address is gone, its keyed
+# hash is enough to suppress it)
 _COPIES_SQL = ("SELECT json_group_array(json_array(k.i, coalesce(d.recipient, c.address),"
-               " c.language)) FROM k LEFT JOIN deliveries d ON d.id = k.d"
-               " AND coalesce(d.contact_id, 0) = k.c LEFT JOIN contacts c ON c.id = k.c")
+               " c.language, hex(p.address_hash))) FROM k LEFT JOIN deliveries d ON d.id = k.d"
+               " AND coalesce(d.contact_id, 0) = k.c LEFT JOIN contacts c ON c.id = k.c"
+               " LEFT JOIN purged_contacts p ON p.contact_id = k.c")
 _ONE_COPY_SQL = "WITH k(i, d, c) AS (VALUES (0, ?, ?)) " + _COPIES_SQL
 _SUPPRESS_SQL = "INSERT OR IGNORE INTO suppression (hash, created_at, channel) VALUES (?, ?, ?)"
 _SUPPRESSED_SQL = "SELECT json_group_array(hex(s.hash)) FROM k JOIN suppression s ON s.hash = k.h"
@@ -427,10 +430,11 @@ def record_objections(conn: sqlite3.Connection, objections: Sequence[Objection],
         with_rows(conn, "k(a, l, channel, reason, ip)",
                   [(o.address, _lower_local(o.address), o.channel, o.reason, o.ip)
                    for o in (objections[i] for i in new)], _OBJECTIONS_SQL, (now, now))
-        with_rows(conn, "k(n, body)",
+        with_rows(conn, "k(n, body)",  # (no address, nothing to notify: a purged contact)
                   [(n, notifications.notification_body(objections[i].address,
                                                        objections[i].channel, now))
-                   for n, i in enumerate(new)], notifications.NOTIFY_SQL, (now, now, now))
+                   for n, i in enumerate(new) if objections[i].address],
+                  notifications.NOTIFY_SQL, (now, now, now))
         conn.executemany(COUNT_OBJECTIONS_SQL,
                          Counter(objections[i].channel for i in new).items())
     added_now = set(new)
@@ -575,8 +579,11 @@ class Ledger:
         row = await self.db.fetchone(_ONE_COPY_SQL, (delivery_id, contact_id))
         if row is None:  # not with an aggregate: always one row
             return None
-        [[_, address, language]] = json.loads(row[0])
-        return (str(address), language) if address is not None else None
+        [[_, address, language, purged]] = json.loads(row[0])
+        if address is None:
+            # a contact R4 purged: "" (its address is gone), found all the same
+            return ("", None) if purged else None  # (hex(NULL) is "")
+        return str(address), language
 
     async def object_to_copies(self, items: Sequence[tuple[int, int, str, str | None]]
                                ) -> list[tuple[str, str | None, bool] | None]:
@@ -590,18 +597,23 @@ class Ledger:
 
         def write(conn: sqlite3.Connection) -> list[tuple[str, str | None, bool] | None]:
             found: list[tuple[str, str | None] | None] = [None] * len(items)
+            purged: dict[int, bytes] = {}
             for document in with_rows(conn, "k(i, d, c)",
                                       [(i, item[0], item[1]) for i, item in enumerate(items)],
                                       _COPIES_SQL):
-                for index, address, language in json.loads(document):
+                for index, address, language, purged_hash in json.loads(document):
                     if address is not None:
                         found[index] = (address, language)
+                    elif purged_hash:  # R4 purged the contact: by its hash (hex(NULL): "")
+                        found[index] = ("", None)
+                        purged[index] = bytes.fromhex(purged_hash)
             where, objections = [], []
             for index, copy in enumerate(found):
                 if copy is not None:
-                    key = ledger_form(copy[0])  # the form RCPT hashes: the next RCPT sees it
+                    key = ledger_form(copy[0]) if copy[0] else ""  # the form RCPT hashes
                     where.append(index)
-                    objections.append(Objection(hasher(key), key, items[index][2], None,
+                    digest = purged[index] if index in purged else hasher(key)
+                    objections.append(Objection(digest, key, items[index][2], None,
                                                 items[index][3]))
             results: list[tuple[str, str | None, bool] | None] = [None] * len(items)
             for index, added in zip(where, record_objections(conn, objections, now),

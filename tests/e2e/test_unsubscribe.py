@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -148,6 +151,29 @@ def test_a_genuine_token_for_a_copy_the_store_no_longer_holds_is_the_same_404(gw
     assert suppressed(gw) == []
     assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
     assert suppressed(gw) == ["one-click"]
+
+
+def test_a_link_still_works_after_the_retention_purge_of_its_contact(gw, sink: Sink,
+                                                                     tmp_path):
+    """R4's purge deleted the copy's row and the contact: the link answered 404 and the
+    objection was lost (NESTOR's link "did nothing"); a re-import then allowed the person
+    again. The purge keeps the contact id under the address's keyed hash."""
+    url = deliver(gw, sink, "jane@example.net")
+    purge = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(gw.config), "retention", "run"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "GATEWAY_POLICY_PROSPECT_RETENTION_DAYS": "1"})
+    assert purge.returncode == 0 and "purged" in purge.stdout, purge.stdout + purge.stderr
+    page = httpx.get(url)
+    assert page.status_code == 200 and "<form" in page.text  # the default language's page
+    answer = httpx.post(url, data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 200
+    assert suppressed(gw) == ["one-click"]
+    again = tmp_path / "again.csv"  # a vendor's file brings her back, consent and all
+    again.write_text(CSV_HEADER + "\njane@example.net,person,b2c,prospect,fr,,,,,,granted,"
+                     "2026-11-01,web form,v2,signup form,direct,,2026-11-01,,,\n")
+    assert gw.cli("contacts", "import", str(again)).returncode == 0
+    assert rcpt(gw, "jane@example.net")[0] == 550
 
 
 def test_both_form_encodings_get_the_same_answers(gw, sink: Sink):
