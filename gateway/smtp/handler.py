@@ -213,15 +213,21 @@ class GatewayHandler:
             envelope.mail_from = address
             session.gateway_account = None  # type: ignore[attr-defined]
             return replies.SENDER_OK
+        refusal = None
         if address == "<>":  # bounces are the gateway's own: prospecting mail names its sender
-            return replies.NULL_SENDER
-        problem = _address_refusal(address, envelope)
-        if problem:
-            return problem
-        if not account.may_send_from(domain_of(address)):
-            log.warning("%s account %s may not send as <%s>", server.client_ip, account.name,
-                        address)
-            return replies.SENDER_NOT_ALLOWED
+            refusal = replies.NULL_SENDER
+        else:
+            problem = _address_refusal(address, envelope)
+            if problem:
+                return problem
+            if not account.may_send_from(domain_of(address)):
+                log.warning("%s account %s may not send as <%s>", server.client_ip,
+                            account.name, address)
+                refusal = replies.SENDER_NOT_ALLOWED
+        # M1 is said at each RCPT but unsubscribe+TOKEN@: an inbound MX inside
+        # trusted_clients (or logged in) relays people's objections by mail from their own
+        # addresses, and a 553 here lost every one of them
+        envelope.gateway_sender_refusal = refusal  # type: ignore[attr-defined]
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         # aiosmtpd's Session is the per-connection bag; RCPT and DATA read the account here
@@ -254,6 +260,9 @@ class GatewayHandler:
         if account is None:
             log.info("%s RCPT without authentication refused", server.client_ip)
             return replies.AUTH_REQUIRED
+        refusal = getattr(envelope, "gateway_sender_refusal", None)
+        if refusal is not None:
+            return str(refusal)
         problem = _address_refusal(address, envelope)
         if problem:
             return problem

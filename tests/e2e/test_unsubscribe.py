@@ -553,6 +553,35 @@ def test_mail_to_the_unsubscribe_address_needs_no_auth_and_objects(make_gateway,
     assert len(sink.messages) == 1  # the unsubscribe mail itself went nowhere
 
 
+def test_an_objection_by_mail_relayed_from_a_trusted_network_is_recorded(make_gateway, sink,
+                                                                         tmp_path):
+    """An inbound MX inside trusted_clients relays the person's mail from her own address:
+    M1 (not the account's domain) answered MAIL 553 and every such objection was lost. M1
+    is said at each other RCPT now; the unsubscribe address takes the mail."""
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(CSV_HEADER + JANE)
+    gw = make_gateway(contacts=ledger)  # 127.0.0.0/8 is the account crm's network
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO tool")
+    s.cmd("MAIL FROM:<news@example.com>")
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    s.cmd("DATA")
+    assert s.cmd(message() + b".")[0] == 250
+    mailto = re.search(rb"<mailto:([^>]+)>", sink.wait_for(1)[0].content)[1].decode()
+    assert s.cmd("MAIL FROM:<jane@example.net>")[0] == 250
+    assert s.cmd("RCPT TO:<john@example.org>") == (
+        553, "5.7.1 M1 Sender address not allowed for this account")
+    assert s.cmd(f"RCPT TO:<{mailto}>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    assert s.cmd(b"Subject: unsubscribe\r\n\r\nplease\r\n.")[0] == 250
+    assert suppressed(gw) == ["mailto"]
+    assert s.cmd("MAIL FROM:<>")[0] == 250  # a bounce: nothing to anybody but the address
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 553
+    s.cmd("QUIT")
+    time.sleep(0.3)
+    assert len(sink.messages) == 1
+
+
 def test_unsubscribe_recipients_count_against_max_recipients_once_each(make_gateway, sink,
                                                                         tmp_path):
     ledger = tmp_path / "ledger.csv"
