@@ -271,11 +271,14 @@ def reject(state: CliState, entry_ids: tuple[int, ...], select_all: bool, rule: 
 @click.option("--older-than", "days", type=click.FloatRange(min=0), required=True,
               help="Reject and delete entries held longer than this many days.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
+@click.option("--operator", help="Who decides (default: the OS user).")
 @click.pass_obj
-def purge(state: CliState, days: float, yes: bool) -> None:
+def purge(state: CliState, days: float, yes: bool, operator: str | None) -> None:
     """Reject every entry held longer than --older-than days, so held personal data does not
     pile up; their content is deleted, which cannot be undone. Asks first on a terminal
-    (unless --yes), and names each entry it rejected."""
+    (unless --yes), and names each entry it rejected. Recorded as the operator's decision
+    (the automatic purge of quarantine.retention_days is recorded as "purge")."""
+    who = _operator(operator)
 
     hasher = hasher_for(state.settings)
     cutoff = time.time() - days * 86400
@@ -295,7 +298,7 @@ def purge(state: CliState, days: float, yes: bool) -> None:
             purged = []
             for entry in await store.held_before(cutoff):
                 try:
-                    await store.reject(entry, "purge", f"held longer than {days:g} days",
+                    await store.reject(entry, who, f"held longer than {days:g} days",
                                        hasher(ledger_form(entry.recipient)))
                 except Refused:  # released or rejected by an operator meanwhile
                     continue

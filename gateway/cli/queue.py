@@ -32,11 +32,12 @@ def queue() -> None:
 @click.option("--failed", is_flag=True, help="Only copies that failed permanently.")
 @click.option("--all", "show_all", is_flag=True, help="Include copies already sent.")
 @click.option("--limit", type=ROW_ID, default=1000, show_default=True,
-              help="Show at most this many entries (the oldest).")
+              help="Show at most this many entries (those to send first).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def list_(state: CliState, failed: bool, show_all: bool, limit: int, as_json: bool) -> None:
-    """Copies waiting (queued, deferred) or failed, oldest first."""
+    """Copies waiting (queued, deferred), oldest first, then those failed (or sent, with
+    --all), newest first."""
     states: tuple[str, ...] = ("failed",) if failed else (
         ("queued", "deferred", "failed", "sent") if show_all else ("queued", "deferred", "failed"))
 
@@ -46,8 +47,8 @@ def list_(state: CliState, failed: bool, show_all: bool, limit: int, as_json: bo
         more = len(entries) > limit
         entries = entries[:limit]
         if more:  # said on stderr: the JSON on stdout stays a plain list
-            click.echo(f"only the first {limit} queue entries are shown: there are more "
-                       "(--limit)", err=True)
+            click.echo(f"only {limit} queue entries are shown (those to send first, then "
+                       "the newest finished): there are more (--limit)", err=True)
         if as_json:
             print_json([e.as_json() for e in entries])
             return

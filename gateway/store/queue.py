@@ -404,7 +404,12 @@ class QueueStore:
             "SELECT d.id, d.message_id, m.mail_from, d.recipient, d.state, d.attempts,"  # noqa: S608 - marks are "?" only
             " d.next_attempt_at, d.last_error, d.created_at, d.updated_at"
             " FROM deliveries d JOIN messages m ON m.id = d.message_id"
-            f" WHERE d.state IN ({marks}) ORDER BY d.id LIMIT ?", (*states, limit))
+            # copies still to send first, in order; then finished ones, newest first: past
+            # `limit` old failures (kept until R4 purges them) hid the live backlog
+            f" WHERE d.state IN ({marks})"
+            " ORDER BY d.state IN ('failed', 'sent'),"
+            " CASE WHEN d.state IN ('failed', 'sent') THEN -d.id ELSE d.id END LIMIT ?",
+            (*states, limit))
         return [QueueEntry(*tuple(row)) for row in rows]
 
     async def get(self, delivery_id: int) -> QueueEntry:
@@ -455,12 +460,14 @@ class QueueStore:
                               "now: not retried (it is being tried already)")
 
     async def flush(self) -> int:
-        """Make every deferred copy due now; returns how many."""
+        """Make every deferred copy due now; returns how many (not those a process is
+        trying already: they were counted as "made due")."""
         now = time.time()
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 "UPDATE deliveries SET next_attempt_at = ?, updated_at = ?"
-                " WHERE state = 'deferred'", (now, now))
+                " WHERE state = 'deferred' AND (claimed_until IS NULL OR claimed_until < ?)",
+                (now, now, now))
             return cur.rowcount
 
     async def delete(self, delivery_id: int) -> None:

@@ -204,12 +204,14 @@ def test_rejects_and_purges_are_audited_and_release_checks_m1_again(gw, sink: Si
                   ).returncode == 0
     refused = gw.cli("quarantine", "release", str(second))
     assert refused.returncode == 1 and "M1" in refused.stderr, refused.stderr
-    assert gw.cli("quarantine", "purge", "--older-than", "0").returncode == 0
+    assert gw.cli("quarantine", "purge", "--older-than", "0", "--operator", "eve"
+                  ).returncode == 0
     with sqlite3.connect(gw.config.parent / "gateway.db") as db:
         rows = db.execute("SELECT client_ip, rule, decision FROM audit"
                           " WHERE client_ip LIKE 'operator %' ORDER BY id").fetchall()
-    assert rows == [("operator bob", "R9", "reject"), ("operator purge", "R9", "reject"),
-                    ("operator purge", "R9", "reject")]
+    # a person's bulk rejection is theirs, told apart from the automatic purge's "purge"
+    assert rows == [("operator bob", "R9", "reject"), ("operator eve", "R9", "reject"),
+                    ("operator eve", "R9", "reject")]
     assert "intact" in gw.cli("audit", "verify").stdout
     time.sleep(0.3)
     assert sink.messages == [] and third

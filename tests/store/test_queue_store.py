@@ -688,3 +688,20 @@ async def test_emptying_the_wal_under_a_reader_does_not_hold_the_writes(db: Data
     finally:
         reader.close()
     assert await db.empty_wal() is True  # the reader gone
+
+
+async def test_the_listing_shows_what_is_still_to_send_before_old_failures(db: Database):
+    """Past its limit, the listing showed the oldest failures (kept until R4 purges them)
+    and hid the live backlog; a flush counted copies a process was trying already."""
+    q = QueueStore(db, "me")
+    (failures,) = await q.commit_messages([incoming("A", *(f"f{i}@x.example"
+                                                           for i in range(5)))])
+    for copy in failures:
+        await q.fail(copy.delivery_id, "550 5.1.1 unknown")
+    (late,) = await q.commit_messages([incoming("B", "late@x.example", "busy@x.example")])
+    await q.defer(late[0].delivery_id, "451 greylisted", time.time() + 3600)
+    await q.defer(late[1].delivery_id, "451 greylisted", time.time() - 1)
+    [busy] = await q.claim_due()  # a process is trying it right now
+    assert [e.recipient for e in await q.list(limit=3)] == [
+        "late@x.example", "busy@x.example", "f4@x.example"]
+    assert await q.flush() == 1 and busy.recipient == "busy@x.example"
