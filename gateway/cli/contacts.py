@@ -7,6 +7,7 @@ import secrets
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -35,13 +36,16 @@ from gateway.contacts_csv import (
     RowError,
     read_rows,
 )
-from gateway.errors import GatewayError, NotFound
+from gateway.errors import ConfigError, GatewayError, NotFound
+from gateway.notice_templates import load_templates
 from gateway.security.keys import AddressHasher
+from gateway.settings import ControllerSettings
 from gateway.store.db import Database
 from gateway.store.ledger import Ledger
 from gateway.store.ledger_import import ImportProcess
 from gateway.store.subject import erased_hashes
 from gateway.text import printable
+from gateway.transform.notice import find_template
 
 CHUNK_ROWS = 5000
 IMPORT_HELP = f"""Upsert the ledger from FILE (CSV with a header row, UTF-8).
@@ -96,10 +100,30 @@ def import_(state: CliState, file: Path, dry_run: bool) -> None:
             hasher = AddressHasher(secrets.token_bytes(32))  # never written anywhere
         else:
             hasher = hasher_for(settings)
-        _import(file, store, hasher, dry_run)
+        _import(file, store, hasher, dry_run, settings.controller)
 
 
-def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool) -> None:
+def _untranslated(languages: Counter[str], controller: ControllerSettings) -> str | None:
+    """A note naming the rows' languages that have no notice template (their copies get the
+    default language's: information "in a language the person understands", KASPR), or
+    None. A bad notices_dir is for `serve` to report."""
+    try:
+        templates = load_templates(controller.notices_dir)
+    except (ConfigError, OSError):
+        return None
+    missing = Counter({lang: n for lang, n in languages.items()
+                       if find_template(templates, lang) is None})
+    if not missing:
+        return None
+    shown = ", ".join(f"{lang}: {n}" for lang, n in missing.most_common(8))
+    return (f"note: {missing.total()} contacts have a language with no notice template "
+            f"({shown}{', ...' if len(missing) > 8 else ''}): their notices will be in "
+            f"controller.default_language ({controller.default_language}); add templates "
+            "under controller.notices_dir")
+
+
+def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool,
+            controller: ControllerSettings) -> None:
     try:
         erased = asyncio.run(_prepare(store))
         importer = ImportProcess(store, hasher, dry_run=dry_run)
@@ -116,6 +140,7 @@ def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool) -> No
         with progress, file.open("rb") as raw:
             task = progress.add_task("import", total=file.stat().st_size)
             chunk: list[ContactRow] = []
+            languages: Counter[str] = Counter()
             late = False
             for item in read_rows(_lines(raw, progress if tty else None, task), time.time()):
                 if isinstance(item, LateWithdrawal):
@@ -138,6 +163,8 @@ def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool) -> No
                         markup=False, highlight=False, soft_wrap=True)
                     continue
                 chunk.append(item)
+                if item.language:
+                    languages[item.language] += 1
                 if len(chunk) >= CHUNK_ROWS:
                     importer.submit(chunk, late)
                     chunk = []
@@ -162,6 +189,9 @@ def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool) -> No
                   "their retention clock goes on from the purged entry's, not from this file"
                   if c.clock_kept else "")
                + (" - dry run, nothing written" if dry_run else ""))
+    note = _untranslated(languages, controller)
+    if note:
+        click.echo(note, err=True)
     sys.exit(EXIT_REFUSED if refused else EXIT_OK)
 
 

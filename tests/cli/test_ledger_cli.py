@@ -402,3 +402,18 @@ def test_a_request_is_extended_once_within_its_first_month(config: Path):
     too_late = gateway_cli(config, "requests", "extend", str(late["id"]), "--reason", "x")
     assert too_late.returncode == 1 and "within the first month" in too_late.stderr
     assert gateway_cli(config, "requests", "close", "1", "--note", "answered").returncode == 0
+
+
+def test_an_import_names_the_languages_that_have_no_notice(config: Path, tmp_path: Path):
+    """A Portuguese contact's copies carry the default language's notice; nothing said so
+    (the person must be informed in a language they understand: KASPR)."""
+    csv = tmp_path / "langs.csv"
+    csv.write_text("email,language,consent,consent_at,consent_method,source_name,source_type\n"
+                   "a@example.pt,pt,granted,2026-01-05,web form,form,direct\n"
+                   "b@example.pt,pt-BR,granted,2026-01-05,web form,form,direct\n"
+                   "c@example.fr,fr-CA,granted,2026-01-05,web form,form,direct\n")
+    result = gateway_cli(config, "contacts", "import", str(csv))
+    assert result.returncode == 0, result.stderr
+    assert "note: 2 contacts have a language with no notice template (pt: 1, pt-BR: 1)" in \
+        result.stderr and "controller.default_language (en)" in result.stderr
+    assert "fr" not in result.stderr.split("(", 1)[1].split(")", 1)[0]
