@@ -179,7 +179,7 @@ def _rewrite(content: bytes, part: Part, notice: Notice, is_root: bool,
     newline = "\r\n" if "\r\n" in text or "\n" not in text else "\n"
     if part.content_type == "text/html":
         at = _body_close(text)
-        text = text[:at] + notice.html + text[at:]
+        text = text[:at] + _closers(text[:at]) + notice.html + text[at:]
     else:
         flowed = part.params.get("format", "").lower() == "flowed"
         lines = notice.plain.split("\n")
@@ -241,6 +241,50 @@ def _body_close(text: str) -> int:
             return at
         at = low.rfind("</body", 0, at)
     return len(text)
+
+
+# HTML that a reader parses into elements: comments and raw/escapable text skipped whole
+_HTML_TOKEN = re.compile(
+    r"<!--.*?(?:-->|$)|<(script|style|textarea|title|xmp)\b[^>]*>.*?(?:</\1\s*>|$)"
+    r"|<(/?)([a-z][a-z0-9-]*)\b[^>]*?(/?)>", re.IGNORECASE | re.DOTALL)
+_VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+                   "param", "source", "track", "wbr", "keygen", "frame", "basefont", "bgsound"})
+_CLOSES_P = frozenset({"address", "article", "aside", "blockquote", "center", "details",
+                       "dialog", "dir", "div", "dl", "fieldset", "figcaption", "figure",
+                       "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr",
+                       "main", "menu", "nav", "ol", "p", "pre", "section", "table", "ul"})
+_DOCUMENT = frozenset({"html", "head", "body"})
+
+
+@lru_cache(maxsize=16)  # one message's copies share their HTML before the notice
+def _closers(html: str) -> str:
+    """End tags for the elements `html` leaves open: the notice goes after them, not inside
+    a `<div style="display:none">` or a `<template>` the sender left open (the notice and
+    the unsubscribe link were hidden). A light stack, not a full tree builder: an element
+    closed by HTML's implied rules may be closed again, which a reader ignores (a </p>
+    with none open is an empty paragraph)."""
+    if "<" not in html:
+        return ""
+    stack: list[str] = []
+    innermost = ""  # a comment or raw text left open runs to the end: it ends first
+    for found in _HTML_TOKEN.finditer(html):
+        name = found[3]
+        if name is None:  # a comment or raw text
+            token = found[0]
+            if token.startswith("<!--") and not token.endswith("-->"):
+                innermost = "-->"
+            elif found[1] and not re.search(rf"</{found[1]}\s*>$", token, re.IGNORECASE):
+                innermost = f"</{found[1].lower()}>"
+            continue
+        name = name.lower()
+        if found[2]:  # an end tag: closes up to its element, if open
+            if name in stack:
+                del stack[len(stack) - 1 - stack[::-1].index(name):]
+        elif name not in _VOID and not found[4] and name not in _DOCUMENT:
+            if name in _CLOSES_P and stack and stack[-1] == "p":
+                stack.pop()
+            stack.append(name)
+    return innermost + "".join(f"</{name}>" for name in reversed(stack))
 
 
 def _in_raw_text(low: str, at: int) -> bool:

@@ -510,3 +510,26 @@ def test_a_data_file_is_never_the_body_and_an_alternative_always_is():
     plain, html_part = parts(add_notice(named_plain, notice()))
     assert "Why you receive this message" in text_of(plain)
     assert "Unsubscribe" in text_of(html_part)
+
+
+@pytest.mark.parametrize("body, closers", [
+    ('<p>Our offer</p><div style="display:none"><img src="x.gif">', "</div>"),
+    ("<p>Our offer</p><template><p>x", "</p></template>"),
+    ("<div><p>Our offer<!-- left open", "--></p></div>"),
+    ("<table><tr><td>Our offer", "</td></tr></table>"),
+    ("<p>Our offer</p><!--[if mso]><table><tr><td><![endif]-->", ""),
+    ('<p>Our offer</p><script>var s = "<div>";</script>', ""),
+])
+def test_the_html_notice_goes_after_the_elements_the_sender_left_open(body, closers):
+    """Inside an unclosed `<div style="display:none">` (or a <template>, or a comment) the
+    notice and its unsubscribe link were hidden from the reader: the elements left open are
+    closed first (comments, conditional comments and scripts are not elements)."""
+    original = (HEAD + b"Content-Type: text/html; charset=utf-8\r\n\r\n<html><body>"
+                + body.encode() + b"</body></html>\r\n")
+    [part] = parts(add_notice(original, notice()))
+    html_text = part.get_content()
+    if "<!-- left open" in body:  # "</body>" is comment text there: the notice goes last
+        assert f"</body></html>\r\n{closers}<div lang=\"en\"" in html_text
+    else:
+        assert f"{body}{closers}<div lang=\"en\"" in html_text
+        assert html_text.rstrip().endswith("</div></body></html>")
