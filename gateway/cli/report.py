@@ -198,9 +198,13 @@ def render_html(report: Report) -> str:
 
 
 @click.command()
-@click.option("--since", type=click.DateTime(["%Y-%m-%d"]),
-              help="Only what happened since this day (YYYY-MM-DD, from midnight UTC); "
-                   "open requests are listed whatever their date.")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%SZ",
+                                              "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%MZ",
+                                              "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S",
+                                              "%Y-%m-%d %H:%M"]),
+              help="Only what happened since this day (YYYY-MM-DD, from midnight UTC) or "
+                   "moment (YYYY-MM-DDTHH:MM[:SS][Z], UTC); open requests are listed "
+                   "whatever their date.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object (its keys are listed above).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -214,7 +218,8 @@ def report(state: CliState, since: datetime.datetime | None, as_json: bool,
 
     \b
     --json keys:
-      since          "YYYY-MM-DD" or null; generated_at: unix seconds
+      since          "YYYY-MM-DD" (or "YYYY-MM-DDTHH:MM:SSZ") or null; generated_at: unix
+                     seconds
       decisions      [{account, rule, decision (allow|reject|quarantine), count}]
       deliveries     [{account, state (queued|deferred|sent|failed|refused), count}]
       quarantine     [{account, rule, state (held|released|rejected), count}]
@@ -230,7 +235,8 @@ def report(state: CliState, since: datetime.datetime | None, as_json: bool,
         async with Database(state.settings.store.path) as db:
             return await ReportStore(db).report(
                 start.timestamp() if start else None,
-                start.date().isoformat() if start else None)
+                None if start is None else start.date().isoformat()
+                if start.time() == datetime.time() else start.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
     found = run(body)
     if as_json:

@@ -21,7 +21,9 @@ def _banner(gateway: object) -> None:
     where = (f"the Maildir {d.maildir}/new (one file per copy)" if d.mode == "maildir"
              else f"the upstream relay {d.host}:{d.port}"
                   f"{' with STARTTLS' if d.starttls else ''}")
-    tls = ("no TLS (AUTH refused; only trusted_clients can send)" if gateway.tls is None
+    tls = (("no TLS (AUTH without TLS on loopback only: smtp.allow_plain_auth_on_loopback)"
+            if s.smtp.allow_plain_auth_on_loopback else
+            "no TLS (AUTH refused; only trusted_clients can send)") if gateway.tls is None
            else f"STARTTLS with {'a self-signed' if gateway.tls.self_signed else 'the'} "
                 f"certificate {gateway.tls.cert}")
     host = s.smtp.listen.rpartition(":")[0]

@@ -152,6 +152,11 @@ def test_since_limits_every_figure_but_not_the_open_requests(filled):
     yesterday = (utc_today - datetime.timedelta(days=1)).isoformat()
     assert decisions(report(filled, "--since", yesterday)) == decisions(report(filled))
     assert sum(decisions(report(filled)).values()) == 9
+    # a moment, in the ISO forms the CLI prints (it took a day only: exit 2)
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=5)
+    for moment in (soon.strftime("%Y-%m-%dT%H:%M:%SZ"), soon.strftime("%Y-%m-%dT%H:%M")):
+        after = report(filled, "--since", moment)
+        assert after["decisions"] == [] and after["since"].startswith(moment[:16]), after
 
 
 def test_tables_on_the_terminal_name_accounts_rules_and_overdue_requests(filled):
