@@ -74,6 +74,7 @@ def retry(state: CliState, entry_id: int) -> None:
 
     async def body() -> None:
         async with open_queue(state) as q:
+            await q.release_dead(by_pid_only=True)  # a crashed gateway's claims
             await q.retry(entry_id)
         click.echo(f"queue entry {entry_id} will be retried now")
 
@@ -105,6 +106,7 @@ def delete(state: CliState, entry_id: int) -> None:
 
     async def body() -> None:
         async with open_queue(state) as q:
+            await q.release_dead(by_pid_only=True)  # a crashed gateway's claims
             await q.delete(entry_id)
         click.echo(f"queue entry {entry_id} deleted")
 

@@ -311,19 +311,21 @@ class QueueStore:
                                             now, now))
         return released
 
-    async def release_dead(self, starting: bool = False) -> int:
+    async def release_dead(self, starting: bool = False, by_pid_only: bool = False) -> int:
         """Release the claims of gateway processes that are gone, so their copies go now and
         not when each claim expires (claim_seconds, 10 minutes): a process of this machine
         and pid namespace whose pid is dead (or a zombie), and any process, anywhere, whose
         heartbeat stopped STALE_HEARTBEAT_SECONDS ago (another host, a host renamed, a
         reboot, a container restarted). At start, also a row with our own pid in our own
         namespace (an earlier incarnation restarted as pid 1). Run at start and every
-        SWEEP_SECONDS by the scanner. How many copies were released."""
+        SWEEP_SECONDS by the scanner. How many copies were released. `by_pid_only`: the
+        CLI's, which writes no heartbeat: only processes of this machine found dead."""
         now = time.time()
         space = process_space()
         # a heartbeat is silent only if ours is not: a store locked for minutes (a VACUUM)
         # silenced every process's, and the first back took the others' copies in flight
-        judge_silence = time.monotonic() - self._heartbeat_written < OWN_HEARTBEAT_FRESH
+        judge_silence = not by_pid_only and (
+            time.monotonic() - self._heartbeat_written < OWN_HEARTBEAT_FRESH)
         rows = await self.db.fetchall("SELECT id, host, pid, heartbeat FROM instances")
         dead = [row["id"] for row in rows
                 if row["id"] != self.instance_id and (

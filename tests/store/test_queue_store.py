@@ -705,3 +705,25 @@ async def test_the_listing_shows_what_is_still_to_send_before_old_failures(db: D
     assert [e.recipient for e in await q.list(limit=3)] == [
         "late@x.example", "busy@x.example", "f4@x.example"]
     assert await q.flush() == 1 and busy.recipient == "busy@x.example"
+
+
+async def test_the_cli_frees_a_crashed_processs_claims_before_retry_or_delete(db: Database):
+    """Killed to stop a bad send, the gateway left its copies claimed for 10 minutes: retry
+    and delete said "being delivered right now", and the restart sent them. The CLI frees
+    the claims of this machine's dead processes first, and no others (it writes no
+    heartbeat: a silent process elsewhere is not its to judge)."""
+    from gateway.store.queue import process_space
+
+    dead, elsewhere = QueueStore(db, "dead"), QueueStore(db, "elsewhere")
+    async with db.transaction() as conn:
+        await conn.executemany(
+            "INSERT INTO instances (id, host, pid, started_at, heartbeat) VALUES (?, ?, ?, 0, ?)",
+            [("dead", process_space(), 999_999_999, time.time()),  # this machine, pid gone
+             ("elsewhere", "other-host", os.getpid(), 0.0)])  # silent, on another host
+    [[mine]] = await dead.commit_messages([incoming("A", "a@x.example")])
+    [[theirs]] = await elsewhere.commit_messages([incoming("B", "b@x.example")])
+    cli = QueueStore(db, "cli")
+    assert await cli.release_dead(by_pid_only=True) == 1
+    await cli.delete(mine.delivery_id)
+    with pytest.raises(Refused):
+        await cli.delete(theirs.delivery_id)
