@@ -225,7 +225,7 @@ async def test_a_sent_copy_whose_record_fails_is_neither_sent_again_nor_taken_ov
     disk): the worker keeps the copy and writes the mark again. It was left claimed, and sent
     a second time once its claim expired."""
     sent: list = []
-    with contextlib.closing(sqlite3.connect(db.path)) as other:
+    with contextlib.closing(sqlite3.connect(db.path, timeout=30)) as other:  # a busy CI
         other.execute("CREATE TRIGGER refuse_sent BEFORE UPDATE OF state ON deliveries "
                       "WHEN NEW.state = 'sent' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
         other.commit()
