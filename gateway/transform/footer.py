@@ -13,6 +13,7 @@ import base64
 import binascii
 import dataclasses
 import re
+from collections import Counter
 from functools import lru_cache
 
 from gateway.model import MessageFacts
@@ -243,10 +244,13 @@ def _body_close(text: str) -> int:
     return len(text)
 
 
-# HTML that a reader parses into elements: comments and raw/escapable text skipped whole
-_HTML_TOKEN = re.compile(
-    r"<!--.*?(?:-->|$)|<(script|style|textarea|title|xmp)\b[^>]*>.*?(?:</\1\s*>|$)"
-    r"|<(/?)([a-z][a-z0-9-]*)\b[^>]*?(/?)>", re.IGNORECASE | re.DOTALL)
+# what a reader does not parse into elements: comments (also "<!-->", "--!>" ends), and raw or
+# escapable raw text, each to its end or to the end of the text
+_RAW_SPANS = re.compile(
+    r"<!--(?:-?>|.*?(?:--!?>|$))|<(script|style|textarea|title|xmp)\b[^>]*>.*?(?:</\1\s*>|$)",
+    re.DOTALL)  # (all three run over the lower-cased text)
+_TAG_NAME = re.compile(r"<(/?[a-z][a-z0-9-]*)")  # "div", "/div"
+_TAG = re.compile(r"<(/?)([a-z][a-z0-9-]*)\b[^>]*?(/?)>")
 _VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
                    "param", "source", "track", "wbr", "keygen", "frame", "basefont", "bgsound"})
 _CLOSES_P = frozenset({"address", "article", "aside", "blockquote", "center", "details",
@@ -260,27 +264,43 @@ _DOCUMENT = frozenset({"html", "head", "body"})
 def _closers(html: str) -> str:
     """End tags for the elements `html` leaves open: the notice goes after them, not inside
     a `<div style="display:none">` or a `<template>` the sender left open (the notice and
-    the unsubscribe link were hidden). A light stack, not a full tree builder: an element
-    closed by HTML's implied rules may be closed again, which a reader ignores (a </p>
-    with none open is an empty paragraph)."""
+    the unsubscribe link were hidden). Counted in C first (~0.1 ms for 20 KB): the stack is
+    built only when some element opens more often than it closes. A light stack, not a full
+    tree builder: an element closed by HTML's implied rules may be closed again, which a
+    reader ignores (a </p> with none open is an empty paragraph). Every scan is linear: no
+    pattern looks past the last ">" for one (a 40 KB run of "<a" took 8 s)."""
     if "<" not in html:
         return ""
-    stack: list[str] = []
-    innermost = ""  # a comment or raw text left open runs to the end: it ends first
-    for found in _HTML_TOKEN.finditer(html):
-        name = found[3]
-        if name is None:  # a comment or raw text
-            token = found[0]
-            if token.startswith("<!--") and not token.endswith("-->"):
+    low = html.lower()
+    end = low.rfind(">") + 1
+    innermost = "-->" if "<!--" in low[end:] else ""  # a comment opened after the last ">"
+    pieces, last = [], 0
+    for found in _RAW_SPANS.finditer(low, 0, end):  # few: comments, scripts, styles
+        pieces.append(low[last:found.start()])
+        last = found.end()
+        token, raw = found[0], found[1]
+        if raw is None:
+            if not (token.endswith(("-->", "--!>")) or token in ("<!-->", "<!--->")):
                 innermost = "-->"
-            elif found[1] and not re.search(rf"</{found[1]}\s*>$", token, re.IGNORECASE):
-                innermost = f"</{found[1].lower()}>"
-            continue
-        name = name.lower()
-        if found[2]:  # an end tag: closes up to its element, if open
+        elif not re.search(rf"</{raw}\s*>$", token):
+            innermost = f"</{raw}>"
+    pieces.append(low[last:end])
+    markup = "".join(pieces)
+    tags = Counter(_TAG_NAME.findall(markup))
+    if all(count <= tags["/" + name] for name, count in tags.items()
+           if name[0] != "/" and name not in _VOID and name not in _DOCUMENT):
+        return innermost
+    stack: list[str] = []
+    for found in _TAG.finditer(markup):
+        name = found[2]
+        if found[1]:  # an end tag: closes up to its element, if open
             if name in stack:
                 del stack[len(stack) - 1 - stack[::-1].index(name):]
-        elif name not in _VOID and not found[4] and name not in _DOCUMENT:
+        elif name in _VOID or name in _DOCUMENT:
+            continue
+        elif found[3] and ("svg" in stack or "math" in stack):
+            continue  # "/>" closes only foreign elements (and is meaningless on void ones)
+        else:
             if name in _CLOSES_P and stack and stack[-1] == "p":
                 stack.pop()
             stack.append(name)
@@ -293,7 +313,11 @@ def _in_raw_text(low: str, at: int) -> bool:
     end, still in the body.)"""
     for opener, closer in _RAW_ENDS.items():
         start = low.rfind(opener, 0, at)
-        if start >= 0 and low.find(closer, start + len(opener), at) < 0:
+        if start < 0 or (opener == "<!--" and (
+                low.startswith(("<!-->", "<!--->"), start)  # empty comments, closed
+                or 0 <= low.find("--!>", start + 4, at))):  # a closer HTML takes too
+            continue
+        if low.find(closer, start + len(opener), at) < 0:
             return True
     return False
 

@@ -519,6 +519,8 @@ def test_a_data_file_is_never_the_body_and_an_alternative_always_is():
     ("<table><tr><td>Our offer", "</td></tr></table>"),
     ("<p>Our offer</p><!--[if mso]><table><tr><td><![endif]-->", ""),
     ('<p>Our offer</p><script>var s = "<div>";</script>', ""),
+    ('<p>Our offer</p><!--><div style="display:none"/>', "</div>"),  # "/>" closes no div
+    ('<p>Our offer</p><!-- x --!><SVG><path d="M0"/></SVG>', ""),
 ])
 def test_the_html_notice_goes_after_the_elements_the_sender_left_open(body, closers):
     """Inside an unclosed `<div style="display:none">` (or a <template>, or a comment) the
@@ -533,3 +535,17 @@ def test_the_html_notice_goes_after_the_elements_the_sender_left_open(body, clos
     else:
         assert f"{body}{closers}<div lang=\"en\"" in html_text
         assert html_text.rstrip().endswith("</div></body></html>")
+
+
+def test_html_without_closing_brackets_costs_linear_time():
+    """Each "<a" with no ">" after it made the tag pattern scan to the end: 40 KB of them
+    held the event loop (every SMTP session) 8.5 s."""
+    import time
+
+    from gateway.transform.footer import _closers
+
+    for text in ("<a" * 100_000, "x<a " * 50_000, "<a " * 66_000 + ">"):
+        _closers.cache_clear()
+        started = time.perf_counter()
+        _closers(text)
+        assert time.perf_counter() - started < 0.5, text[:8]
