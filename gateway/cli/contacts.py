@@ -45,7 +45,7 @@ from gateway.store.ledger import Ledger
 from gateway.store.ledger_import import ImportProcess
 from gateway.store.subject import erased_hashes
 from gateway.text import printable
-from gateway.transform.notice import find_template
+from gateway.transform.notice import choose, find_template
 
 CHUNK_ROWS = 5000
 IMPORT_HELP = f"""Upsert the ledger from FILE (CSV with a header row, UTF-8).
@@ -118,8 +118,8 @@ def _untranslated(languages: Counter[str], controller: ControllerSettings) -> st
     shown = ", ".join(f"{lang}: {n}" for lang, n in missing.most_common(8))
     return (f"note: {missing.total()} contacts have a language with no notice template "
             f"({shown}{', ...' if len(missing) > 8 else ''}): their notices will be in "
-            f"controller.default_language ({controller.default_language}); add templates "
-            "under controller.notices_dir")
+            f"{choose(templates, None, controller.default_language).language} (the default "
+            "language's, else English); add templates under controller.notices_dir")
 
 
 def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool,

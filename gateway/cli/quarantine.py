@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import getpass
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -163,7 +164,12 @@ def _decide_each(state: CliState, entry_ids: tuple[int, ...],
 
 
 def _operator(value: str | None) -> str:
-    return value or getpass.getuser()
+    if value:
+        return value
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry (containers)
+        return f"uid {os.getuid()}"
 
 
 async def _review(state: CliState, db: Database) -> Review:

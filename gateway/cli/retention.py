@@ -25,6 +25,13 @@ def run_(state: CliState, dry_run: bool, as_json: bool) -> None:
     and the raw messages left without a copy. Suppression hashes and the audit log (keyed
     hashes only) are kept; copies still queued or held are left to finish."""
 
+    if dry_run and not state.settings.store.path.exists():  # a dry run makes no store
+        click.echo(f"no store at {state.settings.store.path.absolute()}: nothing to purge",
+                   err=True)
+        if as_json:
+            print_json({"dry_run": True, "purged": []})
+        return
+
     async def body() -> Purge:
         async with Database(state.settings.store.path) as db:
             purger = Retention(db, state.settings.policy.knobs())

@@ -239,6 +239,9 @@ async def _delete_contacts(conn: aiosqlite.Connection, digest: bytes, folded: st
     CASCADE): `Jane@` and `jane@` both, not strasse@ for straße@ (they share a hash)."""
     cur = await conn.execute("DELETE FROM contacts WHERE address_hash = ?"
                              " AND subject_form(address) = ?", (digest, folded))
+    # the contact ids R4's purge kept for the old links (the erasure's suppression entry
+    # stands for them: nothing else is kept, 021_purged_contacts)
+    await conn.execute("DELETE FROM purged_contacts WHERE address_hash = ?", (digest,))
     return cur.rowcount
 
 

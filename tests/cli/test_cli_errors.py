@@ -239,3 +239,12 @@ def test_a_store_path_that_is_a_symbolic_link_is_refused(tmp_path: Path):
     clean_failure(run("--config", str(config), "accounts", "list"), 1, "symbolic link")
     assert victim.read_text() == "do not overwrite\n"
     assert victim.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_retention_dry_run_where_there_is_no_store_makes_none(config: Path, tmp_path: Path):
+    """A dry run wrote a new 150 KB store (and said nothing) where it found none."""
+    result = gateway_cli(config, "retention", "run", "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"dry_run": True, "purged": []}
+    assert "no store at" in result.stderr and "nothing to purge" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.toml"]

@@ -415,5 +415,5 @@ def test_an_import_names_the_languages_that_have_no_notice(config: Path, tmp_pat
     result = gateway_cli(config, "contacts", "import", str(csv))
     assert result.returncode == 0, result.stderr
     assert "note: 2 contacts have a language with no notice template (pt: 1, pt-BR: 1)" in \
-        result.stderr and "controller.default_language (en)" in result.stderr
+        result.stderr and "their notices will be in en (the default" in result.stderr
     assert "fr" not in result.stderr.split("(", 1)[1].split(")", 1)[0]

@@ -174,6 +174,13 @@ def test_a_link_still_works_after_the_retention_purge_of_its_contact(gw, sink: S
                      "2026-11-01,web form,v2,signup form,direct,,2026-11-01,,,\n")
     assert gw.cli("contacts", "import", str(again)).returncode == 0
     assert rcpt(gw, "jane@example.net")[0] == 550
+    # her erasure takes the id kept for the link too (its suppression entry stands)
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        assert db.execute("SELECT count(*) FROM purged_contacts").fetchone()[0] == 3
+    assert gw.cli("subject", "erase", "jane@example.net", "--yes").returncode == 0
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        assert db.execute("SELECT count(*) FROM purged_contacts").fetchone()[0] == 2
+    assert rcpt(gw, "jane@example.net")[0] == 550
 
 
 def test_both_form_encodings_get_the_same_answers(gw, sink: Sink):
