@@ -351,7 +351,8 @@ class SuppressionEntry:
 # (a contact R4 purged is found by its id in purged_contacts: its address is gone, its keyed
 # hash is enough to suppress it)
 _COPIES_SQL = ("SELECT json_group_array(json_array(k.i, coalesce(d.recipient, c.address),"
-               " c.language, hex(p.address_hash))) FROM k LEFT JOIN deliveries d ON d.id = k.d"
+               " coalesce(c.language, p.language), hex(p.address_hash)))"
+               " FROM k LEFT JOIN deliveries d ON d.id = k.d"
                " AND coalesce(d.contact_id, 0) = k.c LEFT JOIN contacts c ON c.id = k.c"
                " LEFT JOIN purged_contacts p ON p.contact_id = k.c")
 _ONE_COPY_SQL = "WITH k(i, d, c) AS (VALUES (0, ?, ?)) " + _COPIES_SQL
@@ -582,7 +583,7 @@ class Ledger:
         [[_, address, language, purged]] = json.loads(row[0])
         if address is None:
             # a contact R4 purged: "" (its address is gone), found all the same
-            return ("", None) if purged else None  # (hex(NULL) is "")
+            return ("", language) if purged else None  # (hex(NULL) is "")
         return str(address), language
 
     async def object_to_copies(self, items: Sequence[tuple[int, int, str, str | None]]
@@ -605,7 +606,7 @@ class Ledger:
                     if address is not None:
                         found[index] = (address, language)
                     elif purged_hash:  # R4 purged the contact: by its hash (hex(NULL): "")
-                        found[index] = ("", None)
+                        found[index] = ("", language)
                         purged[index] = bytes.fromhex(purged_hash)
             where, objections = [], []
             for index, copy in enumerate(found):

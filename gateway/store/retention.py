@@ -104,8 +104,8 @@ class Retention:
             await conn.executemany(_TOMBSTONE, [(when, row_id) for row_id, in ids])
             # its copies' unsubscribe links name the contact id: they must still work
             await conn.executemany(
-                "INSERT OR IGNORE INTO purged_contacts (contact_id, address_hash)"
-                " SELECT id, address_hash FROM contacts WHERE id = ?", ids)
+                "INSERT OR IGNORE INTO purged_contacts (contact_id, address_hash, language)"
+                " SELECT id, address_hash, language FROM contacts WHERE id = ?", ids)
             async with _zeroed(conn):  # the contacts' rows too (they were left in clear)
                 await conn.executemany("DELETE FROM contacts WHERE id = ?", ids)
                 removed = await _purge_records(conn, sorted({person_form(row[1])
