@@ -64,7 +64,8 @@ class Part:
         if self.start == 0:
             return None
         disposition = self.get("content-disposition")
-        names = parse_content_type(disposition, "inline")[1] if disposition else {}
+        names = parse_content_type(disposition, "inline")[1] if disposition else {}  # (its
+        # parameters were read once by scan: a second filename is Malformed there)
         for params in (names, self.params):
             for key, value in params.items():
                 if key.startswith(("filename", "name")):
@@ -254,6 +255,9 @@ def _entity(content: bytes, start: int, end: int, default: str) -> Part:
                 raise Malformed(f"the {name} field is given twice in one MIME part")
     ctype, params = parse_content_type(
         next((v for k, v in fields if k == "content-type"), None), default)
+    disposition = next((v for k, v in fields if k == "content-disposition"), None)
+    if disposition is not None and "name" in disposition.lower():
+        parse_content_type(disposition, "inline")  # a file name given twice: Malformed (M2)
     return Part(start, body_start, end, fields, ctype, params)
 
 

@@ -549,3 +549,16 @@ def test_html_without_closing_brackets_costs_linear_time():
         started = time.perf_counter()
         _closers(text)
         assert time.perf_counter() - started < 0.5, text[:8]
+
+
+def test_a_file_name_given_twice_is_malformed_not_an_error():
+    """Reading parts' file names raised on `filename="a.csv"; filename="b.txt"` out of the
+    structure check: the message got no decision at DATA. Readers disagree which name
+    counts (a data file or a body): M2."""
+    original = (HEAD + b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+                b"--b\r\nContent-Type: text/plain\r\n\r\nHello\r\n--b\r\n"
+                b'Content-Type: text/plain\r\nContent-Disposition: inline; filename="a.csv"; '
+                b'filename="b.txt"\r\n\r\nx\r\n--b--\r\n')
+    assert "given twice" in (structure_facts(original).malformed or "")
+    with pytest.raises(NoticeError):
+        add_notice(original, notice())
