@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import logging
 import math
 import os
@@ -35,7 +34,7 @@ from gateway.security.tokens import load_token_keys
 from gateway.settings import ControllerSettings, Settings, parse_listen
 from gateway.smtp.auth import Authenticator
 from gateway.smtp.handler import GatewayHandler
-from gateway.smtp.server import GatewaySMTP, start_smtp_server
+from gateway.smtp.server import GatewaySMTP, is_loopback, start_smtp_server
 from gateway.store.accounts import AccountStore
 from gateway.store.audit import AuditLog
 from gateway.store.db import Database
@@ -431,10 +430,6 @@ def run_one(gateway: Gateway, on_ready: Any = None) -> None:
 
 
 def _loopback(host: str) -> bool:
-    """Whether a listen host is reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: assume it is reachable from elsewhere
+    """Whether a listen host is reachable from this machine only (a name other than
+    localhost: assume it is reachable from elsewhere)."""
+    return host == "localhost" or is_loopback(host)
