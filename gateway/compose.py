@@ -26,7 +26,7 @@ from gateway.settings import ControllerSettings
 from gateway.store.accounts import Account
 from gateway.store.audit import AuditRecord
 from gateway.store.ledger import Ledger, LedgerLookup
-from gateway.store.queue import Copy
+from gateway.store.queue import Copy, SentMark
 from gateway.transform.dkim import Signer, SigningError
 from gateway.transform.footer import NoticeError, add_notice
 from gateway.transform.headers import UnsafeHeader
@@ -64,9 +64,10 @@ class Composer:
             ledger.mark_informed)
         self._writes: set[asyncio.Task[None]] = set()
         self._notices = NoticeCache()
-        # delivery id -> version of the notice in the copy ("fr-2026.11"), until it is sent
-        # (the worker records it with the sent mark); dropped oldest first like _informed
-        self._versions: OrderedDict[int, str] = OrderedDict()
+        # delivery id -> (version of the notice in the copy ("fr-2026.11"), the recipient's
+        # keyed hash), until it is sent (the worker records both with the sent mark, the
+        # hash in its audit row); dropped oldest first like _informed
+        self._versions: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
 
     async def prepare(self, copy: Copy) -> bytes:
         """The bytes to send for `copy`. PermanentFailure: fail it with a DSN (an objection
@@ -110,7 +111,7 @@ class Composer:
             content = add_notice(content, notice)
         except (UnsafeHeader, NoticeError) as exc:
             raise PermanentFailure(f"554 5.6.0 cannot make the copy compliant: {exc}") from exc
-        self._versions[copy.delivery_id] = notice.version
+        self._versions[copy.delivery_id] = (notice.version, facts.address_hash)
         while len(self._versions) > MAX_PENDING_INFORMED:
             self._versions.popitem(last=False)
         if full and contact is not None and contact.id is not None:
@@ -125,9 +126,17 @@ class Composer:
         except SigningError as exc:
             raise TemporaryFailure(str(exc)) from exc
 
-    def notice_version(self, delivery_id: int) -> str | None:
-        """The version of the notice the copy carries, once, for its sent mark."""
-        return self._versions.pop(delivery_id, None)
+    def sent_mark(self, copy: Copy) -> SentMark:
+        """Once, when the upstream took `copy`: the version of the notice it carries and the
+        audit row of its sending (COMPLIANCE 4.5: who sent, to whom, which rule, which notice
+        version, when), for the worker's sent mark."""
+        prepared = self._versions.pop(copy.delivery_id, None)
+        if prepared is None:  # a DSN, or a copy this process did not prepare
+            return SentMark(copy.delivery_id)
+        version, address_hash = prepared
+        return SentMark(copy.delivery_id, version, AuditRecord(
+            time.time(), copy.account, AT_DELIVERY, address_hash, copy.rule or "", "sent",
+            copy.message_id, version).row())
 
     def sent(self, copy: Copy) -> None:
         """After the upstream took the copy: record that the person got the full notice."""

@@ -24,7 +24,7 @@ from gateway.delivery.dsn import (
 from gateway.delivery.upstream import DATA_DONE_SECONDS, Transport
 from gateway.errors import PermanentFailure, StoreError, TemporaryFailure
 from gateway.settings import DeliverySettings
-from gateway.store.queue import SWEEP_SECONDS, Copy, IncomingMessage, QueueStore
+from gateway.store.queue import SWEEP_SECONDS, Copy, IncomingMessage, QueueStore, SentMark
 
 log = logging.getLogger("gateway.delivery")
 # a whole delivery at most this many delivery.timeout_seconds: connect, greeting, EHLO,
@@ -78,14 +78,14 @@ class DeliveryService:
         self._wake = asyncio.Event()
         # A crash between the upstream's 250 and this record means one duplicate delivery,
         # never a loss; batching it saves an fsync per copy.
-        self._sent: GroupCommitter[tuple[int, str | None], None] = GroupCommitter(
-            queue.mark_sent)
+        self._sent: GroupCommitter[SentMark, None] = GroupCommitter(queue.mark_sent)
         # personalises and signs a copy right before it is sent (set by the runtime); raises
         # PermanentFailure (fail + DSN) or TemporaryFailure (defer) like a transport
         self.prepare: Callable[[Copy], Awaitable[bytes]] | None = None
         self.on_sent: Callable[[Copy], None] | None = None  # after the upstream took a copy
-        # the notice version `prepare` put into a copy (recorded with its sent mark)
-        self.notice_version: Callable[[int], str | None] | None = None
+        # the sent mark of a copy `prepare` made: the notice version it carries and the
+        # audit row of its sending (recorded when the upstream took it)
+        self.sent_mark: Callable[[Copy], SentMark] | None = None
 
     def dispatch(self, copies: Iterable[Copy]) -> None:
         """Hand freshly committed (and claimed) copies to the workers."""
@@ -221,14 +221,14 @@ class DeliveryService:
             await self._defer(copy, str(exc) or exc.__class__.__name__,
                               getattr(exc, "remote_mta", None))
             return
-        version = self.notice_version(copy.delivery_id) if self.notice_version else None
-        await self._record_sent(copy, version)
+        await self._record_sent(copy, self.sent_mark(copy) if self.sent_mark is not None
+                                else SentMark(copy.delivery_id))
         if self.on_sent is not None:
             self.on_sent(copy)
         log.info("delivery %d msg %s to=<%s> sent: %s", copy.delivery_id, copy.message_id,
                  copy.recipient, answer)
 
-    async def _record_sent(self, copy: Copy, version: str | None) -> None:
+    async def _record_sent(self, copy: Copy, mark: SentMark) -> None:
         """The upstream has the copy: record it, however long the store refuses.
 
         Until the record is written the copy stays ours (in `_known`, so the heartbeat keeps
@@ -238,7 +238,7 @@ class DeliveryService:
         delay = SENT_RETRY_FIRST_SECONDS
         while True:
             try:
-                await self._sent.submit((copy.delivery_id, version))
+                await self._sent.submit(mark)
                 return
             except StoreError as exc:
                 log.error("delivery %d msg %s to=<%s> was sent but cannot be recorded as sent "

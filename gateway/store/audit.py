@@ -21,7 +21,7 @@ from gateway.errors import StoreError
 from gateway.store.db import Database, insert_rows
 
 INSERT_HEAD = ("INSERT INTO audit (at, account, client_ip, recipient_hash, rule, decision,"
-               " message_id, chain)")
+               " message_id, notice_version, chain)")
 GENESIS = bytes(32)
 # Rows hashed, then inserted, at a time: the writer thread holds the interpreter lock while it
 # hashes and gives it back inside each INSERT, so the event loop gets it back every 64 rows
@@ -36,15 +36,20 @@ WRITE_ROWS = 128
 WRITE_PACE_SECONDS = 0.002
 
 
-def link(previous: bytes, row: tuple[object, ...]) -> bytes:
+def link(previous: bytes, row: Sequence[object]) -> bytes:
     """The chain value of an audit row: SHA-256 over the previous value and the row's
-    fields (time, account, client IP, recipient hash, rule, decision, message id)."""
-    at, account, client_ip, recipient_hash, rule, decision, message_id = row
-    canonical = "\x1f".join((repr(float(at)),  # type: ignore[arg-type]
-                             str(account or ""), str(client_ip),
-                             bytes(recipient_hash).hex(),  # type: ignore[call-overload]
-                             str(rule), str(decision), str(message_id or "")))
-    return hashlib.sha256(previous + canonical.encode("utf-8")).digest()
+    fields (time, account, client IP, recipient hash, rule, decision, message id, then the
+    notice version of a 'sent' row). A row without a notice version hashes as the rows
+    written before the field existed (022_audit_sent), so their chain still verifies."""
+    at, account, client_ip, recipient_hash, rule, decision, message_id = row[:7]
+    notice_version = row[7] if len(row) > 7 else None
+    fields = [repr(float(at)),  # type: ignore[arg-type]
+              str(account or ""), str(client_ip),
+              bytes(recipient_hash).hex(),  # type: ignore[call-overload]
+              str(rule), str(decision), str(message_id or "")]
+    if notice_version is not None:
+        fields.append(str(notice_version))
+    return hashlib.sha256(previous + "\x1f".join(fields).encode("utf-8")).digest()
 
 
 class AuditCheck(NamedTuple):
@@ -63,17 +68,19 @@ class AuditRecord(NamedTuple):
     client_ip: str
     recipient_hash: bytes
     rule: str
-    decision: str
+    decision: str  # allow | reject | quarantine, or sent (a copy the upstream took)
     message_id: str | None = None
+    notice_version: str | None = None  # 'sent': the notice the copy carried (COMPLIANCE 4.5)
 
     def row(self, message_id: str | None = None) -> tuple[object, ...]:
         return (self.at, self.account, self.client_ip, self.recipient_hash, self.rule,
-                self.decision, message_id or self.message_id)
+                self.decision, message_id or self.message_id, self.notice_version)
 
     def as_json(self) -> dict[str, object]:
         return {"at": self.at, "account": self.account, "client_ip": self.client_ip,
                 "recipient_hash": self.recipient_hash.hex(), "rule": self.rule,
-                "decision": self.decision, "message_id": self.message_id}
+                "decision": self.decision, "message_id": self.message_id,
+                "notice_version": self.notice_version}
 
 
 def insert_records(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
@@ -99,7 +106,7 @@ async def insert_record_async(conn: aiosqlite.Connection, row: tuple[object, ...
     async with conn.execute("SELECT chain FROM audit ORDER BY id DESC LIMIT 1") as cur:
         last = await cur.fetchone()
     previous = last[0] if last and last[0] else GENESIS
-    await conn.execute(INSERT_HEAD + " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    await conn.execute(INSERT_HEAD + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (*row, link(previous, row)))
 
 
@@ -138,13 +145,13 @@ class AuditLog:
         checked, last_id, at_anchor = 0, None, None
         async with self.db.reader.execute(
                 "SELECT id, at, account, client_ip, recipient_hash, rule, decision,"
-                " message_id, chain FROM audit ORDER BY id") as cur:
+                " message_id, notice_version, chain FROM audit ORDER BY id") as cur:
             async for row in cur:
                 try:
-                    expected = link(previous, tuple(row)[1:8])
+                    expected = link(previous, tuple(row)[1:9])
                 except (TypeError, ValueError):  # a value of another type written in by hand
                     return AuditCheck(checked, int(row[0]), None, at_anchor)
-                if row[8] != expected:
+                if row[9] != expected:
                     return AuditCheck(checked, int(row[0]), None, at_anchor)
                 previous = expected
                 checked += 1
@@ -156,6 +163,6 @@ class AuditLog:
 
     async def for_recipient(self, recipient_hash: bytes) -> list[AuditRecord]:
         rows = await self.db.fetchall(
-            "SELECT at, account, client_ip, recipient_hash, rule, decision, message_id"
-            " FROM audit WHERE recipient_hash = ? ORDER BY id", (recipient_hash,))
+            "SELECT at, account, client_ip, recipient_hash, rule, decision, message_id,"
+            " notice_version FROM audit WHERE recipient_hash = ? ORDER BY id", (recipient_hash,))
         return [AuditRecord(*tuple(row)) for row in rows]

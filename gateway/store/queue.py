@@ -16,6 +16,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 from gateway.errors import NotFound, Refused
 from gateway.model import Decision
@@ -98,6 +99,16 @@ class Copy:
     # copy enters it when released, maybe days after the message was received
     queued_at: float = 0.0
     smtputf8: bool = False  # its message's MAIL said SMTPUTF8 (020_message_smtputf8)
+
+
+class SentMark(NamedTuple):
+    """A copy the upstream took: its delivery id, the version of the notice it carried, and
+    the audit row that records the sending (`AuditRecord.row()`, decision 'sent'; None for a
+    copy without a notice: DSNs)."""
+
+    delivery_id: int
+    notice_version: str | None = None
+    audit: tuple[object, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -194,11 +205,12 @@ class QueueStore:
 
         return await self.db.write(write)
 
-    async def mark_sent(self, sent: Sequence[tuple[int, str | None]]) -> list[None]:
-        """Record copies as sent, each (delivery id, the notice version it carried), in one
-        transaction (the worker batches them)."""
+    async def mark_sent(self, sent: Sequence[SentMark]) -> list[None]:
+        """Record copies as sent, with the notice version each carried, and their audit rows
+        (COMPLIANCE 4.5), in one transaction (the worker batches them)."""
         now = time.time()
-        rows = [(delivery_id, version) for delivery_id, version in sent]
+        rows = [(mark.delivery_id, mark.notice_version) for mark in sent]
+        audit = [mark.audit for mark in sent if mark.audit is not None]
         # one statement for the batch, not one per copy (each waits for the GIL behind the
         # event loop: ledger.record_objections)
         def write(conn: sqlite3.Connection) -> None:
@@ -210,6 +222,9 @@ class QueueStore:
                 " notice_version = (SELECT v FROM k WHERE k.id = deliveries.id)"
                 " WHERE id IN (SELECT id FROM k)", (now,))
             conn.execute(_COUNT_SQL, ("sent", conn.total_changes - before))
+            # written even for a copy `subject erase` took meanwhile: it was sent, and the
+            # row names the person by the keyed hash only, like every audit row
+            insert_records(conn, audit)
 
         await self.db.write(write)
         return [None] * len(rows)

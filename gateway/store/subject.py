@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import aiosqlite
 import idna
@@ -39,7 +40,8 @@ _CONTACTS_BY_HASH = ("SELECT " + ", ".join(f"c.{name}" for name in CONTACT_COLUM
                      " s.recorded_at)) FROM sources s WHERE s.contact_id = c.id)"
                      " FROM contacts c WHERE c.address_hash = ? AND subject_form(c.address) = ?"
                      " ORDER BY c.id")
-# Every decision on the address, with the message's subject and what became of its copy.
+# Every decision on the address, with the message's subject and what became of its copy; and
+# the 'sent' rows (022_audit_sent), which say it when retention has deleted the copy's row.
 _DECISIONS = (
     "SELECT a.at, a.account, a.rule, a.decision, a.message_id, m.subject,"
     " (SELECT d.state FROM deliveries d WHERE d.message_id = a.message_id"
@@ -47,7 +49,8 @@ _DECISIONS = (
     " (SELECT d.updated_at FROM deliveries d WHERE d.message_id = a.message_id"
     "  AND subject_form(d.recipient) = ? ORDER BY d.id LIMIT 1),"
     " (SELECT d.notice_version FROM deliveries d WHERE d.message_id = a.message_id"
-    "  AND subject_form(d.recipient) = ? ORDER BY d.id LIMIT 1)"
+    "  AND subject_form(d.recipient) = ? ORDER BY d.id LIMIT 1),"
+    " a.notice_version"
     " FROM audit a LEFT JOIN messages m ON m.id = a.message_id"
     " WHERE a.recipient_hash = ? ORDER BY a.id")
 # The (table, column) pairs holding the address in clear, beside contacts and messages.
@@ -128,6 +131,29 @@ class Erasure:
     newly_suppressed: bool
 
 
+def _decisions(rows: list[tuple[Any, ...]]) -> list[Decision]:
+    """The audit's decisions on one address (_DECISIONS' rows), each allowed message's with
+    the time and notice version of its 'sent' row: the copy's own row, which said it, is
+    deleted by retention once finished, the audit row never."""
+    sent: dict[str, tuple[float, str | None]] = {}
+    for row in rows:
+        if row[3] == "sent" and row[4] is not None:
+            sent.setdefault(row[4], (row[0], row[9]))
+    decisions = []
+    for row in rows:
+        if row[3] == "sent":
+            continue
+        decision = Decision(*row[:9])
+        went = sent.get(decision.message_id or "") if decision.decision == "allow" else None
+        if went is not None:
+            decision = replace(
+                decision, delivery=decision.delivery or "sent",
+                delivery_at=decision.delivery_at if decision.delivery else went[0],
+                notice_version=decision.notice_version or went[1])
+        decisions.append(decision)
+    return decisions
+
+
 class SubjectStore:
     def __init__(self, db: Database, hasher: AddressHasher) -> None:
         self.db = db
@@ -146,8 +172,8 @@ class SubjectStore:
             contacts.append((contact, await ledger.events(contact.id or 0)))
         suppression = await self.db.fetchone(
             "SELECT created_at, channel FROM suppression WHERE hash = ?", (digest,))
-        decisions = [Decision(*tuple(row)) for row in await self.db.fetchall(
-            _DECISIONS, (folded, folded, folded, digest))]
+        decisions = _decisions([tuple(row) for row in await self.db.fetchall(
+            _DECISIONS, (folded, folded, folded, digest))])
         held = [HeldCopy(*tuple(row)[1:]) for row in await self.db.fetchall(
             "SELECT recipient, message_id, created_at, account, subject, rule, reason, state,"
             " decided_at"

@@ -260,3 +260,37 @@ def test_the_notice_never_states_a_shorter_retention_than_r4_keeps(make_gateway,
     assert wait_until(recorded, what="the sent mark") == [("en-2026.11b",)]
     export = json.loads(gw.cli("subject", "export", "jane@example.net").stdout)
     assert [d["notice_version"] for d in export["decisions"]] == ["en-2026.11b"]
+
+
+def test_the_audit_keeps_the_notice_version_after_the_copy_is_purged(make_gateway, sink: Sink):
+    """COMPLIANCE 4.5: the version was only on the copy's row, which R4's purge deletes with
+    the contact: the access export then said neither that the copy was sent nor which notice
+    it carried. The sending has its own chained audit row."""
+    import os
+    import subprocess
+    import sys
+    gw = make_gateway()
+    send(gw, "jane@example.net", message())
+    sink.wait_for(1)
+    store = gw.config.parent / "gateway.db"
+
+    def sent_rows() -> list:
+        with sqlite3.connect(store) as db:
+            return db.execute("SELECT rule, decision, client_ip, notice_version FROM audit"
+                              " WHERE decision = 'sent'").fetchall()
+    assert wait_until(sent_rows, what="the sent row") == [
+        ("R6", "sent", "delivery", "en-2026.11b")]
+    purge = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(gw.config), "retention", "run"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "GATEWAY_POLICY_PROSPECT_RETENTION_DAYS": "1"})
+    assert purge.returncode == 0 and "purged" in purge.stdout, purge.stdout + purge.stderr
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
+    export = json.loads(gw.cli("subject", "export", "jane@example.net").stdout)
+    [decision] = export["decisions"]
+    assert (decision["decision"], decision["rule"], decision["delivery"],
+            decision["notice_version"]) == ("allow", "R6", "sent", "en-2026.11b")
+    assert decision["delivery_at"] >= decision["at"]
+    verify = gw.cli("audit", "verify", "--json")
+    assert verify.returncode == 0 and json.loads(verify.stdout)["rows"] == 2, verify.stdout

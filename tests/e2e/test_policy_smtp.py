@@ -65,9 +65,16 @@ def test_every_case_is_decided_at_rcpt_and_only_allowed_copies_leave(gateway, si
     assert [(h["recipient"], h["rule"], h["subject"], h["account"]) for h in held] == [
         ("unclear@b2b.example", "R9", "Autumn offer", "crm")]
     # one audit row per decision, tied to the message, naming nobody in clear
-    audit = db_rows(gw, "SELECT rule, decision, message_id, account FROM audit")
+    audit = db_rows(gw, "SELECT rule, decision, message_id, account FROM audit"
+                        " WHERE decision != 'sent'")
     assert sorted(r[0] for r in audit) == sorted(c.rule for c in (*CASES, UNKNOWN))
     assert {(r[2], r[3]) for r in audit} == {(queue_id, "crm")}
+    # and one row per copy the upstream took (COMPLIANCE 4.5): its rule, its notice version
+    sent = wait_until(lambda: len(rows := db_rows(
+        gw, "SELECT rule, client_ip, message_id, account, notice_version FROM audit"
+            " WHERE decision = 'sent'")) == len(allowed) and rows, what="the sent rows")
+    assert sorted(r[0] for r in sent) == sorted(c.rule for c in CASES if c.decision == "allow")
+    assert {r[1:] for r in sent} == {("delivery", queue_id, "crm", "fr-2026.11b")}  # the cases: fr
     assert len(got[0].content) > 0
     # R4 refused and marked the expired contact for purge (within MARK_LINGER_SECONDS)
     wait_until(lambda: json.loads(gw.cli("contacts", "show", "expired@b2b.example", "--json")
@@ -77,6 +84,9 @@ def test_every_case_is_decided_at_rcpt_and_only_allowed_copies_leave(gateway, si
     expected = {hmac.new(key, c.email.encode(), hashlib.sha256).digest()
                 for c in (*CASES, UNKNOWN)}
     assert {r[0] for r in db_rows(gw, "SELECT recipient_hash FROM audit")} == expected
+    assert {r[0] for r in db_rows(gw, "SELECT recipient_hash FROM audit"
+                                      " WHERE decision = 'sent'")} == {
+        hmac.new(key, email.encode(), hashlib.sha256).digest() for email in allowed}
 
 
 @pytest.mark.parametrize("reads", ["inline", "process", None])
@@ -267,7 +277,8 @@ def test_editing_one_audit_row_makes_audit_verify_name_it(gateway):
         conn.execute("UPDATE audit SET decision = 'allow' WHERE id = 2")
         previous = GENESIS
         for row in conn.execute("SELECT id, at, account, client_ip, recipient_hash, rule,"
-                                " decision, message_id FROM audit ORDER BY id").fetchall():
+                                " decision, message_id, notice_version FROM audit"
+                                " ORDER BY id").fetchall():
             previous = link(previous, row[1:])
             conn.execute("UPDATE audit SET chain = ? WHERE id = ?", (previous, row[0]))
     assert gw.cli("audit", "verify").returncode == 0

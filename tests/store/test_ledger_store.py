@@ -545,7 +545,7 @@ async def test_a_retention_purge_takes_the_address_out_of_finished_records(db, h
     decided quarantine rows, delivered notifications and the raw messages left without a copy
     go with the ledger entry; what is in flight stays, and so does everything of the others."""
     from gateway.model import PolicyKnobs
-    from gateway.store.queue import IncomingMessage, QueueStore
+    from gateway.store.queue import IncomingMessage, QueueStore, SentMark
     from gateway.store.retention import Retention
 
     old = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 2000 * DAY))
@@ -565,7 +565,7 @@ async def test_a_retention_purge_takes_the_address_out_of_finished_records(db, h
         message("SENT", "old@example.com"), message("FAILED", "OLD@example.com"),
         message("PENDING", "old@example.com"),
         message("SHARED", "old@example.com", "new@example.com")])
-    await queue.mark_sent([(sent[0].delivery_id, None), (shared[0].delivery_id, None)])
+    await queue.mark_sent([SentMark(sent[0].delivery_id), SentMark(shared[0].delivery_id)])
     await queue.fail(failed[0].delivery_id, "550 no such user")
     for mid, rcpt, state in (("SENT", "old@example.com", "released"),
                              ("SENT", "old@example.com", "held"),

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.errors import NotFound, Refused, StoreError
 from gateway.store.db import Database
-from gateway.store.queue import IncomingMessage, QueueStore, Refusal
+from gateway.store.queue import IncomingMessage, QueueStore, Refusal, SentMark
 
 
 def incoming(mid: str, *rcpts: str) -> IncomingMessage:
@@ -61,7 +61,7 @@ async def test_a_group_commit_numbers_its_copies_as_stored_and_sent_marks_touch_
     failed = [e for e in await q.list() if e.state == "failed"]
     assert [(e.message_id, e.recipient) for e in failed] == [("C", "g@x.example")]
     sent = ids[:3] + ids[4:6]  # five: not a power of two
-    await q.mark_sent([(i, f"en-2026.{i}") for i in sent])
+    await q.mark_sent([SentMark(i, f"en-2026.{i}") for i in sent])
     assert {e.id: e.state for e in await q.list(("queued", "sent"))} == {
         i: "sent" if i in sent else "queued" for i in ids}
     versions = dict(tuple(row) for row in await db.fetchall(
@@ -164,7 +164,7 @@ async def test_outcomes_and_operator_commands(db: Database):
     assert await q.flush() == 1
     (due,) = await q.claim_due()
     assert due.delivery_id == a.delivery_id and due.attempts == 1
-    await q.mark_sent([(a.delivery_id, None)])
+    await q.mark_sent([SentMark(a.delivery_id)])
     assert [e.recipient for e in await q.list()] == ["b@x.example"]
     await q.retry(b.delivery_id)
     assert (await q.get(b.delivery_id)).state == "queued"
@@ -195,7 +195,7 @@ async def test_retry_never_takes_a_copy_from_the_process_delivering_it(db: Datab
 async def test_content_is_kept_until_every_copy_is_finished(db: Database):
     q = QueueStore(db, "me")
     (copies,) = await q.commit_messages([incoming("A", "a@x.example", "b@x.example")])
-    await q.mark_sent([(copies[0].delivery_id, None)])
+    await q.mark_sent([SentMark(copies[0].delivery_id)])
     assert await q.drop_finished_content() == 0  # b is still queued
     await q.fail(copies[1].delivery_id, "550 no")
     assert await q.drop_finished_content() == 0  # failed copies stay retryable for a while
@@ -484,7 +484,7 @@ async def test_a_copy_sent_while_the_cli_looked_is_neither_retried_nor_deleted(
     [[copy]] = await gateway.commit_messages([incoming("A", "a@x.example")])
     cli = QueueStore(db, "cli")
     stale = await cli.get(copy.delivery_id)  # as the CLI saw it, before the send
-    await gateway.mark_sent([(copy.delivery_id, None)])
+    await gateway.mark_sent([SentMark(copy.delivery_id)])
 
     async def seen_before(delivery_id: int):
         return stale
@@ -659,7 +659,7 @@ async def test_a_sent_copy_is_not_deleted_and_an_upstream_5_7_1_is_no_policy_ref
     (copies,) = await q.commit_messages([incoming("A", "a@x.example", "b@x.example",
                                                   "c@x.example")])
     a, b, c = (copy.delivery_id for copy in copies)
-    await q.mark_sent([(a, None)])
+    await q.mark_sent([SentMark(a)])
     with pytest.raises(Refused, match="was sent"):
         await q.delete(a)
     await q.fail(b, "550 5.7.1 Message rejected as spam by upstream policy")
@@ -727,3 +727,50 @@ async def test_the_cli_frees_a_crashed_processs_claims_before_retry_or_delete(db
     await cli.delete(mine.delivery_id)
     with pytest.raises(Refused):
         await cli.delete(theirs.delivery_id)
+
+
+def test_the_audit_sent_migration_keeps_the_chain_and_takes_sent_rows(tmp_path):
+    """022 rebuilds `audit` to take 'sent' rows with their notice version: the rows of an
+    older store keep their ids and chain (verify and kept anchors still hold), the table
+    stays append-only, and a sent mark appends its chained row."""
+    import asyncio
+
+    from gateway.store.audit import GENESIS, AuditLog, AuditRecord, link
+
+    path = tmp_path / "old.db"
+    with store_before(22, path) as conn:
+        with pytest.raises(sqlite3.IntegrityError):  # the old CHECK: no 'sent' decision
+            conn.execute("INSERT INTO audit (at, account, client_ip, recipient_hash, rule,"
+                         " decision) VALUES (1, 'crm', 'delivery', x'00', 'R6', 'sent')")
+        previous = GENESIS
+        for i, decision in ((3, "allow"), (5, "reject"), (8, "quarantine")):
+            row = (float(i), "crm", "127.0.0.1", bytes([i]) * 32, "R6", decision, "M")
+            previous = link(previous, row)
+            conn.execute("INSERT INTO audit (id, at, account, client_ip, recipient_hash, rule,"
+                         " decision, message_id, chain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (i, *row, previous))
+        before = conn.execute("SELECT * FROM audit ORDER BY id").fetchall()
+
+    async def upgrade() -> tuple[list[tuple[object, ...]], object, object, list[object]]:
+        async with Database(path) as database:
+            kept = [tuple(r)[:9] for r in await database.fetchall(
+                "SELECT id, at, account, client_ip, recipient_hash, rule, decision,"
+                " message_id, chain FROM audit ORDER BY id")]
+            log = AuditLog(database)
+            old = await log.verify(anchor=8)
+            q = QueueStore(database, "me")
+            [[copy]] = await q.commit_messages([incoming("N", "n@x.example")])
+            await q.mark_sent([SentMark(copy.delivery_id, "fr-2026.11b", AuditRecord(
+                9.0, "crm", "delivery", b"\x09" * 32, "R6", "sent", "N", "fr-2026.11b").row())])
+            new = await log.verify()
+            with pytest.raises(StoreError, match="append-only"):
+                await database.write_one("UPDATE audit SET notice_version = 'x'", ())
+            sent = [tuple(r) for r in await database.fetchall(
+                "SELECT decision, notice_version FROM audit WHERE decision = 'sent'")]
+            return kept, old, new, sent
+
+    kept, old, new, sent = asyncio.run(upgrade())
+    assert kept == [tuple(r) for r in before]
+    assert old.first_broken is None and old.rows == 3 and old.at_anchor == before[-1][8]
+    assert new.first_broken is None and new.rows == 4
+    assert sent == [("sent", "fr-2026.11b")]
