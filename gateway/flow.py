@@ -135,6 +135,7 @@ class Flow:
             ledger.mark_expired, linger=MARK_LINGER_SECONDS)
         self._audit_tasks: set[asyncio.Task[None]] = set()  # background store writes
         self._account_cache: dict[str, tuple[float, Account | None]] = {}
+        self._all_accounts: tuple[float, list[Account]] | None = None
         self._missing_trusted: set[str] = set()  # trusted_clients accounts warned about
 
     # --- objections by mail (RFC 2369 mailto:unsubscribe+TOKEN@hostname) -----------------
@@ -178,6 +179,15 @@ class Flow:
         account = await self.accounts.get(name)
         self._account_cache[name] = (now, account)
         return account
+
+    async def is_account_domain(self, domain: str) -> bool:
+        """Whether some account may send as `domain` (M1's list over every account, cached a
+        few seconds): an unauthenticated MAIL from such a domain is a marketing tool that
+        forgot AUTH, answered 530 at once."""
+        now = time.monotonic()
+        if self._all_accounts is None or now - self._all_accounts[0] >= ACCOUNT_CACHE_SECONDS:
+            self._all_accounts = (now, await self.accounts.list())
+        return any(account.may_send_from(domain) for account in self._all_accounts[1])
 
     async def trusted_account(self, client_ip: str) -> Account | None:
         """The account a trusted network sends as (Postfix mynetworks), or None."""

@@ -206,10 +206,24 @@ class GatewayHandler:
         account = await self._sender_account(server, session)
         if account is None:
             # Accepted so that mail to unsubscribe+TOKEN@ our hostname can arrive from any MTA
-            # (RFC 2369 mailto); every other recipient gets 530 at RCPT: no relaying.
+            # (RFC 2369 mailto); every other recipient gets 530 at RCPT: no relaying. But a
+            # sender of an account's domain is a marketing tool that forgot to log in (the
+            # people objecting write from their own addresses): 530 here, as for MAIL
+            # without AUTH on a submission port
             problem = _address_refusal(address, envelope) if address != "<>" else None
             if problem:
                 return problem
+            if address != "<>":
+                try:
+                    ours = await self.flow.is_account_domain(domain_of(address))
+                except StoreError as exc:
+                    log.error("%s MAIL without authentication: accounts not read, answered "
+                              "451: %s", server.client_ip, exc)
+                    return replies.INTERNAL_ERROR
+                if ours:
+                    log.info("%s MAIL FROM <%s> without authentication refused",
+                             server.client_ip, address)
+                    return replies.AUTH_REQUIRED
             envelope.mail_from = address
             session.gateway_account = None  # type: ignore[attr-defined]
             return replies.SENDER_OK

@@ -404,7 +404,7 @@ def test_start_warns_of_a_missing_trusted_account_and_a_hostname_nobody_can_reac
         for _ in range(2):
             s = RawSmtp(smtp_port)
             s.cmd("EHLO c")
-            s.cmd("MAIL FROM:<news@example.com>")
+            assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250  # no account has it
             assert s.cmd("RCPT TO:<jane@example.net>")[0] == 530
             s.cmd("QUIT")
         wait_until(lambda: "whose account 'nosuch' does not exist" in gw.output,
