@@ -62,12 +62,16 @@ def _pivot(counts: Iterable[tuple[tuple[str, ...], str, int]],
 def sections(report: Report) -> list[Section]:
     """The report's tables, values as plain (unescaped) strings."""
     totals = {d: sum(c.count for c in report.decisions if c.decision == d) for d in DECISIONS}
+    counts = [((c.account or NO_ACCOUNT, c.rule), c.decision, c.count)
+              for c in report.decisions]
+    counts += [((c.account or NO_ACCOUNT, c.rule), "sent", c.count) for c in report.sent]
     return [
         Section(f"Recipient decisions: {totals['allow']} allowed, {totals['reject']} rejected, "
-                f"{totals['quarantine']} quarantined",
-                ("account", "rule", "allowed", "rejected", "quarantined"),
-                _pivot((((c.account or NO_ACCOUNT, c.rule), c.decision, c.count)
-                        for c in report.decisions), DECISIONS)),
+                f"{totals['quarantine']} quarantined; "
+                f"{sum(c.count for c in report.sent)} copies sent (taken by the upstream, "
+                "by the rule that allowed them; a released copy under its review's rule)",
+                ("account", "rule", "allowed", "rejected", "quarantined", "sent"),
+                _pivot(counts, (*DECISIONS, "sent"))),
         Section("Accepted copies still stored, by account (refused: by the policy after "
                 "DATA or at delivery; erasure and retention remove theirs, /metrics counts "
                 "every one ever)",
@@ -221,6 +225,7 @@ def report(state: CliState, since: datetime.datetime | None, as_json: bool,
       since          "YYYY-MM-DD" (or "YYYY-MM-DDTHH:MM:SSZ") or null; generated_at: unix
                      seconds
       decisions      [{account, rule, decision (allow|reject|quarantine), count}]
+      sent           [{account, rule, count}] copies the upstream took (audit log)
       deliveries     [{account, state (queued|deferred|sent|failed|refused), count}]
       quarantine     [{account, rule, state (held|released|rejected), count}]
       objections     [{channel, count}]

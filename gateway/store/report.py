@@ -11,6 +11,9 @@ and which data-subject requests are still open against their legal due date (GDP
   `generated_at`: unix seconds.
 - `decisions`: [{account, rule, decision, count}] from the audit log, one row per recipient
   decision (decision is allow, reject or quarantine; the rule of an allow is its basis).
+- `sent`: [{account, rule, count}] of copies the upstream took, by the rule that allowed them,
+  from the audit log's 'sent' rows (sent in the period; kept after retention deletes the
+  copies, unlike `deliveries`).
 - `deliveries`: [{account, state, count}] of accepted copies by their creation time; state is
   queued, deferred, sent (taken by upstream), failed, or refused (failed because the policy
   refused the copy after DATA, `550 5.7.1 <rule>`).
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.store.db import Database
 
@@ -42,6 +45,13 @@ class DecisionCount:
     account: str | None
     rule: str
     decision: str
+    count: int
+
+
+@dataclass(frozen=True)
+class SentCount:
+    account: str | None
+    rule: str
     count: int
 
 
@@ -94,6 +104,7 @@ class Report:
     objections: list[ObjectionCount]
     open_requests: list[OpenRequest]
     daily: list[DayCount]
+    sent: list[SentCount] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -117,7 +128,7 @@ class ReportStore:
         return Report(since_label, now, await self.decisions(since),
                       await self.deliveries(since), await self.quarantine(since),
                       await self.objections(since), await self.open_requests(now),
-                      await self.daily(since))
+                      await self.daily(since), await self.sent(since))
 
     async def decisions(self, since: float | None) -> list[DecisionCount]:
         """The recipients decided at RCPT: not the operators' reviews of held copies (their
@@ -130,6 +141,15 @@ class ReportStore:
             " GROUP BY account, rule, decision ORDER BY account, rule, decision",
             (since, since))
         return [DecisionCount(*tuple(row)) for row in rows]
+
+    async def sent(self, since: float | None) -> list[SentCount]:
+        """Copies the upstream took in the period, by account and the rule that allowed them
+        (the audit's 'sent' rows: COMPLIANCE 4.5)."""
+        rows = await self.db.fetchall(
+            "SELECT account, rule, count(*) FROM audit WHERE decision = 'sent'"
+            " AND (? IS NULL OR at >= ?) GROUP BY account, rule ORDER BY account, rule",
+            (since, since))
+        return [SentCount(*tuple(row)) for row in rows]
 
     async def deliveries(self, since: float | None) -> list[DeliveryCount]:
         # A copy refused by the policy after DATA is stored as failed with "550 5.7.1 <rule> "
