@@ -258,7 +258,7 @@ def test_a_client_gone_during_the_commit_neither_doubles_the_audit_nor_delays_th
     time.sleep(1)
     with sqlite3.connect(gw.config.parent / "gateway.db") as db:
         messages = db.execute("SELECT count(*) FROM messages WHERE account = 'crm'").fetchone()[0]
-        audit = db.execute("SELECT count(*) FROM audit").fetchone()[0]
+        audit = db.execute("SELECT count(*) FROM audit WHERE decision != 'sent'").fetchone()[0]
     assert audit == 5, audit  # one decision per RCPT, whatever became of the session
     wait_until(lambda: len(sink.messages) >= messages, timeout=5,
                what="every committed message delivered now")
