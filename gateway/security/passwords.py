@@ -82,11 +82,11 @@ def password_problem(password: str, *, name: str = "") -> str | None:
     account = "".join(name.split()).casefold()
     if len(account) >= 3 and account in folded:
         return "contains the account name"
-    classes = {_char_class(ch) for ch in compact}
-    bits = len(compact) * math.log2(sum(_CLASS_SIZES[c] for c in classes))
-    # CNIL's own table counts 12 characters of all four classes as 80 bits, though
-    # 12 × log2(95) is 78.8: its example must pass, so it is accepted as such.
-    if bits < MIN_BITS and not (len(compact) >= 12 and _ALL_FOUR <= classes):
+    # The strength is counted on both forms and the weaker is taken: NFKC turns one typed
+    # character into up to 18 ("ﷺ"), and a 1-character password passed as 18 letters.
+    typed = "".join(text.split())
+    bits, strong = min(_entropy(typed), _entropy(compact))
+    if not strong:
         return f"too weak: {int(bits)} bits of entropy, at least {MIN_BITS} needed ({_WEAK_HINT})"
     distinct = len(set(folded))
     if distinct < 5:
@@ -98,6 +98,15 @@ def password_problem(password: str, *, name: str = "") -> str | None:
         return ("too common: a well-known leaked password, or one dressed up with digits, "
                 "symbols or l33t spelling")
     return _guessable(compact, name)
+
+
+def _entropy(compact: str) -> tuple[float, bool]:
+    """CNIL's count for `compact` (no spaces): (bits, strong enough)."""
+    classes = {_char_class(ch) for ch in compact}
+    bits = len(compact) * math.log2(sum(_CLASS_SIZES[c] for c in classes))
+    # CNIL's own table counts 12 characters of all four classes as 80 bits, though
+    # 12 × log2(95) is 78.8: its example must pass, so it is accepted as such.
+    return bits, bits >= MIN_BITS or (len(compact) >= 12 and _ALL_FOUR <= classes)
 
 
 def _guessable(compact: str, name: str) -> str | None:

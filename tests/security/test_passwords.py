@@ -198,6 +198,15 @@ def test_the_policy_reads_the_nfc_form():
     assert password_problem(decomposed) is None
 
 
+@pytest.mark.parametrize("password", ["\ufdfa", "\u2487\u3371\u247d\u3388", "\ufdfa\ufdfb"])
+def test_characters_nfkc_expands_count_as_typed(password: str):
+    """NFKC makes 18 letters of one typed character (U+FDFA): a 1-character password
+    passed the 80 bits, and SMTP AUTH took it."""
+    assert len(unicodedata.normalize("NFKC", password)) >= 12
+    problem = password_problem(password)
+    assert problem is not None and problem.startswith("too weak"), problem
+
+
 # --- hashing -----------------------------------------------------------------------------
 
 
