@@ -124,3 +124,45 @@ async def test_an_unknown_name_answers_step_for_step_like_an_account(accounts: A
     account, phantom = await answers("crm", "192.0.2.1"), await answers("nobody", "192.0.2.2")
     assert account == phantom == [AuthOutcome.BAD, AuthOutcome.BAD, AuthOutcome.BAD,
                                   AuthOutcome.LOCKED, AuthOutcome.BAD, AuthOutcome.BAD]
+
+
+async def test_attempts_sent_at_once_count_before_they_are_checked(accounts: AccountStore):
+    """40 AUTHs at once were all checked against a count none had raised yet: 39 wrong
+    passwords tried past a lockout of 3, and the right one taken while locked."""
+    import asyncio
+    settings = dataclasses.replace(SETTINGS, auth_ip_max_failures=1000)
+    auth = Authenticator(accounts, settings)
+    outcomes = await asyncio.gather(*(
+        auth.authenticate("crm", STRONG_PASSWORD if i == 39 else f"Wrong-{i}-Password!",
+                          "192.0.2.1") for i in range(40)))
+    checked = [o for o in outcomes if o.outcome is not AuthOutcome.LOCKED]
+    assert len(checked) == 3  # the lockout's count, no more passwords tried
+    assert outcomes[-1].outcome is AuthOutcome.LOCKED  # the right one came too late
+    assert (await accounts.require("crm")).locked()
+
+
+async def test_a_burst_answers_alike_for_an_account_and_an_unknown_name(
+        accounts: AccountStore):
+    """The lock was read before the check for an account and after it for an unknown name:
+    a burst of 18 got 18 x 535 for the account and 10 x 535 + 8 x 454 for the unknown."""
+    import asyncio
+    settings = dataclasses.replace(SETTINGS, auth_ip_max_failures=1000)
+
+    async def burst(name: str) -> list[AuthOutcome]:
+        auth = Authenticator(accounts, settings)
+        return [v.outcome for v in await asyncio.gather(*(
+            auth.authenticate(name, f"Wrong-{i}-Password!", "192.0.2.1") for i in range(18)))]
+
+    account, phantom = await burst("crm"), await burst("nobody")
+    assert sorted(o.value for o in account) == sorted(o.value for o in phantom)
+    assert account.count(AuthOutcome.BAD) == 3
+
+
+async def test_one_ip_sending_many_auths_at_once_is_held_to_its_limit(accounts: AccountStore):
+    import asyncio
+    auth = Authenticator(accounts, SETTINGS)  # 5 failures per IP
+    outcomes = await asyncio.gather(*(auth.authenticate(f"user{i}", "x", "198.51.100.7")
+                                      for i in range(12)))
+    assert [o.outcome for o in outcomes].count(AuthOutcome.BAD) == 5
+    assert (await auth.authenticate("crm", STRONG_PASSWORD, "198.51.100.7")).outcome \
+        is AuthOutcome.LOCKED
