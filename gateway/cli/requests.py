@@ -14,6 +14,7 @@ from gateway.cli import (
     ROW_ID,
     CliState,
     fail,
+    hasher_for,
     print_json,
     run,
     table_console,
@@ -21,13 +22,15 @@ from gateway.cli import (
 )
 from gateway.errors import Refused
 from gateway.store.db import Database
+from gateway.store.ledger import Ledger
 from gateway.store.requests import KINDS, RequestStore, one_month_later
 
 
 @click.group()
 def requests() -> None:
     """Access, erasure and objection requests: each is due one month after receipt
-    (GDPR 12(3)); `serve` warns daily about those due within 7 days."""
+    (GDPR 12(3)); `serve` warns daily about those due within 7 days. An objection is applied
+    as it is recorded (the address suppressed: R1), and its request closed."""
 
 
 OLDEST_RECEIVED_DAYS = 2 * 365  # a request recorded late: the deadline is long gone anyway
@@ -40,7 +43,9 @@ OLDEST_RECEIVED_DAYS = 2 * 365  # a request recorded late: the deadline is long 
               help="When the request was received (default: now); the month runs from it.")
 @click.pass_obj
 def open_(state: CliState, email: str, kind: str, received: datetime.datetime | None) -> None:
-    """Record a request received from EMAIL."""
+    """Record a request received from EMAIL. An objection to prospecting is absolute and
+    honoured at once (GDPR 21(3)): EMAIL is suppressed now (R1 for every gateway process,
+    the accounts' notify URLs told) and the request recorded as answered."""
     stamp = received.replace(tzinfo=datetime.UTC).timestamp() if received else None
     if stamp is not None and stamp > time.time() + 86400:
         # a typo (2062 for 2026) would put the GDPR 12(3) deadline years away
@@ -53,10 +58,20 @@ def open_(state: CliState, email: str, kind: str, received: datetime.datetime | 
 
     async def body() -> None:
         async with Database(state.settings.store.path) as db:
+            answered = None
             try:
-                request = await RequestStore(db).open(email, kind, stamp)
+                if kind == "objection":  # before the request's row: the objection first
+                    added = await Ledger(db, hasher_for(state.settings)).suppress(
+                        email, "manual", reason="objection request")
+                    answered = ("applied when recorded: suppressed (R1)" if added else
+                                "applied when recorded: the address was suppressed already")
+                request = await RequestStore(db).open(email, kind, stamp, answered)
             except ValueError as exc:
                 raise Refused(str(exc)) from None
+        if answered is not None:
+            click.echo(f"request {request.id} (objection) for {request.address}: "
+                       f"{answered}; the request is closed")
+            return
         click.echo(f"request {request.id} ({kind}) for {request.address} opened; due "
                    f"{when(request.due_at)}")
 
@@ -95,11 +110,18 @@ def list_(state: CliState, days: float | None, as_json: bool) -> None:
 @click.option("--note", help="How it was answered (kept with the request).")
 @click.pass_obj
 def close(state: CliState, request_id: int, note: str | None) -> None:
-    """Mark REQUEST_ID answered."""
+    """Mark REQUEST_ID answered. An objection still open (recorded before objections were
+    applied as they were recorded) is applied first: its address suppressed."""
 
     async def body() -> None:
         async with Database(state.settings.store.path) as db:
-            await RequestStore(db).close(request_id, note)
+            store = RequestStore(db)
+            request = await store.get(request_id)
+            if request.kind == "objection" and request.closed_at is None:
+                if await Ledger(db, hasher_for(state.settings)).suppress(
+                        request.address, "manual", reason="objection request"):
+                    click.echo(f"{request.address} suppressed (R1): the objection applied")
+            await store.close(request_id, note)
         click.echo(f"request {request_id} closed")
 
     run(body)

@@ -52,24 +52,37 @@ class RequestStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def open(self, address: str, kind: str, received_at: float | None = None) -> Request:
+    async def open(self, address: str, kind: str, received_at: float | None = None,
+                   answered: str | None = None) -> Request:
+        """Record a request; `answered`: it was answered as it was recorded (an objection,
+        applied at once), with this note."""
         if kind not in KINDS:
             raise Refused(f"unknown request kind {kind!r} (expected {', '.join(KINDS)})")
         key = normalize_address(address)
         received = received_at or time.time()
+        closed = time.time() if answered is not None else None
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                "INSERT INTO requests (address, kind, received_at, due_at) VALUES (?, ?, ?, ?)",
-                (key, kind, received, one_month_later(received)))
+                "INSERT INTO requests (address, kind, received_at, due_at, closed_at, note)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (key, kind, received, one_month_later(received), closed, answered))
             assert cur.lastrowid is not None
             request_id = cur.lastrowid
-        return Request(request_id, key, kind, received, one_month_later(received), None, None)
+        return Request(request_id, key, kind, received, one_month_later(received), closed,
+                       answered)
 
     async def open_requests(self, due_before: float | None = None) -> list[Request]:
         rows = await self.db.fetchall(
             f"SELECT {_COLUMNS} FROM requests WHERE closed_at IS NULL"  # noqa: S608
             " AND (? IS NULL OR due_at <= ?) ORDER BY due_at", (due_before, due_before))
         return [Request(*tuple(row)) for row in rows]
+
+    async def get(self, request_id: int) -> Request:
+        row = await self.db.fetchone(
+            f"SELECT {_COLUMNS} FROM requests WHERE id = ?", (request_id,))  # noqa: S608
+        if row is None:
+            raise NotFound(f"no request {request_id}")
+        return Request(*tuple(row))
 
     async def close(self, request_id: int, note: str | None) -> None:
         """Answered; `note` is added to what the request holds (an extension's reason)."""

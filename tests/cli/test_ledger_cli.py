@@ -314,6 +314,37 @@ def test_requests_are_tracked_to_their_legal_due_date(config: Path):
     assert len(json.loads(gateway_cli(config, "requests", "list", "--json").stdout)) == 1
 
 
+def test_an_objection_request_is_applied_when_recorded(config: Path, tmp_path: Path):
+    """GDPR 21(3): an objection to prospecting is honoured at once. It was only tracked to a
+    due date a month away, and closing it applied nothing: the person kept being mailed."""
+    csv = tmp_path / "c.csv"
+    csv.write_text("email,consent,consent_at,source_name,source_type,collected_at\n"
+                   "jose@example.es,granted,2026-02-01,form,direct,2026-02-01\n"
+                   "ana@example.es,granted,2026-02-01,form,direct,2026-02-01\n")
+    assert gateway_cli(config, "contacts", "import", str(csv)).returncode == 0
+
+    def decision(address: str) -> tuple[str, str]:
+        found = json.loads(gateway_cli(config, "check", "--account", "crm", "--to", address,
+                                       "--json").stdout)
+        return found["decision"], found["rule"]
+
+    assert decision("jose@example.es") == ("allow", "R6")
+    opened = gateway_cli(config, "requests", "open", "Jose@example.es", "--kind", "objection")
+    assert opened.returncode == 0 and "suppressed (R1)" in opened.stdout, opened.stdout
+    assert decision("jose@example.es") == ("reject", "R1")
+    assert json.loads(gateway_cli(config, "requests", "list", "--json").stdout) == []
+    with sqlite3.connect(config.parent / "gateway.db") as conn:
+        [(closed, note)] = conn.execute("SELECT closed_at, note FROM requests").fetchall()
+        assert closed is not None and note.startswith("applied when recorded")
+        # one recorded open, as every objection request was before: closing it applies it
+        conn.execute("INSERT INTO requests (address, kind, received_at, due_at)"
+                     " VALUES ('ana@example.es', 'objection', 1, 2)")
+    [old] = json.loads(gateway_cli(config, "requests", "list", "--json").stdout)
+    closed = gateway_cli(config, "requests", "close", str(old["id"]))
+    assert closed.returncode == 0 and "ana@example.es suppressed" in closed.stdout
+    assert decision("ana@example.es") == ("reject", "R1")
+
+
 def test_withdrawals_imported_count_as_objections_once(config: Path, tmp_path: Path):
     csv = tmp_path / "w.csv"
     csv.write_text("email,consent,consent_at\nann@example.com,withdrawn,2026-02-01\n"
