@@ -50,7 +50,32 @@ UNAVAILABLE = Answer(503, b"temporarily unavailable, try again\n", False)
 TOO_MANY_FIELDS = Answer(400, b"expected List-Unsubscribe=One-Click\n", False)
 _PAGE_HEADERS = [(b"content-type", b"text/html; charset=utf-8")] + [
     (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in HEADERS.items()]
-_TEXT_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
+# every answer that is no page (text, JSON, errors of the router): not to be sniffed as
+# HTML, cached, framed or given a referrer; a page has its own CSP (pages.HEADERS)
+BASE_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store"),
+                (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY"),
+                (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")]
+_TEXT_HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), *BASE_HEADERS]
+
+
+def with_base_headers(app: ASGIApp) -> ASGIApp:
+    """`app` with BASE_HEADERS on every answer, those it did not set itself (only the HTML
+    pages carried them: the 400s, 405s, the webhook's JSON, /healthz and /metrics did not)."""
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+
+        async def send_with(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                present = {bytes(name).lower() for name, _ in headers}
+                message["headers"] = headers + [h for h in BASE_HEADERS if h[0] not in present]
+            await send(message)
+
+        await app(scope, receive, send_with)
+
+    return serve
 
 
 def _replay(body: bytes) -> Receive:
@@ -272,6 +297,7 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
                                                        404: neutral_404})
     # "/webhooks/opt-out/" or "/u" is no URL of ours: the neutral 404, not a 307 to another
     app.router.redirect_slashes = False
+    served = with_base_headers(app)
     if objections is None:
-        return app
-    return one_click_fast_path(app, objections.verify, answer)
+        return served
+    return one_click_fast_path(served, objections.verify, answer)

@@ -19,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import httpx
 import pytest
 
+from gateway.web.pages import CSP
+
 from conftest import CSV_HEADER, GatewayProcess, Sink, message, wait_until
 from mailflow import deliver, rcpt, suppressed
 from rawsmtp import RawSmtp
@@ -206,6 +208,35 @@ def test_both_form_encodings_get_the_same_answers(gw, sink: Sink):
     assert plain.headers["content-security-policy"].startswith("default-src 'none'")
     assert "ne vous écrira plus" in plain.text
     assert suppressed(gw) == ["one-click"]
+
+
+def test_every_answer_carries_the_security_headers(gw, sink: Sink):
+    """Only the HTML pages had them: the 400s and 405s under /u/, the webhook's JSON,
+    /healthz and /metrics went without nosniff, no-store or a CSP."""
+    url = deliver(gw, sink, "jane@example.net")
+    base = f"http://127.0.0.1:{gw.http_port}"
+    answers = [
+        httpx.post(url, data={"other": "x"}),  # 400, urlencoded: the fast path
+        httpx.post(url, files={"other": (None, "x")}),  # 400, multipart: Starlette
+        httpx.put(url), httpx.delete(base + "/healthz"),  # 405
+        httpx.post(base + "/webhooks/opt-out", content=b"{}"),  # 401, JSON
+        httpx.get(base + "/healthz"), httpx.get(base + "/metrics"),
+        httpx.post(url, content=b"x" * 20_000,
+                   headers={"Content-Type": "application/x-www-form-urlencoded"}),  # 413
+    ]
+    assert [a.status_code for a in answers] == [400, 400, 405, 405, 401, 200, 200, 413]
+    for answer in answers:
+        where = (answer.request.method, answer.request.url.path, answer.status_code)
+        assert answer.headers.get("x-content-type-options") == "nosniff", where
+        assert answer.headers.get("cache-control") == "no-store", where
+        assert answer.headers.get("x-frame-options") == "DENY", where
+        assert answer.headers.get("content-security-policy", "").startswith(
+            "default-src 'none'"), where
+        assert answer.headers.get_list("content-security-policy") == [
+            answer.headers["content-security-policy"]], where  # one, not two
+    page = httpx.get(url)  # a page keeps its own CSP, alone
+    assert page.headers.get_list("content-security-policy") == [CSP]
+    assert suppressed(gw) == []
 
 
 def test_an_oversized_body_is_refused_and_stores_nothing(gw, sink: Sink):
