@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import json
 import logging
+import secrets
 import time
 from urllib.parse import urlsplit
 
@@ -164,6 +166,35 @@ class Notifier:
         log.warning("notifying %s at %s failed (%s)%s", notification.account, shown, error,
                     "; giving up" if give_up else f"; retry in {delay:.0f} s")
         return None if own or give_up else delay
+
+
+def erasure_body(address: str, at: float) -> str:
+    """The JSON document POSTed to an account's notify_url when `address` is erased."""
+    return json.dumps({"id": f"erasure-{secrets.token_hex(12)}", "event": "erasure",
+                       "email": address, "at": at}, separators=(",", ":"))
+
+
+async def tell_erasure(url: str, bodies: list[str], secret: str) -> str | None:
+    """POST `bodies` (the address's objections still to send, then its erasure) to `url`
+    at once, in order, signed as the outbox's (GDPR 19: the tools holding the address delete
+    it too). Nothing of it is kept for a retry, the address being erased: None when all were
+    taken, else what failed, for the operator to tell the tool another way."""
+    if (problem := await unsafe_destination(url)) is not None:
+        return problem
+    key = secret.encode()
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client:
+            for body in bodies:
+                data = body.encode()
+                headers = {"Content-Type": "application/json"}
+                if key:
+                    headers["X-Gateway-Signature"] = signature(key, data)
+                answer = await client.post(url, content=data, headers=headers)
+                if not answer.is_success:
+                    return f"HTTP {answer.status_code}"
+    except Exception as exc:  # noqa: BLE001 - httpx's errors, a bad URL: said, not raised
+        return f"{exc.__class__.__name__}: {exc}".replace(url, shown_url(url))
+    return None
 
 
 def blocked_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

@@ -14,11 +14,14 @@ from gateway.addresses import normalize_address
 from gateway.cli import ADDRESS, EXIT_REFUSED, CliState, fail, hasher_for, run, when, write_private
 from gateway.errors import NotFound
 from gateway.model import PolicyKnobs
+from gateway.notify import erasure_body, tell_erasure
 from gateway.policy.rules import retention_deadline
 from gateway.settings import ControllerSettings
+from gateway.store.accounts import AccountStore
 from gateway.store.db import Database
 from gateway.store.subject import Erasure, SubjectRecord, SubjectStore
 from gateway.subject_letter import LANGUAGES, render_text
+from gateway.urls import shown_url
 
 
 @click.group()
@@ -115,9 +118,12 @@ def export(state: CliState, email: str, fmt: str, language: str | None,
 
 
 ERASE_HELP = """Erase each EMAIL (GDPR 17): its ledger entry with sources and events, its
-queued, failed and sent copies, held copies, raw messages only for it, objection
-notifications not yet sent, and the address in the requests it made (kept with their dates,
-named by hash). Other messages that name it (a DSN, another recipient's queued copy) have it
+queued, failed and sent copies, held copies, raw messages only for it, its objection
+notifications, and the address in the requests it made (kept with their dates, named by
+hash). Each account's notify URL is then told at once (event "erasure", GDPR 19), after the
+objections of the address it had not been sent yet; nothing naming the address is kept for
+a retry: an endpoint that fails is named, for the operator to tell that tool. Other
+messages that name it (a DSN, another recipient's queued copy) have it
 replaced by erased@erased.invalid where their bytes show it; one still naming EMAIL inside
 an encoded part (base64, quoted-printable, an encoded word) is named in a warning, with the
 held copies that keep it.
@@ -154,8 +160,14 @@ def erase(state: CliState, emails: tuple[str, ...], operator: str | None, yes: b
     async def body() -> None:
         async with Database(settings.store.path) as db:
             store = SubjectStore(db, hasher_for(settings))
+            erasures = []
             for email in emails:
-                report(await store.erase(email, who))
+                erasures.append(await store.erase(email, who))
+                report(erasures[-1])
+            hooks = [(a.name, a.notify_url) for a in await AccountStore(db).list()
+                     if a.notify_url]
+            for erasure in erasures:
+                await tell(erasure, hooks, settings.webhooks.opt_out_secret)
             emptied = await db.compact()
             for email in emails:
                 warn_encoded(email, await store.encoded_mentions(email))
@@ -177,6 +189,27 @@ def warn_encoded(email: str, kept: list[tuple[str, list[int]]]) -> None:
                + (f"; held copies keeping them: {', '.join(map(str, held))} (see `gateway "
                   "quarantine show ID`; rejecting them deletes the content)" if held else
                   "; they go once their other copies are sent or fail"), err=True)
+
+
+async def tell(erasure: Erasure, hooks: list[tuple[str, str]], secret: str) -> None:
+    """GDPR 19: each account's notify URL hears of the erasure now, after the objections of
+    the address it had not heard of yet (nothing naming the address is kept to retry)."""
+    now = time.time()
+    for account, url in hooks:
+        bodies = [body for name, body in erasure.unsent if name == account]
+        error = await tell_erasure(url, [*bodies, erasure_body(erasure.address, now)], secret)
+        if error is None:
+            click.echo(f"{account} told at {shown_url(url)}: erasure"
+                       + (f", after {len(bodies)} objection(s) it had not been sent"
+                          if bodies else ""))
+        else:
+            click.echo(f"warning: {account} could not be told at {shown_url(url)} ({error}): "
+                       f"tell that tool yourself that {erasure.address} was erased"
+                       + (" and had objected" if bodies else ""), err=True)
+    told = {account for account, _ in hooks}
+    for account in sorted({name for name, _ in erasure.unsent} - told):
+        click.echo(f"warning: {account} had an objection of {erasure.address} still to hear "
+                   "of and has no notify URL now: tell that tool yourself", err=True)
 
 
 def report(erasure: Erasure) -> None:

@@ -129,6 +129,9 @@ class Erasure:
     removed: dict[str, int]
     closed_requests: list[int]
     newly_suppressed: bool
+    # (account, JSON body) of the objection notifications naming the address that were still
+    # to send when the erasure deleted them: the caller sends them now (notify.tell_erasure)
+    unsent: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _decisions(rows: list[tuple[Any, ...]]) -> list[Decision]:
@@ -242,6 +245,9 @@ class SubjectStore:
                 conn, touched, key)
             removed["texts_scrubbed"] = await _scrub_texts(conn, key)
             ids, _ = await _rows_for(conn, "notifications", "body", folded)
+            unsent = [(str(row[0]), str(row[1])) for row in await conn.execute_fetchall(
+                "SELECT account, body FROM notifications WHERE state = 'pending'"
+                " AND id IN (SELECT value FROM json_each(?)) ORDER BY id", (json.dumps(ids),))]
             await conn.executemany("DELETE FROM notifications WHERE id = ?", [(i,) for i in ids])
             removed["notifications"] = len(ids)
             closed = await _pseudonymise_requests(conn, key, folded, digest, now, operator)
@@ -249,7 +255,7 @@ class SubjectStore:
             await conn.execute(
                 "INSERT INTO erasures (address_hash, erased_at, operator, removed)"
                 " VALUES (?, ?, ?, ?)", (digest, now, operator, json.dumps(removed)))
-        return Erasure(key, removed, closed[1], newly_suppressed)
+        return Erasure(key, removed, closed[1], newly_suppressed, unsent)
 
 
 async def erased_hashes(db: Database) -> dict[bytes, float]:

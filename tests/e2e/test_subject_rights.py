@@ -143,6 +143,8 @@ def test_erasure_leaves_nothing_in_the_file_and_the_next_rcpt_gets_r1(
 
     erased = gw.cli("subject", "erase", MARIE, "--operator", "dpo")
     assert erased.returncode == 0, erased.stderr
+    # the account's notify URL is down: said, and nothing kept to retry (GDPR 19 by hand)
+    assert f"tell that tool yourself that {MARIE} was erased" in erased.stderr
     assert "contacts 1" in erased.stdout and "quarantine 1" in erased.stdout
     # Marie's queued copy goes; the held message was only for her, the other one is Bob's too.
     assert "deliveries 1, messages 1, messages_scrubbed 1" in erased.stdout

@@ -478,6 +478,45 @@ def test_each_objection_is_notified_to_the_account_signed_and_retried(make_gatew
     assert "HOOK-KEY-456" not in gw.output
 
 
+def test_an_erasure_tells_each_account_after_the_objections_it_had_not_heard_of(
+        make_gateway, sink, tmp_path, hook):
+    """GDPR 19. `subject erase` deleted the person's pending objection notification with the
+    rest: the tool never heard of the objection nor of the erasure. Both go at once now, and
+    nothing naming the address is kept for a retry."""
+    Hook.failures_left = 1000  # the tool's endpoint is down: the objection waits
+    gw = jane_gateway(make_gateway, tmp_path)
+    assert gw.cli("accounts", "update", "crm", "--notify-url", hook_url(hook)).returncode == 0
+    gw.start()
+    url = deliver(gw, sink, "jane@example.net")
+    assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    store = gw.config.parent / "gateway.db"
+
+    def attempts() -> int:
+        with sqlite3.connect(store) as db:
+            return db.execute("SELECT coalesce(max(attempts), 0) FROM notifications"
+                              " WHERE state = 'pending'").fetchone()[0]
+    wait_until(attempts, what="a failed try of the objection's notification")
+    gw.stop()  # only the erasure sends now
+    Hook.failures_left = 0
+    erased = gw.cli("subject", "erase", "jane@example.net", "--yes")
+    assert erased.returncode == 0, erased.stderr
+    assert "crm told at" in erased.stdout and "after 1 objection(s)" in erased.stdout
+    documents = [(document, header, raw) for document, header, raw in Hook.received]
+    assert [(d["event"], d["email"]) for d, _, _ in documents] == [
+        ("objection", "jane@example.net"), ("erasure", "jane@example.net")]
+    for _, header, raw in documents:  # signed as the outbox's
+        stamp, mac = (part.split("=", 1)[1] for part in header.split(","))
+        assert hmac.compare_digest(mac, hmac.new(SECRET.encode(), stamp.encode() + b"." + raw,
+                                                 hashlib.sha256).hexdigest())
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT count(*) FROM notifications").fetchone() == (0,)
+    # an endpoint that fails is named, for the operator to tell the tool
+    Hook.failures_left = 1000
+    again = gw.cli("subject", "erase", "john@example.org", "--yes")
+    assert again.returncode == 0
+    assert "crm could not be told" in again.stderr and "HTTP 500" in again.stderr
+
+
 def test_a_notify_url_the_sender_cannot_use_stops_nothing_and_a_correction_applies(
         make_gateway, sink, tmp_path, hook):
     """A URL httpx refuses (here a port typo, stored before the CLI checked it) is that
