@@ -92,6 +92,13 @@ _WORDS: dict[str, dict[str, str]] = {
         "request_objection": "Widerspruch",
         "erased": ("Ihre Daten wurden am {date} auf Ihren Antrag gelöscht; nur ein codierter "
                    "Vermerk bleibt, damit wir Ihnen nie wieder schreiben."),
+        "reviewer_note": "Vermerk der Prüfung",
+        "told": ("Ihr Widerspruch wurde an die Versandwerkzeuge von {accounts} weitergegeben, "
+                 "damit auch diese Sie nicht mehr anschreiben."),
+        "purged": ("Ihre Daten wurden am {date} nach Ablauf ihrer Speicherfrist gelöscht (sie "
+                   "lief ab dem {start}). Aufbewahrt werden nur ein codierter Vermerk Ihrer "
+                   "Adresse und dieses Datum, damit die Abmeldelinks bereits gesendeter "
+                   "Nachrichten weiter funktionieren."),
         "signature": "{controller}, {address}",
         "colon": ":", "a_message": "eine Nachricht",
     },
@@ -153,6 +160,13 @@ _WORDS: dict[str, dict[str, str]] = {
         "request_objection": "Objection",
         "erased": "Your data were erased on {date} at your request; only a coded trace remains, "
                   "so that we never write to you again.",
+        "reviewer_note": "reviewer's note",
+        "told": ("Your objection was passed on to the sending tools of {accounts}, so that "
+                 "they stop writing to you too."),
+        "purged": ("Your data were deleted on {date} at the end of their retention period "
+                   "(counted from {start}). Only a coded trace of your address and that date "
+                   "are kept, so that the unsubscribe links of messages already sent still "
+                   "work."),
         "signature": "{controller}, {address}",
         "colon": ":", "a_message": "a message",
     },
@@ -219,6 +233,13 @@ _WORDS: dict[str, dict[str, str]] = {
         "request_objection": "de oposición",
         "erased": ("Sus datos se suprimieron el {date} a petición suya; solo se conserva una "
                    "huella codificada, para no volver a escribirle nunca."),
+        "reviewer_note": "nota de la revisión",
+        "told": ("Su oposición se transmitió a las herramientas de envío de {accounts}, para "
+                 "que tampoco ellas vuelvan a escribirle."),
+        "purged": ("Sus datos se suprimieron el {date} al término de su plazo de conservación "
+                   "(contado desde el {start}). Solo se conservan una huella codificada de su "
+                   "dirección y esa fecha, para que los enlaces de baja de los mensajes ya "
+                   "enviados sigan funcionando."),
         "signature": "{controller}, {address}",
         "colon": ":", "a_message": "un mensaje",
     },
@@ -285,6 +306,13 @@ _WORDS: dict[str, dict[str, str]] = {
         "request_objection": "d'opposition",
         "erased": ("Vos données ont été effacées le {date} à votre demande ; seule une trace "
                    "codée est gardée, pour ne plus jamais vous écrire."),
+        "reviewer_note": "note de l'examen",
+        "told": ("Votre opposition a été transmise aux outils d'envoi de {accounts}, pour "
+                 "qu'eux non plus ne vous écrivent plus."),
+        "purged": ("Vos données ont été supprimées le {date}, au terme de leur durée de "
+                   "conservation (comptée à partir du {start}). Seules une trace codée de "
+                   "votre adresse et cette date sont gardées, pour que les liens de "
+                   "désinscription des messages déjà envoyés fonctionnent toujours."),
         "signature": "{controller}, {address}",
         "colon": " :", "a_message": "un message",
     },
@@ -352,6 +380,13 @@ _WORDS: dict[str, dict[str, str]] = {
         "request_objection": "di opposizione",
         "erased": ("I Suoi dati sono stati cancellati il {date} su Sua richiesta; resta solo "
                    "una traccia codificata, affinché non Le scriviamo mai più."),
+        "reviewer_note": "nota della revisione",
+        "told": ("La Sua opposizione è stata trasmessa agli strumenti di invio di {accounts}, "
+                 "affinché nemmeno loro Le scrivano più."),
+        "purged": ("I Suoi dati sono stati cancellati il {date}, al termine del periodo di "
+                   "conservazione (calcolato dal {start}). Restano solo una traccia codificata "
+                   "del Suo indirizzo e questa data, affinché i link di disiscrizione dei "
+                   "messaggi già inviati funzionino ancora."),
         "signature": "{controller}, {address}",
         "colon": ":", "a_message": "un messaggio",
     },
@@ -592,6 +627,10 @@ class Letter:
         for stamp in record.erased_at:
             self.lines.append("")
             self.paragraph(self.say("erased", date=self.day(stamp)))
+        for clock_start, purged_at in record.retention_purges:
+            self.lines.append("")
+            self.paragraph(self.say("purged", date=self.day(purged_at),
+                                    start=self.day(clock_start)))
         if not record.holds_anything:
             self.lines.append("")
             self.paragraph(w["nothing"])
@@ -670,6 +709,7 @@ class Letter:
         if not decisions and not held:
             self.bullet(self.w["no_mail"])
         states: dict[str | None, str] = {h.message_id: h.state for h in held}
+        notes: dict[str | None, str | None] = {h.message_id: h.decision_reason for h in held}
         # a message refused after its RCPT (R1 at delivery: an objection made while it
         # waited; a held copy a reviewer rejected) is told once, with the refusal's reason:
         # its first line said "not delivered (related to your profession)"
@@ -689,6 +729,9 @@ class Letter:
                 outcome = outcomes["allow"]
             if d.decision == "allow" and d.rule in _ALLOWED[self.lang]:
                 outcome += f" ({_ALLOWED[self.lang][d.rule]})"  # why it could go
+            note = notes.get(d.message_id) if states.get(d.message_id) == "rejected" else None
+            if note:  # what the reviewer wrote of it is the person's data too
+                outcome += f" ({self.w['reviewer_note']}{self.w['colon']} {printable(note)})"
             subject = (self.say("quoted", subject=d.subject) if d.subject
                        else self.w["a_message"])
             self.bullet(self.say("sent_on_behalf", date=self.day(d.at), account=d.account or "?",
@@ -707,6 +750,9 @@ class Letter:
             self.paragraph(self.say("kept_until", date=self.day(max(known))))
         elif record.contacts:
             self.paragraph(self.say("kept_rule", days=self.knobs.prospect_retention_days))
+        told = sorted({n.account for n in record.notifications if n.event == "objection"})
+        if told:  # GDPR 15(1)(c): who the data went to
+            self.paragraph(self.say("told", accounts=", ".join(told)))
         if record.suppressed_at is not None:  # never expires (COMPLIANCE.md 5)
             self.paragraph(self.w["kept_hash"])
 

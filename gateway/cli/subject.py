@@ -57,18 +57,22 @@ def export_document(record: SubjectRecord, controller: ControllerSettings,
         "quarantine": [h.as_json() for h in record.quarantine],
         "requests": [r.as_json() for r in record.requests],
         "erasures": record.erased_at,
+        "notifications": [n.as_json() for n in record.notifications],
+        "retention_purges": [{"clock_start": start, "purged_at": at}
+                             for start, at in record.retention_purges],
     }
 
 
 EXPORT_HELP = """Everything held on EMAIL (GDPR 15): ledger facts, every source with its date and
 visibility, consent / objection / interaction / information events with their proofs, every
-decision about mail to it (date, account, subject, rule, outcome), held copies, unsubscribes
-and requests.
+decision about mail to it (date, account, subject, rule, outcome, notice version), held
+copies with the reviewer's reason, unsubscribes, the accounts told of an objection, requests
+(those left under the address's hash too) and what R4's purge kept.
 
 \b
 --format json  one object (keys: address, generated_at, controller, ledger[] with sources[]
                and events[], suppression, unsubscribes[], decisions[], quarantine[],
-               requests[], erasures[])
+               requests[], erasures[], notifications[], retention_purges[])
 --format text  a letter in the contact's language (de, en, es, fr, it; --language to choose),
                ready to send as the answer
 

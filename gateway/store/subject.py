@@ -87,6 +87,22 @@ class HeldCopy:
     reason: str
     state: str
     decided_at: float | None
+    decided_by: str | None = None
+    decision_reason: str | None = None  # the reviewer's words: the person's data too
+
+    def as_json(self) -> dict[str, object]:
+        return dict(vars(self))
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A notification naming the address sent (or to send) to an account's notify URL:
+    GDPR 15(1)(c), a recipient of the person's data."""
+
+    account: str
+    event: str  # objection
+    state: str  # pending | sent | failed
+    created_at: float
 
     def as_json(self) -> dict[str, object]:
         return dict(vars(self))
@@ -116,11 +132,15 @@ class SubjectRecord:
     quarantine: list[HeldCopy]
     requests: list[SubjectRequest]
     erased_at: list[float] = field(default_factory=list)
+    notifications: list[Notice] = field(default_factory=list)
+    # R4's purges of the address: (the retention clock's start, when purged), kept by hash
+    retention_purges: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def holds_anything(self) -> bool:
         return bool(self.contacts or self.suppressed_at or self.decisions or self.quarantine
-                    or self.requests or self.erased_at)
+                    or self.requests or self.erased_at or self.notifications
+                    or self.retention_purges)
 
 
 @dataclass(frozen=True)
@@ -179,17 +199,27 @@ class SubjectStore:
             _DECISIONS, (folded, folded, folded, digest))])
         held = [HeldCopy(*tuple(row)[1:]) for row in await self.db.fetchall(
             "SELECT recipient, message_id, created_at, account, subject, rule, reason, state,"
-            " decided_at"
+            " decided_at, decided_by, decision_reason"
             " FROM quarantine WHERE subject_form(recipient) = ? ORDER BY id", (folded,))]
+        # and those an erasure or R4's purge left under the address's hash, with their dates
+        pseudonyms = [f"{prefix}:{digest.hex()[:16]}" for prefix in ("erased", "purged")]
         requests = [SubjectRequest(*tuple(row)[1:]) for row in await self.db.fetchall(
             "SELECT address, id, kind, received_at, due_at, closed_at FROM requests"
-            " WHERE subject_form(address) = ? ORDER BY id", (folded,))]
+            " WHERE subject_form(address) = ? OR address IN (?, ?) ORDER BY id",
+            (folded, *pseudonyms))]
         erased = [row[0] for row in await self.db.fetchall(
             "SELECT erased_at FROM erasures WHERE address_hash = ? ORDER BY id", (digest,))]
+        notices = [Notice(*tuple(row)) for row in await self.db.fetchall(
+            "SELECT account, json_extract(body, '$.event'), state, created_at"
+            " FROM notifications WHERE subject_form(json_extract(body, '$.email')) = ?"
+            " ORDER BY id", (folded,))]
+        purges = [(float(row[0]), float(row[1])) for row in await self.db.fetchall(
+            "SELECT clock_start, purged_at FROM retention_purges WHERE address_hash = ?",
+            (digest,))]
         named = contacts[0][0].address if contacts else key  # as the ledger spells it
         return SubjectRecord(named, contacts, suppression[0] if suppression else None,
                              suppression[1] if suppression else None, decisions, held,
-                             requests, erased)
+                             requests, erased, notices, purges)
 
     # --- GDPR 17 -----------------------------------------------------------------------
 
@@ -274,6 +304,9 @@ async def _delete_contacts(conn: aiosqlite.Connection, digest: bytes, folded: st
     # the contact ids R4's purge kept for the old links (the erasure's suppression entry
     # stands for them: nothing else is kept, 021_purged_contacts)
     await conn.execute("DELETE FROM purged_contacts WHERE address_hash = ?", (digest,))
+    # and R4's record of when its retention clock started (an import after the erasure is
+    # refused by the erasure's own record: nothing else needs it)
+    await conn.execute("DELETE FROM retention_purges WHERE address_hash = ?", (digest,))
     return cur.rowcount
 
 

@@ -292,5 +292,10 @@ def test_the_audit_keeps_the_notice_version_after_the_copy_is_purged(make_gatewa
     assert (decision["decision"], decision["rule"], decision["delivery"],
             decision["notice_version"]) == ("allow", "R6", "sent", "en-2026.11b")
     assert decision["delivery_at"] >= decision["at"]
+    # what the purge kept (the clock's start, under the address's hash) is said too
+    [purge] = export["retention_purges"]
+    assert purge["purged_at"] > purge["clock_start"]
+    letter = gw.cli("subject", "export", "jane@example.net", "--format", "text").stdout
+    assert "at the end of their retention period" in " ".join(letter.split())
     verify = gw.cli("audit", "verify", "--json")
     assert verify.returncode == 0 and json.loads(verify.stdout)["rows"] == 2, verify.stdout

@@ -191,6 +191,30 @@ def test_erasure_leaves_nothing_in_the_file_and_the_next_rcpt_gets_r1(
     assert b"directrice r&d" not in store_bytes(gw)
 
 
+def test_the_export_holds_the_reviewers_words_and_who_was_told_of_the_objection(
+        make_gateway, tmp_path, sink: Sink):
+    """GDPR 15: a reviewer's reason for rejecting the person's held copy, and the accounts
+    her objection was passed on to (15(1)(c), recipients), were held but not exported."""
+    gw = start(make_gateway, tmp_path, sink_port=free_port())
+    send(gw, [MARIE], "")  # no subject: M3 holds the copy
+    [held] = wait_until(lambda: json.loads(gw.cli("quarantine", "list", "--json").stdout),
+                        what="the held copy")
+    assert gw.cli("quarantine", "reject", str(held["id"]), "--reason",
+                  "a quitté le service achats").returncode == 0
+    assert gw.cli("accounts", "update", "crm", "--notify-url",
+                  f"http://127.0.0.1:{free_port()}/hook").returncode == 0
+    assert gw.cli("suppress", "add", MARIE).returncode == 0
+    document = export(gw, MARIE)
+    [copy] = document["quarantine"]
+    assert (copy["state"], copy["decision_reason"]) == ("rejected", "a quitté le service achats")
+    assert copy["decided_by"]
+    assert [(n["account"], n["event"]) for n in document["notifications"]] == [
+        ("crm", "objection")]
+    letter = " ".join(gw.cli("subject", "export", MARIE, "--format", "text").stdout.split())
+    assert "note de l'examen : a quitté le service achats" in letter
+    assert "Votre opposition a été transmise aux outils d'envoi de crm" in letter
+
+
 def test_an_address_left_inside_an_encoded_part_is_reported_not_hidden(
         make_gateway, tmp_path, sink: Sink):
     """The erasure rewrites the address where the bytes show it; inside a base64 part (or a
