@@ -12,7 +12,7 @@ import click
 
 from gateway.addresses import normalize_address
 from gateway.cli import ADDRESS, EXIT_REFUSED, CliState, fail, hasher_for, run, when, write_private
-from gateway.errors import NotFound
+from gateway.errors import NotFound, Refused
 from gateway.model import PolicyKnobs
 from gateway.notify import erasure_body, tell_erasure
 from gateway.policy.rules import retention_deadline
@@ -134,7 +134,8 @@ held copies that keep it.
 
 Kept: the suppression entry (a keyed hash; added if missing), so the next message to EMAIL
 is refused by R1, and the audit log, which holds keyed hashes only. Each erasure is recorded
-(hash, time, operator, what was removed), and open requests from EMAIL are closed.
+(hash, time, operator, what was removed), and open requests from EMAIL are closed. An
+address whose access request is still open is refused (answer it first) unless --unanswered.
 
 The store is then compacted (VACUUM) once, so the addresses are absent from the database
 file: writers wait meanwhile, about 3 s per million contacts; give several addresses to one
@@ -148,8 +149,12 @@ outside the store are not touched. Asks for confirmation on a terminal; --yes sk
                 type=ADDRESS)
 @click.option("--operator", help="Who erases (default: the OS user).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--unanswered", is_flag=True,
+              help="Erase even an address whose access request is still open (it is closed "
+                   "unanswered; without this, refused: export first).")
 @click.pass_obj
-def erase(state: CliState, emails: tuple[str, ...], operator: str | None, yes: bool) -> None:
+def erase(state: CliState, emails: tuple[str, ...], operator: str | None, yes: bool,
+          unanswered: bool) -> None:
     settings = state.settings
     for email in emails:
         try:
@@ -164,6 +169,15 @@ def erase(state: CliState, emails: tuple[str, ...], operator: str | None, yes: b
     async def body() -> None:
         async with Database(settings.store.path) as db:
             store = SubjectStore(db, hasher_for(settings))
+            # GDPR 15: the person asked what is held first; erased, it can never be answered
+            waiting = [(email, request_id, due) for email in emails
+                       for request_id, due in await store.open_access_requests(email)]
+            if waiting and not unanswered:
+                raise Refused("nothing erased: " + "; ".join(
+                    f"{email} has access request {request_id} open (due {when(due)})"
+                    for email, request_id, due in waiting)
+                    + ". Answer it first (gateway subject export EMAIL --format text --out "
+                    "FILE, then gateway requests close ID), or erase with --unanswered")
             erasures = []
             for email in emails:
                 erasures.append(await store.erase(email, who))

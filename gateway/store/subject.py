@@ -223,6 +223,14 @@ class SubjectStore:
 
     # --- GDPR 17 -----------------------------------------------------------------------
 
+    async def open_access_requests(self, address: str) -> list[tuple[int, float]]:
+        """(id, due date) of the access requests from `address` not answered yet."""
+        rows = await self.db.fetchall(
+            "SELECT id, due_at FROM requests WHERE closed_at IS NULL AND kind = 'access'"
+            " AND subject_form(address) = ? ORDER BY id",
+            (person_form(normalize_address(address)),))
+        return [(int(row[0]), float(row[1])) for row in rows]
+
     async def encoded_mentions(self, address: str) -> list[tuple[str, list[int]]]:
         """The kept messages that still name `address` once decoded (a base64 or
         quoted-printable part, an encoded word, a %-escaped mailto), which the erasure's
@@ -426,11 +434,12 @@ async def _pseudonymise_requests(conn: aiosqlite.Connection, key: str, folded: s
     marker = "erased:" + digest.hex()[:16]
     closed = []
     for request_id in ids:
-        # an erasure request is answered by it; any other (an access request) is only
-        # closed, and its note says it went unanswered (it read as answered)
+        # an erasure request is answered by it, an objection by its suppression entry; an
+        # access request is only closed (`subject erase` asks for --unanswered first), and
+        # its note says it went unanswered (it read as answered)
         cur = await conn.execute(
-            "UPDATE requests SET closed_at = ?, note = CASE kind WHEN 'erasure' THEN ?"
-            " ELSE ? END WHERE id = ? AND closed_at IS NULL",
+            "UPDATE requests SET closed_at = ?, note = CASE WHEN kind IN ('erasure',"
+            " 'objection') THEN ? ELSE ? END WHERE id = ? AND closed_at IS NULL",
             (now, f"answered by the erasure of the address ({operator})",
              f"closed unanswered: the address was erased ({operator}) before this "
              "request was answered", request_id))

@@ -215,6 +215,31 @@ def test_the_export_holds_the_reviewers_words_and_who_was_told_of_the_objection(
     assert "Votre opposition a été transmise aux outils d'envoi de crm" in letter
 
 
+def test_an_open_access_request_holds_the_erasure_until_answered(make_gateway, tmp_path):
+    """People ask for access and erasure together: the erasure closed the access request
+    "unanswered" and dropped it from every list; nothing could answer it afterwards."""
+    gw = start(make_gateway, tmp_path)
+    assert gw.cli("requests", "open", MARIE, "--kind", "access").returncode == 0
+    assert gw.cli("requests", "open", MARIE, "--kind", "erasure").returncode == 0
+    refused = gw.cli("subject", "erase", MARIE, BOB, "--yes")
+    assert refused.returncode == 1 and "access request 1 open" in refused.stderr
+    assert "nothing erased" in refused.stderr
+    assert export(gw, BOB)["ledger"] != []  # nor the other address of the command
+    answer = tmp_path / "answer.txt"
+    assert gw.cli("subject", "export", MARIE, "--format", "text", "--out",
+                  str(answer)).returncode == 0
+    assert gw.cli("requests", "close", "1", "--note", "sent by post").returncode == 0
+    erased = gw.cli("subject", "erase", MARIE, "--yes")
+    assert erased.returncode == 0 and "request 2 closed by the erasure" in erased.stdout
+    # --unanswered erases all the same, and says so on the request
+    assert gw.cli("requests", "open", BOB, "--kind", "access").returncode == 0
+    assert gw.cli("subject", "erase", BOB, "--yes", "--unanswered").returncode == 0
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        notes = dict(db.execute("SELECT id, note FROM requests"))
+    assert notes[1] == "sent by post" and notes[2].startswith("answered by the erasure")
+    assert notes[3].startswith("closed unanswered")
+
+
 def test_an_address_left_inside_an_encoded_part_is_reported_not_hidden(
         make_gateway, tmp_path, sink: Sink):
     """The erasure rewrites the address where the bytes show it; inside a base64 part (or a
