@@ -237,6 +237,10 @@ def report(erasure: Erasure) -> None:
                                        else "kept") + ": the next message to it is refused (R1)")
     for request_id in erasure.closed_requests:
         click.echo(f"request {request_id} closed by the erasure (see `gateway requests list`)")
+    if erasure.being_delivered:
+        click.echo(f"warning: {erasure.being_delivered} of the deleted copies were held by a "
+                   "running gateway for delivery: one being sent right now may still reach "
+                   f"{erasure.address} (the next ones are refused, R1)", err=True)
 
 
 COMMANDS = [subject]

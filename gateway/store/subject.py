@@ -152,6 +152,8 @@ class Erasure:
     # (account, JSON body) of the objection notifications naming the address that were still
     # to send when the erasure deleted them: the caller sends them now (notify.tell_erasure)
     unsent: list[tuple[str, str]] = field(default_factory=list)
+    # copies a gateway process held for delivery when they were deleted: maybe on their way
+    being_delivered: int = 0
 
 
 def _decisions(rows: list[tuple[Any, ...]]) -> list[Decision]:
@@ -275,6 +277,12 @@ class SubjectStore:
             touched: set[str] = set()
             for table in ("quarantine", "deliveries"):
                 ids, messages = await _rows_for(conn, table, "recipient", folded)
+                if table == "deliveries":  # a running gateway may be sending one right now
+                    [(sending,)] = await conn.execute_fetchall(
+                        "SELECT count(*) FROM deliveries WHERE state IN ('queued', 'deferred')"
+                        " AND claimed_until > ? AND id IN (SELECT value FROM json_each(?))",
+                        (now, json.dumps(ids)))
+                    in_flight = int(sending)
                 touched |= messages
                 await conn.executemany(f"DELETE FROM {table} WHERE id = ?",  # noqa: S608
                                        [(i,) for i in ids])
@@ -293,7 +301,7 @@ class SubjectStore:
             await conn.execute(
                 "INSERT INTO erasures (address_hash, erased_at, operator, removed)"
                 " VALUES (?, ?, ?, ?)", (digest, now, operator, json.dumps(removed)))
-        return Erasure(key, removed, closed[1], newly_suppressed, unsent)
+        return Erasure(key, removed, closed[1], newly_suppressed, unsent, in_flight)
 
 
 async def erased_hashes(db: Database) -> dict[bytes, float]:

@@ -154,3 +154,19 @@ async def test_strasse_and_strasse_with_eszett_are_two_people_though_they_share_
     left = await db.fetchall("SELECT address FROM contacts")
     assert [row[0] for row in left] == ["Strasse@example.de"]
     assert len((await store.gather("strasse@example.de")).contacts) == 1
+
+
+async def test_an_erasure_says_which_copies_a_gateway_was_delivering(db, hasher):
+    """An erasure while a copy is on its way: the row goes, the copy may still arrive; it
+    said "erased" and nothing of it."""
+    from gateway.store.queue import IncomingMessage, QueueStore
+
+    queue = QueueStore(db, "gateway-1")  # a committing process claims its copies
+    await queue.commit_messages([IncomingMessage(
+        "M1", time.time(), "crm", "127.0.0.1", "news@example.com",
+        b"Subject: x\r\n\r\nbody\r\n", ("ann@example.net", "bob@example.net"))])
+    erased = await SubjectStore(db, hasher).erase("ann@example.net", "dpo")
+    assert erased.removed["deliveries"] == 1 and erased.being_delivered == 1
+    await db.write_one("UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL")
+    again = await SubjectStore(db, hasher).erase("bob@example.net", "dpo")
+    assert again.removed["deliveries"] == 1 and again.being_delivered == 0
