@@ -6,11 +6,17 @@ unguessable and unforgeable without the key, and short enough for the local part
 `unsubscribe+TOKEN@host` (RFC 5321: 64 octets), so it is base32, which survives mail systems
 that lower-case local parts.
 
-Layout (24 bytes, 39 base32 characters): key id (1) | contact id (5) | account id (2) |
-delivery id (6) | HMAC-SHA256 of the first 14 bytes, truncated to 10 bytes (80 bits; NIST SP
-800-107 allows truncation to 64 bits and more). Keys live in `secrets.token_key_file`, one
-"<key id> <hex key>" per line, the first line signing, every line verifying: add a new first
-line to rotate, and drop the old one once its mail is old.
+Layout (24 bytes, 39 base32 characters): key id (1) | the ids, masked (13) | MAC (10). The
+MAC is HMAC-SHA256 over the key id and the ids in clear (contact id 5, account id 2, delivery
+id 6 bytes), truncated to 10 bytes (80 bits; NIST SP 800-107 allows truncation to 64 bits and
+more). The ids are masked by XOR with HMAC-SHA256(mask key, MAC), the mask key derived from
+the token key (a deterministic SIV construction): without the key a token reads as random,
+so the same person's tokens cannot be linked, nor a copy's id read (they were in clear,
+base32 only). Tokens issued before the masking (ids in clear) are still accepted.
+
+Keys live in `secrets.token_key_file`, one "<key id> <hex key>" per line, the first line
+signing, every line verifying: add a new first line to rotate, and drop the old one once its
+mail is old.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ class TokenKeys:
         self.current_id, self.current = keys[0]
         self.by_id = dict(keys)
         self._macs = {key_id: KeyedMac(key) for key_id, key in keys}
+        self._masks = {key_id: KeyedMac(KeyedMac(key)(b"gateway token ids mask"))
+                       for key_id, key in keys}
 
     def issue(self, token: Token) -> str:
         """The token text (lower-case base32, no padding)."""
@@ -60,7 +68,7 @@ class TokenKeys:
         body = (self.current_id.to_bytes(1, "big") + token.contact_id.to_bytes(5, "big")
                 + token.account_id.to_bytes(2, "big") + token.delivery_id.to_bytes(6, "big"))
         mac = self._macs[self.current_id](body)[:MAC_BYTES]
-        return _encode(body + mac)
+        return _encode(body[:1] + _xor(body[1:], self._masks[self.current_id](mac)) + mac)
 
     def verify(self, text: str) -> Token | None:
         """The token's content if `text` is a token we issued (any case), else None. The MAC
@@ -68,12 +76,16 @@ class TokenKeys:
         raw = _decode(text)
         if raw is None:
             return None
-        body, mac = raw[:BODY_BYTES], raw[BODY_BYTES:]
-        keyed = self._macs.get(body[0])
+        sent, mac = raw[:BODY_BYTES], raw[BODY_BYTES:]
+        keyed = self._macs.get(sent[0])
         if keyed is None:
             return None
+        body = sent[:1] + _xor(sent[1:], self._masks[sent[0]](mac))
         if not hmac.compare_digest(keyed(body)[:MAC_BYTES], mac):
-            return None
+            # one issued before the ids were masked (in mail already sent): in clear
+            if not hmac.compare_digest(keyed(sent)[:MAC_BYTES], mac):
+                return None
+            body = sent
         return Token(int.from_bytes(body[1:6], "big"), int.from_bytes(body[6:8], "big"),
                      int.from_bytes(body[8:14], "big"))
 
@@ -98,6 +110,11 @@ def _decode(text: str) -> bytes | None:
     if value & ((1 << _PAD_BITS) - 1):
         return None  # a last character differing in its unused bits
     return (value >> _PAD_BITS).to_bytes(TOKEN_BYTES, "big")
+
+
+def _xor(data: bytes, mask: bytes) -> bytes:
+    return (int.from_bytes(data, "big") ^ int.from_bytes(mask[:len(data)], "big")).to_bytes(
+        len(data), "big")
 
 
 def _encode(raw: bytes) -> str:

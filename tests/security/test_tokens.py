@@ -121,3 +121,29 @@ def test_a_key_id_given_twice_or_a_file_that_is_not_ascii_is_refused(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf1 " + b"ab" * 32 + b"\n")
     with pytest.raises(ConfigError, match="not ASCII"):
         load_token_keys(path)
+
+
+def test_the_ids_cannot_be_read_without_the_key():
+    """The ids were in clear (base32 only): anyone holding a token read the contact id (the
+    same on every message to the person) and the copy's id (the sending volume)."""
+    import base64
+    tokens = [KEYS.issue(Token(1, 1, n)) for n in (1, 2)]
+    for text in tokens:
+        raw = base64.b32decode(text.upper() + "=")
+        assert raw[1:6] != (1).to_bytes(5, "big") and raw[6:8] != (1).to_bytes(2, "big")
+    first, second = (base64.b32decode(t.upper() + "=") for t in tokens)
+    assert first[1:6] != second[1:6]  # one person's tokens do not share a visible id
+    assert [KEYS.verify(t) for t in tokens] == [Token(1, 1, 1), Token(1, 1, 2)]
+
+
+def test_a_token_issued_before_the_masking_is_still_accepted():
+    """Mail already sent carries tokens with the ids in clear: their links must still work
+    (NESTOR's link "did nothing")."""
+    import base64
+    import hashlib
+    import hmac
+    body = bytes([1]) + (42).to_bytes(5, "big") + (7).to_bytes(2, "big") + (9).to_bytes(6, "big")
+    mac = hmac.new(b"k" * 32, body, hashlib.sha256).digest()[:10]
+    legacy = base64.b32encode(body + mac).decode().rstrip("=").lower()
+    assert KEYS.verify(legacy) == Token(42, 7, 9)
+    assert KEYS.verify(legacy[:-2] + ("a" if legacy[-2] != "a" else "b") + legacy[-1]) is None
