@@ -44,7 +44,16 @@ def export_document(record: SubjectRecord, controller: ControllerSettings,
     unsubscribes = [{"at": e["occurred_at"], "kind": e["kind"], "channel": e["channel"]}
                     for entry in ledger for e in entry["events"]
                     if e["kind"] in ("objection", "withdrawal", "objection_lifted")]
+    decisions = [d.as_json() for d in record.decisions]
     return {
+        # INTERFACE's words for the same records, flat: the first ledger entry's facts (an
+        # address held under two spellings has two; `ledger` has each with its own), and
+        # every source, event and message record of all of them
+        "facts": ({k: v for k, v in ledger[0].items() if k not in ("sources", "events")}
+                  if ledger else None),
+        "sources": [source for entry in ledger for source in entry["sources"]],
+        "events": [event for entry in ledger for event in entry["events"]],
+        "messages": decisions,
         "address": record.address,
         "generated_at": time.time(),
         "controller": {"name": controller.name, "address": controller.address,
@@ -53,7 +62,7 @@ def export_document(record: SubjectRecord, controller: ControllerSettings,
         "suppression": None if record.suppressed_at is None else {
             "since": record.suppressed_at, "channel": record.suppression_channel},
         "unsubscribes": unsubscribes,
-        "decisions": [d.as_json() for d in record.decisions],
+        "decisions": decisions,
         "quarantine": [h.as_json() for h in record.quarantine],
         "requests": [r.as_json() for r in record.requests],
         "erasures": record.erased_at,
@@ -72,7 +81,9 @@ copies with the reviewer's reason, unsubscribes, the accounts told of an objecti
 \b
 --format json  one object (keys: address, generated_at, controller, ledger[] with sources[]
                and events[], suppression, unsubscribes[], decisions[], quarantine[],
-               requests[], erasures[], notifications[], retention_purges[])
+               requests[], erasures[], notifications[], retention_purges[]; and, flat,
+               facts (the first ledger entry's), sources[], events[], messages[] (the
+               decisions))
 --format text  a letter in the contact's language (de, en, es, fr, it; --language to choose),
                ready to send as the answer
 

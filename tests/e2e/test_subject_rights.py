@@ -94,6 +94,10 @@ def test_export_names_the_directory_and_every_message(make_gateway, tmp_path, si
     assert document["suppression"]["channel"] == "manual"
     assert [u["kind"] for u in document["unsubscribes"]] == ["objection"]
     assert [e["kind"] for e in entry["events"]] == ["information", "objection"]  # the notice
+    # INTERFACE's words, flat: facts, sources, events, messages
+    assert document["facts"]["first_name"] == "Marie" and "sources" not in document["facts"]
+    assert document["sources"] == entry["sources"] and document["events"] == entry["events"]
+    assert document["messages"] == document["decisions"]
 
     letter = gw.cli("subject", "export", MARIE, "--format", "text").stdout
     assert max(len(line) for line in letter.splitlines()) <= 78
