@@ -23,6 +23,9 @@ log = logging.getLogger("gateway.auth")
 MAX_LOGIN_LENGTH = 256
 MAX_TRACKED_IPS = 100_000  # bound the per-IP table: an address flood must not grow it forever
 MAX_TRACKED_NAMES = 100_000  # the same for unknown login names (a few MB at most)
+# an AUTH that could pass a limit only with attempts still being checked waits this long at
+# most for them to end (each check is ~0.1 s of argon2id), then is refused as locked
+ADMISSION_WAIT_SECONDS = 30.0
 
 
 class AuthOutcome(enum.Enum):
@@ -50,70 +53,87 @@ class Authenticator:
         # attempts being checked now, by client IP and by login name: failures until known
         self._ip_checking: dict[str, int] = {}
         self._name_checking: dict[str, int] = {}
+        self._ended = asyncio.Event()  # set (and replaced) whenever a check ends
 
     async def authenticate(self, login: str, password: str, client_ip: str) -> AuthVerdict:
-        """The attempts being checked count as failures until they are known: the checks
-        take ~0.1 s, and 40 AUTHs sent at once were all checked against a count none of them
-        had raised yet (39 wrong passwords tried past a lockout of 10, and the right one
-        taken while the account was locked)."""
-        now = time.time()
-        if self._ip_blocked(client_ip, now):
-            log.warning("AUTH from %s refused: %d failures from this IP in %.0f min",
-                        client_ip, self.settings.auth_ip_max_failures,
-                        self.window_seconds / 60)
-            await self._throttle()
-            return AuthVerdict(AuthOutcome.LOCKED)
-        _take(self._ip_checking, client_ip)  # no await since _ip_blocked read it
-        try:
-            return await self._authenticate(login, password, client_ip, now)
-        finally:
-            _release(self._ip_checking, client_ip)
-
-    async def _authenticate(self, login: str, password: str, client_ip: str,
-                            now: float) -> AuthVerdict:
+        """Attempts being checked count as failures until they are known: the checks take
+        ~0.1 s, and 40 AUTHs sent at once were all checked against a count none of them had
+        raised yet (39 wrong passwords tried past a lockout of 10, the right one taken while
+        the account was locked). One that could pass a limit only with those still being
+        checked waits for them: a tool opening 20 connections at once still logs them all
+        in, a guesser gets no more tries than the limits."""
         key = login[:MAX_LOGIN_LENGTH]
-        found = await self.accounts.get_with_hash(login) \
-            if login and len(login) <= MAX_LOGIN_LENGTH else None
-        # decided before the check, the same way for a name that exists and one that does
-        # not: decided after it, the unknown names' lock showed under a burst and the
-        # accounts' did not, which told the names apart
-        checking = self._name_checking.get(key, 0)
-        if found is None:
-            locked = self._phantom_locked(key, now, checking)
-        else:
-            account = found[0]
-            # a lock that has run out starts the count afresh (record_failure resets it)
-            failed = 0 if account.locked_until is not None and not account.locked(now) \
-                else account.failed_logins
-            locked = account.locked(now) or \
-                failed + checking >= self.settings.auth_max_failures
-        if locked:
-            # the same time as the others
-            await verify_password_async(found[1] if found else dummy_hash(), password)
-            if found is not None:
-                log.warning("AUTH from %s for %s refused: account locked%s", client_ip,
-                            found[0].name, " until " + time.strftime(
-                                "%H:%M:%SZ", time.gmtime(found[0].locked_until))
-                            if found[0].locked(now) else " (attempts being checked)")
-            await self._throttle()
-            return AuthVerdict(AuthOutcome.LOCKED)
+        deadline = time.monotonic() + ADMISSION_WAIT_SECONDS
+        while True:
+            now = time.time()
+            if self._ip_blocked(client_ip, now):
+                log.warning("AUTH from %s refused: %d failures from this IP in %.0f min",
+                            client_ip, self.settings.auth_ip_max_failures,
+                            self.window_seconds / 60)
+                await self._throttle()
+                return AuthVerdict(AuthOutcome.LOCKED)
+            found = await self.accounts.get_with_hash(login) \
+                if login and len(login) <= MAX_LOGIN_LENGTH else None
+            # decided before the check, the same way for a name that exists and one that
+            # does not: decided after it, the unknown names' lock showed under a burst and
+            # the accounts' did not, which told the names apart
+            if found is None:
+                count, locked = self._phantom_count(key, now)
+            else:
+                account = found[0]
+                locked = account.locked(now)
+                # a lock that has run out starts the count afresh (record_failure resets it)
+                count = 0 if account.locked_until is not None and not locked \
+                    else account.failed_logins
+            if locked:
+                # the same time as the others
+                await verify_password_async(found[1] if found else dummy_hash(), password)
+                if found is not None:
+                    log.warning("AUTH from %s for %s refused: account locked until %s",
+                                client_ip, found[0].name, time.strftime(
+                                    "%H:%M:%SZ", time.gmtime(found[0].locked_until)))
+                await self._throttle()
+                return AuthVerdict(AuthOutcome.LOCKED)
+            if (count + self._name_checking.get(key, 0) < self.settings.auth_max_failures
+                    and self._ip_count(client_ip, now)
+                    + self._ip_checking.get(client_ip, 0) < self.settings.auth_ip_max_failures):
+                break
+            if not await self._checked(deadline):
+                await self._throttle()
+                return AuthVerdict(AuthOutcome.LOCKED)
+        _take(self._ip_checking, client_ip)  # no await since the counts were read
         _take(self._name_checking, key)
         try:
-            if found is None:
-                await verify_password_async(dummy_hash(), password)  # same cost as a real one
-                self._phantom_failure(login, time.time())
-                return await self._failed(client_ip, now, f"unknown user {login[:64]!r}")
-            account, stored_hash = found
-            if not await verify_password_async(stored_hash, password):
-                after = await self.accounts.record_failure(
-                    account.name, self.settings.auth_max_failures, self.window_seconds)
-                if after is not None and after.locked(now):
-                    log.warning("account %s locked for %.0f min after %d failed AUTH (last "
-                                "from %s)", account.name, self.window_seconds / 60,
-                                after.failed_logins, client_ip)
-                return await self._failed(client_ip, now, f"wrong password for {account.name}")
+            return await self._check(found, login, password, client_ip, now)
         finally:
+            _release(self._ip_checking, client_ip)
             _release(self._name_checking, key)
+            self._ended.set()  # those waiting read the counts again
+            self._ended = asyncio.Event()
+
+    async def _checked(self, deadline: float) -> bool:
+        """Wait for an attempt being checked to end; False past `deadline`."""
+        try:
+            await asyncio.wait_for(self._ended.wait(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            return False
+        return True
+
+    async def _check(self, found: tuple[Account, str] | None, login: str, password: str,
+                     client_ip: str, now: float) -> AuthVerdict:
+        if found is None:
+            await verify_password_async(dummy_hash(), password)  # same cost as a real one
+            self._phantom_failure(login, time.time())
+            return await self._failed(client_ip, now, f"unknown user {login[:64]!r}")
+        account, stored_hash = found
+        if not await verify_password_async(stored_hash, password):
+            after = await self.accounts.record_failure(
+                account.name, self.settings.auth_max_failures, self.window_seconds)
+            if after is not None and after.locked(now):
+                log.warning("account %s locked for %.0f min after %d failed AUTH (last "
+                            "from %s)", account.name, self.window_seconds / 60,
+                            after.failed_logins, client_ip)
+            return await self._failed(client_ip, now, f"wrong password for {account.name}")
         if account.failed_logins:
             await self.accounts.record_success(account.name)
         return AuthVerdict(AuthOutcome.OK, account)
@@ -144,22 +164,26 @@ class Authenticator:
             self._phantom_failures.clear()  # a flood of names: forget, do not grow
         self._phantom_failures[key] = (count, locked_until)
 
-    def _phantom_locked(self, login: str, now: float, checking: int = 0) -> bool:
+    def _phantom_count(self, login: str, now: float) -> tuple[int, bool]:
+        """An unknown name's (failures in a row, locked), as an account's are."""
         count, locked_until = self._phantom_failures.get(login[:MAX_LOGIN_LENGTH], (0, None))
         if locked_until is not None and locked_until <= now:
-            count, locked_until = 0, None  # ran out: a fresh count, as _phantom_failure does
-        return locked_until is not None or count + checking >= self.settings.auth_max_failures
+            return 0, False  # ran out: a fresh count, as _phantom_failure does
+        return count, locked_until is not None
 
-    def _ip_blocked(self, client_ip: str, now: float) -> bool:
+    def _ip_count(self, client_ip: str, now: float) -> int:
+        """The failures from `client_ip` within the window."""
         failures = self._ip_failures.get(client_ip)
-        checking = self._ip_checking.get(client_ip, 0)
         if not failures:
-            return checking >= self.settings.auth_ip_max_failures
+            return 0
         while failures and failures[0] <= now - self.window_seconds:
             failures.popleft()
         if not failures:
             del self._ip_failures[client_ip]
-        return len(failures) + checking >= self.settings.auth_ip_max_failures
+        return len(failures)
+
+    def _ip_blocked(self, client_ip: str, now: float) -> bool:
+        return self._ip_count(client_ip, now) >= self.settings.auth_ip_max_failures
 
     def _forget_old(self, now: float) -> None:
         for ip in list(self._ip_failures):

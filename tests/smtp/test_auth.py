@@ -166,3 +166,14 @@ async def test_one_ip_sending_many_auths_at_once_is_held_to_its_limit(accounts: 
     assert [o.outcome for o in outcomes].count(AuthOutcome.BAD) == 5
     assert (await auth.authenticate("crm", STRONG_PASSWORD, "198.51.100.7")).outcome \
         is AuthOutcome.LOCKED
+
+
+async def test_a_tool_logging_in_many_connections_at_once_gets_them_all(
+        accounts: AccountStore):
+    """Attempts being checked count as failures until known, but an attempt that could pass
+    a limit only with them waits for them: right passwords end the wait for each other."""
+    import asyncio
+    auth = Authenticator(accounts, SETTINGS)  # 3 per account, 5 per IP
+    outcomes = await asyncio.gather(*(auth.authenticate("crm", STRONG_PASSWORD, "192.0.2.1")
+                                      for _ in range(12)))
+    assert [o.outcome for o in outcomes] == [AuthOutcome.OK] * 12
