@@ -11,7 +11,6 @@ import asyncio
 import datetime
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -26,7 +25,7 @@ from gateway.settings import ControllerSettings
 from gateway.store.accounts import Account
 from gateway.store.audit import AuditRecord
 from gateway.store.ledger import Ledger, LedgerLookup
-from gateway.store.queue import Copy, SentMark
+from gateway.store.queue import Copy, Prepared, SentMark
 from gateway.transform.dkim import Signer, SigningError
 from gateway.transform.footer import NoticeError, add_notice
 from gateway.transform.headers import UnsafeHeader
@@ -34,7 +33,6 @@ from gateway.transform.notice import NoticeCache, NoticeFacts, NoticeTemplate, c
 from gateway.transform.pipeline import Personalisation, personalise
 
 log = logging.getLogger("gateway.compose")
-MAX_PENDING_INFORMED = 1024
 AT_DELIVERY = "delivery"  # the audit's client of a decision taken when a copy was sent
 
 
@@ -57,24 +55,20 @@ class Composer:
         self.settings = settings
         self.lookup = lookup
         self.account_of = account_of
-        # delivery id -> (contact, notice version) of copies carrying the full notice, until
-        # sent; entries of copies that failed instead are dropped oldest first
-        self._informed: OrderedDict[int, tuple[int, str]] = OrderedDict()
         self._mark_informed: GroupCommitter[tuple[int, str], None] = GroupCommitter(
             ledger.mark_informed)
         self._writes: set[asyncio.Task[None]] = set()
         self._notices = NoticeCache()
-        # delivery id -> (version of the notice in the copy ("fr-2026.11"), the recipient's
-        # keyed hash), until it is sent (the worker records both with the sent mark, the
-        # hash in its audit row); dropped oldest first like _informed
-        self._versions: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
 
-    async def prepare(self, copy: Copy) -> bytes:
-        """The bytes to send for `copy`. PermanentFailure: fail it with a DSN (an objection
+    async def prepare(self, copy: Copy) -> Prepared:
+        """The bytes to send for `copy`, with its sent mark: the notice version it carries
+        and the audit row of its sending (COMPLIANCE 4.5: who sent, to whom, which rule,
+        which notice version, when). PermanentFailure: fail it with a DSN (an objection
         arrived meanwhile, or it cannot be made compliant); TemporaryFailure: defer it (it
         cannot be signed now); a copy never leaves unsigned or without its notice."""
         if copy.account is None or copy.rule is None:
-            return copy.content  # DSNs: not prospecting, nothing to add
+            # DSNs: not prospecting, nothing to add
+            return Prepared(copy.content, SentMark(copy.delivery_id))
         facts = await self.lookup.facts(copy.recipient)
         if facts.suppressed:  # R1 is absolute: an objection made while the copy waited holds
             # audited with the failure: the audit said only "R8 allow" for a copy refused
@@ -111,38 +105,24 @@ class Composer:
             content = add_notice(content, notice)
         except (UnsafeHeader, NoticeError) as exc:
             raise PermanentFailure(f"554 5.6.0 cannot make the copy compliant: {exc}") from exc
-        self._versions[copy.delivery_id] = (notice.version, facts.address_hash)
-        while len(self._versions) > MAX_PENDING_INFORMED:
-            self._versions.popitem(last=False)
-        if full and contact is not None and contact.id is not None:
-            self._informed[copy.delivery_id] = (contact.id, notice.version)
-            while len(self._informed) > MAX_PENDING_INFORMED:
-                self._informed.popitem(last=False)
-        if s.signer is None:
-            return content
-        domains = from_header_domains(content)
-        try:
-            return s.signer.sign(content, domains[0] if domains else "")
-        except SigningError as exc:
-            raise TemporaryFailure(str(exc)) from exc
+        if s.signer is not None:
+            domains = from_header_domains(content)
+            try:
+                content = s.signer.sign(content, domains[0] if domains else "")
+            except SigningError as exc:
+                raise TemporaryFailure(str(exc)) from exc
+        # dated when the upstream takes the copy (SentMark.sent_at)
+        mark = SentMark(copy.delivery_id, notice.version, AuditRecord(
+            0.0, copy.account, AT_DELIVERY, facts.address_hash, copy.rule, "sent",
+            copy.message_id, notice.version).row())
+        informed = ((contact.id, notice.version) if full and contact is not None
+                    and contact.id is not None else None)
+        return Prepared(content, mark, informed)
 
-    def sent_mark(self, copy: Copy) -> SentMark:
-        """Once, when the upstream took `copy`: the version of the notice it carries and the
-        audit row of its sending (COMPLIANCE 4.5: who sent, to whom, which rule, which notice
-        version, when), for the worker's sent mark."""
-        prepared = self._versions.pop(copy.delivery_id, None)
-        if prepared is None:  # a DSN, or a copy this process did not prepare
-            return SentMark(copy.delivery_id)
-        version, address_hash = prepared
-        return SentMark(copy.delivery_id, version, AuditRecord(
-            time.time(), copy.account, AT_DELIVERY, address_hash, copy.rule or "", "sent",
-            copy.message_id, version).row())
-
-    def sent(self, copy: Copy) -> None:
+    def sent(self, prepared: Prepared) -> None:
         """After the upstream took the copy: record that the person got the full notice."""
-        informed = self._informed.pop(copy.delivery_id, None)
-        if informed is not None:
-            task = asyncio.get_running_loop().create_task(self._record(informed))
+        if prepared.informed is not None:
+            task = asyncio.get_running_loop().create_task(self._record(prepared.informed))
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
 

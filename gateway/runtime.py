@@ -193,7 +193,6 @@ class Gateway:
         self.composer = Composer(self.copy_settings(), self.lookup, ledger, flow.account)
         self.delivery.prepare = self.composer.prepare
         self.delivery.on_sent = self.composer.sent
-        self.delivery.sent_mark = self.composer.sent_mark
         # only now: a copy claimed before (a restart's backlog) went out as stored, with
         # no unsubscribe fields, notice or DKIM, and no R1 check
         await self.delivery.start()

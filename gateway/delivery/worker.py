@@ -24,7 +24,14 @@ from gateway.delivery.dsn import (
 from gateway.delivery.upstream import DATA_DONE_SECONDS, Transport
 from gateway.errors import PermanentFailure, StoreError, TemporaryFailure
 from gateway.settings import DeliverySettings
-from gateway.store.queue import SWEEP_SECONDS, Copy, IncomingMessage, QueueStore, SentMark
+from gateway.store.queue import (
+    SWEEP_SECONDS,
+    Copy,
+    IncomingMessage,
+    Prepared,
+    QueueStore,
+    SentMark,
+)
 
 log = logging.getLogger("gateway.delivery")
 # a whole delivery at most this many delivery.timeout_seconds: connect, greeting, EHLO,
@@ -81,11 +88,8 @@ class DeliveryService:
         self._sent: GroupCommitter[SentMark, None] = GroupCommitter(queue.mark_sent)
         # personalises and signs a copy right before it is sent (set by the runtime); raises
         # PermanentFailure (fail + DSN) or TemporaryFailure (defer) like a transport
-        self.prepare: Callable[[Copy], Awaitable[bytes]] | None = None
-        self.on_sent: Callable[[Copy], None] | None = None  # after the upstream took a copy
-        # the sent mark of a copy `prepare` made: the notice version it carries and the
-        # audit row of its sending (recorded when the upstream took it)
-        self.sent_mark: Callable[[Copy], SentMark] | None = None
+        self.prepare: Callable[[Copy], Awaitable[Prepared]] | None = None
+        self.on_sent: Callable[[Prepared], None] | None = None  # after the upstream took it
 
     def dispatch(self, copies: Iterable[Copy]) -> None:
         """Hand freshly committed (and claimed) copies to the workers."""
@@ -199,12 +203,12 @@ class DeliveryService:
         try:
             if self.prepare is not None:
                 try:
-                    content = await self.prepare(copy)
+                    prepared = await self.prepare(copy)
                 except StoreError as exc:  # R1's check or the notice's facts could not be
                     # read: retried with backoff, not left claimed until the claim expires
                     raise TemporaryFailure(f"store: {exc}") from exc
             elif copy.account is None:  # a DSN: nothing to add
-                content = copy.content
+                prepared = Prepared(copy.content, SentMark(copy.delivery_id))
             else:  # never as stored: no unsubscribe fields, notice, DKIM, nor R1 again
                 raise TemporaryFailure("the copy cannot be prepared yet (starting)")
             # each SMTP step has delivery.timeout_seconds (aiosmtplib's per command); this
@@ -212,7 +216,8 @@ class DeliveryService:
             # answering upstream short of its final reply: the upstream would have the copy
             # and we would send it again (RFC 5321 4.5.3.2 gives the steps minutes each)
             answer = await asyncio.wait_for(
-                self.transport.send(copy.mail_from, copy.recipient, content, copy.smtputf8),
+                self.transport.send(copy.mail_from, copy.recipient, prepared.content,
+                                    copy.smtputf8),
                 self.settings.timeout_seconds * TRANSACTION_TIMEOUTS + DATA_DONE_SECONDS)
         except PermanentFailure as exc:
             await self._fail(copy, str(exc), exc.remote_mta, exc.audit)
@@ -221,10 +226,9 @@ class DeliveryService:
             await self._defer(copy, str(exc) or exc.__class__.__name__,
                               getattr(exc, "remote_mta", None))
             return
-        await self._record_sent(copy, self.sent_mark(copy) if self.sent_mark is not None
-                                else SentMark(copy.delivery_id))
+        await self._record_sent(copy, prepared.mark.sent_at(time.time()))
         if self.on_sent is not None:
-            self.on_sent(copy)
+            self.on_sent(prepared)
         log.info("delivery %d msg %s to=<%s> sent: %s", copy.delivery_id, copy.message_id,
                  copy.recipient, answer)
 

@@ -110,6 +110,23 @@ class SentMark(NamedTuple):
     notice_version: str | None = None
     audit: tuple[object, ...] | None = None
 
+    def sent_at(self, when: float) -> SentMark:
+        """This mark with its audit row dated `when` (the upstream's answer)."""
+        if self.audit is None:
+            return self
+        return self._replace(audit=(when, *self.audit[1:]))
+
+
+class Prepared(NamedTuple):
+    """A copy made ready to send: its bytes, its sent mark (recorded once the upstream took
+    it), and (contact id, notice version) when it carries the full notice that marks the
+    person informed (GDPR 14) once sent. Travelling with the copy, they cannot be lost or
+    mixed up while it waits or is retried."""
+
+    content: bytes
+    mark: SentMark
+    informed: tuple[int, str] | None = None
+
 
 @dataclass(frozen=True)
 class QueueEntry:

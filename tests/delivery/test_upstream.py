@@ -16,7 +16,7 @@ from gateway.delivery.upstream import SmtpTransport
 from gateway.delivery.worker import DeliveryService
 from gateway.errors import PermanentFailure, TemporaryFailure
 from gateway.settings import DeliverySettings
-from gateway.store.queue import Copy, IncomingMessage, QueueStore
+from gateway.store.queue import Copy, IncomingMessage, Prepared, QueueStore, SentMark
 
 from conftest import free_port
 
@@ -73,8 +73,8 @@ async def deliver_one(db, handler: SlowUpstream, mid: str):
     service = DeliveryService(queue, SmtpTransport(settings, "gateway.test"), settings,
                               "gateway.test")
 
-    async def as_stored(copy: Copy) -> bytes:  # (not about the copy's content)
-        return copy.content
+    async def as_stored(copy: Copy) -> Prepared:  # (not about the copy's content)
+        return Prepared(copy.content, SentMark(copy.delivery_id))
 
     service.prepare = as_stored
     await service.start()

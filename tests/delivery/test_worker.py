@@ -16,7 +16,7 @@ from gateway.model import Decision, Verdict
 from gateway.settings import DeliverySettings
 from gateway.store.db import Database
 from gateway.store.quarantine import QuarantineStore
-from gateway.store.queue import Copy, Held, IncomingMessage, QueueStore
+from gateway.store.queue import Copy, Held, IncomingMessage, Prepared, QueueStore, SentMark
 
 
 async def until(predicate, seconds: float = 5.0):
@@ -28,9 +28,9 @@ async def until(predicate, seconds: float = 5.0):
     raise AssertionError("timed out")
 
 
-async def as_stored(copy: Copy) -> bytes:
+async def as_stored(copy: Copy) -> Prepared:
     """A prepare that changes nothing (these tests are not about the copy's content)."""
-    return copy.content
+    return Prepared(copy.content, SentMark(copy.delivery_id))
 
 
 async def run_with_a_broken_prepare(db: Database, tmp_path, max_age_hours: float,
@@ -42,7 +42,7 @@ async def run_with_a_broken_prepare(db: Database, tmp_path, max_age_hours: float
                               "gateway.test")
     calls = []
 
-    async def prepare(copy: Copy) -> bytes:
+    async def prepare(copy: Copy) -> Prepared:
         calls.append(copy.delivery_id)
         raise error or RuntimeError("a bug in the transform")
 

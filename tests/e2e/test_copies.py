@@ -262,6 +262,32 @@ def test_the_notice_never_states_a_shorter_retention_than_r4_keeps(make_gateway,
     assert [d["notice_version"] for d in export["decisions"]] == ["en-2026.11b"]
 
 
+def test_a_copy_sent_on_a_retry_gets_its_sent_row_and_notice_version(make_gateway,
+                                                                       sink: Sink):
+    """The version and the audit row waited in a per-process table, by delivery id, from
+    the copy's preparing to its sending: a copy deferred (or one of 1,024 others prepared
+    meanwhile) lost its place and was recorded sent without either."""
+    gw = make_gateway()
+    sink.handler.refuse["jane@example.net"] = "451 4.3.0 try again later"
+    send(gw, "jane@example.net", message())
+    store = gw.config.parent / "gateway.db"
+
+    def state() -> str | None:
+        with sqlite3.connect(store) as db:
+            row = db.execute("SELECT state FROM deliveries").fetchone()
+        return row[0] if row else None
+    wait_until(lambda: state() == "deferred", what="the deferred copy")
+    del sink.handler.refuse["jane@example.net"]
+    assert gw.cli("queue", "flush").returncode == 0
+    sink.wait_for(1)
+    wait_until(lambda: state() == "sent", what="the sent mark")
+    with sqlite3.connect(store) as db:
+        rows = db.execute("SELECT decision, rule, notice_version FROM audit"
+                          " WHERE decision = 'sent'").fetchall()
+        [(version,)] = db.execute("SELECT notice_version FROM deliveries").fetchall()
+    assert rows == [("sent", "R6", "en-2026.11b")] and version == "en-2026.11b"
+
+
 def test_the_audit_keeps_the_notice_version_after_the_copy_is_purged(make_gateway, sink: Sink):
     """COMPLIANCE 4.5: the version was only on the copy's row, which R4's purge deletes with
     the contact: the access export then said neither that the copy was sent nor which notice
