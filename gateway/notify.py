@@ -193,7 +193,8 @@ async def tell_erasure(url: str, bodies: list[str], secret: str) -> str | None:
                 if not answer.is_success:
                     return f"HTTP {answer.status_code}"
     except Exception as exc:  # noqa: BLE001 - httpx's errors, a bad URL: said, not raised
-        return f"{exc.__class__.__name__}: {exc}".replace(url, shown_url(url))
+        said = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+        return said.replace(url, shown_url(url))
     return None
 
 

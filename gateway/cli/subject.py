@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import sys
@@ -195,14 +196,14 @@ def erase(state: CliState, emails: tuple[str, ...], operator: str | None, yes: b
                 report(erasures[-1])
             hooks = [(a.name, a.notify_url) for a in await AccountStore(db).list()
                      if a.notify_url]
-            for erasure in erasures:
-                await tell(erasure, hooks, settings.webhooks.opt_out_secret)
-            emptied = await db.compact()
+            emptied = await db.compact()  # first: a Ctrl-C in what follows skips nothing
             for email in emails:
                 warn_encoded(email, await store.encoded_mentions(email))
         click.echo(f"store compacted at {when(time.time())}" if emptied else
                    "store compacted, but a reader kept old pages in the WAL: they go at the "
                    "next checkpoint")
+        for erasure in erasures:
+            await tell(erasure, hooks, settings.webhooks.opt_out_secret)
 
     run(body)
 
@@ -221,12 +222,19 @@ def warn_encoded(email: str, kept: list[tuple[str, list[int]]]) -> None:
 
 
 async def tell(erasure: Erasure, hooks: list[tuple[str, str]], secret: str) -> None:
-    """GDPR 19: each account's notify URL hears of the erasure now, after the objections of
-    the address it had not heard of yet (nothing naming the address is kept to retry)."""
+    """GDPR 19: the notify URL of each account that may hold the address hears of the
+    erasure now, after the objections of the address it had not heard of yet (nothing naming
+    the address is kept to retry): all at once, TELL_SECONDS at most in all."""
     now = time.time()
-    for account, url in hooks:
-        bodies = [body for name, body in erasure.unsent if name == account]
-        error = await tell_erasure(url, [*bodies, erasure_body(erasure.address, now)], secret)
+    hooks = [(account, url) for account, url in hooks if account in erasure.holders]
+    if hooks and not secret:
+        click.echo("warning: webhooks.opt_out_secret is not set: the erasure notices go out "
+                   "unsigned", err=True)
+    plans = [(account, url, [body for name, body in erasure.unsent if name == account])
+             for account, url in hooks]
+    outcomes = await asyncio.gather(*(_told(url, [*bodies, erasure_body(erasure.address, now)],
+                                            secret) for _, url, bodies in plans))
+    for (account, url, bodies), error in zip(plans, outcomes, strict=True):
         if error is None:
             click.echo(f"{account} told at {shown_url(url)}: erasure"
                        + (f", after {len(bodies)} objection(s) it had not been sent"
@@ -239,6 +247,16 @@ async def tell(erasure: Erasure, hooks: list[tuple[str, str]], secret: str) -> N
     for account in sorted({name for name, _ in erasure.unsent} - told):
         click.echo(f"warning: {account} had an objection of {erasure.address} still to hear "
                    "of and has no notify URL now: tell that tool yourself", err=True)
+
+
+TELL_SECONDS = 20.0
+
+
+async def _told(url: str, bodies: list[str], secret: str) -> str | None:
+    try:
+        return await asyncio.wait_for(tell_erasure(url, bodies, secret), TELL_SECONDS)
+    except TimeoutError:
+        return f"no answer within {TELL_SECONDS:.0f} s"
 
 
 def report(erasure: Erasure) -> None:

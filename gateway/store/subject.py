@@ -154,6 +154,9 @@ class Erasure:
     unsent: list[tuple[str, str]] = field(default_factory=list)
     # copies a gateway process held for delivery when they were deleted: maybe on their way
     being_delivered: int = 0
+    # the accounts that may hold the address (mailed it, decided on it, told of it): those
+    # the erasure is told to (GDPR 19)
+    holders: set[str] = field(default_factory=set)
 
 
 def _decisions(rows: list[tuple[Any, ...]]) -> list[Decision]:
@@ -294,6 +297,12 @@ class SubjectStore:
             unsent = [(str(row[0]), str(row[1])) for row in await conn.execute_fetchall(
                 "SELECT account, body FROM notifications WHERE state = 'pending'"
                 " AND id IN (SELECT value FROM json_each(?)) ORDER BY id", (json.dumps(ids),))]
+            # the accounts that may hold the address: those that mailed it or decided on it,
+            # and those told of its objection (the others are not to learn it now)
+            holders = {str(row[0]) for row in await conn.execute_fetchall(
+                "SELECT account FROM audit WHERE recipient_hash = ? AND account IS NOT NULL"
+                " UNION SELECT account FROM notifications"
+                " WHERE id IN (SELECT value FROM json_each(?))", (digest, json.dumps(ids)))}
             await conn.executemany("DELETE FROM notifications WHERE id = ?", [(i,) for i in ids])
             removed["notifications"] = len(ids)
             closed = await _pseudonymise_requests(conn, key, folded, digest, now, operator)
@@ -301,7 +310,8 @@ class SubjectStore:
             await conn.execute(
                 "INSERT INTO erasures (address_hash, erased_at, operator, removed)"
                 " VALUES (?, ?, ?, ?)", (digest, now, operator, json.dumps(removed)))
-        return Erasure(key, removed, closed[1], newly_suppressed, unsent, in_flight)
+        return Erasure(key, removed, closed[1], newly_suppressed, unsent, in_flight,
+                       holders)
 
 
 async def erased_hashes(db: Database) -> dict[bytes, float]:

@@ -512,9 +512,16 @@ def test_an_erasure_tells_each_account_after_the_objections_it_had_not_heard_of(
         assert db.execute("SELECT count(*) FROM notifications").fetchone() == (0,)
     # an endpoint that fails is named, for the operator to tell the tool
     Hook.failures_left = 1000
-    again = gw.cli("subject", "erase", "john@example.org", "--yes")
+    # erased again (the audit log, hashes only, still says crm mailed her): told again
+    again = gw.cli("subject", "erase", "jane@example.net", "--yes")
     assert again.returncode == 0
     assert "crm could not be told" in again.stderr and "HTTP 500" in again.stderr
+    # an address no account mailed nor heard of is told to nobody (that would disclose it)
+    told = len(Hook.received)
+    Hook.failures_left = 0
+    quiet = gw.cli("subject", "erase", "john@example.org", "--yes")
+    assert quiet.returncode == 0 and "told" not in quiet.stdout + quiet.stderr
+    assert len(Hook.received) == told
 
 
 def test_a_notify_url_the_sender_cannot_use_stops_nothing_and_a_correction_applies(
