@@ -38,6 +38,7 @@ from gateway.urls import shown_url
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+MIGRATION_BUSY_MS = 600_000  # while migrations are applied: another process's may be long
 T = TypeVar("T")
 
 
@@ -217,9 +218,21 @@ class Database:
             " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
         async with conn.execute("SELECT version FROM schema_migrations") as cur:
             applied = {row[0] for row in await cur.fetchall()}
-        for version, name, sql in _migrations():
-            if version in applied:
-                continue
+        pending = [m for m in _migrations() if m[0] not in applied]
+        if pending:
+            # another process applying one holds the write lock for as long as it takes (a
+            # table rebuilt: 022 takes ~2 s per million audit rows): wait for it, then find
+            # it applied, rather than fail the start after the usual 5 s
+            await conn.execute(f"PRAGMA busy_timeout={MIGRATION_BUSY_MS}")
+        try:
+            await self._apply(pending)
+        finally:
+            if pending:
+                await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    async def _apply(self, pending: list[tuple[int, str, str]]) -> None:
+        conn = self.writer
+        for version, name, sql in pending:
             log.info("store: applying migration %s", name)
             # foreign keys off while a migration runs (it cannot change inside a
             # transaction): a table rebuilt (new table, copy, drop, rename: SQLite's own

@@ -774,3 +774,29 @@ def test_the_audit_sent_migration_keeps_the_chain_and_takes_sent_rows(tmp_path):
     assert old.first_broken is None and old.rows == 3 and old.at_anchor == before[-1][8]
     assert new.first_broken is None and new.rows == 4
     assert sent == [("sent", "fr-2026.11b")]
+
+
+def test_a_start_waits_for_a_long_migration_of_another_process(tmp_path):
+    """A migration holds the write lock as long as it takes (022 rebuilds the audit table:
+    ~2 s per million rows); another process opening the store meanwhile failed after the
+    usual 5 s ("database is locked") instead of waiting and finding it applied."""
+    import asyncio
+    import threading
+
+    path = tmp_path / "old.db"
+    with store_before(22, path):
+        pass
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("PRAGMA journal_mode=WAL")  # as every store the gateway made
+    other.execute("BEGIN IMMEDIATE")  # the other process, in the middle of its migration
+    threading.Timer(6.0, lambda: other.execute("COMMIT")).start()
+
+    async def open_store() -> list[int]:
+        async with Database(path) as database:
+            return [r[0] for r in await database.fetchall(
+                "SELECT version FROM schema_migrations ORDER BY version")]
+
+    started = time.monotonic()
+    versions = asyncio.run(open_store())
+    other.close()
+    assert 22 in versions and time.monotonic() - started >= 5.5
