@@ -95,10 +95,12 @@ _WORDS: dict[str, dict[str, str]] = {
         "reviewer_note": "Vermerk der Prüfung",
         "told": ("Ihr Widerspruch wurde an die Versandwerkzeuge von {accounts} weitergegeben, "
                  "damit auch diese Sie nicht mehr anschreiben."),
-        "purged": ("Ihre Daten wurden am {date} nach Ablauf ihrer Speicherfrist gelöscht (sie "
-                   "lief ab dem {start}). Aufbewahrt werden nur ein codierter Vermerk Ihrer "
+        "purged": ("Ihre Daten wurden am {date} nach Ablauf ihrer Speicherfrist gelöscht "
+                   "(gerechnet ab dem {start}). Aufbewahrt werden nur ein codierter Vermerk Ihrer "
                    "Adresse und dieses Datum, damit die Abmeldelinks bereits gesendeter "
                    "Nachrichten weiter funktionieren."),
+        "told_pending": ("Ihr Widerspruch wird an die Versandwerkzeuge von {accounts} "
+                         "weitergegeben (die Zustellung steht noch aus)."),
         "signature": "{controller}, {address}",
         "colon": ":", "a_message": "eine Nachricht",
     },
@@ -167,6 +169,8 @@ _WORDS: dict[str, dict[str, str]] = {
                    "(counted from {start}). Only a coded trace of your address and that date "
                    "are kept, so that the unsubscribe links of messages already sent still "
                    "work."),
+        "told_pending": ("Your objection is being passed on to the sending tools of "
+                         "{accounts} (not delivered yet)."),
         "signature": "{controller}, {address}",
         "colon": ":", "a_message": "a message",
     },
@@ -240,6 +244,8 @@ _WORDS: dict[str, dict[str, str]] = {
                    "(contado desde el {start}). Solo se conservan una huella codificada de su "
                    "dirección y esa fecha, para que los enlaces de baja de los mensajes ya "
                    "enviados sigan funcionando."),
+        "told_pending": ("Su oposición se está transmitiendo a las herramientas de envío "
+                         "de {accounts} (aún no entregada)."),
         "signature": "{controller}, {address}",
         "colon": ":", "a_message": "un mensaje",
     },
@@ -313,6 +319,8 @@ _WORDS: dict[str, dict[str, str]] = {
                    "conservation (comptée à partir du {start}). Seules une trace codée de "
                    "votre adresse et cette date sont gardées, pour que les liens de "
                    "désinscription des messages déjà envoyés fonctionnent toujours."),
+        "told_pending": ("Votre opposition est en cours de transmission aux outils "
+                         "d'envoi de {accounts} (pas encore remise)."),
         "signature": "{controller}, {address}",
         "colon": " :", "a_message": "un message",
     },
@@ -387,6 +395,8 @@ _WORDS: dict[str, dict[str, str]] = {
                    "conservazione (calcolato dal {start}). Restano solo una traccia codificata "
                    "del Suo indirizzo e questa data, affinché i link di disiscrizione dei "
                    "messaggi già inviati funzionino ancora."),
+        "told_pending": ("La Sua opposizione è in corso di trasmissione agli strumenti di "
+                         "invio di {accounts} (non ancora consegnata)."),
         "signature": "{controller}, {address}",
         "colon": ":", "a_message": "un messaggio",
     },
@@ -750,9 +760,14 @@ class Letter:
             self.paragraph(self.say("kept_until", date=self.day(max(known))))
         elif record.contacts:
             self.paragraph(self.say("kept_rule", days=self.knobs.prospect_retention_days))
-        told = sorted({n.account for n in record.notifications if n.event == "objection"})
-        if told:  # GDPR 15(1)(c): who the data went to
+        # GDPR 15(1)(c): who the data went to, and to whom they are on their way
+        objections = [n for n in record.notifications if n.event == "objection"]
+        told = sorted({n.account for n in objections if n.state == "sent"})
+        pending = sorted({n.account for n in objections if n.state == "pending"} - set(told))
+        if told:
             self.paragraph(self.say("told", accounts=", ".join(told)))
+        if pending:
+            self.paragraph(self.say("told_pending", accounts=", ".join(pending)))
         if record.suppressed_at is not None:  # never expires (COMPLIANCE.md 5)
             self.paragraph(self.w["kept_hash"])
 
