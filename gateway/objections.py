@@ -71,6 +71,11 @@ class Objections:
         found = await self.ledger.recipient_of_copy(token.delivery_id, token.contact_id)
         return Recipient(*found) if found else None
 
+    async def objected(self, recipient: Recipient) -> bool:
+        """Whether the address is on the suppression list already."""
+        return bool(recipient.address) and \
+            await self.ledger.is_suppressed(recipient.address) is not None
+
     async def record(self, token: Token, channel: str, ip: str | None) -> Recipient | None:
         """Suppress the address a verified token names (committed when this returns, in the
         same store hand-off as finding it); None, and nothing stored, when the store holds

@@ -15,7 +15,14 @@ from starlette.routing import Route
 
 from gateway.errors import StoreError
 from gateway.security.tokens import Token
-from gateway.web.pages import HEADERS, confirm_page, done_page, not_found_page, texts_for
+from gateway.web.pages import (
+    HEADERS,
+    busy_page,
+    confirm_page,
+    done_page,
+    not_found_page,
+    texts_for,
+)
 
 MetricsSource = Callable[[], Awaitable[dict[str, float]]]
 MAX_BODY = 1024 * 1024  # webhook bodies (1,000 events)
@@ -40,13 +47,25 @@ class Answer(NamedTuple):
 
     def response(self) -> Response:
         if self.page:
-            return HTMLResponse(self.body, status_code=self.status, headers=HEADERS)
+            headers = {**HEADERS, **RETRY} if self.status == 503 else HEADERS
+            return HTMLResponse(self.body, status_code=self.status, headers=headers)
         return PlainTextResponse(self.body, status_code=self.status)
 
 
-NOT_FOUND = Answer(404, not_found_page().encode(), True)
+class Pages(NamedTuple):
+    """The answers that name no recipient, in the controller's language."""
+    not_found: Answer
+    unavailable: Answer  # 503 with Retry-After: the objection was not recorded
+
+
+def neutral_pages(default_language: str) -> Pages:
+    language, texts = texts_for(None, default_language)
+    return Pages(Answer(404, not_found_page(language, texts).encode(), True),
+                 Answer(503, busy_page(language, texts).encode(), True))
+
+
+RETRY = {"Retry-After": "5"}
 TOO_LARGE = Answer(413, b"body too large\n", False)
-UNAVAILABLE = Answer(503, b"temporarily unavailable, try again\n", False)
 TOO_MANY_FIELDS = Answer(400, b"expected List-Unsubscribe=One-Click\n", False)
 _PAGE_HEADERS = [(b"content-type", b"text/html; charset=utf-8")] + [
     (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in HEADERS.items()]
@@ -108,7 +127,7 @@ def one_click(form: dict[str, str]) -> bool:
 
 def one_click_fast_path(app: ASGIApp, verify: Callable[[str], Token | None],
                         answer: Callable[[Token, dict[str, str], str | None],
-                                         Awaitable[Answer]]) -> ASGIApp:
+                                         Awaitable[Answer]], pages: Pages) -> ASGIApp:
     """Serve `POST /u/{token}` with an urlencoded body, what mailbox providers send for
     RFC 8058 and what the confirmation page's button sends, in plain ASGI: the same
     `answer` as the Starlette route, without the router, the request and response objects
@@ -117,6 +136,8 @@ def one_click_fast_path(app: ASGIApp, verify: Callable[[str], Token | None],
 
     async def respond(send: Send, result: Answer) -> None:
         headers = _PAGE_HEADERS if result.page else _TEXT_HEADERS
+        if result.status == 503:
+            headers = [*headers, (b"retry-after", RETRY["Retry-After"].encode())]
         await send({"type": "http.response.start", "status": result.status,
                     "headers": headers + [(b"content-length", b"%d" % len(result.body))]})
         await send({"type": "http.response.body", "body": result.body})
@@ -134,7 +155,7 @@ def one_click_fast_path(app: ASGIApp, verify: Callable[[str], Token | None],
             return await app(scope, receive, send)  # multipart/form-data and the odd ones
         token = verify(scope["path"][3:])
         if token is None:
-            return await respond(send, NOT_FOUND)
+            return await respond(send, pages.not_found)
         chunks = []
         size = 0
         while True:
@@ -156,7 +177,8 @@ def one_click_fast_path(app: ASGIApp, verify: Callable[[str], Token | None],
         try:
             result = await answer(token, form, client[0] if client else None)
         except StoreError:
-            result = UNAVAILABLE  # never "done" without the commit: the client tries again
+            # never "done" without the commit: the client (or the person) tries again
+            result = pages.unavailable
         await respond(send, result)
 
     return serve
@@ -167,6 +189,7 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
     """`objections`: a gateway.objections.Objections (None: only health and metrics).
     `metrics_token`: the bearer token GET /metrics requires (empty: none)."""
     expected = f"Bearer {metrics_token}".encode() if metrics_token else b""
+    pages = neutral_pages(default_language)
     # by the language served (a few at most, whatever the ledger holds): the controller does
     # not change
     done_pages: dict[str, bytes] = {}
@@ -200,7 +223,7 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
                                  media_type="text/plain; version=0.0.4")
 
     def not_found() -> Response:
-        return NOT_FOUND.response()
+        return pages.not_found.response()
 
     async def answer(token: Token, form: dict[str, str], ip: str | None) -> Answer:
         """A POST's answer: RFC 8058 one-click body, or the page's button."""
@@ -209,13 +232,13 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
         elif form.get("confirm") == "yes":
             channel = "link"
         elif await objections.recipient(token) is None:
-            return NOT_FOUND  # the same answer as for a token we never issued
+            return pages.not_found  # the same answer as for a token we never issued
         else:
             return Answer(400, b"expected List-Unsubscribe=One-Click\n", False)
         # found and recorded in one store hand-off, committed before the answer
         recipient = await objections.record(token, channel, ip)
         if recipient is None:
-            return NOT_FOUND
+            return pages.not_found
         language, texts = texts_for(recipient.language, default_language)
         page = done_pages.get(language)
         if page is None:
@@ -233,6 +256,10 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
             if recipient is None:
                 return not_found()
             language, texts = texts_for(recipient.language, default_language)
+            if await objections.objected(recipient):
+                # the answer, not the question again: the Back button after the POST, a
+                # second link of the same person
+                return HTMLResponse(done_page(language, texts, controller), headers=HEADERS)
             return HTMLResponse(confirm_page(language, texts, controller), headers=HEADERS)
         # multipart/form-data (python-multipart); urlencoded bodies took the fast path. Read
         # here under the cap first: Starlette's parser would read a chunked body (no
@@ -288,7 +315,7 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
 
     async def store_unavailable(request: Request, exc: Exception) -> Response:
         # never "done" without the commit: the client (or the ESP) tries again
-        return UNAVAILABLE.response()
+        return pages.unavailable.response()
 
     async def neutral_404(request: Request, exc: Exception) -> Response:
         return not_found()  # the same answer whatever was asked: nothing to learn from it
@@ -300,4 +327,4 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
     served = with_base_headers(app)
     if objections is None:
         return served
-    return one_click_fast_path(served, objections.verify, answer)
+    return one_click_fast_path(served, objections.verify, answer, pages)

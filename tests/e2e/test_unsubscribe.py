@@ -275,6 +275,31 @@ def test_an_oversized_body_is_refused_and_stores_nothing(gw, sink: Sink):
     assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
 
 
+def test_the_neutral_404_is_in_the_controllers_language(make_gateway, sink: Sink, tmp_path):
+    """It was English whatever controller.default_language said (and the same for every
+    token: nothing tells whose a token was)."""
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(CSV_HEADER + JANE)
+    gw = make_gateway(contacts=ledger, extra='[controller]\ndefault_language = "de"\n')
+    base = f"http://127.0.0.1:{gw.http_port}/u/"
+    answers = [httpx.get(base + "x" * 39), httpx.post(base + "a" * 39, data={"a": "b"}),
+               httpx.post(base + "b" * 39, files={"a": (None, "b")}), httpx.get(base)]
+    assert {a.status_code for a in answers} == {404}
+    assert {a.text for a in answers} == {answers[0].text}
+    assert 'lang="de"' in answers[0].text and "Dieser Link ist nicht gültig." in answers[0].text
+
+
+def test_the_page_after_the_objection_says_it_is_done(gw, sink: Sink):
+    """Back after the button showed the question again, as if nothing had happened."""
+    url = deliver(gw, sink, "jane@example.net")
+    assert "<form" in httpx.get(url).text  # the question, before
+    assert httpx.post(url, data={"confirm": "yes"}).status_code == 200
+    again = httpx.get(url)
+    assert again.status_code == 200 and "<form" not in again.text
+    assert "ne vous écrira plus" in again.text and "Désabonnement confirmé" in again.text
+    assert suppressed(gw) == ["link"]
+
+
 def test_a_post_the_store_cannot_commit_is_answered_503_not_done(gw, sink: Sink):
     # never "done" before the commit: with the store locked by another writer past the
     # busy timeout, both paths say "try again", and nothing is stored
@@ -291,7 +316,11 @@ def test_a_post_the_store_cannot_commit_is_answered_503_not_done(gw, sink: Sink)
     finally:
         lock.close()
     assert (plain.status_code, multipart.status_code) == (503, 503)
-    assert plain.text == multipart.text == "temporarily unavailable, try again\n"
+    # a page a person can read (the page's button sends these too), saying it was NOT
+    # recorded, with when to try again; it was English plain text
+    assert plain.text == multipart.text and "could not be recorded" in plain.text
+    assert plain.headers["content-type"].startswith("text/html")
+    assert plain.headers["retry-after"] == multipart.headers["retry-after"] == "5"
     assert suppressed(gw) == []
     assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
     assert suppressed(gw) == ["one-click"]
