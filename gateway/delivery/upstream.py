@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from typing import Protocol
 
 import aiosmtplib
@@ -19,6 +20,10 @@ from gateway.errors import ConfigError, PermanentFailure, TemporaryFailure
 from gateway.settings import DeliverySettings
 
 log = logging.getLogger(__name__)
+
+# A pooled connection idle longer is closed rather than reused: many relays close theirs
+# after 30-60 s of silence (Postfix reuses one for 2 s by default, smtp_connection_cache_time_limit)
+IDLE_SECONDS = 15.0
 
 
 class Transport(Protocol):
@@ -60,7 +65,7 @@ class SmtpTransport:
     def __init__(self, settings: DeliverySettings, local_hostname: str) -> None:
         self.settings = settings
         self.local_hostname = settings.helo_name or local_hostname
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # (connection, last used)
         fastdata.install()
         self._tls_context: ssl.SSLContext | None = None
         if settings.starttls:
@@ -79,18 +84,40 @@ class SmtpTransport:
             username=s.username or None, password=s.password or None)
         try:
             await client.connect()
+            if client.is_ehlo_or_helo_needed:
+                # here, not with the first transaction: a 5xx to EHLO/HELO (a relay that
+                # refuses our HELO name) is the gateway's link to the upstream, retried, not
+                # the copy's (it failed and bounced every copy when starttls was off)
+                try:
+                    await client.ehlo(timeout=s.timeout_seconds)
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo(timeout=s.timeout_seconds)
         except BaseException:  # a failure or a cancellation half-way: no socket left open
             client.close()
             raise
         return client
 
+    def _pooled(self) -> aiosmtplib.SMTP | None:
+        """An idle connection still open and used within IDLE_SECONDS, else None (the others
+        are closed: the upstream's own idle timeout, 421 or a silent close, would make the
+        next copy on them fail and be deferred)."""
+        now = time.monotonic()
+        while self._idle:
+            client, since = self._idle.pop()
+            if client.is_connected and now - since < IDLE_SECONDS:
+                return client
+            client.close()
+        return None
+
     async def send(self, mail_from: str, recipient: str, content: bytes,
                    smtputf8: bool = False) -> str:
         # One retry on a fresh connection: a pooled one may have been closed by the server.
         for attempt in (1, 2):
-            fresh = not self._idle
+            client = self._pooled() if attempt == 1 else None
+            fresh = client is None
             try:
-                client = self._idle.pop() if self._idle else await self._connect()
+                if client is None:
+                    client = await self._connect()
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 # the greeting, EHLO, STARTTLS or AUTH refused: the gateway's own link to the
                 # upstream (a rotated delivery.password, say), not this copy: retried until
@@ -104,7 +131,8 @@ class SmtpTransport:
                 answer = await _transaction(client, mail_from, recipient, content, options,
                                             self.settings.timeout_seconds, smtputf8)
             except aiosmtplib.SMTPNotSupported as exc:
-                self._idle.append(client)  # nothing was sent: the connection is still good
+                # nothing was sent: the connection is still good
+                self._idle.append((client, time.monotonic()))
                 raise PermanentFailure(f"554 5.6.7 the upstream does not offer SMTPUTF8, "
                                        f"which this address needs: {exc}") from exc
             except LostAfterContent as exc:
@@ -126,13 +154,13 @@ class SmtpTransport:
             except BaseException:  # cancelled (a stop, the worker's limit): mid-transaction,
                 client.close()  # the connection is good for nothing; it was left open
                 raise
-            self._idle.append(client)
+            self._idle.append((client, time.monotonic()))
             return answer
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
-        for client in idle:
+        for client, _ in idle:
             await _discard(client, polite=True)
 
 

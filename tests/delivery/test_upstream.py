@@ -260,3 +260,92 @@ async def test_a_reply_lost_after_the_content_defers_the_copy_instead_of_sending
     finally:
         await transport.close()
         server.close()
+
+
+class RefusesOurHelo(asyncio.Protocol):
+    """A relay that refuses the gateway's HELO name (smtp.hostname left "localhost")."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.write(b"220 upstream.test ESMTP\r\n")  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        for line in data.split(b"\r\n"):
+            verb = line[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                self.transport.write(  # type: ignore[attr-defined]
+                    b"550 5.7.1 <localhost>: Helo command rejected\r\n")
+            elif verb == b"QUIT":
+                self.transport.write(b"221 bye\r\n")  # type: ignore[attr-defined]
+            elif line:
+                self.transport.write(b"503 5.5.1 EHLO first\r\n")  # type: ignore[attr-defined]
+
+
+async def test_an_upstream_refusing_our_helo_defers_the_copy_instead_of_bouncing_it():
+    """With starttls off, EHLO went with the first transaction and its 550 failed the copy:
+    every copy in the queue failed and bounced (their DSNs too), for a setting of ours."""
+    server, transport = await bare_upstream(RefusesOurHelo, 5.0)
+    try:
+        with pytest.raises(TemporaryFailure) as raised:
+            await transport.send("news@example.com", "jane@example.net",
+                                 b"Subject: x\r\n\r\nbody\r\n")
+        assert "550" in str(raised.value) and "upstream connection" in str(raised.value)
+    finally:
+        await transport.close()
+        server.close()
+
+
+class ClosesWhenIdle(asyncio.Protocol):
+    """Takes each content; closes the connection 0.1 s after its reply (an idle timeout)."""
+
+    accepted = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buffer, self.in_data = b"", False
+        transport.write(b"220 upstream.test ESMTP\r\n")  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            if self.in_data:
+                end = self.buffer.find(b"\r\n.\r\n")
+                if end < 0:
+                    return
+                self.buffer, self.in_data = self.buffer[end + 5:], False
+                ClosesWhenIdle.accepted += 1
+                self.transport.write(b"250 2.0.0 queued\r\n")  # type: ignore[attr-defined]
+                asyncio.get_running_loop().call_later(0.1, self.transport.close)
+                continue
+            line, sep, rest = self.buffer.partition(b"\r\n")
+            if not sep:
+                return
+            self.buffer = rest
+            verb = line[:4].upper()
+            if verb == b"DATA":
+                self.in_data = True
+                self.transport.write(b"354 go on\r\n")  # type: ignore[attr-defined]
+            elif verb == b"EHLO":
+                self.transport.write(b"250 upstream.test\r\n")  # type: ignore[attr-defined]
+            else:
+                self.transport.write(b"250 OK\r\n")  # type: ignore[attr-defined]
+
+
+async def test_connections_the_upstream_closed_while_idle_are_not_tried_again():
+    """The retry "on a fresh connection" took the next pooled one: with several pooled
+    connections the upstream had closed (its idle timeout), copies were deferred while it
+    was up."""
+    ClosesWhenIdle.accepted = 0
+    server, transport = await bare_upstream(ClosesWhenIdle, 5.0)
+    try:
+        await asyncio.gather(*(transport.send("news@example.com", f"r{i}@example.net",
+                                              b"Subject: x\r\n\r\nbody\r\n")
+                               for i in range(4)))
+        await asyncio.sleep(0.5)  # every pooled connection closed by the upstream
+        for n in range(2):
+            await transport.send("news@example.com", f"again{n}@example.net",
+                                 b"Subject: x\r\n\r\nbody\r\n")
+        assert ClosesWhenIdle.accepted == 6
+    finally:
+        await transport.close()
+        server.close()
