@@ -123,7 +123,11 @@ class SmtpTransport:
                 # upstream (a rotated delivery.password, say), not this copy: retried until
                 # it is fixed or delivery.max_age_hours, never failed at once for every copy
                 # (Postfix: smtp_sasl_auth_soft_bounce)
-                raise TemporaryFailure(f"upstream connection: {_classify(exc)}") from exc
+                # the reply first and its sender named: an expiry's DSN gives them as
+                # `smtp; <reply>` and Remote-MTA (it said "X-Gateway; upstream connection:")
+                said = _classify(exc, self.settings.host)
+                raise TemporaryFailure(f"{said} (upstream connection)",
+                                       getattr(said, "remote_mta", None)) from exc
             # an address beyond ASCII (the gateway takes them, it offers SMTPUTF8) needs the
             # upstream's SMTPUTF8 too (RFC 6531); without it the copy cannot go: 5.6.7
             options = [] if mail_from.isascii() and recipient.isascii() else ["SMTPUTF8"]
