@@ -454,6 +454,12 @@ url = "sqlite:///{self.db}"
 [webhooks]
 opt_out_secret = "{WEBHOOK_SECRET}"
 
+[controller]
+name = "Bench Controller SAS"
+address = "1 rue du Banc, 75001 Paris"
+privacy_url = "https://bench.example/privacy"
+dpo_email = "dpo@bench.example"
+
 [secrets]
 token_key_file = "{self.tmp / 'secrets' / 'token.key'}"
 
