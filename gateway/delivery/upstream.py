@@ -196,7 +196,10 @@ async def _transaction(client: aiosmtplib.SMTP, mail_from: str, recipient: str,
         options = [*options, "SMTPUTF8"]
     if not content.isascii() and client.supports_extension("8bitmime"):
         # RFC 6152 3: 8-bit content (a part the notice was added to in 8bit, say) is
-        # declared; a server without 8BITMIME gets it as Postfix sends it then
+        # declared. A server without 8BITMIME gets it as it is (sendmail's "pass8"): RFC 6152
+        # wants it converted to 7 bits, as Postfix does, but the copy is DKIM-signed before
+        # the upstream is known, and a conversion now would break the signature. Relays
+        # without 8BITMIME are rare; README says so.
         options = [*options, "BODY=8BITMIME"]
     encoding = "ascii"
     if "SMTPUTF8" in options:
