@@ -108,7 +108,7 @@ class Composer:
         if s.signer is not None:
             domains = from_header_domains(content)
             try:
-                content = s.signer.sign(content, domains[0] if domains else "")
+                content = s.signer.sign(content, domains or [""])
             except SigningError as exc:
                 raise TemporaryFailure(str(exc)) from exc
         # dated when the upstream takes the copy (SentMark.sent_at)

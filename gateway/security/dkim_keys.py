@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import re
+import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -15,6 +17,8 @@ from gateway.errors import ConfigError, Refused
 from gateway.files import make_private_dirs
 from gateway.settings import DkimSettings
 from gateway.transform.dkim import ED25519, RSA, DkimKey
+
+log = logging.getLogger("gateway.dkim")
 
 RSA_BITS = 2048
 TXT_CHUNK = 255  # RFC 7208 3.3 / RFC 1035: one character-string holds 255 octets
@@ -82,6 +86,11 @@ def load_keys(entries: tuple[DkimSettings, ...]) -> list[DkimKey]:
             raise ConfigError(f"{where}: write the domain in its ASCII (xn--) form")
         try:
             data = Path(entry.key_file).read_bytes()
+            mode = os.stat(entry.key_file).st_mode
+            if mode & 0o077:  # a signing key readable by others: owner-only, as ours are
+                os.chmod(entry.key_file, stat.S_IMODE(mode) & 0o700)
+                log.warning("%s: %s was readable by others (mode %o): made owner-only",
+                            where, entry.key_file, stat.S_IMODE(mode))
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read {entry.key_file}: {exc}") from None
         if b"PRIVATE KEY-----" in data:
@@ -112,4 +121,12 @@ def load_keys(entries: tuple[DkimSettings, ...]) -> list[DkimKey]:
                                   "base64 ed25519 seed")
             algorithm, data = ED25519, data.strip()
         keys.append(DkimKey(domain, entry.selector, algorithm, data))
+    # Gmail, Yahoo and Microsoft do not verify ed25519 signatures (2026): a domain signed
+    # with ed25519 alone goes out as unsigned to them (DMARC fails, RFC 8058 one-click
+    # needs a valid signature). ed25519 is a second signature beside an RSA one.
+    alone = sorted({k.domain for k in keys} - {k.domain for k in keys if k.algorithm == RSA})
+    if alone:
+        raise ConfigError(f"dkim: {', '.join(alone)} would be signed with ed25519 only, which "
+                          "the large mailbox providers do not verify: add an RSA key for it "
+                          "(gateway dkim keygen --domain D --selector S)")
     return keys

@@ -2,8 +2,8 @@
 
 relaxed/relaxed, never an `l=` tag, and an explicit header list: dkimpy's default leaves out
 List-Unsubscribe-Post, and RFC 8058 section 4 wants List-Unsubscribe and List-Unsubscribe-Post
-signed. From, Subject and both List-Unsubscribe fields are over-signed (listed once more than
-they occur), so nobody can add a second one after us without breaking the signature.
+signed. Every signed field is over-signed (listed once more than it occurs), so nobody can add
+one after us without breaking the signature.
 
 dkimpy's RSA is pure-Python arithmetic (~7-12 ms per signature here); RSA-PKCS#1 v1.5 is
 deterministic, so OpenSSL (through `cryptography`) computes the very same signature in
@@ -35,9 +35,24 @@ SIGNED = (b"from", b"sender", b"reply-to", b"to", b"cc", b"subject", b"date", b"
           b"in-reply-to", b"references", b"mime-version", b"content-type",
           b"content-transfer-encoding", b"list-id", b"list-unsubscribe",
           b"list-unsubscribe-post")
-OVER_SIGNED = (b"from", b"sender", b"reply-to", b"to", b"cc", b"subject",
-               b"list-unsubscribe", b"list-unsubscribe-post")
-INCLUDE_HEADERS = SIGNED + OVER_SIGNED
+_SIGNED = frozenset(SIGNED)
+
+
+def include_headers(message: bytes) -> list[bytes]:
+    """Every SIGNED field listed once more than the copy has it (RFC 6376 5.4.2): each
+    instance signed and one more "null" one, so that nobody can add a field of these after
+    us, on top (the one most readers show) or anywhere. A fixed list signed Date, Message-ID,
+    Content-Type and MIME-Version once only, and a second Subject or To of the message's own
+    left room for a third: the copy still verified with a forged one on top."""
+    end = message.find(b"\r\n\r\n")
+    counts = dict.fromkeys(SIGNED, 0)
+    for line in (message if end < 0 else message[:end]).split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            continue  # a folded line
+        name = line.partition(b":")[0].strip().lower()
+        if name in _SIGNED:
+            counts[name] += 1
+    return [name for name in SIGNED for _ in range(counts[name] + 1)]
 
 
 class SigningError(Exception):
@@ -65,18 +80,27 @@ class Signer:
     def domains(self) -> list[str]:
         return sorted(self.by_domain)
 
-    def sign(self, message: bytes, domain: str) -> bytes:
-        """`message` with its DKIM-Signature field(s) in front; SigningError on any failure,
-        and when no key exists for `domain` (RFC 8058 one-click needs a valid signature)."""
-        name = domain.lower().rstrip(".")
-        if not name.isascii():  # a From header's IDN (bücher.de): keys are by A-label
-            try:
-                name = ascii_domain(name)
-            except UnicodeError:
-                pass
-        keys = self.by_domain.get(name)
+    def sign(self, message: bytes, domain: str | list[str]) -> bytes:
+        """`message` with its DKIM-Signature field(s) in front, by the keys of each of its
+        From domains (`domain`: one, or the From field's several); SigningError on any
+        failure, and when a domain has no key (RFC 8058 one-click needs a valid signature,
+        DMARC one aligned with the From domain: signed for the first of several only, the
+        others' alignment depended on the order the sender wrote them in)."""
+        keys: list[DkimKey] = []
+        for each in dict.fromkeys([domain] if isinstance(domain, str) else domain):
+            name = each.lower().rstrip(".")
+            if not name.isascii():  # a From header's IDN (bücher.de): keys are by A-label
+                try:
+                    name = ascii_domain(name)
+                except UnicodeError:
+                    pass
+            found = self.by_domain.get(name)
+            if not found:
+                raise SigningError(f"no DKIM key for {each}")
+            keys += [key for key in found if key not in keys]
         if not keys:
-            raise SigningError(f"no DKIM key for {domain}")
+            raise SigningError("no From domain to sign for")
+        include = include_headers(message)
         fields: list[bytes] = []
         for key in keys:
             try:
@@ -84,7 +108,7 @@ class Signer:
                                   key.domain.encode("ascii"), key.private,
                                   signature_algorithm=key.algorithm,
                                   canonicalize=(b"relaxed", b"relaxed"),
-                                  include_headers=list(INCLUDE_HEADERS), length=False)
+                                  include_headers=include, length=False)
             except Exception as exc:  # dkimpy raises several unrelated types
                 raise SigningError(f"DKIM signing for {domain} ({key.selector}) failed: "
                                    f"{exc}") from exc

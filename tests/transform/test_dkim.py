@@ -127,7 +127,10 @@ def test_key_files_are_owner_only_never_overwritten_and_checked(tmp_path: Path):
     pem.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
-    [key] = load_keys((DkimSettings("example.com", "e", str(pem)),))
+    beside = tmp_path / "rsa.key"  # ed25519 goes beside an RSA key (below)
+    generate_key(beside, "rsa")
+    [_, key] = load_keys((DkimSettings("example.com", "r", str(beside)),
+                          DkimSettings("example.com", "e", str(pem))))
     assert key.algorithm == gateway_dkim.ED25519
     Signer([key]).sign(MESSAGE, "example.com")
     broken = tmp_path / "broken.pem"
@@ -171,12 +174,66 @@ def test_an_idn_from_domain_and_a_configured_trailing_dot_find_their_keys(tmp_pa
     """From: news@bücher.de found no key (they are by A-label): every copy was deferred,
     then bounced; "example.org." in [[dkim]] matched no copy either."""
     path = tmp_path / "k.key"
-    public = generate_key(path, "ed25519")
+    public = generate_key(path, "rsa")
     signer = Signer(load_keys((DkimSettings("xn--bcher-kva.de", "r1", str(path)),
                                DkimSettings("example.org.", "r1", str(path)))))
     assert signer.domains() == ["example.org", "xn--bcher-kva.de"]
-    record = {b"r1._domainkey.xn--bcher-kva.de.": f"v=DKIM1; k=ed25519; p={public}".encode()}
+    record = {b"r1._domainkey.xn--bcher-kva.de.": f"v=DKIM1; k=rsa; p={public}".encode()}
     idn = MESSAGE.replace(b"news@example.com", "news@bücher.de".encode())
     signed = signer.sign(idn, "bücher.de")
     assert b"d=xn--bcher-kva.de" in signed and verify_all(signed, record) == [True]
     assert b"d=example.org;" in signer.sign(MESSAGE, "example.org")
+
+
+def test_a_field_added_on_top_of_a_signed_copy_breaks_the_signature(tmp_path: Path):
+    """Date, Message-ID, Content-Type and MIME-Version were signed once only, and a message
+    with two Subject fields left room for a third: a forged one added on top (what most
+    readers show) still verified."""
+    path = tmp_path / "k.key"
+    public = generate_key(path, "rsa")
+    signer = Signer(load_keys((DkimSettings("example.com", "s1", str(path)),)))
+    record = {b"s1._domainkey.example.com.": f"v=DKIM1; k=rsa; p={public}".encode()}
+    twice = MESSAGE.replace(b"Subject: ", b"Subject: first\r\nSubject: ", 1)
+    for message in (MESSAGE, twice):
+        signed = signer.sign(message, "example.com")
+        assert verify_all(signed, record) == [True]
+        for forged in (b"Subject: forged", b"Date: Mon, 1 Jan 2024 00:00:00 +0000",
+                       b"Message-ID: <forged@evil.example>", b"MIME-Version: 1.0",
+                       b"Content-Type: text/html"):
+            # after the signature field(s), on top of the message's own fields
+            head, _, rest = signed.partition(b"\r\nFrom:")
+            tampered = head + b"\r\n" + forged + b"\r\nFrom:" + rest
+            assert verify_all(tampered, record) == [False], forged
+
+
+def test_every_from_domain_is_signed_for_whatever_the_order(tmp_path: Path):
+    """Signed for the first From address's domain only: "a@example.com, b@other.example"
+    went signed, the same addresses the other way round were deferred."""
+    path = tmp_path / "k.key"
+    generate_key(path, "rsa")
+    signer = Signer(load_keys((DkimSettings("example.com", "s1", str(path)),)))
+    with pytest.raises(SigningError, match="other.example"):
+        signer.sign(MESSAGE, ["example.com", "other.example"])
+    with pytest.raises(SigningError, match="other.example"):
+        signer.sign(MESSAGE, ["other.example", "example.com"])
+    both = Signer(load_keys((DkimSettings("example.com", "s1", str(path)),
+                             DkimSettings("other.example", "s1", str(path)))))
+    signed = both.sign(MESSAGE, ["other.example", "example.com", "example.com"])
+    assert signed.count(b"DKIM-Signature") == 2
+    assert b"d=example.com;" in signed and b"d=other.example;" in signed
+
+
+def test_an_ed25519_key_alone_and_a_key_others_can_read(tmp_path: Path, caplog):
+    """A domain with only an ed25519 key went out as unsigned to Gmail, Yahoo and Microsoft;
+    a DKIM key readable by all was loaded as it was (the other keys are made owner-only)."""
+    ed = tmp_path / "ed.key"
+    generate_key(ed, "ed25519")
+    with pytest.raises(ConfigError, match="ed25519 only"):
+        load_keys((DkimSettings("example.com", "e", str(ed)),))
+    loose = tmp_path / "rsa.key"
+    generate_key(loose, "rsa")
+    loose.chmod(0o644)
+    with caplog.at_level("WARNING", "gateway.dkim"):
+        load_keys((DkimSettings("example.com", "r", str(loose)),
+                   DkimSettings("example.com", "e", str(ed))))
+    assert loose.stat().st_mode & 0o777 == 0o600 and "made owner-only" in caplog.text
