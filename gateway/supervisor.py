@@ -35,7 +35,8 @@ from gateway.store.db import Database
 log = logging.getLogger("gateway.supervisor")
 
 RESTART_DELAY = 1.0
-EARLY_EXIT_SECONDS = 5.0  # a worker failing this soon after start fails again: give up
+EARLY_EXIT_SECONDS = 5.0  # one of the first workers failing this soon fails again: give up
+RESTART_MAX_DELAY = 30.0  # a replacement failing at once is tried again at most this late
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -63,9 +64,11 @@ class Supervisor:
     def __init__(self, settings: Settings, on_ready: Any) -> None:
         self.settings = settings
         self.on_ready = on_ready
-        self.workers: dict[int, tuple[int, float]] = {}  # pid -> (index, started monotonic)
+        # pid -> (index, started monotonic, one of the first: not a replacement)
+        self.workers: dict[int, tuple[int, float, bool]] = {}
         self.stopping = False
         self.sock: socket.socket | None = None
+        self.fast_failures: dict[int, int] = {}  # worker index -> replacements failed at once
 
     def run(self) -> int:
         Gateway(self.settings).tls_context()  # make the self-signed certificate once
@@ -78,7 +81,7 @@ class Supervisor:
         for sig in self.signals:
             signal.signal(sig, self._on_signal)
         for index in range(self.settings.smtp.processes):
-            self._spawn(index)
+            self._spawn(index, first=True)
         log.info("supervisor %d: %d gateway processes on %s", os.getpid(),
                  self.settings.smtp.processes, self.settings.smtp.listen)
         failed = False
@@ -91,30 +94,40 @@ class Supervisor:
                 # not a worker: the ledger reader of one that died, reparented to us when we
                 # are PID 1 (a container) or a subreaper; it ends at EOF, nothing to replace
                 continue
-            index, started = self.workers.pop(pid)
+            index, started, first = self.workers.pop(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
                 failed = failed or code != 0
                 continue
             log.error("gateway process %d (worker %d) exited with %s", pid, index, code)
-            if code > 0 and time.monotonic() - started < EARLY_EXIT_SECONDS:
-                # it failed by itself (a port taken, a store it cannot open): so would another
+            early = code > 0 and time.monotonic() - started < EARLY_EXIT_SECONDS
+            if early and first:
+                # one of the first failed by itself (a port taken, a store it cannot open):
+                # so would another
                 log.error("it failed right after starting: stopping every process")
                 failed = True
                 self._on_signal(signal.SIGTERM, None)
                 continue
-            time.sleep(RESTART_DELAY)
+            # a replacement that fails at once (the disk full, the store locked while it
+            # registers) beside workers that run: tried again, less and less often; stopping
+            # the whole gateway stopped the ones still answering (451) too
+            self.fast_failures[index] = self.fast_failures.get(index, 0) + 1 if early else 0
+            delay = min(RESTART_MAX_DELAY, RESTART_DELAY * 2 ** self.fast_failures[index])
+            if early:
+                log.error("it failed right after starting: worker %d tried again in %.0f s",
+                          index, delay)
+            time.sleep(delay)
             if not self.stopping:
                 self._spawn(index)
         return 1 if failed else 0
 
-    def _spawn(self, index: int) -> None:
+    def _spawn(self, index: int, first: bool = False) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         supervisor = os.getpid()
         pid = os.fork()
         if pid:
-            self.workers[pid] = (index, time.monotonic())
+            self.workers[pid] = (index, time.monotonic(), first)
             return
         code = 1
         try:  # the worker: default signal dispositions, then a whole gateway on its own loop
@@ -142,6 +155,11 @@ class Supervisor:
         else:
             forward = signal.SIGTERM
         self.stopping = True
+        if self.sock is not None:
+            # the workers close theirs as they drain; with this copy open the port kept
+            # taking connections nobody would greet, reset when the supervisor exited
+            self.sock.close()
+            self.sock = None
         for pid in list(self.workers):
             try:
                 os.kill(pid, forward)

@@ -241,6 +241,54 @@ def test_processes_share_the_port_a_dead_one_is_replaced_and_sigterm_stops_all(
     assert "exited with -9" in gw.output
 
 
+def test_while_the_processes_drain_new_connections_are_refused(make_gateway, sink: Sink):
+    """The supervisor kept its copy of the listening socket until it exited: connections
+    made during the drain were taken, never greeted, and reset at the end."""
+    gw = make_gateway(smtp_extra="processes = 2")
+    wait_until(lambda: len(_children(gw.proc.pid)) == 2, what="two gateway processes")
+    s = RawSmtp(gw.smtp_port)  # a message in progress: the drain waits for it
+    s.cmd("EHLO c")
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    os.kill(gw.proc.pid, signal.SIGTERM)
+    time.sleep(1.0)  # the workers have closed their listening sockets
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=3).close()
+    assert s.cmd(message(subject="Finished in the drain") + b".")[0] == 250
+    s.close()
+    assert gw.terminate(30) == 0
+    assert any(b"Finished in the drain" in r.content for r in sink.wait_for(1))
+
+
+def test_a_replacement_failing_at_once_is_retried_beside_the_workers_still_serving(
+        make_gateway, sink: Sink, tmp_path: Path):
+    """A replacement that failed within 5 s (the disk full, here a notice template broken
+    since the start) made the supervisor stop every process, the one still answering too."""
+    import shutil
+
+    import gateway
+    notices = tmp_path / "notices"
+    notices.mkdir()
+    template = notices / "en.toml"
+    shutil.copy(Path(gateway.__file__).parent / "notices" / "en.toml", template)
+    good = template.read_text()
+    gw = make_gateway(smtp_extra="processes = 2",
+                      extra=f'[controller]\nnotices_dir = "{notices}"\n')
+    workers = wait_until(lambda: len(_children(gw.proc.pid)) == 2 and _children(gw.proc.pid),
+                         what="two gateway processes")
+    template.write_text("version = [broken")
+    os.kill(workers[-1], signal.SIGKILL)
+    wait_until(lambda: "tried again in" in gw.output, what="the replacement's failure")
+    _send_one(gw.smtp_port, "served meanwhile")  # by the worker still up
+    assert any(b"served meanwhile" in r.content for r in sink.wait_for(1))
+    assert gw.proc.poll() is None
+    template.write_text(good)
+    wait_until(lambda: len(_children(gw.proc.pid)) == 2, timeout=40,
+               what="the replacement running")
+    assert gw.terminate(30) == 0
+
+
 # PR_SET_CHILD_SUBREAPER (prctl option 36), kept across execve: the supervisor then adopts the
 # orphans of its workers, as PID 1 does in a container
 SUBREAPER = ("import ctypes, os, sys; ctypes.CDLL(None).prctl(36, 1, 0, 0, 0); "
