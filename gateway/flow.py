@@ -44,6 +44,11 @@ from gateway.transform.lines import normalize_crlf
 log = logging.getLogger("gateway.flow")
 
 ACCOUNT_CACHE_SECONDS = 5.0
+# audit rows of transactions without a message, while the store refuses writes: retried
+# from 1 s to every 30 s, at most this many kept waiting (~200 bytes each)
+AUDIT_RETRY_FIRST_SECONDS = 1.0
+AUDIT_RETRY_MAX_SECONDS = 30.0
+MAX_AUDIT_WAITING = 200_000
 UNSUBSCRIBE_PREFIX = "unsubscribe+"
 # Background writes gather this long before they start (GroupCommitter linger): the audit of
 # transactions that ended without a message (no client waits for it; `drain` writes what is
@@ -134,6 +139,8 @@ class Flow:
         self._mark_expired: GroupCommitter[int, None] = GroupCommitter(
             ledger.mark_expired, linger=MARK_LINGER_SECONDS)
         self._audit_tasks: set[asyncio.Task[None]] = set()  # background store writes
+        self._audit_waiting = 0  # audit rows submitted and not written yet
+        self._stopping = asyncio.Event()
         self._account_cache: dict[str, tuple[float, Account | None]] = {}
         self._all_accounts: tuple[float, list[Account]] | None = None
         self._missing_trusted: set[str] = set()  # trusted_clients accounts warned about
@@ -242,7 +249,36 @@ class Flow:
         rows = [tuple(record) for record in self._audit_records(account, client_ip, verdicts,
                                                                  final)]
         if rows:
-            self._background(self._audit.submit(rows), f"{len(rows)} audit records")
+            if self._audit_waiting + len(rows) > MAX_AUDIT_WAITING:
+                # the store has refused writes for long: kept rows are bounded (memory)
+                log.error("store: %d audit records not written: %d already wait for the "
+                          "store", len(rows), self._audit_waiting)
+                return
+            self._audit_waiting += len(rows)
+            self._background(self._audited(rows), f"{len(rows)} audit records")
+
+    async def _audited(self, rows: Sequence[tuple[object, ...]]) -> None:
+        """Append audit rows, retried while the store refuses (a full disk): every decision
+        is recorded (GDPR 5-2); they were dropped at the first refusal, the 550 said but not
+        recorded. At the drain, one last try."""
+        delay = AUDIT_RETRY_FIRST_SECONDS
+        try:
+            while True:
+                try:
+                    await self._audit.submit(rows)
+                    return
+                except StoreError as exc:
+                    if self._stopping.is_set():
+                        raise
+                    log.error("store: %d audit records not written yet (retrying in %.0f s): "
+                              "%s", len(rows), delay, exc)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, AUDIT_RETRY_MAX_SECONDS)
+        finally:
+            self._audit_waiting -= len(rows)
 
     def _background(self, write: Awaitable[None], what: str) -> None:
         """A store write nobody waits for (the SMTP answer does not depend on it); `drain`
@@ -259,7 +295,9 @@ class Flow:
             log.error("store: %s not written: %s", what, exc)
 
     async def drain(self) -> None:
-        """Wait for the audit records still being written (at shutdown)."""
+        """Wait for the audit records still being written (at shutdown): those waiting for
+        the store get one last try."""
+        self._stopping.set()
         if self._audit_tasks:
             await asyncio.gather(*self._audit_tasks, return_exceptions=True)
 

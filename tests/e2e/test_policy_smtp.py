@@ -236,6 +236,27 @@ def test_refused_transactions_are_audited_too(gateway):
     assert sorted(rows) == [("R3", "reject", None), ("R3", "reject", None)]
 
 
+def test_a_refusal_is_audited_once_the_store_takes_writes_again(gateway):
+    """With the store refusing writes (a full disk; here another writer's lock past the busy
+    timeout) the refusal's audit row was dropped: the 550 said, the decision not recorded."""
+    gw = gateway()
+    lock = sqlite3.connect(gw.config.parent / "gateway.db", isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        s = session(gw)
+        assert s.cmd("RCPT TO:<bought@b2c.example>")[0] == 550
+        s.cmd("QUIT")
+        wait_until(lambda: "audit records not written yet" in gw.output, timeout=30,
+                   what="the refused write")
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    rows = wait_until(lambda: db_rows(gw, "SELECT rule, decision FROM audit"), timeout=30,
+                      what="the audit row")
+    assert rows == [("R3", "reject")]
+    assert gw.cli("audit", "verify").returncode == 0
+
+
 def test_a_from_header_refusal_is_audited_as_m1(gateway):
     gw = gateway()
     s = session(gw)
