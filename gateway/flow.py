@@ -26,7 +26,7 @@ from gateway.policy.message import decide_message, m1_from_domain
 from gateway.security.keys import AddressHasher
 from gateway.settings import TrustedClient
 from gateway.store.accounts import Account, AccountStore
-from gateway.store.audit import AuditLog, AuditRecord
+from gateway.store.audit import AuditLog, AuditRecord, Unwritten
 from gateway.store.ledger import FactsRow, Ledger, LedgerLookup, ledger_form
 from gateway.store.queue import Copy, Held, IncomingMessage, QueueStore, Refusal
 from gateway.transform.footer import structure_facts
@@ -45,10 +45,10 @@ log = logging.getLogger("gateway.flow")
 
 ACCOUNT_CACHE_SECONDS = 5.0
 # audit rows of transactions without a message, while the store refuses writes: retried
-# from 1 s to every 30 s, at most this many kept waiting (~200 bytes each)
+# from 1 s to every 30 s, at most this many kept waiting (a few hundred bytes each)
 AUDIT_RETRY_FIRST_SECONDS = 1.0
 AUDIT_RETRY_MAX_SECONDS = 30.0
-MAX_AUDIT_WAITING = 200_000
+MAX_AUDIT_WAITING = 100_000
 UNSUBSCRIBE_PREFIX = "unsubscribe+"
 # Background writes gather this long before they start (GroupCommitter linger): the audit of
 # transactions that ended without a message (no client waits for it; `drain` writes what is
@@ -134,12 +134,14 @@ class Flow:
         self.objections: Any = None  # gateway.objections.Objections, set by the runtime
         self.committer: GroupCommitter[IncomingMessage, list[Copy]] = GroupCommitter(
             queue.commit_messages)
-        self._audit: GroupCommitter[Sequence[tuple[object, ...]], None] = GroupCommitter(
-            audit.append, linger=AUDIT_LINGER_SECONDS)
+        self._audit: GroupCommitter[Sequence[tuple[object, ...]], Unwritten | None] = \
+            GroupCommitter(audit.append, linger=AUDIT_LINGER_SECONDS)
         self._mark_expired: GroupCommitter[int, None] = GroupCommitter(
             ledger.mark_expired, linger=MARK_LINGER_SECONDS)
         self._audit_tasks: set[asyncio.Task[None]] = set()  # background store writes
-        self._audit_waiting = 0  # audit rows submitted and not written yet
+        # audit rows the store refused, kept for the retrier (one task)
+        self._audit_backlog: list[tuple[object, ...]] = []
+        self._audit_retrier: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._account_cache: dict[str, tuple[float, Account | None]] = {}
         self._all_accounts: tuple[float, list[Account]] | None = None
@@ -249,36 +251,57 @@ class Flow:
         rows = [tuple(record) for record in self._audit_records(account, client_ip, verdicts,
                                                                  final)]
         if rows:
-            if self._audit_waiting + len(rows) > MAX_AUDIT_WAITING:
-                # the store has refused writes for long: kept rows are bounded (memory)
-                log.error("store: %d audit records not written: %d already wait for the "
-                          "store", len(rows), self._audit_waiting)
-                return
-            self._audit_waiting += len(rows)
             self._background(self._audited(rows), f"{len(rows)} audit records")
 
     async def _audited(self, rows: Sequence[tuple[object, ...]]) -> None:
-        """Append audit rows, retried while the store refuses (a full disk): every decision
-        is recorded (GDPR 5-2); they were dropped at the first refusal, the 550 said but not
-        recorded. At the drain, one last try."""
+        """Append audit rows; those the store refuses (a full disk) are kept and retried:
+        every decision is recorded (GDPR 5-2). They were dropped at the first refusal, the
+        550 said but not recorded."""
+        unwritten = await self._audit.submit(rows)
+        if unwritten is not None:
+            self._keep_audit(unwritten.rows, unwritten.error)
+
+    def _keep_audit(self, rows: list[tuple[object, ...]], error: StoreError) -> None:
+        if len(self._audit_backlog) + len(rows) > MAX_AUDIT_WAITING:
+            # refused for long: what waits is bounded (memory), what is dropped is said
+            log.error("store: %d audit records not written (%d wait already): %s",
+                      len(rows), len(self._audit_backlog), error)
+            return
+        self._audit_backlog += rows
+        if self._audit_retrier is None:
+            log.error("store: audit records not written, kept and retried: %s", error)
+            task = asyncio.get_running_loop().create_task(self._retry_audit())
+            self._audit_retrier = task
+            self._audit_tasks.add(task)
+            task.add_done_callback(self._audit_tasks.discard)
+
+    async def _retry_audit(self) -> None:
+        """One task retries every kept row, 1 s, then twice as late up to 30 s, one line
+        logged per try; at the drain, one last try."""
         delay = AUDIT_RETRY_FIRST_SECONDS
         try:
-            while True:
-                try:
-                    await self._audit.submit(rows)
-                    return
-                except StoreError as exc:
-                    if self._stopping.is_set():
-                        raise
-                    log.error("store: %d audit records not written yet (retrying in %.0f s): "
-                              "%s", len(rows), delay, exc)
+            while self._audit_backlog:
                 try:
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 except TimeoutError:
                     pass
+                rows, self._audit_backlog = self._audit_backlog, []
+                unwritten = await self._audit.submit(rows)
+                if unwritten is None:
+                    log.info("store: %d kept audit records written", len(rows))
+                    delay = AUDIT_RETRY_FIRST_SECONDS
+                    continue
+                self._audit_backlog[:0] = unwritten.rows  # the oldest first
+                if self._stopping.is_set():
+                    log.error("store: %d audit records not written at the stop: %s",
+                              len(self._audit_backlog), unwritten.error)
+                    self._audit_backlog.clear()
+                    return
                 delay = min(delay * 2, AUDIT_RETRY_MAX_SECONDS)
+                log.error("store: %d audit records still not written (next try in %.0f s): "
+                          "%s", len(self._audit_backlog), delay, unwritten.error)
         finally:
-            self._audit_waiting -= len(rows)
+            self._audit_retrier = None
 
     def _background(self, write: Awaitable[None], what: str) -> None:
         """A store write nobody waits for (the SMTP answer does not depend on it); `drain`
@@ -298,7 +321,7 @@ class Flow:
         """Wait for the audit records still being written (at shutdown): those waiting for
         the store get one last try."""
         self._stopping.set()
-        if self._audit_tasks:
+        while self._audit_tasks:  # (a write ending now may start the retrier)
             await asyncio.gather(*self._audit_tasks, return_exceptions=True)
 
     def _audit_records(self, account: Account | None, client_ip: str,

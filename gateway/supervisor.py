@@ -100,10 +100,14 @@ class Supervisor:
                 failed = failed or code != 0
                 continue
             log.error("gateway process %d (worker %d) exited with %s", pid, index, code)
-            early = code > 0 and time.monotonic() - started < EARLY_EXIT_SECONDS
-            if early and first:
-                # one of the first failed by itself (a port taken, a store it cannot open):
-                # so would another
+            now = time.monotonic()
+            early = code > 0 and now - started < EARLY_EXIT_SECONDS
+            serving = any(now - since >= EARLY_EXIT_SECONDS
+                          for _, since, _ in self.workers.values())
+            if early and (first or not serving):
+                # one of the first failed by itself (a port taken, a store it cannot open),
+                # or a replacement with no worker serving beside it: so would another, and
+                # a supervisor left without workers took connections nobody answered
                 log.error("it failed right after starting: stopping every process")
                 failed = True
                 self._on_signal(signal.SIGTERM, None)
@@ -116,7 +120,9 @@ class Supervisor:
             if early:
                 log.error("it failed right after starting: worker %d tried again in %.0f s",
                           index, delay)
-            time.sleep(delay)
+            deadline = time.monotonic() + delay
+            while not self.stopping and time.monotonic() < deadline:
+                time.sleep(0.1)  # a stop signal ends the wait (its handler sets stopping)
             if not self.stopping:
                 self._spawn(index)
         return 1 if failed else 0

@@ -59,6 +59,13 @@ class AuditCheck(NamedTuple):
     at_anchor: bytes | None = None  # the chain of the row asked about (verify(anchor=ID))
 
 
+class Unwritten(NamedTuple):
+    """The rows of a batch the store refused (AuditLog.append), and why."""
+
+    rows: list[tuple[object, ...]]
+    error: StoreError
+
+
 class AuditRecord(NamedTuple):
     """One decision. A named tuple: a transaction that ends builds one per recipient at once
     (100 on a 100-recipient RSET), and a frozen dataclass costs three times as much to make."""
@@ -117,24 +124,32 @@ class AuditLog:
         self.write_rows = write_rows
         self.pace = pace
 
-    async def append(self, batches: Sequence[Sequence[tuple[object, ...]]]) -> list[None]:
+    async def append(self, batches: Sequence[Sequence[tuple[object, ...]]]
+                     ) -> list[Unwritten | None]:
         """Append several sessions' records (AuditRecords, or their `row()`s), in order, in
         transactions of `write_rows` rows `pace` seconds apart (a GroupCommitter's write: the
-        next batch gathers meanwhile). Other writes, a message's commit say, go in between;
-        a failure leaves the rows before it committed and the rest unwritten."""
-        rows = [tuple(record) for records in batches for record in records]
+        next batch gathers meanwhile). Other writes, a message's commit say, go in between.
+        Per batch: None when all its rows were written, else its rows not written and the
+        store's error (the transactions before the failing one stay committed: a retry of
+        the whole batch wrote those rows twice)."""
+        rows = [(index, tuple(record)) for index, records in enumerate(batches)
+                for record in records]
+        results: list[Unwritten | None] = [None] * len(batches)
         for start in range(0, len(rows), self.write_rows):
             if start:
                 await asyncio.sleep(self.pace)
             part = rows[start:start + self.write_rows]
             try:
-                await self.db.write(functools.partial(insert_records, rows=part))
+                await self.db.write(functools.partial(insert_records,
+                                                      rows=[row for _, row in part]))
             except StoreError as exc:
-                if not start:
-                    raise
-                raise StoreError(f"{exc} (the first {start} of the batch's {len(rows)} rows "
-                                 "were written)") from exc
-        return [None] * len(batches)
+                left: dict[int, list[tuple[object, ...]]] = {}
+                for index, row in rows[start:]:
+                    left.setdefault(index, []).append(row)
+                for index, unwritten in left.items():
+                    results[index] = Unwritten(unwritten, exc)
+                return results
+        return results
 
     async def verify(self, anchor: int | None = None) -> AuditCheck:
         """Recompute the chain: the rows checked, the first row whose chain does not match,

@@ -246,8 +246,8 @@ def test_a_refusal_is_audited_once_the_store_takes_writes_again(gateway):
         s = session(gw)
         assert s.cmd("RCPT TO:<bought@b2c.example>")[0] == 550
         s.cmd("QUIT")
-        wait_until(lambda: "audit records not written yet" in gw.output, timeout=30,
-                   what="the refused write")
+        wait_until(lambda: "audit records not written, kept and retried" in gw.output,
+                   timeout=30, what="the refused write")
     finally:
         lock.execute("ROLLBACK")
         lock.close()

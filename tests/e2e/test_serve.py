@@ -280,6 +280,7 @@ def test_a_replacement_failing_at_once_is_retried_beside_the_workers_still_servi
                       extra=f'[controller]\nnotices_dir = "{notices}"\n')
     workers = wait_until(lambda: len(_children(gw.proc.pid)) == 2 and _children(gw.proc.pid),
                          what="two gateway processes")
+    time.sleep(5.5)  # the workers have been serving past the supervisor's 5 s
     template.write_text("version = [broken")
     os.kill(workers[-1], signal.SIGKILL)
     wait_until(lambda: "tried again in" in gw.output, what="the replacement's failure")
@@ -290,6 +291,28 @@ def test_a_replacement_failing_at_once_is_retried_beside_the_workers_still_servi
     wait_until(lambda: len(_children(gw.proc.pid)) == 2, timeout=40,
                what="the replacement running")
     assert gw.terminate(30) == 0
+
+
+def test_with_no_worker_serving_a_replacement_failing_at_once_stops_the_gateway(
+        make_gateway, tmp_path: Path):
+    """Retried for ever, the supervisor ran on without workers, taking connections nobody
+    answered, and no service manager restarted it."""
+    import shutil
+
+    import gateway
+    notices = tmp_path / "notices"
+    notices.mkdir()
+    template = notices / "en.toml"
+    shutil.copy(Path(gateway.__file__).parent / "notices" / "en.toml", template)
+    gw = make_gateway(smtp_extra="processes = 2",
+                      extra=f'[controller]\nnotices_dir = "{notices}"\n')
+    workers = wait_until(lambda: len(_children(gw.proc.pid)) == 2 and _children(gw.proc.pid),
+                         what="two gateway processes")
+    template.write_text("version = [broken")
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    assert gw.proc.wait(timeout=30) == 1
+    assert "stopping every process" in gw.output
 
 
 # PR_SET_CHILD_SUBREAPER (prctl option 36), kept across execve: the supervisor then adopts the
