@@ -237,3 +237,12 @@ def test_an_ed25519_key_alone_and_a_key_others_can_read(tmp_path: Path, caplog):
         load_keys((DkimSettings("example.com", "r", str(loose)),
                    DkimSettings("example.com", "e", str(ed))))
     assert loose.stat().st_mode & 0o777 == 0o600 and "made owner-only" in caplog.text
+    # someone else's key (a secret volume, a key shared with a group): loaded, left, said
+    import os
+    if os.geteuid() == 0:
+        shared = tmp_path / "shared.key"
+        generate_key(shared, "rsa")
+        shared.chmod(0o640)
+        os.chown(shared, 65534, 65534)
+        load_keys((DkimSettings("example.org", "r", str(shared)),))
+        assert shared.stat().st_mode & 0o777 == 0o640 and "not this user's" in caplog.text
