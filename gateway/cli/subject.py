@@ -13,7 +13,7 @@ import click
 
 from gateway.addresses import normalize_address
 from gateway.cli import ADDRESS, EXIT_REFUSED, CliState, fail, hasher_for, run, when, write_private
-from gateway.errors import NotFound, Refused
+from gateway.errors import NotFound, Refused, StoreError
 from gateway.model import PolicyKnobs
 from gateway.notify import erasure_body, tell_erasure
 from gateway.policy.rules import retention_deadline
@@ -196,9 +196,16 @@ def erase(state: CliState, emails: tuple[str, ...], operator: str | None, yes: b
                 report(erasures[-1])
             hooks = [(a.name, a.notify_url) for a in await AccountStore(db).list()
                      if a.notify_url]
-            emptied = await db.compact()  # first: a Ctrl-C in what follows skips nothing
-            for email in emails:
-                warn_encoded(email, await store.encoded_mentions(email))
+            try:
+                emptied = await db.compact()  # first: a Ctrl-C in what follows skips nothing
+                for email in emails:
+                    warn_encoded(email, await store.encoded_mentions(email))
+            except StoreError:
+                # the erasures are committed; the objections they took from the outbox
+                # exist only here now: told whatever the compaction did, then said
+                for erasure in erasures:
+                    await tell(erasure, hooks, settings.webhooks.opt_out_secret)
+                raise
         click.echo(f"store compacted at {when(time.time())}" if emptied else
                    "store compacted, but a reader kept old pages in the WAL: they go at the "
                    "next checkpoint")

@@ -553,6 +553,41 @@ def test_an_erasure_tells_each_account_after_the_objections_it_had_not_heard_of(
     assert len(Hook.received) == told
 
 
+def test_an_erasure_whose_compaction_fails_still_tells_the_accounts(tmp_path, hook,
+                                                                   monkeypatch):
+    """The notices went after the compaction: a VACUUM that failed (no room for the second
+    copy of the store) left the erasure committed, the objection it took from the outbox in
+    memory only, and nobody told. (The failing VACUUM is injected: a full disk here would
+    take every test with it.)"""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+    from gateway.errors import StoreError
+    from gateway.store.db import Database
+
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "gateway.db"}"\n'
+                      f'[webhooks]\nopt_out_secret = "{SECRET}"\n')
+    runner = CliRunner()
+    added = runner.invoke(main, ["--config", str(config), "accounts", "add", "crm",
+                                 "--from-domain", "example.com", "--notify-url",
+                                 hook_url(hook), "--password-stdin"],
+                          input="Correct-Horse-Battery-Staple-2026!\n")
+    assert added.exit_code == 0, added.output
+    # an objection the tool has not heard of yet (no serve to send it)
+    assert runner.invoke(main, ["--config", str(config), "suppress", "add",
+                                "jane@example.net"]).exit_code == 0
+
+    async def no_room(self: Database) -> bool:
+        raise StoreError("store compaction failed: database or disk is full")
+    monkeypatch.setattr(Database, "compact", no_room)
+    erased = runner.invoke(main, ["--config", str(config), "subject", "erase",
+                                  "jane@example.net", "--yes"])
+    assert erased.exit_code == 1 and "compaction failed" in erased.output
+    assert [(d["event"], d["email"]) for d, _, _ in Hook.received] == [
+        ("objection", "jane@example.net"), ("erasure", "jane@example.net")]
+
+
 def test_a_notify_url_the_sender_cannot_use_stops_nothing_and_a_correction_applies(
         make_gateway, sink, tmp_path, hook):
     """A URL httpx refuses (here a port typo, stored before the CLI checked it) is that
