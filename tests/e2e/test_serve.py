@@ -288,8 +288,12 @@ def test_a_replacement_failing_at_once_is_retried_beside_the_workers_still_servi
     assert any(b"served meanwhile" in r.content for r in sink.wait_for(1))
     assert gw.proc.poll() is None
     template.write_text(good)
-    wait_until(lambda: len(_children(gw.proc.pid)) == 2, timeout=40,
-               what="the replacement running")
+
+    def settled() -> bool:  # two workers, the same for 3 s: the replacement has started
+        before = _children(gw.proc.pid)
+        time.sleep(3)
+        return len(before) == 2 and _children(gw.proc.pid) == before
+    wait_until(settled, timeout=60, what="the replacement running")
     assert gw.terminate(30) == 0
 
 
