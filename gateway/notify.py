@@ -123,10 +123,8 @@ class Notifier:
         failed)."""
         assert self._client is not None
         body = notification.body.encode()
-        headers = {"Content-Type": "application/json"}
-        if self.secret:
-            headers["X-Gateway-Signature"] = signature(self.secret, body)
-        elif not self._warned:
+        headers = signed_headers(self.secret, body)
+        if not self.secret and not self._warned:
             self._warned = True
             log.warning("webhooks.opt_out_secret is not set: objection notifications to "
                         "notify_url go out unsigned")
@@ -168,6 +166,15 @@ class Notifier:
         return None if own or give_up else delay
 
 
+def signed_headers(secret: bytes, body: bytes) -> dict[str, str]:
+    """A notification's headers: JSON, signed as the opt-out webhook is (none without a
+    secret)."""
+    headers = {"Content-Type": "application/json"}
+    if secret:
+        headers["X-Gateway-Signature"] = signature(secret, body)
+    return headers
+
+
 def erasure_body(address: str, at: float) -> str:
     """The JSON document POSTed to an account's notify_url when `address` is erased."""
     return json.dumps({"id": f"erasure-{secrets.token_hex(12)}", "event": "erasure",
@@ -186,10 +193,7 @@ async def tell_erasure(url: str, bodies: list[str], secret: str) -> str | None:
         async with httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client:
             for body in bodies:
                 data = body.encode()
-                headers = {"Content-Type": "application/json"}
-                if key:
-                    headers["X-Gateway-Signature"] = signature(key, data)
-                answer = await client.post(url, content=data, headers=headers)
+                answer = await client.post(url, content=data, headers=signed_headers(key, data))
                 if not answer.is_success:
                     return f"HTTP {answer.status_code}"
     except Exception as exc:  # noqa: BLE001 - httpx's errors, a bad URL: said, not raised

@@ -205,16 +205,19 @@ async def test_an_upstream_wanting_auth_defers_the_copy_instead_of_bouncing_it()
         server.close()
 
 
-class LosesTheReplyToTheSecondContent(asyncio.Protocol):
-    """Takes each content whole (counted in `received`); on a connection's second one, it
-    closes without answering: the upstream may have queued it, nobody can tell."""
-
-    received = 0
+class ScriptedUpstream(asyncio.Protocol):
+    """A minimal SMTP server that takes every command and each content whole; what it does
+    after a content is `content_taken`'s (answer 250 by default)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.buffer, self.in_data, self.contents = b"", False, 0
         transport.write(b"220 upstream.test ESMTP\r\n")  # type: ignore[attr-defined]
+
+    def content_taken(self) -> bool:
+        """After a content; False: stop reading (the connection was closed)."""
+        self.transport.write(b"250 2.0.0 queued\r\n")  # type: ignore[attr-defined]
+        return True
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -224,12 +227,9 @@ class LosesTheReplyToTheSecondContent(asyncio.Protocol):
                 if end < 0:
                     return
                 self.buffer, self.in_data = self.buffer[end + 5:], False
-                LosesTheReplyToTheSecondContent.received += 1
                 self.contents += 1
-                if self.contents == 2:
-                    self.transport.close()
+                if not self.content_taken():
                     return
-                self.transport.write(b"250 2.0.0 queued\r\n")  # type: ignore[attr-defined]
                 continue
             line, sep, rest = self.buffer.partition(b"\r\n")
             if not sep:
@@ -243,6 +243,20 @@ class LosesTheReplyToTheSecondContent(asyncio.Protocol):
                 self.transport.write(b"250 upstream.test\r\n")  # type: ignore[attr-defined]
             else:
                 self.transport.write(b"250 OK\r\n")  # type: ignore[attr-defined]
+
+
+class LosesTheReplyToTheSecondContent(ScriptedUpstream):
+    """Takes each content whole (counted in `received`); on a connection's second one, it
+    closes without answering: the upstream may have queued it, nobody can tell."""
+
+    received = 0
+
+    def content_taken(self) -> bool:
+        LosesTheReplyToTheSecondContent.received += 1
+        if self.contents == 2:
+            self.transport.close()
+            return False
+        return super().content_taken()
 
 
 async def test_a_reply_lost_after_the_content_defers_the_copy_instead_of_sending_it_again():
@@ -297,40 +311,16 @@ async def test_an_upstream_refusing_our_helo_defers_the_copy_instead_of_bouncing
         server.close()
 
 
-class ClosesWhenIdle(asyncio.Protocol):
+class ClosesWhenIdle(ScriptedUpstream):
     """Takes each content; closes the connection 0.1 s after its reply (an idle timeout)."""
 
     accepted = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.buffer, self.in_data = b"", False
-        transport.write(b"220 upstream.test ESMTP\r\n")  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while True:
-            if self.in_data:
-                end = self.buffer.find(b"\r\n.\r\n")
-                if end < 0:
-                    return
-                self.buffer, self.in_data = self.buffer[end + 5:], False
-                ClosesWhenIdle.accepted += 1
-                self.transport.write(b"250 2.0.0 queued\r\n")  # type: ignore[attr-defined]
-                asyncio.get_running_loop().call_later(0.1, self.transport.close)
-                continue
-            line, sep, rest = self.buffer.partition(b"\r\n")
-            if not sep:
-                return
-            self.buffer = rest
-            verb = line[:4].upper()
-            if verb == b"DATA":
-                self.in_data = True
-                self.transport.write(b"354 go on\r\n")  # type: ignore[attr-defined]
-            elif verb == b"EHLO":
-                self.transport.write(b"250 upstream.test\r\n")  # type: ignore[attr-defined]
-            else:
-                self.transport.write(b"250 OK\r\n")  # type: ignore[attr-defined]
+    def content_taken(self) -> bool:
+        ClosesWhenIdle.accepted += 1
+        super().content_taken()
+        asyncio.get_running_loop().call_later(0.1, self.transport.close)
+        return True
 
 
 async def test_connections_the_upstream_closed_while_idle_are_not_tried_again():
