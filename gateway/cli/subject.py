@@ -136,7 +136,8 @@ def export(state: CliState, email: str, fmt: str, language: str | None,
 ERASE_HELP = """Erase each EMAIL (GDPR 17): its ledger entry with sources and events, its
 queued, failed and sent copies, held copies, raw messages only for it, its objection
 notifications, and the address in the requests it made (kept with their dates, named by
-hash). Each account's notify URL is then told at once (event "erasure", GDPR 19), after the
+hash). The notify URL of each account that may hold the address (it mailed or decided on
+it, or was told of its objection) is then told at once (event "erasure", GDPR 19), after the
 objections of the address it had not been sent yet; nothing naming the address is kept for
 a retry: an endpoint that fails is named, for the operator to tell that tool. Other
 messages that name it (a DSN, another recipient's queued copy) have it
@@ -196,21 +197,23 @@ def erase(state: CliState, emails: tuple[str, ...], operator: str | None, yes: b
                 report(erasures[-1])
             hooks = [(a.name, a.notify_url) for a in await AccountStore(db).list()
                      if a.notify_url]
+            failed: StoreError | None = None
             try:
                 emptied = await db.compact()  # first: a Ctrl-C in what follows skips nothing
                 for email in emails:
                     warn_encoded(email, await store.encoded_mentions(email))
-            except StoreError:
-                # the erasures are committed; the objections they took from the outbox
-                # exist only here now: told whatever the compaction did, then said
-                for erasure in erasures:
-                    await tell(erasure, hooks, settings.webhooks.opt_out_secret)
-                raise
-        click.echo(f"store compacted at {when(time.time())}" if emptied else
-                   "store compacted, but a reader kept old pages in the WAL: they go at the "
-                   "next checkpoint")
+            except StoreError as exc:
+                failed = exc
+        if failed is None:
+            click.echo(f"store compacted at {when(time.time())}" if emptied else
+                       "store compacted, but a reader kept old pages in the WAL: they go at "
+                       "the next checkpoint")
+        # the erasures are committed, and the objections they took from the outbox exist
+        # only here now: told whatever the compaction did
         for erasure in erasures:
             await tell(erasure, hooks, settings.webhooks.opt_out_secret)
+        if failed is not None:
+            raise failed
 
     run(body)
 
