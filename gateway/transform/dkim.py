@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 from dkim import canonicalization
 
 from gateway.addresses import ascii_domain
+from gateway.transform.headers import header_end
 
 RSA = b"rsa-sha256"
 ED25519 = b"ed25519-sha256"
@@ -44,9 +45,8 @@ def include_headers(message: bytes) -> list[bytes]:
     us, on top (the one most readers show) or anywhere. A fixed list signed Date, Message-ID,
     Content-Type and MIME-Version once only, and a second Subject or To of the message's own
     left room for a third: the copy still verified with a forged one on top."""
-    end = message.find(b"\r\n\r\n")
     counts = dict.fromkeys(SIGNED, 0)
-    for line in (message if end < 0 else message[:end]).split(b"\r\n"):
+    for line in message[:header_end(message)].split(b"\r\n"):
         if line[:1] in (b" ", b"\t"):
             continue  # a folded line
         name = line.partition(b":")[0].strip().lower()
