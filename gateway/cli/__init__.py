@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import sys
@@ -161,6 +162,16 @@ def when(ts: float | None, seconds: bool = False) -> str:
     except (OverflowError, OSError, ValueError):  # a date edited in by hand, out of range
         return f"@{ts:.0f}"
     return moment.strftime("%Y-%m-%d %H:%M:%SZ" if seconds else "%Y-%m-%d %H:%MZ")
+
+
+def operator_name(value: str | None) -> str:
+    """Who an operator's decision is recorded as: --operator, else the OS user."""
+    if value:
+        return value
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry (containers)
+        return f"uid {os.getuid()}"
 
 
 def hasher_for(settings: Settings) -> Any:

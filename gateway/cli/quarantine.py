@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import getpass
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +18,7 @@ from gateway.cli import (
     CliState,
     fail,
     hasher_for,
+    operator_name,
     print_json,
     run,
     table_console,
@@ -163,15 +162,6 @@ def _decide_each(state: CliState, entry_ids: tuple[int, ...],
         sys.exit(EXIT_REFUSED)
 
 
-def _operator(value: str | None) -> str:
-    if value:
-        return value
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # a uid without a passwd entry (containers)
-        return f"uid {os.getuid()}"
-
-
 async def _review(state: CliState, db: Database) -> Review:
     settings = state.settings
     return Review(QuarantineStore(db), AccountStore(db),
@@ -242,7 +232,7 @@ def release(state: CliState, entry_ids: tuple[int, ...], select_all: bool, rule:
     """Send held copies after all: each is checked again (every rule but the one that held
     it), then leaves with the unsubscribe fields, the notice and DKIM like any allowed copy.
     Exit 1 if any was refused."""
-    who = _operator(operator)
+    who = operator_name(operator)
     entry_ids = tuple(_select(state, "Release", entry_ids, select_all, rule, account,
                               older_than, yes))
 
@@ -262,7 +252,7 @@ def reject(state: CliState, entry_ids: tuple[int, ...], select_all: bool, rule: 
            operator: str | None) -> None:
     """Never send held copies: the decision is recorded and the raw message deleted once no
     other copy needs it."""
-    who = _operator(operator)
+    who = operator_name(operator)
     entry_ids = tuple(_select(state, "Reject", entry_ids, select_all, rule, account,
                               older_than, yes))
 
@@ -284,7 +274,7 @@ def purge(state: CliState, days: float, yes: bool, operator: str | None) -> None
     pile up; their content is deleted, which cannot be undone. Asks first on a terminal
     (unless --yes), and names each entry it rejected. Recorded as the operator's decision
     (the automatic purge of quarantine.retention_days is recorded as "purge")."""
-    who = _operator(operator)
+    who = operator_name(operator)
 
     hasher = hasher_for(state.settings)
     cutoff = time.time() - days * 86400

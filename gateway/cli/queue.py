@@ -8,8 +8,18 @@ from contextlib import asynccontextmanager
 import click
 from rich.table import Table
 
-from gateway.cli import ROW_ID, CliState, print_json, run, table_console, when
+from gateway.cli import (
+    ROW_ID,
+    CliState,
+    hasher_for,
+    operator_name,
+    print_json,
+    run,
+    table_console,
+    when,
+)
 from gateway.store.db import Database
+from gateway.store.ledger import ledger_form
 from gateway.store.queue import QueueStore
 
 
@@ -96,19 +106,26 @@ def flush(state: CliState) -> None:
 
 @queue.command()
 @click.argument("entry_id", type=ROW_ID)
+@click.option("--operator", help="Who deletes it, for the audit log (default: the OS user).")
 @click.pass_obj
-def delete(state: CliState, entry_id: int) -> None:
-    """Remove ENTRY_ID from the queue for good: it is neither delivered nor bounced.
+def delete(state: CliState, entry_id: int, operator: str | None) -> None:
+    """Remove ENTRY_ID from the queue for good: it is neither delivered nor bounced. The
+    deletion is recorded in the audit log (who, when, which recipient's copy), as an
+    operator's rejection of a held copy is.
 
     Refused (exit 1) while a gateway process is delivering it: try again once it is sent,
     deferred or failed.
     """
+    who = operator_name(operator)
+    hasher = hasher_for(state.settings)
 
     async def body() -> None:
         async with open_queue(state) as q:
             await q.release_dead(by_pid_only=True)  # a crashed gateway's claims
-            await q.delete(entry_id)
-        click.echo(f"queue entry {entry_id} deleted")
+            entry = await q.get(entry_id)
+            await q.delete(entry_id, operator=who,
+                           recipient_hash=hasher(ledger_form(entry.recipient)))
+        click.echo(f"queue entry {entry_id} deleted (recorded in the audit log as {who}'s)")
 
     run(body)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import sys
 import time
@@ -12,7 +11,17 @@ from pathlib import Path
 import click
 
 from gateway.addresses import normalize_address
-from gateway.cli import ADDRESS, EXIT_REFUSED, CliState, fail, hasher_for, run, when, write_private
+from gateway.cli import (
+    ADDRESS,
+    EXIT_REFUSED,
+    CliState,
+    fail,
+    hasher_for,
+    operator_name,
+    run,
+    when,
+    write_private,
+)
 from gateway.errors import NotFound, Refused, StoreError
 from gateway.model import PolicyKnobs
 from gateway.notify import erasure_body, tell_erasure
@@ -177,7 +186,7 @@ def erase(state: CliState, emails: tuple[str, ...], operator: str | None, yes: b
     if not yes and sys.stdin.isatty():
         click.confirm(f"Erase everything held on {', '.join(emails)}? This cannot be undone",
                       abort=True)
-    who = operator or getpass.getuser()
+    who = operator_name(operator)
 
     async def body() -> None:
         async with Database(settings.store.path) as db:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from gateway.errors import NotFound, Refused
 from gateway.model import Decision
-from gateway.store.audit import AuditRecord, insert_records
+from gateway.store.audit import AuditRecord, insert_record_async, insert_records
 from gateway.store.db import Database, insert_rows, with_rows
 
 STATES = ("queued", "deferred", "failed", "sent")
@@ -504,8 +504,12 @@ class QueueStore:
                 (now, now, now))
             return cur.rowcount
 
-    async def delete(self, delivery_id: int) -> None:
-        """Remove a copy from the queue for good (no delivery, no DSN).
+    async def delete(self, delivery_id: int, *, operator: str,
+                     recipient_hash: bytes) -> None:
+        """Remove a copy from the queue for good (no delivery, no DSN), with the operator's
+        decision in the audit log: decision reject, rule OPERATOR_DELETE, client "operator
+        NAME" (INTERFACE: nothing leaves the queue unrecorded; the access export and letter
+        say the message was withdrawn). `recipient_hash` is the recipient's address hash.
 
         Refused (Refused) while another gateway process holds the copy: it may be talking to
         the upstream right now, and a copy deleted under it would still go out, unrecorded.
@@ -516,6 +520,9 @@ class QueueStore:
                           "exports list it); there is nothing to delete")
         now = time.time()
         async with self.db.transaction() as conn:
+            account = await (await conn.execute(
+                "SELECT m.account FROM deliveries d JOIN messages m"
+                " ON m.id = d.message_id WHERE d.id = ?", (delivery_id,))).fetchone()
             deleted = await conn.execute(
                 "DELETE FROM deliveries WHERE id = ? AND state != 'sent' AND (claimed_by IS NULL"
                 " OR claimed_by = ? OR claimed_until IS NULL OR claimed_until < ?)",
@@ -532,12 +539,17 @@ class QueueStore:
                     f"queue entry {delivery_id} is being delivered by {row[0]} (its claim "
                     f"runs {row[1] - now:.0f} s more): not deleted; once it is sent, deferred "
                     "or failed, or its claim has expired, it can be")
+            assert account is not None  # the row deleted above was there (this transaction)
+            await insert_record_async(conn, AuditRecord(
+                now, account[0], f"operator {operator}", recipient_hash, OPERATOR_DELETE,
+                "reject", entry.message_id).row())
             await conn.execute(
                 "DELETE FROM messages WHERE NOT EXISTS"
                 " (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id)"
                 " AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.message_id = messages.id)")
 
 
+OPERATOR_DELETE = "OP"  # the audit rule of a copy an operator deleted from the queue
 STALE_HEARTBEAT_SECONDS = 120.0  # a live process writes its heartbeat every scan (1 s)
 OWN_HEARTBEAT_FRESH = 30.0  # others' silence is judged only while ours is this recent
 SWEEP_SECONDS = 30.0  # how often release_dead runs

@@ -129,8 +129,16 @@ def test_queue_retry_and_delete_steer_single_entries(make_gateway):
     assert len(entries) >= 1
     limited = gw.cli("queue", "list", "--json", "--limit", "1")  # silently 1,000 before
     assert len(json.loads(limited.stdout)) == 1 and "(--limit)" in limited.stderr
-    assert gw.cli("queue", "delete", str(by_rcpt["b@example.net"])).returncode == 0
+    deleted = gw.cli("queue", "delete", str(by_rcpt["b@example.net"]), "--operator", "ops")
+    assert deleted.returncode == 0 and "ops" in deleted.stdout
     assert gw.cli("queue", "delete", "999999").returncode == 1
+    # recorded (INTERFACE: nothing leaves the queue unrecorded): the person's access
+    # export says who withdrew it, the chain still verifies
+    export = json.loads(gw.cli("subject", "export", "b@example.net", "--format", "json").stdout)
+    assert [(d["decision"], d["rule"]) for d in export["decisions"]][-1] == ("reject", "OP")
+    letter = gw.cli("subject", "export", "b@example.net", "--format", "text").stdout
+    assert "an operator withdrew the message" in " ".join(letter.split())
+    assert gw.cli("audit", "verify").returncode == 0
     upstream.start()
     try:
         assert gw.cli("queue", "retry", str(by_rcpt["a@example.net"])).returncode == 0

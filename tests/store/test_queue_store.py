@@ -16,6 +16,8 @@ from gateway.errors import NotFound, Refused, StoreError
 from gateway.store.db import Database
 from gateway.store.queue import IncomingMessage, QueueStore, Refusal, SentMark
 
+BY_OPERATOR = {"operator": "alice", "recipient_hash": b"\x02" * 32}
+
 
 def incoming(mid: str, *rcpts: str) -> IncomingMessage:
     return IncomingMessage(mid, time.time(), "crm", "127.0.0.1", "news@example.com",
@@ -168,7 +170,7 @@ async def test_outcomes_and_operator_commands(db: Database):
     assert [e.recipient for e in await q.list()] == ["b@x.example"]
     await q.retry(b.delivery_id)
     assert (await q.get(b.delivery_id)).state == "queued"
-    await q.delete(b.delivery_id)
+    await q.delete(b.delivery_id, **BY_OPERATOR)
     with pytest.raises(NotFound):
         await q.get(b.delivery_id)
     assert await q.drop_finished_content() == 1  # a was sent, b deleted
@@ -373,10 +375,10 @@ async def test_a_deleted_copys_id_is_never_given_again(db: Database):
     or SQLite does (a refusal's row)."""
     q = QueueStore(db, "me")
     [[a, b]] = await q.commit_messages([incoming("A", "a@x.example", "b@x.example")])
-    await q.delete(b.delivery_id)
+    await q.delete(b.delivery_id, **BY_OPERATOR)
     [[c]] = await q.commit_messages([incoming("B", "c@x.example")])
     assert c.delivery_id > b.delivery_id
-    await q.delete(c.delivery_id)
+    await q.delete(c.delivery_id, **BY_OPERATOR)
     refused = IncomingMessage("C", time.time(), "crm", "127.0.0.1", "news@example.com",
                               b"Subject: x\r\n\r\nbody\r\n", (),
                               refused=(Refusal("g@x.example", "550 5.7.1 R3 no"),))
@@ -452,10 +454,10 @@ async def test_a_copy_another_process_is_delivering_is_not_deleted(db: Database)
     [[held]] = await gateway.commit_messages([incoming("A", "a@x.example")])
     cli = QueueStore(db, "cli")
     with pytest.raises(Refused, match="being delivered by gateway-1"):
-        await cli.delete(held.delivery_id)
+        await cli.delete(held.delivery_id, **BY_OPERATOR)
     assert (await cli.get(held.delivery_id)).state == "queued"
     await gateway.defer(held.delivery_id, "421 later", time.time() + 3600)  # claim let go
-    await cli.delete(held.delivery_id)
+    await cli.delete(held.delivery_id, **BY_OPERATOR)
     with pytest.raises(NotFound):
         await cli.get(held.delivery_id)
 
@@ -502,7 +504,7 @@ async def test_a_copy_sent_while_the_cli_looked_is_neither_retried_nor_deleted(
     with pytest.raises(NotFound, match="already sent"):
         await cli.retry(copy.delivery_id)
     with pytest.raises(Refused, match="was sent"):
-        await cli.delete(copy.delivery_id)
+        await cli.delete(copy.delivery_id, **BY_OPERATOR)
     [row] = await db.fetchall("SELECT state FROM deliveries")
     assert row[0] == "sent"
 
@@ -671,7 +673,7 @@ async def test_a_sent_copy_is_not_deleted_and_an_upstream_5_7_1_is_no_policy_ref
     a, b, c = (copy.delivery_id for copy in copies)
     await q.mark_sent([SentMark(a)])
     with pytest.raises(Refused, match="was sent"):
-        await q.delete(a)
+        await q.delete(a, **BY_OPERATOR)
     await q.fail(b, "550 5.7.1 Message rejected as spam by upstream policy")
     await q.fail(c, "550 5.7.1 R1 recipient objected to prospecting (suppression list)")
     counts = {(d.account, d.state): d.count for d in await ReportStore(db).deliveries(None)}
@@ -734,9 +736,9 @@ async def test_the_cli_frees_a_crashed_processs_claims_before_retry_or_delete(db
     [[theirs]] = await elsewhere.commit_messages([incoming("B", "b@x.example")])
     cli = QueueStore(db, "cli")
     assert await cli.release_dead(by_pid_only=True) == 1
-    await cli.delete(mine.delivery_id)
+    await cli.delete(mine.delivery_id, **BY_OPERATOR)
     with pytest.raises(Refused):
-        await cli.delete(theirs.delivery_id)
+        await cli.delete(theirs.delivery_id, **BY_OPERATOR)
 
 
 def test_the_audit_sent_migration_keeps_the_chain_and_takes_sent_rows(tmp_path):
@@ -810,3 +812,19 @@ def test_a_start_waits_for_a_long_migration_of_another_process(tmp_path):
     versions = asyncio.run(open_store())
     other.close()
     assert 22 in versions and time.monotonic() - started >= 5.5
+
+
+async def test_a_deleted_copy_leaves_an_operator_record_in_the_audit_chain(db: Database):
+    """`queue delete` removed a copy without a trace (INTERFACE: nothing leaves the queue
+    unrecorded): the copy's account, rule and the operator are now in the audit log."""
+    from gateway.store.audit import AuditLog
+
+    q = QueueStore(db, "cli")
+    ((copy,),) = await q.commit_messages([incoming("A", "a@x.example")])
+    await q.delete(copy.delivery_id, operator="alice", recipient_hash=b"\x07" * 32)
+    rows = await db.fetchall("SELECT account, client_ip, recipient_hash, rule, decision,"
+                             " message_id FROM audit")
+    assert [tuple(r) for r in rows] == [("crm", "operator alice", b"\x07" * 32, "OP",
+                                         "reject", "A")]
+    check = await AuditLog(db).verify()
+    assert check.rows == 1 and check.first_broken is None
