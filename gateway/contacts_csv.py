@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, TextIO
 
-from gateway.addresses import normalize_address
+from gateway.addresses import normalize_address, person_form
 from gateway.model import AUDIENCES, CONSENTS, KINDS, RELATIONSHIPS, SOURCE_TYPES, VISIBILITIES
 
 COLUMNS = (
@@ -340,7 +340,7 @@ def _read_rows(lines: TextIO | Iterable[str], now: float,
         except ValueError as exc:
             yield RowError(start, str(exc))
             continue
-        key = hash(row.address)
+        key = hash(person_form(row.address))  # Jane@ and jane@: one person, one row
         if key in seen:
             reason = f"duplicate: {row.address} already appears on line {seen[key]}"
             if row.consent == "withdrawn":

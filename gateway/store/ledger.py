@@ -67,6 +67,21 @@ INLINE_BACKOFF_SECONDS = 5.0
 log = logging.getLogger("gateway.ledger")
 
 
+def contact_id_sql(address: str) -> str:
+    """SQL for the id of the contact held under `address` (an SQL expression: the ledger
+    form), or else of the one held in another letter case: contacts.address keeps the local
+    part as written (Jane.Doe@) and tools write it otherwise (jane.doe@), but no real
+    mailbox tells them apart (the suppression hash does not either). The lower-case form is
+    found by the address's own index, forms with capitals by contacts_with_capitals
+    (023); SQLite's lower() folds ASCII only, so JOSÉ@ held as José@ is found as written
+    only. The second lookup runs only when the first finds nothing (coalesce stops at a
+    value): a known recipient costs what it did."""
+    return (f"coalesce((SELECT id FROM contacts WHERE address = {address}),"  # noqa: S608
+            f" (SELECT min(id) FROM (SELECT id FROM contacts WHERE address = lower({address})"
+            f" UNION ALL SELECT id FROM contacts WHERE address != lower(address)"
+            f" AND lower(address) = lower({address}))))")
+
+
 @lru_cache(maxsize=BATCH_LIMIT)
 def facts_sql(keys: int) -> str:
     """The suppression check and the contact with its sources, for `keys` (hash, address)
@@ -78,7 +93,8 @@ def facts_sql(keys: int) -> str:
     # constant column names and placeholders only: every value is bound
     return ("WITH k(i, h, a) AS (VALUES " + values + ") SELECT json_group_array(json_array(k.i,"  # noqa: S608, E501
             " EXISTS(SELECT 1 FROM suppression WHERE hash = k.h), " + _JSON_COLUMNS + ","
-            " '' || " + _SOURCES + ")) FROM k LEFT JOIN contacts c ON c.address = k.a")
+            " '' || " + _SOURCES + ")) FROM k LEFT JOIN contacts c ON c.id = "
+            + contact_id_sql("k.a"))
 
 
 def facts_rows(conn: sqlite3.Connection, keys: Sequence[tuple[bytes, str]]
@@ -114,7 +130,8 @@ def rows_of_documents(documents: Sequence[list[list[Any]]], keys: int
     return rows
 
 
-CONTACT_SQL = f"SELECT {_SELECT} FROM contacts c WHERE c.address = ?"  # noqa: S608
+CONTACT_SQL = (f"SELECT {_SELECT} FROM contacts c WHERE c.id = "  # noqa: S608
+               + contact_id_sql("?1"))
 
 
 @lru_cache(maxsize=4096)
@@ -482,7 +499,8 @@ class Ledger:
         self.hasher = hasher
 
     async def contact(self, address: str) -> Contact | None:
-        row = await self.db.fetchone(CONTACT_SQL, (normalize_address(address),))
+        key = normalize_address(address)
+        row = await self.db.fetchone(CONTACT_SQL, (key,))
         return contact_from_row(tuple(row)) if row is not None else None
 
     async def events(self, contact_id: int) -> list[ContactEvent]:

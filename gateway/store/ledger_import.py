@@ -15,6 +15,7 @@ The merge rules (KASPR: enrichment never renews retention):
 from __future__ import annotations
 
 import multiprocessing
+import re
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -58,8 +59,10 @@ ON CONFLICT (address) DO UPDATE SET
     customer_categories = COALESCE(?11, customer_categories),
     consent = CASE WHEN ?12 IS NULL OR {stale_grant} THEN consent ELSE ?12 END,
     consent_at = CASE WHEN ?12 IS NULL OR {stale_grant} THEN consent_at ELSE ?13 END,
-    consent_method = CASE WHEN ?12 IS NULL OR {stale_grant} THEN consent_method ELSE ?14 END,
-    consent_proof = CASE WHEN ?12 IS NULL OR {stale_grant} THEN consent_proof ELSE ?15 END,
+    consent_method = CASE WHEN ?12 IS NULL OR {stale_grant} THEN consent_method
+        ELSE COALESCE(?14, consent_method) END,
+    consent_proof = CASE WHEN ?12 IS NULL OR {stale_grant} THEN consent_proof
+        ELSE COALESCE(?15, consent_proof) END,
     opt_out_offered = COALESCE(?22, opt_out_offered),
     collected_at = min(collected_at, COALESCE(?19, collected_at), {known_since}),
     last_interaction_at = CASE WHEN last_interaction_at IS NULL
@@ -148,6 +151,10 @@ class ContactImporter:
             # read once: most ledgers never purged anything, and their imports skip the check
             self.purged_before = self.conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM retention_purges)").fetchone()[0] == 1
+            # and most hold no address with capitals (_as_held then looks for none)
+            self.capitals_held = self.conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM contacts WHERE address != lower(address))"
+            ).fetchone()[0] == 1
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store {path}: {exc}") from exc
 
@@ -166,6 +173,7 @@ class ContactImporter:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                self._as_held(params)
                 addresses = [str(p[_I["address"]]) for p in params]
                 # the highest id ever given (AUTOINCREMENT, 016_contact_ids): a new contact
                 # gets a higher one, an updated contact keeps its lower one
@@ -217,6 +225,42 @@ class ContactImporter:
         self.counts.new += new
         self.counts.updated += len(params) - new
 
+    def _as_held(self, params: list[list[object]]) -> None:
+        """Each row whose address the ledger holds in another letter case only (Jane.Doe@
+        held, jane.doe@ in the file) is written under the address as held: it is the same
+        person (the suppression hash does not tell them apart either), and a second contact
+        would start a new retention clock on the import day (COMPLIANCE 1: a re-import never
+        restarts it). Found as ledger.contact_id_sql finds them: a row with capitals by its
+        lower-case form, any row among the contacts held with capitals (023). A ledger and
+        a file of lower-case addresses (most) skip both."""
+        addresses = [str(p[_I["address"]]) for p in params]
+        with_capitals = [a for a in addresses if _ASCII_CAPITAL.search(a)]
+        variants: dict[str, list[tuple[int, str]]] = {}
+        for query, keys in ((_LOWER_FORM_SQL, with_capitals),
+                            (_WITH_CAPITALS_SQL, addresses if self.capitals_held else [])):
+            for i in range(0, len(keys), 500):
+                part = keys[i:i + 500]
+                values = ",".join(["(?)"] * len(part))
+                for written, contact_id, held in self.conn.execute(
+                        query.format(values=values), part):
+                    variants.setdefault(written, []).append((contact_id, held))
+        if with_capitals:
+            self.capitals_held = True  # written below, in this chunk's transaction
+        if not variants:
+            return
+        written_forms = list(variants)
+        as_written: set[str] = set()
+        for i in range(0, len(written_forms), 500):
+            part = written_forms[i:i + 500]
+            marks = ",".join("?" * len(part))
+            as_written.update(row[0] for row in self.conn.execute(
+                f"SELECT address FROM contacts WHERE address IN ({marks})",  # noqa: S608
+                part))
+        for p in params:
+            written = str(p[_I["address"]])
+            if written in variants and written not in as_written:
+                p[_I["address"]] = min(variants[written])[1]  # the oldest of several
+
     def _ids(self, addresses: list[str], last_id: int) -> dict[str, int]:
         """The contact id of each address just upserted (the contacts' ids were at most
         `last_id` before)."""
@@ -240,6 +284,15 @@ class ContactImporter:
         self.conn.close()
 
 
+_ASCII_CAPITAL = re.compile("[A-Z]")  # what SQLite's lower() folds
+# over k(a): the contacts held under the lower-case form of an address written with
+# capitals, and those held with capitals in another case (contacts_with_capitals); values
+# are "(?)" placeholders only
+_LOWER_FORM_SQL = ("WITH k(a) AS (VALUES {values}) SELECT k.a, c.id, c.address FROM k"
+                   " JOIN contacts c ON c.address = lower(k.a)")
+_WITH_CAPITALS_SQL = ("WITH k(a) AS (VALUES {values}) SELECT k.a, c.id, c.address FROM k"
+                      " JOIN contacts c ON c.address != lower(c.address)"
+                      " AND lower(c.address) = lower(k.a) AND c.address != k.a")
 _LAST_ID_SQL = ("SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'contacts'),"
                 " 0), coalesce((SELECT max(id) FROM contacts), 0))")
 _NEW_IDS_SQL = "SELECT count(*), coalesce(max(id), 0) FROM contacts WHERE id > ?"

@@ -448,3 +448,60 @@ def test_an_import_names_the_languages_that_have_no_notice(config: Path, tmp_pat
     assert "note: 2 contacts have a language with no notice template (pt: 1, pt-BR: 1)" in \
         result.stderr and "their notices will be in en (the default" in result.stderr
     assert "fr" not in result.stderr.split("(", 1)[1].split(")", 1)[0]
+
+
+def test_a_reimport_in_another_letter_case_updates_the_contact_held(config: Path,
+                                                                     tmp_path: Path):
+    """KASPR: a re-import written jane.doe@ made a second contact beside Jane.Doe@, its
+    retention clock started on the import day: the expired person mailable for 3 more
+    years. It updates the contact held; a RCPT or check in either case finds it."""
+    first = tmp_path / "first.csv"
+    first.write_text("email,audience,topics,source_name,source_type,collected_at\n"
+                     "Jane.Doe@acme.example,b2b,crm,Trade fair,direct,2021-03-01\n")
+    again = tmp_path / "again.csv"
+    again.write_text("email,audience,topics,job_title,source_name,source_type\n"
+                     "jane.doe@acme.example,b2b,crm,VP Sales,Data vendor,import\n")
+    assert gateway_cli(config, "contacts", "import", str(first)).returncode == 0
+    result = gateway_cli(config, "contacts", "import", str(again))
+    assert result.returncode == 0, result.stderr
+    assert "(0 new, 1 updated)" in result.stdout
+    assert count(config, "contacts") == 1
+    for written in ("jane.doe@acme.example", "Jane.Doe@acme.example", "JANE.DOE@acme.example"):
+        answer = json.loads(gateway_cli(config, "check", "--account", "crm", "--to", written,
+                                        "--json").stdout)
+        assert answer["rule"] == "R4", (written, answer)
+    shown = json.loads(gateway_cli(config, "contacts", "show", "jane.doe@acme.example",
+                                   "--json").stdout)
+    assert shown["facts"]["job_title"] == "VP Sales"
+    assert shown["address"] == "Jane.Doe@acme.example"  # as first written
+    # one file with both cases: one person, the second row a duplicate
+    both = tmp_path / "both.csv"
+    both.write_text("email,source_name,source_type\nA.B@acme.example,f,direct\n"
+                    "a.b@acme.example,f,direct\n")
+    result = gateway_cli(config, "contacts", "import", str(both))
+    assert "duplicate" in result.stderr and ":3:" in result.stderr
+    assert count(config, "contacts") == 2
+
+
+def test_a_consent_imported_again_without_its_method_keeps_the_method(config: Path,
+                                                                      tmp_path: Path):
+    """A consent recorded as "accepted T&C" (not consent, R10) became valid (R6) when a
+    re-export without the method column was imported: the empty cell erased the method
+    and the proof instead of keeping them, as the import's help says of empty cells."""
+    first = tmp_path / "first.csv"
+    first.write_text("email,consent,consent_at,consent_method,consent_proof,source_name,"
+                     "source_type,collected_at\npt@b2c.example,granted,2026-01-05T10:00:00Z,"
+                     "accepted T&C,cgv v2,Shop,direct,2026-01-05\n")
+    again = tmp_path / "again.csv"
+    again.write_text("email,consent,consent_at\npt@b2c.example,granted,2026-01-05T10:00:00Z\n")
+    assert gateway_cli(config, "contacts", "import", str(first)).returncode == 0
+    before = json.loads(gateway_cli(config, "check", "--account", "crm", "--to",
+                                    "pt@b2c.example", "--json").stdout)
+    assert gateway_cli(config, "contacts", "import", str(again)).returncode == 0
+    after = json.loads(gateway_cli(config, "check", "--account", "crm", "--to",
+                                   "pt@b2c.example", "--json").stdout)
+    assert (before["decision"], before["rule"]) == (after["decision"], after["rule"]) \
+        == ("reject", "R10")
+    with sqlite3.connect(config.parent / "gateway.db") as conn:
+        assert conn.execute("SELECT consent_method, consent_proof FROM contacts").fetchone() \
+            == ("accepted T&C", "cgv v2")

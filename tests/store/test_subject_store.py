@@ -31,8 +31,14 @@ async def add_message(db: Database, message_id: str, content: bytes,
 
 async def test_every_spelling_of_the_address_is_erased_and_dsns_scrubbed(db, hasher):
     import_csv(db, hasher, "email,kind,source_name,source_type\n"
-                           "Jane@Example.com,role,Site,direct\njane@example.com,role,Fair,direct\n"
+                           "Jane@Example.com,role,Site,direct\n"
                            "john@example.com,role,Site,direct\n")
+    # a store from before 023 may hold one person under two spellings (an import now
+    # updates the contact held in another case)
+    await db.write_one("INSERT INTO contacts (address, address_hash, kind, audience,"
+                       " relationship, topics, customer_categories, collected_at, created_at,"
+                       " updated_at) VALUES ('jane@example.com', ?, 'role', 'b2c', 'prospect',"
+                       " '', '', 1, 1, 1)", (hasher("jane@example.com"),))
     await add_message(db, "m1", b"To: JANE@example.com\r\n\r\nhi\r\n",
                       [("JANE@example.com", "failed", "550 5.1.1 <JANE@example.com> unknown")])
     # A DSN to the sender, naming Jane, still queued; and John's own queued message.
