@@ -210,13 +210,19 @@ def _rewrite(content: bytes, part: Part, notice: Notice, is_root: bool,
         body = _quoted_printable(data)
     else:
         body = data
-        if any(len(line.rstrip(b"\r")) > MAX_LINE for line in body.split(b"\n")):
+        if has_bare_line_end(body) or any(len(line.rstrip(b"\r")) > MAX_LINE
+                                          for line in body.split(b"\n")):
+            # a bare CR or LF (UTF-7's "+AAo-" decodes to one) cannot go as 7bit or 8bit:
+            # the next hop rewrites it after DKIM signed the copy; QP writes it as "=0D" or
+            # a line break
             body, new_encoding = _quoted_printable(data), "quoted-printable"
-    if encoding == "quoted-printable" or new_encoding == "quoted-printable":
-        if _starts_a_line(body, delimiters):
-            # QP's soft breaks put text from the middle of a line at the start of one:
-            # "--sep--" there ends the multipart, and the notice after it is epilogue
-            body, new_encoding = _base64_lines(data), "base64"
+    if "base64" not in (encoding, new_encoding) and _starts_a_line(body, delimiters):
+        # a line of the notice (a source's name wrapped onto a line of its own) or a QP soft
+        # break (text from the middle of a line at the start of one) that starts with
+        # "--boundary" ends the part there: the rest of the notice, the unsubscribe link
+        # with it, would be read as the next part's header fields, or as epilogue. Base64
+        # has no "-" in its alphabet.
+        body, new_encoding = _base64_lines(data), "base64"
     head = content[part.start:part.body_start]
     if part.body_start == part.end and not head.endswith(b"\r\n\r\n"):
         # header fields and no body (a root part: a body part without its blank line is

@@ -229,6 +229,9 @@ def scan(content: bytes) -> Part:
         boundary = part.params.get("boundary", "")
         if not boundary or len(boundary) > 200:
             raise Malformed(f"{part.content_type} without a usable boundary")
+        if boundary[-1] in " \t":  # RFC 2046 5.1.1: readers strip a delimiter line's
+            # trailing blanks (transport padding), so they disagree on where parts end
+            raise Malformed(f"{part.content_type} with a boundary that ends with a space")
         default = "message/rfc822" if part.content_type == "multipart/digest" else "text/plain"
         for start, end in _split(content, part.body_start, part.end, boundary.encode()):
             child = _entity(content, start, end, default)

@@ -218,6 +218,46 @@ def test_quoted_printable_soft_breaks_never_start_a_line_with_a_boundary():
     assert part["Content-Transfer-Encoding"] == "base64"
 
 
+def test_a_notice_line_that_starts_with_a_boundary_never_ends_the_part():
+    """A part kept 7bit: no line of the notice was checked against the boundaries, and a
+    controller or source name wrapped so that "--b1" began a line cut the notice in two: its
+    second half (rights, unsubscribe link) became a part of its own, read as header fields."""
+    original = (HEAD + b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+                b"--b1\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nHello\r\n"
+                b"--b1\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64"
+                b"\r\n\r\nJVBERi0=\r\n--b1--\r\n")
+    for name in ("x" * 75 + " --b1 " + "y" * 75, "x" * 75 + " --b1-- " + "y" * 30):
+        text = notice("en", sources=(name,), full=True)
+        assert "\n--b1" in "\n" + text.plain  # the notice does start a line with it
+        out = add_notice(original, text)
+        message = email.message_from_bytes(out, policy=email.policy.default)
+        assert not [d for p in message.walk() for d in p.defects]
+        plain, pdf = parts(out)
+        assert "gw.example/u/abc" in text_of(plain) and text_of(plain).startswith("Hello")
+        assert pdf.get_content_type() == "application/pdf"
+
+
+def test_a_boundary_that_ends_with_a_space_is_malformed():
+    """boundary=" ": the notice's "-- " separator line is a delimiter line to some readers
+    (trailing blanks are padding), the rest of the notice a part of its own."""
+    original = (HEAD + b'Content-Type: multipart/mixed; boundary=" "\r\n\r\n'
+                b"-- \r\nContent-Type: text/plain\r\n\r\nbody\r\n-- --\r\n")
+    assert "ends with a space" in (structure_facts(original).malformed or "")
+
+
+def test_a_line_break_that_only_decoding_shows_does_not_fail_the_copy():
+    """UTF-7's "+AAo-" is a LF: the English copy (its notice ASCII, the part kept 7bit)
+    carried a bare LF and failed at delivery ("cannot make the copy compliant"), after the
+    250; the French one went (its QP wrote the LF as a line break)."""
+    original = HEAD + b"Content-Type: text/plain; charset=utf-7\r\n\r\nHello+AAo-world\r\n"
+    assert structure_facts(original).malformed is None
+    for language in ("en", "fr"):
+        out = add_notice(original, notice(language))
+        [part] = parts(out)
+        assert text_of(part).startswith("Hello\nworld\n")
+        assert "gw.example/u/abc" in text_of(part)
+
+
 def test_a_parameter_given_twice_is_malformed():
     """Python's email reads the first boundary, the scan read the last: the notice went into
     an attachment. Readers disagree, so the message is quarantined (M2)."""
