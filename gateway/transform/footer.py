@@ -242,9 +242,17 @@ def _body_close(text: str) -> int:
     end tag), else at the end (a reader puts trailing content in the body). Literal searches
     back from the end over a lower-cased copy (~25 us for 20 KB), not a parse."""
     low = text.lower()
+    plaintext = low.find("<plaintext")
+    while plaintext >= 0 and _in_raw_text(low, plaintext):
+        plaintext = low.find("<plaintext", plaintext + 1)
+    if plaintext >= 0:  # nothing after <plaintext> is ever markup again (HTML 13.2.5.1)
+        return plaintext
     at = low.rfind("</body")
     while at >= 0:
-        if _BODY_CLOSE.match(text, at) and not _in_raw_text(low, at):
+        if _BODY_CLOSE.match(text, at) and not _in_raw_text(low, at) \
+                and low.rfind("<", 0, at) <= low.rfind(">", 0, at):
+            # (the last test: not inside another tag, title="</body>" or alt="</body>",
+            # where the notice would become the attribute's value)
             return at
         at = low.rfind("</body", 0, at)
     return len(text)

@@ -333,6 +333,30 @@ def test_the_html_notice_goes_before_the_body_tag_not_one_in_a_comment_or_script
         assert "Why you receive" in "".join(reader.text)
 
 
+@pytest.mark.parametrize("html", [
+    '<html><body><p>Hi</p><a href="https://x.example/" title="</body>">link</a>',
+    '<html><body><p>Hi</p></body></html><img src="https://t.example/p.gif" alt="</body>">'])
+def test_the_html_notice_never_goes_inside_an_attribute(html: str):
+    """The last "</body>" was an attribute's value: the notice's <div> became the title,
+    its text part of the sender's link."""
+    original = HEAD + b"Content-Type: text/html; charset=utf-8\r\n\r\n" + html.encode()
+    [part] = parts(add_notice(original, notice()))
+    out = part.get_content()
+    assert 'title="</body>">link</a>' in out or 'alt="</body>">' in out  # left as it was
+    assert '="<div' not in out and "Why you receive" in out
+
+
+def test_the_html_notice_goes_before_plaintext_which_nothing_closes():
+    """<plaintext> runs to the end of the document: a notice after it (and a </plaintext>
+    added) shows as raw markup, its links dead."""
+    original = (HEAD + b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+                b"<html><body><p>x</p><plaintext>raw </body>\r\n")
+    [part] = parts(add_notice(original, notice()))
+    out = part.get_content()
+    assert out.index("Why you receive") < out.index("<plaintext>")
+    assert "</plaintext>" not in out
+
+
 def test_a_part_whose_fields_run_into_the_delimiter_is_malformed_and_headers_only_is_not():
     """No blank line between a part's fields and the next delimiter: sent with two
     Content-Type fields. A whole message of header fields only is legal: the notice becomes
