@@ -63,7 +63,9 @@ class SmtpSettings:
 @dataclass(frozen=True)
 class HttpSettings:
     listen: str = defaults.HTTP_LISTEN
-    public_url: str = "http://127.0.0.1:8025"
+    # "" (the default): http://<http.listen>, so that moving the port moves the links with
+    # it (a wildcard listen gives the loopback address: set public_url for real recipients)
+    public_url: str = ""
     # a client must send each whole request (headers and body) within this many seconds of
     # connecting or of the previous answer (slow clients hold connections: slowloris)
     request_timeout_seconds: float = 10.0
@@ -240,8 +242,22 @@ def load_settings(path: str | os.PathLike[str] | None = None,
         else:
             sections[name] = _build(_SECTION_TYPES[name], value, name)
     settings = Settings(**sections, source=source)
+    if not settings.http.public_url:
+        settings = dataclasses.replace(settings, http=dataclasses.replace(
+            settings.http, public_url=url_of_listen(settings.http.listen)))
     _check(settings)
     return settings
+
+
+def url_of_listen(listen: str) -> str:
+    """The http:// base URL of what `listen` (http.listen) serves: what the unsubscribe
+    links point to unless http.public_url says otherwise."""
+    host, port = parse_listen(listen, "http.listen")
+    if host in ("0.0.0.0", ""):  # noqa: S104 - a wildcard is reached at the loopback here
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 _SECTION_TYPES: dict[str, type] = {

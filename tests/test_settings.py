@@ -17,6 +17,23 @@ def test_embedded_defaults_match_the_contract():
     assert s.delivery.mode == "maildir" and s.delivery.maildir == "./var/outbox"
     assert s.store.ledger_reads == "process"  # the event loop never waits on the database
     assert s.smtp.trusted_clients == () and s.smtp.allow_plain_auth_on_loopback is False
+    assert s.http.public_url == "http://127.0.0.1:8025"
+
+
+@pytest.mark.parametrize(("listen", "url"), [
+    ("127.0.0.1:3531", "http://127.0.0.1:3531"), ("0.0.0.0:80", "http://127.0.0.1:80"),
+    ("[::1]:8025", "http://[::1]:8025"), ("[::]:8025", "http://[::1]:8025"),
+    ("gw.example:8080", "http://gw.example:8080")])
+def test_the_unsubscribe_links_follow_the_http_port_unless_public_url_is_set(
+        tmp_path: Path, listen: str, url: str):
+    """http.listen moved (GATEWAY_HTTP_LISTEN, the port being taken): the links still
+    pointed at :8025, where nothing answered, or another gateway said 404."""
+    s = load_settings(None, environ={"GATEWAY_HTTP_LISTEN": listen})
+    assert s.http.public_url == url
+    config = tmp_path / "g.toml"
+    config.write_text('[http]\npublic_url = "https://unsubscribe.example.com"\n')
+    s = load_settings(config, environ={"GATEWAY_HTTP_LISTEN": listen})
+    assert s.http.public_url == "https://unsubscribe.example.com"
 
 
 def test_the_documented_example_config_loads():
