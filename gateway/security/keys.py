@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -17,6 +18,8 @@ from gateway.errors import ConfigError
 from gateway.files import make_private_dirs
 
 KEY_BYTES = 32
+
+log = logging.getLogger("gateway.keys")
 
 
 def create_secret_file(path: Path, text: str) -> None:
@@ -44,16 +47,24 @@ def create_secret_file(path: Path, text: str) -> None:
 def load_or_create_key(path: Path | str) -> bytes:
     """The key in `path`; a new random one written owner-only when the file does not exist."""
     path = Path(path)
-    create_secret_file(path, secrets.token_hex(KEY_BYTES) + "\n")
-    text = path.read_text(encoding="ascii", errors="replace").strip()
+    try:
+        create_secret_file(path, secrets.token_hex(KEY_BYTES) + "\n")
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError as exc:  # a directory, no permission, a read-only or full disk
+        raise ConfigError(f"{path}: cannot read or create this key file: "
+                          f"{exc.strerror or exc}") from None
     try:
         key = bytes.fromhex(text)
     except ValueError:
         raise ConfigError(f"{path}: not a hex key") from None
     if len(key) < 16:
         raise ConfigError(f"{path}: key too short ({len(key)} bytes, need at least 16)")
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, 0o600)
+    try:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError as exc:  # someone else's file, a read-only secret volume
+        log.warning("%s is readable by others and could not be made owner-only: %s", path,
+                    exc.strerror or exc)
     return key
 
 

@@ -83,6 +83,17 @@ def test_a_key_file_that_is_no_key_is_exit_2_naming_it(config: Path, tmp_path: P
     clean_failure(gateway_cli(config, "contacts", "import", str(csv)), 2, str(key))
 
 
+@pytest.mark.parametrize("args", [("suppress", "add", "x@example.org"), ("suppress", "list"),
+                                  ("contacts", "show", "x@example.org")])
+def test_a_key_file_that_cannot_be_read_is_exit_2_naming_it(config: Path, tmp_path: Path,
+                                                           args: tuple[str, ...]):
+    """A directory (or a file without permission) where the key should be: a traceback."""
+    (tmp_path / "adir").mkdir()
+    result = run("--config", str(config), *args,
+                 env={"GATEWAY_SECRETS_HASH_KEY_FILE": str(tmp_path / "adir")})
+    clean_failure(result, 2, "cannot read or create this key file")
+
+
 def test_a_store_restored_without_its_hash_key_is_refused_not_given_a_new_one(
         config: Path, tmp_path: Path):
     """The suppression list is keyed: a restore without secrets/hash.key, or a typo in
