@@ -24,6 +24,7 @@ from gateway.compose import Composer, CopySettings
 from gateway.delivery.upstream import make_transport
 from gateway.delivery.worker import DeliveryService
 from gateway.errors import ConfigError, Refused
+from gateway.files import owner_only
 from gateway.flow import Decider, Flow
 from gateway.notice_templates import load_templates
 from gateway.notify import Notifier
@@ -108,6 +109,7 @@ class Gateway:
         if s.tls_cert:
             self.tls = TlsInfo(s.tls_cert, False)
             try:
+                owner_only("smtp.tls_key", s.tls_key)  # as the DKIM and store keys are
                 return server_context(s.tls_cert, s.tls_key)
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"smtp.tls_cert {s.tls_cert} / smtp.tls_key {s.tls_key}: "
@@ -120,6 +122,7 @@ class Gateway:
             log.warning("created a self-signed certificate %s for development; set "
                         "smtp.tls_cert and smtp.tls_key for production", cert)
         self.tls = TlsInfo(str(cert), True)
+        owner_only("the self-signed certificate's key", key)
         return server_context(cert, key)
 
     def copy_settings(self) -> CopySettings:

@@ -6,7 +6,6 @@ import base64
 import logging
 import os
 import re
-import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -14,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway.addresses import normalize_domain
 from gateway.errors import ConfigError, Refused
-from gateway.files import make_private_dirs
+from gateway.files import make_private_dirs, owner_only
 from gateway.settings import DkimSettings
 from gateway.transform.dkim import ED25519, RSA, DkimKey
 
@@ -89,7 +88,7 @@ def load_keys(entries: tuple[DkimSettings, ...]) -> list[DkimKey]:
             info = os.stat(entry.key_file)
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read {entry.key_file}: {exc}") from None
-        _owner_only(where, entry.key_file, info)
+        owner_only(where, entry.key_file, info)
         if b"PRIVATE KEY-----" in data:
             try:
                 key = serialization.load_pem_private_key(data, password=None)
@@ -127,24 +126,3 @@ def load_keys(entries: tuple[DkimSettings, ...]) -> list[DkimKey]:
                           "the large mailbox providers do not verify: add an RSA key for it "
                           "(gateway dkim keygen --domain D --selector S)")
     return keys
-
-
-def _owner_only(where: str, path: str, info: os.stat_result) -> None:
-    """A signing key readable by others is made owner-only when it is ours, as the other
-    keys are; one of someone else's (a read-only secret volume, a key shared with a group on
-    purpose) is left as it is, and said."""
-    mode = stat.S_IMODE(info.st_mode)
-    if not mode & 0o077:
-        return
-    if info.st_uid == os.geteuid():
-        try:
-            os.chmod(path, mode & 0o700)
-        except OSError as exc:  # a read-only file system (a mounted secret)
-            log.warning("%s: %s is readable by others (mode %o) and cannot be made "
-                        "owner-only: %s", where, path, mode, exc.strerror or exc)
-            return
-        log.warning("%s: %s was readable by others (mode %o): made owner-only", where, path,
-                    mode)
-        return
-    log.warning("%s: %s is readable by others (mode %o), and not this user's to change",
-                where, path, mode)

@@ -411,3 +411,21 @@ def test_eight_bit_content_is_declared_to_the_upstream(make_gateway, sink: Sink)
     assert "SMTPUTF8" in received["Rés".encode()].mail_options
     assert "SMTPUTF8" not in (received[b"Huit"].mail_options + received[b"Seve"].mail_options
                               + received[b"Unas"].mail_options)
+
+
+def test_a_tls_key_readable_by_others_is_made_owner_only(tmp_path, caplog):
+    """smtp.tls_key at 0644 (or the self-signed one's, chmod-ed by hand) was loaded as it was,
+    silently: the DKIM and store keys are made owner-only, with a warning."""
+    from gateway.runtime import Gateway
+    from gateway.settings import load_settings
+    from gateway.tls import ensure_self_signed
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    ensure_self_signed(cert, key, "localhost")
+    key.chmod(0o644)
+    config = tmp_path / "g.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "g.db"}"\n'
+                      f'[smtp]\ntls_cert = "{cert}"\ntls_key = "{key}"\n')
+    with caplog.at_level("WARNING"):
+        assert Gateway(load_settings(config, environ={})).tls_context() is not None
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and "made owner-only" in caplog.text
