@@ -28,6 +28,8 @@ NEED_RECIPIENT = "503 5.5.1 Need RCPT command first"
 DATA_SYNTAX = "501 5.5.4 Syntax: DATA (no parameters)"
 BAD_AUTH_PARAMETER = "501 5.5.4 Malformed AUTH= parameter (RFC 4954 5)"
 AUTH_IN_TRANSACTION = "503 5.5.1 AUTH not allowed during a mail transaction"
+TLS_ALREADY_ACTIVE = "554 5.5.1 TLS already active"  # Postfix's words (RFC 3207 4.2)
+STARTTLS_SYNTAX = "501 5.5.4 Syntax: STARTTLS"
 
 QUEUED = "250 2.0.0 {queue_id} Message accepted for delivery"
 FROM_NOT_ALLOWED = "550 5.7.1 M1 From header domain not allowed for this account"

@@ -255,6 +255,18 @@ class GatewaySMTP(SMTP):
                 arg = arg[:found.start()] + arg[found.end():]  # discarded (RFC 4954 5)
         await super().smtp_MAIL(arg)
 
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """aiosmtpd's, refused inside TLS: it said 220 and stacked a TLS layer on the first,
+        and the session broke with a traceback in the log."""
+        if arg:
+            await self.push(replies.STARTTLS_SYNTAX)
+            return
+        if self._tls_protocol is not None:
+            await self.push(replies.TLS_ALREADY_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
+
     async def smtp_AUTH(self, arg: str) -> None:
         envelope = self.envelope
         if envelope is not None and envelope.mail_from is not None:

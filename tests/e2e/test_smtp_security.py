@@ -58,6 +58,11 @@ def test_auth_is_neither_advertised_nor_accepted_before_starttls(make_gateway):
     assert s.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD)) == (
         235, "2.7.0 Authentication successful")
     assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    # a second STARTTLS inside TLS: aiosmtpd said 220 and stacked TLS on TLS (the session
+    # then broke, with a traceback in the log); Postfix answers 554 5.5.1
+    assert s.cmd("STARTTLS") == (554, "5.5.1 TLS already active")
+    assert s.cmd("STARTTLS now")[0] == 501
+    assert s.cmd("NOOP")[0] == 250  # the session goes on
     s.close()
 
 
