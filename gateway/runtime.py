@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import math
 import os
@@ -146,6 +147,18 @@ class Gateway:
         if not s.http.public_url.startswith("https://"):
             log.warning("http.public_url %s is not https: RFC 8058 one-click unsubscribe needs "
                         "an HTTPS link (fine for local tests only)", s.http.public_url)
+        for i, client in enumerate(s.smtp.trusted_clients):
+            network = ipaddress.ip_network(client.network, strict=False)
+            if not (network.is_private or network.is_loopback):
+                log.warning("smtp.trusted_clients[%d] trusts %s, which holds public addresses: "
+                            "any host there sends as account %r without AUTH (an open relay "
+                            "for that account if SMTP is reachable from them)", i,
+                            client.network, client.account)
+        d = s.delivery
+        if d.mode == "smtp" and not d.starttls and not _loopback(d.host):
+            log.warning("delivery.starttls is false: copies (personal data) go to %s:%d in "
+                        "clear text, even if it offers STARTTLS; set delivery.starttls = true",
+                        d.host, d.port)
         listen_host = parse_listen(s.smtp.listen)[0]
         if s.smtp.hostname.rstrip(".").lower() in ("localhost", "localhost.localdomain") \
                 and not _loopback(listen_host):

@@ -466,8 +466,10 @@ def test_start_warns_of_a_missing_trusted_account_and_a_hostname_nobody_can_reac
     smtp_port, http_port = free_port(), free_port()
     config = tmp_path / "gateway.toml"
     config.write_text(f'[smtp]\nlisten = "0.0.0.0:{smtp_port}"\n'
-                      'trusted_clients = [{ network = "127.0.0.0/8", account = "nosuch" }]\n'
+                      'trusted_clients = [{ network = "127.0.0.0/8", account = "nosuch" },\n'
+                      '                   { network = "0.0.0.0/0", account = "nosuch" }]\n'
                       f'[http]\nlisten = "0.0.0.0:{http_port}"\n'
+                      '[delivery]\nmode = "smtp"\nhost = "192.0.2.10"\n'
                       f'[store]\nurl = "sqlite:///{tmp_path / "gateway.db"}"\n')
     gw = GatewayProcess(config, smtp_port, http_port, tmp_path / "gateway.log").start()
     try:
@@ -475,6 +477,10 @@ def test_start_warns_of_a_missing_trusted_account_and_a_hostname_nobody_can_reac
         assert "smtp.trusted_clients names the account 'nosuch', which does not exist" \
             in gw.output
         assert "smtp.hostname is 'localhost' while SMTP listens on 0.0.0.0:" in gw.output
+        # a trust of the whole internet, and personal data to a remote relay in clear text
+        assert "smtp.trusted_clients[1] trusts 0.0.0.0/0, which holds public addresses" \
+            in gw.output and "trusted_clients[0]" not in gw.output
+        assert "copies (personal data) go to 192.0.2.10:25 in clear text" in gw.output
         # log times are UTC and say so, as the CLI's (they were local, without an offset)
         [line] = [x for x in gw.output.splitlines() if "smtp.hostname is" in x]
         stamp = time.strftime("%Y-%m-%dT%H:", time.gmtime())
