@@ -28,6 +28,11 @@ def days_ago(days: int) -> str:
     return (datetime.date.today() - datetime.timedelta(days=days)).isoformat()
 
 
+def hours_ahead(hours: int) -> str:
+    moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=hours)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -71,6 +76,9 @@ CASES = (
          _row(kind="role", audience="b2b"), "allow", "R5", "role address"),
     Case("R6 prior consent", "consented@b2c.example", _row(**CONSENT), "allow", "R6",
          "consent"),
+    Case("R6 refused: a consent dated later today is not prior", "tomorrow@b2c.example",
+         _row(**{**CONSENT, "consent_at": hours_ahead(2)}), "reject", "R10",
+         "not valid consent"),
     Case("R6 refused: a pre-ticked box is not consent", "preticked@b2c.example",
          _row(**{**CONSENT, "consent_method": "pre-ticked"}), "reject", "R10",
          "not valid consent"),

@@ -200,15 +200,17 @@ def r5_role_address(case: Case) -> Decision | None:
     return None
 
 
-def consent_is_valid(contact: Contact) -> bool:
-    """Granted, provable (it has a date) and not obtained by a pre-ticked box or T&C."""
+def consent_is_valid(contact: Contact, now: float) -> bool:
+    """Granted, provable (it has a date), prior (that date is past: an import takes dates up
+    to a day ahead, for clocks that disagree) and not obtained by a pre-ticked box or T&C."""
     return (contact.consent == "granted" and contact.consent_at is not None
+            and contact.consent_at <= now
             and not invalid_consent_method(contact.consent_method))
 
 
 def r6_consent(case: Case) -> Decision | None:
     """R6: prior, provable consent (L.34-5 al. 1; GDPR 7(1))."""
-    if consent_is_valid(case.contact):
+    if consent_is_valid(case.contact, case.now):
         return _allow("R6", "prior consent on record", "CPCE L.34-5 al. 1; GDPR 6-1-a and 7")
     return None
 
@@ -253,9 +255,10 @@ def r10_no_basis(case: Case) -> Decision:
     """R10: anything else has no lawful basis for prospecting."""
     contact = case.contact
     basis = "CPCE L.34-5 al. 1"
-    if contact.consent == "granted" and not consent_is_valid(contact):
-        return _reject("R10", "recorded consent is not valid consent (no date, or pre-ticked "
-                       "box / terms acceptance)", basis + "; GDPR 4(11) and 7")
+    if contact.consent == "granted" and not consent_is_valid(contact, case.now):
+        return _reject("R10", "recorded consent is not valid consent (no date, a date still "
+                       "to come, or pre-ticked box / terms acceptance)",
+                       basis + "; GDPR 4(11) and 7")
     if contact.audience == "b2b":
         return _reject("R10", "campaign topics unrelated to the recipient's profession", basis)
     if contact.relationship == "customer":
