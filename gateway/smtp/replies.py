@@ -40,6 +40,7 @@ LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 IDLE_TIMEOUT = "421 4.4.2 Idle too long, closing connection"
+TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"  # as Postfix
 
 # aiosmtpd's own replies that lack an enhanced status code, rewritten on the way out.
 AIOSMTPD_REWRITES: dict[bytes, bytes] = {

@@ -116,6 +116,11 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 PLAIN_ANGLE_ADDRESS = re.compile(
     rf"\s*<(({_ATEXT}(?:\.{_ATEXT})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 TRANSACTION_VERBS = ("MAIL", "RCPT", "DATA", "RSET", "QUIT", "EHLO", "HELO")
+HARD_ERROR_LIMIT = 20  # 4xx/5xx answers to a client not logged in, then 421 (Postfix's 20)
+# answers that count as no error of the client's: the rule book's (a trusted network's tool
+# mailing an objector), a sender outside its domains (M1), the recipient limit, our own
+# store or ledger failing
+_NOT_THE_CLIENTS_ERROR = re.compile(rb"55[03] 5\.7\.1 [RTM]\d|452 |451 ")
 UNLIMITED = 2**62
 
 
@@ -172,6 +177,7 @@ class GatewaySMTP(SMTP):
         self._idle_deadline = 0.0  # see _reset_timeout
         self._committing = False  # the end of DATA is ours to answer: not the client idling
         self._abort_handle: asyncio.TimerHandle | None = None  # see _abort_later
+        self._errors = 0  # 4xx/5xx answers to a client not logged in (push)
 
     @property
     def client_ip(self) -> str:
@@ -426,6 +432,20 @@ class GatewaySMTP(SMTP):
 
     async def push(self, status: str | bytes) -> None:
         raw = status.encode("utf-8") if isinstance(status, str) else status
+        if raw[:1] in b"45" and not _NOT_THE_CLIENTS_ERROR.match(raw) \
+                and not (self.session is not None and self.session.authenticated):
+            # Postfix's smtpd_hard_error_limit (20): a client that is not logged in and
+            # keeps being refused (530 to RCPT after RCPT, guessed unsubscribe tokens,
+            # garbage) holds a slot and fills the log for ever; it is cut off. The policy's
+            # answers to a trusted network's tool (550 5.7.1 R6 ...), our own 451 and the
+            # recipient limit's 452 are no error of the client's.
+            self._errors += 1
+            if self._errors > HARD_ERROR_LIMIT:
+                log.warning("%s: %d errors in one session: closing it", self._client_ip,
+                            self._errors)
+                await super().push(replies.TOO_MANY_ERRORS)
+                self._close_now()
+                return
         await super().push(replies.AIOSMTPD_REWRITES.get(raw, raw))
 
     async def handle_exception(self, error: Exception) -> str:

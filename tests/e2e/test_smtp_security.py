@@ -271,6 +271,32 @@ def test_oversize_message_gets_552(make_gateway, sink: Sink):
     assert sink.messages == []
 
 
+def test_a_client_not_logged_in_is_cut_off_after_20_errors(make_gateway, sink: Sink):
+    """Postfix's smtpd_hard_error_limit: an unauthenticated client got 530 for 3,000 RCPTs
+    (and guessed tokens, and wrote a log line each) on one connection for as long as it
+    liked."""
+    gw = make_gateway(trusted=False)
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    assert s.cmd("MAIL FROM:<someone@elsewhere.example>")[0] == 250
+    for _ in range(20):
+        assert s.cmd("RCPT TO:<victim@example.org>")[0] == 530
+    assert s.cmd("RCPT TO:<victim@example.org>") == (
+        421, "4.7.0 Too many errors, closing connection")
+    wait_until(lambda: s.closed(), what="the connection closed")
+
+
+def test_the_rule_books_refusals_are_no_errors_of_a_trusted_tool(make_gateway):
+    gw = make_gateway()  # trusted_clients: 127.0.0.0/8
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    for i in range(30):  # unknown to the ledger: 550 5.7.1 R2, the rule book's answer
+        assert s.cmd(f"RCPT TO:<unknown{i}@example.org>")[0] == 550
+    assert s.cmd("NOOP")[0] == 250
+    s.close()
+
+
 def test_garbage_commands_get_5xx_and_the_session_stays_usable(make_gateway, sink: Sink):
     gw = make_gateway()
     s = RawSmtp(gw.smtp_port)
