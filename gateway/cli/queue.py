@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import click
 from rich.table import Table
 
 from gateway.cli import (
+    EXIT_REFUSED,
     ROW_ID,
     CliState,
     hasher_for,
@@ -18,6 +21,7 @@ from gateway.cli import (
     table_console,
     when,
 )
+from gateway.errors import NotFound, Refused
 from gateway.store.db import Database
 from gateway.store.ledger import ledger_form
 from gateway.store.queue import QueueStore
@@ -76,19 +80,59 @@ def list_(state: CliState, failed: bool, show_all: bool, limit: int, as_json: bo
     run(body)
 
 
-@queue.command()
-@click.argument("entry_id", type=ROW_ID)
-@click.pass_obj
-def retry(state: CliState, entry_id: int) -> None:
-    """Try ENTRY_ID again now (deferred, or failed while its content is still kept)."""
+class QueueRef(click.ParamType):  # type: ignore[type-arg]
+    """A queue entry's id (`queue list`'s id column), or a message's queue id (what the
+    250 after DATA named, `queue list`'s "queue id"): every copy of that message."""
 
-    async def body() -> None:
+    name = "ID"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> int | str:
+        text = str(value).strip()
+        if QUEUE_ID.fullmatch(text):
+            return text.upper()
+        return ROW_ID.convert(text, param, ctx)  # type: ignore[no-any-return]
+
+
+QUEUE_ID = re.compile(r"[0-9A-Fa-f]{16}")
+QUEUE_REF = QueueRef()
+REF_HELP = ("ID is a queue entry's id (the id column of `queue list`), or a queue id as the "
+            "250 after DATA named it: then every copy of that message not sent yet.")
+
+
+async def _entries(q: QueueStore, ref: int | str) -> tuple[int, ...]:
+    return (ref,) if isinstance(ref, int) else await q.copies_of(ref)
+
+
+def _each(state: CliState, ref: int | str, what: str,
+          act: Callable[[QueueStore, int], Awaitable[None]]) -> None:
+    """`act` on each entry `ref` names; a refusal of one is said and the others still done
+    (exit 1 if any was refused)."""
+
+    async def body() -> bool:
+        refused = False
         async with open_queue(state) as q:
             await q.release_dead(by_pid_only=True)  # a crashed gateway's claims
-            await q.retry(entry_id)
-        click.echo(f"queue entry {entry_id} will be retried now")
+            for entry_id in await _entries(q, ref):
+                try:
+                    await act(q, entry_id)
+                except (NotFound, Refused) as exc:
+                    click.echo(f"gateway: {exc}", err=True)
+                    refused = True
+                    continue
+                click.echo(f"queue entry {entry_id} {what}")
+        return refused
 
-    run(body)
+    if run(body):
+        sys.exit(EXIT_REFUSED)
+
+
+@queue.command(epilog=REF_HELP)
+@click.argument("ref", metavar="ID", type=QUEUE_REF)
+@click.pass_obj
+def retry(state: CliState, ref: int | str) -> None:
+    """Try ID again now (deferred, or failed while its content is still kept)."""
+    _each(state, ref, "will be retried now", lambda q, entry_id: q.retry(entry_id))
 
 
 @queue.command()
@@ -104,14 +148,14 @@ def flush(state: CliState) -> None:
     run(body)
 
 
-@queue.command()
-@click.argument("entry_id", type=ROW_ID)
+@queue.command(epilog=REF_HELP)
+@click.argument("ref", metavar="ID", type=QUEUE_REF)
 @click.option("--operator", help="Who deletes it, for the audit log (default: the OS user).")
 @click.pass_obj
-def delete(state: CliState, entry_id: int, operator: str | None) -> None:
-    """Remove ENTRY_ID from the queue for good: it is neither delivered nor bounced. The
-    deletion is recorded in the audit log (who, when, which recipient's copy), as an
-    operator's rejection of a held copy is.
+def delete(state: CliState, ref: int | str, operator: str | None) -> None:
+    """Remove ID from the queue for good: it is neither delivered nor bounced. The deletion
+    is recorded in the audit log (who, when, which recipient's copy), as an operator's
+    rejection of a held copy is.
 
     Refused (exit 1) while a gateway process is delivering it: try again once it is sent,
     deferred or failed.
@@ -119,15 +163,12 @@ def delete(state: CliState, entry_id: int, operator: str | None) -> None:
     who = operator_name(operator)
     hasher = hasher_for(state.settings)
 
-    async def body() -> None:
-        async with open_queue(state) as q:
-            await q.release_dead(by_pid_only=True)  # a crashed gateway's claims
-            entry = await q.get(entry_id)
-            await q.delete(entry_id, operator=who,
-                           recipient_hash=hasher(ledger_form(entry.recipient)))
-        click.echo(f"queue entry {entry_id} deleted (recorded in the audit log as {who}'s)")
+    async def act(q: QueueStore, entry_id: int) -> None:
+        entry = await q.get(entry_id)
+        await q.delete(entry_id, operator=who,
+                       recipient_hash=hasher(ledger_form(entry.recipient)))
 
-    run(body)
+    _each(state, ref, f"deleted (recorded in the audit log as {who}'s)", act)
 
 
 COMMANDS = [queue]

@@ -456,6 +456,17 @@ class QueueStore:
             raise NotFound(f"no queue entry {delivery_id}")
         return QueueEntry(*tuple(rows[0]))
 
+    async def copies_of(self, message_id: str) -> tuple[int, ...]:
+        """The queue entries of the message `message_id` (the queue id its 250 named) that
+        were not sent; NotFound when it has none."""
+        rows = await self.db.fetchall(
+            "SELECT id FROM deliveries WHERE message_id = ? AND state != 'sent' ORDER BY id",
+            (message_id,))
+        if not rows:
+            raise NotFound(f"no copy of message {message_id} waiting or failed in the queue "
+                           "(unknown queue id, or every copy sent)")
+        return tuple(row[0] for row in rows)
+
     async def retry(self, delivery_id: int) -> None:
         """Make a deferred or failed copy due now (a failed one only while its content is
         kept, and from now on: delivery.max_age_hours counts again from the retry).

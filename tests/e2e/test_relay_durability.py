@@ -132,6 +132,8 @@ def test_queue_retry_and_delete_steer_single_entries(make_gateway):
     deleted = gw.cli("queue", "delete", str(by_rcpt["b@example.net"]), "--operator", "ops")
     assert deleted.returncode == 0 and "ops" in deleted.stdout
     assert gw.cli("queue", "delete", "999999").returncode == 1
+    assert gw.cli("queue", "delete", "00000000DEADBEEF").returncode == 1  # no such queue id
+    assert gw.cli("queue", "delete", "not-an-id").returncode == 2
     # recorded (INTERFACE: nothing leaves the queue unrecorded): the person's access
     # export says who withdrew it, the chain still verifies
     export = json.loads(gw.cli("subject", "export", "b@example.net", "--format", "json").stdout)
@@ -141,7 +143,11 @@ def test_queue_retry_and_delete_steer_single_entries(make_gateway):
     assert gw.cli("audit", "verify").returncode == 0
     upstream.start()
     try:
-        assert gw.cli("queue", "retry", str(by_rcpt["a@example.net"])).returncode == 0
+        # by the queue id the 250 named (hex): every copy of the message not sent yet
+        queue_id = listing[0]["message_id"]
+        retried = gw.cli("queue", "retry", queue_id.lower())
+        assert retried.returncode == 0, retried.stderr
+        assert retried.stdout == f"queue entry {by_rcpt['a@example.net']} will be retried now\n"
         received = upstream.wait_for(1)
         assert received[0].rcpt_tos == ["a@example.net"]
         wait_until(lambda: not json.loads(gw.cli("queue", "list", "--json").stdout),
