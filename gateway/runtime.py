@@ -270,6 +270,7 @@ class Gateway:
             "deliveries_sent_total": counts.get("sent", 0),
             "deliveries_deferred_total": counts.get("deferred", 0),
             "deliveries_failed_total": counts.get("failed", 0),
+            "deliveries_refused_total": counts.get("refused", 0),  # by the rule book
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
 

@@ -214,6 +214,8 @@ class QueueStore:
             # after the copies: their ids are taken
             insert_rows(conn, "INSERT INTO deliveries (message_id, recipient, state, attempts,"
                         " next_attempt_at, last_error, created_at, updated_at)", refused)
+            if refused:
+                conn.execute(_COUNT_SQL, ("refused", len(refused)))
             insert_rows(conn, "INSERT INTO quarantine (message_id, created_at, account,"
                         " client_ip, mail_from, recipient, subject, rule, reason, basis,"
                         " steering_topics, steering_products)", held)
@@ -270,7 +272,10 @@ class QueueStore:
                 "UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?,"
                 " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ?",
                 (error, now, delivery_id)).rowcount
-            conn.execute(_COUNT_SQL, ("failed", changed))
+            # the policy's refusal at delivery (an objection made while it waited) is no
+            # upstream failure: counted apart, as the report has it
+            conn.execute(_COUNT_SQL, ("refused" if is_policy_refusal(error) else "failed",
+                                      changed))
             if audit is not None and changed:
                 insert_records(conn, [audit])
             if dsn is None or not changed:
@@ -298,10 +303,11 @@ class QueueStore:
         return await self.db.write(write)
 
     async def outcome_counts(self) -> dict[str, int]:
-        """Copies sent, deferred (each time) and failed so far, by every process sharing the
-        store (/metrics' counters: they never go down)."""
+        """Copies sent, deferred (each time), failed and refused (by the policy, after DATA
+        or at delivery) so far, by every process sharing the store (/metrics' counters: they
+        never go down). Sent counts the DSNs too."""
         rows = await self.db.fetchall("SELECT state, total FROM delivery_counts")
-        counts = dict.fromkeys(("sent", "deferred", "failed"), 0)
+        counts = dict.fromkeys(("sent", "deferred", "failed", "refused"), 0)
         counts.update({row[0]: row[1] for row in rows})
         return counts
 

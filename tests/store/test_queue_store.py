@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -828,3 +829,18 @@ async def test_a_deleted_copy_leaves_an_operator_record_in_the_audit_chain(db: D
                                          "reject", "A")]
     check = await AuditLog(db).verify()
     assert check.rows == 1 and check.first_broken is None
+
+
+async def test_copies_refused_by_the_policy_are_counted_for_metrics(db: Database):
+    """/metrics said 0 failed while `queue list --failed` held the copies the policy refused
+    after DATA (inserted failed, never counted); one refused at delivery counted as an
+    upstream failure."""
+    q = QueueStore(db, "me")
+    refusal = Refusal("r@x.example", "550 5.7.1 R10 campaign topics unrelated")
+    message = dataclasses.replace(incoming("A", "a@x.example", "b@x.example"),
+                                  refused=(refusal,))
+    ((a, b),) = await q.commit_messages([message])
+    await q.fail(a.delivery_id, "550 5.7.1 R1 recipient objected to prospecting")
+    await q.fail(b.delivery_id, "550 5.1.1 no such user")
+    counts = await q.outcome_counts()
+    assert (counts["refused"], counts["failed"]) == (2, 1)
