@@ -211,7 +211,7 @@ def list_(state: CliState, as_json: bool) -> None:
         table = Table(title=f"{len(found)} accounts")
         for column in ("name", "from domains", "category", "topics", "failed logins",
                        "locked until", "created"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")  # wrapped, never cut with "…"
         for a in found:
             table.add_row(a.name, ", ".join(a.from_domains), a.category, ";".join(a.topics),
                           str(a.failed_logins), _when(a.locked_until) if a.locked() else "",

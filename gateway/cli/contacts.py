@@ -254,13 +254,13 @@ def show(state: CliState, email: str, as_json: bool) -> None:
         console.print(table)
         sources = Table(title="sources", title_justify="left")
         for column in ("name", "type", "visibility", "first recorded"):
-            sources.add_column(column)
+            sources.add_column(column, overflow="fold")  # wrapped, never cut with "…"
         for s in contact.sources:
             sources.add_row(printable(s.name), s.type, s.visibility or "", when(s.recorded_at))
         console.print(sources)
         history = Table(title="events", title_justify="left")
         for column in ("when", "kind", "channel", "method", "proof / wording", "ip"):
-            history.add_column(column)
+            history.add_column(column, overflow="fold")  # wrapped, never cut with "…"
         for e in events:
             # a webhook's reason or a forwarded address came from outside: no escape
             # sequence of theirs reaches the operator's terminal

@@ -70,7 +70,7 @@ def list_(state: CliState, account: str | None, rule: str | None,
             f" (the {len(entries)} oldest shown)" if total > len(entries) else ""))
         for column in ("id", "age", "account", "from", "recipient", "subject", "rule",
                        "reason"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")  # wrapped, never cut with "…"
         now = time.time()
         for e in entries:
             table.add_row(str(e.id), _age(now - e.created_at), printable(e.account or ""),

@@ -69,7 +69,7 @@ def list_(state: CliState, failed: bool, show_all: bool, limit: int, as_json: bo
         table = Table(title=f"{'first ' if more else ''}{len(entries)} queue entries")
         for column in ("id", "queue id", "from", "recipient", "state", "attempts", "next try",
                        "last error"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")  # wrapped, never cut with "…"
         for e in entries:
             table.add_row(str(e.id), e.message_id, e.mail_from or "<>", e.recipient, e.state,
                           str(e.attempts),

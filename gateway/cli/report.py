@@ -105,7 +105,7 @@ def print_tables(report: Report) -> None:
         console.print(f"\n{section.title}", soft_wrap=True)
         table = Table()
         for column in section.columns:
-            table.add_column(column)
+            table.add_column(column, overflow="fold")  # wrapped, never cut with "…"
         for row in section.rows:
             # Accounts, channels and addresses come from the store: no terminal escapes.
             table.add_row(*(printable(value) for value in row))

@@ -95,7 +95,7 @@ def list_(state: CliState, days: float | None, as_json: bool) -> None:
             return
         table = Table(title=f"{len(found)} open requests")
         for column in ("id", "kind", "address", "received", "due"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")  # wrapped, never cut with "…"
         now = time.time()
         for r in found:
             due = when(r.due_at) + ("  OVERDUE" if r.due_at < now else "")

@@ -81,7 +81,7 @@ def list_(state: CliState, as_json: bool) -> None:
             return
         table = Table(title=f"{len(entries)} suppressed addresses")
         for column in ("since", "channel", "address", "hash"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")  # wrapped, never cut with "…"
         for e in entries:
             table.add_row(when(e.created_at), e.channel, e.address or "(not in the ledger)",
                           e.hash.hex()[:16])

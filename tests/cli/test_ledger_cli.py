@@ -505,3 +505,40 @@ def test_a_consent_imported_again_without_its_method_keeps_the_method(config: Pa
     with sqlite3.connect(config.parent / "gateway.db") as conn:
         assert conn.execute("SELECT consent_method, consent_proof FROM contacts").fetchone() \
             == ("accepted T&C", "cgv v2")
+
+
+def test_tables_on_a_narrow_terminal_wrap_instead_of_cutting(config: Path, tmp_path: Path):
+    """On an ssh terminal of 80 columns `queue list`, `accounts list` and the other tables
+    cut addresses, domains and ids with "…": the row to act on could not be read."""
+    import pty
+
+    domain = "a-rather-long-sending-domain-name.example"
+    assert gateway_cli(config, "accounts", "add", "newsletter", "--from-domain", domain,
+                       "--password-stdin", stdin=STRONG_PASSWORD + "\n").returncode == 0
+    main, child = pty.openpty()
+    try:
+        process = subprocess.run(
+            [sys.executable, "-m", "gateway", "--config", str(config), "accounts", "list"],
+            stdout=child, stderr=subprocess.PIPE, timeout=60,
+            env={**os.environ, "COLUMNS": "60", "LINES": "50", "TERM": "xterm"})
+        os.close(child)
+        child = -1
+        output = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the child's end is closed
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(main)
+        if child >= 0:
+            os.close(child)
+    assert process.returncode == 0, process.stderr
+    text = output.decode()
+    assert "…" not in text, text
+    domains = "".join(line.split("│")[2].strip() for line in text.splitlines()
+                      if line.startswith("│") and line.count("│") > 2)  # the column, read down
+    assert domain in domains, text
