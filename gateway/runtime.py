@@ -384,8 +384,14 @@ class Gateway:
         # operator's habit): it ended the process without a drain. DRAIN_SIGNAL is the
         # supervisor's: it drains, and never counts as a second signal
         signals = stop_signals()
+        received: list[int] = []
+
+        def signalled(sig: int) -> None:
+            received.append(sig)
+            stop.set()
+
         for sig in (*signals, DRAIN_SIGNAL):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, signalled, sig)
         try:
             await self.start()
         except BaseException:
@@ -403,9 +409,12 @@ class Gateway:
         for sig in signals:
             loop.add_signal_handler(sig, self._stop_now)
         loop.add_signal_handler(DRAIN_SIGNAL, lambda: None)
-        log.info("signal received: draining for up to %.0f s (no new connections; idle "
+        name = signal.Signals(received[0]).name if received else "a signal"
+        log.info("%s received: draining for up to %.0f s (no new connections; idle "
                  "sessions closed, messages in progress finished, deliveries in flight "
-                 "finished); a second signal stops at once", DRAIN_SECONDS)
+                 "finished); a second signal stops at once%s", name, DRAIN_SECONDS,
+                 " (SIGHUP stops the gateway: it does not reload its config)"
+                 if received and received[0] == signal.SIGHUP else "")
         await self.stop(DRAIN_SECONDS)
         log.info("stopped cleanly")
 

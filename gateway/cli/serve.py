@@ -55,7 +55,12 @@ def _banner(gateway: object) -> None:
 @click.command()
 @click.pass_obj
 def serve(state: CliState) -> None:
-    """Run SMTP + HTTP + delivery workers until SIGTERM; graceful drain on stop.
+    """Run SMTP + HTTP + delivery workers until stopped.
+
+    SIGTERM, SIGINT (Ctrl-C) and SIGHUP all stop it with a graceful drain (up to 30 s: no new
+    connections, messages in progress and deliveries in flight finished); a second signal
+    stops at once. There is no reload: SIGHUP stops too (unless ignored, as under nohup), so
+    do not point a logrotate postrotate or a systemd ExecReload at it; restart instead.
 
     With no config file it listens on 127.0.0.1:2525 (SMTP) and 127.0.0.1:8025 (HTTP), keeps
     its store under ./var/ and delivers into the Maildir ./var/outbox/.

@@ -97,7 +97,7 @@ copies with the reviewer's reason, unsubscribes, the accounts told of an objecti
 --format text  a letter in the contact's language (de, en, es, fr, it; --language to choose),
                ready to send as the answer
 
-With --out the file is written readable by the owner only. Exit 1 when EMAIL is not an
+With --out the file is written readable by the owner only. Exit 2 when EMAIL is not an
 address; an address the store knows nothing about still gets an answer saying so.
 """
 

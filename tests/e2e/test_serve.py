@@ -412,7 +412,7 @@ def test_under_nohup_a_hangup_does_not_stop_the_gateway(make_gateway, processes)
     for pid in _children(gw.proc.pid):
         os.kill(pid, signal.SIGHUP)
     time.sleep(1.5)
-    assert gw.proc.poll() is None and "signal received" not in gw.output
+    assert gw.proc.poll() is None and "received: draining" not in gw.output
     assert httpx.get(f"http://127.0.0.1:{gw.http_port}/healthz").status_code == 200
     assert gw.terminate(30) == 0
 
@@ -494,5 +494,7 @@ def test_start_warns_of_a_missing_trusted_account_and_a_hostname_nobody_can_reac
         wait_until(lambda: "whose account 'nosuch' does not exist" in gw.output,
                    what="the refusal's reason in the log")
         assert gw.output.count("whose account 'nosuch' does not exist") == 1  # said once
+        assert gw.terminate() == 0
+        assert "SIGTERM received: draining" in gw.output  # which signal: HUP stops too
     finally:
         gw.stop()
