@@ -331,7 +331,8 @@ def _build(cls: type, value: Any, where: str) -> Any:
 
 
 # keys whose values a config error must not print (stderr goes to journald, CI logs...)
-SECRET_KEYS = frozenset({"delivery.password", "delivery.username", "webhooks.opt_out_secret"})
+SECRET_KEYS = frozenset({"delivery.password", "delivery.username", "webhooks.opt_out_secret",
+                         "http.metrics_token"})
 
 
 def _shown(key: str, value: Any) -> str:

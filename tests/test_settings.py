@@ -152,6 +152,10 @@ def test_a_config_error_never_prints_a_secret(tmp_path: Path, monkeypatch):
     with pytest.raises(ConfigError) as error:
         load_settings(path)
     assert "delivery.password" in str(error.value) and "98765432109876" not in str(error.value)
+    path.write_text("[http]\nmetrics_token = 123456789\n")  # the bearer token of /metrics
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert "http.metrics_token" in str(error.value) and "123456789" not in str(error.value)
     monkeypatch.setenv("GATEWAY_STORE_URL", "postgresql://gw:DBPASS-SECRET@db.internal/gw")
     path.write_text("")
     with pytest.raises(ConfigError) as error:

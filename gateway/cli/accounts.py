@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from gateway.errors import NotFound, Refused
 from gateway.security.passwords import hash_password_async, password_problem
 from gateway.store.accounts import CATEGORIES, AccountStore
 from gateway.store.db import Database
+from gateway.urls import shown_url
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 
@@ -66,6 +68,13 @@ def _split(value: str | None, option: str) -> list[str] | None:
     return items
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _notify_url(value: str | None) -> str | None:
     """An http(s) URL the notification sender can POST to, as given; refused (exit 2) with
     the reason otherwise: urlsplit alone drops tabs and CR/LF and never reads the port, and
@@ -90,8 +99,13 @@ def _notify_url(value: str | None) -> str | None:
                     from gateway.notify import literal_problem
 
                     problem = literal_problem(parts.hostname)
-        if problem:
-            fail(f"--notify-url: {problem}: {value!r}", EXIT_USAGE)
+        if problem:  # the URL as listed: a password or token in it is not echoed
+            fail(f"--notify-url: {problem}: {shown_url(value)!r}", EXIT_USAGE)
+        host = (parts.hostname or "").lower()
+        if parts.scheme == "http" and host != "localhost" and not _is_loopback(host):
+            click.echo(f"warning: --notify-url {shown_url(value)} is plain http: the addresses "
+                       "of the people who objected, and any credentials in the URL, cross "
+                       "the network in clear text; prefer https", err=True)
     return value
 
 
@@ -155,6 +169,13 @@ def add(state: CliState, name: str, from_domains: tuple[str, ...], category: str
     topic_list = _split(topics, "--topics") or []
     category_list = _split(product_categories, "--product-categories") or []
     url = _notify_url(notify_url)
+
+    async def absent() -> None:
+        async with open_accounts(state) as store:
+            if await store.get(name) is not None:
+                raise Refused(f"account {name!r} already exists")
+
+    run(absent)  # said before the password is asked for (twice) and checked
     password = _read_password(name, password_stdin)
 
     async def body() -> None:

@@ -145,6 +145,28 @@ def test_a_malformed_notify_url_is_refused_and_no_account_is_made(config: Path):
         clean_failure(result, 2, "--notify-url")
     listed = gateway_cli(config, "accounts", "list", "--json")
     assert listed.returncode == 0 and "crm" not in listed.stdout
+    # a credential in a refused URL is not echoed to stderr (journald, CI logs)
+    result = gateway_cli(config, "accounts", "add", "crm", "--from-domain", "example.com",
+                         "--notify-url", "https://u:s3cret@crm.example:99999/h?token=abc",
+                         "--password-stdin", stdin=STRONG_PASSWORD + "\n")
+    clean_failure(result, 2, "--notify-url")
+    assert "s3cret" not in result.stderr and "token=abc" not in result.stderr
+    # plain http to another host: taken, with a warning
+    result = gateway_cli(config, "accounts", "add", "crm", "--from-domain", "example.com",
+                         "--notify-url", "http://crm.example/hook", "--password-stdin",
+                         stdin=STRONG_PASSWORD + "\n")
+    assert result.returncode == 0 and "plain http" in result.stderr
+
+
+def test_adding_an_account_that_exists_says_so_before_any_password(config: Path):
+    """The name was checked last: the password asked twice and judged, then "exists"."""
+    make_store(config)
+    for password in (STRONG_PASSWORD, "weak"):
+        result = gateway_cli(config, "accounts", "add", "crm", "--from-domain", "example.com",
+                             "--password-stdin", stdin=password + "\n")
+        if password == STRONG_PASSWORD and result.returncode == 0:
+            continue  # the first one makes it
+        clean_failure(result, 1, "account 'crm' already exists")
 
 
 def test_an_export_to_a_folder_that_does_not_exist_is_refused(config: Path, tmp_path: Path):
