@@ -134,7 +134,10 @@ def _select(state: CliState, verb: str, entry_ids: tuple[int, ...], select_all: 
 
     ids = run(matching)
     if ids and not yes:
-        click.confirm(f"{verb} {len(ids)} held entries?", abort=True)
+        if not sys.stdin.isatty():  # a script: the prompt went to its stdout, then "Aborted!"
+            fail(f"{verb.lower()} --all would act on {len(ids)} held entries: with no terminal "
+                 "to confirm on, add --yes", EXIT_USAGE)
+        click.confirm(f"{verb} {len(ids)} held entries?", abort=True, err=True)
     return ids
 
 

@@ -111,8 +111,11 @@ def test_bulk_decisions_ask_for_confirmation_and_filter(gw, sink: Sink):
     usage = gw.cli("quarantine", "release", str(ids[0]), "--all")
     assert usage.returncode == 2
     assert gw.cli("quarantine", "release").returncode == 2
+    # no terminal (a script, cron): the prompt went to stdout, then "Aborted!"; now a usage
+    # error that says what --all would do and how to confirm
     declined = gw.cli("quarantine", "reject", "--all", "--rule", "R9", stdin="n\n")
-    assert declined.returncode == 1 and "Reject 3 held entries?" in declined.stdout
+    assert declined.returncode == 2 and declined.stdout == ""
+    assert "would act on 3 held entries" in declined.stderr and "--yes" in declined.stderr
     assert len(json.loads(gw.cli("quarantine", "list", "--json").stdout)) == 3
     none_old = gw.cli("quarantine", "reject", "--all", "--older-than", "1", "--yes")
     assert none_old.returncode == 0
