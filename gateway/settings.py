@@ -230,22 +230,34 @@ def load_settings(path: str | os.PathLike[str] | None = None,
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         source = str(path)
-    _apply_env(raw, environ)
-    sections: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name not in _SECTION_TYPES:
-            raise ConfigError(
-                f"unknown config section [{name}] (known: {', '.join(_SECTION_TYPES)})")
-        if name == "dkim":
-            items = value if isinstance(value, list) else [value]
-            sections[name] = tuple(_build(DkimSettings, item, "dkim") for item in items)
-        else:
-            sections[name] = _build(_SECTION_TYPES[name], value, name)
-    settings = Settings(**sections, source=source)
-    if not settings.http.public_url:
-        settings = dataclasses.replace(settings, http=dataclasses.replace(
-            settings.http, public_url=url_of_listen(settings.http.listen)))
-    _check(settings)
+    overridden = _apply_env(raw, environ)
+    try:
+        sections: dict[str, Any] = {}
+        for name, value in raw.items():
+            if name not in _SECTION_TYPES:
+                raise ConfigError(
+                    f"unknown config section [{name}] (known: {', '.join(_SECTION_TYPES)})")
+            if name == "dkim":
+                items = value if isinstance(value, list) else [value]
+                sections[name] = tuple(_build(DkimSettings, item, "dkim") for item in items)
+            else:
+                sections[name] = _build(_SECTION_TYPES[name], value, name)
+        settings = Settings(**sections, source=source)
+        if not settings.http.public_url:
+            settings = dataclasses.replace(settings, http=dataclasses.replace(
+                settings.http, public_url=url_of_listen(settings.http.listen)))
+        _check(settings)
+    except ConfigError as exc:
+        # say where the value came from: the file was blamed for an environment variable's
+        # value (GATEWAY_SMTP_LISTEN=0.0.0.0 read as "smtp.listen: expected HOST:PORT")
+        text = str(exc)
+        key = text.split(":", 1)[0].split("[", 1)[0].strip()
+        if key in overridden:
+            raise ConfigError(f"{text} (the value of the environment variable "
+                              f"{overridden[key]})") from None
+        if source != "embedded defaults" and ":" in text and not text.startswith(source):
+            raise ConfigError(f"{text} (in {source})") from None
+        raise
     return settings
 
 
@@ -268,10 +280,12 @@ _SECTION_TYPES: dict[str, type] = {
 }
 
 
-def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
+def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> dict[str, str]:
     """GATEWAY_SMTP_LISTEN=... overrides [smtp] listen. A text setting takes the value as it
     is (a secret of digits stays text, quotes stay quotes); numbers, true/false and lists are
-    read as TOML values (GATEWAY_POLICY_FORBIDDEN_SOURCES='["broker"]')."""
+    read as TOML values (GATEWAY_POLICY_FORBIDDEN_SOURCES='["broker"]'). Returns the keys
+    overridden ("smtp.listen") with the variable that did it."""
+    overridden: dict[str, str] = {}
     for name, text in environ.items():
         if not name.startswith("GATEWAY_") or name == "GATEWAY_CONFIG":
             continue
@@ -309,6 +323,8 @@ def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
             raise ConfigError(f"[{section}] must be a table, got {type(table).__name__} "
                               f"(overridden by {name})")
         table[key] = value
+        overridden[f"{section}.{key}"] = name
+    return overridden
 
 
 def _build(cls: type, value: Any, where: str) -> Any:

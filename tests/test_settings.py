@@ -215,3 +215,16 @@ def test_port_0_is_refused_for_a_listener(tmp_path: Path, key: str):
     config.write_text(f'[{section}]\n{name} = "127.0.0.1:0"\n')
     with pytest.raises(ConfigError, match=f"{key}: port 0"):
         load_settings(config, environ={})
+
+
+def test_a_config_error_says_whether_the_file_or_the_environment_gave_the_value(
+        tmp_path: Path):
+    """GATEWAY_SMTP_LISTEN=0.0.0.0 gave "smtp.listen: expected HOST:PORT", and the operator
+    searched a correct file; a file's error did not name the file."""
+    config = tmp_path / "g.toml"
+    config.write_text("")
+    with pytest.raises(ConfigError, match=r"environment variable GATEWAY_SMTP_LISTEN\)$"):
+        load_settings(config, environ={"GATEWAY_SMTP_LISTEN": "0.0.0.0"})
+    config.write_text('[smtp]\nlisten = "0.0.0.0"\n')
+    with pytest.raises(ConfigError, match=rf"expected HOST:PORT.*\(in {config}\)$"):
+        load_settings(config, environ={})
