@@ -208,6 +208,11 @@ def _rewrite(content: bytes, part: Part, notice: Notice, is_root: bool,
         body = _base64_lines(data)
     elif encoding == "quoted-printable":
         body = _quoted_printable(data)
+        if new_encoding and len(body) > _base64_length(len(data)):
+            # text mostly beyond ASCII (Cyrillic, Greek, CJK) written 7bit or undeclared:
+            # QP took ~3 times its size (an 8 MB part became 24 MB, over the relay's size
+            # limit after the 250), base64 takes 4/3
+            body, new_encoding = _base64_lines(data), "base64"
     else:
         body = data
         if has_bare_line_end(body) or any(len(line.rstrip(b"\r")) > MAX_LINE
@@ -348,6 +353,12 @@ def _ascii_compatible(charset: str) -> bool:
 
 def _starts_a_line(body: bytes, delimiters: tuple[bytes, ...]) -> bool:
     return any(body.startswith(d) or b"\r\n" + d in body for d in delimiters)
+
+
+def _base64_length(size: int) -> int:
+    """len(_base64_lines(data)) for `size` bytes of data."""
+    encoded = (size + 2) // 3 * 4
+    return encoded + (encoded + 75) // 76 * 2
 
 
 def _base64_lines(data: bytes) -> bytes:

@@ -258,6 +258,24 @@ def test_a_line_break_that_only_decoding_shows_does_not_fail_the_copy():
         assert "gw.example/u/abc" in text_of(part)
 
 
+def test_text_mostly_beyond_ascii_is_not_tripled_by_quoted_printable():
+    """A Cyrillic text part without a transfer encoding, rewritten as QP: 8.4 MB became
+    24.5 MB, over a relay's size limit after the gateway's 250. Base64 when shorter; QP
+    when it is (a Latin text with a few accents stays readable QP)."""
+    cyrillic = ("Привет, это тестовое письмо для проверки размера. " * 400).encode()
+    original = (HEAD + b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + cyrillic
+                + b"\r\n")
+    out = add_notice(original, notice("fr"))
+    [part] = parts(out)
+    assert part["Content-Transfer-Encoding"] == "base64"
+    assert len(out) < 1.5 * len(original)
+    assert text_of(part).startswith(cyrillic.decode()[:40])
+    latin = HEAD + b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + \
+        "Bonjour, voici l'offre de la semaine. ".encode() * 50 + "Café.\r\n".encode()
+    [part] = parts(add_notice(latin, notice("fr")))
+    assert part["Content-Transfer-Encoding"] == "quoted-printable"
+
+
 def test_a_parameter_given_twice_is_malformed():
     """Python's email reads the first boundary, the scan read the last: the notice went into
     an attachment. Readers disagree, so the message is quarantined (M2)."""
