@@ -206,7 +206,18 @@ class Gateway:
                 log.warning("smtp.trusted_clients names the account %r, which does not exist: "
                             "mail from its network needs AUTH until `gateway accounts add %s`",
                             name, name)
-        self.composer = Composer(self.copy_settings(), self.lookup, ledger, flow.account)
+        copy_settings = self.copy_settings()
+        if self.serve_http and copy_settings.signer is not None:  # one process says it
+            keyed = set(copy_settings.signer.domains())
+            for account in await accounts.list():
+                unkeyed = [d for d in account.from_domains if d.lower() not in keyed]
+                if unkeyed:
+                    log.warning("account %s may send from %s, which no [[dkim]] key signs: "
+                                "its copies are accepted, then deferred until "
+                                "delivery.max_age_hours and bounced; add a key (gateway dkim "
+                                "keygen --domain %s ...) or remove the domain", account.name,
+                                ", ".join(unkeyed), unkeyed[0])
+        self.composer = Composer(copy_settings, self.lookup, ledger, flow.account)
         self.delivery.prepare = self.composer.prepare
         self.delivery.on_sent = self.composer.sent
         # only now: a copy claimed before (a restart's backlog) went out as stored, with

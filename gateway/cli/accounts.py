@@ -57,6 +57,17 @@ def _domains(values: tuple[str, ...]) -> list[str]:
     return result
 
 
+def _warn_unsigned(state: CliState, domains: list[str]) -> None:
+    """With [[dkim]] keys configured, a domain none of them signs: its copies would be
+    accepted, then deferred until delivery.max_age_hours and bounced (serve says it too)."""
+    keyed = {entry.domain.strip().lower().rstrip(".") for entry in state.settings.dkim}
+    unkeyed = [d for d in domains if d not in keyed]
+    if keyed and unkeyed:
+        click.echo(f"warning: no [[dkim]] key signs {', '.join(unkeyed)}: mail from it will "
+                   "be accepted, then deferred and bounced; add one with `gateway dkim keygen "
+                   f"--domain {unkeyed[0]} --selector S` and a [[dkim]] entry", err=True)
+
+
 def _split(value: str | None, option: str) -> list[str] | None:
     """ "a;b" -> ["a", "b"]; None stays None (not given); "" clears."""
     if value is None:
@@ -185,6 +196,7 @@ def add(state: CliState, name: str, from_domains: tuple[str, ...], category: str
                             topics=topic_list, product_categories=category_list,
                             notify_url=url)
         click.echo(f"account {name} created; may send from {', '.join(domains)}")
+        _warn_unsigned(state, domains)
 
     run(body)
 
@@ -213,6 +225,8 @@ def update(state: CliState, name: str, from_domains: tuple[str, ...], category: 
                                          topics=topic_list, product_categories=category_list,
                                          notify_url=url)
         click.echo(f"account {name} updated; may send from {', '.join(account.from_domains)}")
+        if domains:
+            _warn_unsigned(state, domains)
 
     run(body)
 

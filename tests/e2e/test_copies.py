@@ -95,6 +95,12 @@ def test_a_copy_whose_domain_cannot_be_signed_is_deferred_not_sent(make_gateway,
                          what="a deferred copy")
     assert "no DKIM key for example.com" in entries[0]["last_error"]
     assert sink.messages == []
+    # said at start, and by `accounts update` (it was silent: copies deferred for days)
+    assert "account crm may send from example.com, which no [[dkim]] key signs" in gw.output
+    updated = gw.cli("accounts", "update", "crm", "--from-domain", "example.com",
+                     "--from-domain", "other.example")
+    assert updated.returncode == 0
+    assert "no [[dkim]] key signs example.com:" in updated.stderr
 
 
 def test_an_objection_while_the_copy_waits_in_the_queue_holds(make_gateway, sink: Sink):
