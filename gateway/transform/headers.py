@@ -5,8 +5,13 @@ Input has CRLF line ends. A field is its first line plus the folded lines that f
 
 from __future__ import annotations
 
+import re
 from email.header import decode_header, make_header
+from email.utils import parsedate_tz
 
+# RFC 5322 3.6.4 msg-id, loosely: <left@right>, no blank, one @ at least (obsolete forms
+# with comments or quoted left parts pass too, as receivers take them)
+_MESSAGE_ID = re.compile(r"<[^<>\s]+@[^<>\s]+>")
 STEERING_PREFIX = "x-gateway-"
 CAMPAIGN_TOPICS = "x-gateway-campaign-topics"
 PRODUCT_CATEGORY = "x-gateway-product-category"
@@ -20,8 +25,10 @@ def header_end(content: bytes) -> int:
     return len(content) if end < 0 else end + 4
 
 
-def take_fields(content: bytes, prefix: str) -> tuple[bytes, list[tuple[str, str]]]:
-    """Remove every header field whose name starts with `prefix` (case-insensitive).
+def take_fields(content: bytes, prefix: str,
+                exact: bool = False) -> tuple[bytes, list[tuple[str, str]]]:
+    """Remove every header field whose name starts with `prefix` (case-insensitive; with
+    `exact`, whose name is `prefix`).
 
     Returns the message without them and the removed (lower-case name, unfolded value) pairs;
     the same bytes object when there is none (the usual case costs one search).
@@ -42,7 +49,9 @@ def take_fields(content: bytes, prefix: str) -> tuple[bytes, list[tuple[str, str
                 kept.append(line)
             continue
         field, colon, body = line.partition(b":")
-        dropping = bool(colon) and field.strip().lower().startswith(prefix.encode())
+        lowered = field.strip().lower()
+        dropping = bool(colon) and (lowered == prefix.encode() if exact
+                                    else lowered.startswith(prefix.encode()))
         if dropping:
             taken.append((field.strip().lower().decode("ascii", "replace"),
                           body.strip().decode("utf-8", "replace")))
@@ -127,9 +136,19 @@ def ensure_identity_fields(content: bytes, message_id: str, date: str) -> bytes:
     """Add Message-ID and Date when the tool left them out (RFC 5322 3.6: Date is required,
     Message-ID should be there; receivers and DKIM over-signing expect both)."""
     missing = b""
-    if field_value(content, "message-id") is None:
+    given = field_value(content, "message-id")
+    if given is not None and not _MESSAGE_ID.fullmatch(given):
+        # "Message-ID:" empty or not an id: an invalid message to receivers (Gmail refuses
+        # mail that is not RFC 5322), so it is replaced as if left out
+        content, _ = take_fields(content, "message-id", exact=True)
+        given = None
+    if given is None:
         missing += safe_field("Message-ID", message_id)
-    if field_value(content, "date") is None:
+    given = field_value(content, "date")
+    if given is not None and parsedate_tz(given) is None:  # "Date: yesterday"
+        content, _ = take_fields(content, "date", exact=True)
+        given = None
+    if given is None:
         missing += safe_field("Date", date)
     if not missing:
         return content

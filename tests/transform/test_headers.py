@@ -1,0 +1,33 @@
+"""Header edits on raw bytes: the identity fields every copy must carry."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+import pytest
+
+from gateway.transform.headers import ensure_identity_fields
+
+OURS = ("<gw.1@gw.example>", "Fri, 27 Nov 2026 10:00:00 +0000")
+
+
+@pytest.mark.parametrize(("head", "message_id", "date"), [
+    (b"Subject: x\r\n", OURS[0], OURS[1]),  # both left out
+    (b"Message-ID:\r\nDate: yesterday\r\nSubject: x\r\n", OURS[0], OURS[1]),
+    (b"Message-ID: not-an-id\r\nDate: Thu, 26 Nov 2026 09:00:00 +0100\r\n", OURS[0],
+     "Thu, 26 Nov 2026 09:00:00 +0100"),
+    (b"Message-ID: <a.b@tool.example>\r\nDate: 2026-11-26\r\n", "<a.b@tool.example>",
+     OURS[1]),
+    (b"Message-ID: <a.b@tool.example>\r\nDate: Thu, 26 Nov 2026 09:00:00 +0100\r\n",
+     "<a.b@tool.example>", "Thu, 26 Nov 2026 09:00:00 +0100"),  # kept as they are
+])
+def test_an_identity_field_that_is_missing_or_invalid_is_ours(head: bytes, message_id: str,
+                                                              date: str):
+    """An empty Message-ID and "Date: yesterday" were kept (only absent ones were added):
+    the copies were not RFC 5322, which Gmail refuses."""
+    out = ensure_identity_fields(head + b"\r\nbody\r\n", *OURS)
+    parsed = email.message_from_bytes(out, policy=email.policy.compat32)
+    assert parsed.get_all("Message-ID") == [message_id]
+    assert parsed.get_all("Date") == [date]
+    assert out.endswith(b"\r\n\r\nbody\r\n")
