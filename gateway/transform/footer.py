@@ -48,6 +48,7 @@ def add_notice(content: bytes, notice: Notice) -> bytes:
     try:
         root = scan(content)
         content, root = _without_undecorated_alternatives(content, root)
+        content, root = _with_close_delimiters(content, root)
     except Malformed as exc:
         raise NoticeError(str(exc)) from exc
     targets = body_text_parts(root)
@@ -127,8 +128,9 @@ def _without_undecorated_alternatives(content: bytes, root: Part) -> tuple[bytes
     The HTML and plain alternatives, which get the notice, stay."""
     cuts: list[tuple[int, int]] = []
     for part in root.walk():
-        if part.content_type != "multipart/alternative" or len(part.children) < 2:
-            continue
+        if part.content_type != "multipart/alternative" or len(part.children) < 2 or all(
+                child.content_type in UNDECORATED_ALTERNATIVES for child in part.children):
+            continue  # (AMP and watch parts alone: cut, no part at all would be left)
         delimiter = b"--" + part.params["boundary"].encode("utf-8", "surrogateescape")
         for child in part.children:
             if child.content_type not in UNDECORATED_ALTERNATIVES:
@@ -140,6 +142,28 @@ def _without_undecorated_alternatives(content: bytes, root: Part) -> tuple[bytes
         return content, root
     for start, end in sorted(cuts, reverse=True):
         content = content[:start] + content[end:]
+    return content, scan(content)
+
+
+def _with_close_delimiters(content: bytes, root: Part) -> tuple[bytes, Part]:
+    """`content` with the close delimiter ("--boundary--") of each multipart that lacks one
+    (its last part ran to the end, which readers take, as the scan does, but flag as a
+    defect): a copy the gateway signs is well-formed MIME."""
+    missing: list[tuple[int, int, bytes]] = []
+    for depth, part in enumerate(root.walk()):  # (walk: a parent before its children)
+        if not part.children:
+            continue
+        close = b"--" + part.params["boundary"].encode("utf-8", "surrogateescape") + b"--"
+        body = content[part.body_start:part.end]
+        if not body.startswith(close) and b"\r\n" + close not in body:
+            missing.append((part.end, depth, close))
+    if not missing:
+        return content, root
+    # from the end; at one offset the outer first, so that the inner one lands before it
+    for end, _depth, close in sorted(missing, key=lambda m: (-m[0], m[1])):
+        before = b"" if content[:end].endswith(b"\r\n") else b"\r\n"
+        after = b"" if content[end:end + 2] == b"\r\n" else b"\r\n"
+        content = content[:end] + before + close + after + content[end:]
     return content, scan(content)
 
 

@@ -271,7 +271,7 @@ def test_text_mostly_beyond_ascii_is_not_tripled_by_quoted_printable():
     assert len(out) < 1.5 * len(original)
     assert text_of(part).startswith(cyrillic.decode()[:40])
     latin = HEAD + b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + \
-        "Bonjour, voici l'offre de la semaine. ".encode() * 50 + "Café.\r\n".encode()
+        b"Bonjour, voici l'offre de la semaine. " * 50 + "Café.\r\n".encode()
     [part] = parts(add_notice(latin, notice("fr")))
     assert part["Content-Transfer-Encoding"] == "quoted-printable"
 
@@ -502,6 +502,37 @@ def test_an_amp_or_watch_alternative_that_cannot_carry_the_notice_is_left_out():
     assert "Why you receive this message" in text_of(plain)
     assert "Unsubscribe" in text_of(html)
     assert text_of(calendar) == "BEGIN:VCALENDAR"
+
+
+def test_an_alternative_of_amp_and_watch_parts_only_is_kept_whole():
+    """Both alternatives cut, "--A--" was left alone: a multipart with no part (RFC 2046
+    needs one), a defect to every reader. The plain part beside it takes the notice."""
+    original = (HEAD + b'Content-Type: multipart/mixed; boundary="M"\r\n\r\n'
+                b"--M\r\nContent-Type: text/plain\r\n\r\nHello\r\n"
+                b'--M\r\nContent-Type: multipart/alternative; boundary="A"\r\n\r\n'
+                b"--A\r\nContent-Type: text/x-amp-html\r\n\r\n<html amp4email>Hi</html>\r\n"
+                b"--A\r\nContent-Type: text/watch-html\r\n\r\n<b>Hi</b>\r\n--A--\r\n"
+                b"--M--\r\n")
+    out = add_notice(original, notice())
+    message = email.message_from_bytes(out, policy=email.policy.default)
+    assert not [d for p in message.walk() for d in p.defects]
+    assert "Why you receive this message" in text_of(parts(out)[0])
+
+
+@pytest.mark.parametrize("tail", [b"", b"\r\n", b"--M--\r\n"])
+def test_a_multipart_without_its_close_delimiter_gets_one(tail: bytes):
+    """Taken as readers take it (the last part runs to the end), and passed on as it was:
+    every copy carried CloseBoundaryNotFoundDefect."""
+    inner = (b'--M\r\nContent-Type: multipart/alternative; boundary="NC"\r\n\r\n'
+             b"--NC\r\nContent-Type: text/plain\r\n\r\nHello\r\n"
+             b"--NC\r\nContent-Type: text/html\r\n\r\n<p>Hello</p>")
+    original = (HEAD + b'Content-Type: multipart/mixed; boundary="M"\r\n\r\n' + inner
+                + (b"\r\n" + tail if tail.startswith(b"--") else tail))
+    out = add_notice(original, notice())
+    message = email.message_from_bytes(out, policy=email.policy.default)
+    assert not [d for p in message.walk() for d in p.defects], out
+    plain, html = parts(out)
+    assert "Why you receive" in text_of(plain) and "Why you receive" in text_of(html)
 
 
 def test_an_html_part_keeps_its_charset_and_takes_the_notice_as_character_references():
