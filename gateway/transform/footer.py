@@ -154,8 +154,8 @@ def _with_close_delimiters(content: bytes, root: Part) -> tuple[bytes, Part]:
         if not part.children:
             continue
         close = b"--" + part.params["boundary"].encode("utf-8", "surrogateescape") + b"--"
-        body = content[part.body_start:part.end]
-        if not body.startswith(close) and b"\r\n" + close not in body:
+        if not content.startswith(close, part.body_start) \
+                and content.find(b"\r\n" + close, part.body_start, part.end) < 0:
             missing.append((part.end, depth, close))
     if not missing:
         return content, root
