@@ -446,7 +446,8 @@ class GatewaySMTP(SMTP):
                 await super().push(replies.TOO_MANY_ERRORS)
                 self._close_now()
                 return
-        await super().push(replies.AIOSMTPD_REWRITES.get(raw, raw))
+        raw = replies.AIOSMTPD_REWRITES.get(raw, raw)
+        await super().push(replies.with_enhanced_code(raw) if raw[:1] in b"45" else raw)
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, BareNewline):

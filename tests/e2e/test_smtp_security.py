@@ -425,6 +425,25 @@ def test_long_lines_repeated_commands_and_idle_sessions_are_cut(make_gateway):
     assert idle.reply()[0] == 421 and idle.closed()  # idle past smtp.idle_timeout
 
 
+def test_every_error_reply_has_an_enhanced_code_and_a_421_before_a_close(make_gateway):
+    """aiosmtpd's own replies went out bare ("555 MAIL FROM parameters not recognized",
+    "500 Error: command ... not recognized", "503 Already authenticated"), and it closed
+    after 5 unknown verbs with a 502 where RFC 5321 3.8 wants a 421."""
+    import re
+
+    gw = make_gateway()
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO c")
+    replies = [s.cmd("MAIL FROM:<news@example.com> FOO=1"), s.cmd("EHLO"),
+               s.cmd("MAIL FROM:<news@example.com> SIZE=abc")]
+    for code, text in replies:
+        assert code >= 400 and re.match(r"[45]\.\d{1,3}\.\d{1,3} ", text), (code, text)
+    unknown = [s.cmd(f"XYZZY{i}") for i in range(5)]
+    for code, text in unknown[:-1]:
+        assert code == 500 and text.startswith("5.5.2 "), (code, text)
+    assert unknown[-1][0] == 421 and unknown[-1][1].startswith("4.7.0 ") and s.closed()
+
+
 def test_each_command_postpones_the_idle_timeout(make_gateway):
     # one timer per session moves its deadline on each command (server._reset_timeout)
     gw = make_gateway(smtp_extra="idle_timeout = 1.0")
