@@ -323,6 +323,14 @@ def _read_rows(lines: TextIO | Iterable[str], now: float,
                                f"closed, so lines {start}-{line} were read as one field; none "
                                "of them is imported")
                 continue
+            if "new-line character seen in unquoted field" in str(exc):
+                # (Python's own words suggest "universal-newline mode", which means nothing
+                # to an operator)
+                yield RowError(start, "not valid CSV: a carriage return (CR) alone inside "
+                               "the line, outside quotes: two rows run together, or a "
+                               "spreadsheet's line break in a cell; neither is imported. "
+                               "Save the file with LF or CRLF line ends")
+                continue
             yield RowError(start, f"not valid CSV: {exc}")
             continue
         line = reader.line_num + skipped

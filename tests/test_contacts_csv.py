@@ -171,3 +171,14 @@ def test_the_word_empty_is_a_blank_cell_where_the_contract_lists_it():
                   "a@example.org,empty,web,direct,Empty\n")
     [row] = result
     assert isinstance(row, ContactRow) and row.consent is None and row.source_visibility is None
+
+
+def test_a_carriage_return_alone_inside_a_line_is_explained():
+    """Python's "new-line character seen in unquoted field - do you need to open the file in
+    universal-newline mode?" reached the operator as it was."""
+    found = errors("email,source_name,source_type\nm1@x.example,f,direct\rm2@x.example,f,"
+                   "direct\nm3@x.example,f,direct\n")
+    assert list(found) == [2] and "carriage return (CR) alone" in found[2]
+    assert "universal-newline" not in found[2]
+    assert [r.address for r in rows("email\nm1@x.example\rm2@x.example\nm3@x.example\n")
+            if isinstance(r, ContactRow)] == ["m3@x.example"]
