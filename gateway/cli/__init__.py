@@ -109,6 +109,10 @@ def _row_id() -> Any:
 # an entry's id or a --limit: SQLite's integers stop at 2**63 - 1 (a larger one was an
 # OverflowError and a traceback)
 ROW_ID: Any = _row_id()
+# --since: a day, or a moment in UTC, as typed or as the tables print it ("2026-11-27 10:08Z")
+SINCE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%MZ",
+                 "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%SZ", "%Y-%m-%d %H:%M:%S",
+                 "%Y-%m-%d %H:%MZ", "%Y-%m-%d %H:%M"]
 
 def _address_type() -> Any:
     import click

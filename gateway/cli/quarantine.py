@@ -15,6 +15,7 @@ from gateway.cli import (
     EXIT_REFUSED,
     EXIT_USAGE,
     ROW_ID,
+    SINCE_FORMATS,
     CliState,
     fail,
     hasher_for,
@@ -43,8 +44,9 @@ def quarantine() -> None:
 @quarantine.command("list")
 @click.option("--account", help="Only entries of this sending account.")
 @click.option("--rule", help="Only entries held by this rule (R9, R2, M2, M3).")
-@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
-              help="Only entries held since this date (YYYY-MM-DD, UTC, like report --since).")
+@click.option("--since", type=click.DateTime(SINCE_FORMATS),
+              help="Only entries held since this day (YYYY-MM-DD, from midnight UTC) or "
+                   "moment (YYYY-MM-DD HH:MM[Z], UTC, as the tables print it).")
 @click.option("--limit", type=ROW_ID,
               help=f"At most this many entries, oldest first (default: {TABLE_PAGE} in the "
                    "table, all with --json); the counts per rule cover all of them.")

@@ -16,6 +16,7 @@ from rich.table import Table
 from gateway.cli import (
     EXIT_REFUSED,
     EXIT_USAGE,
+    SINCE_FORMATS,
     CliState,
     fail,
     print_json,
@@ -202,10 +203,7 @@ def render_html(report: Report) -> str:
 
 
 @click.command()
-@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%SZ",
-                                              "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%MZ",
-                                              "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S",
-                                              "%Y-%m-%d %H:%M"]),
+@click.option("--since", type=click.DateTime(SINCE_FORMATS),
               help="Only what happened since this day (YYYY-MM-DD, from midnight UTC) or "
                    "moment (YYYY-MM-DDTHH:MM[:SS][Z], UTC); open requests are listed "
                    "whatever their date.")

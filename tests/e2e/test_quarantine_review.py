@@ -122,6 +122,9 @@ def test_bulk_decisions_ask_for_confirmation_and_filter(gw, sink: Sink):
     assert len(json.loads(gw.cli("quarantine", "list", "--json").stdout)) == 3
     assert json.loads(gw.cli("quarantine", "list", "--since", "2999-01-01", "--json")
                       .stdout) == []
+    for moment in ("2000-01-01 10:08Z", "2000-01-01T10:08Z"):  # as the tables print it
+        assert len(json.loads(gw.cli("quarantine", "list", "--since", moment, "--json")
+                              .stdout)) == 3, moment
     released = gw.cli("quarantine", "release", "--all", "--account", "crm", "--yes",
                       "--reason", "campaign reviewed")
     assert released.returncode == 0, released.stderr
