@@ -7,6 +7,7 @@ aiosmtpd's defaults are not ours: auth is optional (an open relay), handle_excep
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import re
@@ -17,7 +18,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
-from gateway.settings import SmtpSettings
+from gateway.settings import SmtpSettings, TrustedClient
 from gateway.smtp import replies
 from gateway.transform.lines import has_bare_line_end
 
@@ -121,6 +122,23 @@ HARD_ERROR_LIMIT = 20  # 4xx/5xx answers to a client not logged in, then 421 (Po
 # mailing an objector), a sender outside its domains (M1), the recipient limit, our own
 # store or ledger failing
 _NOT_THE_CLIENTS_ERROR = re.compile(rb"55[03] 5\.7\.1 [RTM]\d|452 |451 ")
+# the replies of a message taken (mail, or an objection by mail): the error count restarts
+_MESSAGE_TAKEN = (replies.QUEUED.split("{", 1)[0].encode(), replies.UNSUBSCRIBE_RECORDED.encode())
+
+
+@functools.lru_cache(maxsize=8)
+def trusted_networks(clients: tuple[TrustedClient, ...]
+                     ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(c.network, strict=False) for c in clients)
+
+
+def in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+                ) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
 UNLIMITED = 2**62
 
 
@@ -178,6 +196,7 @@ class GatewaySMTP(SMTP):
         self._committing = False  # the end of DATA is ours to answer: not the client idling
         self._abort_handle: asyncio.TimerHandle | None = None  # see _abort_later
         self._errors = 0  # 4xx/5xx answers to a client not logged in (push)
+        self._trusted = False  # the client's address is in smtp.trusted_clients
 
     @property
     def client_ip(self) -> str:
@@ -198,6 +217,8 @@ class GatewaySMTP(SMTP):
                 and is_loopback(self._client_ip)):
             self._auth_require_tls = False  # development only, explicitly configured
         self._reader.__class__ = StrictLineReader
+        self._trusted = in_networks(self._client_ip,
+                                    trusted_networks(self.gateway_settings.trusted_clients))
         self._connections[self._client_ip] += 1
         self._counted = True
         self._sessions.add(self)
@@ -432,20 +453,26 @@ class GatewaySMTP(SMTP):
 
     async def push(self, status: str | bytes) -> None:
         raw = status.encode("utf-8") if isinstance(status, str) else status
-        if raw[:1] in b"45" and not _NOT_THE_CLIENTS_ERROR.match(raw) \
+        if raw[:1] in b"45" and not self._trusted and not _NOT_THE_CLIENTS_ERROR.match(raw) \
                 and not (self.session is not None and self.session.authenticated):
-            # Postfix's smtpd_hard_error_limit (20): a client that is not logged in and
-            # keeps being refused (530 to RCPT after RCPT, guessed unsubscribe tokens,
-            # garbage) holds a slot and fills the log for ever; it is cut off. The policy's
-            # answers to a trusted network's tool (550 5.7.1 R6 ...), our own 451 and the
-            # recipient limit's 452 are no error of the client's.
+            # Postfix's smtpd_hard_error_limit (20 errors without delivering mail): a client
+            # neither logged in nor in trusted_clients that keeps being refused (530 to RCPT
+            # after RCPT, guessed unsubscribe tokens, garbage) held a slot and filled the log
+            # for ever; it is cut off. Our own 451 and the recipient limit's 452 are no error
+            # of the client's; a message accepted starts the count again.
             self._errors += 1
             if self._errors > HARD_ERROR_LIMIT:
-                log.warning("%s: %d errors in one session: closing it", self._client_ip,
-                            self._errors)
+                log.warning("%s: %d errors in one session without a message accepted: "
+                            "closing it", self._client_ip, self._errors)
                 await super().push(replies.TOO_MANY_ERRORS)
                 self._close_now()
+                if self._handler_coroutine is not None:
+                    # nothing the client pipelined after it is read as a command (a DATA
+                    # already in the buffer was committed after the 421 over TLS)
+                    self._handler_coroutine.cancel()
                 return
+        elif raw.startswith(_MESSAGE_TAKEN):
+            self._errors = 0
         raw = replies.AIOSMTPD_REWRITES.get(raw, raw)
         await super().push(replies.with_enhanced_code(raw) if raw[:1] in b"45" else raw)
 

@@ -294,6 +294,17 @@ def test_the_rule_books_refusals_are_no_errors_of_a_trusted_tool(make_gateway):
     for i in range(30):  # unknown to the ledger: 550 5.7.1 R2, the rule book's answer
         assert s.cmd(f"RCPT TO:<unknown{i}@example.org>")[0] == 550
     assert s.cmd("NOOP")[0] == 250
+    # a trusted network's tool is not cut off for its list's typos, nor for the 503 its
+    # pipelined DATA gets when every recipient was refused (the count never restarted)
+    for i in range(25):
+        assert s.cmd("RSET")[0] == 250
+        assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+        assert s.cmd(f"RCPT TO:<typo{i}@gmailcom>")[0] == 501
+        assert s.cmd(f"RCPT TO:<unknown{i}@example.org>")[0] == 550
+        assert s.cmd("DATA")[0] == 503
+    assert s.cmd("RSET")[0] == 250
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
     s.close()
 
 
