@@ -9,8 +9,8 @@ import re
 from email.header import decode_header, make_header
 from email.utils import parsedate_tz
 
-# RFC 5322 3.6.4 msg-id, loosely: <left@right>, no blank, one @ at least (obsolete forms
-# with comments or quoted left parts pass too, as receivers take them)
+# RFC 5322 3.6.4 msg-id, loosely: <left@right>, no blank, one @ at least, and whatever
+# follows (a comment: CFWS); a folded field is unfolded with a blank before it
 _MESSAGE_ID = re.compile(r"<[^<>\s]+@[^<>\s]+>")
 STEERING_PREFIX = "x-gateway-"
 CAMPAIGN_TOPICS = "x-gateway-campaign-topics"
@@ -137,7 +137,7 @@ def ensure_identity_fields(content: bytes, message_id: str, date: str) -> bytes:
     Message-ID should be there; receivers and DKIM over-signing expect both)."""
     missing = b""
     given = field_value(content, "message-id")
-    if given is not None and not _MESSAGE_ID.fullmatch(given):
+    if given is not None and not _MESSAGE_ID.match(given.strip()):
         # "Message-ID:" empty or not an id: an invalid message to receivers (Gmail refuses
         # mail that is not RFC 5322), so it is replaced as if left out
         content, _ = take_fields(content, "message-id", exact=True)

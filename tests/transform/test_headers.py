@@ -21,6 +21,11 @@ OURS = ("<gw.1@gw.example>", "Fri, 27 Nov 2026 10:00:00 +0000")
      OURS[1]),
     (b"Message-ID: <a.b@tool.example>\r\nDate: Thu, 26 Nov 2026 09:00:00 +0100\r\n",
      "<a.b@tool.example>", "Thu, 26 Nov 2026 09:00:00 +0100"),  # kept as they are
+    # folded (Python's compat32 generator writes long ids so) or with a comment: valid, kept
+    (b"Message-ID: \r\n <a.b@tool.example>\r\nDate: Thu, 26 Nov 2026 09:00:00 +0100\r\n",
+     "\r\n <a.b@tool.example>", "Thu, 26 Nov 2026 09:00:00 +0100"),
+    (b"Message-ID: <a.b@tool.example> (tool)\r\nDate: Thu, 26 Nov 2026 09:00:00 +0100\r\n",
+     "<a.b@tool.example> (tool)", "Thu, 26 Nov 2026 09:00:00 +0100"),
 ])
 def test_an_identity_field_that_is_missing_or_invalid_is_ours(head: bytes, message_id: str,
                                                               date: str):
