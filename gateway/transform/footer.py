@@ -32,7 +32,8 @@ from gateway.transform.notice import Notice
 MAX_LINE = 998  # RFC 5322 2.1.1, octets without CRLF
 _BODY_CLOSE = re.compile(r"</body\s*>", re.IGNORECASE)
 # what opens raw text in HTML, where "</body>" is no tag, and what ends it
-_RAW_ENDS = {"<!--": "-->", "<script": "</script", "<style": "</style"}
+_RAW_ENDS = {"<!--": "-->", "<script": "</script", "<style": "</style",
+             "<title": "</title", "<textarea": "</textarea", "<xmp": "</xmp"}
 _ASCII_PROBE = "".join(map(chr, range(32, 127))) + "\r\n"
 _TOKEN = re.compile(r"[!#$%&'*+.^_`{|}~0-9A-Za-z-]+")  # RFC 2045 5.1
 _HEADER_LINE = re.compile(rb"(?m)^[^ \t\r\n][^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n")
@@ -272,8 +273,9 @@ def _body_close(text: str) -> int:
     back from the end over a lower-cased copy (~25 us for 20 KB), not a parse."""
     low = text.lower()
     plaintext = low.find("<plaintext")
-    while plaintext >= 0 and _in_raw_text(low, plaintext):
-        plaintext = low.find("<plaintext", plaintext + 1)
+    while plaintext >= 0 and (_in_raw_text(low, plaintext)
+                              or low.rfind("<", 0, plaintext) > low.rfind(">", 0, plaintext)):
+        plaintext = low.find("<plaintext", plaintext + 1)  # (text, or an attribute's)
     if plaintext >= 0:  # nothing after <plaintext> is ever markup again (HTML 13.2.5.1)
         return plaintext
     at = low.rfind("</body")
@@ -351,7 +353,8 @@ def _closers(html: str) -> str:
 
 
 def _in_raw_text(low: str, at: int) -> bool:
-    """Whether the nearest comment, script or style opened before `at` is still open there.
+    """Whether the nearest comment, script, style, title, textarea or xmp opened before `at`
+    is still open there.
     (A "<!--" inside a script's string reads as an open comment: the notice then goes at the
     end, still in the body.)"""
     for opener, closer in _RAW_ENDS.items():

@@ -364,6 +364,21 @@ def test_the_html_notice_never_goes_inside_an_attribute(html: str):
     assert '="<div' not in out and "Why you receive" in out
 
 
+@pytest.mark.parametrize("html", [
+    "<html><head><title>Use <plaintext> tags</title></head><body><p>x</p></body></html>",
+    '<html><body><a title="<plaintext>">x</a></body></html>',
+    "<html><body><textarea>keep </body> here</textarea><p>x</p></body></html>"])
+def test_plaintext_or_body_written_as_text_is_no_markup(html: str):
+    """"<plaintext>" in a title or an attribute, "</body>" in a textarea, are text: the
+    notice went into the title, the attribute, or the textarea, where nobody sees it."""
+    original = HEAD + b"Content-Type: text/html; charset=utf-8\r\n\r\n" + html.encode()
+    [part] = parts(add_notice(original, notice()))
+    out = part.get_content()
+    notice_at = out.index("Why you receive")
+    assert notice_at > out.index("<p>x</p>") if "<p>x</p>" in out else notice_at > 0
+    assert out.index("</body></html>") > notice_at
+
+
 def test_the_html_notice_goes_before_plaintext_which_nothing_closes():
     """<plaintext> runs to the end of the document: a notice after it (and a </plaintext>
     added) shows as raw markup, its links dead."""
