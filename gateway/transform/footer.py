@@ -162,6 +162,11 @@ def _with_close_delimiters(content: bytes, root: Part) -> tuple[bytes, Part]:
         return content, root
     # from the end; at one offset the outer first, so that the inner one lands before it
     for end, _depth, close in sorted(missing, key=lambda m: (-m[0], m[1])):
+        last = content[:end].rstrip(b" \t")  # (rare: a copy, only when one is missing)
+        if last.endswith(b"\r\n" + close[:-2]):  # "--b" ends it, without its CRLF: that
+            # line is the close delimiter short of its "--" (a new part there would be empty)
+            content = content[:len(last)] + b"--" + content[len(last):]
+            continue
         before = b"" if content[:end].endswith(b"\r\n") else b"\r\n"
         after = b"" if content[end:end + 2] == b"\r\n" else b"\r\n"
         content = content[:end] + before + close + after + content[end:]

@@ -534,7 +534,7 @@ def test_an_alternative_of_amp_and_watch_parts_only_is_kept_whole():
     assert "Why you receive this message" in text_of(parts(out)[0])
 
 
-@pytest.mark.parametrize("tail", [b"", b"\r\n", b"--M--\r\n"])
+@pytest.mark.parametrize("tail", [b"", b"\r\n", b"--M--\r\n", b"--M", b"--NC\r\n--M "])
 def test_a_multipart_without_its_close_delimiter_gets_one(tail: bytes):
     """Taken as readers take it (the last part runs to the end), and passed on as it was:
     every copy carried CloseBoundaryNotFoundDefect."""
