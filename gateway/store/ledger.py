@@ -375,14 +375,16 @@ _COPIES_SQL = ("SELECT json_group_array(json_array(k.i, coalesce(d.recipient, c.
 _ONE_COPY_SQL = "WITH k(i, d, c) AS (VALUES (0, ?, ?)) " + _COPIES_SQL
 _SUPPRESS_SQL = "INSERT OR IGNORE INTO suppression (hash, created_at, channel) VALUES (?, ?, ?)"
 _SUPPRESSED_SQL = "SELECT json_group_array(hex(s.hash)) FROM k JOIN suppression s ON s.hash = k.h"
-# over k(a, l, channel, reason, ip): the contact held as the address was written, or with its
-# local part in lower case as most tools store it (the suppression entry holds every case; a
-# contact held as Jane@ gets no event from an objection written jane@: contacts.address_hash
-# has no index, which every imported row would pay for)
+# over k(a, l, channel, reason, ip): every contact held under the address in any case (as
+# contact_id_sql finds one for RCPT: a copy sent to jane.doe@ of the contact held as Jane.Doe@
+# is objected to as jane.doe@): as written, with its local part in lower case (l), or held
+# with capitals (contacts_with_capitals; a store from before 023 may hold two spellings)
 _OBJECTIONS_SQL = (
     "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel, wording, ip,"
     " recorded_at) SELECT c.id, 'objection', ?, k.channel, k.reason, k.ip, ? FROM k"
-    " JOIN contacts c ON c.address IN (k.a, k.l)")
+    " JOIN contacts c ON c.id IN (SELECT id FROM contacts WHERE address IN (k.a, k.l)"
+    " UNION SELECT id FROM contacts WHERE address != lower(address)"
+    " AND lower(address) = lower(k.a))")
 COUNT_OBJECTIONS_SQL = (
     "INSERT INTO objection_counts (channel, total) VALUES (?, ?)"
     " ON CONFLICT (channel) DO UPDATE SET total = total + excluded.total")

@@ -470,8 +470,12 @@ def test_a_reimport_in_another_letter_case_updates_the_contact_held(config: Path
         answer = json.loads(gateway_cli(config, "check", "--account", "crm", "--to", written,
                                         "--json").stdout)
         assert answer["rule"] == "R4", (written, answer)
+    # an objection written in another case is the held contact's (the one-click link of a
+    # copy sent to jane.doe@ objects as jane.doe@): its history, and the access export, say it
+    assert gateway_cli(config, "suppress", "add", "JANE.DOE@acme.example").returncode == 0
     shown = json.loads(gateway_cli(config, "contacts", "show", "jane.doe@acme.example",
                                    "--json").stdout)
+    assert [e["kind"] for e in shown["events"]].count("objection") == 1, shown["events"]
     assert shown["facts"]["job_title"] == "VP Sales"
     assert shown["address"] == "Jane.Doe@acme.example"  # as first written
     # one file with both cases: one person, the second row a duplicate
