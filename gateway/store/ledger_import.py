@@ -60,9 +60,9 @@ ON CONFLICT (address) DO UPDATE SET
     consent = CASE WHEN ?12 IS NULL OR {stale_grant} THEN consent ELSE ?12 END,
     consent_at = CASE WHEN ?12 IS NULL OR {stale_grant} THEN consent_at ELSE ?13 END,
     consent_method = CASE WHEN ?12 IS NULL OR {stale_grant} THEN consent_method
-        ELSE COALESCE(?14, consent_method) END,
+        WHEN {same_consent} THEN COALESCE(?14, consent_method) ELSE ?14 END,
     consent_proof = CASE WHEN ?12 IS NULL OR {stale_grant} THEN consent_proof
-        ELSE COALESCE(?15, consent_proof) END,
+        WHEN {same_consent} THEN COALESCE(?15, consent_proof) ELSE ?15 END,
     opt_out_offered = COALESCE(?22, opt_out_offered),
     collected_at = min(collected_at, COALESCE(?19, collected_at), {known_since}),
     last_interaction_at = CASE WHEN last_interaction_at IS NULL
@@ -83,7 +83,13 @@ _STALE_GRANT = (
 # consent, its last interaction, when it was informed), and no later than now: R4's clock
 # started then (a row with consent_at 2021 and no collected_at started it on the import day).
 _KNOWN_SINCE = "min(?23, coalesce(?13, ?23), coalesce(?20, ?23), coalesce(?21, ?23))"
+# The row restates the consent held (same value, same date: a re-export without the method
+# and proof columns): its empty method and proof cells keep the stored ones (a T&C consent,
+# R10, became valid when they were emptied). Another consent (a new date, a withdrawal) has
+# the method and proof of its own row, empty if they are: an older proof is not its proof.
+_SAME_CONSENT = "(?12 IS consent AND ?13 IS consent_at)"
 _UPSERT = (_UPSERT.replace("{stale_grant}", _STALE_GRANT)
+           .replace("{same_consent}", _SAME_CONSENT)
            .replace("{known_since}", _KNOWN_SINCE))
 # Sources and events go in as multi-row INSERTs (db.insert_rows): a fifth faster than
 # executemany here, where the writer process is the import's bottleneck with the parser.

@@ -509,6 +509,13 @@ def test_a_consent_imported_again_without_its_method_keeps_the_method(config: Pa
     with sqlite3.connect(config.parent / "gateway.db") as conn:
         assert conn.execute("SELECT consent_method, consent_proof FROM contacts").fetchone() \
             == ("accepted T&C", "cgv v2")
+    # another consent (a later date) is not proved by the earlier one's proof
+    later = tmp_path / "later.csv"
+    later.write_text("email,consent,consent_at\npt@b2c.example,granted,2026-03-01T10:00:00Z\n")
+    assert gateway_cli(config, "contacts", "import", str(later)).returncode == 0
+    with sqlite3.connect(config.parent / "gateway.db") as conn:
+        assert conn.execute("SELECT consent_method, consent_proof FROM contacts").fetchone() \
+            == (None, None)
 
 
 def test_tables_on_a_narrow_terminal_wrap_instead_of_cutting(config: Path, tmp_path: Path):
