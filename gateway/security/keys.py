@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import os
 import secrets
 from pathlib import Path
 
 from gateway.addresses import suppression_form
 from gateway.errors import ConfigError
-from gateway.files import make_private_dirs
+from gateway.files import make_private_dirs, owner_only
 
 KEY_BYTES = 32
-
-log = logging.getLogger("gateway.keys")
 
 
 def create_secret_file(path: Path, text: str) -> None:
@@ -59,12 +56,7 @@ def load_or_create_key(path: Path | str) -> bytes:
         raise ConfigError(f"{path}: not a hex key") from None
     if len(key) < 16:
         raise ConfigError(f"{path}: key too short ({len(key)} bytes, need at least 16)")
-    try:
-        if path.stat().st_mode & 0o077:
-            os.chmod(path, 0o600)
-    except OSError as exc:  # someone else's file, a read-only secret volume
-        log.warning("%s is readable by others and could not be made owner-only: %s", path,
-                    exc.strerror or exc)
+    owner_only("a key file", path)  # ours made owner-only, someone else's warned about
     return key
 
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import base64
 import hmac
-import os
 import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from gateway.files import owner_only
 from gateway.security.keys import KeyedMac, create_secret_file
 
 MAC_BYTES = 10
@@ -124,13 +124,16 @@ def _encode(raw: bytes) -> str:
 def load_token_keys(path: Path | str) -> TokenKeys:
     """The keys in `path`; a first key (id 1) is written owner-only when the file is absent."""
     path = Path(path)
-    create_secret_file(path, f"1 {secrets.token_hex(KEY_BYTES)}\n")
     keys: list[tuple[int, bytes]] = []
     try:
+        create_secret_file(path, f"1 {secrets.token_hex(KEY_BYTES)}\n")
         text = path.read_text(encoding="ascii")
     except UnicodeDecodeError as exc:  # a BOM an editor added, say
         raise ConfigError(f"{path}: not ASCII text ({exc.reason} at byte {exc.start}): "
                           "expected lines '<key id> <hex key>'") from None
+    except OSError as exc:  # a directory, no permission, a read-only or full disk
+        raise ConfigError(f"{path}: cannot read or create this key file: "
+                          f"{exc.strerror or exc}") from None
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -147,6 +150,5 @@ def load_token_keys(path: Path | str) -> TokenKeys:
             raise ConfigError(f"{path}:{number}: key id {key_id} is given twice; a new key "
                               "needs a new id (on the first line)")
         keys.append((key_id, key))
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, 0o600)
+    owner_only("secrets.token_key_file", path)
     return TokenKeys(keys)

@@ -94,6 +94,21 @@ def test_a_key_file_that_cannot_be_read_is_exit_2_naming_it(config: Path, tmp_pa
     clean_failure(result, 2, "cannot read or create this key file")
 
 
+def test_serve_with_a_token_key_file_that_cannot_be_read_is_exit_2(config: Path,
+                                                                   tmp_path: Path):
+    """secrets.token_key_file a directory: "cannot start: [Errno 21]", exit 1, no key named."""
+    from conftest import free_port
+
+    (tmp_path / "kd").mkdir()
+    config.write_text(config.read_text()
+                      + f'[smtp]\nlisten = "127.0.0.1:{free_port()}"\n'
+                      + f'[http]\nlisten = "127.0.0.1:{free_port()}"\n'
+                      + f'[secrets]\ntoken_key_file = "{tmp_path / "kd"}"\n')
+    result = run("--config", str(config), "serve")
+    clean_failure(result, 2, "cannot read or create this key file")
+    assert str(tmp_path / "kd") in result.stderr
+
+
 def test_a_store_restored_without_its_hash_key_is_refused_not_given_a_new_one(
         config: Path, tmp_path: Path):
     """The suppression list is keyed: a restore without secrets/hash.key, or a typo in
