@@ -22,7 +22,7 @@ def audit() -> None:
               "log must still hold that row with that chain value.")
 @click.option("--json", "as_json", is_flag=True,
               help='{"rows": N, "first_broken": ID|null, "anchor": "ID:HEX"|null, '
-              '"anchor_holds": true|false|null}')
+              '"anchor_holds": true|false|null, "unchained": N (rows from before the chain)}')
 @click.pass_obj
 def verify(state: CliState, anchor: str | None, as_json: bool) -> None:
     """Recompute the hash chain of the audit log; exit 1 and name the first row that does not
@@ -49,7 +49,7 @@ def verify(state: CliState, anchor: str | None, as_json: bool) -> None:
     printed = f"{check.last[0]}:{check.last[1].hex()}" if check.last else None
     if as_json:
         print_json({"rows": check.rows, "first_broken": check.first_broken,
-                    "anchor": printed, "anchor_holds": holds})
+                    "anchor": printed, "anchor_holds": holds, "unchained": check.unchained})
     elif check.first_broken is not None:
         click.echo(f"audit log BROKEN at row {check.first_broken}: it was edited, or rows "
                    f"before it were deleted or inserted ({check.rows} rows verified before "
@@ -61,6 +61,10 @@ def verify(state: CliState, anchor: str | None, as_json: bool) -> None:
         click.echo(f"audit log intact: {check.rows} rows, hash chain verified"
                    + (", anchor held" if holds else "")
                    + (f"\nanchor (keep it outside the store): {printed}" if printed else ""))
+    if check.unchained:
+        click.echo(f"note: the first {check.unchained} rows were written before this store had "
+                   "the hash chain (an upgrade from a version without it): they are not "
+                   "covered by it", err=True)
     if check.first_broken is not None or holds is False:
         sys.exit(EXIT_REFUSED)
 

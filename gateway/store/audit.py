@@ -57,6 +57,7 @@ class AuditCheck(NamedTuple):
     first_broken: int | None
     last: tuple[int, bytes] | None  # (id, chain) of the last row: the anchor to keep outside
     at_anchor: bytes | None = None  # the chain of the row asked about (verify(anchor=ID))
+    unchained: int = 0  # rows at the start written before the chain existed (006)
 
 
 class Unwritten(NamedTuple):
@@ -157,24 +158,31 @@ class AuditLog:
         outside the store by an earlier verify still matches unless rows after it were cut
         or the chain was recomputed over an edit before it."""
         previous = GENESIS
-        checked, last_id, at_anchor = 0, None, None
+        checked, last_id, at_anchor, unchained = 0, None, None, 0
         async with self.db.reader.execute(
                 "SELECT id, at, account, client_ip, recipient_hash, rule, decision,"
                 " message_id, notice_version, chain FROM audit ORDER BY id") as cur:
             async for row in cur:
+                if row[9] is None and checked == 0:
+                    # a store that carried mail before migration 006 added the chain: its
+                    # first rows have none, and the first chained row links to GENESIS
+                    # (insert_records). Only at the start: a row without a chain after a
+                    # chained one is a break (a downgraded program wrote it, or an edit).
+                    unchained += 1
+                    continue
                 try:
                     expected = link(previous, tuple(row)[1:9])
                 except (TypeError, ValueError):  # a value of another type written in by hand
-                    return AuditCheck(checked, int(row[0]), None, at_anchor)
+                    return AuditCheck(checked, int(row[0]), None, at_anchor, unchained)
                 if row[9] != expected:
-                    return AuditCheck(checked, int(row[0]), None, at_anchor)
+                    return AuditCheck(checked, int(row[0]), None, at_anchor, unchained)
                 previous = expected
                 checked += 1
                 last_id = int(row[0])
                 if last_id == anchor:
                     at_anchor = expected
         return AuditCheck(checked, None, None if last_id is None else (last_id, previous),
-                          at_anchor)
+                          at_anchor, unchained)
 
     async def for_recipient(self, recipient_hash: bytes) -> list[AuditRecord]:
         rows = await self.db.fetchall(

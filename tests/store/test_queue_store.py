@@ -844,3 +844,34 @@ async def test_copies_refused_by_the_policy_are_counted_for_metrics(db: Database
     await q.fail(b.delivery_id, "550 5.1.1 no such user")
     counts = await q.outcome_counts()
     assert (counts["refused"], counts["failed"]) == (2, 1)
+
+
+def test_a_store_that_carried_mail_before_the_chain_existed_still_verifies(tmp_path):
+    """Migration 006 added the chain with NULL for the rows already there: `audit verify`
+    said BROKEN at row 1 for ever (a false tamper alarm on every upgraded store). Those rows
+    are counted apart; a row without a chain AFTER chained ones is still a break."""
+    import asyncio
+
+    from gateway.store.audit import AuditLog, AuditRecord
+
+    path = tmp_path / "old.db"
+    with store_before(6, path) as conn:
+        for i in range(3):
+            conn.execute("INSERT INTO audit (at, account, client_ip, recipient_hash, rule,"
+                         " decision) VALUES (?, 'crm', '127.0.0.1', ?, 'R6', 'allow')",
+                         (float(i), bytes([i]) * 32))
+
+    async def upgrade() -> tuple[object, object]:
+        async with Database(path) as database:
+            log = AuditLog(database)
+            await log.append([[AuditRecord(9.0, "crm", "127.0.0.1", b"\x09" * 32, "R6",
+                                           "allow").row()]])
+            intact = await log.verify()
+            await database.write_one("INSERT INTO audit (at, account, client_ip,"  # a downgrade
+                                     " recipient_hash, rule, decision) VALUES"
+                                     " (10, 'crm', '127.0.0.1', x'00', 'R6', 'allow')")
+            return intact, await log.verify()
+
+    intact, broken = asyncio.run(upgrade())
+    assert (intact.first_broken, intact.rows, intact.unchained) == (None, 1, 3)
+    assert broken.first_broken == 5 and broken.rows == 1
