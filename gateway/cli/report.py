@@ -223,7 +223,9 @@ def report(state: CliState, since: datetime.datetime | None, as_json: bool,
       since          "YYYY-MM-DD" (or "YYYY-MM-DDTHH:MM:SSZ") or null; generated_at: unix
                      seconds
       decisions      [{account, rule, decision (allow|reject|quarantine), count}]
-      sent           [{account, rule, count}] copies the upstream took (audit log)
+      sent           [{account, rule, count}] copies the upstream took (audit log;
+                     on a store upgraded from before migration 022, only those sent
+                     since the upgrade: `deliveries` has the earlier ones)
       deliveries     [{account, state (queued|deferred|sent|failed|refused), count}]
       quarantine     [{account, rule, state (held|released|rejected), count}]
       objections     [{channel, count}]
