@@ -177,6 +177,9 @@ class Database:
         except sqlite3.DatabaseError as exc:
             await self.close()
             raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
+        except BaseException:
+            await self.close()  # (the connections' threads would keep the process alive)
+            raise
         return self
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -218,7 +221,17 @@ class Database:
             " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
         async with conn.execute("SELECT version FROM schema_migrations") as cur:
             applied = {row[0] for row in await cur.fetchall()}
-        pending = [m for m in _migrations() if m[0] not in applied]
+        known = _migrations()
+        newer = sorted(applied - {m[0] for m in known})
+        if newer and newer[-1] > known[-1][0]:
+            # a newer program migrated this store (an upgrade rolled back): this one would
+            # write rows the newer one's tables and checks do not expect (an older version
+            # broke the audit chain so)
+            raise StoreError(f"{self.path}: the store is at schema version {newer[-1]}, "
+                             f"newer than this program's ({known[-1][0]}): run the newer "
+                             "version of the gateway on it (or restore a backup made "
+                             "before the upgrade)")
+        pending = [m for m in known if m[0] not in applied]
         if pending:
             # another process applying one holds the write lock for as long as it takes (a
             # table rebuilt: 022 takes ~2 s per million audit rows): wait for it, then find

@@ -296,3 +296,15 @@ def test_a_retention_dry_run_where_there_is_no_store_makes_none(config: Path, tm
     assert json.loads(result.stdout) == {"dry_run": True, "purged": []}
     assert "no store at" in result.stderr and "nothing to purge" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.toml"]
+
+
+def test_a_store_migrated_by_a_newer_version_is_refused(config: Path, tmp_path: Path):
+    """An upgrade rolled back: the older program ran on the newer store with no word, and
+    its audit rows broke the newer one's chain."""
+    import sqlite3
+
+    make_store(config)
+    with sqlite3.connect(tmp_path / "gateway.db") as db:
+        db.execute("INSERT INTO schema_migrations VALUES (999, '999_future.sql', 0)")
+    result = gateway_cli(config, "queue", "list")
+    clean_failure(result, 1, "newer than this program's")
