@@ -123,7 +123,8 @@ HARD_ERROR_LIMIT = 20  # 4xx/5xx answers to a client not logged in, then 421 (Po
 # store or ledger failing
 _NOT_THE_CLIENTS_ERROR = re.compile(rb"55[03] 5\.7\.1 [RTM]\d|452 |451 ")
 # the replies of a message taken (mail, or an objection by mail): the error count restarts
-_MESSAGE_TAKEN = (replies.QUEUED.split("{", 1)[0].encode(), replies.UNSUBSCRIBE_RECORDED.encode())
+_MESSAGE_TAKEN = re.compile(rb"250 2\.0\.0 (?:\S+ Message accepted|Unsubscribe request)")
+UNLIMITED = 2**62
 
 
 @functools.lru_cache(maxsize=8)
@@ -139,7 +140,6 @@ def in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6N
     except ValueError:
         return False
     return any(address in network for network in networks)
-UNLIMITED = 2**62
 
 
 def is_loopback(ip: str) -> bool:
@@ -471,7 +471,7 @@ class GatewaySMTP(SMTP):
                     # already in the buffer was committed after the 421 over TLS)
                     self._handler_coroutine.cancel()
                 return
-        elif raw.startswith(_MESSAGE_TAKEN):
+        elif _MESSAGE_TAKEN.match(raw):
             self._errors = 0
         raw = replies.AIOSMTPD_REWRITES.get(raw, raw)
         await super().push(replies.with_enhanced_code(raw) if raw[:1] in b"45" else raw)

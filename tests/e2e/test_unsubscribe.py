@@ -689,8 +689,15 @@ def test_mail_to_the_unsubscribe_address_needs_no_auth_and_objects(make_gateway,
     assert mta.cmd("MAIL FROM:<jane@example.net>")[0] == 250
     assert mta.cmd(f"RCPT TO:<{mailto.upper()}>")[0] == 250  # mail systems may change case
     assert suppressed(gw) == []  # recorded once the mail has come
+    for _ in range(15):  # an MTA's other recipients: refused, and counted as its errors
+        assert mta.cmd("RCPT TO:<someone@example.com>")[0] == 530
     assert mta.cmd("DATA")[0] == 354
     assert mta.cmd(b"Subject: unsubscribe\r\n\r\nplease\r\n.")[0] == 250
+    # the objection taken, the error count starts again (20 without a message: 421)
+    assert mta.cmd("MAIL FROM:<jane@example.net>")[0] == 250
+    for _ in range(15):
+        assert mta.cmd("RCPT TO:<someone@example.com>")[0] == 530
+    assert mta.cmd("NOOP")[0] == 250
     mta.cmd("QUIT")
     assert suppressed(gw) == ["mailto"]
     tool = RawSmtp(gw.smtp_port, source="127.0.0.2")
