@@ -231,9 +231,7 @@ class Flow:
         if decision.rule == "R4" and facts.contact is not None and facts.contact.id is not None \
                 and facts.contact.retention_expired_at is None:  # marked once
             self._background(self._mark_expired.submit(facts.contact.id), "R4 purge mark")
-        if decision.verdict is Verdict.REJECT:
-            log.info("account=%s to=<%s> %s %s: %s", account.name, recipient,
-                     decision.decision, decision.rule, decision.reason)
+        if decision.verdict is Verdict.REJECT:  # (logged by the SMTP side, with the client)
             return RecipientVerdict(False, replies.policy_reject(decision.rule, decision.reason),
                                     decision, at, *read)
         return RecipientVerdict(True, replies.RECIPIENT_OK, decision, at, *read)

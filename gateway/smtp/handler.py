@@ -289,6 +289,10 @@ class GatewayHandler:
         verdict: RecipientVerdict = await self.flow.decide_recipient(account, address)
         verdicts.append((address, verdict))  # every decision is audited
         if not verdict.accepted:
+            if verdict.decision is not None:  # (as Postfix's "NOQUEUE: reject: RCPT from")
+                log.info("reject client=%s account=%s from=<%s> to=<%s> %s: %s",
+                         server.client_ip, account.name, envelope.mail_from, address,
+                         verdict.decision.rule, verdict.decision.reason)
             return verdict.reply
         accepted = _accepted(envelope)
         key = address.lower()

@@ -294,6 +294,9 @@ def test_the_rule_books_refusals_are_no_errors_of_a_trusted_tool(make_gateway):
     for i in range(30):  # unknown to the ledger: 550 5.7.1 R2, the rule book's answer
         assert s.cmd(f"RCPT TO:<unknown{i}@example.org>")[0] == 550
     assert s.cmd("NOOP")[0] == 250
+    # the log ties each refusal to its client and sender (Postfix's NOQUEUE: reject line)
+    wait_until(lambda: "reject client=127.0.0.1 account=crm from=<news@example.com> "
+               "to=<unknown0@example.org> R2: " in gw.output, what="the reject log line")
     # a trusted network's tool is not cut off for its list's typos, nor for the 503 its
     # pipelined DATA gets when every recipient was refused (the count never restarted)
     for i in range(25):
