@@ -199,6 +199,17 @@ class Gateway:
             await maintenance_ran(self.db, "nfc-addresses")
             if rewritten:
                 log.info("ledger: %d addresses stored decomposed rewritten in NFC", rewritten)
+        if self.serve_http and await maintenance_due(self.db, "case-twins", math.inf,
+                                                     first_run=True):
+            twins, some = await ledger.case_twins()  # once, after the upgrade to 023
+            await maintenance_ran(self.db, "case-twins")
+            if twins:
+                log.warning("ledger: %d contacts written with capitals have a twin in another "
+                            "letter case (imported so by an earlier version), e.g. %s: a RCPT "
+                            "or import "
+                            "written alike takes its own, any other spelling the oldest; "
+                            "compare them with `gateway contacts show` (a subject erase "
+                            "takes every spelling)", twins, ", ".join(some))
         flow = self.flow = Flow(self.queue, self.delivery, accounts, s.smtp.trusted_clients,
                                 decider, AuditLog(self.db), ledger, hasher, s.smtp.hostname)
         if self.serve_http:  # one process says it

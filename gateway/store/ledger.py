@@ -680,6 +680,17 @@ class Ledger:
 
         return await self.db.write(write)
 
+    async def case_twins(self, limit: int = 5) -> tuple[int, list[str]]:
+        """Contacts held with capitals that another contact holds in another letter case
+        (imports before 023 made one per spelling): how many, and a few of them. RCPT and
+        an import take the one written alike, else the oldest (contact_id_sql)."""
+        rows = await self.db.fetchall(
+            "SELECT c.address FROM contacts c WHERE c.address != lower(c.address) AND ("
+            " EXISTS (SELECT 1 FROM contacts d WHERE d.address = lower(c.address))"
+            " OR EXISTS (SELECT 1 FROM contacts d WHERE d.address != lower(d.address)"
+            "  AND lower(d.address) = lower(c.address) AND d.id != c.id)) ORDER BY c.id")
+        return len(rows), [row[0] for row in rows[:limit]]
+
     async def compose_stored_addresses(self) -> int:
         """Once, for stores from before local parts were NFC (a900a51): each contact held
         with a decomposed address (e + U+0301) is rewritten composed, under the new key and

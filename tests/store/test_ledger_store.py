@@ -696,3 +696,19 @@ async def test_an_objection_in_capitals_stops_a_greek_address_with_dialytika_and
     assert hasher(stored) == hasher(written) and person_form(stored) == person_form(written)
     await Ledger(db, hasher).suppress(written, "manual")
     assert (await facts(db, hasher, stored)).suppressed
+
+
+async def test_contacts_held_twice_in_another_case_are_found_for_the_operator(
+        db: Database, hasher: AddressHasher):
+    """Imports before 023 made a contact per spelling (Jane.Doe@ and jane.doe@): each kept
+    its own facts and decisions, and nothing said so after the upgrade."""
+    import_csv(db, hasher, "email,source_name,source_type\nJane.Doe@x.example,f,direct\n"
+                           "Solo@x.example,f,direct\nplain@x.example,f,direct\n")
+    ledger = Ledger(db, hasher)
+    assert await ledger.case_twins() == (0, [])
+    for address in ("jane.doe@x.example", "JANE.DOE@x.example"):  # as 022 let them in
+        await db.write_one("INSERT INTO contacts (address, address_hash, kind, audience,"
+                           " relationship, topics, customer_categories, collected_at,"
+                           " created_at, updated_at) VALUES (?, ?, 'person', 'b2c',"
+                           " 'prospect', '', '', 1, 1, 1)", (address, hasher(address)))
+    assert await ledger.case_twins() == (2, ["Jane.Doe@x.example", "JANE.DOE@x.example"])
