@@ -278,16 +278,15 @@ def _body_close(text: str) -> int:
     back from the end over a lower-cased copy (~25 us for 20 KB), not a parse."""
     low = text.lower()
     plaintext = low.find("<plaintext")
-    while plaintext >= 0 and (_in_raw_text(low, plaintext)
-                              or low.rfind("<", 0, plaintext) > low.rfind(">", 0, plaintext)):
+    while plaintext >= 0 and (_in_raw_text(low, plaintext) or _inside_a_tag(low, plaintext)):
         plaintext = low.find("<plaintext", plaintext + 1)  # (text, or an attribute's)
     if plaintext >= 0:  # nothing after <plaintext> is ever markup again (HTML 13.2.5.1)
         return plaintext
     at = low.rfind("</body")
     while at >= 0:
         if _BODY_CLOSE.match(text, at) and not _in_raw_text(low, at) \
-                and low.rfind("<", 0, at) <= low.rfind(">", 0, at):
-            # (the last test: not inside another tag, title="</body>" or alt="</body>",
+                and not _inside_a_tag(low, at):
+            # (the last test: not in another tag, title="</body>" or alt="a > b </body>",
             # where the notice would become the attribute's value)
             return at
         at = low.rfind("</body", 0, at)
@@ -355,6 +354,38 @@ def _closers(html: str) -> str:
                 stack.pop()
             stack.append(name)
     return innermost + "".join(f"</{name}>" for name in reversed(stack))
+
+
+def _inside_a_tag(low: str, at: int) -> bool:
+    """Whether `at` is inside a tag that starts before it (in an attribute's value, quoted
+    values with ">" in them included): from the last "<" that starts a tag, the tag's own
+    characters are read up to its ">" outside quotes (a quote opens a value after "=" only,
+    as HTML's tokenizer has it). Bounded by the tag's length, not the text's."""
+    start = at
+    while True:
+        start = low.rfind("<", 0, start)
+        if start < 0:
+            return False
+        following = low[start + 1:start + 2]
+        if following.isalpha() or following in ("/", "!"):
+            break
+    quote, after_equals = "", False
+    for i in range(start + 1, at):
+        c = low[i]
+        if quote:
+            if c == quote:
+                quote = ""
+        elif c == ">":
+            return False
+        elif c in "\"'" and after_equals:
+            quote = c
+        elif c == "=":
+            after_equals = True
+            continue
+        elif c.isspace() and after_equals:
+            continue
+        after_equals = False
+    return True
 
 
 def _in_raw_text(low: str, at: int) -> bool:

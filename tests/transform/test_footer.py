@@ -353,14 +353,16 @@ def test_the_html_notice_goes_before_the_body_tag_not_one_in_a_comment_or_script
 
 @pytest.mark.parametrize("html", [
     '<html><body><p>Hi</p><a href="https://x.example/" title="</body>">link</a>',
-    '<html><body><p>Hi</p></body></html><img src="https://t.example/p.gif" alt="</body>">'])
+    '<html><body><p>Hi</p></body></html><img src="https://t.example/p.gif" alt="</body>">',
+    '<html><body><p>Hi</p><img alt="a > b </body>"></html>'])  # a ">" in the value too
 def test_the_html_notice_never_goes_inside_an_attribute(html: str):
     """The last "</body>" was an attribute's value: the notice's <div> became the title,
     its text part of the sender's link."""
     original = HEAD + b"Content-Type: text/html; charset=utf-8\r\n\r\n" + html.encode()
     [part] = parts(add_notice(original, notice()))
     out = part.get_content()
-    assert 'title="</body>">link</a>' in out or 'alt="</body>">' in out  # left as it was
+    assert 'title="</body>">link</a>' in out or 'alt="</body>">' in out \
+        or 'alt="a > b </body>">' in out  # left as it was
     assert '="<div' not in out and "Why you receive" in out
 
 
@@ -377,6 +379,16 @@ def test_plaintext_or_body_written_as_text_is_no_markup(html: str):
     notice_at = out.index("Why you receive")
     assert notice_at > out.index("<p>x</p>") if "<p>x</p>" in out else notice_at > 0
     assert out.index("</body></html>") > notice_at
+
+
+def test_a_less_than_sign_inside_an_earlier_attribute_is_no_tag():
+    """title="x<y": a "<" in a value is text; the real </body> after it takes the notice."""
+    original = (HEAD + b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+                b'<html><body><a title="x<y">t</a></body></html>\r\n')
+    [part] = parts(add_notice(original, notice()))
+    out = part.get_content()
+    assert out.index('<a title="x<y">t</a>') < out.index("Why you receive") \
+        < out.index("</body></html>")
 
 
 def test_the_html_notice_goes_before_plaintext_which_nothing_closes():
