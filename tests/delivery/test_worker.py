@@ -225,7 +225,8 @@ async def test_a_sent_copy_whose_record_fails_is_neither_sent_again_nor_taken_ov
     disk): the worker keeps the copy and writes the mark again. It was left claimed, and sent
     a second time once its claim expired."""
     sent: list = []
-    with contextlib.closing(sqlite3.connect(db.path, timeout=30)) as other:  # a busy CI
+    with contextlib.closing(sqlite3.connect(db.path, timeout=30,  # a busy CI
+                                            check_same_thread=False)) as other:
         other.execute("CREATE TRIGGER refuse_sent BEFORE UPDATE OF state ON deliveries "
                       "WHEN NEW.state = 'sent' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
         other.commit()
@@ -237,8 +238,12 @@ async def test_a_sent_copy_whose_record_fails_is_neither_sent_again_nor_taken_ov
             await until(lambda: asyncio.sleep(0, bool(sent)))
             await asyncio.sleep(2.5)  # more than two claim periods with the mark refused
             assert (await db.fetchone("SELECT state FROM deliveries"))[0] == "queued"
-            other.execute("DROP TRIGGER refuse_sent")
-            other.commit()
+            def drop() -> None:  # on a thread: done on the event loop, it blocked the loop
+                # while a transaction of the store's (aiosqlite, held across awaits) waited for
+                # that loop to go on: neither moved until "database is locked" 30 s later
+                other.execute("DROP TRIGGER refuse_sent")
+                other.commit()
+            await asyncio.to_thread(drop)
 
             async def recorded():
                 return (await db.fetchone("SELECT state FROM deliveries"))[0] == "sent"
