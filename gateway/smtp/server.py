@@ -7,7 +7,6 @@ aiosmtpd's defaults are not ours: auth is optional (an open relay), handle_excep
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import logging
 import re
@@ -18,7 +17,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
-from gateway.settings import SmtpSettings, TrustedClient
+from gateway.settings import SmtpSettings
 from gateway.smtp import replies
 from gateway.transform.lines import has_bare_line_end
 
@@ -127,21 +126,6 @@ _MESSAGE_TAKEN = re.compile(rb"250 2\.0\.0 (?:\S+ Message accepted|Unsubscribe r
 UNLIMITED = 2**62
 
 
-@functools.lru_cache(maxsize=8)
-def trusted_networks(clients: tuple[TrustedClient, ...]
-                     ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(c.network, strict=False) for c in clients)
-
-
-def in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-                ) -> bool:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return any(address in network for network in networks)
-
-
 def is_loopback(ip: str) -> bool:
     try:
         return ipaddress.ip_address(ip).is_loopback
@@ -217,8 +201,8 @@ class GatewaySMTP(SMTP):
                 and is_loopback(self._client_ip)):
             self._auth_require_tls = False  # development only, explicitly configured
         self._reader.__class__ = StrictLineReader
-        self._trusted = in_networks(self._client_ip,
-                                    trusted_networks(self.gateway_settings.trusted_clients))
+        self._trusted = any(client.contains(self._client_ip)
+                            for client in self.gateway_settings.trusted_clients)
         self._connections[self._client_ip] += 1
         self._counted = True
         self._sessions.add(self)
