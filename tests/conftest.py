@@ -173,7 +173,8 @@ auth_failure_delay = 0.0
 {smtp_extra}
 [http]
 listen = "127.0.0.1:{http_port}"
-public_url = "http://127.0.0.1:{http_port}"
+# no public_url: its default, http://<http.listen>, is what every unsubscribe link tested
+# reaches (the links once pointed at :8025 whatever listen said)
 {http_extra}
 [store]
 url = "sqlite:///{store}"

@@ -10,6 +10,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import GatewayProcess, Sink, message, wait_until
@@ -206,6 +207,10 @@ def test_narrowing_away_a_recipients_basis_refuses_it_with_a_dsn(gateway, sink: 
         ("cto@b2b.example", "R10")]
     retry = gw.cli("queue", "retry", str(failed[0]["id"]))  # never a way around the policy
     assert retry.returncode == 1 and "compliance policy" in retry.stderr
+    # /metrics counts it as refused by the rule book (it was counted nowhere)
+    metrics = httpx.get(f"http://127.0.0.1:{gw.http_port}/metrics").text
+    assert "gateway_deliveries_refused_total 1" in metrics.splitlines()
+    assert "gateway_deliveries_failed_total 0" in metrics.splitlines()
 
 
 def test_unknown_recipients_can_be_quarantined_instead(gateway, sink: Sink):
