@@ -76,8 +76,15 @@ async def test_one_notification_the_endpoint_refuses_holds_back_no_other(db: Dat
     try:
         await until(lambda: len(Endpoint.taken) == 2)
         assert Endpoint.taken == ["good1@example.net", "good2@example.net"]
-        rows = await db.fetchall("SELECT state, attempts FROM notifications ORDER BY id")
-        assert [tuple(r) for r in rows] == [("pending", 1), ("sent", 1), ("sent", 1)]
+        # the endpoint has the body before the notifier records the answer: wait for that
+        expected = [("pending", 1), ("sent", 1), ("sent", 1)]
+        rows: list[tuple] = []
+        deadline = time.monotonic() + 10
+        while rows != expected and time.monotonic() < deadline:
+            rows = [tuple(r) for r in await db.fetchall(
+                "SELECT state, attempts FROM notifications ORDER BY id")]
+            await asyncio.sleep(0.05)
+        assert rows == expected
     finally:
         await notifier.stop()
 

@@ -489,9 +489,13 @@ def test_each_objection_is_notified_to_the_account_signed_and_retried(make_gatew
     stamp, mac = (part.split("=", 1)[1] for part in header.split(","))
     assert hmac.compare_digest(mac, hmac.new(SECRET.encode(), stamp.encode() + b"." + raw,
                                              hashlib.sha256).hexdigest())
-    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
-        state, attempts, kept = db.execute(
-            "SELECT state, attempts, url FROM notifications").fetchone()
+    def outbox_row():
+        with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+            return db.execute("SELECT state, attempts, url FROM notifications").fetchone()
+
+    # the hook has answered 200; the gateway records "sent" just after: wait for that record
+    wait_until(lambda: outbox_row()[0] != "pending", what="the notification's outcome")
+    state, attempts, kept = outbox_row()
     assert (state, attempts) == ("sent", 2)  # the first try got a 500: retried
     # the outbox keeps the URL without its secrets: they live in the account only
     assert kept == hook_url(hook).replace("//", "//tool:***@") + "?key=***"
