@@ -386,6 +386,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {hint!r}")
 
 
+_NOT_IN_URL = '<>"\'`,\\{}|^'
+_HOST_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_HOST_LABEL}(?:\.{_HOST_LABEL})*")
+
+
 def _check(settings: Settings) -> None:
     for key, allowed in _CHOICES.items():
         section, _, name = key.partition(".")
@@ -438,10 +443,22 @@ def _check(settings: Settings) -> None:
         url.port  # noqa: B018 - raises on a port that is no number
     except ValueError:
         url = urllib.parse.urlsplit("")  # refused just below
+    # the URL goes between <> in List-Unsubscribe: a '>' or ',' in it made a second link
+    # there (RFC 8058 wants exactly one), a non-ASCII one an undeclared 8-bit header field
     if (url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment
-            or any(c.isspace() or not c.isprintable() for c in settings.http.public_url)):
+            or not settings.http.public_url.isascii()
+            or any(c.isspace() or not c.isprintable() or c in _NOT_IN_URL
+                   for c in settings.http.public_url)):
         raise ConfigError(f"http.public_url: expected an http(s)://host[:port][/path] URL, the "
-                          f"base of the unsubscribe links; got {settings.http.public_url!r}")
+                          f"base of the unsubscribe links (ASCII: an internationalised host in "
+                          f"its xn-- form; none of {_NOT_IN_URL}); got "
+                          f"{settings.http.public_url!r}")
+    # the EHLO name, the domain of every unsubscribe+TOKEN@ address, of Message-IDs and of the
+    # DSNs' From: "gw.example.com>, <https://elsewhere/" put a second link in every copy
+    if not _HOSTNAME.fullmatch(settings.smtp.hostname):
+        raise ConfigError(f"smtp.hostname: expected a DNS name such as mail.example.com "
+                          f"(letters, digits, hyphens, dots; the name this gateway's mail and "
+                          f"unsubscribe addresses use); got {settings.smtp.hostname!r}")
     d = settings.delivery
     if d.mode == "smtp" and d.username and not d.starttls:
         raise ConfigError("delivery.username is set but delivery.starttls is false: "
