@@ -15,9 +15,13 @@ from dataclasses import dataclass
 WIDTH = 76
 SEPARATOR = "-- "  # the usual signature separator: readers and format=flowed know it
 # control characters, and the invisible ones that reorder or hide text (bidi overrides and
-# isolates, zero-width, BOM): a source name holding U+202E turned the rest of its line around
+# isolates, zero-width, BOM): a source name holding U+202E turned the rest of its line around;
+# and the private-use area, whose U+E000 is NoticeCache's stand-in for the unsubscribe link (a
+# source name of them showed the person's own link as where the address came from)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029"
-                      r"\u2060-\u2069\ufeff]")
+                      r"\u2060-\u2069\ue000-\uf8ff\ufeff]")
+_LINK_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029"
+                           r"\u2060-\u2069\ufeff]")  # the link may be the cache's stand-in
 _LINE_BREAKS = re.compile(r"[ \t]*[\r\n]+[ \t]*")
 _LINK = re.compile(r"^(https?://|mailto:)[^\s<>\"']+$")
 URL_FIELDS = ("privacy_url", "unsubscribe_url", "controller_address")
@@ -85,7 +89,7 @@ def render(template: NoticeTemplate, facts: NoticeFacts) -> Notice:
         "controller_address": clean(facts.controller_address),
         "privacy_url": clean(facts.privacy_url), "dpo_email": clean(facts.dpo_email),
         "retention_years": str(facts.retention_years),
-        "unsubscribe_url": clean(facts.unsubscribe_url),
+        "unsubscribe_url": " ".join(_LINK_CONTROL.sub(" ", facts.unsubscribe_url).split()),
         "consent_date": clean(facts.consent_date or ""),
         "sources": ", ".join(clean(s) for s in facts.sources),
     }

@@ -200,6 +200,20 @@ def test_the_notice_cache_renders_exactly_what_render_does(language: str):
     assert url not in cache.render(template, FACTS).plain  # no stale URL is ever served
 
 
+def test_a_source_name_of_private_use_characters_never_shows_the_unsubscribe_link():
+    """The cache renders with U+E000 standing in for the link: a source name made of them
+    (imported as is) showed the person's own unsubscribe link as where the address came
+    from, the link twice in the notice."""
+    url = "https://gw.example/u/" + "t" * 40
+    facts = NoticeFacts(**{**vars(FACTS), "unsubscribe_url": url, "rule": "R8", "full": True,
+                           "sources": ("https://" + "\ue000" * 61, "Fiera \uf8ff2026")})
+    template = choose(TEMPLATES, "it", "en")
+    for notice in (NoticeCache().render(template, facts), render(template, facts)):
+        assert notice.plain.count(url) == 1 and notice.html.count(url) == 2  # href and text
+        assert "\ue000" not in notice.plain + notice.html
+        assert "Fiera 2026" in notice.plain
+
+
 HEAD = b"From: a@example.com\r\nTo: jane@example.net\r\nSubject: hi\r\nMIME-Version: 1.0\r\n"
 
 
