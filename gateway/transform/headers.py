@@ -132,6 +132,23 @@ def set_unsubscribe(content: bytes, https_url: str, mailto: str) -> bytes:
     return head + (b"" if head.endswith(b"\r\n") or not head else b"\r\n") + added + b"\r\n"
 
 
+# a signature or verdict of the message as the tool wrote it, before the notice and our own
+# DKIM: each then fails (arc=fail, a broken DKIM-Signature beside ours), and a client's
+# Authentication-Results would go out under our name (RFC 8601 5: remove them)
+_EARLIER_VERDICTS = ((b"dkim-signature", True), (b"authentication-results", True),
+                     (b"arc-", False))
+
+
+def drop_earlier_signatures(content: bytes) -> bytes:
+    """The message without the DKIM-Signature, ARC-* and Authentication-Results fields the
+    tool (or a hop before it) set: three searches of the header in the usual case."""
+    head = content[:header_end(content)].lower()
+    for name, exact in _EARLIER_VERDICTS:
+        if name in head:
+            content, _ = take_fields(content, name.decode(), exact=exact)
+    return content
+
+
 def ensure_identity_fields(content: bytes, message_id: str, date: str) -> bytes:
     """Add Message-ID and Date when the tool left them out (RFC 5322 3.6: Date is required,
     Message-ID should be there; receivers and DKIM over-signing expect both)."""

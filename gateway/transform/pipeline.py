@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.transform.headers import ensure_identity_fields, set_unsubscribe
+from gateway.transform.headers import (
+    drop_earlier_signatures,
+    ensure_identity_fields,
+    set_unsubscribe,
+)
 
 
 @dataclass(frozen=True)
@@ -21,5 +25,5 @@ class Personalisation:
 def personalise(content: bytes, p: Personalisation) -> bytes:
     """The copy as it must leave (before signing). Raises UnsafeHeader rather than write a
     field that could forge another one."""
-    content = ensure_identity_fields(content, p.message_id, p.date)
+    content = ensure_identity_fields(drop_earlier_signatures(content), p.message_id, p.date)
     return set_unsubscribe(content, p.unsubscribe_url, p.unsubscribe_mailto)

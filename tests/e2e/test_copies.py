@@ -71,13 +71,25 @@ def test_copies_are_signed_last_and_verify(make_gateway, sink: Sink, tmp_path: P
     gw = make_gateway(start=False)
     public = add_dkim_key(gw, tmp_path, "gw1")
     gw.start()
-    send(gw, "jane@example.net", message())
+    # what the tool (or a hop before it) signed and judged: broken by the notice, each went
+    # out beside our signature (a failing DKIM-Signature, arc=fail), and a client's
+    # Authentication-Results under our name
+    earlier = ("DKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=tool; h=from;\r\n"
+               "\tbh=AAAA; b=BBBB\r\n"
+               "ARC-Seal: i=1; a=rsa-sha256; cv=none; d=example.com; s=a; b=CCCC\r\n"
+               "ARC-Message-Signature: i=1; a=rsa-sha256; d=example.com; s=a; bh=D; b=E\r\n"
+               "ARC-Authentication-Results: i=1; gateway.test; dkim=pass\r\n"
+               "Authentication-Results: gateway.test; dkim=pass header.d=bank.example\r\n")
+    send(gw, "jane@example.net", message(extra_headers=earlier))
     [received] = sink.wait_for(1)
     record = f"v=DKIM1; k=rsa; p={public}".encode()
     assert dkim.verify(received.content, dnsfunc=lambda name, timeout=5: record)
     assert dkim_reference.verify(received.content, {b"gw1": public.encode()}) == [True]
-    signature = field(received.content, b"DKIM-Signature")[0]
+    [signature] = field(received.content, b"DKIM-Signature")  # ours alone
     assert b"list-unsubscribe-post" in signature and b" l=" not in signature
+    head = received.content.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"\narc-" not in head and b"authentication-results" not in head
+    assert b"s=tool" not in head
 
 
 def test_a_copy_whose_domain_cannot_be_signed_is_deferred_not_sent(make_gateway, sink: Sink,
