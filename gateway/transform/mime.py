@@ -26,6 +26,11 @@ TEXT_BODY_TYPES = frozenset({"text/plain", "text/html"})
 # alternatives a reader may show instead of the HTML one, which cannot carry the notice
 UNDECORATED_ALTERNATIVES = frozenset({"text/x-amp-html", "text/watch-html"})
 _ONCE_PER_PART = ("content-type", "content-transfer-encoding", "content-disposition")
+# RFC 5322 3.6: at most once per message. Given twice, readers pick different ones (the
+# records and M3 read the first Subject), and receivers refuse the copy after our 250
+# (Gmail: "not RFC 5322 compliant ... duplicate headers"). From twice is M1, at DATA.
+_ONCE_PER_MESSAGE = frozenset(("date", "from", "sender", "reply-to", "to", "cc", "bcc",
+                               "message-id", "in-reply-to", "references", "subject"))
 _FIELD_NAME = re.compile("[!-9;-~]+")
 
 
@@ -313,4 +318,15 @@ def facts_of(root: Part) -> MessageFacts:
     # (message/rfc822 is not descended: forwarded mail is content.) M3 reads the parts the
     # notice goes in: a message whose only text is a data file has none
     return MessageFacts(has_subject=bool(subject and subject.strip()),
-                        has_text_body=bool(body_text_parts(root)), signed_or_encrypted=signed)
+                        has_text_body=bool(body_text_parts(root)), signed_or_encrypted=signed,
+                        malformed=_repeated_field(root))
+
+
+def _repeated_field(root: Part) -> str | None:
+    seen: set[str] = set()
+    for name, _ in root.fields:
+        if name in _ONCE_PER_MESSAGE:
+            if name in seen:
+                return f"the {name} field is given twice (RFC 5322 3.6: once at most)"
+            seen.add(name)
+    return None

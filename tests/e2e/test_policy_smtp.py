@@ -155,6 +155,8 @@ def test_an_objection_holds_in_every_process_sharing_the_store(gateway):
      .encode(), "M2"),
     # a NUL byte: never in a message (RFC 5322 2.3; no BINARYMIME here); many receivers refuse
     (b"From: News <news@example.com>\r\nSubject: Nul\r\n\r\nHel\x00lo\r\n", "M2"),
+    # two Subjects (RFC 5322 3.6: once): Gmail refuses the copy after our 250
+    (b"From: News <news@example.com>\r\nSubject: A\r\nSubject: B\r\n\r\nHello\r\n", "M2"),
 ])
 def test_message_rules_quarantine_the_copies(gateway, sink: Sink, body: bytes, rule: str):
     gw = gateway()

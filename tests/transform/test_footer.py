@@ -507,6 +507,27 @@ def test_a_content_field_given_twice_is_malformed(fields: bytes):
         add_notice(original, notice())
 
 
+@pytest.mark.parametrize("extra, name", [
+    (b"Subject: another\r\n", "subject"), (b"To: john@example.org\r\n", "to"),
+    (b"Date: Fri, 27 Nov 2026 10:00:00 +0000\r\nDate: Fri, 27 Nov 2026 11:00:00 +0000\r\n",
+     "date"),
+    (b"Message-ID: <a@example.com>\r\nmessage-id: <b@example.com>\r\n", "message-id"),
+    (b"Cc: a@example.org\r\nCC: b@example.org\r\n", "cc"),
+    (b"Subject: \r\n", "subject"),  # M3 read the first, the reader may see the other
+])
+def test_a_field_the_message_may_have_once_given_twice_is_malformed(extra: bytes, name: str):
+    """Relayed and signed as they came: receivers refuse such copies after our 250 (Gmail:
+    duplicate headers), and the records read one Subject while the reader saw another."""
+    original = HEAD + extra + b"Content-Type: text/plain\r\n\r\nHello\r\n"
+    assert structure_facts(original).malformed == (
+        f"the {name} field is given twice (RFC 5322 3.6: once at most)")
+    # the fields that repeat by design stay welcome
+    fine = HEAD + (b"Received: from a by b; Fri, 27 Nov 2026 10:00:00 +0000\r\n" * 2
+                   + b"Comments: one\r\nComments: two\r\nKeywords: a\r\nKeywords: b\r\n"
+                   + b"Content-Type: text/plain\r\n\r\nHello\r\n")
+    assert structure_facts(fine).malformed is None
+
+
 @pytest.mark.parametrize("named", [
     b'Content-Type: text/plain; name="data.csv"\r\n',
     b'Content-Type: text/plain\r\nContent-Disposition: inline; filename="data.csv"\r\n',
