@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import re
 from email.header import decode_header, make_header
-from email.utils import parsedate_tz
+from email.utils import parsedate_to_datetime
 
 # RFC 5322 3.6.4 msg-id, loosely: <left@right>, no blank, one @ at least, and whatever
 # follows (a comment: CFWS); a folded field is unfolded with a blank before it
-_MESSAGE_ID = re.compile(r"<[^<>\s]+@[^<>\s]+>")
+# RFC 5322 3.6.4: one msg-id, comments around it allowed ("<a@b> <c@d> junk", "<x@y@z>" not)
+_COMMENTS = r"\s*(?:\([^()]*\)\s*)*"
+_MESSAGE_ID = re.compile(rf"{_COMMENTS}<[^<>\s@]+@[^<>\s@]+>{_COMMENTS}")
 STEERING_PREFIX = "x-gateway-"
 CAMPAIGN_TOPICS = "x-gateway-campaign-topics"
 PRODUCT_CATEGORY = "x-gateway-product-category"
@@ -149,12 +151,22 @@ def drop_earlier_signatures(content: bytes) -> bytes:
     return content
 
 
+def _valid_date(value: str) -> bool:
+    """An RFC 5322 date-time that names a real moment: parsedate_tz alone took hour 25,
+    31 February and a zone of +9999."""
+    try:
+        parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return False
+    return True
+
+
 def ensure_identity_fields(content: bytes, message_id: str, date: str) -> bytes:
     """Add Message-ID and Date when the tool left them out (RFC 5322 3.6: Date is required,
     Message-ID should be there; receivers and DKIM over-signing expect both)."""
     missing = b""
     given = field_value(content, "message-id")
-    if given is not None and not _MESSAGE_ID.match(given.strip()):
+    if given is not None and not _MESSAGE_ID.fullmatch(given):
         # "Message-ID:" empty or not an id: an invalid message to receivers (Gmail refuses
         # mail that is not RFC 5322), so it is replaced as if left out
         content, _ = take_fields(content, "message-id", exact=True)
@@ -162,7 +174,7 @@ def ensure_identity_fields(content: bytes, message_id: str, date: str) -> bytes:
     if given is None:
         missing += safe_field("Message-ID", message_id)
     given = field_value(content, "date")
-    if given is not None and parsedate_tz(given) is None:  # "Date: yesterday"
+    if given is not None and not _valid_date(given):  # "Date: yesterday"
         content, _ = take_fields(content, "date", exact=True)
         given = None
     if given is None:

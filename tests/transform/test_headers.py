@@ -26,6 +26,14 @@ OURS = ("<gw.1@gw.example>", "Fri, 27 Nov 2026 10:00:00 +0000")
      "\r\n <a.b@tool.example>", "Thu, 26 Nov 2026 09:00:00 +0100"),
     (b"Message-ID: <a.b@tool.example> (tool)\r\nDate: Thu, 26 Nov 2026 09:00:00 +0100\r\n",
      "<a.b@tool.example> (tool)", "Thu, 26 Nov 2026 09:00:00 +0100"),
+    # what only begins as an id, and dates of no real moment (parsedate_tz took them)
+    (b"Message-ID: <a@b> <c@d> junk\r\nDate: Fri, 27 Nov 2026 25:61:00 +0000\r\n",
+     OURS[0], OURS[1]),
+    (b"Message-ID: <x@y@z>\r\nDate: Tue, 31 Feb 2026 10:00:00 +0000\r\n", OURS[0], OURS[1]),
+    (b"Message-ID: <a@b>\r\nDate: Fri, 27 Nov 2026 10:00:00 +9999\r\n", "<a@b>", OURS[1]),
+    (b"Message-ID: <a@b>\r\nDate: Fri, 27 Nov 99999 10:00:00 +0000\r\n", "<a@b>", OURS[1]),
+    (b"Message-ID: <a@b>\r\nDate: 27 Nov 2026 10:00 -0500\r\n", "<a@b>",
+     "27 Nov 2026 10:00 -0500"),  # no day name, no seconds: valid, kept
 ])
 def test_an_identity_field_that_is_missing_or_invalid_is_ours(head: bytes, message_id: str,
                                                               date: str):
