@@ -83,6 +83,10 @@ class DeliveryService:
         self._known: set[int] = set()  # claimed by us and not finished: never dispatched twice
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        # the last scan claimed all it could: more may be due, so the workers wake the scanner
+        # as they run dry instead of waiting scan_seconds (a backlog after an outage or a
+        # restart went at workers x 4 copies per scan_seconds: 64/s by default)
+        self._more_due = False
         # A crash between the upstream's 250 and this record means one duplicate delivery,
         # never a loss; batching it saves an fsync per copy.
         self._sent: GroupCommitter[SentMark, None] = GroupCommitter(queue.mark_sent)
@@ -141,7 +145,9 @@ class DeliveryService:
                         log.warning("took over %d copies claimed by a gateway process that "
                                     "died", released)
                 if self._pending.qsize() < self.settings.workers:
-                    copies = await self.queue.claim_due(limit=self.settings.workers * 4)
+                    limit = self.settings.workers * 4
+                    copies = await self.queue.claim_due(limit=limit)
+                    self._more_due = len(copies) >= limit
                     self.dispatch(copies)
                 await self.queue.heartbeat(self._known)  # read only when renewing
             except StoreError as exc:
@@ -184,6 +190,9 @@ class DeliveryService:
                 self._in_flight.discard(copy.delivery_id)
                 if not kept:
                     self._known.discard(copy.delivery_id)
+                if self._more_due and self._pending.qsize() < self.settings.workers:
+                    self._more_due = False
+                    self._wake.set()
 
     def _keep_for_retry(self, copy: Copy, exc: Exception) -> bool:
         """The outcome of `copy` could not be recorded: it stays ours (in `_known`, its claim

@@ -179,6 +179,30 @@ async def test_a_live_process_keeps_its_claims_however_long_its_backlog(db):
     assert {name for name, _ in sent} == {"A"}
 
 
+async def test_a_backlog_goes_as_fast_as_the_workers_take_it_not_one_claim_per_scan(db):
+    """After an outage or a restart the due copies are found by the scan alone, which
+    claimed workers x 4 of them and slept scan_seconds: 64 copies/s by default, whatever the
+    upstream's pace (1,000 copies took 15.8 s). The workers wake it as they run dry."""
+    sent: list = []
+    queue = QueueStore(db, "host-A")
+    settings = dataclasses.replace(DeliverySettings(), workers=2, scan_seconds=30.0)
+    service = DeliveryService(queue, SlowUpstream("A", sent, 0.0), settings, "gw.test")
+    service.prepare = as_stored
+    committed = await queue.commit_messages([IncomingMessage(
+        f"M{i}", time.time(), None, "127.0.0.1", "s@example.com", b"Subject: x\r\n\r\nb\r\n",
+        (f"r{i}@example.net",)) for i in range(60)])
+    # handed back, as at a stop or by a process that died: only a scan finds them
+    await queue.release(c.delivery_id for cs in committed for c in cs)
+    await service.start()
+    try:
+        async def all_sent() -> bool:
+            return len(sent) >= 60
+        await until(all_sent, seconds=8)  # not 7 scans of 10 s (the heartbeat's pace)
+    finally:
+        await service.stop(drain_seconds=1)
+    assert sorted(r for _, r in sent) == sorted(f"r{i}@example.net" for i in range(60))
+
+
 async def test_a_dsn_is_claimed_by_the_process_that_queued_it(db):
     queue = QueueStore(db, "host-A")
     [[copy]] = await queue.commit_messages([IncomingMessage(
