@@ -345,10 +345,13 @@ class Gateway:
     async def stop(self, drain_seconds: float = DRAIN_SECONDS) -> None:
         """Graceful: stop accepting, let sessions finish, finish deliveries, close the store."""
         self.accepting.clear()
+        # one deadline for the whole drain: sessions, then deliveries in what is left (each
+        # had drain_seconds of its own: up to twice what the log and a supervisor's grace
+        # period, e.g. Kubernetes' 30 s, allowed, then SIGKILL in mid-delivery)
+        began = time.monotonic()
+        deadline = began + drain_seconds
         if self._smtp is not None:
             self._smtp.close()  # no new connections
-            began = time.monotonic()
-            deadline = began + drain_seconds
             while (self.sessions and time.monotonic() < deadline
                    and not self._hurry.is_set()):
                 # a session between two messages is closed at once (421), as its client
@@ -371,7 +374,7 @@ class Gateway:
         if self.flow is not None:
             await self.flow.drain()  # audit records of sessions that just ended
         if self.delivery is not None:
-            await self.delivery.stop(drain_seconds, hurry=self._hurry)
+            await self.delivery.stop(max(0.0, deadline - time.monotonic()), hurry=self._hurry)
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             await asyncio.gather(self._http_task, return_exceptions=True)

@@ -185,7 +185,7 @@ port = {sink_port}
 retry_base_seconds = {retry_base}
 retry_max_seconds = {max(2.0, retry_base)}
 scan_seconds = 0.2
-timeout_seconds = 5.0
+{"" if "timeout_seconds" in delivery_extra else "timeout_seconds = 5.0"}
 {delivery_extra}
 [log]
 level = "INFO"

@@ -124,6 +124,11 @@ class DeliveryService:
         while (self._in_flight and time.monotonic() < deadline  # noqa: ASYNC110 - bounded poll
                and not (hurry is not None and hurry.is_set())):
             await asyncio.sleep(0.05)
+        if self._in_flight:
+            log.warning("stopping with %d copies still being delivered (ids %s): handed back, "
+                        "tried again at the next start; an upstream that had taken one gets "
+                        "it twice", len(self._in_flight),
+                        ", ".join(map(str, sorted(self._in_flight)[:20])))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

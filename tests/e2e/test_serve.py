@@ -172,6 +172,34 @@ def test_sigterm_drains_open_sessions_then_exits_0(make_gateway, sink: Sink):
     wait_until(lambda: not Path(f"/proc/{reader}").exists(), what="the reader's exit")
 
 
+def test_one_deadline_drains_sessions_and_deliveries_together(make_gateway):
+    """A session in a transaction and an upstream that never answers: the sessions had 30 s,
+    then the deliveries 30 s more (61.8 s to exit, past a supervisor's 30 s grace, whose
+    SIGKILL then struck in mid-delivery). One deadline now; what is still being delivered
+    is named in the log."""
+    upstream = socket.create_server(("127.0.0.1", 0))  # accepts, never greets
+    try:
+        gw = make_gateway(sink_port=upstream.getsockname()[1],
+                          delivery_extra="timeout_seconds = 300.0")
+        s = RawSmtp(gw.smtp_port)
+        s.cmd("EHLO c")
+        assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+        assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+        assert s.cmd("DATA")[0] == 354
+        assert s.cmd(message(subject="Stuck upstream") + b".")[0] == 250
+        stuck = RawSmtp(gw.smtp_port)  # a transaction that never ends
+        stuck.cmd("EHLO c")
+        assert stuck.cmd("MAIL FROM:<news@example.com>")[0] == 250
+        time.sleep(1)  # the copy is with a worker, waiting for the greeting
+        began = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(50) == 0
+        assert time.monotonic() - began < 40  # 30 s in all, not 30 + 30
+        wait_until(lambda: "still being delivered" in gw.output, what="the hand-back line")
+    finally:
+        upstream.close()
+
+
 def test_locked_store_answers_451_never_250(make_gateway, sink: Sink, tmp_path: Path):
     gw = make_gateway()
     holder = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None)
