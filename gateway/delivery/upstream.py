@@ -14,6 +14,7 @@ from typing import Protocol
 
 import aiosmtplib
 
+from gateway.addresses import ascii_domain
 from gateway.delivery import fastdata
 from gateway.delivery.maildir import MaildirDelivery
 from gateway.errors import ConfigError, PermanentFailure, TemporaryFailure
@@ -128,11 +129,8 @@ class SmtpTransport:
                 said = _classify(exc, self.settings.host)
                 raise TemporaryFailure(f"{said} (upstream connection)",
                                        getattr(said, "remote_mta", None)) from exc
-            # an address beyond ASCII (the gateway takes them, it offers SMTPUTF8) needs the
-            # upstream's SMTPUTF8 too (RFC 6531); without it the copy cannot go: 5.6.7
-            options = [] if mail_from.isascii() and recipient.isascii() else ["SMTPUTF8"]
             try:
-                answer = await _transaction(client, mail_from, recipient, content, options,
+                answer = await _transaction(client, mail_from, recipient, content,
                                             self.settings.timeout_seconds, smtputf8)
             except aiosmtplib.SMTPNotSupported as exc:
                 # nothing was sent: the connection is still good
@@ -153,7 +151,12 @@ class SmtpTransport:
                     raise TemporaryFailure(f"upstream disconnected: {exc}") from exc
                 continue
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-                await _discard(client)
+                if getattr(exc, "gateway_reset", False) and getattr(exc, "code", 0) != 421:
+                    # refused, and the envelope reset (RSET 250): the connection serves the
+                    # next copy (a greylisting upstream cost a connection, TLS and AUTH each)
+                    self._idle.append((client, time.monotonic()))
+                else:
+                    await _discard(client)
                 raise _classify(exc, self.settings.host) from exc
             except BaseException:  # cancelled (a stop, the worker's limit): mid-transaction,
                 client.close()  # the connection is good for nothing; it was left open
@@ -180,16 +183,37 @@ class LostAfterContent(aiosmtplib.SMTPException):
 DATA_DONE_SECONDS = 600.0
 
 
+def _a_label_form(address: str) -> str:
+    """The address with its domain in ASCII (IDNA A-labels) when its local part is ASCII:
+    what an upstream without SMTPUTF8 can take (RFC 6531 3.2). Unchanged otherwise."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii() or not local.isascii():
+        return address
+    try:
+        return f"{local}@{ascii_domain(domain)}"
+    except UnicodeError:
+        return address
+
+
 async def _transaction(client: aiosmtplib.SMTP, mail_from: str, recipient: str,
-                       content: bytes, options: list[str], step_seconds: float,
+                       content: bytes, step_seconds: float,
                        requested_utf8: bool = False) -> str:
     """MAIL, RCPT and DATA as aiosmtplib's sendmail does them, but the content's final reply
-    waited for up to DATA_DONE_SECONDS (the other steps `step_seconds`). The reply's text."""
+    waited for up to DATA_DONE_SECONDS (the other steps `step_seconds`). The reply's text.
+    A refusal raised after a successful RSET carries `gateway_reset = True`."""
     if client.is_ehlo_or_helo_needed:  # a new connection: its extensions are not known yet
         try:
             await client.ehlo(timeout=step_seconds)
         except aiosmtplib.SMTPHeloError:
             await client.helo(timeout=step_seconds)
+    options: list[str] = []
+    if not (mail_from.isascii() and recipient.isascii()):
+        if not client.supports_extension("smtputf8"):  # hans@bücher.example can still go
+            mail_from, recipient = _a_label_form(mail_from), _a_label_form(recipient)
+        # an address beyond ASCII (the gateway takes them, it offers SMTPUTF8) needs the
+        # upstream's SMTPUTF8 too (RFC 6531); without it the copy cannot go: 5.6.7
+        if not (mail_from.isascii() and recipient.isascii()):
+            options = ["SMTPUTF8"]
     if requested_utf8 and "SMTPUTF8" not in options and client.supports_extension("smtputf8"):
         # the client asked for it (header fields in UTF-8, RFC 6532): passed on, as Postfix
         # does; an upstream without it gets the copy as before (ASCII addresses)
@@ -216,9 +240,10 @@ async def _transaction(client: aiosmtplib.SMTP, mail_from: str, recipient: str,
                                          timeout=max(step_seconds, DATA_DONE_SECONDS))
         except aiosmtplib.SMTPServerDisconnected as exc:
             raise LostAfterContent(str(exc)) from exc
-    except aiosmtplib.SMTPResponseException:
+    except aiosmtplib.SMTPResponseException as exc:
         try:  # the envelope reset for the connection's next copy, as sendmail does
             await client.rset(timeout=step_seconds)
+            exc.gateway_reset = True  # type: ignore[attr-defined]
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             pass
         raise
@@ -249,6 +274,10 @@ def _classify(exc: BaseException, remote_mta: str | None = None) -> Exception:
         # once delivery.username / starttls are set (Postfix: smtp_sasl_auth_soft_bounce)
         return TemporaryFailure(f"{text} (the upstream requires authentication: set "
                                 f"delivery.username, delivery.password and delivery.starttls)")
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused) and code == 552:
+        # RFC 5321 4.5.3.1.10: a 552 to RCPT is the old "too many recipients", to be read
+        # as 452 (Postfix does); bounced, a full mailbox's copy was lost for good
+        return TemporaryFailure(text, remote_mta)
     if isinstance(code, int) and 500 <= code < 600:
         return PermanentFailure(text, remote_mta)
     # (aiosmtplib's -1 is its own: a reply it could not read)

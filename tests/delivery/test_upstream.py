@@ -276,6 +276,62 @@ async def test_a_reply_lost_after_the_content_defers_the_copy_instead_of_sending
         server.close()
 
 
+class RefusesSomeRecipients(ScriptedUpstream):
+    """Answers RCPT from what the address says (greylisted@ 450, full@ 552, gone@ 550,
+    bye@ 421), counts connections, and keeps the envelopes it took (RFC 5321 4.1.1.1)."""
+
+    connections = 0
+    envelopes: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        RefusesSomeRecipients.connections += 1
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.in_data:
+            for line in data.split(b"\r\n"):
+                if line[:4].upper() == b"RCPT":
+                    RefusesSomeRecipients.envelopes.append(line)
+                    for prefix, reply in ((b"<greylisted@", b"450 4.7.1 try later"),
+                                          (b"<full@", b"552 5.2.2 mailbox full"),
+                                          (b"<gone@", b"550 5.1.1 no such user"),
+                                          (b"<bye@", b"421 4.3.2 shutting down")):
+                        if prefix in line:
+                            self.transport.write(reply + b"\r\n")  # type: ignore[attr-defined]
+                            data = data.replace(line + b"\r\n", b"")
+        if data:
+            super().data_received(data)
+
+
+async def test_a_refused_recipient_keeps_the_connection_and_552_is_temporary():
+    """Every 4xx/5xx closed the connection after its RSET had succeeded: a greylisting
+    upstream cost a new connection (TLS, AUTH) per copy. A 552 to RCPT (RFC 5321
+    4.5.3.1.10: read as 452) bounced the copy. An internationalised domain went nowhere
+    when the upstream had no SMTPUTF8, although its A-label form needs none."""
+    RefusesSomeRecipients.connections, RefusesSomeRecipients.envelopes = 0, []
+    server, transport = await bare_upstream(RefusesSomeRecipients, 5.0)
+    content = b"Subject: x\r\n\r\nbody\r\n"
+    try:
+        with pytest.raises(TemporaryFailure, match="^450"):
+            await transport.send("news@example.com", "greylisted@example.net", content)
+        with pytest.raises(TemporaryFailure, match="^552 5.2.2"):
+            await transport.send("news@example.com", "full@example.net", content)
+        with pytest.raises(PermanentFailure, match="^550"):
+            await transport.send("news@example.com", "gone@example.net", content)
+        await transport.send("news@example.com", "hans@bücher.example", content)
+        assert RefusesSomeRecipients.connections == 1
+        assert RefusesSomeRecipients.envelopes[-1] == b"RCPT TO:<hans@xn--bcher-kva.example>"
+        with pytest.raises(TemporaryFailure, match="^421"):
+            await transport.send("news@example.com", "bye@example.net", content)
+        await transport.send("news@example.com", "jane@example.net", content)
+        assert RefusesSomeRecipients.connections == 2  # a 421 ends the connection
+        with pytest.raises(PermanentFailure, match="5.6.7"):  # a local part beyond ASCII
+            await transport.send("news@example.com", "josé@example.fr", content)
+    finally:
+        await transport.close()
+        server.close()
+
+
 class RefusesOurHelo(asyncio.Protocol):
     """A relay that refuses the gateway's HELO name (smtp.hostname left "localhost")."""
 
