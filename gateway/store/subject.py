@@ -325,11 +325,18 @@ async def erased_hashes(db: Database) -> dict[bytes, float]:
 async def _delete_contacts(conn: aiosqlite.Connection, digest: bytes, folded: str) -> int:
     """Delete the ledger entries of the address (sources and events go with them: ON DELETE
     CASCADE): `Jane@` and `jane@` both, not strasse@ for straße@ (they share a hash)."""
+    # the unsubscribe links of the copies already sent name the contact's id: kept with the
+    # keyed hash the suppression entry keeps anyway (021_purged_contacts), so the person's
+    # own link still says "unsubscribed" (it answered "not valid": NESTOR's link "did
+    # nothing"); the language goes (the page takes the controller's)
+    await conn.execute(
+        "INSERT OR REPLACE INTO purged_contacts (contact_id, address_hash, language)"
+        " SELECT id, address_hash, NULL FROM contacts WHERE address_hash = ?"
+        " AND subject_form(address) = ?", (digest, folded))
+    await conn.execute("UPDATE purged_contacts SET language = NULL WHERE address_hash = ?",
+                       (digest,))
     cur = await conn.execute("DELETE FROM contacts WHERE address_hash = ?"
                              " AND subject_form(address) = ?", (digest, folded))
-    # the contact ids R4's purge kept for the old links (the erasure's suppression entry
-    # stands for them: nothing else is kept, 021_purged_contacts)
-    await conn.execute("DELETE FROM purged_contacts WHERE address_hash = ?", (digest,))
     # and R4's record of when its retention clock started (an import after the erasure is
     # refused by the erasure's own record: nothing else needs it)
     await conn.execute("DELETE FROM retention_purges WHERE address_hash = ?", (digest,))
