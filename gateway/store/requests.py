@@ -14,10 +14,12 @@ from gateway.store.db import Database
 KINDS = ("access", "erasure", "objection")
 
 
-def one_month_later(stamp: float) -> float:
-    """The same day of the next month (the month's last day when it has no such day)."""
+def one_month_later(stamp: float, months: int = 1) -> float:
+    """The same day `months` months later (that month's last day when it has no such day),
+    counted from `stamp` in one step: Jan 31 + 3 months is Apr 30, not Feb 28 + 2 = Apr 28."""
     day = datetime.datetime.fromtimestamp(stamp, datetime.UTC)
-    year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
+    year, month = divmod(day.month - 1 + months, 12)
+    year, month = day.year + year, month + 1
     last = calendar.monthrange(year, month)[1]
     return day.replace(year=year, month=month, day=min(day.day, last)).timestamp()
 
@@ -115,7 +117,7 @@ class RequestStore:
             if now > first_due:
                 raise Refused(f"request {request_id} was due {_day(first_due)}: an extension "
                               "must be decided and told to the person within the first month")
-            due = one_month_later(one_month_later(first_due))
+            due = one_month_later(request.received_at, 3)
             note = f"extended to {_day(due)}: {reason}"
             await conn.execute(
                 "UPDATE requests SET due_at = ?, note = CASE WHEN note IS NULL THEN ?"

@@ -176,3 +176,23 @@ async def test_an_erasure_says_which_copies_a_gateway_was_delivering(db, hasher)
     await db.write_one("UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL")
     again = await SubjectStore(db, hasher).erase("bob@example.net", "dpo")
     assert again.removed["deliveries"] == 1 and again.being_delivered == 0
+
+
+async def test_an_extension_counts_three_months_from_the_request_in_one_step(db):
+    """GDPR 12(3): one month, extended by two more. Chained month by month, a request of
+    31 January was due 28 April (Feb 28, Mar 28, Apr 28), not 30 April."""
+    import datetime
+
+    from gateway.store.requests import RequestStore, one_month_later
+
+    def stamp(day: str) -> float:
+        return datetime.datetime.fromisoformat(day).replace(tzinfo=datetime.UTC).timestamp()
+
+    assert one_month_later(stamp("2026-01-31"), 3) == stamp("2026-04-30")
+    assert one_month_later(stamp("2026-11-30"), 3) == stamp("2027-02-28")
+    assert one_month_later(stamp("2026-12-31"), 14) == stamp("2028-02-29")
+    requests = RequestStore(db)
+    opened = await requests.open("jane@example.net", "access", received_at=stamp("2026-01-31"))
+    assert opened.due_at == stamp("2026-02-28")
+    extended = await requests.extend(opened.id, "complex", now=stamp("2026-02-10"))
+    assert extended.due_at == stamp("2026-04-30")
