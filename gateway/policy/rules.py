@@ -165,9 +165,10 @@ def retention_deadline(contact: Contact, knobs: PolicyKnobs) -> float | None:
     """When the ledger entry must be gone (unix seconds), or None if no clock can start.
 
     The clock starts at collection and is renewed only by the person's own action
-    (last_interaction_at): enrichment and re-imports never renew it (KASPR). For customers the
-    last purchase is such an action, so the same clock runs from the end of the relationship.
-    Without an action by the person, max_retention_days from collection is the cap.
+    (last_interaction_at, or a consent they gave: a form is such an action, COMPLIANCE 1):
+    enrichment and re-imports never renew it (KASPR). For customers the last purchase is such
+    an action, so the same clock runs from the end of the relationship. Without an action by
+    the person, max_retention_days from collection is the cap.
     """
     collected = contact.collected_at
     if collected is None:
@@ -176,9 +177,22 @@ def retention_deadline(contact: Contact, knobs: PolicyKnobs) -> float | None:
     if collected is None:
         return None
     acted = contact.last_interaction_at
+    given = consent_given_at(contact)
+    if given is not None and (acted is None or given > acted):
+        acted = given  # a consent of 2025 kept a contact collected in 2021 (it was purged)
     if acted is not None and acted > collected:
         return acted + knobs.prospect_retention_days * DAY
     return collected + min(knobs.prospect_retention_days, knobs.max_retention_days) * DAY
+
+
+def consent_given_at(contact: Contact) -> float | None:
+    """When the person gave the consent on record, if they gave one: a box ticked for them
+    or terms accepted (invalid_consent_method) is no action of theirs. (store/retention.py
+    writes the same in SQL.)"""
+    if (contact.consent == "granted" and contact.consent_at is not None
+            and not invalid_consent_method(contact.consent_method)):
+        return contact.consent_at
+    return None
 
 
 def r4_retention_expired(case: Case) -> Decision | None:

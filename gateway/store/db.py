@@ -33,6 +33,7 @@ import aiosqlite
 from gateway.addresses import subject_form
 from gateway.errors import StoreError
 from gateway.files import make_private_dirs
+from gateway.policy.rules import invalid_consent_method
 from gateway.urls import shown_url
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ def create_private_file(path: Path) -> None:
 # one person's rows, whatever the case or form of the address (store/subject.py); a URL as
 # it may be recorded, without its secrets (the notifications outbox).
 SQL_FUNCTIONS: tuple[tuple[str, Callable[..., Any]], ...] = (
-    ("subject_form", subject_form), ("shown_url", shown_url))
+    ("subject_form", subject_form), ("shown_url", shown_url),
+    ("invalid_consent_method", invalid_consent_method))
 
 CHECKPOINT_BUSY_MS = 100  # empty_wal's wait for readers, each try
 CONNECT_TRIES = 5

@@ -31,14 +31,18 @@ from gateway.store.db import Database
 
 log = logging.getLogger("gateway.retention")
 DAY = 86400.0
-_EXPIRED = ("SELECT id, address, address_hash FROM contacts WHERE"
-            " (CASE WHEN last_interaction_at IS NOT NULL AND last_interaction_at > collected_at"
-            "  THEN last_interaction_at + ? ELSE collected_at + ? END) < ?"
+# the person's last own action: an interaction, or a consent they gave (rules.consent_given_at)
+_ACTED = ("max(coalesce(last_interaction_at, 0), CASE WHEN consent = 'granted'"
+          " AND consent_at IS NOT NULL AND NOT invalid_consent_method(consent_method)"
+          " THEN consent_at ELSE 0 END)")
+_EXPIRED = ("SELECT id, address, address_hash FROM contacts WHERE"  # noqa: S608 - constants
+            f" (CASE WHEN {_ACTED} > collected_at"
+            f"  THEN {_ACTED} + ? ELSE collected_at + ? END) < ?"
             " ORDER BY id")
-# the clock's start as R4 read it: the later of collection and the person's last interaction
-_TOMBSTONE = ("INSERT OR REPLACE INTO retention_purges (address_hash, clock_start, purged_at)"
-              " SELECT address_hash, max(collected_at, coalesce(last_interaction_at,"
-              " collected_at)), ? FROM contacts WHERE id = ?")
+# the clock's start as R4 read it: the later of collection and the person's last own action
+_TOMBSTONE = ("INSERT OR REPLACE INTO retention_purges"  # noqa: S608 - constants
+              " (address_hash, clock_start, purged_at)"
+              f" SELECT address_hash, max(collected_at, {_ACTED}), ? FROM contacts WHERE id = ?")
 
 
 # the rows of the purged addresses (a JSON array of their person forms) that are done with

@@ -48,17 +48,19 @@ TABLE = [
     ("one tainted source among clean ones taints the record", person(
         sources=(DIRECT, Source("LinkedIn", "social_network", "restricted")), **CONSENT),
      False, Verdict.REJECT, "R3", "restricted"),
-    ("retention expired since collection", person(collected_at=NOW - 1096 * DAY, **CONSENT),
+    # (a consent is the person's own action too: these consented when collected)
+    ("retention expired since collection", person(
+        collected_at=NOW - 1096 * DAY, **{**CONSENT, "consent_at": NOW - 1096 * DAY}),
      False, Verdict.REJECT, "R4", "retention"),
     ("retention counted from the person's last action", person(
         collected_at=NOW - 2000 * DAY, last_interaction_at=NOW - 10 * DAY, **CONSENT), False,
      Verdict.ALLOW, "R6", ""),
     ("retention from the person's action also expires", person(
-        collected_at=NOW - 2000 * DAY, last_interaction_at=NOW - 1100 * DAY, **CONSENT),
-     False, Verdict.REJECT, "R4", ""),
+        collected_at=NOW - 2000 * DAY, last_interaction_at=NOW - 1100 * DAY,
+        **{**CONSENT, "consent_at": NOW - 2000 * DAY}), False, Verdict.REJECT, "R4", ""),
     ("no collected_at: the oldest source date starts the clock", person(
         collected_at=None, sources=(Source("form", "direct", None, NOW - 1200 * DAY),),
-        **CONSENT), False, Verdict.REJECT, "R4", ""),
+        **{**CONSENT, "consent_at": NOW - 1200 * DAY}), False, Verdict.REJECT, "R4", ""),
     ("role address", person(kind="role"), False, Verdict.ALLOW, "R5", "role"),
     ("consent", person(**CONSENT), False, Verdict.ALLOW, "R6", "consent"),
     ("consent without a date is not provable", person(consent="granted"), False,
@@ -182,6 +184,25 @@ def test_retention_deadline_is_not_moved_by_enrichment_dates():
     stale = person(collected_at=NOW - 1000 * DAY, last_interaction_at=NOW - 1200 * DAY)
     assert rules.retention_deadline(stale, KNOBS) == NOW - 1000 * DAY + 1095 * DAY
     assert rules.retention_deadline(person(collected_at=None, sources=()), KNOBS) is None
+
+
+def test_a_consent_the_person_gave_renews_the_retention_clock():
+    """COMPLIANCE 1: the person's own action (a form among them) renews the clock. A contact
+    collected in 2021 who consented on a form in 2025 was refused R4 and purged with the
+    proof of that consent; a box ticked for them is no action of theirs."""
+    consented = person(collected_at=NOW - 2000 * DAY, consent="granted",
+                       consent_at=NOW - 500 * DAY, consent_method="web form v2")
+    assert rules.retention_deadline(consented, KNOBS) == NOW - 500 * DAY + 1095 * DAY
+    allowed = chain.decide(RecipientFacts("p@example.net", False, consented), CAMPAIGN,
+                           KNOBS, NOW)
+    assert allowed.rule == "R6"
+    for method in ("pre-ticked box", "accepted the T&Cs"):
+        ticked = dataclasses.replace(consented, consent_method=method)
+        assert rules.retention_deadline(ticked, KNOBS) == NOW - 2000 * DAY + 1095 * DAY
+        assert chain.decide(RecipientFacts("p@example.net", False, ticked), CAMPAIGN, KNOBS,
+                            NOW).rule == "R4"
+    withdrawn = dataclasses.replace(consented, consent="withdrawn")
+    assert rules.retention_deadline(withdrawn, KNOBS) == NOW - 2000 * DAY + 1095 * DAY
 
 
 def test_an_operator_override_allows_only_the_rule_that_held_the_copy():

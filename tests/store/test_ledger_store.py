@@ -237,14 +237,21 @@ async def test_retention_sql_agrees_with_the_rule_book(db, hasher):
 
     rng = random.Random(3)
     now = time.time()
-    lines = ["email,collected_at,last_interaction_at,source_name,source_type"]
+    lines = ["email,collected_at,last_interaction_at,source_name,source_type,consent,"
+             "consent_at,consent_method"]
+    # a consent the person gave is their own action too (a form): it renews the clock; a
+    # box ticked for them or terms they accepted does not
+    methods = ("web form v2", "pre-ticked box", "accepted T&C", "double opt-in")
     for i in range(300):
         collected = now - rng.randint(0, 3000) * DAY
         acted = collected + rng.randint(-500, 2500) * DAY if rng.random() < 0.6 else None
+        consented = collected + rng.randint(-300, 2500) * DAY if rng.random() < 0.5 else None
         fmt = time.strftime
         lines.append(f"c{i}@example.com,{fmt('%Y-%m-%dT%H:%M:%S', time.gmtime(collected))},"
                      + (fmt('%Y-%m-%dT%H:%M:%S', time.gmtime(acted))
-                        if acted and acted < now else "") + ",Form,direct")
+                        if acted and acted < now else "") + ",Form,direct,"
+                     + (f"granted,{fmt('%Y-%m-%dT%H:%M:%S', time.gmtime(consented))},"
+                        f"{rng.choice(methods)}" if consented and consented < now else ",,"))
     import_csv(db, hasher, "\n".join(lines) + "\n")
     ledger = Ledger(db, hasher)
     for knobs in (PolicyKnobs(), dataclasses.replace(PolicyKnobs(), prospect_retention_days=400,
@@ -255,6 +262,14 @@ async def test_retention_sql_agrees_with_the_rule_book(db, hasher):
             assert contact is not None
             deadline = retention_deadline(contact, knobs)
             assert (deadline is not None and deadline < now) == (contact.address in expired)
+        renewed = [c for c in [await ledger.contact(f"c{i}@example.com") for i in range(300)]
+                   if c and c.consent_at and c.consent_at > max(c.collected_at or 0,
+                                                               c.last_interaction_at or 0)]
+        kept_by_consent = [c.address for c in renewed if c.consent_method in (
+            "web form v2", "double opt-in") and c.address not in expired and (
+            max(c.collected_at or 0, c.last_interaction_at or 0)
+            + min(knobs.prospect_retention_days, knobs.max_retention_days) * DAY < now)]
+        assert kept_by_consent  # the case exists: kept only by the consent they gave
     assert not await due(db, "t", 100.0, now)  # first time: recorded, not run
     assert not await due(db, "t", 100.0, now + 50)
     assert await due(db, "t", 100.0, now + 150)
