@@ -264,7 +264,8 @@ class Gateway:
         config = uvicorn.Config(app, host=http_host, port=http_port,
                                 log_level="warning", access_log=False, lifespan="off",
                                 http=guarded_protocol(s.http.request_timeout_seconds,
-                                                      s.http.max_connections))
+                                                      s.http.max_connections,
+                                                      s.http.max_connections_per_ip))
         # bound here, not by uvicorn: it answers a port in use with sys.exit(), which would
         # end the event loop before anything could be stopped
         try:

@@ -70,6 +70,7 @@ class HttpSettings:
     # connecting or of the previous answer (slow clients hold connections: slowloris)
     request_timeout_seconds: float = 10.0
     max_connections: int = 1000  # open HTTP connections; more are closed at once
+    max_connections_per_ip: int = 100  # of them from one address (IPv6: one /64)
     # GET /metrics needs "Authorization: Bearer <this>" when set (COMPLIANCE.md 7: admin
     # endpoints are authenticated); empty: open to whoever reaches http.listen
     metrics_token: str = ""
@@ -413,7 +414,7 @@ def _check(settings: Settings) -> None:
         raise ConfigError("smtp.tls_cert and smtp.tls_key must be set together")
     for key in ("smtp.max_message_bytes", "smtp.max_recipients", "smtp.max_commands",
                 "smtp.max_connections_per_ip", "smtp.processes", "delivery.workers",
-                "delivery.port", "http.max_connections"):
+                "delivery.port", "http.max_connections", "http.max_connections_per_ip"):
         section, _, name = key.partition(".")
         if getattr(getattr(settings, section), name) < 1:
             raise ConfigError(f"{key}: must be at least 1")

@@ -4,8 +4,9 @@ uvicorn times out a keep-alive connection idle *after* a response, and nothing e
 that connects and sends nothing, or sends its request a byte at a time (slowloris), keeps its
 connection, and enough of them exhaust the process's file descriptors, the SMTP side's too.
 Here every request must be read whole (headers and body) within `REQUEST_SECONDS` of the
-connection, or of the previous response, and at most `MAX_CONNECTIONS` are open at once (more
-are closed at once, as nginx does past worker_connections).
+connection, or of the previous response, and at most `MAX_CONNECTIONS` are open at once, at
+most `MAX_CONNECTIONS_PER_CLIENT` from one address (an IPv6 /64): more are closed at once, as
+nginx does past worker_connections and limit_conn.
 
 Nor does it bound a request's head: uvicorn grows the URL (and httptools a header) by
 concatenation, chunk by chunk, so a 64 MiB URL cost seconds of the event loop the SMTP side
@@ -17,11 +18,14 @@ LimitRequestFields), and the connection is closed.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.web.app import BASE_HEADERS
 
 log = logging.getLogger("gateway.http")
 
@@ -33,16 +37,38 @@ MAX_URL_BYTES = 8192  # the request target (a /u/ URL is ~130)
 MAX_HEAD_BYTES = 32768  # request line and header fields
 MAX_HEADERS = 100
 
+# the security header fields of every other answer (web/app.py), on the protocol's own
+_BASE_FIELDS = b"".join(name + b": " + value + b"\r\n" for name, value in BASE_HEADERS)
 _REFUSALS = {
     414: (b"414 URI Too Long", "the request's URL is too long"),
     431: (b"431 Request Header Fields Too Large", "the request's header is too large"),
 }
 
 
+MAX_CONNECTIONS_PER_CLIENT = 100  # from one IPv4 address or one IPv6 /64
+
+
+def client_key(address: str) -> str:
+    """Whose connection it is: the IPv4 address, or the IPv6 /64 (one host has a /64 of
+    addresses to take turns with)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     request_seconds = REQUEST_SECONDS
     max_connections = MAX_CONNECTIONS
+    max_per_client = MAX_CONNECTIONS_PER_CLIENT
     _last_warning = 0.0  # class-wide: one warning a minute, not one per refused connection
+    _last_client_warning = 0.0
+    # open connections by client_key, in this process: one host holding them all kept every
+    # one-click POST and every click on the page out (COMPLIANCE 5)
+    _per_client: dict[str, int] = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -60,6 +86,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._url_pieces = 0
         self._header_count = 0
         self._refused = False  # answered 414/431: the rest of what comes is ignored
+        self._counted: str | None = None  # the client_key counted in _per_client
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -127,7 +154,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         else:
             body = text.encode("ascii")
             self.transport.write(b"HTTP/1.1 " + reason + b"\r\ncontent-type: text/plain; "
-                                 b"charset=utf-8\r\ncontent-length: " + str(len(body)).encode()
+                                 b"charset=utf-8\r\n" + _BASE_FIELDS + b"content-length: "
+                                 + str(len(body)).encode()
                                  + b"\r\nconnection: close\r\n\r\n" + body)
             self.transport.close()
         log.info("HTTP: %s: %s (%d): connection closed",
@@ -138,8 +166,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         return not self._refused and bool(super()._should_upgrade())
 
     def send_400_response(self, msg: str) -> None:
-        if not self._refused:  # what follows a refused head is not answered again
-            super().send_400_response(msg)
+        """uvicorn's own 400 (an unknown method, a bad Content-Length), with the security
+        header fields every other answer has."""
+        if self._refused:  # what follows a refused head is not answered again
+            return
+        body = msg.encode("ascii", "replace")
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; "
+                             b"charset=utf-8\r\n" + _BASE_FIELDS + b"content-length: "
+                             + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
+                             + body)
+        self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -152,6 +188,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                             self.client[0] if self.client else "?")
             transport.close()
             return
+        key = client_key(self.client[0]) if self.client else "?"
+        open_now = self._per_client.get(key, 0)
+        if open_now >= self.max_per_client:
+            now = time.monotonic()
+            if now - GuardedHttpProtocol._last_client_warning >= WARN_EVERY_SECONDS:
+                GuardedHttpProtocol._last_client_warning = now
+                log.warning("HTTP: %s has %d connections open, the most one client may: "
+                            "closing its new ones", key, open_now)
+            transport.close()
+            return
+        self._per_client[key] = open_now + 1
+        self._counted = key
         self._await_request()
 
     def _await_request(self) -> None:
@@ -191,6 +239,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        if self._counted is not None:
+            left = self._per_client.pop(self._counted, 1) - 1
+            if left > 0:
+                self._per_client[self._counted] = left
+            self._counted = None
         super().connection_lost(exc)
 
     def _too_slow(self) -> None:
@@ -213,7 +266,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def guarded_protocol(request_seconds: float, max_connections: int) -> type[GuardedHttpProtocol]:
+def guarded_protocol(request_seconds: float, max_connections: int,
+                     max_per_client: int = MAX_CONNECTIONS_PER_CLIENT
+                     ) -> type[GuardedHttpProtocol]:
     """The protocol class for uvicorn.Config(http=...), with these limits."""
     return type("GuardedHttp", (GuardedHttpProtocol,), {
-        "request_seconds": request_seconds, "max_connections": max_connections})
+        "request_seconds": request_seconds, "max_connections": max_connections,
+        "max_per_client": max_per_client, "_per_client": {}})

@@ -861,6 +861,32 @@ def _closed_within(sock, seconds: float) -> bool:
     return True
 
 
+def test_one_host_cannot_hold_every_http_connection(make_gateway):
+    """Only a global cap: one host holding max_connections idle sockets (reopened every
+    request_timeout_seconds) kept every one-click POST and click out (COMPLIANCE 5)."""
+    import socket
+
+    gw = make_gateway(http_extra="max_connections = 20\nmax_connections_per_ip = 3")
+    held = [socket.create_connection(("127.0.0.1", gw.http_port)) for _ in range(3)]
+    try:
+        fourth = socket.create_connection(("127.0.0.1", gw.http_port))
+        assert _closed_within(fourth, 3.0)  # closed at once, unanswered
+        fourth.close()
+        # another address (a recipient's browser) is served all along
+        other = socket.create_connection(("127.0.0.1", gw.http_port),
+                                         source_address=("127.0.0.2", 0))
+        other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        other.settimeout(5.0)
+        assert other.recv(4096).startswith(b"HTTP/1.1 200")
+        other.close()
+        assert "has 3 connections open, the most one client may" in gw.output
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)  # closed: counted no more
+    assert httpx.get(f"http://127.0.0.1:{gw.http_port}/healthz").status_code == 200
+
+
 def test_slow_or_too_many_http_clients_are_cut_off(make_gateway):
     """A client that sends nothing, or drips its request, loses its connection after
     http.request_timeout_seconds; past http.max_connections new ones are closed at once; a
@@ -961,6 +987,13 @@ def test_an_oversized_url_or_header_is_refused_without_stalling_smtp(make_gatewa
             prober.join()
         assert answer.startswith(status), (head[:30], answer[:80])
         assert banner_waits[0] < 3.0, banner_waits  # with the bug: 5.9-7.7 s
+        # with the security fields of every other answer (they had content-type alone)
+        assert b"\r\nx-content-type-options: nosniff\r\n" in answer.lower()
+        assert b"\r\ncontent-security-policy: default-src 'none'" in answer.lower()
+    # uvicorn's own 400 (a method httptools does not know) likewise
+    with socket.create_connection(("127.0.0.1", gw.http_port)) as sock:
+        answer = _answer_of(sock, b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n", b"", 0)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"\r\nx-frame-options: DENY" in answer
     # a legal 20 KiB header sent in 1 KiB pieces (it was counted twice: 431)
     with socket.create_connection(("127.0.0.1", gw.http_port)) as sock:
         head = (b"GET /healthz HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * 20_000
