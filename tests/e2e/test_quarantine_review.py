@@ -144,7 +144,8 @@ def test_serve_purges_held_copies_after_the_retention_period(gw):
     with sqlite3.connect(gw.config.parent / "gateway.db") as db:
         assert db.execute("SELECT state, decided_by FROM quarantine WHERE id = ?",
                           (entry,)).fetchone() == ("rejected", "purge")
-    assert "purged after 0 days" in gw.output
+    # logged once the purge's transaction has returned: a moment after the commit
+    wait_until(lambda: "purged after 0 days" in gw.output, what="the purge's log line")
 
 
 def test_serve_warns_about_requests_due_within_a_week(make_gateway):

@@ -153,12 +153,16 @@ def test_sigterm_drains_open_sessions_then_exits_0(make_gateway, sink: Sink):
     assert b"gateway.store.ledger_reader" in Path(f"/proc/{reader}/cmdline").read_bytes()
     gw.proc.send_signal(signal.SIGTERM)
     __import__("os").kill(reader, signal.SIGTERM)  # as a service manager stops the group
-    time.sleep(0.5)
-    # no new sessions while draining...
-    with pytest.raises(OSError):
-        late = RawSmtp(gw.smtp_port, timeout=2)
-        if late.greeting[0] != 220:
-            raise OSError(late.greeting)
+
+    def no_new_session() -> bool:  # no new sessions while draining...
+        try:
+            late = RawSmtp(gw.smtp_port, timeout=2)
+        except OSError:
+            return True
+        greeted = late.greeting[0] == 220
+        late.close()
+        return not greeted
+    wait_until(no_new_session, timeout=10, interval=0.2, what="no new session")
     # ...but the open one finishes its message
     assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
     assert s.cmd("DATA")[0] == 354
@@ -280,9 +284,14 @@ def test_while_the_processes_drain_new_connections_are_refused(make_gateway, sin
     assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
     assert s.cmd("DATA")[0] == 354
     os.kill(gw.proc.pid, signal.SIGTERM)
-    time.sleep(1.0)  # the workers have closed their listening sockets
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=3).close()
+
+    def refused() -> bool:  # once the workers (and the supervisor) closed their listeners
+        try:
+            socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=3).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+    wait_until(refused, timeout=10, interval=0.2, what="new connections refused")
     assert s.cmd(message(subject="Finished in the drain") + b".")[0] == 250
     s.close()
     assert gw.terminate(30) == 0

@@ -388,8 +388,12 @@ def test_connections_per_ip_are_limited(make_gateway):
     sixth = RawSmtp(gw.smtp_port)
     assert sixth.greeting[0] == 421 and sixth.closed()
     sessions[0].close()
-    time.sleep(0.3)
-    assert RawSmtp(gw.smtp_port).greeting[0] == 220  # a freed slot is usable again
+
+    def greeted() -> bool:  # once the gateway has seen the close: a freed slot is usable
+        again = RawSmtp(gw.smtp_port)
+        again.close()
+        return again.greeting[0] == 220
+    wait_until(greeted, timeout=5, interval=0.1, what="the freed slot")
     for s in sessions[1:]:
         s.close()
 

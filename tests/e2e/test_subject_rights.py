@@ -79,8 +79,10 @@ def test_export_names_the_directory_and_every_message(make_gateway, tmp_path, si
     sink.wait_for(1)
     assert gw.cli("suppress", "add", MARIE, "--reason", "asked by phone").returncode == 0
     assert rcpt(gw, MARIE)[0] == 550
+    # the refusal's audit row is written just after the session ends (flow.record_abandoned)
     document = wait_until(lambda: (d := export(gw, "Marie.Curie@LABO.example"))
-                          ["decisions"][0]["delivery"] == "sent" and d, what="the copy sent")
+                          ["decisions"][0]["delivery"] == "sent" and len(d["decisions"]) == 2
+                          and d, what="the copy sent and the refusal audited")
     assert document["address"] == MARIE
     [entry] = document["ledger"]
     assert entry["first_name"] == "Marie" and entry["retention_deadline"] > 0
@@ -180,7 +182,9 @@ def test_erasure_leaves_nothing_in_the_file_and_the_next_rcpt_gets_r1(
         assert db.execute("SELECT operator, removed FROM erasures ORDER BY id").fetchall()[0][0] \
             == "dpo"
     assert gw.cli("audit", "verify").returncode == 0
-    after = export(gw, MARIE)
+    # the two refusals' audit rows are written just after their sessions end
+    after = wait_until(lambda: (d := export(gw, MARIE)) and len(d["decisions"]) == 4 and d,
+                       what="the two refusals audited")
     assert after["ledger"] == [] and len(after["erasures"]) == 1
     assert after["suppression"]["channel"] == "erasure"
     # The audit log (hashes only) keeps every decision: the two sends, and the two RCPTs since.

@@ -883,8 +883,15 @@ def test_one_host_cannot_hold_every_http_connection(make_gateway):
     finally:
         for sock in held:
             sock.close()
-    time.sleep(0.3)  # closed: counted no more
-    assert httpx.get(f"http://127.0.0.1:{gw.http_port}/healthz").status_code == 200
+    # closed: counted no more, once the gateway has seen the closes
+    wait_until(lambda: _healthy(gw.http_port), timeout=5, interval=0.1, what="served again")
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_slow_or_too_many_http_clients_are_cut_off(make_gateway):
@@ -914,9 +921,14 @@ def test_slow_or_too_many_http_clients_are_cut_off(make_gateway):
         raise AssertionError("a 7th connection was served past max_connections = 6")
     for sock in held:
         sock.close()
-    time.sleep(0.2)
-    with httpx.Client(base_url=f"http://127.0.0.1:{gw.http_port}") as prompt:
-        assert prompt.get("/healthz").text == "ok\n"
+
+    def served() -> bool:  # once the gateway has seen the closes
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{gw.http_port}") as prompt:
+                return prompt.get("/healthz").text == "ok\n"
+        except httpx.TransportError:
+            return False
+    wait_until(served, timeout=5, interval=0.1, what="a freed connection served")
     early.sendall(b"cd")
     for sock in (silent, dripping, slow_body, early):
         assert _closed_within(sock, 8.0)
