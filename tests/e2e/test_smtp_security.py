@@ -473,7 +473,7 @@ def test_each_command_postpones_the_idle_timeout(make_gateway):
         assert s.cmd("NOOP")[0] == 250
     quiet = time.monotonic()
     assert s.reply()[0] == 421 and s.closed()
-    assert 0.8 < time.monotonic() - quiet < 1.8  # cut once a whole idle_timeout went by
+    assert 0.6 < time.monotonic() - quiet < 2.5  # cut once a whole idle_timeout went by
 
 
 def test_a_slow_data_transfer_that_keeps_coming_is_not_idle(make_gateway, sink: Sink):
