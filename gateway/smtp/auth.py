@@ -14,6 +14,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from gateway.errors import StoreError
+from gateway.peers import client_key
 from gateway.security.passwords import dummy_hash, verify_password_async
 from gateway.settings import SmtpSettings
 from gateway.store.accounts import Account, AccountStore
@@ -26,6 +28,9 @@ MAX_TRACKED_NAMES = 100_000  # the same for unknown login names (a few MB at mos
 # an AUTH that could pass a limit only with attempts still being checked waits this long at
 # most for them to end (each check is ~0.1 s of argon2id), then is refused as locked
 ADMISSION_WAIT_SECONDS = 30.0
+# a client the account logged in from this recently gets in through its lock (024)
+KNOWN_CLIENT_SECONDS = 30 * 86400.0
+REMEMBER_EVERY_SECONDS = 3600.0  # a login from a client already known is written this often
 
 
 class AuthOutcome(enum.Enum):
@@ -54,6 +59,8 @@ class Authenticator:
         self._ip_checking: dict[str, int] = {}
         self._name_checking: dict[str, int] = {}
         self._ended = asyncio.Event()  # set (and replaced) whenever a check ends
+        # (account id, client) -> when this process last wrote a login from it
+        self._remembered: dict[tuple[int, str], float] = {}
 
     async def authenticate(self, login: str, password: str, client_ip: str) -> AuthVerdict:
         """Attempts being checked count as failures until they are known: the checks take
@@ -63,10 +70,11 @@ class Authenticator:
         checked waits for them: a tool opening 20 connections at once still logs them all
         in, a guesser gets no more tries than the limits."""
         key = login[:MAX_LOGIN_LENGTH]
+        counted = client_key(client_ip)  # an IPv6 host has its /64 to take turns with
         deadline = time.monotonic() + ADMISSION_WAIT_SECONDS
         while True:
             now = time.time()
-            if self._ip_blocked(client_ip, now):
+            if self._ip_blocked(counted, now):
                 log.warning("AUTH from %s refused: %d failures from this IP in %.0f min",
                             client_ip, self.settings.auth_ip_max_failures,
                             self.window_seconds / 60)
@@ -85,6 +93,12 @@ class Authenticator:
                 # a lock that has run out starts the count afresh (record_failure resets it)
                 count = 0 if account.locked_until is not None and not locked \
                     else account.failed_logins
+                if locked and await self.accounts.known_client(
+                        account.id, client_key(client_ip), now - KNOWN_CLIENT_SECONDS):
+                    # the lock is against guessers elsewhere: a client this account logged
+                    # in from gets in (the per-IP limit still holds it to its own tries);
+                    # anyone knowing the name locked the tool out for good from one address
+                    locked, count = False, 0
             if locked:
                 # the same time as the others
                 await verify_password_async(found[1] if found else dummy_hash(), password)
@@ -95,18 +109,18 @@ class Authenticator:
                 await self._throttle()
                 return AuthVerdict(AuthOutcome.LOCKED)
             if (count + self._name_checking.get(key, 0) < self.settings.auth_max_failures
-                    and self._ip_count(client_ip, now)
-                    + self._ip_checking.get(client_ip, 0) < self.settings.auth_ip_max_failures):
+                    and self._ip_count(counted, now)
+                    + self._ip_checking.get(counted, 0) < self.settings.auth_ip_max_failures):
                 break
             if not await self._checked(deadline):
                 await self._throttle()
                 return AuthVerdict(AuthOutcome.LOCKED)
-        _take(self._ip_checking, client_ip)  # no await since the counts were read
+        _take(self._ip_checking, counted)  # no await since the counts were read
         _take(self._name_checking, key)
         try:
             return await self._check(found, login, password, client_ip, now)
         finally:
-            _release(self._ip_checking, client_ip)
+            _release(self._ip_checking, counted)
             _release(self._name_checking, key)
             self._ended.set()  # those waiting read the counts again
             self._ended = asyncio.Event()
@@ -134,16 +148,34 @@ class Authenticator:
                             "from %s)", account.name, self.window_seconds / 60,
                             after.failed_logins, client_ip)
             return await self._failed(client_ip, now, f"wrong password for {account.name}")
-        if account.failed_logins:
+        if account.failed_logins or account.locked_until is not None:
             await self.accounts.record_success(account.name)
+        await self._remember(account, client_ip, now)
         return AuthVerdict(AuthOutcome.OK, account)
 
+    async def _remember(self, account: Account, client_ip: str, now: float) -> None:
+        """Record the client a login came from (at most once an hour per client, per
+        process): through a lock, it still gets in."""
+        key = (account.id, client_key(client_ip))
+        if self._remembered.get(key, 0.0) > now - REMEMBER_EVERY_SECONDS:
+            return
+        if len(self._remembered) >= MAX_TRACKED_NAMES:
+            self._remembered.clear()
+        try:
+            await self.accounts.remember_client(key[0], key[1], now)
+        except StoreError as exc:  # the login stands; remembered at a later one
+            log.warning("login of %s from %s not recorded as a known client: %s",
+                        account.name, client_ip, exc)
+            return
+        self._remembered[key] = now
+
     async def _failed(self, client_ip: str, now: float, why: str) -> AuthVerdict:
-        failures = self._ip_failures.get(client_ip)
+        counted = client_key(client_ip)
+        failures = self._ip_failures.get(counted)
         if failures is None:
             if len(self._ip_failures) >= MAX_TRACKED_IPS:
                 self._forget_old(now)
-            failures = self._ip_failures.setdefault(client_ip, deque())
+            failures = self._ip_failures.setdefault(counted, deque())
         failures.append(now)
         log.warning("AUTH failed from %s: %s", client_ip, why)
         await self._throttle()

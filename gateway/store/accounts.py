@@ -205,12 +205,31 @@ class AccountStore:
         return await self.get(name)
 
     async def record_success(self, name: str) -> None:
-        """A successful AUTH resets the count (only written when there was something to reset)."""
+        """A successful AUTH resets the count (only written when there was something to
+        reset), but not a lock still running: a known client gets in through it (see
+        known_client), and each of its logins would have given a guesser elsewhere
+        auth_max_failures more tries."""
+        now = time.time()
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE accounts SET failed_logins = 0, locked_until = NULL, updated_at = ?"
-                " WHERE name = ? AND (failed_logins > 0 OR locked_until IS NOT NULL)",
-                (time.time(), name))
+                " WHERE name = ? AND (failed_logins > 0 OR locked_until IS NOT NULL)"
+                " AND (locked_until IS NULL OR locked_until <= ?)", (now, name, now))
+
+    async def remember_client(self, account_id: int, client: str, when: float) -> None:
+        """The account logged in from `client` (gateway.peers.client_key) at `when`."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO account_clients (account_id, client, last_ok_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (account_id, client) DO UPDATE SET last_ok_at ="
+                " max(last_ok_at, excluded.last_ok_at)", (account_id, client, when))
+
+    async def known_client(self, account_id: int, client: str, since: float) -> bool:
+        """Whether the account logged in from `client` at `since` or later."""
+        row = await self.db.fetchone(
+            "SELECT 1 FROM account_clients WHERE account_id = ? AND client = ?"
+            " AND last_ok_at >= ?", (account_id, client, since))
+        return row is not None
 
     async def _update_one(self, name: str, sql: str, params: tuple[object, ...]) -> None:
         async with self.db.transaction() as conn:

@@ -18,13 +18,13 @@ LimitRequestFields), and the connection is closed.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.peers import client_key
 from gateway.web.app import BASE_HEADERS
 
 log = logging.getLogger("gateway.http")
@@ -46,18 +46,6 @@ _REFUSALS = {
 
 
 MAX_CONNECTIONS_PER_CLIENT = 100  # from one IPv4 address or one IPv6 /64
-
-
-def client_key(address: str) -> str:
-    """Whose connection it is: the IPv4 address, or the IPv6 /64 (one host has a /64 of
-    addresses to take turns with)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if ip.version == 6 and ip.ipv4_mapped is None:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):

@@ -63,6 +63,48 @@ async def test_account_locks_after_max_failures_even_for_the_right_password(
         is AuthOutcome.OK
 
 
+async def test_a_client_the_account_logged_in_from_gets_in_through_its_lock(
+        accounts: AccountStore):
+    """The lock counted failures from anywhere and held for everyone: knowing the name was
+    enough to lock the tool out for good from one address (10 tries every 15 minutes). A
+    client the account logged in from still gets in; a login of it leaves the lock to run
+    (or each one would give the guesser auth_max_failures more tries)."""
+    auth = Authenticator(accounts, SETTINGS)
+    assert (await auth.authenticate("crm", STRONG_PASSWORD, "192.0.2.10")).outcome \
+        is AuthOutcome.OK  # the tool, once
+    for _ in range(3):  # a guesser elsewhere
+        assert (await auth.authenticate("crm", "wrong", "203.0.113.5")).outcome \
+            is AuthOutcome.BAD
+    assert (await auth.authenticate("crm", STRONG_PASSWORD, "203.0.113.5")).outcome \
+        is AuthOutcome.LOCKED  # the guesser, even right
+    assert (await auth.authenticate("crm", STRONG_PASSWORD, "192.0.2.99")).outcome \
+        is AuthOutcome.LOCKED  # an address never seen
+    again = Authenticator(accounts, SETTINGS)  # another process, or after a restart
+    assert (await again.authenticate("crm", STRONG_PASSWORD, "192.0.2.10")).outcome \
+        is AuthOutcome.OK
+    assert (await accounts.require("crm")).locked()  # the lock runs on for the others
+    assert (await again.authenticate("crm", STRONG_PASSWORD, "203.0.113.5")).outcome \
+        is AuthOutcome.LOCKED
+    # a known client's wrong password is a failure like any (its per-IP limit holds it)
+    assert (await again.authenticate("crm", "wrong", "192.0.2.10")).outcome is AuthOutcome.BAD
+    # an IPv6 host's /64 is one client (it takes turns with its addresses)
+    assert (await accounts.remember_client(
+        (await accounts.require("crm")).id, "2001:db8:1:2::/64", time.time())) is None
+    assert (await again.authenticate("crm", STRONG_PASSWORD, "2001:db8:1:2::abcd")).outcome \
+        is AuthOutcome.OK
+
+
+async def test_ipv6_addresses_of_one_64_share_the_per_ip_limit(accounts: AccountStore):
+    auth = Authenticator(accounts, SETTINGS)
+    for i in range(5):
+        assert (await auth.authenticate(f"user{i}", "x", f"2001:db8:5:6::{i + 1}")).outcome \
+            is AuthOutcome.BAD
+    assert (await auth.authenticate("crm", STRONG_PASSWORD, "2001:db8:5:6::ff")).outcome \
+        is AuthOutcome.LOCKED
+    assert (await auth.authenticate("crm", STRONG_PASSWORD, "2001:db8:5:7::1")).outcome \
+        is AuthOutcome.OK
+
+
 async def test_success_resets_the_failure_count(accounts: AccountStore):
     auth = Authenticator(accounts, SETTINGS)
     for _ in range(2):
