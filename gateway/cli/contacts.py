@@ -37,7 +37,9 @@ from gateway.contacts_csv import (
     read_rows,
 )
 from gateway.errors import ConfigError, GatewayError, NotFound
+from gateway.model import Contact, PolicyKnobs
 from gateway.notice_templates import load_templates
+from gateway.policy.rules import retention_deadline
 from gateway.security.keys import AddressHasher
 from gateway.settings import ControllerSettings
 from gateway.store.db import Database
@@ -62,7 +64,10 @@ only moves earlier, last_interaction_at only later. consent=withdrawn puts the a
 suppression list. A consent_method that names a pre-ticked box, a default, an opt-out or the
 terms and conditions (T&C, CGU, CGV) is not consent: such contacts are decided without it.
 An address erased by `gateway subject erase` is refused: erased data
-stays erased. Exit code 1 when any row was refused.
+stays erased. A row already past its retention period by its own dates (R4: collected_at,
+the person's last action or consent, policy.prospect_retention_days) is named on stderr: it
+will be refused and purged, and should not have been kept. Exit code 1 when any row was
+refused.
 """
 
 
@@ -100,7 +105,7 @@ def import_(state: CliState, file: Path, dry_run: bool) -> None:
             hasher = AddressHasher(secrets.token_bytes(32))  # never written anywhere
         else:
             hasher = hasher_for(settings)
-        _import(file, store, hasher, dry_run, settings.controller)
+        _import(file, store, hasher, dry_run, settings.controller, settings.policy.knobs())
 
 
 def _untranslated(languages: Counter[str], controller: ControllerSettings) -> str | None:
@@ -122,16 +127,39 @@ def _untranslated(languages: Counter[str], controller: ControllerSettings) -> st
             "language's, else English); add templates under controller.notices_dir")
 
 
+MAX_PAST_SHOWN = 20  # rows past their retention named one by one; the rest counted
+
+
+def _expired_by_its_own_dates(row: ContactRow, knobs: PolicyKnobs, now: float) -> str | None:
+    """What to tell of a row already past R4's deadline by its own dates (collected, the
+    person's last action, a consent they gave): its data would be kept only to be refused
+    and purged (GDPR 5-1-e; KASPR kept such data). None otherwise, and for a withdrawal
+    (its objection holds whatever the dates)."""
+    if row.collected_at is None or row.consent == "withdrawn":
+        return None
+    deadline = retention_deadline(Contact(
+        row.address, consent=row.consent, consent_at=row.consent_at,
+        consent_method=row.consent_method, collected_at=row.collected_at,
+        last_interaction_at=row.last_interaction_at), knobs)
+    if deadline is None or deadline >= now:
+        return None
+    return (f"{row.address}: its retention period ended on {when(deadline)} by the row's own "
+            f"dates (collected {when(row.collected_at)}, the person's last action "
+            f"{when(row.last_interaction_at) if row.last_interaction_at else 'none'}): "
+            "refused at RCPT (R4) and purged by the next `gateway retention run`")
+
+
 def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool,
-            controller: ControllerSettings) -> None:
+            controller: ControllerSettings, knobs: PolicyKnobs) -> None:
     try:
         erased = asyncio.run(_prepare(store))
         importer = ImportProcess(store, hasher, dry_run=dry_run)
     except GatewayError as exc:
         click.echo(f"gateway: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
-    refused = 0
+    refused = past = 0
     started = time.monotonic()
+    started_at = time.time()
     tty = sys.stderr.isatty()
     progress = Progress(TextColumn("importing"), BarColumn(),
                         TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(),
@@ -162,6 +190,11 @@ def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool,
                         f"{when(when_erased)} at the person's request (GDPR 17); not imported",
                         markup=False, highlight=False, soft_wrap=True)
                     continue
+                if (expired := _expired_by_its_own_dates(item, knobs, started_at)) is not None:
+                    past += 1
+                    if past <= MAX_PAST_SHOWN:
+                        progress.console.print(f"{file}:{item.line}: note: {expired}",
+                                               markup=False, highlight=False, soft_wrap=True)
                 chunk.append(item)
                 if item.language:
                     languages[item.language] += 1
@@ -189,6 +222,13 @@ def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool,
                   "their retention clock goes on from the purged entry's, not from this file"
                   if c.clock_kept else "")
                + (" - dry run, nothing written" if dry_run else ""))
+    if past:
+        click.echo(f"note: {past} row{'s are' if past > 1 else ' is'} past the retention "
+                   f"period by {'their' if past > 1 else 'its'} own dates"
+                   + (f" (the first {MAX_PAST_SHOWN} named above)" if past > MAX_PAST_SHOWN
+                      else "")
+                   + ": such data may not be kept (GDPR 5-1-e); `gateway retention run` "
+                   "purges it", err=True)
     note = _untranslated(languages, controller)
     if note:
         click.echo(note, err=True)

@@ -229,7 +229,13 @@ def test_retention_run_purges_what_r4_says_has_expired(config: Path, tmp_path: P
         "active@example.com,,,Fair,direct,2020-01-01,2026-06-01\n"
         "new@example.com,,,Fair,direct,2026-06-01,\n"
         "gone@example.com,withdrawn,2020-02-01,Fair,direct,2020-01-01,\n")
-    assert gateway_cli(config, "contacts", "import", str(csv)).returncode == 0
+    imported = gateway_cli(config, "contacts", "import", str(csv))
+    assert imported.returncode == 0
+    # the row past its period by its own dates is named (nothing said it: kept to be purged)
+    assert (f"{csv}:2: note: old@example.com: its retention period ended on 2022-12-31"
+            in imported.stderr)
+    assert "note: 1 row is past the retention period" in imported.stderr
+    assert "active@" not in imported.stderr and "gone@" not in imported.stderr
     dry = gateway_cli(config, "retention", "run", "--dry-run", "--json")
     assert json.loads(dry.stdout) == {"dry_run": True,
                                       "purged": ["old@example.com", "gone@example.com"]}
