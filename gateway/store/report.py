@@ -175,8 +175,9 @@ class ReportStore:
 
     async def objections(self, since: float | None) -> list[ObjectionCount]:
         rows = await self.db.fetchall(
-            "SELECT channel, count(*) FROM suppression WHERE (? IS NULL OR created_at >= ?)"
-            " GROUP BY channel ORDER BY count(*) DESC, channel", (since, since))
+            "SELECT coalesce(objected_by, channel) AS how, count(*) FROM suppression"
+            " WHERE (? IS NULL OR created_at >= ?)"
+            " GROUP BY how ORDER BY count(*) DESC, how", (since, since))
         return [ObjectionCount(*tuple(row)) for row in rows]
 
     async def open_requests(self, now: float) -> list[OpenRequest]:

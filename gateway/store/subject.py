@@ -275,7 +275,9 @@ class SubjectStore:
             newly_suppressed = cur.rowcount == 1
             # an entry there before (by hand, a one-click) becomes the erasure's: it is all
             # that remains, and `suppress remove` lifts an erasure's only with --force
-            await conn.execute("UPDATE suppression SET channel = 'erasure' WHERE hash = ?",
+            # (how it objected first stays, for `report`'s objection figures)
+            await conn.execute("UPDATE suppression SET objected_by = channel,"
+                               " channel = 'erasure' WHERE hash = ? AND channel != 'erasure'",
                                (digest,))
             touched: set[str] = set()
             for table in ("quarantine", "deliveries"):

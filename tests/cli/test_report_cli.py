@@ -146,6 +146,19 @@ def test_json_report_counts_exactly_what_was_decided_sent_held_and_objected(fill
                                        "count": 1}]
 
 
+def test_an_erasure_keeps_the_objection_in_the_figures(filled):
+    """The erasure makes the suppression entry its own (channel 'erasure'): the one-click
+    objection of the person erased vanished from the report (GDPR 5-2 accountability)."""
+    before = {(o["channel"], o["count"]) for o in report(filled)["objections"]}
+    erased = filled.cli("subject", "erase", "contact@company.example", "--yes")
+    assert erased.returncode == 0, erased.stderr
+    assert {(o["channel"], o["count"]) for o in report(filled)["objections"]} == before
+    # an erasure of an address that never objected counts as one
+    assert filled.cli("subject", "erase", "prospect@b2c.example", "--yes").returncode == 0
+    assert {(o["channel"], o["count"]) for o in report(filled)["objections"]} == (
+        before | {("erasure", 1)})
+
+
 def test_since_limits_every_figure_but_not_the_open_requests(filled):
     utc_today = datetime.datetime.now(datetime.UTC).date()
     tomorrow = (utc_today + datetime.timedelta(days=1)).isoformat()
