@@ -148,9 +148,10 @@ async def test_suppress_and_lift_are_recorded_on_the_contact(db, hasher):
     assert contact is not None
     assert [(e.kind, e.wording) for e in await ledger.events(contact.id or 0)] == [
         ("objection", "asked by phone"), ("objection_lifted", "new consent form 2026-11")]
-    # the suppression list holds the hash, the time and the channel: no address
+    # the suppression list holds the hash, the time and the channel (and, after an erasure,
+    # the channel it came by before): no address
     columns = [r[1] for r in await db.fetchall("PRAGMA table_info(suppression)")]
-    assert columns == ["hash", "created_at", "channel"]
+    assert columns == ["hash", "created_at", "channel", "objected_by"]
 
 
 async def test_the_persons_objection_to_an_address_suppressed_by_hand_is_recorded(db, hasher):
