@@ -489,22 +489,31 @@ _OUTCOMES = {
     "de": {"sent": "zugestellt", "queued": "wird zugestellt", "deferred": "wird zugestellt",
            "failed": "nicht zugestellt", "reject": "nicht gesendet ({why})",
            "quarantine": "zur Prüfung durch eine Person zurückgehalten ({why})",
-           "allow": "zum Versand angenommen"},
+           "allow": "zum Versand angenommen",
+           "no_message": "als Empfänger angenommen, doch keine Nachricht folgte: "
+                         "nichts wurde gesendet"},
     "en": {"sent": "delivered", "queued": "being delivered", "deferred": "being delivered",
            "failed": "not delivered", "reject": "not sent ({why})",
-           "quarantine": "held for review by a person ({why})", "allow": "accepted for sending"},
+           "quarantine": "held for review by a person ({why})", "allow": "accepted for sending",
+           "no_message": "accepted as a recipient, but no message followed: nothing was sent"},
     "es": {"sent": "entregado", "queued": "en curso de entrega", "deferred": "en curso de entrega",
            "failed": "no entregado", "reject": "no enviado ({why})",
            "quarantine": "retenido para su revisión por una persona ({why})",
-           "allow": "aceptado para su envío"},
+           "allow": "aceptado para su envío",
+           "no_message": "aceptado como destinatario, pero no siguió ningún mensaje: "
+                         "no se envió nada"},
     "fr": {"sent": "remis", "queued": "en cours d'envoi", "deferred": "en cours d'envoi",
            "failed": "non remis", "reject": "non envoyé ({why})",
            "quarantine": "retenu pour examen par une personne ({why})",
-           "allow": "accepté pour envoi"},
+           "allow": "accepté pour envoi",
+           "no_message": "accepté comme destinataire, mais aucun message n'a suivi : "
+                         "rien n'a été envoyé"},
     "it": {"sent": "consegnato", "queued": "in consegna", "deferred": "in consegna",
            "failed": "non consegnato", "reject": "non inviato ({why})",
            "quarantine": "trattenuto per la verifica da parte di una persona ({why})",
-           "allow": "accettato per l'invio"},
+           "allow": "accettato per l'invio",
+           "no_message": "accettato come destinatario, ma non è seguito alcun messaggio: "
+                         "non è stato inviato nulla"},
 }
 # The rule that let a message go, in plain words (the ids are in COMPLIANCE.md).
 _ALLOWED = {
@@ -734,6 +743,10 @@ class Letter:
                 continue
             if d.decision == "reject":
                 outcome = outcomes["reject"].format(why=why.get(d.rule, d.rule))
+            elif d.message_id is None:
+                # a recipient accepted at RCPT in a transaction given up before its message
+                # (or its message refused whole): "accepted for sending" told of mail never sent
+                outcome = outcomes["no_message"]
             elif d.delivery is not None:
                 outcome = outcomes[d.delivery]
             elif states.get(d.message_id) == "rejected":
@@ -742,7 +755,8 @@ class Letter:
                 outcome = outcomes["quarantine"].format(why=why.get(d.rule, d.rule))
             else:
                 outcome = outcomes["allow"]
-            if d.decision == "allow" and d.rule in _ALLOWED[self.lang]:
+            if d.decision == "allow" and d.message_id is not None \
+                    and d.rule in _ALLOWED[self.lang]:
                 outcome += f" ({_ALLOWED[self.lang][d.rule]})"  # why it could go
             note = notes.get(d.message_id) if states.get(d.message_id) == "rejected" else None
             if note:  # what the reviewer wrote of it is the person's data too

@@ -4,6 +4,7 @@ every word of the English one with the same placeholders, the contact's language
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from pathlib import Path
 
@@ -189,6 +190,18 @@ def test_subject_export_writes_to_a_de_at_contact_in_german(make_gateway, tmp_pa
         read = as_read(chosen.stdout)
         assert _WORDS[lang]["rights"] in chosen.stdout.splitlines()
         assert [phrase for phrase in english_phrases() if phrase in read] == []
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_a_recipient_accepted_in_a_transaction_given_up_is_told_nothing_was_sent(lang: str):
+    """A RCPT accepted, then the client gone before DATA: the audit keeps the decision with
+    no message, and the letter said "accepted for sending" of mail that never existed."""
+    from gateway.subject_letter import _OUTCOMES
+    given_up = dataclasses.replace(record(lang), decisions=[
+        Decision(NOW - 3 * DAY, "crm", "R8", "allow", None, None, None, None)])
+    letter = as_read(render_text(given_up, CONTROLLER, PolicyKnobs(), lang, NOW))
+    assert _OUTCOMES[lang]["no_message"] in letter
+    assert _OUTCOMES[lang]["allow"] not in letter
 
 
 def test_a_letter_about_an_address_never_seen_tells_no_purpose_nor_keeping_period():
