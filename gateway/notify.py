@@ -126,8 +126,8 @@ class Notifier:
         headers = signed_headers(self.secret, body)
         if not self.secret and not self._warned:
             self._warned = True
-            log.warning("webhooks.opt_out_secret is not set: objection notifications to "
-                        "notify_url go out unsigned")
+            log.warning("webhooks.notify_secret and opt_out_secret are not set: objection "
+                        "notifications to notify_url go out unsigned")
         if not notification.url:  # nothing was tried: the account's next one may go
             await self.store.retry_later(notification.id, "the account has no notify_url any "
                                          "more", time.time(), give_up=True)

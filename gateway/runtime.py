@@ -217,6 +217,15 @@ class Gateway:
                 log.warning("smtp.trusted_clients names the account %r, which does not exist: "
                             "mail from its network needs AUTH until `gateway accounts add %s`",
                             name, name)
+        if self.serve_http and s.webhooks.opt_out_secret and not s.webhooks.notify_secret:
+            notified = [a.name for a in await accounts.list() if a.notify_url]
+            if notified:
+                log.warning("objection notifications to the notify_url of %s are signed with "
+                            "webhooks.opt_out_secret: an endpoint that checks them holds the "
+                            "key that signs opt-outs for any address (and a notification "
+                            "replayed to /webhooks/opt-out is one); set webhooks.notify_secret "
+                            "(GATEWAY_WEBHOOKS_NOTIFY_SECRET) and give the tools that one",
+                            ", ".join(notified))
         copy_settings = self.copy_settings()
         if self.serve_http and copy_settings.signer is not None:  # one process says it
             keyed = set(copy_settings.signer.domains())
@@ -234,7 +243,7 @@ class Gateway:
         # only now: a copy claimed before (a restart's backlog) went out as stored, with
         # no unsubscribe fields, notice or DKIM, and no R1 check
         await self.delivery.start()
-        self.notifier = Notifier(NotificationStore(self.db), s.webhooks.opt_out_secret,
+        self.notifier = Notifier(NotificationStore(self.db), s.webhooks.notify_signing_secret,
                                  retry_base=s.webhooks.notify_retry_base_seconds)
         objections = Objections(self.composer.settings.tokens, ledger, s.webhooks.opt_out_secret,
                                 on_objection=self.notifier.wake)

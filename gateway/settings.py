@@ -165,7 +165,14 @@ class SecretsSettings:
 @dataclass(frozen=True)
 class WebhooksSettings:
     opt_out_secret: str = ""
+    # signs the notifications to the accounts' notify_url (and the erasure notices); empty:
+    # opt_out_secret, which lets every endpoint that checks them sign opt-outs too
+    notify_secret: str = ""
     notify_retry_base_seconds: float = 30.0  # first retry of a failed notification, doubling
+
+    @property
+    def notify_signing_secret(self) -> str:
+        return self.notify_secret or self.opt_out_secret
 
 
 @dataclass(frozen=True)
@@ -349,7 +356,7 @@ def _build(cls: type, value: Any, where: str) -> Any:
 
 # keys whose values a config error must not print (stderr goes to journald, CI logs...)
 SECRET_KEYS = frozenset({"delivery.password", "delivery.username", "webhooks.opt_out_secret",
-                         "http.metrics_token"})
+                         "webhooks.notify_secret", "http.metrics_token"})
 
 
 def _shown(key: str, value: Any) -> str:

@@ -220,7 +220,7 @@ def erase(state: CliState, emails: tuple[str, ...], operator: str | None, yes: b
         # the erasures are committed, and the objections they took from the outbox exist
         # only here now: told whatever the compaction did
         for erasure in erasures:
-            await tell(erasure, hooks, settings.webhooks.opt_out_secret)
+            await tell(erasure, hooks, settings.webhooks.notify_signing_secret)
         if failed is not None:
             raise failed
 
@@ -247,8 +247,8 @@ async def tell(erasure: Erasure, hooks: list[tuple[str, str]], secret: str) -> N
     now = time.time()
     hooks = [(account, url) for account, url in hooks if account in erasure.holders]
     if hooks and not secret:
-        click.echo("warning: webhooks.opt_out_secret is not set: the erasure notices go out "
-                   "unsigned", err=True)
+        click.echo("warning: webhooks.notify_secret and opt_out_secret are not set: the "
+                   "erasure notices go out unsigned", err=True)
     plans = [(account, url, [body for name, body in erasure.unsent if name == account])
              for account, url in hooks]
     outcomes = await asyncio.gather(*(_told(url, [*bodies, erasure_body(erasure.address, now)],

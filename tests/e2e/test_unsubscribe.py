@@ -549,6 +549,39 @@ def test_each_objection_is_notified_to_the_account_signed_and_retried(make_gatew
     assert "HOOK-KEY-456" not in gw.output
 
 
+def test_notifications_can_be_signed_with_a_key_that_cannot_sign_opt_outs(make_gateway, sink,
+                                                                          tmp_path, hook):
+    """One secret signed both ways: every tool checking its notifications held the key that
+    signs opt-outs for any address, and a notification replayed to /webhooks/opt-out was an
+    opt-out. webhooks.notify_secret keys the notifications apart; without it serve warns."""
+    Hook.failures_left = 0
+    tool_key = "the-tools-own-key-0123456789abcdef"
+    gw = jane_gateway(make_gateway, tmp_path)
+    assert gw.cli("accounts", "update", "crm", "--notify-url", hook_url(hook)).returncode == 0
+    with gw.config.open("a") as config:
+        config.write(f'notify_secret = "{tool_key}"\n')  # in [webhooks], the last table
+    gw.start()
+    assert "signed with webhooks.opt_out_secret" not in gw.output
+    url = deliver(gw, sink, "jane@example.net")
+    assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    wait_until(lambda: Hook.received, what="the notification")
+    [(document, header, raw)] = Hook.received
+    stamp, mac = (part.split("=", 1)[1] for part in header.split(","))
+    assert hmac.compare_digest(mac, hmac.new(tool_key.encode(), stamp.encode() + b"." + raw,
+                                             hashlib.sha256).hexdigest())
+    # replayed as an opt-out (another address in it, the tool's signature): refused
+    forged = raw.replace(b"jane@example.net", b"john@example.org")
+    replay = httpx.post(f"http://127.0.0.1:{gw.http_port}/webhooks/opt-out", content=forged,
+                        headers={"X-Gateway-Signature": sign(forged, secret=tool_key)})
+    assert replay.status_code == 401
+    assert suppressed(gw) == ["one-click"]  # jane's own, nobody else's
+    gw.stop()
+    # one key both ways (notify_secret unset): said at start
+    gw.config.write_text(gw.config.read_text().replace(f'notify_secret = "{tool_key}"', ""))
+    gw.start()
+    wait_until(lambda: "signed with webhooks.opt_out_secret" in gw.output, what="the warning")
+
+
 def test_an_erasure_tells_each_account_after_the_objections_it_had_not_heard_of(
         make_gateway, sink, tmp_path, hook):
     """GDPR 19. `subject erase` deleted the person's pending objection notification with the
