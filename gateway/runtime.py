@@ -270,7 +270,9 @@ class Gateway:
             log.warning("GET /metrics is open to whoever reaches http.listen %s (message and "
                         "objection counts): set http.metrics_token (GATEWAY_HTTP_METRICS_TOKEN) "
                         "and give it to Prometheus as a bearer token", s.http.listen)
-        config = uvicorn.Config(app, host=http_host, port=http_port,
+        # ws="none": no WebSocket here; an upgrade handed the connection to another
+        # protocol object, and the per-client connection count never got it back
+        config = uvicorn.Config(app, host=http_host, port=http_port, ws="none",
                                 log_level="warning", access_log=False, lifespan="off",
                                 http=guarded_protocol(s.http.request_timeout_seconds,
                                                       s.http.max_connections,
@@ -360,9 +362,12 @@ class Gateway:
         # period, e.g. Kubernetes' 30 s, allowed, then SIGKILL in mid-delivery)
         began = time.monotonic()
         deadline = began + drain_seconds
+        # the sessions' part of it: the copies in flight keep the rest, at least a sixth (one
+        # client slow in DATA to the end left them none: cancelled mid-transaction)
+        sessions_until = deadline - drain_seconds / 6
         if self._smtp is not None:
             self._smtp.close()  # no new connections
-            while (self.sessions and time.monotonic() < deadline
+            while (self.sessions and time.monotonic() < sessions_until
                    and not self._hurry.is_set()):
                 # a session between two messages is closed at once (421), as its client
                 # keeps it open for the next; one in a transaction when it has finished

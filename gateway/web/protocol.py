@@ -150,8 +150,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                  self.client[0] if self.client else "?", text, status)
 
     def _should_upgrade(self) -> bool:
-        # a refused head that asked for a WebSocket: uvicorn read its method (never set)
-        return not self._refused and bool(super()._should_upgrade())
+        # never: no WebSocket is served here, and an upgrade handed the connection to another
+        # protocol object (its close never reached connection_lost: the per-client count
+        # leaked, 100 upgrade requests locked an address out until a restart); a refused
+        # head that asked for one had its method read unset
+        return False
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's own 400 (an unknown method, a bad Content-Length), with the security

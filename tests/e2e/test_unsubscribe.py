@@ -918,6 +918,16 @@ def test_one_host_cannot_hold_every_http_connection(make_gateway):
             sock.close()
     # closed: counted no more, once the gateway has seen the closes
     wait_until(lambda: _healthy(gw.http_port), timeout=5, interval=0.1, what="served again")
+    # a WebSocket upgrade handed the connection to another protocol, whose close was never
+    # counted: three of them locked the address out until a restart
+    for _ in range(4):
+        with socket.create_connection(("127.0.0.1", gw.http_port)) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                         b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            sock.settimeout(5.0)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 ")
+    wait_until(lambda: _healthy(gw.http_port), timeout=5, interval=0.1, what="not locked out")
 
 
 def _healthy(port: int) -> bool:
