@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from gateway.errors import StoreError
-from gateway.peers import client_key
+from gateway.peers import client_address
 from gateway.security.passwords import dummy_hash, verify_password_async
 from gateway.settings import SmtpSettings
 from gateway.store.accounts import Account, AccountStore
@@ -59,8 +59,9 @@ class Authenticator:
         self._ip_checking: dict[str, int] = {}
         self._name_checking: dict[str, int] = {}
         self._ended = asyncio.Event()  # set (and replaced) whenever a check ends
-        # (account id, client) -> when this process last wrote a login from it
-        self._remembered: dict[tuple[int, str], float] = {}
+        # (account id, password stamp, client) -> when this process last wrote a login from
+        # it (a new password forgets the clients in the store: written again at once)
+        self._remembered: dict[tuple[int, str, str], float] = {}
 
     async def authenticate(self, login: str, password: str, client_ip: str) -> AuthVerdict:
         """Attempts being checked count as failures until they are known: the checks take
@@ -70,7 +71,7 @@ class Authenticator:
         checked waits for them: a tool opening 20 connections at once still logs them all
         in, a guesser gets no more tries than the limits."""
         key = login[:MAX_LOGIN_LENGTH]
-        counted = client_key(client_ip)  # an IPv6 host has its /64 to take turns with
+        counted = client_address(client_ip)
         deadline = time.monotonic() + ADMISSION_WAIT_SECONDS
         while True:
             now = time.time()
@@ -94,7 +95,7 @@ class Authenticator:
                 count = 0 if account.locked_until is not None and not locked \
                     else account.failed_logins
                 if locked and await self.accounts.known_client(
-                        account.id, client_key(client_ip), now - KNOWN_CLIENT_SECONDS):
+                        account.id, counted, now - KNOWN_CLIENT_SECONDS):
                     # the lock is against guessers elsewhere: a client this account logged
                     # in from gets in (the per-IP limit still holds it to its own tries);
                     # anyone knowing the name locked the tool out for good from one address
@@ -148,7 +149,8 @@ class Authenticator:
                             "from %s)", account.name, self.window_seconds / 60,
                             after.failed_logins, client_ip)
             return await self._failed(client_ip, now, f"wrong password for {account.name}")
-        if account.failed_logins or account.locked_until is not None:
+        if (account.failed_logins or account.locked_until is not None) \
+                and not account.locked(now):  # a lock runs on for a known client's login
             await self.accounts.record_success(account.name)
         await self._remember(account, client_ip, now)
         return AuthVerdict(AuthOutcome.OK, account)
@@ -156,13 +158,13 @@ class Authenticator:
     async def _remember(self, account: Account, client_ip: str, now: float) -> None:
         """Record the client a login came from (at most once an hour per client, per
         process): through a lock, it still gets in."""
-        key = (account.id, client_key(client_ip))
+        key = (account.id, account.credential_stamp, client_address(client_ip))
         if self._remembered.get(key, 0.0) > now - REMEMBER_EVERY_SECONDS:
             return
         if len(self._remembered) >= MAX_TRACKED_NAMES:
             self._remembered.clear()
         try:
-            await self.accounts.remember_client(key[0], key[1], now)
+            await self.accounts.remember_client(key[0], key[2], now)
         except StoreError as exc:  # the login stands; remembered at a later one
             log.warning("login of %s from %s not recorded as a known client: %s",
                         account.name, client_ip, exc)
@@ -170,7 +172,7 @@ class Authenticator:
         self._remembered[key] = now
 
     async def _failed(self, client_ip: str, now: float, why: str) -> AuthVerdict:
-        counted = client_key(client_ip)
+        counted = client_address(client_ip)
         failures = self._ip_failures.get(counted)
         if failures is None:
             if len(self._ip_failures) >= MAX_TRACKED_IPS:

@@ -161,10 +161,15 @@ class AccountStore:
         return await self.require(name)
 
     async def set_password(self, name: str, password_hash: str) -> None:
-        """A new password also lifts a lock: the operator has just chosen it."""
+        """A new password also lifts a lock: the operator has just chosen it. The clients
+        the account logged in from are forgotten (a password changed after a leak: whoever
+        used the old one would get in through the next lock)."""
         await self._update_one(
             name, "UPDATE accounts SET password_hash = ?, failed_logins = 0, locked_until = NULL,"
                   " updated_at = ? WHERE name = ?", (password_hash, time.time(), name))
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM account_clients WHERE account_id ="
+                               " (SELECT id FROM accounts WHERE name = ?)", (name,))
 
     async def unlock(self, name: str) -> None:
         await self._update_one(
@@ -217,7 +222,7 @@ class AccountStore:
                 " AND (locked_until IS NULL OR locked_until <= ?)", (now, name, now))
 
     async def remember_client(self, account_id: int, client: str, when: float) -> None:
-        """The account logged in from `client` (gateway.peers.client_key) at `when`."""
+        """The account logged in from `client` (gateway.peers.client_address) at `when`."""
         async with self.db.transaction() as conn:
             await conn.execute(
                 "INSERT INTO account_clients (account_id, client, last_ok_at) VALUES (?, ?, ?)"
