@@ -465,8 +465,9 @@ def _check(settings: Settings) -> None:
     # DSNs' From: "gw.example.com>, <https://elsewhere/" put a second link in every copy
     if not _HOSTNAME.fullmatch(settings.smtp.hostname):
         raise ConfigError(f"smtp.hostname: expected a DNS name such as mail.example.com "
-                          f"(letters, digits, hyphens, dots; the name this gateway's mail and "
-                          f"unsubscribe addresses use); got {settings.smtp.hostname!r}")
+                          f"(letters, digits, hyphens, dots, without a trailing dot; an "
+                          f"internationalised name in its xn-- form: the name this gateway's "
+                          f"mail and unsubscribe addresses use); got {settings.smtp.hostname!r}")
     d = settings.delivery
     if d.mode == "smtp" and d.username and not d.starttls:
         raise ConfigError("delivery.username is set but delivery.starttls is false: "

@@ -31,14 +31,20 @@ from gateway.store.db import Database
 
 log = logging.getLogger("gateway.retention")
 DAY = 86400.0
-# the person's last own action: an interaction, or a consent they gave (rules.consent_given_at)
+# R4 without the consent: the later of collection and the person's last interaction...
+_BASE_EXPIRED = ("(CASE WHEN last_interaction_at IS NOT NULL AND last_interaction_at >"
+                 " collected_at THEN last_interaction_at + ?1 ELSE collected_at + ?2 END) < ?3")
+# ...unless a consent the person gave since renews it (rules.consent_given_at): the method
+# is read (a Python function, per row) only for rows expired without it whose consent would
+# renew them, not for every granted contact (15.8 s for 1M contacts of distinct methods)
+_RENEWED = ("consent IS 'granted' AND consent_at > collected_at AND consent_at + ?1 >= ?3"
+            " AND NOT invalid_consent_method(consent_method)")
+_EXPIRED = (f"SELECT id, address, address_hash FROM contacts WHERE {_BASE_EXPIRED}"  # noqa: S608
+            f" AND NOT coalesce(({_RENEWED}), 0) ORDER BY id")  # (NULL dates: not renewed)
+# the person's last own action: an interaction, or a consent they gave
 _ACTED = ("max(coalesce(last_interaction_at, 0), CASE WHEN consent = 'granted'"
           " AND consent_at IS NOT NULL AND NOT invalid_consent_method(consent_method)"
           " THEN consent_at ELSE 0 END)")
-_EXPIRED = ("SELECT id, address, address_hash FROM contacts WHERE"  # noqa: S608 - constants
-            f" (CASE WHEN {_ACTED} > collected_at"
-            f"  THEN {_ACTED} + ? ELSE collected_at + ? END) < ?"
-            " ORDER BY id")
 # the clock's start as R4 read it: the later of collection and the person's last own action
 _TOMBSTONE = ("INSERT OR REPLACE INTO retention_purges"  # noqa: S608 - constants
               " (address_hash, clock_start, purged_at)"
