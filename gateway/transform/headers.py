@@ -9,9 +9,8 @@ import re
 from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
 
-# RFC 5322 3.6.4 msg-id, loosely: <left@right>, no blank, one @ at least, and whatever
-# follows (a comment: CFWS); a folded field is unfolded with a blank before it
-# RFC 5322 3.6.4: one msg-id, comments around it allowed ("<a@b> <c@d> junk", "<x@y@z>" not)
+# RFC 5322 3.6.4: one msg-id <left@right>, no blank, one @, with comments (CFWS) around it
+# ("<a@b> <c@d> junk" and "<x@y@z>" are not); a folded field is unfolded with a blank
 _COMMENTS = r"\s*(?:\([^()]*\)\s*)*"
 _MESSAGE_ID = re.compile(rf"{_COMMENTS}<[^<>\s@]+@[^<>\s@]+>{_COMMENTS}")
 STEERING_PREFIX = "x-gateway-"
