@@ -323,13 +323,14 @@ def message(subject: str = "Hello", sender: str = "news@example.com",
             ).encode()
 
 
-GATEWAY_FIELDS = (b"list-unsubscribe:", b"list-unsubscribe-post:", b"dkim-signature:")
+GATEWAY_FIELDS = (b"list-unsubscribe:", b"list-unsubscribe-post:", b"dkim-signature:",
+                  b"received:")
 
 
 def without_gateway_fields(content: bytes) -> bytes:
     """A delivered single-part text copy minus what the gateway adds to every copy: the
-    List-Unsubscribe, List-Unsubscribe-Post and DKIM-Signature fields and the notice at the
-    end of the text (checking that the fields and the notice are there)."""
+    Received, List-Unsubscribe, List-Unsubscribe-Post and DKIM-Signature fields and the
+    notice at the end of the text (checking that the fields and the notice are there)."""
     end = content.find(b"\r\n\r\n")
     head, body = content[:end + 2], content[end + 2:]
     kept, dropping, seen = [], False, set()
@@ -344,7 +345,7 @@ def without_gateway_fields(content: bytes) -> bytes:
             seen.add(name)
         else:
             kept.append(line)
-    assert {b"list-unsubscribe:", b"list-unsubscribe-post:"} <= seen, head
+    assert {b"received:", b"list-unsubscribe:", b"list-unsubscribe-post:"} <= seen, head
     notice = body.rfind(b"\r\n\r\n-- \r\n")  # a single text/plain part: the notice ends it
     assert notice >= 0 and b"Unsubscribe in one click:" in body[notice:], body[-600:]
     assert re.search(rb"http://127\.0\.0\.1:\d+/u/[a-z2-7]{39}\r\n", body[notice:])

@@ -99,6 +99,7 @@ class Copy:
     # copy enters it when released, maybe days after the message was received
     queued_at: float = 0.0
     smtputf8: bool = False  # its message's MAIL said SMTPUTF8 (020_message_smtputf8)
+    client_ip: str = ""  # who handed its message over (the trace field, RFC 5321 4.4)
 
 
 class SentMark(NamedTuple):
@@ -199,7 +200,7 @@ class QueueStore:
                                      claim_until, now, now, contact_id, rule))
                         copies.append(Copy(delivery_id, m.id, m.account, m.mail_from, rcpt,
                                            m.content, 0, m.received_at, contact_id, rule, now,
-                                           m.smtputf8))
+                                           m.smtputf8, m.client_ip))
                         delivery_id += 1
                 refused.extend((message.id, r.recipient, "failed", 0, now, r.error, now, now)
                                for r in message.refused)
@@ -328,8 +329,8 @@ class QueueStore:
         marks = ",".join("?" * len(ids))
         rows = await self.db.fetchall(
             "SELECT d.id, d.message_id, m.account, m.mail_from, d.recipient, m.content,"  # noqa: S608 - marks are "?" only
-            " d.attempts, m.received_at, d.contact_id, d.rule, d.created_at, m.smtputf8"
-            " FROM deliveries d JOIN messages m ON m.id = d.message_id"
+            " d.attempts, m.received_at, d.contact_id, d.rule, d.created_at, m.smtputf8,"
+            " m.client_ip FROM deliveries d JOIN messages m ON m.id = d.message_id"
             f" WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at", ids)
         return [Copy(*tuple(row)) for row in rows]
 

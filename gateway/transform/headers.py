@@ -120,6 +120,20 @@ def safe_field(name: str, value: str) -> bytes:
     return line.encode("ascii") + b"\r\n"
 
 
+def trace_field(client_ip: str, hostname: str, queue_id: str, recipient: str,
+                when: str) -> bytes:
+    """The Received field a relay puts on top of what it passes on (RFC 5321 4.4: a MUST;
+    the next hops count them against loops, and an operator greps the queue id):
+    `from [ip] ([ip]) by hostname with ESMTP id QUEUEID for <rcpt>; date`."""
+    literal = (f"[IPv6:{client_ip}]" if ":" in client_ip else f"[{client_ip}]"
+               if client_ip.isascii() and client_ip.isprintable() and client_ip else "")
+    source = f"{literal} ({literal})" if literal else "unknown"
+    to = (f" for <{recipient}>" if recipient.isascii() and recipient.isprintable()
+          and " " not in recipient else "")  # (an address beyond ASCII: not in a 7-bit field)
+    return safe_field("Received", f"from {source} by {hostname} with ESMTP id {queue_id}{to};"
+                                  f" {when}")
+
+
 def set_unsubscribe(content: bytes, https_url: str, mailto: str) -> bytes:
     """Replace any List-Unsubscribe / List-Unsubscribe-Post the tool set with ours: exactly
     one HTTPS URI and one mailto, and the one-click field (RFC 2369, RFC 8058)."""

@@ -67,6 +67,20 @@ def test_each_copy_gets_its_own_verifiable_one_click_fields(make_gateway, sink: 
     assert len(tokens) == 2  # per recipient
 
 
+def test_each_copy_carries_the_gateways_trace_field_on_top(make_gateway, sink: Sink):
+    """RFC 5321 4.4: a relay MUST put its Received field on what it passes on (hops count
+    them against loops; an operator follows a copy by its queue id). None was added."""
+    gw = make_gateway()
+    queue_id = send(gw, "jane@example.net", message())
+    [copy] = sink.wait_for(1)
+    first = copy.content.split(b"\r\n", 1)[0]
+    assert re.fullmatch(rb"Received: from \[127\.0\.0\.1\] \(\[127\.0\.0\.1\]\) by "
+                        rb"gateway\.test with ESMTP id " + queue_id.encode()
+                        + rb" for <jane@example\.net>; \w{3}, \d{2} \w{3} \d{4} "
+                        rb"\d{2}:\d{2}:\d{2} [-+]\d{4}", first), first
+    assert len(field(copy.content, b"Received")) == 1
+
+
 def test_copies_are_signed_last_and_verify(make_gateway, sink: Sink, tmp_path: Path):
     gw = make_gateway(start=False)
     public = add_dkim_key(gw, tmp_path, "gw1")

@@ -44,3 +44,16 @@ def test_an_identity_field_that_is_missing_or_invalid_is_ours(head: bytes, messa
     assert parsed.get_all("Message-ID") == [message_id]
     assert parsed.get_all("Date") == [date]
     assert out.endswith(b"\r\n\r\nbody\r\n")
+
+
+def test_the_trace_field_is_one_safe_line_whatever_the_client_and_recipient():
+    from gateway.transform.headers import trace_field
+    when = "Fri, 27 Nov 2026 10:00:00 -0000"
+    assert trace_field("2001:db8::1", "gw.example", "ABC123", "jane@example.net", when) == (
+        b"Received: from [IPv6:2001:db8::1] ([IPv6:2001:db8::1]) by gw.example with ESMTP"
+        b" id ABC123 for <jane@example.net>; Fri, 27 Nov 2026 10:00:00 -0000\r\n")
+    # an address beyond ASCII has no place in the 7-bit field: left out, the copy still goes
+    assert b" for " not in trace_field("192.0.2.1", "gw.example", "ABC", "josé@example.fr",
+                                       when)
+    assert trace_field("", "gw.example", "ABC", "a@b.example", when).startswith(
+        b"Received: from unknown by gw.example")
