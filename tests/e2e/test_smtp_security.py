@@ -16,9 +16,9 @@ def plain(user: str, password: str) -> str:
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
 
 
-def tls_session(port: int) -> RawSmtp:
+def tls_session(port: int, source: str | None = None) -> RawSmtp:
     """A session after EHLO, STARTTLS and EHLO again: where AUTH is offered."""
-    s = RawSmtp(port)
+    s = RawSmtp(port, source=source)
     s.cmd("EHLO c")
     s.starttls()
     s.cmd("EHLO c")
@@ -148,6 +148,28 @@ def test_ten_wrong_passwords_lock_the_account_until_unlocked(make_gateway):
     assert code == 454 and text.startswith("4.7.0")  # locked: temporary, even with the password
     assert gw.cli("accounts", "unlock", "crm").returncode == 0
     assert s.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD))[0] == 235
+
+
+def test_a_guesser_who_knows_the_name_cannot_lock_the_tool_out(make_gateway):
+    """COMPLIANCE 7's lockout held for every client: ten wrong passwords from anywhere every
+    15 minutes kept the tool's own logins at 454, and its mail stopped. The address the
+    account logged in from still gets in; any other gets the 454."""
+    gw = make_gateway(trusted=False)
+    tool = tls_session(gw.smtp_port, source="127.0.0.1")
+    assert tool.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD))[0] == 235
+    tool.close()
+    guesser = tls_session(gw.smtp_port, source="127.0.0.2")
+    for _ in range(10):
+        assert guesser.cmd("AUTH PLAIN " + plain("crm", "Wrong-Password-123456!"))[0] == 535
+    assert guesser.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD))[0] == 454
+    guesser.close()
+    stranger = tls_session(gw.smtp_port, source="127.0.0.3")
+    assert stranger.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD))[0] == 454
+    stranger.close()
+    tool = tls_session(gw.smtp_port, source="127.0.0.1")
+    assert tool.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD))[0] == 235
+    assert tool.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    tool.close()
 
 
 def test_an_unknown_name_locks_like_an_account_so_the_454_tells_nothing(make_gateway):
