@@ -22,7 +22,9 @@ def audit() -> None:
               "log must still hold that row with that chain value.")
 @click.option("--json", "as_json", is_flag=True,
               help='{"rows": N, "first_broken": ID|null, "anchor": "ID:HEX"|null, '
-              '"anchor_holds": true|false|null, "unchained": N (rows from before the chain)}')
+              '"anchor_holds": true|false|null, "unchained": N (rows from before the chain), '
+              '"unlinked": N (rows an erasure unlinked from their recipient), '
+              '"unlinked_unchecked": N (of them, rows from before 026: taken as recorded)}')
 @click.pass_obj
 def verify(state: CliState, anchor: str | None, as_json: bool) -> None:
     """Recompute the hash chain of the audit log; exit 1 and name the first row that does not
@@ -49,7 +51,8 @@ def verify(state: CliState, anchor: str | None, as_json: bool) -> None:
     printed = f"{check.last[0]}:{check.last[1].hex()}" if check.last else None
     if as_json:
         print_json({"rows": check.rows, "first_broken": check.first_broken,
-                    "anchor": printed, "anchor_holds": holds, "unchained": check.unchained})
+                    "anchor": printed, "anchor_holds": holds, "unchained": check.unchained,
+                    "unlinked": check.unlinked, "unlinked_unchecked": check.unlinked_unchecked})
     elif check.first_broken is not None:
         click.echo(f"audit log BROKEN at row {check.first_broken}: it was edited, or rows "
                    f"before it were deleted or inserted ({check.rows} rows verified before "
@@ -59,12 +62,19 @@ def verify(state: CliState, anchor: str | None, as_json: bool) -> None:
                    f"its chain was recomputed ({check.rows} rows now)", err=True)
     else:
         click.echo(f"audit log intact: {check.rows} rows, hash chain verified"
+                   + (f" ({check.unlinked} of them unlinked from their recipient by an "
+                      "erasure)" if check.unlinked else "")
                    + (", anchor held" if holds else "")
                    + (f"\nanchor (keep it outside the store): {printed}" if printed else ""))
     if check.unchained:
         click.echo(f"note: the first {check.unchained} rows were written before this store had "
                    "the hash chain (an upgrade from a version without it): they are not "
                    "covered by it", err=True)
+    if check.unlinked_unchecked:
+        click.echo(f"note: {check.unlinked_unchecked} rows written before the upgrade to "
+                   "schema 026 were unlinked from their recipient by an erasure: their chain "
+                   "covered the erased hash, so their content is taken as recorded (the rows "
+                   "after them still verify)", err=True)
     if check.first_broken is not None or holds is False:
         sys.exit(EXIT_REFUSED)
 

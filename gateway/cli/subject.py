@@ -155,8 +155,10 @@ an encoded part (base64, quoted-printable, an encoded word) is named in a warnin
 held copies that keep it.
 
 Kept: the suppression entry (a keyed hash; added if missing), so the next message to EMAIL
-is refused by R1, and the audit log, which holds keyed hashes only. Each erasure is recorded
-(hash, time, operator, what was removed), and open requests from EMAIL are closed. An
+is refused by R1. The audit log keeps its rows about EMAIL (when, which account, which rule,
+what outcome) with the recipient's hash blanked: they name no one, `subject export` no longer
+finds them, and `audit verify` still checks the chain. Each erasure is recorded (hash, time,
+operator, what was removed), and open requests from EMAIL are closed. An
 address whose access request is still open is refused (answer it first) unless --unanswered.
 
 The store is then compacted (VACUUM) once, so the addresses are absent from the database

@@ -1,6 +1,8 @@
 """The audit log: one append-only row per recipient decision (GDPR 5-2 accountability).
 
-Rows name the recipient by its keyed hash only, so the log can be kept after erasure. Rows of
+Rows name the recipient by its keyed hash only, and the chain covers a salted commitment to
+that hash rather than the hash (026_audit_unlinkable): an erasure blanks the hash and the salt
+of the person's rows (`unlink`), which then name no one, and the chain still verifies. Rows of
 an accepted message are written in the same transaction as the message (store/queue.py);
 decisions that led to no message (every recipient refused, or the client gave up before
 DATA) are appended here, batched.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import os
 import sqlite3
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -21,8 +24,10 @@ from gateway.errors import StoreError
 from gateway.store.db import Database, insert_rows
 
 INSERT_HEAD = ("INSERT INTO audit (at, account, client_ip, recipient_hash, rule, decision,"
-               " message_id, notice_version, chain)")
+               " message_id, notice_version, recipient_salt, recipient_commit, chain)")
 GENESIS = bytes(32)
+SALT_BYTES = 16
+UNLINKED = b""  # the recipient_hash of a row whose recipient was erased
 # Rows hashed, then inserted, at a time: the writer thread holds the interpreter lock while it
 # hashes and gives it back inside each INSERT, so the event loop gets it back every 64 rows
 # rather than once for a whole batch (~900 rows after the audit's linger under load).
@@ -36,20 +41,44 @@ WRITE_ROWS = 128
 WRITE_PACE_SECONDS = 0.002
 
 
-def link(previous: bytes, row: Sequence[object]) -> bytes:
+def commitment(salt: bytes, recipient_hash: bytes) -> bytes:
+    """What the chain covers in place of the recipient's hash: SHA-256(salt || hash). With the
+    salt gone (an erasure), it cannot be tied to the address, even by whoever holds the
+    hashing key."""
+    return hashlib.sha256(salt + recipient_hash).digest()
+
+
+def link(previous: bytes, row: Sequence[object], commit: bytes | None = None) -> bytes:
     """The chain value of an audit row: SHA-256 over the previous value and the row's
-    fields (time, account, client IP, recipient hash, rule, decision, message id, then the
-    notice version of a 'sent' row). A row without a notice version hashes as the rows
-    written before the field existed (022_audit_sent), so their chain still verifies."""
+    fields (time, account, client IP, the recipient, rule, decision, message id, then the
+    notice version of a 'sent' row). The recipient is its commitment (`commit`) in rows
+    written since 026_audit_unlinkable, its hash in older ones. A row without a notice
+    version hashes as the rows written before the field existed (022_audit_sent), so their
+    chain still verifies."""
     at, account, client_ip, recipient_hash, rule, decision, message_id = row[:7]
     notice_version = row[7] if len(row) > 7 else None
+    recipient = ("commit:" + commit.hex() if commit is not None
+                 else bytes(recipient_hash).hex())  # type: ignore[call-overload]
     fields = [repr(float(at)),  # type: ignore[arg-type]
-              str(account or ""), str(client_ip),
-              bytes(recipient_hash).hex(),  # type: ignore[call-overload]
+              str(account or ""), str(client_ip), recipient,
               str(rule), str(decision), str(message_id or "")]
     if notice_version is not None:
         fields.append(str(notice_version))
     return hashlib.sha256(previous + "\x1f".join(fields).encode("utf-8")).digest()
+
+
+def _chained(previous: bytes, rows: Sequence[tuple[object, ...]]
+             ) -> tuple[bytes, list[tuple[object, ...]]]:
+    """`rows` (AuditRecord.row()) as inserted after the chain value `previous`: each with its
+    salt, commitment and chain value. Returns the last chain value and the rows."""
+    salts = os.urandom(SALT_BYTES * len(rows))
+    chained = []
+    for index, row in enumerate(rows):
+        salt = salts[index * SALT_BYTES:(index + 1) * SALT_BYTES]
+        commit = commitment(salt, bytes(row[3]))  # type: ignore[call-overload]
+        previous = link(previous, row, commit)
+        chained.append((*row, salt, commit, previous))
+    return previous, chained
 
 
 class AuditCheck(NamedTuple):
@@ -58,6 +87,8 @@ class AuditCheck(NamedTuple):
     last: tuple[int, bytes] | None  # (id, chain) of the last row: the anchor to keep outside
     at_anchor: bytes | None = None  # the chain of the row asked about (verify(anchor=ID))
     unchained: int = 0  # rows at the start written before the chain existed (006)
+    unlinked: int = 0  # rows whose recipient an erasure unlinked (their content still checked)
+    unlinked_unchecked: int = 0  # of them, rows from before 026: chain taken as recorded
 
 
 class Unwritten(NamedTuple):
@@ -101,10 +132,7 @@ def insert_records(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]])
     last = conn.execute("SELECT chain FROM audit ORDER BY id DESC LIMIT 1").fetchone()
     previous = (last[0] if last and last[0] else GENESIS)
     for start in range(0, len(rows), CHAIN_CHUNK):
-        chained = []
-        for row in rows[start:start + CHAIN_CHUNK]:
-            previous = link(previous, row)
-            chained.append((*row, previous))
+        previous, chained = _chained(previous, rows[start:start + CHAIN_CHUNK])
         insert_rows(conn, INSERT_HEAD, chained)
 
 
@@ -114,8 +142,18 @@ async def insert_record_async(conn: aiosqlite.Connection, row: tuple[object, ...
     async with conn.execute("SELECT chain FROM audit ORDER BY id DESC LIMIT 1") as cur:
         last = await cur.fetchone()
     previous = last[0] if last and last[0] else GENESIS
-    await conn.execute(INSERT_HEAD + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (*row, link(previous, row)))
+    _, [chained] = _chained(previous, [row])
+    await conn.execute(INSERT_HEAD + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", chained)
+
+
+async def unlink(conn: aiosqlite.Connection, recipient_hash: bytes) -> int:
+    """Inside an erasure's transaction: blank the recipient's hash and salt in every audit
+    row about it (the only change 026's trigger allows); how many rows. The rows keep what
+    was decided, when and for which account, about no one."""
+    cur = await conn.execute(
+        "UPDATE audit SET recipient_hash = ?, recipient_salt = NULL WHERE recipient_hash = ?",
+        (UNLINKED, recipient_hash))
+    return max(0, cur.rowcount)
 
 
 class AuditLog:
@@ -158,31 +196,43 @@ class AuditLog:
         outside the store by an earlier verify still matches unless rows after it were cut
         or the chain was recomputed over an edit before it."""
         previous = GENESIS
-        checked, last_id, at_anchor, unchained = 0, None, None, 0
+        checked, last_id, at_anchor, unchained, unlinked, unchecked = 0, None, None, 0, 0, 0
         async with self.db.reader.execute(
                 "SELECT id, at, account, client_ip, recipient_hash, rule, decision,"
-                " message_id, notice_version, chain FROM audit ORDER BY id") as cur:
+                " message_id, notice_version, chain, recipient_salt, recipient_commit"
+                " FROM audit ORDER BY id") as cur:
             async for row in cur:
-                if row[9] is None and checked == 0:
+                row_id, chain, salt, commit = int(row[0]), row[9], row[10], row[11]
+                if chain is None and checked == 0:
                     # a store that carried mail before migration 006 added the chain: its
                     # first rows have none, and the first chained row links to GENESIS
                     # (insert_records). Only at the start: a row without a chain after a
                     # chained one is a break (a downgraded program wrote it, or an edit).
                     unchained += 1
                     continue
-                try:
-                    expected = link(previous, tuple(row)[1:9])
-                except (TypeError, ValueError):  # a value of another type written in by hand
-                    return AuditCheck(checked, int(row[0]), None, at_anchor, unchained)
-                if row[9] != expected:
-                    return AuditCheck(checked, int(row[0]), None, at_anchor, unchained)
+                erased = row[4] == UNLINKED
+                unlinked += erased
+                if erased and commit is None:
+                    # written before 026: its chain covers the hash the erasure removed
+                    unchecked += 1
+                    expected = chain
+                else:
+                    try:
+                        if commit is not None and not erased and (
+                                salt is None or commitment(salt, row[4]) != commit):
+                            return AuditCheck(checked, row_id, None, at_anchor, unchained)
+                        expected = link(previous, tuple(row)[1:9], commit)
+                    except (TypeError, ValueError):  # a value of another type written by hand
+                        return AuditCheck(checked, row_id, None, at_anchor, unchained)
+                if chain != expected or not isinstance(expected, bytes):
+                    return AuditCheck(checked, row_id, None, at_anchor, unchained)
                 previous = expected
                 checked += 1
-                last_id = int(row[0])
+                last_id = row_id
                 if last_id == anchor:
                     at_anchor = expected
         return AuditCheck(checked, None, None if last_id is None else (last_id, previous),
-                          at_anchor, unchained)
+                          at_anchor, unchained, unlinked, unchecked)
 
     async def for_recipient(self, recipient_hash: bytes) -> list[AuditRecord]:
         rows = await self.db.fetchall(

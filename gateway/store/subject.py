@@ -4,9 +4,11 @@ An address lives in clear in: the ledger (contacts, with sources and events), qu
 (`deliveries.recipient`), held copies (`quarantine.recipient`), raw messages and their DSNs
 (`messages.content`, `messages.subject`), other rows' free text (a held copy's subject, an
 upstream's error), objection notifications to the accounts
-(`notifications.body`) and data-subject requests (`requests.address`). The suppression list,
-the audit log and the erasure record hold only its keyed hash, so they outlive the erasure:
-an erased address stays refused (R1) and the decisions made about it stay accountable.
+(`notifications.body`) and data-subject requests (`requests.address`). The suppression list
+and the erasure record hold only its keyed hash, so they outlive the erasure: an erased
+address stays refused (R1). The audit log names it by that hash too, until the erasure
+blanks it (store/audit.unlink): the decisions stay accountable (when, which account, which
+rule, what outcome) but name no one, and the chain still verifies.
 
 Matching is on the person form (addresses.person_form: local part lower-cased): `Jane@` and
 `jane@` are the same person here, as they are for objections, but straße@ and strasse@ are
@@ -31,6 +33,7 @@ import idna
 from gateway.addresses import normalize_address, person_form
 from gateway.model import Contact
 from gateway.security.keys import AddressHasher
+from gateway.store.audit import unlink
 from gateway.store.db import Database
 from gateway.store.ledger import CONTACT_COLUMNS, ContactEvent, Ledger, contact_from_row
 from gateway.text import searchable_text
@@ -307,6 +310,10 @@ class SubjectStore:
                 " WHERE id IN (SELECT value FROM json_each(?))", (digest, json.dumps(ids)))}
             await conn.executemany("DELETE FROM notifications WHERE id = ?", [(i,) for i in ids])
             removed["notifications"] = len(ids)
+            # the decisions about the person stay (what was decided, when, for whom) but name
+            # no one (026_audit_unlinkable): export found them by the hash the suppression
+            # entry keeps (COMPLIANCE 6: all of it but the suppression hash)
+            removed["audit_unlinked"] = await unlink(conn, digest)
             closed = await _pseudonymise_requests(conn, key, folded, digest, now, operator)
             removed["requests"] = len(closed[0])
             await conn.execute(

@@ -154,6 +154,8 @@ def test_erasure_leaves_nothing_in_the_file_and_the_next_rcpt_gets_r1(
     assert "contacts 1" in erased.stdout and "quarantine 1" in erased.stdout
     # Marie's queued copy goes; the held message was only for her, the other one is Bob's too.
     assert "deliveries 1, messages 1, messages_scrubbed 1" in erased.stdout
+    # her two decisions (the send, the hold) stay in the audit log, naming no one
+    assert "audit_unlinked 2" in erased.stdout
     assert "added (channel erasure)" in erased.stdout
     # several addresses, one compaction; an invalid one among them erases nothing
     assert gw.cli("subject", "erase", CARL, "not-an-address").returncode == 2
@@ -175,21 +177,28 @@ def test_erasure_leaves_nothing_in_the_file_and_the_next_rcpt_gets_r1(
             " ON m.id = d.message_id WHERE d.state IN ('queued', 'deferred')").fetchall()
         assert recipient == BOB and b"erased@erased.invalid" in content
         assert db.execute("SELECT count(*) FROM audit").fetchone()[0] >= audit_rows
+        # COMPLIANCE 6: nothing but the suppression hash ties the store to her. Her rows keep
+        # what was decided and when, with neither her hash nor the salt of its commitment.
+        unlinked = db.execute("SELECT decision, recipient_salt, recipient_commit FROM audit"
+                              " WHERE recipient_hash = x''").fetchall()
+        assert sorted(row[0] for row in unlinked) == ["allow", "quarantine"]
+        assert all(salt is None and len(commit) == 32 for _, salt, commit in unlinked)
         assert db.execute("SELECT count(*) FROM notifications").fetchone()[0] == 0
         [(address, closed, note)] = db.execute(
             "SELECT address, closed_at, note FROM requests").fetchall()
         assert address.startswith("erased:") and closed and "erasure" in note
         assert db.execute("SELECT operator, removed FROM erasures ORDER BY id").fetchall()[0][0] \
             == "dpo"
-    assert gw.cli("audit", "verify").returncode == 0
+    verified = gw.cli("audit", "verify")
+    assert verified.returncode == 0 and "2 of them unlinked from their recipient" in \
+        verified.stdout, verified.stdout + verified.stderr
     # the two refusals' audit rows are written just after their sessions end
-    after = wait_until(lambda: (d := export(gw, MARIE)) and len(d["decisions"]) == 4 and d,
+    after = wait_until(lambda: (d := export(gw, MARIE)) and len(d["decisions"]) == 2 and d,
                        what="the two refusals audited")
     assert after["ledger"] == [] and len(after["erasures"]) == 1
     assert after["suppression"]["channel"] == "erasure"
-    # The audit log (hashes only) keeps every decision: the two sends, and the two RCPTs since.
-    assert [d["decision"] for d in after["decisions"]] == ["allow", "quarantine", "reject",
-                                                           "reject"]
+    # What is held on her now: the refusals of the two RCPTs since, not her earlier mail.
+    assert [(d["decision"], d["rule"]) for d in after["decisions"]] == [("reject", "R1")] * 2
     assert "were erased" in gw.cli("subject", "export", MARIE, "--format", "text").stdout
     # The old file imported again does not bring her back; the others' rows still import.
     again = gw.cli("contacts", "import", str(tmp_path / "contacts.csv"))

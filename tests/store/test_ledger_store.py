@@ -309,6 +309,55 @@ async def test_a_value_of_another_type_written_into_the_audit_is_a_broken_row(db
     assert (check.rows, check.first_broken) == (1, 2)
 
 
+async def test_an_erasure_unlinks_audit_rows_and_the_chain_still_catches_edits(db, hasher):
+    """COMPLIANCE 6 (erasure deletes all but the suppression hash): the audit log named the
+    recipient by that same hash for ever. `unlink` blanks it and the commitment's salt; what
+    was decided stays checked by the chain, and a recipient swapped on a row still shows."""
+    from gateway.store.audit import commitment, unlink
+
+    log = AuditLog(db)
+    now = time.time()
+    jane, bob = hasher("jane@x.example"), hasher("bob@x.example")
+    await log.append([[AuditRecord(now + i, "crm", "127.0.0.1", (jane, bob)[i % 2], "R6",
+                                   ("allow", "reject")[i % 2], f"M{i}") for i in range(6)]])
+    with sqlite3.connect(db.path) as conn:
+        salts = conn.execute("SELECT recipient_salt, recipient_commit, recipient_hash"
+                             " FROM audit").fetchall()
+    assert len({salt for salt, _, _ in salts}) == 6  # one salt per row: rows are not linkable
+    assert all(commit == commitment(salt, digest) for salt, commit, digest in salts)
+
+    async with db.transaction() as conn:
+        assert await unlink(conn, jane) == 3
+    assert await log.for_recipient(jane) == []
+    assert [r.message_id for r in await log.for_recipient(bob)] == ["M1", "M3", "M5"]
+    check = await log.verify()
+    assert (check.rows, check.first_broken, check.unlinked, check.unlinked_unchecked) == (
+        6, None, 3, 0)
+
+    conn = sqlite3.connect(db.path)
+    for edit in ("UPDATE audit SET recipient_hash = x'' WHERE id = 2",  # salt kept
+                 "UPDATE audit SET recipient_hash = x'', recipient_salt = NULL, decision ="
+                 " 'allow' WHERE id = 2",
+                 "UPDATE audit SET recipient_hash = x'01', recipient_salt = NULL WHERE id = 2"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute(edit)
+    conn.execute("UPDATE audit SET recipient_hash = x'', recipient_salt = NULL WHERE id = 2")
+    conn.commit()  # the one change allowed: the same unlinking
+    assert (await log.verify()).unlinked == 4
+
+    # someone who drops the trigger: an unlinked row's outcome edited, or a kept row given
+    # another recipient, breaks the chain at that row
+    conn.execute("DROP TRIGGER audit_no_update")
+    conn.execute("UPDATE audit SET decision = 'allow' WHERE id = 4")
+    conn.commit()
+    assert (await log.verify()).first_broken == 4
+    conn.execute("UPDATE audit SET decision = 'reject' WHERE id = 4")
+    conn.execute("UPDATE audit SET recipient_hash = ? WHERE id = 6", (jane,))
+    conn.commit()
+    assert (await log.verify())[:2] == (5, 6)
+    conn.close()
+
+
 async def test_contacts_read_on_the_hot_path_are_ordinary_contacts(db, hasher):
     import dataclasses
 

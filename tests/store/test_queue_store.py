@@ -789,6 +789,46 @@ def test_the_audit_sent_migration_keeps_the_chain_and_takes_sent_rows(tmp_path):
     assert sent == [("sent", "fr-2026.11b")]
 
 
+def test_the_unlinkable_audit_migration_keeps_old_chains_and_lets_an_erasure_unlink(tmp_path):
+    """026 adds the salted commitment the chain covers. Rows of an older store still verify
+    (and a kept anchor still holds); an erasure can unlink them too, and verify then takes
+    their chain value as recorded, says so, and still checks every row after them."""
+    import asyncio
+
+    from gateway.store.audit import GENESIS, AuditLog, AuditRecord, link, unlink
+
+    path = tmp_path / "old.db"
+    jane, bob = b"\x0a" * 32, b"\x0b" * 32
+    with store_before(26, path) as conn:
+        previous = GENESIS
+        for i, digest in ((1, jane), (2, bob), (3, jane)):
+            row = (float(i), "crm", "127.0.0.1", digest, "R6", "allow", f"M{i}")
+            previous = link(previous, row)
+            conn.execute("INSERT INTO audit (id, at, account, client_ip, recipient_hash, rule,"
+                         " decision, message_id, chain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (i, *row, previous))
+        anchor = previous
+
+    async def unlinked() -> tuple[object, object, object]:
+        async with Database(path) as database:
+            log = AuditLog(database)
+            old = await log.verify(anchor=3)
+            await log.append([[AuditRecord(4.0, "crm", "127.0.0.1", jane, "R1", "reject")]])
+            async with database.transaction() as conn:
+                assert await unlink(conn, jane) == 3
+            after = await log.verify(anchor=3)
+            with sqlite3.connect(path) as raw:  # an edit of a row after them, trigger dropped
+                raw.execute("DROP TRIGGER audit_no_update")
+                raw.execute("UPDATE audit SET message_id = 'forged' WHERE id = 2")
+            return old, after, await log.verify()
+
+    old, after, edited = asyncio.run(unlinked())
+    assert (old.rows, old.first_broken, old.at_anchor) == (3, None, anchor)
+    assert (after.rows, after.first_broken, after.at_anchor) == (4, None, anchor)
+    assert (after.unlinked, after.unlinked_unchecked) == (3, 2)  # rows 1 and 3 are from before
+    assert edited.first_broken == 2
+
+
 def test_a_start_waits_for_a_long_migration_of_another_process(tmp_path):
     """A migration holds the write lock as long as it takes (022 rebuilds the audit table:
     ~2 s per million rows); another process opening the store meanwhile failed after the
