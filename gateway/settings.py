@@ -399,7 +399,45 @@ _HOST_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_HOST_LABEL}(?:\.{_HOST_LABEL})*")
 
 
+# The shared secrets: the HMAC keys of the opt-out webhook and of the accounts'
+# notifications can be guessed offline from one signed request seen (a notify_url over plain
+# http, a proxy's log), and whoever has the opt-out key can unsubscribe any address; the
+# /metrics token is guessed online. 128 bits, counted as CNIL counts a password's (length x
+# log2 of the alphabet its character classes span): 32 hex digits, 22 letters and digits.
+MIN_SECRET_BITS = 128
+MIN_SECRET_DISTINCT = 8
+_SECRET_SETTINGS = {  # the key, and what leaving it empty does
+    "webhooks.opt_out_secret": "POST /webhooks/opt-out then refuses every request",
+    "webhooks.notify_secret": "opt_out_secret then signs the notifications",
+    "http.metrics_token": "GET /metrics then needs no token"}
+_SECRET_CLASSES = (("abcdefghijklmnopqrstuvwxyz", 26), ("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 26),
+                   ("0123456789", 10), ("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", 33))
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why a shared secret (_SECRET_SETTINGS) is too weak to use; None if it is not."""
+    if any(c.isspace() or not c.isprintable() for c in secret):
+        return "it holds spaces or control characters (a copy-paste error?)"
+    alphabet = sum(size for chars, size in _SECRET_CLASSES if any(c in chars for c in secret))
+    alphabet += 100 if any(not c.isascii() for c in secret) else 0
+    bits = len(secret) * math.log2(alphabet) if alphabet else 0.0
+    if bits < MIN_SECRET_BITS:
+        return f"{int(bits)} bits, at least {MIN_SECRET_BITS} needed"
+    if len(set(secret)) < MIN_SECRET_DISTINCT:
+        return (f"only {len(set(secret))} different characters, at least "
+                f"{MIN_SECRET_DISTINCT} needed")
+    return None
+
+
 def _check(settings: Settings) -> None:
+    for key, empty in _SECRET_SETTINGS.items():
+        section, _, name = key.partition(".")
+        value = getattr(getattr(settings, section), name)
+        problem = secret_problem(value) if value else None
+        if problem:
+            raise ConfigError(f"{key}: too weak a secret ({problem}; the value is not shown). "
+                              "Use a random one, such as the output of `openssl rand -hex 32`, "
+                              f"or leave it empty ({empty})")
     for key, allowed in _CHOICES.items():
         section, _, name = key.partition(".")
         value = getattr(getattr(settings, section), name)

@@ -238,3 +238,32 @@ def test_a_config_error_says_whether_the_file_or_the_environment_gave_the_value(
     config.write_text('[smtp]\nlisten = "0.0.0.0"\n')
     with pytest.raises(ConfigError, match=rf"expected HOST:PORT.*\(in {config}\)$"):
         load_settings(config, environ={})
+
+
+@pytest.mark.parametrize("key", ["webhooks.opt_out_secret", "webhooks.notify_secret",
+                                 "http.metrics_token"])
+def test_a_weak_shared_secret_is_refused_without_showing_it(tmp_path: Path, key: str):
+    """COMPLIANCE 7 (NESTOR: one-character passwords): any opt_out_secret was taken, "x" too;
+    one signed webhook or notification seen let anyone guess a short key offline, and with it
+    sign the unsubscription of every address."""
+    section, _, name = key.partition(".")
+    path = tmp_path / "g.toml"
+    for weak, why in (("x", "4 bits"), ("Summer-2026!", "78 bits"),
+                      ("0123456789abcdef01234567", "124 bits"),
+                      ("ab" * 40, "only 2 different characters"),
+                      ("0123456789abcdef 0123456789abcdef", "spaces")):
+        path.write_text(f'[{section}]\n{name} = "{weak}"\n')
+        with pytest.raises(ConfigError) as error:
+            load_settings(path)
+        text = str(error.value)
+        assert text.startswith(f"{key}: too weak a secret") and why in text, text
+        assert (len(weak) < 4 or weak not in text) and "openssl rand -hex 32" in text
+    for strong in ("0123456789abcdef0123456789abcdef", "Zq7-wR2p!x9Lm4Tb8vN3#kD5"):
+        path.write_text(f'[{section}]\n{name} = "{strong}"\n')
+        assert getattr(getattr(load_settings(path), section), name) == strong
+    path.write_text(f'[{section}]\n{name} = ""\n')  # empty: the feature's own default
+    assert getattr(getattr(load_settings(path), section), name) == ""
+    # from the environment, as INTERFACE.md advises for secrets, the same
+    path.write_text("")
+    with pytest.raises(ConfigError, match="too weak"):
+        load_settings(path, {f"GATEWAY_{section.upper()}_{name.upper()}": "short-secret"})

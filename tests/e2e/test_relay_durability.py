@@ -355,7 +355,7 @@ def test_delivery_counters_are_the_stores_and_outlive_a_restart(make_gateway, si
     With http.metrics_token, /metrics answers only that bearer token (COMPLIANCE.md 7)."""
     import httpx
 
-    gw = make_gateway(http_extra='metrics_token = "m3trics-Token-2026"')
+    gw = make_gateway(http_extra='metrics_token = "m3trics-Token-2026-for-the-tests"')
     send(gw.smtp_port, message(subject="Counted"), to=["jane@example.net", "john@example.org"])
     sink.wait_for(2)
     url = f"http://127.0.0.1:{gw.http_port}/metrics"
@@ -366,7 +366,8 @@ def test_delivery_counters_are_the_stores_and_outlive_a_restart(make_gateway, si
         assert refused.headers["www-authenticate"].startswith("Bearer")
 
     def sent() -> list[str]:
-        text = httpx.get(url, headers={"Authorization": "Bearer m3trics-Token-2026"}).text
+        text = httpx.get(url, headers={
+            "Authorization": "Bearer m3trics-Token-2026-for-the-tests"}).text
         return [line for line in text.splitlines() if "deliveries_sent_total" in line]
 
     wait_until(lambda: sent()[-1].endswith(" 2"), what="two copies counted")
