@@ -22,6 +22,15 @@ def client_address(address: str) -> str:
     return str(ip)
 
 
+def is_loopback(address: str) -> bool:
+    """Whether `address` (an IP address, IPv4-mapped or NAT64 forms too) is this host's
+    loopback; False for anything that is no IP address (a name)."""
+    try:
+        return ipaddress.ip_address(client_address(address)).is_loopback
+    except ValueError:
+        return False
+
+
 def client_key(address: str) -> str:
     """For counting connections: the IPv4 address, or the IPv6 /64 (one host has a /64 of
     addresses to take turns with; a provider sharing one /64 among customers makes them one

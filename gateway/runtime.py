@@ -30,13 +30,14 @@ from gateway.flow import Decider, Flow
 from gateway.notice_templates import load_templates
 from gateway.notify import Notifier
 from gateway.objections import Objections
+from gateway.peers import is_loopback
 from gateway.security.dkim_keys import load_keys as load_dkim_keys
 from gateway.security.keys import AddressHasher, load_store_key
 from gateway.security.tokens import load_token_keys
 from gateway.settings import ControllerSettings, Settings, parse_listen
 from gateway.smtp.auth import Authenticator
 from gateway.smtp.handler import GatewayHandler
-from gateway.smtp.server import GatewaySMTP, is_loopback, start_smtp_server
+from gateway.smtp.server import GatewaySMTP, start_smtp_server
 from gateway.store.accounts import AccountStore
 from gateway.store.audit import AuditLog
 from gateway.store.db import Database

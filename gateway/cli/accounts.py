@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from gateway.cli import (
     when,
 )
 from gateway.errors import NotFound, Refused
+from gateway.peers import is_loopback
 from gateway.security.passwords import hash_password_async, password_problem
 from gateway.store.accounts import CATEGORIES, AccountStore
 from gateway.store.db import Database
@@ -79,13 +79,6 @@ def _split(value: str | None, option: str) -> list[str] | None:
     return items
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _notify_url(value: str | None) -> str | None:
     """An http(s) URL the notification sender can POST to, as given; refused (exit 2) with
     the reason otherwise: urlsplit alone drops tabs and CR/LF and never reads the port, and
@@ -113,7 +106,7 @@ def _notify_url(value: str | None) -> str | None:
         if problem:  # the URL as listed: a password or token in it is not echoed
             fail(f"--notify-url: {problem}: {shown_url(value)!r}", EXIT_USAGE)
         host = (parts.hostname or "").lower()
-        if parts.scheme == "http" and host != "localhost" and not _is_loopback(host):
+        if parts.scheme == "http" and host != "localhost" and not is_loopback(host):
             click.echo(f"warning: --notify-url {shown_url(value)} is plain http: the addresses "
                        "of the people who objected, and any credentials in the URL, cross "
                        "the network in clear text; prefer https", err=True)

@@ -7,7 +7,6 @@ aiosmtpd's defaults are not ours: auth is optional (an open relay), handle_excep
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 import socket
@@ -17,6 +16,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
+from gateway.peers import is_loopback
 from gateway.settings import SmtpSettings
 from gateway.smtp import replies
 from gateway.transform.lines import has_bare_line_end
@@ -124,13 +124,6 @@ _NOT_THE_CLIENTS_ERROR = re.compile(rb"55[03] 5\.7\.1 [RTM]\d|452 |451 ")
 # the replies of a message taken (mail, or an objection by mail): the error count restarts
 _MESSAGE_TAKEN = re.compile(rb"250 2\.0\.0 (?:\S+ Message accepted|Unsubscribe request)")
 UNLIMITED = 2**62
-
-
-def is_loopback(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
 
 
 class GatewaySMTP(SMTP):
