@@ -333,6 +333,14 @@ class Gateway:
                                  len(purged.addresses), purged.summary())
             except Exception:
                 log.exception("housekeeping failed")
+            try:
+                # an erasure or a purge could not empty the WAL of the rows it deleted (a
+                # reader held it): retried here until it can (Database.empty_wal_later)
+                emptied = await self.db.empty_wal_if_due()
+                if emptied:
+                    log.info("the WAL held pages of erased or purged rows: emptied now")
+            except Exception:
+                log.exception("emptying the WAL failed")
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
 
     async def _warn_due_requests(self) -> None:

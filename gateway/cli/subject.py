@@ -144,15 +144,17 @@ def export(state: CliState, email: str, fmt: str, language: str | None,
 
 ERASE_HELP = """Erase each EMAIL (GDPR 17): its ledger entry with sources and events, its
 queued, failed and sent copies, held copies, raw messages only for it, its objection
-notifications, and the address in the requests it made (kept with their dates, named by
-hash). The notify URL of each account that may hold the address (it mailed or decided on
-it, or was told of its objection) is then told at once (event "erasure", GDPR 19), after the
-objections of the address it had not been sent yet; nothing naming the address is kept for
-a retry: an endpoint that fails is named, for the operator to tell that tool. Other
-messages that name it (a DSN, another recipient's queued copy) have it
-replaced by erased@erased.invalid where their bytes show it; one still naming EMAIL inside
-an encoded part (base64, quoted-printable, an encoded word) is named in a warning, with the
-held copies that keep it.
+notifications, the opt-out webhook's event ids for it, and the address and notes of the
+requests it made (kept with their dates, named by hash). The notify URL of each account that
+may hold the address (it mailed or decided on it, or was told of its objection) is then told
+at once (event "erasure", GDPR 19), after the objections of the address it had not been sent
+yet; nothing naming the address is kept for a retry: an endpoint that fails is named, for
+the operator to tell that tool. Other messages that name it (a DSN, another recipient's
+queued copy) have it replaced by erased@erased.invalid where their bytes show it (a display
+name before it in an address field goes too), as do other people's rows quoting it (a
+reviewer's reason, a request's note, an upstream's error, a consent proof); one still naming
+EMAIL inside an encoded part (base64, quoted-printable, an encoded word) is named in a
+warning, with the held copies that keep it.
 
 Kept: the suppression entry (a keyed hash; added if missing), so the next message to EMAIL
 is refused by R1. The audit log keeps its rows about EMAIL (when, which account, which rule,
@@ -163,8 +165,10 @@ address whose access request is still open is refused (answer it first) unless -
 
 The store is then compacted (VACUUM) once, so the addresses are absent from the database
 file: writers wait meanwhile, about 3 s per million contacts; give several addresses to one
-command to pay that once. Nothing is erased when any EMAIL is not an address. Log files
-outside the store are not touched. Asks for confirmation on a terminal; --yes skips it.
+command to pay that once (when a running serve holds the WAL meanwhile, its housekeeping
+empties it within minutes). Nothing is erased when any EMAIL is not an address. Log files
+outside the store are not touched, nor mail already handed on: to the upstream, or to the
+Maildir of delivery.mode = "maildir". Asks for confirmation on a terminal; --yes skips it.
 """
 
 
@@ -211,14 +215,17 @@ def erase(state: CliState, emails: tuple[str, ...], operator: str | None, yes: b
             failed: StoreError | None = None
             try:
                 emptied = await db.compact()  # first: a Ctrl-C in what follows skips nothing
+                if not emptied:
+                    await db.empty_wal_later()
                 for email in emails:
                     warn_encoded(email, await store.encoded_mentions(email))
             except StoreError as exc:
                 failed = exc
         if failed is None:
             click.echo(f"store compacted at {when(time.time())}" if emptied else
-                       "store compacted, but a reader kept old pages in the WAL: they go at "
-                       "the next checkpoint")
+                       "store compacted, but a reader kept old pages in the WAL (the "
+                       "erased rows among them): a running `gateway serve` empties it within "
+                       "minutes; else it goes when the last process using the store ends")
         # the erasures are committed, and the objections they took from the outbox exist
         # only here now: told whatever the compaction did
         for erasure in erasures:

@@ -186,11 +186,17 @@ def _typed_address(address: str) -> str:
     """`rfc822; a@b`, or for an internationalised address RFC 6533's 7-bit `utf-8;` form."""
     if address.isascii():
         return f"rfc822; {address}"
-    encoded = "".join(ch if ch.isascii() and ch not in " \\+=" else f"\\x{{{ord(ch):X}}}"
-                      for ch in address)
+    encoded = dsn_address_form(address)
     if len(encoded) > MAX_VALUE_OCTETS:  # cut, but never inside an escape
         encoded = _PARTIAL_ESCAPE.sub("", encoded[:MAX_VALUE_OCTETS])
     return f"utf-8; {encoded}"
+
+
+def dsn_address_form(address: str) -> str:
+    """RFC 6533 3's 7-bit form of an internationalised address (`jos\\x{E9}@...`), as
+    Final-Recipient gives it."""
+    return "".join(ch if ch.isascii() and ch not in " \\+=" else f"\\x{{{ord(ch):X}}}"
+                   for ch in address)
 
 
 def _headers_only(original: bytes) -> bytes:

@@ -67,6 +67,7 @@ SQL_FUNCTIONS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("subject_form", subject_form), ("shown_url", shown_url),
     ("invalid_consent_method", invalid_consent_method))
 
+WAL_DUE_TASK = "wal-empty-due"  # a row in `maintenance`: Database.empty_wal_later
 CHECKPOINT_BUSY_MS = 100  # empty_wal's wait for readers, each try
 CONNECT_TRIES = 5
 
@@ -535,6 +536,25 @@ class Database:
             if not (row and row[0]):
                 return True
         return False
+
+    async def empty_wal_later(self) -> None:
+        """Note that the WAL still holds page images of rows deleted for privacy (an erasure,
+        a purge) that it could not be emptied of: a running `serve` retries `empty_wal`
+        each minute until it can (`empty_wal_if_due`). SQLite's own checkpoints never
+        shrink or zero the WAL file, and under `serve` its last connection never closes."""
+        await self.write_one("INSERT OR REPLACE INTO maintenance (task, ran_at) VALUES (?, ?)",
+                             (WAL_DUE_TASK, time.time()))
+
+    async def empty_wal_if_due(self, tries: int = 3) -> bool | None:
+        """`empty_wal` when `empty_wal_later` asked for it: None when it had not, else
+        whether the WAL is empty now (the request kept until it is)."""
+        if await self.fetchone("SELECT 1 FROM maintenance WHERE task = ?",
+                               (WAL_DUE_TASK,)) is None:
+            return None
+        if not await self.empty_wal(tries):
+            return False
+        await self.write_one("DELETE FROM maintenance WHERE task = ?", (WAL_DUE_TASK,))
+        return True
 
     async def compact(self) -> bool:
         """Rewrite the file so that nothing deleted survives in it: VACUUM rebuilds every page

@@ -130,8 +130,10 @@ class Retention:
             removed["requests"] = max(0, cur.rowcount)
         # the WAL kept the old pages, the addresses in clear in them, until a checkpoint
         if not await self.db.empty_wal(tries=10):
-            log.warning("retention: a reader kept the WAL from being emptied; the purged "
-                        "rows' old pages go at the next checkpoint")
+            await self.db.empty_wal_later()
+            log.warning("retention: a reader kept the WAL from being emptied; a running "
+                        "serve empties it within minutes (the purged rows' old pages are "
+                        "in it until then)")
         return Purge([row[1] for row in rows], removed)
 
 

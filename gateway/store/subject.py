@@ -31,6 +31,7 @@ import aiosqlite
 import idna
 
 from gateway.addresses import normalize_address, person_form
+from gateway.delivery.dsn import dsn_address_form
 from gateway.model import Contact
 from gateway.security.keys import AddressHasher
 from gateway.store.audit import unlink
@@ -314,7 +315,13 @@ class SubjectStore:
             # no one (026_audit_unlinkable): export found them by the hash the suppression
             # entry keeps (COMPLIANCE 6: all of it but the suppression hash)
             removed["audit_unlinked"] = await unlink(conn, digest)
-            closed = await _pseudonymise_requests(conn, key, folded, digest, now, operator)
+            closed = await _pseudonymise_requests(conn, folded, digest, now, operator)
+            # the opt-out webhook's event ids already seen (kept a day against replays) end
+            # with the address's hash, and the caller's id may name the person or their
+            # record at the ESP (store/ledger.py)
+            cur = await conn.execute("DELETE FROM webhook_events WHERE substr(id, -33) = ?",
+                                     ("#" + digest.hex()[:32],))
+            removed["webhook_events"] = max(0, cur.rowcount)
             removed["requests"] = len(closed[0])
             await conn.execute(
                 "INSERT INTO erasures (address_hash, erased_at, operator, removed)"
@@ -377,27 +384,51 @@ _ENCODED_MARKERS = (b"base64", b"quoted-printable", b"=?", b"%")
 
 def _spellings(key: str) -> re.Pattern[str]:
     """The address as a message may write it: any case, its domain as A-labels (the ledger's
-    form) or as Unicode."""
+    form) or as Unicode, and, for an address beyond ASCII, as a DSN escapes it (`\\x{E9}`
+    in Final-Recipient, RFC 6533; `\\xe9` in the 7-bit Diagnostic-Code)."""
     local, _, domain = key.rpartition("@")
     forms = {domain}
     try:
         forms.add(idna.decode(domain))
     except idna.IDNAError:
         pass
+    addresses = {f"{local}@{form}" for form in forms}
+    for address in list(addresses):
+        if not address.isascii():
+            addresses.add(address.encode("ascii", "backslashreplace").decode("ascii"))
+            addresses.add(dsn_address_form(address))
     # the whole address only: erasing jane@example.net must not rewrite mary.jane@ or
     # jane@example.net.example in another person's queued message. A URL's parameter
     # (?email=jane@example.net) is the address too: its "name=" is kept (`pre`) and put
     # back by erase_in; x=jane@ alone stays another address
-    return re.compile(r"(?P<pre>(?<![\w.!#$%&'*+/=?^`{|}~-])|(?<=[?&;])[\w.-]{1,64}=)(?:"
-                      + "|".join(re.escape(f"{local}@{form}") for form in sorted(forms))
+    return re.compile(r"(?P<pre>(?<![\w.!#$%&'*+/=?^`{|}~\\-])|(?<=[?&;])[\w.-]{1,64}=)(?:"
+                      + "|".join(re.escape(address) for address in sorted(addresses))
                       + r")(?![\w-]|\.[\w-])", re.IGNORECASE)
+
+
+# An address field (RFC 5322 3.6.2-3.6.6, folded lines and all), and in it a display name
+# written before the placeholder: a quoted string, or words (encoded words among them).
+_ADDRESS_FIELD = re.compile(
+    r"^(?:to|cc|bcc|from|reply-to|sender|resent-(?:to|cc|bcc|from|sender)|delivered-to"
+    r"|x-original-to)[ \t]*:(?:[^\r\n]*)(?:\r?\n[ \t][^\r\n]*)*",
+    re.IGNORECASE | re.MULTILINE)
+_FOLDING = r"(?:[ \t]|\r?\n[ \t])*"
+_NAMED_PLACEHOLDER = re.compile(
+    r"(?<=[:,])" + _FOLDING + r'(?:"(?:[^"\\\r\n]|\\.|\r?\n[ \t])*"'
+    r'|(?:[^",:;<>@()\[\]\r\n]|\r?\n[ \t])*?)' + _FOLDING
+    + "<" + re.escape(ERASED_PLACEHOLDER.decode("ascii")) + ">")
 
 
 def erase_in(pattern: re.Pattern[str], text: str) -> str:
     """`text` with every spelling of the address (`_spellings`) replaced by the
-    placeholder."""
+    placeholder, and in an address field the display name that went with it removed
+    (`To: "Marie Curie" <...>` named her still)."""
     placeholder = ERASED_PLACEHOLDER.decode("ascii")
-    return pattern.sub(lambda m: m.group("pre") + placeholder, text)
+    text = pattern.sub(lambda m: m.group("pre") + placeholder, text)
+    if f"<{placeholder}>" not in text:
+        return text
+    return _ADDRESS_FIELD.sub(
+        lambda field: _NAMED_PLACEHOLDER.sub(f" <{placeholder}>", field.group()), text)
 
 
 def _mentions(pattern: re.Pattern[str], content: object, subject: object) -> bool:
@@ -434,10 +465,15 @@ async def _scrub_messages(conn: aiosqlite.Connection, touched: set[str],
     return deleted, len(scrubbed)
 
 
-# other people's rows whose free text may quote the address: a held copy's subject line, an
-# upstream's error for another copy ("550 <jane@...> and <bob@...>"). Not an envelope
-# sender (messages.mail_from): the sending account's address, which queued copies still use.
-_TEXT_COLUMNS = (("quarantine", "subject"), ("deliveries", "last_error"))
+# other people's rows whose free text may quote the address: a held copy's subject line, the
+# rule's reason or the reviewer's, an upstream's error for another copy ("550 <jane@...> and
+# <bob@...>"), an operator's note on another person's request ("on behalf of his wife
+# jane@..."), another contact's consent proof. Not an envelope sender (messages.mail_from):
+# the sending account's address, which queued copies still use. Not the ledger's event log
+# (contact_events: append-only, its proof is what the event was).
+_TEXT_COLUMNS = (("quarantine", "subject"), ("quarantine", "reason"),
+                 ("quarantine", "decision_reason"), ("deliveries", "last_error"),
+                 ("requests", "note"), ("contacts", "consent_proof"))
 
 
 async def _scrub_texts(conn: aiosqlite.Connection, key: str) -> int:
@@ -458,7 +494,7 @@ async def _scrub_texts(conn: aiosqlite.Connection, key: str) -> int:
     return changed
 
 
-async def _pseudonymise_requests(conn: aiosqlite.Connection, key: str, folded: str,
+async def _pseudonymise_requests(conn: aiosqlite.Connection, folded: str,
                                  digest: bytes, now: float, operator: str
                                  ) -> tuple[list[int], list[int]]:
     """Requests from the address keep their dates (accountability: GDPR 12(3) deadlines) but
@@ -479,14 +515,11 @@ async def _pseudonymise_requests(conn: aiosqlite.Connection, key: str, folded: s
              "request was answered", request_id))
         if cur.rowcount:
             closed.append(request_id)
+        else:
+            # an operator's note on a request answered before is about the person ("sent by
+            # post to Jane Doe, 12 rue des Lilas"): it goes, the dates stay
+            await conn.execute(
+                "UPDATE requests SET note = ? WHERE id = ? AND note IS NOT NULL AND note != ''",
+                (f"(note erased with the address, {operator})", request_id))
         await conn.execute("UPDATE requests SET address = ? WHERE id = ?", (marker, request_id))
-    # an operator's note on a request already closed may quote the address too
-    pattern = _spellings(key)
-    async with conn.execute(
-            f"SELECT id, note FROM requests WHERE id IN ({','.join('?' * len(ids))})",  # noqa: S608
-            ids) as cur:
-        notes = [(erase_in(pattern, note), request_id)
-                 for request_id, note in await cur.fetchall()
-                 if note and pattern.search(note)]
-    await conn.executemany("UPDATE requests SET note = ? WHERE id = ?", notes)
     return ids, closed

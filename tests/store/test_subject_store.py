@@ -196,3 +196,85 @@ async def test_an_extension_counts_three_months_from_the_request_in_one_step(db)
     assert opened.due_at == stamp("2026-02-28")
     extended = await requests.extend(opened.id, "complex", now=stamp("2026-02-10"))
     assert extended.due_at == stamp("2026-04-30")
+
+
+async def test_an_erasure_leaves_no_name_escape_note_or_event_id_naming_the_person(db, hasher):
+    """Found by an erasure review: the DSN about José's copy kept `jos\\x{E9}@` (RFC 6533's
+    escape) and `<jos\\xe9@` in its 7-bit fields; Bob's message kept `"José Garcia"` beside
+    the placeholder; a reviewer's reason and another person's request note quoted him; his
+    own answered request kept the operator's note; the webhook's event id (a day) kept the
+    ESP's id for him."""
+    from gateway.delivery.dsn import build_dsn
+    from gateway.store.ledger import Ledger
+    from gateway.store.requests import RequestStore
+
+    jose = "josé@labo.example"
+    import_csv(db, hasher, "email,kind,source_name,source_type\n"
+                           f"{jose},role,Site,direct\nbob@labo.example,role,Site,direct\n")
+    dsn = build_dsn(reporting_mta="gw.example", queue_id="Q1", mail_from="news@example.com",
+                    recipient=jose, status="", diagnostic=f"550 5.1.1 <{jose}> unknown",
+                    arrival_date=time.time(),
+                    original_headers=f'To: "José Garcia" <{jose}>\r\n'.encode())
+    assert b"jos\\x{E9}@labo.example" in dsn and b"jos\\xe9@labo.example" in dsn
+    await add_message(db, "dsn", dsn, [("news@example.com", "queued", None)])
+    shared = ('To: "José Garcia" <JOSÉ@labo.example>,\r\n "Martin, Bob" <bob@labo.example>'
+              '\r\nCc: =?utf-8?q?Jos=C3=A9?=\r\n <josé@labo.example>\r\nSubject: Hi\r\n\r\n'
+              'Bonjour\r\n').encode()
+    await add_message(db, "shared", shared, [("bob@labo.example", "queued", None),
+                                             (jose, "queued", None)])
+    await db.write_one(
+        "INSERT INTO quarantine (message_id, created_at, account, client_ip, mail_from,"
+        " recipient, subject, rule, reason, basis, state, decision_reason) VALUES ('shared',"
+        " 0, 'crm', '192.0.2.1', 'news@example.com', 'bob@labo.example', 'Hi', 'R9', 'r',"
+        " 'b', 'rejected', ?)", (f"Bob is {jose}'s assistant",))
+    requests = RequestStore(db)
+    own = await requests.open(jose, "access")
+    await requests.close(own.id, "sent by post to José Garcia, 12 rue des Lilas")
+    bobs = await requests.open("bob@labo.example", "access")
+    await requests.close(bobs.id, f"asked for his colleague {jose} too")
+    assert await Ledger(db, hasher).suppress_events(
+        [("esp-evt-jose-garcia-42", jose, "complaint")], "webhook", None) == (1, 0)
+
+    erasure = await SubjectStore(db, hasher).erase(jose, "dpo")
+    assert erasure.removed["webhook_events"] == 1
+    dsn_now = await db.fetchone("SELECT content FROM messages WHERE id = 'dsn'")
+    shared_now = await db.fetchone("SELECT content FROM messages WHERE id = 'shared'")
+    assert dsn_now is not None and shared_now is not None
+    assert shared_now[0].startswith(
+        b'To: <erased@erased.invalid>,\r\n "Martin, Bob" <bob@labo.example>\r\n'
+        b"Cc: <erased@erased.invalid>\r\n"), shared_now[0]
+    notes = dict(tuple(r) for r in await db.fetchall("SELECT id, note FROM requests"))
+    assert notes == {own.id: "(note erased with the address, dpo)",
+                     bobs.id: "asked for his colleague erased@erased.invalid too"}
+    [(reason,)] = await db.fetchall("SELECT decision_reason FROM quarantine")
+    assert reason == "Bob is erased@erased.invalid's assistant"
+    assert await db.compact()
+    raw = db.path.read_bytes() + Path(f"{db.path}-wal").read_bytes()
+    for trace in ("josé@", "jos\\x{e9}@", "jos\\xe9@", "garcia", "rue des lilas",
+                  "esp-evt-jose"):
+        assert trace.encode() not in raw.lower(), trace
+    assert b"bob@labo.example" in raw  # Bob's rows are his still
+
+
+async def test_a_wal_a_reader_kept_is_emptied_by_the_next_try(db, hasher):
+    """`subject erase` said the old pages "go at the next checkpoint", but no checkpoint
+    shrinks the WAL or zeroes it: under serve its frames (addresses in clear) stayed for
+    good. Now the request is kept in the store, and serve's housekeeping retries."""
+    import sqlite3
+
+    assert await db.empty_wal_if_due() is None  # nothing asked
+    reader = sqlite3.connect(db.path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM contacts").fetchone()  # holds a snapshot
+    import_csv(db, hasher, "email,kind,source_name,source_type\n"
+                           "held@example.com,role,Site,direct\n")
+    assert not await db.empty_wal(tries=1)
+    await db.empty_wal_later()
+    wal = Path(f"{db.path}-wal")
+    assert await db.empty_wal_if_due(tries=1) is False  # the reader still holds it
+    assert b"held@example.com" in wal.read_bytes()
+    reader.rollback()
+    reader.close()
+    assert await db.empty_wal_if_due(tries=1) is True
+    assert b"held@example.com" not in wal.read_bytes()  # (the request's own removal is)
+    assert await db.empty_wal_if_due() is None  # done: not again
