@@ -340,7 +340,7 @@ class Flow:
 
     def check_message(self, account: Account, content: bytes) -> Decision | None:
         """DATA: M1, the From header must be one of the account's domains."""
-        return m1_from_domain(from_header_domains(content), account.may_send_from)
+        return m1_from_domain(*from_header(content), may_send_from=account.may_send_from)
 
     async def accept(self, *, account: Account, client_ip: str, mail_from: str,
                      verdicts: Sequence[tuple[str, RecipientVerdict]], content: bytes,
@@ -453,11 +453,31 @@ def _without_comments(text: str) -> str | None:
 
 
 def from_header_domains(content: bytes) -> list[str]:
-    """Domains of the mailboxes in the one From header; [] when there is not exactly one.
+    """Domains of the mailboxes in the one From header; [] when there is not exactly one,
+    or it cannot be read (from_header)."""
+    fields = _from_fields(content)
+    if len(fields) != 1:
+        return []
+    return _mailbox_domains(fields[0]) or []
 
-    Hand-parsed on purpose: email.utils.getaddresses on this Python lacks the CVE-2023-27043
-    fix and can be made to return a domain other than the real one.
-    """
+
+def from_header(content: bytes) -> tuple[list[str], str | None]:
+    """For M1: the domains of the mailboxes of the From field, and what makes the header
+    unusable, if anything: none, several (RFC 5322 3.6 allows one; readers show either),
+    or one that cannot be read safely. The reply says which ("domain not allowed" misled)."""
+    fields = _from_fields(content)
+    if not fields:
+        return [], "no From header field"
+    if len(fields) > 1:
+        return [], f"From header field given {len(fields)} times (RFC 5322 3.6: once)"
+    domains = _mailbox_domains(fields[0])
+    if not domains:
+        return [], "From header field unreadable: not a list of plain mailboxes with a domain"
+    return domains, None
+
+
+def _from_fields(content: bytes) -> list[list[str]]:
+    """The From fields of the header section, each as its lines (unfolded in parts)."""
     end = content.find(b"\r\n\r\n")
     head = content if end < 0 else content[:end]
     from_fields: list[list[str]] = []
@@ -471,14 +491,21 @@ def from_header_domains(content: bytes) -> list[str]:
         current = [value] if colon and name.strip().lower() == "from" else None
         if current is not None:
             from_fields.append(current)
-    if len(from_fields) != 1:
-        return []
-    text = _without_comments(" ".join(from_fields[0]))
+    return from_fields
+
+
+def _mailbox_domains(field: list[str]) -> list[str] | None:
+    """The domains of a From field's mailboxes; None when it cannot be read safely.
+
+    Hand-parsed on purpose: email.utils.getaddresses on this Python lacks the CVE-2023-27043
+    fix and can be made to return a domain other than the real one.
+    """
+    text = _without_comments(" ".join(field))
     if text is None:
-        return []
+        return None
     addresses = _ANGLE.findall(text)
     if addresses and "@" in _ANGLE.sub("", text):
-        return []  # an address outside the angle brackets too: ambiguous, refuse
+        return None  # an address outside the angle brackets too: ambiguous, refuse
     addresses = addresses or text.split(",")
     domains = []
     for address in addresses:
@@ -488,7 +515,7 @@ def from_header_domains(content: bytes) -> list[str]:
         # to a reader than the domain after the last "@"
         if (not at or _LOCAL_PART.fullmatch(local) is None or "=?" in local
                 or _DOMAIN.fullmatch(domain) is None):
-            return []
+            return None
         domains.append(domain.lower().rstrip("."))
     return domains
 

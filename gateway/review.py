@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from gateway.errors import Refused
-from gateway.flow import campaign_of, from_header_domains, narrowed_campaign
+from gateway.flow import campaign_of, from_header, narrowed_campaign
 from gateway.model import PolicyKnobs, Verdict
 from gateway.policy import chain
 from gateway.policy.message import m1_from_domain
@@ -57,7 +57,8 @@ class Review:
         # and DATA: the envelope sender, then the From header)
         content = await self.quarantine.content(entry)
         sender_domain = entry.mail_from.rpartition("@")[2].lower().rstrip(".")
-        m1 = m1_from_domain(from_header_domains(content or b""), account.may_send_from)
+        m1 = m1_from_domain(*from_header(content or b""),
+                            may_send_from=account.may_send_from)
         if not account.may_send_from(sender_domain) or m1 is not None:
             raise Refused(f"quarantine entry {entry_id} cannot be released: M1 the sender "
                           f"<{entry.mail_from}> or the From header is not among account "

@@ -36,7 +36,8 @@ def check(state: CliState, account_name: str, recipient: str, sender: str | None
         async with Database(settings.store.path) as db:
             account = await AccountStore(db).require(account_name)
         if sender is not None:
-            refusal = m1_from_domain([sender.rpartition("@")[2]], account.may_send_from)
+            refusal = m1_from_domain([sender.rpartition("@")[2]],
+                                     may_send_from=account.may_send_from)
             if refusal is not None:
                 return refusal
         lookup = LedgerLookup(settings.store.path, hasher_for(settings))

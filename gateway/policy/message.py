@@ -7,11 +7,15 @@ from collections.abc import Callable, Iterable
 from gateway.model import Decision, MessageFacts, Verdict
 
 
-def m1_from_domain(from_domains: Iterable[str],
+def m1_from_domain(from_domains: Iterable[str], problem: str | None = None, *,
                    may_send_from: Callable[[str], bool]) -> Decision | None:
     """M1: the From header must name only domains the account may send for (L.34-5: the
-    sender's identity may not be hidden). No From domain at all is refused too."""
+    sender's identity may not be hidden). No From domain at all is refused too, with
+    `problem` as the reason when the caller knows why (flow.from_header)."""
     domains = list(from_domains)
+    if problem is not None:
+        return Decision(Verdict.REJECT, "M1", problem,
+                        "CPCE L.34-5: the sender's identity may not be disguised")
     if not domains or not all(may_send_from(d) for d in domains):
         return Decision(Verdict.REJECT, "M1", "From header domain not allowed for this account",
                         "CPCE L.34-5: the sender's identity may not be disguised")

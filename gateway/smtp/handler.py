@@ -327,8 +327,11 @@ class GatewayHandler:
         refusal = self.flow.check_message(account, content)
         if refusal is not None:
             self.flow.record_abandoned(account, server.client_ip, verdicts, refusal)
+            log.info("%s refused from=<%s> account=%s nrcpt=%d size=%d: %s %s",
+                     server.client_ip, envelope.mail_from, account.name,
+                     len(envelope.rcpt_tos), len(content), refusal.rule, refusal.reason)
             verdicts.clear()
-            return replies.FROM_NOT_ALLOWED
+            return replies.policy_reject(refusal.rule, refusal.reason)
         decided = list(verdicts)
         verdicts.clear()  # audited with the message, or as abandoned below: never twice
         # shielded: a client gone while its message commits (a reset after the final dot)

@@ -32,7 +32,7 @@ TLS_ALREADY_ACTIVE = "554 5.5.1 TLS already active"  # Postfix's words (RFC 3207
 STARTTLS_SYNTAX = "501 5.5.4 Syntax: STARTTLS"
 
 QUEUED = "250 2.0.0 {queue_id} Message accepted for delivery"
-FROM_NOT_ALLOWED = "550 5.7.1 M1 From header domain not allowed for this account"
+
 CANNOT_COMMIT = "451 4.3.0 Cannot store the message now, try again later"
 INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 BARE_NEWLINE = "521 5.5.2 Bare CR or LF received; lines must end with CRLF"

@@ -329,8 +329,10 @@ class GatewaySMTP(SMTP):
             self._close_now()
             return
         if too_much:
+            self._log_refusal(f"552 over smtp.max_message_bytes ({self.data_size_limit})")
             await self.push("552 Error: Too much mail data")
         elif self._has_long_line(raw):
+            self._log_refusal("500 a line over 1000 octets (RFC 5321 4.5.3.1.6)")
             await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
         else:
             # RFC 5321 4.5.2: remove the dot a client added to lines starting with a dot
@@ -352,6 +354,15 @@ class GatewaySMTP(SMTP):
             await self.push(status)
             return
         self._set_post_data_state()
+
+    def _log_refusal(self, why: str) -> None:
+        """A message refused at DATA by the protocol's limits, logged as the policy's refusals
+        are (handler.handle_DATA): who, which envelope, why."""
+        assert self.envelope is not None
+        account = getattr(self.session, "gateway_account", None)
+        log.info("%s refused from=<%s> account=%s nrcpt=%d: %s", self._client_ip,
+                 self.envelope.mail_from, account.name if account is not None else "-",
+                 len(self.envelope.rcpt_tos), why)
 
     def _has_long_line(self, raw: bytes) -> bool:
         """RFC 5321 4.5.3.1.6: 1000 octets a line with its CRLF, not counting the dot a client

@@ -276,6 +276,27 @@ def test_a_from_header_refusal_is_audited_as_m1(gateway):
     assert rows == [("M1", "reject")]
 
 
+def test_a_message_refused_at_data_says_why_and_is_logged(gateway):
+    """An operator review: a message without From, or with two, was answered "From header
+    domain not allowed for this account" (the domain was allowed), and no refusal at DATA
+    left a line in the log (Postfix logs each as NOQUEUE: reject)."""
+    gw = gateway()
+    for head, reason in (
+            (b"To: <consented@b2c.example>\r\n", "no From header field"),
+            (b"From: <news@example.com>\r\nFrom: <news@example.com>\r\n",
+             "From header field given 2 times (RFC 5322 3.6: once)"),
+            (b"From: ceo@elsewhere.example\r\n",
+             "From header domain not allowed for this account")):
+        s = session(gw)
+        assert s.cmd("RCPT TO:<consented@b2c.example>")[0] == 250
+        assert s.cmd("DATA")[0] == 354
+        code, text = s.cmd(head + b"Subject: Offer\r\n\r\nHello\r\n.")
+        assert (code, text) == (550, f"5.7.1 M1 {reason}")
+        s.cmd("QUIT")
+        wait_until(lambda: f"refused from=<news@example.com> account=crm nrcpt=1" in gw.output
+                   and reason in gw.output, what="the refusal's log line")
+
+
 def test_editing_one_audit_row_makes_audit_verify_name_it(gateway):
     gw = gateway()
     s = session(gw)
@@ -305,9 +326,9 @@ def test_editing_one_audit_row_makes_audit_verify_name_it(gateway):
         conn.execute("UPDATE audit SET decision = 'allow' WHERE id = 2")
         previous = GENESIS
         for row in conn.execute("SELECT id, at, account, client_ip, recipient_hash, rule,"
-                                " decision, message_id, notice_version FROM audit"
-                                " ORDER BY id").fetchall():
-            previous = link(previous, row[1:])
+                                " decision, message_id, notice_version, recipient_commit"
+                                " FROM audit ORDER BY id").fetchall():
+            previous = link(previous, row[1:9], row[9])
             conn.execute("UPDATE audit SET chain = ? WHERE id = ?", (previous, row[0]))
     assert gw.cli("audit", "verify").returncode == 0
     recomputed = gw.cli("audit", "verify", "--anchor", anchor)
@@ -316,7 +337,8 @@ def test_editing_one_audit_row_makes_audit_verify_name_it(gateway):
         conn.execute("UPDATE audit SET rule = 'R99' WHERE id = 3")
     broken = gw.cli("audit", "verify", "--json")
     assert broken.returncode == 1 and json.loads(broken.stdout) == {
-        "rows": 2, "first_broken": 3, "anchor": None, "anchor_holds": None, "unchained": 0}
+        "rows": 2, "first_broken": 3, "anchor": None, "anchor_holds": None, "unchained": 0,
+        "unlinked": 0, "unlinked_unchecked": 0}
     assert gw.cli("audit", "verify", "--anchor", "nonsense").returncode == 2
 
 

@@ -289,6 +289,16 @@ def test_oversize_message_gets_552(make_gateway, sink: Sink):
     code, text = s.reply()
     assert code == 552 and text.startswith("5.3.4")
     assert s.cmd("NOOP")[0] == 250  # session still sane
+    # logged, as the policy's refusals at DATA are (it left no line)
+    assert "refused from=<news@example.com> account=crm nrcpt=1: 552 over " \
+        "smtp.max_message_bytes (100000)" in gw.output
+    # a line over 1000 octets: refused, and logged
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    code, _ = s.cmd(message() + b"y" * 5000 + b"\r\n.")
+    assert code == 500
+    assert "nrcpt=1: 500 a line over 1000 octets" in gw.output
     time.sleep(0.3)
     assert sink.messages == []
 

@@ -9,11 +9,29 @@ from gateway.transform.mime import message_facts
 
 def test_m1_needs_every_from_domain_allowed():
     allowed = {"example.com"}.__contains__
-    assert m1_from_domain(["example.com"], allowed) is None
+    assert m1_from_domain(["example.com"], may_send_from=allowed) is None
     for domains in ([], ["evil.example"], ["example.com", "evil.example"]):
-        decision = m1_from_domain(domains, allowed)
+        decision = m1_from_domain(domains, may_send_from=allowed)
         assert decision is not None and (decision.verdict, decision.rule) == (
             Verdict.REJECT, "M1")
+    decision = m1_from_domain([], "no From header field", may_send_from=allowed)
+    assert decision is not None and (decision.rule, decision.reason) == (
+        "M1", "no From header field")
+
+
+def test_m1_says_what_is_wrong_with_the_from_field():
+    """An operator review: a message without From, or with two From fields of allowed
+    domains, was answered "From header domain not allowed for this account"."""
+    from gateway.flow import from_header
+
+    assert from_header(b"From: a@good.example\r\nSubject: x\r\n\r\n") == (
+        ["good.example"], None)
+    assert from_header(b"Subject: x\r\n\r\nFrom: a@good.example\r\n") == (
+        [], "no From header field")
+    assert from_header(b"From: a@good.example\r\nFrom: a@good.example\r\n\r\n") == (
+        [], "From header field given 2 times (RFC 5322 3.6: once)")
+    assert from_header(b"From: (unterminated <a@good.example>\r\n\r\n")[1] == (
+        "From header field unreadable: not a list of plain mailboxes with a domain")
 
 
 def test_m2_signed_or_encrypted_and_malformed_are_quarantined():
