@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 
 from gateway.compose import Composer, CopySettings
+from gateway.delivery.maildir import MaildirDelivery
 from gateway.delivery.upstream import make_transport
 from gateway.delivery.worker import DeliveryService
 from gateway.errors import ConfigError, Refused
@@ -156,6 +157,12 @@ class Gateway:
                             "for that account if SMTP is reachable from them)", i,
                             client.network, client.account)
         d = s.delivery
+        if d.mode == "maildir":
+            # every copy was deferred, retried for delivery.max_age_hours, then bounced, while
+            # the banner said "mail goes to the Maildir"
+            problem = MaildirDelivery(d.maildir).problem()
+            if problem:
+                raise ConfigError(f"delivery.maildir: cannot deliver into {d.maildir}: {problem}")
         if d.mode == "smtp" and not d.starttls and not _loopback(d.host):
             log.warning("delivery.starttls is false: copies (personal data) go to %s:%d in "
                         "clear text, even if it offers STARTTLS; set delivery.starttls = true",

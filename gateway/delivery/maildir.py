@@ -79,6 +79,18 @@ class MaildirDelivery:
                 os.unlink(new)
             raise
 
+    def problem(self) -> str | None:
+        """Why copies could not be written here, checked at start: None when the Maildir is
+        (or could be made) there and is writable."""
+        try:
+            self._prepare()
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        for sub in ("tmp", "new"):
+            if not os.access(self.root / sub, os.W_OK | os.X_OK):
+                return f"{self.root / sub} is not writable by this user"
+        return None
+
     def _prepare(self) -> None:
         make_private_dirs(self.root.parent)
         if _make_dir(self.root):

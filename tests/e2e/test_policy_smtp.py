@@ -293,8 +293,9 @@ def test_a_message_refused_at_data_says_why_and_is_logged(gateway):
         code, text = s.cmd(head + b"Subject: Offer\r\n\r\nHello\r\n.")
         assert (code, text) == (550, f"5.7.1 M1 {reason}")
         s.cmd("QUIT")
-        wait_until(lambda: f"refused from=<news@example.com> account=crm nrcpt=1" in gw.output
-                   and reason in gw.output, what="the refusal's log line")
+        line = "refused from=<news@example.com> account=crm nrcpt=1 size="
+        wait_until(lambda line=line, reason=reason: line in gw.output and reason in gw.output,
+                   what="the refusal's log line")
 
 
 def test_editing_one_audit_row_makes_audit_verify_name_it(gateway):

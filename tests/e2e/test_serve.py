@@ -102,7 +102,7 @@ def test_config_errors_name_the_key_and_exit_2(tmp_path: Path, body: str, key: s
 
 @pytest.mark.parametrize("case", ["dkim key missing", "tls cert missing", "smtp port taken",
                                   "http port taken", "no notice in the default language",
-                                  "upstream CA file missing"])
+                                  "upstream CA file missing", "maildir not writable"])
 def test_a_start_that_fails_exits_at_once_saying_why(tmp_path: Path, case: str):
     # each fails after the store, the ledger reader and the delivery workers have started:
     # those must not keep the process alive (it hung, deaf to SIGTERM)
@@ -123,6 +123,10 @@ def test_a_start_that_fails_exits_at_once_saying_why(tmp_path: Path, case: str):
         extra=f'[[dkim]]\ndomain = "example.com"\nselector = "s1"\nkey_file = "{missing}"'
         if case == "dkim key missing" else
         '[controller]\ndefault_language = "xx"' if case.startswith("no notice") else "")
+    if case == "maildir not writable":  # every copy was deferred, then bounced
+        (tmp_path / "a-file").write_text("")
+        config.write_text(config.read_text().replace(
+            'mode = "smtp"', f'mode = "maildir"\nmaildir = "{tmp_path / "a-file" / "outbox"}"'))
     try:
         started = time.monotonic()
         result = gateway_cli(config, "serve")
@@ -133,6 +137,10 @@ def test_a_start_that_fails_exits_at_once_saying_why(tmp_path: Path, case: str):
     if case.startswith("no notice"):
         assert result.returncode == 2, result.stderr
         assert "controller.default_language" in result.stderr and "'xx'" in result.stderr
+    elif case == "maildir not writable":
+        assert result.returncode == 2, result.stderr
+        assert "delivery.maildir: cannot deliver into" in result.stderr
+        assert "Not a directory" in result.stderr
     elif case in ("dkim key missing", "tls cert missing", "upstream CA file missing"):
         assert result.returncode == 2, result.stderr
         assert str(missing) in result.stderr
