@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from gateway.addresses import normalize_domain
-from gateway.cli import EXIT_USAGE, CliState, errors_to_exit_codes, fail
+from gateway.cli import EXIT_REFUSED, EXIT_USAGE, CliState, errors_to_exit_codes, fail
 from gateway.security.dkim_keys import dns_record, generate_key
 
 SELECTOR = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}"
@@ -52,7 +52,7 @@ def keygen(state: CliState, domain: str, selector: str, algorithm: str,
         # one TXT record per selector: a second key under it breaks the first signature
         fail(f"--selector: {selector}._domainkey.{domain} already has a key ({taken[0]}); "
              f"give this {algorithm} key a selector of its own, e.g. {selector}"
-             f"{'e' if algorithm == 'ed25519' else 'r'}", EXIT_USAGE)
+             f"{'e' if algorithm == 'ed25519' else 'r'}", EXIT_REFUSED)
     if out is not None and not out.parent.is_dir():
         fail(f"--out: the folder {out.parent} does not exist", EXIT_USAGE)
     with errors_to_exit_codes():

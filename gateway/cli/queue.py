@@ -91,6 +91,10 @@ class QueueRef(click.ParamType):  # type: ignore[type-arg]
         text = str(value).strip()
         if QUEUE_ID.fullmatch(text):
             return text.upper()
+        if not text.isdigit():  # ROW_ID said "'ZZZ' is not a valid integer range"
+            self.fail(f"{text!r} is neither a queue entry's id (a number, `queue list`'s id "
+                      "column) nor a queue id (16 hex digits, as the 250 after DATA named it)",
+                      param, ctx)
         return ROW_ID.convert(text, param, ctx)  # type: ignore[no-any-return]
 
 

@@ -259,7 +259,7 @@ def test_dkim_keygen_refuses_a_selector_taken_and_an_out_folder_missing(config: 
                "--selector", "gw2026")
     assert made.returncode == 0, made.stderr
     clean_failure(run("--config", str(config), "dkim", "keygen", "--domain", "example.com",
-                      "--selector", "gw2026", "--algorithm", "ed25519"), 2,
+                      "--selector", "gw2026", "--algorithm", "ed25519"), 1,  # refused
                   "gw2026._domainkey.example.com already has a key")
     assert run("--config", str(config), "dkim", "keygen", "--domain", "example.com",
                "--selector", "gw2026e", "--algorithm", "ed25519").returncode == 0
@@ -308,3 +308,13 @@ def test_a_store_migrated_by_a_newer_version_is_refused(config: Path, tmp_path: 
         db.execute("INSERT INTO schema_migrations VALUES (999, '999_future.sql', 0)")
     result = gateway_cli(config, "queue", "list")
     clean_failure(result, 1, "newer than this program's")
+
+
+def test_a_queue_reference_that_is_neither_form_says_what_is_expected(config: Path):
+    """An operator review: `queue delete ZZZ` said "'ZZZ' is not a valid integer range",
+    though a queue id (hex) is taken too."""
+    for verb in ("delete", "retry"):
+        clean_failure(run("--config", str(config), "queue", verb, "ZZZ"), 2,
+                      "'ZZZ' is neither a queue entry's id")
+    found = run("--config", str(config), "queue", "delete", "0123456789ABCDEF")
+    assert found.returncode == 1 and "Traceback" not in found.stderr  # a queue id: looked up
