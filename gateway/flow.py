@@ -378,11 +378,12 @@ class Flow:
             else:
                 refused.append(Refusal(recipient, replies.policy_reject(decision.rule,
                                                                         decision.reason)))
+        bounces = {r.recipient: self._bounce(queue_id, mail_from, r, content, received_at)
+                   for r in refused if should_send_dsn(mail_from)}
         message = IncomingMessage(
             queue_id, received_at, account.name, client_ip, mail_from, content,
             tuple(deliver), display_subject(content), tuple(held), tuple(refused),
-            tuple(self._bounce(queue_id, mail_from, r, content, received_at) for r in refused
-                  if should_send_dsn(mail_from)),
+            tuple(bounces.values()),
             tuple(self._audit_records(account, client_ip, verdicts, final)),
             tuple((r, v.contact_id, final[r].rule) for r, v in verdicts if r in deliver),
             steering, smtputf8)
@@ -392,7 +393,9 @@ class Flow:
             log.info("%s quarantined to=<%s> %s: %s", queue_id, h.recipient, h.decision.rule,
                      h.decision.reason)
         for r in refused:
-            log.info("%s refused after DATA to=<%s>: %s", queue_id, r.recipient, r.error)
+            dsn = bounces.get(r.recipient)
+            log.info("%s refused after DATA to=<%s>%s: %s", queue_id, r.recipient,
+                     f", DSN {dsn.id} queued" if dsn else "", r.error)
         return queue_id
 
     def _bounce(self, queue_id: str, mail_from: str, refusal: Refusal, content: bytes,

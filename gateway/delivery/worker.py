@@ -285,7 +285,8 @@ class DeliveryService:
                else None)
         bounces = await self.queue.fail(copy.delivery_id, error, dsn, audit)
         log.warning("delivery %d msg %s to=<%s> failed%s: %s", copy.delivery_id,
-                    copy.message_id, copy.recipient, ", DSN queued" if dsn else "", error)
+                    copy.message_id, copy.recipient, f", DSN {dsn.id} queued" if dsn else "",
+                    error)
         self.dispatch(bounces)
 
     def _dsn_for(self, copy: Copy, error: str, remote_mta: str | None) -> IncomingMessage:

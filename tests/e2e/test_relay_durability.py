@@ -109,6 +109,11 @@ def test_permanent_upstream_failure_ends_failed_with_a_dsn(make_gateway, sink: S
     failed = json.loads(gw.cli("queue", "list", "--failed", "--json").stdout)
     assert [e["recipient"] for e in failed] == ["gone@example.net"]
     assert failed[0]["state"] == "failed" and "550" in failed[0]["last_error"]
+    # the log ties the DSN to the copy it reports (an operator review: "DSN queued" named
+    # no id, and the DSN's own lines came later under an id nothing led to)
+    dsn_id = re.search(r"to=<gone@example.net> failed, DSN ([0-9A-F]{16}) queued", gw.output)
+    assert dsn_id is not None, gw.output
+    assert f"msg {dsn_id.group(1)} to=<news@example.com> sent" in gw.output
 
 
 def test_store_and_keys_are_owner_only(make_gateway, tmp_path):
