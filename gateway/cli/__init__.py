@@ -68,9 +68,14 @@ def _note_a_new_store(settings: Settings) -> None:
     except ConfigError:
         return  # the command reports it where the store is opened
     if not path.exists() and not path.is_symlink():
+        # a relative store.url is read from the working directory, not the config's folder
+        # (an operator review: `--config rel/g.toml` made ./var/gateway.db here, and the
+        # hint to name the config with --config, given already, did not say why)
+        where = ("; store.url is a relative path, read from the working directory, not from "
+                 "the config file's folder" if not path.is_absolute() else "")
         click.echo(f"gateway: no store at {path.absolute()}: making a new, empty one (run "
                    "commands where `gateway serve` runs, or name its config with --config "
-                   "or GATEWAY_CONFIG)", err=True)
+                   f"or GATEWAY_CONFIG{where})", err=True)
 
 
 def fail(message: str, code: int = EXIT_REFUSED) -> None:

@@ -54,6 +54,8 @@ def test_an_empty_gateway_config_means_the_embedded_defaults(tmp_path: Path):
     listed = gateway("accounts", "list", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
     assert (tmp_path / "var" / "gateway.db").exists()
+    # relative, so read from the working directory: said (not from the config's folder)
+    assert "store.url is a relative path, read from the working directory" in listed.stderr
 
 
 @pytest.mark.parametrize("args", [
