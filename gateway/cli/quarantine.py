@@ -271,16 +271,14 @@ def reject(state: CliState, entry_ids: tuple[int, ...], select_all: bool, rule: 
 @quarantine.command()
 @click.option("--older-than", "days", type=click.FloatRange(min=0), required=True,
               help="Reject and delete entries held longer than this many days.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a "
-              "terminal).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @click.option("--operator", help="Who decides (default: the OS user).")
 @click.pass_obj
 def purge(state: CliState, days: float, yes: bool, operator: str | None) -> None:
     """Reject every entry held longer than --older-than days, so held personal data does not
     pile up; their content is deleted, which cannot be undone. Asks first on a terminal
-    (unless --yes; without a terminal --yes is needed), and names each entry it rejected.
-    Recorded as the operator's decision (the automatic purge of quarantine.retention_days
-    is recorded as "purge")."""
+    (unless --yes), and names each entry it rejected. Recorded as the operator's decision
+    (the automatic purge of quarantine.retention_days is recorded as "purge")."""
     who = operator_name(operator)
 
     hasher = hasher_for(state.settings)
@@ -290,11 +288,8 @@ def purge(state: CliState, days: float, yes: bool, operator: str | None) -> None
         async with Database(state.settings.store.path) as db:
             return len(await QuarantineStore(db).held_before(cutoff))
 
-    if not yes:
+    if not yes and sys.stdin.isatty():
         count = run(held)
-        if count and not sys.stdin.isatty():  # as release/reject --all: no one to ask
-            fail(f"purge would reject {count} held entries and delete their content: with no "
-                 "terminal to confirm on, add --yes", EXIT_USAGE)
         if count:
             click.confirm(f"Reject {count} held entries and delete their content?", abort=True)
 

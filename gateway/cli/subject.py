@@ -14,7 +14,6 @@ from gateway.addresses import normalize_address
 from gateway.cli import (
     ADDRESS,
     EXIT_REFUSED,
-    EXIT_USAGE,
     CliState,
     fail,
     hasher_for,
@@ -169,8 +168,7 @@ file: writers wait meanwhile, about 3 s per million contacts; give several addre
 command to pay that once (when a running serve holds the WAL meanwhile, its housekeeping
 empties it within minutes). Nothing is erased when any EMAIL is not an address. Log files
 outside the store are not touched, nor mail already handed on: to the upstream, or to the
-Maildir of delivery.mode = "maildir". Asks for confirmation on a terminal; --yes skips it
-(and is needed without a terminal: a script must say so).
+Maildir of delivery.mode = "maildir". Asks for confirmation on a terminal; --yes skips it.
 """
 
 
@@ -191,11 +189,7 @@ def erase(state: CliState, emails: tuple[str, ...], operator: str | None, yes: b
             normalize_address(email)
         except ValueError as exc:
             fail(f"not a valid address, nothing erased: {exc}")
-    if not yes:
-        if not sys.stdin.isatty():  # a script (ssh host gateway subject erase ...): no one
-            # to ask, and a mistyped address got a permanent suppression entry as it was
-            fail("erasure cannot be undone: with no terminal to confirm on, add --yes",
-                 EXIT_USAGE)
+    if not yes and sys.stdin.isatty():
         click.confirm(f"Erase everything held on {', '.join(emails)}? This cannot be undone",
                       abort=True)
     who = operator_name(operator)

@@ -76,7 +76,7 @@ def test_reject_deletes_the_raw_message_and_purge_empties_the_quarantine(gw):
                               " ON m.id = q.message_id ORDER BY q.id").fetchall()
     assert contents == [(first, 1), (second, 0)]
     assert gw.cli("quarantine", "reject", "999").returncode == 1
-    purged = gw.cli("quarantine", "purge", "--older-than", "0", "--yes")
+    purged = gw.cli("quarantine", "purge", "--older-than", "0")
     assert purged.returncode == 0 and "1 quarantine entry purged" in purged.stdout
     assert f"quarantine entry {second} (" in purged.stdout  # what it rejected, by name
     assert json.loads(gw.cli("quarantine", "list", "--json").stdout) == []
@@ -211,10 +211,7 @@ def test_rejects_and_purges_are_audited_and_release_checks_m1_again(gw, sink: Si
                   ).returncode == 0
     refused = gw.cli("quarantine", "release", str(second))
     assert refused.returncode == 1 and "M1" in refused.stderr, refused.stderr
-    # no terminal to confirm on (a script, ssh): refused without --yes, nothing purged
-    unasked = gw.cli("quarantine", "purge", "--older-than", "0", "--operator", "eve")
-    assert unasked.returncode == 2 and "add --yes" in unasked.stderr, unasked.stderr
-    assert gw.cli("quarantine", "purge", "--older-than", "0", "--operator", "eve", "--yes"
+    assert gw.cli("quarantine", "purge", "--older-than", "0", "--operator", "eve"
                   ).returncode == 0
     with sqlite3.connect(gw.config.parent / "gateway.db") as db:
         rows = db.execute("SELECT client_ip, rule, decision FROM audit"

@@ -411,7 +411,7 @@ def test_the_webhook_suppresses_signed_events_once(gw, sink: Sink):
     # a counter: lifting a suppression takes no objection back, an erasure is none, and the
     # same address objecting again once lifted counts again
     assert gw.cli("suppress", "remove", "ann@example.net").returncode == 0
-    assert gw.cli("subject", "erase", "john@example.org", "--yes").returncode == 0
+    assert gw.cli("subject", "erase", "john@example.org").returncode == 0
     again = json.dumps({"email": "ann@example.net"}).encode()
     assert httpx.post(webhook, content=again, headers={
         "X-Gateway-Signature": sign(again)}).json() == {"suppressed": 1, "replayed": 0}
@@ -845,7 +845,7 @@ def test_an_erased_persons_old_link_never_names_the_next_copy(gw, sink: Sink):
     from gateway.security.tokens import load_token_keys
     keys = load_token_keys(gw.config.parent / "secrets" / "token.key")
     url = deliver(gw, sink, "jane@example.net")  # the highest copy id so far
-    erased = gw.cli("subject", "erase", "jane@example.net", "--yes")
+    erased = gw.cli("subject", "erase", "jane@example.net")
     assert erased.returncode == 0, erased.stderr
     assert "deliveries 1" in erased.stdout
     next_url = deliver(gw, sink, "ann@example.net")
@@ -863,7 +863,7 @@ def test_an_erased_persons_old_link_never_names_the_next_contact(gw, sink: Sink,
     imported must not get it again (SQLite reuses the highest id after a delete unless the
     table is AUTOINCREMENT), or the link suppresses that person and speaks their language."""
     url = deliver(gw, sink, "ann@example.net")  # ann: the highest contact id so far
-    erased = gw.cli("subject", "erase", "ann@example.net", "--yes")
+    erased = gw.cli("subject", "erase", "ann@example.net")
     assert erased.returncode == 0, erased.stderr
     bob = tmp_path / "bob.csv"
     bob.write_text(CSV_HEADER + "\nbob@example.net,person,b2c,prospect,de,,,,,,granted,"
