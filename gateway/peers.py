@@ -23,12 +23,16 @@ def client_address(address: str) -> str:
 
 
 def is_loopback(address: str) -> bool:
-    """Whether `address` (an IP address, IPv4-mapped or NAT64 forms too) is this host's
-    loopback; False for anything that is no IP address (a name)."""
+    """Whether `address` (an IP address, or its IPv4-mapped form) is this host's loopback;
+    False for anything that is no IP address (a name). Not a NAT64 form: 64:ff9b::7f00:1
+    comes over the network (no translator makes it), and plain AUTH is loopback's only."""
     try:
-        return ipaddress.ip_address(client_address(address)).is_loopback
+        ip = ipaddress.ip_address(address.partition("%")[0])
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
 
 
 def client_key(address: str) -> str:

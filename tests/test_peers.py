@@ -12,7 +12,9 @@ from gateway.peers import client_address, client_key, is_loopback
     # a dual-stack listener sees an IPv4 client as ::ffff:a.b.c.d; Python 3.11's
     # ipaddress calls ::ffff:127.0.0.1 not loopback: plain AUTH configured for development
     # on loopback was refused to it, and an http://[::ffff:127.0.0.1] notify URL was warned of
-    ("::ffff:127.0.0.1", True), ("64:ff9b::7f00:1", True),
+    ("::ffff:127.0.0.1", True),
+    # NAT64 of 127.0.0.1 arrives over the network: no translator makes it (diff review)
+    ("64:ff9b::7f00:1", False),
     ("10.0.0.1", False), ("::ffff:10.0.0.1", False), ("2001:db8::1", False),
     ("localhost", False), ("", False)])
 def test_loopback_in_every_form(address: str, loopback: bool):
