@@ -35,7 +35,7 @@ from gateway.peers import is_loopback
 from gateway.security.dkim_keys import load_keys as load_dkim_keys
 from gateway.security.keys import AddressHasher, load_store_key
 from gateway.security.tokens import load_token_keys
-from gateway.settings import ControllerSettings, Settings, parse_listen
+from gateway.settings import ControllerSettings, Settings, parse_listen, weak_secrets
 from gateway.smtp.auth import Authenticator
 from gateway.smtp.handler import GatewayHandler
 from gateway.smtp.server import GatewaySMTP, start_smtp_server
@@ -190,6 +190,8 @@ class Gateway:
 
     async def start(self) -> None:
         s = self.settings
+        for problem in weak_secrets(s):  # (the other commands warn: settings load for all)
+            raise ConfigError(problem)
         await self.db.open()
         self.queue = QueueStore(self.db, self.instance_id)
         accounts = AccountStore(self.db)

@@ -418,6 +418,9 @@ def secret_problem(secret: str) -> str | None:
     """Why a shared secret (_SECRET_SETTINGS) is too weak to use; None if it is not."""
     if any(c.isspace() or not c.isprintable() for c in secret):
         return "it holds spaces or control characters (a copy-paste error?)"
+    for period in range(1, len(secret) // 2 + 1):  # "abcdefgh" * 4, "Summer2026!" * 3
+        if all(secret[i] == secret[i % period] for i in range(len(secret))):
+            return f"{period} characters repeated"
     alphabet = sum(size for chars, size in _SECRET_CLASSES if any(c in chars for c in secret))
     alphabet += 100 if any(not c.isascii() for c in secret) else 0
     bits = len(secret) * math.log2(alphabet) if alphabet else 0.0
@@ -429,15 +432,22 @@ def secret_problem(secret: str) -> str | None:
     return None
 
 
-def _check(settings: Settings) -> None:
+def weak_secrets(settings: Settings) -> list[str]:
+    """What is wrong with each shared secret too weak to use (serve refuses to start with
+    one; the other commands only warn, so that an upgrade leaves the CLI usable)."""
+    found = []
     for key, empty in _SECRET_SETTINGS.items():
         section, _, name = key.partition(".")
         value = getattr(getattr(settings, section), name)
         problem = secret_problem(value) if value else None
         if problem:
-            raise ConfigError(f"{key}: too weak a secret ({problem}; the value is not shown). "
-                              "Use a random one, such as the output of `openssl rand -hex 32`, "
-                              f"or leave it empty ({empty})")
+            found.append(f"{key}: too weak a secret ({problem}; the value is not shown). "
+                         "Use a random one, such as the output of `openssl rand -hex 32`, "
+                         f"or leave it empty ({empty})")
+    return found
+
+
+def _check(settings: Settings) -> None:
     for key, allowed in _CHOICES.items():
         section, _, name = key.partition(".")
         value = getattr(getattr(settings, section), name)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from gateway.errors import ConfigError, GatewayError, NotFound, Refused, StoreError
-from gateway.settings import Settings, load_settings
+from gateway.settings import Settings, load_settings, weak_secrets
 
 T = TypeVar("T")
 
@@ -38,12 +38,23 @@ class CliState:
                 fail(f"config error: {exc}", EXIT_USAGE)
                 raise  # pragma: no cover - fail() exits
             _note_a_new_store(settings)
+            _warn_weak_secrets(settings)
             self._settings = settings
         return self._settings
 
 
 # the commands that say themselves where their store is (the banner), or make none
 QUIET_ABOUT_A_NEW_STORE = frozenset({"serve", "dkim keygen"})
+
+
+def _warn_weak_secrets(settings: Settings) -> None:
+    """serve refuses to start with a weak shared secret; the other commands say so and go
+    on (refused by every command, an upgrade left no `audit verify` nor `subject erase`)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.info_name == "serve":
+        return
+    for problem in weak_secrets(settings):
+        click.echo(f"gateway: warning: {problem}; serve refuses to start with it", err=True)
 
 
 def _note_a_new_store(settings: Settings) -> None:

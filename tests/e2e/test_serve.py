@@ -102,7 +102,8 @@ def test_config_errors_name_the_key_and_exit_2(tmp_path: Path, body: str, key: s
 
 @pytest.mark.parametrize("case", ["dkim key missing", "tls cert missing", "smtp port taken",
                                   "http port taken", "no notice in the default language",
-                                  "upstream CA file missing", "maildir not writable"])
+                                  "upstream CA file missing", "maildir not writable",
+                                  "weak webhook secret"])
 def test_a_start_that_fails_exits_at_once_saying_why(tmp_path: Path, case: str):
     # each fails after the store, the ledger reader and the delivery workers have started:
     # those must not keep the process alive (it hung, deaf to SIGTERM)
@@ -123,6 +124,12 @@ def test_a_start_that_fails_exits_at_once_saying_why(tmp_path: Path, case: str):
         extra=f'[[dkim]]\ndomain = "example.com"\nselector = "s1"\nkey_file = "{missing}"'
         if case == "dkim key missing" else
         '[controller]\ndefault_language = "xx"' if case.startswith("no notice") else "")
+    if case == "weak webhook secret":
+        config.write_text(config.read_text() + '[webhooks]\nopt_out_secret = "secret1"\n')
+        # the other commands say it and go on (an upgrade must leave the CLI usable)
+        listed = gateway_cli(config, "accounts", "list")
+        assert listed.returncode == 0 and "webhooks.opt_out_secret: too weak" in listed.stderr
+        assert "secret1" not in listed.stderr
     if case == "maildir not writable":  # every copy was deferred, then bounced
         (tmp_path / "a-file").write_text("")
         config.write_text(config.read_text().replace(
@@ -137,6 +144,9 @@ def test_a_start_that_fails_exits_at_once_saying_why(tmp_path: Path, case: str):
     if case.startswith("no notice"):
         assert result.returncode == 2, result.stderr
         assert "controller.default_language" in result.stderr and "'xx'" in result.stderr
+    elif case == "weak webhook secret":
+        assert result.returncode == 2, result.stderr
+        assert "webhooks.opt_out_secret: too weak a secret" in result.stderr
     elif case == "maildir not writable":
         assert result.returncode == 2, result.stderr
         assert "delivery.maildir: cannot deliver into" in result.stderr
