@@ -406,29 +406,66 @@ def _spellings(key: str) -> re.Pattern[str]:
                       + r")(?![\w-]|\.[\w-])", re.IGNORECASE)
 
 
-# An address field (RFC 5322 3.6.2-3.6.6, folded lines and all), and in it a display name
-# written before the placeholder: a quoted string, or words (encoded words among them).
+# An address field (RFC 5322 3.6.2-3.6.6, folded lines and all) of a header section, and in
+# it the display name written before the placeholder (quoted strings, words, comments) or a
+# comment after it ("jane@example.net (Jane Doe)"). Possessive and atomic throughout: the
+# three runs of white space a plain pattern allowed matched the same spaces, and a folded
+# line of 990 spaces took 3.7 s, three 99 s, inside the erasure's write lock (diff review).
 _ADDRESS_FIELD = re.compile(
     r"^(?:to|cc|bcc|from|reply-to|sender|resent-(?:to|cc|bcc|from|sender)|delivered-to"
-    r"|x-original-to)[ \t]*:(?:[^\r\n]*)(?:\r?\n[ \t][^\r\n]*)*",
-    re.IGNORECASE | re.MULTILINE)
-_FOLDING = r"(?:[ \t]|\r?\n[ \t])*"
+    r"|x-original-to|disposition-notification-to|return-receipt-to|errors-to)[ \t]*:"
+    r"[^\r\n]*+(?:\r?\n[ \t][^\r\n]*+)*+", re.IGNORECASE | re.MULTILINE)
+_WS = r"(?>(?:[ \t]|\r?\n[ \t])*)"
+_COMMENT = r"\((?:[^()\\\r\n]|\\.)*+\)"
+_TOKEN = r'(?:"(?:[^"\\\r\n]|\\.|\r?\n[ \t])*+"|' + _COMMENT + r'|[^\s",:;<>@()\[\]]++)'
+_PLACEHOLDER_RE = re.escape(ERASED_PLACEHOLDER.decode("ascii"))
 _NAMED_PLACEHOLDER = re.compile(
-    r"(?<=[:,])" + _FOLDING + r'(?:"(?:[^"\\\r\n]|\\.|\r?\n[ \t])*"'
-    r'|(?:[^",:;<>@()\[\]\r\n]|\r?\n[ \t])*?)' + _FOLDING
-    + "<" + re.escape(ERASED_PLACEHOLDER.decode("ascii")) + ">")
+    r"(?<=[:,])" + _WS + r"(?:" + _TOKEN + r"(?:" + _WS + _TOKEN + r")*+" + _WS + r")?+"
+    + "<" + _PLACEHOLDER_RE + ">")
+_COMMENTED_PLACEHOLDER = re.compile("(<?" + _PLACEHOLDER_RE + ">?)" + _WS + _COMMENT)
+# where a header section starts besides the message's own: the part of a DSN or a
+# forwarded message that holds another message's header (text/rfc822-headers, message/*)
+_EMBEDDED_HEADER = re.compile(
+    r"^content-type:[ \t]*+(?:text/rfc822-headers|message/(?:rfc822|global-headers|global))"
+    r"\b", re.IGNORECASE | re.MULTILINE)
+_BLANK_LINE = re.compile(r"\r?\n\r?\n")
 
 
-def erase_in(pattern: re.Pattern[str], text: str) -> str:
+def erase_in(pattern: re.Pattern[str], text: str, *, message: bool = False) -> str:
     """`text` with every spelling of the address (`_spellings`) replaced by the
-    placeholder, and in an address field the display name that went with it removed
-    (`To: "Marie Curie" <...>` named her still)."""
+    placeholder; in a `message`, the display name that went with it in an address field of
+    a header section is removed too (`To: "Marie Curie" <...>` named her still), and
+    nothing else: a body's "From: now on, ... Jane Doe <...>" is prose."""
     placeholder = ERASED_PLACEHOLDER.decode("ascii")
     text = pattern.sub(lambda m: m.group("pre") + placeholder, text)
-    if f"<{placeholder}>" not in text:
+    if not message or placeholder not in text:
         return text
-    return _ADDRESS_FIELD.sub(
-        lambda field: _NAMED_PLACEHOLDER.sub(f" <{placeholder}>", field.group()), text)
+
+    def unnamed(field: re.Match[str]) -> str:
+        value = _NAMED_PLACEHOLDER.sub(f" <{placeholder}>", field.group())
+        return _COMMENTED_PLACEHOLDER.sub(r"\1", value)
+
+    pieces, done = [], 0
+    for start, end in _header_sections(text):
+        pieces += [text[done:start], _ADDRESS_FIELD.sub(unnamed, text[start:end])]
+        done = end
+    return "".join(pieces) + text[done:]
+
+
+def _header_sections(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the message's header section and of each header section held in a
+    part (`_EMBEDDED_HEADER`: after that part's own header, up to its next blank line)."""
+    first = _BLANK_LINE.search(text)
+    sections = [(0, first.start() if first else len(text))]
+    for part in _EMBEDDED_HEADER.finditer(text):
+        own_end = _BLANK_LINE.search(text, part.end())
+        if own_end is None:
+            continue
+        held_end = _BLANK_LINE.search(text, own_end.end())
+        start = own_end.end()
+        if start >= sections[-1][1]:
+            sections.append((start, held_end.start() if held_end else len(text)))
+    return sections
 
 
 def _mentions(pattern: re.Pattern[str], content: object, subject: object) -> bool:
@@ -457,8 +494,9 @@ async def _scrub_messages(conn: aiosqlite.Connection, touched: set[str],
     async with conn.execute("SELECT id, content, subject FROM messages"
                             " WHERE mentions_subject(content, subject)") as cur:
         async for row in cur:
-            content = erase_in(pattern, row[1].decode("utf-8", "surrogateescape")).encode(
-                "utf-8", "surrogateescape") if row[1] is not None else None
+            content = erase_in(pattern, row[1].decode("utf-8", "surrogateescape"),
+                               message=True).encode("utf-8", "surrogateescape") \
+                if row[1] is not None else None
             subject = erase_in(pattern, row[2]) if row[2] is not None else None
             scrubbed.append((content, subject, row[0]))
     await conn.executemany("UPDATE messages SET content = ?, subject = ? WHERE id = ?", scrubbed)

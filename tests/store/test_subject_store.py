@@ -278,3 +278,35 @@ async def test_a_wal_a_reader_kept_is_emptied_by_the_next_try(db, hasher):
     assert await db.empty_wal_if_due(tries=1) is True
     assert b"held@example.com" not in wal.read_bytes()  # (the request's own removal is)
     assert await db.empty_wal_if_due() is None  # done: not again
+
+
+def test_display_names_go_only_from_header_sections_and_in_linear_time():
+    """Diff review: the display-name pattern ran over bodies and notes ("From: now on, our
+    DPO is Jane Doe <...>" lost its prose), missed comments and quoted titles, and three
+    folded lines of spaces took 99 s inside the erasure's write lock."""
+    from gateway.store.subject import _spellings, erase_in
+
+    jane = _spellings("jane@example.net")
+    message = ('To: "Dr." Jane (DPO) <jane@example.net>, Bob <bob@example.net>\r\n'
+               "Reply-To: jane@example.net (Jane Doe)\r\n"
+               "Received: from a by b with ESMTP id X for <jane@example.net>; Fri\r\n"
+               "Subject: Hi\r\n\r\n"
+               "From: now on, our DPO is Jane Doe <jane@example.net>\r\n"
+               "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+               "To: Jane Doe <jane@example.net>\r\n\r\n--b--\r\n")
+    assert erase_in(jane, message, message=True) == (
+        "To: <erased@erased.invalid>, Bob <bob@example.net>\r\n"
+        "Reply-To: erased@erased.invalid\r\n"
+        "Received: from a by b with ESMTP id X for <erased@erased.invalid>; Fri\r\n"
+        "Subject: Hi\r\n\r\n"
+        "From: now on, our DPO is Jane Doe <erased@erased.invalid>\r\n"
+        "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        "To: <erased@erased.invalid>\r\n\r\n--b--\r\n")
+    note = "cc: the DPO, please call <jane@example.net>"  # a free-text column: prose
+    assert erase_in(jane, note) == "cc: the DPO, please call <erased@erased.invalid>"
+    started = time.perf_counter()
+    for crafted in ("To:" + (" " * 990 + "\r\n") * 10 + " <jane@example.net>\r\n\r\n",
+                    "To: " + "a " * 40000 + "<jane@example.net>\r\n\r\n",
+                    "To: " + ", " * 40000 + "<jane@example.net>\r\n\r\n"):
+        assert erase_in(jane, crafted, message=True).endswith("<erased@erased.invalid>\r\n\r\n")
+    assert time.perf_counter() - started < 1.0  # (the old pattern: minutes)
