@@ -21,10 +21,10 @@ def audit() -> None:
               help="An anchor printed by an earlier verify and kept outside the store: the "
               "log must still hold that row with that chain value.")
 @click.option("--json", "as_json", is_flag=True,
-              help='{"rows": N, "first_broken": ID|null, "anchor": "ID:HEX"|null, '
-              '"anchor_holds": true|false|null, "unchained": N (rows from before the chain), '
-              '"unlinked": N (rows an erasure unlinked from their recipient), '
-              '"unlinked_unchecked": N (of them, rows from before 026: taken as recorded)}')
+              help='{"rows": N, "first_broken": ID|null, "broken_at_upgrade": true|false, '
+              '"anchor": "ID:HEX"|null, "anchor_holds": true|false|null, '
+              '"anchor_predates_upgrade": true|false, '
+              '"unlinked": N (rows an erasure unlinked from their recipient)}')
 @click.pass_obj
 def verify(state: CliState, anchor: str | None, as_json: bool) -> None:
     """Recompute the hash chain of the audit log; exit 1 and name the first row that does not
@@ -33,7 +33,11 @@ def verify(state: CliState, anchor: str | None, as_json: bool) -> None:
     The chain alone cannot show rows cut from its end, nor a chain recomputed by someone who
     can write the store. So verify prints an anchor (the last row's id and chain value): keep
     it outside the store (a ticket, the monitoring) and pass it back with --anchor; a log cut
-    after it or recomputed before it no longer holds it (exit 1)."""
+    after it or recomputed before it no longer holds it (exit 1).
+
+    The upgrade to schema 026 re-chained the log (over salted commitments to the recipients,
+    which an erasure can unlink) after checking the old chain: a break it found is reported
+    for good, and anchors from before it no longer hold (keep the one printed after it)."""
     wanted: tuple[int, bytes] | None = None
     if anchor is not None:
         row_id, _, value = anchor.partition(":")
@@ -51,12 +55,24 @@ def verify(state: CliState, anchor: str | None, as_json: bool) -> None:
     printed = f"{check.last[0]}:{check.last[1].hex()}" if check.last else None
     if as_json:
         print_json({"rows": check.rows, "first_broken": check.first_broken,
-                    "anchor": printed, "anchor_holds": holds, "unchained": check.unchained,
-                    "unlinked": check.unlinked, "unlinked_unchecked": check.unlinked_unchecked})
+                    "broken_at_upgrade": check.broken_at_upgrade,
+                    "anchor": printed, "anchor_holds": holds,
+                    "anchor_predates_upgrade": check.anchor_predates,
+                    "unlinked": check.unlinked})
+    elif check.broken_at_upgrade:
+        click.echo(f"audit log BROKEN at row {check.first_broken}: the upgrade to schema 026 "
+                   "found it so when it re-chained the log (it was edited, or rows before it "
+                   "were deleted or inserted, before the upgrade)", err=True)
     elif check.first_broken is not None:
         click.echo(f"audit log BROKEN at row {check.first_broken}: it was edited, or rows "
                    f"before it were deleted or inserted ({check.rows} rows verified before "
                    "it)", err=True)
+    elif holds is False and check.anchor_predates:
+        click.echo(f"the anchor {anchor} is from before the upgrade to schema 026, which "
+                   "re-chained the log after checking it: it cannot hold now; keep the anchor "
+                   f"printed here instead ({check.rows} rows, hash chain verified)"
+                   + (f"\nanchor (keep it outside the store): {printed}" if printed else ""),
+                   err=True)
     elif holds is False:
         click.echo(f"audit log does NOT hold the anchor {anchor}: rows were cut from it, or "
                    f"its chain was recomputed ({check.rows} rows now)", err=True)
@@ -66,15 +82,6 @@ def verify(state: CliState, anchor: str | None, as_json: bool) -> None:
                       "erasure)" if check.unlinked else "")
                    + (", anchor held" if holds else "")
                    + (f"\nanchor (keep it outside the store): {printed}" if printed else ""))
-    if check.unchained:
-        click.echo(f"note: the first {check.unchained} rows were written before this store had "
-                   "the hash chain (an upgrade from a version without it): they are not "
-                   "covered by it", err=True)
-    if check.unlinked_unchecked:
-        click.echo(f"note: {check.unlinked_unchecked} rows written before the upgrade to "
-                   "schema 026 were unlinked from their recipient by an erasure: their chain "
-                   "covered the erased hash, so their content is taken as recorded (the rows "
-                   "after them still verify)", err=True)
     if check.first_broken is not None or holds is False:
         sys.exit(EXIT_REFUSED)
 

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -27,6 +28,8 @@ INSERT_HEAD = ("INSERT INTO audit (at, account, client_ip, recipient_hash, rule,
                " message_id, notice_version, recipient_salt, recipient_commit, chain)")
 GENESIS = bytes(32)
 SALT_BYTES = 16
+HASH_BYTES = 32  # the keyed hash of an address (security.keys.AddressHasher)
+RECHAIN_ROWS = 5000  # rows read and rewritten at a time by rechain_for_026
 UNLINKED = b""  # the recipient_hash of a row whose recipient was erased
 # Rows hashed, then inserted, at a time: the writer thread holds the interpreter lock while it
 # hashes and gives it back inside each INSERT, so the event loop gets it back every 64 rows
@@ -67,18 +70,47 @@ def link(previous: bytes, row: Sequence[object], commit: bytes | None = None) ->
     return hashlib.sha256(previous + "\x1f".join(fields).encode("utf-8")).digest()
 
 
-def _chained(previous: bytes, rows: Sequence[tuple[object, ...]]
+def _chained(previous: bytes, rows: Sequence[tuple[object, ...]],
+             erased: dict[bytes, float] | None = None
              ) -> tuple[bytes, list[tuple[object, ...]]]:
     """`rows` (AuditRecord.row()) as inserted after the chain value `previous`: each with its
-    salt, commitment and chain value. Returns the last chain value and the rows."""
+    salt, commitment and chain value. Returns the last chain value and the rows. A row about
+    an address erased (`erased`: hash -> time) is written unlinked (`_born_unlinked`)."""
     salts = os.urandom(SALT_BYTES * len(rows))
     chained = []
     for index, row in enumerate(rows):
         salt = salts[index * SALT_BYTES:(index + 1) * SALT_BYTES]
-        commit = commitment(salt, bytes(row[3]))  # type: ignore[call-overload]
+        digest = bytes(row[3])  # type: ignore[call-overload]
+        commit = commitment(salt, digest)
         previous = link(previous, row, commit)
-        chained.append((*row, salt, commit, previous))
+        if erased and digest in erased and _born_unlinked(row, erased[digest]):
+            chained.append((*row[:3], UNLINKED, *row[4:], None, commit, previous))
+        else:
+            chained.append((*row, salt, commit, previous))
     return previous, chained
+
+
+def _born_unlinked(row: Sequence[object], erased_at: float) -> bool:
+    """A row written after its recipient was erased that is about the time before: an RCPT
+    decided before the erasure and audited after it (the audit lingers), or the 'sent' mark
+    of a copy that was in flight during it (diff review: `subject export` found them). A
+    refusal decided since (R1: the suppression entry at work) names the hash as that does."""
+    return row[5] != "reject" or float(row[0]) <= erased_at  # type: ignore[arg-type]
+
+
+_ERASED_AMONG = ("SELECT address_hash, max(erased_at) FROM erasures WHERE address_hash IN"
+                 " ({}) GROUP BY address_hash")
+
+
+def _erased_among(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]
+                  ) -> dict[bytes, float]:
+    hashes = list({bytes(row[3]) for row in rows})  # type: ignore[call-overload]
+    found: dict[bytes, float] = {}
+    for start in range(0, len(hashes), 500):
+        part = hashes[start:start + 500]
+        found.update((bytes(h), float(t)) for h, t in conn.execute(
+            _ERASED_AMONG.format(",".join("?" * len(part))), part))
+    return found
 
 
 class AuditCheck(NamedTuple):
@@ -86,9 +118,9 @@ class AuditCheck(NamedTuple):
     first_broken: int | None
     last: tuple[int, bytes] | None  # (id, chain) of the last row: the anchor to keep outside
     at_anchor: bytes | None = None  # the chain of the row asked about (verify(anchor=ID))
-    unchained: int = 0  # rows at the start written before the chain existed (006)
     unlinked: int = 0  # rows whose recipient an erasure unlinked (their content still checked)
-    unlinked_unchecked: int = 0  # of them, rows from before 026: chain taken as recorded
+    broken_at_upgrade: bool = False  # first_broken was found by the upgrade to 026
+    anchor_predates: bool = False  # the anchor asked about is from before that upgrade
 
 
 class Unwritten(NamedTuple):
@@ -131,8 +163,9 @@ def insert_records(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]])
         return
     last = conn.execute("SELECT chain FROM audit ORDER BY id DESC LIMIT 1").fetchone()
     previous = (last[0] if last and last[0] else GENESIS)
+    erased = _erased_among(conn, rows)
     for start in range(0, len(rows), CHAIN_CHUNK):
-        previous, chained = _chained(previous, rows[start:start + CHAIN_CHUNK])
+        previous, chained = _chained(previous, rows[start:start + CHAIN_CHUNK], erased)
         insert_rows(conn, INSERT_HEAD, chained)
 
 
@@ -142,8 +175,58 @@ async def insert_record_async(conn: aiosqlite.Connection, row: tuple[object, ...
     async with conn.execute("SELECT chain FROM audit ORDER BY id DESC LIMIT 1") as cur:
         last = await cur.fetchone()
     previous = last[0] if last and last[0] else GENESIS
-    _, [chained] = _chained(previous, [row])
+    async with conn.execute(_ERASED_AMONG.format("?"), (bytes(row[3]),)) as cur:  # type: ignore[call-overload]
+        erased = {bytes(h): float(t) for h, t in await cur.fetchall()}
+    _, [chained] = _chained(previous, [row], erased)
     await conn.execute(INSERT_HEAD + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", chained)
+
+
+async def rechain_for_026(conn: aiosqlite.Connection) -> None:
+    """Migration 026, in its transaction: verify the old chain (over the recipients' hashes),
+    then give every row a salt and commitment and chain it anew over the commitments, from
+    the first row (the rows from before 006 too); what the check found goes to
+    audit_upgrade. Rows are read and rewritten RECHAIN_ROWS at a time."""
+    old_previous = new_previous = GENESIS
+    rows = unchained = 0
+    last_id = first_broken = None
+    old_checked = False  # a chained row seen: the rows without a chain are before it only
+    while True:
+        async with conn.execute(
+                "SELECT id, at, account, client_ip, recipient_hash, rule, decision,"
+                " message_id, notice_version, chain FROM audit WHERE id > ? ORDER BY id"
+                " LIMIT ?", (last_id if last_id is not None else -1, RECHAIN_ROWS)) as cur:
+            batch = [tuple(row) for row in await cur.fetchall()]
+        if not batch:
+            break
+        rewritten = []
+        for row in batch:
+            row_id, fields, chain = int(row[0]), row[1:9], row[9]
+            if first_broken is None:
+                if chain is None and not old_checked:
+                    unchained += 1  # before 006: no chain to check
+                else:
+                    old_checked = True
+                    try:
+                        old_previous = link(old_previous, fields)
+                    except (TypeError, ValueError):
+                        old_previous = b""
+                    if chain != old_previous:
+                        first_broken = row_id
+            digest = fields[3] if isinstance(fields[3], bytes) else str(fields[3]).encode()
+            salt = os.urandom(SALT_BYTES)
+            commit = commitment(salt, digest)
+            try:
+                new_previous = link(new_previous, fields, commit)
+            except (TypeError, ValueError):  # a value of another type: chained as text
+                new_previous = link(new_previous, tuple(str(f) for f in fields), commit)
+            rewritten.append((salt, commit, new_previous, row_id))
+            rows += 1
+            last_id = row_id
+        await conn.executemany("UPDATE audit SET recipient_salt = ?, recipient_commit = ?,"
+                               " chain = ? WHERE id = ?", rewritten)
+    await conn.execute("INSERT INTO audit_upgrade (upgraded_at, rows, last_id, unchained,"
+                       " first_broken) VALUES (?, ?, ?, ?, ?)",
+                       (time.time(), rows, last_id, unchained, first_broken))
 
 
 async def unlink(conn: aiosqlite.Connection, recipient_hash: bytes) -> int:
@@ -195,44 +278,50 @@ class AuditLog:
         the last row's (id, chain), and, for `anchor`, that row's chain: an anchor kept
         outside the store by an earlier verify still matches unless rows after it were cut
         or the chain was recomputed over an edit before it."""
+        upgrade = await self.db.fetchone(
+            "SELECT last_id, first_broken FROM audit_upgrade ORDER BY rowid DESC LIMIT 1")
+        predates = bool(upgrade and anchor is not None and upgrade[0] is not None
+                        and anchor <= upgrade[0])
+        if upgrade and upgrade[1] is not None:
+            # the old chain was broken when 026 re-chained the log: said for good (the new
+            # chain, computed over the edit, would hide it)
+            return AuditCheck(0, int(upgrade[1]), None, None, broken_at_upgrade=True,
+                              anchor_predates=predates)
         previous = GENESIS
-        checked, last_id, at_anchor, unchained, unlinked, unchecked = 0, None, None, 0, 0, 0
+        checked, last_id, at_anchor, unlinked = 0, None, None, 0
         async with self.db.reader.execute(
                 "SELECT id, at, account, client_ip, recipient_hash, rule, decision,"
                 " message_id, notice_version, chain, recipient_salt, recipient_commit"
                 " FROM audit ORDER BY id") as cur:
             async for row in cur:
                 row_id, chain, salt, commit = int(row[0]), row[9], row[10], row[11]
-                if chain is None and checked == 0:
-                    # a store that carried mail before migration 006 added the chain: its
-                    # first rows have none, and the first chained row links to GENESIS
-                    # (insert_records). Only at the start: a row without a chain after a
-                    # chained one is a break (a downgraded program wrote it, or an edit).
-                    unchained += 1
-                    continue
                 erased = row[4] == UNLINKED
+                try:
+                    # every row has its commitment (026 gave the older ones theirs); a kept
+                    # recipient must match it: 32 bytes of hash, 16 of salt (moved between
+                    # the two, the commitment held and the row hid from `subject export`)
+                    if not isinstance(commit, bytes) or not (
+                            (erased and salt is None)
+                            or (isinstance(salt, bytes) and len(salt) == SALT_BYTES
+                                and len(row[4]) == HASH_BYTES
+                                and commitment(salt, row[4]) == commit)):
+                        return AuditCheck(checked, row_id, None, at_anchor, unlinked,
+                                          anchor_predates=predates)
+                    expected = link(previous, tuple(row)[1:9], commit)
+                except (TypeError, ValueError):  # a value of another type written by hand
+                    return AuditCheck(checked, row_id, None, at_anchor, unlinked,
+                                      anchor_predates=predates)
+                if chain != expected:
+                    return AuditCheck(checked, row_id, None, at_anchor, unlinked,
+                                      anchor_predates=predates)
                 unlinked += erased
-                if erased and commit is None:
-                    # written before 026: its chain covers the hash the erasure removed
-                    unchecked += 1
-                    expected = chain
-                else:
-                    try:
-                        if commit is not None and not erased and (
-                                salt is None or commitment(salt, row[4]) != commit):
-                            return AuditCheck(checked, row_id, None, at_anchor, unchained)
-                        expected = link(previous, tuple(row)[1:9], commit)
-                    except (TypeError, ValueError):  # a value of another type written by hand
-                        return AuditCheck(checked, row_id, None, at_anchor, unchained)
-                if chain != expected or not isinstance(expected, bytes):
-                    return AuditCheck(checked, row_id, None, at_anchor, unchained)
                 previous = expected
                 checked += 1
                 last_id = row_id
                 if last_id == anchor:
                     at_anchor = expected
         return AuditCheck(checked, None, None if last_id is None else (last_id, previous),
-                          at_anchor, unchained, unlinked, unchecked)
+                          None if predates else at_anchor, unlinked, anchor_predates=predates)
 
     async def for_recipient(self, recipient_hash: bytes) -> list[AuditRecord]:
         rows = await self.db.fetchall(

@@ -67,6 +67,7 @@ SQL_FUNCTIONS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("subject_form", subject_form), ("shown_url", shown_url),
     ("invalid_consent_method", invalid_consent_method))
 
+AUDIT_RECHAIN_VERSION = 26  # the migration after whose SQL the audit rows are re-chained
 WAL_DUE_TASK = "wal-empty-due"  # a row in `maintenance`: Database.empty_wal_later
 CHECKPOINT_BUSY_MS = 100  # empty_wal's wait for readers, each try
 CONNECT_TRIES = 5
@@ -276,6 +277,10 @@ class Database:
                                      name)
                             continue
                     raise
+                if version == AUDIT_RECHAIN_VERSION:  # in the same transaction
+                    from gateway.store.audit import rechain_for_026  # (audit imports db)
+
+                    await rechain_for_026(conn)
                 broken = await self._broken_references()
                 if len(broken) > already:
                     raise sqlite3.DatabaseError(

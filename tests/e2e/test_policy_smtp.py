@@ -338,8 +338,8 @@ def test_editing_one_audit_row_makes_audit_verify_name_it(gateway):
         conn.execute("UPDATE audit SET rule = 'R99' WHERE id = 3")
     broken = gw.cli("audit", "verify", "--json")
     assert broken.returncode == 1 and json.loads(broken.stdout) == {
-        "rows": 2, "first_broken": 3, "anchor": None, "anchor_holds": None, "unchained": 0,
-        "unlinked": 0, "unlinked_unchecked": 0}
+        "rows": 2, "first_broken": 3, "broken_at_upgrade": False, "anchor": None,
+        "anchor_holds": None, "anchor_predates_upgrade": False, "unlinked": 0}
     assert gw.cli("audit", "verify", "--anchor", "nonsense").returncode == 2
 
 

@@ -770,7 +770,7 @@ def test_the_audit_sent_migration_keeps_the_chain_and_takes_sent_rows(tmp_path):
                 "SELECT id, at, account, client_ip, recipient_hash, rule, decision,"
                 " message_id, chain FROM audit ORDER BY id")]
             log = AuditLog(database)
-            old = await log.verify(anchor=8)
+            old = await log.verify(anchor=8)  # (026 re-chained the log since)
             q = QueueStore(database, "me")
             [[copy]] = await q.commit_messages([incoming("N", "n@x.example")])
             await q.mark_sent([SentMark(copy.delivery_id, "fr-2026.11b", AuditRecord(
@@ -783,50 +783,108 @@ def test_the_audit_sent_migration_keeps_the_chain_and_takes_sent_rows(tmp_path):
             return kept, old, new, sent
 
     kept, old, new, sent = asyncio.run(upgrade())
-    assert kept == [tuple(r) for r in before]
-    assert old.first_broken is None and old.rows == 3 and old.at_anchor == before[-1][8]
+    # ids and contents kept (the chain values too until 026 re-chained them: below)
+    assert [r[:8] for r in kept] == [tuple(r)[:8] for r in before]
+    assert old.first_broken is None and old.rows == 3 and old.anchor_predates
     assert new.first_broken is None and new.rows == 4
     assert sent == [("sent", "fr-2026.11b")]
 
 
-def test_the_unlinkable_audit_migration_keeps_old_chains_and_lets_an_erasure_unlink(tmp_path):
-    """026 adds the salted commitment the chain covers. Rows of an older store still verify
-    (and a kept anchor still holds); an erasure can unlink them too, and verify then takes
-    their chain value as recorded, says so, and still checks every row after them."""
+def test_the_unlinkable_audit_migration_rechains_old_rows_so_an_erasure_unlinks_them(
+        tmp_path):
+    """026 adds the salted commitment the chain covers, and re-chains the rows already there
+    after checking their old chain: a row unlinked later can no longer be tied to its hash
+    by its chain value (diff review: SHA-256(previous || fields) recomputed with each
+    suppression hash found it), and every row verifies, none taken as recorded."""
     import asyncio
 
     from gateway.store.audit import GENESIS, AuditLog, AuditRecord, link, unlink
 
-    path = tmp_path / "old.db"
     jane, bob = b"\x0a" * 32, b"\x0b" * 32
-    with store_before(26, path) as conn:
-        previous = GENESIS
-        for i, digest in ((1, jane), (2, bob), (3, jane)):
-            row = (float(i), "crm", "127.0.0.1", digest, "R6", "allow", f"M{i}")
-            previous = link(previous, row)
-            conn.execute("INSERT INTO audit (id, at, account, client_ip, recipient_hash, rule,"
-                         " decision, message_id, chain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (i, *row, previous))
-        anchor = previous
 
-    async def unlinked() -> tuple[object, object, object]:
+    def old_store(path: Path, edit: bool = False) -> bytes:
+        with store_before(26, path) as conn:
+            previous = GENESIS
+            conn.execute("INSERT INTO audit (id, at, account, client_ip, recipient_hash, rule,"
+                         " decision) VALUES (1, 0.5, 'crm', 'x', ?, 'R6', 'allow')", (bob,))
+            for i, digest in ((2, jane), (3, bob), (4, jane)):  # row 1: from before 006
+                row = (float(i), "crm", "127.0.0.1", digest, "R6", "allow", f"M{i}")
+                previous = link(previous, row)
+                conn.execute("INSERT INTO audit (id, at, account, client_ip, recipient_hash,"
+                             " rule, decision, message_id, chain)"
+                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (i, *row, previous))
+            if edit:  # an edit made before the upgrade, the triggers dropped
+                conn.execute("DROP TRIGGER audit_no_update")
+                conn.execute("UPDATE audit SET decision = 'reject' WHERE id = 3")
+            return previous
+
+    async def upgrade(path: Path) -> tuple[object, ...]:
         async with Database(path) as database:
             log = AuditLog(database)
-            old = await log.verify(anchor=3)
-            await log.append([[AuditRecord(4.0, "crm", "127.0.0.1", jane, "R1", "reject")]])
+            first = await log.verify(anchor=4)
+            await log.append([[AuditRecord(5.0, "crm", "127.0.0.1", jane, "R1", "reject")]])
             async with database.transaction() as conn:
-                assert await unlink(conn, jane) == 3
-            after = await log.verify(anchor=3)
-            with sqlite3.connect(path) as raw:  # an edit of a row after them, trigger dropped
-                raw.execute("DROP TRIGGER audit_no_update")
-                raw.execute("UPDATE audit SET message_id = 'forged' WHERE id = 2")
-            return old, after, await log.verify()
+                unlinked = await unlink(conn, jane)
+            after = await log.verify()
+            rows = [tuple(r) for r in await database.fetchall(
+                "SELECT id, at, account, client_ip, recipient_hash, rule, decision, message_id,"
+                " chain, recipient_salt FROM audit ORDER BY id")]
+            upgrade_row = tuple(await database.fetchone(
+                "SELECT rows, last_id, unchained, first_broken FROM audit_upgrade") or ())
+            return first, unlinked, after, rows, upgrade_row
 
-    old, after, edited = asyncio.run(unlinked())
-    assert (old.rows, old.first_broken, old.at_anchor) == (3, None, anchor)
-    assert (after.rows, after.first_broken, after.at_anchor) == (4, None, anchor)
-    assert (after.unlinked, after.unlinked_unchecked) == (3, 2)  # rows 1 and 3 are from before
-    assert edited.first_broken == 2
+    path = tmp_path / "old.db"
+    old_store(path)
+    first, unlinked, after, rows, upgrade_row = asyncio.run(upgrade(path))
+    assert upgrade_row == (4, 4, 1, None)  # all re-chained, the pre-006 row too
+    assert (first.rows, first.first_broken, first.at_anchor, first.anchor_predates) == (
+        4, None, None, True)  # the old anchor cannot hold: said, not taken as an edit
+    assert unlinked == 3 and (after.rows, after.first_broken, after.unlinked) == (5, None, 3)
+    assert [r[0] for r in rows if r[4] == b""] == [2, 4, 5]
+    previous = GENESIS
+    for row in rows:  # no chain value is the old formula over jane's hash any more
+        assert row[8] != link(previous, (*row[1:4], jane, *row[5:8]))
+        previous = row[8]
+
+    broken = tmp_path / "edited.db"
+    old_store(broken, edit=True)
+    first, _, after, _, upgrade_row = asyncio.run(upgrade(broken))
+    assert upgrade_row[3] == 3  # the edit before the upgrade is kept as found
+    assert (first.first_broken, first.broken_at_upgrade) == (3, True)
+    assert (after.first_broken, after.broken_at_upgrade) == (3, True)  # for good
+
+
+async def test_a_row_passed_off_as_unlinked_or_born_after_an_erasure(tmp_path):
+    """Diff review: a row with its hash blanked and no commitment was taken as an old
+    unlinked row, its chain as recorded: any row could be edited (and rows before it cut)
+    so. And rows written after an erasure (an RCPT's audit that lingered, a copy in flight's
+    'sent' mark) named the person again."""
+    from gateway.security.keys import AddressHasher
+    from gateway.store.audit import AuditLog, AuditRecord
+    from gateway.store.subject import SubjectStore
+
+    hasher = AddressHasher(b"k" * 32)
+    async with Database(tmp_path / "g.db") as database:
+        log = AuditLog(database)
+        jane = hasher("jane@example.net")
+        decided = time.time()
+        await log.append([[AuditRecord(decided + i, "crm", "127.0.0.1", jane, "R6", "allow")
+                           for i in range(3)]])
+        await SubjectStore(database, hasher).erase("jane@example.net", "dpo")
+        erased_at = time.time()
+        await log.append([[AuditRecord(decided, "crm", "127.0.0.1", jane, "R6", "allow"),
+                           AuditRecord(decided + 1, "crm", "delivery", jane, "R6", "sent"),
+                           AuditRecord(erased_at + 1, "crm", "127.0.0.1", jane, "R1",
+                                       "reject")]])
+        assert [r.decision for r in await log.for_recipient(jane)] == ["reject"]
+        check = await log.verify()
+        assert (check.rows, check.first_broken, check.unlinked) == (6, None, 5)
+    with sqlite3.connect(tmp_path / "g.db") as raw:
+        raw.execute("DROP TRIGGER audit_no_update")
+        raw.execute("UPDATE audit SET decision = 'reject', recipient_hash = x'',"
+                    " recipient_salt = NULL, recipient_commit = NULL WHERE id = 2")
+    async with Database(tmp_path / "g.db") as database:
+        assert (await AuditLog(database).verify()).first_broken == 2
 
 
 def test_a_start_waits_for_a_long_migration_of_another_process(tmp_path):
@@ -888,8 +946,9 @@ async def test_copies_refused_by_the_policy_are_counted_for_metrics(db: Database
 
 def test_a_store_that_carried_mail_before_the_chain_existed_still_verifies(tmp_path):
     """Migration 006 added the chain with NULL for the rows already there: `audit verify`
-    said BROKEN at row 1 for ever (a false tamper alarm on every upgraded store). Those rows
-    are counted apart; a row without a chain AFTER chained ones is still a break."""
+    said BROKEN at row 1 for ever (a false tamper alarm on every upgraded store). 026
+    chains them with the rest (over their commitments); a row without a chain or a
+    commitment is a break."""
     import asyncio
 
     from gateway.store.audit import AuditLog, AuditRecord
@@ -913,5 +972,5 @@ def test_a_store_that_carried_mail_before_the_chain_existed_still_verifies(tmp_p
             return intact, await log.verify()
 
     intact, broken = asyncio.run(upgrade())
-    assert (intact.first_broken, intact.rows, intact.unchained) == (None, 1, 3)
-    assert broken.first_broken == 5 and broken.rows == 1
+    assert (intact.first_broken, intact.rows) == (None, 4)
+    assert broken.first_broken == 5 and broken.rows == 4

@@ -8,21 +8,22 @@
 -- erasure blanks the hash (to the empty blob: the column is NOT NULL) and the salt of the
 -- person's rows: what is left (time, account, rule, outcome, message id) names no one, the
 -- commitment cannot be tied to the address without the salt, and `gateway audit verify`
--- still recomputes every link. Rows written before this migration have no commitment: their
--- chain covers the hash itself, so an erased one can no longer be recomputed; verify takes
--- its chain value as recorded and says how many such rows there are.
+-- still recomputes every link.
+--
+-- The rows already there are re-chained so (store/audit.rechain_for_026, run in this
+-- migration's transaction once the SQL below has run): a chain value over the hash itself
+-- would tie an unlinked row to its hash again (SHA-256(previous || fields) recomputed with
+-- each suppression hash). Their old chain is verified first, and what it found is kept in
+-- audit_upgrade: `audit verify` reports a break found then for good. Anchors kept from
+-- before no longer hold (the chain was recomputed): keep the one verify prints after.
+-- ~10 s per million audit rows on the 2-core development machine.
 ALTER TABLE audit ADD COLUMN recipient_salt BLOB;
 ALTER TABLE audit ADD COLUMN recipient_commit BLOB;
--- Still append-only, but for that one change: the hash made empty and the salt removed, every
--- other column as it was.
-DROP TRIGGER audit_no_update;
-CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
-WHEN NOT (NEW.recipient_hash = X'' AND NEW.recipient_salt IS NULL
-          AND NEW.id IS OLD.id AND NEW.at IS OLD.at AND NEW.account IS OLD.account
-          AND NEW.client_ip IS OLD.client_ip AND NEW.rule IS OLD.rule
-          AND NEW.decision IS OLD.decision AND NEW.message_id IS OLD.message_id
-          AND NEW.notice_version IS OLD.notice_version
-          AND NEW.recipient_commit IS OLD.recipient_commit AND NEW.chain IS OLD.chain)
-BEGIN
-    SELECT RAISE(ABORT, 'audit is append-only (an erasure may only unlink its recipient)');
-END;
+DROP TRIGGER IF EXISTS audit_no_update;  -- made again by 027, once the rows are re-chained
+CREATE TABLE audit_upgrade (
+    upgraded_at   REAL NOT NULL,
+    rows          INTEGER NOT NULL,          -- audit rows re-chained
+    last_id       INTEGER,                   -- the last of them (anchors up to it predate it)
+    unchained     INTEGER NOT NULL,          -- of them, rows from before the chain (006)
+    first_broken  INTEGER                    -- the first row whose old chain did not match
+);
