@@ -40,7 +40,7 @@ from gateway.smtp.auth import Authenticator
 from gateway.smtp.handler import GatewayHandler
 from gateway.smtp.server import GatewaySMTP, start_smtp_server
 from gateway.store.accounts import AccountStore
-from gateway.store.audit import AuditLog
+from gateway.store.audit import AuditLog, unlink_late
 from gateway.store.db import Database
 from gateway.store.ledger import Ledger, LedgerLookup, ledger_form
 from gateway.store.notifications import NotificationStore
@@ -335,6 +335,10 @@ class Gateway:
                         await self.ledger.forget_webhook_events(
                             time.time() - WEBHOOK_EVENTS_KEPT_SECONDS)
                         await maintenance_ran(self.db, "webhook-events")
+                    late = await unlink_late(self.db)
+                    if late:
+                        log.info("audit: %d rows written after an erasure about the time "
+                                 "before it unlinked from their recipient", late)
                     if await maintenance_due(self.db, "retention", RETENTION_EVERY_SECONDS):
                         purged = await Retention(self.db, self.settings.policy.knobs()).purge()
                         await maintenance_ran(self.db, "retention")  # only once it is done

@@ -70,47 +70,18 @@ def link(previous: bytes, row: Sequence[object], commit: bytes | None = None) ->
     return hashlib.sha256(previous + "\x1f".join(fields).encode("utf-8")).digest()
 
 
-def _chained(previous: bytes, rows: Sequence[tuple[object, ...]],
-             erased: dict[bytes, float] | None = None
+def _chained(previous: bytes, rows: Sequence[tuple[object, ...]]
              ) -> tuple[bytes, list[tuple[object, ...]]]:
     """`rows` (AuditRecord.row()) as inserted after the chain value `previous`: each with its
-    salt, commitment and chain value. Returns the last chain value and the rows. A row about
-    an address erased (`erased`: hash -> time) is written unlinked (`_born_unlinked`)."""
+    salt, commitment and chain value. Returns the last chain value and the rows."""
     salts = os.urandom(SALT_BYTES * len(rows))
     chained = []
     for index, row in enumerate(rows):
         salt = salts[index * SALT_BYTES:(index + 1) * SALT_BYTES]
-        digest = bytes(row[3])  # type: ignore[call-overload]
-        commit = commitment(salt, digest)
+        commit = commitment(salt, bytes(row[3]))  # type: ignore[call-overload]
         previous = link(previous, row, commit)
-        if erased and digest in erased and _born_unlinked(row, erased[digest]):
-            chained.append((*row[:3], UNLINKED, *row[4:], None, commit, previous))
-        else:
-            chained.append((*row, salt, commit, previous))
+        chained.append((*row, salt, commit, previous))
     return previous, chained
-
-
-def _born_unlinked(row: Sequence[object], erased_at: float) -> bool:
-    """A row written after its recipient was erased that is about the time before: an RCPT
-    decided before the erasure and audited after it (the audit lingers), or the 'sent' mark
-    of a copy that was in flight during it (diff review: `subject export` found them). A
-    refusal decided since (R1: the suppression entry at work) names the hash as that does."""
-    return row[5] != "reject" or float(row[0]) <= erased_at  # type: ignore[arg-type]
-
-
-_ERASED_AMONG = ("SELECT address_hash, max(erased_at) FROM erasures WHERE address_hash IN"
-                 " ({}) GROUP BY address_hash")
-
-
-def _erased_among(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]
-                  ) -> dict[bytes, float]:
-    hashes = list({bytes(row[3]) for row in rows})  # type: ignore[call-overload]
-    found: dict[bytes, float] = {}
-    for start in range(0, len(hashes), 500):
-        part = hashes[start:start + 500]
-        found.update((bytes(h), float(t)) for h, t in conn.execute(
-            _ERASED_AMONG.format(",".join("?" * len(part))), part))
-    return found
 
 
 class AuditCheck(NamedTuple):
@@ -163,9 +134,8 @@ def insert_records(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]])
         return
     last = conn.execute("SELECT chain FROM audit ORDER BY id DESC LIMIT 1").fetchone()
     previous = (last[0] if last and last[0] else GENESIS)
-    erased = _erased_among(conn, rows)
     for start in range(0, len(rows), CHAIN_CHUNK):
-        previous, chained = _chained(previous, rows[start:start + CHAIN_CHUNK], erased)
+        previous, chained = _chained(previous, rows[start:start + CHAIN_CHUNK])
         insert_rows(conn, INSERT_HEAD, chained)
 
 
@@ -175,10 +145,45 @@ async def insert_record_async(conn: aiosqlite.Connection, row: tuple[object, ...
     async with conn.execute("SELECT chain FROM audit ORDER BY id DESC LIMIT 1") as cur:
         last = await cur.fetchone()
     previous = last[0] if last and last[0] else GENESIS
-    async with conn.execute(_ERASED_AMONG.format("?"), (bytes(row[3]),)) as cur:  # type: ignore[call-overload]
-        erased = {bytes(h): float(t) for h, t in await cur.fetchall()}
-    _, [chained] = _chained(previous, [row], erased)
+    _, [chained] = _chained(previous, [row])
     await conn.execute(INSERT_HEAD + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", chained)
+
+
+# Rows written after an erasure about the time before it: an RCPT decided before the
+# erasure and audited after it (the audit lingers, and is retried when the store refuses a
+# write), the 'sent' mark of a copy in flight during it (claimed for 10 minutes at most). A
+# refusal decided since (R1: the suppression entry at work) names the hash, as that does.
+LATE_WINDOW_SECONDS = 3600.0
+_UNLINK_LATE = ("UPDATE audit SET recipient_hash = x'', recipient_salt = NULL"
+                " WHERE id > ? AND recipient_hash = ? AND (decision != 'reject' OR at <= ?)")
+
+
+async def unlink_late(db: Database, now: float | None = None,
+                      window: float = LATE_WINDOW_SECONDS) -> int:
+    """serve's housekeeping, each minute: unlink the rows written since each erasure of the
+    last `window` seconds (from its audit_mark, 028) that are about the time before it
+    (diff review: `subject export` found them after the erasure). How many rows."""
+    now = time.time() if now is None else now
+    recent = await db.fetchall(
+        "SELECT id, address_hash, erased_at FROM erasures WHERE erased_at > ?"
+        " AND audit_mark IS NOT NULL", (now - window,))
+    if not recent:
+        return 0
+
+    def write(conn: sqlite3.Connection) -> int:
+        unlinked = 0
+        for erasure, digest, at in recent:
+            # from the mark on, then the mark moved to the end: each minute scans only the
+            # rows written since the last (in this write transaction, no row comes between)
+            [(mark,)] = conn.execute("SELECT audit_mark FROM erasures WHERE id = ?",
+                                     (erasure,)).fetchall()
+            unlinked += max(0, conn.execute(_UNLINK_LATE, (int(mark), bytes(digest),
+                                                           float(at))).rowcount)
+            conn.execute("UPDATE erasures SET audit_mark = (SELECT coalesce(max(id), 0)"
+                         " FROM audit) WHERE id = ?", (erasure,))
+        return unlinked
+
+    return await db.write(write)
 
 
 async def rechain_for_026(conn: aiosqlite.Connection) -> None:

@@ -242,8 +242,8 @@ class QueueStore:
                 " notice_version = (SELECT v FROM k WHERE k.id = deliveries.id)"
                 " WHERE id IN (SELECT id FROM k)", (now,))
             conn.execute(_COUNT_SQL, ("sent", conn.total_changes - before))
-            # written even for a copy `subject erase` took meanwhile: it was sent; the row
-            # is born unlinked then (store/audit._born_unlinked), naming no one
+            # written even for a copy `subject erase` took meanwhile: it was sent; serve's
+            # housekeeping unlinks the row within a minute (store/audit.unlink_late)
             insert_records(conn, audit)
 
         await self.db.write(write)

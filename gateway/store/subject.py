@@ -324,8 +324,9 @@ class SubjectStore:
             removed["webhook_events"] = max(0, cur.rowcount)
             removed["requests"] = len(closed[0])
             await conn.execute(
-                "INSERT INTO erasures (address_hash, erased_at, operator, removed)"
-                " VALUES (?, ?, ?, ?)", (digest, now, operator, json.dumps(removed)))
+                "INSERT INTO erasures (address_hash, erased_at, operator, removed, audit_mark)"
+                " VALUES (?, ?, ?, ?, (SELECT coalesce(max(id), 0) FROM audit))",
+                (digest, now, operator, json.dumps(removed)))
         return Erasure(key, removed, closed[1], newly_suppressed, unsent, in_flight,
                        holders)
 

@@ -860,7 +860,7 @@ async def test_a_row_passed_off_as_unlinked_or_born_after_an_erasure(tmp_path):
     so. And rows written after an erasure (an RCPT's audit that lingered, a copy in flight's
     'sent' mark) named the person again."""
     from gateway.security.keys import AddressHasher
-    from gateway.store.audit import AuditLog, AuditRecord
+    from gateway.store.audit import AuditLog, AuditRecord, unlink_late
     from gateway.store.subject import SubjectStore
 
     hasher = AddressHasher(b"k" * 32)
@@ -876,9 +876,14 @@ async def test_a_row_passed_off_as_unlinked_or_born_after_an_erasure(tmp_path):
                            AuditRecord(decided + 1, "crm", "delivery", jane, "R6", "sent"),
                            AuditRecord(erased_at + 1, "crm", "127.0.0.1", jane, "R1",
                                        "reject")]])
+        # serve's housekeeping, each minute: the two about the time before go
+        assert await unlink_late(database) == 2
         assert [r.decision for r in await log.for_recipient(jane)] == ["reject"]
+        await log.append([[AuditRecord(decided, "crm", "127.0.0.1", jane, "R6", "allow")]])
+        assert await unlink_late(database) == 1  # the next minute: only the rows since
+        assert await unlink_late(database, now=time.time() + 7200) == 0  # an hour on: done
         check = await log.verify()
-        assert (check.rows, check.first_broken, check.unlinked) == (6, None, 5)
+        assert (check.rows, check.first_broken, check.unlinked) == (7, None, 6)
     with sqlite3.connect(tmp_path / "g.db") as raw:
         raw.execute("DROP TRIGGER audit_no_update")
         raw.execute("UPDATE audit SET decision = 'reject', recipient_hash = x'',"
