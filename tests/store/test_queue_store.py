@@ -846,6 +846,14 @@ def test_the_unlinkable_audit_migration_rechains_old_rows_so_an_erasure_unlinks_
         assert row[8] != link(previous, (*row[1:4], jane, *row[5:8]))
         previous = row[8]
 
+    garbage = tmp_path / "garbage.db"  # a value of another type: the upgrade still runs
+    old_store(garbage)
+    with sqlite3.connect(garbage) as conn:
+        conn.execute("DROP TRIGGER audit_no_update")
+        conn.execute("UPDATE audit SET at = 'noon' WHERE id = 3")
+    first, _, after, _, upgrade_row = asyncio.run(upgrade(garbage))
+    assert upgrade_row[3] == 3 and (after.first_broken, after.broken_at_upgrade) == (3, True)
+
     broken = tmp_path / "edited.db"
     old_store(broken, edit=True)
     first, _, after, _, upgrade_row = asyncio.run(upgrade(broken))
