@@ -13,12 +13,12 @@ TLS_KEY = "./var/tls/key.pem"
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 MAX_RECIPIENTS = 100  # per transaction; Postfix smtpd_recipient_limit is 1000, ESPs use 50-100
 MAX_COMMANDS = 1000  # per verb and session, except the transaction verbs (MAIL, RCPT, DATA...)
-MAX_CONNECTIONS_PER_IP = 50  # Postfix smtpd_client_connection_count_limit default
+MAX_CONNECTIONS_PER_IP = 50  # Postfix smtpd_client_connection_count_limit default; IPv6: per /64
 IDLE_TIMEOUT = 300.0  # RFC 5321 4.5.3.2.7: server timeout 5 minutes
 
 AUTH_MAX_FAILURES = 10  # consecutive failures that lock an account
 AUTH_LOCKOUT_MINUTES = 15
-AUTH_IP_MAX_FAILURES = 20  # failures from one IP within the window before it is throttled
+AUTH_IP_MAX_FAILURES = 20  # failures from one IP (IPv6: /64) within the window, then throttled
 AUTH_FAILURE_DELAY = 1.0  # seconds added to every failed AUTH answer (throttling)
 
 DELIVERY_WORKERS = 16

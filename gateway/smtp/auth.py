@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from gateway.errors import StoreError
-from gateway.peers import client_address
+from gateway.peers import client_address, client_key
 from gateway.security.passwords import dummy_hash, verify_password_async
 from gateway.settings import SmtpSettings
 from gateway.store.accounts import Account, AccountStore
@@ -71,13 +71,17 @@ class Authenticator:
         checked waits for them: a tool opening 20 connections at once still logs them all
         in, a guesser gets no more tries than the limits."""
         key = login[:MAX_LOGIN_LENGTH]
-        counted = client_address(client_ip)
+        # the per-IP limit counts an IPv6 client by its /64: one host has a /64 of addresses
+        # to take turns with, and each would have been given auth_ip_max_failures tries
+        counted = client_key(client_ip)
+        known = client_address(client_ip)  # a client the account logged in from: exact
         deadline = time.monotonic() + ADMISSION_WAIT_SECONDS
         while True:
             now = time.time()
             if self._ip_blocked(counted, now):
-                log.warning("AUTH from %s refused: %d failures from this IP in %.0f min",
+                log.warning("AUTH from %s refused: %d failures from %s in %.0f min",
                             client_ip, self.settings.auth_ip_max_failures,
+                            "this IP" if counted == known else counted,
                             self.window_seconds / 60)
                 await self._throttle()
                 return AuthVerdict(AuthOutcome.LOCKED)
@@ -95,7 +99,7 @@ class Authenticator:
                 count = 0 if account.locked_until is not None and not locked \
                     else account.failed_logins
                 if locked and await self.accounts.known_client(
-                        account.id, counted, now - KNOWN_CLIENT_SECONDS):
+                        account.id, known, now - KNOWN_CLIENT_SECONDS):
                     # the lock is against guessers elsewhere: a client this account logged
                     # in from gets in (the per-IP limit still holds it to its own tries);
                     # anyone knowing the name locked the tool out for good from one address
@@ -172,7 +176,7 @@ class Authenticator:
         self._remembered[key] = now
 
     async def _failed(self, client_ip: str, now: float, why: str) -> AuthVerdict:
-        counted = client_address(client_ip)
+        counted = client_key(client_ip)
         failures = self._ip_failures.get(counted)
         if failures is None:
             if len(self._ip_failures) >= MAX_TRACKED_IPS:

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
-from gateway.peers import is_loopback
+from gateway.peers import client_key, is_loopback
 from gateway.settings import SmtpSettings
 from gateway.smtp import replies
 from gateway.transform.lines import has_bare_line_end
@@ -169,6 +169,7 @@ class GatewaySMTP(SMTP):
         self._sessions = sessions if sessions is not None else set()
         self._client_ip = ""
         self._counted = False
+        self._client_key = ""  # gateway.peers.client_key: what the per-IP cap counts
         self._idle_deadline = 0.0  # see _reset_timeout
         self._committing = False  # the end of DATA is ours to answer: not the client idling
         self._abort_handle: asyncio.TimerHandle | None = None  # see _abort_later
@@ -196,10 +197,12 @@ class GatewaySMTP(SMTP):
         self._reader.__class__ = StrictLineReader
         self._trusted = any(client.contains(self._client_ip)
                             for client in self.gateway_settings.trusted_clients)
-        self._connections[self._client_ip] += 1
+        # IPv6: the /64, as the HTTP side counts (one host has a /64 to take turns with)
+        self._client_key = client_key(self._client_ip)
+        self._connections[self._client_key] += 1
         self._counted = True
         self._sessions.add(self)
-        too_many = (self._connections[self._client_ip]
+        too_many = (self._connections[self._client_key]
                     > self.gateway_settings.max_connections_per_ip)
         if too_many or not self._accepting.is_set():
             reply = replies.TOO_MANY_CONNECTIONS if too_many else replies.SHUTTING_DOWN
@@ -418,9 +421,9 @@ class GatewaySMTP(SMTP):
         if self._counted:
             self._counted = False
             self._sessions.discard(self)
-            self._connections[self._client_ip] -= 1
-            if self._connections[self._client_ip] <= 0:
-                del self._connections[self._client_ip]
+            self._connections[self._client_key] -= 1
+            if self._connections[self._client_key] <= 0:
+                del self._connections[self._client_key]
 
     def close_for_stop(self, idle_only: bool) -> bool:
         """A stop: say 421 (RFC 5321 3.8) and close, now. `idle_only`: only a session

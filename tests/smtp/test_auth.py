@@ -134,6 +134,20 @@ async def test_one_ip_guessing_many_users_is_throttled(accounts: AccountStore):
         is AuthOutcome.OK
 
 
+async def test_an_ipv6_guesser_cannot_take_turns_within_its_64(accounts: AccountStore):
+    """The per-IP limit counted each IPv6 address alone: a host has a /64 of them, so it had
+    auth_ip_max_failures tries from each. A client the account logged in from is still
+    known by its exact address, not its /64."""
+    auth = Authenticator(accounts, SETTINGS)
+    for i in range(5):
+        assert (await auth.authenticate(f"user{i}", "x", f"2001:db8:7:7::{i + 1:x}")).outcome \
+            is AuthOutcome.BAD
+    assert (await auth.authenticate("crm", STRONG_PASSWORD, "2001:db8:7:7:ffff::9")).outcome \
+        is AuthOutcome.LOCKED
+    assert (await auth.authenticate("crm", STRONG_PASSWORD, "2001:db8:7:8::1")).outcome \
+        is AuthOutcome.OK  # the next /64 is another client
+
+
 async def test_ip_window_expires(accounts: AccountStore):
     settings = dataclasses.replace(SETTINGS, auth_lockout_minutes=4 / 60)
     auth = Authenticator(accounts, settings)

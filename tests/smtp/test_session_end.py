@@ -74,6 +74,26 @@ async def test_an_ipv4_client_of_a_dual_stack_socket_is_counted_as_ipv4():
         server.close()
 
 
+async def test_an_ipv6_client_is_counted_by_its_64():
+    """smtp.max_connections_per_ip counted each IPv6 address on its own: one host holds a /64
+    of them, so it could open the cap's number of sessions from every one (the HTTP side
+    already counted by /64)."""
+    if not socket.has_ipv6:
+        return  # nothing to check on a host without IPv6
+    settings = dataclasses.replace(SmtpSettings(), hostname="gw.test")
+    sessions: Counter[str] = Counter()
+    accepting = asyncio.Event()
+    accepting.set()
+    server = await start_smtp_server(NoHooks(), settings, "::1", 0, None, accepting, sessions)
+    try:
+        reader, writer = await asyncio.open_connection("::1", server.sockets[0].getsockname()[1])
+        await reader.readline()  # the greeting: the session is counted by now
+        assert list(sessions) == ["::/64"]
+        writer.close()
+    finally:
+        server.close()
+
+
 async def test_a_data_hook_that_fails_ends_the_transaction_with_451():
     """An unexpected failure at the end of DATA was answered 451 but left the envelope: the
     client's next MAIL got 503 nested MAIL, and the session was stuck."""
