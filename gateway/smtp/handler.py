@@ -240,7 +240,7 @@ class GatewayHandler:
                 refusal = replies.SENDER_NOT_ALLOWED
         # M1 is said at each RCPT but unsubscribe+TOKEN@: an inbound MX inside
         # trusted_clients (or logged in) relays people's objections by mail from their own
-        # addresses, and a 553 here lost every one of them
+        # addresses, and a refusal at MAIL lost every one of them
         envelope.gateway_sender_refusal = refusal  # type: ignore[attr-defined]
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
