@@ -116,7 +116,9 @@ def r1_suppressed(case: Case) -> Decision | None:
     """R1: objection is absolute (GDPR 21(3)). A withdrawn consent is an objection too: it
     puts the address on the suppression list (contacts import), and R1 reads the list alone,
     so that `gateway suppress remove` (the person's own new request) lifts it; the consent
-    stays withdrawn, so R6 does not allow until a file grants it again."""
+    stays withdrawn, so R6 does not allow until a file grants it again. The person's own
+    objection (one-click, link, mailto, webhook) withdraws the consent on record the same way
+    (store/ledger._WITHDRAW_SQL)."""
     if case.facts.suppressed:
         return _reject("R1", "recipient objected to prospecting (suppression list)",
                        "CPCE L.34-5; GDPR 21(2)-(3): objection to direct marketing is absolute")

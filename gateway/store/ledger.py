@@ -379,12 +379,23 @@ _SUPPRESSED_SQL = "SELECT json_group_array(hex(s.hash)) FROM k JOIN suppression 
 # contact_id_sql finds one for RCPT: a copy sent to jane.doe@ of the contact held as Jane.Doe@
 # is objected to as jane.doe@): as written, with its local part in lower case (l), or held
 # with capitals (contacts_with_capitals; a store from before 023 may hold two spellings)
+_K_CONTACTS = ("(SELECT id FROM contacts WHERE address IN (k.a, k.l) UNION SELECT id FROM"
+               " contacts WHERE address != lower(address) AND lower(address) = lower(k.a))")
 _OBJECTIONS_SQL = (
     "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel, wording, ip,"
     " recorded_at) SELECT c.id, 'objection', ?, k.channel, k.reason, k.ip, ? FROM k"
-    " JOIN contacts c ON c.id IN (SELECT id FROM contacts WHERE address IN (k.a, k.l)"
-    " UNION SELECT id FROM contacts WHERE address != lower(address)"
-    " AND lower(address) = lower(k.a))")
+    " JOIN contacts c ON c.id IN {contacts}").replace("{contacts}", _K_CONTACTS)
+# over k(a, l, channel, reason, ip), the same contacts: the person's own objection (any
+# channel but an operator's `manual` entry, a bounce say) withdraws the consent on record, as
+# a withdrawal in a contacts file does. Else `suppress remove` brought R6 back on the consent
+# given before the objection. Its date is the objection's: a file's grant dated earlier (a
+# stale export) does not replace it (ledger_import._STALE_GRANT); the consent's proof stays in
+# its event.
+_WITHDRAW_SQL = (
+    "UPDATE contacts SET consent = 'withdrawn', consent_at = ?, consent_method = NULL,"
+    " consent_proof = NULL, updated_at = ? WHERE consent = 'granted' AND id IN ("
+    "SELECT c.id FROM k JOIN contacts c ON c.id IN {contacts} WHERE k.channel != 'manual')"
+).replace("{contacts}", _K_CONTACTS)
 COUNT_OBJECTIONS_SQL = (
     "INSERT INTO objection_counts (channel, total) VALUES (?, ?)"
     " ON CONFLICT (channel) DO UPDATE SET total = total + excluded.total")
@@ -447,9 +458,10 @@ def record_objections(conn: sqlite3.Connection, objections: Sequence[Objection],
         insert_rows(conn, "INSERT INTO suppression (hash, created_at, channel)",
                     [(objections[i].digest, now, objections[i].channel) for i in new])
     if new:
-        with_rows(conn, "k(a, l, channel, reason, ip)",
-                  [(o.address, _lower_local(o.address), o.channel, o.reason, o.ip)
-                   for o in (objections[i] for i in new)], _OBJECTIONS_SQL, (now, now))
+        rows = [(o.address, _lower_local(o.address), o.channel, o.reason, o.ip)
+                for o in (objections[i] for i in new)]
+        with_rows(conn, "k(a, l, channel, reason, ip)", rows, _OBJECTIONS_SQL, (now, now))
+        with_rows(conn, "k(a, l, channel, reason, ip)", rows, _WITHDRAW_SQL, (now, now))
         with_rows(conn, "k(n, body)",  # (no address, nothing to notify: a purged contact)
                   [(n, notifications.notification_body(objections[i].address,
                                                        objections[i].channel, now))
@@ -488,9 +500,9 @@ def _person_over_manual(conn: sqlite3.Connection, already: Sequence[Objection],
         return
     conn.executemany("UPDATE suppression SET channel = ? WHERE hash = ? AND channel = 'manual'",
                      [(o.channel, o.digest) for o in taken])
-    with_rows(conn, "k(a, l, channel, reason, ip)",
-              [(o.address, _lower_local(o.address), o.channel, o.reason, o.ip) for o in taken],
-              _OBJECTIONS_SQL, (now, now))
+    rows = [(o.address, _lower_local(o.address), o.channel, o.reason, o.ip) for o in taken]
+    with_rows(conn, "k(a, l, channel, reason, ip)", rows, _OBJECTIONS_SQL, (now, now))
+    with_rows(conn, "k(a, l, channel, reason, ip)", rows, _WITHDRAW_SQL, (now, now))
 
 
 class Ledger:

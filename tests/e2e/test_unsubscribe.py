@@ -405,7 +405,9 @@ def test_the_webhook_suppresses_signed_events_once(gw, sink: Sink):
         ",v1=", ",v1=" + "0" * 64 + ",v1=")}
     assert httpx.post(webhook, content=renewed, headers=junk).json() == {
         "suppressed": 0, "replayed": 1}
-    assert rcpt(gw, "jane@example.net")[0] == 250  # the lifted suppression stands
+    # the lifted suppression stands (not R1); her objections withdrew her consent, so R6
+    # does not allow on it again (compliance audit)
+    assert rcpt(gw, "jane@example.net") == (550, "5.7.1 R10 no prior consent for B2C prospecting")
     metrics = httpx.get(f"http://127.0.0.1:{gw.http_port}/metrics").text
     assert 'gateway_objections_total{channel="webhook"} 7' in metrics
     # a counter: lifting a suppression takes no objection back, an erasure is none, and the

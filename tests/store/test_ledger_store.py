@@ -676,6 +676,32 @@ async def test_a_retention_purge_takes_the_address_out_of_finished_records(db, h
     assert (await Retention(db, PolicyKnobs()).purge()).addresses == []
 
 
+@pytest.mark.parametrize("channel", ["one-click", "mailto", "webhook", "link"])
+async def test_the_persons_objection_withdraws_their_consent_for_good(db, hasher, channel):
+    """An operator lifted a one-click objection (`suppress remove`) and R6 allowed again on
+    the consent given before it: the objection is the person's withdrawal of that consent
+    (compliance audit). A stale export's grant does not bring it back; a later one does."""
+    head = "email,audience,consent,consent_at,consent_method,source_name,source_type\n"
+    import_csv(db, hasher, head + "c@example.com,b2c,granted,2026-01-05,web form,web,direct\n"
+                                  "m@example.com,b2c,granted,2026-01-05,web form,web,direct\n")
+    ledger = Ledger(db, hasher)
+    before = time.time()
+    assert await ledger.suppress("C@example.com", channel, ip="192.0.2.7")
+    assert await ledger.suppress("m@example.com", "manual", reason="hard bounce")
+    await ledger.unsuppress("c@example.com")
+    await ledger.unsuppress("m@example.com")
+    contact = (await facts(db, hasher, "c@example.com")).contact
+    assert contact is not None and contact.consent == "withdrawn"
+    assert contact.consent_at is not None and contact.consent_at >= before
+    # an operator's suppression (a bounce, say) is no act of the person's: consent kept
+    assert (await facts(db, hasher, "m@example.com")).contact.consent == "granted"
+    import_csv(db, hasher, head + "c@example.com,b2c,granted,2026-01-05,web form,web,direct\n")
+    assert (await facts(db, hasher, "c@example.com")).contact.consent == "withdrawn"
+    # the proof of the consent once given stays in the contact's history
+    kinds = [(e.kind, e.method) for e in await ledger.events(contact.id or 0)]
+    assert ("consent", "web form") in kinds and kinds[-2][0] == "objection"
+
+
 async def test_a_stale_grant_never_replaces_a_recorded_withdrawal(db, hasher):
     """A weekly export made before the withdrawal was entered brought the consent back: once
     the suppression was lifted, R6 allowed on it, and the ledger stated it (GDPR 15)."""
