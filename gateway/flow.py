@@ -35,6 +35,7 @@ from gateway.transform.headers import (
     PRODUCT_CATEGORY,
     STEERING_PREFIX,
     display_subject,
+    drop_blind_copies,
     header_end,
     tag_list,
     take_fields,
@@ -349,6 +350,7 @@ class Flow:
         refusal when X-Gateway-* headers narrowed the campaign), then commit all of it
         durably with the audit records (raises StoreError if it cannot), then deliver."""
         content, fields = take_fields(normalize_crlf(content), STEERING_PREFIX)
+        content = drop_blind_copies(content)
         steering = steering_of(fields)
         campaign = narrowed_campaign(account, steering)
         message_rule = decide_message(structure_facts(content))

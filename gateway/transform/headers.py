@@ -61,6 +61,17 @@ def take_fields(content: bytes, prefix: str,
     return b"\r\n".join(kept) + content[end:], taken
 
 
+def drop_blind_copies(content: bytes) -> bytes:
+    """The message without its Bcc and Resent-Bcc fields, as Postfix's cleanup takes them
+    out: each recipient gets a copy of their own, and the tool's list of hidden recipients
+    would name the other prospects to every one of them. One search in the usual case."""
+    if b"bcc" not in content[:header_end(content)].lower():
+        return content
+    for name in ("bcc", "resent-bcc"):
+        content, _ = take_fields(content, name, exact=True)
+    return content
+
+
 def field_value(content: bytes, name: str) -> str | None:
     """The unfolded raw value of the first field called `name`, or None."""
     head = content[:header_end(content)].decode("utf-8", "surrogateescape")

@@ -175,19 +175,27 @@ def test_message_rules_quarantine_the_copies(gateway, sink: Sink, body: bytes, r
     assert content == body  # the raw message is kept as received
 
 
-def test_steering_headers_narrow_the_campaign_and_are_stripped(gateway, sink: Sink):
+def test_steering_headers_and_bcc_are_stripped(gateway, sink: Sink):
+    """The steering headers narrow the campaign; a Bcc field (the tool's list of hidden
+    recipients) went into every personalised copy, naming other prospects to each (compliance
+    audit): it goes, as Postfix's cleanup takes it out."""
     gw = gateway()
     s = session(gw)
     for rcpt in ("cto@b2b.example", "customer@b2c.example"):
         assert s.cmd(f"RCPT TO:<{rcpt}>")[0] == 250
     assert s.cmd("DATA")[0] == 354
     narrowed = message(extra_headers="X-Gateway-Campaign-Topics: security\r\n"
+                                     "BCC: customer@b2c.example,\r\n secret@other.example\r\n"
                                      "X-Gateway-Product-Category: software\r\n")
     assert s.cmd(narrowed + b".")[0] == 250
     got = sink.wait_for(2)
     for received in got:
         assert b"X-Gateway-" not in received.content
         assert b"Subject: Hello" in received.content
+        assert b"secret@other.example" not in received.content
+        assert not re.search(rb"(?im)^bcc:", received.content)
+    stored = db_rows(gw, "SELECT content FROM messages")
+    assert stored and all(b"secret@other.example" not in row[0] for row in stored)
 
 
 def test_narrowing_away_a_recipients_basis_refuses_it_with_a_dsn(gateway, sink: Sink):
