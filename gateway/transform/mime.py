@@ -10,7 +10,9 @@ so hostile structure costs bounded time and memory; the stdlib `email` parser co
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
+from email.header import decode_header, make_header
 
 from gateway.model import MessageFacts
 
@@ -317,9 +319,24 @@ def facts_of(root: Part) -> MessageFacts:
                    if part.content_type in SIGNED_OR_ENCRYPTED), None)
     # (message/rfc822 is not descended: forwarded mail is content.) M3 reads the parts the
     # notice goes in: a message whose only text is a data file has none
-    return MessageFacts(has_subject=bool(subject and subject.strip()),
+    return MessageFacts(has_subject=bool(subject) and _visible(subject or ""),
                         has_text_body=bool(body_text_parts(root)), signed_or_encrypted=signed,
                         malformed=_repeated_field(root))
+
+
+def _visible(subject: str) -> bool:
+    """Whether a Subject shows anything, once decoded (RFC 2047): "=?utf-8?q?_?=" is a
+    space, "=?utf-8?b?4oCL?=" a zero-width one. Spaces, controls and format characters (Cf:
+    zero-width, BOM, word joiner) are not seen; an encoded word that does not decode counts
+    as it is written."""
+    text = subject
+    if "=?" in subject:
+        try:
+            text = str(make_header(decode_header(subject)))
+        except (ValueError, LookupError, UnicodeError):
+            pass
+    return any(not char.isspace() and unicodedata.category(char) not in ("Cc", "Cf", "Zs")
+               for char in text)
 
 
 def _repeated_field(root: Part) -> str | None:

@@ -61,6 +61,13 @@ def test_message_facts_from_real_structures():
     assert not no_subject.has_subject and no_subject.has_text_body
     blank_subject = message_facts(_msg("Subject:   \r\n"))
     assert not blank_subject.has_subject
+    # blank once decoded (RFC 2047): a space, a zero-width space, a BOM and a no-break
+    # space were taken for a subject (compliance audit); a visible character is one
+    for raw in ("=?utf-8?q?_?=", "=?utf-8?b?4oCL?=", "=?UTF-8?Q?=EF=BB=BF=C2=A0?=",
+                "\u200b \u2060"):
+        assert not message_facts(_msg(f"Subject: {raw}\r\n")).has_subject, raw
+    for raw in ("=?utf-8?q?Caf=C3=A9?=", "=?utf-8?q?_?= x", "=?bogus?q?x?=", "\u200bHi"):
+        assert message_facts(_msg(f"Subject: {raw}\r\n")).has_subject, raw
     only_attachment = message_facts(_msg(
         'Subject: x\r\nContent-Type: multipart/mixed; boundary="b"\r\n',
         "--b\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=a.txt"
