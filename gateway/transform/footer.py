@@ -19,13 +19,13 @@ from functools import lru_cache
 from gateway.model import MessageFacts
 from gateway.transform.lines import has_bare_line_end
 from gateway.transform.mime import (
-    UNDECORATED_ALTERNATIVES,
     Malformed,
     Part,
     body_text_parts,
     facts_of,
     parse_content_type,
     scan,
+    undecorated_alternative,
 )
 from gateway.transform.notice import Notice
 
@@ -123,18 +123,19 @@ def text_parts_decoded(content: bytes) -> list[tuple[str, str]]:
 
 
 def _without_undecorated_alternatives(content: bytes, root: Part) -> tuple[bytes, Part]:
-    """`content` without the AMP and Apple Watch alternatives of a multipart/alternative
-    that has another: Gmail and Yahoo show the AMP part (and a watch its part) instead of the
-    HTML one, and no notice can be written into them (AMP pages are validated as a whole).
-    The HTML and plain alternatives, which get the notice, stay."""
+    """`content` without the text alternatives that cannot carry the notice (AMP, Apple
+    Watch, text/enriched, markdown ...: mime.undecorated_alternative) of a
+    multipart/alternative that has another: Gmail and Yahoo show the AMP part (a watch its
+    part, Apple Mail text/enriched) instead of the HTML one, and no notice is written into
+    them. The HTML and plain alternatives, which get the notice, stay; calendar parts too."""
     cuts: list[tuple[int, int]] = []
     for part in root.walk():
         if part.content_type != "multipart/alternative" or len(part.children) < 2 or all(
-                child.content_type in UNDECORATED_ALTERNATIVES for child in part.children):
+                undecorated_alternative(child.content_type) for child in part.children):
             continue  # (AMP and watch parts alone: cut, no part at all would be left)
         delimiter = b"--" + part.params["boundary"].encode("utf-8", "surrogateescape")
         for child in part.children:
-            if child.content_type not in UNDECORATED_ALTERNATIVES:
+            if not undecorated_alternative(child.content_type):
                 continue
             start = content.rfind(delimiter, part.body_start, child.start)
             if start >= 0 and content.startswith(b"\r\n" + delimiter, child.end):

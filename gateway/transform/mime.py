@@ -25,8 +25,16 @@ SIGNED_OR_ENCRYPTED = frozenset({
     "application/x-pkcs7-mime",
 })
 TEXT_BODY_TYPES = frozenset({"text/plain", "text/html"})
-# alternatives a reader may show instead of the HTML one, which cannot carry the notice
-UNDECORATED_ALTERNATIVES = frozenset({"text/x-amp-html", "text/watch-html"})
+# Text alternatives a reader may show instead of the plain and HTML ones, where no notice is
+# written: AMP (validated as a whole), a watch's HTML, text/enriched (Apple Mail shows it),
+# markdown ... every text/* but these. A calendar part is an invitation, not the body.
+DECORATED_OR_KEPT_ALTERNATIVES = TEXT_BODY_TYPES | {"text/calendar"}
+
+
+def undecorated_alternative(content_type: str) -> bool:
+    """Whether an alternative of this type is left out of the copy (footer.py)."""
+    return content_type.startswith("text/") and \
+        content_type not in DECORATED_OR_KEPT_ALTERNATIVES
 _ONCE_PER_PART = ("content-type", "content-transfer-encoding", "content-disposition")
 # RFC 5322 3.6: at most once per message. Given twice, readers pick different ones (the
 # records and M3 read the first Subject), and receivers refuse the copy after our 250

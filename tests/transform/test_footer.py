@@ -549,15 +549,21 @@ def test_a_named_text_file_is_an_attachment_and_left_byte_identical(named: bytes
 
 def test_an_amp_or_watch_alternative_that_cannot_carry_the_notice_is_left_out():
     """Gmail shows the AMP alternative instead of the HTML one: it went out with no notice
-    and no unsubscribe link. Such alternatives are removed; calendar parts are not."""
+    and no unsubscribe link. Such alternatives are removed, and so is any other text one
+    (text/enriched, which Apple Mail shows, and markdown went out bare: compliance audit);
+    calendar parts are not."""
     original = (HEAD + b'Content-Type: multipart/alternative; boundary="alt"\r\n\r\n'
                 b"--alt\r\nContent-Type: text/plain\r\n\r\nHello\r\n"
                 b"--alt\r\nContent-Type: text/x-amp-html\r\n\r\n<html amp4email>Hi</html>\r\n"
                 b"--alt\r\nContent-Type: text/watch-html\r\n\r\n<b>Hi</b>\r\n"
+                b"--alt\r\nContent-Type: text/markdown\r\n\r\n**Hi markdown**\r\n"
                 b"--alt\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\nBEGIN:VCALENDAR\r\n"
-                b"--alt\r\nContent-Type: text/html\r\n\r\n<p>Hello</p>\r\n--alt--\r\n")
+                b"--alt\r\nContent-Type: text/html\r\n\r\n<p>Hello</p>\r\n"
+                b"--alt\r\nContent-Type: TEXT/Enriched\r\n\r\n<bold>Hi enriched</bold>\r\n"
+                b"--alt--\r\n")
     out = add_notice(original, notice())
     assert b"amp4email" not in out and b"watch-html" not in out
+    assert b"Hi markdown" not in out and b"Hi enriched" not in out
     plain, calendar, html = parts(out)
     assert [p.get_content_type() for p in (plain, calendar, html)] == [
         "text/plain", "text/calendar", "text/html"]
