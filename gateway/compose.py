@@ -19,7 +19,8 @@ import gateway.smtp.replies as replies
 from gateway.batch import GroupCommitter
 from gateway.errors import PermanentFailure, StoreError, TemporaryFailure
 from gateway.flow import from_header_domains
-from gateway.model import Contact
+from gateway.model import Contact, PolicyKnobs, RecipientFacts
+from gateway.policy.rules import retention_deadline
 from gateway.security.tokens import Token, TokenKeys
 from gateway.settings import ControllerSettings
 from gateway.store.accounts import Account
@@ -51,8 +52,10 @@ class CopySettings:
 
 class Composer:
     def __init__(self, settings: CopySettings, lookup: LedgerLookup, ledger: Ledger,
-                 account_of: Callable[[str], Awaitable[Account | None]]) -> None:
+                 account_of: Callable[[str], Awaitable[Account | None]],
+                 knobs: PolicyKnobs | None = None) -> None:
         self.settings = settings
+        self.knobs = knobs or PolicyKnobs()
         self.lookup = lookup
         self.account_of = account_of
         self._mark_informed: GroupCommitter[tuple[int, str], None] = GroupCommitter(
@@ -70,13 +73,14 @@ class Composer:
             # DSNs: not prospecting, nothing to add
             return Prepared(copy.content, SentMark(copy.delivery_id))
         facts = await self.lookup.facts(copy.recipient)
-        if facts.suppressed:  # R1 is absolute: an objection made while the copy waited holds
+        refusal = self._refusal_now(copy, facts)
+        if refusal is not None:
             # audited with the failure: the audit said only "R8 allow" for a copy refused
             # R1, and the access letter gave the wrong reason
-            raise PermanentFailure(replies.policy_reject(
-                "R1", "recipient objected before delivery (suppression list)"),
-                audit=AuditRecord(time.time(), copy.account, AT_DELIVERY, facts.address_hash,
-                                  "R1", "reject", copy.message_id).row())
+            rule, reason = refusal
+            raise PermanentFailure(replies.policy_reject(rule, reason), audit=AuditRecord(
+                time.time(), copy.account, AT_DELIVERY, facts.address_hash, rule, "reject",
+                copy.message_id).row())
         account = await self.account_of(copy.account)
         if account is None:
             # removed with `gateway accounts remove --force` (refused otherwise while mail of
@@ -120,6 +124,24 @@ class Composer:
         informed = ((contact.id, notice.version) if full and contact is not None
                     and contact.id is not None else None)
         return Prepared(content, mark, informed)
+
+    def _refusal_now(self, copy: Copy, facts: RecipientFacts) -> tuple[str, str] | None:
+        """What the rule book says against sending the copy now, after its wait in the
+        queue: (rule, reason), or None. R1 always (an objection made meanwhile holds). For
+        prospecting (not T1, which does not read the ledger), R2 when the ledger entry is
+        gone (`retention run` purged it: the copy would go out without its source, in no
+        language of the person's) and R4 when its retention period ran out meanwhile (a
+        deferred copy went out days after it: compliance audit)."""
+        if facts.suppressed:
+            return "R1", "recipient objected before delivery (suppression list)"
+        if copy.rule == "T1":
+            return None
+        if facts.contact is None:
+            return "R2", "recipient no longer in the contact ledger before delivery (purged)"
+        deadline = retention_deadline(facts.contact, self.knobs)
+        if deadline is not None and time.time() > deadline:
+            return "R4", "retention period expired before delivery; marked for purge"
+        return None
 
     def sent(self, prepared: Prepared) -> None:
         """After the upstream took the copy: record that the person got the full notice."""

@@ -247,7 +247,8 @@ class Gateway:
                                 "delivery.max_age_hours and bounced; add a key (gateway dkim "
                                 "keygen --domain %s ...) or remove the domain", account.name,
                                 ", ".join(unkeyed), unkeyed[0])
-        self.composer = Composer(copy_settings, self.lookup, ledger, flow.account)
+        self.composer = Composer(copy_settings, self.lookup, ledger, flow.account,
+                                 s.policy.knobs())
         self.delivery.prepare = self.composer.prepare
         self.delivery.on_sent = self.composer.sent
         # only now: a copy claimed before (a restart's backlog) went out as stored, with

@@ -23,7 +23,9 @@ def run_(state: CliState, dry_run: bool, as_json: bool) -> None:
     and print each address. The records naming those addresses that are done with go too:
     their sent or failed copies, decided quarantine rows, delivered objection notifications
     and the raw messages left without a copy. Suppression hashes and the audit log (keyed
-    hashes only) are kept; copies still queued or held are left to finish."""
+    hashes only) are kept. Their copies still queued or deferred are withdrawn (no DSN,
+    which would name the address again); copies held for review stay, and a release decides
+    again."""
 
     if dry_run and not state.settings.store.path.exists():  # a dry run makes no store
         click.echo(f"no store at {state.settings.store.path.absolute()}: nothing to purge",
@@ -43,7 +45,7 @@ def run_(state: CliState, dry_run: bool, as_json: bool) -> None:
     if as_json:
         document: dict[str, object] = {"dry_run": dry_run, "purged": purged.addresses}
         if not dry_run:
-            document["removed"] = {"copies": 0, "quarantine": 0, "notifications": 0,
+            document["removed"] = {"copies": 0, "waiting": 0, "quarantine": 0, "notifications": 0,
                                    "messages": 0, "requests": 0, **purged.removed}
         print_json(document)
         return

@@ -8,8 +8,11 @@ outlives the data.
 The purge takes the person's address out of the sending records too (KASPR: no data kept past
 its time): their finished copies (sent, or failed), their decided quarantine rows, the
 objection notifications about them already delivered, and the raw messages left with no copy.
-Their decisions stay accountable in the audit log, under the keyed hash. What is still in
-flight stays: a copy queued or deferred (it goes out, or fails, and the next purge takes it),
+Their decisions stay accountable in the audit log, under the keyed hash. Their copies still
+waiting (queued or deferred) are withdrawn, as an erasure withdraws them: past its time the
+data may not be used, and no DSN is sent, which would name the address again (a copy a
+process is sending at that moment goes, or is refused by compose.Composer's R2 check). What
+else is in flight stays:
 a copy held for review (a release decides again, and finds no ledger entry), a notification
 not yet delivered.
 """
@@ -55,6 +58,7 @@ _TOMBSTONE = ("INSERT OR REPLACE INTO retention_purges"  # noqa: S608 - constant
 _FINISHED_COPIES = ("DELETE FROM deliveries WHERE state IN ('sent', 'failed')"
                     " AND subject_form(recipient) IN (SELECT value FROM json_each(?))"
                     " RETURNING message_id")
+_WAITING_COPIES = _FINISHED_COPIES.replace("('sent', 'failed')", "('queued', 'deferred')")
 _DECIDED_HELD = ("DELETE FROM quarantine WHERE state != 'held'"
                  " AND subject_form(recipient) IN (SELECT value FROM json_each(?))"
                  " RETURNING message_id")
@@ -77,6 +81,7 @@ class Purge:
     def summary(self) -> str:
         """"3 sent or failed copies, 1 decided quarantine row, ..." (what named them)."""
         labels = (("copies", "sent or failed copy", "sent or failed copies"),
+                  ("waiting", "waiting copy withdrawn", "waiting copies withdrawn"),
                   ("quarantine", "decided quarantine row", "decided quarantine rows"),
                   ("notifications", "delivered notification", "delivered notifications"),
                   ("messages", "raw message", "raw messages"),
@@ -143,7 +148,8 @@ async def _purge_records(conn: aiosqlite.Connection, folded: list[str]) -> dict[
     forms = json.dumps(folded)
     async with _zeroed(conn):
         removed, touched = {}, set()
-        for name, sql in (("copies", _FINISHED_COPIES), ("quarantine", _DECIDED_HELD)):
+        for name, sql in (("copies", _FINISHED_COPIES), ("waiting", _WAITING_COPIES),
+                          ("quarantine", _DECIDED_HELD)):
             async with conn.execute(sql, (forms,)) as cur:
                 messages = [str(row[0]) for row in await cur.fetchall()]
             removed[name] = len(messages)

@@ -242,7 +242,8 @@ def test_retention_run_purges_what_r4_says_has_expired(config: Path, tmp_path: P
     assert count(config, "contacts") == 4
     done = gateway_cli(config, "retention", "run")
     assert done.returncode == 0 and "2 expired ledger entries purged" in done.stdout
-    assert ("with 0 sent or failed copies, 0 decided quarantine rows, 0 delivered "
+    assert ("with 0 sent or failed copies, 0 waiting copies withdrawn, 0 decided quarantine rows, "
+            "0 delivered "
             "notifications, 0 raw messages") in done.stdout  # none were sent: tests/store
     assert count(config, "contacts") == 2 and count(config, "suppression") == 1
     # the objection outlives the data: the purged address is still refused, by R1

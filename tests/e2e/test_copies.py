@@ -294,6 +294,67 @@ def test_the_notice_never_states_a_shorter_retention_than_r4_keeps(make_gateway,
     assert [d["notice_version"] for d in export["decisions"]] == ["en-2026.11b"]
 
 
+def _deferred(gw, sink: Sink) -> None:
+    """A copy to jane@ accepted (R6) and deferred by the upstream."""
+    sink.handler.refuse["jane@example.net"] = "451 4.3.0 try again later"
+    send(gw, "jane@example.net", message())
+    wait_until(lambda: any(e["state"] == "deferred" for e in json.loads(
+        gw.cli("queue", "list", "--json").stdout)), what="a deferred copy")
+    del sink.handler.refuse["jane@example.net"]
+
+
+def _failed_at_delivery(gw, sink: Sink, rule: str) -> None:
+    assert gw.cli("queue", "flush").returncode == 0
+    failed = wait_until(lambda: json.loads(gw.cli("queue", "list", "--failed", "--json").stdout),
+                        what="the copy to fail")
+    assert failed[0]["last_error"].startswith(f"550 5.7.1 {rule} "), failed
+    dsn = sink.wait_for(1)[0]
+    assert dsn.rcpt_tos == ["news@example.com"] and rule.encode() in dsn.content
+    time.sleep(0.3)
+    assert all(m.rcpt_tos != ["jane@example.net"] for m in sink.messages)
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        decisions = db.execute("SELECT rule, decision, client_ip FROM audit ORDER BY id"
+                               ).fetchall()
+    assert decisions[-1] == (rule, "reject", "delivery"), decisions
+
+
+def test_a_copy_whose_retention_ran_out_in_the_queue_is_not_sent(make_gateway, sink: Sink):
+    """Only R1 was checked again at delivery: a copy deferred past the end of the person's
+    retention period went out (compliance audit). R4 holds at delivery too."""
+    gw = make_gateway()
+    _deferred(gw, sink)
+    assert gw.terminate() == 0
+    gw.config.write_text(gw.config.read_text().replace(
+        "[policy]", "[policy]\nprospect_retention_days = 1", 1)
+        if "[policy]" in gw.config.read_text()
+        else gw.config.read_text() + "\n[policy]\nprospect_retention_days = 1\n")
+    gw.start()
+    _failed_at_delivery(gw, sink, "R4")
+
+
+def test_a_copy_whose_contact_was_purged_in_the_queue_is_withdrawn(make_gateway, sink: Sink):
+    """`retention run` purged the contact while its copy waited; the copy then went out
+    without its source, in no language of the person's, and its row kept the address past
+    the purge for good (compliance audit). The purge withdraws it, as an erasure does."""
+    import os
+    import subprocess
+    import sys
+    gw = make_gateway()
+    _deferred(gw, sink)
+    env = {**os.environ, "GATEWAY_POLICY_PROSPECT_RETENTION_DAYS": "1"}
+    purge = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(gw.config), "retention", "run"],
+        capture_output=True, text=True, timeout=60, env=env)
+    assert purge.returncode == 0 and "purged" in purge.stdout, purge.stdout + purge.stderr
+    assert "1 waiting copy withdrawn" in purge.stdout, purge.stdout
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:
+        assert db.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+    assert gw.cli("queue", "flush").returncode == 0
+    time.sleep(1)
+    assert all(m.rcpt_tos != ["jane@example.net"] for m in sink.messages)
+
+
 def test_a_copy_sent_on_a_retry_gets_its_sent_row_and_notice_version(make_gateway,
                                                                        sink: Sink):
     """The version and the audit row waited in a per-process table, by delivery id, from

@@ -607,7 +607,9 @@ async def test_a_retention_purge_leaves_the_address_nowhere_in_the_files(db, has
 async def test_a_retention_purge_takes_the_address_out_of_finished_records(db, hasher):
     """KASPR (unlimited retention): past R4's deadline the person's sent and failed copies,
     decided quarantine rows, delivered notifications and the raw messages left without a copy
-    go with the ledger entry; what is in flight stays, and so does everything of the others."""
+    go with the ledger entry, and their copies still waiting are withdrawn (one went out after
+    the purge: compliance audit); a held copy and a pending notification stay, and so does
+    everything of the others."""
     from gateway.model import PolicyKnobs
     from gateway.store.queue import IncomingMessage, QueueStore, SentMark
     from gateway.store.retention import Retention
@@ -654,15 +656,14 @@ async def test_a_retention_purge_takes_the_address_out_of_finished_records(db, h
     purged = await Retention(db, PolicyKnobs()).purge()
 
     assert purged.addresses == ["Old@example.com"]
-    assert purged.removed == {"copies": 3, "quarantine": 1, "notifications": 2,
-                              "messages": 1, "requests": 1}
+    assert purged.removed == {"copies": 3, "waiting": 1, "quarantine": 1, "notifications": 2,
+                              "messages": 2, "requests": 1}
     # the answered request keeps its dates under the hash; the open one its address
     addresses = dict(tuple(r) for r in await db.fetchall("SELECT id, address FROM requests"))
     assert addresses[answered.id].startswith("purged:")
     assert addresses[pending.id] == "OLD@example.com"
     left = await db.fetchall("SELECT message_id, recipient, state FROM deliveries ORDER BY id")
-    assert [tuple(row) for row in left] == [("PENDING", "old@example.com", "queued"),
-                                            ("SHARED", "new@example.com", "queued")]
+    assert [tuple(row) for row in left] == [("SHARED", "new@example.com", "queued")]
     held = await db.fetchall("SELECT recipient, state FROM quarantine ORDER BY id")
     assert [tuple(row) for row in held] == [("old@example.com", "held"),
                                             ("new@example.com", "rejected")]
@@ -670,9 +671,9 @@ async def test_a_retention_purge_takes_the_address_out_of_finished_records(db, h
                               " ORDER BY id")
     assert [tuple(row) for row in notes] == [("old@example.com", "pending"),
                                              ("new@example.com", "sent")]
-    # SENT stays for its held copy, PENDING and SHARED for their queued ones; FAILED is gone
+    # SENT stays for its held copy, SHARED for its queued one; FAILED and PENDING are gone
     messages = await db.fetchall("SELECT id FROM messages ORDER BY id")
-    assert [row[0] for row in messages] == ["PENDING", "SENT", "SHARED"]
+    assert [row[0] for row in messages] == ["SENT", "SHARED"]
     assert (await Retention(db, PolicyKnobs()).purge()).addresses == []
 
 
