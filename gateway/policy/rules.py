@@ -32,6 +32,22 @@ _INVALID_CONSENT = re.compile(
     r" (?:in advance|beforehand|[aà] l avance|d avance|(?:by|par) (?:d[eé]faut|default)))"
     r"|(?P<default>(?:by |par )?(?:d[eé]faut|default))"
     r"|opt ?out|terms|conditions|ts? ?& ?cs?|ts? ?and ?cs?|tos|cgus?|cgvs?|eulas?|bundled)\b")
+# Consent read into silence or conduct is no consent either (GDPR recital 32: "silence,
+# pre-ticked boxes or inactivity should not therefore constitute consent"; CNIL: continuing to
+# browse is not consent), nor is a privacy policy accepted, nor being opted in automatically.
+_TACIT_CONSENT = re.compile(
+    r"\b(?:implied|implicit\w*|implicite?s?|tacit\w*|presumed|pr[eé]sum[eé]\w*|silence"
+    r"|inactivity|inaction|inactivit[eé]"
+    r"|continu\w* (?:to |[aà] |de )?(?:brows\w*|navig\w*|us(?:e|ing)|utilis\w*)"
+    r"|continued (?:use|browsing)|poursuite de (?:la )?navigation"
+    r"|(?:accept\w*|agreed to) (?:the |our )?privacy (?:policy|notice)"
+    r"|privacy (?:policy|notice) accept\w*"
+    r"|politique de confidentialit[eé] accept[eé]\w*"
+    r"|accept\w* (?:de )?(?:la )?politique de confidentialit[eé]"
+    r"|auto ?enrol\w*|auto(?:matic(?:ally)?)? ?opt(?:ed)? ?in"
+    r"|opted in (?:automatically|by default)"
+    r"|(?:ticked|checked|selected|coch[eé]e?s?) (?:for|pour) (?:the|them|him|her|l|le|la|lui)"
+    r")\b")
 _NEGATIONS = frozenset({"not", "non", "no", "never", "pas", "jamais", "sans", "without"})
 # a box left empty for the person to tick: "unticked", "décochée", "vide", "empty"
 _EMPTY_STATE = re.compile(r"(?:un|d[eé])(?:ticked|checked|selected|coch)\w*|empty|vide|blank")
@@ -46,7 +62,9 @@ def _denied(words: str, start: int) -> bool:
 
 @lru_cache(maxsize=4096)  # a ledger has a few methods, each on many contacts
 def invalid_consent_method(method: str | None) -> bool:
-    """True when the recorded method says the consent was not freely given and specific."""
+    """True when the recorded method says the consent was not freely given, specific and
+    unambiguous: a box ticked for the person, terms or a privacy policy accepted, or a
+    consent read into silence, inactivity or browsing on."""
     if not method:
         return False
     words = re.sub(r"[^\w&]+", " ", method.casefold()).replace("_", " ")
@@ -65,7 +83,7 @@ def invalid_consent_method(method: str | None) -> bool:
                                                                found.end()):
             continue  # "MX checked automatically", "address auto-checked for typos"
         return True
-    return False
+    return any(not _denied(words, found.start()) for found in _TACIT_CONSENT.finditer(words))
 
 
 # what a check of the address (not a box) is said of, two words either side

@@ -262,6 +262,18 @@ def test_recipients_with_the_same_outcome_share_one_decision():
     ("newsletter consent auto-checked", False), ("opt-in auto-selected at signup", False),
     ("newsletter option already checked", False),
     ("box wasn't auto-checked", True), ("the checkbox isn't auto-selected", True),
+    # consent read into silence or conduct, a privacy policy accepted, opted in for them
+    # (GDPR recital 32; all taken for consent before: compliance audit)
+    ("implied consent", False), ("implicit consent", False), ("consentement implicite", False),
+    ("consentement tacite", False), ("silence / inactivity after notice", False),
+    ("by continuing to browse the site", False), ("en continuant à naviguer", False),
+    ("poursuite de la navigation", False), ("continued use of the service", False),
+    ("politique de confidentialité acceptée", False), ("accepted the privacy policy", False),
+    ("opted in automatically", False), ("auto-enrolled", False),
+    ("automatic opt-in at purchase", False), ("box was ticked for the user", False),
+    ("explicit, not implied", True), ("web form; privacy policy shown", True),
+    ("double opt-in, link in the privacy notice", True), ("continued from the 2025 form", True),
+    ("continuous user consent log", True),
 ])
 def test_a_consent_method_naming_a_ticked_box_or_the_terms_is_not_consent(method, valid):
     """consent_method is free text: "pre-ticked box" or "accepted T&C" is no more consent
