@@ -166,7 +166,9 @@ def r2_unknown(case: Case) -> Decision | None:
 
 
 def r3_forbidden_source(case: Case) -> Decision | None:
-    """R3: a source we may not use taints the record (KASPR: scraped restricted profiles)."""
+    """R3: a source we may not use taints the record (KASPR: scraped restricted profiles).
+    A social network source without the visibility its owner had chosen cannot be shown to
+    have been public (COMPLIANCE 1 asks for it): it is refused as a restricted one."""
     sources = case.contact.sources
     basis = "GDPR 6 and 14; CNIL KASPR 2024 and NESTOR 2020"
     if not sources:
@@ -175,6 +177,9 @@ def r3_forbidden_source(case: Case) -> Decision | None:
         if source.type == "social_network" and source.visibility == "restricted":
             return _reject("R3", "collected from a social network profile with restricted "
                            f"visibility ({source.name})", basis)
+        if source.type == "social_network" and source.visibility != "public":
+            return _reject("R3", "collected from a social network profile whose visibility "
+                           f"was not recorded ({source.name})", basis)
         if source.type in case.knobs.forbidden_sources:
             return _reject("R3", f"source type {source.type} is forbidden by policy "
                            f"({source.name})", basis)

@@ -43,6 +43,10 @@ TABLE = [
     ("public social profile is a source like another", person(sources=(
         Source("Mastodon", "social_network", "public"),), **CONSENT), False, Verdict.ALLOW,
      "R6", ""),
+    ("a social profile whose visibility was not recorded cannot be shown public "
+     "(allowed before: compliance audit)", person(sources=(
+         Source("LinkedIn", "social_network", None),), **CONSENT), False, Verdict.REJECT,
+     "R3", "visibility was not recorded"),
     ("NESTOR: broker (forbidden by default)", person(sources=(
         Source("Fichiers Express", "broker"),)), False, Verdict.REJECT, "R3", "broker"),
     ("one tainted source among clean ones taints the record", person(
