@@ -98,7 +98,8 @@ copies with the reviewer's reason, unsubscribes, the accounts told of an objecti
                ready to send as the answer
 
 With --out the file is written readable by the owner only. Exit 2 when EMAIL is not an
-address; an address the store knows nothing about still gets an answer saying so.
+address. An address the store knows nothing about still gets its answer saying so
+(GDPR 15), and the exit code is 1 (not found), as INTERFACE's exit codes have it.
 """
 
 
@@ -138,8 +139,9 @@ def export(state: CliState, email: str, fmt: str, language: str | None,
         except OSError as exc:
             fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_REFUSED)
         click.echo(f"export of {record.address} written to {out}", err=True)
-    if not record.holds_anything:
-        click.echo(f"gateway: nothing is held on {record.address}", err=True)
+    if not record.holds_anything:  # answered all the same (GDPR 15: whether data is held)
+        fail(f"nothing is held on {record.address} (the answer saying so is written)",
+             EXIT_REFUSED)
 
 
 ERASE_HELP = """Erase each EMAIL (GDPR 17): its ledger entry with sources and events, its

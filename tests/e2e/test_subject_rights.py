@@ -126,7 +126,10 @@ def test_export_names_the_directory_and_every_message(make_gateway, tmp_path, si
     assert link.is_symlink() and not (tmp_path / "elsewhere.txt").exists()
 
     nobody = gw.cli("subject", "export", "nobody@labo.example", "--format", "text")
-    assert nobody.returncode == 0 and "We hold no personal data" in nobody.stdout
+    # the answer, and 1 (not found) for scripts, as INTERFACE's exit codes say (INTERFACE
+    # audit: it was 0)
+    assert nobody.returncode == 1 and "We hold no personal data" in nobody.stdout
+    assert "nothing is held on nobody@labo.example" in nobody.stderr
     assert gw.cli("subject", "export", "not an address").returncode == 2
 
 
