@@ -349,6 +349,11 @@ class GatewayHandler:
             log.error("%s message from <%s> not committed, answered 451: %s",
                       server.client_ip, envelope.mail_from, exc)
             return replies.CANNOT_COMMIT
+        except Exception:  # a bug: the same 451, and the decisions still audited
+            verdicts.extend(decided)
+            log.exception("%s message from <%s> not accepted, answered 451",
+                          server.client_ip, envelope.mail_from)
+            return replies.INTERNAL_ERROR
         log.info("%s queued %s from=<%s> account=%s nrcpt=%d size=%d", server.client_ip,
                  queue_id, envelope.mail_from, account.name, len(envelope.rcpt_tos),
                  len(content))

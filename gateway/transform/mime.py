@@ -244,6 +244,9 @@ def scan(content: bytes) -> Part:
         boundary = part.params.get("boundary", "")
         if not boundary or len(boundary) > 200:
             raise Malformed(f"{part.content_type} without a usable boundary")
+        if not boundary.isascii():  # RFC 2046 5.1.1: bchars are ASCII; read here
+            # with surrogateescape, it could not even be encoded back to split the body
+            raise Malformed(f"{part.content_type} with a boundary beyond ASCII")
         if boundary[-1] in " \t":  # RFC 2046 5.1.1: readers strip a delimiter line's
             # trailing blanks (transport padding), so they disagree on where parts end
             raise Malformed(f"{part.content_type} with a boundary that ends with a space")
