@@ -195,7 +195,7 @@ class Gateway:
         await self.db.open()
         self.queue = QueueStore(self.db, self.instance_id)
         accounts = AccountStore(self.db)
-        transport = make_transport(s.delivery, s.smtp.hostname)
+        transport = make_transport(s.delivery, s.smtp.hostname, s.smtp.max_message_bytes)
         self.delivery = DeliveryService(self.queue, transport, s.delivery, s.smtp.hostname)
         hasher = AddressHasher(load_store_key(s.hash_key_path, s.store.path))
         self.lookup = LedgerLookup(s.store.path, hasher, reader_process=True,

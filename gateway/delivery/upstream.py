@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 # A pooled connection idle longer is closed rather than reused: many relays close theirs
 # after 30-60 s of silence (Postfix reuses one for 2 s by default, smtp_connection_cache_time_limit)
 IDLE_SECONDS = 15.0
+# What a copy may grow by on its way out (the notice in each text part, the unsubscribe
+# fields, Received, DKIM-Signature: a few KB; a text part re-encoded may grow more): an
+# upstream whose SIZE leaves less room than this over smtp.max_message_bytes bounces copies
+# of messages the gateway accepted near its limit
+GROWTH_HEADROOM = 64 * 1024
 
 
 class Transport(Protocol):
@@ -63,9 +68,12 @@ class SmtpTransport:
     ever cross in clear text.
     """
 
-    def __init__(self, settings: DeliverySettings, local_hostname: str) -> None:
+    def __init__(self, settings: DeliverySettings, local_hostname: str,
+                 accepted_bytes: int = 0) -> None:
         self.settings = settings
         self.local_hostname = settings.helo_name or local_hostname
+        self.accepted_bytes = accepted_bytes  # smtp.max_message_bytes: checked once
+        self._size_checked = accepted_bytes <= 0
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # (connection, last used)
         fastdata.install()
         self._tls_context: ssl.SSLContext | None = None
@@ -96,7 +104,26 @@ class SmtpTransport:
         except BaseException:  # a failure or a cancellation half-way: no socket left open
             client.close()
             raise
+        if not self._size_checked:
+            self._size_checked = True
+            self._check_size(client.esmtp_extensions.get("size", ""))
         return client
+
+    def _check_size(self, advertised: str) -> None:
+        """Warn, once, when the upstream's SIZE (RFC 1870) leaves less than GROWTH_HEADROOM
+        over what the gateway accepts: a message accepted near smtp.max_message_bytes grows
+        by the notice and the fields, and the upstream bounces its copies (552 and a DSN)."""
+        try:
+            limit = int(advertised.split()[0]) if advertised.strip() else 0
+        except ValueError:
+            return
+        if 0 < limit < self.accepted_bytes + GROWTH_HEADROOM:
+            log.warning("upstream %s:%d takes messages of at most %d bytes (SIZE), and the "
+                        "gateway accepts up to %d (smtp.max_message_bytes) and adds its notice "
+                        "and fields: copies of messages near that size will bounce; set "
+                        "smtp.max_message_bytes to %d or less", self.settings.host,
+                        self.settings.port, limit, self.accepted_bytes,
+                        max(0, limit - GROWTH_HEADROOM))
 
     def _pooled(self) -> aiosmtplib.SMTP | None:
         """An idle connection still open and used within IDLE_SECONDS, else None (the others
@@ -288,7 +315,9 @@ def _classify(exc: BaseException, remote_mta: str | None = None) -> Exception:
 GATEWAY_SIDE_REFUSALS = frozenset({530, 538})
 
 
-def make_transport(settings: DeliverySettings, local_hostname: str) -> Transport:
+def make_transport(settings: DeliverySettings, local_hostname: str,
+                   accepted_bytes: int = 0) -> Transport:
+    """`accepted_bytes`: smtp.max_message_bytes, checked against the upstream's SIZE."""
     if settings.mode == "maildir":
         return MaildirTransport(settings.maildir)
-    return SmtpTransport(settings, local_hostname)
+    return SmtpTransport(settings, local_hostname, accepted_bytes)

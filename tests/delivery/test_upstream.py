@@ -397,3 +397,31 @@ async def test_connections_the_upstream_closed_while_idle_are_not_tried_again():
     finally:
         await transport.close()
         server.close()
+
+
+@pytest.mark.parametrize("upstream_limit, warned", [(1_000_000, True), (2_000_000, False)])
+async def test_an_upstream_taking_less_than_the_gateway_accepts_is_warned_of_once(
+        caplog, upstream_limit: int, warned: bool):
+    """Messages accepted at smtp.max_message_bytes grew by the notice and the fields and
+    were bounced by an upstream of the same SIZE (durability review): the operator is told
+    at the first connection, with the value that fits."""
+    port = free_port()
+    controller = Controller(SlowUpstream(0.0), hostname="127.0.0.1", port=port,
+                            data_size_limit=upstream_limit)
+    controller.start()
+    settings = dataclasses.replace(DeliverySettings(), mode="smtp", host="127.0.0.1",
+                                   port=port, starttls=False, timeout_seconds=2, workers=1)
+    transport = SmtpTransport(settings, "gateway.test", accepted_bytes=1_000_000)
+    try:
+        with caplog.at_level("WARNING", "gateway.delivery.upstream"):
+            for _ in range(2):
+                await transport.send("news@example.com", "jane@example.net",
+                                     b"Subject: x\r\n\r\nbody\r\n")
+                await transport.close()
+    finally:
+        controller.stop()
+    said = [r.getMessage() for r in caplog.records if "SIZE" in r.getMessage()]
+    if warned:
+        assert len(said) == 1 and "smtp.max_message_bytes to 934464 or less" in said[0], said
+    else:
+        assert said == []
