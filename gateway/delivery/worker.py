@@ -43,6 +43,7 @@ HEADER_END = b"\r\n\r\n"
 
 OUTCOME_RETRY_SECONDS = 30.0  # a copy whose outcome the store refused is tried again then
 HEARTBEAT_SECONDS = 10.0  # well inside queue.STALE_HEARTBEAT_SECONDS
+SCAN_ERROR_LOG_SECONDS = 60.0  # a scan failing again and again is said this often, not each time
 SENT_RETRY_FIRST_SECONDS = 0.5  # a sent mark the store refused is written again after this,
 SENT_RETRY_MAX_SECONDS = 30.0  # doubling up to this
 
@@ -141,6 +142,7 @@ class DeliveryService:
     async def _scanner(self) -> None:
         """Pick up due copies: deferred retries, and anything a dead process left behind."""
         swept = time.monotonic()
+        failing, said = 0, 0.0  # scans failed in a row; when that was last logged
         while not self._stopping.is_set():
             try:
                 if time.monotonic() - swept >= SWEEP_SECONDS:
@@ -155,8 +157,15 @@ class DeliveryService:
                     self._more_due = len(copies) >= limit
                     self.dispatch(copies)
                 await self.queue.heartbeat(self._known)  # read only when renewing
+                if failing:
+                    log.warning("queue scan works again, after %d failed scans", failing)
+                    failing = 0
             except StoreError as exc:
-                log.error("queue scan failed: %s", exc)
+                failing += 1  # (a full disk failed every scan, logged 5 times a second)
+                if failing == 1 or time.monotonic() - said >= SCAN_ERROR_LOG_SECONDS:
+                    said = time.monotonic()
+                    log.error("queue scan failed%s: %s", f" ({failing} scans in a row)"
+                              if failing > 1 else "", exc)
             try:
                 # the heartbeat at least every HEARTBEAT_SECONDS, whatever scan_seconds says:
                 # other processes take a silent one for dead (STALE_HEARTBEAT_SECONDS)

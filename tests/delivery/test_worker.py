@@ -107,6 +107,35 @@ async def test_an_outcome_the_store_refused_is_recorded_at_the_next_try(db, tmp_
         await service.stop(drain_seconds=1)
 
 
+async def test_a_scan_failing_again_and_again_is_logged_once_then_its_recovery(
+        db, tmp_path, monkeypatch, caplog):
+    """A full disk failed every queue scan, each logged (5 lines a second with a short
+    scan_seconds: durability review): the first failure is said, then a line a minute at
+    most, and the recovery."""
+    queue = QueueStore(db, "me")
+    settings = dataclasses.replace(DeliverySettings(), maildir=str(tmp_path / "out"),
+                                   workers=1, scan_seconds=0.02)
+    service = DeliveryService(queue, MaildirTransport(settings.maildir), settings,
+                              "gateway.test")
+    real_claim, refused = queue.claim_due, []
+
+    async def claim_refused(*args, **kwargs):
+        if len(refused) < 20:
+            refused.append(1)
+            raise StoreError("database or disk is full")
+        return await real_claim(*args, **kwargs)
+    monkeypatch.setattr(queue, "claim_due", claim_refused)
+    with caplog.at_level("WARNING", "gateway.delivery"):
+        await service.start()
+        try:
+            await until(lambda: asyncio.sleep(0, "works again" in caplog.text))
+        finally:
+            await service.stop(drain_seconds=1)
+    failed = [r.getMessage() for r in caplog.records if "scan failed" in r.getMessage()]
+    assert len(refused) == 20 and failed == ["queue scan failed: database or disk is full"]
+    assert "queue scan works again, after 20 failed scans" in caplog.text
+
+
 async def test_past_max_age_it_fails_with_a_dsn_to_the_sender(db, tmp_path):
     queue, service, _ = await run_with_a_broken_prepare(db, tmp_path, max_age_hours=0)
     try:
