@@ -62,7 +62,9 @@ Each bad row is reported on stderr as FILE:LINE: reason, and the other rows impo
 cell keeps what the ledger had. A re-import never restarts the retention clock: collected_at
 only moves earlier, last_interaction_at only later. consent=withdrawn puts the address on the
 suppression list. A consent_method that names a pre-ticked box, a default, an opt-out or the
-terms and conditions (T&C, CGU, CGV) is not consent: such contacts are decided without it.
+terms and conditions (T&C, CGU, CGV), a consent implied or tacit, browsing on, an automatic
+opt-in, or only silence, inactivity or a privacy policy accepted is not consent (GDPR
+recital 32): such contacts are decided without it.
 An address erased by `gateway subject erase` is refused: erased data
 stays erased. A row already past its retention period by its own dates (R4: collected_at,
 the person's last action or consent, policy.prospect_retention_days) is named on stderr: it

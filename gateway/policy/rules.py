@@ -32,31 +32,43 @@ _INVALID_CONSENT = re.compile(
     r" (?:in advance|beforehand|[aà] l avance|d avance|(?:by|par) (?:d[eé]faut|default)))"
     r"|(?P<default>(?:by |par )?(?:d[eé]faut|default))"
     r"|opt ?out|terms|conditions|ts? ?& ?cs?|ts? ?and ?cs?|tos|cgus?|cgvs?|eulas?|bundled)\b")
-# Consent read into silence or conduct is no consent either (GDPR recital 32: "silence,
-# pre-ticked boxes or inactivity should not therefore constitute consent"; CNIL: continuing to
-# browse is not consent), nor is a privacy policy accepted, nor being opted in automatically.
+# Consent read into conduct is no consent either (GDPR recital 32; CNIL: continuing to
+# browse is not consent), nor being opted in automatically or a box ticked for the person.
 _TACIT_CONSENT = re.compile(
-    r"\b(?:implied|implicit\w*|implicite?s?|tacit\w*|presumed|pr[eé]sum[eé]\w*|silence"
-    r"|inactivity|inaction|inactivit[eé]"
+    r"\b(?:implied|implicit\w*|implicite?s?|tacit\w*"
     r"|continu\w* (?:to |[aà] |de )?(?:brows\w*|navig\w*|us(?:e|ing)|utilis\w*)"
     r"|continued (?:use|browsing)|poursuite de (?:la )?navigation"
+    r"|auto ?enrol\w*|auto(?:matic(?:ally)?)? ?opt(?:ed)? ?in"
+    r"|opted in (?:automatically|by default)"
+    r"|(?:ticked|checked|selected|coch[eé]e?s?) (?:for|pour|on behalf of) (?:the |l |le |la )?"
+    r"(?:user|person|customer|client|contact|prospect|subscriber|them|him|her|lui"
+    r"|utilisat\w*|personne|abonn\w*)"
+    r")\b")
+# Silence, inactivity, a presumption or a privacy policy accepted (recital 32) is no consent
+# when it is all the method says: beside a positive act of the person ("re-permission after
+# 12 months of inactivity, user clicked confirm", "opt-in checkbox and privacy policy
+# accepted") it is context, not the consent.
+_PASSIVE_CONSENT = re.compile(
+    r"\b(?:presumed|pr[eé]sum[eé]\w*|silence|inactivity|inaction|inactivit[eé]"
     r"|(?:accept\w*|agreed to) (?:the |our )?privacy (?:policy|notice)"
     r"|privacy (?:policy|notice) accept\w*"
     r"|politique de confidentialit[eé] accept[eé]\w*"
-    r"|accept\w* (?:de )?(?:la )?politique de confidentialit[eé]"
-    r"|auto ?enrol\w*|auto(?:matic(?:ally)?)? ?opt(?:ed)? ?in"
-    r"|opted in (?:automatically|by default)"
-    r"|(?:ticked|checked|selected|coch[eé]e?s?) (?:for|pour) (?:the|them|him|her|l|le|la|lui)"
-    r")\b")
+    r"|accept\w* (?:de )?(?:la )?politique de confidentialit[eé])\b")
+_POSITIVE_ACT = re.compile(
+    r"\b(?:opt ?in|opted ?in|double opt\w*|click\w*|confirm\w*|sign(?:ed)? ?up|signup"
+    r"|subscrib\w*|inscri\w*|souscri\w*|(?:ticked|checked|selected|coch[eé]e?s?) (?:by|par)"
+    r"|checkbox|case|form|formulaire|consent(?:ed|ement)? (?:given|donn[eé]|explicit\w*)"
+    r"|explicit\w*)\b")
 _NEGATIONS = frozenset({"not", "non", "no", "never", "pas", "jamais", "sans", "without"})
 # a box left empty for the person to tick: "unticked", "décochée", "vide", "empty"
 _EMPTY_STATE = re.compile(r"(?:un|d[eé])(?:ticked|checked|selected|coch)\w*|empty|vide|blank")
 
 
-def _denied(words: str, start: int) -> bool:
-    """Whether the two words before `start` deny what follows ("not", "non", "pas" ...,
-    or an English "n't": "wasn t" once punctuation is gone)."""
-    before = words[:start].split()[-2:]
+def _denied(words: str, start: int, reach: int = 2) -> bool:
+    """Whether the `reach` words before `start` deny what follows ("not", "non", "pas" ...,
+    or an English "n't": "wasn t" once punctuation is gone; "pas de consentement présumé"
+    needs three)."""
+    before = words[:start].split()[-reach:]
     return any(word in _NEGATIONS for word in before) or " ".join(before).endswith("n t")
 
 
@@ -83,7 +95,10 @@ def invalid_consent_method(method: str | None) -> bool:
                                                                found.end()):
             continue  # "MX checked automatically", "address auto-checked for typos"
         return True
-    return any(not _denied(words, found.start()) for found in _TACIT_CONSENT.finditer(words))
+    if any(not _denied(words, found.start(), 3) for found in _TACIT_CONSENT.finditer(words)):
+        return True
+    return not _POSITIVE_ACT.search(words) and any(
+        not _denied(words, found.start(), 3) for found in _PASSIVE_CONSENT.finditer(words))
 
 
 # what a check of the address (not a box) is said of, two words either side

@@ -278,6 +278,16 @@ def test_recipients_with_the_same_outcome_share_one_decision():
     ("explicit, not implied", True), ("web form; privacy policy shown", True),
     ("double opt-in, link in the privacy notice", True), ("continued from the 2025 form", True),
     ("continuous user consent log", True),
+    # ordinary wording the first version of that rule took for tacit consent (diff review)
+    ("checkbox ticked for the newsletter", True), ("case cochée pour la newsletter", True),
+    ("case cochée pour le programme de fidélité", True),
+    ("box checked for the monthly offers by the user", True),
+    ("opt-in box selected for the newsletter", True),
+    ("re-permission email after 12 months of inactivity, user clicked confirm", True),
+    ("web form: opt-in checkbox and privacy policy accepted", True),
+    ("consentement explicite (pas de consentement présumé)", True),
+    ("no presumed consent", True), ("privacy policy accepted", False),
+    ("consentement présumé", False), ("case cochée pour l'utilisateur", False),
 ])
 def test_a_consent_method_naming_a_ticked_box_or_the_terms_is_not_consent(method, valid):
     """consent_method is free text: "pre-ticked box" or "accepted T&C" is no more consent
