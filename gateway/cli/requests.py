@@ -62,7 +62,8 @@ def open_(state: CliState, email: str, kind: str, received: datetime.datetime | 
             try:
                 if kind == "objection":  # before the request's row: the objection first
                     added = await Ledger(db, hasher_for(state.settings)).suppress(
-                        email, "manual", reason="objection request")
+                        email, "manual", reason="objection request",
+                        person=True)
                     answered = ("applied when recorded: suppressed (R1)" if added else
                                 "applied when recorded: the address was suppressed already")
                 request = await RequestStore(db).open(email, kind, stamp, answered)
@@ -119,7 +120,8 @@ def close(state: CliState, request_id: int, note: str | None) -> None:
             request = await store.get(request_id)
             if request.kind == "objection" and request.closed_at is None:
                 if await Ledger(db, hasher_for(state.settings)).suppress(
-                        request.address, "manual", reason="objection request"):
+                        request.address, "manual", reason="objection request",
+                        person=True):
                     click.echo(f"{request.address} suppressed (R1): the objection applied")
             await store.close(request_id, note)
         click.echo(f"request {request_id} closed")

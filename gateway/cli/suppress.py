@@ -58,9 +58,10 @@ def remove(state: CliState, email: str, reason: str | None, force: bool) -> None
                 raise Refused(str(exc)) from None
         click.echo(f"{email} removed from the suppression list")
         if contact is not None and contact.consent == "withdrawn":
-            click.echo("note: the ledger still records its consent as withdrawn, so it is "
-                       "decided without consent until a contacts file grants it again "
-                       "(`gateway check` shows the decision)")
+            click.echo("note: the ledger still records its consent as withdrawn (a withdrawal, or "
+                       "the person's own objection), so it is decided without consent until a "
+                       "contacts file grants it again, dated after that (`gateway check` shows "
+                       "the decision)")
 
     run(body)
 

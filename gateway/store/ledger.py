@@ -385,16 +385,14 @@ _OBJECTIONS_SQL = (
     "INSERT OR IGNORE INTO contact_events (contact_id, kind, occurred_at, channel, wording, ip,"
     " recorded_at) SELECT c.id, 'objection', ?, k.channel, k.reason, k.ip, ? FROM k"
     " JOIN contacts c ON c.id IN {contacts}").replace("{contacts}", _K_CONTACTS)
-# over k(a, l, channel, reason, ip), the same contacts: the person's own objection (any
-# channel but an operator's `manual` entry, a bounce say) withdraws the consent on record, as
-# a withdrawal in a contacts file does. Else `suppress remove` brought R6 back on the consent
-# given before the objection. Its date is the objection's: a file's grant dated earlier (a
-# stale export) does not replace it (ledger_import._STALE_GRANT); the consent's proof stays in
-# its event.
+# over k(a, l, p), the same contacts: the person's own objection (Objection.by_person)
+# withdraws the consent on record, as a withdrawal in a contacts file does. Else `suppress
+# remove` brought R6 back on the consent given before the objection. The consent's date,
+# method and proof stay (the proof of mail sent under it, GDPR 7(1)); a file's grant dated
+# before the objection (a stale export) does not replace it (ledger_import._STALE_GRANT).
 _WITHDRAW_SQL = (
-    "UPDATE contacts SET consent = 'withdrawn', consent_at = ?, consent_method = NULL,"
-    " consent_proof = NULL, updated_at = ? WHERE consent = 'granted' AND id IN ("
-    "SELECT c.id FROM k JOIN contacts c ON c.id IN {contacts} WHERE k.channel != 'manual')"
+    "UPDATE contacts SET consent = 'withdrawn', updated_at = ? WHERE consent = 'granted'"
+    " AND id IN (SELECT c.id FROM k JOIN contacts c ON c.id IN {contacts} WHERE k.p)"
 ).replace("{contacts}", _K_CONTACTS)
 COUNT_OBJECTIONS_SQL = (
     "INSERT INTO objection_counts (channel, total) VALUES (?, ?)"
@@ -422,6 +420,13 @@ class Objection(NamedTuple):
     channel: str
     reason: str | None
     ip: str | None
+    # the person's own act (an unsubscribe, a complaint, a GDPR 21 request), which withdraws
+    # their consent; None: every channel but `manual` (an operator's entry, a bounce say)
+    person: bool | None = None
+
+    @property
+    def by_person(self) -> bool:
+        return self.channel != "manual" if self.person is None else self.person
 
 
 def _lower_local(address: str) -> str:
@@ -461,7 +466,7 @@ def record_objections(conn: sqlite3.Connection, objections: Sequence[Objection],
         rows = [(o.address, _lower_local(o.address), o.channel, o.reason, o.ip)
                 for o in (objections[i] for i in new)]
         with_rows(conn, "k(a, l, channel, reason, ip)", rows, _OBJECTIONS_SQL, (now, now))
-        with_rows(conn, "k(a, l, channel, reason, ip)", rows, _WITHDRAW_SQL, (now, now))
+        _withdraw_consents(conn, [objections[i] for i in new], now)
         with_rows(conn, "k(n, body)",  # (no address, nothing to notify: a purged contact)
                   [(n, notifications.notification_body(objections[i].address,
                                                        objections[i].channel, now))
@@ -489,7 +494,7 @@ def _person_over_manual(conn: sqlite3.Connection, already: Sequence[Objection],
     bounce, say) is recorded all the same: its event (channel, time, IP: the proof), and the
     entry's channel becomes the person's. Else `suppress remove` of the operator's entry left
     no trace of it, and mail resumed to someone told "you will get no more"."""
-    person = [o for o in already if o.channel != "manual"]
+    person = [o for o in already if o.by_person]
     if not person:
         return
     manual = {bytes.fromhex(h)
@@ -502,7 +507,15 @@ def _person_over_manual(conn: sqlite3.Connection, already: Sequence[Objection],
                      [(o.channel, o.digest) for o in taken])
     rows = [(o.address, _lower_local(o.address), o.channel, o.reason, o.ip) for o in taken]
     with_rows(conn, "k(a, l, channel, reason, ip)", rows, _OBJECTIONS_SQL, (now, now))
-    with_rows(conn, "k(a, l, channel, reason, ip)", rows, _WITHDRAW_SQL, (now, now))
+    _withdraw_consents(conn, taken, now)
+
+
+def _withdraw_consents(conn: sqlite3.Connection, objections: Sequence[Objection],
+                       now: float) -> None:
+    """The consent of each person objecting of their own act is withdrawn (_WITHDRAW_SQL)."""
+    rows = [(o.address, _lower_local(o.address), 1) for o in objections if o.by_person]
+    if rows:
+        with_rows(conn, "k(a, l, p)", rows, _WITHDRAW_SQL, (now,))
 
 
 class Ledger:
@@ -532,11 +545,12 @@ class Ledger:
         return SuppressionEntry(row[0], row[1], row[2], key) if row else None
 
     async def suppress(self, address: str, channel: str, ip: str | None = None,
-                       reason: str | None = None) -> bool:
+                       reason: str | None = None, person: bool | None = None) -> bool:
         """Add `address` to the suppression list (and an objection event when the ledger holds
-        it), committed before returning. False when it was already there."""
+        it), committed before returning. False when it was already there. `person`: the
+        person's own act (Objection.person)."""
         key = normalize_address(address)
-        objection = Objection(self.hasher(key), key, channel, reason, ip)
+        objection = Objection(self.hasher(key), key, channel, reason, ip, person)
         now = time.time()
         return (await self.db.write(lambda conn: record_objections(conn, [objection], now)))[0]
 

@@ -75,10 +75,12 @@ ON CONFLICT (address) DO UPDATE SET
 # A grant does not replace a recorded withdrawal unless it is dated after it: a weekly export
 # made before the withdrawal was entered would bring the consent back (R6 allowed again once
 # the suppression was lifted), and the ledger would state it to the person (GDPR 15).
+# A person's objection withdrew the consent too (store/ledger._WITHDRAW_SQL), keeping its
+# date: the grant must be dated after the objection as well.
 _STALE_GRANT = (
-    "(consent = 'withdrawn' AND ?12 = 'granted' AND NOT coalesce(?13 > coalesce(consent_at,"
-    " (SELECT max(e.occurred_at) FROM contact_events e WHERE e.contact_id = contacts.id"
-    " AND e.kind = 'withdrawal'), 0), 0))")
+    "(consent = 'withdrawn' AND ?12 = 'granted' AND NOT coalesce(?13 > max(coalesce(consent_at,"
+    " 0), coalesce((SELECT max(e.occurred_at) FROM contact_events e WHERE e.contact_id ="
+    " contacts.id AND e.kind IN ('withdrawal', 'objection')), 0)), 0))")
 # Without collected_at, a contact was collected no later than the facts its row dates (its
 # consent, its last interaction, when it was informed), and no later than now: R4's clock
 # started then (a row with consent_at 2021 and no collected_at started it on the import day).

@@ -685,22 +685,29 @@ async def test_the_persons_objection_withdraws_their_consent_for_good(db, hasher
     head = "email,audience,consent,consent_at,consent_method,source_name,source_type\n"
     import_csv(db, hasher, head + "c@example.com,b2c,granted,2026-01-05,web form,web,direct\n"
                                   "m@example.com,b2c,granted,2026-01-05,web form,web,direct\n")
+    import_csv(db, hasher, head + "r@example.com,b2c,granted,2026-01-05,web form,web,direct\n")
     ledger = Ledger(db, hasher)
-    before = time.time()
     assert await ledger.suppress("C@example.com", channel, ip="192.0.2.7")
     assert await ledger.suppress("m@example.com", "manual", reason="hard bounce")
-    await ledger.unsuppress("c@example.com")
-    await ledger.unsuppress("m@example.com")
-    contact = (await facts(db, hasher, "c@example.com")).contact
-    assert contact is not None and contact.consent == "withdrawn"
-    assert contact.consent_at is not None and contact.consent_at >= before
+    # a GDPR 21 request entered by the operator is the person's own act too (diff review)
+    assert await ledger.suppress("r@example.com", "manual", reason="objection request",
+                                 person=True)
+    for address in ("c@example.com", "m@example.com", "r@example.com"):
+        await ledger.unsuppress(address)
+    for address in ("c@example.com", "r@example.com"):
+        contact = (await facts(db, hasher, address)).contact
+        assert contact is not None and contact.consent == "withdrawn"
+        # the consent's date, method and proof stay: the proof of mail sent under it
+        assert (contact.consent_at, contact.consent_method) == (1767571200.0, "web form")
     # an operator's suppression (a bounce, say) is no act of the person's: consent kept
     assert (await facts(db, hasher, "m@example.com")).contact.consent == "granted"
     import_csv(db, hasher, head + "c@example.com,b2c,granted,2026-01-05,web form,web,direct\n")
     assert (await facts(db, hasher, "c@example.com")).contact.consent == "withdrawn"
-    # the proof of the consent once given stays in the contact's history
-    kinds = [(e.kind, e.method) for e in await ledger.events(contact.id or 0)]
-    assert ("consent", "web form") in kinds and kinds[-2][0] == "objection"
+    # dated after the objection, a new consent replaces the withdrawal
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
+    import_csv(db, hasher, head + f"c@example.com,b2c,granted,{later},double opt-in,web,direct\n")
+    contact = (await facts(db, hasher, "c@example.com")).contact
+    assert (contact.consent, contact.consent_method) == ("granted", "double opt-in")
 
 
 async def test_a_stale_grant_never_replaces_a_recorded_withdrawal(db, hasher):

@@ -987,3 +987,36 @@ def test_a_store_that_carried_mail_before_the_chain_existed_still_verifies(tmp_p
     intact, broken = asyncio.run(upgrade())
     assert (intact.first_broken, intact.rows) == (None, 4)
     assert broken.first_broken == 5 and broken.rows == 4
+
+
+def test_contacts_that_objected_before_029_have_their_consent_withdrawn(tmp_path):
+    """Objections recorded before the person's objection withdrew consent left it granted:
+    lifted, R6 came back. 029 withdraws it for the person's own objections made after the
+    consent, not for an operator's entry nor for a consent given again since."""
+    import asyncio
+
+    from gateway.store.db import Database
+
+    path = tmp_path / "old.db"
+    with store_before(29, path) as conn:
+        for cid, address in enumerate(("click@x.example", "request@x.example",
+                                       "bounce@x.example", "again@x.example"), 1):
+            conn.execute(
+                "INSERT INTO contacts (id, address, address_hash, kind, audience, relationship,"
+                " consent, consent_at, consent_method, collected_at, created_at, updated_at)"
+                " VALUES (?, ?, ?, 'person', 'b2c', 'prospect', 'granted', ?, 'web form', 0,"
+                " 0, 0)", (cid, address, bytes([cid]) * 32, 1000.0 if cid < 4 else 3000.0))
+        for cid, channel, wording in ((1, "one-click", None), (2, "manual", "objection request"),
+                                      (3, "manual", "hard bounce"), (4, "one-click", None)):
+            conn.execute("INSERT INTO contact_events (contact_id, kind, occurred_at, channel,"
+                         " wording, recorded_at) VALUES (?, 'objection', 2000, ?, ?, 2000)",
+                         (cid, channel, wording))
+
+    async def upgrade() -> None:
+        async with Database(path):
+            pass
+    asyncio.run(upgrade())
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT consent, consent_method FROM contacts ORDER BY id").fetchall()
+    assert rows == [("withdrawn", "web form"), ("withdrawn", "web form"),
+                    ("granted", "web form"), ("granted", "web form")]
