@@ -8,8 +8,9 @@ outlives the data.
 The purge takes the person's address out of the sending records too (KASPR: no data kept past
 its time): their finished copies (sent, or failed), their decided quarantine rows, the
 objection notifications about them already delivered, and the raw messages left with no copy.
-Their decisions stay accountable in the audit log, under the keyed hash. Their copies still
-waiting (queued or deferred) are withdrawn, as an erasure withdraws them: past its time the
+Their decisions stay accountable in the audit log, under the keyed hash. Their prospecting
+copies still waiting (queued or deferred; not a service message's, T1, nor a DSN) are
+withdrawn, as an erasure withdraws them: past its time the
 data may not be used, and no DSN is sent, which would name the address again (a copy a
 process is sending at that moment goes, or is refused by compose.Composer's R2 check). What
 else is in flight stays:
@@ -58,7 +59,9 @@ _TOMBSTONE = ("INSERT OR REPLACE INTO retention_purges"  # noqa: S608 - constant
 _FINISHED_COPIES = ("DELETE FROM deliveries WHERE state IN ('sent', 'failed')"
                     " AND subject_form(recipient) IN (SELECT value FROM json_each(?))"
                     " RETURNING message_id")
-_WAITING_COPIES = _FINISHED_COPIES.replace("('sent', 'failed')", "('queued', 'deferred')")
+# (not a service message, T1, which reads no ledger; nor a DSN, which has no rule)
+_WAITING_COPIES = _FINISHED_COPIES.replace(
+    "('sent', 'failed')", "('queued', 'deferred') AND rule IS NOT NULL AND rule != 'T1'")
 _DECIDED_HELD = ("DELETE FROM quarantine WHERE state != 'held'"
                  " AND subject_form(recipient) IN (SELECT value FROM json_each(?))"
                  " RETURNING message_id")

@@ -627,10 +627,14 @@ async def test_a_retention_purge_takes_the_address_out_of_finished_records(db, h
         return IncomingMessage(mid, time.time(), "crm", "127.0.0.1", "news@example.com",
                                f"Subject: {mid}\r\n\r\nbody\r\n".encode(), rcpts, subject=mid)
 
-    sent, failed, pending, shared = await queue.commit_messages([
+    sent, failed, pending, shared, _ = await queue.commit_messages([
         message("SENT", "old@example.com"), message("FAILED", "OLD@example.com"),
         message("PENDING", "old@example.com"),
-        message("SHARED", "old@example.com", "new@example.com")])
+        message("SHARED", "old@example.com", "new@example.com"),
+        message("RECEIPT", "old@example.com")])
+    # every copy allowed by R6 but a service message's (T1 reads no ledger: its copy stays)
+    await db.write_one("UPDATE deliveries SET rule = CASE message_id WHEN 'RECEIPT' THEN 'T1'"
+                       " ELSE 'R6' END")
     await queue.mark_sent([SentMark(sent[0].delivery_id), SentMark(shared[0].delivery_id)])
     await queue.fail(failed[0].delivery_id, "550 no such user")
     for mid, rcpt, state in (("SENT", "old@example.com", "released"),
@@ -663,7 +667,8 @@ async def test_a_retention_purge_takes_the_address_out_of_finished_records(db, h
     assert addresses[answered.id].startswith("purged:")
     assert addresses[pending.id] == "OLD@example.com"
     left = await db.fetchall("SELECT message_id, recipient, state FROM deliveries ORDER BY id")
-    assert [tuple(row) for row in left] == [("SHARED", "new@example.com", "queued")]
+    assert [tuple(row) for row in left] == [("SHARED", "new@example.com", "queued"),
+                                            ("RECEIPT", "old@example.com", "queued")]
     held = await db.fetchall("SELECT recipient, state FROM quarantine ORDER BY id")
     assert [tuple(row) for row in held] == [("old@example.com", "held"),
                                             ("new@example.com", "rejected")]
@@ -673,7 +678,7 @@ async def test_a_retention_purge_takes_the_address_out_of_finished_records(db, h
                                              ("new@example.com", "sent")]
     # SENT stays for its held copy, SHARED for its queued one; FAILED and PENDING are gone
     messages = await db.fetchall("SELECT id FROM messages ORDER BY id")
-    assert [row[0] for row in messages] == ["SENT", "SHARED"]
+    assert [row[0] for row in messages] == ["RECEIPT", "SENT", "SHARED"]
     assert (await Retention(db, PolicyKnobs()).purge()).addresses == []
 
 
