@@ -6,6 +6,7 @@ Input has CRLF line ends. A field is its first line plus the folded lines that f
 from __future__ import annotations
 
 import re
+from email.errors import MessageError
 from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
 
@@ -95,7 +96,7 @@ def display_subject(content: bytes, limit: int = 200) -> str:
     raw = field_value(content, "subject") or ""
     try:
         text = str(make_header(decode_header(raw)))
-    except (ValueError, LookupError, UnicodeError):
+    except (ValueError, LookupError, UnicodeError, MessageError):
         text = raw
     text = "".join(c if c.isprintable() else " " for c in text)
     return text[:limit]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from email.errors import MessageError
 from email.header import decode_header, make_header
 
 from gateway.model import MessageFacts
@@ -344,7 +345,7 @@ def _visible(subject: str) -> bool:
     if "=?" in subject:
         try:
             text = str(make_header(decode_header(subject)))
-        except (ValueError, LookupError, UnicodeError):
+        except (ValueError, LookupError, UnicodeError, MessageError):
             pass
     return any(not char.isspace() and unicodedata.category(char) not in ("Cc", "Cf", "Zs")
                for char in text)
