@@ -18,7 +18,7 @@ IDLE_TIMEOUT = 300.0  # RFC 5321 4.5.3.2.7: server timeout 5 minutes
 
 AUTH_MAX_FAILURES = 10  # consecutive failures that lock an account
 AUTH_LOCKOUT_MINUTES = 15
-AUTH_IP_MAX_FAILURES = 20  # failures from one IP (IPv6: /64) within the window, then throttled
+AUTH_IP_MAX_FAILURES = 20  # failures from one IP in the window (an IPv6 /64: 4x), then throttled
 AUTH_FAILURE_DELAY = 1.0  # seconds added to every failed AUTH answer (throttling)
 
 DELIVERY_WORKERS = 16

@@ -30,6 +30,7 @@ MAX_TRACKED_NAMES = 100_000  # the same for unknown login names (a few MB at mos
 ADMISSION_WAIT_SECONDS = 30.0
 # a client the account logged in from this recently gets in through its lock (024)
 KNOWN_CLIENT_SECONDS = 30 * 86400.0
+NET_LIMIT_FACTOR = 4  # an IPv6 /64 may fail this many times auth_ip_max_failures
 REMEMBER_EVERY_SECONDS = 3600.0  # a login from a client already known is written this often
 
 
@@ -71,22 +72,33 @@ class Authenticator:
         checked waits for them: a tool opening 20 connections at once still logs them all
         in, a guesser gets no more tries than the limits."""
         key = login[:MAX_LOGIN_LENGTH]
-        # the per-IP limit counts an IPv6 client by its /64: one host has a /64 of addresses
-        # to take turns with, and each would have been given auth_ip_max_failures tries
-        counted = client_key(client_ip)
-        known = client_address(client_ip)  # a client the account logged in from: exact
+        known = client_address(client_ip)  # the address itself: its own limit
+        # an IPv6 client's /64 has a limit of its own, NET_LIMIT_FACTOR times higher: one host
+        # has a /64 of addresses to take turns with (each had the whole limit), but a cloud
+        # subnet shares one among many hosts, and a client the account logged in from is not
+        # held by its neighbours' failures (diff review)
+        net = client_key(client_ip)
+        nets = () if net == known else (net,)
+        net_limit = self.settings.auth_ip_max_failures * NET_LIMIT_FACTOR
         deadline = time.monotonic() + ADMISSION_WAIT_SECONDS
         while True:
             now = time.time()
-            if self._ip_blocked(counted, now):
-                log.warning("AUTH from %s refused: %d failures from %s in %.0f min",
+            if self._ip_blocked(known, now):
+                log.warning("AUTH from %s refused: %d failures from this IP in %.0f min",
                             client_ip, self.settings.auth_ip_max_failures,
-                            "this IP" if counted == known else counted,
                             self.window_seconds / 60)
                 await self._throttle()
                 return AuthVerdict(AuthOutcome.LOCKED)
             found = await self.accounts.get_with_hash(login) \
                 if login and len(login) <= MAX_LOGIN_LENGTH else None
+            client_known = found is not None and await self.accounts.known_client(
+                found[0].id, known, now - KNOWN_CLIENT_SECONDS)
+            held_nets = () if client_known else nets
+            if any(self._ip_count(n, now) >= net_limit for n in held_nets):
+                log.warning("AUTH from %s refused: %d failures from %s in %.0f min",
+                            client_ip, net_limit, net, self.window_seconds / 60)
+                await self._throttle()
+                return AuthVerdict(AuthOutcome.LOCKED)
             # decided before the check, the same way for a name that exists and one that
             # does not: decided after it, the unknown names' lock showed under a burst and
             # the accounts' did not, which told the names apart
@@ -98,8 +110,7 @@ class Authenticator:
                 # a lock that has run out starts the count afresh (record_failure resets it)
                 count = 0 if account.locked_until is not None and not locked \
                     else account.failed_logins
-                if locked and await self.accounts.known_client(
-                        account.id, known, now - KNOWN_CLIENT_SECONDS):
+                if locked and client_known:
                     # the lock is against guessers elsewhere: a client this account logged
                     # in from gets in (the per-IP limit still holds it to its own tries);
                     # anyone knowing the name locked the tool out for good from one address
@@ -114,18 +125,22 @@ class Authenticator:
                 await self._throttle()
                 return AuthVerdict(AuthOutcome.LOCKED)
             if (count + self._name_checking.get(key, 0) < self.settings.auth_max_failures
-                    and self._ip_count(counted, now)
-                    + self._ip_checking.get(counted, 0) < self.settings.auth_ip_max_failures):
+                    and self._ip_count(known, now) + self._ip_checking.get(known, 0)
+                    < self.settings.auth_ip_max_failures
+                    and all(self._ip_count(n, now) + self._ip_checking.get(n, 0) < net_limit
+                            for n in held_nets)):
                 break
             if not await self._checked(deadline):
                 await self._throttle()
                 return AuthVerdict(AuthOutcome.LOCKED)
-        _take(self._ip_checking, counted)  # no await since the counts were read
+        for counted in (known, *nets):  # no await since the counts were read
+            _take(self._ip_checking, counted)
         _take(self._name_checking, key)
         try:
             return await self._check(found, login, password, client_ip, now)
         finally:
-            _release(self._ip_checking, counted)
+            for counted in (known, *nets):
+                _release(self._ip_checking, counted)
             _release(self._name_checking, key)
             self._ended.set()  # those waiting read the counts again
             self._ended = asyncio.Event()
@@ -176,13 +191,14 @@ class Authenticator:
         self._remembered[key] = now
 
     async def _failed(self, client_ip: str, now: float, why: str) -> AuthVerdict:
-        counted = client_key(client_ip)
-        failures = self._ip_failures.get(counted)
-        if failures is None:
-            if len(self._ip_failures) >= MAX_TRACKED_IPS:
-                self._forget_old(now)
-            failures = self._ip_failures.setdefault(counted, deque())
-        failures.append(now)
+        known = client_address(client_ip)
+        for counted in {known, client_key(client_ip)}:  # the address, and an IPv6 one's /64
+            failures = self._ip_failures.get(counted)
+            if failures is None:
+                if len(self._ip_failures) >= MAX_TRACKED_IPS:
+                    self._forget_old(now)
+                failures = self._ip_failures.setdefault(counted, deque())
+            failures.append(now)
         log.warning("AUTH failed from %s: %s", client_ip, why)
         await self._throttle()
         return AuthVerdict(AuthOutcome.BAD)

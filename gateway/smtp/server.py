@@ -197,8 +197,9 @@ class GatewaySMTP(SMTP):
         self._reader.__class__ = StrictLineReader
         self._trusted = any(client.contains(self._client_ip)
                             for client in self.gateway_settings.trusted_clients)
-        # IPv6: the /64, as the HTTP side counts (one host has a /64 to take turns with)
-        self._client_key = client_key(self._client_ip)
+        # IPv6: the /64, as the HTTP side counts (one host has a /64 to take turns with);
+        # a trusted client by its own address (the operator's tools may share a subnet)
+        self._client_key = self._client_ip if self._trusted else client_key(self._client_ip)
         self._connections[self._client_key] += 1
         self._counted = True
         self._sessions.add(self)
