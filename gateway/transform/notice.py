@@ -119,23 +119,38 @@ def render(template: NoticeTemplate, facts: NoticeFacts) -> Notice:
         line = text.format_map(values)
         plain_lines.extend(textwrap.wrap(line, WIDTH, break_long_words=False,
                                          break_on_hyphens=False) or [""])
-        html_parts.append(f'<p style="margin:0 0 6px 0">'
+        html_parts.append(f'<p style="{_P_STYLE}">'
                           f"{html.escape(text, quote=False).format_map(html_values)}</p>")
-    block = ('<div lang="{lang}" style="margin-top:24px;padding-top:8px;border-top:1px solid '
-             '#ccc;font-size:12px;color:#555">{body}</div>').format(
-        lang=html.escape(template.language), body="".join(html_parts))
+    block = '<div lang="{lang}" style="{style}">{body}</div>'.format(
+        lang=html.escape(template.language), style=_DIV_STYLE, body="".join(html_parts))
     # a line break in a template or a value (a TOML multi-line string, a controller address
     # on two lines) is a space in HTML, and must not reach the copy as a bare line end
     block = _LINE_BREAKS.sub(" ", block)
     return Notice(template.language, template.version, "\n".join(plain_lines), block)
 
 
+# The notice and its links must show whatever the message's own stylesheet says: a
+# `div[lang]{display:none}` or `a[href*="/u/"]{display:none}` in the tool's HTML hid them
+# (compliance audit, headless Chromium). A declaration in a style attribute marked
+# !important wins over any stylesheet's (CSS Cascade 4, 6.1); the div is also positioned
+# above a page-covering overlay, on a background of its own.
+_SHOWN = ("visibility:visible !important;opacity:1 !important;clip:auto !important;"
+          "clip-path:none !important;transform:none !important;filter:none !important;"
+          "height:auto !important;max-height:none !important;overflow:visible !important;"
+          "text-indent:0 !important;font-size:12px !important;line-height:1.4 !important;")
+_DIV_STYLE = (f"display:block !important;{_SHOWN}position:relative !important;"
+              "z-index:2147483647 !important;background:#fff !important;color:#555 !important;"
+              "margin-top:24px;padding-top:8px;border-top:1px solid #ccc")
+_P_STYLE = f"display:block !important;{_SHOWN}color:#555 !important;margin:0 0 6px 0"
+_A_STYLE = f"display:inline !important;{_SHOWN}color:#1155cc !important"
+
+
 def _html_value(key: str, value: str) -> str:
     escaped = html.escape(value)
     if key in URL_FIELDS and _LINK.match(value):
-        return f'<a href="{escaped}">{escaped}</a>'
+        return f'<a href="{escaped}" style="{_A_STYLE}">{escaped}</a>'
     if key == "dpo_email" and "@" in value and _LINK.match("mailto:" + value):
-        return f'<a href="mailto:{escaped}">{escaped}</a>'
+        return f'<a href="mailto:{escaped}" style="{_A_STYLE}">{escaped}</a>'
     return escaped
 
 

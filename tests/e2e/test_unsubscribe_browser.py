@@ -119,3 +119,42 @@ def test_the_page_in_a_real_browser_opts_the_contact_out(gw, sink: Sink, browser
     code, text = rcpt(gw, ADDRESS)
     assert (code, text.split()[1]) == (550, "R1"), (code, text)
     assert suppressed(gw) == ["link"]
+
+
+@pytest.mark.parametrize("hostile", [
+    "<style>div[lang]{display:none}</style>",
+    "<style>body > div:last-child{display:none !important}</style>",
+    '<style>a[href*="/u/"]{display:none !important;visibility:hidden}</style>',
+    "<style>body>div{font-size:0!important;max-height:0;overflow:hidden}</style>",
+    '<div style="position:fixed;top:0;left:0;width:100%;height:100%;background:#fff;'
+    'z-index:99"></div>',
+])
+def test_the_messages_own_stylesheet_cannot_hide_the_notice(browser, tmp_path, hostile):
+    """The tool's HTML could hide the whole notice, unsubscribe link included, with one CSS
+    rule or a covering block (compliance audit): the notice's inline !important styles win,
+    and it sits above an overlay. Rendered in the real browser."""
+    import email
+    import email.policy
+
+    from gateway.notice_templates import load_templates
+    from gateway.transform.footer import add_notice
+    from gateway.transform.notice import NoticeFacts, choose, render
+
+    notice = render(choose(load_templates(), "en", "en"), NoticeFacts(
+        "ACME SAS", "https://acme.example", "https://acme.example/privacy", "dpo@acme.example",
+        3, "https://gw.example/u/abcdef", "R6", "2026-01-05"))
+    message = (b"From: a@example.com\r\nSubject: hi\r\nMIME-Version: 1.0\r\n"
+               b"Content-Type: text/html; charset=utf-8\r\n\r\n<html><head>"
+               + hostile.encode() + b"</head><body><p>CRM offer</p></body></html>\r\n")
+    copy = email.message_from_bytes(add_notice(message, notice), policy=email.policy.default)
+    page = tmp_path / "copy.html"
+    page.write_text(copy.get_content())
+    browser.get(page.as_uri())
+    link = browser.find_element(By.CSS_SELECTOR, 'a[href="https://gw.example/u/abcdef"]')
+    assert link.is_displayed() and link.size["height"] > 0 and link.size["width"] > 0
+    at = link.location
+    on_top = browser.execute_script(
+        "const r = arguments[0].getBoundingClientRect();"
+        "return document.elementFromPoint(r.left + 2, r.top + r.height / 2) === arguments[0];",
+        link)
+    assert on_top, (hostile, at)

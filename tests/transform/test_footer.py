@@ -743,3 +743,17 @@ def test_a_file_name_given_twice_is_malformed_not_an_error():
     assert "given twice" in (structure_facts(original).malformed or "")
     with pytest.raises(NoticeError):
         add_notice(original, notice())
+
+
+def test_an_html_body_of_frames_is_malformed_but_a_frameset_in_a_comment_is_not():
+    """Readers drop what follows a <frameset> (no body): the notice went nowhere (compliance
+    audit). Held under M2 at DATA; the word in a comment or an attribute is no element."""
+    from gateway.transform.footer import structure_facts
+
+    def facts(markup: bytes):
+        return structure_facts(HEAD + b"Content-Type: text/html\r\n\r\n" + markup + b"\r\n")
+    assert "frameset" in (facts(b"<html><FRAMESET rows='*'><frame></frameset></html>")
+                          .malformed or "")
+    for fine in (b"<html><body><!-- <frameset> --><p>x</p></body></html>",
+                 b'<html><body><img alt="<frameset>"><p>x</p></body></html>'):
+        assert facts(fine).malformed is None, fine
