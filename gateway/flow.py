@@ -93,6 +93,15 @@ class RecipientVerdict(NamedTuple):
         return None if read is None else read.contact_id
 
 
+def sender_refused(reply: str) -> RecipientVerdict:
+    """The verdict of a RCPT refused for its transaction's envelope sender (M1 at RCPT:
+    not the account's domain, or a null sender): audited like any other decision."""
+    reason = reply.split(" M1 ", 1)[-1]
+    return RecipientVerdict(False, reply, Decision(
+        Verdict.REJECT, "M1", reason, "CPCE L.34-5: the sender's identity may not be disguised"),
+        time.time())
+
+
 @lru_cache(maxsize=1024)
 def campaign_of(account: Account) -> Campaign:
     """The account's campaign (cached: it is asked on every RCPT; an updated account is

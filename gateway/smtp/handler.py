@@ -16,7 +16,7 @@ from base64 import b64decode
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
 from gateway.errors import StoreError
-from gateway.flow import Flow, RecipientVerdict
+from gateway.flow import Flow, RecipientVerdict, sender_refused
 from gateway.smtp import replies
 from gateway.smtp.auth import Authenticator, AuthOutcome
 from gateway.smtp.server import GatewaySMTP
@@ -274,9 +274,6 @@ class GatewayHandler:
         if account is None:
             log.info("%s RCPT without authentication refused", server.client_ip)
             return replies.AUTH_REQUIRED
-        refusal = getattr(envelope, "gateway_sender_refusal", None)
-        if refusal is not None:
-            return str(refusal)
         problem = _address_refusal(address, envelope)
         if problem:
             return problem
@@ -286,6 +283,11 @@ class GatewayHandler:
             # also every RCPT tried, refused or repeated: each is decided, kept and audited,
             # so a transaction of endless RCPTs held memory without bound
             return replies.TOO_MANY_RECIPIENTS
+        refusal = getattr(envelope, "gateway_sender_refusal", None)
+        if refusal is not None:  # M1 of the envelope sender: a decision, audited as such
+            # with the transaction (it was said to the tool and recorded nowhere)
+            verdicts.append((address, sender_refused(str(refusal))))
+            return str(refusal)
         verdict: RecipientVerdict = await self.flow.decide_recipient(account, address)
         verdicts.append((address, verdict))  # every decision is audited
         if not verdict.accepted:

@@ -395,3 +395,21 @@ def test_a_recipient_given_twice_gets_one_copy(gateway, sink: Sink):
     assert len(sink.messages) == 1
     # each RCPT was a decision, audited; one copy all the same
     assert len(db_rows(gw, "SELECT id FROM audit WHERE decision = 'allow'")) == 2
+
+
+def test_an_envelope_sender_refused_at_rcpt_is_audited_and_reported(gateway):
+    """M1 said at RCPT (the envelope sender not the account's) was recorded nowhere: not in
+    the audit log, not in `report` (compliance audit). Every decision is (GDPR 5-2)."""
+    gw = gateway()
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO client.example")
+    assert s.cmd("MAIL FROM:<news@evil.example>")[0] == 250
+    assert s.cmd("RCPT TO:<cto@b2b.example>")[0] == 550
+    assert s.cmd("RCPT TO:<customer@b2c.example>")[0] == 550
+    assert s.cmd("RSET")[0] == 250
+    s.cmd("QUIT")
+    rows = wait_until(lambda: db_rows(gw, "SELECT rule, decision FROM audit"), timeout=5,
+                      what="the audit rows")
+    assert rows == [("M1", "reject"), ("M1", "reject")], rows
+    report = gw.cli("report")
+    assert "M1" in report.stdout, report.stdout
