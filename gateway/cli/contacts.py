@@ -64,7 +64,8 @@ only moves earlier, last_interaction_at only later. consent=withdrawn puts the a
 suppression list. A consent_method that names a pre-ticked box, a default, an opt-out or the
 terms and conditions (T&C, CGU, CGV), a consent implied or tacit, browsing on, an automatic
 opt-in, or only silence, inactivity or a privacy policy accepted is not consent (GDPR
-recital 32): such contacts are decided without it.
+recital 32): such contacts are decided without it. A social_network source needs its
+source_visibility (public or restricted): without it, as restricted, R3 refuses the address.
 An address erased by `gateway subject erase` is refused: erased data
 stays erased. A row already past its retention period by its own dates (R4: collected_at,
 the person's last action or consent, policy.prospect_retention_days) is named on stderr: it
