@@ -91,8 +91,11 @@ class Authenticator:
                 return AuthVerdict(AuthOutcome.LOCKED)
             found = await self.accounts.get_with_hash(login) \
                 if login and len(login) <= MAX_LOGIN_LENGTH else None
-            client_known = found is not None and await self.accounts.known_client(
-                found[0].id, known, now - KNOWN_CLIENT_SECONDS)
+            # asked only where it decides something (an IPv6 /64's limit, the account's
+            # lock): one store read less for every other AUTH
+            client_known = found is not None and (bool(nets) or found[0].locked(now)) \
+                and await self.accounts.known_client(found[0].id, known,
+                                                     now - KNOWN_CLIENT_SECONDS)
             held_nets = () if client_known else nets
             if any(self._ip_count(n, now) >= net_limit for n in held_nets):
                 log.warning("AUTH from %s refused: %d failures from %s in %.0f min",
