@@ -26,7 +26,6 @@ from gateway.delivery.maildir import MaildirDelivery
 from gateway.delivery.upstream import make_transport
 from gateway.delivery.worker import DeliveryService
 from gateway.errors import ConfigError, Refused
-from gateway.files import owner_only
 from gateway.flow import Decider, Flow
 from gateway.notice_templates import load_templates
 from gateway.notify import Notifier
@@ -50,7 +49,7 @@ from gateway.store.requests import RequestStore
 from gateway.store.retention import Retention
 from gateway.store.retention import due as maintenance_due
 from gateway.store.retention import ran as maintenance_ran
-from gateway.tls import ensure_self_signed, server_context
+from gateway.tls import ServerCertificate, ensure_self_signed
 from gateway.transform.dkim import Signer, use_openssl_rsa
 from gateway.transform.notice import find_template
 from gateway.web.app import create_app
@@ -107,13 +106,14 @@ class Gateway:
         self.composer: Composer | None = None
         self.notifier: Notifier | None = None
 
-    def tls_context(self) -> ssl.SSLContext | None:
+    def certificate(self) -> ServerCertificate | None:
+        """The SMTP listener's certificate (loaded again when its files change), or None
+        without TLS."""
         s = self.settings.smtp
         if s.tls_cert:
             self.tls = TlsInfo(s.tls_cert, False)
-            try:
-                owner_only("smtp.tls_key", s.tls_key)  # as the DKIM and store keys are
-                return server_context(s.tls_cert, s.tls_key)
+            try:  # the key made owner-only, as the DKIM and store keys are
+                return ServerCertificate(s.tls_cert, s.tls_key, "smtp.tls_key")
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"smtp.tls_cert {s.tls_cert} / smtp.tls_key {s.tls_key}: "
                                   f"cannot load the certificate and its key: {exc}") from None
@@ -125,8 +125,7 @@ class Gateway:
             log.warning("created a self-signed certificate %s for development; set "
                         "smtp.tls_cert and smtp.tls_key for production", cert)
         self.tls = TlsInfo(str(cert), True)
-        owner_only("the self-signed certificate's key", key)
-        return server_context(cert, key)
+        return ServerCertificate(cert, key, "the self-signed certificate's key")
 
     def copy_settings(self) -> CopySettings:
         s = self.settings
@@ -262,9 +261,9 @@ class Gateway:
         handler = GatewayHandler(flow, Authenticator(accounts, s.smtp))
         host, port = parse_listen(s.smtp.listen)
         self.accepting.set()
-        tls_context = self.tls_context()
+        certificate = self.certificate()
         try:
-            self._smtp = await start_smtp_server(handler, s.smtp, host, port, tls_context,
+            self._smtp = await start_smtp_server(handler, s.smtp, host, port, certificate,
                                                  self.accepting, self.connections,
                                                  sock=self.listen_socket,
                                                  sessions=self.sessions)

@@ -71,7 +71,7 @@ class Supervisor:
         self.fast_failures: dict[int, int] = {}  # worker index -> replacements failed at once
 
     def run(self) -> int:
-        Gateway(self.settings).tls_context()  # make the self-signed certificate once
+        Gateway(self.settings).certificate()  # make the self-signed certificate once
         asyncio.run(_migrate(self.settings))  # migrations once, before any worker opens the store
         # one key for all, made (and checked against the store) before the fork
         load_store_key(self.settings.hash_key_path, self.settings.store.path)

@@ -25,7 +25,7 @@ def _banner(gateway: object) -> None:
             if s.smtp.allow_plain_auth_on_loopback else
             "no TLS (AUTH refused; only trusted_clients can send)") if gateway.tls is None
            else f"STARTTLS with {'a self-signed' if gateway.tls.self_signed else 'the'} "
-                f"certificate {gateway.tls.cert}")
+                f"certificate {gateway.tls.cert} (reloaded when it changes)")
     host = s.smtp.listen.rpartition(":")[0]
     port = s.smtp.listen.rpartition(":")[2]
     lines = [

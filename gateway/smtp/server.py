@@ -10,7 +10,6 @@ import asyncio
 import logging
 import re
 import socket
-import ssl
 from collections import Counter
 from typing import Any
 
@@ -19,6 +18,7 @@ from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 from gateway.peers import client_key, is_loopback
 from gateway.settings import SmtpSettings
 from gateway.smtp import replies
+from gateway.tls import ServerCertificate
 from gateway.transform.lines import has_bare_line_end
 
 log = logging.getLogger("gateway.smtp")
@@ -145,15 +145,16 @@ class GatewaySMTP(SMTP):
         return list(cls._dir_names)
 
     def __init__(self, handler: Any, *, settings: SmtpSettings, connections: Counter[str],
-                 tls_context: ssl.SSLContext | None, accepting: asyncio.Event,
+                 certificate: ServerCertificate | None, accepting: asyncio.Event,
                  sessions: set[GatewaySMTP] | None = None) -> None:
+        self._certificate = certificate
         super().__init__(
             handler,
             data_size_limit=settings.max_message_bytes,
             enable_SMTPUTF8=True,
             hostname=settings.hostname,
             ident="ESMTP",
-            tls_context=tls_context,
+            tls_context=certificate.context() if certificate is not None else None,
             timeout=settings.idle_timeout,
             auth_required=False,  # enforced by the handler at MAIL/RCPT: see handler.py
             auth_require_tls=True,
@@ -273,6 +274,8 @@ class GatewaySMTP(SMTP):
         if self._tls_protocol is not None:
             await self.push(replies.TLS_ALREADY_ACTIVE)
             return
+        if self._certificate is not None:  # a renewed certificate, once its files change
+            self.tls_context = self._certificate.context()
         await super().smtp_STARTTLS(arg)
 
     async def smtp_AUTH(self, arg: str) -> None:
@@ -548,7 +551,7 @@ class GatewaySMTP(SMTP):
 
 
 async def start_smtp_server(handler: Any, settings: SmtpSettings, host: str, port: int,
-                            tls_context: ssl.SSLContext | None, accepting: asyncio.Event,
+                            certificate: ServerCertificate | None, accepting: asyncio.Event,
                             connections: Counter[str],
                             sock: socket.socket | None = None,
                             sessions: set[GatewaySMTP] | None = None) -> asyncio.Server:
@@ -560,7 +563,7 @@ async def start_smtp_server(handler: Any, settings: SmtpSettings, host: str, por
 
     def factory() -> GatewaySMTP:
         return GatewaySMTP(handler, settings=settings, connections=connections,
-                           tls_context=tls_context, accepting=accepting, sessions=sessions)
+                           certificate=certificate, accepting=accepting, sessions=sessions)
 
     if sock is not None:  # shared with sibling processes (smtp.processes > 1)
         return await loop.create_server(factory, sock=sock, backlog=1024)

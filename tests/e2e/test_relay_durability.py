@@ -445,5 +445,5 @@ def test_a_tls_key_readable_by_others_is_made_owner_only(tmp_path, caplog):
     config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "g.db"}"\n'
                       f'[smtp]\ntls_cert = "{cert}"\ntls_key = "{key}"\n')
     with caplog.at_level("WARNING"):
-        assert Gateway(load_settings(config, environ={})).tls_context() is not None
+        assert Gateway(load_settings(config, environ={})).certificate() is not None
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and "made owner-only" in caplog.text

@@ -28,9 +28,9 @@ def tables(server: GatewaySMTP) -> tuple[list[str], list[str], dict[str, bool]]:
 async def test_trimmed_dir_gives_the_same_command_hook_and_auth_tables():
     ev = asyncio.Event()
     trimmed = GatewaySMTP(GatewayHandler(None, None), settings=SmtpSettings(),  # type: ignore[arg-type]
-                          connections=Counter(), tls_context=None, accepting=ev)
+                          connections=Counter(), certificate=None, accepting=ev)
     full = FullDirSMTP(FullDirHandler(None, None), settings=SmtpSettings(),  # type: ignore[arg-type]
-                       connections=Counter(), tls_context=None, accepting=ev)
+                       connections=Counter(), certificate=None, accepting=ev)
     assert tables(trimmed) == tables(full)
     commands, hooks, auth = tables(trimmed)
     assert {"EHLO", "MAIL", "RCPT", "DATA", "STARTTLS", "AUTH", "QUIT"} <= set(commands)
