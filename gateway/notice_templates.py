@@ -1,6 +1,8 @@
 """Notice templates: the bundled ones (gateway/notices/<lang>.toml), each replaceable by a
 file of the same name in `[controller] notices_dir`. Checked at start: a template with a
-missing text or a bad placeholder stops the gateway with the file and key named."""
+missing or empty text, a bad placeholder, or a text without the placeholder of what it must
+say (MUST_NAME: the unsubscribe link, the privacy link, the controller ...) stops the gateway
+with the file and key named."""
 
 from __future__ import annotations
 
@@ -13,6 +15,17 @@ from gateway.transform.notice import WHY, NoticeFacts, NoticeTemplate, render
 
 REQUIRED = ("intro", "controller", "why_other", "source", "retention", "rights", "privacy",
             "unsubscribe", "full", *WHY.values())
+# What COMPLIANCE 4.2 says every notice carries, by the text that carries it: an operator's
+# wording may say it any way it likes, but not leave it out (a template whose `unsubscribe`
+# read "reply STOP" loaded, and every copy went out with no link to object with)
+MUST_NAME = {
+    "controller": ("{controller}", "{controller_address}"),
+    "source": ("{sources}",),
+    "retention": ("{retention_years}",),
+    "privacy": ("{privacy_url}",),
+    "unsubscribe": ("{unsubscribe_url}",),
+    "why_R6": ("{consent_date}",),
+}
 SAMPLE = NoticeFacts("Controller", "https://example.org", "https://example.org/privacy",
                      "dpo@example.org", 3, "https://example.org/u/x", "R6", "2026-01-01",
                      ("a source",), full=True)
@@ -38,6 +51,16 @@ def load_templates(override_dir: str = "") -> dict[str, NoticeTemplate]:
         missing = [key for key in REQUIRED if not isinstance(raw.get(key), str)]
         if missing or not isinstance(raw.get("version"), str):
             raise ConfigError(f"notice template {where}: missing {', '.join(missing) or 'version'}")
+        blank = [key for key in REQUIRED if not raw[key].strip()]
+        if blank:
+            raise ConfigError(f"notice template {where}: empty {', '.join(blank)} (COMPLIANCE "
+                              "4.2: every notice says it)")
+        for key, names in MUST_NAME.items():
+            left_out = [name for name in names if name not in raw[key]]
+            if left_out:
+                raise ConfigError(f"notice template {where}: {key} must contain "
+                                  f"{' and '.join(left_out)} (COMPLIANCE 4.2: every notice "
+                                  "carries it)")
         template = NoticeTemplate(language, raw["version"],
                                   {k: v for k, v in raw.items() if isinstance(v, str)})
         for rule in (*WHY, "R9"):

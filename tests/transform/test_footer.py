@@ -757,3 +757,51 @@ def test_an_html_body_of_frames_is_malformed_but_a_frameset_in_a_comment_is_not(
     for fine in (b"<html><body><!-- <frameset> --><p>x</p></body></html>",
                  b'<html><body><img alt="<frameset>"><p>x</p></body></html>'):
         assert facts(fine).malformed is None, fine
+
+
+def _operator_template(tmp_path, language: str, key: str, text: str) -> str:
+    """The bundled template of `language` with `key` set to `text`, in a notices_dir."""
+    from pathlib import Path
+
+    import gateway
+    bundled = (Path(gateway.__file__).parent / "notices" / f"{language}.toml").read_text()
+    lines = [f"{key} = {text!r}" if line.startswith(f"{key} =") else line
+             for line in bundled.splitlines()]
+    assert any(line.startswith(f"{key} = ") for line in lines)
+    (tmp_path / f"{language}.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize(("key", "text", "named"), [
+    ("unsubscribe", "To unsubscribe, reply STOP.", "{unsubscribe_url}"),
+    ("privacy", "Ask us for our privacy notice.", "{privacy_url}"),
+    ("controller", "Sender: {controller}.", "{controller_address}"),
+    ("controller", "Sender: {controller_address}.", "{controller}"),
+    ("source", "We bought your address.", "{sources}"),
+    ("retention", "We keep your details for a while.", "{retention_years}"),
+    ("why_R6", "You agreed to receive our messages.", "{consent_date}"),
+])
+def test_an_operator_template_that_leaves_out_what_every_notice_says_is_refused(
+        tmp_path, key, text, named):
+    """COMPLIANCE 4.2: a notices_dir template whose `unsubscribe` said "reply STOP" loaded,
+    and every copy in its language went out without a link to object with."""
+    from gateway.errors import ConfigError
+    folder = _operator_template(tmp_path, "en", key, text)
+    with pytest.raises(ConfigError) as refused:
+        load_templates(folder)
+    assert f"{key} must contain {named}" in str(refused.value)
+    assert "en.toml" in str(refused.value)
+
+
+def test_an_operator_template_with_an_empty_text_is_refused(tmp_path):
+    from gateway.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"empty rights"):
+        load_templates(_operator_template(tmp_path, "fr", "rights", "  "))
+
+
+def test_an_operator_template_in_its_own_words_loads(tmp_path):
+    folder = _operator_template(tmp_path, "en", "unsubscribe",
+                                "Stop these messages: {unsubscribe_url} (one click, no login).")
+    template = load_templates(folder)["en"]
+    rendered = render(template, FACTS)
+    assert "Stop these messages: https://gw.example/u/abc (one click" in rendered.plain
