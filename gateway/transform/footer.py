@@ -490,15 +490,17 @@ def _folded(start: str, params: list[str]) -> bytes:
             lines.append(line + ";")
             line = " " + param
     lines.append(line)
-    if any(len(text) > MAX_LINE for text in lines):
+    folded = "\r\n".join(lines).encode("utf-8", "surrogateescape")  # the header's own bytes
+    if any(len(text) > MAX_LINE for text in folded.split(b"\r\n")):
         raise NoticeError("a Content-Type parameter longer than a header line may be")
-    return "\r\n".join(lines).encode("ascii") + b"\r\n"
+    return folded + b"\r\n"
 
 
 def _param(value: str) -> str:
     """A parameter value as a token, or quoted (RFC 2045 5.1) with quotes and backslashes
-    escaped; control characters and non-ASCII (never valid here) are dropped."""
-    value = "".join(c for c in value if " " <= c <= "~")
+    escaped; control characters dropped. Characters beyond ASCII are kept as the client
+    wrote them (RFC 6532: name="café.txt" lost its é when the charset was rewritten)."""
+    value = "".join(c for c in value if c >= " " and c != "\x7f")
     if _TOKEN.fullmatch(value):  # as it may be written (RFC 2231's name*=utf-8''... must)
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

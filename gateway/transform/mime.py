@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import urllib.parse
 from dataclasses import dataclass, field
 from email.errors import MessageError
 from email.header import decode_header, make_header
@@ -183,7 +184,48 @@ def parse_content_type(value: str | None, default: str) -> tuple[str, dict[str, 
             # notice into an attachment, a second charset garble it
             raise Malformed(f"the Content-Type parameter {key!r} is given twice")
         params[key] = param
+    for key in _READ_PARAMS:
+        if any(name.startswith(key + "*") for name in params):
+            _collapse_extended(params, key)
     return ctype, params
+
+
+# The parameters the gateway reads: given in RFC 2231's extended form (charset*=utf-8''utf-8),
+# Python's email and mail readers take that form, and ours took the default beside it (the
+# notice garbled, or UTF-8 text held as undecodable under M2)
+_READ_PARAMS = ("charset", "boundary")
+_SECTION = re.compile(r"\*(\d+)(\*?)$")
+
+
+def _collapse_extended(params: dict[str, str], key: str) -> None:
+    """`key*` or `key*0`, `key*1*`... (RFC 2231 3-4) read into `key`, the extended names
+    removed; Malformed when the plain name is given as well (readers disagree on which)."""
+    if key in params:
+        raise Malformed(f"the Content-Type parameter {key!r} is given twice")
+    names = [name for name in params if name.startswith(key + "*")]
+    if names == [key + "*"]:
+        sections = [("*", params.pop(key + "*"))]
+    else:
+        numbered = {}
+        for name in names:
+            found = _SECTION.fullmatch(name, len(key))
+            if found is None:
+                raise Malformed(f"a Content-Type parameter {name!r} of RFC 2231 unread")
+            numbered[int(found.group(1))] = (found.group(2), params.pop(name))
+        if sorted(numbered) != list(range(len(numbered))):
+            raise Malformed(f"the Content-Type parameter {key!r} has a section missing")
+        sections = [numbered[i] for i in range(len(numbered))]
+    value = []
+    for i, (star, text) in enumerate(sections):
+        if star:
+            if i == 0:  # charset'language'value; the names read here are ASCII
+                parts = text.split("'", 2)
+                if len(parts) != 3:
+                    raise Malformed(f"the Content-Type parameter {key}* without its charset")
+                text = parts[2]
+            text = urllib.parse.unquote(text, "latin-1")
+        value.append(text)
+    params[key] = "".join(value)
 
 
 def _strip_comments(value: str) -> str:
