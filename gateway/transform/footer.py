@@ -236,7 +236,10 @@ def _rewrite(content: bytes, part: Part, notice: Notice, is_root: bool,
     except UnicodeError:
         data, new_charset = text.encode("utf-8"), "utf-8"
     new_encoding = None
-    if encoding == "7bit" and not data.isascii():
+    if not data.isascii() and (encoding == "7bit" or (
+            encoding == "8bit" and content[part.body_start:part.end].isascii())):
+        # 8bit declared over ASCII text (under a multipart said 7bit, RFC 2045 6.4 forbids
+        # an 8bit child): the notice does not make a 7-bit clean message 8-bit
         encoding = new_encoding = "quoted-printable"
     if encoding == "base64":
         body = _base64_lines(data)

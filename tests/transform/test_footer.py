@@ -864,3 +864,25 @@ def test_a_parameter_beyond_ascii_is_kept_when_the_content_type_is_rewritten():
         out = add_notice(original, notice("de"))
         head = out.split(b"\r\n\r\n")[0]
         assert b'name="' + name + b'"' in head and b"charset=utf-8" in head
+
+
+def test_ascii_text_declared_8bit_gets_a_notice_beyond_ascii_as_quoted_printable():
+    """Under a multipart said 7bit, the UTF-8 notice went into the child as raw 8-bit octets
+    (RFC 2045 6.4 forbids it), and the 7-bit clean message went out as 8BITMIME (MIME
+    review)."""
+    original = (MIME_HEAD + b"Content-Type: multipart/alternative; boundary=X\r\n"
+                b"Content-Transfer-Encoding: 7bit\r\n\r\n"
+                b"--X\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Transfer-Encoding: 8bit\r\n\r\nascii only\r\n--X--\r\n")
+    out = add_notice(original, notice("de"))
+    assert out.isascii()
+    assert b"Content-Transfer-Encoding: quoted-printable" in out
+    assert text_of(parts(out)[0]) == "ascii only\n\n" + notice("de").plain + "\n"
+
+
+def test_text_already_8bit_stays_8bit():
+    original = (MIME_HEAD + b"Content-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Transfer-Encoding: 8bit\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n")
+    out = add_notice(original, notice("de"))
+    assert b"Content-Transfer-Encoding: 8bit" in out and notice("de").plain.encode() in \
+        out.replace(b"\r\n", b"\n")
