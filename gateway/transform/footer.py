@@ -475,10 +475,19 @@ def _set_fields(head: bytes, part: Part, charset: str, encoding: str | None,
     for name, line in fields:
         head, replaced = _replace_field(head, name, line)
         if not replaced:
-            head = line + head  # a part without that field: add it in front
+            head = _append_field(head, line)  # a part without that field
     if is_root and not re.search(rb"(?im)^mime-version:", head):
-        head = b"MIME-Version: 1.0\r\n" + head
+        head = _append_field(head, b"MIME-Version: 1.0\r\n")
     return head
+
+
+def _append_field(head: bytes, line: bytes) -> bytes:
+    """`line` after the last field of a header block ending in its blank line: put in
+    front, added fields split the message's trace block (RFC 5322 3.6: the Received fields
+    stay together on top)."""
+    if head.endswith(b"\r\n\r\n"):
+        return head[:-2] + line + b"\r\n"
+    return line + head  # no fields at all: b"\r\n"
 
 
 def _folded(start: str, params: list[str]) -> bytes:

@@ -150,13 +150,9 @@ def set_unsubscribe(content: bytes, https_url: str, mailto: str) -> bytes:
     """Replace any List-Unsubscribe / List-Unsubscribe-Post the tool set with ours: exactly
     one HTTPS URI and one mailto, and the one-click field (RFC 2369, RFC 8058)."""
     content, _ = take_fields(content, UNSUBSCRIBE)  # also takes list-unsubscribe-post
-    end = header_end(content)
-    head, body = content[:end], content[end:]
-    added = (safe_field("List-Unsubscribe", f"<{https_url}>, <mailto:{mailto}>")
-             + safe_field("List-Unsubscribe-Post", ONE_CLICK))
-    if head.endswith(b"\r\n\r\n"):
-        return head[:-2] + added + b"\r\n" + body
-    return head + (b"" if head.endswith(b"\r\n") or not head else b"\r\n") + added + b"\r\n"
+    return append_fields(content, safe_field("List-Unsubscribe",
+                                             f"<{https_url}>, <mailto:{mailto}>")
+                         + safe_field("List-Unsubscribe-Post", ONE_CLICK))
 
 
 # a signature or verdict of the message as the tool wrote it, before the notice and our own
@@ -206,4 +202,16 @@ def ensure_identity_fields(content: bytes, message_id: str, date: str) -> bytes:
         missing += safe_field("Date", date)
     if not missing:
         return content
-    return missing + content
+    return append_fields(content, missing)
+
+
+def append_fields(content: bytes, added: bytes) -> bytes:
+    """`added` (whole fields) after the header's last field: in front, they split the
+    client's trace block (RFC 5322 3.6: Received fields stay together on top)."""
+    end = header_end(content)
+    head, body = content[:end], content[end:]
+    if head.endswith(b"\r\n\r\n"):
+        return head[:-2] + added + b"\r\n" + body
+    if not head or head == b"\r\n":
+        return added + head + body
+    return head + (b"" if head.endswith(b"\r\n") else b"\r\n") + added + b"\r\n" + body

@@ -57,3 +57,30 @@ def test_the_trace_field_is_one_safe_line_whatever_the_client_and_recipient():
                                        when)
     assert trace_field("", "gw.example", "ABC", "a@b.example", when).startswith(
         b"Received: from unknown by gw.example")
+
+
+@pytest.mark.parametrize("body", [b"\r\nbody\r\n", b""])  # with a body, headers only
+def test_fields_the_gateway_adds_do_not_split_the_clients_trace_block(body: bytes):
+    """Message-ID, Date, the unsubscribe fields and (for the notice) MIME-Version and
+    Content-Type went in front of the tool's Received field: under ours at delivery, the trace
+    block was split (RFC 5322 3.6; MIME review)."""
+    from gateway.notice_templates import load_templates
+    from gateway.transform.footer import add_notice
+    from gateway.transform.notice import NoticeFacts, render
+    from gateway.transform.pipeline import Personalisation, personalise
+    received = b"Received: from tool.example by mta.example; Sun, 22 Nov 2026 11:59:00 +0000\r\n"
+    original = received + b"From: a@example.com\r\nSubject: s\r\n" + body
+    notice = render(load_templates()["de"], NoticeFacts(
+        "ACME", "https://acme.example", "https://acme.example/p", "dpo@acme.example", 3,
+        "https://gw.example/u/t", "R6", "2026-01-05"))
+    out = personalise(original, Personalisation("https://gw.example/u/t",
+                                                "unsubscribe+t@gw.example", *OURS))
+    if body:
+        out = add_notice(out, notice)
+    parsed = email.message_from_bytes(out, policy=email.policy.compat32)
+    names = [name.lower() for name in parsed.keys()]
+    assert names[:3] == ["received", "from", "subject"], names
+    assert {"message-id", "date", "list-unsubscribe", "list-unsubscribe-post"} <= set(names)
+    if body:
+        assert {"mime-version", "content-type"} <= set(names)
+        assert parsed.get_payload(decode=True).decode().startswith("body")
