@@ -306,6 +306,12 @@ class GatewayHandler:
             envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
 
+    def content_ignored(self, envelope: Envelope) -> bool:
+        """Whether the message of this transaction is read for nothing: its recipients are
+        unsubscribe+TOKEN@ addresses only, whose mail is the objection (handle_DATA)."""
+        return bool(_unsubscribes(envelope)) and not any(
+            verdict.accepted for _, verdict in _verdicts(envelope))
+
     async def handle_DATA(self, server: GatewaySMTP, session: Session,
                           envelope: Envelope) -> str:
         account: Account | None = getattr(session, "gateway_account", None)
