@@ -44,8 +44,12 @@ INSERT INTO contacts (address, address_hash, kind, audience, relationship, langu
     created_at, updated_at)
 VALUES (?2, ?1, COALESCE(?3, 'person'), COALESCE(?4, 'b2c'),
     COALESCE(?5, 'prospect'), ?6, ?7, ?8, ?9,
-    COALESCE(?10, ''), COALESCE(?11, ''), ?12, ?13,
-    ?14, ?15, ?22, min(COALESCE(?19, ?23), {known_since}),
+    COALESCE(?10, ''), COALESCE(?11, ''),
+    CASE WHEN {stale_new_grant} THEN NULL ELSE ?12 END,
+    CASE WHEN {stale_new_grant} THEN NULL ELSE ?13 END,
+    CASE WHEN {stale_new_grant} THEN NULL ELSE ?14 END,
+    CASE WHEN {stale_new_grant} THEN NULL ELSE ?15 END,
+    ?22, min(COALESCE(?19, ?23), {known_since}),
     ?20, ?21, ?23, ?23)
 ON CONFLICT (address) DO UPDATE SET
     kind = COALESCE(?3, kind),
@@ -77,10 +81,23 @@ ON CONFLICT (address) DO UPDATE SET
 # the suppression was lifted), and the ledger would state it to the person (GDPR 15).
 # A person's objection withdrew the consent too (store/ledger._WITHDRAW_SQL), keeping its
 # date: the grant must be dated after the objection as well.
-_STALE_GRANT = (
-    "(consent = 'withdrawn' AND ?12 = 'granted' AND NOT coalesce(?13 > max(coalesce(consent_at,"
-    " 0), coalesce((SELECT max(e.occurred_at) FROM contact_events e WHERE e.contact_id ="
-    " contacts.id AND e.kind IN ('withdrawal', 'objection')), 0)), 0))")
+# So must it for a person who objected with no consent on record (a B2B prospect, a contact
+# the objection came before): an old export's grant, dated before it, brought a consent R6
+# allowed on once the suppression was lifted (data-lifecycle audit). The last "no" on record:
+# a withdrawn consent's date, a withdrawal or objection event, the suppression entry's date
+# (but an import's: the day of the import, its withdrawal event has the day it was made).
+_LAST_NO = (
+    "max(CASE WHEN consent = 'withdrawn' THEN coalesce(consent_at, 0) ELSE 0 END,"
+    " coalesce((SELECT max(e.occurred_at) FROM contact_events e WHERE e.contact_id ="
+    " contacts.id AND e.kind IN ('withdrawal', 'objection')), 0),"
+    " coalesce((SELECT s.created_at FROM suppression s WHERE s.hash = contacts.address_hash"
+    " AND s.channel != 'import'), 0))")
+_STALE_GRANT = (f"(?12 = 'granted' AND (consent = 'withdrawn' OR {_LAST_NO} > 0)"
+                f" AND NOT coalesce(?13 > {_LAST_NO}, 0))")
+# a new contact's grant against its address's suppression entry (an objection made before
+# the ledger knew the address): NULL, no consent on record, unless dated after it
+_STALE_NEW_GRANT = ("(?12 = 'granted' AND EXISTS (SELECT 1 FROM suppression s WHERE s.hash ="
+                    " ?1 AND s.channel != 'import' AND NOT coalesce(?13 > s.created_at, 0)))")
 # Without collected_at, a contact was collected no later than the facts its row dates (its
 # consent, its last interaction, when it was informed), and no later than now: R4's clock
 # started then (a row with consent_at 2021 and no collected_at started it on the import day).
@@ -91,6 +108,7 @@ _KNOWN_SINCE = "min(?23, coalesce(?13, ?23), coalesce(?20, ?23), coalesce(?21, ?
 # the method and proof of its own row, empty if they are: an older proof is not its proof.
 _SAME_CONSENT = "(?12 IS consent AND ?13 IS consent_at)"
 _UPSERT = (_UPSERT.replace("{stale_grant}", _STALE_GRANT)
+           .replace("{stale_new_grant}", _STALE_NEW_GRANT)
            .replace("{same_consent}", _SAME_CONSENT)
            .replace("{known_since}", _KNOWN_SINCE))
 # Sources and events go in as multi-row INSERTs (db.insert_rows): a fifth faster than

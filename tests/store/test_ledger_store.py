@@ -715,6 +715,41 @@ async def test_the_persons_objection_withdraws_their_consent_for_good(db, hasher
     assert (contact.consent, contact.consent_method) == ("granted", "double opt-in")
 
 
+async def test_an_old_grant_does_not_give_a_consent_to_a_person_who_objected_without_one(
+        db, hasher):
+    """A B2B prospect with no consent on record objected; an old export then gave them a
+    consent dated before the objection, the ledger said they had consented (GDPR 15), and once
+    the suppression was lifted R6 allowed. The same when the objection came before the ledger
+    knew the address (data-lifecycle audit). A consent dated after the objection counts."""
+    ledger = Ledger(db, hasher)
+    import_csv(db, hasher, "email,audience,source_name,source_type\n"
+                           "carol@example.com,b2b,fair,direct\n")
+    assert await ledger.suppress("carol@example.com", "webhook")
+    assert await ledger.suppress("dan@example.com", "one-click")  # not in the ledger yet
+    await ledger.unsuppress("carol@example.com", force=True)
+    head = "email,audience,consent,consent_at,consent_method,source_name,source_type\n"
+    old = ("carol@example.com,b2c,granted,2025-06-01,web form,old export,import\n"
+           "dan@example.com,b2c,granted,2025-06-01,web form,old export,import\n")
+    import_csv(db, hasher, head + old)
+    await ledger.unsuppress("dan@example.com", force=True)
+    for address in ("carol@example.com", "dan@example.com"):
+        found = await facts(db, hasher, address)
+        assert found.contact is not None and found.contact.consent is None, address
+        assert found.contact.consent_at is None and found.contact.consent_method is None
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
+    import_csv(db, hasher, head + f"carol@example.com,b2c,granted,{later},double opt-in,web,"
+                                  "direct\n"
+                                  f"dan@example.com,b2c,granted,{later},double opt-in,web,"
+                                  "direct\n")
+    for address in ("carol@example.com", "dan@example.com"):
+        assert (await facts(db, hasher, address)).contact.consent == "granted", address
+    # a contact who never objected takes an old grant
+    import_csv(db, hasher, "email,audience,source_name,source_type\n"
+                           "erin@example.com,b2c,a,direct\n")
+    import_csv(db, hasher, head + "erin@example.com,b2c,granted,2025-06-01,form,web,direct\n")
+    assert (await facts(db, hasher, "erin@example.com")).contact.consent == "granted"
+
+
 async def test_a_stale_grant_never_replaces_a_recorded_withdrawal(db, hasher):
     """A weekly export made before the withdrawal was entered brought the consent back: once
     the suppression was lifted, R6 allowed on it, and the ledger stated it (GDPR 15)."""
