@@ -33,7 +33,7 @@ from gateway.objections import Objections
 from gateway.peers import is_loopback
 from gateway.security.dkim_keys import load_keys as load_dkim_keys
 from gateway.security.keys import AddressHasher, load_store_key
-from gateway.security.tokens import load_token_keys
+from gateway.security.tokens import load_store_token_keys
 from gateway.settings import ControllerSettings, Settings, parse_listen, weak_secrets
 from gateway.smtp.auth import Authenticator
 from gateway.smtp.handler import GatewayHandler
@@ -180,7 +180,7 @@ class Gateway:
                               f"{s.controller.default_language!r} (there are notices in "
                               f"{', '.join(sorted(templates))}; add one with "
                               "controller.notices_dir)")
-        return CopySettings(load_token_keys(s.token_key_path),
+        return CopySettings(load_store_token_keys(s.token_key_path, s.store.path),
                             s.http.public_url.rstrip("/"), s.smtp.hostname,
                             Signer(keys) if keys else None, templates, s.controller,
                             # whole years, rounded up: the notice may not promise less
@@ -275,7 +275,8 @@ class Gateway:
         http_host, http_port = parse_listen(s.http.listen)
         self.notifier.start()  # in the process that serves HTTP only: one sender
         app = create_app(self.metrics, objections, s.controller.name,
-                         s.controller.default_language, s.http.metrics_token)
+                         s.controller.default_language, s.http.metrics_token,
+                         s.controller.dpo_email)
         if not s.http.metrics_token and not _loopback(http_host):
             log.warning("GET /metrics is open to whoever reaches http.listen %s (message and "
                         "objection counts): set http.metrics_token (GATEWAY_HTTP_METRICS_TOKEN) "

@@ -28,7 +28,7 @@ from typing import Any
 
 from gateway.runtime import DRAIN_SIGNAL, Gateway, run_one, stop_signals
 from gateway.security.keys import load_store_key
-from gateway.security.tokens import load_token_keys
+from gateway.security.tokens import load_store_token_keys
 from gateway.settings import Settings, parse_listen
 from gateway.store.db import Database
 
@@ -75,7 +75,7 @@ class Supervisor:
         asyncio.run(_migrate(self.settings))  # migrations once, before any worker opens the store
         # one key for all, made (and checked against the store) before the fork
         load_store_key(self.settings.hash_key_path, self.settings.store.path)
-        load_token_keys(self.settings.token_key_path)
+        load_store_token_keys(self.settings.token_key_path, self.settings.store.path)
         self.sock = bind_smtp_socket(self.settings.smtp.listen)
         self.signals = stop_signals()  # before any handler: SIGHUP ignored stays ignored
         for sig in self.signals:

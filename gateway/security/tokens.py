@@ -121,6 +121,25 @@ def _encode(raw: bytes) -> str:
     return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
 
 
+def load_store_token_keys(path: Path | str, store_path: Path | str) -> TokenKeys:
+    """load_token_keys, for the store at `store_path`: a key file made just now for a store
+    that has sent copies is removed again and refused. A lost key file (a restore without
+    secrets/, a typo in secrets.token_key_file) was replaced without a word, and every
+    unsubscribe link and address already sent answered "not valid": NESTOR's dead link."""
+    from gateway.store.key_binding import tokens_issued
+
+    path = Path(path)
+    existed = path.exists()
+    keys = load_token_keys(path)
+    if not existed and tokens_issued(store_path):
+        path.unlink(missing_ok=True)
+        raise ConfigError(f"{path} did not exist, but the store {store_path} has sent copies "
+                          "whose unsubscribe links and addresses were made with a token key: "
+                          "restore that key file from the store's backup (a new key would "
+                          "make every link already sent answer 'not valid')")
+    return keys
+
+
 def load_token_keys(path: Path | str) -> TokenKeys:
     """The keys in `path`; a first key (id 1) is written owner-only when the file is absent."""
     path = Path(path)

@@ -68,3 +68,20 @@ def _holds_rows(conn: sqlite3.Connection, table: str) -> bool:
         return conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None  # noqa: S608 - constant names
     except sqlite3.DatabaseError:
         return False
+
+
+def tokens_issued(store_path: Path | str) -> bool:
+    """Whether the store at `store_path` has sent copies, whose unsubscribe links and
+    addresses carry tokens made with the token key (security/tokens.py)."""
+    store = Path(store_path)
+    if not store.exists():
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error:
+        return False  # the store's own open says what is wrong with it
+    try:
+        return _holds_rows(conn, "deliveries") or \
+            _holds_rows(conn, "audit WHERE decision = 'sent'")
+    finally:
+        conn.close()

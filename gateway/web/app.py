@@ -58,9 +58,9 @@ class Pages(NamedTuple):
     unavailable: Answer  # 503 with Retry-After: the objection was not recorded
 
 
-def neutral_pages(default_language: str) -> Pages:
+def neutral_pages(default_language: str, dpo_email: str = "") -> Pages:
     language, texts = texts_for(None, default_language)
-    return Pages(Answer(404, not_found_page(language, texts).encode(), True),
+    return Pages(Answer(404, not_found_page(language, texts, dpo_email).encode(), True),
                  Answer(503, busy_page(language, texts).encode(), True))
 
 
@@ -185,11 +185,12 @@ def one_click_fast_path(app: ASGIApp, verify: Callable[[str], Token | None],
 
 
 def create_app(metrics: MetricsSource, objections: Any = None, controller: str = "",
-               default_language: str = "en", metrics_token: str = "") -> ASGIApp:
+               default_language: str = "en", metrics_token: str = "",
+               dpo_email: str = "") -> ASGIApp:
     """`objections`: a gateway.objections.Objections (None: only health and metrics).
     `metrics_token`: the bearer token GET /metrics requires (empty: none)."""
     expected = f"Bearer {metrics_token}".encode() if metrics_token else b""
-    pages = neutral_pages(default_language)
+    pages = neutral_pages(default_language, dpo_email)
     # by the language served (a few at most, whatever the ledger holds): the controller does
     # not change
     done_pages: dict[str, bytes] = {}

@@ -12,6 +12,7 @@ TEXTS: dict[str, dict[str, str]] = {
            "question": "Stop receiving messages from {controller} at this address?",
            "button": "Unsubscribe", "done": "Done: {controller} will not write to you again "
            "at this address.", "gone": "This link is not valid.",
+           "gone_write": "To stop receiving these messages, write to {dpo_email}.",
            "busy": "Your request could not be recorded just now. Please try again in a "
            "moment."},
     "fr": {"title": "Désabonnement",
@@ -21,6 +22,7 @@ TEXTS: dict[str, dict[str, str]] = {
            "{controller} ?",
            "button": "Me désabonner", "done": "C'est fait : {controller} ne vous écrira plus "
            "à cette adresse.", "gone": "Ce lien n'est pas valide.",
+           "gone_write": "Pour ne plus recevoir ces messages, écrivez à {dpo_email}.",
            "busy": "Votre demande n'a pas pu être enregistrée à l'instant. Veuillez "
            "réessayer dans un moment."},
     "de": {"title": "Abmelden",
@@ -28,6 +30,8 @@ TEXTS: dict[str, dict[str, str]] = {
            "question": "Keine Nachrichten von {controller} mehr an diese Adresse erhalten?",
            "button": "Abmelden", "done": "Erledigt: {controller} schreibt Ihnen an diese "
            "Adresse nicht mehr.", "gone": "Dieser Link ist nicht gültig.",
+           "gone_write": "Um diese Nachrichten nicht mehr zu erhalten, schreiben Sie an "
+           "{dpo_email}.",
            "busy": "Ihre Anfrage konnte gerade nicht gespeichert werden. Bitte versuchen "
            "Sie es gleich noch einmal."},
     "es": {"title": "Darse de baja",
@@ -35,6 +39,7 @@ TEXTS: dict[str, dict[str, str]] = {
            "question": "¿Dejar de recibir mensajes de {controller} en esta dirección?",
            "button": "Darme de baja", "done": "Hecho: {controller} no volverá a escribirle "
            "a esta dirección.", "gone": "Este enlace no es válido.",
+           "gone_write": "Para dejar de recibir estos mensajes, escriba a {dpo_email}.",
            "busy": "Su solicitud no se ha podido registrar en este momento. Vuelva a "
            "intentarlo dentro de un momento."},
     "it": {"title": "Annulla iscrizione",
@@ -42,6 +47,7 @@ TEXTS: dict[str, dict[str, str]] = {
            "question": "Non ricevere più messaggi da {controller} a questo indirizzo?",
            "button": "Annulla iscrizione", "done": "Fatto: {controller} non ti scriverà più "
            "a questo indirizzo.", "gone": "Questo link non è valido.",
+           "gone_write": "Per non ricevere più questi messaggi, scrivi a {dpo_email}.",
            "busy": "Non è stato possibile registrare la richiesta in questo momento. "
            "Riprova tra poco."},
 }
@@ -89,10 +95,16 @@ def done_page(language: str, texts: dict[str, str], controller: str) -> str:
     return page(language, texts["done_title"], f'<p role="status">{done}</p>')
 
 
-def not_found_page(language: str, texts: dict[str, str]) -> str:
+def not_found_page(language: str, texts: dict[str, str], dpo_email: str = "") -> str:
     """The same neutral answer for every unknown, truncated, forged or foreign token (in the
-    controller's language: nothing tells whose the token was)."""
-    return page(language, texts["title"], f"<p>{html.escape(texts['gone'])}</p>")
+    controller's language: nothing tells whose the token was), with the address to object
+    to in writing: a link that no longer works must not leave the person without a way."""
+    body = f"<p>{html.escape(texts['gone'])}</p>"
+    if dpo_email:
+        link = (f'<a href="mailto:{html.escape(dpo_email)}">{html.escape(dpo_email)}</a>')
+        body += "<p>" + html.escape(texts["gone_write"]).replace(
+            "{dpo_email}", link) + "</p>"
+    return page(language, texts["title"], body)
 
 
 def busy_page(language: str, texts: dict[str, str]) -> str:

@@ -121,6 +121,8 @@ def test_bad_tokens_get_the_same_neutral_404_and_store_nothing(gw, sink: Sink):
             assert answer.status_code == 404, (bad, method)
             bodies.add(answer.text)
     assert len(bodies) == 1
+    # a link that no longer works leaves the person a way to object (ops review)
+    assert '<a href="mailto:dpo@example.org">dpo@example.org</a>' in bodies.pop()
     assert suppressed(gw) == []
     assert other != token  # each recipient's token is its own
 
@@ -1073,3 +1075,26 @@ def test_without_a_webhook_secret_every_webhook_call_is_401_and_start_up_says_so
     assert answer.status_code == 401
     assert "webhooks.opt_out_secret is not set" in gw.output
     assert rcpt(gw, "jane@example.net")[0] == 250  # nothing stored
+
+
+def test_a_store_restored_without_its_token_key_is_refused_not_given_a_new_one(gw,
+                                                                               sink: Sink):
+    """A lost secrets/token.key (a restore without secrets/, a typo in
+    secrets.token_key_file) was replaced at start without a word: every unsubscribe link
+    and address already sent answered "not valid" (ops review; NESTOR's dead link)."""
+    url = deliver(gw, sink, "jane@example.net")
+    assert gw.terminate(30) == 0
+    gw.stop()
+    key = gw.config.parent / "secrets" / "token.key"
+    original = key.read_bytes()
+    key.unlink()
+    with pytest.raises(AssertionError, match="gateway exited 2") as failed:
+        gw.start()
+    assert "token.key did not exist" in str(failed.value) and "restore" in str(failed.value)
+    assert not key.exists()  # no new key left behind, to be used at the next start
+    gw.stop()
+    key.write_bytes(original)
+    key.chmod(0o600)
+    gw.start()
+    answer = httpx.post(url, data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 200 and suppressed(gw) == ["one-click"]
