@@ -230,9 +230,10 @@ def sniff_delimiter(first_line: str) -> str:
 
 @dataclass(frozen=True)
 class LateWithdrawal:
-    """A withdrawal of consent on a duplicate row (a chronological export: the grant, then
-    its withdrawal): refused as a row, but the withdrawal itself is applied after the file's
-    other rows, never dropped. `row` holds the address, the consent and its date only."""
+    """A withdrawal of consent on a refused row (a duplicate in a chronological export: the
+    grant, then its withdrawal; a row with another bad cell): refused as a row, but the
+    withdrawal itself is applied after the file's other rows, never dropped. `row` holds the
+    address, the consent and its date only."""
 
     row: ContactRow
 
@@ -240,7 +241,8 @@ class LateWithdrawal:
 def read_rows(lines: TextIO | Iterable[str],
               now: float) -> Iterator[ContactRow | RowError | LateWithdrawal]:
     """Every data row of a CSV file as a ContactRow or a RowError, streaming, then the
-    withdrawals found on duplicate rows as LateWithdrawal (each address once).
+    withdrawals found on refused rows (duplicates, or a bad cell beside a readable
+    withdrawal) as LateWithdrawal (each address once).
 
     Line numbers are physical lines of the file (a quoted field may span lines). A duplicate
     address is reported at its second occurrence. Raises HeaderError before any row when the
@@ -346,7 +348,13 @@ def _read_rows(lines: TextIO | Iterable[str], now: float,
         try:
             row = parse_row(start, email, plan, cells)
         except ValueError as exc:
-            yield RowError(start, str(exc))
+            withdrawal = _withdrawal_of(start, email, plan, cells)
+            if withdrawal is None:
+                yield RowError(start, str(exc))
+                continue
+            key = hash(person_form(withdrawal.address))
+            yield RowError(start, str(exc) + _late_withdrawal(
+                withdrawal, consents.get(key), late, key, now))
             continue
         key = hash(person_form(row.address))  # Jane@ and jane@: one person, one row
         if key in seen:
@@ -361,6 +369,29 @@ def _read_rows(lines: TextIO | Iterable[str], now: float,
         elif row.consent is not None:
             consents[key] = now if row.consent_at is None else row.consent_at
         yield row
+
+
+def _withdrawal_of(line: int, email: int, plan: Plan, cells: list[str]) -> ContactRow | None:
+    """The withdrawal of consent a refused row states, when its address and its consent cell
+    can be read: another bad cell (a date in a local format, a source without its type) lost
+    the person's objection with the row (ops review; an objection is never dropped). Its
+    date when that can be read, else the time of the import."""
+    try:
+        address = normalize_address(cells[email])
+    except ValueError:
+        return None
+    values: dict[int, object] = {}
+    for (field, column, parse), text in zip(plan, cells, strict=True):
+        if field in (_CONSENT, _CONSENT_AT) and parse is not None and text.strip():
+            try:
+                values[field] = parse(text.strip(), column)
+            except ValueError:
+                continue
+    if values.get(_CONSENT) != "withdrawn":
+        return None
+    when = values.get(_CONSENT_AT)
+    return ContactRow(line, address, consent="withdrawn",
+                      consent_at=when if isinstance(when, float) else None)
 
 
 def _late_withdrawal(row: ContactRow, first: float | None,

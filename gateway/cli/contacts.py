@@ -218,7 +218,7 @@ def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool,
     verb = "would import" if dry_run else "imported"
     click.echo(f"{file}: {verb} {c.new + c.updated} rows ({c.new} new, {c.updated} updated), "
                f"{refused} refused, "
-               + (f"{c.late} withdrawal{'s' if c.late > 1 else ''} of consent from duplicate "
+               + (f"{c.late} withdrawal{'s' if c.late > 1 else ''} of consent from refused "
                   f"rows {'would be ' if dry_run else ''}applied, " if c.late else "")
                + f"{c.suppressed} newly suppressed, in {seconds:.1f} s"
                + (f"; {c.clock_kept} new contacts were purged by the retention rule before: "

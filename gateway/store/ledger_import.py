@@ -152,7 +152,7 @@ class ImportCounts:
     updated: int = 0
     suppressed: int = 0
     clock_kept: int = 0  # new contacts whose retention clock a purged entry's started
-    late: int = 0  # withdrawals from duplicate rows (contacts_csv.LateWithdrawal), applied
+    late: int = 0  # withdrawals from refused rows (contacts_csv.LateWithdrawal), applied
 
 
 class ContactImporter:
@@ -194,7 +194,7 @@ class ContactImporter:
     def write_params(self, params: list[list[object]], first_line: int, now: float,
                      late: bool = False) -> None:
         """One chunk, as `row_params` lists, in one transaction. `late`: withdrawals from
-        duplicate rows, counted apart (their addresses were counted with their first row)."""
+        refused rows (a duplicate's, or a row refused for another cell), counted apart."""
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -374,7 +374,7 @@ class ImportProcess:
         return value
 
     def submit(self, rows: Sequence[ContactRow], late: bool = False) -> None:
-        """`late`: withdrawals from duplicate rows (see ContactImporter.write_params)."""
+        """`late`: withdrawals from refused rows (see ContactImporter.write_params)."""
         if self._pipe.poll():  # the child only speaks early to report an error
             self._expect("ready")
         now = time.time()

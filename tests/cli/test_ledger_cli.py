@@ -126,7 +126,7 @@ def test_a_withdrawal_on_a_duplicate_row_is_applied_all_the_same(config: Path,
         "ann@example.net,withdrawn,2026-06-01,,form,direct,2026-01-01\n"            # 5
         "bob@example.net,granted,2026-01-01,web form,form,direct,2026-01-01\n"      # 6
         "cid@example.net,withdrawn,2026-02-01,,form,direct,2026-01-01\n")           # 7
-    summary = ("3 rows (3 new, 0 updated), 3 refused, 1 withdrawal of consent from duplicate "
+    summary = ("3 rows (3 new, 0 updated), 3 refused, 1 withdrawal of consent from refused "
                "rows {}applied, 2 newly suppressed")
     dry = gateway_cli(config, "contacts", "import", "--dry-run", str(csv))
     assert "would import " + summary.format("would be ") in dry.stdout, dry.stdout
@@ -560,3 +560,32 @@ def test_tables_on_a_narrow_terminal_wrap_instead_of_cutting(config: Path, tmp_p
     domains = "".join(line.split("│")[2].strip() for line in text.splitlines()
                       if line.startswith("│") and line.count("│") > 2)  # the column, read down
     assert domain in domains, text
+
+
+def test_a_withdrawal_on_a_row_refused_for_another_cell_is_applied_all_the_same(
+        config: Path, tmp_path: Path):
+    """A date in a local format, or a source without its type, refused the whole row, and
+    the person's withdrawal with it: the address was never suppressed (ops review)."""
+    csv = tmp_path / "w.csv"
+    csv.write_text(
+        "email,consent,consent_at,source_type,source_name,collected_at\n"
+        "w1@example.com,withdrawn,2026-01-01,direct,form,31/12/2025\n"           # 2
+        "w2@example.com,withdrawn,01/02/2026,direct,,2026-01-01\n"              # 3
+        "ok@example.com,granted,2026-01-01,direct,form,2026-01-01\n"            # 4
+        "bad@example.com,granted,2026-01-01,direct,form,31/12/2025\n")          # 5
+    result = gateway_cli(config, "contacts", "import", str(csv))
+    assert result.returncode == 1
+    assert ("1 rows (1 new, 0 updated), 3 refused, 2 withdrawals of consent from refused "
+            "rows applied, 2 newly suppressed") in result.stdout, result.stdout
+    lines = result.stderr.splitlines()
+    assert "w.csv:2: collected_at" in lines[0]
+    assert "its withdrawal of consent is applied all the same" in lines[0]
+    assert "w.csv:3:" in lines[1] and "applied all the same" in lines[1]
+    assert "w.csv:5:" in lines[2] and "applied" not in lines[2]  # a grant is not salvaged
+    listed = json.loads(gateway_cli(config, "suppress", "list", "--json").stdout)
+    assert len(listed) == 2
+    for address in ("w1@example.com", "w2@example.com"):
+        shown = gateway_cli(config, "contacts", "show", address)
+        assert "suppressed" in shown.stdout.lower(), shown.stdout
+    shown = gateway_cli(config, "contacts", "show", "bad@example.com")
+    assert shown.returncode == 1
