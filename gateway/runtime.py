@@ -341,7 +341,10 @@ class Gateway:
                         log.info("audit: %d rows written after an erasure about the time "
                                  "before it unlinked from their recipient", late)
                     if await maintenance_due(self.db, "retention", RETENTION_EVERY_SECONDS):
-                        purged = await Retention(self.db, self.settings.policy.knobs()).purge()
+                        assert self.lookup is not None
+                        purged = await Retention(
+                            self.db, self.settings.policy.knobs(), self.lookup.hasher,
+                            self.settings.quarantine.retention_days).purge()
                         await maintenance_ran(self.db, "retention")  # only once it is done
                         log.info("retention: %d expired ledger entries purged, with %s",
                                  len(purged.addresses), purged.summary())

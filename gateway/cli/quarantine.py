@@ -278,7 +278,9 @@ def purge(state: CliState, days: float, yes: bool, operator: str | None) -> None
     """Reject every entry held longer than --older-than days, so held personal data does not
     pile up; their content is deleted, which cannot be undone. Asks first on a terminal
     (unless --yes), and names each entry it rejected. Recorded as the operator's decision
-    (the automatic purge of quarantine.retention_days is recorded as "purge")."""
+    (the automatic purge of quarantine.retention_days is recorded as "purge"). The rows of
+    an address the ledger does not hold are deleted by `retention run` once held longer
+    than quarantine.retention_days; a contact's go with it (R4)."""
     who = operator_name(operator)
 
     hasher = hasher_for(state.settings)

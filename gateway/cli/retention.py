@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gateway.cli import CliState, print_json, run
+from gateway.cli import CliState, hasher_for, print_json, run
 from gateway.store.db import Database
 from gateway.store.retention import Purge, Retention
 
@@ -25,7 +25,17 @@ def run_(state: CliState, dry_run: bool, as_json: bool) -> None:
     and the raw messages left without a copy. Suppression hashes and the audit log (keyed
     hashes only) are kept. Their copies still queued or deferred are withdrawn (no DSN,
     which would name the address again); copies held for review stay, and a release decides
-    again."""
+    again.
+
+    \b
+    Then what names an address the ledger does not hold (never did: R2 quarantined, a
+    transactional account's mail, a DSN; or no longer: purged while its copy was held or
+    on its way) ends quarantine.retention_days after it was done with: decided quarantine
+    rows (counted from when the copy was held), sent or failed copies and delivered or
+    given-up notifications (from their last attempt), and the raw messages left without a
+    copy; answered requests keep their dates under the keyed hash, without their note.
+    --json's "removed" counts them as outside_quarantine, outside_copies,
+    outside_notifications and outside_requests ("messages" counts both kinds)."""
 
     if dry_run and not state.settings.store.path.exists():  # a dry run makes no store
         click.echo(f"no store at {state.settings.store.path.absolute()}: nothing to purge",
@@ -36,7 +46,8 @@ def run_(state: CliState, dry_run: bool, as_json: bool) -> None:
 
     async def body() -> Purge:
         async with Database(state.settings.store.path) as db:
-            purger = Retention(db, state.settings.policy.knobs())
+            purger = Retention(db, state.settings.policy.knobs(), hasher_for(state.settings),
+                               state.settings.quarantine.retention_days)
             if dry_run:
                 return Purge([address for _, address in await purger.expired()])
             return await purger.purge()
@@ -45,8 +56,7 @@ def run_(state: CliState, dry_run: bool, as_json: bool) -> None:
     if as_json:
         document: dict[str, object] = {"dry_run": dry_run, "purged": purged.addresses}
         if not dry_run:
-            document["removed"] = {"copies": 0, "waiting": 0, "quarantine": 0, "notifications": 0,
-                                   "messages": 0, "requests": 0, **purged.removed}
+            document["removed"] = purged.counts()
         print_json(document)
         return
     for address in purged.addresses:

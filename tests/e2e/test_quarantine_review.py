@@ -222,3 +222,36 @@ def test_rejects_and_purges_are_audited_and_release_checks_m1_again(gw, sink: Si
     assert "intact" in gw.cli("audit", "verify").stdout
     time.sleep(0.3)
     assert sink.messages == [] and third
+
+
+def test_a_copy_held_for_an_unknown_address_leaves_the_store_after_the_period(make_gateway,
+                                                                             tmp_path):
+    """R2 quarantined, GDPR 5-1-e (KASPR: no unlimited retention): the purge rejected the
+    copy of an address the ledger never held and kept its row, the address, the subject and
+    the message's subject, for ever. `retention run` deletes the decided rows older than
+    quarantine.retention_days, and says how many (the export shows them until then)."""
+    gw = make_gateway(contacts=write_cases_csv(tmp_path / "cases.csv"),
+                      extra='[policy]\nunknown_recipient = "quarantine"\n')
+    stranger = "zed.zedson@unknown.example"
+    entry = hold(gw, message(to=stranger, subject="Offer for Zed Zedson"), to=stranger)
+    assert [q["rule"] for q in json.loads(gw.cli("subject", "export", stranger).stdout)[
+        "quarantine"]] == ["R2"]
+    gw.stop()  # its daily run is not this test's
+    db_path = gw.config.parent / "gateway.db"
+    with sqlite3.connect(db_path) as db:
+        db.execute("UPDATE quarantine SET created_at = created_at - 40 * 86400")
+        db.execute("UPDATE messages SET received_at = received_at - 40 * 86400")
+    purged = gw.cli("quarantine", "purge", "--older-than", "30", "--yes")
+    assert purged.returncode == 0 and f"quarantine entry {entry} (" in purged.stdout
+    run = gw.cli("retention", "run", "--json")
+    assert run.returncode == 0, run.stderr
+    removed = json.loads(run.stdout)["removed"]
+    assert (removed["outside_quarantine"], removed["messages"]) == (1, 1)
+    with sqlite3.connect(db_path) as db:
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            for row in db.execute(f"SELECT * FROM {table}"):  # noqa: S608 - the schema's
+                text = " ".join(v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+                                for v in row)
+                assert stranger not in text and "Zed Zedson" not in text, table
+    said = gw.cli("retention", "run")
+    assert "outside the ledger, past their period: 0 copies, 0 quarantine rows" in said.stdout

@@ -257,7 +257,7 @@ async def test_retention_sql_agrees_with_the_rule_book(db, hasher):
     ledger = Ledger(db, hasher)
     for knobs in (PolicyKnobs(), dataclasses.replace(PolicyKnobs(), prospect_retention_days=400,
                                                      max_retention_days=200)):
-        expired = {address for _, address in await Retention(db, knobs).expired(now)}
+        expired = {address for _, address in await Retention(db, knobs, hasher, 30).expired(now)}
         for i in range(300):
             contact = await ledger.contact(f"c{i}@example.com")
             assert contact is not None
@@ -595,7 +595,7 @@ async def test_a_retention_purge_leaves_the_address_nowhere_in_the_files(db, has
     import_csv(db, hasher, "email,collected_at,source_name,source_type\n"
                            f"vieux.prospect.zq@exemple.fr,{old},Salon Consentia Zq,direct\n")
     await db.writer.execute("PRAGMA secure_delete = OFF")  # as some SQLite builds have it
-    purged = await Retention(db, PolicyKnobs()).purge()
+    purged = await Retention(db, PolicyKnobs(), hasher, 30).purge()
     assert purged.addresses == ["vieux.prospect.zq@exemple.fr"]
     for path in (db.path, db.path.with_name(db.path.name + "-wal")):
         if path.exists():
@@ -657,14 +657,19 @@ async def test_a_retention_purge_takes_the_address_out_of_finished_records(db, h
     await RequestStore(db).close(answered.id, "answered")
     pending = await RequestStore(db).open("OLD@example.com", "erasure")
 
-    purged = await Retention(db, PolicyKnobs()).purge()
+    purged = await Retention(db, PolicyKnobs(), hasher, 30).purge()
 
     assert purged.addresses == ["Old@example.com"]
     assert purged.removed == {"copies": 3, "waiting": 1, "quarantine": 1, "notifications": 2,
-                              "messages": 2, "requests": 1}
-    # the answered request keeps its dates under the hash; the open one its address
+                              "messages": 2, "requests": 1, "outside_copies": 0,
+                              "outside_quarantine": 0, "outside_notifications": 0,
+                              "outside_requests": 0}
+    # the answered request keeps its dates under the hash, not the operator's words about
+    # the person (as an erasure leaves it); the open one keeps its address
     addresses = dict(tuple(r) for r in await db.fetchall("SELECT id, address FROM requests"))
     assert addresses[answered.id].startswith("purged:")
+    [(note,)] = await db.fetchall("SELECT note FROM requests WHERE id = ?", (answered.id,))
+    assert note.startswith("(note deleted with the address")
     assert addresses[pending.id] == "OLD@example.com"
     left = await db.fetchall("SELECT message_id, recipient, state FROM deliveries ORDER BY id")
     assert [tuple(row) for row in left] == [("SHARED", "new@example.com", "queued"),
@@ -679,7 +684,7 @@ async def test_a_retention_purge_takes_the_address_out_of_finished_records(db, h
     # SENT stays for its held copy, SHARED for its queued one; FAILED and PENDING are gone
     messages = await db.fetchall("SELECT id FROM messages ORDER BY id")
     assert [row[0] for row in messages] == ["RECEIPT", "SENT", "SHARED"]
-    assert (await Retention(db, PolicyKnobs()).purge()).addresses == []
+    assert (await Retention(db, PolicyKnobs(), hasher, 30).purge()).addresses == []
 
 
 @pytest.mark.parametrize("channel", ["one-click", "mailto", "webhook", "link"])
