@@ -11,6 +11,7 @@ it (c), how long it is kept (d), the rights (e-f), the source (g).
 from __future__ import annotations
 
 import datetime
+import re
 import textwrap
 import time
 
@@ -88,6 +89,8 @@ _WORDS: dict[str, dict[str, str]] = {
         "request": ("{kind} eingegangen am {received}, Antwort spätestens am "
                     "{due}{closed}"),
         "closed": " (beantwortet am {date})",
+        "request_note": "unser Vermerk",
+        "extended": "Antwortfrist verlängert bis {date}, aus diesem Grund:",
         "request_access": "Auskunftsantrag", "request_erasure": "Löschantrag",
         "request_objection": "Widerspruch",
         "erased": ("Ihre Daten wurden am {date} auf Ihren Antrag gelöscht; nur ein codierter "
@@ -158,6 +161,8 @@ _WORDS: dict[str, dict[str, str]] = {
                         "(in France, the CNIL: www.cnil.fr)."),
         "request": "{kind} request received on {received}, answered by {due} at the latest{closed}",
         "closed": " (answered on {date})",
+        "request_note": "our note",
+        "extended": "answer period extended to {date}, for this reason:",
         "request_access": "Access", "request_erasure": "Erasure",
         "request_objection": "Objection",
         "erased": "Your data were erased on {date} at your request; only a coded trace remains, "
@@ -233,6 +238,8 @@ _WORDS: dict[str, dict[str, str]] = {
         "request": ("Solicitud {kind} recibida el {received}, con respuesta a más tardar el "
                     "{due}{closed}"),
         "closed": " (respondida el {date})",
+        "request_note": "nuestra nota",
+        "extended": "plazo de respuesta ampliado hasta el {date}, por el siguiente motivo:",
         "request_access": "de acceso", "request_erasure": "de supresión",
         "request_objection": "de oposición",
         "erased": ("Sus datos se suprimieron el {date} a petición suya; solo se conserva una "
@@ -308,6 +315,9 @@ _WORDS: dict[str, dict[str, str]] = {
         "request": ("Demande {kind} reçue le {received}, réponse au plus tard le "
                     "{due}{closed}"),
         "closed": " (réponse apportée le {date})",
+        "request_note": "notre note",
+        "extended": ("délai de réponse prolongé jusqu'au {date}, pour la raison "
+                     "suivante :"),
         "request_access": "d'accès", "request_erasure": "d'effacement",
         "request_objection": "d'opposition",
         "erased": ("Vos données ont été effacées le {date} à votre demande ; seule une trace "
@@ -384,6 +394,8 @@ _WORDS: dict[str, dict[str, str]] = {
         "request": ("Richiesta {kind} ricevuta il {received}, risposta entro il "
                     "{due}{closed}"),
         "closed": " (risposta inviata il {date})",
+        "request_note": "nostra nota",
+        "extended": "termine di risposta prorogato fino al {date}, per il seguente motivo:",
         "request_access": "di accesso", "request_erasure": "di cancellazione",
         "request_objection": "di opposizione",
         "erased": ("I Suoi dati sono stati cancellati il {date} su Sua richiesta; resta solo "
@@ -796,9 +808,28 @@ class Letter:
         self.section("requests")
         for r in requests:
             closed = self.say("closed", date=self.day(r.closed_at)) if r.closed_at else ""
-            self.bullet(self.say("request", kind=self.w[f"request_{r.kind}"],
-                                 received=self.day(r.received_at), due=self.day(r.due_at),
-                                 closed=closed))
+            text = self.say("request", kind=self.w[f"request_{r.kind}"],
+                            received=self.day(r.received_at), due=self.day(r.due_at),
+                            closed=closed)
+            if r.note:  # GDPR 12(3): an extension is told "together with the reasons"
+                text += f" ({self.w['request_note']}{self.w['colon']} {self.note(r.note)})"
+            self.bullet(text)
+
+    def note(self, note: str) -> str:
+        """A request's note as the operator wrote it, but for the words RequestStore.extend
+        puts in front of an extension's reason, said in the letter's language."""
+        def extended(found: re.Match[str]) -> str:
+            try:
+                day = datetime.datetime.strptime(found.group(2), "%Y-%m-%d").replace(
+                    tzinfo=datetime.UTC)
+            except ValueError:
+                return found.group()
+            return f"{found.group(1)}{self.say('extended', date=self.day(day.timestamp()))} "
+        return _EXTENDED.sub(extended, printable(note))
+
+
+# what RequestStore.extend writes in a request's note ("; " joins a note to those before)
+_EXTENDED = re.compile(r"(^|; )extended to (\d{4}-\d{2}-\d{2}): ")
 
 
 def readable(address: str) -> str:

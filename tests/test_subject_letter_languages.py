@@ -92,7 +92,8 @@ def record(language: str | None) -> SubjectRecord:
         Decision(NOW - 5 * DAY, "crm", "R1", "reject", None, None, None, None),
     ]
     held = [HeldCopy("m2", NOW - 50 * DAY, "crm", "", "M3", "no subject", "held", None)]
-    requests = [SubjectRequest(1, "access", NOW - 2 * DAY, NOW + 28 * DAY, None),
+    requests = [SubjectRequest(1, "access", NOW - 2 * DAY, NOW + 88 * DAY, None,
+                               "extended to 2026-12-18: Anfrage zu 40 Mailings"),
                 SubjectRequest(2, "objection", NOW - 20 * DAY, NOW + 10 * DAY,
                                NOW - 10 * DAY)]
     return SubjectRecord(ANNA, [(contact(language), events)], NOW - 10 * DAY, "one-click",
@@ -252,3 +253,23 @@ def test_a_message_refused_after_its_rcpt_is_told_once_with_the_refusals_reason(
         [], []), CONTROLLER, PolicyKnobs(), "en", NOW))
     assert letter.count("“Offer”") == 1, letter
     assert "[R1]" in letter and "[R8]" not in letter
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_letter_gives_the_reason_of_an_extension_and_the_requests_notes(lang: str):
+    """GDPR 12(3): the person is told of an extension "together with the reasons for the
+    delay"; the operator's note on their request is their data too (GDPR 15). The letter
+    left both out. The extension is said in the letter's language, with its date format;
+    the operator's own words are given as written."""
+    base = record(lang)
+    extended = SubjectRequest(1, "access", NOW - 2 * DAY, NOW + 88 * DAY, NOW - DAY,
+                              "extended to 2026-12-18: Anfrage zu 40 Mailings; "
+                              "refused in part; sent by post")
+    letter = as_read(render_text(dataclasses.replace(base, requests=[extended]), CONTROLLER,
+                                 PolicyKnobs(), lang, NOW))
+    day = {"en": "2026-12-18", "de": "18.12.2026"}.get(lang, "18/12/2026")
+    said = _WORDS[lang]["extended"].format(date=day)
+    assert f"{said} Anfrage zu 40 Mailings; refused in part; sent by post" in letter, letter
+    assert f"{_WORDS[lang]['request_note']}{_WORDS[lang]['colon']} {said}" in letter
+    if lang != "en":
+        assert "extended to" not in letter

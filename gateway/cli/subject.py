@@ -86,7 +86,8 @@ EXPORT_HELP = """Everything held on EMAIL (GDPR 15): ledger facts, every source 
 visibility, consent / objection / interaction / information events with their proofs, every
 decision about mail to it (date, account, subject, rule, outcome, notice version), held
 copies with the reviewer's reason, unsubscribes, the accounts told of an objection, requests
-(those left under the address's hash too) and what R4's purge kept.
+with the operator's note and an extension's reason (GDPR 12(3); those left under the
+address's hash too) and what R4's purge kept.
 
 \b
 --format json  one object (keys: address, generated_at, controller, ledger[] with sources[]

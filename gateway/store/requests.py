@@ -118,6 +118,7 @@ class RequestStore:
                 raise Refused(f"request {request_id} was due {_day(first_due)}: an extension "
                               "must be decided and told to the person within the first month")
             due = one_month_later(request.received_at, 3)
+            # (the access letter says these words in the person's language: subject_letter)
             note = f"extended to {_day(due)}: {reason}"
             await conn.execute(
                 "UPDATE requests SET due_at = ?, note = CASE WHEN note IS NULL THEN ?"

@@ -119,6 +119,9 @@ class SubjectRequest:
     received_at: float
     due_at: float
     closed_at: float | None
+    # the operator's words on it (how it was answered, an extension's reason, which GDPR
+    # 12(3) says the person is given): the person's data too
+    note: str | None = None
 
     def as_json(self) -> dict[str, object]:
         return dict(vars(self))
@@ -213,7 +216,7 @@ class SubjectStore:
         # and those an erasure or R4's purge left under the address's hash, with their dates
         pseudonyms = [f"{prefix}:{digest.hex()[:16]}" for prefix in ("erased", "purged")]
         requests = [SubjectRequest(*tuple(row)[1:]) for row in await self.db.fetchall(
-            "SELECT address, id, kind, received_at, due_at, closed_at FROM requests"
+            "SELECT address, id, kind, received_at, due_at, closed_at, note FROM requests"
             " WHERE subject_form(address) = ? OR address IN (?, ?) ORDER BY id",
             (folded, *pseudonyms))]
         erased = [row[0] for row in await self.db.fetchall(

@@ -237,6 +237,31 @@ def test_the_export_holds_the_reviewers_words_and_who_was_told_of_the_objection(
     assert "a été transmise" not in letter
 
 
+def test_the_export_gives_the_requests_notes_and_the_reason_of_an_extension(make_gateway,
+                                                                            tmp_path):
+    """COMPLIANCE 6 (everything held on the address), GDPR 15 and 12(3): the operator's note
+    on the person's request and the reason of an extension, which must be given to the
+    person, were held in the request but in neither form of the export."""
+    gw = start(make_gateway, tmp_path)
+    assert gw.cli("requests", "open", MARIE, "--kind", "access").returncode == 0
+    extended = gw.cli("requests", "extend", "1", "--reason",
+                      "Marie asked about 40 mailings at once")
+    assert extended.returncode == 0, extended.stderr
+    assert gw.cli("requests", "open", MARIE, "--kind", "erasure").returncode == 0
+    assert gw.cli("requests", "close", "2", "--note",
+                  "refused: Marie Curie is a current customer").returncode == 0
+    notes = {r["id"]: r["note"] for r in export(gw, MARIE)["requests"]}
+    assert notes[1].startswith("extended to ") and notes[1].endswith(
+        ": Marie asked about 40 mailings at once")
+    assert notes[2] == "refused: Marie Curie is a current customer"
+    for lang, extension in (("fr", "délai de réponse prolongé jusqu'au"),
+                            ("en", "answer period extended to")):
+        letter = " ".join(gw.cli("subject", "export", MARIE, "--format", "text",
+                                 "--language", lang).stdout.split())
+        assert extension in letter and "Marie asked about 40 mailings at once" in letter
+        assert "refused: Marie Curie is a current customer" in letter
+
+
 def test_an_open_access_request_holds_the_erasure_until_answered(make_gateway, tmp_path):
     """People ask for access and erasure together: the erasure closed the access request
     "unanswered" and dropped it from every list; nothing could answer it afterwards."""
