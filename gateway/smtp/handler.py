@@ -21,6 +21,7 @@ from gateway.smtp import replies
 from gateway.smtp.auth import Authenticator, AuthOutcome
 from gateway.smtp.server import GatewaySMTP
 from gateway.store.accounts import Account
+from gateway.transform.headers import HOP_LIMIT, too_many_hops
 
 log = logging.getLogger("gateway.smtp")
 
@@ -332,6 +333,13 @@ class GatewayHandler:
             return replies.AUTH_REQUIRED
         content = envelope.original_content
         assert isinstance(content, bytes)
+        if too_many_hops(content):
+            self.flow.record_abandoned(account, server.client_ip, verdicts)
+            log.warning("%s refused from=<%s> account=%s nrcpt=%d: %d Received fields or more, "
+                        "a mail loop", server.client_ip, envelope.mail_from, account.name,
+                        len(envelope.rcpt_tos), HOP_LIMIT)
+            verdicts.clear()
+            return replies.TOO_MANY_HOPS
         refusal = self.flow.check_message(account, content)
         if refusal is not None:
             self.flow.record_abandoned(account, server.client_ip, verdicts, refusal)

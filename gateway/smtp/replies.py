@@ -24,6 +24,7 @@ NULL_SENDER = "550 5.7.1 M1 A null sender (<>) is not accepted from an account: 
 NEEDS_SMTPUTF8 = "553 5.6.7 An address beyond ASCII needs the SMTPUTF8 parameter on MAIL"
 SOURCE_ROUTE = "501 5.1.3 Source routes and %-hack addresses are not accepted"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+TOO_MANY_HOPS = "554 5.4.6 Too many hops: a mail loop (RFC 5321 6.3)"
 NEED_RECIPIENT = "503 5.5.1 Need RCPT command first"
 DATA_SYNTAX = "501 5.5.4 Syntax: DATA (no parameters)"
 BAD_AUTH_PARAMETER = "501 5.5.4 Malformed AUTH= parameter (RFC 4954 5)"

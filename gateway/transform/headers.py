@@ -117,6 +117,22 @@ class UnsafeHeader(ValueError):
     """A value we were about to write would forge a header (CR, LF, NUL) or break a line."""
 
 
+# RFC 5321 6.3: a relay detects a loop by counting Received fields, at no fewer than 100
+# hops; Postfix's hopcount_limit is 50, and so is ours. Past it the message has gone round
+# between relays (a smarthost handing mail back into trusted_clients) and would go on for
+# ever, a copy and an audit record at each turn.
+HOP_LIMIT = 50
+_RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
+
+
+def too_many_hops(content: bytes) -> bool:
+    """Whether the header holds HOP_LIMIT Received fields or more (one C-level count first:
+    a message through a few relays is not searched)."""
+    head = content[:header_end(content)]
+    return head.count(b"eceived") >= HOP_LIMIT and \
+        len(_RECEIVED.findall(head)) >= HOP_LIMIT
+
+
 def safe_field(name: str, value: str) -> bytes:
     """`Name: value` + CRLF, refusing anything that could open a new field.
 

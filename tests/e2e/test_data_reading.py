@@ -148,3 +148,25 @@ def test_a_message_to_an_unsubscribe_address_costs_no_more_memory_than_its_piece
     mta.cmd("QUIT")
     with sqlite3.connect(gw.config.parent / "gateway.db") as db:
         assert db.execute("SELECT channel FROM suppression").fetchall() == [("mailto",)]
+
+
+def test_a_message_that_went_round_between_relays_is_refused_not_relayed_again(
+        make_gateway, sink: Sink):
+    """RFC 5321 6.3: no Received field was counted, so a smarthost handing mail back into
+    trusted_clients made the gateway relay it for ever, a copy and an audit row each turn;
+    150 Received fields went out with a 151st (SMTP review). 50 is Postfix's hopcount_limit."""
+    gw = make_gateway()
+    hop = b"Received: from relay.example by mx.example; Sat, 28 Nov 2026 10:00:00 +0000\r\n"
+    s = open_transaction(gw.smtp_port)
+    assert s.cmd(hop * 50 + message(subject="looped") + b".") == (
+        554, "5.4.6 Too many hops: a mail loop (RFC 5321 6.3)")
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250  # the session goes on
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    assert s.cmd(hop.lower() * 49 + message(subject="far") + b".")[0] == 250
+    s.cmd("QUIT")
+    (received,) = sink.wait_for(1)
+    assert b"Subject: far" in received.content
+    time.sleep(0.3)
+    assert len(sink.messages) == 1
+    assert "a mail loop" in gw.output
