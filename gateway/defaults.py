@@ -14,6 +14,7 @@ MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 MAX_RECIPIENTS = 100  # per transaction; Postfix smtpd_recipient_limit is 1000, ESPs use 50-100
 MAX_COMMANDS = 1000  # per verb and session, except the transaction verbs (MAIL, RCPT, DATA...)
 MAX_CONNECTIONS_PER_IP = 50  # Postfix smtpd_client_connection_count_limit default; IPv6: per /64
+MAX_CONNECTIONS = 1000  # SMTP sessions of one process; more get 421 (trusted_clients: not)
 IDLE_TIMEOUT = 300.0  # RFC 5321 4.5.3.2.7: server timeout 5 minutes
 
 AUTH_MAX_FAILURES = 10  # consecutive failures that lock an account

@@ -498,6 +498,7 @@ DRAIN_SIGNAL = signal.SIGUSR1
 
 def run(settings: Settings, on_ready: Any = None) -> None:
     """Run the gateway until SIGTERM/SIGINT: one process, or a supervisor and its workers."""
+    raise_open_file_limit(settings)
     if settings.smtp.processes > 1:
         from gateway.supervisor import supervise
 
@@ -524,3 +525,32 @@ def _loopback(host: str) -> bool:
     """Whether a listen host is reachable from this machine only (a name other than
     localhost: assume it is reachable from elsewhere)."""
     return host == "localhost" or is_loopback(host)
+
+
+# file descriptors besides the connections: listeners, the store and its WAL, the ledger
+# reader, upstream connections, the Maildir, logs
+FD_MARGIN = 256
+
+
+def raise_open_file_limit(settings: Settings) -> None:
+    """The soft open-file limit raised to the hard one (as nginx's worker_rlimit_nofile): a
+    shell's 1024 is below smtp.max_connections and http.max_connections together, and a flood
+    of connections then took every descriptor: one-click POSTs failed, deliveries deferred
+    with "Too many open files" (security review). Said when even the hard limit is short."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+    needed = settings.smtp.max_connections + settings.http.max_connections + FD_MARGIN
+    if soft < needed:
+        log.warning("the open-file limit is %d, below the %d that smtp.max_connections (%d) and "
+                    "http.max_connections (%d) may take: a flood of connections would leave "
+                    "none for the store and deliveries; raise it (systemd LimitNOFILE=, ulimit "
+                    "-n) or lower those settings", soft, needed, settings.smtp.max_connections,
+                    settings.http.max_connections)

@@ -49,6 +49,7 @@ class SmtpSettings:
     max_message_bytes: int = defaults.MAX_MESSAGE_BYTES
     max_recipients: int = defaults.MAX_RECIPIENTS
     max_commands: int = defaults.MAX_COMMANDS
+    max_connections: int = defaults.MAX_CONNECTIONS
     max_connections_per_ip: int = defaults.MAX_CONNECTIONS_PER_IP
     idle_timeout: float = defaults.IDLE_TIMEOUT
     allow_plain_auth_on_loopback: bool = False
@@ -468,8 +469,9 @@ def _check(settings: Settings) -> None:
     if bool(settings.smtp.tls_cert) != bool(settings.smtp.tls_key):
         raise ConfigError("smtp.tls_cert and smtp.tls_key must be set together")
     for key in ("smtp.max_message_bytes", "smtp.max_recipients", "smtp.max_commands",
-                "smtp.max_connections_per_ip", "smtp.processes", "delivery.workers",
-                "delivery.port", "http.max_connections", "http.max_connections_per_ip"):
+                "smtp.max_connections", "smtp.max_connections_per_ip", "smtp.processes",
+                "delivery.workers", "delivery.port", "http.max_connections",
+                "http.max_connections_per_ip"):
         section, _, name = key.partition(".")
         if getattr(getattr(settings, section), name) < 1:
             raise ConfigError(f"{key}: must be at least 1")

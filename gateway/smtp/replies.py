@@ -39,6 +39,7 @@ INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 BARE_NEWLINE = "521 5.5.2 Bare CR or LF received; lines must end with CRLF"
 LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address, try again later"
+SERVER_FULL = "421 4.7.0 Too many connections, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 IDLE_TIMEOUT = "421 4.4.2 Idle too long, closing connection"
 TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"  # as Postfix

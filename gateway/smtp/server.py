@@ -11,6 +11,7 @@ import logging
 import re
 import socket
 import sys
+import time
 from collections import Counter
 from typing import Any
 
@@ -100,6 +101,7 @@ class StrictLineReader(asyncio.StreamReader):
 
 DATA_CHUNK_LIMIT = 1 << 20  # bytes the reader may buffer while looking for the end
 LINE_CHECK_SLICE = 1 << 16  # bytes of lines split at once by the line-length check
+REFUSAL_LOG_SECONDS = 60.0
 DATA_END = b"\r\n.\r\n"
 
 
@@ -208,9 +210,14 @@ class GatewaySMTP(SMTP):
         self._sessions.add(self)
         too_many = (self._connections[self._client_key]
                     > self.gateway_settings.max_connections_per_ip)
-        if too_many or not self._accepting.is_set():
-            reply = replies.TOO_MANY_CONNECTIONS if too_many else replies.SHUTTING_DOWN
-            log.warning("refusing connection from %s: %s", self._client_ip, reply)
+        # in all, but the operator's tools: a flood from many addresses took every file
+        # descriptor, and one-click POSTs and deliveries failed with it (security review)
+        full = (not self._trusted
+                and len(self._sessions) > self.gateway_settings.max_connections)
+        if too_many or full or not self._accepting.is_set():
+            reply = (replies.TOO_MANY_CONNECTIONS if too_many else replies.SERVER_FULL
+                     if full else replies.SHUTTING_DOWN)
+            _say_refused(self._client_ip, reply)
             if self._handler_coroutine is not None:
                 self._handler_coroutine.cancel()
             transport.write(reply.encode() + b"\r\n")  # type: ignore[attr-defined]
@@ -578,6 +585,21 @@ class GatewaySMTP(SMTP):
         if self.transport is not None:
             log.info("%s read nothing of the last replies: connection aborted", self._client_ip)
             self.transport.abort()  # type: ignore[attr-defined]
+
+
+_refusals = {"last": 0.0, "since": 0}  # refused connections, said once a minute at most
+
+
+def _say_refused(client_ip: str, reply: str) -> None:
+    """A refused connection, logged once a minute at most with how many were refused since:
+    under a flood, one line per connection was the flood again, in the log."""
+    now = time.monotonic()
+    _refusals["since"] += 1
+    if now - _refusals["last"] < REFUSAL_LOG_SECONDS:
+        return
+    log.warning("refusing connection from %s: %s (%d refused in the last minute)",
+                client_ip, reply, _refusals["since"])
+    _refusals["last"], _refusals["since"] = now, 0
 
 
 async def start_smtp_server(handler: Any, settings: SmtpSettings, host: str, port: int,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import re
 import socket
 import time
+from pathlib import Path
 
 import httpx
 
@@ -428,6 +430,48 @@ def test_connections_per_ip_are_limited(make_gateway):
     wait_until(greeted, timeout=5, interval=0.1, what="the freed slot")
     for s in sessions[1:]:
         s.close()
+
+
+def test_sessions_are_limited_in_all_but_the_trusted_tools_still_get_in(make_gateway):
+    """Only the per-address cap existed: a few addresses (21 IPv4, one IPv6 /59 at 50 each)
+    took every file descriptor of a 1024 limit; one-click POSTs failed, deliveries deferred
+    with "Too many open files" (security review). The refusals are logged once a minute."""
+    gw = make_gateway(trusted=False, smtp_extra=(
+        "max_connections = 4\nmax_connections_per_ip = 3\n"
+        'trusted_clients = [{ network = "127.0.0.9/32", account = "crm" }]'))
+    sessions = [RawSmtp(gw.smtp_port, source=f"127.0.0.{2 + i % 2}") for i in range(4)]
+    assert all(s.greeting[0] == 220 for s in sessions)
+    refused = [RawSmtp(gw.smtp_port, source="127.0.0.4") for _ in range(3)]
+    for s in refused:
+        assert s.greeting == (421, "4.7.0 Too many connections, try again later")
+        assert s.closed()
+    tool = RawSmtp(gw.smtp_port, source="127.0.0.9")  # the operator's own tool
+    assert tool.greeting[0] == 220 and tool.cmd("EHLO tool")[0] == 250
+    wait_until(lambda: "refusing connection from 127.0.0.4" in gw.output, what="the warning")
+    assert gw.output.count("refusing connection from") == 1
+    for s in (*sessions, tool):
+        s.close()
+
+
+def test_the_open_file_limit_is_raised_and_said_when_it_is_short(make_gateway):
+    """A shell's soft limit of 1024 was kept, below smtp.max_connections and
+    http.max_connections together: raised to the hard limit at start, and said when even
+    that is short."""
+    import shutil
+    if shutil.which("prlimit") is None:
+        raise AssertionError("prlimit (util-linux) is needed for this test")
+    gw = make_gateway(start=False)
+    gw.launcher = ("prlimit", "--nofile=512:8192")
+    gw.start()
+    limits = Path(f"/proc/{gw.proc.pid}/limits").read_text()
+    assert re.search(r"Max open files\s+8192\s+8192", limits), limits
+    assert "open-file limit" not in gw.output
+    assert gw.terminate(30) == 0
+    gw.stop()
+    gw.launcher = ("prlimit", "--nofile=512:600")
+    gw.start()
+    assert "the open-file limit is 600, below the 2256" in gw.output
+    assert gw.terminate(30) == 0
 
 
 def test_probes_that_close_before_the_greeting_free_their_slot(make_gateway):
