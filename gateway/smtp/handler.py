@@ -186,9 +186,12 @@ class GatewayHandler:
     async def handle_EHLO(self, server: GatewaySMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         """Add PIPELINING (RFC 2920): aiosmtpd reads pipelined commands in order but does not
-        say so. SIZE, 8BITMIME, SMTPUTF8, STARTTLS and AUTH come from aiosmtpd."""
+        say so; and ENHANCEDSTATUSCODES (RFC 2034): every reply but the greeting's, EHLO's
+        and DATA's 354 carries one (replies.py), which clients read once told. SIZE,
+        8BITMIME, SMTPUTF8, STARTTLS and AUTH come from aiosmtpd."""
         session.host_name = hostname
-        responses.insert(len(responses) - 1, "250-PIPELINING")
+        responses[len(responses) - 1:len(responses) - 1] = ["250-PIPELINING",
+                                                            "250-ENHANCEDSTATUSCODES"]
         return responses
 
     # --- the transaction ----------------------------------------------------------------

@@ -287,6 +287,38 @@ class GatewaySMTP(SMTP):
             self.tls_context = self._certificate.context()
         await super().smtp_STARTTLS(arg)
 
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        """aiosmtpd's, answered 214 (RFC 5321 4.3.2 allows 211, 214, 502 or 504 to HELP; it
+        said 250) with an enhanced status code, as EHLO's ENHANCEDSTATUSCODES promises."""
+        if await self.check_auth_needed("HELP"):
+            return
+        method = self._documented(arg.upper()) if arg else None
+        if method is not None:
+            help_str = method.__smtp_syntax__
+            assert self.session is not None
+            if self.session.extended_smtp and method.__smtp_syntax_extended__:
+                help_str += method.__smtp_syntax_extended__
+            await self.push("214 2.0.0 Syntax: " + help_str)
+            return
+        commands = " ".join(sorted(name for name in self._smtp_methods
+                                   if self._documented(name) is not None))
+        await self.push(f"{'504 5.5.4' if arg else '214 2.0.0'} Supported commands: {commands}")
+
+    def _documented(self, name: str) -> Any:
+        """The method of command `name` that carries its syntax, if offered now: ours, or
+        aiosmtpd's that ours extends (an override without @syntax left MAIL, RCPT and DATA
+        out of aiosmtpd's HELP)."""
+        if name not in self._smtp_methods:
+            return None
+        ours = self._smtp_methods[name]
+        method = ours if hasattr(ours, "__smtp_syntax__") else getattr(
+            SMTP, f"smtp_{name}", None)
+        if method is None or not hasattr(method, "__smtp_syntax__"):
+            return None
+        when = getattr(method, "__smtp_syntax_when__", None)
+        return method if not when or getattr(self, when, None) else None
+
     async def smtp_AUTH(self, arg: str) -> None:
         envelope = self.envelope
         if envelope is not None and envelope.mail_from is not None:

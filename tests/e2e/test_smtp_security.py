@@ -619,6 +619,28 @@ def test_ehlo_advertises_the_contract_and_pipelined_commands_work(make_gateway, 
     assert b"Subject: Pipelined" in sink.wait_for(1)[0].content
 
 
+def test_ehlo_offers_enhanced_status_codes_and_every_reply_carries_one(make_gateway,
+                                                                        sink: Sink):
+    """Every reply had an RFC 3463 code but EHLO did not say so (RFC 2034), and HELP said
+    250, which RFC 5321 4.3.2 does not allow (SMTP review)."""
+    gw = make_gateway()
+    s = RawSmtp(gw.smtp_port)
+    code, text = s.cmd("EHLO client.test")
+    assert "ENHANCEDSTATUSCODES" in text.splitlines()
+    replies = [s.cmd(command) for command in (
+        "NOOP", "HELP", "HELP MAIL", "HELP FROBNICATE", "VRFY jane", "FROBNICATE",
+        "MAIL FROM:<news@example.com>", "RCPT TO:<jane@example.net>", "RSET",
+        "MAIL FROM:<news@example.com>", "RCPT TO:<jane@example.net>")]
+    assert s.cmd("DATA")[0] == 354  # (RFC 2034: 354 carries none)
+    replies.append(s.cmd(message(subject="codes") + b"."))
+    replies.append(s.cmd("QUIT"))
+    for code, text in replies:
+        assert re.match(rf"{str(code)[0]}\.\d{{1,3}}\.\d{{1,3}} ", text), (code, text)
+    assert [code for code, _ in replies[1:4]] == [214, 214, 504]
+    assert replies[2][1].startswith("2.0.0 Syntax: MAIL FROM:")
+    sink.wait_for(1)
+
+
 def test_rfc_4954_the_auth_parameter_is_discarded_and_auth_is_refused_in_a_transaction(
         make_gateway, sink: Sink):
     """sendmail relaying after it authenticated sends MAIL FROM:<...> AUTH=<>: it got 555 and
