@@ -60,7 +60,19 @@ def ensure_self_signed(cert_path: Path, key_path: Path, hostname: str) -> bool:
 def server_context(cert_path: str | Path, key_path: str | Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(cert_path), str(key_path))
+    try:
+        context.load_cert_chain(str(cert_path), str(key_path))
+    except ssl.SSLError as exc:
+        # OpenSSL's "[SSL] PEM lib" names neither file nor what is wrong
+        if "PRIVATE KEY" not in Path(key_path).read_text(errors="replace"):
+            raise ssl.SSLError(f"{key_path} holds no PEM private key (is it the "
+                               "certificate?)") from None
+        if "CERTIFICATE" not in Path(cert_path).read_text(errors="replace"):
+            raise ssl.SSLError(f"{cert_path} holds no PEM certificate") from None
+        if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
+            raise ssl.SSLError(f"{key_path} is not the private key of the certificate "
+                               f"{cert_path}") from None
+        raise
     return context
 
 
@@ -103,9 +115,9 @@ class ServerCertificate:
         self.cert_path, self.key_path = Path(cert_path), Path(key_path)
         self.where = where
         self._clock = clock
-        owner_only(where, self.key_path)
         self._stamp = _stamp(self.cert_path, self.key_path)
         self._context = server_context(self.cert_path, self.key_path)
+        owner_only(where, self.key_path)  # once loaded: another file named is left as it is
         self._refused: Stamp | str | None = None  # a change that did not load
         self._checked = self._expiry_said = clock()
         self.expires = not_valid_after(self.cert_path)
@@ -133,8 +145,8 @@ class ServerCertificate:
         if stamp == self._refused:
             return
         try:
-            owner_only(self.where, self.key_path)
             context = server_context(self.cert_path, self.key_path)
+            owner_only(self.where, self.key_path)
         except (OSError, ssl.SSLError) as exc:
             self._refuse(stamp, str(exc))
             return

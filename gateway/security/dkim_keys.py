@@ -88,7 +88,6 @@ def load_keys(entries: tuple[DkimSettings, ...]) -> list[DkimKey]:
             info = os.stat(entry.key_file)
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read {entry.key_file}: {exc}") from None
-        owner_only(where, entry.key_file, info)
         if b"PRIVATE KEY-----" in data:
             try:
                 key = serialization.load_pem_private_key(data, password=None)
@@ -116,6 +115,9 @@ def load_keys(entries: tuple[DkimSettings, ...]) -> list[DkimKey]:
                 raise ConfigError(f"{where}: {entry.key_file} is neither a PEM RSA key nor a "
                                   "base64 ed25519 seed")
             algorithm, data = ED25519, data.strip()
+        # once it is known to be a key: a config naming another file (a CSV, a certificate
+        # other services read) had its mode changed before it was refused (ops review)
+        owner_only(where, entry.key_file, info)
         keys.append(DkimKey(domain, entry.selector, algorithm, data))
     # Gmail, Yahoo and Microsoft do not verify ed25519 signatures (2026): a domain signed
     # with ed25519 alone goes out as unsigned to them (DMARC fails, RFC 8058 one-click

@@ -193,3 +193,29 @@ def test_a_renewed_key_readable_by_others_is_made_owner_only(tmp_path: Path):
     context = certificate.context()
     assert isinstance(context, ssl.SSLContext)
     assert key.stat().st_mode & 0o077 == 0
+
+
+def test_a_file_that_is_no_key_keeps_its_mode_and_the_error_says_what_it_is(tmp_path: Path):
+    """smtp.tls_key naming the certificate (a 0644 file other services read) made it 0600
+    before OpenSSL's "[SSL] PEM lib" refused it; a DKIM key_file naming a CSV too (ops
+    review)."""
+    import pytest
+
+    from gateway.errors import ConfigError
+    from gateway.security.dkim_keys import load_keys
+    from gateway.settings import DkimSettings
+    cert, key = write_pair(tmp_path, "first.example")
+    cert.chmod(0o644)
+    with pytest.raises(ssl.SSLError, match="holds no PEM private key"):
+        ServerCertificate(cert, cert, "smtp.tls_key")
+    assert cert.stat().st_mode & 0o777 == 0o644
+    (tmp_path / "other").mkdir()
+    _, other_key = write_pair(tmp_path / "other", "other.example")
+    with pytest.raises(ssl.SSLError, match="is not the private key of the certificate"):
+        ServerCertificate(cert, other_key, "smtp.tls_key")
+    csv = tmp_path / "contacts.csv"
+    csv.write_text("email\njane@example.net\n")
+    csv.chmod(0o644)
+    with pytest.raises(ConfigError, match="neither a PEM RSA key"):
+        load_keys((DkimSettings("example.com", "s1", str(csv)),))
+    assert csv.stat().st_mode & 0o777 == 0o644
