@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import formatdate
 
 import gateway.smtp.replies as replies
 from gateway.batch import GroupCommitter
@@ -29,7 +28,7 @@ from gateway.store.ledger import Ledger, LedgerLookup
 from gateway.store.queue import Copy, Prepared, SentMark
 from gateway.transform.dkim import Signer, SigningError
 from gateway.transform.footer import NoticeError, add_notice
-from gateway.transform.headers import UnsafeHeader, trace_field
+from gateway.transform.headers import UnsafeHeader, trace_field, utc_date
 from gateway.transform.notice import NoticeCache, NoticeFacts, NoticeTemplate, choose
 from gateway.transform.pipeline import Personalisation, personalise
 
@@ -105,10 +104,10 @@ class Composer:
             content = personalise(copy.content, Personalisation(
                 unsubscribe_url, f"unsubscribe+{token}@{s.hostname}",
                 f"<{copy.message_id}.{copy.delivery_id}@{s.hostname}>",
-                formatdate(copy.received_at)))
+                utc_date(copy.received_at)))
             content = add_notice(content, notice)
             content = trace_field(copy.client_ip, s.hostname, copy.message_id,
-                                  copy.recipient, formatdate(copy.received_at)) + content
+                                  copy.recipient, utc_date(copy.received_at)) + content
         except (UnsafeHeader, NoticeError) as exc:
             raise PermanentFailure(f"554 5.6.0 cannot make the copy compliant: {exc}") from exc
         if s.signer is not None:

@@ -14,9 +14,9 @@ import re
 import secrets
 import textwrap
 import time
-from email.utils import formatdate
 
 from gateway.addresses import ascii_domain
+from gateway.transform.headers import utc_date
 
 STATUS_FORMAT = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 STATUS_IN_TEXT = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
@@ -110,7 +110,7 @@ def build_dsn(*, reporting_mta: str, queue_id: str, mail_from: str, recipient: s
         _field("From", f"Mail Delivery System <MAILER-DAEMON@{host}>"),
         _field("To", f"<{sender}>"),
         _field("Subject", "Undelivered Mail Returned to Sender"),
-        _field("Date", formatdate(time.time(), usegmt=True)),
+        _field("Date", utc_date(time.time())),
         _field("Message-ID", f"<{secrets.token_hex(16)}@{host}>"),
         _field("Auto-Submitted", "auto-replied"),  # RFC 3834: no vacation reply to this
         _field("MIME-Version", "1.0"),
@@ -158,7 +158,7 @@ def _delivery_status(host: str, queue_id: str, arrival_date: float, recipient: s
     per_message = [_field("Reporting-MTA", f"dns; {host}")]
     if queue_id:
         per_message.append(_field("X-Gateway-Queue-ID", queue_id))
-    per_message.append(_field("Arrival-Date", formatdate(arrived, usegmt=True)))
+    per_message.append(_field("Arrival-Date", utc_date(arrived)))
     per_recipient = [
         _field("Final-Recipient", _typed_address(recipient)),
         _field("Action", "failed"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from email.errors import MessageError
 from email.header import decode_header, make_header
-from email.utils import parsedate_to_datetime
+from email.utils import formatdate, parsedate_to_datetime
 
 # RFC 5322 3.6.4: one msg-id <left@right>, no blank, one @, with comments (CFWS) around it
 # ("<a@b> <c@d> junk" and "<x@y@z>" are not); a folded field is unfolded with a blank
@@ -146,6 +146,12 @@ def safe_field(name: str, value: str) -> bytes:
     if len(line) > MAX_FIELD_LINE:
         raise UnsafeHeader(f"{name} longer than {MAX_FIELD_LINE} octets")
     return line.encode("ascii") + b"\r\n"
+
+
+def utc_date(timestamp: float) -> str:
+    """An RFC 5322 date-time in UTC, "+0000": formatdate's "-0000" says the zone is unknown
+    (RFC 5322 3.3), and "GMT" is obsolete syntax a generator must not write."""
+    return formatdate(timestamp)[:-5] + "+0000"
 
 
 def trace_field(client_ip: str, hostname: str, queue_id: str, recipient: str,

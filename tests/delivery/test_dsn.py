@@ -68,7 +68,7 @@ def test_per_message_and_per_recipient_fields():
     # the sender's ENVID only (RFC 3464 2.2.1), and the gateway offers no DSN extension
     assert "Original-Envelope-Id" not in report[0]
     assert report[0]["X-Gateway-Queue-ID"] == "4F2A9C0B1D3E5F70"
-    assert report[0]["Arrival-Date"] == "Tue, 14 Nov 2023 22:13:20 GMT"
+    assert report[0]["Arrival-Date"] == "Tue, 14 Nov 2023 22:13:20 +0000"  # (not obsolete GMT)
     rcpt = report[1]
     assert rcpt["Final-Recipient"] == "rfc822; gone@example.net"
     assert rcpt["Action"] == "failed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 
 import pytest
 
@@ -84,3 +85,11 @@ def test_fields_the_gateway_adds_do_not_split_the_clients_trace_block(body: byte
     if body:
         assert {"mime-version", "content-type"} <= set(names)
         assert parsed.get_payload(decode=True).decode().startswith("body")
+
+
+def test_dates_the_gateway_writes_say_utc_not_an_unknown_zone():
+    """formatdate's "-0000" means "no information about the local zone" (RFC 5322 3.3) and
+    its "GMT" is obsolete syntax (SMTP review): +0000 is UTC."""
+    from gateway.transform.headers import utc_date
+    assert utc_date(1700000000.0) == "Tue, 14 Nov 2023 22:13:20 +0000"
+    assert email.utils.parsedate_to_datetime(utc_date(1700000000.0)).timestamp() == 1700000000
