@@ -24,7 +24,7 @@ log = logging.getLogger("gateway.auth")
 
 MAX_LOGIN_LENGTH = 256
 MAX_TRACKED_IPS = 100_000  # bound the per-IP table: an address flood must not grow it forever
-MAX_TRACKED_NAMES = 100_000  # the same for unknown login names (a few MB at most)
+MAX_TRACKED_NAMES = 100_000  # the same for the logins remembered (see _remember)
 # an AUTH that could pass a limit only with attempts still being checked waits this long at
 # most for them to end (each check is ~0.1 s of argon2id), then is refused as locked
 ADMISSION_WAIT_SECONDS = 30.0
@@ -54,8 +54,6 @@ class Authenticator:
         self.settings = settings
         self.window_seconds = settings.auth_lockout_minutes * 60
         self._ip_failures: dict[str, deque[float]] = {}
-        # unknown login name -> (failures in a row, locked until), as an account's are
-        self._phantom_failures: dict[str, tuple[int, float | None]] = {}
         # attempts being checked now, by client IP and by login name: failures until known
         self._ip_checking: dict[str, int] = {}
         self._name_checking: dict[str, int] = {}
@@ -106,7 +104,7 @@ class Authenticator:
             # does not: decided after it, the unknown names' lock showed under a burst and
             # the accounts' did not, which told the names apart
             if found is None:
-                count, locked = self._phantom_count(key, now)
+                count, locked = await self._name_count(key, now)
             else:
                 account = found[0]
                 locked = account.locked(now)
@@ -160,7 +158,8 @@ class Authenticator:
                      client_ip: str, now: float) -> AuthVerdict:
         if found is None:
             await verify_password_async(dummy_hash(), password)  # same cost as a real one
-            self._phantom_failure(login, time.time())
+            await self.accounts.record_name_failure(
+                login[:MAX_LOGIN_LENGTH], self.settings.auth_max_failures, self.window_seconds)
             return await self._failed(client_ip, now, f"unknown user {login[:64]!r}")
         account, stored_hash = found
         if not await verify_password_async(stored_hash, password):
@@ -206,26 +205,12 @@ class Authenticator:
         await self._throttle()
         return AuthVerdict(AuthOutcome.BAD)
 
-    def _phantom_failure(self, login: str, now: float) -> None:
-        """Count a failure for an unknown name as AccountStore.record_failure counts one for
-        an account: in a row, a lock at auth_max_failures, a fresh count once it runs out."""
-        key = login[:MAX_LOGIN_LENGTH]
-        count, locked_until = self._phantom_failures.get(key, (0, None))
+    async def _name_count(self, login: str, now: float) -> tuple[int, bool]:
+        """An unknown name's (failures in a row, locked), as an account's are: from the store,
+        shared by every process and kept across a restart, as an account's are."""
+        count, locked_until = await self.accounts.name_failures(login)
         if locked_until is not None and locked_until <= now:
-            count, locked_until = 0, None
-        count += 1
-        if count >= self.settings.auth_max_failures:
-            locked_until = now + self.window_seconds
-        if key not in self._phantom_failures and \
-                len(self._phantom_failures) >= MAX_TRACKED_NAMES:
-            self._phantom_failures.clear()  # a flood of names: forget, do not grow
-        self._phantom_failures[key] = (count, locked_until)
-
-    def _phantom_count(self, login: str, now: float) -> tuple[int, bool]:
-        """An unknown name's (failures in a row, locked), as an account's are."""
-        count, locked_until = self._phantom_failures.get(login[:MAX_LOGIN_LENGTH], (0, None))
-        if locked_until is not None and locked_until <= now:
-            return 0, False  # ran out: a fresh count, as _phantom_failure does
+            return 0, False  # ran out: a fresh count, as record_name_failure does
         return count, locked_until is not None
 
     def _ip_count(self, client_ip: str, now: float) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -183,6 +184,34 @@ def test_an_unknown_name_locks_like_an_account_so_the_454_tells_nothing(make_gat
     assert (code, text) == (454, "4.7.0 Account temporarily locked after repeated failures, "
                                  "try again later")
     assert s.cmd("AUTH PLAIN " + plain("crm", STRONG_PASSWORD))[0] == 235  # others unaffected
+
+
+def test_an_unknown_name_locks_like_an_account_across_processes_and_a_restart(make_gateway):
+    """The unknown names' failures were counted in each process's memory: ten spread over
+    two processes locked a real account (454) and never an unknown name (535), and a restart
+    forgot the unknown names' locks while the accounts' stayed (security review)."""
+    from test_serve import _children
+    gw = make_gateway(trusted=False, smtp_extra="processes = 2")
+    wait_until(lambda: len(_children(gw.proc.pid)) == 2, what="two gateway processes")
+
+    def attempts(name: str, first_source: int) -> list[int]:
+        codes = []
+        for i in range(12):  # a new connection each: spread over both processes
+            s = tls_session(gw.smtp_port, source=f"127.0.0.{first_source + i // 5}")
+            codes.append(s.cmd("AUTH PLAIN " + plain(name, "Wrong-Password-123456!"))[0])
+            s.close()
+        return codes
+    assert attempts("crm", 10) == attempts("nobody", 20) == [535] * 10 + [454] * 2
+    assert gw.terminate(30) == 0
+    gw.stop()
+    gw.start()
+    for name in ("crm", "nobody"):
+        s = tls_session(gw.smtp_port, source="127.0.0.30")
+        assert s.cmd("AUTH PLAIN " + plain(name, STRONG_PASSWORD))[0] == 454, name
+        s.close()
+    with sqlite3.connect(gw.config.parent / "gateway.db") as db:  # a digest, not the name
+        assert b"nobody" not in b"".join(row[0] for row in db.execute(
+            "SELECT name_digest FROM auth_name_failures"))
 
 
 def _smuggle(gw, sink: Sink, payload: bytes) -> None:
