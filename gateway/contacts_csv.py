@@ -214,6 +214,9 @@ def check_header(header: list[str]) -> list[str]:
     names = [name.strip().lower().lstrip("\ufeff") for name in header]
     unknown = [name for name in names if name not in COLUMNS]
     if unknown:
+        if "\t" in unknown[0]:
+            raise HeaderError("the header is separated by tabs: save the file as CSV with "
+                              "commas (or semicolons) between the columns")
         raise HeaderError(f"unknown column {unknown[0]!r} (known: {', '.join(COLUMNS)})")
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -343,7 +346,9 @@ def _read_rows(lines: TextIO | Iterable[str], now: float,
             continue
         joined = "".join(cells)
         if not joined.isascii() and _UNDECODABLE.search(joined):
-            yield RowError(start, "not valid UTF-8")
+            yield RowError(start, "not valid UTF-8 (a spreadsheet's Latin-1 or Windows-1252 "
+                           "export? save it as 'CSV UTF-8', or convert it: iconv -f cp1252 "
+                           "-t utf-8)")
             continue
         try:
             row = parse_row(start, email, plan, cells)

@@ -111,6 +111,7 @@ def test_a_quote_never_closed_names_the_lines_it_swallowed():
 
 @pytest.mark.parametrize("header, message", [
     ("email,kind,favourite_colour\n", "unknown column 'favourite_colour'"),
+    ("email\tkind\tlanguage\n", "separated by tabs"),  # (the whole line echoed before)
     ("email,kind,kind\n", "appears twice"),
     ("kind,audience\n", "no 'email' column"),
     ("email,kind\r", "end with CR alone"),  # classic Mac: the csv module's words were cryptic

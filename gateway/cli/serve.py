@@ -44,12 +44,20 @@ def _banner(gateway: object) -> None:
         "  gateway check --account demo --to someone@example.net # what would happen, and why",
         # swaks checks no certificate unless told to (--tls-verify takes no value: given
         # "0", swaks refused the whole command line)
-        f"  swaks --server {host} --port {port} --tls --auth-user demo \\",
+        f"  swaks --server {_reachable(host)} --port {port}"
+        f"{' --tls' if gateway.tls is not None else ''} --auth-user demo \\",
         "        --from you@example.com --to someone@example.net",
         "Stop with Ctrl-C or SIGTERM (drains sessions and deliveries first).",
     ]
     click.echo("\n".join(lines))
     sys.stdout.flush()
+
+
+def _reachable(host: str) -> str:
+    """The address to connect to for a listen host: a wildcard is reached on loopback, an
+    IPv6 literal's brackets dropped (swaks takes it bare)."""
+    host = host.strip("[]")
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 @click.command()

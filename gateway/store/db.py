@@ -180,7 +180,13 @@ class Database:
             self._reader = await self._connect()
         except sqlite3.DatabaseError as exc:
             await self.close()
-            raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
+            why = str(exc)
+            if "readonly" in why and not os.access(self.path.parent, os.W_OK):
+                # SQLite's words blame the file; its -wal and -shm files beside it are what
+                # cannot be made (ops review)
+                why += (f" (the folder {self.path.parent} must be writable: the store's "
+                        "-wal and -shm files are made beside it)")
+            raise StoreError(f"cannot open the store {self.path}: {why}") from exc
         except BaseException:
             await self.close()  # (the connections' threads would keep the process alive)
             raise

@@ -320,3 +320,22 @@ def test_a_queue_reference_that_is_neither_form_says_what_is_expected(config: Pa
                       "'ZZZ' is neither a queue entry's id")
     found = run("--config", str(config), "queue", "delete", "0123456789ABCDEF")
     assert found.returncode == 1 and "Traceback" not in found.stderr  # a queue id: looked up
+
+
+def test_a_store_in_a_folder_that_is_not_writable_says_the_folder(config: Path,
+                                                                 tmp_path: Path):
+    """SQLite's "attempt to write a readonly database" blamed the file, writable itself:
+    its -wal file beside it is what could not be made (ops review). Run without the
+    capability that lets root write anywhere."""
+    make_store(config)
+    assert gateway_cli(config, "accounts", "list").returncode == 0
+    tmp_path.chmod(0o555)
+    try:
+        result = subprocess.run(
+            ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+             "--bounding-set=-dac_override,-dac_read_search",
+             sys.executable, "-m", "gateway", "--config", str(config), "accounts", "list"],
+            capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        tmp_path.chmod(0o700)
+    clean_failure(result, 1, f"the folder {tmp_path} must be writable")

@@ -106,7 +106,7 @@ def test_bad_rows_are_reported_by_line_and_good_rows_import(config: Path, tmp_pa
     assert "kind: unknown value 'robot'" in lines[1]
     assert "email: control characters" in lines[2]
     assert "duplicate" in lines[3] and "line 2" in lines[3]
-    assert "not valid UTF-8" in lines[4]
+    assert "not valid UTF-8" in lines[4] and "iconv -f cp1252" in lines[4]
     assert count(config, "contacts") == 2 and count(config, "sources") == 2
     assert "victim" not in (config.parent / "gateway.db").read_bytes().decode("latin-1")
 

@@ -86,6 +86,16 @@ def test_newcomer_runs_serve_with_no_config_at_all(tmp_path: Path):
     assert (tmp_path / "var" / "gateway.db").exists()
 
 
+def test_the_banners_test_command_fits_a_gateway_without_tls(make_gateway):
+    """With tls_self_signed = false the banner still said swaks --tls, which aborts against
+    a server without STARTTLS (ops review)."""
+    gw = make_gateway(smtp_extra="tls_self_signed = false")
+    assert f"swaks --server 127.0.0.1 --port {gw.smtp_port} --auth-user demo" in gw.output
+    from gateway.cli.serve import _reachable
+    assert [_reachable(h) for h in ("0.0.0.0", "[::]", "[::1]", "", "mx.example")] == [
+        "127.0.0.1", "::1", "::1", "127.0.0.1", "mx.example"]
+
+
 @pytest.mark.parametrize("body, key", [
     ("[smtp]\nlisten = \"127.0.0.1:2525\"\nbogus_key = 1\n", "smtp.bogus_key"),
     ("[smtp]\nmax_recipients = \"many\"\n", "smtp.max_recipients"),
