@@ -127,6 +127,23 @@ class Gateway:
         self.tls = TlsInfo(str(cert), True)
         return ServerCertificate(cert, key, "the self-signed certificate's key")
 
+    def tls_description(self) -> str:
+        """What STARTTLS offers, in words (the banner, the log at start)."""
+        if self.tls is None:
+            return ("no TLS (AUTH without TLS on loopback only: "
+                    "smtp.allow_plain_auth_on_loopback)"
+                    if self.settings.smtp.allow_plain_auth_on_loopback else
+                    "no TLS (AUTH refused; only trusted_clients can send)")
+        return (f"STARTTLS with {'a self-signed' if self.tls.self_signed else 'the'} "
+                f"certificate {self.tls.cert} (reloaded when it changes)")
+
+    def delivery_target(self) -> str:
+        """Where copies go, in words."""
+        d = self.settings.delivery
+        return (f"the Maildir {d.maildir}/new (one file per copy)" if d.mode == "maildir"
+                else f"the upstream relay {d.host}:{d.port}"
+                     f"{' with STARTTLS' if d.starttls else ''}")
+
     def copy_settings(self) -> CopySettings:
         s = self.settings
         keys = load_dkim_keys(s.dkim)
@@ -162,6 +179,9 @@ class Gateway:
             problem = MaildirDelivery(d.maildir).problem()
             if problem:
                 raise ConfigError(f"delivery.maildir: cannot deliver into {d.maildir}: {problem}")
+        if s.smtp.allow_plain_auth_on_loopback:
+            log.warning("smtp.allow_plain_auth_on_loopback is true: passwords go in clear text "
+                        "over loopback connections (development only)")
         if d.mode == "smtp" and not d.starttls and not _loopback(d.host):
             log.warning("delivery.starttls is false: copies (personal data) go to %s:%d in "
                         "clear text, even if it offers STARTTLS; set delivery.starttls = true",
@@ -469,6 +489,11 @@ class Gateway:
         # collector's generations, so a full collection does not walk it in the middle of a
         # session (a stall of several ms in the RCPT latency tail).
         gc.freeze()
+        s = self.settings
+        # in the log too, with its time: a deployment that keeps stderr only had it nowhere
+        log.info("ready: SMTP %s, %s; HTTP %s; copies go to %s; store %s", s.smtp.listen,
+                 self.tls_description(), s.http.listen if self.serve_http else "in another "
+                 "process", self.delivery_target(), s.store.path.absolute())
         if on_ready is not None:
             on_ready(self)
         await stop.wait()

@@ -17,15 +17,7 @@ def _banner(gateway: object) -> None:
 
     assert isinstance(gateway, Gateway)
     s = gateway.settings
-    d = s.delivery
-    where = (f"the Maildir {d.maildir}/new (one file per copy)" if d.mode == "maildir"
-             else f"the upstream relay {d.host}:{d.port}"
-                  f"{' with STARTTLS' if d.starttls else ''}")
-    tls = (("no TLS (AUTH without TLS on loopback only: smtp.allow_plain_auth_on_loopback)"
-            if s.smtp.allow_plain_auth_on_loopback else
-            "no TLS (AUTH refused; only trusted_clients can send)") if gateway.tls is None
-           else f"STARTTLS with {'a self-signed' if gateway.tls.self_signed else 'the'} "
-                f"certificate {gateway.tls.cert} (reloaded when it changes)")
+    where, tls = gateway.delivery_target(), gateway.tls_description()
     host = s.smtp.listen.rpartition(":")[0]
     port = s.smtp.listen.rpartition(":")[2]
     lines = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -89,8 +90,13 @@ def test_newcomer_runs_serve_with_no_config_at_all(tmp_path: Path):
 def test_the_banners_test_command_fits_a_gateway_without_tls(make_gateway):
     """With tls_self_signed = false the banner still said swaks --tls, which aborts against
     a server without STARTTLS (ops review)."""
-    gw = make_gateway(smtp_extra="tls_self_signed = false")
+    gw = make_gateway(smtp_extra="tls_self_signed = false\nallow_plain_auth_on_loopback = true")
     assert f"swaks --server 127.0.0.1 --port {gw.smtp_port} --auth-user demo" in gw.output
+    # what it serves is in the log too, with its time (stdout has no timestamps)
+    assert re.search(rf"\d\d:\d\d:\d\d.*ready: SMTP 127\.0\.0\.1:{gw.smtp_port}, no TLS .*; "
+                     rf"HTTP 127\.0\.0\.1:{gw.http_port}; copies go to the upstream relay",
+                     gw.output), gw.output
+    assert "passwords go in clear text over loopback" in gw.output
     from gateway.cli.serve import _reachable
     assert [_reachable(h) for h in ("0.0.0.0", "[::]", "[::1]", "", "mx.example")] == [
         "127.0.0.1", "::1", "::1", "127.0.0.1", "mx.example"]
