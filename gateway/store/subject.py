@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -275,6 +276,9 @@ class SubjectStore:
         now = time.time()
         async with self.db.transaction() as conn:
             await conn.execute("PRAGMA secure_delete = ON")  # zero what is deleted, at once
+            names = [(row[0], row[1]) for row in await conn.execute_fetchall(
+                "SELECT first_name, last_name FROM contacts WHERE address_hash = ?"
+                " AND subject_form(address) = ?", (digest, folded))]
             removed = {"contacts": await _delete_contacts(conn, digest, folded)}
             cur = await conn.execute(
                 "INSERT OR IGNORE INTO suppression (hash, created_at, channel)"
@@ -301,6 +305,7 @@ class SubjectStore:
                 removed[table] = len(ids)
             removed["messages"], removed["messages_scrubbed"] = await _scrub_messages(
                 conn, touched, key)
+            removed["names_scrubbed"] = await _scrub_names(conn, touched, names)
             removed["texts_scrubbed"] = await _scrub_texts(conn, key)
             ids, _ = await _rows_for(conn, "notifications", "body", folded)
             unsent = [(str(row[0]), str(row[1])) for row in await conn.execute_fetchall(
@@ -505,6 +510,61 @@ async def _scrub_messages(conn: aiosqlite.Connection, touched: set[str],
             scrubbed.append((content, subject, row[0]))
     await conn.executemany("UPDATE messages SET content = ?, subject = ? WHERE id = ?", scrubbed)
     return deleted, len(scrubbed)
+
+
+NAME_PLACEHOLDER = "(name erased)"
+
+
+def _full_names(names: Sequence[Sequence[object]]) -> re.Pattern[str] | None:
+    """The person's full name as a message writes it ("Jane Doe", "Doe Jane", "Doe, Jane",
+    any case and spacing), from the ledger's first and last names; None without both. A
+    name alone is not looked for: "Martin" or "Rose" is everyone's word."""
+    forms = set()
+    for first, last in names:
+        if isinstance(first, str) and isinstance(last, str) and first.strip() \
+                and last.strip():
+            f, la = (r"\s+".join(map(re.escape, part.split())) for part in (first, last))
+            forms |= {rf"{f}\s+{la}", rf"{la},?\s+{f}"}
+    if not forms:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(sorted(forms)) + r")(?!\w)", re.IGNORECASE)
+
+
+async def _scrub_names(conn: aiosqlite.Connection, touched: set[str],
+                       names: Sequence[Sequence[object]]) -> int:
+    """The person's full name replaced in the messages that were addressed to them and are
+    kept for other recipients (their content, their subject) and in those copies' held
+    rows: a subject "Offer for Jane Doe" sent to her and to others named her after the
+    erasure, in five rows (data-lifecycle audit). Other messages are other people's."""
+    pattern = _full_names(names)
+    if pattern is None or not touched:
+        return 0
+    ids = json.dumps(sorted(touched))
+    changed = 0
+    rows = await conn.execute_fetchall(
+        "SELECT id, content, subject FROM messages WHERE id IN (SELECT value FROM"
+        " json_each(?))", (ids,))
+    for message_id, content, subject in rows:
+        text = content.decode("utf-8", "surrogateescape") if content is not None else None
+        new_text = pattern.sub(NAME_PLACEHOLDER, text) if text is not None else None
+        new_subject = pattern.sub(NAME_PLACEHOLDER, subject) if isinstance(subject, str) \
+            else subject
+        if new_text != text or new_subject != subject:
+            await conn.execute(
+                "UPDATE messages SET content = ?, subject = ? WHERE id = ?",
+                (new_text.encode("utf-8", "surrogateescape") if new_text is not None
+                 else None, new_subject, message_id))
+            changed += 1
+    held = await conn.execute_fetchall(
+        "SELECT id, subject FROM quarantine WHERE message_id IN (SELECT value FROM"
+        " json_each(?)) AND subject IS NOT NULL", (ids,))
+    for row_id, subject in held:
+        new_subject = pattern.sub(NAME_PLACEHOLDER, subject)
+        if new_subject != subject:
+            await conn.execute("UPDATE quarantine SET subject = ? WHERE id = ?",
+                               (new_subject, row_id))
+            changed += 1
+    return changed
 
 
 # other people's rows whose free text may quote the address: a held copy's subject line, the

@@ -168,8 +168,11 @@ def test_erasure_leaves_nothing_in_the_file_and_the_next_rcpt_gets_r1(
     assert both.stdout.count("store compacted") == 1
 
     on_disk = store_bytes(gw)
-    for trace in (b"marie.curie@labo.example", b"carl@labo.example", b"directrice r&d"):
+    # her name too, in Bob's kept message ("Bonjour Marie Curie"; data-lifecycle audit)
+    for trace in (b"marie.curie@labo.example", b"carl@labo.example", b"directrice r&d",
+                  b"marie curie"):
         assert trace not in on_disk, trace
+    assert "names_scrubbed 1" in erased.stdout
     assert rcpt(gw, MARIE) == (550, "5.7.1 R1 recipient objected to prospecting "
                                     "(suppression list)")
     assert rcpt(gw, "MARIE.CURIE@labo.example")[0] == 550
@@ -371,3 +374,13 @@ def test_an_address_beyond_ascii_is_found_and_erased_everywhere(make_gateway, tm
     assert json.loads(gw.cli("requests", "list", "--json").stdout) == []  # closed by it
     # the closed request's note, by the erasure's operator (the OS user)
     assert any((t or "").startswith("(note erased with the address, ") for t in texts)
+
+
+def test_the_full_name_is_found_as_messages_write_it_and_a_name_alone_is_not():
+    from gateway.store.subject import _full_names
+    pattern = _full_names([("Jean Paul", "Martin")])
+    for text in ("Bonjour Jean Paul Martin,", "MARTIN, JEAN PAUL", "martin jean\r\n paul"):
+        assert pattern.search(text), text
+    for text in ("Martin", "Jean Paul Martinez", "Pierre Martin", "jean paulmartin"):
+        assert not pattern.search(text), text
+    assert _full_names([("Marie", None), (None, "Curie"), ("", "Curie")]) is None
