@@ -177,10 +177,35 @@ def _with_close_delimiters(content: bytes, root: Part) -> tuple[bytes, Part]:
     return content, scan(content)
 
 
+_META_CHARSET = re.compile(
+    rb"""<meta\b[^>]*?\bcharset\s*=\s*["']?\s*([A-Za-z0-9._:-]{1,40})""", re.IGNORECASE)
+
+
+def _meta_charset(head: bytes, encoding: str) -> str:
+    """The charset an HTML document names in a <meta> of its first 1024 bytes (as decoded
+    from `encoding`), lower-cased; "" without one."""
+    try:
+        if encoding == "base64":
+            head = base64.b64decode(b"".join(head.split())[:1368], validate=False)
+        elif encoding == "quoted-printable":
+            head = binascii.a2b_qp(head)
+    except (binascii.Error, ValueError):
+        return ""
+    found = _META_CHARSET.search(head[:1024])
+    return found.group(1).decode("ascii").lower() if found else ""
+
+
 def _decode(content: bytes, part: Part) -> tuple[str, str, str]:
     """(text, charset, transfer encoding) of a text part; NoticeError when undecodable."""
     encoding = (part.get("content-transfer-encoding") or "7bit").strip().lower()
-    charset = part.params.get("charset", "us-ascii").strip().lower() or "us-ascii"
+    charset = part.params.get("charset", "").strip().lower()
+    if not charset and part.content_type == "text/html":
+        # no charset in the Content-Type: the document's own <meta charset>, as a reader
+        # takes it (HTML's prescan, its first 1024 bytes); UTF-8 HTML so was held under M2
+        charset = _meta_charset(content[part.body_start:min(part.end,
+                                                            part.body_start + 4096)],
+                                encoding)
+    charset = charset or "us-ascii"
     try:
         b"".decode(charset)  # unlike codecs.lookup, refuses codecs that are not text
         # encodings (rot13, base64, zlib), which bytes.decode then refuses with LookupError

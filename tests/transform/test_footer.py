@@ -3,6 +3,7 @@ attachments byte-identical, charsets and transfer encodings kept or upgraded, no
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.policy
 
@@ -886,3 +887,23 @@ def test_text_already_8bit_stays_8bit():
     out = add_notice(original, notice("de"))
     assert b"Content-Transfer-Encoding: 8bit" in out and notice("de").plain.encode() in \
         out.replace(b"\r\n", b"\n")
+
+
+@pytest.mark.parametrize("meta", [
+    b'<meta charset="utf-8">',
+    b'<META HTTP-EQUIV="Content-Type" CONTENT="text/html; charset=UTF-8">',
+])
+def test_html_without_a_charset_is_read_in_the_charset_its_meta_names(meta):
+    """UTF-8 HTML whose Content-Type named no charset, its <meta> naming it, was held under
+    M2 as undecodable: readers take the <meta> (MIME review)."""
+    original = (MIME_HEAD + b"Content-Type: text/html\r\nContent-Transfer-Encoding: 8bit\r\n"
+                b"\r\n<html><head>" + meta + b"</head><body><p>Gr\xc3\xbc\xc3\x9fe</p></body>"
+                b"</html>\r\n")
+    assert structure_facts(original).malformed is None
+    out = add_notice(original, notice("de"))
+    head, body = out.split(b"\r\n\r\n", 1)
+    assert b"Content-Transfer-Encoding: quoted-printable" in head  # its long notice line
+    decoded = binascii.a2b_qp(body).decode("utf-8")
+    assert "Grüße" in decoded and "https://gw.example/u/abc" in decoded
+    no_meta = original.replace(meta, b"")
+    assert structure_facts(no_meta).malformed is not None  # still: nothing names it
