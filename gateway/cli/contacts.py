@@ -160,7 +160,7 @@ def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool,
     except GatewayError as exc:
         click.echo(f"gateway: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
-    refused = past = 0
+    refused = past = restricted = 0
     started = time.monotonic()
     started_at = time.time()
     tty = sys.stderr.isatty()
@@ -198,6 +198,8 @@ def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool,
                     if past <= MAX_PAST_SHOWN:
                         progress.console.print(f"{file}:{item.line}: note: {expired}",
                                                markup=False, highlight=False, soft_wrap=True)
+                if item.source_type == "social_network" and item.source_visibility != "public":
+                    restricted += 1
                 chunk.append(item)
                 if item.language:
                     languages[item.language] += 1
@@ -216,7 +218,9 @@ def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool,
         sys.exit(EXIT_REFUSED)
     seconds = time.monotonic() - started
     verb = "would import" if dry_run else "imported"
-    click.echo(f"{file}: {verb} {c.new + c.updated} rows ({c.new} new, {c.updated} updated), "
+    rows = c.new + c.updated
+    click.echo(f"{file}: {verb} {rows} row{'' if rows == 1 else 's'} ({c.new} new, "
+               f"{c.updated} updated), "
                f"{refused} refused, "
                + (f"{c.late} withdrawal{'s' if c.late > 1 else ''} of consent from refused "
                   f"rows {'would be ' if dry_run else ''}applied, " if c.late else "")
@@ -232,6 +236,13 @@ def _import(file: Path, store: Path, hasher: AddressHasher, dry_run: bool,
                       else "")
                    + ": such data may not be kept (GDPR 5-1-e); `gateway retention run` "
                    "purges it", err=True)
+    if restricted:
+        # KASPR was fined for collecting what owners had restricted to their contacts: R3
+        # refuses the mail, but the data is held all the same
+        click.echo(f"note: {restricted} row{'s come' if restricted > 1 else ' comes'} from a "
+                   "social network whose owner restricted who may see the address, or with "
+                   "no visibility recorded: R3 refuses mail to them, and such data may not be "
+                   "collected at all (KASPR); remove it (`gateway subject erase`)", err=True)
     note = _untranslated(languages, controller)
     if note:
         click.echo(note, err=True)

@@ -575,7 +575,7 @@ def test_a_withdrawal_on_a_row_refused_for_another_cell_is_applied_all_the_same(
         "bad@example.com,granted,2026-01-01,direct,form,31/12/2025\n")          # 5
     result = gateway_cli(config, "contacts", "import", str(csv))
     assert result.returncode == 1
-    assert ("1 rows (1 new, 0 updated), 3 refused, 2 withdrawals of consent from refused "
+    assert ("1 row (1 new, 0 updated), 3 refused, 2 withdrawals of consent from refused "
             "rows applied, 2 newly suppressed") in result.stdout, result.stdout
     lines = result.stderr.splitlines()
     assert "w.csv:2: collected_at" in lines[0]
@@ -589,3 +589,20 @@ def test_a_withdrawal_on_a_row_refused_for_another_cell_is_applied_all_the_same(
         assert "suppressed" in shown.stdout.lower(), shown.stdout
     shown = gateway_cli(config, "contacts", "show", "bad@example.com")
     assert shown.returncode == 1
+
+
+def test_rows_from_a_restricted_social_network_are_imported_with_a_note(config: Path,
+                                                                        tmp_path: Path):
+    """They imported without a word and were kept up to three years: R3 refuses the mail,
+    but collecting them is what KASPR was fined for (data-lifecycle audit)."""
+    csv = tmp_path / "s.csv"
+    csv.write_text("email,audience,source_name,source_type,source_visibility\n"
+                   "a@example.com,b2b,LinkedIn,social_network,restricted\n"
+                   "b@example.com,b2b,LinkedIn,social_network,\n"
+                   "c@example.com,b2b,LinkedIn,social_network,public\n"
+                   "d@example.com,b2b,Fair,direct,\n")
+    result = gateway_cli(config, "contacts", "import", str(csv))
+    assert result.returncode == 0, result.stderr
+    assert "imported 4 rows" in result.stdout
+    assert "note: 2 rows come from a social network whose owner restricted" in result.stderr
+    assert "(KASPR)" in result.stderr

@@ -210,7 +210,7 @@ def test_erasure_leaves_nothing_in_the_file_and_the_next_rcpt_gets_r1(
     again = gw.cli("contacts", "import", str(tmp_path / "contacts.csv"))
     assert again.returncode == 1
     assert f"contacts.csv:2: {MARIE} was erased on" in again.stderr
-    assert "imported 1 rows (0 new, 1 updated), 2 refused" in again.stdout  # Bob; Carl erased
+    assert "imported 1 row (0 new, 1 updated), 2 refused" in again.stdout  # Bob; Carl erased
     assert b"directrice r&d" not in store_bytes(gw)
 
 
