@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from typing import Protocol
@@ -30,6 +31,18 @@ IDLE_SECONDS = 15.0
 # upstream whose SIZE leaves less room than this over smtp.max_message_bytes bounces copies
 # of messages the gateway accepted near its limit
 GROWTH_HEADROOM = 64 * 1024
+# RFC 5321 4.5.3.2: a client waits at least 5 minutes for the greeting, MAIL and RCPT
+# (Postfix: smtp_helo_timeout, smtp_mail_timeout, smtp_rcpt_timeout, smtp_starttls_timeout
+# all 300 s). Those and EHLO, STARTTLS and AUTH wait this or delivery.timeout_seconds,
+# whichever is longer; delivery.timeout_seconds alone bounds the TCP connect (Postfix:
+# smtp_connect_timeout). With 60 s for every step, an upstream that tarpits or verifies the
+# recipient by callout never took the copy: deferred at each try, bounced at max_age_hours.
+COMMAND_SECONDS = 300.0
+# Reply waits in a connection beyond the greeting, at most: EHLO and HELO after it (HELO
+# when EHLO is refused), STARTTLS, both again under TLS, AUTH in two exchanges with each of
+# up to three mechanisms (aiosmtplib tries the next when one is refused)
+CONNECTION_COMMANDS = 1 + 2 + 1 + 2 + 6
+TRANSACTION_COMMANDS = 3  # MAIL, RCPT, and RSET after a refusal (counted at the longest)
 
 
 class Transport(Protocol):
@@ -87,10 +100,19 @@ class SmtpTransport:
 
     async def _connect(self) -> aiosmtplib.SMTP:
         s = self.settings
-        client = aiosmtplib.SMTP(
-            hostname=s.host, port=s.port, local_hostname=self.local_hostname,
-            timeout=s.timeout_seconds, start_tls=s.starttls, tls_context=self._tls_context,
-            username=s.username or None, password=s.password or None)
+        command = command_seconds(s)
+        # the TCP connect is ours, so that delivery.timeout_seconds bounds it and the
+        # greeting, STARTTLS and AUTH wait `command` (aiosmtplib's connect gives the TCP
+        # connect and the greeting one timeout)
+        sock = await _open_socket(s.host, s.port, s.timeout_seconds)
+        try:
+            client = aiosmtplib.SMTP(
+                hostname=s.host, sock=sock, local_hostname=self.local_hostname,
+                timeout=command, start_tls=s.starttls, tls_context=self._tls_context,
+                username=s.username or None, password=s.password or None)
+        except BaseException:
+            sock.close()
+            raise
         try:
             await client.connect()
             if client.is_ehlo_or_helo_needed:
@@ -98,9 +120,9 @@ class SmtpTransport:
                 # refuses our HELO name) is the gateway's link to the upstream, retried, not
                 # the copy's (it failed and bounced every copy when starttls was off)
                 try:
-                    await client.ehlo(timeout=s.timeout_seconds)
+                    await client.ehlo(timeout=command)
                 except aiosmtplib.SMTPHeloError:
-                    await client.helo(timeout=s.timeout_seconds)
+                    await client.helo(timeout=command)
         except BaseException:  # a failure or a cancellation half-way: no socket left open
             client.close()
             raise
@@ -158,6 +180,7 @@ class SmtpTransport:
                                        getattr(said, "remote_mta", None)) from exc
             try:
                 answer = await _transaction(client, mail_from, recipient, content,
+                                            command_seconds(self.settings),
                                             self.settings.timeout_seconds, smtputf8)
             except aiosmtplib.SMTPNotSupported as exc:
                 # nothing was sent: the connection is still good
@@ -210,6 +233,58 @@ class LostAfterContent(aiosmtplib.SMTPException):
 DATA_DONE_SECONDS = 600.0
 
 
+def command_seconds(settings: DeliverySettings) -> float:
+    """How long a reply from the upstream is waited for, but the content's (COMMAND_SECONDS,
+    or delivery.timeout_seconds when longer)."""
+    return max(settings.timeout_seconds, COMMAND_SECONDS)
+
+
+def longest_delivery(settings: DeliverySettings) -> float:
+    """The longest one copy's send() can take while the upstream answers every step in its
+    time: a pooled connection's transaction, the upstream found gone, then a new connection
+    and the transaction again. Each transaction's DATA waits twice (aiosmtplib gives the 354
+    and the content's reply one timeout, DATA_DONE_SECONDS: above the 2 minutes RFC 5321
+    4.5.3.2.2 asks for DATA)."""
+    command = command_seconds(settings)
+    connection = settings.timeout_seconds + (1 + CONNECTION_COMMANDS) * command
+    transaction = TRANSACTION_COMMANDS * command + 2 * max(command, DATA_DONE_SECONDS)
+    return connection + 2 * transaction
+
+
+async def _open_socket(host: str, port: int, connect_seconds: float) -> socket.socket:
+    """A TCP connection to the first of `host`'s addresses that answers, each address (and
+    the name's lookup) given `connect_seconds`, as Postfix's smtp_connect_timeout. The
+    errors are those aiosmtplib raises for a connect of its own, in the same words."""
+    loop = asyncio.get_running_loop()
+    try:
+        addresses = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), connect_seconds)
+    except TimeoutError:
+        raise aiosmtplib.SMTPConnectTimeoutError(
+            f"Timed out looking up {host}") from None
+    except OSError as exc:
+        raise aiosmtplib.SMTPConnectError(
+            f"Error connecting to {host} on port {port}: {exc}") from exc
+    failure: Exception = aiosmtplib.SMTPConnectError(f"{host}: no address")
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, address), connect_seconds)
+            return sock
+        except TimeoutError:
+            failure = aiosmtplib.SMTPConnectTimeoutError(
+                f"Timed out connecting to {host} on port {port}")
+        except OSError as exc:
+            failure = aiosmtplib.SMTPConnectError(
+                f"Error connecting to {host} on port {port}: {exc}")
+        except BaseException:
+            sock.close()
+            raise
+        sock.close()
+    raise failure
+
+
 def _a_label_form(address: str) -> str:
     """The address with its domain in ASCII (IDNA A-labels) when its local part is ASCII:
     what an upstream without SMTPUTF8 can take (RFC 6531 3.2). Unchanged otherwise."""
@@ -223,11 +298,12 @@ def _a_label_form(address: str) -> str:
 
 
 async def _transaction(client: aiosmtplib.SMTP, mail_from: str, recipient: str,
-                       content: bytes, step_seconds: float,
+                       content: bytes, step_seconds: float, rset_seconds: float,
                        requested_utf8: bool = False) -> str:
     """MAIL, RCPT and DATA as aiosmtplib's sendmail does them, but the content's final reply
-    waited for up to DATA_DONE_SECONDS (the other steps `step_seconds`). The reply's text.
-    A refusal raised after a successful RSET carries `gateway_reset = True`."""
+    waited for up to DATA_DONE_SECONDS (the other steps `step_seconds`, the RSET after a
+    refusal `rset_seconds`). The reply's text. A refusal raised after a successful RSET
+    carries `gateway_reset = True`."""
     if client.is_ehlo_or_helo_needed:  # a new connection: its extensions are not known yet
         try:
             await client.ehlo(timeout=step_seconds)
@@ -268,8 +344,11 @@ async def _transaction(client: aiosmtplib.SMTP, mail_from: str, recipient: str,
         except aiosmtplib.SMTPServerDisconnected as exc:
             raise LostAfterContent(str(exc)) from exc
     except aiosmtplib.SMTPResponseException as exc:
-        try:  # the envelope reset for the connection's next copy, as sendmail does
-            await client.rset(timeout=step_seconds)
+        # the envelope reset for the connection's next copy, as sendmail does. Its answer
+        # only decides whether the connection is kept: not waited for minutes with the
+        # refusal in hand (Postfix: smtp_rset_timeout = 20s)
+        try:
+            await client.rset(timeout=rset_seconds)
             exc.gateway_reset = True  # type: ignore[attr-defined]
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             pass

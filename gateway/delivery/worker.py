@@ -21,7 +21,7 @@ from gateway.delivery.dsn import (
     needs_smtputf8,
     should_send_dsn,
 )
-from gateway.delivery.upstream import DATA_DONE_SECONDS, Transport
+from gateway.delivery.upstream import Transport, longest_delivery
 from gateway.errors import PermanentFailure, StoreError, TemporaryFailure
 from gateway.settings import DeliverySettings
 from gateway.store.queue import (
@@ -34,10 +34,6 @@ from gateway.store.queue import (
 )
 
 log = logging.getLogger("gateway.delivery")
-# a whole delivery at most this many delivery.timeout_seconds: connect, greeting, EHLO,
-# STARTTLS, EHLO, AUTH, MAIL, RCPT, DATA, the content and its reply each get one
-TRANSACTION_TIMEOUTS = 12
-
 HEADER_END = b"\r\n\r\n"
 
 
@@ -234,14 +230,14 @@ class DeliveryService:
                 prepared = Prepared(copy.content, SentMark(copy.delivery_id))
             else:  # never as stored: no unsubscribe fields, notice, DKIM, nor R1 again
                 raise TemporaryFailure("the copy cannot be prepared yet (starting)")
-            # each SMTP step has delivery.timeout_seconds (aiosmtplib's per command); this
-            # only bounds a transport that hangs as a whole. It must not cut a slow but
-            # answering upstream short of its final reply: the upstream would have the copy
-            # and we would send it again (RFC 5321 4.5.3.2 gives the steps minutes each)
+            # each SMTP step has its own timeout (upstream.py, RFC 5321 4.5.3.2); this only
+            # bounds a transport that hangs as a whole. It must not cut a slow but answering
+            # upstream short of its final reply: the upstream would have the copy and we
+            # would send it again
             answer = await asyncio.wait_for(
                 self.transport.send(copy.mail_from, copy.recipient, prepared.content,
                                     copy.smtputf8),
-                self.settings.timeout_seconds * TRANSACTION_TIMEOUTS + DATA_DONE_SECONDS)
+                longest_delivery(self.settings))
         except PermanentFailure as exc:
             await self._fail(copy, str(exc), exc.remote_mta, exc.audit)
             return

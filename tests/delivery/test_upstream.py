@@ -1,5 +1,6 @@
-"""The SMTP upstream as it behaves: slow at every step but within delivery.timeout_seconds
-means one delivery, not a timeout after it took the copy (and a second copy later); a
+"""The SMTP upstream as it behaves: slow at every step but within that step's timeout
+(delivery.timeout_seconds, or RFC 5321 4.5.3.2's minutes when longer) means one delivery,
+not a timeout after it took the copy (and a second copy later); a
 delivery cancelled half-way leaves no connection open; a refusal that is the gateway's own
 settings (AUTH required) defers the copy instead of bouncing it."""
 
@@ -9,6 +10,7 @@ import asyncio
 import dataclasses
 import time
 
+import aiosmtplib
 import pytest
 from aiosmtpd.controller import Controller
 
@@ -108,6 +110,51 @@ async def test_an_upstream_slow_to_answer_the_content_gets_it_once(db):
     handler = SlowUpstream(step=0.0, data_step=1.5)  # over the 0.5 s of every other step
     entry = await deliver_one(db, handler, "S2")
     assert (entry.state, entry.attempts, handler.accepted) == ("sent", 1, 1), entry.last_error
+
+
+async def test_an_upstream_slower_than_timeout_seconds_but_within_rfc_5321_gets_the_copy(
+        db, monkeypatch):
+    """RFC 5321 4.5.3.2 gives the greeting, MAIL and RCPT 5 minutes each (Postfix: 300 s).
+    With delivery.timeout_seconds (60) for them, an upstream that tarpits or verifies the
+    recipient by callout for 61-300 s never took the copy: deferred at each try, bounced at
+    max_age_hours. The floor is scaled down here: 2 s, and timeout_seconds 0.5."""
+    monkeypatch.setattr("gateway.delivery.upstream.COMMAND_SECONDS", 2.0, raising=False)
+    handler = SlowUpstream(step=1.0)  # EHLO, MAIL, RCPT, the content: each over 0.5 s
+    entry = await deliver_one(db, handler, "S3")
+    assert (entry.state, entry.attempts, handler.accepted) == ("sent", 1, 1), entry.last_error
+
+
+async def test_the_shipped_timeouts_are_at_least_rfc_5321s(monkeypatch):
+    """With the default delivery.timeout_seconds the greeting (and STARTTLS, AUTH: the
+    client's own timeout), EHLO, MAIL and RCPT wait 5 minutes, DATA at least 2 (4.5.3.2)."""
+    seen: dict[str, float] = {}
+
+    def spy(name: str):  # noqa: ANN202
+        real = getattr(aiosmtplib.SMTP, name)
+
+        async def step(self, *args, timeout=None, **kwargs):  # noqa: ANN001, ANN202
+            seen[name] = self.timeout if name == "connect" else timeout
+            if name == "connect":
+                return await real(self, *args, **kwargs)
+            return await real(self, *args, timeout=timeout, **kwargs)
+        return step
+
+    for name in ("connect", "ehlo", "mail", "rcpt", "data"):
+        monkeypatch.setattr(aiosmtplib.SMTP, name, spy(name))
+    port = free_port()
+    controller = Controller(SlowUpstream(0.0), hostname="127.0.0.1", port=port)
+    controller.start()
+    settings = dataclasses.replace(DeliverySettings(), mode="smtp", host="127.0.0.1",
+                                   port=port, starttls=False)  # the shipped timeout
+    transport = SmtpTransport(settings, "gateway.test")
+    try:
+        await transport.send("news@example.com", "jane@example.net",
+                             b"Subject: x\r\n\r\nbody\r\n")
+    finally:
+        await transport.close()
+        controller.stop()
+    assert min(seen[name] for name in ("connect", "ehlo", "mail", "rcpt")) >= 300, seen
+    assert seen["data"] >= 120, seen
 
 
 class NeverAnswersTheContent(asyncio.Protocol):
@@ -243,6 +290,46 @@ class ScriptedUpstream(asyncio.Protocol):
                 self.transport.write(b"250 upstream.test\r\n")  # type: ignore[attr-defined]
             else:
                 self.transport.write(b"250 OK\r\n")  # type: ignore[attr-defined]
+
+
+class SlowGreeting(ScriptedUpstream):
+    """Greets `delay` seconds after the connection, and answers MAIL and RCPT as late (a
+    tarpit); `greeted` when it has said 220."""
+
+    delay = 1.0
+    greeted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buffer, self.in_data, self.contents = b"", False, 0
+        asyncio.get_running_loop().call_later(self.delay, self.greet)
+
+    def greet(self) -> None:
+        SlowGreeting.greeted = True
+        self.transport.write(b"220 upstream.test ESMTP\r\n")  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.in_data and data[:4].upper() in (b"MAIL", b"RCPT"):
+            later = asyncio.get_running_loop().call_later
+            later(self.delay, super().data_received, data)
+            return
+        super().data_received(data)
+
+
+async def test_the_greeting_waits_as_long_as_mail_and_rcpt_not_the_connect_timeout(
+        monkeypatch):
+    """delivery.timeout_seconds bounds the TCP connect (Postfix smtp_connect_timeout); the
+    greeting has the 5 minutes of RFC 5321 4.5.3.2.1 (smtp_helo_timeout), scaled down here."""
+    monkeypatch.setattr("gateway.delivery.upstream.COMMAND_SECONDS", 2.0, raising=False)
+    SlowGreeting.greeted = False
+    server, transport = await bare_upstream(SlowGreeting, 0.3)
+    try:
+        answer = await transport.send("news@example.com", "jane@example.net",
+                                      b"Subject: x\r\n\r\nbody\r\n")
+        assert SlowGreeting.greeted and "queued" in answer
+    finally:
+        await transport.close()
+        server.close()
 
 
 class LosesTheReplyToTheSecondContent(ScriptedUpstream):
