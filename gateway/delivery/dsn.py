@@ -19,7 +19,12 @@ from gateway.addresses import ascii_domain
 from gateway.transform.headers import utc_date
 
 STATUS_FORMAT = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
-STATUS_IN_TEXT = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+# RFC 3463 / RFC 2034: an enhanced code is the token right after the reply's code, followed
+# by a space or the end (as Postfix's dsn_valid reads it); some upstreams give a run of them
+# ("554 4.7.1 2.0.0 5.7.26 ..."). Any x.y.z elsewhere in the text (an IP address, a link)
+# is no status: "relay 192.5.1.7 listed" made Status 5.1.7.
+REPLY_CODE = re.compile(r"\s*[245][0-9][0-9](?:[ -]|$)")
+LEADING_STATUS = re.compile(r"\s*([245]\.\d{1,3}\.\d{1,3})(?:\s+|$)")
 UNKNOWN_PERMANENT = "5.0.0"
 # RFC 3463 X.4.7 "delivery time expired"; Postfix reports expired mail with a 4.x.x status and
 # Action: failed as well.
@@ -52,23 +57,39 @@ def should_send_dsn(mail_from: str) -> bool:
 
 
 def status_for(status: str, diagnostic: str) -> str:
-    """The RFC 3463 status: `status` if well formed, else one found in the diagnostic text.
+    """The RFC 3463 status: `status` if well formed, else the diagnostic reply's own.
 
-    A code of class 4 in a permanent failure's reply is given class 5, as Postfix does when the
-    enhanced code disagrees with the reply; expired copies ("gave up after ...") get 4.4.7.
+    The reply's enhanced codes are those right after its 3-digit code; of a run of several a
+    5.x.x is taken, else the first not of class 2. A code of class 4 in a permanent
+    failure's reply is given class 5, as Postfix does when the enhanced code disagrees with
+    the reply; a reply without one gives 5.0.0. Expired copies ("gave up after ...") get 4.4.7.
     """
     status = status.strip()
     if STATUS_FORMAT.fullmatch(status):
         return status
     if diagnostic.lstrip().lower().startswith(GAVE_UP_PREFIX):
         return EXPIRED
-    codes: list[str] = [code for code in STATUS_IN_TEXT.findall(diagnostic) if code[0] != "2"]
+    codes = [code for code in _leading_statuses(diagnostic) if code[0] != "2"]
     for code in codes:
         if code[0] == "5":
             return code
     if codes:
         return "5" + codes[0][1:]
     return UNKNOWN_PERMANENT
+
+
+def _leading_statuses(reply: str) -> list[str]:
+    """The enhanced codes right after the reply's 3-digit code, in order; none when the text
+    is no SMTP reply."""
+    code = REPLY_CODE.match(reply)
+    if code is None:
+        return []
+    found: list[str] = []
+    at = code.end()
+    while token := LEADING_STATUS.match(reply, at):
+        found.append(token.group(1))
+        at = token.end()
+    return found
 
 
 def build_dsn(*, reporting_mta: str, queue_id: str, mail_from: str, recipient: str,

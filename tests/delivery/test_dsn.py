@@ -111,9 +111,26 @@ def test_the_gateways_own_words_are_not_typed_as_an_smtp_reply(diagnostic: str):
     ("5.2.2", "550 5.1.1 user unknown", "5.2.2"),  # given explicitly
     ("9.9.9", "550 5.1.1 user unknown", "5.1.1"),  # malformed: falls back to the text
     ("5.1.1\r\nBcc: x", "550 no", "5.0.0"),
+    ("", "550 5.1.1 The account does not exist.\n5.1.1 Please check", "5.1.1"),  # multiline
+    ("", "550 5.7.1 see https://help.example/errors/5.2.2", "5.7.1"),
 ])
 def test_status_code(status: str, diagnostic: str, expected: str):
     assert recipient_fields(dsn(status=status, diagnostic=diagnostic))["Status"] == expected
+
+
+@pytest.mark.parametrize("diagnostic", [
+    "550 Rejected: relay 192.5.1.7 is on our blocklist",
+    "550 Message rejected (your IP 10.4.4.1 listed)",
+    "554 Transaction failed, see https://help.example/errors/4.2.2",
+    "550 4.2.2.1 is listed",  # an address right after the code is not a code either
+    "550 2.0.0 see https://help.example/errors/5.2.2",
+])
+def test_the_status_is_never_read_out_of_an_address_or_a_link(diagnostic: str):
+    """RFC 3463 and 2034: the enhanced code is the token right after the reply's code (its
+    run, where an upstream gives several); a reply without one gives 5.0.0, as Postfix reads
+    it. Any x.y.z in the text was taken: an IP address made 'Status: 5.1.7' (mailbox moved)
+    and a link 5.2.2 (mailbox full), which mail clients show the sender as the reason."""
+    assert recipient_fields(dsn(diagnostic=diagnostic))["Status"] == "5.0.0"
 
 
 def test_every_line_ends_in_crlf():
