@@ -350,7 +350,9 @@ def test_a_copy_whose_contact_was_purged_in_the_queue_is_withdrawn(make_gateway,
     import os
     import subprocess
     import sys
-    gw = make_gateway()
+    # no retry of its own before the purge: one sent or being sent meanwhile was no
+    # waiting copy to withdraw (the test failed so, now and then)
+    gw = make_gateway(retry_base=600.0)
     _deferred(gw, sink)
     env = {**os.environ, "GATEWAY_POLICY_PROSPECT_RETENTION_DAYS": "1"}
     purge = subprocess.run(
