@@ -43,6 +43,7 @@ from gateway.policy.rules import retention_deadline
 from gateway.security.keys import AddressHasher
 from gateway.settings import ControllerSettings
 from gateway.store.db import Database
+from gateway.store.key_binding import holds_hashed_entries
 from gateway.store.ledger import Ledger
 from gateway.store.ledger_import import ImportProcess
 from gateway.store.subject import erased_hashes
@@ -104,8 +105,10 @@ def import_(state: CliState, file: Path, dry_run: bool) -> None:
             # no ledger yet: the rows are checked against an empty one in a scratch store, so
             # that a dry run creates nothing where the store and its key would be
             store = Path(scratch) / "gateway.db"
-        if dry_run and not Path(settings.hash_key_path).exists():
+        if dry_run and not Path(settings.hash_key_path).exists() \
+                and not holds_hashed_entries(store):
             hasher = AddressHasher(secrets.token_bytes(32))  # never written anywhere
+            # (a store keyed already and its key missing: refused as the import is, exit 2)
         else:
             hasher = hasher_for(settings)
         _import(file, store, hasher, dry_run, settings.controller, settings.policy.knobs())

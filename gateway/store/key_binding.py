@@ -70,6 +70,22 @@ def _holds_rows(conn: sqlite3.Connection, table: str) -> bool:
         return False
 
 
+def holds_hashed_entries(store_path: Path | str) -> bool:
+    """Whether the store at `store_path` holds entries keyed with its address hash key (a
+    key file missing for it is lost, not new: bind_key)."""
+    store = Path(store_path)
+    if not store.exists():
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error:
+        return False
+    try:
+        return any(_holds_rows(conn, table) for table in _HASHED_TABLES)
+    finally:
+        conn.close()
+
+
 def tokens_issued(store_path: Path | str) -> bool:
     """Whether the store at `store_path` has sent copies, whose unsubscribe links and
     addresses carry tokens made with the token key (security/tokens.py)."""

@@ -120,7 +120,11 @@ def test_a_store_restored_without_its_hash_key_is_refused_not_given_a_new_one(
     key = tmp_path / "secrets" / "hash.key"
     original = key.read_bytes()
     key.unlink()  # restored without secrets/
-    for args in (("suppress", "add", "other@example.net"), ("suppress", "list")):
+    rows = tmp_path / "rows.csv"
+    rows.write_text("email\nsomeone@example.net\n")
+    # a dry run too (it said "would import 1 row", exit 0, with a throwaway key; ops review)
+    for args in (("suppress", "add", "other@example.net"), ("suppress", "list"),
+                 ("contacts", "import", "--dry-run", str(rows))):
         clean_failure(gateway_cli(config, *args), 2, "restore")
         assert not key.exists()  # no new key left behind to be backed up as the real one
     other = tmp_path / "other.key"  # another key file named in the config
