@@ -36,8 +36,13 @@ def check(state: CliState, account_name: str, recipient: str, sender: str | None
         async with Database(settings.store.path) as db:
             account = await AccountStore(db).require(account_name)
         if sender is not None:
-            refusal = m1_from_domain([sender.rpartition("@")[2]],
-                                     may_send_from=account.may_send_from)
+            # the envelope sender, as MAIL FROM is checked (replies.SENDER_NOT_ALLOWED):
+            # "From header" named what --from is not (ops review)
+            refusal = m1_from_domain(
+                [sender.rpartition("@")[2]],
+                None if account.may_send_from(sender.rpartition("@")[2]) else
+                "Sender address not allowed for this account",
+                may_send_from=account.may_send_from)
             if refusal is not None:
                 return refusal
         lookup = LedgerLookup(settings.store.path, hasher_for(settings))

@@ -48,6 +48,8 @@ def test_check_gives_every_case_of_the_rule_book(config: Path, tmp_path: Path):
     m1 = gateway_cli(config, "check", "--account", "crm", "--to", "consented@b2c.example",
                      "--from", "ceo@elsewhere.example", "--json")
     assert json.loads(m1.stdout)["rule"] == "M1"
+    # the envelope sender, in MAIL FROM's words (it said "From header"; ops review)
+    assert json.loads(m1.stdout)["reason"] == "Sender address not allowed for this account"
     unknown = gateway_cli(config, "check", "--account", "nobody", "--to", "a@example.com")
     assert unknown.returncode == 1 and "nobody" in unknown.stderr
 
