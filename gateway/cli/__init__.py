@@ -216,7 +216,10 @@ def write_private(path: str | os.PathLike[str], text: str) -> None:
         # of the export; its target never got it
         raise Refused(f"{target} exists and is not a regular file (a link, a device, a "
                       "folder): name a file, or leave --out out to print")
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    except OSError as exc:  # it named the temporary file, which the operator never gave
+        raise OSError(exc.errno, exc.strerror, str(target)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)

@@ -222,3 +222,11 @@ def test_usage_errors_exit_2(tmp_path: Path):
     both = gateway_cli(config, "report", "--json", "--html", str(tmp_path / "r.html"))
     assert both.returncode == 2 and not (tmp_path / "r.html").exists()
     assert json.loads(gateway_cli(config, "report", "--json").stdout)["decisions"] == []
+
+
+def test_a_report_into_a_folder_that_does_not_exist_names_the_file_given(filled, tmp_path):
+    """The error named the temporary file ('/nonexistent/.r.html.d6zro5of'; ops review)."""
+    target = tmp_path / "no-such-folder" / "r.html"
+    result = filled.cli("report", "--html", str(target))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"cannot write {target}" in result.stderr and ".r.html." not in result.stderr
