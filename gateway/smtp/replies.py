@@ -83,6 +83,7 @@ AIOSMTPD_REWRITES: dict[bytes, bytes] = {
     b"502 5.5.1 Too many unrecognized commands, goodbye.":
         b"421 4.7.0 Too many unrecognized commands, closing connection",
     b"221 Bye": b"221 2.0.0 Bye",
+    b"220 Ready to start TLS": b"220 2.0.0 Ready to start TLS",
     b"252 Cannot VRFY user, but will accept message and attempt delivery":
         b"252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery",
 }

@@ -126,10 +126,10 @@ _RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
 
 
 def too_many_hops(content: bytes) -> bool:
-    """Whether the header holds HOP_LIMIT Received fields or more (one C-level count first:
-    a message through a few relays is not searched)."""
+    """Whether the header holds HOP_LIMIT Received fields or more, in any case (one C-level
+    count first: a message through a few relays is not searched)."""
     head = content[:header_end(content)]
-    return head.count(b"eceived") >= HOP_LIMIT and \
+    return head.lower().count(b"received") >= HOP_LIMIT and \
         len(_RECEIVED.findall(head)) >= HOP_LIMIT
 
 

@@ -163,6 +163,10 @@ def test_a_message_that_went_round_between_relays_is_refused_not_relayed_again(
     assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250  # the session goes on
     assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
     assert s.cmd("DATA")[0] == 354
+    assert s.cmd(hop.upper() * 50 + message(subject="shouted") + b".")[0] == 554  # any case
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
     assert s.cmd(hop.lower() * 49 + message(subject="far") + b".")[0] == 250
     s.cmd("QUIT")
     (received,) = sink.wait_for(1)

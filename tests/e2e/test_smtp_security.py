@@ -666,6 +666,10 @@ def test_ehlo_offers_enhanced_status_codes_and_every_reply_carries_one(make_gate
     for code, text in replies:
         assert re.match(rf"{str(code)[0]}\.\d{{1,3}}\.\d{{1,3}} ", text), (code, text)
     assert [code for code, _ in replies[1:4]] == [214, 214, 504]
+    tls = RawSmtp(gw.smtp_port)
+    tls.cmd("EHLO c")
+    assert tls.cmd("STARTTLS") == (220, "2.0.0 Ready to start TLS")  # (diff review)
+    tls.close()
     assert replies[2][1].startswith("2.0.0 Syntax: MAIL FROM:")
     sink.wait_for(1)
 
