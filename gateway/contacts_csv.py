@@ -252,13 +252,20 @@ def read_rows(lines: TextIO | Iterable[str],
     header is unusable.
     """
     late: dict[int, ContactRow] = {}
-    yield from _read_rows(lines, now, late)
-    for row in late.values():
-        yield LateWithdrawal(row)
+    consents: dict[int, float] = {}
+    yield from _read_rows(lines, now, late, consents)
+    for key, row in late.items():
+        # a refused row's withdrawal read before any valid row of its address: a later row's
+        # consent newer than it prevails, as it does over a duplicate's (diff review: the
+        # order of the rows decided it)
+        first = consents.get(key)
+        if first is None or first == -math.inf or first <= (
+                now if row.consent_at is None else row.consent_at):
+            yield LateWithdrawal(row)
 
 
-def _read_rows(lines: TextIO | Iterable[str], now: float,
-               late: dict[int, ContactRow]) -> Iterator[ContactRow | RowError]:
+def _read_rows(lines: TextIO | Iterable[str], now: float, late: dict[int, ContactRow],
+               consents: dict[int, float]) -> Iterator[ContactRow | RowError]:
     iterator = iter(lines)
     first = next(iterator, None)
     if first is None:
@@ -284,8 +291,8 @@ def _read_rows(lines: TextIO | Iterable[str], now: float,
     names = check_header(header)
     plan, email = row_plan(names, now), names.index("email")
     seen: dict[int, int] = {}  # 64-bit hash of the address -> first line (bounded memory)
-    # the first row's consent, when it has one: a grant's date, or -inf for a withdrawal
-    consents: dict[int, float] = {}
+    # (consents: the first valid row's consent, when it has one: a grant's date, or -inf for
+    # a withdrawal)
     skipped = 0  # lines taken past the reader (the rest of an over-long quoted field)
     line = reader.line_num
     while True:
@@ -408,9 +415,12 @@ def _late_withdrawal(row: ContactRow, first: float | None,
         return ""  # the first row withdrew already
     if first is not None and first > when:
         return "; its withdrawal is older than the consent on that line and is not applied"
+    unless = "" if first is not None else (
+        ", unless a later row of this address gives a newer consent")
     kept = late.get(key)
     if kept is None or (now if kept.consent_at is None else kept.consent_at) < when:
         late[key] = ContactRow(row.line, row.address, consent="withdrawn",
                                consent_at=row.consent_at)
-    return "; its withdrawal of consent is applied all the same (an objection is never dropped)"
+    return ("; its withdrawal of consent is applied all the same (an objection is never "
+            f"dropped){unless}")
 

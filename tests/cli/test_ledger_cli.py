@@ -608,3 +608,23 @@ def test_rows_from_a_restricted_social_network_are_imported_with_a_note(config: 
     assert "imported 4 rows" in result.stdout
     assert "note: 2 rows come from a social network whose owner restricted" in result.stderr
     assert "(KASPR)" in result.stderr
+
+
+def test_a_refused_rows_withdrawal_before_a_newer_grant_of_the_file_is_not_applied(
+        config: Path, tmp_path: Path):
+    """Salvaged from a refused row read before the address's valid row, the withdrawal was
+    applied over that row's newer consent: the order of the rows decided (diff review)."""
+    csv = tmp_path / "order.csv"
+    csv.write_text(
+        "email,consent,consent_at,consent_method,source_name,source_type\n"
+        "old@example.com,withdrawn,2026-01-05,,form,\n"                     # 2: refused
+        "old@example.com,granted,2026-03-01,web form,form,direct\n"         # 3
+        "new@example.com,withdrawn,2026-06-01,,form,\n"                     # 4: refused
+        "new@example.com,granted,2026-03-01,web form,form,direct\n")        # 5
+    result = gateway_cli(config, "contacts", "import", str(csv))
+    assert "unless a later row of this address gives a newer consent" in result.stderr
+    assert "1 withdrawal of consent from refused rows applied, 1 newly suppressed" in \
+        result.stdout, result.stdout
+    listed = [e["address"] for e in json.loads(
+        gateway_cli(config, "suppress", "list", "--json").stdout)]
+    assert listed == ["new@example.com"]
