@@ -367,11 +367,15 @@ class SuppressionEntry:
 # language) of each copy, as one row: [i, address or null, language]
 # (a contact R4 purged is found by its id in purged_contacts: its address is gone, its keyed
 # hash is enough to suppress it)
+# (and a copy to an address outside the ledger, deleted at the end of its period, by its
+# delivery id in purged_copies: 031_purged_copies)
 _COPIES_SQL = ("SELECT json_group_array(json_array(k.i, coalesce(d.recipient, c.address),"
-               " coalesce(c.language, p.language), hex(p.address_hash)))"
+               " coalesce(c.language, p.language),"
+               " hex(coalesce(p.address_hash, q.address_hash))))"
                " FROM k LEFT JOIN deliveries d ON d.id = k.d"
                " AND coalesce(d.contact_id, 0) = k.c LEFT JOIN contacts c ON c.id = k.c"
-               " LEFT JOIN purged_contacts p ON p.contact_id = k.c")
+               " LEFT JOIN purged_contacts p ON p.contact_id = k.c"
+               " LEFT JOIN purged_copies q ON q.delivery_id = k.d AND k.c = 0")
 _ONE_COPY_SQL = "WITH k(i, d, c) AS (VALUES (0, ?, ?)) " + _COPIES_SQL
 _SUPPRESS_SQL = "INSERT OR IGNORE INTO suppression (hash, created_at, channel) VALUES (?, ?, ?)"
 _SUPPRESSED_SQL = "SELECT json_group_array(hex(s.hash)) FROM k JOIN suppression s ON s.hash = k.h"
@@ -651,7 +655,8 @@ class Ledger:
                 for index, address, language, purged_hash in json.loads(document):
                     if address is not None:
                         found[index] = (address, language)
-                    elif purged_hash:  # R4 purged the contact: by its hash (hex(NULL): "")
+                    elif purged_hash:  # R4 purged the contact, or the period of a copy
+                        # outside the ledger ended: by its hash (hex(NULL): "")
                         found[index] = ("", language)
                         purged[index] = bytes.fromhex(purged_hash)
             where, objections = [], []

@@ -107,10 +107,18 @@ _OUTSIDE_QUARANTINE = (
     "DELETE FROM quarantine WHERE state != 'held' AND created_at < ?1"  # noqa: S608
     f" AND {_outside('quarantine.recipient')} RETURNING message_id")
 # (a copy whose contact is still there is the ledger's, however its address was spelt)
-_OUTSIDE_COPIES = (
-    "DELETE FROM deliveries WHERE state IN ('sent', 'failed') AND updated_at < ?1"  # noqa: S608
+_OUTSIDE_COPIES_WHERE = (
+    "state IN ('sent', 'failed') AND updated_at < ?1"  # noqa: S608 - constant SQL
     " AND NOT EXISTS (SELECT 1 FROM contacts c WHERE c.id = deliveries.contact_id)"
-    f" AND {_outside('deliveries.recipient')} RETURNING message_id")
+    f" AND {_outside('deliveries.recipient')}")
+_OUTSIDE_COPIES = (f"DELETE FROM deliveries WHERE {_OUTSIDE_COPIES_WHERE}"  # noqa: S608
+                   " RETURNING message_id")
+# their unsubscribe links still work (031_purged_copies; ledger._COPIES_SQL), by the hash
+_KEPT_FOR_LINKS = (
+    "INSERT OR IGNORE INTO purged_copies (delivery_id, address_hash, purged_at)"  # noqa: S608
+    f" SELECT id, address_digest(recipient), ?2 FROM deliveries WHERE {_OUTSIDE_COPIES_WHERE}"
+    " AND coalesce(contact_id, 0) = 0")
+_OLD_LINKS = "DELETE FROM purged_copies WHERE purged_at < ?"
 _OUTSIDE_NOTIFICATIONS = (
     "DELETE FROM notifications WHERE state != 'pending' AND updated_at < ?1"  # noqa: S608
     f" AND {_outside('json_extract(notifications.body, ?2)')}")
@@ -246,6 +254,12 @@ class Retention:
             "request_pseudonym", 1,
             lambda address: f"purged:{hasher(ledger_form(str(address))).hex()[:16]}",
             deterministic=True)
+        await conn.create_function(
+            "address_digest", 1, lambda address: hasher(ledger_form(str(address))),
+            deterministic=True)
+        now = cutoff + self.outside_days * DAY
+        await conn.execute(_KEPT_FOR_LINKS, (cutoff, now))
+        await conn.execute(_OLD_LINKS, (now - self.knobs.max_retention_days * DAY,))
         removed, touched = {}, set()
         async with _zeroed(conn):
             for name, sql in (("outside_copies", _OUTSIDE_COPIES),

@@ -170,3 +170,35 @@ async def test_finished_copies_notifications_and_requests_outside_the_ledger_end
                               " ORDER BY id")
     assert [row[0] for row in notes] == ["bea@customer.example", "known@example.com"]
     assert waiting  # queued: not done with
+
+
+async def test_the_link_of_a_copy_outside_the_ledger_still_works_after_its_period(db, hasher):
+    """Its row deleted at the end of its period, the copy's unsubscribe link and address
+    found nothing: "not valid" and 550 5.1.1 to a person who never objected (diff review;
+    COMPLIANCE 5). The keyed hash is kept for the link (purged_copies), as purged_contacts
+    keeps it for a purged contact, until policy.max_retention_days."""
+    from gateway.store.ledger import Ledger, LedgerLookup
+    queue = QueueStore(db, "me")
+    [[copy]] = await queue.commit_messages([IncomingMessage(
+        "RECEIPT", time.time(), "crm", "127.0.0.1", "news@example.com",
+        b"Subject: receipt\r\n\r\nbody\r\n", ("Ann@Customer.example",), subject="receipt")])
+    await db.write_one("UPDATE deliveries SET rule = 'T1'")
+    await queue.mark_sent([SentMark(copy.delivery_id)])
+    later = time.time() + (KEPT_DAYS + 1) * DAY
+    assert (await retention(db, hasher).purge(later)).removed["outside_copies"] == 1
+    assert await naming(db, "ann@") == [] and await naming(db, "Ann@") == []
+    ledger = Ledger(db, hasher)
+    assert await ledger.recipient_of_copy(copy.delivery_id, 0) == ("", None)  # found
+    [(address, _language, added)] = await ledger.object_to_copies(
+        [(copy.delivery_id, 0, "one-click", "192.0.2.1")])
+    assert (address, added) == ("", True)
+    lookup = LedgerLookup(db.path, hasher)
+    try:
+        assert (await lookup.facts("ann@customer.example")).suppressed  # R1 at the next RCPT
+    finally:
+        await lookup.close()
+    # kept no longer than the longest retention
+    knobs = PolicyKnobs()
+    await Retention(db, knobs, hasher, KEPT_DAYS).purge(
+        later + (knobs.max_retention_days + KEPT_DAYS + 1) * DAY)
+    assert await db.fetchall("SELECT * FROM purged_copies") == []
