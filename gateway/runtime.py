@@ -62,6 +62,9 @@ DRAIN_SECONDS = 30.0  # a stop waits this long for messages in progress and copi
 RETENTION_EVERY_SECONDS = 86400.0  # R4's purge: daily (the first a day after the first start)
 SWITCH_INTERVAL = 0.0005
 WEBHOOK_EVENTS_KEPT_SECONDS = 86400.0  # a replay is refused by its signature's age after 300 s
+# the failures of an unknown login name not locked now, kept this long after the last
+# (store/accounts.py auth_name_failures): a month
+NAME_FAILURES_KEPT_SECONDS = 30 * 86400.0
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -278,7 +281,7 @@ class Gateway:
         objections = Objections(self.composer.settings.tokens, ledger, s.webhooks.opt_out_secret,
                                 on_objection=self.notifier.wake)
         flow.objections = objections
-        handler = GatewayHandler(flow, Authenticator(accounts, s.smtp))
+        handler = GatewayHandler(flow, Authenticator(accounts, s.smtp, hasher.login_name))
         host, port = parse_listen(s.smtp.listen)
         self.accepting.set()
         certificate = self.certificate()
@@ -355,6 +358,8 @@ class Gateway:
                         assert self.ledger is not None
                         await self.ledger.forget_webhook_events(
                             time.time() - WEBHOOK_EVENTS_KEPT_SECONDS)
+                        await AccountStore(self.db).forget_name_failures(
+                            time.time() - NAME_FAILURES_KEPT_SECONDS)
                         await maintenance_ran(self.db, "webhook-events")
                     late = await unlink_late(self.db)
                     if late:

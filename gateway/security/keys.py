@@ -110,3 +110,9 @@ class AddressHasher:
 
     def __call__(self, address: str) -> bytes:
         return self._mac(suppression_form(address).encode("utf-8"))
+
+    def login_name(self, name: str) -> bytes:
+        """What the store keeps of an AUTH login name that is no account (its failures,
+        store/accounts.py): keyed, as a guess is often a person's address, and apart from
+        the addresses' hashes (a label no address form starts with)."""
+        return self._mac(b"login name\0" + name.encode("utf-8", "surrogatepass"))

@@ -12,6 +12,7 @@ import enum
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.errors import StoreError
@@ -49,9 +50,13 @@ class AuthVerdict:
 class Authenticator:
     """One per server. Account lockout is in the store (shared by processes); IP windows in RAM."""
 
-    def __init__(self, accounts: AccountStore, settings: SmtpSettings) -> None:
+    def __init__(self, accounts: AccountStore, settings: SmtpSettings,
+                 name_digest: Callable[[str], bytes]) -> None:
+        """`name_digest`: what the store keeps of an unknown login name (keyed:
+        AddressHasher.login_name)."""
         self.accounts = accounts
         self.settings = settings
+        self._name_digest = name_digest
         self.window_seconds = settings.auth_lockout_minutes * 60
         self._ip_failures: dict[str, deque[float]] = {}
         # attempts being checked now, by client IP and by login name: failures until known
@@ -159,7 +164,8 @@ class Authenticator:
         if found is None:
             await verify_password_async(dummy_hash(), password)  # same cost as a real one
             await self.accounts.record_name_failure(
-                login[:MAX_LOGIN_LENGTH], self.settings.auth_max_failures, self.window_seconds)
+                self._name_digest(login[:MAX_LOGIN_LENGTH]), self.settings.auth_max_failures,
+                self.window_seconds)
             return await self._failed(client_ip, now, f"unknown user {login[:64]!r}")
         account, stored_hash = found
         if not await verify_password_async(stored_hash, password):
@@ -208,7 +214,7 @@ class Authenticator:
     async def _name_count(self, login: str, now: float) -> tuple[int, bool]:
         """An unknown name's (failures in a row, locked), as an account's are: from the store,
         shared by every process and kept across a restart, as an account's are."""
-        count, locked_until = await self.accounts.name_failures(login)
+        count, locked_until = await self.accounts.name_failures(self._name_digest(login))
         if locked_until is not None and locked_until <= now:
             return 0, False  # ran out: a fresh count, as record_name_failure does
         return count, locked_until is not None

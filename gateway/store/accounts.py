@@ -7,7 +7,6 @@ gateway process sharing the store sees the same lock.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import time
@@ -210,14 +209,15 @@ class AccountStore:
                 (max_failures, now + lockout_seconds, now, name))
         return await self.get(name)
 
-    async def name_failures(self, name: str) -> tuple[int, float | None]:
-        """(failures in a row, locked until) of a login name that is no account."""
+    async def name_failures(self, digest: bytes) -> tuple[int, float | None]:
+        """(failures in a row, locked until) of a login name that is no account, by its
+        keyed digest (AddressHasher.login_name)."""
         row = await self.db.fetchone(
             "SELECT failed_logins, locked_until FROM auth_name_failures WHERE name_digest = ?",
-            (_name_digest(name),))
+            (digest,))
         return (row[0], row[1]) if row else (0, None)
 
-    async def record_name_failure(self, name: str, max_failures: int,
+    async def record_name_failure(self, digest: bytes, max_failures: int,
                                   lockout_seconds: float) -> None:
         """Count a failed AUTH for a login name that is no account, as record_failure counts
         an account's: in a row, a lock at `max_failures`, a fresh count once it ran out."""
@@ -232,11 +232,16 @@ class AccountStore:
                 " locked_until = CASE WHEN locked_until <= ?4 THEN"
                 " (CASE WHEN 1 >= ?2 THEN ?3 END)"
                 " WHEN failed_logins + 1 >= ?2 THEN ?3 ELSE locked_until END, updated_at = ?4",
-                (_name_digest(name), max_failures, until, now))
-            # a flood of names: forgotten, not kept growing (as the per-process table was)
-            await conn.execute(
-                "DELETE FROM auth_name_failures WHERE (SELECT count(*) FROM"
-                " auth_name_failures) > ?", (MAX_NAME_FAILURES,))
+                (digest, max_failures, until, now))
+
+    async def forget_name_failures(self, before: float) -> int:
+        """Delete the counts of unknown login names last failed before `before` and not
+        locked now (daily): a tool's mistyped login was kept for good. How many."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "DELETE FROM auth_name_failures WHERE updated_at < ?"
+                " AND (locked_until IS NULL OR locked_until <= ?)", (before, time.time()))
+            return max(0, cur.rowcount)
 
     async def record_success(self, name: str) -> None:
         """A successful AUTH resets the count (only written when there was something to
@@ -271,11 +276,3 @@ class AccountStore:
             if cur.rowcount == 0:
                 raise NotFound(f"no account named {name!r}")
 
-
-MAX_NAME_FAILURES = 100_000  # unknown login names counted (a few MB at most)
-
-
-def _name_digest(name: str) -> bytes:
-    """What the store keeps of a login name that is no account: a digest, not the name (an
-    attacker's guesses may be people's addresses)."""
-    return hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()[:16]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.security.keys import AddressHasher
 from gateway.security.passwords import hash_password
 from gateway.settings import SmtpSettings
 from gateway.smtp.auth import Authenticator, AuthOutcome
@@ -18,6 +19,8 @@ from gateway.store.db import Database
 
 from conftest import STRONG_PASSWORD
 
+# the store keeps a keyed digest of an unknown login name (runtime: the address hash key's)
+NAME_DIGEST = AddressHasher(b"k" * 32).login_name
 SETTINGS = SmtpSettings(auth_max_failures=3, auth_lockout_minutes=1, auth_ip_max_failures=5,
                         auth_failure_delay=0.0)
 
@@ -31,14 +34,14 @@ async def accounts(tmp_path: Path):
 
 
 async def test_right_password_gives_the_account(accounts: AccountStore):
-    auth = Authenticator(accounts, SETTINGS)
+    auth = Authenticator(accounts, SETTINGS, NAME_DIGEST)
     verdict = await auth.authenticate("crm", STRONG_PASSWORD, "192.0.2.1")
     assert verdict.outcome is AuthOutcome.OK and verdict.account is not None
     assert verdict.account.name == "crm"
 
 
 async def test_unknown_user_and_wrong_password_look_the_same(accounts: AccountStore, caplog):
-    auth = Authenticator(accounts, SETTINGS)
+    auth = Authenticator(accounts, SETTINGS, NAME_DIGEST)
     with caplog.at_level(logging.WARNING, "gateway.auth"):
         t0 = time.perf_counter()
         wrong = await auth.authenticate("crm", "Not-The-Password-42!", "192.0.2.1")
@@ -53,7 +56,7 @@ async def test_unknown_user_and_wrong_password_look_the_same(accounts: AccountSt
 
 async def test_account_locks_after_max_failures_even_for_the_right_password(
         accounts: AccountStore):
-    auth = Authenticator(accounts, SETTINGS)
+    auth = Authenticator(accounts, SETTINGS, NAME_DIGEST)
     for _ in range(3):
         assert (await auth.authenticate("crm", "wrong", "192.0.2.1")).outcome is AuthOutcome.BAD
     locked = await auth.authenticate("crm", STRONG_PASSWORD, "192.0.2.9")
@@ -69,7 +72,7 @@ async def test_a_client_the_account_logged_in_from_gets_in_through_its_lock(
     enough to lock the tool out for good from one address (10 tries every 15 minutes). A
     client the account logged in from still gets in; a login of it leaves the lock to run
     (or each one would give the guesser auth_max_failures more tries)."""
-    auth = Authenticator(accounts, SETTINGS)
+    auth = Authenticator(accounts, SETTINGS, NAME_DIGEST)
     assert (await auth.authenticate("crm", STRONG_PASSWORD, "192.0.2.10")).outcome \
         is AuthOutcome.OK  # the tool, once
     for _ in range(3):  # a guesser elsewhere
@@ -79,7 +82,7 @@ async def test_a_client_the_account_logged_in_from_gets_in_through_its_lock(
         is AuthOutcome.LOCKED  # the guesser, even right
     assert (await auth.authenticate("crm", STRONG_PASSWORD, "192.0.2.99")).outcome \
         is AuthOutcome.LOCKED  # an address never seen
-    again = Authenticator(accounts, SETTINGS)  # another process, or after a restart
+    again = Authenticator(accounts, SETTINGS, NAME_DIGEST)  # another process, or after a restart
     assert (await again.authenticate("crm", STRONG_PASSWORD, "192.0.2.10")).outcome \
         is AuthOutcome.OK
     assert (await accounts.require("crm")).locked()  # the lock runs on for the others
@@ -111,7 +114,7 @@ async def test_a_client_the_account_logged_in_from_gets_in_through_its_lock(
 
 
 async def test_success_resets_the_failure_count(accounts: AccountStore):
-    auth = Authenticator(accounts, SETTINGS)
+    auth = Authenticator(accounts, SETTINGS, NAME_DIGEST)
     for _ in range(2):
         await auth.authenticate("crm", "wrong", "192.0.2.1")
     assert (await auth.authenticate("crm", STRONG_PASSWORD, "192.0.2.1")).outcome \
@@ -123,7 +126,7 @@ async def test_success_resets_the_failure_count(accounts: AccountStore):
 
 
 async def test_one_ip_guessing_many_users_is_throttled(accounts: AccountStore):
-    auth = Authenticator(accounts, SETTINGS)
+    auth = Authenticator(accounts, SETTINGS, NAME_DIGEST)
     for i in range(5):
         assert (await auth.authenticate(f"user{i}", "x", "198.51.100.7")).outcome \
             is AuthOutcome.BAD
@@ -139,7 +142,7 @@ async def test_an_ipv6_guesser_cannot_take_turns_within_its_64(accounts: Account
     auth_ip_max_failures tries from each. The /64 has a limit of its own (4 times the
     address's, as a cloud subnet holds many hosts), which does not hold a client the account
     logged in from (a neighbour guessing locked the tool out: diff review)."""
-    auth = Authenticator(accounts, SETTINGS)
+    auth = Authenticator(accounts, SETTINGS, NAME_DIGEST)
     assert (await auth.authenticate("crm", STRONG_PASSWORD, "2001:db8:7:7::cafe")).outcome \
         is AuthOutcome.OK  # the tool, once
     for i in range(20):  # 4 addresses x 5 failures, each address at its own limit
@@ -155,7 +158,7 @@ async def test_an_ipv6_guesser_cannot_take_turns_within_its_64(accounts: Account
 
 async def test_ip_window_expires(accounts: AccountStore):
     settings = dataclasses.replace(SETTINGS, auth_lockout_minutes=4 / 60)
-    auth = Authenticator(accounts, settings)
+    auth = Authenticator(accounts, settings, NAME_DIGEST)
     for i in range(5):
         await auth.authenticate(f"user{i}", "x", "198.51.100.7")
     assert (await auth.authenticate("crm", STRONG_PASSWORD, "198.51.100.7")).outcome \
@@ -166,7 +169,8 @@ async def test_ip_window_expires(accounts: AccountStore):
 
 
 async def test_failures_are_delayed(accounts: AccountStore):
-    auth = Authenticator(accounts, dataclasses.replace(SETTINGS, auth_failure_delay=0.3))
+    auth = Authenticator(accounts, dataclasses.replace(SETTINGS, auth_failure_delay=0.3),
+                         NAME_DIGEST)
     t0 = time.perf_counter()
     await auth.authenticate("crm", "wrong", "192.0.2.1")
     assert time.perf_counter() - t0 >= 0.3
@@ -178,7 +182,7 @@ async def test_an_unknown_name_answers_step_for_step_like_an_account(accounts: A
     accounts that exist."""
     settings = dataclasses.replace(SETTINGS, auth_lockout_minutes=1.5 / 60,
                                    auth_ip_max_failures=1000)
-    auth = Authenticator(accounts, settings)
+    auth = Authenticator(accounts, settings, NAME_DIGEST)
 
     async def answers(name: str, ip: str) -> list[AuthOutcome]:
         seen = []
@@ -197,7 +201,7 @@ async def test_attempts_sent_at_once_count_before_they_are_checked(accounts: Acc
     passwords tried past a lockout of 3, and the right one taken while locked."""
     import asyncio
     settings = dataclasses.replace(SETTINGS, auth_ip_max_failures=1000)
-    auth = Authenticator(accounts, settings)
+    auth = Authenticator(accounts, settings, NAME_DIGEST)
     outcomes = await asyncio.gather(*(
         auth.authenticate("crm", STRONG_PASSWORD if i == 39 else f"Wrong-{i}-Password!",
                           "192.0.2.1") for i in range(40)))
@@ -215,7 +219,7 @@ async def test_a_burst_answers_alike_for_an_account_and_an_unknown_name(
     settings = dataclasses.replace(SETTINGS, auth_ip_max_failures=1000)
 
     async def burst(name: str) -> list[AuthOutcome]:
-        auth = Authenticator(accounts, settings)
+        auth = Authenticator(accounts, settings, NAME_DIGEST)
         return [v.outcome for v in await asyncio.gather(*(
             auth.authenticate(name, f"Wrong-{i}-Password!", "192.0.2.1") for i in range(18)))]
 
@@ -226,7 +230,7 @@ async def test_a_burst_answers_alike_for_an_account_and_an_unknown_name(
 
 async def test_one_ip_sending_many_auths_at_once_is_held_to_its_limit(accounts: AccountStore):
     import asyncio
-    auth = Authenticator(accounts, SETTINGS)  # 5 failures per IP
+    auth = Authenticator(accounts, SETTINGS, NAME_DIGEST)  # 5 failures per IP
     outcomes = await asyncio.gather(*(auth.authenticate(f"user{i}", "x", "198.51.100.7")
                                       for i in range(12)))
     assert [o.outcome for o in outcomes].count(AuthOutcome.BAD) == 5
@@ -239,7 +243,29 @@ async def test_a_tool_logging_in_many_connections_at_once_gets_them_all(
     """Attempts being checked count as failures until known, but an attempt that could pass
     a limit only with them waits for them: right passwords end the wait for each other."""
     import asyncio
-    auth = Authenticator(accounts, SETTINGS)  # 3 per account, 5 per IP
+    auth = Authenticator(accounts, SETTINGS, NAME_DIGEST)  # 3 per account, 5 per IP
     outcomes = await asyncio.gather(*(auth.authenticate("crm", STRONG_PASSWORD, "192.0.2.1")
                                       for _ in range(12)))
     assert [o.outcome for o in outcomes] == [AuthOutcome.OK] * 12
+
+
+async def test_an_unknown_names_failures_are_kept_keyed_and_forgotten_after_a_month(
+        accounts: AccountStore):
+    """An unkeyed digest of a guessed name (often a person's address) was kept for good
+    (diff review): keyed, and forgotten once it has not failed for 30 days, unless locked."""
+    import hashlib
+    auth = Authenticator(accounts, SETTINGS, NAME_DIGEST)
+    for name in ("jane@example.net", "typo"):
+        await auth.authenticate(name, "Wrong-Password-123456!", "192.0.2.1")
+    for _ in range(3):
+        await auth.authenticate("locked@example.net", "Wrong-Password-123456!", "192.0.2.2")
+    db = accounts.db
+    digests = {bytes(row[0]) for row in await db.fetchall(
+        "SELECT name_digest FROM auth_name_failures")}
+    assert len(digests) == 3
+    assert hashlib.sha256(b"jane@example.net").digest()[:16] not in digests
+    assert NAME_DIGEST("jane@example.net") in digests
+    await db.write_one("UPDATE auth_name_failures SET updated_at = updated_at - 31 * 86400")
+    assert await accounts.forget_name_failures(time.time() - 30 * 86400) == 2
+    left = await db.fetchall("SELECT name_digest FROM auth_name_failures")
+    assert [bytes(row[0]) for row in left] == [NAME_DIGEST("locked@example.net")]  # locked
