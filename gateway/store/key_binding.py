@@ -73,31 +73,26 @@ def _holds_rows(conn: sqlite3.Connection, table: str) -> bool:
 def holds_hashed_entries(store_path: Path | str) -> bool:
     """Whether the store at `store_path` holds entries keyed with its address hash key (a
     key file missing for it is lost, not new: bind_key)."""
-    store = Path(store_path)
-    if not store.exists():
-        return False
-    try:
-        conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error:
-        return False
-    try:
-        return any(_holds_rows(conn, table) for table in _HASHED_TABLES)
-    finally:
-        conn.close()
+    return _holds_any(store_path, _HASHED_TABLES)
 
 
 def tokens_issued(store_path: Path | str) -> bool:
     """Whether the store at `store_path` has sent copies, whose unsubscribe links and
     addresses carry tokens made with the token key (security/tokens.py)."""
+    return _holds_any(store_path, ("deliveries", "audit WHERE decision = 'sent'"))
+
+
+def _holds_any(store_path: Path | str, tables: tuple[str, ...]) -> bool:
+    """Whether any of `tables` (constant names, a condition allowed) of the store at
+    `store_path` has a row; False without a readable store (its own open says why)."""
     store = Path(store_path)
     if not store.exists():
         return False
     try:
         conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)
     except sqlite3.Error:
-        return False  # the store's own open says what is wrong with it
+        return False
     try:
-        return _holds_rows(conn, "deliveries") or \
-            _holds_rows(conn, "audit WHERE decision = 'sent'")
+        return any(_holds_rows(conn, table) for table in tables)
     finally:
         conn.close()
