@@ -44,7 +44,7 @@ def quarantine() -> None:
 @quarantine.command("list")
 @click.option("--account", help="Only entries of this sending account.")
 @click.option("--rule", help="Only entries held by this rule (R9, R2, M2, M3).")
-@click.option("--since", type=click.DateTime(SINCE_FORMATS),
+@click.option("--since", type=click.DateTime(SINCE_FORMATS), metavar="DATE",
               help="Only entries held since this day (YYYY-MM-DD, from midnight UTC) or "
                    "moment (YYYY-MM-DD HH:MM[Z], UTC, as the tables print it).")
 @click.option("--limit", type=ROW_ID,

@@ -203,7 +203,7 @@ def render_html(report: Report) -> str:
 
 
 @click.command()
-@click.option("--since", type=click.DateTime(SINCE_FORMATS),
+@click.option("--since", type=click.DateTime(SINCE_FORMATS), metavar="DATE",
               help="Only what happened since this day (YYYY-MM-DD, from midnight UTC) or "
                    "moment (YYYY-MM-DDTHH:MM[:SS][Z], UTC); open requests are listed "
                    "whatever their date.")

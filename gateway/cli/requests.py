@@ -39,7 +39,7 @@ OLDEST_RECEIVED_DAYS = 2 * 365  # a request recorded late: the deadline is long 
 @requests.command("open")
 @click.argument("email", type=ADDRESS)
 @click.option("--kind", type=click.Choice(KINDS), required=True)
-@click.option("--received", type=click.DateTime(["%Y-%m-%d"]),
+@click.option("--received", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
               help="When the request was received (default: now); the month runs from it.")
 @click.pass_obj
 def open_(state: CliState, email: str, kind: str, received: datetime.datetime | None) -> None:

@@ -230,3 +230,15 @@ def test_a_report_into_a_folder_that_does_not_exist_names_the_file_given(filled,
     result = filled.cli("report", "--html", str(target))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"cannot write {target}" in result.stderr and ".r.html." not in result.stderr
+
+
+@pytest.mark.parametrize(("command", "option", "shown"), [
+    (("report",), "--since", "--since DATE"),
+    (("quarantine", "list"), "--since", "--since DATE"),
+    (("requests", "open"), "--received", "--received YYYY-MM-DD"),
+])
+def test_a_date_options_help_shows_its_form_not_nine_strftime_patterns(command, option, shown):
+    """`report --help` showed --since [%Y-%m-%d|%Y-%m-%dT%H:%M:%SZ|...] (ops review)."""
+    from conftest import gateway_cli
+    result = gateway_cli(Path("/nonexistent.toml"), *command, "--help")
+    assert result.returncode == 0 and shown in result.stdout and "%Y" not in result.stdout
