@@ -66,10 +66,11 @@ def sections(report: Report) -> list[Section]:
     counts = [((c.account or NO_ACCOUNT, c.rule), c.decision, c.count)
               for c in report.decisions]
     counts += [((c.account or NO_ACCOUNT, c.rule), "sent", c.count) for c in report.sent]
+    sent = sum(c.count for c in report.sent)
     return [
         Section(f"Recipient decisions: {totals['allow']} allowed, {totals['reject']} rejected, "
                 f"{totals['quarantine']} quarantined; "
-                f"{sum(c.count for c in report.sent)} copies sent (taken by the upstream, "
+                f"{sent} cop{'y' if sent == 1 else 'ies'} sent (taken by the upstream, "
                 "by the rule that allowed them; a released copy under its review's rule)",
                 ("account", "rule", "allowed", "rejected", "quarantined", "sent"),
                 _pivot(counts, (*DECISIONS, "sent"))),

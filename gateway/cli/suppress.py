@@ -80,7 +80,8 @@ def list_(state: CliState, as_json: bool) -> None:
             print_json([{"hash": e.hash.hex(), "created_at": e.created_at,
                          "channel": e.channel, "address": e.address} for e in entries])
             return
-        table = Table(title=f"{len(entries)} suppressed addresses")
+        table = Table(title=f"{len(entries)} suppressed address"
+                            f"{'' if len(entries) == 1 else 'es'}")
         for column in ("since", "channel", "address", "hash"):
             table.add_column(column, overflow="fold")  # wrapped, never cut with "…"
         for e in entries:

@@ -206,6 +206,7 @@ def test_suppress_add_list_remove(config: Path, tmp_path: Path):
     assert rule() == "R1"
     listed = json.loads(gateway_cli(config, "suppress", "list", "--json").stdout)
     assert [(e["address"], e["channel"]) for e in listed] == [("role@example.com", "manual")]
+    assert "1 suppressed address " in gateway_cli(config, "suppress", "list").stdout  # (centred)
     shown = json.loads(gateway_cli(config, "contacts", "show", "role@example.com",
                                    "--json").stdout)
     assert shown["suppressed"]["channel"] == "manual"
