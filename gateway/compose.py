@@ -107,7 +107,8 @@ class Composer:
                 utc_date(copy.received_at)))
             content = add_notice(content, notice)
             content = trace_field(copy.client_ip, s.hostname, copy.message_id,
-                                  copy.recipient, utc_date(copy.received_at)) + content
+                                  copy.recipient, utc_date(copy.received_at), copy.helo,
+                                  copy.protocol) + content
         except (UnsafeHeader, NoticeError) as exc:
             raise PermanentFailure(f"554 5.6.0 cannot make the copy compliant: {exc}") from exc
         if s.signer is not None:

@@ -361,7 +361,8 @@ class Flow:
 
     async def accept(self, *, account: Account, client_ip: str, mail_from: str,
                      verdicts: Sequence[tuple[str, RecipientVerdict]], content: bytes,
-                     received_at: float, smtputf8: bool = False) -> str:
+                     received_at: float, smtputf8: bool = False, helo: str = "",
+                     protocol: str = "ESMTP") -> str:
         """Decide what becomes of each accepted recipient's copy (queue, quarantine, or a
         refusal when X-Gateway-* headers narrowed the campaign), then commit all of it
         durably with the audit records (raises StoreError if it cannot), then deliver."""
@@ -411,7 +412,7 @@ class Flow:
             tuple(bounces.values()),
             tuple(self._audit_records(account, client_ip, verdicts, final)),
             tuple((r, v.contact_id, final[r].rule) for r, v in verdicts if r in deliver),
-            steering, smtputf8)
+            steering, smtputf8, helo, protocol)
         copies = await self.committer.submit(message)
         self.delivery.dispatch(copies)
         for h in held:

@@ -21,7 +21,7 @@ from gateway.smtp import replies
 from gateway.smtp.auth import Authenticator, AuthOutcome
 from gateway.smtp.server import GatewaySMTP
 from gateway.store.accounts import Account
-from gateway.transform.headers import HOP_LIMIT, too_many_hops
+from gateway.transform.headers import HOP_LIMIT, too_many_hops, trace_protocol
 
 log = logging.getLogger("gateway.smtp")
 
@@ -359,7 +359,9 @@ class GatewayHandler:
         accepting = asyncio.ensure_future(self.flow.accept(
             account=account, client_ip=server.client_ip, mail_from=envelope.mail_from,
             verdicts=decided, content=content, received_at=time.time(),
-            smtputf8=envelope.smtp_utf8))
+            smtputf8=envelope.smtp_utf8, helo=session.host_name or "",
+            protocol=trace_protocol(bool(envelope.smtp_utf8), server.tls_active,
+                                    bool(session.authenticated))))
         accepting.add_done_callback(_log_unanswered)
         try:
             queue_id = await asyncio.shield(accepting)

@@ -182,6 +182,11 @@ class GatewaySMTP(SMTP):
         self._trusted = False  # the client's address is in smtp.trusted_clients
 
     @property
+    def tls_active(self) -> bool:
+        """Whether the session went through STARTTLS (the Received field's `with`)."""
+        return self._tls_protocol is not None
+
+    @property
     def client_ip(self) -> str:
         return self._client_ip
 

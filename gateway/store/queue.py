@@ -79,6 +79,8 @@ class IncomingMessage:
     # kept with held copies: a release decides again with it (014_quarantine_steering)
     steering: tuple[str | None, str | None] = (None, None)
     smtputf8: bool = False  # the client's MAIL said SMTPUTF8: its copies go up with it
+    helo: str = ""  # the session's EHLO/HELO name and protocol, for the Received field
+    protocol: str = "ESMTP"  # (032_message_trace)
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ class Copy:
     queued_at: float = 0.0
     smtputf8: bool = False  # its message's MAIL said SMTPUTF8 (020_message_smtputf8)
     client_ip: str = ""  # who handed its message over (the trace field, RFC 5321 4.4)
+    helo: str | None = None  # its session's EHLO/HELO name and protocol (032_message_trace;
+    protocol: str | None = None  # None for a message stored before it)
 
 
 class SentMark(NamedTuple):
@@ -175,13 +179,14 @@ class QueueStore:
         claim_until = now + self.claim_seconds
         instance = self.instance_id
         stored = [(m.id, m.received_at, m.account, m.client_ip, m.mail_from, len(m.content),
-                   m.content, m.subject, m.smtputf8) for message in messages
+                   m.content, m.subject, m.smtputf8, m.helo, m.protocol) for message in messages
                   for m in (message, *message.bounces)]
         audit = [record.row(message.id) for message in messages for record in message.audit]
 
         def write(conn: sqlite3.Connection) -> list[list[Copy]]:
             insert_rows(conn, "INSERT INTO messages (id, received_at, account, client_ip,"
-                        " mail_from, size, content, subject, smtputf8)", stored)
+                        " mail_from, size, content, subject, smtputf8, helo, protocol)",
+                        stored)
             # the ids as SQLite would give them (AUTOINCREMENT: one past the highest ever
             # given, 011_delivery_ids), so that every copy is one multi-row insert, not one
             # statement (one GIL hand-off) each; nobody else writes inside this transaction
@@ -200,7 +205,7 @@ class QueueStore:
                                      claim_until, now, now, contact_id, rule))
                         copies.append(Copy(delivery_id, m.id, m.account, m.mail_from, rcpt,
                                            m.content, 0, m.received_at, contact_id, rule, now,
-                                           m.smtputf8, m.client_ip))
+                                           m.smtputf8, m.client_ip, m.helo, m.protocol))
                         delivery_id += 1
                 refused.extend((message.id, r.recipient, "failed", 0, now, r.error, now, now)
                                for r in message.refused)
@@ -330,7 +335,8 @@ class QueueStore:
         rows = await self.db.fetchall(
             "SELECT d.id, d.message_id, m.account, m.mail_from, d.recipient, m.content,"  # noqa: S608 - marks are "?" only
             " d.attempts, m.received_at, d.contact_id, d.rule, d.created_at, m.smtputf8,"
-            " m.client_ip FROM deliveries d JOIN messages m ON m.id = d.message_id"
+            " m.client_ip, m.helo, m.protocol FROM deliveries d"
+            " JOIN messages m ON m.id = d.message_id"
             f" WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at", ids)
         return [Copy(*tuple(row)) for row in rows]
 

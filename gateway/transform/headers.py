@@ -155,17 +155,34 @@ def utc_date(timestamp: float) -> str:
 
 
 def trace_field(client_ip: str, hostname: str, queue_id: str, recipient: str,
-                when: str) -> bytes:
+                when: str, helo: str | None = None, protocol: str | None = None) -> bytes:
     """The Received field a relay puts on top of what it passes on (RFC 5321 4.4: a MUST;
     the next hops count them against loops, and an operator greps the queue id):
-    `from [ip] ([ip]) by hostname with ESMTP id QUEUEID for <rcpt>; date`."""
+    `from helo ([ip]) by hostname with PROTOCOL id QUEUEID for <rcpt>; date`. The client's
+    EHLO name only as a plain host name or address literal (it is the client's text)."""
     literal = (f"[IPv6:{client_ip}]" if ":" in client_ip else f"[{client_ip}]"
                if client_ip.isascii() and client_ip.isprintable() and client_ip else "")
-    source = f"{literal} ({literal})" if literal else "unknown"
+    name = helo if helo and len(helo) <= 255 and _HELO_NAME.fullmatch(helo) else literal
+    source = f"{name} ({literal})" if literal else "unknown"
+    with_ = protocol if protocol in TRACE_PROTOCOLS else "ESMTP"
     to = (f" for <{recipient}>" if recipient.isascii() and recipient.isprintable()
           and " " not in recipient else "")  # (an address beyond ASCII: not in a 7-bit field)
-    return safe_field("Received", f"from {source} by {hostname} with ESMTP id {queue_id}{to};"
+    return safe_field("Received", f"from {source} by {hostname} with {with_} id {queue_id}{to};"
                                   f" {when}")
+
+
+# RFC 3848 and RFC 6531 7.1: what the session was (TLS: S, logged in: A)
+TRACE_PROTOCOLS = frozenset(f"{base}{tls}{auth}" for base in ("ESMTP", "UTF8SMTP")
+                            for tls in ("", "S") for auth in ("", "A"))
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# (each label after a dot: no two ways to split a name, so no backtracking on a long one)
+_HELO_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?|\[(?:IPv6:)?[0-9A-Fa-f:.]{{2,45}}\]")
+
+
+def trace_protocol(smtputf8: bool, tls: bool, authenticated: bool) -> str:
+    """The `with` of a Received field for a session (TRACE_PROTOCOLS)."""
+    return f"{'UTF8SMTP' if smtputf8 else 'ESMTP'}{'S' if tls else ''}" \
+           f"{'A' if authenticated else ''}"
 
 
 def set_unsubscribe(content: bytes, https_url: str, mailto: str) -> bytes:

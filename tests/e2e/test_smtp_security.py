@@ -84,7 +84,26 @@ def test_authenticated_client_over_starttls_gets_mail_through(make_gateway, sink
     assert s.cmd("DATA")[0] == 354
     code, text = s.cmd(message(subject="Over TLS") + b".")
     assert code == 250 and text.startswith("2.0.0 ")
-    assert b"Subject: Over TLS" in sink.wait_for(1)[0].content
+    copy = sink.wait_for(1)[0].content
+    assert b"Subject: Over TLS" in copy
+    # the session in the Received field: its EHLO name, TLS and AUTH (RFC 5321 4.4, RFC
+    # 3848); it said "from [127.0.0.1] ([127.0.0.1]) ... with ESMTP" (SMTP review)
+    assert copy.startswith(b"Received: from client.test ([127.0.0.1]) by gateway.test with "
+                           b"ESMTPSA id "), copy[:120]
+
+
+def test_the_received_field_says_esmtp_and_the_address_for_a_trusted_client(make_gateway,
+                                                                            sink: Sink):
+    gw = make_gateway()
+    s = RawSmtp(gw.smtp_port)
+    s.cmd("EHLO bad(name)")  # not a host name: left out, the address literal stands
+    assert s.cmd("MAIL FROM:<news@example.com>")[0] == 250
+    assert s.cmd("RCPT TO:<jane@example.net>")[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    assert s.cmd(message(subject="Trusted") + b".")[0] == 250
+    copy = sink.wait_for(1)[0].content
+    assert copy.startswith(b"Received: from [127.0.0.1] ([127.0.0.1]) by gateway.test with "
+                           b"ESMTP id "), copy[:120]
 
 
 def test_a_logged_in_session_follows_its_accounts_changes(make_gateway, sink: Sink):

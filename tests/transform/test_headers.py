@@ -93,3 +93,19 @@ def test_dates_the_gateway_writes_say_utc_not_an_unknown_zone():
     from gateway.transform.headers import utc_date
     assert utc_date(1700000000.0) == "Tue, 14 Nov 2023 22:13:20 +0000"
     assert email.utils.parsedate_to_datetime(utc_date(1700000000.0)).timestamp() == 1700000000
+
+
+def test_the_trace_field_names_the_clients_ehlo_and_the_protocol_and_nothing_else():
+    from gateway.transform.headers import trace_field, trace_protocol
+    when = "Sat, 28 Nov 2026 06:00:00 +0000"
+    assert trace_field("192.0.2.1", "gw.example", "Q1", "a@b.example", when, "tool.example",
+                       trace_protocol(False, True, True)) == (
+        b"Received: from tool.example ([192.0.2.1]) by gw.example with ESMTPSA id Q1"
+        b" for <a@b.example>; Sat, 28 Nov 2026 06:00:00 +0000\r\n")
+    assert trace_protocol(True, False, True) == "UTF8SMTPA"
+    for helo, protocol in (("evil\r\nX-Injected: 1", "ESMTP"), ("a b", "ESMTP\r\nX: y"),
+                           ("x" * 300, "nonsense"), ("a" * 250 + "!", None)):
+        line = trace_field("192.0.2.1", "gw.example", "Q1", "a@b.example", when, helo,
+                           protocol)
+        assert line.startswith(b"Received: from [192.0.2.1] ([192.0.2.1]) by gw.example with"
+                               b" ESMTP id Q1"), line
