@@ -202,9 +202,12 @@ def _decode(content: bytes, part: Part) -> tuple[str, str, str]:
     if not charset and part.content_type == "text/html":
         # no charset in the Content-Type: the document's own <meta charset>, as a reader
         # takes it (HTML's prescan, its first 1024 bytes); UTF-8 HTML so was held under M2
-        charset = _meta_charset(content[part.body_start:min(part.end,
-                                                            part.body_start + 4096)],
-                                encoding)
+        named = _meta_charset(content[part.body_start:min(part.end,
+                                                          part.body_start + 4096)],
+                              encoding)
+        # one this module can decode and write as it reads ASCII, else as before: a <meta>
+        # naming an unknown charset or UTF-16 held ASCII HTML that passed before (read again)
+        charset = named if named and _ascii_compatible(named) else ""
     charset = charset or "us-ascii"
     try:
         b"".decode(charset)  # unlike codecs.lookup, refuses codecs that are not text
