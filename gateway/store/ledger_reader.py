@@ -31,6 +31,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreError
@@ -64,8 +65,15 @@ class LedgerReader:
         log.debug("ledger reader process %d started", self._proc.pid)
 
     def command(self) -> list[str]:
-        """The reader process's command line."""
-        return [sys.executable, "-m", "gateway.store.ledger_reader", self.path]
+        """The reader process's command line: the code this process runs, from where it was
+        imported. `python -m` would put the working directory first on sys.path, so a
+        `gateway` folder there (a checkout after a `git pull` the install did not follow, or
+        a directory others can write to) would be the reader's code; -P leaves it out and
+        the package's own root goes first."""
+        root = str(Path(__file__).resolve().parents[2])
+        start = (f"import sys; sys.path.insert(0, {root!r}); "
+                 "from gateway.store.ledger_reader import main; sys.exit(main())")
+        return [sys.executable, "-P", "-c", start, self.path]
 
     async def read(self, keys: Sequence[tuple[bytes, str]]) -> list[list[list[Any]]]:
         """The facts_sql documents of `keys` (one per chunk of BATCH_LIMIT keys), parsed."""
