@@ -289,6 +289,11 @@ _SECTION_TYPES: dict[str, type] = {
 }
 
 
+_SERVICE_LINK = re.compile(
+    r"service_host|service_port(_\w+)?|port(_\d+_(tcp|udp|sctp)(_(proto|port|addr))?)?")
+_SERVICE_URL = re.compile(r"(tcp|udp|sctp)://")
+
+
 def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> dict[str, str]:
     """GATEWAY_SMTP_LISTEN=... overrides [smtp] listen. A text setting takes the value as it
     is (a secret of digits stays text, quotes stay quotes); numbers, true/false and lists are
@@ -311,6 +316,12 @@ def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> dict[s
                                   f"GATEWAY_{near[0].upper()}_{key.upper()}?")
             continue
         known = {f.name for f in dataclasses.fields(_SECTION_TYPES[section])}
+        if _SERVICE_LINK.fullmatch(key) and (key not in known or _SERVICE_URL.match(text)):
+            # what Kubernetes (enableServiceLinks, on by default) and Docker links put in
+            # every pod for a Service named gateway-smtp, gateway-http, gateway-delivery...:
+            # GATEWAY_SMTP_SERVICE_HOST, GATEWAY_DELIVERY_PORT=tcp://10.0.0.3:25. Not ours
+            # (GATEWAY_DELIVERY_PORT=587 still is)
+            continue
         if key not in known:
             raise ConfigError(f"{name}: [{section}] has no key {key!r} (known: "
                               f"{', '.join(sorted(known))})")

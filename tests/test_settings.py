@@ -202,6 +202,30 @@ def test_a_near_miss_in_an_environment_override_is_an_error_naming_it(tmp_path: 
         assert load_settings(None, environ={other: "x"}).smtp.processes >= 1, other
 
 
+def _service_links(service: str, ip: str, port: int) -> dict[str, str]:
+    """What Kubernetes' service links (enableServiceLinks, on by default) put in every pod of
+    the namespace for a Service."""
+    prefix = service.upper().replace("-", "_")
+    url = f"tcp://{ip}:{port}"
+    return {f"{prefix}_SERVICE_HOST": ip, f"{prefix}_SERVICE_PORT": str(port),
+            f"{prefix}_SERVICE_PORT_SMTP": str(port), f"{prefix}_PORT": url,
+            f"{prefix}_PORT_{port}_TCP": url, f"{prefix}_PORT_{port}_TCP_PROTO": "tcp",
+            f"{prefix}_PORT_{port}_TCP_PORT": str(port), f"{prefix}_PORT_{port}_TCP_ADDR": ip}
+
+
+@pytest.mark.parametrize("service, port", [("gateway-smtp", 2525), ("gateway-http", 8025),
+                                           ("gateway-delivery", 25)])
+def test_kubernetes_service_links_of_a_service_named_gateway_are_no_overrides(service, port):
+    """A Service named gateway-smtp made GATEWAY_SMTP_SERVICE_HOST, and every command
+    stopped on '[smtp] has no key service_host'; gateway-delivery's
+    GATEWAY_DELIVERY_PORT=tcp://... was read as delivery.port."""
+    settings = load_settings(None, environ=_service_links(service, "10.96.0.12", port + 1))
+    assert settings.delivery.port == 25
+    assert settings.smtp.listen == "127.0.0.1:2525"
+    # a real override by the same name still is one
+    assert load_settings(None, environ={"GATEWAY_DELIVERY_PORT": "587"}).delivery.port == 587
+
+
 @pytest.mark.parametrize("key, text, expected", [
     ("SMTP_TLS_SELF_SIGNED", "False", "true or false, in lower case"),
     ("DELIVERY_PORT", "twenty-five", "a whole number, such as 30"),
