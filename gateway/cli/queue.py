@@ -37,6 +37,9 @@ def _when(ts: float) -> str:
     return when(ts, seconds=True)
 
 
+TABLE_ROWS = 1000  # entries in the table unless --limit says otherwise
+
+
 @click.group()
 def queue() -> None:
     """The durable delivery queue: one entry per recipient copy."""
@@ -45,23 +48,27 @@ def queue() -> None:
 @queue.command("list")
 @click.option("--failed", is_flag=True, help="Only copies that failed permanently.")
 @click.option("--all", "show_all", is_flag=True, help="Include copies already sent.")
-@click.option("--limit", type=ROW_ID, default=1000, show_default=True,
-              help="Show at most this many entries (those to send first).")
+@click.option("--limit", type=ROW_ID,
+              help=f"At most this many entries, those to send first (default: {TABLE_ROWS} "
+                   "in the table, all with --json).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def list_(state: CliState, failed: bool, show_all: bool, limit: int, as_json: bool) -> None:
+def list_(state: CliState, failed: bool, show_all: bool, limit: int | None,
+          as_json: bool) -> None:
     """Copies waiting (queued, deferred), oldest first, then those failed (or sent, with
     --all), newest first."""
     states: tuple[str, ...] = ("failed",) if failed else (
         ("queued", "deferred", "failed", "sent") if show_all else ("queued", "deferred", "failed"))
 
     async def body() -> None:
+        # a script counting the backlog or retrying every failure got 1,000 silently
+        shown = limit or (None if as_json else TABLE_ROWS)
         async with open_queue(state) as q:
-            entries = await q.list(states, limit=limit + 1)
-        more = len(entries) > limit
-        entries = entries[:limit]
+            entries = await q.list(states, limit=-1 if shown is None else shown + 1)
+        more = shown is not None and len(entries) > shown
+        entries = entries[:shown]
         if more:  # said on stderr: the JSON on stdout stays a plain list
-            click.echo(f"only {limit} queue entries are shown (those to send first, then "
+            click.echo(f"only {shown} queue entries are shown (those to send first, then "
                        "the newest finished): there are more (--limit)", err=True)
         if as_json:
             print_json([e.as_json() for e in entries])

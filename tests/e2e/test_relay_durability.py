@@ -8,6 +8,11 @@ import smtplib
 import sqlite3
 import stat
 
+import pytest
+from click.testing import CliRunner
+
+from gateway.cli import main
+
 from conftest import Sink, free_port, message, wait_until, without_gateway_fields
 
 BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
@@ -134,6 +139,16 @@ def test_queue_retry_and_delete_steer_single_entries(make_gateway):
     assert len(entries) >= 1
     limited = gw.cli("queue", "list", "--json", "--limit", "1")  # silently 1,000 before
     assert len(json.loads(limited.stdout)) == 1 and "(--limit)" in limited.stderr
+    # the table stops at its page; --json without --limit is every entry, as `quarantine
+    # list --json` (a script counting the backlog got 1,000 of them, the cut on stderr only)
+    runner = CliRunner()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("gateway.cli.queue.TABLE_ROWS", 1)
+        table = runner.invoke(main, ["--config", str(gw.config), "queue", "list"])
+        whole = runner.invoke(main, ["--config", str(gw.config), "queue", "list", "--json"])
+    assert table.exit_code == 0 and "only 1 queue entries" in table.stderr, table.output
+    assert whole.exit_code == 0 and "(--limit)" not in whole.stderr
+    assert len(json.loads(whole.stdout)) == len(listing) == 2
     deleted = gw.cli("queue", "delete", str(by_rcpt["b@example.net"]), "--operator", "ops")
     assert deleted.returncode == 0 and "ops" in deleted.stdout
     assert gw.cli("queue", "delete", "999999").returncode == 1
