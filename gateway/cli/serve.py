@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -20,6 +22,14 @@ def _banner(gateway: object) -> None:
     where, tls = gateway.delivery_target(), gateway.tls_description()
     host = s.smtp.listen.rpartition(":")[0]
     port = s.smtp.listen.rpartition(":")[2]
+    # the commands below reach this store only with this config: `gateway accounts add` as
+    # printed made its account in ./var/gateway.db, and the swaks test got 535
+    gw = "gateway"
+    if s.source != "embedded defaults" and os.environ.get("GATEWAY_CONFIG") != s.source:
+        gw = f"gateway --config {shlex.quote(str(Path(s.source).absolute()))}"
+    # AUTH is offered after STARTTLS only (or in clear on loopback when allowed): with no
+    # TLS the banner's AUTH test got 'Host did not advertise authentication'
+    auth = gateway.tls is not None or s.smtp.allow_plain_auth_on_loopback
     lines = [
         f"gateway ready (config: {s.source})",
         f"  SMTP  {s.smtp.listen}  {tls}",
@@ -29,15 +39,21 @@ def _banner(gateway: object) -> None:
         + (f"  ({s.smtp.processes} processes)" if s.smtp.processes > 1 else ""),
         f"  mail goes to {where}",
         "Send a test message (recipients must be in the contact ledger, else R2 refuses them):",
-        "  gateway accounts add demo --from-domain example.com   # choose a strong password",
-        "  gateway contacts import config/contacts.example.csv   # a sample ledger"
+        f"  {gw} accounts add demo --from-domain example.com   # choose a strong password",
+        f"  {gw} contacts import config/contacts.example.csv   # a sample ledger"
         if Path("config/contacts.example.csv").is_file() else
-        "  gateway contacts import contacts.csv   # your ledger (columns: --help)",
-        "  gateway check --account demo --to someone@example.net # what would happen, and why",
-        # swaks checks no certificate unless told to (--tls-verify takes no value: given
-        # "0", swaks refused the whole command line)
+        f"  {gw} contacts import contacts.csv   # your ledger (columns: --help)",
+        f"  {gw} check --account demo --to someone@example.net # what would happen, and why",
+    ]
+    if not auth:
+        lines.append("  # no AUTH without TLS: list your client's address in [smtp] "
+                     'trusted_clients with account = "demo", then')
+    # swaks checks no certificate unless told to (--tls-verify takes no value: given "0",
+    # swaks refused the whole command line)
+    lines += [
         f"  swaks --server {_reachable(host)} --port {port}"
-        f"{' --tls' if gateway.tls is not None else ''} --auth-user demo \\",
+        f"{' --tls' if gateway.tls is not None else ''}"
+        f"{' --auth-user demo' if auth else ''} \\",
         "        --from you@example.com --to someone@example.net",
         "Stop with Ctrl-C or SIGTERM (drains sessions and deliveries first).",
     ]

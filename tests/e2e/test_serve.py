@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import socket
 import sqlite3
@@ -85,6 +86,19 @@ def test_newcomer_runs_serve_with_no_config_at_all(tmp_path: Path):
     assert "swaks --server 127.0.0.1 --port 2525 --tls --auth-user demo \\\n" in out
     assert "Session.login_data" not in out
     assert (tmp_path / "var" / "gateway.db").exists()
+
+
+def test_the_banners_commands_name_its_config_and_no_auth_it_cannot_offer(make_gateway):
+    """Started with --config, the banner printed `gateway accounts add demo ...`: the account
+    went to ./var/gateway.db and the swaks test got 535. With no TLS (and no clear-text AUTH
+    on loopback) it printed an AUTH test the server cannot offer (docs review)."""
+    gw = make_gateway(smtp_extra="tls_self_signed = false")
+    config = shlex.quote(str(gw.config.absolute()))
+    for command in ("accounts add demo", "contacts import", "check --account demo"):
+        assert f"gateway --config {config} {command}" in gw.output, gw.output
+    assert "--auth-user" not in gw.output
+    assert "trusted_clients" in gw.output
+    assert f"swaks --server 127.0.0.1 --port {gw.smtp_port} \\\n" in gw.output
 
 
 def test_the_banners_test_command_fits_a_gateway_without_tls(make_gateway):
