@@ -69,7 +69,8 @@ def timed(config: Path, *args: str, runs: int = 5) -> tuple[float, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--entries", type=int, default=100_000,
+                        help="held copies in the store (default: 100,000)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="quarantine-bench-") as tmp:
         db_path = Path(tmp) / "gateway.db"

@@ -198,7 +198,8 @@ def add(state: CliState, name: str, from_domains: tuple[str, ...], category: str
 @click.argument("name")
 @click.option("--from-domain", "from_domains", multiple=True,
               help="Replace the allowed From domains (repeat for several).")
-@click.option("--category", type=click.Choice(CATEGORIES))
+@click.option("--category", type=click.Choice(CATEGORIES),
+              help="Prospecting mail (marketing) or transactional mail.")
 @click.option("--topics", help='Replace the campaign topics ("a;b"; "" clears).')
 @click.option("--product-categories", help='Replace the product categories ("" clears).')
 @click.option("--notify-url", help='Replace the unsubscribe notification URL ("" clears).')

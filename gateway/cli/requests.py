@@ -38,7 +38,9 @@ OLDEST_RECEIVED_DAYS = 2 * 365  # a request recorded late: the deadline is long 
 
 @requests.command("open")
 @click.argument("email", type=ADDRESS)
-@click.option("--kind", type=click.Choice(KINDS), required=True)
+@click.option("--kind", type=click.Choice(KINDS), required=True,
+              help="access (GDPR 15), erasure (GDPR 17) or objection (GDPR 21: applied at "
+                   "once).")
 @click.option("--received", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
               help="When the request was received (default: now); the month runs from it.")
 @click.pass_obj

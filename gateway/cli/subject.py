@@ -107,7 +107,8 @@ address. An address the store knows nothing about still gets its answer saying s
 @subject.command(help=EXPORT_HELP)
 @click.argument("email", type=ADDRESS)
 @click.option("--format", "fmt", type=click.Choice(["json", "text"]), default="json",
-              show_default=True)
+              show_default=True,
+              help="json: every record, for a program; text: the letter to the person.")
 @click.option("--language", type=click.Choice(LANGUAGES),
               help="Language of the text form (default: the contact's, else "
                    "controller.default_language).")
