@@ -31,7 +31,7 @@ _INVALID_CONSENT = re.compile(
     r"|(?:ticked|checked|selected|filled|coch[eé]e?s?|s[eé]lectionn[eé]e?s?)"
     r" (?:in advance|beforehand|[aà] l avance|d avance|(?:by|par) (?:d[eé]faut|default)))"
     r"|(?P<default>(?:by |par )?(?:d[eé]faut|default))"
-    r"|opt ?out|terms|conditions|ts? ?& ?cs?|ts? ?and ?cs?|tos|cgus?|cgvs?|eulas?|bundled)\b")
+    r"|opt ?out(?! (?:links?|liens?)\b)|terms|conditions|ts? ?& ?cs?|ts? ?and ?cs?|tos|cgus?|cgvs?|eulas?|bundled)\b")
 # Consent read into conduct is no consent either (GDPR recital 32; CNIL: continuing to
 # browse is not consent), nor being opted in automatically or a box ticked for the person.
 _TACIT_CONSENT = re.compile(
@@ -54,6 +54,21 @@ _PASSIVE_CONSENT = re.compile(
     r"|privacy (?:policy|notice) accept\w*"
     r"|politique de confidentialit[eé] accept[eé]\w*"
     r"|accept\w* (?:de )?(?:la )?politique de confidentialit[eé])\b")
+# Another legal basis named as the "consent" (a soft opt-in is R7's, a legitimate interest
+# R8's, each with conditions of its own), or a method saying there was none (rules review:
+# "soft opt-in", "legitimate interest (B2B)", "pas de consentement" all passed R6).
+_NO_CONSENT = re.compile(
+    r"\b(?:soft ?opt ?in|legitimate interests?|int[eé]r[eê]ts? l[eé]gitimes?"
+    r"|(?:no|without|sans|aucun|pas de|never) (?:prior |pr[eé]alable )?consent\w*"
+    r"(?! (?:pr[eé]sum|presum|implic|implie|tacit))"
+    r"|(?:consent\w* )?(?:refused|declined|withdrawn|revoked|refus[eé]e?s?|retir[eé]e?s?"
+    r"|r[eé]voqu[eé]e?s?)|unsubscribed|d[eé]sinscri\w*|d[eé]sabonn\w*)\b")
+# A purchase or a customer relationship is the soft opt-in's ground, not consent, when it
+# is all the method says ("existing customer", "purchase"); "opt-in box ticked at purchase"
+# is a consent given at a purchase.
+_CUSTOMER_GROUND = re.compile(
+    r"\b(?:existing (?:customer|client)|client existant|customer relationship"
+    r"|relation client\w*|purchas\w*|achat\w*|ordered|order|commande\w*)\b")
 _POSITIVE_ACT = re.compile(
     r"\b(?:opt ?in|opted ?in|double opt\w*|click\w*|confirm\w*|sign(?:ed)? ?up|signup"
     r"|subscrib\w*|inscri\w*|souscri\w*|(?:ticked|checked|selected|coch[eé]e?s?) (?:by|par)"
@@ -97,8 +112,12 @@ def invalid_consent_method(method: str | None) -> bool:
         return True
     if any(not _denied(words, found.start(), 3) for found in _TACIT_CONSENT.finditer(words)):
         return True
-    return not _POSITIVE_ACT.search(words) and any(
-        not _denied(words, found.start(), 3) for found in _PASSIVE_CONSENT.finditer(words))
+    if _NO_CONSENT.search(words):
+        return True
+    return not _POSITIVE_ACT.search(words) and (
+        _CUSTOMER_GROUND.search(words) is not None
+        or any(not _denied(words, found.start(), 3)
+               for found in _PASSIVE_CONSENT.finditer(words)))
 
 
 # what a check of the address (not a box) is said of, two words either side

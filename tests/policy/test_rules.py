@@ -288,6 +288,17 @@ def test_recipients_with_the_same_outcome_share_one_decision():
     ("consentement explicite (pas de consentement présumé)", True),
     ("no presumed consent", True), ("privacy policy accepted", False),
     ("consentement présumé", False), ("case cochée pour l'utilisateur", False),
+    # another legal basis, or no consent at all, named as the method (rules review: each
+    # passed R6, and skipped R7's or R8's conditions)
+    ("soft opt-in", False), ("legitimate interest", False),
+    ("legitimate interest (B2B)", False), ("intérêt légitime", False),
+    ("existing customer", False), ("client existant", False), ("purchase", False),
+    ("no consent", False), ("pas de consentement", False), ("sans consentement", False),
+    ("refused", False), ("declined", False), ("withdrawn", False), ("unsubscribed", False),
+    ("consent withdrawn", False), ("consentement retiré", False),
+    # ... but a consent given at a purchase is one, and an opt-out link is no opt-out box
+    ("opt-in checkbox ticked at purchase", True), ("double opt-in after first order", True),
+    ("newsletter signup form (opt-out link in each email)", True),
 ])
 def test_a_consent_method_naming_a_ticked_box_or_the_terms_is_not_consent(method, valid):
     """consent_method is free text: "pre-ticked box" or "accepted T&C" is no more consent
