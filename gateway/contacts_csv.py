@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from typing import NamedTuple, TextIO
 
 from gateway.addresses import normalize_address, person_form
-from gateway.model import AUDIENCES, CONSENTS, KINDS, RELATIONSHIPS, SOURCE_TYPES, VISIBILITIES
+from gateway.model import (
+    AUDIENCES,
+    CONSENTS,
+    KINDS,
+    RELATIONSHIPS,
+    SOURCE_TYPES,
+    VISIBILITIES,
+    tag_key,
+)
 
 COLUMNS = (
     "email", "kind", "audience", "relationship", "language", "first_name", "last_name",
@@ -132,7 +140,7 @@ def _text(text: str, column: str, limit: int = MAX_TEXT) -> str:
 def _tags(text: str, column: str) -> tuple[str, ...]:
     tags: list[str] = []
     for item in text.split(";"):
-        tag = _text(item.strip().lower(), column, MAX_TAG)
+        tag = _text(tag_key(item), column, MAX_TAG)
         if tag and tag not in tags:
             tags.append(tag)
     return tuple(tags)

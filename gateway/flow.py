@@ -27,6 +27,7 @@ from gateway.model import (
     PolicyKnobs,
     RecipientFacts,
     Verdict,
+    tag_key,
 )
 from gateway.policy import chain
 from gateway.policy.message import decide_message, m1_from_domain
@@ -107,8 +108,8 @@ def campaign_of(account: Account) -> Campaign:
     """The account's campaign (cached: it is asked on every RCPT; an updated account is
     another Account value, so it is never stale)."""
     return Campaign(account.name, account.category,
-                    frozenset(t.lower() for t in account.topics),
-                    frozenset(c.lower() for c in account.product_categories))
+                    frozenset(tag_key(t) for t in account.topics),
+                    frozenset(tag_key(c) for c in account.product_categories))
 
 
 class Decider:

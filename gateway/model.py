@@ -7,6 +7,7 @@ builds them; the flow carries them from RCPT to DATA.
 from __future__ import annotations
 
 import enum
+import unicodedata
 from dataclasses import dataclass, field
 
 KINDS = ("person", "role")
@@ -81,6 +82,13 @@ class Contact:
     informed_version: str | None = None
     retention_expired_at: float | None = None  # when R4 first refused it (marked for purge)
     id: int | None = None
+
+
+def tag_key(text: str) -> str:
+    """A topic or product category as it is compared: trimmed, NFC, lower case. "Études"
+    written decomposed (e + U+0301, as a macOS export writes it) is the same topic as the
+    composed one (rules review: it was R10, "campaign topics unrelated")."""
+    return unicodedata.normalize("NFC", text.strip()).lower()
 
 
 @dataclass(frozen=True)

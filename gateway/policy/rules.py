@@ -31,7 +31,8 @@ _INVALID_CONSENT = re.compile(
     r"|(?:ticked|checked|selected|filled|coch[eé]e?s?|s[eé]lectionn[eé]e?s?)"
     r" (?:in advance|beforehand|[aà] l avance|d avance|(?:by|par) (?:d[eé]faut|default)))"
     r"|(?P<default>(?:by |par )?(?:d[eé]faut|default))"
-    r"|opt ?out(?! (?:links?|liens?)\b)|terms|conditions|ts? ?& ?cs?|ts? ?and ?cs?|tos|cgus?|cgvs?|eulas?|bundled)\b")
+    r"|opt ?out(?! (?:links?|liens?)\b)"
+    r"|terms|conditions|ts? ?& ?cs?|ts? ?and ?cs?|tos|cgus?|cgvs?|eulas?|bundled)\b")
 # Consent read into conduct is no consent either (GDPR recital 32; CNIL: continuing to
 # browse is not consent), nor being opted in automatically or a box ticked for the person.
 _TACIT_CONSENT = re.compile(

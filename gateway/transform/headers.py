@@ -10,6 +10,8 @@ from email.errors import MessageError
 from email.header import decode_header, make_header
 from email.utils import formatdate, parsedate_to_datetime
 
+from gateway.model import tag_key
+
 # RFC 5322 3.6.4: one msg-id <left@right>, no blank, one @, with comments (CFWS) around it
 # ("<a@b> <c@d> junk" and "<x@y@z>" are not); a folded field is unfolded with a blank
 _COMMENTS = r"\s*(?:\([^()]*\)\s*)*"
@@ -103,8 +105,15 @@ def display_subject(content: bytes, limit: int = 200) -> str:
 
 
 def tag_list(value: str) -> frozenset[str]:
-    """ "a; B ;c" -> {"a", "b", "c"}: the X-Gateway-* list syntax, like the CSV's."""
-    return frozenset(t.strip().lower() for t in value.split(";") if t.strip())
+    """ "a; B ;c" -> {"a", "b", "c"}: the X-Gateway-* list syntax, like the CSV's. RFC 2047
+    encoded words are decoded first (what Python's email.header writes for "Études": the
+    topic was "=?utf-8?b?...?=", R10 for every recipient)."""
+    if "=?" in value:
+        try:
+            value = str(make_header(decode_header(value)))
+        except (ValueError, LookupError, UnicodeError, MessageError):
+            pass
+    return frozenset(tag_key(t) for t in value.split(";") if t.strip())
 
 
 UNSUBSCRIBE = "list-unsubscribe"
