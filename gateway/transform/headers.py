@@ -110,9 +110,11 @@ def tag_list(value: str) -> frozenset[str]:
     topic was "=?utf-8?b?...?=", R10 for every recipient)."""
     if "=?" in value:
         try:
-            value = str(make_header(decode_header(value)))
+            decoded = str(make_header(decode_header(value)))
         except (ValueError, LookupError, UnicodeError, MessageError):
             pass
+        else:  # an encoded CR, LF or escape is no part of a topic (it is stored, and shown)
+            value = "".join(c if c.isprintable() else " " for c in decoded)
     return frozenset(tag_key(t) for t in value.split(";") if t.strip())
 
 

@@ -35,6 +35,7 @@ def test_an_encoded_word_header_names_the_same_topic():
     assert tag_list(f"{DECOMPOSED}; CRM ") == {COMPOSED, "crm"}
     assert steering_of([("x-gateway-campaign-topics", encoded)]) == (COMPOSED, None)
     assert tag_list("=?bogus?q?x?=; crm") == {"=?bogus?q?x?=", "crm"}  # undecodable: as is
+    assert tag_list("=?utf-8?q?crm=0D=0A=1B;hr?=") == {"crm", "hr"}  # no control character
 
 
 def test_an_accounts_decomposed_topic_meets_the_contacts_composed_one():
