@@ -277,7 +277,8 @@ def _ascii(value: str, limit: int) -> str:
 
 
 def _clip(value: str, max_octets: int) -> str:
-    return value.encode("utf-8")[:max_octets].decode("utf-8", "ignore")
+    # "replace": a lone surrogate (a reply decoded with surrogateescape) must not stop the DSN
+    return value.encode("utf-8", "replace")[:max_octets].decode("utf-8", "ignore")
 
 
 def _bare_address(address: str) -> str:

@@ -373,6 +373,10 @@ def _classify(exc: BaseException, remote_mta: str | None = None) -> Exception:
         exc = exc.recipients[0]
     code = getattr(exc, "code", None)
     message = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
+    # aiosmtplib decodes replies with surrogateescape: a Latin-1 byte ("inconnu \xe9")
+    # stays a lone surrogate, which neither the DSN nor SQLite can encode. Cleaned once
+    # here, so the 5xx fails with its DSN and the 4xx is stored as last_error
+    message = message.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     text = f"{code} {message}" if isinstance(code, int) else message
     if isinstance(exc, aiosmtplib.SMTPSenderRefused) and code in GATEWAY_SIDE_REFUSALS:
         # the upstream wants AUTH (or TLS for it) from the gateway: its settings, not this

@@ -217,3 +217,10 @@ def test_header_fields_in_utf8_are_returned_as_global_headers_and_need_smtputf8(
     plain = dsn()
     assert b"text/rfc822-headers" in plain and not needs_smtputf8(plain)
     assert needs_smtputf8(dsn(mail_from="jörg@example.net"))  # its own To: in UTF-8
+
+
+def test_a_diagnostic_with_a_lone_surrogate_still_makes_a_dsn():
+    # a reply decoded with surrogateescape: the byte is replaced, the DSN is written
+    raw = dsn(diagnostic="550 5.1.1 Destinataire inconnu \udce9")
+    assert recipient_fields(raw)["Diagnostic-Code"].startswith(
+        "smtp; 550 5.1.1 Destinataire inconnu")
