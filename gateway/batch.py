@@ -2,14 +2,18 @@
 
 The batch grows with the load and a lone item is never delayed: one transaction (one fsync)
 serves every message accepted, or every copy sent, meanwhile. Each submitter waits for the
-write that holds its item, so nobody is told "done" before the commit.
+write that holds its item, so nobody is told "done" before the commit. An item the write
+cannot take fails alone: the others of its batch are written again, each on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
+
+from gateway.errors import StoreError
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -52,8 +56,13 @@ class GroupCommitter(Generic[Item, Result]):
                 batch, self._waiting = self._waiting, []
                 try:
                     results = await self._write([item for item, _ in batch])
-                except Exception as exc:  # every submitter of this batch sees the failure
-                    for _, future in batch:
+                except Exception as exc:
+                    if len(batch) > 1 and not _store_wide(exc):
+                        # one item the write could not take (text SQLite cannot bind, a
+                        # bug): each is written alone, so only that one's submitter fails
+                        await self._write_each(batch)
+                        continue
+                    for _, future in batch:  # every submitter of this batch sees the failure
                         if not future.done():
                             future.set_exception(exc)
                     continue
@@ -62,3 +71,21 @@ class GroupCommitter(Generic[Item, Result]):
                         future.set_result(result)
         finally:
             self._draining = False
+
+    async def _write_each(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        for item, future in batch:
+            try:
+                [result] = await self._write([item])
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            if not future.done():
+                future.set_result(result)
+
+
+def _store_wide(exc: Exception) -> bool:
+    """A failure of the store itself (locked, full, read-only, I/O: sqlite3.OperationalError
+    under StoreError), which every item would meet again: not retried item by item."""
+    return isinstance(exc, StoreError) and (
+        exc.__cause__ is None or isinstance(exc.__cause__, sqlite3.OperationalError))

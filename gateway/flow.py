@@ -47,6 +47,7 @@ from gateway.transform.headers import (
     header_end,
     tag_list,
     take_fields,
+    trace_name,
 )
 from gateway.transform.lines import normalize_crlf
 
@@ -413,7 +414,7 @@ class Flow:
             tuple(bounces.values()),
             tuple(self._audit_records(account, client_ip, verdicts, final)),
             tuple((r, v.contact_id, final[r].rule) for r, v in verdicts if r in deliver),
-            steering, smtputf8, helo, protocol)
+            steering, smtputf8, trace_name(helo), protocol)
         copies = await self.committer.submit(message)
         self.delivery.dispatch(copies)
         for h in held:

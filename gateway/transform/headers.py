@@ -173,13 +173,20 @@ def trace_field(client_ip: str, hostname: str, queue_id: str, recipient: str,
     EHLO name only as a plain host name or address literal (it is the client's text)."""
     literal = (f"[IPv6:{client_ip}]" if ":" in client_ip else f"[{client_ip}]"
                if client_ip.isascii() and client_ip.isprintable() and client_ip else "")
-    name = helo if helo and len(helo) <= 255 and _HELO_NAME.fullmatch(helo) else literal
+    name = trace_name(helo) or literal
     source = f"{name} ({literal})" if literal else "unknown"
     with_ = protocol if protocol in TRACE_PROTOCOLS else "ESMTP"
     to = (f" for <{recipient}>" if recipient.isascii() and recipient.isprintable()
           and " " not in recipient else "")  # (an address beyond ASCII: not in a 7-bit field)
     return safe_field("Received", f"from {source} by {hostname} with {with_} id {queue_id}{to};"
                                   f" {when}")
+
+
+def trace_name(helo: str | None) -> str:
+    """The client's EHLO/HELO name if it is a plain host name or address literal, else "":
+    what a Received field names and what is stored with the message (a name with bytes that
+    were not UTF-8, a lone surrogate from aiosmtpd, could not even be written to SQLite)."""
+    return helo if helo and len(helo) <= 255 and _HELO_NAME.fullmatch(helo) else ""
 
 
 # RFC 3848 and RFC 6531 7.1: what the session was (TLS: S, logged in: A)
