@@ -59,6 +59,7 @@ log = logging.getLogger("gateway")
 
 HOUSEKEEPING_SECONDS = 60.0
 DRAIN_SECONDS = 30.0  # a stop waits this long for messages in progress and copies in flight
+COMMIT_WAIT_SECONDS = 6.0  # a stop waits this long for a message commit (busy store: 5 s)
 RETENTION_EVERY_SECONDS = 86400.0  # R4's purge: daily (the first a day after the first start)
 SWITCH_INTERVAL = 0.0005
 WEBHOOK_EVENTS_KEPT_SECONDS = 86400.0  # a replay is refused by its signature's age after 300 s
@@ -434,6 +435,13 @@ class Gateway:
                             len(self.sessions), time.monotonic() - began)
                 for session in list(self.sessions):
                     session.close_for_stop(idle_only=False)
+            # a session whose message is being committed gets its DATA reply, then the 421
+            # (close_for_stop): waited for, bounded (a commit behind a busy store waits up
+            # to its 5 s busy timeout), so the stop does not close the store under it
+            for _ in range(round(COMMIT_WAIT_SECONDS / 0.05)):
+                if not any(session.committing for session in self.sessions):
+                    break
+                await asyncio.sleep(0.05)
             self._smtp.close()
         if self._housekeeping is not None:
             self._housekeeping.cancel()

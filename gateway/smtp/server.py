@@ -177,6 +177,7 @@ class GatewaySMTP(SMTP):
         self._client_key = ""  # gateway.peers.client_key: what the per-IP cap counts
         self._idle_deadline = 0.0  # see _reset_timeout
         self._committing = False  # the end of DATA is ours to answer: not the client idling
+        self._stop_after_reply = False  # a stop came while committing: see close_for_stop
         self._abort_handle: asyncio.TimerHandle | None = None  # see _abort_later
         self._errors = 0  # 4xx/5xx answers to a client not logged in (push)
         self._trusted = False  # the client's address is in smtp.trusted_clients
@@ -507,9 +508,17 @@ class GatewaySMTP(SMTP):
         """A stop: say 421 (RFC 5321 3.8) and close, now. `idle_only`: only a session
         between transactions (a client that keeps its connection open for the next message:
         the drain would otherwise wait its whole time for it); one in a transaction is left
-        to finish its message. Whether it was closed."""
+        to finish its message. Whether it was closed.
+
+        A session whose message is being committed is not closed now, whatever `idle_only`:
+        its DATA reply (250, or 451 if the commit fails) goes out first, then the 421. A 421
+        now, with the shielded commit going on, and the client would send the message again,
+        delivered twice (as `_idle_check` guards too); `committing` tells the stop to wait."""
         transport = self.transport
         if transport is None or transport.is_closing():
+            return False
+        if self._committing:
+            self._stop_after_reply = True
             return False
         envelope = self.envelope
         if idle_only and envelope is not None and envelope.mail_from is not None:
@@ -519,6 +528,24 @@ class GatewaySMTP(SMTP):
             self._handler_coroutine.cancel()
         self._close_now()
         return True
+
+    @property
+    def committing(self) -> bool:
+        """Its message is being committed: the client waits for the DATA reply."""
+        return self._committing
+
+    def _close_after_reply(self) -> None:
+        """The stop that came while committing (close_for_stop): 421 and close, now that the
+        DATA reply is written; nothing the client pipelined after it is read."""
+        self._stop_after_reply = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(replies.SHUTTING_DOWN.encode() + b"\r\n")  # type: ignore[attr-defined]
+        self._reader.stop()  # type: ignore[attr-defined]
+        self._close_now()
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
 
     async def push(self, status: str | bytes) -> None:
         raw = status.encode("utf-8") if isinstance(status, str) else status
@@ -544,6 +571,8 @@ class GatewaySMTP(SMTP):
             self._errors = 0
         raw = replies.AIOSMTPD_REWRITES.get(raw, raw)
         await super().push(replies.with_enhanced_code(raw) if raw[:1] in b"45" else raw)
+        if self._stop_after_reply and not self._committing:  # that was the DATA reply
+            self._close_after_reply()
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, BareNewline):
