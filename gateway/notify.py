@@ -139,10 +139,12 @@ class Notifier:
         try:
             if error is not None:
                 raise ConnectionRefusedError(error)
-            answer = await self._client.post(notification.url, content=body, headers=headers)
-            error = None if answer.is_success else f"HTTP {answer.status_code}"
+            status = await post_status(self._client, notification.url, body, headers)
+            error = None if 200 <= status < 300 else f"HTTP {status}"
             # about this notification, not the endpoint: the account's next ones go on
-            own = 400 <= answer.status_code < 500 and answer.status_code not in ENDPOINT_REFUSALS
+            own = 400 <= status < 500 and status not in ENDPOINT_REFUSALS
+        except TimeoutError:
+            error = no_answer()
         except Exception as exc:  # noqa: BLE001 - httpx.InvalidURL, a bad port, ...: every
             # failure of one notification is that notification's, retried or given up
             error = f"{exc.__class__.__name__}: {exc}"
@@ -175,6 +177,22 @@ def signed_headers(secret: bytes, body: bytes) -> dict[str, str]:
     return headers
 
 
+async def post_status(client: httpx.AsyncClient, url: str, body: bytes,
+                      headers: dict[str, str]) -> int:
+    """POST `body` and return the answer's status code, its body left unread: httpx's timeout
+    is per read, so an endpoint trickling an endless answer would hold the account's
+    notifications (and fill memory) for as long as it likes. The whole exchange gets twice the
+    timeout; past it, TimeoutError."""
+    async with asyncio.timeout(2 * TIMEOUT_SECONDS):
+        async with client.stream("POST", url, content=body, headers=headers) as answer:
+            return answer.status_code
+
+
+def no_answer() -> str:
+    """The error recorded when post_status timed out."""
+    return f"no complete answer within {2 * TIMEOUT_SECONDS:.0f} s"
+
+
 def erasure_body(address: str, at: float) -> str:
     """The JSON document POSTed to an account's notify_url when `address` is erased."""
     return json.dumps({"id": f"erasure-{secrets.token_hex(12)}", "event": "erasure",
@@ -193,9 +211,11 @@ async def tell_erasure(url: str, bodies: list[str], secret: str) -> str | None:
         async with httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client:
             for body in bodies:
                 data = body.encode()
-                answer = await client.post(url, content=data, headers=signed_headers(key, data))
-                if not answer.is_success:
-                    return f"HTTP {answer.status_code}"
+                status = await post_status(client, url, data, signed_headers(key, data))
+                if not 200 <= status < 300:
+                    return f"HTTP {status}"
+    except TimeoutError:
+        return no_answer()
     except Exception as exc:  # noqa: BLE001 - httpx's errors, a bad URL: said, not raised
         said = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
         return said.replace(url, shown_url(url))
