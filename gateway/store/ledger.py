@@ -512,6 +512,13 @@ def _person_over_manual(conn: sqlite3.Connection, already: Sequence[Objection],
     rows = [(o.address, _lower_local(o.address), o.channel, o.reason, o.ip) for o in taken]
     with_rows(conn, "k(a, l, channel, reason, ip)", rows, _OBJECTIONS_SQL, (now, now))
     _withdraw_consents(conn, taken, now)
+    # the person's objection is news to the accounts and to /metrics as a new entry's is: the
+    # operator's entry told neither (a hard bounce is not "the person said no")
+    with_rows(conn, "k(n, body)",
+              [(n, notifications.notification_body(o.address, o.channel, now))
+               for n, o in enumerate(taken) if o.address],
+              notifications.NOTIFY_SQL, (now, now, now))
+    conn.executemany(COUNT_OBJECTIONS_SQL, Counter(o.channel for o in taken).items())
 
 
 def _withdraw_consents(conn: sqlite3.Connection, objections: Sequence[Objection],

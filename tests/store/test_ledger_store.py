@@ -170,6 +170,30 @@ async def test_the_persons_objection_to_an_address_suppressed_by_hand_is_recorde
     assert entry is not None and entry.channel == "one-click"  # the person's, now
 
 
+async def test_the_persons_objection_over_a_hand_made_entry_is_counted_and_notified(
+        db, hasher):
+    """The operator's entry (a hard bounce) told the accounts "manual"; the person's own
+    objection over it, by one-click or by a webhook, is news to them and to /metrics'
+    gateway_objections_total as a new entry's is: the sending tool marks the contact as
+    having objected, not only bounced."""
+    ledger = Ledger(db, hasher)
+    with sqlite3.connect(db.path) as conn:
+        conn.execute("INSERT INTO accounts (name, password_hash, notify_url, created_at,"
+                     " updated_at) VALUES ('crm', 'x', 'https://crm.example/hook', 0, 0)")
+    for address in ("john@example.org", "jane@example.org"):
+        assert await ledger.suppress(address, "manual", reason="hard bounce")
+    assert not await ledger.suppress("john@example.org", "one-click", ip="192.0.2.7")
+    assert await ledger.suppress_events([("evt-1", "jane@example.org", None)], "webhook",
+                                        "192.0.2.8") == (0, 0)
+    assert not await ledger.suppress("john@example.org", "one-click")  # once
+    assert await ledger.objection_counts() == {"manual": 2, "one-click": 1, "webhook": 1}
+    bodies = [json.loads(r[0]) for r in await db.fetchall(
+        "SELECT body FROM notifications WHERE account = 'crm' ORDER BY id")]
+    assert [(b["email"], b["channel"]) for b in bodies] == [
+        ("john@example.org", "manual"), ("jane@example.org", "manual"),
+        ("john@example.org", "one-click"), ("jane@example.org", "webhook")]
+
+
 async def test_a_lift_is_recorded_whatever_case_it_is_written_in(db, hasher):
     import_csv(db, hasher, "email\njeanne.secret@example.fr\n")
     ledger = Ledger(db, hasher)
@@ -474,9 +498,11 @@ async def test_a_group_of_objections_is_recorded_as_one_at_a_time_would(db, hash
         ("d@example.com", "one-click", "192.0.2.4")]
     bodies = [json.loads(r[0]) for r in await db.fetchall(
         "SELECT body FROM notifications ORDER BY id")]
-    assert [(b["email"], b["channel"]) for b in bodies] == [  # c's came before the account
+    # c's manual entry came before the account; its person's objection over it is told
+    assert [(b["email"], b["channel"]) for b in bodies] == [
         ("a@example.com", "one-click"), ("b@example.com", "link"),
-        ("d@example.com", "one-click"), ("x@example.org", "one-click")]
+        ("d@example.com", "one-click"), ("x@example.org", "one-click"),
+        ("c@example.com", "one-click")]
     assert await ledger.object_to_copies([(d_a, ids["a@example.com"], "one-click", None)]) == [
         ("a@example.com", "fr", False)]
     assert len(await ledger.suppression_list()) == 5
