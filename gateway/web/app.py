@@ -292,6 +292,9 @@ def create_app(metrics: MetricsSource, objections: Any = None, controller: str =
                 objections.signed_call(header, body))
         except ValueError as exc:  # objections.BadRequest
             return JSONResponse({"error": str(exc)}, status_code=400)
+        except StoreError:  # nothing stored: the ESP sends it again; JSON, as it reads
+            return JSONResponse({"error": "store unavailable, try again"}, status_code=503,
+                                headers=RETRY)
         return JSONResponse({"suppressed": added, "replayed": replays})
 
     async def _body_at_most(request: Request, limit: int) -> bytes | None:

@@ -372,6 +372,28 @@ def sign(body: bytes, stamp: int | None = None, secret: str = SECRET) -> str:
     return f"t={t},v1={mac}"
 
 
+def test_a_webhook_the_store_cannot_commit_is_answered_503_in_json(gw):
+    """An API's client reads JSON: it got the HTML page meant for a person."""
+    webhook = f"http://127.0.0.1:{gw.http_port}/webhooks/opt-out"
+    body = json.dumps({"email": "jane@example.net", "reason": "complaint"}).encode()
+    lock = sqlite3.connect(gw.config.parent / "gateway.db", isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        answer = httpx.post(webhook, content=body, headers={"X-Gateway-Signature": sign(body)},
+                            timeout=30)
+        lock.execute("ROLLBACK")
+    finally:
+        lock.close()
+    assert answer.status_code == 503
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json() == {"error": "store unavailable, try again"}
+    assert answer.headers["retry-after"] == "5"
+    assert suppressed(gw) == []
+    # nothing stored: the ESP's retry (its id unseen) is taken
+    answer = httpx.post(webhook, content=body, headers={"X-Gateway-Signature": sign(body)})
+    assert answer.json() == {"suppressed": 1, "replayed": 0}
+
+
 def test_the_webhook_suppresses_signed_events_once(gw, sink: Sink):
     webhook = f"http://127.0.0.1:{gw.http_port}/webhooks/opt-out"
     single = json.dumps({"email": "Jane@EXAMPLE.net", "reason": "complaint"}).encode()
