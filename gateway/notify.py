@@ -177,15 +177,33 @@ def signed_headers(secret: bytes, body: bytes) -> dict[str, str]:
     return headers
 
 
+ANSWER_BYTES = 65536  # of an answer's body read (and dropped) so its connection is reused
+
+
 async def post_status(client: httpx.AsyncClient, url: str, body: bytes,
                       headers: dict[str, str]) -> int:
-    """POST `body` and return the answer's status code, its body left unread: httpx's timeout
-    is per read, so an endpoint trickling an endless answer would hold the account's
-    notifications (and fill memory) for as long as it likes. The whole exchange gets twice the
-    timeout; past it, TimeoutError."""
+    """POST `body` and return the answer's status code. httpx's timeout is per read, so an
+    endpoint trickling an endless answer would hold the account's notifications (and fill
+    memory) for as long as it likes: the request and the answer's head get twice the timeout
+    (past it, TimeoutError), then at most ANSWER_BYTES of its body are read within the timeout,
+    so that the connection serves the next notification (a TLS handshake each, on the event
+    loop the mail shares, otherwise). A longer or slower body is left unread and its
+    connection closed; the status stands."""
+    request = client.build_request("POST", url, content=body, headers=headers)
     async with asyncio.timeout(2 * TIMEOUT_SECONDS):
-        async with client.stream("POST", url, content=body, headers=headers) as answer:
-            return answer.status_code
+        answer = await client.send(request, stream=True)
+    try:
+        async with asyncio.timeout(TIMEOUT_SECONDS):
+            read = 0
+            async for chunk in answer.aiter_raw():
+                read += len(chunk)
+                if read > ANSWER_BYTES:
+                    break
+    except (TimeoutError, httpx.HTTPError):
+        pass  # the status is what counts; this connection is not reused
+    finally:
+        await answer.aclose()
+    return answer.status_code
 
 
 def no_answer() -> str:

@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 
 import pytest
 
@@ -129,3 +129,50 @@ async def test_a_new_token_in_the_notify_url_is_tried_at_once(db: Database, endp
         await until(lambda: Endpoint.taken == ["a@example.net"])
     finally:
         await notifier.stop()
+
+
+class KeepAliveEndpoint(BaseHTTPRequestHandler):
+    """An HTTP/1.1 CRM answering 200 with a short body, keeping its connections open."""
+
+    protocol_version = "HTTP/1.1"
+    peers: list[tuple[str, int]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        KeepAliveEndpoint.peers.append(self.client_address)
+        self.send_response(200)
+        self.send_header("Content-Length", "12")
+        self.end_headers()
+        self.wfile.write(b'{"ok": true}')
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+async def test_notifications_to_one_endpoint_share_its_connection(db: Database):
+    """The answer's short body is read, so its connection serves the next notification
+    (reading only the status closed it each time: a TCP, or TLS, handshake per objection on
+    the event loop the mail shares)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeepAliveEndpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    KeepAliveEndpoint.peers = []
+    await AccountStore(db).add("crm", "x", ["example.com"],
+                               notify_url=f"http://127.0.0.1:{server.server_port}/hook")
+    notifier = Notifier(NotificationStore(db), "s3cret", scan_seconds=0.05)
+    notifier.start()
+    try:
+        for n in range(3):
+            await queue(db, f"a{n}@example.net")
+            notifier.wake()
+            await until(lambda n=n: len(KeepAliveEndpoint.peers) == n + 1)
+        for _ in range(100):  # the mark follows the answer
+            states = [row[0] for row in await db.fetchall("SELECT state FROM notifications")]
+            if states == ["sent"] * 3:
+                break
+            await asyncio.sleep(0.05)
+        assert states == ["sent"] * 3
+        assert len(set(KeepAliveEndpoint.peers)) == 1, KeepAliveEndpoint.peers
+    finally:
+        await notifier.stop()
+        server.shutdown()
+        server.server_close()

@@ -1,7 +1,8 @@
 """An endpoint's answer must not hold the notification sender: a body that trickles in (one
 byte a little faster than httpx's per-read timeout) or never ends would keep the account's
-notifications stuck for as long as the endpoint likes, and be read whole into memory. Only
-the status is read, and the whole exchange is bounded."""
+notifications stuck for as long as the endpoint likes, and be read whole into memory. The
+status counts; the request and the answer's head are bounded, then at most ANSWER_BYTES of
+the body, within the timeout."""
 
 from __future__ import annotations
 
