@@ -296,8 +296,10 @@ def _rewrite(content: bytes, part: Part, notice: Notice, is_root: bool,
     head = content[part.start:part.body_start]
     if part.body_start == part.end and not head.endswith(b"\r\n\r\n"):
         # header fields and no body (a root part: a body part without its blank line is
-        # Malformed): the blank line goes before the notice, else it reads as fields
-        head += b"\r\n" if head.endswith(b"\r\n") else b"\r\n\r\n"
+        # Malformed), or a body part with neither (`--b\r\n--b--`, RFC 2046 5.1.1): the
+        # blank line goes before the notice, else it reads as fields; with no fields at all
+        # it is the whole header block, and fields added to it go in front of it
+        head += b"\r\n" if head.endswith(b"\r\n") or not head else b"\r\n\r\n"
     if new_charset or new_encoding or (is_root and part.get("content-type") is None
                                        and not data.isascii()):
         head = _set_fields(head, part, new_charset or charset, new_encoding, is_root)

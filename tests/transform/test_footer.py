@@ -916,3 +916,30 @@ def test_ascii_html_whose_meta_names_a_charset_it_cannot_be_read_in_is_read_as_a
                 + charset + b"\"></head><body><p>Hello</p></body></html>\r\n")
     assert structure_facts(original).malformed is None
     assert b"https://gw.example/u/abc" in add_notice(original, notice("en"))
+
+
+@pytest.mark.parametrize("original", [
+    # an empty plain alternative beside the HTML one
+    b"From: <news@example.com>\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/alternative; boundary="b1"\r\n\r\n'
+    b"--b1\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Bonjour</p>\r\n"
+    b"--b1\r\n--b1--\r\n",
+    # the empty part is the only text: the notice is nowhere else
+    b"From: <news@example.com>\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+    b"--b1\r\n--b1\r\nContent-Type: application/pdf\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b1--\r\n",
+], ids=["alternative", "only-text-part"])
+def test_an_empty_body_part_gets_its_new_fields_in_its_header_not_its_body(original):
+    """`--b1` followed at once by the next delimiter is a body part with no fields and no
+    body (RFC 2046 5.1.1: text/plain us-ascii). A French notice needs UTF-8 and QP, so
+    Content-Type and Content-Transfer-Encoding are written for it: they went after a blank
+    line, into the body, where every reader showed them as text and the notice as raw QP
+    ("Exp=C3=A9diteur"). Found by fuzzing."""
+    assert structure_facts(original).malformed is None  # accepted at DATA, so relayed
+    out = add_notice(original, notice("fr"))
+    plain = [p for p in parts(out) if p.get_content_type() == "text/plain"]
+    assert len(plain) == 1
+    assert plain[0]["Content-Transfer-Encoding"] == "quoted-printable"
+    assert "Content-Type:" not in text_of(plain[0])
+    assert notice("fr").plain in text_of(plain[0])
