@@ -84,6 +84,7 @@ class DeliveryService:
         # as they run dry instead of waiting scan_seconds (a backlog after an outage or a
         # restart went at workers x 4 copies per scan_seconds: 64/s by default)
         self._more_due = False
+        self._claims_checked = asyncio.Lock()  # one check for every worker after a silence
         # A crash between the upstream's 250 and this record means one duplicate delivery,
         # never a loss; batching it saves an fsync per copy.
         self._sent: GroupCommitter[SentMark, None] = GroupCommitter(queue.mark_sent)
@@ -141,6 +142,8 @@ class DeliveryService:
         failing, said = 0, 0.0  # scans failed in a row; when that was last logged
         while not self._stopping.is_set():
             try:
+                if self.queue.heartbeat_late():
+                    await self._check_claims()
                 if time.monotonic() - swept >= SWEEP_SECONDS:
                     swept = time.monotonic()
                     released = await self.queue.release_dead()
@@ -176,6 +179,20 @@ class DeliveryService:
             copy = await self._pending.get()
             if self._stopping.is_set():
                 return
+            if copy.delivery_id not in self._known:
+                continue  # taken over by another process while this one was silent
+            if self.queue.heartbeat_late():
+                try:
+                    if not await self._still_ours(copy):
+                        continue
+                except StoreError as exc:  # not known to be ours: not sent now; kept and
+                    # tried again (its claim expires if the store stays unwritable)
+                    log.error("delivery %d: could not check that this process still claims "
+                              "it (tried again in %.0f s): %s", copy.delivery_id,
+                              OUTCOME_RETRY_SECONDS, exc)
+                    asyncio.get_running_loop().call_later(OUTCOME_RETRY_SECONDS,
+                                                          self._retry_kept, copy)
+                    continue
             self._in_flight.add(copy.delivery_id)
             kept = False
             try:
@@ -203,6 +220,29 @@ class DeliveryService:
                 if self._more_due and self._pending.qsize() < self.settings.workers:
                     self._more_due = False
                     self._wake.set()
+
+    async def _still_ours(self, copy: Copy) -> bool:
+        await self._check_claims()
+        return copy.delivery_id in self._known
+
+    async def _check_claims(self) -> None:
+        """After a silence (this process frozen or the store unwritable for longer than
+        queue.OWN_HEARTBEAT_FRESH), whether `copy` is still claimed by this process. Another
+        one may have taken it for dead and taken its claims over: the copies it then holds in
+        memory are dropped (that one sends them), not sent a second time. A copy being sent
+        when the silence began is the one duplicate at-least-once delivery allows. Run by
+        the workers before a copy, and by the scanner before its heartbeat (which would
+        make the silence look over)."""
+        async with self._claims_checked:
+            if self.queue.heartbeat_late():  # (else another worker has just checked)
+                ours = await self.queue.still_claimed(self._known)
+                taken = self._known - ours - self._in_flight
+                if taken:
+                    self._known -= taken
+                    log.warning("%d copies this process held were taken over by another "
+                                "gateway process while this one was silent (frozen, "
+                                "suspended, or its store unwritable): dropped here, sent by "
+                                "that one", len(taken))
 
     def _keep_for_retry(self, copy: Copy, exc: Exception) -> bool:
         """The outcome of `copy` could not be recorded: it stays ours (in `_known`, its claim

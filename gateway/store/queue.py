@@ -7,6 +7,7 @@ next start (same host, dead pid) or when the claim expires.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -166,6 +167,7 @@ class QueueStore:
         self.claim_seconds = claim_seconds
         self._claims_renewed_at = time.time()
         self._heartbeat_written = time.monotonic()  # when this process last wrote its own
+        self._heartbeat_wall = time.time()  # the same by the wall clock (a VM suspended)
 
     # --- the hot path -------------------------------------------------------------------
 
@@ -403,13 +405,44 @@ class QueueStore:
                 "INSERT INTO instances (id, host, pid, started_at, heartbeat)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat = ?",
                 (self.instance_id, process_space(), os.getpid(), now, now, now))
-        self._heartbeat_written = time.monotonic()
+        self._heartbeat_written, self._heartbeat_wall = time.monotonic(), now
         if held and now - self._claims_renewed_at >= self.claim_seconds / 3:
             rows = [(delivery_id,) for delivery_id in held]
             await self.db.write(lambda conn: with_rows(
                 conn, "k(id)", rows, _RENEW_CLAIMS_SQL, (now + self.claim_seconds,
                                                          self.instance_id)))
             self._claims_renewed_at = now
+
+    def heartbeat_late(self) -> bool:
+        """Whether this process's own heartbeat is older than OWN_HEARTBEAT_FRESH, by either
+        clock: it was frozen (SIGSTOP, `docker pause`, a VM suspended or migrated, swapping)
+        or could not write, and another process may have taken it for dead and its claims
+        with it (release_dead, STALE_HEARTBEAT_SECONDS). A copy it holds in memory must not
+        be sent before `still_claimed` says it is still its own."""
+        return (time.monotonic() - self._heartbeat_written > OWN_HEARTBEAT_FRESH
+                or abs(time.time() - self._heartbeat_wall) > OWN_HEARTBEAT_FRESH)
+
+    async def still_claimed(self, delivery_ids: Collection[int]) -> set[int]:
+        """Of `delivery_ids`, those this process still claims (queued or deferred), their
+        claims renewed, and its heartbeat written: the others were taken over by another
+        process while this one was silent, and are that one's to send now."""
+        now = time.time()
+        ids = json.dumps(sorted(delivery_ids))
+
+        def write(conn: sqlite3.Connection) -> set[int]:
+            conn.execute(
+                "INSERT INTO instances (id, host, pid, started_at, heartbeat)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat = ?",
+                (self.instance_id, process_space(), os.getpid(), now, now, now))
+            return {row[0] for row in conn.execute(
+                "UPDATE deliveries SET claimed_until = ? WHERE claimed_by = ?"
+                " AND state IN ('queued', 'deferred')"
+                " AND id IN (SELECT value FROM json_each(?)) RETURNING id",
+                (now + self.claim_seconds, self.instance_id, ids)).fetchall()}
+
+        ours = await self.db.write(write)
+        self._heartbeat_written, self._heartbeat_wall = time.monotonic(), now
+        return ours
 
     async def unregister_instance(self) -> None:
         """Clean stop: hand every copy we still hold back to the queue at once."""

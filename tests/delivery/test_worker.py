@@ -384,3 +384,51 @@ def test_retries_are_spread_never_sooner_than_the_backoff():
     assert all(300.0 <= d <= 300.0 * (1 + RETRY_JITTER) for d in delays)
     assert len({round(d, 3) for d in delays}) > 100  # not one burst at the same second
 
+
+
+async def test_a_process_frozen_past_its_takeover_does_not_send_its_backlog_again(db):
+    """A process frozen (SIGSTOP, `docker pause`, a VM suspended) for longer than
+    STALE_HEARTBEAT_SECONDS is taken for dead: another one releases its claims and sends its
+    copies. Back, it held the same copies in memory and sent every one of them a second
+    time (600 of 600 in a `kill -STOP` test). Now, its own heartbeat late, it asks the store
+    which are still its own first."""
+    from gateway.store import queue as queue_module
+    sent: list = []
+    settings = dataclasses.replace(DeliverySettings(), workers=2, scan_seconds=0.1)
+    frozen = DeliveryService(QueueStore(db, "host-A"), SlowUpstream("A", sent, 0.0), settings,
+                             "gw.test")
+    committed = await frozen.queue.commit_messages([IncomingMessage(
+        f"M{i}", time.time(), None, "127.0.0.1", "s@example.com", b"Subject: x\r\n\r\nb\r\n",
+        (f"r{i}@example.net",)) for i in range(6)])
+    copies = [c for cs in committed for c in cs]
+    frozen.dispatch(copies[:5])  # its workers' backlog; the sixth is claimed, not handed over
+    # the freeze: A's heartbeat stops for 200 s, by both its clocks and the store's
+    with sqlite3.connect(db.path) as conn:
+        conn.execute("INSERT INTO instances (id, host, pid, started_at, heartbeat)"
+                     " VALUES ('host-A', 'elsewhere', 1, 0, ?)", (time.time() - 200,))
+    frozen.queue._heartbeat_written -= 200
+    frozen.queue._heartbeat_wall -= 200
+    other = DeliveryService(QueueStore(db, "host-B"), SlowUpstream("B", sent, 0.0), settings,
+                            "gw.test")
+    assert await other.queue.release_dead() == 6  # B takes A for dead
+    other._tasks = [asyncio.create_task(other._worker(0)),
+                    asyncio.create_task(other._scanner())]
+    try:
+        async def six_sent() -> bool:
+            return len(sent) >= 6
+        await until(six_sent)
+        # A thaws: its workers and scanner run again
+        frozen._tasks = [asyncio.create_task(frozen._worker(i)) for i in range(2)] + [
+            asyncio.create_task(frozen._scanner())]
+        await asyncio.sleep(1.0)
+        assert not frozen._known and frozen._pending.empty()
+    finally:
+        for service in (frozen, other):
+            service._stopping.set()
+            for task in service._tasks:
+                task.cancel()
+            await asyncio.gather(*service._tasks, return_exceptions=True)
+    assert sorted(r for _, r in sent) == sorted(f"r{i}@example.net" for i in range(6)), sent
+    assert {name for name, _ in sent} == {"B"}
+    assert not frozen.queue.heartbeat_late()  # it carries on as a live process
+    assert queue_module.OWN_HEARTBEAT_FRESH < queue_module.STALE_HEARTBEAT_SECONDS
