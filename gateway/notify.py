@@ -31,12 +31,23 @@ TIMEOUT_SECONDS = 10.0
 # Any other 4xx is about this notification (a CRM answering 404 or 422 for an address it does
 # not hold): it is retried on its own, and the account's next ones go on meanwhile.
 ENDPOINT_REFUSALS = frozenset({401, 403, 407, 408, 429})
+# One process sends, whatever the number of `serve` processes on the store (store lease
+# "notification-sender"): it renews the lease every LEASE_RENEW_SECONDS for LEASE_SECONDS,
+# and sends only while its last renewal is under LEASE_VALID_SECONDS old by both clocks (a
+# holder frozen past its lease does not go on with the list it read before).
+LEASE_SECONDS = 60.0
+LEASE_RENEW_SECONDS = 10.0
+LEASE_VALID_SECONDS = 45.0
 
 
 class Notifier:
     def __init__(self, store: NotificationStore, secret: str, scan_seconds: float = 1.0,
-                 retry_base: float = RETRY_BASE_SECONDS) -> None:
+                 retry_base: float = RETRY_BASE_SECONDS, holder: str | None = None) -> None:
         self.store = store
+        # this process in the sender's lease (the runtime's instance id)
+        self.holder = holder or f"notifier-{secrets.token_hex(8)}"
+        self._leased_at: tuple[float, float] | None = None  # (monotonic, wall) of the renewal
+        self._leading: bool | None = None  # what the log last said of the lease
         self.secret = secret.encode()
         self.scan_seconds = scan_seconds
         self.retry_base = retry_base
@@ -66,6 +77,35 @@ class Notifier:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
+        if self._leased_at is not None:
+            self._leased_at = None
+            try:
+                await self.store.release_lease(self.holder)
+            except StoreError as exc:
+                log.error("could not hand the notification sender's lease over (another "
+                          "process takes it when it ends, within %.0f s): %s", LEASE_SECONDS,
+                          exc)
+
+    def _lease_fresh(self, seconds: float) -> bool:
+        """Whether the lease was renewed less than `seconds` ago, by both clocks."""
+        if self._leased_at is None:
+            return False
+        monotonic, wall = self._leased_at
+        return time.monotonic() - monotonic < seconds and abs(time.time() - wall) < seconds
+
+    async def _hold_lease(self) -> bool:
+        """Whether this process sends now: it holds the store's lease, renewed when due."""
+        if self._lease_fresh(LEASE_RENEW_SECONDS):
+            return True
+        renewed_at = (time.monotonic(), time.time())
+        # (a StoreError leaves the last renewal standing: sending stops once it is too old)
+        held = await self.store.take_lease(self.holder, LEASE_SECONDS)
+        self._leased_at = renewed_at if held else None
+        if held != self._leading:
+            self._leading = held
+            log.info("objection notifications are sent by %s", "this process" if held else
+                     "another gateway process on this store (this one takes over if it stops)")
+        return held
 
     async def _run(self) -> None:
         while True:
@@ -73,10 +113,12 @@ class Notifier:
                 now = time.monotonic()
                 self._held = {a: held for a, held in self._held.items() if held[0] > now}
                 by_account: dict[str, list[Notification]] = {}
-                for notification in await self.store.due(
-                        skip=self._sending.keys() | {
-                            a for a, (_, url) in self._held.items() if url is None},
-                        held={a: url for a, (_, url) in self._held.items() if url is not None}):
+                due = await self.store.due(
+                    skip=self._sending.keys() | {
+                        a for a, (_, url) in self._held.items() if url is None},
+                    held={a: url for a, (_, url) in self._held.items() if url is not None},
+                ) if await self._hold_lease() else []
+                for notification in due:
                     self._held.pop(notification.account, None)  # its URL was changed
                     by_account.setdefault(notification.account, []).append(notification)
                 for account, notifications in by_account.items():
@@ -105,6 +147,9 @@ class Notifier:
         than each waiting out the timeout of an endpoint that is down."""
         try:
             for notification in notifications:
+                if not self._lease_fresh(LEASE_VALID_SECONDS):
+                    return  # (frozen, or the store unwritable): the lease's next holder
+                    # reads the rest from the store
                 delay = await self._send(notification)
                 if delay is not None:
                     self._held[account] = (time.monotonic() + delay, notification.url)

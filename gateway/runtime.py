@@ -278,7 +278,8 @@ class Gateway:
         # no unsubscribe fields, notice or DKIM, and no R1 check
         await self.delivery.start()
         self.notifier = Notifier(NotificationStore(self.db), s.webhooks.notify_signing_secret,
-                                 retry_base=s.webhooks.notify_retry_base_seconds)
+                                 retry_base=s.webhooks.notify_retry_base_seconds,
+                                 holder=self.instance_id)
         objections = Objections(self.composer.settings.tokens, ledger, s.webhooks.opt_out_secret,
                                 on_objection=self.notifier.wake)
         flow.objections = objections

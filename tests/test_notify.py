@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from gateway.notify import Notifier
@@ -25,8 +26,10 @@ class Endpoint(BaseHTTPRequestHandler):
     tries: list[str] = []
     ids: list[str] = []
     status = 204
+    delay = 0.0
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        time.sleep(Endpoint.delay)  # a CRM taking its time
         document = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         email = document["email"]
         Endpoint.tries.append(email)
@@ -46,6 +49,7 @@ def endpoint() -> Iterator[str]:
     server = HTTPServer(("127.0.0.1", 0), Endpoint)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     Endpoint.taken, Endpoint.tries, Endpoint.ids, Endpoint.status = [], [], [], 204
+    Endpoint.delay = 0.0
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
 
@@ -176,3 +180,60 @@ async def test_notifications_to_one_endpoint_share_its_connection(db: Database):
         await notifier.stop()
         server.shutdown()
         server.server_close()
+
+
+async def test_two_serve_processes_on_one_store_send_each_notification_once(
+        db: Database, endpoint: str):
+    """Two `serve` processes sharing the store (a rolling restart, two listen addresses) each
+    ran a sender over the same outbox: with a CRM taking 0.2 s an answer, 5 objections were
+    POSTed 9 times. One process holds the sender's lease; when it stops, the other takes
+    over at once (not when the lease would have run out)."""
+    await AccountStore(db).add("crm", "x", ["example.com"], notify_url=f"{endpoint}/hook")
+    Endpoint.delay = 0.2
+    first = Notifier(NotificationStore(db), "s3cret", scan_seconds=0.05, holder="host-A")
+    second = Notifier(NotificationStore(db), "s3cret", scan_seconds=0.05, holder="host-B")
+    first.start()
+    await until(lambda: first._leased_at is not None)
+    second.start()
+    try:
+        await queue(db, *(f"r{i}@example.net" for i in range(5)))
+        await until(lambda: len(Endpoint.taken) == 5)
+        await asyncio.sleep(1.0)  # time for a second POST of each, if there were one
+        assert sorted(Endpoint.taken) == [f"r{i}@example.net" for i in range(5)]
+        assert len(Endpoint.ids) == len(set(Endpoint.ids)) == 5
+        await first.stop()
+        await queue(db, "after@example.net")
+        started = time.monotonic()
+        await until(lambda: "after@example.net" in Endpoint.taken, seconds=5)
+        assert time.monotonic() - started < 5
+    finally:
+        await second.stop()
+    assert len(Endpoint.ids) == len(set(Endpoint.ids)) == 6
+
+
+async def test_a_sender_frozen_past_its_lease_does_not_go_on_with_the_list_it_read(
+        db: Database, endpoint: str):
+    """The holder frozen (SIGSTOP, a VM suspended) longer than its lease: another process
+    took the lease and sent the outbox. Back, the first one must not POST the rest of the
+    list it had read before the freeze."""
+    await AccountStore(db).add("crm", "x", ["example.com"], notify_url=f"{endpoint}/hook")
+    await queue(db, *(f"r{i}@example.net" for i in range(3)))
+    frozen = Notifier(NotificationStore(db), "s3cret", scan_seconds=0.05, holder="host-A")
+    assert await frozen._hold_lease()
+    read_before = await frozen.store.due()
+    # the freeze: its last renewal 100 s ago by both clocks, its lease over in the store
+    monotonic, wall = frozen._leased_at
+    frozen._leased_at = (monotonic - 100, wall - 100)
+    await db.write_one("UPDATE leases SET until = ?", (time.time() - 40,))
+    other = Notifier(NotificationStore(db), "s3cret", scan_seconds=0.05, holder="host-B")
+    other.start()
+    try:
+        await until(lambda: len(Endpoint.taken) == 3)
+        frozen._client = httpx.AsyncClient()
+        await frozen._send_in_order("crm", read_before)  # the thaw
+        await asyncio.sleep(0.5)
+        assert not await frozen._hold_lease()  # host-B's now
+    finally:
+        await other.stop()
+        await frozen._client.aclose()
+    assert sorted(Endpoint.ids) == sorted(set(Endpoint.ids)) and len(Endpoint.ids) == 3

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from gateway.store.db import Database
+
+SENDER_LEASE = "notification-sender"  # a row in `leases` (033_leases)
 
 # Over the common table k(n, body) (db.with_rows), in the caller's transaction: a
 # notification for each objection n and each account with a notify_url. The row keeps the
@@ -90,6 +93,27 @@ class NotificationStore:
                 " updated_at = ? WHERE id = ?",
                 ("failed" if give_up else "pending", error[:500], at, url, url, time.time(),
                  notification_id))
+
+    async def take_lease(self, holder: str, seconds: float) -> bool:
+        """Whether `holder` runs the sender for the next `seconds`: the lease is its already
+        (renewed), or nobody's, or its holder let it lapse (a process gone, frozen, or cut
+        from the store)."""
+        now = time.time()
+
+        def write(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                "INSERT INTO leases (name, holder, until) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " until = excluded.until WHERE leases.holder = excluded.holder"
+                " OR leases.until < ? RETURNING holder",
+                (SENDER_LEASE, holder, now + seconds, now)).fetchone() is not None
+
+        return await self.db.write(write)
+
+    async def release_lease(self, holder: str) -> None:
+        """A clean stop: another process may send at once, not when the lease ends."""
+        await self.db.write_one("DELETE FROM leases WHERE name = ? AND holder = ?",
+                                (SENDER_LEASE, holder))
 
     async def list(self, limit: int = 100) -> list[tuple[object, ...]]:
         rows = await self.db.fetchall(
