@@ -349,8 +349,8 @@ class Gateway:
         while True:
             try:
                 assert self.queue is not None
-                await self.queue.drop_finished_content()
-                if self.serve_http:  # one process purges
+                if self.serve_http:  # one process frees and purges
+                    await self.queue.drop_finished_content()
                     await self._purge_quarantine()
                     if await maintenance_due(self.db, "request-warnings", 86400.0,
                                              first_run=True):

@@ -68,6 +68,9 @@ SQL_FUNCTIONS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("invalid_consent_method", invalid_consent_method))
 
 AUDIT_RECHAIN_VERSION = 26  # the migration after whose SQL the audit rows are re-chained
+# the WAL file is cut back to this after a checkpoint (a big transaction, an hour's content
+# freed, left it at hundreds of MB for as long as the gateway ran)
+WAL_KEPT_BYTES = 64 * 1024 * 1024
 WAL_DUE_TASK = "wal-empty-due"  # a row in `maintenance`: Database.empty_wal_later
 CHECKPOINT_BUSY_MS = 100  # empty_wal's wait for readers, each try
 CONNECT_TRIES = 5
@@ -214,6 +217,7 @@ class Database:
             # fsyncs its queue file before the 250 too).
             await conn.execute("PRAGMA synchronous=FULL")
             await conn.execute("PRAGMA foreign_keys=ON")
+            await conn.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
             await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             for name, function in SQL_FUNCTIONS:
                 await conn.create_function(name, 1, function, deterministic=True)
@@ -409,6 +413,7 @@ class Database:
                 conn = sqlite3.connect(self.path, isolation_level=None,
                                        check_same_thread=False)
                 for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON",
+                               f"journal_size_limit={WAL_KEPT_BYTES}",
                                f"busy_timeout={BUSY_TIMEOUT_MS}"):
                     conn.execute(f"PRAGMA {pragma}")
                 for name, function in SQL_FUNCTIONS:

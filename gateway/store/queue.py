@@ -32,6 +32,22 @@ _RENEW_CLAIMS_SQL = ("UPDATE deliveries SET claimed_until = ? WHERE claimed_by =
                      " AND id IN (SELECT id FROM k) AND state IN ('queued', 'deferred')")
 POLICY_REFUSAL = re.compile(r"550 5\.7\.1 (R\d+|M\d|T\d) ")
 PENDING = ("queued", "deferred")
+# the messages no copy of which is left to send or retry (? : the cutoff of failed copies),
+# found by a read (the index messages_holding), then freed by id, checked again
+_FINISHED_SQL = (
+    "SELECT m.id FROM messages m WHERE m.content IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id"
+    " AND (d.state IN ('queued', 'deferred') OR (d.state = 'failed' AND d.updated_at > ?)))"
+    " AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.message_id = m.id"
+    " AND q.state = 'held')")
+_FREE_SQL = (
+    "UPDATE messages AS m SET content = NULL WHERE m.id IN (SELECT value FROM json_each(?))"
+    " AND m.content IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id"
+    " AND (d.state IN ('queued', 'deferred') OR (d.state = 'failed' AND d.updated_at > ?)))"
+    " AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.message_id = m.id"
+    " AND q.state = 'held')")
+FREE_BATCH = 200  # messages freed per transaction (drop_finished_content)
 KEEP_FAILED_SECONDS = 7 * 86400  # a failed copy's content is kept this long for `queue retry`
 # /metrics' delivery counters (017_delivery_counts), in the outcome's own transaction
 _COUNT_SQL = ("INSERT INTO delivery_counts (state, total) VALUES (?, ?)"
@@ -463,17 +479,22 @@ class QueueStore:
 
         Failed copies keep it for `keep_failed_seconds`, so `queue retry` can still resend them
         once the operator fixed the cause.
+
+        The finished ones are found by a read (the messages_holding index: those still holding
+        content, not the whole table), then freed FREE_BATCH at a time, each batch its own
+        short transaction checking again: one statement over everything held the write lock
+        for seconds after a busy minute (its pages zeroed by secure_delete), and every
+        end-of-DATA commit waited behind it.
         """
         cutoff = time.time() - keep_failed_seconds
-        async with self.db.transaction() as conn:
-            cur = await conn.execute(
-                "UPDATE messages SET content = NULL WHERE content IS NOT NULL AND NOT EXISTS"
-                " (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id"
-                "  AND (d.state IN ('queued', 'deferred')"
-                "       OR (d.state = 'failed' AND d.updated_at > ?)))"
-                " AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.message_id = messages.id"
-                "  AND q.state = 'held')", (cutoff,))
-            return cur.rowcount
+        rows = await self.db.fetchall(_FINISHED_SQL, (cutoff,))
+        freed = 0
+        for start in range(0, len(rows), FREE_BATCH):
+            ids = json.dumps([row[0] for row in rows[start:start + FREE_BATCH]])
+            async with self.db.transaction() as conn:
+                cur = await conn.execute(_FREE_SQL, (ids, cutoff))
+                freed += cur.rowcount
+        return freed
 
     # --- operator commands --------------------------------------------------------------
 
