@@ -37,6 +37,8 @@ log = logging.getLogger("gateway.delivery")
 HEADER_END = b"\r\n\r\n"
 
 
+WAITING_PER_WORKER = 32  # copies waiting in memory for each worker (dispatch); the rest wait
+# in the store
 OUTCOME_RETRY_SECONDS = 30.0  # a copy whose outcome the store refused is tried again then
 HEARTBEAT_SECONDS = 10.0  # well inside queue.STALE_HEARTBEAT_SECONDS
 SCAN_ERROR_LOG_SECONDS = 60.0  # a scan failing again and again is said this often, not each time
@@ -84,6 +86,7 @@ class DeliveryService:
         # as they run dry instead of waiting scan_seconds (a backlog after an outage or a
         # restart went at workers x 4 copies per scan_seconds: 64/s by default)
         self._more_due = False
+        self._handing_back: set[asyncio.Task[None]] = set()
         self._claims_checked = asyncio.Lock()  # one check for every worker after a silence
         # A crash between the upstream's 250 and this record means one duplicate delivery,
         # never a loss; batching it saves an fsync per copy.
@@ -94,11 +97,35 @@ class DeliveryService:
         self.on_sent: Callable[[Prepared], None] | None = None  # after the upstream took it
 
     def dispatch(self, copies: Iterable[Copy]) -> None:
-        """Hand freshly committed (and claimed) copies to the workers."""
+        """Hand freshly committed (and claimed) copies to the workers: up to
+        WAITING_PER_WORKER each waiting in memory. The others are handed back to the store
+        and claimed by a scan as the workers free up: an upstream slower than the mail coming
+        in (a tarpit, a content filter, minutes a reply) piled every new copy, its content
+        with it, in memory for as long as that lasted (21,000 copies, +170 MB in two
+        minutes)."""
+        room = self.settings.workers * WAITING_PER_WORKER - self._pending.qsize()
+        handed_back = []
         for copy in copies:
-            if copy.delivery_id not in self._known:
-                self._known.add(copy.delivery_id)
-                self._pending.put_nowait(copy)
+            if copy.delivery_id in self._known:
+                continue
+            if room <= 0:
+                handed_back.append(copy.delivery_id)
+                continue
+            room -= 1
+            self._known.add(copy.delivery_id)
+            self._pending.put_nowait(copy)
+        if handed_back:
+            self._more_due = True  # the workers wake the scanner as they run dry
+            task = asyncio.get_running_loop().create_task(self._hand_back(handed_back))
+            self._handing_back.add(task)
+            task.add_done_callback(self._handing_back.discard)
+
+    async def _hand_back(self, delivery_ids: list[int]) -> None:
+        try:
+            await self.queue.hand_back(delivery_ids)
+        except StoreError as exc:  # their claims expire (claim_seconds), then a scan
+            log.warning("could not hand %d copies back to the queue (taken again when their "
+                        "claims expire): %s", len(delivery_ids), exc)
 
     def wake(self) -> None:
         """Scan the store now (after `queue flush` or `retry` from another process)."""
@@ -129,7 +156,7 @@ class DeliveryService:
                         ", ".join(map(str, sorted(self._in_flight)[:20])))
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._handing_back, return_exceptions=True)
         try:
             await self.queue.unregister_instance()
         except StoreError as exc:

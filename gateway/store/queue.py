@@ -468,6 +468,14 @@ class QueueStore:
                 " WHERE claimed_by = ?", (self.instance_id,))
             await conn.execute("DELETE FROM instances WHERE id = ?", (self.instance_id,))
 
+    async def hand_back(self, delivery_ids: Collection[int]) -> None:
+        """Copies this process claimed at commit and will not hold in memory: left to the
+        next scan of any process (shares the writer's next transaction)."""
+        ids = json.dumps(sorted(delivery_ids))
+        await self.db.write(lambda conn: conn.execute(
+            "UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ?"
+            " AND id IN (SELECT value FROM json_each(?))", (self.instance_id, ids)).rowcount)
+
     async def release(self, delivery_ids: Iterable[int]) -> None:
         async with self.db.transaction() as conn:
             await conn.executemany(

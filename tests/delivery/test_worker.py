@@ -432,3 +432,59 @@ async def test_a_process_frozen_past_its_takeover_does_not_send_its_backlog_agai
     assert {name for name, _ in sent} == {"B"}
     assert not frozen.queue.heartbeat_late()  # it carries on as a live process
     assert queue_module.OWN_HEARTBEAT_FRESH < queue_module.STALE_HEARTBEAT_SECONDS
+
+
+class GatedUpstream:
+    """An upstream that answers nothing until `open` is set (a tarpit, minutes a reply)."""
+
+    def __init__(self, sent: list) -> None:
+        self.sent = sent
+        self.open = asyncio.Event()
+
+    async def send(self, mail_from: str, recipient: str, content: bytes,
+                   smtputf8: bool = False) -> str:
+        await self.open.wait()
+        self.sent.append(recipient)
+        return "250 ok"
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_copies_beyond_what_the_workers_can_take_wait_in_the_store_not_in_memory(db):
+    """An upstream slower than the mail coming in: every copy committed meanwhile was put in
+    the process's memory queue, content and all (21,000 copies, +170 MB in two minutes of a
+    soak). Now at most WAITING_PER_WORKER a worker wait there; the rest are handed back to
+    the store, unclaimed, and all go once the upstream answers, each once."""
+    from gateway.delivery import worker as worker_module
+    sent: list = []
+    upstream = GatedUpstream(sent)
+    settings = dataclasses.replace(DeliverySettings(), workers=2, scan_seconds=0.1)
+    service = DeliveryService(QueueStore(db, "host-A"), upstream, settings, "gw.test")
+    service.prepare = as_stored
+    await service.start()
+    room = settings.workers * worker_module.WAITING_PER_WORKER
+    body = b"Subject: x\r\n\r\n" + b"x" * 20_000 + b"\r\n"
+    try:
+        for batch in range(5):
+            committed = await service.queue.commit_messages([IncomingMessage(
+                f"M{batch}-{i}", time.time(), None, "127.0.0.1", "s@example.com", body,
+                (f"r{batch}-{i}@example.net",)) for i in range(50)])
+            service.dispatch(c for cs in committed for c in cs)
+            await asyncio.sleep(0.05)
+        assert service._pending.qsize() <= room
+        assert len(service._known) <= room + settings.workers
+
+        async def handed_back() -> bool:
+            row = await db.fetchone("SELECT count(*) FROM deliveries WHERE claimed_by IS NULL")
+            return row[0] >= 250 - len(service._known)
+        await until(handed_back)
+        upstream.open.set()
+
+        async def all_sent() -> bool:
+            return len(sent) >= 250
+        await until(all_sent, seconds=20)
+        await asyncio.sleep(0.5)  # a second send of any, if there were one
+    finally:
+        await service.stop(drain_seconds=1)
+    assert sorted(sent) == sorted(f"r{b}-{i}@example.net" for b in range(5) for i in range(50))
